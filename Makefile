@@ -1,0 +1,42 @@
+# tieralloc: build, test and benchmark entry points (CI runs `make test` via .ci/run).
+#
+#   make deps    install the toolchain target and system packages (Debian 12, as root)
+#   make test    every test of the crate, the no_std build, the bench crate's tests, a bench smoke run
+#   make run     the hosted demo (examples/demo.rs)
+#   make bench   the full allocator comparison (benches/, a minute or so)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+
+CARGO ?= cargo
+NOSTD_TARGET := x86_64-unknown-none
+
+.PHONY: deps test run bench
+
+deps:
+	@command -v rustup >/dev/null || { echo "make deps: rustup not found on PATH" >&2; exit 1; }
+	@if ! rustup target list --installed | grep -qx '$(NOSTD_TARGET)'; then \
+		echo "make deps: rustup target add $(NOSTD_TARGET)"; \
+		rustup target add $(NOSTD_TARGET) || { echo "make deps: FAILED to add target $(NOSTD_TARGET)" >&2; exit 1; }; \
+	fi
+	@if ! command -v qemu-system-x86_64 >/dev/null; then \
+		echo "make deps: installing qemu-system-x86"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		{ apt-get update && apt-get install -y --no-install-recommends qemu-system-x86; } \
+			|| { echo "make deps: FAILED to install qemu-system-x86" >&2; exit 1; }; \
+		command -v qemu-system-x86_64 >/dev/null || { echo "make deps: qemu-system-x86_64 still not on PATH" >&2; exit 1; }; \
+	fi
+
+test: deps
+	$(CARGO) test --features linux,checks
+	$(CARGO) test --release --features linux
+	$(CARGO) build --no-default-features --target $(NOSTD_TARGET) --lib
+	$(CARGO) test -p tieralloc-bench
+	$(CARGO) run --release -p tieralloc-bench -- --quick
+
+run: deps
+	$(CARGO) run --release --features linux --example demo
+
+bench:
+	$(CARGO) run --release -p tieralloc-bench

@@ -1,0 +1,222 @@
+//! The central tier (Go's `mcentral`, with tcmalloc's transfer cache).
+//! See `lib.rs` for the overview.
+//!
+//! One [`Central`] per size class, each behind its own lock. It holds:
+//! * a **transfer cache**: free objects flushed by one CPU and not yet returned
+//!   to their spans, handed straight to the next CPU that refills (objects move
+//!   CPU → CPU without touching span bitmaps);
+//! * **partial** spans (some object free) and **full** spans (every object
+//!   handed out). Refills carve the lowest free objects out of the first partial
+//!   span with the span's 64-bit alloc cache; when none is left a new span comes
+//!   from the page heap.
+//!
+//! A span becomes partial on its first object returned, and goes back to the
+//! page heap as soon as its last object is returned.
+//!
+//! Invariants (guarded by this class's lock):
+//! * every span on `partial` has `0 < free objects` and `list == Partial`; every
+//!   span on `full` has no free object and `list == Full`;
+//! * `transfer[..ntransfer]` are free objects of this class whose alloc bits are
+//!   still set; `ntransfer <= transfer_capacity(class)`.
+//!
+//! Lock order: a CPU slot, then this lock, then the page heap lock.
+
+use core::ptr::{null_mut, NonNull};
+
+use crate::cache;
+use crate::pageheap::{PageHeap, PageMap};
+use crate::sizeclass::SizeClass;
+use crate::source::PageSource;
+use crate::span::{ListId, Span, SpanList, SpanState};
+
+/// Slots of each class's transfer cache (the largest classes use fewer).
+pub const TRANSFER_SLOTS: usize = 4 * cache::MAX_CAPACITY / 2;
+
+/// Transfer cache capacity of class `c`: four batches.
+pub const fn transfer_capacity(c: usize) -> usize {
+    let n = 4 * cache::batch(c);
+    if n > TRANSFER_SLOTS {
+        TRANSFER_SLOTS
+    } else {
+        n
+    }
+}
+
+/// The heap lock type, with the relax strategy of the heap's CPUs.
+pub type HeapLock<X> = spin::mutex::SpinMutex<PageHeap, X>;
+
+/// What central needs from the tier below.
+pub struct Below<'a, S: PageSource, X> {
+    pub source: &'a S,
+    pub map: &'a PageMap,
+    pub heap: &'a HeapLock<X>,
+}
+
+/// One size class's central list.
+pub struct Central {
+    partial: SpanList,
+    full: SpanList,
+    transfer: [*mut u8; TRANSFER_SLOTS],
+    ntransfer: usize,
+    /// Spans taken from and given back to the page heap.
+    pub spans_made: u64,
+    pub spans_freed: u64,
+}
+
+// SAFETY: the pointers are to spans and free objects owned by this heap; the
+// central lock serialises all access.
+unsafe impl Send for Central {}
+
+impl Central {
+    pub const fn new() -> Self {
+        Central {
+            partial: SpanList::new(),
+            full: SpanList::new(),
+            transfer: [null_mut(); TRANSFER_SLOTS],
+            ntransfer: 0,
+            spans_made: 0,
+            spans_freed: 0,
+        }
+    }
+
+    /// Free objects sitting in the transfer cache.
+    pub fn transfer_len(&self) -> usize {
+        self.ntransfer
+    }
+
+    /// Spans on the partial and full lists.
+    pub fn span_counts(&self) -> (usize, usize) {
+        (self.partial.len(), self.full.len())
+    }
+
+    /// Fills `out` with up to `out.len()` free objects of `class`; returns how
+    /// many. Fewer than asked (possibly 0) only when the source is exhausted.
+    pub fn refill<S: PageSource, X: spin::RelaxStrategy>(
+        &mut self,
+        class: SizeClass,
+        out: &mut [*mut u8],
+        below: &Below<'_, S, X>,
+    ) -> usize {
+        let want = out.len();
+        // 1. The transfer cache: the most recently flushed objects.
+        let k = self.ntransfer.min(want);
+        out[..k].copy_from_slice(&self.transfer[self.ntransfer - k..self.ntransfer]);
+        self.ntransfer -= k;
+        let mut got = k;
+        // 2. Carve from partial spans, then from new spans.
+        while got < want {
+            let mut s = self.partial.first();
+            if s.is_null() {
+                let Some(new) = below.heap.lock().alloc_small_span(below.source, below.map, class) else { break };
+                s = new.as_ptr();
+                self.spans_made += 1;
+                // SAFETY: a fresh span on no list, ours under this lock.
+                unsafe {
+                    (*s).list = ListId::Partial;
+                    self.partial.push(s);
+                }
+            }
+            // SAFETY: spans on our lists are live and guarded by our lock.
+            let span = unsafe { &mut *s };
+            while got < want {
+                let Some(idx) = span.take() else { break };
+                let p = span.object(idx);
+                #[cfg(feature = "checks")]
+                crate::heap::checks::mark_cached(span, idx, p);
+                out[got] = p;
+                got += 1;
+            }
+            if span.is_full() {
+                // SAFETY: `s` is on partial; moving it to full under our lock.
+                unsafe {
+                    self.partial.remove(s);
+                    span.list = ListId::Full;
+                    self.full.push(s);
+                }
+            }
+        }
+        got
+    }
+
+    /// Takes back free objects of `class` from a CPU cache: into the transfer
+    /// cache if it has room for all of them, else to their spans.
+    pub fn flush<S: PageSource, X: spin::RelaxStrategy>(&mut self, class: SizeClass, objs: &[*mut u8], below: &Below<'_, S, X>) {
+        let cap = transfer_capacity(class.index());
+        if self.ntransfer + objs.len() <= cap {
+            self.transfer[self.ntransfer..self.ntransfer + objs.len()].copy_from_slice(objs);
+            self.ntransfer += objs.len();
+            return;
+        }
+        for &p in objs {
+            self.give_back(class, p, below);
+        }
+    }
+
+    /// Returns every object of the transfer cache to its span (for scavenging).
+    pub fn drain_transfer<S: PageSource, X: spin::RelaxStrategy>(&mut self, class: SizeClass, below: &Below<'_, S, X>) {
+        while self.ntransfer > 0 {
+            self.ntransfer -= 1;
+            let p = self.transfer[self.ntransfer];
+            self.give_back(class, p, below);
+        }
+    }
+
+    /// Returns one free object to its span; frees the span when it empties.
+    fn give_back<S: PageSource, X: spin::RelaxStrategy>(&mut self, class: SizeClass, p: *mut u8, below: &Below<'_, S, X>) {
+        let s = below.map.span_of(p as usize);
+        assert!(!s.is_null(), "tieralloc: object {p:p} of class {} is not in the heap", class.index());
+        // SAFETY: the page map only holds live spans; objects of `class` are in
+        // spans owned by this central, whose lock we hold.
+        let span = unsafe { &mut *s };
+        assert!(span.state == SpanState::Small && span.class == class, "tieralloc: object {p:p} is not of class {}", class.index());
+        let (idx, exact) = span.index_of(p as usize);
+        debug_assert!(exact);
+        #[cfg(feature = "checks")]
+        crate::heap::checks::unmark_cached(span, idx, p);
+        let was_full = span.is_full();
+        let ok = span.put(idx);
+        assert!(ok, "tieralloc: object {p:p} (span {:#x}, class {}) freed twice", span.start, class.index());
+        // SAFETY: the span is on the list its `list` field names, under our lock.
+        unsafe {
+            if was_full {
+                self.full.remove(s);
+                span.list = ListId::Partial;
+                self.partial.push(s);
+            }
+            if span.alloc_count == 0 {
+                self.partial.remove(s);
+                span.list = ListId::None;
+                self.spans_freed += 1;
+                below.heap.lock().free_span(below.source, NonNull::new_unchecked(s));
+            }
+        }
+    }
+
+    /// Checks the list invariants; panics with a message on a violation.
+    pub fn check_invariants(&self, class: SizeClass) {
+        for s in self.partial.iter() {
+            // SAFETY: listed spans are live under the caller's lock.
+            let span = unsafe { &*s };
+            assert!(span.class == class && span.list == ListId::Partial && !span.is_full() && span.alloc_count > 0, "partial span {:#x} of class {}", span.start, class.index());
+            span.check_invariants();
+        }
+        for s in self.full.iter() {
+            // SAFETY: as above.
+            let span = unsafe { &*s };
+            assert!(span.class == class && span.list == ListId::Full && span.is_full(), "full span {:#x} of class {}", span.start, class.index());
+            span.check_invariants();
+        }
+        assert!(self.ntransfer <= transfer_capacity(class.index()));
+    }
+
+    /// Iterates every span on both lists (for diagnostics).
+    pub fn spans(&self) -> impl Iterator<Item = *mut Span> + '_ {
+        self.partial.iter().chain(self.full.iter())
+    }
+}
+
+impl Default for Central {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,215 @@
+//! Which CPU am I on, and exclusive access to that CPU's cache.
+//! See `lib.rs` for the overview.
+//!
+//! The per-CPU tier ([`crate::cache`]) keeps one cache per CPU index. A [`Cpu`]
+//! implementation says how many indices there are and lends exclusive access to
+//! one of them: in a kernel by turning interrupts off on the current CPU, on
+//! Linux by a per-slot lock taken on the CPU the thread runs on (the slot is
+//! almost never contended, so the lock costs one uncontended atomic).
+//!
+//! Invariant: `count()` is constant once it has been called, and at most one
+//! execution at a time is inside `with_current`/`with_slot` for a given index.
+
+use core::marker::PhantomData;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+pub use spin::relax::{RelaxStrategy, Spin};
+
+/// A source of CPU indices with exclusive access to per-CPU slots.
+///
+/// # Safety
+///
+/// Implementers promise that `count()` never changes after its first call and
+/// is at least 1, that `with_current` passes an index `< count()`, and that no two
+/// closures run by `with_current` or `with_slot` for the same index overlap in
+/// time (on any CPU or thread). The heap relies on this for its per-CPU caches,
+/// which it mutates without further synchronisation.
+pub unsafe trait Cpu: Sync {
+    /// What a CPU does while it waits for a lock of the heap (spin in a kernel,
+    /// spin then yield on Linux, where the holder may have been preempted).
+    type Relax: RelaxStrategy;
+
+    /// Number of per-CPU slots.
+    fn count(&self) -> usize;
+
+    /// Runs `f(i)` with exclusive access to slot `i`, the calling CPU's slot.
+    fn with_current<R>(&self, f: impl FnOnce(usize) -> R) -> R;
+
+    /// Runs `f()` with exclusive access to slot `i` (any slot, from any CPU):
+    /// used to drain another CPU's cache.
+    fn with_slot<R>(&self, i: usize, f: impl FnOnce() -> R) -> R;
+}
+
+/// One lock per slot, each on its own cache line so CPUs do not false-share.
+#[repr(align(64))]
+pub struct SlotLock {
+    held: AtomicBool,
+}
+
+impl SlotLock {
+    /// An unheld lock.
+    pub const fn new() -> Self {
+        SlotLock { held: AtomicBool::new(false) }
+    }
+
+    /// Waits (relaxing with `X`) until the lock is ours, runs `f`, releases.
+    #[inline(always)]
+    pub fn with<X: RelaxStrategy, R>(&self, f: impl FnOnce() -> R) -> R {
+        if self
+            .held
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            self.lock_slow::<X>();
+        }
+        // Released on return and on unwind (a `checks` panic inside must not
+        // leave the slot locked for good).
+        struct Unlock<'a>(&'a AtomicBool);
+        impl Drop for Unlock<'_> {
+            #[inline(always)]
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _unlock = Unlock(&self.held);
+        f()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn lock_slow<X: RelaxStrategy>(&self) {
+        loop {
+            while self.held.load(Ordering::Relaxed) {
+                X::relax();
+            }
+            if self
+                .held
+                .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+}
+
+impl Default for SlotLock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A single slot shared by everyone behind one lock: for single-CPU systems,
+/// early boot, and tests.
+pub struct SingleCpu {
+    lock: SlotLock,
+}
+
+impl SingleCpu {
+    /// One slot, unlocked.
+    pub const fn new() -> Self {
+        SingleCpu { lock: SlotLock::new() }
+    }
+}
+
+impl Default for SingleCpu {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: one slot, index 0 always, and every access goes through the same lock.
+unsafe impl Cpu for SingleCpu {
+    type Relax = Spin;
+    fn count(&self) -> usize {
+        1
+    }
+    #[inline(always)]
+    fn with_current<R>(&self, f: impl FnOnce(usize) -> R) -> R {
+        self.lock.with::<Spin, _>(|| f(0))
+    }
+    fn with_slot<R>(&self, i: usize, f: impl FnOnce() -> R) -> R {
+        debug_assert_eq!(i, 0);
+        self.lock.with::<Spin, _>(f)
+    }
+}
+
+/// `N` slots behind `N` locks, the slot chosen by a caller-supplied function of
+/// the current execution (a thread-local in tests, a CPU id elsewhere). The
+/// choice may be wrong or stale — the lock keeps it correct — so any mapping
+/// works; a good one keeps each slot mostly on one CPU.
+pub struct LockedSlots<const N: usize, X = Spin> {
+    locks: [SlotLock; N],
+    current: fn() -> usize,
+    _relax: PhantomData<fn() -> X>,
+}
+
+impl<const N: usize, X> LockedSlots<N, X> {
+    /// `current` names the caller's slot (taken modulo `N`); `X` says how to wait
+    /// for a busy slot or heap lock.
+    pub const fn new(current: fn() -> usize) -> Self {
+        assert!(N > 0);
+        LockedSlots { locks: [const { SlotLock::new() }; N], current, _relax: PhantomData }
+    }
+}
+
+// SAFETY: every index is reduced modulo N, and every access to slot i goes
+// through `locks[i]`.
+unsafe impl<const N: usize, X: RelaxStrategy> Cpu for LockedSlots<N, X> {
+    type Relax = X;
+    fn count(&self) -> usize {
+        N
+    }
+    #[inline(always)]
+    fn with_current<R>(&self, f: impl FnOnce(usize) -> R) -> R {
+        let i = (self.current)() % N;
+        self.locks[i].with::<X, _>(|| f(i))
+    }
+    fn with_slot<R>(&self, i: usize, f: impl FnOnce() -> R) -> R {
+        self.locks[i % N].with::<X, _>(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    #[test]
+    fn slots_exclude_each_other() {
+        static SLOTS: LockedSlots<2> = LockedSlots::new(|| 0);
+        let inside = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::new(AtomicUsize::new(0));
+        let threads: std::vec::Vec<_> = (0..4)
+            .map(|_| {
+                let inside = inside.clone();
+                let counter = counter.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        SLOTS.with_current(|i| {
+                            assert_eq!(i, 0);
+                            assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders of slot 0");
+                            // A non-atomic-style read-modify-write that would lose updates without the lock.
+                            let v = counter.load(Ordering::Relaxed);
+                            counter.store(v + 1, Ordering::Relaxed);
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                        })
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(counter.load(Ordering::SeqCst), 80_000);
+    }
+
+    #[test]
+    fn single_cpu_is_slot_zero() {
+        let c = SingleCpu::new();
+        assert_eq!(c.count(), 1);
+        assert_eq!(c.with_current(|i| i), 0);
+        assert_eq!(c.with_slot(0, || 7), 7);
+    }
+}

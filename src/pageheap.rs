@@ -1,0 +1,651 @@
+//! The page heap (Go's `mheap`): arenas, the page → span map, spans of pages,
+//! large objects, and the scavenger. See `lib.rs` for the overview.
+//!
+//! * **Arenas** are contiguous ranges taken from the [`PageSource`], at least
+//!   `S::ARENA_BYTES` (64 MiB on Linux), larger when one request needs more; each
+//!   is a whole number of [`CHUNK_BYTES`] chunks and chunk aligned. Arenas are kept
+//!   sorted by address, so "lowest slot first" is address order.
+//! * **Pages** inside an arena are managed by [`ArenaPages`]: a bitmap with
+//!   summaries, address-ordered first fit in O(log pages), implicit coalescing.
+//!   Across arenas a segment tree of each arena's longest free run finds the
+//!   lowest arena that can serve a request in O(log arenas). Allocation is
+//!   therefore first fit over the whole heap in O(log n).
+//! * **The page map** ([`PageMap`]) maps any address to its span in O(1): a
+//!   two-level radix table over 4 MiB chunks of the 48-bit address space,
+//!   whose leaves point into each arena's `spans` array (Go's `heapArena.spans`).
+//!   It is read without a lock; entries are published with release stores.
+//! * **Scavenger**: free pages are *dirty* (Ready) or *released* (Prepared,
+//!   given back through `PageSource::release`). New arena pages start released,
+//!   as in Go. When dirty free pages exceed the retained budget, the highest ones
+//!   are released first; [`PageHeap::scavenge`] releases everything
+//!   (Go's `debug.FreeOSMemory`). Allocation is first fit over all free pages,
+//!   released ones included, so released memory is reused before the heap grows.
+//!
+//! Locking: everything in [`PageHeap`] is guarded by the heap lock (the
+//! `spin::Mutex` around it in [`crate::Heap`]); `&mut self` stands for it.
+//! Lock order: per-CPU slot → central → page heap. The page heap takes no other lock.
+
+use core::mem::size_of;
+use core::ptr::{null_mut, NonNull};
+use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+
+use crate::fixalloc::FixAlloc;
+use crate::pagealloc::ArenaPages;
+use crate::sizeclass::SizeClass;
+use crate::source::PageSource;
+use crate::span::{Span, SpanState, TinyCounts};
+use crate::{CHUNK_BYTES, CHUNK_PAGES, PAGE_BYTES, PAGE_SHIFT};
+
+/// Most arenas a heap can have (64 GiB of 64 MiB arenas; more when arenas are larger).
+pub const MAX_ARENAS: usize = 4096;
+
+/// Address bits covered by the page map (x86-64 and AArch64 user and kernel halves,
+/// taken modulo 2^48).
+pub const ADDR_BITS: usize = 48;
+const CHUNK_SHIFT: usize = PAGE_SHIFT + CHUNK_PAGES.trailing_zeros() as usize;
+const MAP_BITS: usize = ADDR_BITS - CHUNK_SHIFT; // 26
+const L1_BITS: usize = 12;
+const L2_BITS: usize = MAP_BITS - L1_BITS; // 14
+const L1_ENTRIES: usize = 1 << L1_BITS;
+const L2_ENTRIES: usize = 1 << L2_BITS;
+const ADDR_MASK: usize = (1 << ADDR_BITS) - 1;
+
+/// Retained dirty free memory below which the scavenger does nothing.
+pub const DEFAULT_RETAIN_BYTES: usize = 16 << 20;
+
+type SpanSlot = AtomicPtr<Span>;
+type L2 = [AtomicPtr<SpanSlot>; L2_ENTRIES];
+
+/// Address → span, for every page of every arena.
+///
+/// Invariant: for every page of a live span, the entry holds that span; every
+/// other page of an arena holds null. Written under the heap lock, read without.
+pub struct PageMap {
+    l1: [AtomicPtr<L2>; L1_ENTRIES],
+}
+
+impl PageMap {
+    pub const fn new() -> Self {
+        PageMap { l1: [const { AtomicPtr::new(null_mut()) }; L1_ENTRIES] }
+    }
+
+    /// The span holding `addr`, or null if `addr` is not in a live span of this heap.
+    #[inline]
+    pub fn span_of(&self, addr: usize) -> *mut Span {
+        let a = addr & ADDR_MASK;
+        let l2 = self.l1[a >> (CHUNK_SHIFT + L2_BITS)].load(Ordering::Acquire);
+        if l2.is_null() {
+            return null_mut();
+        }
+        // SAFETY: published L2 tables are never freed.
+        let chunk = unsafe { (*l2)[(a >> CHUNK_SHIFT) & (L2_ENTRIES - 1)].load(Ordering::Acquire) };
+        if chunk.is_null() {
+            return null_mut();
+        }
+        // SAFETY: a chunk entry points at CHUNK_PAGES slots of an arena's spans array,
+        // and arenas are never freed.
+        unsafe { (*chunk.add((a >> PAGE_SHIFT) & (CHUNK_PAGES - 1))).load(Ordering::Acquire) }
+    }
+
+    /// Points the chunk holding `addr` at `slots` (CHUNK_PAGES entries).
+    /// Returns false if the source could not supply an L2 table.
+    fn set_chunk<S: PageSource>(&self, source: &S, addr: usize, slots: *mut SpanSlot, meta: &mut usize) -> bool {
+        let a = addr & ADDR_MASK;
+        let e1 = &self.l1[a >> (CHUNK_SHIFT + L2_BITS)];
+        let mut l2 = e1.load(Ordering::Acquire);
+        if l2.is_null() {
+            let bytes = size_of::<L2>();
+            let Some(p) = source.alloc(bytes) else { return false };
+            *meta += bytes;
+            if !S::ZEROED {
+                // SAFETY: fresh Ready memory of `bytes` bytes; null pointers are all-zero.
+                unsafe { p.as_ptr().write_bytes(0, bytes) };
+            }
+            l2 = p.as_ptr().cast();
+            e1.store(l2, Ordering::Release);
+        }
+        // SAFETY: `l2` is a published table.
+        unsafe { (*l2)[(a >> CHUNK_SHIFT) & (L2_ENTRIES - 1)].store(slots, Ordering::Release) };
+        true
+    }
+}
+
+impl Default for PageMap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Header of an arena's metadata block: `[Arena][spans: npages slots][ArenaPages meta]`,
+/// obtained with `PageSource::alloc`, never freed.
+pub struct Arena {
+    /// First byte; chunk aligned.
+    pub base: usize,
+    /// Pages in the arena (multiple of CHUNK_PAGES).
+    pub npages: usize,
+    /// Index in `PageHeap::arenas` (changes when an arena is inserted below it).
+    slot: usize,
+    /// Page → span for this arena's pages.
+    spans: *mut SpanSlot,
+    pub pages: ArenaPages,
+}
+
+impl Arena {
+    fn page_of(&self, addr: usize) -> usize {
+        (addr - self.base) >> PAGE_SHIFT
+    }
+    fn addr_of(&self, page: usize) -> usize {
+        self.base + (page << PAGE_SHIFT)
+    }
+}
+
+/// Large-object counters (guarded by the heap lock).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LargeCounts {
+    pub mallocs: u64,
+    pub frees: u64,
+    /// Bytes of live large spans.
+    pub live_bytes: u64,
+}
+
+/// A point-in-time view of the page heap's accounting, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageStats {
+    pub sys: u64,
+    pub inuse: u64,
+    pub released: u64,
+    pub meta_sys: u64,
+    pub arenas: u64,
+    pub spans: u64,
+    pub large: LargeCounts,
+    pub scavenged_total: u64,
+}
+
+/// The page heap. See the module documentation.
+pub struct PageHeap {
+    /// Arenas sorted by `base`; `arenas[..narenas]` are live.
+    arenas: [*mut Arena; MAX_ARENAS],
+    narenas: usize,
+    /// Segment tree over arena slots: leaf `MAX_ARENAS + i` = longest free run of
+    /// arena `i` (0 for empty slots); inner node = max of its children.
+    tree: [u32; 2 * MAX_ARENAS],
+    spans: FixAlloc<Span>,
+    tiny: FixAlloc<TinyCounts>,
+    /// Pages of all arenas.
+    sys_pages: usize,
+    /// Pages in live spans.
+    inuse_pages: usize,
+    /// Free pages that are released (Σ arena released_pages).
+    released_pages: usize,
+    /// Bytes of arena metadata and page-map tables.
+    meta_bytes: usize,
+    /// Dirty free memory kept before the scavenger starts releasing.
+    retain_bytes: usize,
+    scavenged_pages_total: u64,
+    pub large: LargeCounts,
+}
+
+// SAFETY: the raw pointers are to metadata owned by this heap; all access is
+// serialised by the heap lock that wraps the PageHeap.
+unsafe impl Send for PageHeap {}
+
+impl PageHeap {
+    pub const fn new() -> Self {
+        PageHeap {
+            arenas: [null_mut(); MAX_ARENAS],
+            narenas: 0,
+            tree: [0; 2 * MAX_ARENAS],
+            spans: FixAlloc::new(),
+            tiny: FixAlloc::new(),
+            sys_pages: 0,
+            inuse_pages: 0,
+            released_pages: 0,
+            meta_bytes: 0,
+            retain_bytes: DEFAULT_RETAIN_BYTES,
+            scavenged_pages_total: 0,
+            large: LargeCounts { mallocs: 0, frees: 0, live_bytes: 0 },
+        }
+    }
+
+    /// Sets how many bytes of dirty free pages are kept before releasing (the
+    /// budget is this or 1/8 of the in-use heap, whichever is larger).
+    pub fn set_retain_bytes(&mut self, bytes: usize) {
+        self.retain_bytes = bytes;
+    }
+
+    fn arena(&self, slot: usize) -> &Arena {
+        // SAFETY: slots below narenas hold live arenas.
+        unsafe { &*self.arenas[slot] }
+    }
+
+    fn update_leaf(&mut self, slot: usize) {
+        let v = if slot < self.narenas { self.arena(slot).pages.max_free_run().min(u32::MAX as usize) as u32 } else { 0 };
+        let mut i = MAX_ARENAS + slot;
+        self.tree[i] = v;
+        while i > 1 {
+            i /= 2;
+            self.tree[i] = self.tree[2 * i].max(self.tree[2 * i + 1]);
+        }
+    }
+
+    /// Lowest arena slot whose longest free run is at least `need` pages.
+    fn find_arena(&self, need: usize) -> Option<usize> {
+        if need > u32::MAX as usize || (self.tree[1] as usize) < need {
+            return None;
+        }
+        let mut i = 1;
+        while i < MAX_ARENAS {
+            i = if self.tree[2 * i] as usize >= need { 2 * i } else { 2 * i + 1 };
+        }
+        Some(i - MAX_ARENAS)
+    }
+
+    /// Takes a new arena from the source big enough for `npages` at `align_pages`.
+    fn grow<S: PageSource>(&mut self, source: &S, map: &PageMap, npages: usize, align_pages: usize) -> Option<usize> {
+        if self.narenas == MAX_ARENAS {
+            return None;
+        }
+        let want = npages.checked_mul(PAGE_BYTES)?.checked_next_multiple_of(CHUNK_BYTES)?;
+        let bytes = want.max(S::ARENA_BYTES);
+        let arena_pages = bytes / PAGE_BYTES;
+        let align = (align_pages.checked_mul(PAGE_BYTES)?).max(CHUNK_BYTES);
+        let base = source.reserve(bytes, align)?;
+        // SAFETY: just reserved, Reserved state.
+        if unsafe { source.commit(base, bytes) }.is_err() {
+            // SAFETY: ours, untouched.
+            unsafe { source.free(base, bytes) };
+            return None;
+        }
+        let spans_off = size_of::<Arena>().next_multiple_of(64);
+        let pages_off = (spans_off + arena_pages * size_of::<SpanSlot>()).next_multiple_of(64);
+        let meta = pages_off + ArenaPages::meta_bytes(arena_pages);
+        let Some(m) = source.alloc(meta) else {
+            // SAFETY: ours, untouched.
+            unsafe { source.free(base, bytes) };
+            return None;
+        };
+        let base = base.as_ptr() as usize;
+        let m = m.as_ptr();
+        // SAFETY: `m` is `meta` fresh Ready bytes, page aligned; the three parts do not overlap.
+        let arena = unsafe {
+            let spans = m.add(spans_off).cast::<SpanSlot>();
+            if !S::ZEROED {
+                spans.cast::<u8>().write_bytes(0, arena_pages * size_of::<SpanSlot>());
+            }
+            let pages = ArenaPages::init(NonNull::new_unchecked(m.add(pages_off)), arena_pages);
+            let a = m.cast::<Arena>();
+            a.write(Arena { base, npages: arena_pages, slot: 0, spans, pages });
+            a
+        };
+        self.meta_bytes += meta.next_multiple_of(S::PAGE_SIZE);
+        for c in 0..arena_pages / CHUNK_PAGES {
+            // SAFETY: `spans` has arena_pages slots.
+            let slots = unsafe { (*arena).spans.add(c * CHUNK_PAGES) };
+            if !map.set_chunk(source, base + c * CHUNK_BYTES, slots, &mut self.meta_bytes) {
+                // Unpublish what we published; the metadata block is leaked (rare: no memory at all).
+                for d in 0..c {
+                    map.set_chunk(source, base + d * CHUNK_BYTES, null_mut(), &mut self.meta_bytes);
+                }
+                // SAFETY: no span was made in the arena; nobody refers to it.
+                unsafe { source.free(NonNull::new_unchecked(base as *mut u8), bytes) };
+                return None;
+            }
+        }
+        // Insert sorted by base.
+        let pos = self.arenas[..self.narenas].partition_point(|&a| {
+            // SAFETY: live arenas.
+            unsafe { (*a).base < base }
+        });
+        self.arenas.copy_within(pos..self.narenas, pos + 1);
+        self.arenas[pos] = arena;
+        self.narenas += 1;
+        for s in pos..self.narenas {
+            // SAFETY: live arenas.
+            unsafe { (*self.arenas[s]).slot = s };
+            self.update_leaf(s);
+        }
+        self.sys_pages += arena_pages;
+        self.released_pages += arena_pages;
+        Some(pos)
+    }
+
+    /// Takes `npages` pages aligned to `align_pages` (a power of two), first fit,
+    /// making released pages Ready. Returns the arena slot, the first page and
+    /// whether the memory may hold old data.
+    fn alloc_pages<S: PageSource>(
+        &mut self,
+        source: &S,
+        map: &PageMap,
+        npages: usize,
+        align_pages: usize,
+    ) -> Option<(usize, usize, bool)> {
+        debug_assert!(npages > 0 && align_pages.is_power_of_two());
+        let need = npages.checked_add(align_pages - 1)?;
+        let (slot, start) = match self.find_arena(need) {
+            Some(slot) => (slot, self.arena(slot).pages.find_aligned(npages, align_pages)?),
+            None => {
+                let slot = self.grow(source, map, npages, align_pages)?;
+                (slot, self.arena(slot).pages.find_aligned(npages, align_pages)?)
+            }
+        };
+        // Make released pages Ready first, so a failure leaves everything as it was.
+        let arena = self.arenas[slot];
+        // SAFETY: live arena; only its `pages` and base are used.
+        let a = unsafe { &mut *arena };
+        if !make_ready(source, a, start, npages) {
+            return None;
+        }
+        let taken = a.pages.alloc_range(start, npages);
+        self.released_pages -= taken.scavenged;
+        self.inuse_pages += npages;
+        self.update_leaf(slot);
+        let needzero = taken.dirty > 0 || (taken.scavenged > 0 && !S::ZEROED);
+        Some((slot, start, needzero))
+    }
+
+    /// Gives pages back to their arena.
+    fn free_pages(&mut self, slot: usize, start: usize, npages: usize) {
+        // SAFETY: live arena.
+        let a = unsafe { &mut *self.arenas[slot] };
+        a.pages.free_range(start, npages);
+        self.inuse_pages -= npages;
+        self.update_leaf(slot);
+    }
+
+    /// A span of `npages` pages at `align_pages` alignment in state `state`, its
+    /// page-map entries set; `None` if the source is exhausted.
+    pub fn alloc_span<S: PageSource>(
+        &mut self,
+        source: &S,
+        map: &PageMap,
+        npages: usize,
+        align_pages: usize,
+        state: SpanState,
+    ) -> Option<NonNull<Span>> {
+        let rec = self.spans.alloc(source)?;
+        let Some((slot, start, needzero)) = self.alloc_pages(source, map, npages, align_pages) else {
+            // SAFETY: just taken from the pool, unused.
+            unsafe { self.spans.free(rec) };
+            return None;
+        };
+        let arena = self.arenas[slot];
+        // SAFETY: live arena.
+        let addr = unsafe { (*arena).addr_of(start) };
+        let s = rec.as_ptr();
+        // SAFETY: `rec` is room for a Span; then the span is ours until published.
+        unsafe {
+            Span::init(s, addr, npages, arena.cast(), state);
+            (*s).needzero = needzero;
+            self.set_map(arena, start, npages, s);
+        }
+        Some(rec)
+    }
+
+    /// Points the page map entries of `npages` pages at `span` (or null).
+    ///
+    /// # Safety
+    /// `arena` is live and the pages are inside it.
+    unsafe fn set_map(&self, arena: *mut Arena, start: usize, npages: usize, span: *mut Span) {
+        for p in start..start + npages {
+            // SAFETY: `p < arena.npages` (caller), `spans` has npages slots.
+            unsafe { (*(*arena).spans.add(p)).store(span, Ordering::Release) };
+        }
+    }
+
+    /// A span for small objects of `class`, with tiny counters for class 2.
+    pub fn alloc_small_span<S: PageSource>(&mut self, source: &S, map: &PageMap, class: SizeClass) -> Option<NonNull<Span>> {
+        let tiny = if class.size() == crate::TINY_SIZE {
+            let t = self.tiny.alloc(source)?;
+            // SAFETY: room for the counters; zero is a valid `AtomicU8`.
+            unsafe { t.as_ptr().cast::<u8>().write_bytes(0, size_of::<TinyCounts>()) };
+            t.as_ptr()
+        } else {
+            null_mut()
+        };
+        let Some(s) = self.alloc_span(source, map, class.span_pages(), 1, SpanState::Small) else {
+            if let Some(t) = NonNull::new(tiny) {
+                // SAFETY: unused record from this pool.
+                unsafe { self.tiny.free(t) };
+            }
+            return None;
+        };
+        // SAFETY: the span is ours (not yet on any list).
+        unsafe {
+            (*s.as_ptr()).init_small(class);
+            (*s.as_ptr()).tiny.store(tiny, Ordering::Relaxed);
+        }
+        Some(s)
+    }
+
+    /// Returns a span's pages to the heap and its record to the pool, then lets
+    /// the scavenger trim the dirty free pages to the retained budget.
+    ///
+    /// # Safety
+    /// `span` came from this heap, is on no list, and nothing refers to its objects.
+    pub unsafe fn free_span<S: PageSource>(&mut self, source: &S, span: NonNull<Span>) {
+        let s = span.as_ptr();
+        // SAFETY: the caller hands the span over.
+        let (arena, start, npages) = unsafe {
+            let arena = (*s).arena.cast::<Arena>();
+            let tiny = (*s).tiny.swap(null_mut(), Ordering::Relaxed);
+            if let Some(t) = NonNull::new(tiny) {
+                self.tiny.free(t);
+            }
+            (*s).state = SpanState::Dead;
+            (arena, (*arena).page_of((*s).start), (*s).npages)
+        };
+        // SAFETY: the span's pages are in `arena`.
+        unsafe { self.set_map(arena, start, npages, null_mut()) };
+        // SAFETY: live arena.
+        let slot = unsafe { (*arena).slot };
+        self.free_pages(slot, start, npages);
+        // SAFETY: the record is unused now.
+        unsafe { self.spans.free(span) };
+        self.trim(source);
+    }
+
+    /// Dirty free pages now.
+    fn dirty_pages(&self) -> usize {
+        self.sys_pages - self.inuse_pages - self.released_pages
+    }
+
+    /// Releases dirty free pages beyond the retained budget, highest first.
+    fn trim<S: PageSource>(&mut self, source: &S) {
+        if !S::CAN_RELEASE {
+            return;
+        }
+        let budget = (self.retain_bytes / PAGE_BYTES).max(self.inuse_pages / 2);
+        let dirty = self.dirty_pages();
+        if dirty > budget {
+            // Go's reduceExtra: go a little below the budget so we do not release on every free.
+            let target = budget - budget / 16;
+            self.scavenge(source, dirty - target);
+        }
+    }
+
+    /// Releases up to `max_pages` dirty free pages, highest addresses first.
+    /// Returns the pages released. `usize::MAX` releases everything.
+    pub fn scavenge<S: PageSource>(&mut self, source: &S, max_pages: usize) -> usize {
+        if !S::CAN_RELEASE {
+            return 0;
+        }
+        let mut left = max_pages;
+        for slot in (0..self.narenas).rev() {
+            if left == 0 {
+                break;
+            }
+            // SAFETY: live arena.
+            let a = unsafe { &mut *self.arenas[slot] };
+            let base = a.base;
+            let n = a.pages.scavenge(left, |s, n| {
+                let p = (base + s * PAGE_BYTES) as *mut u8;
+                // SAFETY: dirty free pages are Ready and nothing uses them; `p` is non-null.
+                unsafe { source.release(NonNull::new_unchecked(p), n * PAGE_BYTES) };
+            });
+            left -= n;
+        }
+        let done = max_pages - left;
+        self.released_pages += done;
+        self.scavenged_pages_total += done as u64;
+        done
+    }
+
+    /// A large object's span: `bytes` rounded up to pages, aligned to `align`.
+    pub fn alloc_large<S: PageSource>(&mut self, source: &S, map: &PageMap, bytes: usize, align: usize) -> Option<NonNull<Span>> {
+        let npages = bytes.checked_next_multiple_of(PAGE_BYTES)? / PAGE_BYTES;
+        let align_pages = (align / PAGE_BYTES).max(1);
+        let s = self.alloc_span(source, map, npages.max(1), align_pages, SpanState::Large)?;
+        self.large.mallocs += 1;
+        self.large.live_bytes += (npages * PAGE_BYTES) as u64;
+        Some(s)
+    }
+
+    /// Frees a large object's span.
+    ///
+    /// # Safety
+    /// As [`PageHeap::free_span`]; the span is `Large`.
+    pub unsafe fn free_large<S: PageSource>(&mut self, source: &S, span: NonNull<Span>) {
+        // SAFETY: the caller hands us a live large span.
+        let bytes = unsafe { (*span.as_ptr()).npages * PAGE_BYTES };
+        self.large.frees += 1;
+        self.large.live_bytes -= bytes as u64;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.free_span(source, span) };
+    }
+
+    /// Resizes a large span in place to `npages`: shrinking frees the tail, growing
+    /// takes the following pages if they are free. Returns false if it cannot.
+    ///
+    /// # Safety
+    /// `span` is a live large span of this heap, owned by the caller.
+    pub unsafe fn resize_large<S: PageSource>(&mut self, source: &S, span: NonNull<Span>, npages: usize) -> bool {
+        let s = span.as_ptr();
+        // SAFETY: live span and arena.
+        let (arena, start, old) = unsafe {
+            let arena = (*s).arena.cast::<Arena>();
+            (arena, (*arena).page_of((*s).start), (*s).npages)
+        };
+        // SAFETY: live arena.
+        let slot = unsafe { (*arena).slot };
+        if npages == old {
+            return true;
+        }
+        if npages < old {
+            // SAFETY: the tail pages are ours.
+            unsafe { self.set_map(arena, start + npages, old - npages, null_mut()) };
+            self.free_pages(slot, start + npages, old - npages);
+            // SAFETY: live span.
+            unsafe { (*s).npages = npages };
+            self.large.live_bytes -= ((old - npages) * PAGE_BYTES) as u64;
+            self.trim(source);
+        } else {
+            let extra = npages - old;
+            // SAFETY: live arena.
+            let a = unsafe { &mut *arena };
+            if !a.pages.is_free(start + old, extra) {
+                return false;
+            }
+            if !make_ready(source, a, start + old, extra) {
+                return false;
+            }
+            let taken = a.pages.alloc_range(start + old, extra);
+            self.released_pages -= taken.scavenged;
+            self.inuse_pages += extra;
+            self.update_leaf(slot);
+            // SAFETY: pages inside the arena; live span.
+            unsafe {
+                self.set_map(arena, start + old, extra, s);
+                (*s).npages = npages;
+            }
+            self.large.live_bytes += (extra * PAGE_BYTES) as u64;
+        }
+        // SAFETY: live span.
+        unsafe { (*s).elemsize = (npages * PAGE_BYTES).min(u32::MAX as usize) as u32 };
+        true
+    }
+
+    /// Accounting snapshot.
+    pub fn stats(&self) -> PageStats {
+        let meta = self.meta_bytes + self.spans.sys_bytes() + self.tiny.sys_bytes();
+        PageStats {
+            sys: (self.sys_pages * PAGE_BYTES) as u64,
+            inuse: (self.inuse_pages * PAGE_BYTES) as u64,
+            released: (self.released_pages * PAGE_BYTES) as u64,
+            meta_sys: meta as u64,
+            arenas: self.narenas as u64,
+            spans: self.spans.inuse() as u64,
+            large: self.large,
+            scavenged_total: self.scavenged_pages_total * PAGE_BYTES as u64,
+        }
+    }
+
+    /// Walks every arena and checks the heap's counting identities; panics with
+    /// a message on the first violation.
+    pub fn check_invariants(&self) {
+        let (mut sys, mut free, mut released) = (0, 0, 0);
+        for slot in 0..self.narenas {
+            let a = self.arena(slot);
+            assert_eq!(a.slot, slot, "arena {:#x}: slot index stale", a.base);
+            if slot > 0 {
+                assert!(self.arena(slot - 1).base + self.arena(slot - 1).npages * PAGE_BYTES <= a.base, "arenas unsorted or overlapping");
+            }
+            a.pages.check_invariants();
+            assert_eq!(self.tree[MAX_ARENAS + slot] as usize, a.pages.max_free_run().min(u32::MAX as usize), "arena tree leaf stale");
+            sys += a.npages;
+            free += a.pages.free_pages();
+            released += a.pages.released_pages();
+        }
+        assert_eq!(sys, self.sys_pages, "sys_pages");
+        assert_eq!(sys - free, self.inuse_pages, "inuse_pages != pages not free");
+        assert_eq!(released, self.released_pages, "released_pages");
+        for i in 1..MAX_ARENAS {
+            assert_eq!(self.tree[i], self.tree[2 * i].max(self.tree[2 * i + 1]), "arena tree node {i}");
+        }
+    }
+}
+
+impl Default for PageHeap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Makes the released pages of free range `[start, start+n)` of `a` Ready. On
+/// failure, the runs already made Ready are released again, so the range is
+/// exactly as before, and false is returned.
+fn make_ready<S: PageSource>(source: &S, a: &mut Arena, start: usize, n: usize) -> bool {
+    let base = a.base;
+    let run_ptr = |p: usize| {
+        // SAFETY: arena addresses are never null.
+        unsafe { NonNull::new_unchecked((base + p * PAGE_BYTES) as *mut u8) }
+    };
+    let (mut ok_runs, mut failed) = (0usize, false);
+    a.pages.released_runs(start, n, |p, k| {
+        if !failed {
+            // SAFETY: released free pages are in the Prepared state.
+            match unsafe { source.ready(run_ptr(p), k * PAGE_BYTES) } {
+                Ok(()) => ok_runs += 1,
+                Err(_) => failed = true,
+            }
+        }
+    });
+    if failed {
+        a.pages.released_runs(start, n, |p, k| {
+            if ok_runs > 0 {
+                ok_runs -= 1;
+                // SAFETY: this run was made Ready above and nothing has used it.
+                unsafe { source.release(run_ptr(p), k * PAGE_BYTES) };
+            }
+        });
+    }
+    !failed
+}
+
+/// Live count of a tiny block in the span's counters.
+#[inline]
+pub fn tiny_counter(span: &Span, idx: usize) -> &AtomicU8 {
+    let t = span.tiny.load(Ordering::Relaxed);
+    debug_assert!(!t.is_null());
+    // SAFETY: class-2 spans always carry counters for as long as they are live.
+    unsafe { &(*t)[idx] }
+}

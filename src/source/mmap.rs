@@ -1,0 +1,567 @@
+//! [`MmapSource`]: arenas from the Linux kernel through `mmap`, as Go's
+//! `runtime/mem_linux.go` gets them.
+//!
+//! | Method     | Transition          | How (Go's function)                                                     |
+//! |------------|---------------------|-------------------------------------------------------------------------|
+//! | `reserve`  | None → Reserved     | `mmap(hint, PROT_NONE, PRIVATE\|ANONYMOUS\|NORESERVE)`, over-reserve and trim for alignment (`sysReserve`, `sysReserveAligned`) |
+//! | `commit`   | Reserved → Prepared | `mprotect(PROT_READ\|PROT_WRITE)`; the pages stay untouched and cost no RSS (`sysMap`) |
+//! | `ready`    | Prepared → Ready    | nothing but `MADV_HUGEPAGE` on the whole 2 MiB huge pages inside (`sysUsed`) |
+//! | `release`  | Ready → Prepared    | `madvise(MADV_DONTNEED)`; the range reads as zero afterwards (`sysUnused`) |
+//! | `hugepage` | (hint)              | `MADV_HUGEPAGE` on the 2 MiB-aligned interior (`sysHugePage`)           |
+//! | `fault`    | Ready/Prepared → Reserved | `mmap(MAP_FIXED, PROT_NONE)` over the range, dropping its contents (`sysFault`) |
+//! | `free`     | any → None          | `munmap` (`sysFree`)                                                    |
+//! | `alloc`    | None → Ready        | `mmap(NULL, PROT_READ\|PROT_WRITE, PRIVATE\|ANONYMOUS)` (`sysAlloc`)     |
+//!
+//! Differences from Go 1.20:
+//! * `commit` uses `mprotect` where Go's `sysMap` maps the range again with
+//!   `MAP_FIXED`. The range was never touched while Reserved (or was replaced by
+//!   a fresh `PROT_NONE` mapping in `fault`), so it reads as zero either way.
+//! * `release` skips Go's `MADV_NOHUGEPAGE` on the (at most two) partial huge
+//!   pages at unaligned ends. That trick stops `khugepaged` from collapsing a
+//!   partly released huge page back into 2 MiB of RSS, but every flag change
+//!   splits a VMA, and a heap that releases many small runs can then hit
+//!   `vm.max_map_count` (65530 by default), after which `mmap`, `mprotect` and
+//!   even `munmap` fail with `ENOMEM`. Plain `MADV_DONTNEED` never splits a VMA.
+//! * The huge page size is fixed at 2 MiB (x86-64 and arm64 with 4 KiB pages)
+//!   instead of being read from
+//!   `/sys/kernel/mm/transparent_hugepage/hpage_pmd_size`. A wrong guess only
+//!   makes the hint less useful.
+//! * `alloc` maps with no hint (as Go's `sysAlloc` does) so that metadata does
+//!   not land between arenas and break their contiguity.
+//!
+//! Nothing here allocates: every method is a system call or two on the caller's
+//! stack.
+
+use core::ffi::c_void;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{Exhausted, PageSource};
+
+/// Where the first arena is looked for: Go's first arena hint on amd64,
+/// `0x00c0 << 32`.
+pub const DEFAULT_HINT: usize = 0x00c0_0000_0000;
+
+/// The transparent huge page size assumed for `MADV_HUGEPAGE` hints.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Flags of every reservation: address space only, no swap accounting.
+const RESERVE_FLAGS: libc::c_int = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+
+/// A [`PageSource`] over anonymous `mmap` memory, for hosted Linux.
+///
+/// Reservations are placed at ascending address hints, starting at
+/// [`DEFAULT_HINT`] and continuing from the end of the last reservation, so the
+/// heap's arenas tend to be contiguous; where the kernel puts a reservation
+/// elsewhere the source simply continues from there.
+///
+/// All state is one atomic (the next hint), so the source is `Send + Sync` and
+/// usable in a `static`.
+#[derive(Debug)]
+pub struct MmapSource {
+    /// Address at which the next reservation is tried (not `MAP_FIXED`).
+    next_hint: AtomicUsize,
+}
+
+impl MmapSource {
+    /// A source whose first reservation is tried at [`DEFAULT_HINT`].
+    pub const fn new() -> Self {
+        Self::with_hint(DEFAULT_HINT)
+    }
+
+    /// A source whose first reservation is tried at `hint` (0: let the kernel
+    /// choose). Handy to keep two heaps' arenas apart, as Go keeps user arenas
+    /// apart from the heap's.
+    pub const fn with_hint(hint: usize) -> Self {
+        MmapSource {
+            next_hint: AtomicUsize::new(hint),
+        }
+    }
+}
+
+impl Default for MmapSource {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `(x + a - 1) & !(a - 1)` for a power of two `a`, or `None` on overflow.
+#[inline]
+fn align_up(x: usize, a: usize) -> Option<usize> {
+    Some(x.checked_add(a - 1)? & !(a - 1))
+}
+
+/// `mmap` with `PROT_NONE` and [`RESERVE_FLAGS`] at the address hint `hint`
+/// (not `MAP_FIXED`). `None` on `MAP_FAILED`.
+fn map_none(hint: usize, bytes: usize) -> Option<NonNull<u8>> {
+    // SAFETY: without MAP_FIXED the kernel picks a range that overlaps no
+    // existing mapping, so this cannot disturb any memory; the hint is only a
+    // number and needs no provenance.
+    let p = unsafe {
+        libc::mmap(
+            ptr::without_provenance_mut::<c_void>(hint),
+            bytes,
+            libc::PROT_NONE,
+            RESERVE_FLAGS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        None
+    } else {
+        NonNull::new(p.cast::<u8>())
+    }
+}
+
+/// `munmap` that skips empty ranges and ignores errors.
+///
+/// # Safety
+/// `addr..addr+bytes` is a range of this source's own mappings that nothing
+/// will access any more.
+unsafe fn unmap(addr: *mut u8, bytes: usize) {
+    if bytes != 0 {
+        // SAFETY: the caller owns the range and has given it up.
+        unsafe { libc::munmap(addr.cast::<c_void>(), bytes) };
+    }
+}
+
+/// `MADV_HUGEPAGE` over the whole huge pages inside `addr..addr+bytes`; errors
+/// (no THP support, `EINVAL`) are ignored, as Go ignores them.
+///
+/// # Safety
+/// The range is a mapping of this source in the Prepared or Ready state.
+unsafe fn advise_huge(addr: NonNull<u8>, bytes: usize) {
+    let start = addr.as_ptr() as usize;
+    let (Some(beg), Some(end)) = (align_up(start, HUGE_PAGE), start.checked_add(bytes)) else {
+        return;
+    };
+    let end = end & !(HUGE_PAGE - 1);
+    if beg < end {
+        // SAFETY: `beg..end` lies inside the caller's range; MADV_HUGEPAGE only
+        // changes a VMA flag and never the contents.
+        unsafe {
+            libc::madvise(
+                addr.as_ptr().add(beg - start).cast::<c_void>(),
+                end - beg,
+                libc::MADV_HUGEPAGE,
+            )
+        };
+    }
+}
+
+// SAFETY: ranges come from mmap without MAP_FIXED (never overlapping a live
+// mapping) and are only unmapped by `free`; after `ready`/`alloc` the range is
+// PROT_READ|PROT_WRITE private anonymous memory; fresh, DONTNEED'ed and
+// refaulted anonymous pages read as zero (ZEROED); DONTNEED returns the pages
+// to the kernel (CAN_RELEASE); PAGE_SIZE is checked against sysconf in tests;
+// no method allocates, and all state is atomic.
+unsafe impl PageSource for MmapSource {
+    const PAGE_SIZE: usize = 4096;
+    const ARENA_BYTES: usize = 64 << 20;
+    const ZEROED: bool = true;
+    const CAN_RELEASE: bool = true;
+
+    /// None → Reserved with `mmap(PROT_NONE)`; Go's `sysReserve`, and
+    /// `sysReserveAligned` when the kernel's choice is not aligned.
+    fn reserve(&self, bytes: usize, align: usize) -> Option<NonNull<u8>> {
+        if bytes == 0 || !align.is_power_of_two() {
+            return None;
+        }
+        let bytes = bytes.checked_next_multiple_of(Self::PAGE_SIZE)?;
+        let align = align.max(Self::PAGE_SIZE);
+        let hint = align_up(self.next_hint.load(Ordering::Relaxed), align).unwrap_or(0);
+
+        // First try exactly `bytes` at the (aligned) hint: when the kernel takes
+        // the hint, or happens to choose an aligned address, there is nothing to trim.
+        let p = map_none(hint, bytes)?;
+        let base = if p.as_ptr() as usize & (align - 1) == 0 {
+            p
+        } else {
+            // SAFETY: `p` is the mapping just made and nobody has seen it.
+            unsafe { unmap(p.as_ptr(), bytes) };
+            // Over-reserve so that an aligned run of `bytes` surely lies inside
+            // (mmap results are PAGE_SIZE-aligned), then trim head and tail.
+            let size = bytes.checked_add(align - Self::PAGE_SIZE)?;
+            let q = map_none(hint, size)?;
+            let start = q.as_ptr() as usize;
+            let head = align_up(start, align)? - start;
+            let tail = size - head - bytes;
+            // SAFETY: head and tail lie inside the mapping just made, which
+            // nobody has seen; `head + bytes + tail == size`.
+            unsafe {
+                unmap(q.as_ptr(), head);
+                unmap(q.as_ptr().add(head + bytes), tail);
+                NonNull::new_unchecked(q.as_ptr().add(head))
+            }
+        };
+        // Next time, continue right after this reservation. A race between two
+        // reservations only costs contiguity, never correctness.
+        self.next_hint.store(
+            (base.as_ptr() as usize).wrapping_add(bytes),
+            Ordering::Relaxed,
+        );
+        Some(base)
+    }
+
+    /// Reserved → Prepared with `mprotect(PROT_READ|PROT_WRITE)`; Go's `sysMap`.
+    /// Fails where the kernel refuses (strict overcommit, `vm.max_map_count`).
+    unsafe fn commit(&self, addr: NonNull<u8>, bytes: usize) -> Result<(), Exhausted> {
+        // SAFETY: the range is a Reserved part of one of our mappings; making it
+        // accessible does not touch any memory of anyone else.
+        let rc = unsafe {
+            libc::mprotect(
+                addr.as_ptr().cast::<c_void>(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(Exhausted)
+        }
+    }
+
+    /// Prepared → Ready: the memory is already accessible, so only the huge
+    /// page hint of Go's `sysUsed` remains. Never fails.
+    unsafe fn ready(&self, addr: NonNull<u8>, bytes: usize) -> Result<(), Exhausted> {
+        // SAFETY: the range is Prepared (caller's precondition).
+        unsafe { advise_huge(addr, bytes) };
+        Ok(())
+    }
+
+    /// Ready → Prepared with `madvise(MADV_DONTNEED)`; Go's `sysUnused` (minus
+    /// its `MADV_NOHUGEPAGE` on the partial ends, see the module docs).
+    unsafe fn release(&self, addr: NonNull<u8>, bytes: usize) {
+        // SAFETY: the range is Ready and the caller will not access it until it
+        // is Ready again; DONTNEED on private anonymous memory drops the pages,
+        // which then read as zero.
+        unsafe { libc::madvise(addr.as_ptr().cast::<c_void>(), bytes, libc::MADV_DONTNEED) };
+    }
+
+    /// `MADV_HUGEPAGE` on the 2 MiB-aligned interior; Go's `sysHugePage`.
+    unsafe fn hugepage(&self, addr: NonNull<u8>, bytes: usize) {
+        // SAFETY: the range is Ready or Prepared (caller's precondition).
+        unsafe { advise_huge(addr, bytes) };
+    }
+
+    /// Ready or Prepared → Reserved: a fresh `PROT_NONE` mapping over the range
+    /// with `MAP_FIXED`, which drops the contents; Go's `sysFault`.
+    unsafe fn fault(&self, addr: NonNull<u8>, bytes: usize) {
+        // SAFETY: MAP_FIXED replaces exactly `addr..addr+bytes`, which is ours
+        // and which nothing will access any more (caller's precondition).
+        let p = unsafe {
+            libc::mmap(
+                addr.as_ptr().cast::<c_void>(),
+                bytes,
+                libc::PROT_NONE,
+                libc::MAP_FIXED | RESERVE_FLAGS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            // The kernel could not make a new mapping (vm.max_map_count). Still
+            // make it a guard: drop the contents and the access rights in place.
+            // Should even that fail, the range stays accessible but unused.
+            // SAFETY: as above; both calls only affect the caller's range.
+            unsafe {
+                libc::madvise(addr.as_ptr().cast::<c_void>(), bytes, libc::MADV_DONTNEED);
+                libc::mprotect(addr.as_ptr().cast::<c_void>(), bytes, libc::PROT_NONE);
+            }
+        }
+    }
+
+    /// Any state → None with `munmap`; Go's `sysFree`.
+    unsafe fn free(&self, addr: NonNull<u8>, bytes: usize) {
+        // SAFETY: the range is one that `reserve` or `alloc` returned and the
+        // caller gives it up.
+        unsafe { unmap(addr.as_ptr(), bytes) };
+    }
+
+    /// None → Ready in one `mmap(NULL, PROT_READ|PROT_WRITE)`; Go's `sysAlloc`.
+    /// No hint, so metadata stays out of the arenas' ascending run.
+    fn alloc(&self, bytes: usize) -> Option<NonNull<u8>> {
+        if bytes == 0 {
+            return None;
+        }
+        let bytes = bytes.checked_next_multiple_of(Self::PAGE_SIZE)?;
+        // SAFETY: a fresh private anonymous mapping at a kernel-chosen address
+        // overlaps nothing.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            None
+        } else {
+            NonNull::new(p.cast::<u8>())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::ptr::{read_volatile, write_volatile};
+
+    const PS: usize = MmapSource::PAGE_SIZE;
+    const MIB: usize = 1 << 20;
+
+    fn reserve_ready(src: &MmapSource, bytes: usize, align: usize) -> NonNull<u8> {
+        let p = src.reserve(bytes, align).expect("reserve");
+        unsafe {
+            src.commit(p, bytes).expect("commit");
+            src.ready(p, bytes).expect("ready");
+        }
+        p
+    }
+
+    fn all_zero(p: NonNull<u8>, bytes: usize) -> bool {
+        (0..bytes)
+            .step_by(512)
+            .all(|i| unsafe { read_volatile(p.as_ptr().add(i)) } == 0)
+            && unsafe { read_volatile(p.as_ptr().add(bytes - 1)) } == 0
+    }
+
+    /// Resident pages of this process, in bytes (second field of /proc/self/statm).
+    fn rss_bytes() -> usize {
+        let s = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: usize = s.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4096
+    }
+
+    #[test]
+    fn page_size_matches_kernel() {
+        let ps = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        assert_eq!(ps, 4096);
+        assert_eq!(ps as usize, MmapSource::PAGE_SIZE);
+    }
+
+    #[test]
+    fn reserve_is_aligned() {
+        let src = MmapSource::new();
+        for &align in &[4096, 2 * MIB, 64 * MIB] {
+            for &bytes in &[PS, 3 * PS, 2 * MIB, 64 * MIB] {
+                let p = src.reserve(bytes, align).expect("reserve");
+                assert_eq!(
+                    p.as_ptr() as usize % align,
+                    0,
+                    "align {align:#x} bytes {bytes:#x}"
+                );
+                unsafe { src.free(p, bytes) };
+            }
+        }
+        // A hint that cannot be honoured (unaligned, kernel-chosen) still aligns.
+        let src = MmapSource::with_hint(0);
+        let p = src.reserve(64 * MIB, 64 * MIB).unwrap();
+        assert_eq!(p.as_ptr() as usize % (64 * MIB), 0);
+        unsafe { src.free(p, 64 * MIB) };
+    }
+
+    #[test]
+    fn reserve_rejects_bad_arguments() {
+        let src = MmapSource::new();
+        assert!(src.reserve(0, PS).is_none());
+        assert!(src.reserve(PS, 3 * PS).is_none());
+        assert!(src.reserve(usize::MAX - PS, PS).is_none());
+        assert!(src.reserve(PS, 1 << (usize::BITS - 1)).is_none());
+        // Address space exhaustion is reported, not panicked on.
+        assert!(src.reserve(1 << 62, PS).is_none());
+    }
+
+    #[test]
+    fn arenas_ascend_contiguously_from_hint() {
+        // A private hint far from the other tests' reservations.
+        let hint = 0x2c00_0000_0000;
+        let src = MmapSource::with_hint(hint);
+        let a = src
+            .reserve(MmapSource::ARENA_BYTES, MmapSource::ARENA_BYTES)
+            .unwrap();
+        let b = src
+            .reserve(MmapSource::ARENA_BYTES, MmapSource::ARENA_BYTES)
+            .unwrap();
+        assert_eq!(a.as_ptr() as usize, hint);
+        assert_eq!(b.as_ptr() as usize, hint + MmapSource::ARENA_BYTES);
+        unsafe {
+            src.free(a, MmapSource::ARENA_BYTES);
+            src.free(b, MmapSource::ARENA_BYTES);
+        }
+    }
+
+    #[test]
+    fn committed_memory_reads_zero_and_is_writable() {
+        let src = MmapSource::new();
+        let bytes = 4 * MIB;
+        let p = src.reserve(bytes, 2 * MIB).unwrap();
+        unsafe {
+            // Commit only the middle; the rest stays Reserved.
+            let mid = NonNull::new_unchecked(p.as_ptr().add(MIB));
+            src.commit(mid, 2 * MIB).unwrap();
+            src.ready(mid, 2 * MIB).unwrap();
+            assert!(all_zero(mid, 2 * MIB));
+            write_volatile(mid.as_ptr(), 0xab);
+            write_volatile(mid.as_ptr().add(2 * MIB - 1), 0xcd);
+            assert_eq!(read_volatile(mid.as_ptr()), 0xab);
+            src.hugepage(mid, 2 * MIB);
+            src.free(p, bytes);
+        }
+    }
+
+    #[test]
+    fn release_zeroes() {
+        let src = MmapSource::new();
+        let bytes = 3 * MIB + 5 * PS; // unaligned ends
+        let p = reserve_ready(&src, bytes, PS);
+        unsafe {
+            for i in (0..bytes).step_by(PS) {
+                write_volatile(p.as_ptr().add(i), 0x5a);
+            }
+            src.release(p, bytes);
+            src.ready(p, bytes).unwrap();
+            assert!(all_zero(p, bytes));
+            src.free(p, bytes);
+        }
+    }
+
+    #[test]
+    fn release_returns_rss() {
+        let src = MmapSource::new();
+        let bytes = 32 * MIB;
+        let p = reserve_ready(&src, bytes, 2 * MIB);
+        let before = rss_bytes();
+        unsafe {
+            for i in (0..bytes).step_by(PS) {
+                write_volatile(p.as_ptr().add(i), 1);
+            }
+        }
+        let touched = rss_bytes();
+        unsafe { src.release(p, bytes) };
+        let after = rss_bytes();
+        // Other tests run concurrently, so only demand most of the 32 MiB.
+        assert!(
+            touched >= before + bytes / 2,
+            "touching: {before} -> {touched}"
+        );
+        assert!(
+            after + bytes / 2 <= touched,
+            "release: {touched} -> {after}"
+        );
+        unsafe { src.free(p, bytes) };
+    }
+
+    /// Runs `f` in a forked child and returns its raw wait status. The child
+    /// only touches memory and `_exit`s, which is safe even though the test
+    /// harness is multi-threaded.
+    fn in_child(f: impl FnOnce()) -> libc::c_int {
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0, "fork failed");
+            if pid == 0 {
+                // Default action for SIGSEGV: no std handler in the way.
+                libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+                f();
+                libc::_exit(0);
+            }
+            let mut status = 0;
+            let r = libc::waitpid(pid, &mut status, 0);
+            assert_eq!(r, pid);
+            status
+        }
+    }
+
+    #[test]
+    fn fault_makes_access_fault() {
+        let src = MmapSource::new();
+        let bytes = 4 * PS;
+        let p = reserve_ready(&src, bytes, PS);
+        let addr = p.as_ptr() as usize;
+        // Sanity check of the harness: a Ready page can be written by the child.
+        let st = in_child(|| unsafe { write_volatile((addr + PS) as *mut u8, 1) });
+        assert!(
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            "status {st:#x}"
+        );
+
+        unsafe {
+            write_volatile(p.as_ptr().add(PS), 0x77);
+            src.fault(NonNull::new_unchecked(p.as_ptr().add(PS)), 2 * PS);
+        }
+        let st = in_child(|| unsafe { write_volatile((addr + PS) as *mut u8, 1) });
+        assert!(
+            libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGSEGV,
+            "status {st:#x}"
+        );
+        let st = in_child(|| unsafe {
+            read_volatile((addr + 3 * PS - 1) as *const u8);
+        });
+        assert!(
+            libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGSEGV,
+            "status {st:#x}"
+        );
+        // The neighbours stay Ready.
+        let st = in_child(|| unsafe {
+            write_volatile(addr as *mut u8, 1);
+            write_volatile((addr + 3 * PS) as *mut u8, 1);
+        });
+        assert!(
+            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
+            "status {st:#x}"
+        );
+
+        // Reserved again: commit + ready bring it back, zeroed.
+        unsafe {
+            let g = NonNull::new_unchecked(p.as_ptr().add(PS));
+            src.commit(g, 2 * PS).unwrap();
+            src.ready(g, 2 * PS).unwrap();
+            assert!(all_zero(g, 2 * PS));
+            src.free(p, bytes);
+        }
+    }
+
+    #[test]
+    fn free_then_reserve_again() {
+        let src = MmapSource::with_hint(0x2d00_0000_0000);
+        let bytes = MmapSource::ARENA_BYTES;
+        let p = reserve_ready(&src, bytes, bytes);
+        unsafe {
+            write_volatile(p.as_ptr(), 9);
+            src.free(p, bytes);
+        }
+        let q = reserve_ready(&src, bytes, bytes);
+        assert_eq!(q.as_ptr() as usize % bytes, 0);
+        assert!(all_zero(q, bytes));
+        unsafe { src.free(q, bytes) };
+    }
+
+    #[test]
+    fn alloc_is_ready_and_zeroed() {
+        let src = MmapSource::new();
+        assert!(src.alloc(0).is_none());
+        let p = src.alloc(10_000).unwrap(); // rounded up to 3 pages
+        assert_eq!(p.as_ptr() as usize % PS, 0);
+        let bytes = 3 * PS;
+        assert!(all_zero(p, bytes));
+        unsafe {
+            write_volatile(p.as_ptr().add(bytes - 1), 3);
+            src.free(p, bytes);
+        }
+        assert!(src.alloc(usize::MAX).is_none());
+    }
+
+    #[test]
+    fn usable_from_a_static() {
+        static SRC: MmapSource = MmapSource::new();
+        fn assert_sync<T: Send + Sync>(_: &T) {}
+        assert_sync(&SRC);
+        let p = SRC.reserve(PS, PS).unwrap();
+        unsafe { SRC.free(p, PS) };
+    }
+}

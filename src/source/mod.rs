@@ -1,0 +1,139 @@
+//! The OS boundary: where arenas come from. See `lib.rs` for the overview.
+//!
+//! A [`PageSource`] hands out address ranges and moves them between Go's four
+//! memory states (`runtime/mem.go`):
+//!
+//! ```text
+//!            reserve                commit                 ready
+//!   None ─────────────▶ Reserved ─────────────▶ Prepared ─────────────▶ Ready
+//!     ▲                   ▲  ▲                     ▲   ◀─────────────────┘
+//!     │      free         │  │       fault         │        release
+//!     └───────────────────┘  └─────────────────────┼──────────────────── (from Ready or Prepared)
+//!                                                  │
+//!   alloc = reserve + commit + ready (None → Ready, for the allocator's own metadata)
+//! ```
+//!
+//! * **None** — the range is not the heap's; nothing may touch it.
+//! * **Reserved** — address space is set aside; any access faults. A guard page
+//!   lives in this state.
+//! * **Prepared** — the range is the heap's and cheap to make usable, but its
+//!   contents are undefined (or zero, see [`PageSource::ZEROED`]) and it may not
+//!   cost physical memory. Accessing it is not allowed until [`PageSource::ready`].
+//! * **Ready** — readable and writable memory.
+//!
+//! Preconditions, stated once: every `addr` is aligned to [`PageSource::PAGE_SIZE`],
+//! every `bytes` is a non-zero multiple of it, and the range lies inside one range
+//! returned by [`PageSource::reserve`] (or [`PageSource::alloc`]) and currently
+//! in the state the method moves it out of.
+//!
+//! A page source must never allocate through the heap it serves (no `Vec`, no
+//! `format!`, no printing that allocates): it runs with the heap lock held.
+
+#[cfg(feature = "linux")]
+pub mod mmap;
+pub mod region;
+pub mod failing;
+
+#[cfg(feature = "linux")]
+pub use mmap::MmapSource;
+pub use region::RegionSource;
+
+use core::ptr::NonNull;
+
+/// The source could not provide memory (out of address space or of physical memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exhausted;
+
+/// A supplier of arenas: the bottom tier.
+///
+/// # Safety
+///
+/// Implementers promise that:
+/// * a range returned by `reserve` or `alloc` does not overlap any other range
+///   the source has returned and not yet taken back with `free`;
+/// * after a successful `ready` (or `alloc`) the range is readable and writable
+///   memory, owned exclusively by the caller, until it leaves the Ready state;
+/// * the constants below describe the source truthfully (the heap skips zeroing
+///   on the strength of [`PageSource::ZEROED`]);
+/// * no method allocates through the heap that is built on top of the source,
+///   and every method may be called from any thread or CPU (`&self`), with the
+///   heap lock possibly held.
+pub unsafe trait PageSource {
+    /// Granule of every transition (the OS or MMU page), a power of two that
+    /// divides [`crate::PAGE_BYTES`].
+    const PAGE_SIZE: usize;
+    /// Bytes the heap asks for each time it grows: a multiple of
+    /// [`crate::CHUNK_BYTES`]. 64 MiB on Linux, as in Go.
+    const ARENA_BYTES: usize;
+    /// Memory made Ready from Prepared reads as zero, whether it was never used
+    /// or was given back with `release`.
+    const ZEROED: bool;
+    /// `release` really gives memory back (and so the scavenger is worth running).
+    const CAN_RELEASE: bool;
+
+    /// None → Reserved: set aside `bytes` of address space aligned to `align`
+    /// (a power of two, at least `PAGE_SIZE`). Go's `sysReserve`.
+    fn reserve(&self, bytes: usize, align: usize) -> Option<NonNull<u8>>;
+
+    /// Reserved → Prepared: make the range the heap's. Go's `sysMap`.
+    ///
+    /// # Safety
+    /// The range is Reserved (see the module preconditions).
+    unsafe fn commit(&self, addr: NonNull<u8>, bytes: usize) -> Result<(), Exhausted>;
+
+    /// Prepared → Ready: make the range usable. Go's `sysUsed`. May fail where it
+    /// needs physical memory (a kernel out of frames); the range then stays Prepared.
+    ///
+    /// # Safety
+    /// The range is Prepared.
+    unsafe fn ready(&self, addr: NonNull<u8>, bytes: usize) -> Result<(), Exhausted>;
+
+    /// Ready → Prepared: give the physical memory back, keep the range. Go's
+    /// `sysUnused`. A no-op where `CAN_RELEASE` is false.
+    ///
+    /// # Safety
+    /// The range is Ready and nothing will read or write it until it is made Ready again.
+    unsafe fn release(&self, addr: NonNull<u8>, bytes: usize);
+
+    /// A hint that the Ready range would profit from huge pages. Go's `sysHugePage`.
+    ///
+    /// # Safety
+    /// The range is Ready or Prepared.
+    unsafe fn hugepage(&self, addr: NonNull<u8>, bytes: usize) {
+        let _ = (addr, bytes);
+    }
+
+    /// Ready or Prepared → Reserved: make the range fault on access (a guard).
+    /// Go's `sysFault`.
+    ///
+    /// # Safety
+    /// The range is Ready or Prepared and nothing will access it any more.
+    unsafe fn fault(&self, addr: NonNull<u8>, bytes: usize);
+
+    /// Any state → None: return the range. Go's `sysFree`. `addr`/`bytes` must be
+    /// exactly a range that `reserve` or `alloc` returned.
+    ///
+    /// # Safety
+    /// Nothing will access the range any more.
+    unsafe fn free(&self, addr: NonNull<u8>, bytes: usize);
+
+    /// None → Ready in one step, for the allocator's own metadata. Go's `sysAlloc`.
+    /// The memory reads as zero when `ZEROED` is true.
+    fn alloc(&self, bytes: usize) -> Option<NonNull<u8>> {
+        let bytes = bytes.checked_next_multiple_of(Self::PAGE_SIZE)?;
+        let p = self.reserve(bytes, Self::PAGE_SIZE)?;
+        // SAFETY: `p..p+bytes` was just reserved and is in the Reserved state.
+        if unsafe { self.commit(p, bytes) }.is_err() {
+            // SAFETY: the range is ours and nobody has seen it.
+            unsafe { self.free(p, bytes) };
+            return None;
+        }
+        // SAFETY: the range was just committed and is Prepared.
+        if unsafe { self.ready(p, bytes) }.is_err() {
+            // SAFETY: as above.
+            unsafe { self.free(p, bytes) };
+            return None;
+        }
+        Some(p)
+    }
+}

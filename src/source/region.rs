@@ -1,0 +1,527 @@
+//! [`RegionSource`]: arenas carved out of one fixed byte region, for boards
+//! without an MMU (or a kernel that hands the heap a physical window) and for
+//! tests.
+//!
+//! The memory is always there, so the state machine is bookkeeping only:
+//!
+//! | Method     | Transition          | How                                                   |
+//! |------------|---------------------|-------------------------------------------------------|
+//! | `reserve`  | None → Reserved     | first fit (with alignment) in a sorted, coalesced list of free extents |
+//! | `commit`   | Reserved → Prepared | nothing                                               |
+//! | `ready`    | Prepared → Ready    | nothing                                               |
+//! | `release`  | Ready → Prepared    | nothing (`CAN_RELEASE` is false)                      |
+//! | `hugepage` | (hint)              | nothing                                               |
+//! | `fault`    | → Reserved          | nothing: **a guard is not enforced** without an MMU; stray accesses to a faulted range go unnoticed |
+//! | `free`     | any → None          | the range goes back to the free list, merged with its neighbours |
+//! | `alloc`    | None → Ready        | the trait's default: `reserve` + `commit` + `ready`   |
+//!
+//! `ZEROED` is false: the region's contents are whatever was there, and a
+//! range given back and reserved again keeps its old bytes.
+//!
+//! The free list is a fixed array of [`MAX_EXTENTS`] `[start, end)` extents
+//! behind a spin lock; nothing allocates. Extents are kept sorted and merged,
+//! so the list holds one entry per gap between live reservations: it can only
+//! fill up with `MAX_EXTENTS` disjoint free holes. When it is full, `reserve`
+//! skips a fit that would need one more entry, and `free` of a range that
+//! touches no free extent forgets the range (it leaks, it is never handed out
+//! twice).
+
+use core::ptr::{self, NonNull};
+
+use spin::Mutex;
+
+use super::{Exhausted, PageSource};
+
+/// Capacity of the free-extent list.
+pub const MAX_EXTENTS: usize = 64;
+
+/// A free run `[start, end)`, in bytes from the region's base.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Extent {
+    start: usize,
+    end: usize,
+}
+
+const NO_EXTENT: Extent = Extent { start: 0, end: 0 };
+
+struct State {
+    /// The region's base as given: every pointer handed out derives from it.
+    base: *mut u8,
+    len: usize,
+    /// The extent list was built from `base`/`len` (a `const fn` constructor
+    /// cannot look at addresses, so this happens on first use).
+    init: bool,
+    /// Number of valid entries in `ext`.
+    n: usize,
+    /// `ext[..n]`: sorted by `start`, non-empty, non-adjacent, page-aligned
+    /// absolute addresses (`base + start` is `PAGE_SIZE`-aligned).
+    ext: [Extent; MAX_EXTENTS],
+}
+
+// SAFETY: `base` is the only non-Send field. It points to a region the source
+// owns exclusively (the contract of `RegionSource::new`/`set_region`), not to
+// anything tied to the creating thread, and it is only used under the mutex.
+unsafe impl Send for State {}
+
+impl State {
+    const fn new(base: *mut u8, len: usize) -> Self {
+        State {
+            base,
+            len,
+            init: false,
+            n: 0,
+            ext: [NO_EXTENT; MAX_EXTENTS],
+        }
+    }
+
+    /// Builds the initial extent list: the `PAGE_SIZE`-aligned interior of the region.
+    fn ensure_init(&mut self) {
+        if self.init {
+            return;
+        }
+        self.init = true;
+        self.n = 0;
+        if self.base.is_null() || self.len == 0 {
+            return;
+        }
+        let page = RegionSource::PAGE_SIZE;
+        let addr = self.base as usize;
+        let Some(first) = addr.checked_next_multiple_of(page) else {
+            return;
+        };
+        let last = addr.saturating_add(self.len) & !(page - 1);
+        if first < last {
+            self.ext[0] = Extent {
+                start: first - addr,
+                end: last - addr,
+            };
+            self.n = 1;
+        }
+    }
+
+    fn remove(&mut self, i: usize) {
+        self.ext.copy_within(i + 1..self.n, i);
+        self.n -= 1;
+    }
+
+    fn insert(&mut self, i: usize, e: Extent) {
+        debug_assert!(self.n < MAX_EXTENTS);
+        self.ext.copy_within(i..self.n, i + 1);
+        self.ext[i] = e;
+        self.n += 1;
+    }
+
+    /// First fit of `bytes` at an absolute alignment `align`; returns the offset.
+    fn carve(&mut self, bytes: usize, align: usize) -> Option<usize> {
+        let addr = self.base as usize;
+        for i in 0..self.n {
+            let e = self.ext[i];
+            let Some(a) = (addr + e.start).checked_next_multiple_of(align) else {
+                continue;
+            };
+            let start = a - addr;
+            let Some(end) = start.checked_add(bytes) else {
+                continue;
+            };
+            if end > e.end {
+                continue;
+            }
+            let head = start > e.start;
+            let tail = end < e.end;
+            match (head, tail) {
+                (false, false) => self.remove(i),
+                (true, false) => self.ext[i].end = start,
+                (false, true) => self.ext[i].start = end,
+                (true, true) => {
+                    if self.n == MAX_EXTENTS {
+                        continue; // splitting needs an entry we do not have
+                    }
+                    self.ext[i].end = start;
+                    self.insert(
+                        i + 1,
+                        Extent {
+                            start: end,
+                            end: e.end,
+                        },
+                    );
+                }
+            }
+            return Some(start);
+        }
+        None
+    }
+
+    /// Gives `[start, end)` back, merging with the neighbours.
+    fn give_back(&mut self, start: usize, end: usize) {
+        // Index of the first extent after the range.
+        let i = self.ext[..self.n].partition_point(|e| e.start < start);
+        debug_assert!(
+            i == 0 || self.ext[i - 1].end <= start,
+            "free of a free range"
+        );
+        debug_assert!(
+            i == self.n || end <= self.ext[i].start,
+            "free of a free range"
+        );
+        let join_prev = i > 0 && self.ext[i - 1].end == start;
+        let join_next = i < self.n && self.ext[i].start == end;
+        match (join_prev, join_next) {
+            (true, true) => {
+                self.ext[i - 1].end = self.ext[i].end;
+                self.remove(i);
+            }
+            (true, false) => self.ext[i - 1].end = end,
+            (false, true) => self.ext[i].start = start,
+            (false, false) => {
+                if self.n < MAX_EXTENTS {
+                    self.insert(i, Extent { start, end });
+                }
+                // Otherwise the range is forgotten (see the module docs).
+            }
+        }
+    }
+}
+
+/// A [`PageSource`] over one fixed byte region given at construction (or at
+/// boot with [`RegionSource::set_region`]).
+///
+/// The region need not be aligned: only its `PAGE_SIZE`-aligned interior is
+/// used. Pointers handed out are derived from the region's base pointer, so
+/// they keep its provenance.
+pub struct RegionSource {
+    state: Mutex<State>,
+}
+
+impl RegionSource {
+    /// A source with no memory: every `reserve` fails until
+    /// [`set_region`](Self::set_region) gives it one. Usable in a `static`.
+    pub const fn empty() -> Self {
+        RegionSource {
+            state: Mutex::new(State::new(ptr::null_mut(), 0)),
+        }
+    }
+
+    /// A source over `base..base + len`.
+    ///
+    /// # Safety
+    /// `base..base + len` is valid, readable and writable memory, inside one
+    /// allocation (or memory region of the platform), and the caller hands it
+    /// over exclusively: nothing else reads or writes it for as long as the
+    /// source or any range it handed out is in use.
+    pub const unsafe fn new(base: *mut u8, len: usize) -> Self {
+        RegionSource {
+            state: Mutex::new(State::new(base, len)),
+        }
+    }
+
+    /// Replaces the source's region with `base..base + len` (for a `static`
+    /// built with [`empty`](Self::empty) that learns its memory at boot). The
+    /// old region, if any, is forgotten wholesale.
+    ///
+    /// # Safety
+    /// As for [`new`](Self::new) for the new region; and no range handed out
+    /// from the old region is still in use, nor will be given to `free` or
+    /// any other method of this source.
+    pub unsafe fn set_region(&self, base: *mut u8, len: usize) {
+        *self.state.lock() = State::new(base, len);
+    }
+
+    /// Bytes currently free (not reserved), summed over all extents.
+    pub fn free_bytes(&self) -> usize {
+        let mut s = self.state.lock();
+        s.ensure_init();
+        s.ext[..s.n].iter().map(|e| e.end - e.start).sum()
+    }
+
+    /// Number of free extents (holes) in the list; at most [`MAX_EXTENTS`].
+    pub fn free_extents(&self) -> usize {
+        let mut s = self.state.lock();
+        s.ensure_init();
+        s.n
+    }
+}
+
+impl Default for RegionSource {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl core::fmt::Debug for RegionSource {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut d = f.debug_struct("RegionSource");
+        // try_lock: formatting must not deadlock against a holder of the lock.
+        if let Some(s) = self.state.try_lock() {
+            d.field("base", &s.base)
+                .field("len", &s.len)
+                .field("free_extents", &s.n);
+        }
+        d.finish_non_exhaustive()
+    }
+}
+
+// SAFETY: `reserve` hands out disjoint sub-ranges of a region the source owns
+// exclusively (free extents are disjoint from every live reservation, and the
+// list is only changed under the lock); that memory is always readable and
+// writable, so a Ready range is usable; ZEROED and CAN_RELEASE are false, the
+// truthful answers; nothing allocates; the state sits behind a spin mutex, so
+// every method may be called through `&self` from any CPU.
+unsafe impl PageSource for RegionSource {
+    const PAGE_SIZE: usize = 4096;
+    const ARENA_BYTES: usize = crate::CHUNK_BYTES;
+    const ZEROED: bool = false;
+    const CAN_RELEASE: bool = false;
+
+    /// None → Reserved: first fit in the free-extent list.
+    fn reserve(&self, bytes: usize, align: usize) -> Option<NonNull<u8>> {
+        if bytes == 0 || !align.is_power_of_two() {
+            return None;
+        }
+        let bytes = bytes.checked_next_multiple_of(Self::PAGE_SIZE)?;
+        let align = align.max(Self::PAGE_SIZE);
+        let mut s = self.state.lock();
+        s.ensure_init();
+        let off = s.carve(bytes, align)?;
+        // SAFETY: `off + bytes <= len`, since extents lie inside the region, so
+        // the result stays in bounds of the region's allocation.
+        NonNull::new(unsafe { s.base.add(off) })
+    }
+
+    /// Reserved → Prepared: nothing to do.
+    unsafe fn commit(&self, _addr: NonNull<u8>, _bytes: usize) -> Result<(), Exhausted> {
+        Ok(())
+    }
+
+    /// Prepared → Ready: nothing to do.
+    unsafe fn ready(&self, _addr: NonNull<u8>, _bytes: usize) -> Result<(), Exhausted> {
+        Ok(())
+    }
+
+    /// Ready → Prepared: nothing to give back.
+    unsafe fn release(&self, _addr: NonNull<u8>, _bytes: usize) {}
+
+    /// Ready or Prepared → Reserved in name only: without an MMU nothing makes
+    /// the range fault, so a guard placed here is not enforced.
+    unsafe fn fault(&self, _addr: NonNull<u8>, _bytes: usize) {}
+
+    /// Any state → None: back to the free list, merged with its neighbours.
+    unsafe fn free(&self, addr: NonNull<u8>, bytes: usize) {
+        let Some(bytes) = bytes.checked_next_multiple_of(Self::PAGE_SIZE) else {
+            return;
+        };
+        let mut s = self.state.lock();
+        s.ensure_init();
+        let start = (addr.as_ptr() as usize).wrapping_sub(s.base as usize);
+        debug_assert!(
+            start <= s.len && bytes <= s.len - start,
+            "free of a range outside the region"
+        );
+        if start > s.len || bytes > s.len - start {
+            return;
+        }
+        s.give_back(start, start + bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::alloc::{alloc, dealloc, Layout};
+
+    const PS: usize = RegionSource::PAGE_SIZE;
+
+    /// A heap buffer aligned to `align`, freed on drop.
+    struct Buf {
+        p: *mut u8,
+        layout: Layout,
+    }
+
+    impl Buf {
+        fn new(len: usize, align: usize) -> Buf {
+            let layout = Layout::from_size_align(len, align).unwrap();
+            let p = unsafe { alloc(layout) };
+            assert!(!p.is_null());
+            Buf { p, layout }
+        }
+        /// A source over `offset..offset+len` of the buffer.
+        fn source(&self, offset: usize, len: usize) -> RegionSource {
+            assert!(offset + len <= self.layout.size());
+            unsafe { RegionSource::new(self.p.add(offset), len) }
+        }
+    }
+
+    impl Drop for Buf {
+        fn drop(&mut self) {
+            unsafe { dealloc(self.p, self.layout) }
+        }
+    }
+
+    fn off(buf: &Buf, p: NonNull<u8>) -> usize {
+        p.as_ptr() as usize - buf.p as usize
+    }
+
+    #[test]
+    fn carves_in_order_and_memory_is_usable() {
+        let buf = Buf::new(64 * PS, PS);
+        let src = buf.source(0, 64 * PS);
+        assert_eq!(src.free_bytes(), 64 * PS);
+        let a = src.reserve(4 * PS, PS).unwrap();
+        let b = src.reserve(PS, PS).unwrap();
+        let c = src.alloc(100).unwrap(); // rounded to one page
+        assert_eq!(
+            (off(&buf, a), off(&buf, b), off(&buf, c)),
+            (0, 4 * PS, 5 * PS)
+        );
+        assert_eq!(src.free_bytes(), 58 * PS);
+        unsafe {
+            src.commit(a, 4 * PS).unwrap();
+            src.ready(a, 4 * PS).unwrap();
+            a.as_ptr().write_bytes(0xee, 4 * PS);
+            src.hugepage(a, 4 * PS);
+            src.release(a, 4 * PS);
+            src.fault(a, PS);
+            // Writing c does not disturb a.
+            c.as_ptr().write_bytes(1, PS);
+            assert_eq!(*a.as_ptr().add(4 * PS - 1), 0xee);
+        }
+    }
+
+    #[test]
+    fn alignment() {
+        let buf = Buf::new(32 * PS + 2 * 65536, 65536);
+        let src = buf.source(0, 32 * PS + 2 * 65536);
+        let a = src.reserve(PS, PS).unwrap();
+        assert_eq!(off(&buf, a), 0);
+        let b = src.reserve(PS, 65536).unwrap();
+        assert_eq!(b.as_ptr() as usize % 65536, 0);
+        assert_eq!(off(&buf, b), 65536);
+        // The hole before b is reused first-fit.
+        let c = src.reserve(2 * PS, 8192).unwrap();
+        assert_eq!(off(&buf, c), 2 * PS);
+        // An align below PAGE_SIZE is raised to PAGE_SIZE.
+        let d = src.reserve(PS, 1).unwrap();
+        assert_eq!(d.as_ptr() as usize % PS, 0);
+        assert_eq!(off(&buf, d), PS);
+        assert!(src.reserve(PS, 3 * PS).is_none());
+        assert!(src.reserve(0, PS).is_none());
+    }
+
+    #[test]
+    fn exhaustion_returns_none() {
+        let buf = Buf::new(16 * PS, PS);
+        let src = buf.source(0, 16 * PS);
+        assert!(src.reserve(17 * PS, PS).is_none());
+        assert!(src.reserve(usize::MAX, PS).is_none());
+        assert!(src.reserve(PS, 1 << (usize::BITS - 1)).is_none());
+        let a = src.reserve(16 * PS, PS).unwrap();
+        assert!(src.reserve(PS, PS).is_none());
+        assert!(src.alloc(1).is_none());
+        unsafe { src.free(a, 16 * PS) };
+        assert!(src.reserve(16 * PS, PS).is_some());
+
+        let empty = RegionSource::empty();
+        assert!(empty.reserve(PS, PS).is_none());
+        assert_eq!(empty.free_bytes(), 0);
+        // A region smaller than a page, or with no whole aligned page, is empty.
+        let tiny = buf.source(1, PS);
+        assert!(tiny.reserve(PS, PS).is_none());
+    }
+
+    #[test]
+    fn free_and_reserve_again() {
+        let buf = Buf::new(8 * PS, PS);
+        let src = buf.source(0, 8 * PS);
+        let a = src.reserve(2 * PS, PS).unwrap();
+        let b = src.reserve(2 * PS, PS).unwrap();
+        let _c = src.reserve(4 * PS, PS).unwrap();
+        assert!(src.reserve(PS, PS).is_none());
+        unsafe { src.free(b, 2 * PS) };
+        let b2 = src.reserve(2 * PS, PS).unwrap();
+        assert_eq!(b2, b);
+        unsafe { src.free(a, 2 * PS) };
+        let a2 = src.reserve(PS, PS).unwrap();
+        assert_eq!(a2, a);
+        let a3 = src.reserve(PS, PS).unwrap();
+        assert_eq!(off(&buf, a3), PS);
+    }
+
+    #[test]
+    fn coalescing() {
+        let buf = Buf::new(16 * PS, PS);
+        let src = buf.source(0, 16 * PS);
+        let r: std::vec::Vec<_> = (0..8).map(|_| src.reserve(2 * PS, PS).unwrap()).collect();
+        assert_eq!(src.free_extents(), 0);
+        unsafe {
+            src.free(r[1], 2 * PS);
+            src.free(r[3], 2 * PS);
+            src.free(r[5], 2 * PS);
+            assert_eq!(src.free_extents(), 3);
+            // Join with the previous extent, then with the next, then both.
+            src.free(r[2], 2 * PS);
+            assert_eq!(src.free_extents(), 2);
+            src.free(r[4], 2 * PS);
+            assert_eq!(src.free_extents(), 1);
+            src.free(r[7], 2 * PS);
+            src.free(r[6], 2 * PS);
+            assert_eq!(src.free_extents(), 1);
+            src.free(r[0], 2 * PS);
+        }
+        assert_eq!(src.free_extents(), 1);
+        assert_eq!(src.free_bytes(), 16 * PS);
+        // Everything merged back: the whole region is one fit again.
+        let all = src.reserve(16 * PS, PS).unwrap();
+        assert_eq!(off(&buf, all), 0);
+    }
+
+    #[test]
+    fn full_extent_list() {
+        let n = 2 * MAX_EXTENTS + 2;
+        let buf = Buf::new(n * PS, PS);
+        let src = buf.source(0, n * PS);
+        let r: std::vec::Vec<_> = (0..n).map(|_| src.reserve(PS, PS).unwrap()).collect();
+        // Free every other page: MAX_EXTENTS + 1 disjoint holes, one too many.
+        for i in (0..n).step_by(2) {
+            unsafe { src.free(r[i], PS) };
+        }
+        assert_eq!(src.free_extents(), MAX_EXTENTS);
+        // The last hole was forgotten, never handed out twice.
+        let got: std::vec::Vec<_> = core::iter::from_fn(|| src.reserve(PS, PS)).collect();
+        assert_eq!(got.len(), MAX_EXTENTS);
+        assert!(!got.contains(&r[n - 2]));
+    }
+
+    #[test]
+    fn unaligned_region_base() {
+        let buf = Buf::new(12 * PS, 2 * PS);
+        // Region starts 100 bytes past a page boundary and ends mid-page:
+        // only the 10 whole pages inside are used.
+        let src = buf.source(100, 11 * PS);
+        assert_eq!(src.free_bytes(), 10 * PS);
+        let a = src.reserve(PS, PS).unwrap();
+        assert_eq!(off(&buf, a), PS);
+        let b = src.reserve(8192, 8192).unwrap();
+        assert_eq!(off(&buf, b), 2 * PS);
+        let rest = src.reserve(8 * PS, PS);
+        assert!(rest.is_none());
+        let rest = src.reserve(7 * PS, PS).unwrap();
+        assert_eq!(off(&buf, rest), 4 * PS);
+        assert!(src.reserve(PS, PS).is_none());
+        unsafe { src.free(a, PS) };
+        assert_eq!(src.reserve(PS, PS), Some(a));
+    }
+
+    #[test]
+    fn static_learns_its_region_at_boot() {
+        static SRC: RegionSource = RegionSource::empty();
+        fn assert_sync<T: Send + Sync>(_: &T) {}
+        assert_sync(&SRC);
+        assert!(SRC.reserve(PS, PS).is_none());
+        let buf = Buf::new(8 * PS, PS);
+        unsafe { SRC.set_region(buf.p, 8 * PS) };
+        let a = SRC.reserve(8 * PS, PS).unwrap();
+        assert_eq!(off(&buf, a), 0);
+        unsafe { SRC.free(a, 8 * PS) };
+        unsafe { SRC.set_region(ptr::null_mut(), 0) };
+        assert!(SRC.reserve(PS, PS).is_none());
+    }
+}

@@ -1,0 +1,422 @@
+//! Spans: runs of pages carved into objects of one size class (Go's `mspan`).
+//! See `lib.rs` for the overview.
+//!
+//! A span's metadata lives in a [`Span`] record from a fixed-size pool, outside
+//! the span's own pages, so the pages can go back to the page heap and to the
+//! source while the record is reused. The allocation bitmap has one bit per
+//! object (1 = handed out: live, or free in a per-CPU or transfer cache).
+//! Carving takes the lowest free object with Go's `nextFreeFast` trick: a 64-bit
+//! `alloc_cache` holds the complement of one bitmap word, scanned by
+//! count-trailing-zeros.
+//!
+//! Invariants (all fields guarded by the lock of whoever owns the span: the
+//! class's central lock for small spans, the page heap lock for large spans and
+//! free records):
+//! * `alloc_count == popcount(alloc_bits)` over the first `nelems` bits;
+//! * bits at and above `nelems` are always 0;
+//! * `alloc_cache == !alloc_bits[cache_word] & valid_mask(cache_word)`, minus
+//!   nothing: it is refreshed on every change to that word;
+//! * every word below `cache_word` is full (no zero bits among its valid bits).
+
+use core::ptr::null_mut;
+use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+
+use crate::sizeclass::SizeClass;
+use crate::PAGE_BYTES;
+
+/// Most objects any span holds: class 1 (8 B) in one 8 KiB page.
+pub const MAX_OBJECTS: usize = PAGE_BYTES / 8;
+const BITMAP_WORDS: usize = MAX_OBJECTS / 64;
+
+/// Objects per tiny block counter record: class 2 (16 B) objects in a one-page span.
+pub const TINY_BLOCKS_PER_SPAN: usize = PAGE_BYTES / crate::TINY_SIZE;
+
+/// Live-count bytes of the tiny blocks of one class-2 span.
+pub type TinyCounts = [AtomicU8; TINY_BLOCKS_PER_SPAN];
+
+/// What a span is used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SpanState {
+    /// The record is on the pool's free list.
+    Dead = 0,
+    /// Small objects of `class`, owned by `central[class]`.
+    Small = 1,
+    /// One large object.
+    Large = 2,
+    /// Memory managed by its user (stacks), not by central lists.
+    Manual = 3,
+}
+
+/// Which central list a small span is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ListId {
+    /// On no list (being built, or large).
+    None = 0,
+    /// Has free objects.
+    Partial = 1,
+    /// Every object handed out.
+    Full = 2,
+}
+
+/// Metadata of one span.
+#[repr(C)]
+pub struct Span {
+    /// Links of the central list (`list`) the span is on.
+    pub next: *mut Span,
+    pub prev: *mut Span,
+    /// First byte of the span; page aligned.
+    pub start: usize,
+    /// Length in pages.
+    pub npages: usize,
+    /// Arena the span lies in (a `pageheap::Arena`), set by the page heap.
+    pub arena: *mut u8,
+    pub class: SizeClass,
+    pub state: SpanState,
+    pub list: ListId,
+    /// The pages were not known to be zero when the span was made.
+    pub needzero: bool,
+    /// Bytes per object (for large spans: the span's bytes).
+    pub elemsize: u32,
+    /// Objects in the span (1 for large spans).
+    pub nelems: u32,
+    /// Objects handed out (bits set in `alloc_bits`).
+    pub alloc_count: u32,
+    /// Index of the bitmap word mirrored in `alloc_cache`.
+    pub cache_word: u32,
+    /// Complement of `alloc_bits[cache_word]`, restricted to valid objects.
+    pub alloc_cache: u64,
+    pub alloc_bits: [u64; BITMAP_WORDS],
+    /// Live counts of tiny blocks (class 2 spans only), else null.
+    pub tiny: AtomicPtr<TinyCounts>,
+    /// With `checks`: objects that are free but still cached (per-CPU or
+    /// transfer), so a second free of them is caught.
+    #[cfg(feature = "checks")]
+    pub cached_bits: [core::sync::atomic::AtomicU64; BITMAP_WORDS],
+}
+
+impl Span {
+    /// Initialises a record for `npages` pages at `start`, used as `state`.
+    ///
+    /// # Safety
+    /// `this` points to writable room for a `Span` (possibly uninitialised).
+    pub unsafe fn init(this: *mut Span, start: usize, npages: usize, arena: *mut u8, state: SpanState) {
+        // SAFETY: the caller gives us the record; every field is written here.
+        unsafe {
+            this.write(Span {
+                next: null_mut(),
+                prev: null_mut(),
+                start,
+                npages,
+                arena,
+                class: SizeClass::LARGE,
+                state,
+                list: ListId::None,
+                needzero: true,
+                elemsize: (npages * PAGE_BYTES).min(u32::MAX as usize) as u32,
+                nelems: 1,
+                alloc_count: 0,
+                cache_word: 0,
+                alloc_cache: 0,
+                alloc_bits: [0; BITMAP_WORDS],
+                tiny: AtomicPtr::new(null_mut()),
+                #[cfg(feature = "checks")]
+                cached_bits: [const { core::sync::atomic::AtomicU64::new(0) }; BITMAP_WORDS],
+            })
+        }
+    }
+
+    /// Turns a fresh span into one of small objects of `class`.
+    pub fn init_small(&mut self, class: SizeClass) {
+        debug_assert!(!class.is_large() && class.span_pages() == self.npages);
+        self.class = class;
+        self.state = SpanState::Small;
+        self.elemsize = class.size() as u32;
+        self.nelems = class.objects() as u32;
+        self.alloc_count = 0;
+        self.alloc_bits = [0; BITMAP_WORDS];
+        self.cache_word = 0;
+        self.alloc_cache = self.valid_mask(0);
+    }
+
+    /// One past the last byte.
+    #[inline]
+    pub fn end(&self) -> usize {
+        self.start + self.npages * PAGE_BYTES
+    }
+
+    /// Bits of word `w` that stand for real objects.
+    #[inline]
+    fn valid_mask(&self, w: usize) -> u64 {
+        let n = self.nelems as usize;
+        let lo = w * 64;
+        if n >= lo + 64 {
+            !0
+        } else if n <= lo {
+            0
+        } else {
+            (1u64 << (n - lo)) - 1
+        }
+    }
+
+    fn words(&self) -> usize {
+        (self.nelems as usize).div_ceil(64)
+    }
+
+    /// Every object handed out.
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.alloc_count == self.nelems
+    }
+
+    /// Address of object `idx`.
+    #[inline]
+    pub fn object(&self, idx: usize) -> *mut u8 {
+        (self.start + idx * self.elemsize as usize) as *mut u8
+    }
+
+    /// Index of the object containing `addr` (Go's magic divide), and whether
+    /// `addr` is exactly its start.
+    #[inline]
+    pub fn index_of(&self, addr: usize) -> (usize, bool) {
+        let off = addr - self.start;
+        let idx = self.class.object_index(off);
+        (idx, idx * self.elemsize as usize == off)
+    }
+
+    /// Is object `idx` handed out?
+    #[inline]
+    pub fn is_allocated(&self, idx: usize) -> bool {
+        self.alloc_bits[idx / 64] & (1 << (idx % 64)) != 0
+    }
+
+    /// Takes the lowest free object (Go's `nextFreeFast`, then `nextFree`).
+    #[inline]
+    pub fn take(&mut self) -> Option<usize> {
+        if self.alloc_cache == 0 {
+            // The cached word is exhausted: advance to the next word with a free bit.
+            let words = self.words();
+            let mut w = self.cache_word as usize + 1;
+            while w < words && !self.alloc_bits[w] & self.valid_mask(w) == 0 {
+                w += 1;
+            }
+            if w >= words {
+                return None;
+            }
+            self.cache_word = w as u32;
+            self.alloc_cache = !self.alloc_bits[w] & self.valid_mask(w);
+        }
+        let bit = self.alloc_cache.trailing_zeros() as usize;
+        self.alloc_cache &= self.alloc_cache - 1;
+        let w = self.cache_word as usize;
+        self.alloc_bits[w] |= 1 << bit;
+        self.alloc_count += 1;
+        Some(w * 64 + bit)
+    }
+
+    /// Gives object `idx` back to the span. Returns false (and changes nothing)
+    /// if it was not handed out.
+    #[inline]
+    pub fn put(&mut self, idx: usize) -> bool {
+        let (w, bit) = (idx / 64, 1u64 << (idx % 64));
+        if idx >= self.nelems as usize || self.alloc_bits[w] & bit == 0 {
+            return false;
+        }
+        self.alloc_bits[w] &= !bit;
+        self.alloc_count -= 1;
+        let cw = self.cache_word as usize;
+        if w == cw {
+            self.alloc_cache |= bit;
+        } else if w < cw {
+            // Keep allocation lowest-first: move the cache down to this word.
+            self.cache_word = w as u32;
+            self.alloc_cache = !self.alloc_bits[w] & self.valid_mask(w);
+        }
+        true
+    }
+
+    /// Walks the span and panics if an invariant is broken.
+    pub fn check_invariants(&self) {
+        let words = self.words();
+        let mut count = 0;
+        for w in 0..BITMAP_WORDS {
+            let bits = self.alloc_bits[w];
+            assert_eq!(bits & !self.valid_mask(w), 0, "span {:#x}: bits beyond nelems", self.start);
+            count += bits.count_ones();
+        }
+        assert_eq!(count, self.alloc_count, "span {:#x}: alloc_count != popcount", self.start);
+        let cw = self.cache_word as usize;
+        if cw < words {
+            assert_eq!(self.alloc_cache, !self.alloc_bits[cw] & self.valid_mask(cw), "span {:#x}: stale alloc cache", self.start);
+        }
+        for w in 0..cw.min(words) {
+            assert_eq!(!self.alloc_bits[w] & self.valid_mask(w), 0, "span {:#x}: free object below cache_word", self.start);
+        }
+    }
+}
+
+/// A doubly-linked list of spans through `Span::next/prev`, guarded by its owner's lock.
+pub struct SpanList {
+    head: *mut Span,
+    len: usize,
+}
+
+// SAFETY: the list only links span records; whoever owns the list (behind a lock)
+// owns the links.
+unsafe impl Send for SpanList {}
+
+impl SpanList {
+    pub const fn new() -> Self {
+        SpanList { head: null_mut(), len: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.head.is_null()
+    }
+
+    pub fn first(&self) -> *mut Span {
+        self.head
+    }
+
+    /// # Safety
+    /// `s` is a live record on no list, owned by the caller's lock.
+    pub unsafe fn push(&mut self, s: *mut Span) {
+        // SAFETY: the caller owns `s` and the list.
+        unsafe {
+            (*s).prev = null_mut();
+            (*s).next = self.head;
+            if !self.head.is_null() {
+                (*self.head).prev = s;
+            }
+        }
+        self.head = s;
+        self.len += 1;
+    }
+
+    /// # Safety
+    /// `s` is on this list.
+    pub unsafe fn remove(&mut self, s: *mut Span) {
+        // SAFETY: `s` and its neighbours are on this list, which the caller owns.
+        unsafe {
+            let (p, n) = ((*s).prev, (*s).next);
+            if p.is_null() {
+                self.head = n;
+            } else {
+                (*p).next = n;
+            }
+            if !n.is_null() {
+                (*n).prev = p;
+            }
+            (*s).next = null_mut();
+            (*s).prev = null_mut();
+        }
+        self.len -= 1;
+    }
+
+    /// Iterates the records (the list must not change meanwhile).
+    pub fn iter(&self) -> impl Iterator<Item = *mut Span> + '_ {
+        let mut cur = self.head;
+        core::iter::from_fn(move || {
+            if cur.is_null() {
+                return None;
+            }
+            let s = cur;
+            // SAFETY: records on the list are live while the owner's lock is held.
+            cur = unsafe { (*s).next };
+            Some(s)
+        })
+    }
+}
+
+impl Default for SpanList {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Reads a tiny live count (for diagnostics).
+pub fn tiny_count(counts: &TinyCounts, idx: usize) -> u8 {
+    counts[idx].load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::boxed::Box;
+    use std::vec::Vec;
+
+    fn small(class: usize) -> Box<Span> {
+        let c = SizeClass::new(class).unwrap();
+        let mut b: Box<core::mem::MaybeUninit<Span>> = Box::new_uninit();
+        // SAFETY: room for a Span.
+        unsafe { Span::init(b.as_mut_ptr(), 0x10_0000, c.span_pages(), null_mut(), SpanState::Small) };
+        // SAFETY: initialised just above.
+        let mut s = unsafe { b.assume_init() };
+        s.init_small(c);
+        s
+    }
+
+    #[test]
+    fn takes_lowest_first_and_refills_cache_on_free() {
+        for class in [1usize, 2, 3, 5, 26, 35, 67] {
+            let mut s = small(class);
+            let n = s.nelems as usize;
+            let got: Vec<usize> = (0..n).map(|_| s.take().unwrap()).collect();
+            assert_eq!(got, (0..n).collect::<Vec<_>>(), "class {class}");
+            assert!(s.take().is_none());
+            assert!(s.is_full());
+            s.check_invariants();
+            // Free a few scattered objects; they come back lowest first.
+            let mut frees: Vec<usize> = std::vec![n - 1, 0, n / 2, n / 3];
+            frees.sort();
+            frees.dedup();
+            frees.reverse();
+            for &i in &frees {
+                assert!(s.put(i));
+                assert!(!s.put(i), "second put of {i} must fail");
+                s.check_invariants();
+            }
+            let mut want = frees.clone();
+            want.sort();
+            let again: Vec<usize> = (0..want.len()).map(|_| s.take().unwrap()).collect();
+            assert_eq!(again, want, "class {class}");
+            s.check_invariants();
+        }
+    }
+
+    #[test]
+    fn index_of_finds_object_starts() {
+        let s = small(45); // 4864 B objects over 3 pages
+        for i in 0..s.nelems as usize {
+            let a = s.object(i) as usize;
+            assert_eq!(s.index_of(a), (i, true));
+            assert_eq!(s.index_of(a + 1), (i, false));
+            assert_eq!(s.index_of(a + 4863), (i, false));
+        }
+    }
+
+    #[test]
+    fn list_push_remove() {
+        let mut a = small(1);
+        let mut b = small(1);
+        let mut c = small(1);
+        let mut l = SpanList::new();
+        // SAFETY: fresh records on no list.
+        unsafe {
+            l.push(&mut *a);
+            l.push(&mut *b);
+            l.push(&mut *c);
+            assert_eq!(l.len(), 3);
+            l.remove(&mut *b);
+            assert_eq!(l.iter().collect::<Vec<_>>(), [&mut *c as *mut Span, &mut *a as *mut Span]);
+            l.remove(&mut *c);
+            l.remove(&mut *a);
+        }
+        assert!(l.is_empty());
+    }
+}
