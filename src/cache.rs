@@ -1,25 +1,40 @@
 //! The per-CPU tier (Go's `mcache`, shaped like tcmalloc's per-CPU slabs).
 //! See `lib.rs` for the overview.
 //!
-//! Each CPU slot owns one [`CpuCache`]: for every size class a bounded stack of
-//! free object pointers, the CPU's current tiny block, and its counters. An
+//! Each CPU owns one [`CpuCache`]: for every size class a bounded stack of
+//! free object pointers, the CPU's current tiny block, and a few counters. An
 //! allocation pops from the stack of its class, a free pushes onto it — on
 //! whichever CPU the free happens, so a remote free costs nothing extra. An empty
 //! stack is refilled with a batch from the class's central list; a full one sends
-//! its oldest batch back.
+//! its top batch back.
+//!
+//! **Two ways in.** [`Slabs`] reaches the caches either through the CPU slot's
+//! exclusivity ([`Cpu::with_current`]: interrupts off in a kernel, a per-slot
+//! lock elsewhere) or, on Linux x86-64, through restartable sequences
+//! ([`crate::rseq`]) that commit each operation with one plain store. Both use
+//! the same word formats, so one set of invariants covers both:
+//!
+//! * a class's **stack word** packs the stack length (bits 0..16) and the mallocs
+//!   counted by pops (bits 16..64): a pop adds [`POP_DELTA`] (length − 1,
+//!   mallocs + 1), a push adds 1 — each a single store;
+//! * the **tiny word** packs the current tiny block, the bytes used and the
+//!   sub-objects carved ([`Tiny`]); a carve is one compare-and-store.
 //!
 //! **Bound on stranded memory.** Class `c` holds at most [`capacity`]`(c)`
 //! objects: `clamp(CLASS_CACHE_BYTES / size, 2, MAX_CAPACITY)`. The sum over the
 //! classes, [`CACHE_BOUND_BYTES`] (about 1.3 MiB), bounds the free memory one CPU
 //! can hold; [`crate::Heap::scavenge`] drains it.
 //!
-//! Invariants (the CPU slot's exclusivity guards everything here):
-//! * `len[c] <= capacity(c)`; `slots[OFFSET[c] .. OFFSET[c] + len[c]]` are free
+//! Invariants (guarded by the CPU's exclusivity, or committed by one store):
+//! * `len(c) <= capacity(c)`; `slots[OFFSET[c] .. OFFSET[c] + len(c)]` are free
 //!   objects of class `c`, each handed out by its span (alloc bit set);
-//! * if `tiny_block` is non-null, its live count holds the tiny bias
-//!   [`TINY_BIAS`] minus the `tiny_n` sub-objects carved from it... plus the
-//!   sub-objects still live (see [`crate::heap`] for the counting).
+//! * if the tiny word names a block, that block's live count is
+//!   [`TINY_BIAS`] plus the live sub-objects minus the `n` carved so far.
 
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::cpu::Cpu;
 use crate::sizeclass::{SizeClass, CLASSES, NUM_CLASSES};
 
 /// Bytes of objects a class's stack is sized for.
@@ -84,97 +99,373 @@ pub const CACHE_BOUND_BYTES: usize = {
 /// (more than the 16 sub-objects a block can hold).
 pub const TINY_BIAS: u8 = 32;
 
-/// Per-CPU counters; exact when read with the slot held.
-#[derive(Clone, Copy, Debug)]
-#[repr(C)]
-pub struct CacheCounters {
-    pub mallocs: [u64; NUM_CLASSES],
-    pub frees: [u64; NUM_CLASSES],
-    pub tiny_mallocs: u64,
-    pub tiny_frees: u64,
+/// Per-CPU event counters (besides the per-class malloc counts packed in the
+/// stack words).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Counter {
+    /// Tiny sub-objects carved from blocks this CPU has retired.
+    TinyMallocsRetired = 0,
+    /// Tiny sub-objects freed.
+    TinyFrees = 1,
     /// Tiny blocks (class-2 objects) taken and given back.
-    pub tiny_blocks_taken: u64,
-    pub tiny_blocks_freed: u64,
+    TinyBlocksTaken = 2,
+    TinyBlocksFreed = 3,
+}
+const NUM_COUNTERS: usize = 4;
+
+/// Mask of a stack word's length bits; the bits above count mallocs.
+pub const LEN_MASK: u64 = 0xffff;
+/// Added to a stack word by a pop: length − 1, mallocs + 1.
+pub const POP_DELTA: u64 = (1 << 16) - 1;
+
+/// The tiny state packed in one word, so that a carve commits with one store:
+/// block address (48 bits, sign-extended back), bytes used (bits 48..53),
+/// sub-objects carved (bits 56..61).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tiny {
+    pub block: usize,
+    pub off: usize,
+    pub n: usize,
 }
 
-/// One CPU's cache. All-zero bytes are a valid empty cache.
+impl Tiny {
+    pub const fn pack(self) -> u64 {
+        (self.block as u64 & ((1 << 48) - 1)) | (self.off as u64) << 48 | (self.n as u64) << 56
+    }
+    pub const fn unpack(w: u64) -> Tiny {
+        let block = (((w << 16) as i64) >> 16) as usize;
+        Tiny { block, off: ((w >> 48) & 0x1f) as usize, n: ((w >> 56) & 0x1f) as usize }
+    }
+}
+
+/// One CPU's cache. All-zero bytes are a valid empty cache. Every field is a
+/// word the restartable sequences of [`crate::rseq`] address by offset.
 #[repr(C, align(64))]
 pub struct CpuCache {
-    len: [u16; NUM_CLASSES],
-    /// Current tiny block, or null.
-    pub tiny_block: *mut u8,
-    /// Live count of `tiny_block`.
-    pub tiny_count: *const core::sync::atomic::AtomicU8,
-    /// Bytes of `tiny_block` used so far.
-    pub tiny_off: usize,
-    /// Sub-objects carved from `tiny_block` so far.
-    pub tiny_n: usize,
-    pub counters: CacheCounters,
-    slots: [*mut u8; TOTAL_SLOTS],
+    /// Non-zero while another CPU drains this cache (rseq mode).
+    stop: AtomicU64,
+    /// Per class: stack length (bits 0..16) | mallocs counted by pops (bits 16..).
+    words: [AtomicU64; NUM_CLASSES],
+    /// The current tiny block, packed ([`Tiny`]); 0 = none.
+    tiny: AtomicU64,
+    counters: [AtomicU64; NUM_COUNTERS],
+    slots: UnsafeCell<[*mut u8; TOTAL_SLOTS]>,
+}
+
+/// Byte offset of the tiny word in a cache.
+pub const TINY_FIELD: usize = core::mem::offset_of!(CpuCache, tiny);
+
+/// Byte offset of a counter in a cache.
+pub const fn counter_field(c: Counter) -> usize {
+    core::mem::offset_of!(CpuCache, counters) + 8 * c as usize
 }
 
 impl CpuCache {
-    /// Pops a free object of class `c`.
-    #[inline(always)]
-    pub fn pop(&mut self, c: SizeClass) -> Option<*mut u8> {
-        let i = c.index();
-        let n = self.len[i] as usize;
-        if n == 0 {
-            return None;
-        }
-        self.len[i] = (n - 1) as u16;
-        Some(self.slots[OFFSET[i] + n - 1])
+    fn slots(&self) -> *mut *mut u8 {
+        self.slots.get().cast()
     }
 
-    /// Pushes a free object of class `c`; false if the stack is full.
-    #[inline(always)]
-    pub fn push(&mut self, c: SizeClass, p: *mut u8) -> bool {
-        let i = c.index();
-        let n = self.len[i] as usize;
-        if n == capacity(i) {
-            return false;
-        }
-        self.slots[OFFSET[i] + n] = p;
-        self.len[i] = (n + 1) as u16;
-        true
+    /// The stack word of class `c`.
+    pub fn word(&self, c: usize) -> u64 {
+        self.words[c].load(Ordering::Relaxed)
     }
 
     /// Objects cached for class `c`.
     pub fn len(&self, c: SizeClass) -> usize {
-        self.len[c.index()] as usize
+        (self.word(c.index()) & LEN_MASK) as usize
     }
 
-    /// The empty stack of class `c`, to be filled by a refill; the caller then
-    /// calls [`CpuCache::set_len`].
-    pub fn refill_room(&mut self, c: SizeClass) -> &mut [*mut u8] {
-        let i = c.index();
-        debug_assert_eq!(self.len[i], 0);
-        &mut self.slots[OFFSET[i]..OFFSET[i] + batch(i)]
+    /// Mallocs counted by pops of class `c` on this CPU.
+    pub fn pops(&self, c: usize) -> u64 {
+        self.word(c) >> 16
     }
 
-    /// Sets the number of objects after a refill.
-    pub fn set_len(&mut self, c: SizeClass, n: usize) {
-        debug_assert!(n <= capacity(c.index()));
-        self.len[c.index()] = n as u16;
+    /// A counter's value.
+    pub fn counter(&self, k: Counter) -> u64 {
+        self.counters[k as usize].load(Ordering::Relaxed)
     }
 
-    /// Hands the oldest `k` objects of class `c` to `f` and drops them from the
-    /// stack (the most recently freed, cache-hot objects stay).
-    pub fn take_oldest(&mut self, c: SizeClass, k: usize, f: impl FnOnce(&[*mut u8])) {
-        let i = c.index();
-        let n = self.len[i] as usize;
-        let k = k.min(n);
-        let base = OFFSET[i];
-        f(&self.slots[base..base + k]);
-        self.slots.copy_within(base + k..base + n, base);
-        self.len[i] = (n - k) as u16;
+    /// The tiny state.
+    pub fn tiny(&self) -> Tiny {
+        Tiny::unpack(self.tiny.load(Ordering::Relaxed))
     }
 
     /// Bytes of free objects held.
     pub fn cached_bytes(&self) -> usize {
-        (1..NUM_CLASSES).map(|c| self.len[c] as usize * CLASSES[c].size as usize).sum()
+        (1..NUM_CLASSES).map(|c| (self.word(c) & LEN_MASK) as usize * CLASSES[c].size as usize).sum()
+    }
+
+    // Exclusive operations: the caller holds this cache's slot (locked mode) or
+    // has stopped it (rseq mode). They keep the same word formats as the sequences.
+
+    /// Pops a free object of class `c`, counting a malloc.
+    #[inline(always)]
+    pub fn pop(&self, c: SizeClass) -> Option<*mut u8> {
+        let i = c.index();
+        let w = self.word(i);
+        let n = (w & LEN_MASK) as usize;
+        if n == 0 {
+            return None;
+        }
+        // SAFETY: `n - 1 < capacity(i)`: inside this class's stack.
+        let p = unsafe { *self.slots().add(OFFSET[i] + n - 1) };
+        self.words[i].store(w + POP_DELTA, Ordering::Relaxed);
+        Some(p)
+    }
+
+    /// Pushes a free object of class `c`; false if the stack is full.
+    #[inline(always)]
+    pub fn push(&self, c: SizeClass, p: *mut u8) -> bool {
+        let i = c.index();
+        let w = self.word(i);
+        let n = (w & LEN_MASK) as usize;
+        if n == capacity(i) {
+            return false;
+        }
+        // SAFETY: `n < capacity(i)`.
+        unsafe { *self.slots().add(OFFSET[i] + n) = p };
+        self.words[i].store(w + 1, Ordering::Relaxed);
+        true
+    }
+
+    /// Pushes as many of `objs` as fit; returns how many.
+    pub fn push_batch(&self, c: SizeClass, objs: &[*mut u8]) -> usize {
+        let i = c.index();
+        let w = self.word(i);
+        let n = (w & LEN_MASK) as usize;
+        let k = objs.len().min(capacity(i) - n);
+        // SAFETY: `n + k <= capacity(i)`.
+        unsafe { core::ptr::copy_nonoverlapping(objs.as_ptr(), self.slots().add(OFFSET[i] + n), k) };
+        self.words[i].store(w + k as u64, Ordering::Relaxed);
+        k
+    }
+
+    /// Pops up to `out.len()` objects from the top; returns how many.
+    pub fn pop_batch(&self, c: SizeClass, out: &mut [*mut u8]) -> usize {
+        let i = c.index();
+        let w = self.word(i);
+        let n = (w & LEN_MASK) as usize;
+        let k = out.len().min(n);
+        // SAFETY: `n - k ..n` is inside the stack.
+        unsafe { core::ptr::copy_nonoverlapping(self.slots().add(OFFSET[i] + n - k), out.as_mut_ptr(), k) };
+        self.words[i].store(w - k as u64, Ordering::Relaxed);
+        k
+    }
+
+    /// Takes the tiny state out (drains): the caller retires the block.
+    pub fn take_tiny(&self) -> Tiny {
+        Tiny::unpack(self.tiny.swap(0, Ordering::Relaxed))
+    }
+
+    fn field(&self, off: usize) -> &AtomicU64 {
+        debug_assert!(off == TINY_FIELD || (counter_field(Counter::TinyMallocsRetired)..=counter_field(Counter::TinyBlocksFreed)).contains(&off));
+        // SAFETY: `off` names one of the AtomicU64 fields (checked above in debug builds).
+        unsafe { &*(self as *const CpuCache).cast::<u8>().add(off).cast::<AtomicU64>() }
     }
 }
+
+/// The per-CPU caches of a heap and how to reach them: through the CPU slot's
+/// exclusivity (`Cpu::with_current`), or through restartable sequences.
+///
+/// Laid out as one block from the page source: this header, then `count`
+/// caches. Invariant: `caches` points to `count` caches; `rseq` is fixed at set-up.
+#[repr(C, align(64))]
+pub struct Slabs {
+    #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+    desc: [crate::rseq::ClassDesc; NUM_CLASSES],
+    rseq: bool,
+    count: usize,
+    caches: *mut CpuCache,
+}
+
+impl Slabs {
+    /// Bytes for the header and `count` caches.
+    pub const fn bytes(count: usize) -> usize {
+        core::mem::size_of::<Slabs>() + count * core::mem::size_of::<CpuCache>()
+    }
+
+    /// Lays out the slabs in `mem` (`bytes(count)` bytes, zeroed, 64-aligned).
+    /// With `rseq_off`, operations use restartable sequences at that offset.
+    ///
+    /// # Safety
+    /// `mem` is exclusively ours for ever, zeroed, aligned, large enough.
+    pub unsafe fn init(mem: *mut u8, count: usize, rseq_off: Option<i64>) -> *mut Slabs {
+        let s = mem.cast::<Slabs>();
+        // SAFETY: the header comes first in the block, caches right after it.
+        let caches = unsafe { mem.add(core::mem::size_of::<Slabs>()) }.cast::<CpuCache>();
+        #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+        {
+            let off = rseq_off.unwrap_or(0);
+            #[allow(clippy::needless_range_loop)] // `c` indexes three tables
+            for c in 0..NUM_CLASSES {
+                let d = crate::rseq::ClassDesc::new(
+                    off,
+                    count as u64,
+                    core::mem::size_of::<CpuCache>() as u64,
+                    caches as u64,
+                    (core::mem::offset_of!(CpuCache, words) + 8 * c) as u64,
+                    (core::mem::offset_of!(CpuCache, slots) + 8 * OFFSET[c]) as u64,
+                    capacity(c) as u64,
+                );
+                // SAFETY: inside the header.
+                unsafe { core::ptr::addr_of_mut!((*s).desc[c]).write(d) };
+            }
+        }
+        #[cfg(not(all(feature = "linux", target_arch = "x86_64")))]
+        let rseq_off: Option<i64> = {
+            let _ = rseq_off;
+            None
+        };
+        // SAFETY: inside the header.
+        unsafe {
+            core::ptr::addr_of_mut!((*s).rseq).write(rseq_off.is_some());
+            core::ptr::addr_of_mut!((*s).count).write(count);
+            core::ptr::addr_of_mut!((*s).caches).write(caches);
+        }
+        s
+    }
+
+    /// Whether operations commit with restartable sequences.
+    pub fn uses_rseq(&self) -> bool {
+        self.rseq
+    }
+
+    /// Number of caches.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Cache `i` (for exclusive use under its slot, or for racy reads of its words).
+    pub fn cache(&self, i: usize) -> &CpuCache {
+        debug_assert!(i < self.count);
+        // SAFETY: `i < count`.
+        unsafe { &*self.caches.add(i) }
+    }
+
+    #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+    #[inline(always)]
+    fn desc(&self, c: SizeClass) -> *const crate::rseq::ClassDesc {
+        &self.desc[c.index()]
+    }
+
+    /// Pops an object of class `c` on the current CPU (null if none), counting a malloc.
+    #[inline(always)]
+    pub fn pop<C: Cpu>(&self, cpu: &C, c: SizeClass) -> *mut u8 {
+        #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+        if self.rseq {
+            // SAFETY: rseq mode was chosen because glibc's area exists for every thread.
+            return unsafe { crate::rseq::pop(self.desc(c)) };
+        }
+        cpu.with_current(|i| self.cache(i).pop(c).unwrap_or(core::ptr::null_mut()))
+    }
+
+    /// Pushes `p` on the current CPU; false if the stack is full (or unreachable).
+    #[inline(always)]
+    #[allow(clippy::not_unsafe_ptr_arg_deref)] // `p` is stored in a slot, never dereferenced
+    pub fn push<C: Cpu>(&self, cpu: &C, c: SizeClass, p: *mut u8) -> bool {
+        #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+        if self.rseq {
+            // SAFETY: as in `pop`.
+            return unsafe { crate::rseq::push(self.desc(c), p) };
+        }
+        cpu.with_current(|i| self.cache(i).push(c, p))
+    }
+
+    /// Pushes as many of `objs` as fit on the current CPU; returns how many.
+    pub fn push_batch<C: Cpu>(&self, cpu: &C, c: SizeClass, objs: &[*mut u8]) -> usize {
+        #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+        if self.rseq {
+            // SAFETY: as in `pop`; `objs` is a valid slice.
+            return unsafe { crate::rseq::push_batch(self.desc(c), objs.as_ptr(), objs.len()) };
+        }
+        cpu.with_current(|i| self.cache(i).push_batch(c, objs))
+    }
+
+    /// Pops up to `out.len()` objects on the current CPU; returns how many.
+    pub fn pop_batch<C: Cpu>(&self, cpu: &C, c: SizeClass, out: &mut [*mut u8]) -> usize {
+        #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+        if self.rseq {
+            // SAFETY: as in `pop`; `out` is a valid slice.
+            return unsafe { crate::rseq::pop_batch(self.desc(c), out.as_mut_ptr(), out.len()) };
+        }
+        cpu.with_current(|i| self.cache(i).pop_batch(c, out))
+    }
+
+    /// Reads a word field (tiny or counter) of the current CPU's cache, with
+    /// that CPU's index; `None` if unreachable (rseq: CPU stopped).
+    #[inline(always)]
+    pub fn load<C: Cpu>(&self, cpu: &C, field: usize) -> Option<(usize, u64)> {
+        #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+        if self.rseq {
+            // SAFETY: as in `pop`; `field` is a word of the cache.
+            return unsafe { crate::rseq::load(self.desc(SizeClass::LARGE), field) };
+        }
+        Some(cpu.with_current(|i| (i, self.cache(i).field(field).load(Ordering::Relaxed))))
+    }
+
+    /// Stores `new` in cache `i`'s word field if it still holds `expected` (and,
+    /// with rseq, the thread still runs on CPU `i`).
+    #[inline(always)]
+    pub fn store_if<C: Cpu>(&self, cpu: &C, i: usize, field: usize, expected: u64, new: u64) -> bool {
+        #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+        if self.rseq {
+            // SAFETY: as in `load`.
+            return unsafe { crate::rseq::store_if(self.desc(SizeClass::LARGE), i, field, expected, new) };
+        }
+        cpu.with_slot(i, || {
+            let f = self.cache(i).field(field);
+            if f.load(Ordering::Relaxed) == expected {
+                f.store(new, Ordering::Relaxed);
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    /// Adds to a counter of the current CPU's cache (any CPU's in a race:
+    /// only the sum over CPUs matters). False if unreachable.
+    pub fn add<C: Cpu>(&self, cpu: &C, k: Counter, delta: u64) -> bool {
+        let field = counter_field(k);
+        #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+        if self.rseq {
+            // SAFETY: as in `load`.
+            return unsafe { crate::rseq::add(self.desc(SizeClass::LARGE), field, delta) };
+        }
+        cpu.with_current(|i| {
+            let f = self.cache(i).field(field);
+            f.store(f.load(Ordering::Relaxed).wrapping_add(delta), Ordering::Relaxed);
+        });
+        true
+    }
+
+    /// Runs `f` with exclusive access to cache `i` from any CPU: the slot lock,
+    /// plus (rseq mode) the cache's stop word and a membarrier that restarts
+    /// sections in flight on that CPU. Returns `None` if exclusivity cannot be
+    /// had (rseq mode without the expedited-rseq membarrier).
+    pub fn with_exclusive<C: Cpu, R>(&self, cpu: &C, i: usize, f: impl FnOnce(&CpuCache) -> R) -> Option<R> {
+        cpu.with_slot(i, || {
+            let cache = self.cache(i);
+            #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+            if self.rseq {
+                cache.stop.store(1, Ordering::SeqCst);
+                if !crate::rseq::fence_cpu(i) {
+                    cache.stop.store(0, Ordering::SeqCst);
+                    return None;
+                }
+                let r = f(cache);
+                cache.stop.store(0, Ordering::Release);
+                return Some(r);
+            }
+            Some(f(cache))
+        })
+    }
+}
+
+// SAFETY: the header is written once before it is published; caches are reached
+// only under the exclusivity rules above.
+unsafe impl Sync for Slabs {}
 
 #[cfg(test)]
 mod tests {
@@ -191,24 +482,37 @@ mod tests {
         assert_eq!(capacity(1), 128);
         assert_eq!(capacity(67), 2);
         // The documented bound: about 1.3 MiB per CPU.
-        assert!(CACHE_BOUND_BYTES < 1536 * 1024, "bound {}", CACHE_BOUND_BYTES);
-        assert!(CACHE_BOUND_BYTES > 1024 * 1024, "bound {}", CACHE_BOUND_BYTES);
+        const { assert!(CACHE_BOUND_BYTES < 1536 * 1024 && CACHE_BOUND_BYTES > 1024 * 1024) };
     }
 
     #[test]
-    fn push_pop_take_oldest() {
-        let mut b: std::boxed::Box<core::mem::MaybeUninit<CpuCache>> = std::boxed::Box::new_zeroed();
+    fn push_pop_batches_and_word_format() {
+        let b: std::boxed::Box<core::mem::MaybeUninit<CpuCache>> = std::boxed::Box::new_zeroed();
         // SAFETY: all-zero bytes are a valid empty cache (documented on the type).
-        let cache = unsafe { b.assume_init_mut() };
+        let cache = unsafe { b.assume_init() };
         let c = SizeClass::new(67).unwrap();
         assert!(cache.pop(c).is_none());
-        assert!(cache.push(c, 1 as *mut u8));
-        assert!(cache.push(c, 2 as *mut u8));
-        assert!(!cache.push(c, 3 as *mut u8), "capacity 2");
-        let mut seen = std::vec::Vec::new();
-        cache.take_oldest(c, 1, |o| seen.extend_from_slice(o));
-        assert_eq!(seen, [1 as *mut u8]);
-        assert_eq!(cache.pop(c), Some(2 as *mut u8));
-        assert_eq!(cache.len(c), 0);
+        assert!(cache.push(c, 0x10 as *mut u8));
+        assert!(cache.push(c, 0x20 as *mut u8));
+        assert!(!cache.push(c, 0x30 as *mut u8), "capacity 2");
+        assert_eq!(cache.pop(c), Some(0x20 as *mut u8));
+        assert_eq!(cache.pops(67), 1);
+        assert_eq!(cache.len(c), 1);
+        let mut out = [core::ptr::null_mut(); 4];
+        assert_eq!(cache.pop_batch(c, &mut out), 1);
+        assert_eq!(out[0], 0x10 as *mut u8);
+        assert_eq!(cache.push_batch(c, &[0x50 as *mut u8, 0x60 as *mut u8, 0x70 as *mut u8]), 2);
+        assert_eq!(cache.pop(c), Some(0x60 as *mut u8));
+        assert_eq!(cache.pops(67), 2, "batches count no mallocs");
+    }
+
+    #[test]
+    fn tiny_word_round_trips() {
+        for block in [0usize, 0x7f12_3456_7890, 0xffff_9000_0000_1230] {
+            for (off, n) in [(0, 0), (16, 16), (5, 3)] {
+                let t = Tiny { block, off, n };
+                assert_eq!(Tiny::unpack(t.pack()), t);
+            }
+        }
     }
 }

@@ -38,6 +38,23 @@ pub unsafe trait Cpu: Sync {
     /// Runs `f()` with exclusive access to slot `i` (any slot, from any CPU):
     /// used to drain another CPU's cache.
     fn with_slot<R>(&self, i: usize, f: impl FnOnce() -> R) -> R;
+
+    /// Takes slot `i`'s exclusivity and keeps it until [`Cpu::release_slot`]:
+    /// for whole-heap pauses such as `fork` handlers.
+    fn acquire_slot(&self, i: usize);
+
+    /// The thread-pointer offset of the rseq area when per-CPU operations can
+    /// commit with restartable sequences instead of slot exclusivity (Linux
+    /// x86-64 only); `None` (the default) for slot exclusivity.
+    fn rseq_offset(&self) -> Option<i64> {
+        None
+    }
+
+    /// Gives back what [`Cpu::acquire_slot`] took.
+    ///
+    /// # Safety
+    /// The caller holds slot `i` through `acquire_slot`.
+    unsafe fn release_slot(&self, i: usize);
 }
 
 /// One lock per slot, each on its own cache line so CPUs do not false-share.
@@ -73,6 +90,25 @@ impl SlotLock {
         }
         let _unlock = Unlock(&self.held);
         f()
+    }
+
+    /// Takes the lock and keeps it until [`SlotLock::release`].
+    pub fn acquire<X: RelaxStrategy>(&self) {
+        if self
+            .held
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            self.lock_slow::<X>();
+        }
+    }
+
+    /// Releases the lock.
+    ///
+    /// # Safety
+    /// The caller took it with [`SlotLock::acquire`].
+    pub unsafe fn release(&self) {
+        self.held.store(false, Ordering::Release);
     }
 
     #[cold]
@@ -132,6 +168,13 @@ unsafe impl Cpu for SingleCpu {
         debug_assert_eq!(i, 0);
         self.lock.with::<Spin, _>(f)
     }
+    fn acquire_slot(&self, _i: usize) {
+        self.lock.acquire::<Spin>();
+    }
+    unsafe fn release_slot(&self, _i: usize) {
+        // SAFETY: the caller holds the lock (trait contract).
+        unsafe { self.lock.release() }
+    }
 }
 
 /// `N` slots behind `N` locks, the slot chosen by a caller-supplied function of
@@ -167,6 +210,13 @@ unsafe impl<const N: usize, X: RelaxStrategy> Cpu for LockedSlots<N, X> {
     }
     fn with_slot<R>(&self, i: usize, f: impl FnOnce() -> R) -> R {
         self.locks[i % N].with::<X, _>(f)
+    }
+    fn acquire_slot(&self, i: usize) {
+        self.locks[i % N].acquire::<X>();
+    }
+    unsafe fn release_slot(&self, i: usize) {
+        // SAFETY: the caller holds the lock (trait contract).
+        unsafe { self.locks[i % N].release() }
     }
 }
 

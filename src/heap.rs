@@ -9,17 +9,18 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{null_mut, NonNull};
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use spin::mutex::SpinMutex;
 
-use crate::cache::{self, CpuCache, TINY_BIAS};
+use crate::cache::{self, Counter, Slabs, Tiny, TINY_BIAS, TINY_FIELD};
 use crate::central::{Below, Central, HeapLock};
 use crate::cpu::Cpu;
 use crate::pageheap::{tiny_counter, PageHeap, PageMap};
 use crate::sizeclass::{class_for, size_to_class, SizeClass, NUM_CLASSES, TINY_CLASS};
 use crate::source::PageSource;
 use crate::span::SpanState;
+use crate::stack::{self, Stack, StackAlloc, StackCache, StackStats};
 use crate::stats::Stats;
 use crate::{MAX_SMALL_SIZE, PAGE_BYTES, TINY_SIZE};
 
@@ -59,6 +60,26 @@ impl Kind {
 #[repr(align(64))]
 struct Padded<T>(T);
 
+/// Objects of one class moving between tiers, counted outside the fast path so
+/// that `stats()` can derive frees from the per-CPU malloc counts:
+/// `frees = Σ len − to_slabs + from_slabs + Σ pops + direct_frees`.
+struct Flow {
+    /// Central → per-CPU stacks.
+    to_slabs: AtomicU64,
+    /// Per-CPU stacks → central.
+    from_slabs: AtomicU64,
+    /// Central → user without passing a stack (a refill's last object).
+    direct_mallocs: AtomicU64,
+    /// User → central without passing a stack (a stack that could not take it).
+    direct_frees: AtomicU64,
+}
+
+impl Flow {
+    const fn new() -> Self {
+        Flow { to_slabs: AtomicU64::new(0), from_slabs: AtomicU64::new(0), direct_mallocs: AtomicU64::new(0), direct_frees: AtomicU64::new(0) }
+    }
+}
+
 /// The allocator: per-CPU caches over central lists over a page heap over `S`.
 ///
 /// `Heap::new` is `const`; the heap sets itself up on first use (the per-CPU
@@ -66,12 +87,19 @@ struct Padded<T>(T);
 pub struct Heap<S: PageSource, C: Cpu> {
     source: S,
     cpu: C,
-    /// `cpu.count()` caches, or null before set-up.
-    caches: AtomicPtr<CpuCache>,
+    /// The per-CPU caches (`cpu.count()` of them), or null before set-up.
+    slabs: AtomicPtr<Slabs>,
     init: SpinMutex<usize, C::Relax>,
     pages: HeapLock<C::Relax>,
     map: PageMap,
     central: [Padded<SpinMutex<Central, C::Relax>>; NUM_CLASSES],
+    flow: [Flow; NUM_CLASSES],
+    /// Counter updates that found no reachable CPU cache.
+    spill: [AtomicU64; 4],
+    /// Stacks (Go's stackpool and stackcache), with a per-CPU cache array set up
+    /// next to the slabs.
+    stacks: StackAlloc<C::Relax>,
+    stack_caches: AtomicPtr<StackCache>,
 }
 
 // SAFETY: all shared state is behind locks, atomics, or the per-CPU exclusivity
@@ -87,11 +115,15 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         Heap {
             source,
             cpu,
-            caches: AtomicPtr::new(null_mut()),
+            slabs: AtomicPtr::new(null_mut()),
             init: SpinMutex::new(0),
             pages: SpinMutex::new(PageHeap::new()),
             map: PageMap::new(),
             central: [const { Padded(SpinMutex::new(Central::new())) }; NUM_CLASSES],
+            flow: [const { Flow::new() }; NUM_CLASSES],
+            spill: [const { AtomicU64::new(0) }; 4],
+            stacks: StackAlloc::new(),
+            stack_caches: AtomicPtr::new(null_mut()),
         }
     }
 
@@ -109,99 +141,127 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         Below { source: &self.source, map: &self.map, heap: &self.pages }
     }
 
-    /// The per-CPU caches, setting them up on first use; null if the source
+    /// The per-CPU caches, setting them up on first use; `None` if the source
     /// cannot supply them.
     #[inline(always)]
-    fn caches(&self) -> *mut CpuCache {
-        let c = self.caches.load(Ordering::Acquire);
-        if !c.is_null() {
-            return c;
+    fn slabs(&self) -> Option<&Slabs> {
+        let s = self.slabs.load(Ordering::Acquire);
+        if !s.is_null() {
+            // SAFETY: published slabs live for ever.
+            return Some(unsafe { &*s });
         }
-        self.init_caches()
+        self.init_slabs()
     }
 
     #[cold]
     #[inline(never)]
-    fn init_caches(&self) -> *mut CpuCache {
-        let mut n = self.init.lock();
-        let c = self.caches.load(Ordering::Acquire);
-        if !c.is_null() {
-            return c;
+    fn init_slabs(&self) -> Option<&Slabs> {
+        let mut meta = self.init.lock();
+        let s = self.slabs.load(Ordering::Acquire);
+        if !s.is_null() {
+            // SAFETY: as above.
+            return Some(unsafe { &*s });
         }
         let count = self.cpu.count().max(1);
-        let bytes = count * core::mem::size_of::<CpuCache>();
-        let Some(p) = self.source.alloc(bytes) else { return null_mut() };
+        let bytes = Slabs::bytes(count);
+        let stack_bytes = count * core::mem::size_of::<StackCache>();
+        let p = self.source.alloc(bytes)?;
+        let sc = self.source.alloc(stack_bytes)?;
         if !S::ZEROED {
-            // SAFETY: fresh Ready memory of `bytes`; all-zero is a valid empty cache.
-            unsafe { p.as_ptr().write_bytes(0, bytes) };
+            // SAFETY: fresh Ready memory; all-zero is a valid empty cache of either kind.
+            unsafe {
+                p.as_ptr().write_bytes(0, bytes);
+                sc.as_ptr().write_bytes(0, stack_bytes);
+            }
         }
-        *n = bytes.next_multiple_of(S::PAGE_SIZE);
-        let c = p.as_ptr().cast::<CpuCache>();
-        self.caches.store(c, Ordering::Release);
-        c
+        *meta = bytes.next_multiple_of(S::PAGE_SIZE) + stack_bytes.next_multiple_of(S::PAGE_SIZE);
+        self.stack_caches.store(sc.as_ptr().cast(), Ordering::Release);
+        // SAFETY: the block is ours for ever, zeroed, page aligned and large enough.
+        let s = unsafe { Slabs::init(p.as_ptr(), count, self.cpu.rseq_offset()) };
+        self.slabs.store(s, Ordering::Release);
+        // SAFETY: just initialised.
+        Some(unsafe { &*s })
+    }
+
+    /// Whether per-CPU operations use restartable sequences (Linux x86-64 with
+    /// glibc's rseq area) rather than the CPU slot's lock. Sets the heap up.
+    pub fn uses_rseq(&self) -> bool {
+        self.slabs().is_some_and(|s| s.uses_rseq())
     }
 
     // ---------------------------------------------------------------- small
 
     #[inline(always)]
     fn alloc_small(&self, c: SizeClass) -> *mut u8 {
-        let caches = self.caches();
-        if caches.is_null() {
-            return null_mut();
+        let Some(slabs) = self.slabs() else { return null_mut() };
+        let mut p = slabs.pop(&self.cpu, c);
+        if p.is_null() {
+            p = self.refill(slabs, c);
         }
-        self.cpu.with_current(|i| {
-            // SAFETY: `i < count` and the slot is ours until the closure returns.
-            let cache = unsafe { &mut *caches.add(i) };
-            let p = match cache.pop(c) {
-                Some(p) => p,
-                None => self.refill(cache, c),
-            };
-            if !p.is_null() {
-                cache.counters.mallocs[c.index()] += 1;
-                #[cfg(feature = "checks")]
-                checks::on_alloc(&self.map, p);
-            }
-            p
-        })
+        #[cfg(feature = "checks")]
+        if !p.is_null() {
+            checks::on_alloc(&self.map, p);
+        }
+        p
     }
 
+    /// Takes a batch from central: all but one go to the current CPU's stack
+    /// (whatever does not fit goes back), the last is the caller's.
     #[cold]
     #[inline(never)]
-    fn refill(&self, cache: &mut CpuCache, c: SizeClass) -> *mut u8 {
-        let n = self.central[c.index()].0.lock().refill(c, cache.refill_room(c), &self.below());
-        cache.set_len(c, n);
-        cache.pop(c).unwrap_or(null_mut())
+    fn refill(&self, slabs: &Slabs, c: SizeClass) -> *mut u8 {
+        let mut buf = [null_mut(); cache::MAX_CAPACITY];
+        let want = cache::batch(c.index());
+        let below = self.below();
+        let n = self.central[c.index()].0.lock().refill(c, &mut buf[..want], &below);
+        if n == 0 {
+            return null_mut();
+        }
+        let flow = &self.flow[c.index()];
+        let pushed = slabs.push_batch(&self.cpu, c, &buf[..n - 1]);
+        flow.to_slabs.fetch_add(pushed as u64, Ordering::Relaxed);
+        if pushed < n - 1 {
+            // The stack filled meanwhile (another thread on this CPU, or a migration).
+            // They never reached a stack or a user, so no flow counts them.
+            self.central[c.index()].0.lock().flush(c, &buf[pushed..n - 1], &below);
+        }
+        flow.direct_mallocs.fetch_add(1, Ordering::Relaxed);
+        buf[n - 1]
     }
 
     #[inline(always)]
     fn free_small(&self, p: *mut u8, c: SizeClass) {
         #[cfg(feature = "checks")]
         checks::on_free(&self.map, &self.central[c.index()].0, p, c);
-        let caches = self.caches.load(Ordering::Acquire);
-        assert!(!caches.is_null(), "tieralloc: free of {p:p} before any allocation");
-        self.cpu.with_current(|i| {
-            // SAFETY: as in `alloc_small`.
-            let cache = unsafe { &mut *caches.add(i) };
-            self.push_free(cache, c, p);
-            cache.counters.frees[c.index()] += 1;
-        })
-    }
-
-    /// Puts a free object into a cache, flushing a batch if the stack is full.
-    #[inline(always)]
-    fn push_free(&self, cache: &mut CpuCache, c: SizeClass, p: *mut u8) {
-        if !cache.push(c, p) {
-            self.flush(cache, c);
-            let ok = cache.push(c, p);
-            debug_assert!(ok);
+        let slabs = self.slabs.load(Ordering::Acquire);
+        assert!(!slabs.is_null(), "tieralloc: free of {p:p} before any allocation");
+        // SAFETY: published slabs live for ever.
+        let slabs = unsafe { &*slabs };
+        if !slabs.push(&self.cpu, c, p) {
+            self.flush_push(slabs, c, p);
         }
     }
 
+    /// The stack is full: send its top batch to central, then push `p` (or, if
+    /// the stack stays unreachable, hand `p` to central directly).
     #[cold]
     #[inline(never)]
-    fn flush(&self, cache: &mut CpuCache, c: SizeClass) {
+    fn flush_push(&self, slabs: &Slabs, c: SizeClass, p: *mut u8) {
         let below = self.below();
-        cache.take_oldest(c, cache::batch(c.index()), |objs| self.central[c.index()].0.lock().flush(c, objs, &below));
+        let flow = &self.flow[c.index()];
+        for _ in 0..4 {
+            let mut buf = [null_mut(); cache::MAX_CAPACITY];
+            let k = slabs.pop_batch(&self.cpu, c, &mut buf[..cache::batch(c.index())]);
+            if k > 0 {
+                self.central[c.index()].0.lock().flush(c, &buf[..k], &below);
+                flow.from_slabs.fetch_add(k as u64, Ordering::Relaxed);
+            }
+            if slabs.push(&self.cpu, c, p) {
+                return;
+            }
+        }
+        self.central[c.index()].0.lock().flush(c, &[p], &below);
+        flow.direct_frees.fetch_add(1, Ordering::Relaxed);
     }
 
     // ----------------------------------------------------------------- tiny
@@ -211,12 +271,12 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// `TINY_BIAS`; each free subtracts 1 and retiring the block subtracts
     /// `TINY_BIAS - n` (n = sub-objects carved), so the count reaches 0 exactly
     /// when the block is no longer current and every sub-object is dead.
+    ///
+    /// The CPU's tiny state is one word ([`Tiny`]); a carve reads it and commits
+    /// the new word only if the word and the CPU are unchanged.
     #[inline(always)]
     fn alloc_tiny(&self, size: usize, align: usize) -> *mut u8 {
-        let caches = self.caches();
-        if caches.is_null() {
-            return null_mut();
-        }
+        let Some(slabs) = self.slabs() else { return null_mut() };
         let size = size.max(1);
         // Go's alignment rule, raised to the layout's.
         let a = if size % 8 == 0 {
@@ -229,77 +289,74 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             1
         }
         .max(align);
-        self.cpu.with_current(|i| {
-            // SAFETY: as in `alloc_small`.
-            let cache = unsafe { &mut *caches.add(i) };
-            let off = cache.tiny_off.next_multiple_of(a);
-            if !cache.tiny_block.is_null() && off + size <= TINY_SIZE {
-                cache.tiny_off = off + size;
-                cache.tiny_n += 1;
-                cache.counters.tiny_mallocs += 1;
-                // SAFETY: `off + size <= 16`: inside the current block.
-                return unsafe { cache.tiny_block.add(off) };
+        while let Some((cpu, w)) = slabs.load(&self.cpu, TINY_FIELD) {
+            let t = Tiny::unpack(w);
+            let off = t.off.next_multiple_of(a);
+            if t.block == 0 || off + size > TINY_SIZE {
+                break;
             }
-            self.alloc_tiny_block(cache, size)
-        })
+            let new = Tiny { block: t.block, off: off + size, n: t.n + 1 }.pack();
+            if slabs.store_if(&self.cpu, cpu, TINY_FIELD, w, new) {
+                return (t.block + off) as *mut u8;
+            }
+        }
+        self.alloc_tiny_block(slabs, size)
+    }
+
+    /// Adds to a per-CPU counter (or to the heap-wide spill if no CPU cache is
+    /// reachable right now).
+    fn count(&self, slabs: &Slabs, k: Counter, delta: u64) {
+        if !slabs.add(&self.cpu, k, delta) {
+            self.spill[k as usize].fetch_add(delta, Ordering::Relaxed);
+        }
     }
 
     #[cold]
     #[inline(never)]
-    fn alloc_tiny_block(&self, cache: &mut CpuCache, size: usize) -> *mut u8 {
-        let b = match cache.pop(TINY_CLASS) {
-            Some(b) => b,
-            None => self.refill(cache, TINY_CLASS),
-        };
+    fn alloc_tiny_block(&self, slabs: &Slabs, size: usize) -> *mut u8 {
+        let b = self.alloc_small(TINY_CLASS);
         if b.is_null() {
             return b;
         }
-        #[cfg(feature = "checks")]
-        checks::on_alloc(&self.map, b);
-        let s = self.map.span_of(b as usize);
+        self.count(slabs, Counter::TinyBlocksTaken, 1);
         // SAFETY: `b` is an object of a live class-2 span.
-        let span = unsafe { &*s };
-        let counter: *const _ = tiny_counter(span, span.index_of(b as usize).0);
-        cache.counters.tiny_blocks_taken += 1;
-        cache.counters.tiny_mallocs += 1;
-        if cache.tiny_block.is_null() || size < cache.tiny_off {
-            // The new block leaves more room: it becomes current.
-            self.retire_tiny(cache);
-            // SAFETY: counters of live class-2 spans stay valid while the block is live.
-            unsafe { (*counter).store(TINY_BIAS, Ordering::Release) };
-            cache.tiny_block = b;
-            cache.tiny_count = counter;
-            cache.tiny_off = size;
-            cache.tiny_n = 1;
-        } else {
-            // SAFETY: as above.
-            unsafe { (*counter).store(1, Ordering::Release) };
+        let span = unsafe { &*self.map.span_of(b as usize) };
+        let counter = tiny_counter(span, span.index_of(b as usize).0);
+        while let Some((cpu, w)) = slabs.load(&self.cpu, TINY_FIELD) {
+            let t = Tiny::unpack(w);
+            if t.block != 0 && size >= t.off {
+                break; // the current block has at least as much room left: keep it
+            }
+            counter.store(TINY_BIAS, Ordering::Release);
+            if slabs.store_if(&self.cpu, cpu, TINY_FIELD, w, Tiny { block: b as usize, off: size, n: 1 }.pack()) {
+                if t.block != 0 {
+                    self.retire_tiny(slabs, t);
+                }
+                return b;
+            }
         }
+        // A block of its own for this one sub-object.
+        counter.store(1, Ordering::Release);
+        self.count(slabs, Counter::TinyMallocsRetired, 1);
         b
     }
 
-    /// Stops carving from the CPU's current tiny block.
-    fn retire_tiny(&self, cache: &mut CpuCache) {
-        if cache.tiny_block.is_null() {
-            return;
-        }
-        let (b, counter, n) = (cache.tiny_block, cache.tiny_count, cache.tiny_n);
-        cache.tiny_block = null_mut();
-        cache.tiny_count = core::ptr::null();
-        cache.tiny_off = 0;
-        cache.tiny_n = 0;
+    /// Stops carving from a block that was some CPU's current tiny block.
+    fn retire_tiny(&self, slabs: &Slabs, t: Tiny) {
+        self.count(slabs, Counter::TinyMallocsRetired, t.n as u64);
+        let b = t.block as *mut u8;
         // SAFETY: the block is live (we hold its bias), so its span and counters are.
-        let before = unsafe { (*counter).fetch_sub(TINY_BIAS - n as u8, Ordering::AcqRel) };
-        if before == TINY_BIAS - n as u8 {
-            self.free_tiny_block(cache, b);
+        let span = unsafe { &*self.map.span_of(t.block) };
+        let bias = TINY_BIAS - t.n as u8;
+        let before = tiny_counter(span, span.index_of(t.block).0).fetch_sub(bias, Ordering::AcqRel);
+        if before == bias {
+            self.free_tiny_block(slabs, b);
         }
     }
 
-    fn free_tiny_block(&self, cache: &mut CpuCache, b: *mut u8) {
-        #[cfg(feature = "checks")]
-        checks::on_free(&self.map, &self.central[TINY_CLASS.index()].0, b, TINY_CLASS);
-        cache.counters.tiny_blocks_freed += 1;
-        self.push_free(cache, TINY_CLASS, b);
+    fn free_tiny_block(&self, slabs: &Slabs, b: *mut u8) {
+        self.count(slabs, Counter::TinyBlocksFreed, 1);
+        self.free_small(b, TINY_CLASS);
     }
 
     fn free_tiny(&self, p: *mut u8) {
@@ -317,16 +374,12 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             span.object(idx),
             span.start
         );
-        let block = span.object(idx);
-        let caches = self.caches.load(Ordering::Acquire);
-        self.cpu.with_current(|i| {
-            // SAFETY: as in `alloc_small`.
-            let cache = unsafe { &mut *caches.add(i) };
-            cache.counters.tiny_frees += 1;
-            if before == 1 {
-                self.free_tiny_block(cache, block);
-            }
-        })
+        // SAFETY: a tiny object exists, so the slabs were set up.
+        let slabs = unsafe { &*self.slabs.load(Ordering::Acquire) };
+        self.count(slabs, Counter::TinyFrees, 1);
+        if before == 1 {
+            self.free_tiny_block(slabs, span.object(idx));
+        }
     }
 
     // ---------------------------------------------------------------- large
@@ -442,28 +495,150 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         q
     }
 
+    // ------------------------------------------------------ unsized (C ABI)
+
+    /// Bytes usable at `p` if `p` is the start of an object slot of this heap
+    /// (its class size, or its large span's bytes); `None` for foreign and
+    /// interior pointers and freed large objects. Never panics, never allocates.
+    /// (A freed small object's slot still answers: its span is live.)
+    pub fn try_usable_size(&self, p: *mut u8) -> Option<usize> {
+        let s = self.map.span_of(p as usize);
+        // SAFETY: non-null page-map entries are live spans.
+        match unsafe { s.as_ref() } {
+            Some(span) if span.state == SpanState::Small && span.index_of(p as usize).1 => Some(span.class.size()),
+            Some(span) if span.state == SpanState::Large && span.start == p as usize => Some(span.npages * PAGE_BYTES),
+            _ => None,
+        }
+    }
+
+    /// As [`Heap::try_usable_size`], panicking with the address when `p` is not an object.
+    pub fn usable_size(&self, p: *mut u8) -> usize {
+        match self.try_usable_size(p) {
+            Some(n) => n,
+            None => panic!("tieralloc: {p:p} is not an object of this heap (foreign or interior pointer)"),
+        }
+    }
+
+    /// Frees `p` without its layout, finding the span through the page map (C's
+    /// `free`). Objects must not be tiny: the C ABI asks for 16-byte alignment,
+    /// which never makes tiny objects.
+    ///
+    /// # Safety
+    /// `p` is a live, non-tiny object of this heap and is not used afterwards.
+    pub unsafe fn deallocate_unsized(&self, p: *mut u8) {
+        let s = self.map.span_of(p as usize);
+        // SAFETY: non-null page-map entries are live spans.
+        match unsafe { s.as_ref() } {
+            Some(span) if span.state == SpanState::Small => self.free_small(p, span.class),
+            Some(span) if span.state == SpanState::Large => self.free_large(p),
+            _ => panic!("tieralloc: free of {p:p}: not a pointer into this heap (foreign pointer or double free)"),
+        }
+    }
+
+    /// Takes every lock of the heap (CPU slots, central lists, page heap, set-up),
+    /// so that no operation is half done: call before `fork`.
+    pub fn lock_all(&self) {
+        core::mem::forget(self.init.lock());
+        if !self.slabs.load(Ordering::Acquire).is_null() {
+            for i in 0..self.cpu.count() {
+                self.cpu.acquire_slot(i);
+            }
+        }
+        for c in &self.central {
+            core::mem::forget(c.0.lock());
+        }
+        self.stacks.lock_all();
+        core::mem::forget(self.pages.lock());
+    }
+
+    /// Releases what [`Heap::lock_all`] took (in the parent and in the child after `fork`).
+    ///
+    /// # Safety
+    /// The calling thread (or, in a forked child, its parent thread) called `lock_all`.
+    pub unsafe fn unlock_all(&self) {
+        // SAFETY: each lock was taken and forgotten by `lock_all`.
+        unsafe {
+            self.pages.force_unlock();
+            self.stacks.unlock_all();
+            for c in &self.central {
+                c.0.force_unlock();
+            }
+            if !self.slabs.load(Ordering::Acquire).is_null() {
+                for i in 0..self.cpu.count() {
+                    self.cpu.release_slot(i);
+                }
+            }
+            self.init.force_unlock();
+        }
+    }
+
+    // --------------------------------------------------------------- stacks
+
+    /// A stack of at least `bytes` (Go's stack allocator: power-of-two orders of
+    /// 8–64 KiB carved from spans through a per-CPU stack cache, larger stacks
+    /// from the page heap). With `guard`, the page below the stack faults on
+    /// access (the source's Reserved state); guarded stacks have spans of their own.
+    pub fn alloc_stack(&self, bytes: usize, guard: bool) -> Option<Stack> {
+        let below = self.below();
+        self.slabs()?;
+        let caches = self.stack_caches.load(Ordering::Acquire);
+        if caches.is_null() || !stack::uses_cache(bytes, guard) {
+            return self.stacks.alloc(&below, None, bytes, guard);
+        }
+        // SAFETY: `i < count` and slot `i` is held for the closure.
+        self.cpu.with_current(|i| self.stacks.alloc(&below, Some(unsafe { &mut *caches.add(i) }), bytes, guard))
+    }
+
+    /// Frees a stack.
+    ///
+    /// # Safety
+    /// `stack` came from this heap's `alloc_stack` and nothing uses it any more.
+    pub unsafe fn free_stack(&self, stack: Stack) {
+        let below = self.below();
+        let caches = self.stack_caches.load(Ordering::Acquire);
+        if caches.is_null() || stack.order().is_none() {
+            // SAFETY: forwarded from the caller.
+            return unsafe { self.stacks.free(&below, None, stack) };
+        }
+        // SAFETY: forwarded from the caller; `i < count` and slot `i` is held.
+        self.cpu.with_current(|i| unsafe { self.stacks.free(&below, Some(&mut *caches.add(i)), stack) })
+    }
+
+    /// Stack statistics (stack spans also count in `heap_inuse`, as pages in use).
+    pub fn stack_stats(&self) -> StackStats {
+        self.stacks.stats()
+    }
+
     // ------------------------------------------------------- whole-heap ops
 
     /// Gives back every CPU's cached objects and tiny block, empties the
     /// transfer caches, and releases all free pages to the source (Go's
     /// `debug.FreeOSMemory`). Returns the bytes released by this call.
+    ///
+    /// In rseq mode another CPU's cache is drained only if the kernel offers the
+    /// expedited-rseq membarrier (Linux ≥ 5.10); otherwise those caches (at most
+    /// [`cache::CACHE_BOUND_BYTES`] each) stay as they are.
     pub fn scavenge(&self) -> usize {
-        let caches = self.caches.load(Ordering::Acquire);
         let below = self.below();
-        if !caches.is_null() {
-            for i in 0..self.cpu.count() {
-                self.cpu.with_slot(i, || {
-                    // SAFETY: `i < count`, slot held.
-                    let cache = unsafe { &mut *caches.add(i) };
-                    self.retire_tiny(cache);
+        let slabs = self.slabs.load(Ordering::Acquire);
+        if !slabs.is_null() {
+            // SAFETY: published slabs live for ever.
+            let slabs = unsafe { &*slabs };
+            // First the tiny blocks (retiring one may free it into some CPU's stack),
+            // retired outside the CPU's exclusivity.
+            for i in 0..slabs.count() {
+                if let Some(t) = slabs.with_exclusive(&self.cpu, i, |cache| cache.take_tiny()).filter(|t| t.block != 0) {
+                    self.retire_tiny(slabs, t);
+                }
+            }
+            for i in 0..slabs.count() {
+                let mut buf = [null_mut(); cache::MAX_CAPACITY];
+                slabs.with_exclusive(&self.cpu, i, |cache| {
                     for c in SizeClass::small_classes() {
-                        let n = cache.len(c);
-                        if n > 0 {
-                            cache.take_oldest(c, n, |objs| {
-                                let mut central = self.central[c.index()].0.lock();
-                                central.flush(c, objs, &below);
-                                central.drain_transfer(c, &below);
-                            });
+                        let k = cache.pop_batch(c, &mut buf);
+                        if k > 0 {
+                            self.central[c.index()].0.lock().flush(c, &buf[..k], &below);
+                            self.flow[c.index()].from_slabs.fetch_add(k as u64, Ordering::Relaxed);
                         }
                     }
                 });
@@ -472,63 +647,105 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         for c in SizeClass::small_classes() {
             self.central[c.index()].0.lock().drain_transfer(c, &below);
         }
+        let sc = self.stack_caches.load(Ordering::Acquire);
+        if !sc.is_null() {
+            for i in 0..self.cpu.count() {
+                // SAFETY: `i < count`, slot `i` held.
+                self.cpu.with_slot(i, || self.stacks.drain(&below, unsafe { &mut *sc.add(i) }));
+            }
+        }
         self.pages.lock().scavenge(&self.source, usize::MAX) * PAGE_BYTES
     }
 
     /// Sets the dirty free memory kept before the scavenger releases pages
     /// (default [`crate::pageheap::DEFAULT_RETAIN_BYTES`]; the budget is this or
-    /// 1/8 of the in-use heap, whichever is larger).
+    /// `heap_inuse / RETAIN_INUSE_DIVISOR` (1/2), whichever is larger).
     pub fn set_retain_bytes(&self, bytes: usize) {
         self.pages.lock().set_retain_bytes(bytes);
     }
 
     /// A snapshot of the heap's statistics; exact when no operation is in flight.
+    ///
+    /// Per class, mallocs are counted by the per-CPU pops (packed into the stack
+    /// words) plus direct hand-outs; frees are derived from the flow of objects
+    /// between tiers: `frees = Σ stack lengths − to_slabs + from_slabs + pops + direct_frees`.
     pub fn stats(&self) -> Stats {
         let mut st = Stats::default();
-        let caches = self.caches.load(Ordering::Acquire);
-        let mut tiny_taken = 0;
-        let mut tiny_freed = 0;
-        if !caches.is_null() {
-            st.cpus = self.cpu.count() as u64;
-            for i in 0..self.cpu.count() {
-                self.cpu.with_slot(i, || {
-                    // SAFETY: `i < count`, slot held.
-                    let cache = unsafe { &*caches.add(i) };
-                    let k = &cache.counters;
-                    for c in 1..NUM_CLASSES {
-                        st.by_size[c].mallocs += k.mallocs[c];
-                        st.by_size[c].frees += k.frees[c];
-                    }
-                    st.tiny_mallocs += k.tiny_mallocs;
-                    st.tiny_frees += k.tiny_frees;
-                    tiny_taken += k.tiny_blocks_taken;
-                    tiny_freed += k.tiny_blocks_freed;
-                    st.cached_bytes += cache.cached_bytes() as u64;
-                });
+        let mut pops = [0u64; NUM_CLASSES];
+        let mut lens = [0u64; NUM_CLASSES];
+        let mut k = [0u64; 4];
+        for (i, s) in self.spill.iter().enumerate() {
+            k[i] = s.load(Ordering::Relaxed);
+        }
+        let mut tiny_current = 0u64;
+        let slabs = self.slabs.load(Ordering::Acquire);
+        if !slabs.is_null() {
+            // SAFETY: published slabs live for ever.
+            let slabs = unsafe { &*slabs };
+            st.cpus = slabs.count() as u64;
+            st.rseq = slabs.uses_rseq();
+            for i in 0..slabs.count() {
+                // Racy reads of words other CPUs write with plain stores: each word
+                // is read whole; the totals are exact at quiescence.
+                let cache = slabs.cache(i);
+                for c in 1..NUM_CLASSES {
+                    let w = cache.word(c);
+                    pops[c] += w >> 16;
+                    lens[c] += w & cache::LEN_MASK;
+                }
+                for (j, kind) in [Counter::TinyMallocsRetired, Counter::TinyFrees, Counter::TinyBlocksTaken, Counter::TinyBlocksFreed].into_iter().enumerate() {
+                    k[j] += cache.counter(kind);
+                }
+                tiny_current += cache.tiny().n as u64;
+                st.cached_bytes += cache.cached_bytes() as u64;
             }
         }
         for c in SizeClass::small_classes() {
-            st.by_size[c.index()].size = c.size() as u64;
-            st.cached_bytes += (self.central[c.index()].0.lock().transfer_len() * c.size()) as u64;
+            let i = c.index();
+            let f = &self.flow[i];
+            let (to, from, dm, df) = (
+                f.to_slabs.load(Ordering::Relaxed),
+                f.from_slabs.load(Ordering::Relaxed),
+                f.direct_mallocs.load(Ordering::Relaxed),
+                f.direct_frees.load(Ordering::Relaxed),
+            );
+            st.by_size[i].size = c.size() as u64;
+            st.by_size[i].mallocs = pops[i] + dm;
+            st.by_size[i].frees = (lens[i] + from + pops[i] + df).wrapping_sub(to);
+            st.cached_bytes += (self.central[i].0.lock().transfer_len() * c.size()) as u64;
         }
+        // Tiny blocks are class-2 objects, but not user objects of class 2.
+        let t = TINY_CLASS.index();
+        st.by_size[t].mallocs = st.by_size[t].mallocs.wrapping_sub(k[2]);
+        st.by_size[t].frees = st.by_size[t].frees.wrapping_sub(k[3]);
+        st.tiny_mallocs = k[0] + tiny_current;
+        st.tiny_frees = k[1];
+        st.tiny_blocks = k[2].wrapping_sub(k[3]);
         let ps = self.pages.lock().stats();
         st.by_size[0].mallocs = ps.large.mallocs;
         st.by_size[0].frees = ps.large.frees;
         st.large_alloc = ps.large.live_bytes;
-        st.tiny_blocks = tiny_taken - tiny_freed;
+        let ss = self.stacks.stats();
+        st.stack_sys = ss.sys_bytes;
+        st.stacks = ss.inuse_stacks;
+        st.stack_inuse = ss.inuse_bytes;
         st.heap_sys = ps.sys;
-        st.heap_inuse = ps.inuse;
+        st.heap_inuse = ps.inuse.saturating_sub(ss.sys_bytes);
         st.heap_idle = ps.sys - ps.inuse;
         st.heap_released = ps.released;
         st.meta_sys = ps.meta_sys + *self.init.lock() as u64;
         st.arenas = ps.arenas;
         st.spans = ps.spans;
         st.scavenged_total = ps.scavenged_total;
-        st.heap_alloc = st.large_alloc
-            + st.tiny_blocks * TINY_SIZE as u64
-            + st.by_size[1..].iter().map(|r| r.live() * r.size).sum::<u64>();
-        st.mallocs = st.by_size.iter().map(|r| r.mallocs).sum::<u64>() + st.tiny_mallocs;
-        st.frees = st.by_size.iter().map(|r| r.frees).sum::<u64>() + st.tiny_frees;
+        // Wrapping sums: a snapshot taken while other threads allocate and free
+        // may see a free before its allocation (a transiently "negative" count);
+        // that must not panic on overflow. Exact at quiescence.
+        st.heap_alloc = st
+            .large_alloc
+            .wrapping_add(st.tiny_blocks.wrapping_mul(TINY_SIZE as u64))
+            .wrapping_add(st.by_size[1..].iter().map(|r| r.live().wrapping_mul(r.size)).fold(0, u64::wrapping_add));
+        st.mallocs = st.by_size.iter().map(|r| r.mallocs).fold(st.tiny_mallocs, u64::wrapping_add);
+        st.frees = st.by_size.iter().map(|r| r.frees).fold(st.tiny_frees, u64::wrapping_add);
         st
     }
 
@@ -538,6 +755,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         for c in SizeClass::small_classes() {
             self.central[c.index()].0.lock().check_invariants(c);
         }
+        self.stacks.check_invariants();
         self.pages.lock().check_invariants();
     }
 }

@@ -22,8 +22,8 @@
 //! Modules: [`sizeclass`] (Go's 68-class table), [`span`] (span records and
 //! bitmaps), [`cache`] (per-CPU tier), [`central`], [`pageheap`] (with
 //! [`pagealloc`], the per-arena page bitmap), [`source`] (the OS boundary),
-//! [`fixalloc`] (metadata pools), [`cpu`] (which CPU am I on), [`heap`] (the
-//! front), [`stats`].
+//! [`fixalloc`] (metadata pools), [`cpu`] (which CPU am I on), `rseq`
+//! (restartable sequences, Linux x86-64), [`heap`] (the front), [`stats`].
 //!
 //! ## Glossary
 //!
@@ -43,9 +43,11 @@
 //!
 //! 1. [`heap::Kind::of`] sorts the layout: tiny, small (class from Go's
 //!    `size_to_class8/128` tables, one load), or large. No lock.
-//! 2. Small: enter the current CPU's slot ([`cpu::Cpu::with_current`]: IRQs off
-//!    in a kernel, the slot's lock on Linux) and pop from the class's stack.
-//!    Done in the common case.
+//! 2. Small: pop from the class's stack in the current CPU's cache. On Linux
+//!    x86-64 this is a restartable sequence ([`rseq`]) that commits with one
+//!    plain store — no lock, no atomic; elsewhere the CPU slot's exclusivity
+//!    ([`cpu::Cpu::with_current`]: IRQs off in a kernel, a per-slot lock as the
+//!    Linux fallback). Done in the common case.
 //! 3. Empty stack: lock `central[class]`, take a batch — first from the transfer
 //!    cache, else carve the lowest free objects of the first partial span
 //!    (ctz over the span's 64-bit alloc cache, Go's `nextFreeFast`).
@@ -59,7 +61,8 @@
 //! ## The free path
 //!
 //! 1. Sort the layout as above (a sized free needs no page-map lookup).
-//! 2. Small: enter the current CPU's slot and push — whichever CPU allocated it.
+//! 2. Small: push onto the current CPU's stack (as in step 2 above) — whichever
+//!    CPU allocated it.
 //! 3. Full stack: lock `central[class]` and hand over the oldest batch, into the
 //!    transfer cache if it has room, else back to the objects' spans (page map →
 //!    span → magic divide → clear the bit). A span whose last object returns goes
@@ -70,7 +73,8 @@
 //!    the block as a class-2 object through step 2.
 //! 6. Large: lock the page heap and free the span's pages (step 4).
 //!
-//! Lock order: CPU slot → central (one class at a time) → page heap. Nothing
+//! Lock order: CPU slot → central (one class at a time) → page heap. The
+//! refill and flush steps run with no CPU slot held. Nothing
 //! below calls back up, and no tier allocates through the heap: metadata comes
 //! from [`fixalloc`] pools and straight from the source.
 //!
@@ -95,9 +99,12 @@ pub mod fixalloc;
 pub mod heap;
 pub mod pagealloc;
 pub mod pageheap;
+#[cfg(all(feature = "linux", target_arch = "x86_64"))]
+pub mod rseq;
 pub mod sizeclass;
 pub mod source;
 pub mod span;
+pub mod stack;
 pub mod stats;
 
 #[cfg(feature = "linux")]

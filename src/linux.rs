@@ -33,17 +33,60 @@ impl RelaxStrategy for SpinThenYield {
     }
 }
 
+/// Number of possible CPU ids, from `/sys/devices/system/cpu/possible` ("0-N"),
+/// read with plain syscalls: this runs inside `malloc` the first time, so it must
+/// not allocate (glibc's `sysconf(_SC_NPROCESSORS_CONF)` may). `MAX_CPUS` if unknown.
+fn possible_cpus() -> usize {
+    let mut buf = [0u8; 64];
+    // SAFETY: a NUL-terminated path; open/read/close on a local buffer.
+    let n = unsafe {
+        let fd = libc::open(c"/sys/devices/system/cpu/possible".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return MAX_CPUS;
+        }
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n
+    };
+    if n <= 0 {
+        return MAX_CPUS;
+    }
+    // The highest id is the last number in the list ("0-3", "0", "0-3,8-11").
+    let text = &buf[..n as usize];
+    let mut last = None;
+    let mut cur: Option<usize> = None;
+    for &b in text {
+        if b.is_ascii_digit() {
+            cur = Some(cur.unwrap_or(0) * 10 + (b - b'0') as usize);
+        } else if let Some(v) = cur.take() {
+            last = Some(v);
+        }
+    }
+    match cur.or(last) {
+        Some(max_id) => max_id + 1,
+        None => MAX_CPUS,
+    }
+}
+
 /// CPU ids from `sched_getcpu` (glibc reads them from the thread's rseq area),
 /// one locked slot per configured CPU.
 pub struct LinuxCpu {
     locks: [SlotLock; MAX_CPUS],
     /// Number of slots, 0 until first asked.
     count: AtomicUsize,
+    /// Use restartable sequences when glibc offers them.
+    allow_rseq: bool,
 }
 
 impl LinuxCpu {
+    /// Per-CPU operations through rseq where available, else per-slot locks.
     pub const fn new() -> Self {
-        LinuxCpu { locks: [const { SlotLock::new() }; MAX_CPUS], count: AtomicUsize::new(0) }
+        LinuxCpu { locks: [const { SlotLock::new() }; MAX_CPUS], count: AtomicUsize::new(0), allow_rseq: true }
+    }
+
+    /// Per-CPU operations always through per-slot locks (the fallback mode).
+    pub const fn new_locked() -> Self {
+        LinuxCpu { locks: [const { SlotLock::new() }; MAX_CPUS], count: AtomicUsize::new(0), allow_rseq: false }
     }
 
     #[inline(always)]
@@ -67,7 +110,7 @@ impl Default for LinuxCpu {
     }
 }
 
-// SAFETY: `count` is computed once (every racer computes the same value) and is
+// SAFETY: `count` is computed once (racers compute the same value) and is
 // between 1 and MAX_CPUS; every index passed on is `< count`, and each slot is
 // reached only through its own lock.
 unsafe impl Cpu for LinuxCpu {
@@ -79,9 +122,7 @@ unsafe impl Cpu for LinuxCpu {
         if n != 0 {
             return n;
         }
-        // SAFETY: sysconf has no preconditions.
-        let conf = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
-        let n = if conf < 1 { 1 } else { (conf as usize).min(MAX_CPUS) };
+        let n = possible_cpus().clamp(1, MAX_CPUS);
         self.count.store(n, Ordering::Relaxed);
         n
     }
@@ -94,6 +135,25 @@ unsafe impl Cpu for LinuxCpu {
 
     fn with_slot<R>(&self, i: usize, f: impl FnOnce() -> R) -> R {
         self.locks[i].with::<SpinThenYield, _>(f)
+    }
+    fn rseq_offset(&self) -> Option<i64> {
+        #[cfg(target_arch = "x86_64")]
+        if !self.allow_rseq {
+            return None;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let crate::rseq::Availability::Glibc(off) = crate::rseq::available() {
+            return Some(off);
+        }
+        None
+    }
+
+    fn acquire_slot(&self, i: usize) {
+        self.locks[i].acquire::<SpinThenYield>();
+    }
+    unsafe fn release_slot(&self, i: usize) {
+        // SAFETY: the caller holds the lock (trait contract).
+        unsafe { self.locks[i].release() }
     }
 }
 
@@ -109,9 +169,16 @@ pub struct LinuxHeap {
 }
 
 impl LinuxHeap {
-    /// A heap over mmap'd 64 MiB arenas; takes nothing from the OS until first use.
+    /// A heap over mmap'd 64 MiB arenas; takes nothing from the OS until first
+    /// use. Per-CPU operations use rseq where glibc registered it (check
+    /// `uses_rseq()` or `stats().rseq`), else per-CPU locks.
     pub const fn new() -> Self {
         LinuxHeap { heap: Heap::new(MmapSource::new(), LinuxCpu::new()) }
+    }
+
+    /// As [`LinuxHeap::new`], but always with per-CPU locks (never rseq).
+    pub const fn new_locked() -> Self {
+        LinuxHeap { heap: Heap::new(MmapSource::new(), LinuxCpu::new_locked()) }
     }
 }
 
@@ -145,5 +212,22 @@ unsafe impl GlobalAlloc for LinuxHeap {
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: forwarded from the caller.
         unsafe { self.heap.reallocate(p, layout, new_size) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn possible_cpus_covers_the_current_cpu() {
+        let n = possible_cpus();
+        assert!((1..=4096).contains(&n));
+        // SAFETY: no preconditions.
+        let id = unsafe { libc::sched_getcpu() };
+        assert!(id >= 0 && (id as usize) < n, "cpu {id} outside 0..{n}");
+        let cpu = LinuxCpu::new();
+        assert_eq!(cpu.count(), n.min(MAX_CPUS));
+        assert!(cpu.with_current(|i| i) < cpu.count());
     }
 }

@@ -53,6 +53,12 @@ const ADDR_MASK: usize = (1 << ADDR_BITS) - 1;
 /// Retained dirty free memory below which the scavenger does nothing.
 pub const DEFAULT_RETAIN_BYTES: usize = 16 << 20;
 
+/// The scavenger also keeps dirty free pages up to `heap_inuse / RETAIN_INUSE_DIVISOR`:
+/// fragmentation holes of a busy heap are reused soon, and releasing them only to
+/// fault them back in costs far more than it saves (Go keeps about 10% over its
+/// heap goal, which is twice the live heap; jemalloc keeps dirty pages for seconds).
+pub const RETAIN_INUSE_DIVISOR: usize = 2;
+
 type SpanSlot = AtomicPtr<Span>;
 type L2 = [AtomicPtr<SpanSlot>; L2_ENTRIES];
 
@@ -208,7 +214,7 @@ impl PageHeap {
     }
 
     /// Sets how many bytes of dirty free pages are kept before releasing (the
-    /// budget is this or 1/8 of the in-use heap, whichever is larger).
+    /// budget is this or `heap_inuse / RETAIN_INUSE_DIVISOR`, whichever is larger).
     pub fn set_retain_bytes(&mut self, bytes: usize) {
         self.retain_bytes = bytes;
     }
@@ -322,10 +328,10 @@ impl PageHeap {
         debug_assert!(npages > 0 && align_pages.is_power_of_two());
         let need = npages.checked_add(align_pages - 1)?;
         let (slot, start) = match self.find_arena(need) {
-            Some(slot) => (slot, self.arena(slot).pages.find_aligned(npages, align_pages)?),
+            Some(slot) => (slot, find_aligned(self.arena(slot), npages, align_pages)?),
             None => {
                 let slot = self.grow(source, map, npages, align_pages)?;
-                (slot, self.arena(slot).pages.find_aligned(npages, align_pages)?)
+                (slot, find_aligned(self.arena(slot), npages, align_pages)?)
             }
         };
         // Make released pages Ready first, so a failure leaves everything as it was.
@@ -454,7 +460,7 @@ impl PageHeap {
         if !S::CAN_RELEASE {
             return;
         }
-        let budget = (self.retain_bytes / PAGE_BYTES).max(self.inuse_pages / 2);
+        let budget = (self.retain_bytes / PAGE_BYTES).max(self.inuse_pages / RETAIN_INUSE_DIVISOR);
         let dirty = self.dirty_pages();
         if dirty > budget {
             // Go's reduceExtra: go a little below the budget so we do not release on every free.
@@ -492,9 +498,10 @@ impl PageHeap {
 
     /// A large object's span: `bytes` rounded up to pages, aligned to `align`.
     pub fn alloc_large<S: PageSource>(&mut self, source: &S, map: &PageMap, bytes: usize, align: usize) -> Option<NonNull<Span>> {
-        let npages = bytes.checked_next_multiple_of(PAGE_BYTES)? / PAGE_BYTES;
+        // A zero-byte object still gets (and is accounted as) one page.
+        let npages = (bytes.checked_next_multiple_of(PAGE_BYTES)? / PAGE_BYTES).max(1);
         let align_pages = (align / PAGE_BYTES).max(1);
-        let s = self.alloc_span(source, map, npages.max(1), align_pages, SpanState::Large)?;
+        let s = self.alloc_span(source, map, npages, align_pages, SpanState::Large)?;
         self.large.mallocs += 1;
         self.large.live_bytes += (npages * PAGE_BYTES) as u64;
         Some(s)
@@ -608,6 +615,26 @@ impl Default for PageHeap {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// First fit of `npages` free pages in `a` whose *address* is aligned to
+/// `align_pages` pages. `ArenaPages::find_aligned` aligns the page index within
+/// the arena, which is the address alignment only up to the arena base's own
+/// alignment (a chunk, or what `grow` asked for); above it, try each aligned
+/// address in turn (at most `a.npages / align_pages` of them, a few).
+fn find_aligned(a: &Arena, npages: usize, align_pages: usize) -> Option<usize> {
+    let skew = (a.base >> PAGE_SHIFT) & (align_pages - 1);
+    if skew == 0 {
+        return a.pages.find_aligned(npages, align_pages);
+    }
+    let mut s = align_pages - skew;
+    while s.checked_add(npages)? <= a.npages {
+        if a.pages.is_free(s, npages) {
+            return Some(s);
+        }
+        s += align_pages;
+    }
+    None
 }
 
 /// Makes the released pages of free range `[start, start+n)` of `a` Ready. On

@@ -1,7 +1,7 @@
 //! Heap statistics in Go's `runtime.MemStats` terms. See `lib.rs` for the overview.
 //!
 //! Identities that hold at quiescence (no allocation or free in flight):
-//! * `heap_idle == heap_sys - heap_inuse` and `heap_released <= heap_idle`;
+//! * `heap_idle == heap_sys - heap_inuse - stack_sys` and `heap_released <= heap_idle`;
 //! * `mallocs - frees` = live objects (tiny sub-objects included);
 //! * `heap_alloc == Σ by_size[c].live() · by_size[c].size` (classes ≥ 1)
 //!   `+ large_alloc + 16 · tiny_blocks` — each live object counted at its
@@ -36,7 +36,8 @@ impl ClassStats {
 pub struct Stats {
     /// Bytes of arenas obtained from the page source (Go's HeapSys).
     pub heap_sys: u64,
-    /// Bytes in spans with at least one object, or in large objects (HeapInuse).
+    /// Bytes in spans with at least one object, or in large objects (HeapInuse);
+    /// stack spans are not included (they are `stack_sys`).
     pub heap_inuse: u64,
     /// Bytes in free pages: `heap_sys - heap_inuse` (HeapIdle).
     pub heap_idle: u64,
@@ -59,6 +60,11 @@ pub struct Stats {
     pub cached_bytes: u64,
     /// Bytes of the allocator's own metadata (span records, arena maps, caches).
     pub meta_sys: u64,
+    /// Bytes of spans holding stacks (Go's StackSys / StackInuse).
+    pub stack_sys: u64,
+    /// Stacks in use, and their usable bytes.
+    pub stacks: u64,
+    pub stack_inuse: u64,
     /// Arenas obtained.
     pub arenas: u64,
     /// Live spans (small and large).
@@ -67,6 +73,8 @@ pub struct Stats {
     pub scavenged_total: u64,
     /// Per-CPU caches.
     pub cpus: u64,
+    /// Per-CPU operations commit with restartable sequences (else: the CPU slot's lock).
+    pub rseq: bool,
     /// Per class; index = class, class 0 = large objects.
     pub by_size: [ClassStats; NUM_CLASSES],
 }
@@ -87,10 +95,14 @@ impl Default for Stats {
             tiny_blocks: 0,
             cached_bytes: 0,
             meta_sys: 0,
+            stack_sys: 0,
+            stacks: 0,
+            stack_inuse: 0,
             arenas: 0,
             spans: 0,
             scavenged_total: 0,
             cpus: 0,
+            rseq: false,
             by_size: [ClassStats::default(); NUM_CLASSES],
         }
     }
@@ -130,10 +142,19 @@ impl fmt::Display for Stats {
         writeln!(f, "heap_alloc    {:>12}  ({})", self.heap_alloc, Bytes(self.heap_alloc))?;
         writeln!(f, "cached        {:>12}  ({})", self.cached_bytes, Bytes(self.cached_bytes))?;
         writeln!(f, "meta_sys      {:>12}  ({})", self.meta_sys, Bytes(self.meta_sys))?;
+        writeln!(f, "stack_sys     {:>12}  ({}; {} stacks, {} in use)", self.stack_sys, Bytes(self.stack_sys), self.stacks, Bytes(self.stack_inuse))?;
         writeln!(f, "mallocs       {:>12}  frees {:>12}  live {}", self.mallocs, self.frees, self.live_objects())?;
         writeln!(f, "tiny          {:>12}  frees {:>12}  blocks {}", self.tiny_mallocs, self.tiny_frees, self.tiny_blocks)?;
         writeln!(f, "large         {:>12}  frees {:>12}  bytes {}", self.by_size[0].mallocs, self.by_size[0].frees, self.large_alloc)?;
-        writeln!(f, "arenas {}  spans {}  cpus {}  scavenged {}", self.arenas, self.spans, self.cpus, Bytes(self.scavenged_total))?;
+        writeln!(
+            f,
+            "arenas {}  spans {}  cpus {} ({})  scavenged {}",
+            self.arenas,
+            self.spans,
+            self.cpus,
+            if self.rseq { "rseq" } else { "locked" },
+            Bytes(self.scavenged_total)
+        )?;
         writeln!(f, "{:>5} {:>7} {:>12} {:>12} {:>10}", "class", "size", "mallocs", "frees", "live")?;
         for (c, row) in self.by_size.iter().enumerate().skip(1) {
             if row.mallocs != 0 {

@@ -33,10 +33,14 @@
 pub mod mmap;
 pub mod region;
 pub mod failing;
+#[cfg(feature = "x86_64")]
+pub mod frames;
 
 #[cfg(feature = "linux")]
 pub use mmap::MmapSource;
 pub use region::RegionSource;
+#[cfg(feature = "x86_64")]
+pub use frames::FrameSource;
 
 use core::ptr::NonNull;
 

@@ -1,0 +1,660 @@
+//! Restartable sequences: per-CPU cache operations without atomics on Linux
+//! x86-64 (tcmalloc's per-CPU slabs). See `lib.rs` for the overview and
+//! [`crate::cache`] for the slab layout.
+//!
+//! Each operation is a short critical section that reads the CPU id from the
+//! thread's rseq area, finds that CPU's cache, and commits with **one plain
+//! store** (a class's stack word: length and malloc count packed together). If
+//! the thread is preempted, migrated or signalled inside the section, the kernel
+//! moves it to the abort handler, which starts the whole section again on
+//! whatever CPU it now runs: nothing before the commit is visible, so a restart
+//! is always safe.
+//!
+//! We use glibc's registration (glibc ≥ 2.35 registers every thread): the
+//! loader exports `__rseq_offset` (the area's offset from the thread pointer)
+//! and `__rseq_size` (0 when glibc did not register). We do not register an
+//! area of our own when glibc did not: a library cannot guarantee an area at
+//! one fixed thread-pointer offset in every thread, so that case (and old
+//! kernels, seccomp filters, glibc < 2.35) falls back to the locked per-CPU path.
+//!
+//! Every section also fails (the caller takes its slow path) when the CPU's
+//! cache has its `stop` word set: a drain from another CPU sets it, then issues
+//! `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)` so that any section in
+//! flight on that CPU restarts and sees it.
+
+use core::arch::asm;
+use core::sync::atomic::{AtomicU8, Ordering};
+
+/// The signature glibc registered the area with; it must precede each abort handler.
+pub const RSEQ_SIG: u32 = 0x5305_3053;
+
+/// Offsets in the kernel's `struct rseq`.
+const RSEQ_CPU_ID: usize = 4;
+
+/// One size class's view of the slabs, read by the critical sections. All
+/// fields are byte quantities except `count` and `cap`. Written once at set-up,
+/// before the heap publishes rseq mode.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClassDesc {
+    /// `__rseq_offset`: the rseq area's offset from the thread pointer.
+    pub rseq_off: i64,
+    /// Number of CPU caches; a CPU id at or above it fails the section.
+    pub count: u64,
+    /// Bytes between consecutive CPU caches.
+    pub stride: u64,
+    /// Address of CPU 0's cache.
+    pub base: u64,
+    /// Offset of this class's stack word in a cache.
+    pub word_off: u64,
+    /// Offset of this class's first slot, minus `word_off`.
+    pub slots_minus_word: i64,
+    /// Capacity of this class's stack.
+    pub cap: u64,
+    _pad: u64,
+}
+
+// Field offsets used by the assembly below (checked at compile time).
+const D_OFF: usize = 0;
+const D_COUNT: usize = 8;
+const D_STRIDE: usize = 16;
+const D_BASE: usize = 24;
+const D_WORD: usize = 32;
+const D_SLOTS: usize = 40;
+const D_CAP: usize = 48;
+const _: () = {
+    assert!(core::mem::offset_of!(ClassDesc, rseq_off) == D_OFF);
+    assert!(core::mem::offset_of!(ClassDesc, count) == D_COUNT);
+    assert!(core::mem::offset_of!(ClassDesc, stride) == D_STRIDE);
+    assert!(core::mem::offset_of!(ClassDesc, base) == D_BASE);
+    assert!(core::mem::offset_of!(ClassDesc, word_off) == D_WORD);
+    assert!(core::mem::offset_of!(ClassDesc, slots_minus_word) == D_SLOTS);
+    assert!(core::mem::offset_of!(ClassDesc, cap) == D_CAP);
+};
+
+impl ClassDesc {
+    /// A descriptor for one class.
+    pub const fn new(rseq_off: i64, count: u64, stride: u64, base: u64, word_off: u64, slots_off: u64, cap: u64) -> Self {
+        ClassDesc { rseq_off, count, stride, base, word_off, slots_minus_word: slots_off as i64 - word_off as i64, cap, _pad: 0 }
+    }
+}
+
+// The sections below share one shape:
+//   2: arm   — point the rseq area's rseq_cs at this section's descriptor (label 3)
+//   4: start — read cpu_id, bounds-check it, find the cache, check `stop`
+//      ...   — compute; writes only to free slots, which nobody reads yet
+//      commit — one store of the class's stack word
+//   6: end of the critical section (post-commit)
+//   7: abort handler, preceded by RSEQ_SIG: the kernel cleared rseq_cs, so re-arm (jump to 2)
+//   5: failure exit (stack empty/full, CPU stopped or out of range)
+// The descriptor (label 3) lives in section __rseq_cs: { version 0, flags 0,
+// start_ip, post_commit_offset, abort_ip }, 32-byte aligned as the kernel requires.
+
+/// Pops the top object of the class's stack on the current CPU, counting one
+/// malloc in the same store (stack word: length in the low 16 bits, mallocs
+/// above). Null if the stack is empty or the CPU's cache is stopped.
+///
+/// # Safety
+/// `d` describes live slabs and the calling thread has a registered rseq area
+/// at `d.rseq_off` (glibc's, checked by [`available`]).
+#[inline(always)]
+pub unsafe fn pop(d: *const ClassDesc) -> *mut u8 {
+    let p: usize;
+    // SAFETY: the caller vouches for the descriptor and the rseq area; the section
+    // only reads the slabs, and writes one stack word of the current CPU's cache
+    // as its commit.
+    unsafe {
+        asm!(
+            "2:",
+            "mov {t}, qword ptr [{d}]",
+            "lea {w}, [rip + 3f]",
+            "mov qword ptr fs:[{t} + 8], {w}",
+            "4:",
+            "mov {t}, qword ptr [{d}]",
+            "mov {t:e}, dword ptr fs:[{t} + {cpu}]",
+            "cmp {t}, qword ptr [{d} + {count}]",
+            "jae 5f",
+            "imul {t}, qword ptr [{d} + {stride}]",
+            "add {t}, qword ptr [{d} + {base}]",
+            "cmp qword ptr [{t}], 0",
+            "jne 5f",
+            "add {t}, qword ptr [{d} + {word}]",
+            "mov {w}, qword ptr [{t}]",
+            "movzx {p:e}, {w:x}",
+            "test {p:e}, {p:e}",
+            "jz 5f",
+            "lea {p}, [{t} + {p} * 8 - 8]",
+            "add {p}, qword ptr [{d} + {slots}]",
+            "mov {p}, qword ptr [{p}]",
+            "add {w}, 0xffff",
+            "mov qword ptr [{t}], {w}",
+            "6:",
+            "jmp 8f",
+            ".long {sig}",
+            "7:",
+            "jmp 2b",
+            "5:",
+            "xor {p:e}, {p:e}",
+            "8:",
+            ".pushsection __rseq_cs, \"aw\"",
+            ".balign 32",
+            "3:",
+            ".long 0, 0",
+            ".quad 4b, 6b - 4b, 7b",
+            ".popsection",
+            d = in(reg) d,
+            t = out(reg) _,
+            w = out(reg) _,
+            p = out(reg) p,
+            cpu = const RSEQ_CPU_ID,
+            count = const D_COUNT,
+            stride = const D_STRIDE,
+            base = const D_BASE,
+            word = const D_WORD,
+            slots = const D_SLOTS,
+            sig = const RSEQ_SIG,
+            options(nostack),
+        );
+    }
+    p as *mut u8
+}
+
+/// Pushes `obj` on the class's stack on the current CPU. False if the stack is
+/// full or the CPU's cache is stopped.
+///
+/// # Safety
+/// As [`pop`].
+#[inline(always)]
+pub unsafe fn push(d: *const ClassDesc, obj: *mut u8) -> bool {
+    let ok: u32;
+    // SAFETY: as in `pop`; the slot write above the stack length is invisible
+    // until the commit store.
+    unsafe {
+        asm!(
+            "2:",
+            "mov {t}, qword ptr [{d}]",
+            "lea {w}, [rip + 3f]",
+            "mov qword ptr fs:[{t} + 8], {w}",
+            "4:",
+            "mov {t}, qword ptr [{d}]",
+            "mov {t:e}, dword ptr fs:[{t} + {cpu}]",
+            "cmp {t}, qword ptr [{d} + {count}]",
+            "jae 5f",
+            "imul {t}, qword ptr [{d} + {stride}]",
+            "add {t}, qword ptr [{d} + {base}]",
+            "cmp qword ptr [{t}], 0",
+            "jne 5f",
+            "add {t}, qword ptr [{d} + {word}]",
+            "mov {w}, qword ptr [{t}]",
+            "movzx {n:e}, {w:x}",
+            "cmp {n}, qword ptr [{d} + {cap}]",
+            "jae 5f",
+            "lea {n}, [{t} + {n} * 8]",
+            "add {n}, qword ptr [{d} + {slots}]",
+            "mov qword ptr [{n}], {obj}",
+            "add {w}, 1",
+            "mov qword ptr [{t}], {w}",
+            "6:",
+            "mov {ok:e}, 1",
+            "jmp 8f",
+            ".long {sig}",
+            "7:",
+            "jmp 2b",
+            "5:",
+            "xor {ok:e}, {ok:e}",
+            "8:",
+            ".pushsection __rseq_cs, \"aw\"",
+            ".balign 32",
+            "3:",
+            ".long 0, 0",
+            ".quad 4b, 6b - 4b, 7b",
+            ".popsection",
+            d = in(reg) d,
+            obj = in(reg) obj,
+            t = out(reg) _,
+            w = out(reg) _,
+            n = out(reg) _,
+            ok = out(reg) ok,
+            cpu = const RSEQ_CPU_ID,
+            count = const D_COUNT,
+            stride = const D_STRIDE,
+            base = const D_BASE,
+            word = const D_WORD,
+            slots = const D_SLOTS,
+            cap = const D_CAP,
+            sig = const RSEQ_SIG,
+            options(nostack),
+        );
+    }
+    ok != 0
+}
+
+/// Pushes up to `n` objects from `src` onto the class's stack on the current
+/// CPU (as many as fit); returns how many. Counts no malloc.
+///
+/// # Safety
+/// As [`pop`]; `src` points to `n` readable pointers.
+#[inline]
+pub unsafe fn push_batch(d: *const ClassDesc, src: *const *mut u8, n: usize) -> usize {
+    let k: usize;
+    // SAFETY: as in `push`: slots above the length are written first, then one
+    // commit store publishes them.
+    unsafe {
+        asm!(
+            "2:",
+            "mov {t}, qword ptr [{d}]",
+            "lea {w}, [rip + 3f]",
+            "mov qword ptr fs:[{t} + 8], {w}",
+            "4:",
+            "mov {t}, qword ptr [{d}]",
+            "mov {t:e}, dword ptr fs:[{t} + {cpu}]",
+            "cmp {t}, qword ptr [{d} + {count}]",
+            "jae 5f",
+            "imul {t}, qword ptr [{d} + {stride}]",
+            "add {t}, qword ptr [{d} + {base}]",
+            "cmp qword ptr [{t}], 0",
+            "jne 5f",
+            "add {t}, qword ptr [{d} + {word}]",
+            "mov {w}, qword ptr [{t}]",
+            "movzx {i:e}, {w:x}",
+            "mov {k}, qword ptr [{d} + {cap}]",
+            "sub {k}, {i}",
+            "cmp {k}, {n}",
+            "cmova {k}, {n}",
+            "test {k}, {k}",
+            "jz 5f",
+            "lea {x}, [{t} + {i} * 8]",
+            "add {x}, qword ptr [{d} + {slots}]",
+            "xor {i:e}, {i:e}",
+            "9:",
+            "mov {y}, qword ptr [{src} + {i} * 8]",
+            "mov qword ptr [{x} + {i} * 8], {y}",
+            "inc {i}",
+            "cmp {i}, {k}",
+            "jb 9b",
+            "add {w}, {k}",
+            "mov qword ptr [{t}], {w}",
+            "6:",
+            "jmp 8f",
+            ".long {sig}",
+            "7:",
+            "jmp 2b",
+            "5:",
+            "xor {k:e}, {k:e}",
+            "8:",
+            ".pushsection __rseq_cs, \"aw\"",
+            ".balign 32",
+            "3:",
+            ".long 0, 0",
+            ".quad 4b, 6b - 4b, 7b",
+            ".popsection",
+            d = in(reg) d,
+            src = in(reg) src,
+            n = in(reg) n,
+            t = out(reg) _,
+            w = out(reg) _,
+            i = out(reg) _,
+            k = out(reg) k,
+            x = out(reg) _,
+            y = out(reg) _,
+            cpu = const RSEQ_CPU_ID,
+            count = const D_COUNT,
+            stride = const D_STRIDE,
+            base = const D_BASE,
+            word = const D_WORD,
+            slots = const D_SLOTS,
+            cap = const D_CAP,
+            sig = const RSEQ_SIG,
+            options(nostack),
+        );
+    }
+    k
+}
+
+/// Pops up to `n` objects from the top of the class's stack on the current CPU
+/// into `dst`; returns how many. Counts no malloc.
+///
+/// # Safety
+/// As [`pop`]; `dst` points to room for `n` pointers.
+#[inline]
+pub unsafe fn pop_batch(d: *const ClassDesc, dst: *mut *mut u8, n: usize) -> usize {
+    let k: usize;
+    // SAFETY: as in `pop`: copying out is a read; the commit store shortens the stack.
+    // If the section restarts, `dst` is simply written again.
+    unsafe {
+        asm!(
+            "2:",
+            "mov {t}, qword ptr [{d}]",
+            "lea {w}, [rip + 3f]",
+            "mov qword ptr fs:[{t} + 8], {w}",
+            "4:",
+            "mov {t}, qword ptr [{d}]",
+            "mov {t:e}, dword ptr fs:[{t} + {cpu}]",
+            "cmp {t}, qword ptr [{d} + {count}]",
+            "jae 5f",
+            "imul {t}, qword ptr [{d} + {stride}]",
+            "add {t}, qword ptr [{d} + {base}]",
+            "cmp qword ptr [{t}], 0",
+            "jne 5f",
+            "add {t}, qword ptr [{d} + {word}]",
+            "mov {w}, qword ptr [{t}]",
+            "movzx {k:e}, {w:x}",
+            "cmp {k}, {n}",
+            "cmova {k}, {n}",
+            "test {k}, {k}",
+            "jz 5f",
+            "sub {w}, {k}",
+            "movzx {x:e}, {w:x}",
+            "lea {x}, [{t} + {x} * 8]",
+            "add {x}, qword ptr [{d} + {slots}]",
+            "xor {i:e}, {i:e}",
+            "9:",
+            "mov {y}, qword ptr [{x} + {i} * 8]",
+            "mov qword ptr [{dst} + {i} * 8], {y}",
+            "inc {i}",
+            "cmp {i}, {k}",
+            "jb 9b",
+            "mov qword ptr [{t}], {w}",
+            "6:",
+            "jmp 8f",
+            ".long {sig}",
+            "7:",
+            "jmp 2b",
+            "5:",
+            "xor {k:e}, {k:e}",
+            "8:",
+            ".pushsection __rseq_cs, \"aw\"",
+            ".balign 32",
+            "3:",
+            ".long 0, 0",
+            ".quad 4b, 6b - 4b, 7b",
+            ".popsection",
+            d = in(reg) d,
+            dst = in(reg) dst,
+            n = in(reg) n,
+            t = out(reg) _,
+            w = out(reg) _,
+            i = out(reg) _,
+            k = out(reg) k,
+            x = out(reg) _,
+            y = out(reg) _,
+            cpu = const RSEQ_CPU_ID,
+            count = const D_COUNT,
+            stride = const D_STRIDE,
+            base = const D_BASE,
+            word = const D_WORD,
+            slots = const D_SLOTS,
+            sig = const RSEQ_SIG,
+            options(nostack),
+        );
+    }
+    k
+}
+
+/// Reads the word at byte offset `field` of the current CPU's cache; returns
+/// the CPU index and the value (`None` if the CPU is out of range or stopped).
+///
+/// # Safety
+/// As [`pop`]; `field` is the offset of an aligned `u64` inside a cache.
+#[inline(always)]
+pub unsafe fn load(d: *const ClassDesc, field: usize) -> Option<(usize, u64)> {
+    let cpu: usize;
+    let v: u64;
+    let ok: u32;
+    // SAFETY: as in `pop`; the section has no commit (it only reads), and is a
+    // restartable section only so that cpu and value belong together.
+    unsafe {
+        asm!(
+            "2:",
+            "mov {t}, qword ptr [{d}]",
+            "lea {w}, [rip + 3f]",
+            "mov qword ptr fs:[{t} + 8], {w}",
+            "4:",
+            "mov {t}, qword ptr [{d}]",
+            "mov {c:e}, dword ptr fs:[{t} + {cpu}]",
+            "cmp {c}, qword ptr [{d} + {count}]",
+            "jae 5f",
+            "mov {t}, {c}",
+            "imul {t}, qword ptr [{d} + {stride}]",
+            "add {t}, qword ptr [{d} + {base}]",
+            "cmp qword ptr [{t}], 0",
+            "jne 5f",
+            "mov {v}, qword ptr [{t} + {f}]",
+            "6:",
+            "mov {ok:e}, 1",
+            "jmp 8f",
+            ".long {sig}",
+            "7:",
+            "jmp 2b",
+            "5:",
+            "xor {ok:e}, {ok:e}",
+            "8:",
+            ".pushsection __rseq_cs, \"aw\"",
+            ".balign 32",
+            "3:",
+            ".long 0, 0",
+            ".quad 4b, 6b - 4b, 7b",
+            ".popsection",
+            d = in(reg) d,
+            f = in(reg) field,
+            t = out(reg) _,
+            w = out(reg) _,
+            c = out(reg) cpu,
+            v = out(reg) v,
+            ok = out(reg) ok,
+            cpu = const RSEQ_CPU_ID,
+            count = const D_COUNT,
+            stride = const D_STRIDE,
+            base = const D_BASE,
+            sig = const RSEQ_SIG,
+            options(nostack, readonly),
+        );
+    }
+    if ok != 0 {
+        Some((cpu, v))
+    } else {
+        None
+    }
+}
+
+/// Stores `new` into the word at byte offset `field` of CPU `cpu`'s cache if
+/// the thread still runs on `cpu`, the cache is not stopped, and the word still
+/// holds `expected` (librseq's `cmpeqv_storev`). Returns whether it stored.
+///
+/// # Safety
+/// As [`load`].
+#[inline(always)]
+pub unsafe fn store_if(d: *const ClassDesc, cpu: usize, field: usize, expected: u64, new: u64) -> bool {
+    let ok: u32;
+    // SAFETY: as in `pop`; the single store is the commit.
+    unsafe {
+        asm!(
+            "2:",
+            "mov {t}, qword ptr [{d}]",
+            "lea {w}, [rip + 3f]",
+            "mov qword ptr fs:[{t} + 8], {w}",
+            "4:",
+            "mov {t}, qword ptr [{d}]",
+            "mov {w:e}, dword ptr fs:[{t} + {cpuf}]",
+            "cmp {w}, {c}",
+            "jne 5f",
+            "mov {t}, {c}",
+            "imul {t}, qword ptr [{d} + {stride}]",
+            "add {t}, qword ptr [{d} + {base}]",
+            "cmp qword ptr [{t}], 0",
+            "jne 5f",
+            "cmp qword ptr [{t} + {f}], {e}",
+            "jne 5f",
+            "mov qword ptr [{t} + {f}], {n}",
+            "6:",
+            "mov {ok:e}, 1",
+            "jmp 8f",
+            ".long {sig}",
+            "7:",
+            "jmp 2b",
+            "5:",
+            "xor {ok:e}, {ok:e}",
+            "8:",
+            ".pushsection __rseq_cs, \"aw\"",
+            ".balign 32",
+            "3:",
+            ".long 0, 0",
+            ".quad 4b, 6b - 4b, 7b",
+            ".popsection",
+            d = in(reg) d,
+            c = in(reg) cpu,
+            f = in(reg) field,
+            e = in(reg) expected,
+            n = in(reg) new,
+            t = out(reg) _,
+            w = out(reg) _,
+            ok = out(reg) ok,
+            cpuf = const RSEQ_CPU_ID,
+            stride = const D_STRIDE,
+            base = const D_BASE,
+            sig = const RSEQ_SIG,
+            options(nostack),
+        );
+    }
+    ok != 0
+}
+
+/// Adds `delta` to the word at byte offset `field` of the current CPU's cache.
+/// False if the CPU is out of range or stopped.
+///
+/// # Safety
+/// As [`load`].
+#[inline]
+pub unsafe fn add(d: *const ClassDesc, field: usize, delta: u64) -> bool {
+    loop {
+        // SAFETY: forwarded.
+        let Some((cpu, v)) = (unsafe { load(d, field) }) else { return false };
+        // SAFETY: forwarded.
+        if unsafe { store_if(d, cpu, field, v, v.wrapping_add(delta)) } {
+            return true;
+        }
+    }
+}
+
+// ------------------------------------------------------------------ set-up
+
+/// Where rseq stands for this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Availability {
+    /// glibc registered an area for every thread; here is its thread-pointer offset.
+    Glibc(i64),
+    /// No usable area (glibc < 2.35, rseq disabled by tunable or seccomp, old kernel).
+    Unavailable,
+}
+
+const UNKNOWN: u8 = 0;
+const PROBING: u8 = 1;
+const YES: u8 = 2;
+const NO: u8 = 3;
+static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
+static OFFSET: core::sync::atomic::AtomicI64 = core::sync::atomic::AtomicI64::new(0);
+
+/// Finds glibc's rseq area, once. While the probe runs (it calls `dlsym`, which
+/// may allocate and so re-enter the heap), callers get `Unavailable` and use
+/// the locked path.
+pub fn available() -> Availability {
+    match STATE.load(Ordering::Acquire) {
+        YES => return Availability::Glibc(OFFSET.load(Ordering::Relaxed)),
+        NO | PROBING => return Availability::Unavailable,
+        _ => {}
+    }
+    if STATE.compare_exchange(UNKNOWN, PROBING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        return available_after_race();
+    }
+    let found = probe();
+    if let Some(off) = found {
+        OFFSET.store(off, Ordering::Relaxed);
+        STATE.store(YES, Ordering::Release);
+        Availability::Glibc(off)
+    } else {
+        STATE.store(NO, Ordering::Release);
+        Availability::Unavailable
+    }
+}
+
+fn available_after_race() -> Availability {
+    match STATE.load(Ordering::Acquire) {
+        YES => Availability::Glibc(OFFSET.load(Ordering::Relaxed)),
+        _ => Availability::Unavailable,
+    }
+}
+
+/// Forces the locked path for the rest of the process (tests, and a knob for
+/// users who distrust rseq). Returns false if rseq was already in use.
+pub fn disable() -> bool {
+    STATE.compare_exchange(UNKNOWN, NO, Ordering::AcqRel, Ordering::Acquire).is_ok() || STATE.load(Ordering::Acquire) == NO
+}
+
+fn probe() -> Option<i64> {
+    if std::env::var_os("TIERALLOC_NO_RSEQ").is_some() {
+        return None;
+    }
+    // SAFETY: dlsym with a NUL-terminated name; the symbols, when present, are
+    // glibc's `ptrdiff_t __rseq_offset` and `unsigned int __rseq_size`.
+    let (off, size) = unsafe {
+        let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr());
+        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr());
+        if off.is_null() || size.is_null() {
+            return None;
+        }
+        (*(off as *const isize) as i64, *(size as *const u32))
+    };
+    // glibc reports the area's feature size: 32 in 2.35, 20 (the original
+    // fields: cpu_id_start, cpu_id, rseq_cs, flags) where the fix for the
+    // extensible-rseq ABI is applied. We need the first three fields.
+    if size < 20 {
+        return None;
+    }
+    // The area must be live for this thread: cpu_id is set (not -1/-2).
+    let cpu: u32;
+    // SAFETY: glibc's area is at fs:[off] for every thread, at least 32 bytes.
+    unsafe {
+        asm!("mov {c:e}, dword ptr fs:[{o} + 4]", o = in(reg) off, c = out(reg) cpu, options(nostack, readonly, preserves_flags));
+    }
+    if (cpu as i32) < 0 {
+        return None;
+    }
+    // Drains of idle CPUs need the expedited-rseq membarrier; register for it.
+    // SAFETY: plain syscall with integer arguments.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) };
+    MEMBARRIER_OK.store(r == 0, Ordering::Relaxed);
+    Some(off)
+}
+
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ: libc::c_int = 1 << 7;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ: libc::c_int = 1 << 8;
+const MEMBARRIER_CMD_FLAG_CPU: libc::c_int = 1 << 0;
+static MEMBARRIER_OK: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Restarts any critical section in flight on `cpu` (so it sees a `stop` word
+/// set before this call). False if the kernel cannot do it.
+pub fn fence_cpu(cpu: usize) -> bool {
+    if !MEMBARRIER_OK.load(Ordering::Relaxed) {
+        return false;
+    }
+    // SAFETY: plain syscall with integer arguments.
+    let r = unsafe {
+        libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_FLAG_CPU, cpu as libc::c_int)
+    };
+    r == 0
+}
+
+/// The calling thread's CPU according to rseq, if available.
+pub fn current_cpu() -> Option<usize> {
+    match available() {
+        Availability::Glibc(off) => {
+            let cpu: u32;
+            // SAFETY: as in `probe`.
+            unsafe {
+                asm!("mov {c:e}, dword ptr fs:[{o} + 4]", o = in(reg) off, c = out(reg) cpu, options(nostack, readonly, preserves_flags));
+            }
+            Some(cpu as usize)
+        }
+        Availability::Unavailable => None,
+    }
+}

@@ -1,0 +1,401 @@
+//! The heap over one fixed region: the embedded / no-MMU configuration
+//! (`Heap<RegionSource, SingleCpu>`). The region cannot give memory back
+//! (`CAN_RELEASE` is false) and is not zeroed (`ZEROED` is false).
+//!
+//! Each test has a heap of its own (a `static` built with
+//! `RegionSource::empty()`, given its region at the start of the test, as a
+//! kernel would at boot), over a leaked 64 MiB buffer.
+
+use core::alloc::Layout;
+
+use tieralloc::heap::Kind;
+use tieralloc::{Heap, PageSource, RegionSource, SingleCpu, Stats, PAGE_BYTES, TINY_SIZE};
+
+type RegionHeap = Heap<RegionSource, SingleCpu>;
+
+const MIB: usize = 1 << 20;
+const REGION: usize = 64 * MIB;
+
+/// A 64 MiB region filled with `byte`, leaked, given to `heap`'s source.
+fn give_region(heap: &RegionHeap, byte: u8) -> (usize, usize) {
+    let buf: &'static mut [u8] = vec![byte; REGION].leak();
+    let (base, len) = (buf.as_mut_ptr(), buf.len());
+    // SAFETY: the buffer is leaked, so it is valid for the rest of the process
+    // and nothing else uses it; the heap has not used its source yet.
+    unsafe { heap.source().set_region(base, len) };
+    (base as usize, len)
+}
+
+/// xorshift64*.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + ((self.next() >> 11) % (hi - lo + 1) as u64) as usize
+    }
+}
+
+/// Mixed requests: tiny, small of every size, large up to 2 MiB; mostly
+/// 8-aligned, some up to 64 KiB.
+fn mixed_layout(rng: &mut Rng) -> Layout {
+    let size = match rng.range(0, 99) {
+        0..=14 => rng.range(1, 15),
+        15..=64 => rng.range(16, 1024),
+        65..=89 => rng.range(1025, 32768),
+        _ => rng.range(32769, 2 * MIB),
+    };
+    let align = match rng.range(0, 99) {
+        0..=79 => 8,
+        80..=89 => 16,
+        90..=98 => 1 << rng.range(0, 12),
+        _ => 64 << 10,
+    };
+    Layout::from_size_align(size, align).unwrap()
+}
+
+fn rounded(l: Layout) -> u64 {
+    match Kind::of(l.size(), l.align()) {
+        Kind::Tiny => 0,
+        Kind::Small(c) => c.size() as u64,
+        Kind::Large => (l.size().div_ceil(PAGE_BYTES).max(1) * PAGE_BYTES) as u64,
+    }
+}
+
+#[inline(always)]
+fn pat(tag: u8, i: usize) -> u8 {
+    tag ^ (i as u8).wrapping_mul(13) ^ (i >> 9) as u8
+}
+
+/// Writes the pattern (all of a small object; head, tail and every 4 KiB of a large one).
+fn fill(p: *mut u8, size: usize, tag: u8) {
+    for i in sample(size) {
+        // SAFETY: `i < size`, the object is ours.
+        unsafe { *p.add(i) = pat(tag, i) };
+    }
+}
+
+fn verify(p: *mut u8, size: usize, tag: u8) {
+    for i in sample(size) {
+        // SAFETY: `i < size`, the object is ours.
+        let b = unsafe { *p.add(i) };
+        assert_eq!(
+            b,
+            pat(tag, i),
+            "object {p:p} of {size} bytes corrupt at byte {i}"
+        );
+    }
+}
+
+fn sample(size: usize) -> impl Iterator<Item = usize> {
+    let full = size <= 64 << 10;
+    (0..size).filter(move |&i| full || i < 64 || i >= size - 64 || i % 4096 < 16)
+}
+
+#[derive(Clone, Copy)]
+struct Obj {
+    p: *mut u8,
+    layout: Layout,
+    tag: u8,
+}
+
+fn check(heap: &RegionHeap, live: &[Obj], rel: &mut Released) -> Stats {
+    heap.check_invariants();
+    let st = heap.stats();
+    assert_eq!(st.mallocs - st.frees, live.len() as u64, "{st}");
+    assert_eq!(
+        st.heap_alloc - TINY_SIZE as u64 * st.tiny_blocks,
+        live.iter().map(|o| rounded(o.layout)).sum::<u64>(),
+        "{st}"
+    );
+    assert_eq!(st.heap_idle, st.heap_sys - st.heap_inuse);
+    assert!(st.heap_sys <= REGION as u64, "{st}");
+    rel.check(&st);
+    // Nothing is ever given back. (Pages of a new arena start out "released",
+    // i.e. Prepared, as in Go, so `heap_released` counts the pages never used
+    // yet; it can only shrink while the heap does not grow, see `Released`.)
+    assert_eq!(
+        st.scavenged_total, 0,
+        "a region cannot release memory\n{st}"
+    );
+    assert!(st.heap_released <= st.heap_idle, "{st}");
+    st
+}
+
+/// Watches that `heap_released` never grows unless the heap does: a region
+/// source releases nothing, so only fresh arena pages are ever "released".
+struct Released {
+    sys: u64,
+    released: u64,
+}
+
+impl Released {
+    fn new() -> Released {
+        Released {
+            sys: 0,
+            released: 0,
+        }
+    }
+    fn check(&mut self, st: &Stats) {
+        assert!(st.heap_sys >= self.sys, "heap_sys shrank\n{st}");
+        let grown = st.heap_sys - self.sys;
+        assert!(
+            st.heap_released <= self.released + grown,
+            "heap_released grew from {} to {} with heap_sys grown by {grown}: memory was released\n{st}",
+            self.released,
+            st.heap_released
+        );
+        self.sys = st.heap_sys;
+        self.released = st.heap_released;
+    }
+}
+
+/// Allocates `mixed_layout`s until the first null; returns the objects.
+fn fill_region(heap: &RegionHeap, seed: u64, (base, len): (usize, usize)) -> Vec<Obj> {
+    let mut rng = Rng::new(seed);
+    let mut live = Vec::new();
+    loop {
+        let l = mixed_layout(&mut rng);
+        let p = heap.allocate(l);
+        if p.is_null() {
+            break;
+        }
+        assert_eq!(p as usize % l.align(), 0, "{l:?} at {p:p}");
+        assert!(
+            p as usize >= base && p as usize + l.size() <= base + len,
+            "{l:?} at {p:p} is outside the region"
+        );
+        let tag = live.len() as u8;
+        fill(p, l.size(), tag);
+        live.push(Obj { p, layout: l, tag });
+        assert!(live.len() < 10_000_000, "the region never ran out");
+    }
+    live
+}
+
+fn free_all(heap: &RegionHeap, live: &mut Vec<Obj>) {
+    for o in live.drain(..) {
+        verify(o.p, o.layout.size(), o.tag);
+        // SAFETY: a live object of this heap, with its layout.
+        unsafe { heap.deallocate(o.p, o.layout) };
+    }
+}
+
+fn bytes(live: &[Obj]) -> usize {
+    live.iter().map(|o| o.layout.size()).sum()
+}
+
+#[test]
+fn fill_free_and_fill_again() {
+    static HEAP: RegionHeap = Heap::new(RegionSource::empty(), SingleCpu::new());
+    const { assert!(!RegionSource::CAN_RELEASE && !RegionSource::ZEROED) };
+    let region = give_region(&HEAP, 0x5A);
+    let mut rel = Released::new();
+
+    let mut first = fill_region(&HEAP, 1, region);
+    let first_bytes = bytes(&first);
+    let first_count = first.len();
+    let st = check(&HEAP, &first, &mut rel);
+    // The region is used: more than 3/4 of it holds objects.
+    assert!(
+        first_bytes > REGION / 4 * 3,
+        "only {first_bytes} bytes of 64 MiB before the first null\n{st}"
+    );
+    // Once full, further requests of every kind fail cleanly.
+    for (size, align) in [
+        (1, 1),
+        (100, 8),
+        (5000, 8),
+        (40000, 8),
+        (MIB, 8),
+        (8 * MIB, 4096),
+    ] {
+        let l = Layout::from_size_align(size, align).unwrap();
+        let p = HEAP.allocate(l);
+        if !p.is_null() {
+            // A small class may still have a free object: fine, give it back.
+            assert!(size <= 40000, "{l:?} succeeded in a full region");
+            // SAFETY: just allocated with `l`.
+            unsafe { HEAP.deallocate(p, l) };
+        }
+        assert!(HEAP
+            .allocate_zeroed(Layout::from_size_align(4 * MIB, 8).unwrap())
+            .is_null());
+    }
+    assert_eq!(HEAP.scavenge(), 0);
+    check(&HEAP, &first, &mut rel);
+    for o in &first {
+        verify(o.p, o.layout.size(), o.tag);
+    }
+
+    free_all(&HEAP, &mut first);
+    let st = check(&HEAP, &[], &mut rel);
+    assert_eq!(st.heap_alloc, st.tiny_blocks * TINY_SIZE as u64, "{st}");
+    assert_eq!(HEAP.scavenge(), 0);
+    let st = check(&HEAP, &[], &mut rel);
+    assert_eq!((st.heap_inuse, st.heap_alloc, st.spans), (0, 0, 0), "{st}");
+
+    // The same sequence again reaches about as far: the region was reused.
+    let mut second = fill_region(&HEAP, 1, region);
+    let second_bytes = bytes(&second);
+    let st = check(&HEAP, &second, &mut rel);
+    let diff = first_bytes.abs_diff(second_bytes);
+    assert!(
+        diff * 10 <= first_bytes,
+        "first fill {first_bytes} bytes ({} objects), second {second_bytes} ({} objects)\n{st}",
+        first_count,
+        second.len()
+    );
+    // A different sequence too.
+    free_all(&HEAP, &mut second);
+    let mut third = fill_region(&HEAP, 2, region);
+    let third_bytes = bytes(&third);
+    check(&HEAP, &third, &mut rel);
+    assert!(
+        third_bytes > REGION / 4 * 3,
+        "only {third_bytes} bytes on the third fill"
+    );
+    free_all(&HEAP, &mut third);
+    assert_eq!(HEAP.scavenge(), 0);
+    let st = check(&HEAP, &[], &mut rel);
+    assert_eq!(
+        (st.heap_inuse, st.heap_alloc, st.mallocs - st.frees),
+        (0, 0, 0),
+        "{st}"
+    );
+}
+
+#[test]
+fn small_objects_fill_the_region() {
+    static HEAP: RegionHeap = Heap::new(RegionSource::empty(), SingleCpu::new());
+    let region = give_region(&HEAP, 0);
+    let mut rel = Released::new();
+    for round in 0..2 {
+        let mut live = Vec::new();
+        let l = Layout::from_size_align(64, 8).unwrap();
+        loop {
+            let p = HEAP.allocate(l);
+            if p.is_null() {
+                break;
+            }
+            assert!(p as usize >= region.0 && (p as usize) < region.0 + region.1);
+            let tag = live.len() as u8;
+            fill(p, 64, tag);
+            live.push(Obj { p, layout: l, tag });
+        }
+        let st = check(&HEAP, &live, &mut rel);
+        // Arenas are 4 MiB, chunk aligned, and metadata comes from the region too.
+        assert!(
+            live.len() * 64 > REGION / 10 * 8,
+            "round {round}: {} objects of 64 B\n{st}",
+            live.len()
+        );
+        free_all(&HEAP, &mut live);
+        assert_eq!(HEAP.scavenge(), 0);
+        let st = check(&HEAP, &[], &mut rel);
+        assert_eq!(st.heap_inuse, 0, "{st}");
+    }
+}
+
+/// Checks that `allocate_zeroed` returns all-zero memory for a spread of layouts.
+fn zeroed_round(heap: &RegionHeap, rng: &mut Rng, live: &mut Vec<Obj>) {
+    for _ in 0..3000 {
+        let l = mixed_layout(rng);
+        let p = heap.allocate_zeroed(l);
+        assert!(!p.is_null(), "{l:?}");
+        assert_eq!(p as usize % l.align(), 0);
+        // SAFETY: a fresh block of `size` bytes.
+        let s = unsafe { core::slice::from_raw_parts(p, l.size()) };
+        if let Some(i) = s.iter().position(|&b| b != 0) {
+            panic!("allocate_zeroed({l:?}) = {p:p}: byte {i} is {:#04x}", s[i]);
+        }
+        // Dirty it for the next round.
+        // SAFETY: ours.
+        unsafe { p.write_bytes(0xAA, l.size()) };
+        live.push(Obj {
+            p,
+            layout: l,
+            tag: 0,
+        });
+        if live.len() > 120 {
+            let o = live.swap_remove(rng.range(0, live.len() - 1));
+            // SAFETY: a live object with its layout.
+            unsafe { heap.deallocate(o.p, o.layout) };
+        }
+    }
+}
+
+#[test]
+fn allocate_zeroed_zeroes_dirty_memory() {
+    static HEAP: RegionHeap = Heap::new(RegionSource::empty(), SingleCpu::new());
+    // The region starts out dirty: never-used memory is not zero either.
+    give_region(&HEAP, 0xAA);
+    let mut rel = Released::new();
+    let mut rng = Rng::new(3);
+    let mut live = Vec::new();
+    zeroed_round(&HEAP, &mut rng, &mut live);
+    check(&HEAP, &live, &mut rel);
+
+    // Dirty memory that was used and freed, through every kind and class.
+    for o in live.drain(..) {
+        // SAFETY: as above.
+        unsafe { HEAP.deallocate(o.p, o.layout) };
+    }
+    let mut dirty = Vec::new();
+    for size in (1..=32768)
+        .step_by(97)
+        .chain([40000, 100_000, MIB, 3 * MIB])
+    {
+        let l = Layout::from_size_align(size, 8).unwrap();
+        let p = HEAP.allocate(l);
+        assert!(!p.is_null());
+        // SAFETY: ours.
+        unsafe { p.write_bytes(0xAA, size) };
+        dirty.push((p, l));
+    }
+    for (p, l) in dirty.drain(..) {
+        // SAFETY: ours, with its layout.
+        unsafe { HEAP.deallocate(p, l) };
+    }
+    HEAP.scavenge(); // flushes the caches back to the spans (releases nothing)
+    check(&HEAP, &[], &mut rel);
+    for _ in 0..3 {
+        zeroed_round(&HEAP, &mut rng, &mut live);
+    }
+    // Large objects whose pages were dirtied, freed and taken again.
+    for size in [40000, 100_000, MIB, 3 * MIB] {
+        let l = Layout::from_size_align(size, 8).unwrap();
+        let p = HEAP.allocate(l);
+        // SAFETY: ours.
+        unsafe { p.write_bytes(0xAA, size) };
+        // SAFETY: ours, with its layout.
+        unsafe { HEAP.deallocate(p, l) };
+        let q = HEAP.allocate_zeroed(l);
+        // SAFETY: a fresh block of `size` bytes.
+        let s = unsafe { core::slice::from_raw_parts(q, size) };
+        assert!(
+            s.iter().all(|&b| b == 0),
+            "allocate_zeroed({size}) after a free of dirty pages"
+        );
+        // SAFETY: ours, with its layout.
+        unsafe { HEAP.deallocate(q, l) };
+    }
+    check(&HEAP, &live, &mut rel);
+    for o in live.drain(..) {
+        // SAFETY: as above.
+        unsafe { HEAP.deallocate(o.p, o.layout) };
+    }
+    assert_eq!(HEAP.scavenge(), 0);
+    let st = check(&HEAP, &[], &mut rel);
+    assert_eq!((st.heap_inuse, st.heap_alloc), (0, 0), "{st}");
+}

@@ -1,0 +1,247 @@
+//! The per-CPU fast path under stress, in both modes: restartable sequences
+//! (`LinuxHeap::new()`, where glibc registered rseq) and the locked fallback
+//! (`LinuxHeap::new_locked()`).
+//!
+//! Threads outnumber cores 8 to 1; a chaos thread keeps moving the workers
+//! between CPUs with `sched_setaffinity` and interrupts them with signals, so
+//! critical sections are preempted, migrated and restarted all the time. Every
+//! object carries a pattern derived from its address and size that is checked
+//! before it is freed; objects cross threads through channels (remote frees).
+
+#![cfg(all(feature = "linux", target_arch = "x86_64"))]
+
+use std::alloc::Layout;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+
+use tieralloc::LinuxHeap;
+
+static RSEQ_HEAP: LinuxHeap = LinuxHeap::new();
+static LOCKED_HEAP: LinuxHeap = LinuxHeap::new_locked();
+
+/// Tests in this file share the chaos machinery (signal handler); run them one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn size(&mut self) -> usize {
+        match self.next() % 100 {
+            0..=9 => 1 + (self.next() % 15) as usize,        // tiny
+            10..=89 => 16 + (self.next() % 1008) as usize,   // small
+            90..=98 => 1024 + (self.next() % 31744) as usize, // up to 32 KiB
+            _ => 32769 + (self.next() % 200_000) as usize,   // large
+        }
+    }
+}
+
+fn pattern(p: *mut u8, size: usize) -> u8 {
+    ((p as usize >> 4) ^ size ^ (size >> 8)) as u8
+}
+
+fn fill(p: *mut u8, size: usize) {
+    let v = pattern(p, size);
+    // SAFETY: `p` is a live object of `size` bytes.
+    unsafe { p.write_bytes(v, size) };
+}
+
+fn check(p: *mut u8, size: usize) {
+    let v = pattern(p, size);
+    // SAFETY: as above.
+    let s = unsafe { std::slice::from_raw_parts(p, size) };
+    if let Some(i) = s.iter().position(|&b| b != v) {
+        panic!("object {p:p} ({size} B) corrupted at byte {i}: {:#x} != {v:#x}", s[i]);
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Obj(usize, usize);
+// SAFETY: objects are plain memory handed between threads.
+unsafe impl Send for Obj {}
+
+extern "C" fn on_signal(_: libc::c_int) {}
+
+fn tid() -> libc::pid_t {
+    // SAFETY: no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// Runs the workload on `heap` with `threads` workers for `ops` operations each.
+fn stress(heap: &'static LinuxHeap, threads: usize, ops: usize) {
+    // SAFETY: installing a no-op handler for SIGUSR1 (no SA_RESTART: syscalls may see EINTR,
+    // which the workload does not make).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+    }
+    let before = heap.stats();
+    let done = Arc::new(AtomicBool::new(false));
+    let tids = Arc::new(Mutex::new(Vec::new()));
+    let migrations = Arc::new(AtomicUsize::new(0));
+    let chaos = {
+        let (done, tids, migrations) = (done.clone(), tids.clone(), migrations.clone());
+        thread::spawn(move || {
+            let ncpu = thread::available_parallelism().map_or(1, |n| n.get());
+            let mut r = Rng(77);
+            while !done.load(Ordering::Relaxed) {
+                for &t in tids.lock().unwrap().iter() {
+                    // SAFETY: cpu_set_t manipulation on a local; the syscalls take plain values.
+                    unsafe {
+                        let mut set: libc::cpu_set_t = std::mem::zeroed();
+                        libc::CPU_SET((r.next() % ncpu as u64) as usize, &mut set);
+                        if libc::sched_setaffinity(t, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 {
+                            migrations.fetch_add(1, Ordering::Relaxed);
+                        }
+                        libc::syscall(libc::SYS_tgkill, libc::getpid(), t, libc::SIGUSR1);
+                    }
+                }
+                thread::yield_now();
+            }
+        })
+    };
+    let (tx, rx) = mpsc::channel::<Obj>();
+    let rx = Arc::new(Mutex::new(rx));
+    let workers: Vec<_> = (0..threads)
+        .map(|w| {
+            let (tx, rx, tids) = (tx.clone(), rx.clone(), tids.clone());
+            thread::spawn(move || {
+                tids.lock().unwrap().push(tid());
+                let mut r = Rng(0x1234_5678 + w as u64);
+                let mut live: Vec<Obj> = Vec::new();
+                for i in 0..ops {
+                    if live.len() < 200 || r.next() % 2 == 0 {
+                        let size = r.size();
+                        let l = Layout::from_size_align(size, 8).unwrap();
+                        let p = heap.allocate(l);
+                        assert!(!p.is_null());
+                        fill(p, size);
+                        live.push(Obj(p as usize, size));
+                    } else {
+                        let k = (r.next() % live.len() as u64) as usize;
+                        let o = live.swap_remove(k);
+                        if i % 3 == 0 {
+                            tx.send(o).unwrap(); // freed by another thread
+                        } else {
+                            check(o.0 as *mut u8, o.1);
+                            // SAFETY: allocated above with this layout.
+                            unsafe { heap.deallocate(o.0 as *mut u8, Layout::from_size_align(o.1, 8).unwrap()) };
+                        }
+                    }
+                    // Take some remote objects to free.
+                    if i % 7 == 0 {
+                        if let Ok(o) = rx.lock().unwrap().try_recv() {
+                            check(o.0 as *mut u8, o.1);
+                            // SAFETY: allocated by another worker with this layout.
+                            unsafe { heap.deallocate(o.0 as *mut u8, Layout::from_size_align(o.1, 8).unwrap()) };
+                        }
+                    }
+                }
+                for o in live {
+                    check(o.0 as *mut u8, o.1);
+                    // SAFETY: as above.
+                    unsafe { heap.deallocate(o.0 as *mut u8, Layout::from_size_align(o.1, 8).unwrap()) };
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    drop(tx);
+    for o in rx.lock().unwrap().try_iter() {
+        check(o.0 as *mut u8, o.1);
+        // SAFETY: as above.
+        unsafe { heap.deallocate(o.0 as *mut u8, Layout::from_size_align(o.1, 8).unwrap()) };
+    }
+    done.store(true, Ordering::Relaxed);
+    chaos.join().unwrap();
+    assert!(migrations.load(Ordering::Relaxed) > 0, "the chaos thread never moved a worker");
+
+    heap.check_invariants();
+    let st = heap.stats();
+    assert_eq!(st.mallocs - before.mallocs, st.frees - before.frees, "every object was freed:\n{st}");
+    assert!(st.tiny_blocks <= st.cpus, "at most one current tiny block per CPU:\n{st}");
+    assert_eq!(st.heap_alloc, 16 * st.tiny_blocks, "{st}");
+    heap.scavenge();
+    let st = heap.stats();
+    assert_eq!(st.heap_alloc, 0, "{st}");
+    assert_eq!(st.heap_inuse, 0, "scavenge drained every CPU cache:\n{st}");
+    assert_eq!(st.cached_bytes, 0, "{st}");
+    heap.check_invariants();
+}
+
+#[test]
+fn rseq_mode_survives_migration_and_signals() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(
+        RSEQ_HEAP.uses_rseq(),
+        "glibc >= 2.35 on Linux registers rseq for every thread; this machine should run the rseq path"
+    );
+    stress(&RSEQ_HEAP, 16, 150_000);
+    assert!(RSEQ_HEAP.stats().rseq);
+}
+
+#[test]
+fn locked_mode_survives_migration_and_signals() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(!LOCKED_HEAP.uses_rseq());
+    stress(&LOCKED_HEAP, 16, 150_000);
+    assert!(!LOCKED_HEAP.stats().rseq);
+}
+
+/// The raw sequences, hammered by more threads than CPUs: every pushed object
+/// is popped exactly once.
+#[test]
+fn rseq_push_pop_never_lose_or_duplicate() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    static H: LinuxHeap = LinuxHeap::new();
+    assert!(H.uses_rseq());
+    // Objects of one class bounce between threads through the per-CPU stacks only
+    // (sizes of one class, every thread both allocates and frees); any lost or
+    // duplicated slot shows up as two live objects at one address.
+    let seen = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let seen = seen.clone();
+            thread::spawn(move || {
+                let l = Layout::from_size_align(48, 8).unwrap();
+                let mut mine = Vec::new();
+                for i in 0..200_000usize {
+                    if i % 3 != 2 {
+                        let p = H.allocate(l);
+                        assert!(!p.is_null());
+                        // SAFETY: fresh 48-byte object.
+                        unsafe { (p as *mut u64).write(t as u64) };
+                        mine.push(p as usize);
+                    } else if let Some(p) = mine.pop() {
+                        // SAFETY: ours, written above.
+                        assert_eq!(unsafe { (p as *mut u64).read() }, t as u64, "object {p:#x} overwritten");
+                        // SAFETY: allocated above with `l`.
+                        unsafe { H.deallocate(p as *mut u8, l) };
+                    }
+                }
+                let mut s = seen.lock().unwrap();
+                for &p in &mine {
+                    assert!(s.insert(p), "object {p:#x} handed out twice");
+                }
+                mine
+            })
+        })
+        .collect();
+    let all: Vec<Vec<usize>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let l = Layout::from_size_align(48, 8).unwrap();
+    for p in all.into_iter().flatten() {
+        // SAFETY: live objects from above.
+        unsafe { H.deallocate(p as *mut u8, l) };
+    }
+    H.check_invariants();
+    let st = H.stats();
+    assert_eq!(st.mallocs, st.frees, "{st}");
+}
