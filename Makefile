@@ -1,8 +1,11 @@
 # tieralloc: build, test and benchmark entry points (CI runs `make test` via .ci/run).
 #
 #   make deps    install the toolchain target and system packages (Debian 12, as root)
-#   make test    every test of the crate, the no_std build, the bench crate's tests, a bench smoke run
-#   make run     the hosted demo (examples/demo.rs)
+#   make run     boot the x86_64 kernel under QEMU (boards/x86_64-qemu): -smp 4 -m 512M, heap statistics
+#   make test    every test: the crate (with and without checks), the no_std builds, the bench crate,
+#                a bench smoke run, and the QEMU scenarios of the kernel (qemu-tests)
+#   make demo    the hosted demo (examples/demo.rs: LinuxHeap as a program's global allocator)
+#   make qemu-X  boot the kernel with scenario X (boot, main, many_boxes, stress, oom, scavenge, guard, bench)
 #   make bench   the full allocator comparison (benches/, a minute or so)
 
 SHELL := /bin/bash
@@ -12,7 +15,9 @@ SHELL := /bin/bash
 CARGO ?= cargo
 NOSTD_TARGET := x86_64-unknown-none
 
-.PHONY: deps test run bench
+BOARD := boards/x86_64-qemu
+
+.PHONY: deps test run demo bench
 
 deps:
 	@command -v rustup >/dev/null || { echo "make deps: rustup not found on PATH" >&2; exit 1; }
@@ -32,11 +37,19 @@ test: deps
 	$(CARGO) test --features linux,checks
 	$(CARGO) test --release --features linux
 	$(CARGO) build --no-default-features --target $(NOSTD_TARGET) --lib
+	$(CARGO) build --no-default-features --features x86_64 --target $(NOSTD_TARGET) --lib
 	$(CARGO) test -p tieralloc-bench
 	$(CARGO) run --release -p tieralloc-bench -- --quick
+	$(CARGO) test -p qemu-tests
 
 run: deps
+	$(BOARD)/run.sh
+
+demo:
 	$(CARGO) run --release --features linux --example demo
+
+qemu-%: deps
+	$(BOARD)/run.sh $*
 
 bench:
 	$(CARGO) run --release -p tieralloc-bench
