@@ -22,9 +22,12 @@
 //! * a double free of a large object after its pages were taken by a new span.
 #![cfg(feature = "linux")]
 
+mod common;
+
 use core::alloc::Layout;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use common::single_cpu_heap;
 use tieralloc::sizeclass::size_to_class;
 use tieralloc::{Heap, LockedSlots, MmapSource, SingleCpu, PAGE_BYTES};
 
@@ -33,10 +36,6 @@ type H1 = Heap<MmapSource, SingleCpu>;
 
 const fn heap2() -> H2 {
     Heap::new(MmapSource::new(), LockedSlots::new(|| 0))
-}
-
-const fn heap1() -> H1 {
-    Heap::new(MmapSource::new(), SingleCpu::new())
 }
 
 fn lay(size: usize) -> Layout {
@@ -132,7 +131,7 @@ fn large_double_free() {
 /// An interior pointer of a large object (same page, later page, last byte).
 #[test]
 fn large_interior_pointer() {
-    static HEAP: H1 = heap1();
+    static HEAP: H1 = single_cpu_heap();
     let l = lay(5 * PAGE_BYTES);
     let p = HEAP.allocate(l);
     assert!(!p.is_null());
@@ -232,7 +231,7 @@ fn tiny_double_free_of_a_retired_block() {
 /// span to the page heap: the page no longer maps to a class-2 span.
 #[test]
 fn tiny_double_free_after_scavenge() {
-    static HEAP: H1 = heap1();
+    static HEAP: H1 = single_cpu_heap();
     let l = lay(8);
     let t = HEAP.allocate(l);
     unsafe { HEAP.deallocate(t, l) };
@@ -276,7 +275,7 @@ fn free_before_any_allocation() {
 #[cfg(feature = "checks")]
 mod with_checks {
     use super::*;
-    use std::cell::Cell;
+    use crate::common::{set_slot, slots_heap};
 
     /// Freed twice in a row: the object is in a per-CPU cache.
     #[test]
@@ -302,22 +301,15 @@ mod with_checks {
         still_works(&HEAP);
     }
 
-    thread_local! {
-        static SLOT: Cell<usize> = const { Cell::new(0) };
-    }
-
     /// Freed on one CPU slot, freed again on another: still in a cache.
     #[test]
     fn small_double_free_across_slots() {
-        static HEAP: Heap<MmapSource, LockedSlots<2>> = Heap::new(
-            MmapSource::new(),
-            LockedSlots::new(|| SLOT.with(|s| s.get())),
-        );
+        static HEAP: Heap<MmapSource, LockedSlots<2>> = slots_heap();
         let l = lay(48);
         let p = HEAP.allocate(l);
-        SLOT.with(|s| s.set(1));
+        set_slot(1);
         unsafe { HEAP.deallocate(p, l) };
-        SLOT.with(|s| s.set(0));
+        set_slot(0);
         let msg = panic_message(|| unsafe { HEAP.deallocate(p, l) });
         assert_names(
             &msg,
@@ -328,7 +320,7 @@ mod with_checks {
             ],
         );
         still_works(&HEAP);
-        SLOT.with(|s| s.set(1));
+        set_slot(1);
         still_works(&HEAP);
     }
 
@@ -373,7 +365,7 @@ mod with_checks {
     /// freeing more than both hold, then freed again.
     #[test]
     fn small_double_free_after_flush() {
-        static HEAP: H1 = heap1();
+        static HEAP: H1 = single_cpu_heap();
         let l = lay(64);
         let objs: Vec<*mut u8> = (0..1000).map(|_| HEAP.allocate(l)).collect();
         let p = objs[0];
@@ -426,7 +418,7 @@ mod with_checks {
     #[test]
     fn small_foreign_pointers() {
         static HEAP: H2 = heap2();
-        static OTHER: H1 = heap1();
+        static OTHER: H1 = single_cpu_heap();
         still_works(&HEAP);
         let l = lay(64);
         // A stack address.

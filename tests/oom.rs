@@ -5,11 +5,13 @@
 //! Every test has a heap of its own (a `static`), so the statistics are exact.
 //! Allocation failure must come back as null: never a panic or an abort.
 
+mod common;
+
 use core::alloc::Layout;
 
-use tieralloc::heap::Kind;
+use common::{rounded, single_cpu_heap, Rng};
 use tieralloc::source::failing::FailingSource;
-use tieralloc::{Heap, MmapSource, PageSource, SingleCpu, Stats, PAGE_BYTES, TINY_SIZE};
+use tieralloc::{Heap, MmapSource, PageSource, SingleCpu, Stats, TINY_SIZE};
 
 type OomHeap = Heap<FailingSource<MmapSource>, SingleCpu>;
 
@@ -28,26 +30,6 @@ macro_rules! oom_heap {
 const MAX_ATTEMPTS: usize = 4_000_000;
 
 // ---------------------------------------------------------------- helpers
-
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + ((self.next() >> 11) % (hi - lo + 1) as u64) as usize
-    }
-}
 
 #[derive(Clone, Copy)]
 struct Obj {
@@ -90,15 +72,6 @@ fn verify(o: &Obj) {
     } else {
         (0..n).step_by(4096).for_each(check);
         check(n - 1);
-    }
-}
-
-/// What a live object costs in `heap_alloc`; tiny objects are left out.
-fn rounded(l: Layout) -> u64 {
-    match Kind::of(l.size(), l.align()) {
-        Kind::Tiny => 0,
-        Kind::Small(c) => c.size() as u64,
-        Kind::Large => (l.size().div_ceil(PAGE_BYTES).max(1) * PAGE_BYTES) as u64,
     }
 }
 
@@ -557,7 +530,7 @@ fn impossible_layouts_small_budget() {
 
 #[test]
 fn every_alignment_up_to_the_arena_size() {
-    static HEAP: Heap<MmapSource, SingleCpu> = Heap::new(MmapSource::new(), SingleCpu::new());
+    static HEAP: Heap<MmapSource, SingleCpu> = single_cpu_heap();
     let arena = MmapSource::ARENA_BYTES;
     assert_eq!(arena, 64 * MIB);
     let write = |p: *mut u8, size: usize, tag: u8| {

@@ -6,10 +6,12 @@
 //! `RegionSource::empty()`, given its region at the start of the test, as a
 //! kernel would at boot), over a leaked 64 MiB buffer.
 
+mod common;
+
 use core::alloc::Layout;
 
-use tieralloc::heap::Kind;
-use tieralloc::{Heap, PageSource, RegionSource, SingleCpu, Stats, PAGE_BYTES, TINY_SIZE};
+use common::{rounded, Rng};
+use tieralloc::{Heap, PageSource, RegionSource, SingleCpu, Stats, TINY_SIZE};
 
 type RegionHeap = Heap<RegionSource, SingleCpu>;
 
@@ -24,26 +26,6 @@ fn give_region(heap: &RegionHeap, byte: u8) -> (usize, usize) {
     // and nothing else uses it; the heap has not used its source yet.
     unsafe { heap.source().set_region(base, len) };
     (base as usize, len)
-}
-
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + ((self.next() >> 11) % (hi - lo + 1) as u64) as usize
-    }
 }
 
 /// Mixed requests: tiny, small of every size, large up to 2 MiB; mostly
@@ -62,14 +44,6 @@ fn mixed_layout(rng: &mut Rng) -> Layout {
         _ => 64 << 10,
     };
     Layout::from_size_align(size, align).unwrap()
-}
-
-fn rounded(l: Layout) -> u64 {
-    match Kind::of(l.size(), l.align()) {
-        Kind::Tiny => 0,
-        Kind::Small(c) => c.size() as u64,
-        Kind::Large => (l.size().div_ceil(PAGE_BYTES).max(1) * PAGE_BYTES) as u64,
-    }
 }
 
 #[inline(always)]

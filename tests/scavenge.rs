@@ -7,9 +7,12 @@
 //! one here).
 #![cfg(feature = "linux")]
 
+mod common;
+
 use core::alloc::Layout;
 use std::sync::{Mutex, MutexGuard};
 
+use common::{single_cpu_heap, Rng};
 use tieralloc::heap::Kind;
 use tieralloc::pageheap::{DEFAULT_RETAIN_BYTES, RETAIN_INUSE_DIVISOR};
 use tieralloc::sizeclass::{SizeClass, NUM_CLASSES};
@@ -42,26 +45,6 @@ fn rss() -> usize {
 
 fn mib(b: usize) -> f64 {
     b as f64 / MIB as f64
-}
-
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 #[derive(Clone, Copy)]
@@ -126,7 +109,7 @@ fn check_identities(st: &Stats) {
 #[test]
 fn scavenge_returns_freed_memory_to_the_os() {
     let _g = serial();
-    static HEAP: H = Heap::new(MmapSource::new(), SingleCpu::new());
+    static HEAP: H = single_cpu_heap();
     // Keep everything dirty on free, so that it is `scavenge()` that releases.
     HEAP.set_retain_bytes(1 << 40);
     let mut rng = Rng::new(1);
@@ -244,7 +227,7 @@ fn scavenge_returns_freed_memory_to_the_os() {
 #[test]
 fn automatic_scavenger_bounds_dirty_memory() {
     let _g = serial();
-    static HEAP: H = Heap::new(MmapSource::new(), SingleCpu::new());
+    static HEAP: H = single_cpu_heap();
     const RETAIN: usize = 8 * MIB;
     HEAP.set_retain_bytes(RETAIN);
     // RSS beyond what the heap says is in use or dirty: metadata, huge-page
@@ -357,7 +340,7 @@ fn automatic_scavenger_bounds_dirty_memory() {
 #[test]
 fn released_pages_are_reused_before_growing() {
     let _g = serial();
-    static HEAP: H = Heap::new(MmapSource::new(), SingleCpu::new());
+    static HEAP: H = single_cpu_heap();
     let mut rng = Rng::new(3);
     let mut sizes = large_sizes(&mut rng, 256 * MIB);
     sizes.extend(small_sizes(32 * MIB));

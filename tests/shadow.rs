@@ -13,15 +13,15 @@
 //! read by the `LockedSlots` mapping; the multi-CPU variants switch it between
 //! operations, so objects allocated "on CPU 0" are freed "on CPU 3".
 
+mod common;
+
 use core::alloc::Layout;
-use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 
+use common::{set_slot, slots_heap, Rng};
 use tieralloc::heap::Kind;
 use tieralloc::sizeclass::{SizeClass, NUM_CLASSES};
-use tieralloc::{
-    Cpu, Heap, LockedSlots, MmapSource, PageSource, MAX_SMALL_SIZE, PAGE_BYTES, TINY_SIZE,
-};
+use tieralloc::{Cpu, Heap, LockedSlots, MmapSource, PageSource, MAX_SMALL_SIZE, TINY_SIZE};
 
 /// Operations per test; four tests make 1.2M per run.
 const OPS: usize = 300_000;
@@ -32,49 +32,8 @@ const CHECK_EVERY: usize = 50_000;
 const FULL_FILL: usize = 64 << 10;
 const LARGE_MAX: usize = 4 << 20;
 
-// ------------------------------------------------------------------ CPUs
-
-thread_local! {
-    /// The simulated CPU of this test thread.
-    static CPU: Cell<usize> = const { Cell::new(0) };
-}
-
-fn current_cpu() -> usize {
-    CPU.with(|c| c.get())
-}
-
-fn set_cpu(i: usize) {
-    CPU.with(|c| c.set(i));
-}
-
+/// The simulated CPU is the thread's slot (`common::set_slot`).
 type TestHeap = Heap<MmapSource, LockedSlots<4>>;
-
-// ------------------------------------------------------------------- RNG
-
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in `0..n` (n > 0).
-    fn below(&mut self, n: usize) -> usize {
-        ((self.next() >> 11) % n as u64) as usize
-    }
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below(hi - lo + 1)
-    }
-}
 
 // --------------------------------------------------------------- pattern
 
@@ -129,11 +88,7 @@ fn verify(p: *mut u8, size: usize, seed: u8, limit: usize, what: &dyn Fn() -> St
 /// What a live object costs in `heap_alloc`: its class size, or its pages;
 /// `None` for a tiny object (counted through the shared 16-byte blocks).
 fn rounded(layout: Layout) -> Option<u64> {
-    match Kind::of(layout.size(), layout.align()) {
-        Kind::Tiny => None,
-        Kind::Small(c) => Some(c.size() as u64),
-        Kind::Large => Some((layout.size().div_ceil(PAGE_BYTES).max(1) * PAGE_BYTES) as u64),
-    }
+    (Kind::of(layout.size(), layout.align()) != Kind::Tiny).then(|| common::rounded(layout))
 }
 
 /// Index into `by_size` (0 = large), or `None` for tiny.
@@ -222,7 +177,7 @@ impl Model {
 
 /// A size: mostly small, every class boundary, tiny, and some large.
 fn gen_size(rng: &mut Rng) -> usize {
-    let r = rng.below(1000);
+    let r = rng.below_hi(1000);
     if r < 150 {
         rng.range(1, TINY_SIZE) // tiny and the 16-byte class
     } else if r < 550 {
@@ -230,7 +185,7 @@ fn gen_size(rng: &mut Rng) -> usize {
     } else if r < 750 {
         // A class size exactly, or one byte either side: every class is hit.
         let c = SizeClass::new(rng.range(1, NUM_CLASSES - 1)).unwrap();
-        (c.size() + rng.below(3)).saturating_sub(1).max(1)
+        (c.size() + rng.below_hi(3)).saturating_sub(1).max(1)
     } else if r < 985 {
         rng.range(1025, MAX_SMALL_SIZE)
     } else {
@@ -243,15 +198,15 @@ fn gen_size(rng: &mut Rng) -> usize {
 }
 
 fn gen_align(rng: &mut Rng) -> usize {
-    let r = rng.below(1000);
+    let r = rng.below_hi(1000);
     if r < 420 {
         8
     } else if r < 680 {
         16
     } else if r < 985 {
-        1 << rng.below(13) // 1..=4096
+        1 << rng.below_hi(13) // 1..=4096
     } else if r < 995 {
-        8192 << rng.below(3) // 8, 16, 32 KiB
+        8192 << rng.below_hi(3) // 8, 16, 32 KiB
     } else if r < 999 {
         64 << 10
     } else {
@@ -266,10 +221,10 @@ fn gen_layout(rng: &mut Rng) -> Layout {
 }
 
 fn gen_new_size(rng: &mut Rng, old: usize) -> usize {
-    let n = match rng.below(100) {
+    let n = match rng.below_hi(100) {
         0..=29 => {
             let d = rng.range(1, 64);
-            if rng.below(2) == 0 {
+            if rng.below_hi(2) == 0 {
                 old + d
             } else {
                 old.saturating_sub(d)
@@ -353,7 +308,7 @@ impl<C: Cpu> Run<'_, C> {
     }
 
     fn free(&mut self) {
-        let i = self.rng.below(self.m.live.len());
+        let i = self.rng.below_hi(self.m.live.len());
         let o = self.m.take(i);
         verify(
             o.p,
@@ -368,7 +323,7 @@ impl<C: Cpu> Run<'_, C> {
     }
 
     fn realloc(&mut self) {
-        let i = self.rng.below(self.m.live.len());
+        let i = self.rng.below_hi(self.m.live.len());
         let o = self.m.take(i);
         let old = o.layout.size();
         verify(o.p, old, o.seed, usize::MAX, &Self::describe(&o));
@@ -476,8 +431,8 @@ impl<C: Cpu> Run<'_, C> {
     }
 
     fn step(&mut self, op: usize) {
-        if self.cpus > 1 && self.rng.below(4) == 0 {
-            set_cpu(self.rng.below(self.cpus));
+        if self.cpus > 1 && self.rng.below_hi(4) == 0 {
+            set_slot(self.rng.below_hi(self.cpus));
         }
         // The live set breathes between a few hundred and several thousand objects.
         let target = [300, 4000, 800, 6000][(op / 25_000) % 4];
@@ -486,11 +441,11 @@ impl<C: Cpu> Run<'_, C> {
         } else {
             (340, 100)
         };
-        let r = self.rng.below(1000);
-        if self.rng.below(20_000) == 0 {
+        let r = self.rng.below_hi(1000);
+        if self.rng.below_hi(20_000) == 0 {
             self.scavenge();
         } else if self.m.live.is_empty() || r < alloc {
-            let zeroed = self.rng.below(8) == 0;
+            let zeroed = self.rng.below_hi(8) == 0;
             self.alloc(zeroed);
         } else if r < alloc + realloc {
             self.realloc();
@@ -526,7 +481,7 @@ impl<C: Cpu> Run<'_, C> {
         // Free everything, in random order, from random CPUs.
         while !self.m.live.is_empty() {
             if self.cpus > 1 {
-                set_cpu(self.rng.below(self.cpus));
+                set_slot(self.rng.below_hi(self.cpus));
             }
             self.free();
         }
@@ -554,7 +509,7 @@ impl<C: Cpu> Run<'_, C> {
 }
 
 fn shadow(heap: &'static TestHeap, seed: u64, cpus: usize) {
-    set_cpu(0);
+    set_slot(0);
     Run {
         heap,
         rng: Rng::new(seed),
@@ -572,7 +527,7 @@ macro_rules! shadow_test {
     ($name:ident, $seed:expr, $cpus:expr) => {
         #[test]
         fn $name() {
-            static HEAP: TestHeap = Heap::new(MmapSource::new(), LockedSlots::new(current_cpu));
+            static HEAP: TestHeap = slots_heap();
             shadow(&HEAP, $seed, $cpus);
         }
     };

@@ -5,33 +5,25 @@
 //! the test changes between operations: one thread simulates several CPUs.
 #![cfg(feature = "linux")]
 
+mod common;
+
 use core::alloc::Layout;
-use std::cell::Cell;
 use std::collections::HashMap;
 
+use common::slots_heap;
 use tieralloc::heap::Kind;
 use tieralloc::sizeclass::{SizeClass, NUM_CLASSES};
 use tieralloc::{Heap, LockedSlots, MmapSource, Stats, MAX_SMALL_SIZE, PAGE_BYTES, TINY_SIZE};
 
 const SLOTS: usize = 4;
 
-thread_local! {
-    static SLOT: Cell<usize> = const { Cell::new(0) };
-}
-
-fn slot_of_thread() -> usize {
-    SLOT.with(|s| s.get())
-}
-
+/// Runs this thread on `slot` (modulo `SLOTS`), as `H` sees it.
 fn set_slot(i: usize) {
-    SLOT.with(|s| s.set(i % SLOTS));
+    common::set_slot(i % SLOTS);
 }
 
+/// Slots chosen by `common::slot_of_thread`.
 type H = Heap<MmapSource, LockedSlots<SLOTS>>;
-
-const fn new_heap() -> H {
-    Heap::new(MmapSource::new(), LockedSlots::new(slot_of_thread))
-}
 
 #[derive(Clone, Copy, Debug)]
 struct Live {
@@ -377,7 +369,7 @@ fn workload() -> Vec<(usize, usize)> {
 
 #[test]
 fn fresh_heap_reports_nothing() {
-    static HEAP: H = new_heap();
+    static HEAP: H = slots_heap();
     let st = HEAP.stats();
     assert_eq!(st.heap_sys, 0);
     assert_eq!(st.heap_inuse, 0);
@@ -395,7 +387,7 @@ fn fresh_heap_reports_nothing() {
 
 #[test]
 fn stats_are_exact_at_quiescence() {
-    static HEAP: H = new_heap();
+    static HEAP: H = slots_heap();
     let h = &HEAP;
     let mut m = Model::new();
     let work = workload();
@@ -505,7 +497,7 @@ fn stats_are_exact_at_quiescence() {
 /// the block stays counted until the last one dies and the block is retired.
 #[test]
 fn tiny_blocks_live_until_their_last_object() {
-    static HEAP: H = new_heap();
+    static HEAP: H = slots_heap();
     let h = &HEAP;
     let mut m = Model::new();
     // Sixteen 1-byte objects fill one block exactly; the 17th starts another.
@@ -544,7 +536,7 @@ fn tiny_blocks_live_until_their_last_object() {
 
 #[test]
 fn display_shows_headline_fields_and_a_row_per_used_class() {
-    static HEAP: H = new_heap();
+    static HEAP: H = slots_heap();
     let h = &HEAP;
     let mut m = Model::new();
     let used = [16usize, 17, 48, 1024, 1025, 32768];

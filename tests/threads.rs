@@ -8,61 +8,24 @@
 //! `LinuxHeap` uses the real CPU ids from `sched_getcpu`.
 #![cfg(feature = "linux")]
 
+mod common;
+
 use core::alloc::Layout;
-use std::cell::Cell;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Instant;
 
+use common::{set_slot, slots_heap, Rng};
 use tieralloc::heap::Kind;
 use tieralloc::sizeclass::NUM_CLASSES;
 use tieralloc::{Cpu, Heap, LinuxHeap, LockedSlots, MmapSource, PageSource, SpinThenYield};
 
 // ------------------------------------------------------------------ helpers
 
-thread_local! {
-    static SLOT: Cell<usize> = const { Cell::new(0) };
-}
-
-/// The slot function of the `LockedSlots` heaps: whatever this thread set.
-fn slot_of_thread() -> usize {
-    SLOT.with(|s| s.get())
-}
-
-fn set_slot(i: usize) {
-    SLOT.with(|s| s.set(i));
-}
-
-/// Four slots shared by 8 or 16 threads. Waiting threads yield (more threads
-/// than cores: a spinning waiter would burn the time slice of the holder).
+/// Four slots shared by 8 or 16 threads, chosen by `common::slot_of_thread`.
+/// Waiting threads yield (more threads than cores: a spinning waiter would
+/// burn the time slice of the holder).
 type Slots4 = Heap<MmapSource, LockedSlots<4, SpinThenYield>>;
-
-const fn slots4() -> Slots4 {
-    Heap::new(MmapSource::new(), LockedSlots::new(slot_of_thread))
-}
-
-/// xorshift64*: small, deterministic, good enough for workloads.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len())]
-    }
-}
 
 /// A live object: address, layout and the seed of its contents. Plain data, so
 /// it can be sent to another thread.
@@ -367,13 +330,13 @@ fn run_churn<S: PageSource + Sync + 'static, C: Cpu + 'static>(
 
 #[test]
 fn churn_8_threads_locked_slots() {
-    static H: Slots4 = slots4();
+    static H: Slots4 = slots_heap();
     run_churn(&H, "churn/8/slots4", 8, 40_000, 300, false, false);
 }
 
 #[test]
 fn churn_16_threads_locked_slots_migrating() {
-    static H: Slots4 = slots4();
+    static H: Slots4 = slots_heap();
     run_churn(&H, "churn/16/slots4/migrate", 16, 20_000, 200, true, false);
 }
 
@@ -482,13 +445,13 @@ fn run_prodcons<S: PageSource + Sync + 'static, C: Cpu + 'static>(
 
 #[test]
 fn producer_consumer_8_threads_locked_slots() {
-    static H: Slots4 = slots4();
+    static H: Slots4 = slots_heap();
     run_prodcons(&H, "prodcons/4+4/slots4", 4, 4, 60_000, 40);
 }
 
 #[test]
 fn producer_consumer_16_threads_locked_slots() {
-    static H: Slots4 = slots4();
+    static H: Slots4 = slots_heap();
     run_prodcons(&H, "prodcons/8+8/slots4", 8, 8, 30_000, 40);
 }
 
@@ -502,7 +465,7 @@ fn producer_consumer_16_threads_linux_heap() {
 /// so the block's last free races with its owner retiring it.
 #[test]
 fn producer_consumer_tiny_only() {
-    static H: Slots4 = slots4();
+    static H: Slots4 = slots_heap();
     run_prodcons(&H, "prodcons/tiny/slots4", 4, 8, 300_000, 100);
 }
 

@@ -76,6 +76,7 @@ use x86_64::structures::paging::{
 };
 use x86_64::{PhysAddr, VirtAddr};
 
+use super::extents::Extents;
 use super::{Exhausted, PageSource};
 
 /// The MMU page: every transition works on whole 4 KiB pages.
@@ -160,14 +161,10 @@ pub fn no_shootdown(_addr: VirtAddr, _bytes: u64) {}
 /// No invalidation at all: for page tables that no CPU walks (host tests).
 pub fn no_flush(_addr: VirtAddr) {}
 
-/// A free run of the window, `[start, end)` in bytes from its start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Extent {
-    start: u64,
-    end: u64,
-}
-
-const NO_EXTENT: Extent = Extent { start: 0, end: 0 };
+// The window is in `u64` and the hole list in `usize` addresses: the source is
+// only built for 64-bit x86, where the two are the same width, so `as` converts
+// between them losslessly.
+const _: () = assert!(size_of::<usize>() == size_of::<u64>());
 
 /// Everything behind the lock: the kernel's paging parts and the window's
 /// address space.
@@ -177,116 +174,48 @@ struct Inner<M, F> {
     /// Offset of the first byte never handed out (or given back at the top):
     /// `[bump, len)` is free.
     bump: u64,
-    /// Valid entries of `holes`.
-    n: usize,
-    /// `holes[..n]`: free runs below `bump`, sorted, non-empty, non-adjacent;
-    /// none ends at `bump` (it would have lowered `bump`).
-    holes: [Extent; MAX_EXTENTS],
+    /// Free runs below `bump`, as addresses (window start + offset); none ends
+    /// at `bump` (it would have lowered `bump`).
+    holes: Extents<MAX_EXTENTS>,
 }
 
 impl<M, F> Inner<M, F> {
-    fn remove(&mut self, i: usize) {
-        self.holes.copy_within(i + 1..self.n, i);
-        self.n -= 1;
-    }
-
-    fn insert(&mut self, i: usize, e: Extent) {
-        debug_assert!(self.n < MAX_EXTENTS);
-        self.holes.copy_within(i..self.n, i + 1);
-        self.holes[i] = e;
-        self.n += 1;
-    }
-
     /// First fit of `bytes` at absolute alignment `align` (`base` is the window
     /// start): holes first, then the bump pointer. Returns the offset.
     fn carve(&mut self, base: u64, len: u64, bytes: u64, align: u64) -> Option<u64> {
-        for i in 0..self.n {
-            let e = self.holes[i];
-            let Some(a) = (base + e.start).checked_next_multiple_of(align) else {
-                continue;
-            };
-            let start = a - base;
-            let Some(end) = start.checked_add(bytes) else {
-                continue;
-            };
-            if end > e.end {
-                continue;
-            }
-            match (start > e.start, end < e.end) {
-                (false, false) => self.remove(i),
-                (true, false) => self.holes[i].end = start,
-                (false, true) => self.holes[i].start = end,
-                (true, true) => {
-                    if self.n == MAX_EXTENTS {
-                        continue; // the split needs an entry we do not have
-                    }
-                    self.holes[i].end = start;
-                    self.insert(
-                        i + 1,
-                        Extent {
-                            start: end,
-                            end: e.end,
-                        },
-                    );
-                }
-            }
-            return Some(start);
+        if let Some(a) = self.holes.take(bytes as usize, align as usize) {
+            return Some(a as u64 - base);
         }
         let start = (base + self.bump).checked_next_multiple_of(align)? - base;
         let end = start.checked_add(bytes)?;
         if end > len {
             return None;
         }
-        if start > self.bump && self.n < MAX_EXTENTS {
+        if start > self.bump {
             // The alignment gap becomes a hole (with a full list it is lost).
-            let gap = Extent {
-                start: self.bump,
-                end: start,
-            };
-            self.insert(self.n, gap);
+            // No hole ends at `bump`, so it goes last and merges with none.
+            self.holes
+                .give_back((base + self.bump) as usize, (base + start) as usize);
         }
         self.bump = end;
         Some(start)
     }
 
-    /// Gives `[start, end)` back: to the bump pointer if it is the top, else to
-    /// the hole list, merged with its neighbours.
-    fn give_back(&mut self, start: u64, end: u64) {
+    /// Gives `[start, end)` back (offsets from the window start `base`): to the
+    /// bump pointer if it is the top, else to the hole list, merged with its
+    /// neighbours (with a full list a range touching no hole is forgotten:
+    /// address space leaks, it is never handed out twice).
+    fn give_back(&mut self, base: u64, start: u64, end: u64) {
         debug_assert!(end <= self.bump, "free of a range never reserved");
         if end == self.bump {
             self.bump = start;
-            if self.n > 0 && self.holes[self.n - 1].end == self.bump {
-                self.bump = self.holes[self.n - 1].start;
-                self.n -= 1;
+            if let Some(s) = self.holes.take_last_ending_at((base + start) as usize) {
+                self.bump = s as u64 - base;
             }
             return;
         }
-        let i = self.holes[..self.n].partition_point(|e| e.start < start);
-        debug_assert!(
-            i == 0 || self.holes[i - 1].end <= start,
-            "free of a free range"
-        );
-        debug_assert!(
-            i == self.n || end <= self.holes[i].start,
-            "free of a free range"
-        );
-        let join_prev = i > 0 && self.holes[i - 1].end == start;
-        let join_next = i < self.n && self.holes[i].start == end;
-        match (join_prev, join_next) {
-            (true, true) => {
-                self.holes[i - 1].end = self.holes[i].end;
-                self.remove(i);
-            }
-            (true, false) => self.holes[i - 1].end = end,
-            (false, true) => self.holes[i].start = start,
-            (false, false) => {
-                if self.n < MAX_EXTENTS {
-                    self.insert(i, Extent { start, end });
-                }
-                // Otherwise the range is forgotten: address space leaks, it is
-                // never handed out twice.
-            }
-        }
+        self.holes
+            .give_back((base + start) as usize, (base + end) as usize);
     }
 }
 
@@ -381,8 +310,7 @@ impl<M, F> FrameSource<M, F> {
             mapper,
             frames,
             bump: 0,
-            n: 0,
-            holes: [NO_EXTENT; MAX_EXTENTS],
+            holes: Extents::new(),
         });
     }
 
@@ -411,9 +339,7 @@ impl<M, F> FrameSource<M, F> {
     /// Bytes of the window currently reserved (handed out and not freed).
     pub fn reserved_bytes(&self) -> u64 {
         let s = self.state.lock();
-        s.as_ref().map_or(0, |i| {
-            i.bump - i.holes[..i.n].iter().map(|e| e.end - e.start).sum::<u64>()
-        })
+        s.as_ref().map_or(0, |i| i.bump - i.holes.bytes() as u64)
     }
 
     /// Whether `addr` lies in a range made a guard by `fault` and not since
@@ -683,7 +609,7 @@ where
             self.unmap_range(inner, a, bytes);
             self.clear_guards(self.page_index(a), bytes / PAGE);
             let off = a - self.start;
-            inner.give_back(off, off + bytes);
+            inner.give_back(self.start, off, off + bytes);
         }
     }
 }
@@ -699,7 +625,7 @@ impl<M, F> core::fmt::Debug for FrameSource<M, F> {
             d.field("init", &s.is_some());
             if let Some(i) = s.as_ref() {
                 d.field("bump", &format_args!("{:#x}", i.bump))
-                    .field("holes", &i.n);
+                    .field("holes", &i.holes.len());
             }
         }
         d.finish_non_exhaustive()

@@ -32,6 +32,7 @@
 #[cfg(feature = "linux")]
 pub mod mmap;
 pub mod region;
+mod extents;
 pub mod failing;
 #[cfg(feature = "x86_64")]
 pub mod frames;

@@ -30,19 +30,11 @@ use core::ptr::{self, NonNull};
 
 use spin::Mutex;
 
+use super::extents::Extents;
 use super::{Exhausted, PageSource};
 
 /// Capacity of the free-extent list.
 pub const MAX_EXTENTS: usize = 64;
-
-/// A free run `[start, end)`, in bytes from the region's base.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Extent {
-    start: usize,
-    end: usize,
-}
-
-const NO_EXTENT: Extent = Extent { start: 0, end: 0 };
 
 struct State {
     /// The region's base as given: every pointer handed out derives from it.
@@ -51,11 +43,9 @@ struct State {
     /// The extent list was built from `base`/`len` (a `const fn` constructor
     /// cannot look at addresses, so this happens on first use).
     init: bool,
-    /// Number of valid entries in `ext`.
-    n: usize,
-    /// `ext[..n]`: sorted by `start`, non-empty, non-adjacent, page-aligned
-    /// absolute addresses (`base + start` is `PAGE_SIZE`-aligned).
-    ext: [Extent; MAX_EXTENTS],
+    /// The free extents, as `PAGE_SIZE`-aligned absolute addresses inside the
+    /// region.
+    free: Extents<MAX_EXTENTS>,
 }
 
 // SAFETY: `base` is the only non-Send field. It points to a region the source
@@ -69,8 +59,7 @@ impl State {
             base,
             len,
             init: false,
-            n: 0,
-            ext: [NO_EXTENT; MAX_EXTENTS],
+            free: Extents::new(),
         }
     }
 
@@ -80,7 +69,7 @@ impl State {
             return;
         }
         self.init = true;
-        self.n = 0;
+        self.free = Extents::new();
         if self.base.is_null() || self.len == 0 {
             return;
         }
@@ -91,93 +80,7 @@ impl State {
         };
         let last = addr.saturating_add(self.len) & !(page - 1);
         if first < last {
-            self.ext[0] = Extent {
-                start: first - addr,
-                end: last - addr,
-            };
-            self.n = 1;
-        }
-    }
-
-    fn remove(&mut self, i: usize) {
-        self.ext.copy_within(i + 1..self.n, i);
-        self.n -= 1;
-    }
-
-    fn insert(&mut self, i: usize, e: Extent) {
-        debug_assert!(self.n < MAX_EXTENTS);
-        self.ext.copy_within(i..self.n, i + 1);
-        self.ext[i] = e;
-        self.n += 1;
-    }
-
-    /// First fit of `bytes` at an absolute alignment `align`; returns the offset.
-    fn carve(&mut self, bytes: usize, align: usize) -> Option<usize> {
-        let addr = self.base as usize;
-        for i in 0..self.n {
-            let e = self.ext[i];
-            let Some(a) = (addr + e.start).checked_next_multiple_of(align) else {
-                continue;
-            };
-            let start = a - addr;
-            let Some(end) = start.checked_add(bytes) else {
-                continue;
-            };
-            if end > e.end {
-                continue;
-            }
-            let head = start > e.start;
-            let tail = end < e.end;
-            match (head, tail) {
-                (false, false) => self.remove(i),
-                (true, false) => self.ext[i].end = start,
-                (false, true) => self.ext[i].start = end,
-                (true, true) => {
-                    if self.n == MAX_EXTENTS {
-                        continue; // splitting needs an entry we do not have
-                    }
-                    self.ext[i].end = start;
-                    self.insert(
-                        i + 1,
-                        Extent {
-                            start: end,
-                            end: e.end,
-                        },
-                    );
-                }
-            }
-            return Some(start);
-        }
-        None
-    }
-
-    /// Gives `[start, end)` back, merging with the neighbours.
-    fn give_back(&mut self, start: usize, end: usize) {
-        // Index of the first extent after the range.
-        let i = self.ext[..self.n].partition_point(|e| e.start < start);
-        debug_assert!(
-            i == 0 || self.ext[i - 1].end <= start,
-            "free of a free range"
-        );
-        debug_assert!(
-            i == self.n || end <= self.ext[i].start,
-            "free of a free range"
-        );
-        let join_prev = i > 0 && self.ext[i - 1].end == start;
-        let join_next = i < self.n && self.ext[i].start == end;
-        match (join_prev, join_next) {
-            (true, true) => {
-                self.ext[i - 1].end = self.ext[i].end;
-                self.remove(i);
-            }
-            (true, false) => self.ext[i - 1].end = end,
-            (false, true) => self.ext[i].start = start,
-            (false, false) => {
-                if self.n < MAX_EXTENTS {
-                    self.insert(i, Extent { start, end });
-                }
-                // Otherwise the range is forgotten (see the module docs).
-            }
+            self.free.give_back(first, last);
         }
     }
 }
@@ -230,14 +133,14 @@ impl RegionSource {
     pub fn free_bytes(&self) -> usize {
         let mut s = self.state.lock();
         s.ensure_init();
-        s.ext[..s.n].iter().map(|e| e.end - e.start).sum()
+        s.free.bytes()
     }
 
     /// Number of free extents (holes) in the list; at most [`MAX_EXTENTS`].
     pub fn free_extents(&self) -> usize {
         let mut s = self.state.lock();
         s.ensure_init();
-        s.n
+        s.free.len()
     }
 }
 
@@ -254,7 +157,7 @@ impl core::fmt::Debug for RegionSource {
         if let Some(s) = self.state.try_lock() {
             d.field("base", &s.base)
                 .field("len", &s.len)
-                .field("free_extents", &s.n);
+                .field("free_extents", &s.free.len());
         }
         d.finish_non_exhaustive()
     }
@@ -281,7 +184,7 @@ unsafe impl PageSource for RegionSource {
         let align = align.max(Self::PAGE_SIZE);
         let mut s = self.state.lock();
         s.ensure_init();
-        let off = s.carve(bytes, align)?;
+        let off = s.free.take(bytes, align)? - s.base as usize;
         // SAFETY: `off + bytes <= len`, since extents lie inside the region, so
         // the result stays in bounds of the region's allocation.
         NonNull::new(unsafe { s.base.add(off) })
@@ -319,7 +222,10 @@ unsafe impl PageSource for RegionSource {
         if start > s.len || bytes > s.len - start {
             return;
         }
-        s.give_back(start, start + bytes);
+        // Cannot overflow: the range lies inside the region (checked above),
+        // one allocation by the contract of `new`.
+        let a = s.base as usize + start;
+        s.free.give_back(a, a + bytes);
     }
 }
 

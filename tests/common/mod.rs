@@ -1,0 +1,93 @@
+//! Helpers shared by the integration tests. A test file includes them with
+//! `mod common;`; not every file uses every helper.
+#![allow(dead_code)]
+
+use core::alloc::Layout;
+use std::cell::Cell;
+
+use tieralloc::heap::Kind;
+use tieralloc::PAGE_BYTES;
+#[cfg(feature = "linux")]
+use tieralloc::{cpu::RelaxStrategy, Heap, LockedSlots, MmapSource, SingleCpu};
+
+// ------------------------------------------------------------------- RNG
+
+/// xorshift64*: small, deterministic, good enough for workloads.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// In `0..n` (n > 0), from all the bits: `next() % n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// Uniform in `0..n` (n > 0), from the top 53 bits.
+    pub fn below_hi(&mut self, n: usize) -> usize {
+        ((self.next() >> 11) % n as u64) as usize
+    }
+
+    /// Uniform in `lo..=hi`, from the top 53 bits.
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + self.below_hi(hi - lo + 1)
+    }
+
+    /// One of `xs` (non-empty), chosen with [`below`](Self::below).
+    pub fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len())]
+    }
+}
+
+// ------------------------------------------------------------- CPU slots
+
+thread_local! {
+    /// The simulated CPU slot of this test thread.
+    static SLOT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The slot function of the tests' `LockedSlots` heaps: whatever this thread
+/// set with [`set_slot`] (0 until then).
+pub fn slot_of_thread() -> usize {
+    SLOT.with(|s| s.get())
+}
+
+/// Makes this thread use slot `i` (taken modulo the heap's slot count).
+pub fn set_slot(i: usize) {
+    SLOT.with(|s| s.set(i));
+}
+
+// ----------------------------------------------------------------- heaps
+
+/// A heap over mmap with `N` locked slots, chosen by [`slot_of_thread`].
+#[cfg(feature = "linux")]
+pub const fn slots_heap<const N: usize, X: RelaxStrategy>() -> Heap<MmapSource, LockedSlots<N, X>> {
+    Heap::new(MmapSource::new(), LockedSlots::new(slot_of_thread))
+}
+
+/// A heap over mmap for one CPU.
+#[cfg(feature = "linux")]
+pub const fn single_cpu_heap() -> Heap<MmapSource, SingleCpu> {
+    Heap::new(MmapSource::new(), SingleCpu::new())
+}
+
+/// What a live object costs in `heap_alloc`: its class size, or its pages;
+/// 0 for a tiny object (counted through the shared 16-byte blocks).
+pub fn rounded(l: Layout) -> u64 {
+    match Kind::of(l.size(), l.align()) {
+        Kind::Tiny => 0,
+        Kind::Small(c) => c.size() as u64,
+        Kind::Large => (l.size().div_ceil(PAGE_BYTES).max(1) * PAGE_BYTES) as u64,
+    }
+}
