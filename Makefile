@@ -17,7 +17,7 @@ NOSTD_TARGET := x86_64-unknown-none
 
 BOARD := boards/x86_64-qemu
 
-.PHONY: deps test run demo bench
+.PHONY: deps test run demo bench compare
 
 deps:
 	@command -v rustup >/dev/null || { echo "make deps: rustup not found on PATH" >&2; exit 1; }
@@ -32,6 +32,16 @@ deps:
 			|| { echo "make deps: FAILED to install qemu-system-x86" >&2; exit 1; }; \
 		command -v qemu-system-x86_64 >/dev/null || { echo "make deps: qemu-system-x86_64 still not on PATH" >&2; exit 1; }; \
 	fi
+	@missing=""; for p in $(PRELOAD_PKGS); do dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "make deps: installing$$missing"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		{ apt-get update && apt-get install -y --no-install-recommends $$missing; } \
+			|| { echo "make deps: FAILED to install$$missing" >&2; exit 1; }; \
+	fi
+
+# Real programs for the LD_PRELOAD tests and the comparison (preload/).
+PRELOAD_PKGS := gcc python3.11 libpython3.11-testsuite sqlite3 libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4 time
 
 test: deps
 	$(CARGO) test --features linux,checks
@@ -41,6 +51,7 @@ test: deps
 	$(CARGO) test -p tieralloc-bench
 	$(CARGO) run --release -p tieralloc-bench -- --quick
 	$(CARGO) test -p qemu-tests
+	$(CARGO) test --release -p tieralloc-preload
 
 run: deps
 	$(BOARD)/run.sh
@@ -53,3 +64,7 @@ qemu-%: deps
 
 bench:
 	$(CARGO) run --release -p tieralloc-bench
+
+# Wall time and peak RSS of real programs under glibc, jemalloc, mimalloc, tcmalloc and tieralloc.
+compare: deps
+	preload/compare.sh
