@@ -346,7 +346,8 @@ impl Slabs {
     #[cfg(all(feature = "linux", target_arch = "x86_64"))]
     #[inline(always)]
     fn desc(&self, c: SizeClass) -> *const crate::rseq::ClassDesc {
-        &self.desc[c.index()]
+        // SAFETY: a `SizeClass` index is below NUM_CLASSES (its invariant).
+        unsafe { self.desc.get_unchecked(c.index()) }
     }
 
     /// Pops an object of class `c` on the current CPU (null if none), counting a malloc.

@@ -100,18 +100,19 @@ impl ClassDesc {
 #[inline(always)]
 pub unsafe fn pop(d: *const ClassDesc) -> *mut u8 {
     let p: usize;
+    // SAFETY: as below; the offset is constant for the process, so it stays in a
+    // register across restarts.
+    let off = unsafe { (*d).rseq_off };
     // SAFETY: the caller vouches for the descriptor and the rseq area; the section
     // only reads the slabs, and writes one stack word of the current CPU's cache
     // as its commit.
     unsafe {
         asm!(
             "2:",
-            "mov {t}, qword ptr [{d}]",
             "lea {w}, [rip + 3f]",
-            "mov qword ptr fs:[{t} + 8], {w}",
+            "mov qword ptr fs:[{off} + 8], {w}",
             "4:",
-            "mov {t}, qword ptr [{d}]",
-            "mov {t:e}, dword ptr fs:[{t} + {cpu}]",
+            "mov {t:e}, dword ptr fs:[{off} + {cpu}]",
             "cmp {t}, qword ptr [{d} + {count}]",
             "jae 5f",
             "imul {t}, qword ptr [{d} + {stride}]",
@@ -143,6 +144,7 @@ pub unsafe fn pop(d: *const ClassDesc) -> *mut u8 {
             ".quad 4b, 6b - 4b, 7b",
             ".popsection",
             d = in(reg) d,
+            off = in(reg) off,
             t = out(reg) _,
             w = out(reg) _,
             p = out(reg) p,
@@ -167,17 +169,17 @@ pub unsafe fn pop(d: *const ClassDesc) -> *mut u8 {
 #[inline(always)]
 pub unsafe fn push(d: *const ClassDesc, obj: *mut u8) -> bool {
     let ok: u32;
+    // SAFETY: as in `pop`.
+    let off = unsafe { (*d).rseq_off };
     // SAFETY: as in `pop`; the slot write above the stack length is invisible
     // until the commit store.
     unsafe {
         asm!(
             "2:",
-            "mov {t}, qword ptr [{d}]",
             "lea {w}, [rip + 3f]",
-            "mov qword ptr fs:[{t} + 8], {w}",
+            "mov qword ptr fs:[{off} + 8], {w}",
             "4:",
-            "mov {t}, qword ptr [{d}]",
-            "mov {t:e}, dword ptr fs:[{t} + {cpu}]",
+            "mov {t:e}, dword ptr fs:[{off} + {cpu}]",
             "cmp {t}, qword ptr [{d} + {count}]",
             "jae 5f",
             "imul {t}, qword ptr [{d} + {stride}]",
@@ -210,6 +212,7 @@ pub unsafe fn push(d: *const ClassDesc, obj: *mut u8) -> bool {
             ".quad 4b, 6b - 4b, 7b",
             ".popsection",
             d = in(reg) d,
+            off = in(reg) off,
             obj = in(reg) obj,
             t = out(reg) _,
             w = out(reg) _,
