@@ -5,6 +5,8 @@
 #   make test    every test: the crate (with and without checks), the no_std builds, the bench crate,
 #                a bench smoke run, and the QEMU scenarios of the kernel (qemu-tests)
 #   make demo    the hosted demo (examples/demo.rs: LinuxHeap as a program's global allocator)
+#   make bench   the allocator comparison (benches/); make bench-callgrind: instructions per pair
+#   make compare real programs under LD_PRELOAD with each allocator (preload/compare.sh)
 #   make qemu-X  boot the kernel with scenario X (boot, main, many_boxes, stress, oom, scavenge, guard, bench)
 #   make bench   the full allocator comparison (benches/, a minute or so)
 
@@ -17,7 +19,7 @@ NOSTD_TARGET := x86_64-unknown-none
 
 BOARD := boards/x86_64-qemu
 
-.PHONY: deps test run demo bench compare
+.PHONY: deps test run demo bench bench-callgrind compare
 
 deps:
 	@command -v rustup >/dev/null || { echo "make deps: rustup not found on PATH" >&2; exit 1; }
@@ -62,8 +64,14 @@ demo:
 qemu-%: deps
 	$(BOARD)/run.sh $*
 
+# The full allocator comparison (about 4 minutes; writes benches/results/bench.md and bench.svg).
 bench:
 	$(CARGO) run --release -p tieralloc-bench
+
+# Instructions per alloc+free pair under valgrind (writes benches/results/callgrind.md).
+bench-callgrind:
+	@command -v valgrind >/dev/null || { export DEBIAN_FRONTEND=noninteractive; apt-get update && apt-get install -y --no-install-recommends valgrind binutils; }
+	$(CARGO) run --release -p tieralloc-bench -- --callgrind
 
 # Wall time and peak RSS of real programs under glibc, jemalloc, mimalloc, tcmalloc and tieralloc.
 compare: deps

@@ -59,6 +59,18 @@ pub const fn capacity(c: usize) -> usize {
     }
 }
 
+/// [`capacity`] of every class, as a table: the push path reads it instead of
+/// dividing.
+pub const CAPACITY: [u16; NUM_CLASSES] = {
+    let mut t = [0u16; NUM_CLASSES];
+    let mut c = 0;
+    while c < NUM_CLASSES {
+        t[c] = capacity(c) as u16;
+        c += 1;
+    }
+    t
+};
+
 /// Objects moved per refill or flush of class `c`: half the stack.
 pub const fn batch(c: usize) -> usize {
     let b = capacity(c) / 2;
@@ -220,7 +232,7 @@ impl CpuCache {
         let i = c.index();
         let w = self.word(i);
         let n = (w & LEN_MASK) as usize;
-        if n == capacity(i) {
+        if n == CAPACITY[i] as usize {
             return false;
         }
         // SAFETY: `n < capacity(i)`.
@@ -234,7 +246,7 @@ impl CpuCache {
         let i = c.index();
         let w = self.word(i);
         let n = (w & LEN_MASK) as usize;
-        let k = objs.len().min(capacity(i) - n);
+        let k = objs.len().min(CAPACITY[i] as usize - n);
         // SAFETY: `n + k <= capacity(i)`.
         unsafe { core::ptr::copy_nonoverlapping(objs.as_ptr(), self.slots().add(OFFSET[i] + n), k) };
         self.words[i].store(w + k as u64, Ordering::Relaxed);
