@@ -79,6 +79,33 @@ impl ClassDesc {
     }
 }
 
+/// The abort handler of a section: the kernel checks that the 4 bytes before
+/// `abort_ip` (label 7) are the signature, and has cleared `rseq_cs`, so the
+/// handler re-arms and restarts from label 2. Control never falls into it.
+macro_rules! rseq_abort {
+    () => {
+        concat!(".long 0x53053053\n", "7:\n", "jmp 2b\n")
+    };
+}
+
+/// The section's descriptor in `__rseq_cs`: `{ version 0, flags 0, start_ip
+/// (label 4), post_commit_offset (label 6 − label 4), abort_ip (label 7) }`,
+/// 32-byte aligned as the kernel requires; label 3 names it.
+macro_rules! rseq_descriptor {
+    () => {
+        concat!(
+            ".pushsection __rseq_cs, \"aw\"\n",
+            ".balign 32\n",
+            "3:\n",
+            ".long 0, 0\n",
+            ".quad 4b, 6b - 4b, 7b\n",
+            ".popsection\n"
+        )
+    };
+}
+
+const _: () = assert!(RSEQ_SIG == 0x5305_3053, "keep rseq_abort! in step with RSEQ_SIG");
+
 // The sections below share one shape:
 //   2: arm   — point the rseq area's rseq_cs at this section's descriptor (label 3)
 //   4: start — read cpu_id, bounds-check it, find the cache, check `stop`
@@ -131,18 +158,11 @@ pub unsafe fn pop(d: *const ClassDesc) -> *mut u8 {
             "mov qword ptr [{t}], {w}",
             "6:",
             "jmp 8f",
-            ".long {sig}",
-            "7:",
-            "jmp 2b",
+            rseq_abort!(),
             "5:",
             "xor {p:e}, {p:e}",
             "8:",
-            ".pushsection __rseq_cs, \"aw\"",
-            ".balign 32",
-            "3:",
-            ".long 0, 0",
-            ".quad 4b, 6b - 4b, 7b",
-            ".popsection",
+            rseq_descriptor!(),
             d = in(reg) d,
             off = in(reg) off,
             t = out(reg) _,
@@ -154,7 +174,6 @@ pub unsafe fn pop(d: *const ClassDesc) -> *mut u8 {
             base = const D_BASE,
             word = const D_WORD,
             slots = const D_SLOTS,
-            sig = const RSEQ_SIG,
             options(nostack),
         );
     }
@@ -199,18 +218,11 @@ pub unsafe fn push(d: *const ClassDesc, obj: *mut u8) -> bool {
             "6:",
             "mov {ok:e}, 1",
             "jmp 8f",
-            ".long {sig}",
-            "7:",
-            "jmp 2b",
+            rseq_abort!(),
             "5:",
             "xor {ok:e}, {ok:e}",
             "8:",
-            ".pushsection __rseq_cs, \"aw\"",
-            ".balign 32",
-            "3:",
-            ".long 0, 0",
-            ".quad 4b, 6b - 4b, 7b",
-            ".popsection",
+            rseq_descriptor!(),
             d = in(reg) d,
             off = in(reg) off,
             obj = in(reg) obj,
@@ -225,7 +237,6 @@ pub unsafe fn push(d: *const ClassDesc, obj: *mut u8) -> bool {
             word = const D_WORD,
             slots = const D_SLOTS,
             cap = const D_CAP,
-            sig = const RSEQ_SIG,
             options(nostack),
         );
     }
@@ -279,18 +290,11 @@ pub unsafe fn push_batch(d: *const ClassDesc, src: *const *mut u8, n: usize) -> 
             "mov qword ptr [{t}], {w}",
             "6:",
             "jmp 8f",
-            ".long {sig}",
-            "7:",
-            "jmp 2b",
+            rseq_abort!(),
             "5:",
             "xor {k:e}, {k:e}",
             "8:",
-            ".pushsection __rseq_cs, \"aw\"",
-            ".balign 32",
-            "3:",
-            ".long 0, 0",
-            ".quad 4b, 6b - 4b, 7b",
-            ".popsection",
+            rseq_descriptor!(),
             d = in(reg) d,
             src = in(reg) src,
             n = in(reg) n,
@@ -307,7 +311,6 @@ pub unsafe fn push_batch(d: *const ClassDesc, src: *const *mut u8, n: usize) -> 
             word = const D_WORD,
             slots = const D_SLOTS,
             cap = const D_CAP,
-            sig = const RSEQ_SIG,
             options(nostack),
         );
     }
@@ -360,18 +363,11 @@ pub unsafe fn pop_batch(d: *const ClassDesc, dst: *mut *mut u8, n: usize) -> usi
             "mov qword ptr [{t}], {w}",
             "6:",
             "jmp 8f",
-            ".long {sig}",
-            "7:",
-            "jmp 2b",
+            rseq_abort!(),
             "5:",
             "xor {k:e}, {k:e}",
             "8:",
-            ".pushsection __rseq_cs, \"aw\"",
-            ".balign 32",
-            "3:",
-            ".long 0, 0",
-            ".quad 4b, 6b - 4b, 7b",
-            ".popsection",
+            rseq_descriptor!(),
             d = in(reg) d,
             dst = in(reg) dst,
             n = in(reg) n,
@@ -387,7 +383,6 @@ pub unsafe fn pop_batch(d: *const ClassDesc, dst: *mut *mut u8, n: usize) -> usi
             base = const D_BASE,
             word = const D_WORD,
             slots = const D_SLOTS,
-            sig = const RSEQ_SIG,
             options(nostack),
         );
     }
@@ -426,18 +421,11 @@ pub unsafe fn load(d: *const ClassDesc, field: usize) -> Option<(usize, u64)> {
             "6:",
             "mov {ok:e}, 1",
             "jmp 8f",
-            ".long {sig}",
-            "7:",
-            "jmp 2b",
+            rseq_abort!(),
             "5:",
             "xor {ok:e}, {ok:e}",
             "8:",
-            ".pushsection __rseq_cs, \"aw\"",
-            ".balign 32",
-            "3:",
-            ".long 0, 0",
-            ".quad 4b, 6b - 4b, 7b",
-            ".popsection",
+            rseq_descriptor!(),
             d = in(reg) d,
             f = in(reg) field,
             t = out(reg) _,
@@ -449,7 +437,6 @@ pub unsafe fn load(d: *const ClassDesc, field: usize) -> Option<(usize, u64)> {
             count = const D_COUNT,
             stride = const D_STRIDE,
             base = const D_BASE,
-            sig = const RSEQ_SIG,
             options(nostack, readonly),
         );
     }
@@ -492,18 +479,11 @@ pub unsafe fn store_if(d: *const ClassDesc, cpu: usize, field: usize, expected: 
             "6:",
             "mov {ok:e}, 1",
             "jmp 8f",
-            ".long {sig}",
-            "7:",
-            "jmp 2b",
+            rseq_abort!(),
             "5:",
             "xor {ok:e}, {ok:e}",
             "8:",
-            ".pushsection __rseq_cs, \"aw\"",
-            ".balign 32",
-            "3:",
-            ".long 0, 0",
-            ".quad 4b, 6b - 4b, 7b",
-            ".popsection",
+            rseq_descriptor!(),
             d = in(reg) d,
             c = in(reg) cpu,
             f = in(reg) field,
@@ -515,7 +495,6 @@ pub unsafe fn store_if(d: *const ClassDesc, cpu: usize, field: usize, expected: 
             cpuf = const RSEQ_CPU_ID,
             stride = const D_STRIDE,
             base = const D_BASE,
-            sig = const RSEQ_SIG,
             options(nostack),
         );
     }
