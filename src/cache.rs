@@ -14,11 +14,14 @@
 //! ([`crate::rseq`]) that commit each operation with one plain store. Both use
 //! the same word formats, so one set of invariants covers both:
 //!
-//! * a class's **stack word** packs the stack length (bits 0..16) and the mallocs
-//!   counted by pops (bits 16..64): a pop adds [`POP_DELTA`] (length − 1,
-//!   mallocs + 1), a push adds 1 — each a single store;
+//! * a class's **stack word** packs the stack length (bits 0..15), the
+//!   [`STOP`] bit (bit 15, set only while another CPU drains the cache in rseq
+//!   mode) and the mallocs counted by pops (bits 16..64): a pop adds
+//!   [`POP_DELTA`] (length − 1, mallocs + 1), a push adds 1 — each a single
+//!   store. The stack's slots follow its word ([`STACK_AT`]), so an operation
+//!   finds both from one address;
 //! * the **tiny word** packs the current tiny block, the bytes used and the
-//!   sub-objects carved ([`Tiny`]); a carve is one compare-and-store.
+//!   sub-objects carved ([`Tiny`]); a carve is one store of the new word.
 //!
 //! **Bound on stranded memory.** Class `c` holds at most [`capacity`]`(c)`
 //! objects: `clamp(CLASS_CACHE_BYTES / size, 2, MAX_CAPACITY)`. The sum over the
@@ -26,12 +29,11 @@
 //! can hold; [`crate::Heap::scavenge`] drains it.
 //!
 //! Invariants (guarded by the CPU's exclusivity, or committed by one store):
-//! * `len(c) <= capacity(c)`; `slots[OFFSET[c] .. OFFSET[c] + len(c)]` are free
+//! * `len(c) <= capacity(c)`; `stacks[STACK_AT[c] + 1 ..][..len(c)]` are free
 //!   objects of class `c`, each handed out by its span (alloc bit set);
 //! * if the tiny word names a block, that block's live count is
 //!   [`TINY_BIAS`] plus the live sub-objects minus the `n` carved so far.
 
-use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::cpu::Cpu;
@@ -81,20 +83,21 @@ pub const fn batch(c: usize) -> usize {
     }
 }
 
-const fn offsets() -> [usize; NUM_CLASSES + 1] {
+const fn stack_at() -> [usize; NUM_CLASSES + 1] {
     let mut o = [0; NUM_CLASSES + 1];
     let mut c = 1;
     while c < NUM_CLASSES {
-        o[c + 1] = o[c] + capacity(c);
+        o[c + 1] = o[c] + 1 + capacity(c);
         c += 1;
     }
     o
 }
 
-/// Start of class `c`'s stack in `CpuCache::slots`.
-pub const OFFSET: [usize; NUM_CLASSES + 1] = offsets();
-/// Object slots of one CPU cache.
-pub const TOTAL_SLOTS: usize = OFFSET[NUM_CLASSES];
+/// Index in `CpuCache::stacks` of class `c`'s stack word; its `capacity(c)`
+/// slots follow the word, so a pop or push touches one or two adjacent lines.
+pub const STACK_AT: [usize; NUM_CLASSES + 1] = stack_at();
+/// Words (stack words and slots) of one CPU cache's stacks.
+pub const STACK_WORDS: usize = STACK_AT[NUM_CLASSES];
 
 /// Most bytes of free objects one CPU cache can hold.
 pub const CACHE_BOUND_BYTES: usize = {
@@ -126,14 +129,19 @@ pub enum Counter {
 }
 const NUM_COUNTERS: usize = 4;
 
-/// Mask of a stack word's length bits; the bits above count mallocs.
-pub const LEN_MASK: u64 = 0xffff;
+/// Mask of a stack word's length; bits 16.. count mallocs.
+pub const LEN_MASK: u64 = 0x7fff;
+/// Set in a stack word's length field while another CPU drains the cache (rseq
+/// mode): a length of at least `STOP` exceeds every capacity, so the sections
+/// see the stack as both empty and full.
+pub const STOP: u64 = 0x8000;
 /// Added to a stack word by a pop: length − 1, mallocs + 1.
 pub const POP_DELTA: u64 = (1 << 16) - 1;
 
 /// The tiny state packed in one word, so that a carve commits with one store:
 /// block address (48 bits, sign-extended back), bytes used (bits 48..53),
-/// sub-objects carved (bits 56..61).
+/// sub-objects carved (bits 56..61). A `off` above [`TINY_SIZE`] marks the
+/// word stopped (see [`Tiny::STOPPED_OFF`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tiny {
     pub block: usize,
@@ -142,6 +150,10 @@ pub struct Tiny {
 }
 
 impl Tiny {
+    /// The `off` of a stopped tiny word: no carve fits, and
+    /// [`crate::Heap`]'s block installer leaves such a word alone.
+    pub const STOPPED_OFF: usize = 31;
+
     pub const fn pack(self) -> u64 {
         (self.block as u64 & ((1 << 48) - 1)) | (self.off as u64) << 48 | (self.n as u64) << 56
     }
@@ -149,20 +161,25 @@ impl Tiny {
         let block = (((w << 16) as i64) >> 16) as usize;
         Tiny { block, off: ((w >> 48) & 0x1f) as usize, n: ((w >> 56) & 0x1f) as usize }
     }
+    /// Whether a drain has stopped this word.
+    pub const fn stopped(self) -> bool {
+        self.off == Self::STOPPED_OFF
+    }
 }
+
+const _: () = assert!(Tiny::STOPPED_OFF > crate::TINY_SIZE && STOP > MAX_CAPACITY as u64 && LEN_MASK & STOP == 0);
 
 /// One CPU's cache. All-zero bytes are a valid empty cache. Every field is a
 /// word the restartable sequences of [`crate::rseq`] address by offset.
 #[repr(C, align(64))]
 pub struct CpuCache {
-    /// Non-zero while another CPU drains this cache (rseq mode).
-    stop: AtomicU64,
-    /// Per class: stack length (bits 0..16) | mallocs counted by pops (bits 16..).
-    words: [AtomicU64; NUM_CLASSES],
     /// The current tiny block, packed ([`Tiny`]); 0 = none.
     tiny: AtomicU64,
     counters: [AtomicU64; NUM_COUNTERS],
-    slots: UnsafeCell<[*mut u8; TOTAL_SLOTS]>,
+    /// Per class `c` at [`STACK_AT`]`[c]`: the stack word — length (bits
+    /// 0..15) | [`STOP`] | mallocs counted by pops (bits 16..) — then the
+    /// stack's `capacity(c)` slots, bottom first (object addresses).
+    stacks: [AtomicU64; STACK_WORDS],
 }
 
 /// Byte offset of the tiny word in a cache.
@@ -173,14 +190,32 @@ pub const fn counter_field(c: Counter) -> usize {
     core::mem::offset_of!(CpuCache, counters) + 8 * c as usize
 }
 
+/// Byte offset of class `c`'s stack word in a cache.
+pub const fn word_field(c: usize) -> usize {
+    core::mem::offset_of!(CpuCache, stacks) + 8 * STACK_AT[c]
+}
+
 impl CpuCache {
-    fn slots(&self) -> *mut *mut u8 {
-        self.slots.get().cast()
+    /// Slot `i` of class `c`'s stack.
+    #[inline(always)]
+    fn slot(&self, c: usize, i: usize) -> &AtomicU64 {
+        debug_assert!(c >= 1 && c < NUM_CLASSES && i < capacity(c));
+        // SAFETY: `c` is a small class and `i < capacity(c)` (callers keep
+        // `len <= capacity`), so the index is inside class `c`'s stack.
+        unsafe { self.stacks.get_unchecked(STACK_AT[c] + 1 + i) }
+    }
+
+    /// Class `c`'s stack word, unchecked: a `SizeClass` index is below NUM_CLASSES.
+    #[inline(always)]
+    fn word_ref(&self, c: SizeClass) -> &AtomicU64 {
+        // SAFETY: `STACK_AT[i] < STACK_WORDS` for every class index (class 0's is
+        // 0: class 1's word, which no operation on class 0 writes).
+        unsafe { self.stacks.get_unchecked(*STACK_AT.get_unchecked(c.index())) }
     }
 
     /// The stack word of class `c`.
     pub fn word(&self, c: usize) -> u64 {
-        self.words[c].load(Ordering::Relaxed)
+        self.stacks[STACK_AT[c]].load(Ordering::Relaxed)
     }
 
     /// Objects cached for class `c`.
@@ -209,20 +244,20 @@ impl CpuCache {
     }
 
     // Exclusive operations: the caller holds this cache's slot (locked mode) or
-    // has stopped it (rseq mode). They keep the same word formats as the sequences.
+    // has stopped it (rseq mode). They keep the same word formats as the
+    // sequences, and leave the STOP bit as they found it.
 
     /// Pops a free object of class `c`, counting a malloc.
     #[inline(always)]
     pub fn pop(&self, c: SizeClass) -> Option<*mut u8> {
         let i = c.index();
-        let w = self.word(i);
+        let w = self.word_ref(c).load(Ordering::Relaxed);
         let n = (w & LEN_MASK) as usize;
         if n == 0 {
             return None;
         }
-        // SAFETY: `n - 1 < capacity(i)`: inside this class's stack.
-        let p = unsafe { *self.slots().add(OFFSET[i] + n - 1) };
-        self.words[i].store(w + POP_DELTA, Ordering::Relaxed);
+        let p = self.slot(i, n - 1).load(Ordering::Relaxed) as *mut u8;
+        self.word_ref(c).store(w + POP_DELTA, Ordering::Relaxed);
         Some(p)
     }
 
@@ -230,50 +265,90 @@ impl CpuCache {
     #[inline(always)]
     pub fn push(&self, c: SizeClass, p: *mut u8) -> bool {
         let i = c.index();
-        let w = self.word(i);
+        let w = self.word_ref(c).load(Ordering::Relaxed);
         let n = (w & LEN_MASK) as usize;
-        if n == CAPACITY[i] as usize {
+        // SAFETY: a class index is below NUM_CLASSES.
+        if n == unsafe { *CAPACITY.get_unchecked(i) } as usize {
             return false;
         }
-        // SAFETY: `n < capacity(i)`.
-        unsafe { *self.slots().add(OFFSET[i] + n) = p };
-        self.words[i].store(w + 1, Ordering::Relaxed);
+        self.slot(i, n).store(p as u64, Ordering::Relaxed);
+        self.word_ref(c).store(w + 1, Ordering::Relaxed);
         true
     }
 
     /// Pushes as many of `objs` as fit; returns how many.
     pub fn push_batch(&self, c: SizeClass, objs: &[*mut u8]) -> usize {
         let i = c.index();
-        let w = self.word(i);
+        let w = self.word_ref(c).load(Ordering::Relaxed);
         let n = (w & LEN_MASK) as usize;
-        let k = objs.len().min(CAPACITY[i] as usize - n);
-        // SAFETY: `n + k <= capacity(i)`.
-        unsafe { core::ptr::copy_nonoverlapping(objs.as_ptr(), self.slots().add(OFFSET[i] + n), k) };
-        self.words[i].store(w + k as u64, Ordering::Relaxed);
+        // SAFETY: a class index is below NUM_CLASSES.
+        let k = objs.len().min(unsafe { *CAPACITY.get_unchecked(i) } as usize - n);
+        for (j, &p) in objs[..k].iter().enumerate() {
+            self.slot(i, n + j).store(p as u64, Ordering::Relaxed);
+        }
+        self.word_ref(c).store(w + k as u64, Ordering::Relaxed);
         k
     }
 
     /// Pops up to `out.len()` objects from the top; returns how many.
     pub fn pop_batch(&self, c: SizeClass, out: &mut [*mut u8]) -> usize {
         let i = c.index();
-        let w = self.word(i);
+        let w = self.word_ref(c).load(Ordering::Relaxed);
         let n = (w & LEN_MASK) as usize;
         let k = out.len().min(n);
-        // SAFETY: `n - k ..n` is inside the stack.
-        unsafe { core::ptr::copy_nonoverlapping(self.slots().add(OFFSET[i] + n - k), out.as_mut_ptr(), k) };
-        self.words[i].store(w - k as u64, Ordering::Relaxed);
+        for (j, o) in out[..k].iter_mut().enumerate() {
+            *o = self.slot(i, n - k + j).load(Ordering::Relaxed) as *mut u8;
+        }
+        self.word_ref(c).store(w - k as u64, Ordering::Relaxed);
         k
     }
 
-    /// Takes the tiny state out (drains): the caller retires the block.
+    /// Takes the tiny state out (drains): the caller retires the block (a
+    /// stopped word reads as a full block).
     pub fn take_tiny(&self) -> Tiny {
-        Tiny::unpack(self.tiny.swap(0, Ordering::Relaxed))
+        let t = Tiny::unpack(self.tiny.swap(0, Ordering::Relaxed));
+        Tiny { off: t.off.min(crate::TINY_SIZE), ..t }
     }
 
     fn field(&self, off: usize) -> &AtomicU64 {
         debug_assert!(off == TINY_FIELD || (counter_field(Counter::TinyMallocsRetired)..=counter_field(Counter::TinyBlocksFreed)).contains(&off));
         // SAFETY: `off` names one of the AtomicU64 fields (checked above in debug builds).
         unsafe { &*(self as *const CpuCache).cast::<u8>().add(off).cast::<AtomicU64>() }
+    }
+
+    /// Marks every stack word and the tiny word stopped (rseq mode, before a
+    /// fence). Atomic read-modify-writes, but a section that read a word
+    /// before the mark may still overwrite it with one plain store: see
+    /// [`CpuCache::all_stopped`].
+    #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+    fn mark_stopped(&self) {
+        for c in 1..NUM_CLASSES {
+            self.stacks[STACK_AT[c]].fetch_or(STOP, Ordering::SeqCst);
+        }
+        let _ = self.tiny.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+            let t = Tiny::unpack(w);
+            (!t.stopped()).then_some(Tiny { off: Tiny::STOPPED_OFF, ..t }.pack())
+        });
+    }
+
+    /// Whether every mark set by [`CpuCache::mark_stopped`] is still there.
+    #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+    fn all_stopped(&self) -> bool {
+        (1..NUM_CLASSES).all(|c| self.word(c) & STOP != 0) && self.tiny().stopped()
+    }
+
+    /// Clears the marks. A tiny word still stopped (the drain did not take it)
+    /// becomes full (`off` = [`TINY_SIZE`](crate::TINY_SIZE)): the next tiny
+    /// allocation on that CPU retires the block, losing only its unused bytes.
+    #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+    fn unmark_stopped(&self) {
+        for c in 1..NUM_CLASSES {
+            self.stacks[STACK_AT[c]].fetch_and(!STOP, Ordering::SeqCst);
+        }
+        let _ = self.tiny.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+            let t = Tiny::unpack(w);
+            t.stopped().then_some(Tiny { off: crate::TINY_SIZE, ..t }.pack())
+        });
     }
 }
 
@@ -309,17 +384,15 @@ impl Slabs {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
         {
             let off = rseq_off.unwrap_or(0);
-            #[allow(clippy::needless_range_loop)] // `c` indexes three tables
             for c in 0..NUM_CLASSES {
-                let d = crate::rseq::ClassDesc::new(
-                    off,
-                    count as u64,
-                    core::mem::size_of::<CpuCache>() as u64,
-                    caches as u64,
-                    (core::mem::offset_of!(CpuCache, words) + 8 * c) as u64,
-                    (core::mem::offset_of!(CpuCache, slots) + 8 * OFFSET[c]) as u64,
-                    capacity(c) as u64,
-                );
+                let d = crate::rseq::ClassDesc {
+                    rseq_off: off,
+                    count: count as u32,
+                    cap: capacity(c) as u32,
+                    stride: core::mem::size_of::<CpuCache>() as u64,
+                    // Class 0 has no stack: its descriptor points at the cache itself.
+                    word: caches as u64 + if c == 0 { 0 } else { word_field(c) as u64 },
+                };
                 // SAFETY: inside the header.
                 unsafe { core::ptr::addr_of_mut!((*s).desc[c]).write(d) };
             }
@@ -353,6 +426,17 @@ impl Slabs {
         debug_assert!(i < self.count);
         // SAFETY: `i < count`.
         unsafe { &*self.caches.add(i) }
+    }
+
+    /// The class descriptors for the restartable sequences (indexed by class),
+    /// or null in locked mode.
+    #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+    pub fn fast_desc(&self) -> *const crate::rseq::ClassDesc {
+        if self.rseq {
+            self.desc.as_ptr()
+        } else {
+            core::ptr::null()
+        }
     }
 
     #[cfg(all(feature = "linux", target_arch = "x86_64"))]
@@ -403,6 +487,27 @@ impl Slabs {
             return unsafe { crate::rseq::pop_batch(self.desc(c), out.as_mut_ptr(), out.len()) };
         }
         cpu.with_current(|i| self.cache(i).pop_batch(c, out))
+    }
+
+    /// Carves `size` bytes at alignment `a` (a power of two) from the current
+    /// CPU's tiny block, in one entry; null if there is no block or no room.
+    #[inline(always)]
+    pub fn carve_tiny<C: Cpu>(&self, cpu: &C, size: usize, a: usize) -> *mut u8 {
+        #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+        if self.rseq {
+            // SAFETY: as in `pop`; descriptor 0 addresses the caches, TINY_FIELD is their tiny word.
+            return unsafe { crate::rseq::carve(self.desc(SizeClass::LARGE), TINY_FIELD, size, a - 1) };
+        }
+        cpu.with_current(|i| {
+            let f = &self.cache(i).tiny;
+            let t = Tiny::unpack(f.load(Ordering::Relaxed));
+            let off = t.off.next_multiple_of(a);
+            if t.block == 0 || off + size > crate::TINY_SIZE {
+                return core::ptr::null_mut();
+            }
+            f.store(Tiny { block: t.block, off: off + size, n: t.n + 1 }.pack(), Ordering::Relaxed);
+            (t.block + off) as *mut u8
+        })
     }
 
     /// Reads a word field (tiny or counter) of the current CPU's cache, with
@@ -462,19 +567,32 @@ impl Slabs {
             let cache = self.cache(i);
             #[cfg(all(feature = "linux", target_arch = "x86_64"))]
             if self.rseq {
-                cache.stop.store(1, Ordering::SeqCst);
-                if !crate::rseq::fence_cpu(i) {
-                    cache.stop.store(0, Ordering::SeqCst);
-                    return None;
+                // Mark, fence, check: a section that read a word before its mark
+                // and committed after it erased the mark; after the fence no
+                // section that started before it can commit, so marks that
+                // survive a fence stay. Re-mark what was erased and fence again.
+                for _ in 0..STOP_ATTEMPTS {
+                    cache.mark_stopped();
+                    if !crate::rseq::fence_cpu(i) {
+                        break;
+                    }
+                    if cache.all_stopped() {
+                        let r = f(cache);
+                        cache.unmark_stopped();
+                        return Some(r);
+                    }
                 }
-                let r = f(cache);
-                cache.stop.store(0, Ordering::Release);
-                return Some(r);
+                cache.unmark_stopped();
+                return None;
             }
             Some(f(cache))
         })
     }
 }
+
+/// Mark-and-fence rounds a drain tries before leaving a busy CPU's cache alone.
+#[cfg(all(feature = "linux", target_arch = "x86_64"))]
+const STOP_ATTEMPTS: usize = 16;
 
 // SAFETY: the header is written once before it is published; caches are reached
 // only under the exclusivity rules above.
@@ -517,6 +635,89 @@ mod tests {
         assert_eq!(cache.push_batch(c, &[0x50 as *mut u8, 0x60 as *mut u8, 0x70 as *mut u8]), 2);
         assert_eq!(cache.pop(c), Some(0x60 as *mut u8));
         assert_eq!(cache.pops(67), 2, "batches count no mallocs");
+    }
+
+    /// The rseq sections against real slabs: a stopped cache fails every
+    /// section (and nothing else does), exclusive operations see through the
+    /// STOP bit and keep it, and unmarking restores the stacks as they were.
+    #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+    #[test]
+    fn rseq_sections_respect_stop_marks() {
+        let crate::rseq::Availability::Glibc(off) = crate::rseq::available() else {
+            panic!("this machine's glibc registers rseq: the test needs it");
+        };
+        let count = 64; // above any CPU id this test can run on (checked below)
+        let layout = std::alloc::Layout::from_size_align(Slabs::bytes(count), 64).unwrap();
+        // SAFETY: non-zero layout; the block is zeroed, aligned, ours until dealloc below.
+        let mem = unsafe { std::alloc::alloc_zeroed(layout) };
+        // SAFETY: as above.
+        let slabs = unsafe { &*Slabs::init(mem, count, Some(off)) };
+        let c = SizeClass::new(5).unwrap();
+        let d = slabs.desc(c);
+        let objs: std::vec::Vec<*mut u8> = (1..=4).map(|i| (i * 0x1000) as *mut u8).collect();
+        // SAFETY (all rseq calls below): `d` describes `slabs`, glibc's area is registered.
+        let pushed = unsafe { crate::rseq::push_batch(d, objs.as_ptr(), 3) };
+        assert_eq!(pushed, 3);
+        let cpu = crate::rseq::current_cpu().unwrap();
+        assert!(cpu < count);
+        for i in 0..count {
+            slabs.cache(i).mark_stopped();
+            assert!(slabs.cache(i).all_stopped());
+        }
+        unsafe {
+            assert!(crate::rseq::pop(d).is_null(), "a stopped stack pops nothing");
+            assert!(!crate::rseq::push(d, objs[3]), "a stopped stack takes nothing");
+            let mut out = [core::ptr::null_mut(); 4];
+            assert_eq!(crate::rseq::pop_batch(d, out.as_mut_ptr(), 4), 0);
+            assert_eq!(crate::rseq::push_batch(d, objs.as_ptr(), 4), 0);
+        }
+        // Which cache holds the three depends on where the thread ran; find it.
+        let holder = (0..count).find(|&i| slabs.cache(i).len(c) == 3).expect("three objects on one CPU");
+        let cache = slabs.cache(holder);
+        let mut out = [core::ptr::null_mut(); 2];
+        assert_eq!(cache.pop_batch(c, &mut out), 2, "exclusive ops see through STOP");
+        assert_eq!(out, [objs[1], objs[2]]);
+        assert!(cache.push(c, objs[3]));
+        assert!(cache.word(c.index()) & STOP != 0, "exclusive ops keep the mark");
+        for i in 0..count {
+            slabs.cache(i).unmark_stopped();
+            assert_eq!(slabs.cache(i).word(c.index()) & STOP, 0);
+        }
+        let mut got = std::vec::Vec::new();
+        loop {
+            // SAFETY: as above.
+            let p = unsafe { crate::rseq::pop(d) };
+            if p.is_null() {
+                break;
+            }
+            got.push(p);
+        }
+        // The thread may have migrated between sections; count over all caches.
+        let left: usize = (0..count).map(|i| slabs.cache(i).len(c)).sum();
+        assert_eq!(got.len() + left, 2, "objects kept across stop and unmark");
+        // SAFETY: allocated above with this layout; nothing refers to it any more.
+        unsafe { std::alloc::dealloc(mem, layout) };
+    }
+
+    #[test]
+    fn stopped_tiny_word_refuses_carves_and_reads_full() {
+        let b: std::boxed::Box<core::mem::MaybeUninit<CpuCache>> = std::boxed::Box::new_zeroed();
+        // SAFETY: all-zero bytes are a valid empty cache.
+        let cache = unsafe { b.assume_init() };
+        cache.tiny.store(Tiny { block: 0x7000_0000_0010, off: 5, n: 2 }.pack(), Ordering::Relaxed);
+        #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+        {
+            cache.mark_stopped();
+            assert!(cache.tiny().stopped());
+            assert!(cache.tiny().off + 1 > crate::TINY_SIZE, "no carve fits a stopped word");
+            cache.unmark_stopped();
+            assert_eq!(cache.tiny(), Tiny { block: 0x7000_0000_0010, off: crate::TINY_SIZE, n: 2 });
+            cache.mark_stopped();
+        }
+        let t = cache.take_tiny();
+        assert_eq!((t.block, t.n), (0x7000_0000_0010, 2));
+        assert!(t.off <= crate::TINY_SIZE);
+        assert_eq!(cache.tiny().block, 0);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::cache::{self, Counter, Slabs, Tiny, TINY_BIAS, TINY_FIELD};
 use crate::central::{Below, Central, HeapLock};
 use crate::cpu::Cpu;
 use crate::pageheap::{tiny_counter, PageHeap, PageMap};
-use crate::sizeclass::{class_for, size_to_class, SizeClass, NUM_CLASSES, TINY_CLASS};
+use crate::sizeclass::{class_for, size_to_class, size_to_class_small, SizeClass, NUM_CLASSES, SMALL_SIZE_MAX, TINY_CLASS};
 use crate::source::PageSource;
 use crate::span::SpanState;
 use crate::stack::{self, Stack, StackAlloc, StackCache, StackStats};
@@ -36,9 +36,19 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// Sorts a request; a pure function of `(size, align)`.
+    /// Sorts a request; a pure function of `(size, align)`. The common case
+    /// (16..=1024 bytes, alignment at most 8) costs two compares and a table
+    /// load.
     #[inline(always)]
     pub const fn of(size: usize, align: usize) -> Kind {
+        if align <= 8 && size.wrapping_sub(TINY_SIZE) <= SMALL_SIZE_MAX - TINY_SIZE {
+            return Kind::Small(size_to_class_small(size));
+        }
+        Self::of_rest(size, align)
+    }
+
+    #[inline(always)]
+    const fn of_rest(size: usize, align: usize) -> Kind {
         if align <= 8 && size <= MAX_SMALL_SIZE {
             if size < TINY_SIZE {
                 Kind::Tiny
@@ -89,6 +99,10 @@ pub struct Heap<S: PageSource, C: Cpu> {
     cpu: C,
     /// The per-CPU caches (`cpu.count()` of them), or null before set-up.
     slabs: AtomicPtr<Slabs>,
+    /// The slabs' class descriptors once the slabs are set up in rseq mode,
+    /// else null: the one word the fast paths read before their section.
+    #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+    fast: AtomicPtr<crate::rseq::ClassDesc>,
     init: SpinMutex<usize, C::Relax>,
     pages: HeapLock<C::Relax>,
     map: PageMap,
@@ -116,6 +130,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             source,
             cpu,
             slabs: AtomicPtr::new(null_mut()),
+            #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+            fast: AtomicPtr::new(null_mut()),
             init: SpinMutex::new(0),
             pages: SpinMutex::new(PageHeap::new()),
             map: PageMap::new(),
@@ -180,7 +196,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         let s = unsafe { Slabs::init(p.as_ptr(), count, self.cpu.rseq_offset()) };
         self.slabs.store(s, Ordering::Release);
         // SAFETY: just initialised.
-        Some(unsafe { &*s })
+        let s = unsafe { &*s };
+        #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+        self.fast.store(s.fast_desc().cast_mut(), Ordering::Release);
+        Some(s)
     }
 
     /// Whether per-CPU operations use restartable sequences (Linux x86-64 with
@@ -191,8 +210,31 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
 
     // ---------------------------------------------------------------- small
 
+    /// The rseq fast path: one load of the descriptors, one section; anything
+    /// else (set-up, locked mode, empty stack) goes to [`Heap::alloc_small_slow`].
     #[inline(always)]
     fn alloc_small(&self, c: SizeClass) -> *mut u8 {
+        #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+        {
+            let d = self.fast.load(Ordering::Acquire);
+            if !d.is_null() {
+                // SAFETY: published descriptors describe live slabs in rseq mode,
+                // chosen because glibc's area exists for every thread; a class
+                // index is below NUM_CLASSES.
+                let p = unsafe { crate::rseq::pop(d.add(c.index())) };
+                if !p.is_null() {
+                    #[cfg(feature = "checks")]
+                    checks::on_alloc(&self.map, p);
+                    return p;
+                }
+            }
+        }
+        self.alloc_small_slow(c)
+    }
+
+    #[cfg_attr(all(feature = "linux", target_arch = "x86_64"), inline(never))]
+    #[cfg_attr(not(all(feature = "linux", target_arch = "x86_64")), inline(always))]
+    fn alloc_small_slow(&self, c: SizeClass) -> *mut u8 {
         let Some(slabs) = self.slabs() else { return null_mut() };
         let mut p = slabs.pop(&self.cpu, c);
         if p.is_null() {
@@ -233,6 +275,20 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     fn free_small(&self, p: *mut u8, c: SizeClass) {
         #[cfg(feature = "checks")]
         checks::on_free(&self.map, &self.central[c.index()].0, p, c);
+        #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+        {
+            let d = self.fast.load(Ordering::Acquire);
+            // SAFETY: as in `alloc_small`.
+            if !d.is_null() && unsafe { crate::rseq::push(d.add(c.index()), p) } {
+                return;
+            }
+        }
+        self.free_small_slow(p, c)
+    }
+
+    #[cfg_attr(all(feature = "linux", target_arch = "x86_64"), inline(never))]
+    #[cfg_attr(not(all(feature = "linux", target_arch = "x86_64")), inline(always))]
+    fn free_small_slow(&self, p: *mut u8, c: SizeClass) {
         let slabs = self.slabs.load(Ordering::Acquire);
         assert!(!slabs.is_null(), "tieralloc: free of {p:p} before any allocation");
         // SAFETY: published slabs live for ever.
@@ -276,7 +332,6 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// the new word only if the word and the CPU are unchanged.
     #[inline(always)]
     fn alloc_tiny(&self, size: usize, align: usize) -> *mut u8 {
-        let Some(slabs) = self.slabs() else { return null_mut() };
         let size = size.max(1);
         // Go's alignment rule, raised to the layout's.
         let a = if size % 8 == 0 {
@@ -289,16 +344,27 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             1
         }
         .max(align);
-        while let Some((cpu, w)) = slabs.load(&self.cpu, TINY_FIELD) {
-            let t = Tiny::unpack(w);
-            let off = t.off.next_multiple_of(a);
-            if t.block == 0 || off + size > TINY_SIZE {
-                break;
+        #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+        {
+            let d = self.fast.load(Ordering::Acquire);
+            if !d.is_null() {
+                // SAFETY: as in `alloc_small`; descriptor 0 addresses the caches
+                // themselves, TINY_FIELD is their tiny word, `a` a power of two.
+                let p = unsafe { crate::rseq::carve(d, TINY_FIELD, size, a - 1) };
+                if !p.is_null() {
+                    return p;
+                }
             }
-            let new = Tiny { block: t.block, off: off + size, n: t.n + 1 }.pack();
-            if slabs.store_if(&self.cpu, cpu, TINY_FIELD, w, new) {
-                return (t.block + off) as *mut u8;
-            }
+        }
+        self.alloc_tiny_slow(size, a)
+    }
+
+    #[cfg_attr(all(feature = "linux", target_arch = "x86_64"), inline(never))]
+    fn alloc_tiny_slow(&self, size: usize, a: usize) -> *mut u8 {
+        let Some(slabs) = self.slabs() else { return null_mut() };
+        let p = slabs.carve_tiny(&self.cpu, size, a);
+        if !p.is_null() {
+            return p;
         }
         self.alloc_tiny_block(slabs, size)
     }
@@ -324,8 +390,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         let counter = tiny_counter(span, span.index_of(b as usize).0);
         while let Some((cpu, w)) = slabs.load(&self.cpu, TINY_FIELD) {
             let t = Tiny::unpack(w);
-            if t.block != 0 && size >= t.off {
-                break; // the current block has at least as much room left: keep it
+            if t.stopped() || (t.block != 0 && size >= t.off) {
+                break; // being drained, or the current block has at least as much room left: keep it
             }
             counter.store(TINY_BIAS, Ordering::Release);
             if slabs.store_if(&self.cpu, cpu, TINY_FIELD, w, Tiny { block: b as usize, off: size, n: 1 }.pack()) {
@@ -657,9 +723,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         self.pages.lock().scavenge(&self.source, usize::MAX) * PAGE_BYTES
     }
 
-    /// Sets the dirty free memory kept before the scavenger releases pages
-    /// (default [`crate::pageheap::DEFAULT_RETAIN_BYTES`]; the budget is this or
-    /// `heap_inuse / RETAIN_INUSE_DIVISOR` (1/2), whichever is larger).
+    /// Sets the dirty free memory always kept before the scavenger releases
+    /// pages (default [`crate::pageheap::DEFAULT_RETAIN_BYTES`]); the
+    /// scavenger's allowance is this or the room under 1.5 times the recent
+    /// in-use peak, whichever is larger (see `pageheap`, "Scavenger policy").
     pub fn set_retain_bytes(&self, bytes: usize) {
         self.pages.lock().set_retain_bytes(bytes);
     }

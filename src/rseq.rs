@@ -17,10 +17,15 @@
 //! one fixed thread-pointer offset in every thread, so that case (and old
 //! kernels, seccomp filters, glibc < 2.35) falls back to the locked per-CPU path.
 //!
-//! Every section also fails (the caller takes its slow path) when the CPU's
-//! cache has its `stop` word set: a drain from another CPU sets it, then issues
-//! `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)` so that any section in
-//! flight on that CPU restarts and sees it.
+//! **Stopping a CPU.** A drain from another CPU needs the cache to itself. It
+//! sets the [`STOP`](crate::cache::STOP) bit in the length field of every stack
+//! word of that cache (and a stop mark in its tiny word), then issues
+//! `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)` so that every section in
+//! flight on that CPU restarts, and checks that the marks are still there (a
+//! section that read a word before the mark and committed after it overwrites
+//! the mark; then it marks and fences again). A marked length is at least
+//! `STOP`, above every capacity, so a pop sees it as "nothing to pop" and a push
+//! as "full": the sections need no separate stop check.
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicU8, Ordering};
@@ -31,69 +36,59 @@ pub const RSEQ_SIG: u32 = 0x5305_3053;
 /// Offsets in the kernel's `struct rseq`.
 const RSEQ_CPU_ID: usize = 4;
 
-/// One size class's view of the slabs, read by the critical sections. All
-/// fields are byte quantities except `count` and `cap`. Written once at set-up,
-/// before the heap publishes rseq mode.
-#[repr(C, align(64))]
+/// One size class's view of the slabs, read by the critical sections. Written
+/// once at set-up, before the heap publishes it. Descriptor 0 (class 0 has no
+/// stack) has `word` = CPU 0's cache itself and `cap` = 0; the word sections
+/// ([`load`], [`store_if`], [`add`]) use it.
+#[repr(C, align(32))]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ClassDesc {
     /// `__rseq_offset`: the rseq area's offset from the thread pointer.
     pub rseq_off: i64,
     /// Number of CPU caches; a CPU id at or above it fails the section.
-    pub count: u64,
+    pub count: u32,
+    /// Capacity of this class's stack.
+    pub cap: u32,
     /// Bytes between consecutive CPU caches.
     pub stride: u64,
-    /// Address of CPU 0's cache.
-    pub base: u64,
-    /// Offset of this class's stack word in a cache.
-    pub word_off: u64,
-    /// Offset of this class's first slot, minus `word_off`.
-    pub slots_minus_word: i64,
-    /// Capacity of this class's stack.
-    pub cap: u64,
-    _pad: u64,
+    /// Address of this class's stack word in CPU 0's cache; the stack's slots
+    /// follow the word (slot `i` at `word + 8 + 8 i`).
+    pub word: u64,
 }
 
 // Field offsets used by the assembly below (checked at compile time).
-const D_OFF: usize = 0;
 const D_COUNT: usize = 8;
+const D_CAP: usize = 12;
 const D_STRIDE: usize = 16;
-const D_BASE: usize = 24;
-const D_WORD: usize = 32;
-const D_SLOTS: usize = 40;
-const D_CAP: usize = 48;
+const D_WORD: usize = 24;
 const _: () = {
-    assert!(core::mem::offset_of!(ClassDesc, rseq_off) == D_OFF);
+    assert!(core::mem::offset_of!(ClassDesc, rseq_off) == 0);
     assert!(core::mem::offset_of!(ClassDesc, count) == D_COUNT);
-    assert!(core::mem::offset_of!(ClassDesc, stride) == D_STRIDE);
-    assert!(core::mem::offset_of!(ClassDesc, base) == D_BASE);
-    assert!(core::mem::offset_of!(ClassDesc, word_off) == D_WORD);
-    assert!(core::mem::offset_of!(ClassDesc, slots_minus_word) == D_SLOTS);
     assert!(core::mem::offset_of!(ClassDesc, cap) == D_CAP);
+    assert!(core::mem::offset_of!(ClassDesc, stride) == D_STRIDE);
+    assert!(core::mem::offset_of!(ClassDesc, word) == D_WORD);
+    assert!(core::mem::size_of::<ClassDesc>() == 32);
 };
 
-impl ClassDesc {
-    /// A descriptor for one class.
-    pub const fn new(rseq_off: i64, count: u64, stride: u64, base: u64, word_off: u64, slots_off: u64, cap: u64) -> Self {
-        ClassDesc { rseq_off, count, stride, base, word_off, slots_minus_word: slots_off as i64 - word_off as i64, cap, _pad: 0 }
-    }
-}
-
-/// The abort handler of a section: the kernel checks that the 4 bytes before
-/// `abort_ip` (label 7) are the signature, and has cleared `rseq_cs`, so the
-/// handler re-arms and restarts from label 2. Control never falls into it.
-macro_rules! rseq_abort {
+/// Opens the out-of-line part of a section (its own text section, off the hot
+/// path): the abort handler, preceded by the signature. The kernel checks
+/// that the 4 bytes before `abort_ip` (label 7) are `RSEQ_SIG` and has cleared
+/// `rseq_cs`, so the handler re-arms and restarts from label 2. The caller
+/// adds its failure exit (label 5) and closes with [`rseq_end!`].
+macro_rules! rseq_cold {
     () => {
-        concat!(".long 0x53053053\n", "7:\n", "jmp 2b\n")
+        concat!(".pushsection .text.unlikely.tieralloc_rseq, \"ax\", @progbits\n", ".long 0x53053053\n", "7:\n", "jmp 2b\n", "5:\n")
     };
 }
 
-/// The section's descriptor in `__rseq_cs`: `{ version 0, flags 0, start_ip
-/// (label 4), post_commit_offset (label 6 − label 4), abort_ip (label 7) }`,
-/// 32-byte aligned as the kernel requires; label 3 names it.
-macro_rules! rseq_descriptor {
+/// Closes the out-of-line part and emits the section's descriptor in
+/// `__rseq_cs`: `{ version 0, flags 0, start_ip (label 4), post_commit_offset
+/// (label 6 − label 4), abort_ip (label 7) }`, 32-byte aligned as the kernel
+/// requires; label 3 names it.
+macro_rules! rseq_end {
     () => {
         concat!(
+            ".popsection\n",
             ".pushsection __rseq_cs, \"aw\"\n",
             ".balign 32\n",
             "3:\n",
@@ -104,18 +99,18 @@ macro_rules! rseq_descriptor {
     };
 }
 
-const _: () = assert!(RSEQ_SIG == 0x5305_3053, "keep rseq_abort! in step with RSEQ_SIG");
+const _: () = assert!(RSEQ_SIG == 0x5305_3053, "keep rseq_cold! in step with RSEQ_SIG");
 
 // The sections below share one shape:
 //   2: arm   — point the rseq area's rseq_cs at this section's descriptor (label 3)
-//   4: start — read cpu_id, bounds-check it, find the cache, check `stop`
+//   4: start — read cpu_id, bounds-check it, find the class's stack word
 //      ...   — compute; writes only to free slots, which nobody reads yet
 //      commit — one store of the class's stack word
-//   6: end of the critical section (post-commit)
-//   7: abort handler, preceded by RSEQ_SIG: the kernel cleared rseq_cs, so re-arm (jump to 2)
-//   5: failure exit (stack empty/full, CPU stopped or out of range)
-// The descriptor (label 3) lives in section __rseq_cs: { version 0, flags 0,
-// start_ip, post_commit_offset, abort_ip }, 32-byte aligned as the kernel requires.
+//   6: end of the critical section (post-commit); success falls through
+//   out of line: RSEQ_SIG, 7: abort handler (re-arm: jump to 2),
+//                5: failure exit (stack empty/full/stopped, CPU out of range)
+// A stopped stack word (length ≥ STOP) fails both the "empty" test of a pop
+// (length − 1 ≥ cap) and the "full" test of a push (length ≥ cap).
 
 /// Pops the top object of the class's stack on the current CPU, counting one
 /// malloc in the same store (stack word: length in the low 16 bits, mallocs
@@ -140,29 +135,23 @@ pub unsafe fn pop(d: *const ClassDesc) -> *mut u8 {
             "mov qword ptr fs:[{off} + 8], {w}",
             "4:",
             "mov {t:e}, dword ptr fs:[{off} + {cpu}]",
-            "cmp {t}, qword ptr [{d} + {count}]",
+            "cmp {t:e}, dword ptr [{d} + {count}]",
             "jae 5f",
             "imul {t}, qword ptr [{d} + {stride}]",
-            "add {t}, qword ptr [{d} + {base}]",
-            "cmp qword ptr [{t}], 0",
-            "jne 5f",
             "add {t}, qword ptr [{d} + {word}]",
             "mov {w}, qword ptr [{t}]",
             "movzx {p:e}, {w:x}",
-            "test {p:e}, {p:e}",
-            "jz 5f",
-            "lea {p}, [{t} + {p} * 8 - 8]",
-            "add {p}, qword ptr [{d} + {slots}]",
-            "mov {p}, qword ptr [{p}]",
+            "dec {p:e}",
+            "cmp {p:e}, dword ptr [{d} + {cap}]",
+            "jae 5f",
+            "mov {p}, qword ptr [{t} + {p} * 8 + 8]",
             "add {w}, 0xffff",
             "mov qword ptr [{t}], {w}",
             "6:",
-            "jmp 8f",
-            rseq_abort!(),
-            "5:",
+            rseq_cold!(),
             "xor {p:e}, {p:e}",
-            "8:",
-            rseq_descriptor!(),
+            "jmp 6b",
+            rseq_end!(),
             d = in(reg) d,
             off = in(reg) off,
             t = out(reg) _,
@@ -170,10 +159,9 @@ pub unsafe fn pop(d: *const ClassDesc) -> *mut u8 {
             p = out(reg) p,
             cpu = const RSEQ_CPU_ID,
             count = const D_COUNT,
+            cap = const D_CAP,
             stride = const D_STRIDE,
-            base = const D_BASE,
             word = const D_WORD,
-            slots = const D_SLOTS,
             options(nostack),
         );
     }
@@ -187,11 +175,11 @@ pub unsafe fn pop(d: *const ClassDesc) -> *mut u8 {
 /// As [`pop`].
 #[inline(always)]
 pub unsafe fn push(d: *const ClassDesc, obj: *mut u8) -> bool {
-    let ok: u32;
     // SAFETY: as in `pop`.
     let off = unsafe { (*d).rseq_off };
     // SAFETY: as in `pop`; the slot write above the stack length is invisible
-    // until the commit store.
+    // until the commit store. The failure exit jumps straight to the caller's
+    // slow path (the `label` operand).
     unsafe {
         asm!(
             "2:",
@@ -199,48 +187,37 @@ pub unsafe fn push(d: *const ClassDesc, obj: *mut u8) -> bool {
             "mov qword ptr fs:[{off} + 8], {w}",
             "4:",
             "mov {t:e}, dword ptr fs:[{off} + {cpu}]",
-            "cmp {t}, qword ptr [{d} + {count}]",
+            "cmp {t:e}, dword ptr [{d} + {count}]",
             "jae 5f",
             "imul {t}, qword ptr [{d} + {stride}]",
-            "add {t}, qword ptr [{d} + {base}]",
-            "cmp qword ptr [{t}], 0",
-            "jne 5f",
             "add {t}, qword ptr [{d} + {word}]",
             "mov {w}, qword ptr [{t}]",
             "movzx {n:e}, {w:x}",
-            "cmp {n}, qword ptr [{d} + {cap}]",
+            "cmp {n:e}, dword ptr [{d} + {cap}]",
             "jae 5f",
-            "lea {n}, [{t} + {n} * 8]",
-            "add {n}, qword ptr [{d} + {slots}]",
-            "mov qword ptr [{n}], {obj}",
-            "add {w}, 1",
+            "mov qword ptr [{t} + {n} * 8 + 8], {obj}",
+            "inc {w}",
             "mov qword ptr [{t}], {w}",
             "6:",
-            "mov {ok:e}, 1",
-            "jmp 8f",
-            rseq_abort!(),
-            "5:",
-            "xor {ok:e}, {ok:e}",
-            "8:",
-            rseq_descriptor!(),
+            rseq_cold!(),
+            "jmp {fail}",
+            rseq_end!(),
             d = in(reg) d,
             off = in(reg) off,
             obj = in(reg) obj,
             t = out(reg) _,
             w = out(reg) _,
             n = out(reg) _,
-            ok = out(reg) ok,
             cpu = const RSEQ_CPU_ID,
             count = const D_COUNT,
-            stride = const D_STRIDE,
-            base = const D_BASE,
-            word = const D_WORD,
-            slots = const D_SLOTS,
             cap = const D_CAP,
+            stride = const D_STRIDE,
+            word = const D_WORD,
+            fail = label { return false; },
             options(nostack),
         );
     }
-    ok != 0
+    true
 }
 
 /// Pushes up to `n` objects from `src` onto the class's stack on the current
@@ -262,23 +239,20 @@ pub unsafe fn push_batch(d: *const ClassDesc, src: *const *mut u8, n: usize) -> 
             "4:",
             "mov {t}, qword ptr [{d}]",
             "mov {t:e}, dword ptr fs:[{t} + {cpu}]",
-            "cmp {t}, qword ptr [{d} + {count}]",
+            "cmp {t:e}, dword ptr [{d} + {count}]",
             "jae 5f",
             "imul {t}, qword ptr [{d} + {stride}]",
-            "add {t}, qword ptr [{d} + {base}]",
-            "cmp qword ptr [{t}], 0",
-            "jne 5f",
             "add {t}, qword ptr [{d} + {word}]",
             "mov {w}, qword ptr [{t}]",
             "movzx {i:e}, {w:x}",
-            "mov {k}, qword ptr [{d} + {cap}]",
+            "mov {k:e}, dword ptr [{d} + {cap}]",
             "sub {k}, {i}",
+            "jbe 5f",
             "cmp {k}, {n}",
             "cmova {k}, {n}",
             "test {k}, {k}",
             "jz 5f",
-            "lea {x}, [{t} + {i} * 8]",
-            "add {x}, qword ptr [{d} + {slots}]",
+            "lea {x}, [{t} + {i} * 8 + 8]",
             "xor {i:e}, {i:e}",
             "9:",
             "mov {y}, qword ptr [{src} + {i} * 8]",
@@ -289,12 +263,10 @@ pub unsafe fn push_batch(d: *const ClassDesc, src: *const *mut u8, n: usize) -> 
             "add {w}, {k}",
             "mov qword ptr [{t}], {w}",
             "6:",
-            "jmp 8f",
-            rseq_abort!(),
-            "5:",
+            rseq_cold!(),
             "xor {k:e}, {k:e}",
-            "8:",
-            rseq_descriptor!(),
+            "jmp 6b",
+            rseq_end!(),
             d = in(reg) d,
             src = in(reg) src,
             n = in(reg) n,
@@ -306,11 +278,9 @@ pub unsafe fn push_batch(d: *const ClassDesc, src: *const *mut u8, n: usize) -> 
             y = out(reg) _,
             cpu = const RSEQ_CPU_ID,
             count = const D_COUNT,
-            stride = const D_STRIDE,
-            base = const D_BASE,
-            word = const D_WORD,
-            slots = const D_SLOTS,
             cap = const D_CAP,
+            stride = const D_STRIDE,
+            word = const D_WORD,
             options(nostack),
         );
     }
@@ -336,23 +306,21 @@ pub unsafe fn pop_batch(d: *const ClassDesc, dst: *mut *mut u8, n: usize) -> usi
             "4:",
             "mov {t}, qword ptr [{d}]",
             "mov {t:e}, dword ptr fs:[{t} + {cpu}]",
-            "cmp {t}, qword ptr [{d} + {count}]",
+            "cmp {t:e}, dword ptr [{d} + {count}]",
             "jae 5f",
             "imul {t}, qword ptr [{d} + {stride}]",
-            "add {t}, qword ptr [{d} + {base}]",
-            "cmp qword ptr [{t}], 0",
-            "jne 5f",
             "add {t}, qword ptr [{d} + {word}]",
             "mov {w}, qword ptr [{t}]",
             "movzx {k:e}, {w:x}",
+            "cmp {k:e}, dword ptr [{d} + {cap}]",
+            "ja 5f",
             "cmp {k}, {n}",
             "cmova {k}, {n}",
             "test {k}, {k}",
             "jz 5f",
             "sub {w}, {k}",
             "movzx {x:e}, {w:x}",
-            "lea {x}, [{t} + {x} * 8]",
-            "add {x}, qword ptr [{d} + {slots}]",
+            "lea {x}, [{t} + {x} * 8 + 8]",
             "xor {i:e}, {i:e}",
             "9:",
             "mov {y}, qword ptr [{x} + {i} * 8]",
@@ -362,12 +330,10 @@ pub unsafe fn pop_batch(d: *const ClassDesc, dst: *mut *mut u8, n: usize) -> usi
             "jb 9b",
             "mov qword ptr [{t}], {w}",
             "6:",
-            "jmp 8f",
-            rseq_abort!(),
-            "5:",
+            rseq_cold!(),
             "xor {k:e}, {k:e}",
-            "8:",
-            rseq_descriptor!(),
+            "jmp 6b",
+            rseq_end!(),
             d = in(reg) d,
             dst = in(reg) dst,
             n = in(reg) n,
@@ -379,10 +345,9 @@ pub unsafe fn pop_batch(d: *const ClassDesc, dst: *mut *mut u8, n: usize) -> usi
             y = out(reg) _,
             cpu = const RSEQ_CPU_ID,
             count = const D_COUNT,
+            cap = const D_CAP,
             stride = const D_STRIDE,
-            base = const D_BASE,
             word = const D_WORD,
-            slots = const D_SLOTS,
             options(nostack),
         );
     }
@@ -390,10 +355,11 @@ pub unsafe fn pop_batch(d: *const ClassDesc, dst: *mut *mut u8, n: usize) -> usi
 }
 
 /// Reads the word at byte offset `field` of the current CPU's cache; returns
-/// the CPU index and the value (`None` if the CPU is out of range or stopped).
+/// the CPU index and the value (`None` if the CPU is out of range).
 ///
 /// # Safety
-/// As [`pop`]; `field` is the offset of an aligned `u64` inside a cache.
+/// As [`pop`]; `d` is descriptor 0 and `field` the offset of an aligned `u64`
+/// inside a cache.
 #[inline(always)]
 pub unsafe fn load(d: *const ClassDesc, field: usize) -> Option<(usize, u64)> {
     let cpu: usize;
@@ -410,22 +376,18 @@ pub unsafe fn load(d: *const ClassDesc, field: usize) -> Option<(usize, u64)> {
             "4:",
             "mov {t}, qword ptr [{d}]",
             "mov {c:e}, dword ptr fs:[{t} + {cpu}]",
-            "cmp {c}, qword ptr [{d} + {count}]",
+            "cmp {c:e}, dword ptr [{d} + {count}]",
             "jae 5f",
             "mov {t}, {c}",
             "imul {t}, qword ptr [{d} + {stride}]",
-            "add {t}, qword ptr [{d} + {base}]",
-            "cmp qword ptr [{t}], 0",
-            "jne 5f",
+            "add {t}, qword ptr [{d} + {word}]",
             "mov {v}, qword ptr [{t} + {f}]",
-            "6:",
             "mov {ok:e}, 1",
-            "jmp 8f",
-            rseq_abort!(),
-            "5:",
+            "6:",
+            rseq_cold!(),
             "xor {ok:e}, {ok:e}",
-            "8:",
-            rseq_descriptor!(),
+            "jmp 6b",
+            rseq_end!(),
             d = in(reg) d,
             f = in(reg) field,
             t = out(reg) _,
@@ -436,7 +398,7 @@ pub unsafe fn load(d: *const ClassDesc, field: usize) -> Option<(usize, u64)> {
             cpu = const RSEQ_CPU_ID,
             count = const D_COUNT,
             stride = const D_STRIDE,
-            base = const D_BASE,
+            word = const D_WORD,
             options(nostack, readonly),
         );
     }
@@ -448,14 +410,13 @@ pub unsafe fn load(d: *const ClassDesc, field: usize) -> Option<(usize, u64)> {
 }
 
 /// Stores `new` into the word at byte offset `field` of CPU `cpu`'s cache if
-/// the thread still runs on `cpu`, the cache is not stopped, and the word still
-/// holds `expected` (librseq's `cmpeqv_storev`). Returns whether it stored.
+/// the thread still runs on `cpu` and the word still holds `expected`
+/// (librseq's `cmpeqv_storev`). Returns whether it stored.
 ///
 /// # Safety
 /// As [`load`].
 #[inline(always)]
 pub unsafe fn store_if(d: *const ClassDesc, cpu: usize, field: usize, expected: u64, new: u64) -> bool {
-    let ok: u32;
     // SAFETY: as in `pop`; the single store is the commit.
     unsafe {
         asm!(
@@ -470,20 +431,14 @@ pub unsafe fn store_if(d: *const ClassDesc, cpu: usize, field: usize, expected: 
             "jne 5f",
             "mov {t}, {c}",
             "imul {t}, qword ptr [{d} + {stride}]",
-            "add {t}, qword ptr [{d} + {base}]",
-            "cmp qword ptr [{t}], 0",
-            "jne 5f",
+            "add {t}, qword ptr [{d} + {word}]",
             "cmp qword ptr [{t} + {f}], {e}",
             "jne 5f",
             "mov qword ptr [{t} + {f}], {n}",
             "6:",
-            "mov {ok:e}, 1",
-            "jmp 8f",
-            rseq_abort!(),
-            "5:",
-            "xor {ok:e}, {ok:e}",
-            "8:",
-            rseq_descriptor!(),
+            rseq_cold!(),
+            "jmp {fail}",
+            rseq_end!(),
             d = in(reg) d,
             c = in(reg) cpu,
             f = in(reg) field,
@@ -491,31 +446,137 @@ pub unsafe fn store_if(d: *const ClassDesc, cpu: usize, field: usize, expected: 
             n = in(reg) new,
             t = out(reg) _,
             w = out(reg) _,
-            ok = out(reg) ok,
             cpuf = const RSEQ_CPU_ID,
             stride = const D_STRIDE,
-            base = const D_BASE,
+            word = const D_WORD,
+            fail = label { return false; },
             options(nostack),
         );
     }
-    ok != 0
+    true
 }
 
-/// Adds `delta` to the word at byte offset `field` of the current CPU's cache.
-/// False if the CPU is out of range or stopped.
+/// Adds `delta` to the word at byte offset `field` of the current CPU's cache
+/// (the store is the commit). False if the CPU is out of range.
 ///
 /// # Safety
 /// As [`load`].
-#[inline]
+#[inline(always)]
 pub unsafe fn add(d: *const ClassDesc, field: usize, delta: u64) -> bool {
-    loop {
-        // SAFETY: forwarded.
-        let Some((cpu, v)) = (unsafe { load(d, field) }) else { return false };
-        // SAFETY: forwarded.
-        if unsafe { store_if(d, cpu, field, v, v.wrapping_add(delta)) } {
-            return true;
-        }
+    // SAFETY: as in `pop`; the single store is the commit.
+    unsafe {
+        asm!(
+            "2:",
+            "mov {t}, qword ptr [{d}]",
+            "lea {w}, [rip + 3f]",
+            "mov qword ptr fs:[{t} + 8], {w}",
+            "4:",
+            "mov {t}, qword ptr [{d}]",
+            "mov {t:e}, dword ptr fs:[{t} + {cpu}]",
+            "cmp {t:e}, dword ptr [{d} + {count}]",
+            "jae 5f",
+            "imul {t}, qword ptr [{d} + {stride}]",
+            "add {t}, qword ptr [{d} + {word}]",
+            "mov {w}, qword ptr [{t} + {f}]",
+            "add {w}, {delta}",
+            "mov qword ptr [{t} + {f}], {w}",
+            "6:",
+            rseq_cold!(),
+            "jmp {fail}",
+            rseq_end!(),
+            d = in(reg) d,
+            f = in(reg) field,
+            delta = in(reg) delta,
+            t = out(reg) _,
+            w = out(reg) _,
+            cpu = const RSEQ_CPU_ID,
+            count = const D_COUNT,
+            stride = const D_STRIDE,
+            word = const D_WORD,
+            fail = label { return false; },
+            options(nostack),
+        );
     }
+    true
+}
+
+/// Carves `size` bytes at alignment `amask + 1` from the current CPU's tiny
+/// block (the tiny word at byte offset `field`, packed as
+/// [`crate::cache::Tiny`]): bumps its offset and sub-object count with one
+/// commit store. Null if there is no block, it has no room (a stopped word
+/// never has), or the CPU is out of range.
+///
+/// # Safety
+/// As [`load`]; `field` is the tiny word's offset, `amask + 1` a power of two.
+#[inline(always)]
+pub unsafe fn carve(d: *const ClassDesc, field: usize, size: usize, amask: usize) -> *mut u8 {
+    let p: usize;
+    // SAFETY: as in `pop`; the single store of the new tiny word is the commit.
+    unsafe {
+        asm!(
+            "2:",
+            "mov {t}, qword ptr [{d}]",
+            "lea {w}, [rip + 3f]",
+            "mov qword ptr fs:[{t} + 8], {w}",
+            "4:",
+            "mov {t}, qword ptr [{d}]",
+            "mov {t:e}, dword ptr fs:[{t} + {cpu}]",
+            "cmp {t:e}, dword ptr [{d} + {count}]",
+            "jae 5f",
+            "imul {t}, qword ptr [{d} + {stride}]",
+            "add {t}, qword ptr [{d} + {word}]",
+            "mov {w}, qword ptr [{t} + {f}]",
+            // off = ((w >> 48) & 31) rounded up to the alignment; end = off + size
+            "mov {o}, {w}",
+            "shr {o}, 48",
+            "and {o:e}, 31",
+            "add {o}, {amask}",
+            "mov {x}, {amask}",
+            "not {x}",
+            "and {o}, {x}",
+            "lea {x}, [{o} + {size}]",
+            "cmp {x}, {tiny}",
+            "ja 5f",
+            // block = sign-extended low 48 bits; none → fail
+            "mov {p}, {w}",
+            "shl {p}, 16",
+            "jz 5f",
+            "sar {p}, 16",
+            // new = (w & (2^48 - 1)) | end << 48 | (n + 1) << 56
+            "shl {x}, 48",
+            "shr {w}, 56",
+            "inc {w}",
+            "shl {w}, 56",
+            "or {w}, {x}",
+            "mov {x}, {p}",
+            "shl {x}, 16",
+            "shr {x}, 16",
+            "or {w}, {x}",
+            "add {p}, {o}",
+            "mov qword ptr [{t} + {f}], {w}",
+            "6:",
+            rseq_cold!(),
+            "xor {p:e}, {p:e}",
+            "jmp 6b",
+            rseq_end!(),
+            d = in(reg) d,
+            f = in(reg) field,
+            size = in(reg) size,
+            amask = in(reg) amask,
+            t = out(reg) _,
+            w = out(reg) _,
+            o = out(reg) _,
+            x = out(reg) _,
+            p = out(reg) p,
+            cpu = const RSEQ_CPU_ID,
+            count = const D_COUNT,
+            stride = const D_STRIDE,
+            word = const D_WORD,
+            tiny = const crate::TINY_SIZE,
+            options(nostack),
+        );
+    }
+    p as *mut u8
 }
 
 // ------------------------------------------------------------------ set-up

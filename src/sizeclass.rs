@@ -228,6 +228,17 @@ pub const fn size_to_class(size: usize) -> SizeClass {
     }
 }
 
+/// [`size_to_class`] for `size <= SMALL_SIZE_MAX`, through a copy of
+/// [`SIZE_TO_CLASS8`] that each user crate instantiates (a `const`): the
+/// table is then addressed relative to the instruction pointer, not through
+/// the GOT as a static of another crate is in a position-independent binary.
+#[inline(always)]
+pub const fn size_to_class_small(size: usize) -> SizeClass {
+    const T: [u8; SIZE_TO_CLASS8_LEN] = generate_size_to_class8();
+    debug_assert!(size <= SMALL_SIZE_MAX);
+    SizeClass(T[size.div_ceil(SMALL_SIZE_DIV)])
+}
+
 /// The class for a request of `size` bytes at alignment `align` (a power of
 /// two): the smallest class whose size is `>= size` and a multiple of `align`,
 /// so that every object of it, at `span_base + i * size` with `span_base`

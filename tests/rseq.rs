@@ -102,6 +102,9 @@ fn stress(heap: &'static LinuxHeap, threads: usize, ops: usize) {
                         libc::syscall(libc::SYS_tgkill, libc::getpid(), t, libc::SIGUSR1);
                     }
                 }
+                // Drain every CPU's cache while the workers use them (rseq mode:
+                // stop marks and membarrier fences against live sections).
+                heap.scavenge();
                 thread::yield_now();
             }
         })
