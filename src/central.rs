@@ -10,14 +10,18 @@
 //!   span with the span's 64-bit alloc cache; when none is left a new span comes
 //!   from the page heap.
 //!
-//! A span becomes partial on its first object returned, and goes back to the
-//! page heap as soon as its last object is returned.
+//! A span becomes partial on its first object returned. When its last object is
+//! returned it goes back to the page heap — except one **empty span** per class,
+//! kept on the partial list, so that a program that frees and re-allocates a
+//! batch does not move a span to the page heap and back every time (the kept
+//! span costs at most one span's pages per class; `scavenge` returns it).
 //!
 //! Invariants (guarded by this class's lock):
 //! * every span on `partial` has `0 < free objects` and `list == Partial`; every
 //!   span on `full` has no free object and `list == Full`;
 //! * `transfer[..ntransfer]` are free objects of this class whose alloc bits are
-//!   still set; `ntransfer <= transfer_capacity(class)`.
+//!   still set; `ntransfer <= transfer_capacity(class)`;
+//! * `empty` is null or the one span on `partial` with no object allocated.
 //!
 //! Lock order: a CPU slot, then this lock, then the page heap lock.
 
@@ -29,12 +33,22 @@ use crate::sizeclass::SizeClass;
 use crate::source::PageSource;
 use crate::span::{ListId, Span, SpanList, SpanState};
 
-/// Slots of each class's transfer cache (the largest classes use fewer).
-pub const TRANSFER_SLOTS: usize = 4 * cache::MAX_CAPACITY / 2;
+/// Bytes of free objects a class's transfer cache is sized for: a batch of
+/// this size freed on one CPU and re-allocated (on any CPU) never touches the
+/// span bitmaps. Across the 67 classes this bounds the transfer caches to
+/// about 4.3 MiB of free objects, which `scavenge` returns.
+pub const TRANSFER_BYTES: usize = 64 * 1024;
 
-/// Transfer cache capacity of class `c`: four batches.
+/// Slots of each class's transfer cache (the larger classes use fewer).
+pub const TRANSFER_SLOTS: usize = 1024;
+
+/// Transfer cache capacity of class `c`: `TRANSFER_BYTES` of objects, at
+/// least four batches, at most `TRANSFER_SLOTS`.
 pub const fn transfer_capacity(c: usize) -> usize {
-    let n = 4 * cache::batch(c);
+    let mut n = TRANSFER_BYTES / crate::sizeclass::CLASSES[c].size as usize;
+    if n < 4 * cache::batch(c) {
+        n = 4 * cache::batch(c);
+    }
     if n > TRANSFER_SLOTS {
         TRANSFER_SLOTS
     } else {
@@ -58,6 +72,8 @@ pub struct Central {
     full: SpanList,
     transfer: [*mut u8; TRANSFER_SLOTS],
     ntransfer: usize,
+    /// The kept empty span (on `partial`), or null.
+    empty: *mut Span,
     /// Spans taken from and given back to the page heap.
     pub spans_made: u64,
     pub spans_freed: u64,
@@ -74,6 +90,7 @@ impl Central {
             full: SpanList::new(),
             transfer: [null_mut(); TRANSFER_SLOTS],
             ntransfer: 0,
+            empty: null_mut(),
             spans_made: 0,
             spans_freed: 0,
         }
@@ -116,6 +133,9 @@ impl Central {
                     self.partial.push(s);
                 }
             }
+            if s == self.empty {
+                self.empty = null_mut();
+            }
             // SAFETY: spans on our lists are live and guarded by our lock.
             let span = unsafe { &mut *s };
             while got < want {
@@ -152,12 +172,23 @@ impl Central {
         }
     }
 
-    /// Returns every object of the transfer cache to its span (for scavenging).
+    /// Returns every object of the transfer cache to its span, and every empty
+    /// span to the page heap (for scavenging).
     pub fn drain_transfer<S: PageSource, X: spin::RelaxStrategy>(&mut self, class: SizeClass, below: &Below<'_, S, X>) {
         while self.ntransfer > 0 {
             self.ntransfer -= 1;
             let p = self.transfer[self.ntransfer];
             self.give_back(class, p, below);
+        }
+        let s = core::mem::replace(&mut self.empty, null_mut());
+        if !s.is_null() {
+            // SAFETY: the kept span is on partial, live, with no object allocated.
+            unsafe {
+                self.partial.remove(s);
+                (*s).list = ListId::None;
+                self.spans_freed += 1;
+                below.heap.lock().free_span(below.source, NonNull::new_unchecked(s));
+            }
         }
     }
 
@@ -183,7 +214,9 @@ impl Central {
                 span.list = ListId::Partial;
                 self.partial.push(s);
             }
-            if span.alloc_count == 0 {
+            if span.alloc_count == 0 && self.empty.is_null() {
+                self.empty = s;
+            } else if span.alloc_count == 0 {
                 self.partial.remove(s);
                 span.list = ListId::None;
                 self.spans_freed += 1;
@@ -197,7 +230,12 @@ impl Central {
         for s in self.partial.iter() {
             // SAFETY: listed spans are live under the caller's lock.
             let span = unsafe { &*s };
-            assert!(span.class == class && span.list == ListId::Partial && !span.is_full() && span.alloc_count > 0, "partial span {:#x} of class {}", span.start, class.index());
+            assert!(
+                span.class == class && span.list == ListId::Partial && !span.is_full() && (span.alloc_count > 0 || s == self.empty),
+                "partial span {:#x} of class {}",
+                span.start,
+                class.index()
+            );
             span.check_invariants();
         }
         for s in self.full.iter() {
@@ -207,6 +245,8 @@ impl Central {
             span.check_invariants();
         }
         assert!(self.ntransfer <= transfer_capacity(class.index()));
+        // SAFETY: as above.
+        assert!(self.empty.is_null() || unsafe { (*self.empty).alloc_count == 0 && (*self.empty).list == ListId::Partial }, "kept empty span of class {}", class.index());
     }
 
     /// Iterates every span on both lists (for diagnostics).

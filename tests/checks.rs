@@ -28,6 +28,7 @@ use core::alloc::Layout;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use common::single_cpu_heap;
+use tieralloc::heap::Kind;
 use tieralloc::sizeclass::size_to_class;
 use tieralloc::{Heap, LockedSlots, MmapSource, SingleCpu, PAGE_BYTES};
 
@@ -367,7 +368,10 @@ mod with_checks {
     fn small_double_free_after_flush() {
         static HEAP: H1 = single_cpu_heap();
         let l = lay(64);
-        let objs: Vec<*mut u8> = (0..1000).map(|_| HEAP.allocate(l)).collect();
+        let Kind::Small(c) = Kind::of(64, 8) else { unreachable!() };
+        // Enough frees to fill the CPU stack and the transfer cache, then some.
+        let first = tieralloc::cache::capacity(c.index()) + tieralloc::central::transfer_capacity(c.index()) + 116;
+        let objs: Vec<*mut u8> = (0..first + 500).map(|_| HEAP.allocate(l)).collect();
         let p = objs[0];
         // A neighbour in p's span stays live, so the span stays.
         let keep = objs[1..]
@@ -381,14 +385,14 @@ mod with_checks {
             .filter(|&(i, _)| i != 0 && i != keep)
             .map(|(_, &o)| o)
             .collect();
-        // 128 fill the cache (capacity of 64 B), then 4 batches of 64 fill the
-        // transfer cache (256); later flushes go to the spans.
-        for &o in &others[..500] {
+        // 128 fill the cache (capacity of 64 B), then batches of 64 fill the
+        // transfer cache (1,024); later flushes go to the spans.
+        for &o in &others[..first] {
             unsafe { HEAP.deallocate(o, l) };
         }
         unsafe { HEAP.deallocate(p, l) };
         // p is among the 128 newest; 200 more frees flush it to its span.
-        for &o in &others[500..700] {
+        for &o in &others[first..first + 200] {
             unsafe { HEAP.deallocate(o, l) };
         }
         let msg = panic_message(|| unsafe { HEAP.deallocate(p, l) });
@@ -407,7 +411,7 @@ mod with_checks {
             "p should have left the caches: {msg}"
         );
         HEAP.check_invariants();
-        for &o in &others[700..] {
+        for &o in &others[first + 200..] {
             unsafe { HEAP.deallocate(o, l) };
         }
         unsafe { HEAP.deallocate(objs[keep], l) };
