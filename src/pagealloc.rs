@@ -476,6 +476,10 @@ impl ArenaPages {
             align_pages.is_power_of_two(),
             "pagealloc: alignment {align_pages} is not a power of two"
         );
+        if align_pages == 1 {
+            // Every start is aligned: plain first fit, no re-check of the run.
+            return self.find(n);
+        }
         let mut from = 0;
         loop {
             let s = self.find_from(n, from)?;
@@ -585,21 +589,39 @@ impl ArenaPages {
     /// those pages Ready before it takes a range. The range must lie inside the arena.
     pub fn released_runs(&self, start: usize, len: usize, mut f: impl FnMut(usize, usize)) {
         self.check_range(start, len);
-        let (alloc, scav, _) = self.parts();
-        let mut run: Option<(usize, usize)> = None;
-        for p in start..start + len {
-            let (w, b) = (p / WORD_PAGES, 1u64 << (p % WORD_PAGES));
-            if scav[w] & !alloc[w] & b != 0 {
-                run = match run {
-                    Some((s, n)) => Some((s, n + 1)),
-                    None => Some((p, 1)),
-                };
-            } else if let Some((s, n)) = run.take() {
-                f(s, n);
-            }
+        if len == 0 || self.released_pages == 0 {
+            return;
         }
-        if let Some((s, n)) = run {
-            f(s, n);
+        let (alloc, scav, _) = self.parts();
+        // A word at a time: the run being collected, `[lo, hi)`, grows upward
+        // across words; words with no free released page in the range cost one test.
+        let mut run: Option<(usize, usize)> = None;
+        for_each_word(start, len, |w, mask| {
+            let mut bits = scav[w] & !alloc[w] & mask;
+            let base = w * WORD_PAGES;
+            if bits == 0 {
+                if let Some((lo, hi)) = run.take() {
+                    f(lo, hi - lo);
+                }
+                return;
+            }
+            while bits != 0 {
+                let b = bits.trailing_zeros() as usize;
+                let k = (bits >> b).trailing_ones() as usize;
+                let (lo, hi) = (base + b, base + b + k);
+                run = match run {
+                    Some((plo, phi)) if phi == lo => Some((plo, hi)),
+                    Some((plo, phi)) => {
+                        f(plo, phi - plo);
+                        Some((lo, hi))
+                    }
+                    None => Some((lo, hi)),
+                };
+                bits &= !bit_range(b, k);
+            }
+        });
+        if let Some((lo, hi)) = run {
+            f(lo, hi - lo);
         }
     }
 
@@ -717,19 +739,38 @@ impl ArenaPages {
 
     /// Recompute the summaries over the words of `[start, start + n)` and their
     /// ancestors. `n >= 1`.
+    ///
+    /// Once the changed nodes of a level have narrowed to one node and that node's
+    /// summary comes out as it was, every ancestor's would too (a summary is a
+    /// function of its children only), so the walk stops there: an allocation
+    /// inside a long free run changes a few levels, not all of them.
     fn update(&mut self, start: usize, n: usize) {
         let nleaves = self.nleaves;
         let parts = self.parts_mut();
         let w0 = start / WORD_PAGES;
         let w1 = (start + n - 1) / WORD_PAGES;
+        let mut changed = false;
         for w in w0..=w1 {
-            parts.tree[nleaves + w] = Summary::of_word(parts.alloc[w]);
+            let sum = Summary::of_word(parts.alloc[w]);
+            changed |= parts.tree[nleaves + w] != sum;
+            parts.tree[nleaves + w] = sum;
+        }
+        if !changed {
+            return;
         }
         let (mut lo, mut hi) = ((nleaves + w0) / 2, (nleaves + w1) / 2);
         let mut child_len = WORD_PAGES;
         while lo >= 1 {
-            for i in lo..=hi {
-                parts.tree[i] = Summary::merge(parts.tree[2 * i], parts.tree[2 * i + 1], child_len);
+            if lo == hi {
+                let sum = Summary::merge(parts.tree[2 * lo], parts.tree[2 * lo + 1], child_len);
+                if parts.tree[lo] == sum {
+                    return;
+                }
+                parts.tree[lo] = sum;
+            } else {
+                for i in lo..=hi {
+                    parts.tree[i] = Summary::merge(parts.tree[2 * i], parts.tree[2 * i + 1], child_len);
+                }
             }
             lo /= 2;
             hi /= 2;
@@ -1376,6 +1417,18 @@ mod tests {
                     m.count_released(s, n),
                     "count_released op {op}"
                 );
+                let mut runs = Vec::new();
+                p.released_runs(s, n, |a, k| runs.push((a, k)));
+                let mut want: Vec<(usize, usize)> = Vec::new();
+                for i in s..s + n {
+                    if !m.used[i] && m.released[i] {
+                        match want.last_mut() {
+                            Some((a, k)) if *a + *k == i => *k += 1,
+                            _ => want.push((i, 1)),
+                        }
+                    }
+                }
+                assert_eq!(runs, want, "released_runs({s}, {n}) op {op}");
             }
 
             ns[7] = 1 + rng.below(npages);

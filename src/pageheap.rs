@@ -16,10 +16,53 @@
 //!   It is read without a lock; entries are published with release stores.
 //! * **Scavenger**: free pages are *dirty* (Ready) or *released* (Prepared,
 //!   given back through `PageSource::release`). New arena pages start released,
-//!   as in Go. When dirty free pages exceed the retained budget, the highest ones
-//!   are released first; [`PageHeap::scavenge`] releases everything
+//!   as in Go. After every free the scavenger compares the dirty free pages with
+//!   an *allowance* and, when they exceed it, releases the highest ones (see
+//!   "Scavenger policy" below); [`PageHeap::scavenge`] releases everything
 //!   (Go's `debug.FreeOSMemory`). Allocation is first fit over all free pages,
 //!   released ones included, so released memory is reused before the heap grows.
+//!
+//! ## Scavenger policy
+//!
+//! Releasing a dirty page costs a system call now and a page fault (with a
+//! zeroed page, or a whole zeroed huge page) when it is used again; keeping it
+//! costs memory. A page worth releasing is one the heap will not need again
+//! soon. The live heap of a churning program wanders: it dips and comes back,
+//! and the pages freed by a dip are exactly the ones the rebound needs. A budget
+//! tied to the *current* in-use size shrinks in the dip just when the dirty
+//! pages grow, so it releases the very pages that are faulted back moments
+//! later (the `churn-1m` benchmark, a ~70 MiB footprint, released and faulted
+//! back about 200 MiB per 100,000 operations this way). So the allowance follows the *recent peak* of the
+//! in-use heap, with "recent" measured in page-heap traffic (this is `no_std`:
+//! there is no clock, so, as jemalloc's decay ticks on allocator events, time
+//! here is pages allocated and freed):
+//!
+//! * **Epochs.** An epoch ends when the pages allocated plus pages freed since it
+//!   began reach the in-use size (at least [`MIN_EPOCH_PAGES`]): one turnover of
+//!   the live heap, roughly what Go's GC cycle is. The peak in-use size of each
+//!   of the last [`PEAK_EPOCHS`] epochs (and of the current one) is kept; the
+//!   recent peak `P` is their maximum. A heap that shrinks for good forgets its
+//!   old peak after `PEAK_EPOCHS` turnovers of its new size.
+//! * **Collapse.** A peak only counts while the heap is at least
+//!   1/[`PEAK_FOLLOW`] of it: `P' = min(P, inuse * PEAK_FOLLOW)`. A dip is a
+//!   fluctuation; losing more than half the heap is a phase change, and the
+//!   memory follows at once (freeing everything leaves only `retain`).
+//! * **Allowance.** Dirty free pages kept:
+//!   `allowance = max(retain, P' + P' / RETAIN_INUSE_DIVISOR - inuse)`, so the
+//!   Ready footprint (in use + dirty) stays within `1.5 * P'` or `inuse + retain`.
+//!   As `P' >= inuse`, this is never below the old budget `inuse / 2`.
+//! * **Hysteresis.** When dirty exceeds the allowance, release down to
+//!   `allowance - allowance / RELEASE_GAP_DIVISOR` (Go's `reduceExtra` goes a
+//!   little below its goal for the same reason), so a heap hovering at the limit
+//!   releases in batches of an eighth of the allowance instead of on every free.
+//! * **Which pages.** The highest dirty pages go first. Allocation is address
+//!   ordered first fit, so the low pages are the ones reused soonest and the high
+//!   ones the coldest; released pages therefore gather at the top, and first fit
+//!   takes the dirty pages below them before it reaches released ones.
+//!
+//! The allowance never holds back an explicit [`PageHeap::scavenge`], and the
+//! counters (`released_pages`, `scavenged_pages_total`) are moved only by the
+//! pages actually released or made Ready, so the statistics stay exact.
 //!
 //! Locking: everything in [`PageHeap`] is guarded by the heap lock (the
 //! `spin::Mutex` around it in [`crate::Heap`]); `&mut self` stands for it.
@@ -50,14 +93,103 @@ const L1_ENTRIES: usize = 1 << L1_BITS;
 const L2_ENTRIES: usize = 1 << L2_BITS;
 const ADDR_MASK: usize = (1 << ADDR_BITS) - 1;
 
-/// Retained dirty free memory below which the scavenger does nothing.
+/// Dirty free memory (bytes) the scavenger always keeps, whatever the heap's
+/// size: below this nothing is released (the `retain` of the allowance).
 pub const DEFAULT_RETAIN_BYTES: usize = 16 << 20;
 
-/// The scavenger also keeps dirty free pages up to `heap_inuse / RETAIN_INUSE_DIVISOR`:
-/// fragmentation holes of a busy heap are reused soon, and releasing them only to
-/// fault them back in costs far more than it saves (Go keeps about 10% over its
-/// heap goal, which is twice the live heap; jemalloc keeps dirty pages for seconds).
+/// The allowance keeps the Ready footprint within `P' * (1 + 1 / RETAIN_INUSE_DIVISOR)`,
+/// `P'` the recent peak of the in-use heap (see "Scavenger policy"): fragmentation
+/// holes of a busy heap are reused soon, and releasing them only to fault them back
+/// in costs far more than it saves (Go keeps about 10% over its heap goal, which is
+/// twice the live heap; jemalloc keeps dirty pages for seconds).
 pub const RETAIN_INUSE_DIVISOR: usize = 2;
+
+/// Epochs whose in-use peaks make up the recent peak (besides the current one):
+/// a lasting shrink is forgotten after this many turnovers of the smaller heap.
+/// `churn-1m` wanders by about a third of its heap over a few turnovers.
+pub const PEAK_EPOCHS: usize = 4;
+
+/// The recent peak counts only up to `PEAK_FOLLOW` times the current in-use size:
+/// a heap that lost more than `1 - 1/PEAK_FOLLOW` of its pages has changed phase,
+/// and its dirty pages go back right away.
+pub const PEAK_FOLLOW: usize = 2;
+
+/// Shortest epoch, in pages of traffic (allocated + freed): one chunk, 4 MiB, so
+/// that a tiny heap does not age its peak on every span.
+pub const MIN_EPOCH_PAGES: usize = CHUNK_PAGES;
+
+/// Once over the allowance, the scavenger releases down to
+/// `allowance - allowance / RELEASE_GAP_DIVISOR`: batches of 1/8 of the allowance.
+pub const RELEASE_GAP_DIVISOR: usize = 8;
+
+/// The scavenger's clock and memory of the recent in-use peak (see "Scavenger
+/// policy" in the module docs). All counts are in pages; guarded by the heap lock.
+///
+/// Invariant: `epoch_peak >= inuse` of the page heap at all times (it starts an
+/// epoch at the in-use size and only in-use growth raises it), so
+/// `recent_peak() >= inuse` too.
+#[derive(Clone, Copy, Debug)]
+pub struct Pacer {
+    /// Pages allocated plus pages freed since the current epoch began.
+    traffic: usize,
+    /// Highest in-use size in the current epoch.
+    epoch_peak: usize,
+    /// In-use peaks of the last `PEAK_EPOCHS` epochs (a ring; 0 before the heap has had that many).
+    past: [usize; PEAK_EPOCHS],
+    /// Slot of `past` the next finished epoch goes to.
+    next: usize,
+    /// Epochs finished (for tests and statistics).
+    epochs: u64,
+}
+
+impl Pacer {
+    pub const fn new() -> Self {
+        Pacer { traffic: 0, epoch_peak: 0, past: [0; PEAK_EPOCHS], next: 0, epochs: 0 }
+    }
+
+    /// Records `pages` of traffic (allocated or freed) after which `inuse` pages are in use.
+    #[inline]
+    pub fn tick(&mut self, pages: usize, inuse: usize) {
+        self.traffic = self.traffic.saturating_add(pages);
+        if inuse > self.epoch_peak {
+            self.epoch_peak = inuse;
+        }
+        if self.traffic >= inuse.max(MIN_EPOCH_PAGES) {
+            self.past[self.next] = self.epoch_peak;
+            self.next = (self.next + 1) % PEAK_EPOCHS;
+            self.epoch_peak = inuse;
+            self.traffic = 0;
+            self.epochs += 1;
+        }
+    }
+
+    /// Highest in-use size of the current epoch and the last `PEAK_EPOCHS`.
+    #[inline]
+    pub fn recent_peak(&self) -> usize {
+        self.past.iter().fold(self.epoch_peak, |m, &p| m.max(p))
+    }
+
+    /// Epochs finished so far.
+    pub fn epochs(&self) -> u64 {
+        self.epochs
+    }
+
+    /// Dirty free pages the scavenger keeps with `inuse` pages in use and a
+    /// retained floor of `retain` pages: `max(retain, P' + P' / RETAIN_INUSE_DIVISOR - inuse)`,
+    /// `P' = min(recent_peak, inuse * PEAK_FOLLOW)`.
+    #[inline]
+    pub fn allowance(&self, inuse: usize, retain: usize) -> usize {
+        let peak = self.recent_peak().max(inuse).min(inuse.saturating_mul(PEAK_FOLLOW));
+        let footprint = peak.saturating_add(peak / RETAIN_INUSE_DIVISOR);
+        retain.max(footprint - inuse)
+    }
+}
+
+impl Default for Pacer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 type SpanSlot = AtomicPtr<Span>;
 type L2 = [AtomicPtr<SpanSlot>; L2_ENTRIES];
@@ -172,9 +304,13 @@ pub struct PageHeap {
     /// Arenas sorted by `base`; `arenas[..narenas]` are live.
     arenas: [*mut Arena; MAX_ARENAS],
     narenas: usize,
-    /// Segment tree over arena slots: leaf `MAX_ARENAS + i` = longest free run of
-    /// arena `i` (0 for empty slots); inner node = max of its children.
+    /// Segment tree over arena slots, `tree_cap` leaves: leaf `tree_cap + i` =
+    /// longest free run of arena `i` (0 for empty slots); inner node `1..tree_cap`
+    /// = max of its children. Entries from `2 * tree_cap` on are unused.
     tree: [u32; 2 * MAX_ARENAS],
+    /// Leaves of `tree`: the smallest power of two `>= narenas` (at least 1), so a
+    /// heap of one arena walks no tree at all, one of a few arenas a level or two.
+    tree_cap: usize,
     spans: FixAlloc<Span>,
     tiny: FixAlloc<TinyCounts>,
     /// Pages of all arenas.
@@ -185,8 +321,10 @@ pub struct PageHeap {
     released_pages: usize,
     /// Bytes of arena metadata and page-map tables.
     meta_bytes: usize,
-    /// Dirty free memory kept before the scavenger starts releasing.
+    /// Dirty free memory always kept by the scavenger (the allowance's floor).
     retain_bytes: usize,
+    /// The scavenger's traffic clock and recent in-use peak.
+    pacer: Pacer,
     scavenged_pages_total: u64,
     pub large: LargeCounts,
 }
@@ -201,6 +339,7 @@ impl PageHeap {
             arenas: [null_mut(); MAX_ARENAS],
             narenas: 0,
             tree: [0; 2 * MAX_ARENAS],
+            tree_cap: 1,
             spans: FixAlloc::new(),
             tiny: FixAlloc::new(),
             sys_pages: 0,
@@ -208,15 +347,30 @@ impl PageHeap {
             released_pages: 0,
             meta_bytes: 0,
             retain_bytes: DEFAULT_RETAIN_BYTES,
+            pacer: Pacer::new(),
             scavenged_pages_total: 0,
             large: LargeCounts { mallocs: 0, frees: 0, live_bytes: 0 },
         }
     }
 
-    /// Sets how many bytes of dirty free pages are kept before releasing (the
-    /// budget is this or `heap_inuse / RETAIN_INUSE_DIVISOR`, whichever is larger).
+    /// Sets how many bytes of dirty free pages are always kept (the floor of the
+    /// scavenger's allowance, see [`PageHeap::dirty_allowance`]; `usize::MAX`: never
+    /// release on free).
     pub fn set_retain_bytes(&mut self, bytes: usize) {
         self.retain_bytes = bytes;
+    }
+
+    /// Dirty free pages the scavenger keeps now: `max(retain, P' * 3/2 - inuse)`
+    /// with `P'` the recent in-use peak clamped to twice the in-use size (see
+    /// "Scavenger policy" in the module docs). After every free, dirty free pages
+    /// are at most this.
+    pub fn dirty_allowance(&self) -> usize {
+        self.pacer.allowance(self.inuse_pages, self.retain_bytes / PAGE_BYTES)
+    }
+
+    /// The scavenger's clock and recent peak, for tests and statistics.
+    pub fn pacer(&self) -> &Pacer {
+        &self.pacer
     }
 
     fn arena(&self, slot: usize) -> &Arena {
@@ -224,13 +378,24 @@ impl PageHeap {
         unsafe { &*self.arenas[slot] }
     }
 
+    /// Recomputes arena `slot`'s leaf of the arena tree and its ancestors,
+    /// stopping as soon as a node keeps its value (then so do all above it). Most
+    /// spans leave their arena's longest free run unchanged, so this is usually
+    /// one comparison rather than `log2(tree_cap)` levels.
     fn update_leaf(&mut self, slot: usize) {
         let v = if slot < self.narenas { self.arena(slot).pages.max_free_run().min(u32::MAX as usize) as u32 } else { 0 };
-        let mut i = MAX_ARENAS + slot;
+        let mut i = self.tree_cap + slot;
+        if self.tree[i] == v {
+            return;
+        }
         self.tree[i] = v;
         while i > 1 {
             i /= 2;
-            self.tree[i] = self.tree[2 * i].max(self.tree[2 * i + 1]);
+            let m = self.tree[2 * i].max(self.tree[2 * i + 1]);
+            if self.tree[i] == m {
+                return;
+            }
+            self.tree[i] = m;
         }
     }
 
@@ -240,10 +405,10 @@ impl PageHeap {
             return None;
         }
         let mut i = 1;
-        while i < MAX_ARENAS {
+        while i < self.tree_cap {
             i = if self.tree[2 * i] as usize >= need { 2 * i } else { 2 * i + 1 };
         }
-        Some(i - MAX_ARENAS)
+        Some(i - self.tree_cap)
     }
 
     /// Takes a new arena from the source big enough for `npages` at `align_pages`.
@@ -308,7 +473,21 @@ impl PageHeap {
         for s in pos..self.narenas {
             // SAFETY: live arenas.
             unsafe { (*self.arenas[s]).slot = s };
-            self.update_leaf(s);
+        }
+        if self.narenas > self.tree_cap {
+            // Double the tree and build it afresh (O(arenas), once per doubling).
+            self.tree_cap *= 2;
+            let cap = self.tree_cap;
+            for s in 0..cap {
+                self.tree[cap + s] = if s < self.narenas { self.arena(s).pages.max_free_run().min(u32::MAX as usize) as u32 } else { 0 };
+            }
+            for i in (1..cap).rev() {
+                self.tree[i] = self.tree[2 * i].max(self.tree[2 * i + 1]);
+            }
+        } else {
+            for s in pos..self.narenas {
+                self.update_leaf(s);
+            }
         }
         self.sys_pages += arena_pages;
         self.released_pages += arena_pages;
@@ -344,6 +523,7 @@ impl PageHeap {
         let taken = a.pages.alloc_range(start, npages);
         self.released_pages -= taken.scavenged;
         self.inuse_pages += npages;
+        self.pacer.tick(npages, self.inuse_pages);
         self.update_leaf(slot);
         let needzero = taken.dirty > 0 || (taken.scavenged > 0 && !S::ZEROED);
         Some((slot, start, needzero))
@@ -355,6 +535,7 @@ impl PageHeap {
         let a = unsafe { &mut *self.arenas[slot] };
         a.pages.free_range(start, npages);
         self.inuse_pages -= npages;
+        self.pacer.tick(npages, self.inuse_pages);
         self.update_leaf(slot);
     }
 
@@ -424,7 +605,7 @@ impl PageHeap {
     }
 
     /// Returns a span's pages to the heap and its record to the pool, then lets
-    /// the scavenger trim the dirty free pages to the retained budget.
+    /// the scavenger trim the dirty free pages to its allowance.
     ///
     /// # Safety
     /// `span` came from this heap, is on no list, and nothing refers to its objects.
@@ -455,16 +636,17 @@ impl PageHeap {
         self.sys_pages - self.inuse_pages - self.released_pages
     }
 
-    /// Releases dirty free pages beyond the retained budget, highest first.
+    /// Releases dirty free pages beyond [`PageHeap::dirty_allowance`], highest
+    /// first, down to `allowance - allowance / RELEASE_GAP_DIVISOR` (the hysteresis
+    /// of "Scavenger policy").
     fn trim<S: PageSource>(&mut self, source: &S) {
         if !S::CAN_RELEASE {
             return;
         }
-        let budget = (self.retain_bytes / PAGE_BYTES).max(self.inuse_pages / RETAIN_INUSE_DIVISOR);
+        let allowance = self.dirty_allowance();
         let dirty = self.dirty_pages();
-        if dirty > budget {
-            // Go's reduceExtra: go a little below the budget so we do not release on every free.
-            let target = budget - budget / 16;
+        if dirty > allowance {
+            let target = allowance - allowance / RELEASE_GAP_DIVISOR;
             self.scavenge(source, dirty - target);
         }
     }
@@ -558,6 +740,7 @@ impl PageHeap {
             let taken = a.pages.alloc_range(start + old, extra);
             self.released_pages -= taken.scavenged;
             self.inuse_pages += extra;
+            self.pacer.tick(extra, self.inuse_pages);
             self.update_leaf(slot);
             // SAFETY: pages inside the arena; live span.
             unsafe {
@@ -597,7 +780,7 @@ impl PageHeap {
                 assert!(self.arena(slot - 1).base + self.arena(slot - 1).npages * PAGE_BYTES <= a.base, "arenas unsorted or overlapping");
             }
             a.pages.check_invariants();
-            assert_eq!(self.tree[MAX_ARENAS + slot] as usize, a.pages.max_free_run().min(u32::MAX as usize), "arena tree leaf stale");
+            assert_eq!(self.tree[self.tree_cap + slot] as usize, a.pages.max_free_run().min(u32::MAX as usize), "arena tree leaf stale");
             sys += a.npages;
             free += a.pages.free_pages();
             released += a.pages.released_pages();
@@ -605,7 +788,12 @@ impl PageHeap {
         assert_eq!(sys, self.sys_pages, "sys_pages");
         assert_eq!(sys - free, self.inuse_pages, "inuse_pages != pages not free");
         assert_eq!(released, self.released_pages, "released_pages");
-        for i in 1..MAX_ARENAS {
+        assert!(self.tree_cap.is_power_of_two() && self.narenas <= self.tree_cap && self.tree_cap <= MAX_ARENAS, "tree_cap {}", self.tree_cap);
+        assert!(self.tree_cap == 1 || self.narenas > self.tree_cap / 2, "tree_cap {} too big for {} arenas", self.tree_cap, self.narenas);
+        for slot in self.narenas..self.tree_cap {
+            assert_eq!(self.tree[self.tree_cap + slot], 0, "empty arena slot {slot} in the tree");
+        }
+        for i in 1..self.tree_cap {
             assert_eq!(self.tree[i], self.tree[2 * i].max(self.tree[2 * i + 1]), "arena tree node {i}");
         }
     }
@@ -675,4 +863,66 @@ pub fn tiny_counter(span: &Span, idx: usize) -> &AtomicU8 {
     debug_assert!(!t.is_null());
     // SAFETY: class-2 spans always carry counters for as long as they are live.
     unsafe { &(*t)[idx] }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Epochs end after one turnover of the in-use heap (at least MIN_EPOCH_PAGES).
+    #[test]
+    fn pacer_epoch_is_one_turnover() {
+        let mut p = Pacer::new();
+        let inuse = 4 * MIN_EPOCH_PAGES;
+        p.tick(inuse, inuse); // the heap filled: one turnover already
+        assert_eq!(p.epochs(), 1);
+        for _ in 0..3 {
+            p.tick(MIN_EPOCH_PAGES, inuse);
+        }
+        assert_eq!(p.epochs(), 1, "three quarters of a turnover");
+        p.tick(MIN_EPOCH_PAGES, inuse);
+        assert_eq!(p.epochs(), 2);
+        // A tiny heap still needs MIN_EPOCH_PAGES of traffic.
+        let mut q = Pacer::new();
+        q.tick(MIN_EPOCH_PAGES - 1, 1);
+        assert_eq!(q.epochs(), 0);
+        q.tick(1, 1);
+        assert_eq!(q.epochs(), 1);
+    }
+
+    /// The recent peak survives PEAK_EPOCHS further epochs, then is forgotten.
+    #[test]
+    fn pacer_forgets_peak_after_peak_epochs() {
+        let mut p = Pacer::new();
+        let (big, small) = (8 * MIN_EPOCH_PAGES, 5 * MIN_EPOCH_PAGES);
+        p.tick(big, big);
+        p.tick(big - small, small); // a dip, same epoch (traffic < big)
+        assert_eq!(p.recent_peak(), big);
+        let mut epochs = p.epochs();
+        let mut turnovers = 0;
+        while p.recent_peak() == big {
+            p.tick(small, small);
+            assert_eq!(p.epochs(), epochs + 1, "each tick of `small` pages is one epoch");
+            epochs += 1;
+            turnovers += 1;
+        }
+        assert_eq!(turnovers, PEAK_EPOCHS + 1);
+        assert_eq!(p.recent_peak(), small);
+    }
+
+    /// allowance = max(retain, P' * 3/2 - inuse), P' = min(peak, PEAK_FOLLOW * inuse).
+    #[test]
+    fn pacer_allowance() {
+        let mut p = Pacer::new();
+        p.tick(1000, 1000);
+        assert_eq!(p.recent_peak(), 1000);
+        assert_eq!(p.allowance(1000, 0), 500, "at the peak: the in-use share");
+        assert_eq!(p.allowance(1000, 800), 800, "the retained floor");
+        assert_eq!(p.allowance(600, 0), 900, "a dip keeps the peak's footprint");
+        assert_eq!(p.allowance(500, 0), 1000, "down to half the peak");
+        assert_eq!(p.allowance(400, 0), 800, "a collapse: the peak is clamped to twice in use");
+        assert_eq!(p.allowance(0, 7), 7, "nothing in use: only retain");
+        assert_eq!(p.allowance(0, usize::MAX), usize::MAX);
+        assert_eq!(p.allowance(2000, 0), 1000, "above the recorded peak");
+    }
 }

@@ -1300,19 +1300,22 @@ fn scavenge_across_arenas() {
     h.free_all();
 }
 
-/// The in-use share of the retained budget, as documented on
-/// `set_retain_bytes`: `max(retain, inuse / 8)`. (README.md says `heap_inuse / 2`.)
+/// The in-use share of the scavenger's allowance (`pageheap::RETAIN_INUSE_DIVISOR`).
 const INUSE_DIVISOR: usize = tieralloc::pageheap::RETAIN_INUSE_DIVISOR;
+/// The hysteresis of the scavenger (`pageheap::RELEASE_GAP_DIVISOR`).
+const GAP_DIVISOR: usize = tieralloc::pageheap::RELEASE_GAP_DIVISOR;
 
-/// Freeing lots of memory releases only what exceeds the retained budget,
-/// `max(retain, inuse / INUSE_DIVISOR)`, going a sixteenth below it, from the highest
-/// dirty pages.
+/// Freeing lots of memory releases only what exceeds the scavenger's allowance
+/// (`PageHeap::dirty_allowance`), going an eighth of it below, from the highest
+/// dirty pages; the allowance is never below `max(retain, inuse / INUSE_DIVISOR)`
+/// nor above `max(retain, peak * 3/2 - inuse)`, and is `retain` once nothing is in use.
 #[test]
 fn retained_budget() {
     let mut h = H::new(Rec64::new());
     let retain_pages = 512; // 4 MiB
     h.heap.set_retain_bytes(retain_pages * PAGE_BYTES);
     let mut spans: Vec<Sp> = (0..80).map(|_| h.take(64, 1)).collect(); // 40 MiB
+    let peak = 80 * 64;
     let mut rng = Rng(7);
     let mut released_any = false;
     while !spans.is_empty() {
@@ -1322,12 +1325,17 @@ fn retained_budget() {
         h.free(sp);
         let log = h.src.take_log();
         let inuse = h.stats().inuse as usize / PAGE_BYTES;
-        let budget = retain_pages.max(inuse / INUSE_DIVISOR);
+        let allowance = h.heap.dirty_allowance();
+        assert!(allowance >= retain_pages.max(inuse / INUSE_DIVISOR), "allowance {allowance} inuse {inuse}");
+        assert!(
+            allowance <= retain_pages.max(peak + peak / INUSE_DIVISOR - inuse),
+            "allowance {allowance} inuse {inuse}"
+        );
         let dirty = dirty_before + sp.npages;
         let rel = releases(&log);
-        if dirty > budget {
-            let target = budget - budget / 16;
-            assert_eq!(h.dirty_pages(), target, "trimmed to just below the budget: dirty_before {dirty_before} inuse {inuse} budget {budget} rel {rel:x?}");
+        if dirty > allowance {
+            let target = allowance - allowance / GAP_DIVISOR;
+            assert_eq!(h.dirty_pages(), target, "trimmed to an eighth below the allowance: dirty_before {dirty_before} inuse {inuse} allowance {allowance} rel {rel:x?}");
             assert_eq!(
                 rel.iter().map(|r| r.1).sum::<usize>(),
                 (dirty - target) * PAGE_BYTES
@@ -1349,12 +1357,14 @@ fn retained_budget() {
             }
             released_any = true;
         } else {
-            assert_eq!(rel, [], "released within the budget");
+            assert_eq!(rel, [], "released within the allowance");
             assert_eq!(h.dirty_pages(), dirty);
         }
-        assert!(h.dirty_pages() <= budget);
+        assert!(h.dirty_pages() <= allowance);
     }
     assert!(released_any);
+    assert_eq!(h.heap.dirty_allowance(), retain_pages, "nothing in use: only retain is kept");
+    assert!(h.dirty_pages() <= retain_pages);
 
     // An unlimited budget: nothing is ever released.
     h.heap.set_retain_bytes(usize::MAX);
@@ -1365,24 +1375,23 @@ fn retained_budget() {
     }
     assert_eq!(releases(&h.src.take_log()), []);
 
-    // No budget: every free releases everything dirty.
+    // No budget: the in-use share still keeps a little while spans are live,
+    // and the last free releases everything dirty.
     h.heap.set_retain_bytes(0);
     let spans: Vec<Sp> = (0..10).map(|_| h.take(64, 1)).collect();
     for sp in spans {
         h.free(sp);
-        // inuse/8 still keeps a little while spans are live.
-        let budget = (h.stats().inuse as usize / PAGE_BYTES) / INUSE_DIVISOR;
-        assert!(h.dirty_pages() <= budget);
+        assert!(h.dirty_pages() <= h.heap.dirty_allowance());
     }
     assert_eq!(h.dirty_pages(), 0);
 }
 
-/// The in-use term of the budget: a big live heap keeps a share of itself dirty.
+/// The in-use term of the allowance: a big live heap keeps a share of itself dirty.
 #[test]
 fn retained_budget_scales_with_inuse() {
     let mut h = H::new(Rec64::new());
     h.heap.set_retain_bytes(0);
-    let keep = h.large(48 * MIB, 8); // 6144 pages in use: budget 6144 / INUSE_DIVISOR pages
+    let keep = h.large(48 * MIB, 8); // 6144 pages in use: at least 6144 / INUSE_DIVISOR kept
     let spans: Vec<Sp> = (0..8).map(|_| h.take(64, 1)).collect(); // 512 pages
     h.src.take_log();
     for sp in spans {
@@ -1395,7 +1404,7 @@ fn retained_budget_scales_with_inuse() {
     );
     assert_eq!(h.dirty_pages(), 512);
     h.free(keep);
-    // Now in use is 0 and the budget 0: all released.
+    // Now in use is 0 and the allowance 0: all released.
     assert_eq!(h.dirty_pages(), 0);
 }
 

@@ -1,0 +1,364 @@
+//! The scavenger's policy at the page-heap level (`pageheap` module docs,
+//! "Scavenger policy"), over [`Counting`], a source that forwards to
+//! [`MmapSource`] and counts the bytes made Ready and released, so a test can
+//! see every release and every re-fault (a `ready` of released pages).
+//!
+//! * a steady churn stops releasing and re-readying pages once warm;
+//! * a dip of the live heap and its rebound reuse the dirty pages;
+//! * a collapse of the live heap releases at once, down to the retained floor;
+//! * an explicit `scavenge(usize::MAX)` still releases every free page, and the
+//!   heap's `released` count matches the source's view exactly.
+#![cfg(feature = "linux")]
+
+use core::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use tieralloc::pageheap::{
+    PageHeap, PageMap, PEAK_FOLLOW, RELEASE_GAP_DIVISOR, RETAIN_INUSE_DIVISOR,
+};
+use tieralloc::source::Exhausted;
+use tieralloc::span::{Span, SpanState};
+use tieralloc::{MmapSource, PageSource, PAGE_BYTES};
+
+const MIB: usize = 1 << 20;
+
+/// [`MmapSource`] with counters: bytes committed (arenas start Prepared), made
+/// Ready and released, and calls of `ready` and `release`.
+struct Counting {
+    inner: MmapSource,
+    committed: AtomicUsize,
+    ready_bytes: AtomicUsize,
+    released_bytes: AtomicUsize,
+    ready_calls: AtomicUsize,
+    release_calls: AtomicUsize,
+}
+
+impl Counting {
+    fn new() -> Self {
+        Counting {
+            inner: MmapSource::new(),
+            committed: AtomicUsize::new(0),
+            ready_bytes: AtomicUsize::new(0),
+            released_bytes: AtomicUsize::new(0),
+            ready_calls: AtomicUsize::new(0),
+            release_calls: AtomicUsize::new(0),
+        }
+    }
+
+    /// (ready calls, release calls) so far.
+    fn calls(&self) -> (usize, usize) {
+        (
+            self.ready_calls.load(Relaxed),
+            self.release_calls.load(Relaxed),
+        )
+    }
+
+    /// Arena bytes the source holds Prepared now: committed, less made Ready,
+    /// plus released again.
+    fn prepared(&self) -> usize {
+        self.committed.load(Relaxed) - self.ready_bytes.load(Relaxed)
+            + self.released_bytes.load(Relaxed)
+    }
+}
+
+// SAFETY: every method forwards to `MmapSource` with the caller's arguments
+// (keeping its promises) and only adds relaxed counter updates, which do not
+// allocate.
+unsafe impl PageSource for Counting {
+    const PAGE_SIZE: usize = MmapSource::PAGE_SIZE;
+    const ARENA_BYTES: usize = MmapSource::ARENA_BYTES;
+    const ZEROED: bool = MmapSource::ZEROED;
+    const CAN_RELEASE: bool = MmapSource::CAN_RELEASE;
+
+    fn reserve(&self, bytes: usize, align: usize) -> Option<NonNull<u8>> {
+        self.inner.reserve(bytes, align)
+    }
+    unsafe fn commit(&self, addr: NonNull<u8>, bytes: usize) -> Result<(), Exhausted> {
+        // SAFETY: forwarded from the caller.
+        let r = unsafe { self.inner.commit(addr, bytes) };
+        if r.is_ok() {
+            self.committed.fetch_add(bytes, Relaxed);
+        }
+        r
+    }
+    unsafe fn ready(&self, addr: NonNull<u8>, bytes: usize) -> Result<(), Exhausted> {
+        // SAFETY: forwarded from the caller.
+        let r = unsafe { self.inner.ready(addr, bytes) };
+        if r.is_ok() {
+            self.ready_bytes.fetch_add(bytes, Relaxed);
+            self.ready_calls.fetch_add(1, Relaxed);
+        }
+        r
+    }
+    unsafe fn release(&self, addr: NonNull<u8>, bytes: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.inner.release(addr, bytes) };
+        self.released_bytes.fetch_add(bytes, Relaxed);
+        self.release_calls.fetch_add(1, Relaxed);
+    }
+    unsafe fn hugepage(&self, addr: NonNull<u8>, bytes: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.inner.hugepage(addr, bytes) }
+    }
+    unsafe fn fault(&self, addr: NonNull<u8>, bytes: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.inner.fault(addr, bytes) }
+    }
+    unsafe fn free(&self, addr: NonNull<u8>, bytes: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.inner.free(addr, bytes) }
+    }
+    fn alloc(&self, bytes: usize) -> Option<NonNull<u8>> {
+        self.inner.alloc(bytes)
+    }
+}
+
+/// xorshift64*.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n as u64) as usize
+    }
+    /// talc's skew, in pages: `rand(1..rand(2..max))`.
+    fn skew(&mut self, max: usize) -> usize {
+        let hi = 2 + self.below(max - 1);
+        1 + self.below(hi)
+    }
+}
+
+/// A page heap over [`Counting`] with the spans a test holds.
+struct H {
+    src: Counting,
+    heap: Box<PageHeap>,
+    map: Box<PageMap>,
+    /// Highest in-use page count seen.
+    peak: usize,
+}
+
+impl H {
+    fn new(retain_bytes: usize) -> H {
+        let mut heap = Box::new(PageHeap::new());
+        heap.set_retain_bytes(retain_bytes);
+        H {
+            src: Counting::new(),
+            heap,
+            map: Box::new(PageMap::new()),
+            peak: 0,
+        }
+    }
+
+    fn alloc(&mut self, npages: usize) -> NonNull<Span> {
+        let s = self
+            .heap
+            .alloc_span(&self.src, &self.map, npages, 1, SpanState::Manual)
+            .expect("alloc_span");
+        // Touch both ends, as a program would.
+        // SAFETY: a fresh span of `npages` Ready pages, ours.
+        unsafe {
+            let p = s.as_ref().start as *mut u8;
+            p.write_volatile(1);
+            p.add(npages * PAGE_BYTES - 1).write_volatile(2);
+        }
+        self.peak = self.peak.max(self.inuse());
+        s
+    }
+
+    fn free(&mut self, s: NonNull<Span>) {
+        // SAFETY: a live span of this heap, handed back.
+        unsafe { self.heap.free_span(&self.src, s) };
+        self.check();
+    }
+
+    fn inuse(&self) -> usize {
+        self.heap.stats().inuse as usize / PAGE_BYTES
+    }
+
+    fn dirty(&self) -> usize {
+        let st = self.heap.stats();
+        (st.sys - st.inuse - st.released) as usize / PAGE_BYTES
+    }
+
+    /// After a free: dirty within the allowance, the allowance within its
+    /// documented bounds, and the heap's released count equal to the source's.
+    fn check(&self) {
+        let st = self.heap.stats();
+        assert_eq!(
+            st.released as usize,
+            self.src.prepared(),
+            "heap_released vs the source's Prepared bytes"
+        );
+        let inuse = self.inuse();
+        let allowance = self.heap.dirty_allowance();
+        assert!(
+            self.dirty() <= allowance,
+            "dirty {} over allowance {allowance}",
+            self.dirty()
+        );
+        assert!(allowance >= inuse / RETAIN_INUSE_DIVISOR);
+        let p = self.peak.min(inuse * PEAK_FOLLOW);
+        assert!(
+            allowance
+                <= self
+                    .retain_pages()
+                    .max(p + p / RETAIN_INUSE_DIVISOR - inuse),
+            "allowance {allowance}: inuse {inuse} peak {}",
+            self.peak
+        );
+    }
+
+    fn retain_pages(&self) -> usize {
+        RETAIN / PAGE_BYTES
+    }
+}
+
+/// The retained floor of these tests: small, so the in-use share decides.
+const RETAIN: usize = MIB;
+
+/// 200 live spans of skewed sizes up to 128 pages (1 MiB), each step freeing
+/// one at random and allocating a new one: once warm, the heap neither releases
+/// nor re-readies a single page, and its footprint stays within 3/2 of the peak.
+/// (With an allowance of `inuse / 2`, this released its heap's worth of pages
+/// every few thousand steps.)
+#[test]
+fn steady_churn_stops_releasing() {
+    let mut h = H::new(RETAIN);
+    let mut rng = Rng(0x5eed);
+    let mut live: Vec<NonNull<Span>> = (0..200).map(|_| h.alloc(rng.skew(128))).collect();
+    let step = |h: &mut H, rng: &mut Rng, live: &mut Vec<NonNull<Span>>| {
+        let i = rng.below(live.len());
+        h.free(live[i]);
+        live[i] = h.alloc(rng.skew(128));
+    };
+    for _ in 0..20_000 {
+        step(&mut h, &mut rng, &mut live);
+    }
+    let before = h.src.calls();
+    let st0 = h.heap.stats();
+    for _ in 0..20_000 {
+        step(&mut h, &mut rng, &mut live);
+        let foot = h.inuse() + h.dirty();
+        assert!(
+            foot <= h.peak + h.peak / RETAIN_INUSE_DIVISOR,
+            "footprint {foot} pages, peak in use {}",
+            h.peak
+        );
+    }
+    let after = h.src.calls();
+    let st1 = h.heap.stats();
+    println!("warm churn: (ready, release) calls {before:?} -> {after:?}; {st1:?}");
+    assert_eq!(after, before, "a warm churn released or re-readied pages");
+    assert_eq!(st1.scavenged_total, st0.scavenged_total);
+    assert!(
+        h.heap.pacer().epochs() > 100,
+        "the clock ran: {} epochs",
+        h.heap.pacer().epochs()
+    );
+
+    // Free everything: the heap collapsed, so all but the retained floor goes back.
+    for s in live.drain(..) {
+        h.free(s);
+    }
+    assert_eq!(h.inuse(), 0);
+    assert!(
+        h.dirty() <= RETAIN / PAGE_BYTES,
+        "dirty {} after freeing everything",
+        h.dirty()
+    );
+    assert_eq!(h.heap.dirty_allowance(), RETAIN / PAGE_BYTES);
+
+    // An explicit scavenge releases every free page, exactly accounted.
+    let dirty = h.dirty();
+    assert_eq!(h.heap.scavenge(&h.src, usize::MAX), dirty);
+    let st = h.heap.stats();
+    assert_eq!(st.released, st.sys, "{st:?}");
+    assert_eq!(st.released as usize, h.src.prepared());
+    h.heap.check_invariants();
+}
+
+/// The live heap dips by two fifths and comes back: the pages freed by the dip are
+/// kept dirty and the rebound reuses them (no release, no ready), although the
+/// dirty pages then exceed half the in-use heap.
+#[test]
+fn dip_and_rebound_reuse_dirty_pages() {
+    let mut h = H::new(RETAIN);
+    let mut spans: Vec<NonNull<Span>> = (0..96).map(|_| h.alloc(64)).collect(); // 48 MiB
+    let before = h.src.calls();
+    for _ in 0..3 {
+        // Free two spans in five (scattered), then refill.
+        let mut kept = Vec::new();
+        let mut freed = 0;
+        for (i, s) in spans.drain(..).enumerate() {
+            if i % 5 < 2 {
+                h.free(s);
+                freed += 1;
+            } else {
+                kept.push(s);
+            }
+        }
+        assert!(
+            h.dirty() > h.inuse() / RETAIN_INUSE_DIVISOR,
+            "the dip is deeper than the old budget"
+        );
+        for _ in 0..freed {
+            kept.push(h.alloc(64));
+        }
+        spans = kept;
+    }
+    assert_eq!(
+        h.src.calls(),
+        before,
+        "the dip released pages that the rebound faulted back"
+    );
+    for s in spans {
+        h.free(s);
+    }
+    h.heap.scavenge(&h.src, usize::MAX);
+    h.heap.check_invariants();
+}
+
+/// A lasting shrink to just above half the heap (no collapse) is forgotten
+/// after a few turnovers of the smaller heap: the allowance falls back to the
+/// in-use share, in batches of an eighth of it.
+#[test]
+fn lasting_shrink_is_forgotten() {
+    let mut h = H::new(RETAIN);
+    let mut spans: Vec<NonNull<Span>> = (0..128).map(|_| h.alloc(64)).collect(); // 64 MiB
+                                                                                 // Keep 70 spans (55%): not a collapse.
+    for s in spans.drain(70..) {
+        h.free(s);
+    }
+    let inuse = h.inuse();
+    assert_eq!(h.dirty(), 58 * 64, "a dip is kept");
+    // Churn the smaller heap in place: each step frees and reallocates one span.
+    let calls = h.src.calls();
+    for i in 0..(2 + tieralloc::pageheap::PEAK_EPOCHS) * 70 {
+        let k = i % spans.len();
+        h.free(spans[k]);
+        spans[k] = h.alloc(64);
+    }
+    assert_eq!(h.inuse(), inuse);
+    let allowance = h.heap.dirty_allowance();
+    assert_eq!(
+        allowance,
+        (RETAIN / PAGE_BYTES).max(inuse / RETAIN_INUSE_DIVISOR),
+        "the old peak is forgotten"
+    );
+    assert!(h.dirty() <= allowance);
+    // Released in one batch to 7/8 of the allowance (on a free), less the span
+    // allocated since from the dirty pages.
+    assert!(
+        h.dirty() + 64 >= allowance - allowance / RELEASE_GAP_DIVISOR,
+        "dirty {} allowance {allowance}",
+        h.dirty()
+    );
+    assert_ne!(h.src.calls().1, calls.1, "the shrink was released");
+    for s in spans {
+        h.free(s);
+    }
+    h.heap.scavenge(&h.src, usize::MAX);
+    h.heap.check_invariants();
+}
