@@ -4,6 +4,7 @@
 //!
 //! Every test has a heap of its own (a `static`), so the statistics are exact.
 //! Allocation failure must come back as null: never a panic or an abort.
+#![cfg(feature = "linux")]
 
 mod common;
 

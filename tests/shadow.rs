@@ -12,6 +12,7 @@
 //! exact. Several CPUs are simulated in one thread by a thread-local slot index
 //! read by the `LockedSlots` mapping; the multi-CPU variants switch it between
 //! operations, so objects allocated "on CPU 0" are freed "on CPU 3".
+#![cfg(feature = "linux")]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! Quick end-to-end smoke test of the whole stack over mmap.
+#![cfg(feature = "linux")]
 use core::alloc::Layout;
 use tieralloc::{Heap, LockedSlots, MmapSource};
 
