@@ -53,7 +53,9 @@ fn many_boxes_long_and_short_lived() {
 }
 
 /// Four CPUs allocate and free concurrently; a quarter of the objects are freed
-/// by another CPU; every object's contents are checked when freed.
+/// by another CPU; every object's contents are checked when freed. Then CPU 0
+/// drains the other CPUs' caches while they work, and checks that owner and
+/// remote sections of a CPU slot never overlap.
 #[test]
 fn four_cpu_stress_with_cross_cpu_frees() {
     let img = &images().default;
@@ -62,6 +64,9 @@ fn four_cpu_stress_with_cross_cpu_frees() {
     let line = r.log.lines().find(|l| l.starts_with("stress: ") && l.contains("cross-CPU frees,"));
     let line = line.unwrap_or_else(|| panic!("no summary line:\n{}", r.log));
     assert!(!line.contains(" 0 cross-CPU frees"), "{line}");
+    // Remote drains (CPU 0 scavenging busy CPUs' caches) and the slot-exclusion
+    // check of the kernel's owner/remote protocol (percpu::KernelCpu).
+    r.expect_line("stress: remote drains under load:").expect_line("no update lost: yes");
 }
 
 /// At a small -m the heap runs out of frames: allocations return null, the

@@ -177,8 +177,13 @@ extern "C" fn dispatch(f: &mut Frame) {
             crate::smp::lapic_eoi();
         }
         VEC_WAKE => crate::smp::lapic_eoi(),
-        // NMI: a TLB shootdown request (taken even with interrupts off; no EOI).
-        2 => crate::smp::poll_shootdown(),
+        // NMI: a TLB shootdown request or a heap slot's remote fence (taken even
+        // with interrupts off; no EOI). The ack comes first: a locked RMW, the
+        // serialising point `percpu::KernelCpu`'s remote side waits for.
+        2 => {
+            percpu::nmi_ack();
+            crate::smp::poll_shootdown();
+        }
         VEC_SPURIOUS => {}
         14 => page_fault(f),
         _ => fatal(f, ""),

@@ -6,10 +6,35 @@
 //! may be sparse and are kept in the block. `gs:[8]` holds the index, so
 //! reading it is one instruction that migration cannot split (there is no
 //! migration here anyway: one kernel thread per CPU).
+//!
+//! ## The heap's per-CPU exclusivity without atomics or flag reads
+//!
+//! Every heap operation enters a section of its CPU's slot
+//! ([`tieralloc::Cpu::with_current`]); under QEMU TCG a `pushfq` (a helper call
+//! that materialises RFLAGS) and a `lock cmpxchg` (an out-of-line atomic helper
+//! with its own TLB walk) made that entry cost more than the cache operation
+//! itself. [`KernelCpu`] enters with plain GS-relative moves instead:
+//!
+//! * **Interrupts**: the block keeps `irq_may_be_on`, a shadow of RFLAGS.IF that
+//!   is 1 whenever IF may be 1 (set before the only `sti` of the kernel, in
+//!   [`enable_and_hlt`], cleared after its `cli`). The kernel runs all its work
+//!   with IF = 0, so the section only checks the shadow; the `pushfq`/`cli` path
+//!   remains for the case where it is 1.
+//! * **Owner vs. remote**: slot `i` is entered by its own CPU (the *owner*: every
+//!   `with_current`, and `with_slot(i)` on CPU `i`) or by another CPU (a *remote*:
+//!   `with_slot`/`acquire_slot` for drains by `Heap::scavenge`/`stats`). The
+//!   owner announces itself with a plain store (`busy = 1`) and then reads
+//!   `remote`; a remote serialises with other remotes through the slot's lock,
+//!   sets `remote = 1`, and then makes the owner CPU execute a serialising
+//!   point — an NMI whose handler acknowledges with a locked increment
+//!   ([`nmi_ack`]) — before it reads `busy` and waits for 0. This is the
+//!   asymmetric Dekker protocol of Linux's `membarrier`: the owner's fast path
+//!   needs no fence because the rare remote side pays for one on the owner's
+//!   behalf. See [`KernelCpu`] for the argument.
 
 use core::arch::asm;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{compiler_fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use tieralloc::cpu::{RelaxStrategy, SlotLock};
 use tieralloc::Cpu;
@@ -28,6 +53,22 @@ pub struct PerCpu {
     self_ptr: UnsafeCell<u64>,
     /// `gs:[8]`: the dense CPU index.
     index: UnsafeCell<u64>,
+    /// `gs:[16]`: 1 while this CPU is inside a section of its own heap slot
+    /// (owner side of [`KernelCpu`]). Written only by this CPU (plain stores),
+    /// read by remotes.
+    busy: AtomicU8,
+    _pad: u8,
+    /// `gs:[18]`: 1 whenever RFLAGS.IF may be 1 on this CPU (invariant: IF = 1
+    /// ⇒ `irq_may_be_on` = 1). Written only by this CPU, by [`enable_and_hlt`].
+    irq_may_be_on: AtomicU8,
+    /// `gs:[19]`: 1 while another CPU holds this CPU's heap slot (remote side
+    /// of [`KernelCpu`]); written only by the holder of `slot_lock`. The owner
+    /// reads it and `irq_may_be_on` as one aligned 16-bit word: both 0 is its
+    /// fast path.
+    remote: AtomicBool,
+    /// Incremented (a locked RMW) by this CPU's NMI handler: a remote waits for
+    /// it to move to know that the CPU has passed a serialising point.
+    nmi_count: AtomicU64,
     pub apic_id: AtomicU32,
     pub online: AtomicBool,
     /// Last TLB shootdown generation this CPU has flushed for.
@@ -41,7 +82,16 @@ pub struct PerCpu {
     pub guard_lo: AtomicU64,
     tss: UnsafeCell<TaskStateSegment>,
     gdt: UnsafeCell<[u64; 5]>,
+    /// Serialises the remote holders of this CPU's heap slot (never taken by the owner).
+    slot_lock: SlotLock,
 }
+
+/// GS-relative offsets used by the owner's fast path (checked against the layout).
+const GS_INDEX: usize = core::mem::offset_of!(PerCpu, index);
+const GS_BUSY: usize = core::mem::offset_of!(PerCpu, busy);
+/// The aligned 16-bit word `irq_may_be_on | remote << 8`.
+const GS_SLOW: usize = core::mem::offset_of!(PerCpu, irq_may_be_on);
+const _: () = assert!(GS_INDEX == 8 && GS_SLOW.is_multiple_of(2) && core::mem::offset_of!(PerCpu, remote) == GS_SLOW + 1);
 
 // SAFETY: the UnsafeCell fields are written only by the owning CPU during its set-up.
 unsafe impl Sync for PerCpu {}
@@ -51,6 +101,11 @@ impl PerCpu {
         PerCpu {
             self_ptr: UnsafeCell::new(0),
             index: UnsafeCell::new(0),
+            busy: AtomicU8::new(0),
+            _pad: 0,
+            irq_may_be_on: AtomicU8::new(0),
+            remote: AtomicBool::new(false),
+            nmi_count: AtomicU64::new(0),
             apic_id: AtomicU32::new(0),
             online: AtomicBool::new(false),
             tlb_acked: AtomicU64::new(0),
@@ -61,6 +116,7 @@ impl PerCpu {
             guard_lo: AtomicU64::new(0),
             tss: UnsafeCell::new(TaskStateSegment::new()),
             gdt: UnsafeCell::new([0; 5]),
+            slot_lock: SlotLock::new(),
         }
     }
 }
@@ -189,28 +245,40 @@ impl RelaxStrategy for KRelax {
     }
 }
 
-/// The heap's CPU mapping: slot = dense CPU index; exclusivity = interrupts
-/// off on this CPU plus the slot's lock (which other CPUs take to drain the
-/// slot for `stats()`/`scavenge()`).
-pub struct KernelCpu {
-    locks: [SlotLock; MAX_CPUS],
+/// Acknowledges an NMI on this CPU (called first by the NMI handler).
+///
+/// The locked increment drains this CPU's store buffer, so every store it made
+/// before the NMI — in particular an owner's `busy = 1` — is visible to any
+/// CPU that sees the new count; and every load it makes after the NMI comes
+/// after the increment, so it sees what a remote stored before reading the old
+/// count.
+#[inline(always)]
+pub fn nmi_ack() {
+    PERCPU[current()].nmi_count.fetch_add(1, Ordering::SeqCst);
 }
 
-impl KernelCpu {
-    pub const fn new() -> KernelCpu {
-        KernelCpu { locks: [const { SlotLock::new() }; MAX_CPUS] }
-    }
+/// Enables interrupts and halts until one arrives (atomically: `sti; hlt`),
+/// then disables them again. The only place the kernel runs with IF = 1; it
+/// keeps the `irq_may_be_on` shadow conservative around it.
+pub fn enable_and_hlt() {
+    let b = this();
+    b.irq_may_be_on.store(1, Ordering::Relaxed);
+    compiler_fence(Ordering::SeqCst);
+    interrupts::enable_and_hlt();
+    interrupts::disable();
+    compiler_fence(Ordering::SeqCst);
+    b.irq_may_be_on.store(0, Ordering::Relaxed);
 }
 
-impl Default for KernelCpu {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Runs `f` with interrupts off, restoring the previous state.
+/// Runs `f` with interrupts off, restoring the previous state. Reads the
+/// per-CPU shadow first: when it says IF is off (always, in this kernel's
+/// work), no flags are read or written.
 #[inline(always)]
 pub fn without_interrupts<R>(f: impl FnOnce() -> R) -> R {
+    if GS_READY.load(Ordering::Relaxed) && this().irq_may_be_on.load(Ordering::Relaxed) == 0 {
+        debug_assert!(!interrupts::are_enabled(), "irq_may_be_on is 0 with IF = 1");
+        return f();
+    }
     let was = interrupts::are_enabled();
     if was {
         interrupts::disable();
@@ -222,10 +290,180 @@ pub fn without_interrupts<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// The heap's CPU mapping: slot = dense CPU index; exclusivity = interrupts
+/// off on the owner CPU plus the owner/remote protocol on the slot's flags in
+/// the [`PerCpu`] block (see the module docs).
+///
+/// **Why no two sections of slot `i` overlap** (the [`Cpu`] contract):
+///
+/// 1. *Owner vs. owner*: only CPU `i` runs owner sections of slot `i`; it runs
+///    them with IF = 0, and no interrupt or NMI handler of this kernel uses the
+///    heap (they report through `serial::print_force`, which does not
+///    allocate). Debug builds check it: a nested entry finds `busy = 1` and panics.
+/// 2. *Remote vs. remote*: remotes (and `acquire_slot`) hold `slot_lock`.
+/// 3. *Owner vs. remote*: the owner does `busy = 1; read remote`; the remote
+///    does `remote = 1` (SeqCst), reads `nmi_count`, sends CPU `i` an NMI, waits
+///    for the count to move, then waits for `busy = 0`. The handler's locked
+///    increment happens after `remote = 1` was globally visible (the remote read
+///    the old count after storing). Take the owner's entry: if its `busy = 1`
+///    precedes that handler in program order, the locked increment made it
+///    visible, so the remote sees `busy = 1` and waits until the section ends
+///    (release store of `busy = 0`, paired with the remote's acquire load). If
+///    the entry comes after the handler, its read of `remote` comes after the
+///    locked increment, hence sees 1: the owner clears `busy` and waits until
+///    `remote = 0` (release, after the remote's section). The entry cannot
+///    straddle the handler harmfully: `busy = 1` before it and the read after
+///    it is the second case (the owner backs off). CPUs not online run no
+///    sections and get no NMI (the SeqCst `online` store of a starting CPU and
+///    the remote's SeqCst `remote = 1` / `online` load order the two sides).
+///
+/// Cost: the owner's entry is `mov gs:[8]`, `mov gs:[busy], 1` and a 16-bit
+/// load of the IF shadow and `remote`; its exit one `mov`.
+/// A remote pays a cmpxchg and an NMI round trip — drains are rare.
+///
+/// All slot state lives in [`PERCPU`], so every `KernelCpu` value shares it
+/// (a second heap over `KernelCpu` would share the exclusivity, which stays
+/// sound: sections of different heaps never nest).
+pub struct KernelCpu {
+    _private: (),
+}
+
+impl KernelCpu {
+    pub const fn new() -> KernelCpu {
+        KernelCpu { _private: () }
+    }
+}
+
+impl Default for KernelCpu {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Ends an owner section (`busy = 0`, a release store), also on unwind; with
+/// `true`, turns interrupts back on (the entry turned them off).
+struct OwnerExit(bool);
+
+impl Drop for OwnerExit {
+    #[inline(always)]
+    fn drop(&mut self) {
+        // SAFETY: GS points at this CPU's block (the heap is used only after
+        // `init_this_cpu`); a byte store to its `busy` field. No `nomem`: the
+        // asm is a compiler barrier, so the section's accesses stay before it,
+        // and x86 stores are release stores.
+        unsafe { asm!("mov byte ptr gs:[{b}], 0", b = const GS_BUSY, options(nostack, preserves_flags)) };
+        if self.0 {
+            interrupts::enable();
+        }
+    }
+}
+
+/// Enters an owner section of this CPU's slot; returns the CPU index and
+/// whether interrupts were turned off for it (then [`OwnerExit`] turns them
+/// back on). The caller runs the section and then drops an [`OwnerExit`].
+///
+/// Fast path: `mov gs:[8]` (the index), `mov byte gs:[busy], 1`, one 16-bit
+/// `cmp` of the IF shadow and `remote`. Setting `busy` before looking at the
+/// IF shadow is harmless: until the slow path turns interrupts off, only an
+/// interrupt handler could run, and none uses the heap (a remote that sees
+/// `busy` just waits a few instructions longer).
+#[inline(always)]
+fn owner_enter() -> (usize, bool) {
+    debug_assert!(GS_READY.load(Ordering::Relaxed), "heap used before the BSP's per-CPU block");
+    debug_assert!(
+        this().busy.load(Ordering::Relaxed) == 0,
+        "heap entered while this CPU is inside a heap section (from an interrupt or NMI handler?)"
+    );
+    let i: u64;
+    let slow: u32;
+    // SAFETY: GS points at this CPU's block (the heap is used only after
+    // `init_this_cpu`, see `owner_enter`'s callers): reads the index, sets
+    // `busy`, reads `irq_may_be_on | remote << 8`. No `nomem`: a compiler
+    // barrier, so the section's accesses stay after it. The store-load order
+    // across CPUs comes from the remote's NMI (see `KernelCpu`).
+    unsafe {
+        asm!(
+            "mov {i}, gs:[{idx}]",
+            "mov byte ptr gs:[{busy}], 1",
+            "movzx {s:e}, word ptr gs:[{slow}]",
+            i = out(reg) i,
+            s = out(reg) slow,
+            idx = const GS_INDEX,
+            busy = const GS_BUSY,
+            slow = const GS_SLOW,
+            options(nostack, preserves_flags),
+        )
+    };
+    if slow != 0 {
+        return owner_enter_slow(i as usize);
+    }
+    (i as usize, false)
+}
+
+/// The owner found the IF shadow or `remote` set after setting `busy`: turns
+/// interrupts off if they are on, and backs off while a remote holds the slot.
+#[cold]
+#[inline(never)]
+fn owner_enter_slow(i: usize) -> (usize, bool) {
+    let was = interrupts::are_enabled();
+    if was {
+        interrupts::disable();
+    }
+    if PERCPU[i].remote.load(Ordering::Relaxed) {
+        owner_wait(i);
+    }
+    (i, was)
+}
+
+/// The owner found `remote = 1` after setting `busy`: back off until the
+/// remote is done, then enter again.
+#[cold]
+#[inline(never)]
+fn owner_wait(i: usize) {
+    let b = &PERCPU[i];
+    loop {
+        b.busy.store(0, Ordering::Release);
+        while b.remote.load(Ordering::Acquire) {
+            KRelax::relax();
+        }
+        b.busy.store(1, Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        if !b.remote.load(Ordering::Relaxed) {
+            return;
+        }
+    }
+}
+
+/// Takes CPU `i`'s slot from another CPU (or, for `acquire_slot`, from any):
+/// the remote lock, `remote = 1`, the NMI round trip, then waits for `busy = 0`.
+fn remote_acquire(i: usize) {
+    let b = &PERCPU[i];
+    b.slot_lock.acquire::<KRelax>();
+    b.remote.store(true, Ordering::SeqCst);
+    if i != current() && b.online.load(Ordering::SeqCst) {
+        let seen = b.nmi_count.load(Ordering::SeqCst);
+        crate::smp::send_nmi(b.apic_id.load(Ordering::Relaxed));
+        while b.nmi_count.load(Ordering::Acquire) == seen {
+            KRelax::relax();
+        }
+    }
+    while b.busy.load(Ordering::Acquire) != 0 {
+        KRelax::relax();
+    }
+}
+
+/// Gives back what [`remote_acquire`] took.
+fn remote_release(i: usize) {
+    let b = &PERCPU[i];
+    b.remote.store(false, Ordering::Release);
+    // SAFETY: taken in `remote_acquire`.
+    unsafe { b.slot_lock.release() };
+}
+
 // SAFETY: `count()` is fixed before the heap's first use (set_cpu_count runs
 // before any allocation) and is in 1..=MAX_CPUS; `with_current` passes the
-// calling CPU's index, < count because only counted CPUs are started; every
-// access to slot i, from any CPU, holds `locks[i]`.
+// calling CPU's index, < count because only counted CPUs are started; sections
+// of one slot never overlap, by the owner/remote protocol argued on `KernelCpu`.
 unsafe impl Cpu for KernelCpu {
     type Relax = KRelax;
 
@@ -235,22 +473,43 @@ unsafe impl Cpu for KernelCpu {
 
     #[inline(always)]
     fn with_current<R>(&self, f: impl FnOnce(usize) -> R) -> R {
-        without_interrupts(|| {
-            let i = current();
-            self.locks[i].with::<KRelax, _>(|| f(i))
-        })
+        let (i, irq) = owner_enter();
+        let _exit = OwnerExit(irq);
+        f(i)
     }
 
+    #[inline(always)]
     fn with_slot<R>(&self, i: usize, f: impl FnOnce() -> R) -> R {
-        without_interrupts(|| self.locks[i].with::<KRelax, _>(f))
+        if i == current() {
+            // This CPU's own slot (the tiny path's compare-and-store): owner side.
+            let (_, irq) = owner_enter();
+            let _exit = OwnerExit(irq);
+            return f();
+        }
+        with_remote(i, f)
     }
 
     fn acquire_slot(&self, i: usize) {
-        self.locks[i].acquire::<KRelax>();
+        remote_acquire(i);
     }
 
     unsafe fn release_slot(&self, i: usize) {
-        // SAFETY: the caller holds it (trait contract).
-        unsafe { self.locks[i].release() }
+        remote_release(i);
     }
+}
+
+/// A remote section of slot `i` (another CPU's), interrupts off meanwhile.
+#[inline(never)]
+fn with_remote<R>(i: usize, f: impl FnOnce() -> R) -> R {
+    without_interrupts(|| {
+        remote_acquire(i);
+        struct Release(usize);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                remote_release(self.0);
+            }
+        }
+        let _r = Release(i);
+        f()
+    })
 }

@@ -59,6 +59,12 @@ fn send_ipi(apic_id: u32, low: u32) {
     icr_wait();
 }
 
+/// An NMI to the CPU with APIC id `apic_id` (taken even with interrupts off;
+/// its handler acknowledges with `percpu::nmi_ack`).
+pub fn send_nmi(apic_id: u32) {
+    send_ipi(apic_id, 0x0000_4400); // NMI, assert
+}
+
 /// A fixed IPI to every CPU but this one.
 fn broadcast(vector: u8) {
     icr_wait();
@@ -315,14 +321,16 @@ fn idle_loop(index: usize) -> ! {
         x86_64::instructions::interrupts::disable();
         let g = JOB_GEN.load(Ordering::Acquire);
         if g == seen {
-            // Atomically enable interrupts and halt: a wake IPI cannot slip in between.
-            x86_64::instructions::interrupts::enable_and_hlt();
+            // Atomically enable interrupts and halt: a wake IPI cannot slip in
+            // between. (The per-CPU IF shadow is set around it.)
+            percpu::enable_and_hlt();
             continue;
         }
         seen = g;
         // Jobs run with interrupts off: kernel work here is not preemptible, so
-        // the heap's per-CPU sections (`without_interrupts`) cost only a flags
-        // read. Interrupts are on only while idle in `hlt`; TLB shootdowns are NMIs.
+        // the heap's per-CPU sections read only the per-CPU IF shadow. Interrupts
+        // are on only while idle in `hlt`; TLB shootdowns and the heap's remote
+        // drains reach busy CPUs as NMIs.
         let job = *JOB.lock();
         if let Some(job) = job {
             if index < job.ncpus {
@@ -409,7 +417,7 @@ pub fn tlb_shootdown() {
     SHOOTDOWNS.fetch_add(1, Ordering::Relaxed);
     for (i, c) in PERCPU.iter().enumerate() {
         if i != me && c.online.load(Ordering::SeqCst) && c.tlb_acked.load(Ordering::Acquire) < g {
-            send_ipi(c.apic_id.load(Ordering::Relaxed), 0x0000_4400); // NMI, assert
+            send_nmi(c.apic_id.load(Ordering::Relaxed));
         }
     }
     for (i, c) in PERCPU.iter().enumerate() {

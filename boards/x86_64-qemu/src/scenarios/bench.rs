@@ -211,6 +211,13 @@ impl core::fmt::Display for X100 {
     }
 }
 
+impl X100 {
+    /// The value as nanoseconds (`12.34 ns`).
+    fn to_ns(&self) -> alloc::string::String {
+        alloc::format!("{}.{:02} ns", self.0 / 100, self.0 % 100)
+    }
+}
+
 pub fn bench(m: &Machine) -> bool {
     let scale: u64 = m.info.arg("scale").and_then(|s| s.parse().ok()).unwrap_or(1);
     let t_budget: u64 = 1_500_000_000 * scale; // per tieralloc run, ns
@@ -254,20 +261,38 @@ pub fn bench(m: &Machine) -> bool {
     println!("bench: tieralloc ahead on every single-CPU workload: {}", if all_ahead { "yes" } else { "NO" });
     ok &= check!(churn_ratio >= 1000, "tieralloc at least 10x linked_list_allocator on churn");
 
-    // What the kernel's CPU mapping costs per heap operation here: RFLAGS save,
-    // cli, the slot lock, sti (under TCG an `sti` ends the translation block).
+    // What the kernel's CPU mapping costs per heap operation here, and what
+    // the previous protocol (save RFLAGS with pushfq, cli if needed, a lock
+    // cmpxchg on the slot's lock) cost in the same boot. Best of 10 runs.
     {
         use tieralloc::Cpu;
+        static OLD_LOCK: tieralloc::cpu::SlotLock = tieralloc::cpu::SlotLock::new();
         let cpu = HEAP.cpu();
-        let iters = 200_000u64;
-        let w = Watch::start();
-        let mut acc = 0usize;
-        for _ in 0..iters {
-            acc = acc.wrapping_add(cpu.with_current(core::hint::black_box));
-        }
-        let ns = w.ns();
-        core::hint::black_box(acc);
-        println!("bench: KernelCpu::with_current (save IF, cli, slot lock, restore IF): {} ns per call", ns / iters);
+        let best_ns_x100 = |f: &dyn Fn()| {
+            let iters = 20_000u64;
+            let mut best = u64::MAX;
+            for _ in 0..10 {
+                let w = Watch::start();
+                for _ in 0..iters {
+                    f();
+                }
+                best = best.min(w.ns() * 100 / iters);
+            }
+            best
+        };
+        let empty = best_ns_x100(&|| {
+            core::hint::black_box(crate::percpu::current());
+        });
+        let new = best_ns_x100(&|| {
+            core::hint::black_box(cpu.with_current(core::hint::black_box));
+        });
+        let old = best_ns_x100(&|| {
+            core::hint::black_box(pushfq_without_interrupts(|| {
+                OLD_LOCK.with::<crate::percpu::KRelax, _>(|| core::hint::black_box(crate::percpu::current()))
+            }));
+        });
+        let ns = |x: u64| X100(x.saturating_sub(empty)).to_ns();
+        println!("bench: KernelCpu::with_current (IF shadow + owner flag, no atomics): {} per call; the previous entry (pushfq, slot lock cmpxchg): {} (best of 10, loop overhead subtracted)", ns(new), ns(old));
     }
 
     // Multi-CPU: the stress workload (cross-CPU frees through per-CPU inboxes), 1 CPU vs 2 vs all.
@@ -288,22 +313,29 @@ pub fn bench(m: &Machine) -> bool {
         static T: Tallies = Tallies::new();
         print!("{:<24}", "no allocation (baseline)");
         let mut rates: Vec<u64> = Vec::new();
+        // Best of three slices per CPU count: one slice can lose most of its
+        // time to the host (other processes on its two cores), and a low
+        // 1-CPU sample would inflate the ceiling the check below compares with.
         for &cpus in &counts {
-            smp::run_on(cpus, &|cpu| {
-                let w = Watch::start();
-                let mut rng = Rng::new(cpu as u64 + 99);
-                let mut local = [0u64; 2000];
-                let mut ops = 0;
-                while ops < 2_000_000 && (ops % 256 != 0 || w.ns() < t_budget) {
-                    let k = (rng.next() % 2000) as usize;
-                    local[k] = local[k].wrapping_add(rng.next());
-                    ops += 1;
-                }
-                core::hint::black_box(&local);
-                T.set(cpu, super::work::Tally { ops, cross_frees: 0, errors: 0, ns: w.ns() });
-            });
-            let tot = T.total(cpus);
-            rates.push(per_sec(tot.ops, tot.ns));
+            let mut best = 0;
+            for _ in 0..3 {
+                smp::run_on(cpus, &|cpu| {
+                    let w = Watch::start();
+                    let mut rng = Rng::new(cpu as u64 + 99);
+                    let mut local = [0u64; 2000];
+                    let mut ops = 0;
+                    while ops < 2_000_000 && (ops % 256 != 0 || w.ns() < t_budget / 3) {
+                        let k = (rng.next() % 2000) as usize;
+                        local[k] = local[k].wrapping_add(rng.next());
+                        ops += 1;
+                    }
+                    core::hint::black_box(&local);
+                    T.set(cpu, super::work::Tally { ops, cross_frees: 0, errors: 0, ns: w.ns() });
+                });
+                let tot = T.total(cpus);
+                best = best.max(per_sec(tot.ops, tot.ns));
+            }
+            rates.push(best);
         }
         for r in &rates {
             print!(" {:>12}", r);
@@ -347,11 +379,18 @@ pub fn bench(m: &Machine) -> bool {
         "bench: (QEMU TCG: {n} virtual CPUs share the host's cores; the allocation-free baseline reaches {} of its 1-CPU rate, the ceiling for any allocator here)",
         X100(ratio_x100(base.1, base.0))
     );
-    // Collapse = scaling far below what the emulator allows (linked_list_allocator's global lock).
+    // Collapse = what a one-lock heap does here: linked_list_allocator, measured
+    // in the same boot on the same workload. The emulator's own ceiling (the
+    // baseline) is printed for context; on a loaded 2-core host it moves by 2x
+    // between boots, too much to check against.
     let t_scale = ratio_x100(results[0].1, results[0].0);
+    let l_scale = ratio_x100(results[1].1, results[1].0);
     let b_scale = ratio_x100(base.1, base.0);
     println!("bench: tieralloc's {n}/1-CPU scaling relative to the baseline's: {}", X100(ratio_x100(t_scale, b_scale)));
-    ok &= check!(n == 1 || t_scale * 4 >= b_scale, "tieralloc's {n}-CPU throughput does not collapse (scaling >= 1/4 of the baseline's)");
+    ok &= check!(
+        n == 1 || t_scale >= 3 * l_scale.max(1),
+        "tieralloc's {n}-CPU throughput does not collapse like the one-lock heap's (its {n}/1-CPU scaling >= 3x linked_list_allocator's)"
+    );
     ok
 }
 
@@ -376,4 +415,19 @@ impl<A: GlobalAlloc> GlobalAllocDyn for A {
     fn realloc_grow(&self, max_ops: u64, budget: u64) -> Run {
         realloc_grow(self, max_ops, budget)
     }
+}
+
+/// The kernel's previous section entry, for the comparison above: RFLAGS
+/// read with `pushfq`, interrupts off if they were on, restored after.
+#[inline(always)]
+fn pushfq_without_interrupts<R>(f: impl FnOnce() -> R) -> R {
+    let was = x86_64::instructions::interrupts::are_enabled();
+    if was {
+        x86_64::instructions::interrupts::disable();
+    }
+    let r = f();
+    if was {
+        x86_64::instructions::interrupts::enable();
+    }
+    r
 }

@@ -541,5 +541,123 @@ pub fn stress(m: &Machine) -> bool {
     ok &= check!(n == 1 || tot.cross_frees > 0, "cross-CPU frees happened");
     ok &= check!(st.live_objects() == live0, "live objects back to {live0} (now {})", st.live_objects());
     HEAP.check_invariants();
+    if n > 1 {
+        ok &= remote_drains_under_load(n, ops / 2);
+    }
     ok
+}
+
+/// CPUs 1.. run the stress workload while CPU 0 keeps draining their caches
+/// (`HEAP.scavenge()`, `HEAP.stats()`): every drain is a remote section of a
+/// busy CPU's slot (`percpu::KernelCpu`: `remote`, an NMI round trip, wait
+/// for `busy` = 0), racing that CPU's owner sections; the scavenger's page
+/// releases add TLB-shootdown NMIs on top. Any overlap of an owner and a
+/// remote section hands one object out twice or loses it, which the
+/// workers' full content checks and the live count catch.
+fn remote_drains_under_load(n: usize, ops: u64) -> bool {
+    static Q: Mailboxes = Mailboxes::new();
+    static T: Tallies = Tallies::new();
+    static DONE: AtomicU64 = AtomicU64::new(0);
+    static DRAINS: AtomicU64 = AtomicU64::new(0);
+    let live0 = HEAP.stats().live_objects();
+    DONE.store(0, Ordering::SeqCst);
+    smp::run_on(n, &|cpu| {
+        if cpu == 0 {
+            let mut k = 0;
+            while DONE.load(Ordering::Acquire) < n as u64 - 1 {
+                if k % 2 == 0 {
+                    HEAP.scavenge();
+                } else {
+                    core::hint::black_box(HEAP.stats());
+                }
+                k += 1;
+            }
+            DRAINS.store(k, Ordering::SeqCst);
+            T.set(0, Tally::default());
+        } else {
+            // Workers 1..n exchange objects among themselves (indices shifted by one).
+            let t = stress_worker(&HEAP, cpu - 1, n - 1, ops, 2000, &Q, true, u64::MAX);
+            T.set(cpu, t);
+            DONE.fetch_add(1, Ordering::AcqRel);
+        }
+    });
+    let (_, bad) = drain(&HEAP, &Q, true);
+    let tot = T.total(n);
+    let st = HEAP.stats();
+    println!(
+        "stress: remote drains under load: {} drains of busy CPUs' caches by CPU 0 while {} CPUs did {} ops",
+        DRAINS.load(Ordering::SeqCst),
+        n - 1,
+        tot.ops
+    );
+    let mut ok = check!(tot.errors == 0 && bad == 0, "content checks under remote drains ({} errors, {bad} bad)", tot.errors);
+    ok &= check!(DRAINS.load(Ordering::SeqCst) > 0, "CPU 0 drained while the others worked");
+    ok &= check!(st.live_objects() == live0, "live objects back to {live0} after remote drains (now {})", st.live_objects());
+    HEAP.check_invariants();
+    ok & slot_exclusion(n, ops)
+}
+
+/// The heap's CPU slots exclude each other (`tieralloc::Cpu`'s contract, as
+/// `percpu::KernelCpu` implements it): CPUs 1.. do read-modify-writes of their
+/// own slot's counter inside `with_current` (owner sections), CPU 0 does the
+/// same to theirs inside `with_slot` (remote sections, each with an NMI round
+/// trip). Plain loads and stores, so an overlap loses an update.
+fn slot_exclusion(n: usize, ops: u64) -> bool {
+    use tieralloc::Cpu;
+    static COUNT: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+    static OWNER: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+    static REMOTE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+    static DONE: AtomicU64 = AtomicU64::new(0);
+    static REMOTES: AtomicU64 = AtomicU64::new(0);
+    // The read-modify-write, spread over a few instructions to widen the window.
+    fn bump(c: &AtomicU64) {
+        let v = c.load(Ordering::Relaxed);
+        for _ in 0..8 {
+            core::hint::spin_loop();
+        }
+        c.store(core::hint::black_box(v) + 1, Ordering::Relaxed);
+    }
+    DONE.store(0, Ordering::SeqCst);
+    REMOTES.store(0, Ordering::SeqCst);
+    for i in 0..MAX_CPUS {
+        COUNT[i].store(0, Ordering::SeqCst);
+        OWNER[i].store(0, Ordering::SeqCst);
+        REMOTE[i].store(0, Ordering::SeqCst);
+    }
+    let cpu = HEAP.cpu();
+    smp::run_on(n, &|me| {
+        if me == 0 {
+            let mut j = 1;
+            while DONE.load(Ordering::Acquire) < n as u64 - 1 {
+                cpu.with_slot(j, || bump(&COUNT[j]));
+                REMOTE[j].fetch_add(1, Ordering::Relaxed);
+                REMOTES.fetch_add(1, Ordering::Relaxed);
+                j = if j + 1 == n { 1 } else { j + 1 };
+            }
+        } else {
+            // At least `ops / 4` sections, and on until CPU 0 has done 300
+            // remote ones (an NMI round trip each) or 20 s have passed.
+            let w = Watch::start();
+            let mut k = 0u64;
+            while k < ops / 4 || (REMOTES.load(Ordering::Relaxed) < 300 && w.ns() < 20_000_000_000) {
+                let i = cpu.with_current(|i| {
+                    bump(&COUNT[i]);
+                    i
+                });
+                OWNER[i].fetch_add(1, Ordering::Relaxed);
+                k += 1;
+            }
+            DONE.fetch_add(1, Ordering::AcqRel);
+        }
+    });
+    let mut ok = true;
+    let mut remote_total = 0;
+    for i in 1..n {
+        let (c, o, r) = (COUNT[i].load(Ordering::SeqCst), OWNER[i].load(Ordering::SeqCst), REMOTE[i].load(Ordering::SeqCst));
+        remote_total += r;
+        ok &= check!(c == o + r, "slot {i}: counter {c} != {o} owner + {r} remote sections (sections overlapped)");
+    }
+    let owner_total: u64 = (1..n).map(|i| OWNER[i].load(Ordering::SeqCst)).sum();
+    println!("stress: slot exclusion: {owner_total} owner and {remote_total} remote sections on {} slots, no update lost: {}", n - 1, if ok { "yes" } else { "NO" });
+    ok & check!(remote_total > 0, "remote sections happened")
 }
