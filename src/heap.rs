@@ -463,6 +463,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         // SAFETY: non-null page-map entries are live spans.
         match unsafe { s.as_ref() } {
             Some(span) if span.state == SpanState::Large && span.start == p as usize => NonNull::from(span),
+            Some(span) if span.state == SpanState::Idle => panic!(
+                "tieralloc: double free of large object {p:p} (span {:#x}, {} pages, idle in the large-span cache)",
+                span.start, span.npages
+            ),
             Some(span) => panic!(
                 "tieralloc: free of {p:p}: not the start of a large object (span {:#x}, {:?}, class {})",
                 span.start,
@@ -541,7 +545,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             (Kind::Small(a), Kind::Small(b)) if a == b => return p,
             (Kind::Large, Kind::Large) => {
                 let s = self.large_span(p);
-                let npages = new_size.div_ceil(PAGE_BYTES);
+                let Some(npages) = crate::pageheap::large_pages(new_size) else { return null_mut() };
                 // SAFETY: the caller owns the object, so its span is live and ours.
                 if unsafe { self.pages.lock().resize_large(&self.source, s, npages) } {
                     return p;
@@ -596,7 +600,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         // SAFETY: non-null page-map entries are live spans.
         match unsafe { s.as_ref() } {
             Some(span) if span.state == SpanState::Small => self.free_small(p, span.class),
-            Some(span) if span.state == SpanState::Large => self.free_large(p),
+            Some(span) if span.state == SpanState::Large || span.state == SpanState::Idle => self.free_large(p),
             _ => panic!("tieralloc: free of {p:p}: not a pointer into this heap (foreign pointer or double free)"),
         }
     }
@@ -720,7 +724,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 self.cpu.with_slot(i, || self.stacks.drain(&below, unsafe { &mut *sc.add(i) }));
             }
         }
-        self.pages.lock().scavenge(&self.source, usize::MAX) * PAGE_BYTES
+        let mut h = self.pages.lock();
+        h.flush_large_cache(&self.source);
+        h.scavenge(&self.source, usize::MAX) * PAGE_BYTES
     }
 
     /// Sets the dirty free memory always kept before the scavenger releases
@@ -789,6 +795,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         st.tiny_frees = k[1];
         st.tiny_blocks = k[2].wrapping_sub(k[3]);
         let ps = self.pages.lock().stats();
+        st.cached_bytes += ps.large_cached;
         st.by_size[0].mallocs = ps.large.mallocs;
         st.by_size[0].frees = ps.large.frees;
         st.large_alloc = ps.large.live_bytes;
@@ -902,6 +909,9 @@ pub(crate) mod checks {
         let Some(span) = (unsafe { s.as_ref() }) else {
             panic!("tieralloc: free of {p:p}: not a pointer into this heap (foreign pointer, or a freed large object)");
         };
+        if span.state == SpanState::Idle {
+            panic!("tieralloc: free of {p:p}: not a pointer into this heap (a freed large object, idle in the large-span cache)");
+        }
         if span.state != SpanState::Small {
             panic!("tieralloc: free of {p:p} as a class {} object, but span {:#x} is {:?}", c.index(), span.start, span.state);
         }

@@ -76,7 +76,7 @@ use crate::fixalloc::FixAlloc;
 use crate::pagealloc::ArenaPages;
 use crate::sizeclass::SizeClass;
 use crate::source::PageSource;
-use crate::span::{Span, SpanState, TinyCounts};
+use crate::span::{Span, SpanList, SpanState, TinyCounts};
 use crate::{CHUNK_BYTES, CHUNK_PAGES, PAGE_BYTES, PAGE_SHIFT};
 
 /// Most arenas a heap can have (64 GiB of 64 MiB arenas; more when arenas are larger).
@@ -297,6 +297,48 @@ pub struct PageStats {
     pub spans: u64,
     pub large: LargeCounts,
     pub scavenged_total: u64,
+    /// Bytes of idle large spans (counted in `inuse`).
+    pub large_cached: u64,
+}
+
+/// Sizes of large spans the cache keeps apart: pages 1..=8, then four sizes
+/// per doubling up to [`LARGE_CACHE_MAX_SPAN_PAGES`] (see [`large_pages`]).
+pub const LARGE_CACHE_SIZES: usize = 8 + 4 * 4;
+
+/// The cache's list for a span of `npages` pages (a value of [`large_pages`]
+/// no bigger than [`LARGE_CACHE_MAX_SPAN_PAGES`]).
+const fn large_cache_index(npages: usize) -> usize {
+    if npages <= 8 {
+        return npages - 1;
+    }
+    let lg = (npages - 1).ilog2() as usize; // 3..=6
+    8 + (lg - 3) * 4 + ((npages - 1) >> (lg - 2)) - 4
+}
+/// Most pages one cached large span may have (1 MiB): bigger objects are rare
+/// enough that the page bitmap's cost does not matter.
+pub const LARGE_CACHE_MAX_SPAN_PAGES: usize = (1 << 20) / PAGE_BYTES;
+/// Most pages all cached large spans hold together (4 MiB), reported in
+/// `Stats::cached_bytes` and returned by `scavenge` and before the heap grows.
+pub const LARGE_CACHE_MAX_PAGES: usize = (4 << 20) / PAGE_BYTES;
+
+/// Pages of a large object of `bytes` (`None` on overflow): whole pages up to
+/// 64 KiB and above 1 MiB; in between, jemalloc's spacing of four sizes per
+/// doubling (10, 12, 14, 16, 20, 24, ... 128 pages), so that a freed span
+/// idling in the large-span cache fits the next request of about its size.
+/// At most 25% more than the request (11% at 9 pages); the rounded size is
+/// the object's usable size and what `heap_alloc` counts.
+#[inline]
+pub const fn large_pages(bytes: usize) -> Option<usize> {
+    if bytes > LARGE_CACHE_MAX_SPAN_PAGES * PAGE_BYTES {
+        let Some(b) = bytes.checked_add(PAGE_BYTES - 1) else { return None };
+        return Some(b >> crate::PAGE_SHIFT);
+    }
+    let n = (bytes + PAGE_BYTES - 1) >> crate::PAGE_SHIFT;
+    if n <= 8 {
+        return Some(if n == 0 { 1 } else { n });
+    }
+    let sh = (n - 1).ilog2() - 2;
+    Some((((n - 1) >> sh) + 1) << sh)
 }
 
 /// The page heap. See the module documentation.
@@ -327,6 +369,13 @@ pub struct PageHeap {
     pacer: Pacer,
     scavenged_pages_total: u64,
     pub large: LargeCounts,
+    /// Idle large spans, one list per size (newest first): each span in state
+    /// `Idle`, on the list of its page count, its page-map entries still naming
+    /// it and its pages counted in `inuse_pages`; `cached_pages` is the sum of
+    /// their pages (at most [`LARGE_CACHE_MAX_PAGES`]), `ncached` their number.
+    large_cache: [SpanList; LARGE_CACHE_SIZES],
+    ncached: usize,
+    cached_pages: usize,
 }
 
 // SAFETY: the raw pointers are to metadata owned by this heap; all access is
@@ -350,6 +399,9 @@ impl PageHeap {
             pacer: Pacer::new(),
             scavenged_pages_total: 0,
             large: LargeCounts { mallocs: 0, frees: 0, live_bytes: 0 },
+            large_cache: [const { SpanList::new() }; LARGE_CACHE_SIZES],
+            ncached: 0,
+            cached_pages: 0,
         }
     }
 
@@ -549,8 +601,23 @@ impl PageHeap {
         align_pages: usize,
         state: SpanState,
     ) -> Option<NonNull<Span>> {
-        let rec = self.spans.alloc(source)?;
-        let Some((slot, start, needzero)) = self.alloc_pages(source, map, npages, align_pages) else {
+        let rec = match self.spans.alloc(source) {
+            Some(r) => r,
+            None if self.ncached > 0 => {
+                self.flush_large_cache(source);
+                self.spans.alloc(source)?
+            }
+            None => return None,
+        };
+        let found = match self.alloc_pages(source, map, npages, align_pages) {
+            // Out of memory with idle large spans about: give them back and retry.
+            None if self.ncached > 0 => {
+                self.flush_large_cache(source);
+                self.alloc_pages(source, map, npages, align_pages)
+            }
+            r => r,
+        };
+        let Some((slot, start, needzero)) = found else {
             // SAFETY: just taken from the pool, unused.
             unsafe { self.spans.free(rec) };
             return None;
@@ -681,12 +748,81 @@ impl PageHeap {
     /// A large object's span: `bytes` rounded up to pages, aligned to `align`.
     pub fn alloc_large<S: PageSource>(&mut self, source: &S, map: &PageMap, bytes: usize, align: usize) -> Option<NonNull<Span>> {
         // A zero-byte object still gets (and is accounted as) one page.
-        let npages = (bytes.checked_next_multiple_of(PAGE_BYTES)? / PAGE_BYTES).max(1);
+        let npages = large_pages(bytes)?;
         let align_pages = (align / PAGE_BYTES).max(1);
-        let s = self.alloc_span(source, map, npages, align_pages, SpanState::Large)?;
+        let s = match self.take_cached(npages, align_pages) {
+            Some(s) => s,
+            None => self.alloc_span(source, map, npages, align_pages, SpanState::Large)?,
+        };
+        // SAFETY: a live large span, ours.
+        let got = unsafe { (*s.as_ptr()).npages };
         self.large.mallocs += 1;
-        self.large.live_bytes += (npages * PAGE_BYTES) as u64;
+        self.large.live_bytes += (got * PAGE_BYTES) as u64;
         Some(s)
+    }
+
+    /// The newest idle span of exactly `npages` pages whose start has the
+    /// alignment, made `Large` again (exact: a large object's size is
+    /// [`large_pages`] of its request, whichever way it is served).
+    fn take_cached(&mut self, npages: usize, align_pages: usize) -> Option<NonNull<Span>> {
+        if npages > LARGE_CACHE_MAX_SPAN_PAGES || self.ncached == 0 {
+            return None;
+        }
+        let list = &mut self.large_cache[large_cache_index(npages)];
+        let s = if align_pages == 1 {
+            list.first()
+        } else {
+            // SAFETY: listed spans are live records.
+            list.iter().find(|&s| unsafe { ((*s).start / PAGE_BYTES).is_multiple_of(align_pages) }).unwrap_or(null_mut())
+        };
+        if s.is_null() {
+            return None;
+        }
+        // SAFETY: `s` is on this list; the record is live and ours again.
+        unsafe {
+            debug_assert!((*s).npages == npages);
+            list.remove(s);
+            (*s).state = SpanState::Large;
+            (*s).needzero = true;
+        }
+        self.ncached -= 1;
+        self.cached_pages -= npages;
+        NonNull::new(s)
+    }
+
+    /// Gives one idle span back to the heap: the newest of the size that
+    /// holds the most pages.
+    fn evict_cached<S: PageSource>(&mut self, source: &S) {
+        let mut best = (0, 0);
+        for (i, l) in self.large_cache.iter().enumerate() {
+            // SAFETY: listed spans are live records.
+            let pages = if l.is_empty() { 0 } else { l.len() * unsafe { (*l.first()).npages } };
+            if pages > best.1 {
+                best = (i, pages);
+            }
+        }
+        let s = self.large_cache[best.0].first();
+        debug_assert!(!s.is_null());
+        // SAFETY: `s` is on that list: a live record with no object.
+        unsafe {
+            self.large_cache[best.0].remove(s);
+            self.ncached -= 1;
+            self.cached_pages -= (*s).npages;
+            self.free_span(source, NonNull::new_unchecked(s));
+        }
+    }
+
+    /// Returns every idle large span's pages to the heap (for scavenging, and
+    /// before the heap would otherwise fail).
+    pub fn flush_large_cache<S: PageSource>(&mut self, source: &S) {
+        while self.ncached > 0 {
+            self.evict_cached(source);
+        }
+    }
+
+    /// Bytes held by idle large spans.
+    pub fn large_cached_bytes(&self) -> usize {
+        self.cached_pages * PAGE_BYTES
     }
 
     /// Frees a large object's span.
@@ -698,6 +834,21 @@ impl PageHeap {
         let bytes = unsafe { (*span.as_ptr()).npages * PAGE_BYTES };
         self.large.frees += 1;
         self.large.live_bytes -= bytes as u64;
+        let npages = bytes / PAGE_BYTES;
+        // Spans of a size `large_pages` gives (a resized one may not be) idle whole.
+        if npages <= LARGE_CACHE_MAX_SPAN_PAGES && large_pages(bytes) == Some(npages) {
+            while self.cached_pages + npages > LARGE_CACHE_MAX_PAGES {
+                self.evict_cached(source);
+            }
+            // SAFETY: the caller hands the span over (on no list); it stays whole.
+            unsafe {
+                (*span.as_ptr()).state = SpanState::Idle;
+                self.large_cache[large_cache_index(npages)].push(span.as_ptr());
+            }
+            self.ncached += 1;
+            self.cached_pages += npages;
+            return;
+        }
         // SAFETY: forwarded from the caller.
         unsafe { self.free_span(source, span) };
     }
@@ -766,6 +917,7 @@ impl PageHeap {
             spans: self.spans.inuse() as u64,
             large: self.large,
             scavenged_total: self.scavenged_pages_total * PAGE_BYTES as u64,
+            large_cached: (self.cached_pages * PAGE_BYTES) as u64,
         }
     }
 
@@ -789,6 +941,18 @@ impl PageHeap {
         assert_eq!(sys - free, self.inuse_pages, "inuse_pages != pages not free");
         assert_eq!(released, self.released_pages, "released_pages");
         assert!(self.tree_cap.is_power_of_two() && self.narenas <= self.tree_cap && self.tree_cap <= MAX_ARENAS, "tree_cap {}", self.tree_cap);
+        let (mut cached, mut n) = (0, 0);
+        for (i, l) in self.large_cache.iter().enumerate() {
+            for s in l.iter() {
+                // SAFETY: cached spans are live records.
+                let s = unsafe { &*s };
+                assert!(s.state == SpanState::Idle && s.npages <= LARGE_CACHE_MAX_SPAN_PAGES && large_cache_index(s.npages) == i, "cached large span {:#x}", s.start);
+                cached += s.npages;
+                n += 1;
+            }
+        }
+        assert_eq!((cached, n), (self.cached_pages, self.ncached), "cached_pages, ncached");
+        assert!(self.cached_pages <= LARGE_CACHE_MAX_PAGES);
         assert!(self.tree_cap == 1 || self.narenas > self.tree_cap / 2, "tree_cap {} too big for {} arenas", self.tree_cap, self.narenas);
         for slot in self.narenas..self.tree_cap {
             assert_eq!(self.tree[self.tree_cap + slot], 0, "empty arena slot {slot} in the tree");
@@ -868,6 +1032,32 @@ pub fn tiny_counter(span: &Span, idx: usize) -> &AtomicU8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_pages_rounds_to_four_sizes_per_doubling() {
+        assert_eq!(large_pages(0), Some(1));
+        assert_eq!(large_pages(1), Some(1));
+        assert_eq!(large_pages(8 * PAGE_BYTES), Some(8));
+        assert_eq!(large_pages(8 * PAGE_BYTES + 1), Some(10));
+        assert_eq!(large_pages(16 * PAGE_BYTES), Some(16));
+        assert_eq!(large_pages(16 * PAGE_BYTES + 1), Some(20));
+        assert_eq!(large_pages(33 * PAGE_BYTES), Some(40));
+        assert_eq!(large_pages(1 << 20), Some(128));
+        assert_eq!(large_pages((1 << 20) + 1), Some(129), "whole pages above 1 MiB");
+        assert_eq!(large_pages(usize::MAX), None);
+        let mut prev = 0;
+        for n in 1..=LARGE_CACHE_MAX_SPAN_PAGES + 8 {
+            let r = large_pages(n * PAGE_BYTES).unwrap();
+            assert!(r >= n && r >= prev, "monotone and never short: {n} -> {r}");
+            assert!(r * 4 <= n * 5, "at most 25% over: {n} -> {r}");
+            prev = r;
+        }
+        // Four sizes per doubling between 64 KiB and 1 MiB, each its own cache list.
+        let sizes: std::collections::BTreeSet<usize> = (1..=128).map(|n| large_pages(n * PAGE_BYTES).unwrap()).collect();
+        assert_eq!(sizes.len(), LARGE_CACHE_SIZES);
+        let idx: std::vec::Vec<usize> = sizes.iter().map(|&n| large_cache_index(n)).collect();
+        assert_eq!(idx, (0..LARGE_CACHE_SIZES).collect::<std::vec::Vec<_>>());
+    }
 
     /// Epochs end after one turnover of the in-use heap (at least MIN_EPOCH_PAGES).
     #[test]

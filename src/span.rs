@@ -46,6 +46,9 @@ pub enum SpanState {
     Large = 2,
     /// Memory managed by its user (stacks), not by central lists.
     Manual = 3,
+    /// A freed large object's span kept whole by the page heap's large cache
+    /// for the next large allocation of its size; no object lives in it.
+    Idle = 4,
 }
 
 /// Which central list a small span is on.

@@ -483,7 +483,7 @@ impl<S: Probe> H<S> {
             .heap
             .alloc_large(&self.src, &self.map, bytes, align)
             .expect("alloc_large");
-        let npages = bytes.div_ceil(PAGE_BYTES).max(1);
+        let npages = tieralloc::pageheap::large_pages(bytes).unwrap();
         self.adopt(s, npages, (align / PAGE_BYTES).max(1), SpanState::Large)
     }
 
@@ -545,6 +545,10 @@ impl<S: Probe> H<S> {
         unsafe {
             if sp.state() == SpanState::Large {
                 self.heap.free_large(&self.src, sp.s);
+                // These tests follow pages through the bitmap, the summaries and
+                // the map: give the span back at once instead of letting it idle
+                // in the large-span cache (tested on its own below).
+                self.heap.flush_large_cache(&self.src);
             } else {
                 self.heap.free_span(&self.src, sp.s);
             }

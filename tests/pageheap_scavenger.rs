@@ -56,8 +56,8 @@ impl Counting {
     /// Arena bytes the source holds Prepared now: committed, less made Ready,
     /// plus released again.
     fn prepared(&self) -> usize {
-        self.committed.load(Relaxed) - self.ready_bytes.load(Relaxed)
-            + self.released_bytes.load(Relaxed)
+        self.committed.load(Relaxed) + self.released_bytes.load(Relaxed)
+            - self.ready_bytes.load(Relaxed)
     }
 }
 

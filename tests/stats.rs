@@ -56,8 +56,9 @@ struct Model {
     live: Vec<Live>,
 }
 
+/// A large object's accounted bytes: its pages ([`tieralloc::pageheap::large_pages`]).
 fn page_round(n: usize) -> u64 {
-    n.max(1).next_multiple_of(PAGE_BYTES) as u64
+    (tieralloc::pageheap::large_pages(n).unwrap() * PAGE_BYTES) as u64
 }
 
 /// Go's tiny alignment rule (as documented in `heap.rs`), raised to the layout's.

@@ -88,6 +88,6 @@ pub fn rounded(l: Layout) -> u64 {
     match Kind::of(l.size(), l.align()) {
         Kind::Tiny => 0,
         Kind::Small(c) => c.size() as u64,
-        Kind::Large => (l.size().div_ceil(PAGE_BYTES).max(1) * PAGE_BYTES) as u64,
+        Kind::Large => (tieralloc::pageheap::large_pages(l.size()).unwrap() * PAGE_BYTES) as u64,
     }
 }

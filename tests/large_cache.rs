@@ -1,0 +1,159 @@
+//! The page heap's large-span cache: a freed large span idles whole and serves
+//! the next large request of exactly its page count (and alignment); its
+//! memory shows in `cached_bytes` and `heap_inuse`, never in `heap_alloc`; it
+//! goes back to the page heap when the cache is full, when the heap would
+//! otherwise fail, and on `scavenge()`.
+
+use core::alloc::Layout;
+
+use tieralloc::pageheap::{large_pages, LARGE_CACHE_MAX_PAGES, LARGE_CACHE_MAX_SPAN_PAGES};
+use tieralloc::{Heap, RegionSource, SingleCpu, PAGE_BYTES};
+
+type RegionHeap = Heap<RegionSource, SingleCpu>;
+
+/// A region of `bytes`, leaked, given to `heap`'s source.
+fn give_region(heap: &RegionHeap, bytes: usize) {
+    let buf: &'static mut [u8] = vec![0u8; bytes].leak();
+    // SAFETY: the buffer is leaked, so it is valid for the rest of the process
+    // and nothing else uses it; the heap has not used its source yet.
+    unsafe { heap.source().set_region(buf.as_mut_ptr(), buf.len()) };
+}
+
+fn lay(size: usize) -> Layout {
+    Layout::from_size_align(size, 8).unwrap()
+}
+
+#[test]
+fn freed_large_span_serves_the_next_request_of_its_size() {
+    static H: RegionHeap = Heap::new(RegionSource::empty(), SingleCpu::new());
+    give_region(&H, 64 << 20);
+    let l = lay(100_000); // 13 pages, a span of 14
+    let pages = large_pages(100_000).unwrap();
+    assert_eq!(pages, 14);
+    let p = H.allocate(l);
+    assert!(!p.is_null());
+    // SAFETY: allocated above with `l`.
+    unsafe { p.write_bytes(0xa5, 100_000) };
+    let before = H.stats();
+    // SAFETY: as above.
+    unsafe { H.deallocate(p, l) };
+    let st = H.stats();
+    assert_eq!(st.cached_bytes - before.cached_bytes, (pages * PAGE_BYTES) as u64, "{st}");
+    assert_eq!(st.heap_inuse, before.heap_inuse, "an idle span stays in use:\n{st}");
+    assert_eq!(st.heap_alloc, before.heap_alloc - (pages * PAGE_BYTES) as u64, "{st}");
+    assert_eq!(st.by_size[0].frees, before.by_size[0].frees + 1);
+    // Another size does not take it; the same size does, and zeroed memory is zeroed.
+    let q = H.allocate(lay(200_000));
+    assert!(!q.is_null() && q != p);
+    let z = H.allocate_zeroed(l);
+    assert_eq!(z, p, "the idle span of 13 pages serves the next 13-page request");
+    // SAFETY: 100,000 bytes of a live object.
+    assert!(unsafe { core::slice::from_raw_parts(z, 100_000) }.iter().all(|&b| b == 0), "reused span zeroed on request");
+    assert_eq!(H.usable_size(z), pages * PAGE_BYTES);
+    H.check_invariants();
+    // SAFETY: live objects with these layouts.
+    unsafe {
+        H.deallocate(z, l);
+        H.deallocate(q, lay(200_000));
+    }
+    let st = H.stats();
+    assert_eq!(st.heap_alloc, 0, "{st}");
+    assert_eq!(st.heap_inuse, st.cached_bytes, "{st}");
+    H.scavenge();
+    let st = H.stats();
+    assert_eq!((st.heap_inuse, st.cached_bytes, st.spans), (0, 0, 0), "scavenge empties the cache:\n{st}");
+    H.check_invariants();
+}
+
+#[test]
+fn cache_is_bounded_and_alignment_is_respected() {
+    static H: RegionHeap = Heap::new(RegionSource::empty(), SingleCpu::new());
+    give_region(&H, 64 << 20);
+    // More idle spans than the bound holds: some go back.
+    let l = lay(64 << 10);
+    let fit = LARGE_CACHE_MAX_PAGES / 8;
+    let ps: Vec<*mut u8> = (0..fit + 5).map(|_| H.allocate(l)).collect();
+    for &p in &ps {
+        // SAFETY: allocated above with `l`.
+        unsafe { H.deallocate(p, l) };
+    }
+    let st = H.stats();
+    assert_eq!(st.cached_bytes as usize, fit * (64 << 10), "{st}");
+    H.check_invariants();
+    // Big spans: at most LARGE_CACHE_MAX_PAGES pages idle in all; bigger than
+    // LARGE_CACHE_MAX_SPAN_PAGES never idle.
+    let big = lay(LARGE_CACHE_MAX_SPAN_PAGES * PAGE_BYTES);
+    let bs: Vec<*mut u8> = (0..8).map(|_| H.allocate(big)).collect();
+    for &p in &bs {
+        // SAFETY: as above.
+        unsafe { H.deallocate(p, big) };
+    }
+    let st = H.stats();
+    assert!(st.cached_bytes as usize <= LARGE_CACHE_MAX_PAGES * PAGE_BYTES, "{st}");
+    let huge = lay((LARGE_CACHE_MAX_SPAN_PAGES + 1) * PAGE_BYTES);
+    let h = H.allocate(huge);
+    let before = H.stats().cached_bytes;
+    // SAFETY: as above.
+    unsafe { H.deallocate(h, huge) };
+    assert_eq!(H.stats().cached_bytes, before, "spans over 1 MiB are not kept");
+    // An alignment the idle spans may not have: served correctly either way.
+    let a = Layout::from_size_align(LARGE_CACHE_MAX_SPAN_PAGES * PAGE_BYTES, 1 << 20).unwrap();
+    let p = H.allocate(a);
+    assert!(!p.is_null() && (p as usize).is_multiple_of(1 << 20));
+    // SAFETY: as above.
+    unsafe { H.deallocate(p, a) };
+    H.check_invariants();
+}
+
+/// A double free of a large object whose span idles in the cache is caught.
+#[test]
+fn double_free_of_an_idle_span_panics_with_the_address() {
+    static H: RegionHeap = Heap::new(RegionSource::empty(), SingleCpu::new());
+    give_region(&H, 16 << 20);
+    let l = lay(50_000);
+    let p = H.allocate(l);
+    // SAFETY: allocated above with `l`.
+    unsafe { H.deallocate(p, l) };
+    let err = std::panic::catch_unwind(|| unsafe { H.deallocate(p, l) }).expect_err("double free must panic");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains(&format!("{p:p}")) && msg.contains("double free"), "{msg}");
+    H.check_invariants();
+}
+
+/// Idle spans go back before an allocation fails: once the heap is full, the
+/// only room for a bigger request is idle spans merged back together.
+#[test]
+fn idle_spans_are_given_back_before_out_of_memory() {
+    static H: RegionHeap = Heap::new(RegionSource::empty(), SingleCpu::new());
+    give_region(&H, 16 << 20);
+    let l = lay(256 << 10);
+    let mut ps = Vec::new();
+    loop {
+        let p = H.allocate(l);
+        if p.is_null() {
+            break;
+        }
+        ps.push(p);
+    }
+    // The newest objects become idle spans: as many as the cache's bound holds.
+    let nidle = LARGE_CACHE_MAX_PAGES * PAGE_BYTES / (256 << 10);
+    assert!(ps.len() >= nidle + 8, "{} objects of 256 KiB in 16 MiB", ps.len());
+    let idle = ps.split_off(ps.len() - nidle);
+    for &p in &idle {
+        // SAFETY: allocated above with `l`.
+        unsafe { H.deallocate(p, l) };
+    }
+    assert_eq!(H.stats().cached_bytes as usize, nidle << 18);
+    let big = lay(1 << 20);
+    let b = H.allocate(big);
+    assert!(!b.is_null(), "idle spans must be flushed before reporting out of memory:\n{}", H.stats());
+    assert_eq!(H.stats().cached_bytes, 0);
+    // SAFETY: live objects with these layouts.
+    unsafe {
+        H.deallocate(b, big);
+        for &p in &ps {
+            H.deallocate(p, l);
+        }
+    }
+    H.check_invariants();
+}
