@@ -301,13 +301,14 @@ pub struct PageStats {
     pub large_cached: u64,
 }
 
-/// Sizes of large spans the cache keeps apart: pages 1..=8, then four sizes
-/// per doubling up to [`LARGE_CACHE_MAX_SPAN_PAGES`] (see [`large_pages`]).
+/// Lists of the large-span cache: one per [`cache_class`] up to
+/// [`LARGE_CACHE_MAX_SPAN_PAGES`] (pages 1..=8, then four per doubling).
 pub const LARGE_CACHE_SIZES: usize = 8 + 4 * 4;
 
-/// The cache's list for a span of `npages` pages (a value of [`large_pages`]
-/// no bigger than [`LARGE_CACHE_MAX_SPAN_PAGES`]).
+/// The cache's list for a span of `npages` pages (at most
+/// [`LARGE_CACHE_MAX_SPAN_PAGES`]).
 const fn large_cache_index(npages: usize) -> usize {
+    let npages = cache_class(npages);
     if npages <= 8 {
         return npages - 1;
     }
@@ -322,23 +323,37 @@ pub const LARGE_CACHE_MAX_SPAN_PAGES: usize = (1 << 20) / PAGE_BYTES;
 pub const LARGE_CACHE_MAX_PAGES: usize = (4 << 20) / PAGE_BYTES;
 
 /// Pages of a large object of `bytes` (`None` on overflow): whole pages up to
-/// 64 KiB and above 1 MiB; in between, jemalloc's spacing of four sizes per
-/// doubling (10, 12, 14, 16, 20, 24, ... 128 pages), so that a freed span
+/// 64 KiB and above 1 MiB; in between, rounded up to a [`cache_class`] (four
+/// sizes per doubling, as jemalloc spaces its large classes), so that a span
 /// idling in the large-span cache fits the next request of about its size.
-/// At most 25% more than the request (11% at 9 pages); the rounded size is
-/// the object's usable size and what `heap_alloc` counts.
+/// At most 25% over the request (11% at 9 pages; untouched tail pages cost no
+/// memory until used). This is the object's usable size and what `heap_alloc`
+/// counts.
 #[inline]
 pub const fn large_pages(bytes: usize) -> Option<usize> {
-    if bytes > LARGE_CACHE_MAX_SPAN_PAGES * PAGE_BYTES {
-        let Some(b) = bytes.checked_add(PAGE_BYTES - 1) else { return None };
-        return Some(b >> crate::PAGE_SHIFT);
-    }
-    let n = (bytes + PAGE_BYTES - 1) >> crate::PAGE_SHIFT;
+    let Some(b) = bytes.checked_add(PAGE_BYTES - 1) else { return None };
+    let n = b >> crate::PAGE_SHIFT;
     if n <= 8 {
         return Some(if n == 0 { 1 } else { n });
     }
-    let sh = (n - 1).ilog2() - 2;
-    Some((((n - 1) >> sh) + 1) << sh)
+    if n > LARGE_CACHE_MAX_SPAN_PAGES {
+        return Some(n);
+    }
+    Some(cache_class(n))
+}
+
+/// The size class of a span of `npages` pages (at most
+/// [`LARGE_CACHE_MAX_SPAN_PAGES`]) for the large-span cache's lists: pages
+/// 1..=8, then jemalloc's spacing of four sizes per doubling (10, 12, 14, 16,
+/// 20, ... 128 pages), rounding up. A request takes only a span of exactly
+/// its page count from its class's list (spans resized by `realloc` may have
+/// other counts).
+const fn cache_class(npages: usize) -> usize {
+    if npages <= 8 {
+        return npages;
+    }
+    let sh = (npages - 1).ilog2() - 2;
+    (((npages - 1) >> sh) + 1) << sh
 }
 
 /// The page heap. See the module documentation.
@@ -417,7 +432,13 @@ impl PageHeap {
     /// "Scavenger policy" in the module docs). After every free, dirty free pages
     /// are at most this.
     pub fn dirty_allowance(&self) -> usize {
-        self.pacer.allowance(self.inuse_pages, self.retain_bytes / PAGE_BYTES)
+        self.pacer.allowance(self.live_pages(), self.retain_bytes / PAGE_BYTES)
+    }
+
+    /// Pages in spans that hold objects: in use, less the large-span cache's
+    /// idle spans (which the scavenger counts with the dirty free pages).
+    fn live_pages(&self) -> usize {
+        self.inuse_pages - self.cached_pages
     }
 
     /// The scavenger's clock and recent peak, for tests and statistics.
@@ -575,7 +596,7 @@ impl PageHeap {
         let taken = a.pages.alloc_range(start, npages);
         self.released_pages -= taken.scavenged;
         self.inuse_pages += npages;
-        self.pacer.tick(npages, self.inuse_pages);
+        self.pacer.tick(npages, self.live_pages());
         self.update_leaf(slot);
         let needzero = taken.dirty > 0 || (taken.scavenged > 0 && !S::ZEROED);
         Some((slot, start, needzero))
@@ -587,7 +608,7 @@ impl PageHeap {
         let a = unsafe { &mut *self.arenas[slot] };
         a.pages.free_range(start, npages);
         self.inuse_pages -= npages;
-        self.pacer.tick(npages, self.inuse_pages);
+        self.pacer.tick(npages, self.live_pages());
         self.update_leaf(slot);
     }
 
@@ -677,6 +698,16 @@ impl PageHeap {
     /// # Safety
     /// `span` came from this heap, is on no list, and nothing refers to its objects.
     pub unsafe fn free_span<S: PageSource>(&mut self, source: &S, span: NonNull<Span>) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.return_span(span) };
+        self.trim(source);
+    }
+
+    /// [`PageHeap::free_span`] without the trim.
+    ///
+    /// # Safety
+    /// As [`PageHeap::free_span`].
+    unsafe fn return_span(&mut self, span: NonNull<Span>) {
         let s = span.as_ptr();
         // SAFETY: the caller hands the span over.
         let (arena, start, npages) = unsafe {
@@ -695,7 +726,6 @@ impl PageHeap {
         self.free_pages(slot, start, npages);
         // SAFETY: the record is unused now.
         unsafe { self.spans.free(span) };
-        self.trim(source);
     }
 
     /// Dirty free pages now.
@@ -711,8 +741,14 @@ impl PageHeap {
             return;
         }
         let allowance = self.dirty_allowance();
-        let dirty = self.dirty_pages();
+        // Idle large spans are dirty memory nobody uses, as free pages are: they
+        // count against the same allowance, and go back to the heap first when
+        // it is exceeded (so the cache never raises the footprint's bound).
+        let dirty = self.dirty_pages() + self.cached_pages;
         if dirty > allowance {
+            while self.ncached > 0 {
+                self.evict_cached();
+            }
             let target = allowance - allowance / RELEASE_GAP_DIVISOR;
             self.scavenge(source, dirty - target);
         }
@@ -763,18 +799,15 @@ impl PageHeap {
 
     /// The newest idle span of exactly `npages` pages whose start has the
     /// alignment, made `Large` again (exact: a large object's size is
-    /// [`large_pages`] of its request, whichever way it is served).
+    /// [`large_pages`] of its request, whichever way it is served). Searches
+    /// one class's list: a handful of spans.
     fn take_cached(&mut self, npages: usize, align_pages: usize) -> Option<NonNull<Span>> {
         if npages > LARGE_CACHE_MAX_SPAN_PAGES || self.ncached == 0 {
             return None;
         }
         let list = &mut self.large_cache[large_cache_index(npages)];
-        let s = if align_pages == 1 {
-            list.first()
-        } else {
-            // SAFETY: listed spans are live records.
-            list.iter().find(|&s| unsafe { ((*s).start / PAGE_BYTES).is_multiple_of(align_pages) }).unwrap_or(null_mut())
-        };
+        // SAFETY: listed spans are live records.
+        let s = list.iter().find(|&s| unsafe { (*s).npages == npages && ((*s).start / PAGE_BYTES).is_multiple_of(align_pages) }).unwrap_or(null_mut());
         if s.is_null() {
             return None;
         }
@@ -790,13 +823,13 @@ impl PageHeap {
         NonNull::new(s)
     }
 
-    /// Gives one idle span back to the heap: the newest of the size that
-    /// holds the most pages.
-    fn evict_cached<S: PageSource>(&mut self, source: &S) {
+    /// Gives one idle span back to the heap (no trim): the newest of the size
+    /// class that holds the most spans (by count times class size).
+    fn evict_cached(&mut self) {
         let mut best = (0, 0);
         for (i, l) in self.large_cache.iter().enumerate() {
             // SAFETY: listed spans are live records.
-            let pages = if l.is_empty() { 0 } else { l.len() * unsafe { (*l.first()).npages } };
+            let pages = if l.is_empty() { 0 } else { l.len() * cache_class(unsafe { (*l.first()).npages }) };
             if pages > best.1 {
                 best = (i, pages);
             }
@@ -808,7 +841,7 @@ impl PageHeap {
             self.large_cache[best.0].remove(s);
             self.ncached -= 1;
             self.cached_pages -= (*s).npages;
-            self.free_span(source, NonNull::new_unchecked(s));
+            self.return_span(NonNull::new_unchecked(s));
         }
     }
 
@@ -816,8 +849,9 @@ impl PageHeap {
     /// before the heap would otherwise fail).
     pub fn flush_large_cache<S: PageSource>(&mut self, source: &S) {
         while self.ncached > 0 {
-            self.evict_cached(source);
+            self.evict_cached();
         }
+        self.trim(source);
     }
 
     /// Bytes held by idle large spans.
@@ -835,10 +869,9 @@ impl PageHeap {
         self.large.frees += 1;
         self.large.live_bytes -= bytes as u64;
         let npages = bytes / PAGE_BYTES;
-        // Spans of a size `large_pages` gives (a resized one may not be) idle whole.
-        if npages <= LARGE_CACHE_MAX_SPAN_PAGES && large_pages(bytes) == Some(npages) {
+        if npages <= LARGE_CACHE_MAX_SPAN_PAGES {
             while self.cached_pages + npages > LARGE_CACHE_MAX_PAGES {
-                self.evict_cached(source);
+                self.evict_cached();
             }
             // SAFETY: the caller hands the span over (on no list); it stays whole.
             unsafe {
@@ -847,6 +880,7 @@ impl PageHeap {
             }
             self.ncached += 1;
             self.cached_pages += npages;
+            self.trim(source);
             return;
         }
         // SAFETY: forwarded from the caller.
@@ -891,7 +925,7 @@ impl PageHeap {
             let taken = a.pages.alloc_range(start + old, extra);
             self.released_pages -= taken.scavenged;
             self.inuse_pages += extra;
-            self.pacer.tick(extra, self.inuse_pages);
+            self.pacer.tick(extra, self.live_pages());
             self.update_leaf(slot);
             // SAFETY: pages inside the arena; live span.
             unsafe {
@@ -1034,26 +1068,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn large_pages_rounds_to_four_sizes_per_doubling() {
+    fn large_pages_and_cache_classes() {
         assert_eq!(large_pages(0), Some(1));
         assert_eq!(large_pages(1), Some(1));
-        assert_eq!(large_pages(8 * PAGE_BYTES), Some(8));
         assert_eq!(large_pages(8 * PAGE_BYTES + 1), Some(10));
-        assert_eq!(large_pages(16 * PAGE_BYTES), Some(16));
         assert_eq!(large_pages(16 * PAGE_BYTES + 1), Some(20));
-        assert_eq!(large_pages(33 * PAGE_BYTES), Some(40));
         assert_eq!(large_pages(1 << 20), Some(128));
         assert_eq!(large_pages((1 << 20) + 1), Some(129), "whole pages above 1 MiB");
         assert_eq!(large_pages(usize::MAX), None);
+        assert_eq!(cache_class(8), 8);
+        assert_eq!(cache_class(9), 10);
+        assert_eq!(cache_class(17), 20);
+        assert_eq!(cache_class(128), 128);
         let mut prev = 0;
-        for n in 1..=LARGE_CACHE_MAX_SPAN_PAGES + 8 {
-            let r = large_pages(n * PAGE_BYTES).unwrap();
+        for n in 1..=LARGE_CACHE_MAX_SPAN_PAGES {
+            let r = cache_class(n);
             assert!(r >= n && r >= prev, "monotone and never short: {n} -> {r}");
             assert!(r * 4 <= n * 5, "at most 25% over: {n} -> {r}");
             prev = r;
         }
-        // Four sizes per doubling between 64 KiB and 1 MiB, each its own cache list.
-        let sizes: std::collections::BTreeSet<usize> = (1..=128).map(|n| large_pages(n * PAGE_BYTES).unwrap()).collect();
+        // Four classes per doubling between 64 KiB and 1 MiB, each its own cache list.
+        let sizes: std::collections::BTreeSet<usize> = (1..=128).map(cache_class).collect();
         assert_eq!(sizes.len(), LARGE_CACHE_SIZES);
         let idx: std::vec::Vec<usize> = sizes.iter().map(|&n| large_cache_index(n)).collect();
         assert_eq!(idx, (0..LARGE_CACHE_SIZES).collect::<std::vec::Vec<_>>());
