@@ -183,12 +183,21 @@ impl Central {
         let s = core::mem::replace(&mut self.empty, null_mut());
         if !s.is_null() {
             // SAFETY: the kept span is on partial, live, with no object allocated.
-            unsafe {
-                self.partial.remove(s);
-                (*s).list = ListId::None;
-                self.spans_freed += 1;
-                below.heap.lock().free_span(below.source, NonNull::new_unchecked(s));
-            }
+            unsafe { self.release_span(s, below) };
+        }
+    }
+
+    /// Takes an empty span off `partial` and gives it to the page heap.
+    ///
+    /// # Safety
+    /// `s` is on `partial`, live, with no object allocated, and not `self.empty`.
+    unsafe fn release_span<S: PageSource, X: spin::RelaxStrategy>(&mut self, s: *mut Span, below: &Below<'_, S, X>) {
+        // SAFETY: as the caller promises; the list is ours under our lock.
+        unsafe {
+            self.partial.remove(s);
+            (*s).list = ListId::None;
+            self.spans_freed += 1;
+            below.heap.lock().free_span(below.source, NonNull::new_unchecked(s));
         }
     }
 
@@ -217,10 +226,7 @@ impl Central {
             if span.alloc_count == 0 && self.empty.is_null() {
                 self.empty = s;
             } else if span.alloc_count == 0 {
-                self.partial.remove(s);
-                span.list = ListId::None;
-                self.spans_freed += 1;
-                below.heap.lock().free_span(below.source, NonNull::new_unchecked(s));
+                self.release_span(s, below);
             }
         }
     }

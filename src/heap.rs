@@ -236,7 +236,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[cfg_attr(not(all(feature = "linux", target_arch = "x86_64")), inline(always))]
     fn alloc_small_slow(&self, c: SizeClass) -> *mut u8 {
         let Some(slabs) = self.slabs() else { return null_mut() };
-        let mut p = slabs.pop(&self.cpu, c);
+        // In rseq mode `alloc_small` has just tried this pop.
+        let mut p = if slabs.uses_rseq() { null_mut() } else { slabs.pop(&self.cpu, c) };
         if p.is_null() {
             p = self.refill(slabs, c);
         }
@@ -293,7 +294,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         assert!(!slabs.is_null(), "tieralloc: free of {p:p} before any allocation");
         // SAFETY: published slabs live for ever.
         let slabs = unsafe { &*slabs };
-        if !slabs.push(&self.cpu, c, p) {
+        // In rseq mode `free_small` has just tried this push.
+        if slabs.uses_rseq() || !slabs.push(&self.cpu, c, p) {
             self.flush_push(slabs, c, p);
         }
     }
@@ -362,9 +364,12 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[cfg_attr(all(feature = "linux", target_arch = "x86_64"), inline(never))]
     fn alloc_tiny_slow(&self, size: usize, a: usize) -> *mut u8 {
         let Some(slabs) = self.slabs() else { return null_mut() };
-        let p = slabs.carve_tiny(&self.cpu, size, a);
-        if !p.is_null() {
-            return p;
+        // In rseq mode `alloc_tiny` has just tried this carve.
+        if !slabs.uses_rseq() {
+            let p = slabs.carve_tiny(&self.cpu, size, a);
+            if !p.is_null() {
+                return p;
+            }
         }
         self.alloc_tiny_block(slabs, size)
     }

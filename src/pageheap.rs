@@ -746,9 +746,7 @@ impl PageHeap {
         // it is exceeded (so the cache never raises the footprint's bound).
         let dirty = self.dirty_pages() + self.cached_pages;
         if dirty > allowance {
-            while self.ncached > 0 {
-                self.evict_cached();
-            }
+            self.evict_all_cached();
             let target = allowance - allowance / RELEASE_GAP_DIVISOR;
             self.scavenge(source, dirty - target);
         }
@@ -848,10 +846,15 @@ impl PageHeap {
     /// Returns every idle large span's pages to the heap (for scavenging, and
     /// before the heap would otherwise fail).
     pub fn flush_large_cache<S: PageSource>(&mut self, source: &S) {
+        self.evict_all_cached();
+        self.trim(source);
+    }
+
+    /// Gives every idle span back to the heap (no trim).
+    fn evict_all_cached(&mut self) {
         while self.ncached > 0 {
             self.evict_cached();
         }
-        self.trim(source);
     }
 
     /// Bytes held by idle large spans.

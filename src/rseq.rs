@@ -70,6 +70,28 @@ const _: () = {
     assert!(core::mem::size_of::<ClassDesc>() == 32);
 };
 
+/// The start of every section that works on one class's word: label 2 arms
+/// the section (points the rseq area's `rseq_cs` at descriptor 3), label 4
+/// starts it — reads `cpu_id`, fails to label 5 if it is out of range, and
+/// leaves in `{t}` the address of the descriptor's word in this CPU's cache.
+/// Operands: `{off}` (`__rseq_offset`), `{d}` (the descriptor), scratch `{t}`
+/// and `{w}`, and the constants `{cpu}`, `{count}`, `{stride}`, `{word}`.
+macro_rules! rseq_enter {
+    () => {
+        concat!(
+            "2:\n",
+            "lea {w}, [rip + 3f]\n",
+            "mov qword ptr fs:[{off} + 8], {w}\n",
+            "4:\n",
+            "mov {t:e}, dword ptr fs:[{off} + {cpu}]\n",
+            "cmp {t:e}, dword ptr [{d} + {count}]\n",
+            "jae 5f\n",
+            "imul {t}, qword ptr [{d} + {stride}]\n",
+            "add {t}, qword ptr [{d} + {word}]\n"
+        )
+    };
+}
+
 /// Opens the out-of-line part of a section (its own text section, off the hot
 /// path): the abort handler, preceded by the signature. The kernel checks
 /// that the 4 bytes before `abort_ip` (label 7) are `RSEQ_SIG` and has cleared
@@ -130,15 +152,7 @@ pub unsafe fn pop(d: *const ClassDesc) -> *mut u8 {
     // as its commit.
     unsafe {
         asm!(
-            "2:",
-            "lea {w}, [rip + 3f]",
-            "mov qword ptr fs:[{off} + 8], {w}",
-            "4:",
-            "mov {t:e}, dword ptr fs:[{off} + {cpu}]",
-            "cmp {t:e}, dword ptr [{d} + {count}]",
-            "jae 5f",
-            "imul {t}, qword ptr [{d} + {stride}]",
-            "add {t}, qword ptr [{d} + {word}]",
+            rseq_enter!(),
             "mov {w}, qword ptr [{t}]",
             "movzx {p:e}, {w:x}",
             "dec {p:e}",
@@ -182,15 +196,7 @@ pub unsafe fn push(d: *const ClassDesc, obj: *mut u8) -> bool {
     // slow path (the `label` operand).
     unsafe {
         asm!(
-            "2:",
-            "lea {w}, [rip + 3f]",
-            "mov qword ptr fs:[{off} + 8], {w}",
-            "4:",
-            "mov {t:e}, dword ptr fs:[{off} + {cpu}]",
-            "cmp {t:e}, dword ptr [{d} + {count}]",
-            "jae 5f",
-            "imul {t}, qword ptr [{d} + {stride}]",
-            "add {t}, qword ptr [{d} + {word}]",
+            rseq_enter!(),
             "mov {w}, qword ptr [{t}]",
             "movzx {n:e}, {w:x}",
             "cmp {n:e}, dword ptr [{d} + {cap}]",
@@ -228,21 +234,13 @@ pub unsafe fn push(d: *const ClassDesc, obj: *mut u8) -> bool {
 #[inline]
 pub unsafe fn push_batch(d: *const ClassDesc, src: *const *mut u8, n: usize) -> usize {
     let k: usize;
+    // SAFETY: the caller vouches for the descriptor.
+    let off = unsafe { (*d).rseq_off };
     // SAFETY: as in `push`: slots above the length are written first, then one
     // commit store publishes them.
     unsafe {
         asm!(
-            "2:",
-            "mov {t}, qword ptr [{d}]",
-            "lea {w}, [rip + 3f]",
-            "mov qword ptr fs:[{t} + 8], {w}",
-            "4:",
-            "mov {t}, qword ptr [{d}]",
-            "mov {t:e}, dword ptr fs:[{t} + {cpu}]",
-            "cmp {t:e}, dword ptr [{d} + {count}]",
-            "jae 5f",
-            "imul {t}, qword ptr [{d} + {stride}]",
-            "add {t}, qword ptr [{d} + {word}]",
+            rseq_enter!(),
             "mov {w}, qword ptr [{t}]",
             "movzx {i:e}, {w:x}",
             "mov {k:e}, dword ptr [{d} + {cap}]",
@@ -268,6 +266,7 @@ pub unsafe fn push_batch(d: *const ClassDesc, src: *const *mut u8, n: usize) -> 
             "jmp 6b",
             rseq_end!(),
             d = in(reg) d,
+            off = in(reg) off,
             src = in(reg) src,
             n = in(reg) n,
             t = out(reg) _,
@@ -295,21 +294,13 @@ pub unsafe fn push_batch(d: *const ClassDesc, src: *const *mut u8, n: usize) -> 
 #[inline]
 pub unsafe fn pop_batch(d: *const ClassDesc, dst: *mut *mut u8, n: usize) -> usize {
     let k: usize;
+    // SAFETY: the caller vouches for the descriptor.
+    let off = unsafe { (*d).rseq_off };
     // SAFETY: as in `pop`: copying out is a read; the commit store shortens the stack.
     // If the section restarts, `dst` is simply written again.
     unsafe {
         asm!(
-            "2:",
-            "mov {t}, qword ptr [{d}]",
-            "lea {w}, [rip + 3f]",
-            "mov qword ptr fs:[{t} + 8], {w}",
-            "4:",
-            "mov {t}, qword ptr [{d}]",
-            "mov {t:e}, dword ptr fs:[{t} + {cpu}]",
-            "cmp {t:e}, dword ptr [{d} + {count}]",
-            "jae 5f",
-            "imul {t}, qword ptr [{d} + {stride}]",
-            "add {t}, qword ptr [{d} + {word}]",
+            rseq_enter!(),
             "mov {w}, qword ptr [{t}]",
             "movzx {k:e}, {w:x}",
             "cmp {k:e}, dword ptr [{d} + {cap}]",
@@ -335,6 +326,7 @@ pub unsafe fn pop_batch(d: *const ClassDesc, dst: *mut *mut u8, n: usize) -> usi
             "jmp 6b",
             rseq_end!(),
             d = in(reg) d,
+            off = in(reg) off,
             dst = in(reg) dst,
             n = in(reg) n,
             t = out(reg) _,
@@ -463,20 +455,12 @@ pub unsafe fn store_if(d: *const ClassDesc, cpu: usize, field: usize, expected: 
 /// As [`load`].
 #[inline(always)]
 pub unsafe fn add(d: *const ClassDesc, field: usize, delta: u64) -> bool {
+    // SAFETY: the caller vouches for the descriptor.
+    let off = unsafe { (*d).rseq_off };
     // SAFETY: as in `pop`; the single store is the commit.
     unsafe {
         asm!(
-            "2:",
-            "mov {t}, qword ptr [{d}]",
-            "lea {w}, [rip + 3f]",
-            "mov qword ptr fs:[{t} + 8], {w}",
-            "4:",
-            "mov {t}, qword ptr [{d}]",
-            "mov {t:e}, dword ptr fs:[{t} + {cpu}]",
-            "cmp {t:e}, dword ptr [{d} + {count}]",
-            "jae 5f",
-            "imul {t}, qword ptr [{d} + {stride}]",
-            "add {t}, qword ptr [{d} + {word}]",
+            rseq_enter!(),
             "mov {w}, qword ptr [{t} + {f}]",
             "add {w}, {delta}",
             "mov qword ptr [{t} + {f}], {w}",
@@ -485,6 +469,7 @@ pub unsafe fn add(d: *const ClassDesc, field: usize, delta: u64) -> bool {
             "jmp {fail}",
             rseq_end!(),
             d = in(reg) d,
+            off = in(reg) off,
             f = in(reg) field,
             delta = in(reg) delta,
             t = out(reg) _,
@@ -511,20 +496,12 @@ pub unsafe fn add(d: *const ClassDesc, field: usize, delta: u64) -> bool {
 #[inline(always)]
 pub unsafe fn carve(d: *const ClassDesc, field: usize, size: usize, amask: usize) -> *mut u8 {
     let p: usize;
+    // SAFETY: the caller vouches for the descriptor.
+    let off = unsafe { (*d).rseq_off };
     // SAFETY: as in `pop`; the single store of the new tiny word is the commit.
     unsafe {
         asm!(
-            "2:",
-            "mov {t}, qword ptr [{d}]",
-            "lea {w}, [rip + 3f]",
-            "mov qword ptr fs:[{t} + 8], {w}",
-            "4:",
-            "mov {t}, qword ptr [{d}]",
-            "mov {t:e}, dword ptr fs:[{t} + {cpu}]",
-            "cmp {t:e}, dword ptr [{d} + {count}]",
-            "jae 5f",
-            "imul {t}, qword ptr [{d} + {stride}]",
-            "add {t}, qword ptr [{d} + {word}]",
+            rseq_enter!(),
             "mov {w}, qword ptr [{t} + {f}]",
             // off = ((w >> 48) & 31) rounded up to the alignment; end = off + size
             "mov {o}, {w}",
@@ -560,6 +537,7 @@ pub unsafe fn carve(d: *const ClassDesc, field: usize, size: usize, amask: usize
             "jmp 6b",
             rseq_end!(),
             d = in(reg) d,
+            off = in(reg) off,
             f = in(reg) field,
             size = in(reg) size,
             amask = in(reg) amask,
