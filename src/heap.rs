@@ -738,6 +738,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// pages (default [`crate::pageheap::DEFAULT_RETAIN_BYTES`]); the
     /// scavenger's allowance is this or the room under 1.5 times the recent
     /// in-use peak, whichever is larger (see `pageheap`, "Scavenger policy").
+    /// A floor above 16 MiB also lets the large-span cache hold a quarter of
+    /// it (at most 32 MiB; see [`crate::pageheap::LARGE_CACHE_MAX_PAGES`]).
     pub fn set_retain_bytes(&self, bytes: usize) {
         self.pages.lock().set_retain_bytes(bytes);
     }

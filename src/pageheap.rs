@@ -307,7 +307,23 @@ pub const LARGE_CACHE_SIZES: usize = 8 + 4 * 4;
 
 /// The cache's list for a span of `npages` pages (at most
 /// [`LARGE_CACHE_MAX_SPAN_PAGES`]).
-const fn large_cache_index(npages: usize) -> usize {
+#[inline]
+fn large_cache_index(npages: usize) -> usize {
+    CACHE_INDEX[npages] as usize
+}
+
+/// [`large_cache_index_of`] of every span size the cache takes.
+static CACHE_INDEX: [u8; LARGE_CACHE_MAX_SPAN_PAGES + 1] = {
+    let mut t = [0u8; LARGE_CACHE_MAX_SPAN_PAGES + 1];
+    let mut n = 1;
+    while n <= LARGE_CACHE_MAX_SPAN_PAGES {
+        t[n] = large_cache_index_of(n) as u8;
+        n += 1;
+    }
+    t
+};
+
+const fn large_cache_index_of(npages: usize) -> usize {
     let npages = cache_class(npages);
     if npages <= 8 {
         return npages - 1;
@@ -318,9 +334,15 @@ const fn large_cache_index(npages: usize) -> usize {
 /// Most pages one cached large span may have (1 MiB): bigger objects are rare
 /// enough that the page bitmap's cost does not matter.
 pub const LARGE_CACHE_MAX_SPAN_PAGES: usize = (1 << 20) / PAGE_BYTES;
-/// Most pages all cached large spans hold together (4 MiB), reported in
-/// `Stats::cached_bytes` and returned by `scavenge` and before the heap grows.
+/// Most pages all cached large spans hold together with the default retained
+/// floor (4 MiB), reported in `Stats::cached_bytes` and returned by `scavenge`
+/// and before the heap grows. A heap told to retain more
+/// ([`PageHeap::set_retain_bytes`]) may cache a quarter of its floor, up to
+/// [`LARGE_CACHE_LIMIT_PAGES`]: idle spans count against the same allowance as
+/// dirty free pages, so this changes which memory is kept, not how much.
 pub const LARGE_CACHE_MAX_PAGES: usize = (4 << 20) / PAGE_BYTES;
+/// The cache's bound for any retained floor (32 MiB).
+pub const LARGE_CACHE_LIMIT_PAGES: usize = (32 << 20) / PAGE_BYTES;
 
 /// Pages of a large object of `bytes` (`None` on overflow): whole pages up to
 /// 64 KiB and above 1 MiB; in between, rounded up to a [`cache_class`] (four
@@ -380,6 +402,9 @@ pub struct PageHeap {
     meta_bytes: usize,
     /// Dirty free memory always kept by the scavenger (the allowance's floor).
     retain_bytes: usize,
+    /// Most pages idle in the large-span cache: [`LARGE_CACHE_MAX_PAGES`], or a
+    /// quarter of a larger `retain_bytes` up to [`LARGE_CACHE_LIMIT_PAGES`].
+    cache_max_pages: usize,
     /// The scavenger's traffic clock and recent in-use peak.
     pacer: Pacer,
     scavenged_pages_total: u64,
@@ -411,6 +436,7 @@ impl PageHeap {
             released_pages: 0,
             meta_bytes: 0,
             retain_bytes: DEFAULT_RETAIN_BYTES,
+            cache_max_pages: LARGE_CACHE_MAX_PAGES,
             pacer: Pacer::new(),
             scavenged_pages_total: 0,
             large: LargeCounts { mallocs: 0, frees: 0, live_bytes: 0 },
@@ -425,6 +451,15 @@ impl PageHeap {
     /// release on free).
     pub fn set_retain_bytes(&mut self, bytes: usize) {
         self.retain_bytes = bytes;
+        self.cache_max_pages = (bytes / 4 / PAGE_BYTES).clamp(LARGE_CACHE_MAX_PAGES, LARGE_CACHE_LIMIT_PAGES);
+        while self.cached_pages > self.cache_max_pages {
+            self.evict_cached();
+        }
+    }
+
+    /// Most bytes the large-span cache holds now (see [`LARGE_CACHE_MAX_PAGES`]).
+    pub fn large_cache_max_bytes(&self) -> usize {
+        self.cache_max_pages * PAGE_BYTES
     }
 
     /// Dirty free pages the scavenger keeps now: `max(retain, P' * 3/2 - inuse)`
@@ -740,15 +775,26 @@ impl PageHeap {
         if !S::CAN_RELEASE {
             return;
         }
+        // Within the retained floor nothing is released: skip the pacer's sums.
+        let dirty = self.dirty_pages() + self.cached_pages;
+        if dirty <= self.retain_bytes / PAGE_BYTES {
+            return;
+        }
         let allowance = self.dirty_allowance();
         // Idle large spans are dirty memory nobody uses, as free pages are: they
         // count against the same allowance, and go back to the heap first when
         // it is exceeded (so the cache never raises the footprint's bound).
-        let dirty = self.dirty_pages() + self.cached_pages;
         if dirty > allowance {
-            self.evict_all_cached();
+            // Down to the hysteresis target: idle spans go back to the heap
+            // first (an evicted span's pages stay dirty, so this does not
+            // change `dirty`), only as many as the release needs, so that a
+            // small overshoot does not empty the cache.
             let target = allowance - allowance / RELEASE_GAP_DIVISOR;
-            self.scavenge(source, dirty - target);
+            let excess = dirty - target;
+            while self.ncached > 0 && self.dirty_pages() < excess {
+                self.evict_cached();
+            }
+            self.scavenge(source, excess);
         }
     }
 
@@ -873,7 +919,7 @@ impl PageHeap {
         self.large.live_bytes -= bytes as u64;
         let npages = bytes / PAGE_BYTES;
         if npages <= LARGE_CACHE_MAX_SPAN_PAGES {
-            while self.cached_pages + npages > LARGE_CACHE_MAX_PAGES {
+            while self.cached_pages + npages > self.cache_max_pages {
                 self.evict_cached();
             }
             // SAFETY: the caller hands the span over (on no list); it stays whole.
@@ -989,7 +1035,7 @@ impl PageHeap {
             }
         }
         assert_eq!((cached, n), (self.cached_pages, self.ncached), "cached_pages, ncached");
-        assert!(self.cached_pages <= LARGE_CACHE_MAX_PAGES);
+        assert!(self.cached_pages <= self.cache_max_pages);
         assert!(self.tree_cap == 1 || self.narenas > self.tree_cap / 2, "tree_cap {} too big for {} arenas", self.tree_cap, self.narenas);
         for slot in self.narenas..self.tree_cap {
             assert_eq!(self.tree[self.tree_cap + slot], 0, "empty arena slot {slot} in the tree");

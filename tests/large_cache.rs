@@ -6,7 +6,7 @@
 
 use core::alloc::Layout;
 
-use tieralloc::pageheap::{large_pages, LARGE_CACHE_MAX_PAGES, LARGE_CACHE_MAX_SPAN_PAGES};
+use tieralloc::pageheap::{large_pages, DEFAULT_RETAIN_BYTES, LARGE_CACHE_LIMIT_PAGES, LARGE_CACHE_MAX_PAGES, LARGE_CACHE_MAX_SPAN_PAGES};
 use tieralloc::{Heap, RegionSource, SingleCpu, PAGE_BYTES};
 
 type RegionHeap = Heap<RegionSource, SingleCpu>;
@@ -155,5 +155,75 @@ fn idle_spans_are_given_back_before_out_of_memory() {
             H.deallocate(p, l);
         }
     }
+    H.check_invariants();
+}
+
+#[test]
+fn a_larger_retained_floor_lets_the_cache_hold_a_quarter_of_it() {
+    static H: RegionHeap = Heap::new(RegionSource::empty(), SingleCpu::new());
+    give_region(&H, 160 << 20);
+    let l = lay(64 << 10);
+    // Frees `n` objects of 64 KiB allocated together; returns the bytes idle after.
+    let idle_after_freeing = |n: usize| {
+        let ps: Vec<*mut u8> = (0..n).map(|_| H.allocate(l)).collect();
+        assert!(ps.iter().all(|p| !p.is_null()));
+        for &p in &ps {
+            // SAFETY: allocated above with `l`.
+            unsafe { H.deallocate(p, l) };
+        }
+        H.check_invariants();
+        H.stats().cached_bytes as usize
+    };
+    let per_mib = (1 << 20) / (64 << 10);
+    // Default floor (16 MiB): 4 MiB.
+    assert_eq!(idle_after_freeing(8 * per_mib), LARGE_CACHE_MAX_PAGES * PAGE_BYTES);
+    // A 64 MiB floor: a quarter, 16 MiB.
+    H.set_retain_bytes(64 << 20);
+    assert_eq!(idle_after_freeing(20 * per_mib), 16 << 20);
+    // Any floor: at most LARGE_CACHE_LIMIT_PAGES.
+    H.set_retain_bytes(1 << 30);
+    assert_eq!(idle_after_freeing(40 * per_mib), LARGE_CACHE_LIMIT_PAGES * PAGE_BYTES);
+    // Lowering the floor gives the excess back at once.
+    H.set_retain_bytes(DEFAULT_RETAIN_BYTES);
+    let st = H.stats();
+    assert_eq!(st.cached_bytes as usize, LARGE_CACHE_MAX_PAGES * PAGE_BYTES, "{st}");
+    assert_eq!(st.heap_alloc, 0, "{st}");
+    H.check_invariants();
+}
+
+/// When the scavenger releases pages, idle spans go back to the heap only as
+/// far as the release needs: here there are dirty free pages enough, so the
+/// cache stays full.
+#[cfg(feature = "linux")]
+#[test]
+fn releasing_pages_does_not_empty_the_cache_needlessly() {
+    use tieralloc::{MmapSource, SingleCpu as One};
+    static H: Heap<MmapSource, One> = Heap::new(MmapSource::new(), One::new());
+    H.set_retain_bytes(0);
+    let big = lay(3 << 19); // 1.5 MiB: never idles
+    let bigs: Vec<*mut u8> = (0..40).map(|_| H.allocate(big)).collect();
+    let l = lay(64 << 10);
+    let small: Vec<*mut u8> = (0..LARGE_CACHE_MAX_PAGES * PAGE_BYTES / (64 << 10)).map(|_| H.allocate(l)).collect();
+    assert!(bigs.iter().chain(&small).all(|p| !p.is_null()));
+    for &p in &small {
+        // SAFETY: allocated above with `l`.
+        unsafe { H.deallocate(p, l) };
+    }
+    assert_eq!(H.stats().cached_bytes as usize, LARGE_CACHE_MAX_PAGES * PAGE_BYTES);
+    // Freeing most of the big objects drops the allowance below the dirty
+    // memory: the scavenger releases, from the freed big objects' pages.
+    for &p in &bigs[..36] {
+        // SAFETY: allocated above with `big`.
+        unsafe { H.deallocate(p, big) };
+    }
+    let st = H.stats();
+    assert!(st.heap_released > 0, "the scavenger ran:\n{st}");
+    assert_eq!(st.cached_bytes as usize, LARGE_CACHE_MAX_PAGES * PAGE_BYTES, "idle spans kept:\n{st}");
+    H.check_invariants();
+    for &p in &bigs[36..] {
+        // SAFETY: as above.
+        unsafe { H.deallocate(p, big) };
+    }
+    assert_eq!(H.stats().heap_alloc, 0);
     H.check_invariants();
 }

@@ -67,6 +67,12 @@ static REGION_NEXT: AtomicU64 = AtomicU64::new(REGION_WINDOW);
 pub unsafe fn init() {
     // SAFETY: the only OffsetPageTable over the kernel's tables.
     HEAP.source().init(unsafe { crate::memory::kernel_page_table() }, KFrames);
+    // The scavenger keeps an eighth of RAM (at least the heap's default 16 MiB)
+    // of free pages mapped: unmapping and re-mapping frames (zeroing, page-table
+    // writes, TLB shootdowns) is what a kernel heap's churn must not pay.
+    // `Heap::scavenge` still returns everything.
+    let ram = crate::memory::total_frames() * 4096;
+    HEAP.set_retain_bytes((ram / 8).max(tieralloc::pageheap::DEFAULT_RETAIN_BYTES));
     #[cfg(feature = "lla-heap")]
     {
         // Half of the free RAM, at most 256 MiB, for the global linked-list heap.

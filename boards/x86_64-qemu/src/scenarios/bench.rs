@@ -239,9 +239,20 @@ pub fn bench(m: &Machine) -> bool {
         ("realloc 16 B -> 64 KiB doubling", |a, n, b| a.realloc_grow(n, b), 1_000_000),
     ];
     const REPS: u64 = 3;
+    // `only=WORDS`: run just the single-CPU workloads whose name starts with WORDS,
+    // spaces written as `_` (`only=churn_64`), to profile one workload from the
+    // host; the stress part is skipped.
+    let only = m.info.arg("only");
     for (name, f, max_ops) in workloads {
-        // Interleaved slices (tieralloc, lla, tieralloc, ...) so both see the same host load.
-        let (mut t, mut l) = (Run::default(), Run::default());
+        if only.is_some_and(|w| !name.replace(' ', "_").starts_with(w)) {
+            continue;
+        }
+        // An untimed warm-up slice each (growing the heap to the workload's
+        // size, first touches of fresh frames by the emulator), then interleaved
+        // timed slices (tieralloc, lla, tieralloc, ...) so both see the same host load.
+        let wt = f(&HEAP, max_ops / REPS / 2, t_budget / REPS / 2);
+        let wl = f(lla, max_ops / REPS / 2, l_budget / REPS / 2);
+        let (mut t, mut l) = (Run { errors: wt.errors, ..Run::default() }, Run { errors: wl.errors, ..Run::default() });
         for _ in 0..REPS {
             let a = f(&HEAP, max_ops / REPS, t_budget / REPS);
             let b = f(lla, max_ops / REPS, l_budget / REPS);
@@ -256,6 +267,9 @@ pub fn bench(m: &Machine) -> bool {
         all_ahead &= ahead;
         println!("{:<36} {:>14} {:>14} {:>10}{}", name, t.rate(), l.rate(), X100(ratio), if ahead { "" } else { "  (behind)" });
         ok &= check!(t.errors == 0 && l.errors == 0, "{name}: errors (tieralloc {}, lla {})", t.errors, l.errors);
+    }
+    if only.is_some() {
+        return ok;
     }
     println!("bench: churn with 10,000 live objects <= 512 B: tieralloc/linked_list_allocator = {} (target 50x: {})", X100(churn_ratio), if churn_ratio >= 5000 { "met" } else { "NOT met" });
     println!("bench: tieralloc ahead on every single-CPU workload: {}", if all_ahead { "yes" } else { "NO" });
