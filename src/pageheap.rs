@@ -880,13 +880,8 @@ impl PageHeap {
         }
         let s = self.large_cache[best.0].first();
         debug_assert!(!s.is_null());
-        // SAFETY: `s` is on that list: a live record with no object.
-        unsafe {
-            self.large_cache[best.0].remove(s);
-            self.ncached -= 1;
-            self.cached_pages -= (*s).npages;
-            self.return_span(NonNull::new_unchecked(s));
-        }
+        // SAFETY: `s` is on that list: an idle span.
+        unsafe { self.uncache(s) };
     }
 
     /// Returns every idle large span's pages to the heap (for scavenging, and
@@ -894,6 +889,27 @@ impl PageHeap {
     pub fn flush_large_cache<S: PageSource>(&mut self, source: &S) {
         self.evict_all_cached();
         self.trim(source);
+    }
+
+    /// Takes idle span `s` off its cache list and gives its pages back to the heap (no trim).
+    ///
+    /// # Safety
+    /// `s` is an idle span on its cache list.
+    unsafe fn uncache(&mut self, s: *mut Span) {
+        // SAFETY: as the caller promises.
+        unsafe {
+            let npages = (*s).npages;
+            self.large_cache[large_cache_index(npages)].remove(s);
+            self.ncached -= 1;
+            self.cached_pages -= npages;
+            self.return_span(NonNull::new_unchecked(s));
+        }
+    }
+
+    /// The arena page just after span `s` (in `s`'s arena).
+    fn page_after(&self, s: &Span) -> usize {
+        // SAFETY: a live span's arena is live.
+        unsafe { (*s.arena.cast::<Arena>()).page_of(s.start) + s.npages }
     }
 
     /// Gives every idle span back to the heap (no trim).
@@ -963,6 +979,31 @@ impl PageHeap {
             self.trim(source);
         } else {
             let extra = npages - old;
+            // SAFETY: live arena.
+            if start + npages > unsafe { (*arena).npages } {
+                return false;
+            }
+            // Idle spans of the large-span cache in the way are free memory:
+            // if only they stand in the way, give them back to the heap.
+            for evict in [false, true] {
+                let mut p = start + old;
+                while p < start + npages {
+                    // SAFETY: `p` is a page of the arena; its map slot holds a live span or null.
+                    let t = unsafe { (*(*arena).spans.add(p)).load(Ordering::Acquire) };
+                    // SAFETY: non-null map entries are live span records.
+                    match unsafe { t.as_ref() } {
+                        None => p += 1,
+                        Some(idle) if idle.state == SpanState::Idle => {
+                            p = self.page_after(idle);
+                            if evict {
+                                // SAFETY: an idle span on its cache list, ours under the heap lock.
+                                unsafe { self.uncache(t) };
+                            }
+                        }
+                        Some(_) => return false,
+                    }
+                }
+            }
             // SAFETY: live arena.
             let a = unsafe { &mut *arena };
             if !a.pages.is_free(start + old, extra) {

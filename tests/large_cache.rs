@@ -227,3 +227,50 @@ fn releasing_pages_does_not_empty_the_cache_needlessly() {
     assert_eq!(H.stats().heap_alloc, 0);
     H.check_invariants();
 }
+
+/// An idle span right after a large object is free memory to `realloc`: the
+/// object grows over it in place, and the cache lets it go.
+#[test]
+fn realloc_grows_over_idle_spans_in_place() {
+    static H: RegionHeap = Heap::new(RegionSource::empty(), SingleCpu::new());
+    give_region(&H, 64 << 20);
+    let l = lay(64 << 10);
+    let a = H.allocate(l);
+    let b = H.allocate(l);
+    let c = H.allocate(l);
+    assert!(!a.is_null() && !b.is_null() && !c.is_null());
+    assert_eq!(b as usize, a as usize + (64 << 10), "a fresh heap places spans one after another");
+    assert_eq!(c as usize, b as usize + (64 << 10));
+    for (p, v) in [(a, 1u8), (c, 3)] {
+        // SAFETY: live objects of 64 KiB.
+        unsafe { p.write_bytes(v, 64 << 10) };
+    }
+    // SAFETY: allocated above with `l`.
+    unsafe { H.deallocate(b, l) };
+    assert_eq!(H.stats().cached_bytes, 64 << 10, "b idles in the cache");
+    // a grows over b's idle pages, not into c.
+    // SAFETY: `a` is live with `l`.
+    let a2 = unsafe { H.reallocate(a, l, 128 << 10) };
+    assert_eq!(a2, a, "grown in place over the idle span");
+    assert_eq!(H.stats().cached_bytes, 0, "the idle span was given back");
+    assert_eq!(H.usable_size(a), 128 << 10);
+    // SAFETY: 64 KiB of `a` and of `c` are initialised.
+    unsafe {
+        assert!(core::slice::from_raw_parts(a, 64 << 10).iter().all(|&x| x == 1));
+        assert!(core::slice::from_raw_parts(c, 64 << 10).iter().all(|&x| x == 3), "the live neighbour is untouched");
+    }
+    H.check_invariants();
+    // A live span in the way: the object moves, and keeps its contents.
+    // SAFETY: `a` is live with 128 KiB.
+    let a3 = unsafe { H.reallocate(a, lay(128 << 10), 192 << 10) };
+    assert!(!a3.is_null() && a3 != a);
+    // SAFETY: the first 64 KiB were copied.
+    assert!(unsafe { core::slice::from_raw_parts(a3, 64 << 10) }.iter().all(|&x| x == 1));
+    // SAFETY: live objects with these layouts.
+    unsafe {
+        H.deallocate(a3, lay(192 << 10));
+        H.deallocate(c, l);
+    }
+    assert_eq!(H.stats().heap_alloc, 0);
+    H.check_invariants();
+}
