@@ -17,7 +17,7 @@ use crate::cache::{self, Counter, Slabs, Tiny, TINY_BIAS, TINY_FIELD};
 use crate::central::{Below, Central, HeapLock};
 use crate::cpu::Cpu;
 use crate::pageheap::{tiny_counter, PageHeap, PageMap};
-use crate::sizeclass::{class_for, size_to_class, size_to_class_small, SizeClass, NUM_CLASSES, SMALL_SIZE_MAX, TINY_CLASS};
+use crate::sizeclass::{class_for, size_to_class_medium, size_to_class_small, SizeClass, NUM_CLASSES, SMALL_SIZE_MAX, TINY_CLASS};
 use crate::source::PageSource;
 use crate::span::SpanState;
 use crate::stack::{self, Stack, StackAlloc, StackCache, StackStats};
@@ -53,7 +53,8 @@ impl Kind {
             if size < TINY_SIZE {
                 Kind::Tiny
             } else {
-                Kind::Small(size_to_class(size))
+                // `of` took 16..=SMALL_SIZE_MAX.
+                Kind::Small(size_to_class_medium(size))
             }
         } else {
             let c = class_for(size, align);
@@ -546,7 +547,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// As [`GlobalAlloc::realloc`].
     pub unsafe fn reallocate(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let align = layout.align();
-        match (Kind::of(layout.size(), align), Kind::of(new_size, align)) {
+        let (old, new) = (Kind::of(layout.size(), align), Kind::of(new_size, align));
+        match (old, new) {
             (Kind::Small(a), Kind::Small(b)) if a == b => return p,
             (Kind::Large, Kind::Large) => {
                 let s = self.large_span(p);
@@ -558,13 +560,27 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             }
             _ => {}
         }
-        let Ok(new_layout) = Layout::from_size_align(new_size, align) else { return null_mut() };
-        let q = self.allocate(new_layout);
+        // `Layout::from_size_align(new_size, align)` must hold (GlobalAlloc's
+        // contract); an impossible size is refused, never allocated.
+        if new_size > isize::MAX as usize - (align - 1) {
+            return null_mut();
+        }
+        // Each kind computed once: no `allocate`/`deallocate` re-sorting.
+        let q = match new {
+            Kind::Tiny => self.alloc_tiny(new_size, align),
+            Kind::Small(c) => self.alloc_small(c),
+            Kind::Large => self.alloc_large(new_size, align).map_or(null_mut(), |(q, _)| q.as_ptr()),
+        };
         if !q.is_null() {
-            // SAFETY: both blocks are live, distinct, and at least this long.
+            // SAFETY: both blocks are live, distinct, and at least this long;
+            // `p` is the caller's object of kind `old`.
             unsafe {
                 core::ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
-                self.deallocate(p, layout);
+            }
+            match old {
+                Kind::Tiny => self.free_tiny(p),
+                Kind::Small(c) => self.free_small(p, c),
+                Kind::Large => self.free_large(p),
             }
         }
         q

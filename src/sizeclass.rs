@@ -239,6 +239,15 @@ pub const fn size_to_class_small(size: usize) -> SizeClass {
     SizeClass(T[size.div_ceil(SMALL_SIZE_DIV)])
 }
 
+/// [`size_to_class`] for `SMALL_SIZE_MAX < size <= MAX_SMALL_SIZE`, through a
+/// crate-local copy of [`SIZE_TO_CLASS128`] (as [`size_to_class_small`]).
+#[inline(always)]
+pub const fn size_to_class_medium(size: usize) -> SizeClass {
+    const T: [u8; SIZE_TO_CLASS128_LEN] = generate_size_to_class128();
+    debug_assert!(size > SMALL_SIZE_MAX && size <= MAX_SMALL_SIZE);
+    SizeClass(T[(size - SMALL_SIZE_MAX).div_ceil(LARGE_SIZE_DIV)])
+}
+
 /// The class for a request of `size` bytes at alignment `align` (a power of
 /// two): the smallest class whose size is `>= size` and a multiple of `align`,
 /// so that every object of it, at `span_base + i * size` with `span_base`
