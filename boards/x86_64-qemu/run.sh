@@ -10,7 +10,9 @@
 # kernel command line (e.g. `rounds=1000`, `ops=100000`).
 #
 # Environment: SMP (4), MEM (512M), FEATURES (cargo features of the board:
-# checks, lla-heap), QEMU (qemu-system-x86_64), TIMEOUT (seconds, 300).
+# checks, lla-heap), QEMU (qemu-system-x86_64), TIMEOUT (seconds, 300),
+# ICOUNT=1 (`-icount shift=0`: the guest clock counts guest instructions, one
+# per nanosecond, so `bench` compares instruction counts, free of host noise).
 # Exit status: 0 when the kernel reports success (QEMU status 33), 1 otherwise.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -31,7 +33,7 @@ append="scenario=$scenario${*:+ $*}"
 echo "run.sh: qemu -smp ${SMP:-4} -m ${MEM:-512M} -append \"$append\"" >&2
 set +e
 timeout --foreground "${TIMEOUT:-300}" "$qemu" \
-    -machine q35 -cpu max -smp "${SMP:-4}" -m "${MEM:-512M}" \
+    -machine q35 -cpu max -smp "${SMP:-4}" -m "${MEM:-512M}" ${ICOUNT:+-icount shift=0} \
     -display none -serial stdio -monitor none -no-reboot \
     -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
     -kernel target/x86_64-unknown-none/release/x86_64-qemu \

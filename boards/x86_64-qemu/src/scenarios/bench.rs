@@ -238,7 +238,7 @@ pub fn bench(m: &Machine) -> bool {
         ("churn 64 live, 64..256 KiB", |a, n, b| a.churn(64, 64 << 10, 256 << 10, n, b), 200_000),
         ("realloc 16 B -> 64 KiB doubling", |a, n, b| a.realloc_grow(n, b), 1_000_000),
     ];
-    const REPS: u64 = 3;
+    const REPS: u64 = 5;
     // `only=WORDS`: run just the single-CPU workloads whose name starts with WORDS,
     // spaces written as `_` (`only=churn_64`), to profile one workload from the
     // host; the stress part is skipped.
