@@ -38,19 +38,27 @@
 //! here is pages allocated and freed):
 //!
 //! * **Epochs.** An epoch ends when the pages allocated plus pages freed since it
-//!   began reach the in-use size (at least [`MIN_EPOCH_PAGES`]): one turnover of
-//!   the live heap, roughly what Go's GC cycle is. The peak in-use size of each
-//!   of the last [`PEAK_EPOCHS`] epochs (and of the current one) is kept; the
-//!   recent peak `P` is their maximum. A heap that shrinks for good forgets its
-//!   old peak after `PEAK_EPOCHS` turnovers of its new size.
-//! * **Collapse.** A peak only counts while the heap is at least
-//!   1/[`PEAK_FOLLOW`] of it: `P' = min(P, inuse * PEAK_FOLLOW)`. A dip is a
-//!   fluctuation; losing more than half the heap is a phase change, and the
-//!   memory follows at once (freeing everything leaves only `retain`).
+//!   began reach the epoch's in-use peak (at least [`MIN_EPOCH_PAGES`]): one
+//!   turnover of the live heap, roughly what Go's GC cycle is. The peak in-use
+//!   size of each of the last [`PEAK_EPOCHS`] epochs (and of the current one) is
+//!   kept; the recent peak `P` is their maximum.
+//! * **Shrinks.** A heap that shrinks keeps the allowance of its old peak for
+//!   `PEAK_EPOCHS` epochs of traffic at its new size. Those epochs are as short
+//!   as the new heap is small (at least 4 MiB of traffic), so a heap that shrank
+//!   for good has its memory released after a few turnovers of what remains,
+//!   while a heap that frees everything and builds it again (a request, a batch,
+//!   a benchmark round) reuses its dirty pages instead of releasing them and
+//!   faulting them back: freeing the whole heap is one epoch, and the rebuild
+//!   ends the next one only when it is complete. (Until 2026-11 a heap that lost
+//!   half its pages released at once; on `churn-1m`, whose rounds free
+//!   everything, that released 70 MiB a round and tripled the page faults.)
+//!   A heap that goes idle keeps its dirty pages until traffic resumes or
+//!   [`PageHeap::scavenge`] (`Heap::scavenge`) is called, as jemalloc without
+//!   its background thread does.
 //! * **Allowance.** Dirty free pages kept:
-//!   `allowance = max(retain, P' + P' / RETAIN_INUSE_DIVISOR - inuse)`, so the
-//!   Ready footprint (in use + dirty) stays within `1.5 * P'` or `inuse + retain`.
-//!   As `P' >= inuse`, this is never below the old budget `inuse / 2`.
+//!   `allowance = max(retain, P + P / RETAIN_INUSE_DIVISOR - inuse)`, so the
+//!   Ready footprint (in use + dirty) stays within `1.5 * P` or `inuse + retain`.
+//!   As `P >= inuse`, this is never below the old budget `inuse / 2`.
 //! * **Hysteresis.** When dirty exceeds the allowance, release down to
 //!   `allowance - allowance / RELEASE_GAP_DIVISOR` (Go's `reduceExtra` goes a
 //!   little below its goal for the same reason), so a heap hovering at the limit
@@ -97,8 +105,8 @@ const ADDR_MASK: usize = (1 << ADDR_BITS) - 1;
 /// size: below this nothing is released (the `retain` of the allowance).
 pub const DEFAULT_RETAIN_BYTES: usize = 16 << 20;
 
-/// The allowance keeps the Ready footprint within `P' * (1 + 1 / RETAIN_INUSE_DIVISOR)`,
-/// `P'` the recent peak of the in-use heap (see "Scavenger policy"): fragmentation
+/// The allowance keeps the Ready footprint within `P * (1 + 1 / RETAIN_INUSE_DIVISOR)`,
+/// `P` the recent peak of the in-use heap (see "Scavenger policy"): fragmentation
 /// holes of a busy heap are reused soon, and releasing them only to fault them back
 /// in costs far more than it saves (Go keeps about 10% over its heap goal, which is
 /// twice the live heap; jemalloc keeps dirty pages for seconds).
@@ -108,11 +116,6 @@ pub const RETAIN_INUSE_DIVISOR: usize = 2;
 /// a lasting shrink is forgotten after this many turnovers of the smaller heap.
 /// `churn-1m` wanders by about a third of its heap over a few turnovers.
 pub const PEAK_EPOCHS: usize = 4;
-
-/// The recent peak counts only up to `PEAK_FOLLOW` times the current in-use size:
-/// a heap that lost more than `1 - 1/PEAK_FOLLOW` of its pages has changed phase,
-/// and its dirty pages go back right away.
-pub const PEAK_FOLLOW: usize = 2;
 
 /// Shortest epoch, in pages of traffic (allocated + freed): one chunk, 4 MiB, so
 /// that a tiny heap does not age its peak on every span.
@@ -154,7 +157,9 @@ impl Pacer {
         if inuse > self.epoch_peak {
             self.epoch_peak = inuse;
         }
-        if self.traffic >= inuse.max(MIN_EPOCH_PAGES) {
+        // One turnover of the heap at its size in this epoch (so that freeing
+        // the whole heap is one epoch, not many ever shorter ones).
+        if self.traffic >= self.epoch_peak.max(MIN_EPOCH_PAGES) {
             self.past[self.next] = self.epoch_peak;
             self.next = (self.next + 1) % PEAK_EPOCHS;
             self.epoch_peak = inuse;
@@ -175,11 +180,11 @@ impl Pacer {
     }
 
     /// Dirty free pages the scavenger keeps with `inuse` pages in use and a
-    /// retained floor of `retain` pages: `max(retain, P' + P' / RETAIN_INUSE_DIVISOR - inuse)`,
-    /// `P' = min(recent_peak, inuse * PEAK_FOLLOW)`.
+    /// retained floor of `retain` pages: `max(retain, P + P / RETAIN_INUSE_DIVISOR - inuse)`,
+    /// `P` the recent peak.
     #[inline]
     pub fn allowance(&self, inuse: usize, retain: usize) -> usize {
-        let peak = self.recent_peak().max(inuse).min(inuse.saturating_mul(PEAK_FOLLOW));
+        let peak = self.recent_peak().max(inuse);
         let footprint = peak.saturating_add(peak / RETAIN_INUSE_DIVISOR);
         retain.max(footprint - inuse)
     }
@@ -462,8 +467,8 @@ impl PageHeap {
         self.cache_max_pages * PAGE_BYTES
     }
 
-    /// Dirty free pages the scavenger keeps now: `max(retain, P' * 3/2 - inuse)`
-    /// with `P'` the recent in-use peak clamped to twice the in-use size (see
+    /// Dirty free pages the scavenger keeps now: `max(retain, P * 3/2 - inuse)`
+    /// with `P` the recent in-use peak (see
     /// "Scavenger policy" in the module docs). After every free, dirty free pages
     /// are at most this.
     pub fn dirty_allowance(&self) -> usize {
@@ -1225,7 +1230,7 @@ mod tests {
         assert_eq!(p.recent_peak(), small);
     }
 
-    /// allowance = max(retain, P' * 3/2 - inuse), P' = min(peak, PEAK_FOLLOW * inuse).
+    /// allowance = max(retain, P * 3/2 - inuse), P the recent peak.
     #[test]
     fn pacer_allowance() {
         let mut p = Pacer::new();
@@ -1234,10 +1239,28 @@ mod tests {
         assert_eq!(p.allowance(1000, 0), 500, "at the peak: the in-use share");
         assert_eq!(p.allowance(1000, 800), 800, "the retained floor");
         assert_eq!(p.allowance(600, 0), 900, "a dip keeps the peak's footprint");
-        assert_eq!(p.allowance(500, 0), 1000, "down to half the peak");
-        assert_eq!(p.allowance(400, 0), 800, "a collapse: the peak is clamped to twice in use");
-        assert_eq!(p.allowance(0, 7), 7, "nothing in use: only retain");
-        assert_eq!(p.allowance(0, usize::MAX), usize::MAX);
+        assert_eq!(p.allowance(0, 7), 1500, "everything freed: the peak's footprint, until the peak ages out");
         assert_eq!(p.allowance(2000, 0), 1000, "above the recorded peak");
+        assert_eq!(Pacer::new().allowance(0, 7), 7, "no peak: only retain");
+        assert_eq!(Pacer::new().allowance(0, usize::MAX), usize::MAX);
+    }
+
+    /// Freeing the whole heap is one epoch; the rebuild ends the next only when
+    /// it is complete, so the old peak survives both.
+    #[test]
+    fn pacer_keeps_the_peak_through_free_all_and_rebuild() {
+        let mut p = Pacer::new();
+        let big = 16 * MIN_EPOCH_PAGES;
+        p.tick(big, big); // built: one epoch (traffic reached the peak)
+        let e = p.epochs();
+        for k in 1..=16 {
+            p.tick(MIN_EPOCH_PAGES, big - k * MIN_EPOCH_PAGES);
+        }
+        assert_eq!(p.epochs(), e + 1, "freeing everything ended exactly one epoch");
+        for k in 1..=16 {
+            p.tick(MIN_EPOCH_PAGES, k * MIN_EPOCH_PAGES);
+            assert_eq!(p.recent_peak(), big);
+        }
+        assert!(p.epochs() <= e + 2);
     }
 }

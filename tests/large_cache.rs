@@ -210,11 +210,20 @@ fn releasing_pages_does_not_empty_the_cache_needlessly() {
         unsafe { H.deallocate(p, l) };
     }
     assert_eq!(H.stats().cached_bytes as usize, LARGE_CACHE_MAX_PAGES * PAGE_BYTES);
-    // Freeing most of the big objects drops the allowance below the dirty
-    // memory: the scavenger releases, from the freed big objects' pages.
+    // Freeing most of the big objects, then churning a small heap until the
+    // old peak ages out (`pageheap`, "Scavenger policy"), drops the allowance
+    // below the dirty memory: the scavenger releases, from the freed big
+    // objects' pages.
     for &p in &bigs[..36] {
         // SAFETY: allocated above with `big`.
         unsafe { H.deallocate(p, big) };
+    }
+    let two = lay(2 << 20); // not cached either
+    for _ in 0..4 * tieralloc::pageheap::PEAK_EPOCHS {
+        let p = H.allocate(two);
+        assert!(!p.is_null());
+        // SAFETY: allocated just above with `two`.
+        unsafe { H.deallocate(p, two) };
     }
     let st = H.stats();
     assert!(st.heap_released > 0, "the scavenger ran:\n{st}");

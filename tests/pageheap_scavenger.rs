@@ -5,7 +5,9 @@
 //!
 //! * a steady churn stops releasing and re-readying pages once warm;
 //! * a dip of the live heap and its rebound reuse the dirty pages;
-//! * a collapse of the live heap releases at once, down to the retained floor;
+//! * freeing the whole heap keeps its pages for a rebuild; a small heap
+//!   churning afterwards ages the old peak out, and then the scavenger releases
+//!   down to the retained floor;
 //! * an explicit `scavenge(usize::MAX)` still releases every free page, and the
 //!   heap's `released` count matches the source's view exactly.
 #![cfg(feature = "linux")]
@@ -14,7 +16,7 @@ use core::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use tieralloc::pageheap::{
-    PageHeap, PageMap, PEAK_FOLLOW, RELEASE_GAP_DIVISOR, RETAIN_INUSE_DIVISOR,
+    PageHeap, PageMap, MIN_EPOCH_PAGES, PEAK_EPOCHS, RELEASE_GAP_DIVISOR, RETAIN_INUSE_DIVISOR,
 };
 use tieralloc::source::Exhausted;
 use tieralloc::span::{Span, SpanState};
@@ -199,7 +201,7 @@ impl H {
             self.dirty()
         );
         assert!(allowance >= inuse / RETAIN_INUSE_DIVISOR);
-        let p = self.peak.min(inuse * PEAK_FOLLOW);
+        let p = self.peak;
         assert!(
             allowance
                 <= self
@@ -258,14 +260,40 @@ fn steady_churn_stops_releasing() {
         h.heap.pacer().epochs()
     );
 
-    // Free everything: the heap collapsed, so all but the retained floor goes back.
+    // Free everything: one epoch; the pages are kept for a rebuild, which
+    // reuses them without a single release or re-fault.
+    let calls = h.src.calls();
+    let ready0 = h.src.ready_bytes.load(Relaxed);
+    for s in live.drain(..) {
+        h.free(s);
+        h.check();
+    }
+    assert_eq!(h.inuse(), 0);
+    assert_eq!(h.src.calls(), calls, "freeing everything released pages");
+    // The same shape again, other sizes: it fits the kept pages but for
+    // fragmentation (at most a few spans' worth made Ready), and releases nothing.
+    let mut live: Vec<NonNull<Span>> = (0..200).map(|_| h.alloc(rng.skew(128))).collect();
+    let readied = h.src.ready_bytes.load(Relaxed) - ready0;
+    println!("rebuild: {} KiB made Ready, {} KiB in use", readied >> 10, h.inuse() * PAGE_BYTES >> 10);
+    assert!(readied <= h.inuse() * PAGE_BYTES / 8, "the rebuild faulted back {readied} bytes");
+    assert_eq!(h.src.calls().1, calls.1, "the rebuild released pages");
     for s in live.drain(..) {
         h.free(s);
     }
-    assert_eq!(h.inuse(), 0);
+    // A small heap churning afterwards ages the old peak out (epochs of
+    // MIN_EPOCH_PAGES at this size), and the scavenger releases down to the
+    // retained floor.
+    let mut small = h.alloc(1);
+    for _ in 0..(PEAK_EPOCHS + 2) * MIN_EPOCH_PAGES {
+        h.free(small);
+        small = h.alloc(1);
+        h.check();
+    }
+    h.free(small);
+    assert_ne!(h.src.calls().1, calls.1, "the old heap was released");
     assert!(
         h.dirty() <= RETAIN / PAGE_BYTES,
-        "dirty {} after freeing everything",
+        "dirty {} after the peak aged out",
         h.dirty()
     );
     assert_eq!(h.heap.dirty_allowance(), RETAIN / PAGE_BYTES);
