@@ -49,9 +49,9 @@
 //!   while a heap that frees everything and builds it again (a request, a batch,
 //!   a benchmark round) reuses its dirty pages instead of releasing them and
 //!   faulting them back: freeing the whole heap is one epoch, and the rebuild
-//!   ends the next one only when it is complete. (Until 2026-11 a heap that lost
-//!   half its pages released at once; on `churn-1m`, whose rounds free
-//!   everything, that released 70 MiB a round and tripled the page faults.)
+//!   ends the next one only when it is complete. (Releasing at once when the
+//!   heap halved, as an earlier rule did, released 70 MiB a round on
+//!   `churn-1m`, whose rounds free everything, and tripled its page faults.)
 //!   A heap that goes idle keeps its dirty pages until traffic resumes or
 //!   [`PageHeap::scavenge`] (`Heap::scavenge`) is called, as jemalloc without
 //!   its background thread does.
