@@ -44,7 +44,10 @@ fn worker(id: u64, rounds: usize, tx: mpsc::Sender<Vec<u64>>) -> u64 {
         if long_lived.len() > 5_000 {
             let k = *long_lived.keys().next().unwrap();
             let v = long_lived.remove(&k).unwrap();
-            assert!(v.starts_with(&format!("thread {id} ")), "corrupted entry {v:?}");
+            assert!(
+                v.starts_with(&format!("thread {id} ")),
+                "corrupted entry {v:?}"
+            );
         }
         let n = 1 + rng.below(64) as usize;
         boxes.push((0..n as u64).map(|i| i ^ key).collect());
@@ -66,7 +69,9 @@ fn worker(id: u64, rounds: usize, tx: mpsc::Sender<Vec<u64>>) -> u64 {
         }
         // Cross-thread frees: hand a vector to the consumer thread.
         if r % 8 == 0 {
-            let v: Vec<u64> = (0..16 + rng.below(512)).map(|i| i.wrapping_mul(id + 1)).collect();
+            let v: Vec<u64> = (0..16 + rng.below(512))
+                .map(|i| i.wrapping_mul(id + 1))
+                .collect();
             tx.send(v).unwrap();
         }
     }
@@ -83,7 +88,10 @@ fn main() {
         let mut by_len: HashMap<usize, u64> = HashMap::new();
         for v in rx {
             let m = v.get(1).copied().unwrap_or(0);
-            assert!(v.iter().enumerate().all(|(i, &x)| x == (i as u64).wrapping_mul(m.max(1))));
+            assert!(v
+                .iter()
+                .enumerate()
+                .all(|(i, &x)| x == (i as u64).wrapping_mul(m.max(1))));
             *by_len.entry(v.len()).or_default() += 1;
             freed += 1;
         }
@@ -100,7 +108,9 @@ fn main() {
     let (remote_frees, lens) = consumer.join().unwrap();
     let elapsed = start.elapsed();
 
-    println!("tieralloc hosted demo: {threads} worker threads x {rounds} rounds + 1 consumer thread");
+    println!(
+        "tieralloc hosted demo: {threads} worker threads x {rounds} rounds + 1 consumer thread"
+    );
     println!("  checksums {sums:x?}; {remote_frees} vectors freed on another thread ({lens} distinct lengths)");
     println!("  wall time {:.2} s\n", elapsed.as_secs_f64());
     let st = HEAP.stats();

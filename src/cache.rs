@@ -159,7 +159,11 @@ impl Tiny {
     }
     pub const fn unpack(w: u64) -> Tiny {
         let block = (((w << 16) as i64) >> 16) as usize;
-        Tiny { block, off: ((w >> 48) & 0x1f) as usize, n: ((w >> 56) & 0x1f) as usize }
+        Tiny {
+            block,
+            off: ((w >> 48) & 0x1f) as usize,
+            n: ((w >> 56) & 0x1f) as usize,
+        }
     }
     /// Whether a drain has stopped this word.
     pub const fn stopped(self) -> bool {
@@ -167,7 +171,9 @@ impl Tiny {
     }
 }
 
-const _: () = assert!(Tiny::STOPPED_OFF > crate::TINY_SIZE && STOP > MAX_CAPACITY as u64 && LEN_MASK & STOP == 0);
+const _: () = assert!(
+    Tiny::STOPPED_OFF > crate::TINY_SIZE && STOP > MAX_CAPACITY as u64 && LEN_MASK & STOP == 0
+);
 
 /// One CPU's cache. All-zero bytes are a valid empty cache. Every field is a
 /// word the restartable sequences of [`crate::rseq`] address by offset.
@@ -210,7 +216,10 @@ impl CpuCache {
     fn word_ref(&self, c: SizeClass) -> &AtomicU64 {
         // SAFETY: `STACK_AT[i] < STACK_WORDS` for every class index (class 0's is
         // 0: class 1's word, which no operation on class 0 writes).
-        unsafe { self.stacks.get_unchecked(*STACK_AT.get_unchecked(c.index())) }
+        unsafe {
+            self.stacks
+                .get_unchecked(*STACK_AT.get_unchecked(c.index()))
+        }
     }
 
     /// The stack word of class `c`.
@@ -240,7 +249,9 @@ impl CpuCache {
 
     /// Bytes of free objects held.
     pub fn cached_bytes(&self) -> usize {
-        (1..NUM_CLASSES).map(|c| (self.word(c) & LEN_MASK) as usize * CLASSES[c].size as usize).sum()
+        (1..NUM_CLASSES)
+            .map(|c| (self.word(c) & LEN_MASK) as usize * CLASSES[c].size as usize)
+            .sum()
     }
 
     // Exclusive operations: the caller holds this cache's slot (locked mode) or
@@ -282,7 +293,9 @@ impl CpuCache {
         let w = self.word_ref(c).load(Ordering::Relaxed);
         let n = (w & LEN_MASK) as usize;
         // SAFETY: a class index is below NUM_CLASSES.
-        let k = objs.len().min(unsafe { *CAPACITY.get_unchecked(i) } as usize - n);
+        let k = objs
+            .len()
+            .min(unsafe { *CAPACITY.get_unchecked(i) } as usize - n);
         for (j, &p) in objs[..k].iter().enumerate() {
             self.slot(i, n + j).store(p as u64, Ordering::Relaxed);
         }
@@ -307,13 +320,26 @@ impl CpuCache {
     /// stopped word reads as a full block).
     pub fn take_tiny(&self) -> Tiny {
         let t = Tiny::unpack(self.tiny.swap(0, Ordering::Relaxed));
-        Tiny { off: t.off.min(crate::TINY_SIZE), ..t }
+        Tiny {
+            off: t.off.min(crate::TINY_SIZE),
+            ..t
+        }
     }
 
     fn field(&self, off: usize) -> &AtomicU64 {
-        debug_assert!(off == TINY_FIELD || (counter_field(Counter::TinyMallocsRetired)..=counter_field(Counter::TinyBlocksFreed)).contains(&off));
+        debug_assert!(
+            off == TINY_FIELD
+                || (counter_field(Counter::TinyMallocsRetired)
+                    ..=counter_field(Counter::TinyBlocksFreed))
+                    .contains(&off)
+        );
         // SAFETY: `off` names one of the AtomicU64 fields (checked above in debug builds).
-        unsafe { &*(self as *const CpuCache).cast::<u8>().add(off).cast::<AtomicU64>() }
+        unsafe {
+            &*(self as *const CpuCache)
+                .cast::<u8>()
+                .add(off)
+                .cast::<AtomicU64>()
+        }
     }
 
     /// Marks every stack word and the tiny word stopped (rseq mode, before a
@@ -325,10 +351,18 @@ impl CpuCache {
         for c in 1..NUM_CLASSES {
             self.stacks[STACK_AT[c]].fetch_or(STOP, Ordering::SeqCst);
         }
-        let _ = self.tiny.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
-            let t = Tiny::unpack(w);
-            (!t.stopped()).then_some(Tiny { off: Tiny::STOPPED_OFF, ..t }.pack())
-        });
+        let _ = self
+            .tiny
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                let t = Tiny::unpack(w);
+                (!t.stopped()).then_some(
+                    Tiny {
+                        off: Tiny::STOPPED_OFF,
+                        ..t
+                    }
+                    .pack(),
+                )
+            });
     }
 
     /// Whether every mark set by [`CpuCache::mark_stopped`] is still there.
@@ -345,10 +379,18 @@ impl CpuCache {
         for c in 1..NUM_CLASSES {
             self.stacks[STACK_AT[c]].fetch_and(!STOP, Ordering::SeqCst);
         }
-        let _ = self.tiny.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
-            let t = Tiny::unpack(w);
-            t.stopped().then_some(Tiny { off: crate::TINY_SIZE, ..t }.pack())
-        });
+        let _ = self
+            .tiny
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                let t = Tiny::unpack(w);
+                t.stopped().then_some(
+                    Tiny {
+                        off: crate::TINY_SIZE,
+                        ..t
+                    }
+                    .pack(),
+                )
+            });
     }
 }
 
@@ -496,7 +538,9 @@ impl Slabs {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
         if self.rseq {
             // SAFETY: as in `pop`; descriptor 0 addresses the caches, TINY_FIELD is their tiny word.
-            return unsafe { crate::rseq::carve(self.desc(SizeClass::LARGE), TINY_FIELD, size, a - 1) };
+            return unsafe {
+                crate::rseq::carve(self.desc(SizeClass::LARGE), TINY_FIELD, size, a - 1)
+            };
         }
         cpu.with_current(|i| {
             let f = &self.cache(i).tiny;
@@ -505,7 +549,15 @@ impl Slabs {
             if t.block == 0 || off + size > crate::TINY_SIZE {
                 return core::ptr::null_mut();
             }
-            f.store(Tiny { block: t.block, off: off + size, n: t.n + 1 }.pack(), Ordering::Relaxed);
+            f.store(
+                Tiny {
+                    block: t.block,
+                    off: off + size,
+                    n: t.n + 1,
+                }
+                .pack(),
+                Ordering::Relaxed,
+            );
             (t.block + off) as *mut u8
         })
     }
@@ -525,11 +577,20 @@ impl Slabs {
     /// Stores `new` in cache `i`'s word field if it still holds `expected` (and,
     /// with rseq, the thread still runs on CPU `i`).
     #[inline(always)]
-    pub fn store_if<C: Cpu>(&self, cpu: &C, i: usize, field: usize, expected: u64, new: u64) -> bool {
+    pub fn store_if<C: Cpu>(
+        &self,
+        cpu: &C,
+        i: usize,
+        field: usize,
+        expected: u64,
+        new: u64,
+    ) -> bool {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
         if self.rseq {
             // SAFETY: as in `load`.
-            return unsafe { crate::rseq::store_if(self.desc(SizeClass::LARGE), i, field, expected, new) };
+            return unsafe {
+                crate::rseq::store_if(self.desc(SizeClass::LARGE), i, field, expected, new)
+            };
         }
         cpu.with_slot(i, || {
             let f = self.cache(i).field(field);
@@ -553,7 +614,10 @@ impl Slabs {
         }
         cpu.with_current(|i| {
             let f = self.cache(i).field(field);
-            f.store(f.load(Ordering::Relaxed).wrapping_add(delta), Ordering::Relaxed);
+            f.store(
+                f.load(Ordering::Relaxed).wrapping_add(delta),
+                Ordering::Relaxed,
+            );
         });
         true
     }
@@ -562,7 +626,12 @@ impl Slabs {
     /// plus (rseq mode) the cache's stop word and a membarrier that restarts
     /// sections in flight on that CPU. Returns `None` if exclusivity cannot be
     /// had (rseq mode without the expedited-rseq membarrier).
-    pub fn with_exclusive<C: Cpu, R>(&self, cpu: &C, i: usize, f: impl FnOnce(&CpuCache) -> R) -> Option<R> {
+    pub fn with_exclusive<C: Cpu, R>(
+        &self,
+        cpu: &C,
+        i: usize,
+        f: impl FnOnce(&CpuCache) -> R,
+    ) -> Option<R> {
         cpu.with_slot(i, || {
             let cache = self.cache(i);
             #[cfg(all(feature = "linux", target_arch = "x86_64"))]
@@ -632,7 +701,10 @@ mod tests {
         let mut out = [core::ptr::null_mut(); 4];
         assert_eq!(cache.pop_batch(c, &mut out), 1);
         assert_eq!(out[0], 0x10 as *mut u8);
-        assert_eq!(cache.push_batch(c, &[0x50 as *mut u8, 0x60 as *mut u8, 0x70 as *mut u8]), 2);
+        assert_eq!(
+            cache.push_batch(c, &[0x50 as *mut u8, 0x60 as *mut u8, 0x70 as *mut u8]),
+            2
+        );
         assert_eq!(cache.pop(c), Some(0x60 as *mut u8));
         assert_eq!(cache.pops(67), 2, "batches count no mallocs");
     }
@@ -665,20 +737,35 @@ mod tests {
             assert!(slabs.cache(i).all_stopped());
         }
         unsafe {
-            assert!(crate::rseq::pop(d).is_null(), "a stopped stack pops nothing");
-            assert!(!crate::rseq::push(d, objs[3]), "a stopped stack takes nothing");
+            assert!(
+                crate::rseq::pop(d).is_null(),
+                "a stopped stack pops nothing"
+            );
+            assert!(
+                !crate::rseq::push(d, objs[3]),
+                "a stopped stack takes nothing"
+            );
             let mut out = [core::ptr::null_mut(); 4];
             assert_eq!(crate::rseq::pop_batch(d, out.as_mut_ptr(), 4), 0);
             assert_eq!(crate::rseq::push_batch(d, objs.as_ptr(), 4), 0);
         }
         // Which cache holds the three depends on where the thread ran; find it.
-        let holder = (0..count).find(|&i| slabs.cache(i).len(c) == 3).expect("three objects on one CPU");
+        let holder = (0..count)
+            .find(|&i| slabs.cache(i).len(c) == 3)
+            .expect("three objects on one CPU");
         let cache = slabs.cache(holder);
         let mut out = [core::ptr::null_mut(); 2];
-        assert_eq!(cache.pop_batch(c, &mut out), 2, "exclusive ops see through STOP");
+        assert_eq!(
+            cache.pop_batch(c, &mut out),
+            2,
+            "exclusive ops see through STOP"
+        );
         assert_eq!(out, [objs[1], objs[2]]);
         assert!(cache.push(c, objs[3]));
-        assert!(cache.word(c.index()) & STOP != 0, "exclusive ops keep the mark");
+        assert!(
+            cache.word(c.index()) & STOP != 0,
+            "exclusive ops keep the mark"
+        );
         for i in 0..count {
             slabs.cache(i).unmark_stopped();
             assert_eq!(slabs.cache(i).word(c.index()) & STOP, 0);
@@ -704,14 +791,32 @@ mod tests {
         let b: std::boxed::Box<core::mem::MaybeUninit<CpuCache>> = std::boxed::Box::new_zeroed();
         // SAFETY: all-zero bytes are a valid empty cache.
         let cache = unsafe { b.assume_init() };
-        cache.tiny.store(Tiny { block: 0x7000_0000_0010, off: 5, n: 2 }.pack(), Ordering::Relaxed);
+        cache.tiny.store(
+            Tiny {
+                block: 0x7000_0000_0010,
+                off: 5,
+                n: 2,
+            }
+            .pack(),
+            Ordering::Relaxed,
+        );
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
         {
             cache.mark_stopped();
             assert!(cache.tiny().stopped());
-            assert!(cache.tiny().off + 1 > crate::TINY_SIZE, "no carve fits a stopped word");
+            assert!(
+                cache.tiny().off + 1 > crate::TINY_SIZE,
+                "no carve fits a stopped word"
+            );
             cache.unmark_stopped();
-            assert_eq!(cache.tiny(), Tiny { block: 0x7000_0000_0010, off: crate::TINY_SIZE, n: 2 });
+            assert_eq!(
+                cache.tiny(),
+                Tiny {
+                    block: 0x7000_0000_0010,
+                    off: crate::TINY_SIZE,
+                    n: 2
+                }
+            );
             cache.mark_stopped();
         }
         let t = cache.take_tiny();

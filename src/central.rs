@@ -124,7 +124,13 @@ impl Central {
         while got < want {
             let mut s = self.partial.first();
             if s.is_null() {
-                let Some(new) = below.heap.lock().alloc_small_span(below.source, below.map, class) else { break };
+                let Some(new) = below
+                    .heap
+                    .lock()
+                    .alloc_small_span(below.source, below.map, class)
+                else {
+                    break;
+                };
                 s = new.as_ptr();
                 self.spans_made += 1;
                 // SAFETY: a fresh span on no list, ours under this lock.
@@ -160,7 +166,12 @@ impl Central {
 
     /// Takes back free objects of `class` from a CPU cache: into the transfer
     /// cache if it has room for all of them, else to their spans.
-    pub fn flush<S: PageSource, X: spin::RelaxStrategy>(&mut self, class: SizeClass, objs: &[*mut u8], below: &Below<'_, S, X>) {
+    pub fn flush<S: PageSource, X: spin::RelaxStrategy>(
+        &mut self,
+        class: SizeClass,
+        objs: &[*mut u8],
+        below: &Below<'_, S, X>,
+    ) {
         let cap = transfer_capacity(class.index());
         if self.ntransfer + objs.len() <= cap {
             self.transfer[self.ntransfer..self.ntransfer + objs.len()].copy_from_slice(objs);
@@ -174,7 +185,11 @@ impl Central {
 
     /// Returns every object of the transfer cache to its span, and every empty
     /// span to the page heap (for scavenging).
-    pub fn drain_transfer<S: PageSource, X: spin::RelaxStrategy>(&mut self, class: SizeClass, below: &Below<'_, S, X>) {
+    pub fn drain_transfer<S: PageSource, X: spin::RelaxStrategy>(
+        &mut self,
+        class: SizeClass,
+        below: &Below<'_, S, X>,
+    ) {
         while self.ntransfer > 0 {
             self.ntransfer -= 1;
             let p = self.transfer[self.ntransfer];
@@ -191,31 +206,56 @@ impl Central {
     ///
     /// # Safety
     /// `s` is on `partial`, live, with no object allocated, and not `self.empty`.
-    unsafe fn release_span<S: PageSource, X: spin::RelaxStrategy>(&mut self, s: *mut Span, below: &Below<'_, S, X>) {
+    unsafe fn release_span<S: PageSource, X: spin::RelaxStrategy>(
+        &mut self,
+        s: *mut Span,
+        below: &Below<'_, S, X>,
+    ) {
         // SAFETY: as the caller promises; the list is ours under our lock.
         unsafe {
             self.partial.remove(s);
             (*s).list = ListId::None;
             self.spans_freed += 1;
-            below.heap.lock().free_span(below.source, NonNull::new_unchecked(s));
+            below
+                .heap
+                .lock()
+                .free_span(below.source, NonNull::new_unchecked(s));
         }
     }
 
     /// Returns one free object to its span; frees the span when it empties.
-    fn give_back<S: PageSource, X: spin::RelaxStrategy>(&mut self, class: SizeClass, p: *mut u8, below: &Below<'_, S, X>) {
+    fn give_back<S: PageSource, X: spin::RelaxStrategy>(
+        &mut self,
+        class: SizeClass,
+        p: *mut u8,
+        below: &Below<'_, S, X>,
+    ) {
         let s = below.map.span_of(p as usize);
-        assert!(!s.is_null(), "tieralloc: object {p:p} of class {} is not in the heap", class.index());
+        assert!(
+            !s.is_null(),
+            "tieralloc: object {p:p} of class {} is not in the heap",
+            class.index()
+        );
         // SAFETY: the page map only holds live spans; objects of `class` are in
         // spans owned by this central, whose lock we hold.
         let span = unsafe { &mut *s };
-        assert!(span.state == SpanState::Small && span.class == class, "tieralloc: object {p:p} is not of class {}", class.index());
+        assert!(
+            span.state == SpanState::Small && span.class == class,
+            "tieralloc: object {p:p} is not of class {}",
+            class.index()
+        );
         let (idx, exact) = span.index_of(p as usize);
         debug_assert!(exact);
         #[cfg(feature = "checks")]
         crate::heap::checks::unmark_cached(span, idx, p);
         let was_full = span.is_full();
         let ok = span.put(idx);
-        assert!(ok, "tieralloc: object {p:p} (span {:#x}, class {}) freed twice", span.start, class.index());
+        assert!(
+            ok,
+            "tieralloc: object {p:p} (span {:#x}, class {}) freed twice",
+            span.start,
+            class.index()
+        );
         // SAFETY: the span is on the list its `list` field names, under our lock.
         unsafe {
             if was_full {
@@ -237,7 +277,10 @@ impl Central {
             // SAFETY: listed spans are live under the caller's lock.
             let span = unsafe { &*s };
             assert!(
-                span.class == class && span.list == ListId::Partial && !span.is_full() && (span.alloc_count > 0 || s == self.empty),
+                span.class == class
+                    && span.list == ListId::Partial
+                    && !span.is_full()
+                    && (span.alloc_count > 0 || s == self.empty),
                 "partial span {:#x} of class {}",
                 span.start,
                 class.index()
@@ -247,12 +290,24 @@ impl Central {
         for s in self.full.iter() {
             // SAFETY: as above.
             let span = unsafe { &*s };
-            assert!(span.class == class && span.list == ListId::Full && span.is_full(), "full span {:#x} of class {}", span.start, class.index());
+            assert!(
+                span.class == class && span.list == ListId::Full && span.is_full(),
+                "full span {:#x} of class {}",
+                span.start,
+                class.index()
+            );
             span.check_invariants();
         }
         assert!(self.ntransfer <= transfer_capacity(class.index()));
         // SAFETY: as above.
-        assert!(self.empty.is_null() || unsafe { (*self.empty).alloc_count == 0 && (*self.empty).list == ListId::Partial }, "kept empty span of class {}", class.index());
+        assert!(
+            self.empty.is_null()
+                || unsafe {
+                    (*self.empty).alloc_count == 0 && (*self.empty).list == ListId::Partial
+                },
+            "kept empty span of class {}",
+            class.index()
+        );
     }
 
     /// Iterates every span on both lists (for diagnostics).

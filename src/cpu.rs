@@ -66,7 +66,9 @@ pub struct SlotLock {
 impl SlotLock {
     /// An unheld lock.
     pub const fn new() -> Self {
-        SlotLock { held: AtomicBool::new(false) }
+        SlotLock {
+            held: AtomicBool::new(false),
+        }
     }
 
     /// Waits (relaxing with `X`) until the lock is ours, runs `f`, releases.
@@ -144,7 +146,9 @@ pub struct SingleCpu {
 impl SingleCpu {
     /// One slot, unlocked.
     pub const fn new() -> Self {
-        SingleCpu { lock: SlotLock::new() }
+        SingleCpu {
+            lock: SlotLock::new(),
+        }
     }
 }
 
@@ -192,7 +196,11 @@ impl<const N: usize, X> LockedSlots<N, X> {
     /// for a busy slot or heap lock.
     pub const fn new(current: fn() -> usize) -> Self {
         assert!(N > 0);
-        LockedSlots { locks: [const { SlotLock::new() }; N], current, _relax: PhantomData }
+        LockedSlots {
+            locks: [const { SlotLock::new() }; N],
+            current,
+            _relax: PhantomData,
+        }
     }
 }
 
@@ -239,7 +247,11 @@ mod tests {
                     for _ in 0..20_000 {
                         SLOTS.with_current(|i| {
                             assert_eq!(i, 0);
-                            assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders of slot 0");
+                            assert_eq!(
+                                inside.fetch_add(1, Ordering::SeqCst),
+                                0,
+                                "two holders of slot 0"
+                            );
                             // A non-atomic-style read-modify-write that would lose updates without the lock.
                             let v = counter.load(Ordering::Relaxed);
                             counter.store(v + 1, Ordering::Relaxed);

@@ -45,14 +45,29 @@ unsafe impl<T> Send for FixAlloc<T> {}
 impl<T> FixAlloc<T> {
     /// Bytes per record: room for `T` and for the free-list link, aligned for both.
     pub const RECORD_BYTES: usize = {
-        let a = if align_of::<T>() > align_of::<FreeRecord>() { align_of::<T>() } else { align_of::<FreeRecord>() };
-        let s = if size_of::<T>() > size_of::<FreeRecord>() { size_of::<T>() } else { size_of::<FreeRecord>() };
+        let a = if align_of::<T>() > align_of::<FreeRecord>() {
+            align_of::<T>()
+        } else {
+            align_of::<FreeRecord>()
+        };
+        let s = if size_of::<T>() > size_of::<FreeRecord>() {
+            size_of::<T>()
+        } else {
+            size_of::<FreeRecord>()
+        };
         s.next_multiple_of(a)
     };
 
     /// An empty pool; it takes nothing from the source until the first `alloc`.
     pub const fn new() -> Self {
-        FixAlloc { free: null_mut(), chunk: null_mut(), chunk_left: 0, inuse: 0, sys_bytes: 0, _t: PhantomData }
+        FixAlloc {
+            free: null_mut(),
+            chunk: null_mut(),
+            chunk_left: 0,
+            inuse: 0,
+            sys_bytes: 0,
+            _t: PhantomData,
+        }
     }
 
     /// Records in use.
@@ -76,7 +91,11 @@ impl<T> FixAlloc<T> {
             return Some(rec.cast());
         }
         if self.chunk_left < Self::RECORD_BYTES {
-            let bytes = if Self::RECORD_BYTES > FIX_CHUNK_BYTES { Self::RECORD_BYTES } else { FIX_CHUNK_BYTES };
+            let bytes = if Self::RECORD_BYTES > FIX_CHUNK_BYTES {
+                Self::RECORD_BYTES
+            } else {
+                FIX_CHUNK_BYTES
+            };
             let chunk = source.alloc(bytes)?;
             self.sys_bytes += bytes.next_multiple_of(S::PAGE_SIZE);
             self.chunk = chunk.as_ptr();
@@ -129,7 +148,10 @@ mod tests {
         }
         assert_eq!(pool.inuse(), 2000);
         let per_chunk = FIX_CHUNK_BYTES / FixAlloc::<[u64; 5]>::RECORD_BYTES;
-        assert_eq!(pool.sys_bytes(), 2000usize.div_ceil(per_chunk) * FIX_CHUNK_BYTES);
+        assert_eq!(
+            pool.sys_bytes(),
+            2000usize.div_ceil(per_chunk) * FIX_CHUNK_BYTES
+        );
         for (i, p) in got.iter().enumerate() {
             // SAFETY: written above and still live.
             assert_eq!(unsafe { p.as_ptr().read() }, [i as u64; 5]);
@@ -137,7 +159,11 @@ mod tests {
         let last = got.pop().unwrap();
         // SAFETY: from this pool, not used again.
         unsafe { pool.free(last) };
-        assert_eq!(pool.alloc(&src).unwrap(), last, "LIFO reuse of the freed record");
+        assert_eq!(
+            pool.alloc(&src).unwrap(),
+            last,
+            "LIFO reuse of the freed record"
+        );
         assert_eq!(pool.inuse(), 2000);
     }
 }

@@ -17,7 +17,10 @@ use crate::cache::{self, Counter, Slabs, Tiny, TINY_BIAS, TINY_FIELD};
 use crate::central::{Below, Central, HeapLock};
 use crate::cpu::Cpu;
 use crate::pageheap::{tiny_counter, PageHeap, PageMap};
-use crate::sizeclass::{class_for, size_to_class_medium, size_to_class_small, SizeClass, NUM_CLASSES, SMALL_SIZE_MAX, TINY_CLASS};
+use crate::sizeclass::{
+    class_for, size_to_class_medium, size_to_class_small, SizeClass, NUM_CLASSES, SMALL_SIZE_MAX,
+    TINY_CLASS,
+};
 use crate::source::PageSource;
 use crate::span::SpanState;
 use crate::stack::{self, Stack, StackAlloc, StackCache, StackStats};
@@ -87,7 +90,12 @@ struct Flow {
 
 impl Flow {
     const fn new() -> Self {
-        Flow { to_slabs: AtomicU64::new(0), from_slabs: AtomicU64::new(0), direct_mallocs: AtomicU64::new(0), direct_frees: AtomicU64::new(0) }
+        Flow {
+            to_slabs: AtomicU64::new(0),
+            from_slabs: AtomicU64::new(0),
+            direct_mallocs: AtomicU64::new(0),
+            direct_frees: AtomicU64::new(0),
+        }
     }
 }
 
@@ -155,7 +163,11 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     }
 
     fn below(&self) -> Below<'_, S, C::Relax> {
-        Below { source: &self.source, map: &self.map, heap: &self.pages }
+        Below {
+            source: &self.source,
+            map: &self.map,
+            heap: &self.pages,
+        }
     }
 
     /// The per-CPU caches, setting them up on first use; `None` if the source
@@ -192,7 +204,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             }
         }
         *meta = bytes.next_multiple_of(S::PAGE_SIZE) + stack_bytes.next_multiple_of(S::PAGE_SIZE);
-        self.stack_caches.store(sc.as_ptr().cast(), Ordering::Release);
+        self.stack_caches
+            .store(sc.as_ptr().cast(), Ordering::Release);
         // SAFETY: the block is ours for ever, zeroed, page aligned and large enough.
         let s = unsafe { Slabs::init(p.as_ptr(), count, self.cpu.rseq_offset()) };
         self.slabs.store(s, Ordering::Release);
@@ -236,9 +249,15 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[cfg_attr(all(feature = "linux", target_arch = "x86_64"), inline(never))]
     #[cfg_attr(not(all(feature = "linux", target_arch = "x86_64")), inline(always))]
     fn alloc_small_slow(&self, c: SizeClass) -> *mut u8 {
-        let Some(slabs) = self.slabs() else { return null_mut() };
+        let Some(slabs) = self.slabs() else {
+            return null_mut();
+        };
         // In rseq mode `alloc_small` has just tried this pop.
-        let mut p = if slabs.uses_rseq() { null_mut() } else { slabs.pop(&self.cpu, c) };
+        let mut p = if slabs.uses_rseq() {
+            null_mut()
+        } else {
+            slabs.pop(&self.cpu, c)
+        };
         if p.is_null() {
             p = self.refill(slabs, c);
         }
@@ -257,7 +276,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         let mut buf = [null_mut(); cache::MAX_CAPACITY];
         let want = cache::batch(c.index());
         let below = self.below();
-        let n = self.central[c.index()].0.lock().refill(c, &mut buf[..want], &below);
+        let n = self.central[c.index()]
+            .0
+            .lock()
+            .refill(c, &mut buf[..want], &below);
         if n == 0 {
             return null_mut();
         }
@@ -267,7 +289,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         if pushed < n - 1 {
             // The stack filled meanwhile (another thread on this CPU, or a migration).
             // They never reached a stack or a user, so no flow counts them.
-            self.central[c.index()].0.lock().flush(c, &buf[pushed..n - 1], &below);
+            self.central[c.index()]
+                .0
+                .lock()
+                .flush(c, &buf[pushed..n - 1], &below);
         }
         flow.direct_mallocs.fetch_add(1, Ordering::Relaxed);
         buf[n - 1]
@@ -292,7 +317,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[cfg_attr(not(all(feature = "linux", target_arch = "x86_64")), inline(always))]
     fn free_small_slow(&self, p: *mut u8, c: SizeClass) {
         let slabs = self.slabs.load(Ordering::Acquire);
-        assert!(!slabs.is_null(), "tieralloc: free of {p:p} before any allocation");
+        assert!(
+            !slabs.is_null(),
+            "tieralloc: free of {p:p} before any allocation"
+        );
         // SAFETY: published slabs live for ever.
         let slabs = unsafe { &*slabs };
         // In rseq mode `free_small` has just tried this push.
@@ -364,7 +392,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
 
     #[cfg_attr(all(feature = "linux", target_arch = "x86_64"), inline(never))]
     fn alloc_tiny_slow(&self, size: usize, a: usize) -> *mut u8 {
-        let Some(slabs) = self.slabs() else { return null_mut() };
+        let Some(slabs) = self.slabs() else {
+            return null_mut();
+        };
         // In rseq mode `alloc_tiny` has just tried this carve.
         if !slabs.uses_rseq() {
             let p = slabs.carve_tiny(&self.cpu, size, a);
@@ -400,7 +430,18 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 break; // being drained, or the current block has at least as much room left: keep it
             }
             counter.store(TINY_BIAS, Ordering::Release);
-            if slabs.store_if(&self.cpu, cpu, TINY_FIELD, w, Tiny { block: b as usize, off: size, n: 1 }.pack()) {
+            if slabs.store_if(
+                &self.cpu,
+                cpu,
+                TINY_FIELD,
+                w,
+                Tiny {
+                    block: b as usize,
+                    off: size,
+                    n: 1,
+                }
+                .pack(),
+            ) {
                 if t.block != 0 {
                     self.retire_tiny(slabs, t);
                 }
@@ -457,7 +498,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     // ---------------------------------------------------------------- large
 
     fn alloc_large(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
-        let s = self.pages.lock().alloc_large(&self.source, &self.map, size, align)?;
+        let s = self
+            .pages
+            .lock()
+            .alloc_large(&self.source, &self.map, size, align)?;
         // SAFETY: a fresh large span, ours.
         let (start, needzero) = unsafe { ((*s.as_ptr()).start, (*s.as_ptr()).needzero) };
         NonNull::new(start as *mut u8).map(|p| (p, needzero))
@@ -498,7 +542,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         match Kind::of(layout.size(), layout.align()) {
             Kind::Tiny => self.alloc_tiny(layout.size(), layout.align()),
             Kind::Small(c) => self.alloc_small(c),
-            Kind::Large => self.alloc_large(layout.size(), layout.align()).map_or(null_mut(), |(p, _)| p.as_ptr()),
+            Kind::Large => self
+                .alloc_large(layout.size(), layout.align())
+                .map_or(null_mut(), |(p, _)| p.as_ptr()),
         }
     }
 
@@ -552,7 +598,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             (Kind::Small(a), Kind::Small(b)) if a == b => return p,
             (Kind::Large, Kind::Large) => {
                 let s = self.large_span(p);
-                let Some(npages) = crate::pageheap::large_pages(new_size) else { return null_mut() };
+                let Some(npages) = crate::pageheap::large_pages(new_size) else {
+                    return null_mut();
+                };
                 // SAFETY: the caller owns the object, so its span is live and ours.
                 if unsafe { self.pages.lock().resize_large(&self.source, s, npages) } {
                     return p;
@@ -569,7 +617,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         let q = match new {
             Kind::Tiny => self.alloc_tiny(new_size, align),
             Kind::Small(c) => self.alloc_small(c),
-            Kind::Large => self.alloc_large(new_size, align).map_or(null_mut(), |(q, _)| q.as_ptr()),
+            Kind::Large => self
+                .alloc_large(new_size, align)
+                .map_or(null_mut(), |(q, _)| q.as_ptr()),
         };
         if !q.is_null() {
             // SAFETY: both blocks are live, distinct, and at least this long;
@@ -596,8 +646,12 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         let s = self.map.span_of(p as usize);
         // SAFETY: non-null page-map entries are live spans.
         match unsafe { s.as_ref() } {
-            Some(span) if span.state == SpanState::Small && span.index_of(p as usize).1 => Some(span.class.size()),
-            Some(span) if span.state == SpanState::Large && span.start == p as usize => Some(span.npages * PAGE_BYTES),
+            Some(span) if span.state == SpanState::Small && span.index_of(p as usize).1 => {
+                Some(span.class.size())
+            }
+            Some(span) if span.state == SpanState::Large && span.start == p as usize => {
+                Some(span.npages * PAGE_BYTES)
+            }
             _ => None,
         }
     }
@@ -606,7 +660,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     pub fn usable_size(&self, p: *mut u8) -> usize {
         match self.try_usable_size(p) {
             Some(n) => n,
-            None => panic!("tieralloc: {p:p} is not an object of this heap (foreign or interior pointer)"),
+            None => panic!(
+                "tieralloc: {p:p} is not an object of this heap (foreign or interior pointer)"
+            ),
         }
     }
 
@@ -677,7 +733,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             return self.stacks.alloc(&below, None, bytes, guard);
         }
         // SAFETY: `i < count` and slot `i` is held for the closure.
-        self.cpu.with_current(|i| self.stacks.alloc(&below, Some(unsafe { &mut *caches.add(i) }), bytes, guard))
+        self.cpu.with_current(|i| {
+            self.stacks
+                .alloc(&below, Some(unsafe { &mut *caches.add(i) }), bytes, guard)
+        })
     }
 
     /// Frees a stack.
@@ -692,7 +751,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             return unsafe { self.stacks.free(&below, None, stack) };
         }
         // SAFETY: forwarded from the caller; `i < count` and slot `i` is held.
-        self.cpu.with_current(|i| unsafe { self.stacks.free(&below, Some(&mut *caches.add(i)), stack) })
+        self.cpu
+            .with_current(|i| unsafe { self.stacks.free(&below, Some(&mut *caches.add(i)), stack) })
     }
 
     /// Stack statistics (stack spans also count in `heap_inuse`, as pages in use).
@@ -718,7 +778,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             // First the tiny blocks (retiring one may free it into some CPU's stack),
             // retired outside the CPU's exclusivity.
             for i in 0..slabs.count() {
-                if let Some(t) = slabs.with_exclusive(&self.cpu, i, |cache| cache.take_tiny()).filter(|t| t.block != 0) {
+                if let Some(t) = slabs
+                    .with_exclusive(&self.cpu, i, |cache| cache.take_tiny())
+                    .filter(|t| t.block != 0)
+                {
                     self.retire_tiny(slabs, t);
                 }
             }
@@ -729,7 +792,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                         let k = cache.pop_batch(c, &mut buf);
                         if k > 0 {
                             self.central[c.index()].0.lock().flush(c, &buf[..k], &below);
-                            self.flow[c.index()].from_slabs.fetch_add(k as u64, Ordering::Relaxed);
+                            self.flow[c.index()]
+                                .from_slabs
+                                .fetch_add(k as u64, Ordering::Relaxed);
                         }
                     }
                 });
@@ -742,7 +807,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         if !sc.is_null() {
             for i in 0..self.cpu.count() {
                 // SAFETY: `i < count`, slot `i` held.
-                self.cpu.with_slot(i, || self.stacks.drain(&below, unsafe { &mut *sc.add(i) }));
+                self.cpu
+                    .with_slot(i, || self.stacks.drain(&below, unsafe { &mut *sc.add(i) }));
             }
         }
         let mut h = self.pages.lock();
@@ -789,7 +855,15 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                     pops[c] += w >> 16;
                     lens[c] += w & cache::LEN_MASK;
                 }
-                for (j, kind) in [Counter::TinyMallocsRetired, Counter::TinyFrees, Counter::TinyBlocksTaken, Counter::TinyBlocksFreed].into_iter().enumerate() {
+                for (j, kind) in [
+                    Counter::TinyMallocsRetired,
+                    Counter::TinyFrees,
+                    Counter::TinyBlocksTaken,
+                    Counter::TinyBlocksFreed,
+                ]
+                .into_iter()
+                .enumerate()
+                {
                     k[j] += cache.counter(kind);
                 }
                 tiny_current += cache.tiny().n as u64;
@@ -840,9 +914,22 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         st.heap_alloc = st
             .large_alloc
             .wrapping_add(st.tiny_blocks.wrapping_mul(TINY_SIZE as u64))
-            .wrapping_add(st.by_size[1..].iter().map(|r| r.live().wrapping_mul(r.size)).fold(0, u64::wrapping_add));
-        st.mallocs = st.by_size.iter().map(|r| r.mallocs).fold(st.tiny_mallocs, u64::wrapping_add);
-        st.frees = st.by_size.iter().map(|r| r.frees).fold(st.tiny_frees, u64::wrapping_add);
+            .wrapping_add(
+                st.by_size[1..]
+                    .iter()
+                    .map(|r| r.live().wrapping_mul(r.size))
+                    .fold(0, u64::wrapping_add),
+            );
+        st.mallocs = st
+            .by_size
+            .iter()
+            .map(|r| r.mallocs)
+            .fold(st.tiny_mallocs, u64::wrapping_add);
+        st.frees = st
+            .by_size
+            .iter()
+            .map(|r| r.frees)
+            .fold(st.tiny_frees, u64::wrapping_add);
         st
     }
 
@@ -906,14 +993,22 @@ pub(crate) mod checks {
     pub fn mark_cached(span: &Span, idx: usize, p: *mut u8) {
         let (w, b) = bit(idx);
         let old = span.cached_bits[w].fetch_or(b, Ordering::Relaxed);
-        assert!(old & b == 0, "tieralloc: object {p:p} (span {:#x}) carved while cached", span.start);
+        assert!(
+            old & b == 0,
+            "tieralloc: object {p:p} (span {:#x}) carved while cached",
+            span.start
+        );
     }
 
     /// An object goes back to its span from a cache.
     pub fn unmark_cached(span: &Span, idx: usize, p: *mut u8) {
         let (w, b) = bit(idx);
         let old = span.cached_bits[w].fetch_and(!b, Ordering::Relaxed);
-        assert!(old & b != 0, "tieralloc: object {p:p} (span {:#x}) returned to its span but was not free", span.start);
+        assert!(
+            old & b != 0,
+            "tieralloc: object {p:p} (span {:#x}) returned to its span but was not free",
+            span.start
+        );
     }
 
     /// A cached object is handed to the user.
@@ -922,11 +1017,21 @@ pub(crate) mod checks {
         let span = unsafe { &*map.span_of(p as usize) };
         let (w, b) = bit(span.index_of(p as usize).0);
         let old = span.cached_bits[w].fetch_and(!b, Ordering::Relaxed);
-        assert!(old & b != 0, "tieralloc: object {p:p} (span {:#x}, class {}) handed out twice", span.start, span.class.index());
+        assert!(
+            old & b != 0,
+            "tieralloc: object {p:p} (span {:#x}, class {}) handed out twice",
+            span.start,
+            span.class.index()
+        );
     }
 
     /// The user frees `p` as an object of class `c`: check it is one, live.
-    pub fn on_free<X: spin::RelaxStrategy>(map: &PageMap, central: &SpinMutex<Central, X>, p: *mut u8, c: SizeClass) {
+    pub fn on_free<X: spin::RelaxStrategy>(
+        map: &PageMap,
+        central: &SpinMutex<Central, X>,
+        p: *mut u8,
+        c: SizeClass,
+    ) {
         let s = map.span_of(p as usize);
         // SAFETY: non-null page-map entries are live spans.
         let Some(span) = (unsafe { s.as_ref() }) else {
@@ -936,7 +1041,12 @@ pub(crate) mod checks {
             panic!("tieralloc: free of {p:p}: not a pointer into this heap (a freed large object, idle in the large-span cache)");
         }
         if span.state != SpanState::Small {
-            panic!("tieralloc: free of {p:p} as a class {} object, but span {:#x} is {:?}", c.index(), span.start, span.state);
+            panic!(
+                "tieralloc: free of {p:p} as a class {} object, but span {:#x} is {:?}",
+                c.index(),
+                span.start,
+                span.state
+            );
         }
         if span.class != c {
             panic!(
@@ -964,7 +1074,14 @@ pub(crate) mod checks {
         let (allocated, old) = {
             let _guard = central.lock();
             let allocated = span.is_allocated(idx);
-            (allocated, if allocated { span.cached_bits[w].fetch_or(b, Ordering::Relaxed) } else { 0 })
+            (
+                allocated,
+                if allocated {
+                    span.cached_bits[w].fetch_or(b, Ordering::Relaxed)
+                } else {
+                    0
+                },
+            )
         };
         if !allocated {
             panic!("tieralloc: double free of {p:p} (span {:#x}, class {}): the object is already free", span.start, c.index());

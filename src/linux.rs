@@ -40,7 +40,10 @@ fn possible_cpus() -> usize {
     let mut buf = [0u8; 64];
     // SAFETY: a NUL-terminated path; open/read/close on a local buffer.
     let n = unsafe {
-        let fd = libc::open(c"/sys/devices/system/cpu/possible".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        let fd = libc::open(
+            c"/sys/devices/system/cpu/possible".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
         if fd < 0 {
             return MAX_CPUS;
         }
@@ -81,12 +84,20 @@ pub struct LinuxCpu {
 impl LinuxCpu {
     /// Per-CPU operations through rseq where available, else per-slot locks.
     pub const fn new() -> Self {
-        LinuxCpu { locks: [const { SlotLock::new() }; MAX_CPUS], count: AtomicUsize::new(0), allow_rseq: true }
+        LinuxCpu {
+            locks: [const { SlotLock::new() }; MAX_CPUS],
+            count: AtomicUsize::new(0),
+            allow_rseq: true,
+        }
     }
 
     /// Per-CPU operations always through per-slot locks (the fallback mode).
     pub const fn new_locked() -> Self {
-        LinuxCpu { locks: [const { SlotLock::new() }; MAX_CPUS], count: AtomicUsize::new(0), allow_rseq: false }
+        LinuxCpu {
+            locks: [const { SlotLock::new() }; MAX_CPUS],
+            count: AtomicUsize::new(0),
+            allow_rseq: false,
+        }
     }
 
     #[inline(always)]
@@ -173,12 +184,16 @@ impl LinuxHeap {
     /// use. Per-CPU operations use rseq where glibc registered it (check
     /// `uses_rseq()` or `stats().rseq`), else per-CPU locks.
     pub const fn new() -> Self {
-        LinuxHeap { heap: Heap::new(MmapSource::new(), LinuxCpu::new()) }
+        LinuxHeap {
+            heap: Heap::new(MmapSource::new(), LinuxCpu::new()),
+        }
     }
 
     /// As [`LinuxHeap::new`], but always with per-CPU locks (never rseq).
     pub const fn new_locked() -> Self {
-        LinuxHeap { heap: Heap::new(MmapSource::new(), LinuxCpu::new_locked()) }
+        LinuxHeap {
+            heap: Heap::new(MmapSource::new(), LinuxCpu::new_locked()),
+        }
     }
 }
 

@@ -769,7 +769,8 @@ impl ArenaPages {
                 parts.tree[lo] = sum;
             } else {
                 for i in lo..=hi {
-                    parts.tree[i] = Summary::merge(parts.tree[2 * i], parts.tree[2 * i + 1], child_len);
+                    parts.tree[i] =
+                        Summary::merge(parts.tree[2 * i], parts.tree[2 * i + 1], child_len);
                 }
             }
             lo /= 2;

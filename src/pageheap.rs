@@ -147,7 +147,13 @@ pub struct Pacer {
 
 impl Pacer {
     pub const fn new() -> Self {
-        Pacer { traffic: 0, epoch_peak: 0, past: [0; PEAK_EPOCHS], next: 0, epochs: 0 }
+        Pacer {
+            traffic: 0,
+            epoch_peak: 0,
+            past: [0; PEAK_EPOCHS],
+            next: 0,
+            epochs: 0,
+        }
     }
 
     /// Records `pages` of traffic (allocated or freed) after which `inuse` pages are in use.
@@ -209,7 +215,9 @@ pub struct PageMap {
 
 impl PageMap {
     pub const fn new() -> Self {
-        PageMap { l1: [const { AtomicPtr::new(null_mut()) }; L1_ENTRIES] }
+        PageMap {
+            l1: [const { AtomicPtr::new(null_mut()) }; L1_ENTRIES],
+        }
     }
 
     /// The span holding `addr`, or null if `addr` is not in a live span of this heap.
@@ -232,13 +240,21 @@ impl PageMap {
 
     /// Points the chunk holding `addr` at `slots` (CHUNK_PAGES entries).
     /// Returns false if the source could not supply an L2 table.
-    fn set_chunk<S: PageSource>(&self, source: &S, addr: usize, slots: *mut SpanSlot, meta: &mut usize) -> bool {
+    fn set_chunk<S: PageSource>(
+        &self,
+        source: &S,
+        addr: usize,
+        slots: *mut SpanSlot,
+        meta: &mut usize,
+    ) -> bool {
         let a = addr & ADDR_MASK;
         let e1 = &self.l1[a >> (CHUNK_SHIFT + L2_BITS)];
         let mut l2 = e1.load(Ordering::Acquire);
         if l2.is_null() {
             let bytes = size_of::<L2>();
-            let Some(p) = source.alloc(bytes) else { return false };
+            let Some(p) = source.alloc(bytes) else {
+                return false;
+            };
             *meta += bytes;
             if !S::ZEROED {
                 // SAFETY: fresh Ready memory of `bytes` bytes; null pointers are all-zero.
@@ -358,7 +374,9 @@ pub const LARGE_CACHE_LIMIT_PAGES: usize = (32 << 20) / PAGE_BYTES;
 /// counts.
 #[inline]
 pub const fn large_pages(bytes: usize) -> Option<usize> {
-    let Some(b) = bytes.checked_add(PAGE_BYTES - 1) else { return None };
+    let Some(b) = bytes.checked_add(PAGE_BYTES - 1) else {
+        return None;
+    };
     let n = b >> crate::PAGE_SHIFT;
     if n <= 8 {
         return Some(if n == 0 { 1 } else { n });
@@ -444,7 +462,11 @@ impl PageHeap {
             cache_max_pages: LARGE_CACHE_MAX_PAGES,
             pacer: Pacer::new(),
             scavenged_pages_total: 0,
-            large: LargeCounts { mallocs: 0, frees: 0, live_bytes: 0 },
+            large: LargeCounts {
+                mallocs: 0,
+                frees: 0,
+                live_bytes: 0,
+            },
             large_cache: [const { SpanList::new() }; LARGE_CACHE_SIZES],
             ncached: 0,
             cached_pages: 0,
@@ -456,7 +478,8 @@ impl PageHeap {
     /// release on free).
     pub fn set_retain_bytes(&mut self, bytes: usize) {
         self.retain_bytes = bytes;
-        self.cache_max_pages = (bytes / 4 / PAGE_BYTES).clamp(LARGE_CACHE_MAX_PAGES, LARGE_CACHE_LIMIT_PAGES);
+        self.cache_max_pages =
+            (bytes / 4 / PAGE_BYTES).clamp(LARGE_CACHE_MAX_PAGES, LARGE_CACHE_LIMIT_PAGES);
         while self.cached_pages > self.cache_max_pages {
             self.evict_cached();
         }
@@ -472,7 +495,8 @@ impl PageHeap {
     /// "Scavenger policy" in the module docs). After every free, dirty free pages
     /// are at most this.
     pub fn dirty_allowance(&self) -> usize {
-        self.pacer.allowance(self.live_pages(), self.retain_bytes / PAGE_BYTES)
+        self.pacer
+            .allowance(self.live_pages(), self.retain_bytes / PAGE_BYTES)
     }
 
     /// Pages in spans that hold objects: in use, less the large-span cache's
@@ -496,7 +520,11 @@ impl PageHeap {
     /// spans leave their arena's longest free run unchanged, so this is usually
     /// one comparison rather than `log2(tree_cap)` levels.
     fn update_leaf(&mut self, slot: usize) {
-        let v = if slot < self.narenas { self.arena(slot).pages.max_free_run().min(u32::MAX as usize) as u32 } else { 0 };
+        let v = if slot < self.narenas {
+            self.arena(slot).pages.max_free_run().min(u32::MAX as usize) as u32
+        } else {
+            0
+        };
         let mut i = self.tree_cap + slot;
         if self.tree[i] == v {
             return;
@@ -519,17 +547,29 @@ impl PageHeap {
         }
         let mut i = 1;
         while i < self.tree_cap {
-            i = if self.tree[2 * i] as usize >= need { 2 * i } else { 2 * i + 1 };
+            i = if self.tree[2 * i] as usize >= need {
+                2 * i
+            } else {
+                2 * i + 1
+            };
         }
         Some(i - self.tree_cap)
     }
 
     /// Takes a new arena from the source big enough for `npages` at `align_pages`.
-    fn grow<S: PageSource>(&mut self, source: &S, map: &PageMap, npages: usize, align_pages: usize) -> Option<usize> {
+    fn grow<S: PageSource>(
+        &mut self,
+        source: &S,
+        map: &PageMap,
+        npages: usize,
+        align_pages: usize,
+    ) -> Option<usize> {
         if self.narenas == MAX_ARENAS {
             return None;
         }
-        let want = npages.checked_mul(PAGE_BYTES)?.checked_next_multiple_of(CHUNK_BYTES)?;
+        let want = npages
+            .checked_mul(PAGE_BYTES)?
+            .checked_next_multiple_of(CHUNK_BYTES)?;
         let bytes = want.max(S::ARENA_BYTES);
         let arena_pages = bytes / PAGE_BYTES;
         let align = (align_pages.checked_mul(PAGE_BYTES)?).max(CHUNK_BYTES);
@@ -554,11 +594,19 @@ impl PageHeap {
         let arena = unsafe {
             let spans = m.add(spans_off).cast::<SpanSlot>();
             if !S::ZEROED {
-                spans.cast::<u8>().write_bytes(0, arena_pages * size_of::<SpanSlot>());
+                spans
+                    .cast::<u8>()
+                    .write_bytes(0, arena_pages * size_of::<SpanSlot>());
             }
             let pages = ArenaPages::init(NonNull::new_unchecked(m.add(pages_off)), arena_pages);
             let a = m.cast::<Arena>();
-            a.write(Arena { base, npages: arena_pages, slot: 0, spans, pages });
+            a.write(Arena {
+                base,
+                npages: arena_pages,
+                slot: 0,
+                spans,
+                pages,
+            });
             a
         };
         self.meta_bytes += meta.next_multiple_of(S::PAGE_SIZE);
@@ -568,7 +616,12 @@ impl PageHeap {
             if !map.set_chunk(source, base + c * CHUNK_BYTES, slots, &mut self.meta_bytes) {
                 // Unpublish what we published; the metadata block is leaked (rare: no memory at all).
                 for d in 0..c {
-                    map.set_chunk(source, base + d * CHUNK_BYTES, null_mut(), &mut self.meta_bytes);
+                    map.set_chunk(
+                        source,
+                        base + d * CHUNK_BYTES,
+                        null_mut(),
+                        &mut self.meta_bytes,
+                    );
                 }
                 // SAFETY: no span was made in the arena; nobody refers to it.
                 unsafe { source.free(NonNull::new_unchecked(base as *mut u8), bytes) };
@@ -592,7 +645,11 @@ impl PageHeap {
             self.tree_cap *= 2;
             let cap = self.tree_cap;
             for s in 0..cap {
-                self.tree[cap + s] = if s < self.narenas { self.arena(s).pages.max_free_run().min(u32::MAX as usize) as u32 } else { 0 };
+                self.tree[cap + s] = if s < self.narenas {
+                    self.arena(s).pages.max_free_run().min(u32::MAX as usize) as u32
+                } else {
+                    0
+                };
             }
             for i in (1..cap).rev() {
                 self.tree[i] = self.tree[2 * i].max(self.tree[2 * i + 1]);
@@ -708,11 +765,20 @@ impl PageHeap {
     }
 
     /// A span for small objects of `class`, with tiny counters for class 2.
-    pub fn alloc_small_span<S: PageSource>(&mut self, source: &S, map: &PageMap, class: SizeClass) -> Option<NonNull<Span>> {
+    pub fn alloc_small_span<S: PageSource>(
+        &mut self,
+        source: &S,
+        map: &PageMap,
+        class: SizeClass,
+    ) -> Option<NonNull<Span>> {
         let tiny = if class.size() == crate::TINY_SIZE {
             let t = self.tiny.alloc(source)?;
             // SAFETY: room for the counters; zero is a valid `AtomicU8`.
-            unsafe { t.as_ptr().cast::<u8>().write_bytes(0, size_of::<TinyCounts>()) };
+            unsafe {
+                t.as_ptr()
+                    .cast::<u8>()
+                    .write_bytes(0, size_of::<TinyCounts>())
+            };
             t.as_ptr()
         } else {
             null_mut()
@@ -831,7 +897,13 @@ impl PageHeap {
     }
 
     /// A large object's span: `bytes` rounded up to pages, aligned to `align`.
-    pub fn alloc_large<S: PageSource>(&mut self, source: &S, map: &PageMap, bytes: usize, align: usize) -> Option<NonNull<Span>> {
+    pub fn alloc_large<S: PageSource>(
+        &mut self,
+        source: &S,
+        map: &PageMap,
+        bytes: usize,
+        align: usize,
+    ) -> Option<NonNull<Span>> {
         // A zero-byte object still gets (and is accounted as) one page.
         let npages = large_pages(bytes)?;
         let align_pages = (align / PAGE_BYTES).max(1);
@@ -856,7 +928,12 @@ impl PageHeap {
         }
         let list = &mut self.large_cache[large_cache_index(npages)];
         // SAFETY: listed spans are live records.
-        let s = list.iter().find(|&s| unsafe { (*s).npages == npages && ((*s).start / PAGE_BYTES).is_multiple_of(align_pages) }).unwrap_or(null_mut());
+        let s = list
+            .iter()
+            .find(|&s| unsafe {
+                (*s).npages == npages && ((*s).start / PAGE_BYTES).is_multiple_of(align_pages)
+            })
+            .unwrap_or(null_mut());
         if s.is_null() {
             return None;
         }
@@ -878,7 +955,11 @@ impl PageHeap {
         let mut best = (0, 0);
         for (i, l) in self.large_cache.iter().enumerate() {
             // SAFETY: listed spans are live records.
-            let pages = if l.is_empty() { 0 } else { l.len() * cache_class(unsafe { (*l.first()).npages }) };
+            let pages = if l.is_empty() {
+                0
+            } else {
+                l.len() * cache_class(unsafe { (*l.first()).npages })
+            };
             if pages > best.1 {
                 best = (i, pages);
             }
@@ -962,7 +1043,12 @@ impl PageHeap {
     ///
     /// # Safety
     /// `span` is a live large span of this heap, owned by the caller.
-    pub unsafe fn resize_large<S: PageSource>(&mut self, source: &S, span: NonNull<Span>, npages: usize) -> bool {
+    pub unsafe fn resize_large<S: PageSource>(
+        &mut self,
+        source: &S,
+        span: NonNull<Span>,
+        npages: usize,
+    ) -> bool {
         let s = span.as_ptr();
         // SAFETY: live span and arena.
         let (arena, start, old) = unsafe {
@@ -1058,36 +1144,76 @@ impl PageHeap {
             let a = self.arena(slot);
             assert_eq!(a.slot, slot, "arena {:#x}: slot index stale", a.base);
             if slot > 0 {
-                assert!(self.arena(slot - 1).base + self.arena(slot - 1).npages * PAGE_BYTES <= a.base, "arenas unsorted or overlapping");
+                assert!(
+                    self.arena(slot - 1).base + self.arena(slot - 1).npages * PAGE_BYTES <= a.base,
+                    "arenas unsorted or overlapping"
+                );
             }
             a.pages.check_invariants();
-            assert_eq!(self.tree[self.tree_cap + slot] as usize, a.pages.max_free_run().min(u32::MAX as usize), "arena tree leaf stale");
+            assert_eq!(
+                self.tree[self.tree_cap + slot] as usize,
+                a.pages.max_free_run().min(u32::MAX as usize),
+                "arena tree leaf stale"
+            );
             sys += a.npages;
             free += a.pages.free_pages();
             released += a.pages.released_pages();
         }
         assert_eq!(sys, self.sys_pages, "sys_pages");
-        assert_eq!(sys - free, self.inuse_pages, "inuse_pages != pages not free");
+        assert_eq!(
+            sys - free,
+            self.inuse_pages,
+            "inuse_pages != pages not free"
+        );
         assert_eq!(released, self.released_pages, "released_pages");
-        assert!(self.tree_cap.is_power_of_two() && self.narenas <= self.tree_cap && self.tree_cap <= MAX_ARENAS, "tree_cap {}", self.tree_cap);
+        assert!(
+            self.tree_cap.is_power_of_two()
+                && self.narenas <= self.tree_cap
+                && self.tree_cap <= MAX_ARENAS,
+            "tree_cap {}",
+            self.tree_cap
+        );
         let (mut cached, mut n) = (0, 0);
         for (i, l) in self.large_cache.iter().enumerate() {
             for s in l.iter() {
                 // SAFETY: cached spans are live records.
                 let s = unsafe { &*s };
-                assert!(s.state == SpanState::Idle && s.npages <= LARGE_CACHE_MAX_SPAN_PAGES && large_cache_index(s.npages) == i, "cached large span {:#x}", s.start);
+                assert!(
+                    s.state == SpanState::Idle
+                        && s.npages <= LARGE_CACHE_MAX_SPAN_PAGES
+                        && large_cache_index(s.npages) == i,
+                    "cached large span {:#x}",
+                    s.start
+                );
                 cached += s.npages;
                 n += 1;
             }
         }
-        assert_eq!((cached, n), (self.cached_pages, self.ncached), "cached_pages, ncached");
+        assert_eq!(
+            (cached, n),
+            (self.cached_pages, self.ncached),
+            "cached_pages, ncached"
+        );
         assert!(self.cached_pages <= self.cache_max_pages);
-        assert!(self.tree_cap == 1 || self.narenas > self.tree_cap / 2, "tree_cap {} too big for {} arenas", self.tree_cap, self.narenas);
+        assert!(
+            self.tree_cap == 1 || self.narenas > self.tree_cap / 2,
+            "tree_cap {} too big for {} arenas",
+            self.tree_cap,
+            self.narenas
+        );
         for slot in self.narenas..self.tree_cap {
-            assert_eq!(self.tree[self.tree_cap + slot], 0, "empty arena slot {slot} in the tree");
+            assert_eq!(
+                self.tree[self.tree_cap + slot],
+                0,
+                "empty arena slot {slot} in the tree"
+            );
         }
         for i in 1..self.tree_cap {
-            assert_eq!(self.tree[i], self.tree[2 * i].max(self.tree[2 * i + 1]), "arena tree node {i}");
+            assert_eq!(
+                self.tree[i],
+                self.tree[2 * i].max(self.tree[2 * i + 1]),
+                "arena tree node {i}"
+            );
         }
     }
 }
@@ -1169,7 +1295,11 @@ mod tests {
         assert_eq!(large_pages(8 * PAGE_BYTES + 1), Some(10));
         assert_eq!(large_pages(16 * PAGE_BYTES + 1), Some(20));
         assert_eq!(large_pages(1 << 20), Some(128));
-        assert_eq!(large_pages((1 << 20) + 1), Some(129), "whole pages above 1 MiB");
+        assert_eq!(
+            large_pages((1 << 20) + 1),
+            Some(129),
+            "whole pages above 1 MiB"
+        );
         assert_eq!(large_pages(usize::MAX), None);
         assert_eq!(cache_class(8), 8);
         assert_eq!(cache_class(9), 10);
@@ -1222,7 +1352,11 @@ mod tests {
         let mut turnovers = 0;
         while p.recent_peak() == big {
             p.tick(small, small);
-            assert_eq!(p.epochs(), epochs + 1, "each tick of `small` pages is one epoch");
+            assert_eq!(
+                p.epochs(),
+                epochs + 1,
+                "each tick of `small` pages is one epoch"
+            );
             epochs += 1;
             turnovers += 1;
         }
@@ -1239,7 +1373,11 @@ mod tests {
         assert_eq!(p.allowance(1000, 0), 500, "at the peak: the in-use share");
         assert_eq!(p.allowance(1000, 800), 800, "the retained floor");
         assert_eq!(p.allowance(600, 0), 900, "a dip keeps the peak's footprint");
-        assert_eq!(p.allowance(0, 7), 1500, "everything freed: the peak's footprint, until the peak ages out");
+        assert_eq!(
+            p.allowance(0, 7),
+            1500,
+            "everything freed: the peak's footprint, until the peak ages out"
+        );
         assert_eq!(p.allowance(2000, 0), 1000, "above the recorded peak");
         assert_eq!(Pacer::new().allowance(0, 7), 7, "no peak: only retain");
         assert_eq!(Pacer::new().allowance(0, usize::MAX), usize::MAX);
@@ -1256,7 +1394,11 @@ mod tests {
         for k in 1..=16 {
             p.tick(MIN_EPOCH_PAGES, big - k * MIN_EPOCH_PAGES);
         }
-        assert_eq!(p.epochs(), e + 1, "freeing everything ended exactly one epoch");
+        assert_eq!(
+            p.epochs(),
+            e + 1,
+            "freeing everything ended exactly one epoch"
+        );
         for k in 1..=16 {
             p.tick(MIN_EPOCH_PAGES, k * MIN_EPOCH_PAGES);
             assert_eq!(p.recent_peak(), big);

@@ -99,7 +99,13 @@ macro_rules! rseq_enter {
 /// adds its failure exit (label 5) and closes with [`rseq_end!`].
 macro_rules! rseq_cold {
     () => {
-        concat!(".pushsection .text.unlikely.tieralloc_rseq, \"ax\", @progbits\n", ".long 0x53053053\n", "7:\n", "jmp 2b\n", "5:\n")
+        concat!(
+            ".pushsection .text.unlikely.tieralloc_rseq, \"ax\", @progbits\n",
+            ".long 0x53053053\n",
+            "7:\n",
+            "jmp 2b\n",
+            "5:\n"
+        )
     };
 }
 
@@ -121,7 +127,10 @@ macro_rules! rseq_end {
     };
 }
 
-const _: () = assert!(RSEQ_SIG == 0x5305_3053, "keep rseq_cold! in step with RSEQ_SIG");
+const _: () = assert!(
+    RSEQ_SIG == 0x5305_3053,
+    "keep rseq_cold! in step with RSEQ_SIG"
+);
 
 // The sections below share one shape:
 //   2: arm   — point the rseq area's rseq_cs at this section's descriptor (label 3)
@@ -408,7 +417,13 @@ pub unsafe fn load(d: *const ClassDesc, field: usize) -> Option<(usize, u64)> {
 /// # Safety
 /// As [`load`].
 #[inline(always)]
-pub unsafe fn store_if(d: *const ClassDesc, cpu: usize, field: usize, expected: u64, new: u64) -> bool {
+pub unsafe fn store_if(
+    d: *const ClassDesc,
+    cpu: usize,
+    field: usize,
+    expected: u64,
+    new: u64,
+) -> bool {
     // SAFETY: as in `pop`; the single store is the commit.
     unsafe {
         asm!(
@@ -584,7 +599,10 @@ pub fn available() -> Availability {
         NO | PROBING => return Availability::Unavailable,
         _ => {}
     }
-    if STATE.compare_exchange(UNKNOWN, PROBING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+    if STATE
+        .compare_exchange(UNKNOWN, PROBING, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
         return available_after_race();
     }
     let found = probe();
@@ -608,7 +626,10 @@ fn available_after_race() -> Availability {
 /// Forces the locked path for the rest of the process (tests, and a knob for
 /// users who distrust rseq). Returns false if rseq was already in use.
 pub fn disable() -> bool {
-    STATE.compare_exchange(UNKNOWN, NO, Ordering::AcqRel, Ordering::Acquire).is_ok() || STATE.load(Ordering::Acquire) == NO
+    STATE
+        .compare_exchange(UNKNOWN, NO, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+        || STATE.load(Ordering::Acquire) == NO
 }
 
 fn probe() -> Option<i64> {
@@ -642,7 +663,14 @@ fn probe() -> Option<i64> {
     }
     // Drains of idle CPUs need the expedited-rseq membarrier; register for it.
     // SAFETY: plain syscall with integer arguments.
-    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_membarrier,
+            MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ,
+            0,
+            0,
+        )
+    };
     MEMBARRIER_OK.store(r == 0, Ordering::Relaxed);
     Some(off)
 }
@@ -660,7 +688,12 @@ pub fn fence_cpu(cpu: usize) -> bool {
     }
     // SAFETY: plain syscall with integer arguments.
     let r = unsafe {
-        libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_FLAG_CPU, cpu as libc::c_int)
+        libc::syscall(
+            libc::SYS_membarrier,
+            MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ,
+            MEMBARRIER_CMD_FLAG_CPU,
+            cpu as libc::c_int,
+        )
     };
     r == 0
 }

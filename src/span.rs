@@ -104,7 +104,13 @@ impl Span {
     ///
     /// # Safety
     /// `this` points to writable room for a `Span` (possibly uninitialised).
-    pub unsafe fn init(this: *mut Span, start: usize, npages: usize, arena: *mut u8, state: SpanState) {
+    pub unsafe fn init(
+        this: *mut Span,
+        start: usize,
+        npages: usize,
+        arena: *mut u8,
+        state: SpanState,
+    ) {
         // SAFETY: the caller gives us the record; every field is written here.
         unsafe {
             this.write(Span {
@@ -245,16 +251,35 @@ impl Span {
         let mut count = 0;
         for w in 0..BITMAP_WORDS {
             let bits = self.alloc_bits[w];
-            assert_eq!(bits & !self.valid_mask(w), 0, "span {:#x}: bits beyond nelems", self.start);
+            assert_eq!(
+                bits & !self.valid_mask(w),
+                0,
+                "span {:#x}: bits beyond nelems",
+                self.start
+            );
             count += bits.count_ones();
         }
-        assert_eq!(count, self.alloc_count, "span {:#x}: alloc_count != popcount", self.start);
+        assert_eq!(
+            count, self.alloc_count,
+            "span {:#x}: alloc_count != popcount",
+            self.start
+        );
         let cw = self.cache_word as usize;
         if cw < words {
-            assert_eq!(self.alloc_cache, !self.alloc_bits[cw] & self.valid_mask(cw), "span {:#x}: stale alloc cache", self.start);
+            assert_eq!(
+                self.alloc_cache,
+                !self.alloc_bits[cw] & self.valid_mask(cw),
+                "span {:#x}: stale alloc cache",
+                self.start
+            );
         }
         for w in 0..cw.min(words) {
-            assert_eq!(!self.alloc_bits[w] & self.valid_mask(w), 0, "span {:#x}: free object below cache_word", self.start);
+            assert_eq!(
+                !self.alloc_bits[w] & self.valid_mask(w),
+                0,
+                "span {:#x}: free object below cache_word",
+                self.start
+            );
         }
     }
 }
@@ -271,7 +296,10 @@ unsafe impl Send for SpanList {}
 
 impl SpanList {
     pub const fn new() -> Self {
-        SpanList { head: null_mut(), len: 0 }
+        SpanList {
+            head: null_mut(),
+            len: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -357,7 +385,15 @@ mod tests {
         let c = SizeClass::new(class).unwrap();
         let mut b: Box<core::mem::MaybeUninit<Span>> = Box::new_uninit();
         // SAFETY: room for a Span.
-        unsafe { Span::init(b.as_mut_ptr(), 0x10_0000, c.span_pages(), null_mut(), SpanState::Small) };
+        unsafe {
+            Span::init(
+                b.as_mut_ptr(),
+                0x10_0000,
+                c.span_pages(),
+                null_mut(),
+                SpanState::Small,
+            )
+        };
         // SAFETY: initialised just above.
         let mut s = unsafe { b.assume_init() };
         s.init_small(c);
@@ -416,7 +452,10 @@ mod tests {
             l.push(&mut *c);
             assert_eq!(l.len(), 3);
             l.remove(&mut *b);
-            assert_eq!(l.iter().collect::<Vec<_>>(), [&mut *c as *mut Span, &mut *a as *mut Span]);
+            assert_eq!(
+                l.iter().collect::<Vec<_>>(),
+                [&mut *c as *mut Span, &mut *a as *mut Span]
+            );
             l.remove(&mut *c);
             l.remove(&mut *a);
         }

@@ -135,17 +135,73 @@ impl fmt::Display for Bytes {
 /// A readable table: the totals, then one row per size class that was used.
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "heap_sys      {:>12}  ({})", self.heap_sys, Bytes(self.heap_sys))?;
-        writeln!(f, "heap_inuse    {:>12}  ({})", self.heap_inuse, Bytes(self.heap_inuse))?;
-        writeln!(f, "heap_idle     {:>12}  ({})", self.heap_idle, Bytes(self.heap_idle))?;
-        writeln!(f, "heap_released {:>12}  ({})", self.heap_released, Bytes(self.heap_released))?;
-        writeln!(f, "heap_alloc    {:>12}  ({})", self.heap_alloc, Bytes(self.heap_alloc))?;
-        writeln!(f, "cached        {:>12}  ({})", self.cached_bytes, Bytes(self.cached_bytes))?;
-        writeln!(f, "meta_sys      {:>12}  ({})", self.meta_sys, Bytes(self.meta_sys))?;
-        writeln!(f, "stack_sys     {:>12}  ({}; {} stacks, {} in use)", self.stack_sys, Bytes(self.stack_sys), self.stacks, Bytes(self.stack_inuse))?;
-        writeln!(f, "mallocs       {:>12}  frees {:>12}  live {}", self.mallocs, self.frees, self.live_objects())?;
-        writeln!(f, "tiny          {:>12}  frees {:>12}  blocks {}", self.tiny_mallocs, self.tiny_frees, self.tiny_blocks)?;
-        writeln!(f, "large         {:>12}  frees {:>12}  bytes {}", self.by_size[0].mallocs, self.by_size[0].frees, self.large_alloc)?;
+        writeln!(
+            f,
+            "heap_sys      {:>12}  ({})",
+            self.heap_sys,
+            Bytes(self.heap_sys)
+        )?;
+        writeln!(
+            f,
+            "heap_inuse    {:>12}  ({})",
+            self.heap_inuse,
+            Bytes(self.heap_inuse)
+        )?;
+        writeln!(
+            f,
+            "heap_idle     {:>12}  ({})",
+            self.heap_idle,
+            Bytes(self.heap_idle)
+        )?;
+        writeln!(
+            f,
+            "heap_released {:>12}  ({})",
+            self.heap_released,
+            Bytes(self.heap_released)
+        )?;
+        writeln!(
+            f,
+            "heap_alloc    {:>12}  ({})",
+            self.heap_alloc,
+            Bytes(self.heap_alloc)
+        )?;
+        writeln!(
+            f,
+            "cached        {:>12}  ({})",
+            self.cached_bytes,
+            Bytes(self.cached_bytes)
+        )?;
+        writeln!(
+            f,
+            "meta_sys      {:>12}  ({})",
+            self.meta_sys,
+            Bytes(self.meta_sys)
+        )?;
+        writeln!(
+            f,
+            "stack_sys     {:>12}  ({}; {} stacks, {} in use)",
+            self.stack_sys,
+            Bytes(self.stack_sys),
+            self.stacks,
+            Bytes(self.stack_inuse)
+        )?;
+        writeln!(
+            f,
+            "mallocs       {:>12}  frees {:>12}  live {}",
+            self.mallocs,
+            self.frees,
+            self.live_objects()
+        )?;
+        writeln!(
+            f,
+            "tiny          {:>12}  frees {:>12}  blocks {}",
+            self.tiny_mallocs, self.tiny_frees, self.tiny_blocks
+        )?;
+        writeln!(
+            f,
+            "large         {:>12}  frees {:>12}  bytes {}",
+            self.by_size[0].mallocs, self.by_size[0].frees, self.large_alloc
+        )?;
         writeln!(
             f,
             "arenas {}  spans {}  cpus {} ({})  scavenged {}",
@@ -155,10 +211,22 @@ impl fmt::Display for Stats {
             if self.rseq { "rseq" } else { "locked" },
             Bytes(self.scavenged_total)
         )?;
-        writeln!(f, "{:>5} {:>7} {:>12} {:>12} {:>10}", "class", "size", "mallocs", "frees", "live")?;
+        writeln!(
+            f,
+            "{:>5} {:>7} {:>12} {:>12} {:>10}",
+            "class", "size", "mallocs", "frees", "live"
+        )?;
         for (c, row) in self.by_size.iter().enumerate().skip(1) {
             if row.mallocs != 0 {
-                writeln!(f, "{:>5} {:>7} {:>12} {:>12} {:>10}", c, row.size, row.mallocs, row.frees, row.live())?;
+                writeln!(
+                    f,
+                    "{:>5} {:>7} {:>12} {:>12} {:>10}",
+                    c,
+                    row.size,
+                    row.mallocs,
+                    row.frees,
+                    row.live()
+                )?;
             }
         }
         Ok(())

@@ -123,11 +123,17 @@ fn large_double_free() {
     assert!(!p.is_null());
     unsafe { HEAP.deallocate(p, l) };
     let msg = panic_message(|| unsafe { HEAP.deallocate(p, l) });
-    assert_names(&msg, &[&addr(p), "double free", "idle in the large-span cache"]);
+    assert_names(
+        &msg,
+        &[&addr(p), "double free", "idle in the large-span cache"],
+    );
     // Give the idle span back (scavenge empties the cache), then free again.
     HEAP.scavenge();
     let msg = panic_message(|| unsafe { HEAP.deallocate(p, l) });
-    assert_names(&msg, &[&addr(p), "not a live object of this heap", "double free"]);
+    assert_names(
+        &msg,
+        &[&addr(p), "not a live object of this heap", "double free"],
+    );
     still_works(&HEAP);
 }
 
@@ -370,9 +376,13 @@ mod with_checks {
     fn small_double_free_after_flush() {
         static HEAP: H1 = single_cpu_heap();
         let l = lay(64);
-        let Kind::Small(c) = Kind::of(64, 8) else { unreachable!() };
+        let Kind::Small(c) = Kind::of(64, 8) else {
+            unreachable!()
+        };
         // Enough frees to fill the CPU stack and the transfer cache, then some.
-        let first = tieralloc::cache::capacity(c.index()) + tieralloc::central::transfer_capacity(c.index()) + 116;
+        let first = tieralloc::cache::capacity(c.index())
+            + tieralloc::central::transfer_capacity(c.index())
+            + 116;
         let objs: Vec<*mut u8> = (0..first + 500).map(|_| HEAP.allocate(l)).collect();
         let p = objs[0];
         // A neighbour in p's span stays live, so the span stays.

@@ -6,7 +6,10 @@
 
 use core::alloc::Layout;
 
-use tieralloc::pageheap::{large_pages, DEFAULT_RETAIN_BYTES, LARGE_CACHE_LIMIT_PAGES, LARGE_CACHE_MAX_PAGES, LARGE_CACHE_MAX_SPAN_PAGES};
+use tieralloc::pageheap::{
+    large_pages, DEFAULT_RETAIN_BYTES, LARGE_CACHE_LIMIT_PAGES, LARGE_CACHE_MAX_PAGES,
+    LARGE_CACHE_MAX_SPAN_PAGES,
+};
 use tieralloc::{Heap, RegionSource, SingleCpu, PAGE_BYTES};
 
 type RegionHeap = Heap<RegionSource, SingleCpu>;
@@ -38,17 +41,36 @@ fn freed_large_span_serves_the_next_request_of_its_size() {
     // SAFETY: as above.
     unsafe { H.deallocate(p, l) };
     let st = H.stats();
-    assert_eq!(st.cached_bytes - before.cached_bytes, (pages * PAGE_BYTES) as u64, "{st}");
-    assert_eq!(st.heap_inuse, before.heap_inuse, "an idle span stays in use:\n{st}");
-    assert_eq!(st.heap_alloc, before.heap_alloc - (pages * PAGE_BYTES) as u64, "{st}");
+    assert_eq!(
+        st.cached_bytes - before.cached_bytes,
+        (pages * PAGE_BYTES) as u64,
+        "{st}"
+    );
+    assert_eq!(
+        st.heap_inuse, before.heap_inuse,
+        "an idle span stays in use:\n{st}"
+    );
+    assert_eq!(
+        st.heap_alloc,
+        before.heap_alloc - (pages * PAGE_BYTES) as u64,
+        "{st}"
+    );
     assert_eq!(st.by_size[0].frees, before.by_size[0].frees + 1);
     // Another size does not take it; the same size does, and zeroed memory is zeroed.
     let q = H.allocate(lay(200_000));
     assert!(!q.is_null() && q != p);
     let z = H.allocate_zeroed(l);
-    assert_eq!(z, p, "the idle span of 13 pages serves the next 13-page request");
+    assert_eq!(
+        z, p,
+        "the idle span of 13 pages serves the next 13-page request"
+    );
     // SAFETY: 100,000 bytes of a live object.
-    assert!(unsafe { core::slice::from_raw_parts(z, 100_000) }.iter().all(|&b| b == 0), "reused span zeroed on request");
+    assert!(
+        unsafe { core::slice::from_raw_parts(z, 100_000) }
+            .iter()
+            .all(|&b| b == 0),
+        "reused span zeroed on request"
+    );
     assert_eq!(H.usable_size(z), pages * PAGE_BYTES);
     H.check_invariants();
     // SAFETY: live objects with these layouts.
@@ -61,7 +83,11 @@ fn freed_large_span_serves_the_next_request_of_its_size() {
     assert_eq!(st.heap_inuse, st.cached_bytes, "{st}");
     H.scavenge();
     let st = H.stats();
-    assert_eq!((st.heap_inuse, st.cached_bytes, st.spans), (0, 0, 0), "scavenge empties the cache:\n{st}");
+    assert_eq!(
+        (st.heap_inuse, st.cached_bytes, st.spans),
+        (0, 0, 0),
+        "scavenge empties the cache:\n{st}"
+    );
     H.check_invariants();
 }
 
@@ -89,13 +115,20 @@ fn cache_is_bounded_and_alignment_is_respected() {
         unsafe { H.deallocate(p, big) };
     }
     let st = H.stats();
-    assert!(st.cached_bytes as usize <= LARGE_CACHE_MAX_PAGES * PAGE_BYTES, "{st}");
+    assert!(
+        st.cached_bytes as usize <= LARGE_CACHE_MAX_PAGES * PAGE_BYTES,
+        "{st}"
+    );
     let huge = lay((LARGE_CACHE_MAX_SPAN_PAGES + 1) * PAGE_BYTES);
     let h = H.allocate(huge);
     let before = H.stats().cached_bytes;
     // SAFETY: as above.
     unsafe { H.deallocate(h, huge) };
-    assert_eq!(H.stats().cached_bytes, before, "spans over 1 MiB are not kept");
+    assert_eq!(
+        H.stats().cached_bytes,
+        before,
+        "spans over 1 MiB are not kept"
+    );
     // An alignment the idle spans may not have: served correctly either way.
     let a = Layout::from_size_align(LARGE_CACHE_MAX_SPAN_PAGES * PAGE_BYTES, 1 << 20).unwrap();
     let p = H.allocate(a);
@@ -114,9 +147,13 @@ fn double_free_of_an_idle_span_panics_with_the_address() {
     let p = H.allocate(l);
     // SAFETY: allocated above with `l`.
     unsafe { H.deallocate(p, l) };
-    let err = std::panic::catch_unwind(|| unsafe { H.deallocate(p, l) }).expect_err("double free must panic");
+    let err = std::panic::catch_unwind(|| unsafe { H.deallocate(p, l) })
+        .expect_err("double free must panic");
     let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
-    assert!(msg.contains(&format!("{p:p}")) && msg.contains("double free"), "{msg}");
+    assert!(
+        msg.contains(&format!("{p:p}")) && msg.contains("double free"),
+        "{msg}"
+    );
     H.check_invariants();
 }
 
@@ -137,7 +174,11 @@ fn idle_spans_are_given_back_before_out_of_memory() {
     }
     // The newest objects become idle spans: as many as the cache's bound holds.
     let nidle = LARGE_CACHE_MAX_PAGES * PAGE_BYTES / (256 << 10);
-    assert!(ps.len() >= nidle + 8, "{} objects of 256 KiB in 16 MiB", ps.len());
+    assert!(
+        ps.len() >= nidle + 8,
+        "{} objects of 256 KiB in 16 MiB",
+        ps.len()
+    );
     let idle = ps.split_off(ps.len() - nidle);
     for &p in &idle {
         // SAFETY: allocated above with `l`.
@@ -146,7 +187,11 @@ fn idle_spans_are_given_back_before_out_of_memory() {
     assert_eq!(H.stats().cached_bytes as usize, nidle << 18);
     let big = lay(1 << 20);
     let b = H.allocate(big);
-    assert!(!b.is_null(), "idle spans must be flushed before reporting out of memory:\n{}", H.stats());
+    assert!(
+        !b.is_null(),
+        "idle spans must be flushed before reporting out of memory:\n{}",
+        H.stats()
+    );
     assert_eq!(H.stats().cached_bytes, 0);
     // SAFETY: live objects with these layouts.
     unsafe {
@@ -176,17 +221,27 @@ fn a_larger_retained_floor_lets_the_cache_hold_a_quarter_of_it() {
     };
     let per_mib = (1 << 20) / (64 << 10);
     // Default floor (16 MiB): 4 MiB.
-    assert_eq!(idle_after_freeing(8 * per_mib), LARGE_CACHE_MAX_PAGES * PAGE_BYTES);
+    assert_eq!(
+        idle_after_freeing(8 * per_mib),
+        LARGE_CACHE_MAX_PAGES * PAGE_BYTES
+    );
     // A 64 MiB floor: a quarter, 16 MiB.
     H.set_retain_bytes(64 << 20);
     assert_eq!(idle_after_freeing(20 * per_mib), 16 << 20);
     // Any floor: at most LARGE_CACHE_LIMIT_PAGES.
     H.set_retain_bytes(1 << 30);
-    assert_eq!(idle_after_freeing(40 * per_mib), LARGE_CACHE_LIMIT_PAGES * PAGE_BYTES);
+    assert_eq!(
+        idle_after_freeing(40 * per_mib),
+        LARGE_CACHE_LIMIT_PAGES * PAGE_BYTES
+    );
     // Lowering the floor gives the excess back at once.
     H.set_retain_bytes(DEFAULT_RETAIN_BYTES);
     let st = H.stats();
-    assert_eq!(st.cached_bytes as usize, LARGE_CACHE_MAX_PAGES * PAGE_BYTES, "{st}");
+    assert_eq!(
+        st.cached_bytes as usize,
+        LARGE_CACHE_MAX_PAGES * PAGE_BYTES,
+        "{st}"
+    );
     assert_eq!(st.heap_alloc, 0, "{st}");
     H.check_invariants();
 }
@@ -203,13 +258,18 @@ fn releasing_pages_does_not_empty_the_cache_needlessly() {
     let big = lay(3 << 19); // 1.5 MiB: never idles
     let bigs: Vec<*mut u8> = (0..40).map(|_| H.allocate(big)).collect();
     let l = lay(64 << 10);
-    let small: Vec<*mut u8> = (0..LARGE_CACHE_MAX_PAGES * PAGE_BYTES / (64 << 10)).map(|_| H.allocate(l)).collect();
+    let small: Vec<*mut u8> = (0..LARGE_CACHE_MAX_PAGES * PAGE_BYTES / (64 << 10))
+        .map(|_| H.allocate(l))
+        .collect();
     assert!(bigs.iter().chain(&small).all(|p| !p.is_null()));
     for &p in &small {
         // SAFETY: allocated above with `l`.
         unsafe { H.deallocate(p, l) };
     }
-    assert_eq!(H.stats().cached_bytes as usize, LARGE_CACHE_MAX_PAGES * PAGE_BYTES);
+    assert_eq!(
+        H.stats().cached_bytes as usize,
+        LARGE_CACHE_MAX_PAGES * PAGE_BYTES
+    );
     // Freeing most of the big objects, then churning a small heap until the
     // old peak ages out (`pageheap`, "Scavenger policy"), drops the allowance
     // below the dirty memory: the scavenger releases, from the freed big
@@ -227,7 +287,11 @@ fn releasing_pages_does_not_empty_the_cache_needlessly() {
     }
     let st = H.stats();
     assert!(st.heap_released > 0, "the scavenger ran:\n{st}");
-    assert_eq!(st.cached_bytes as usize, LARGE_CACHE_MAX_PAGES * PAGE_BYTES, "idle spans kept:\n{st}");
+    assert_eq!(
+        st.cached_bytes as usize,
+        LARGE_CACHE_MAX_PAGES * PAGE_BYTES,
+        "idle spans kept:\n{st}"
+    );
     H.check_invariants();
     for &p in &bigs[36..] {
         // SAFETY: as above.
@@ -248,7 +312,11 @@ fn realloc_grows_over_idle_spans_in_place() {
     let b = H.allocate(l);
     let c = H.allocate(l);
     assert!(!a.is_null() && !b.is_null() && !c.is_null());
-    assert_eq!(b as usize, a as usize + (64 << 10), "a fresh heap places spans one after another");
+    assert_eq!(
+        b as usize,
+        a as usize + (64 << 10),
+        "a fresh heap places spans one after another"
+    );
     assert_eq!(c as usize, b as usize + (64 << 10));
     for (p, v) in [(a, 1u8), (c, 3)] {
         // SAFETY: live objects of 64 KiB.
@@ -265,8 +333,15 @@ fn realloc_grows_over_idle_spans_in_place() {
     assert_eq!(H.usable_size(a), 128 << 10);
     // SAFETY: 64 KiB of `a` and of `c` are initialised.
     unsafe {
-        assert!(core::slice::from_raw_parts(a, 64 << 10).iter().all(|&x| x == 1));
-        assert!(core::slice::from_raw_parts(c, 64 << 10).iter().all(|&x| x == 3), "the live neighbour is untouched");
+        assert!(core::slice::from_raw_parts(a, 64 << 10)
+            .iter()
+            .all(|&x| x == 1));
+        assert!(
+            core::slice::from_raw_parts(c, 64 << 10)
+                .iter()
+                .all(|&x| x == 3),
+            "the live neighbour is untouched"
+        );
     }
     H.check_invariants();
     // A live span in the way: the object moves, and keeps its contents.
@@ -274,7 +349,9 @@ fn realloc_grows_over_idle_spans_in_place() {
     let a3 = unsafe { H.reallocate(a, lay(128 << 10), 192 << 10) };
     assert!(!a3.is_null() && a3 != a);
     // SAFETY: the first 64 KiB were copied.
-    assert!(unsafe { core::slice::from_raw_parts(a3, 64 << 10) }.iter().all(|&x| x == 1));
+    assert!(unsafe { core::slice::from_raw_parts(a3, 64 << 10) }
+        .iter()
+        .all(|&x| x == 1));
     // SAFETY: live objects with these layouts.
     unsafe {
         H.deallocate(a3, lay(192 << 10));

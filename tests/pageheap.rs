@@ -1341,7 +1341,10 @@ fn retained_budget() {
         let log = h.src.take_log();
         let inuse = h.stats().inuse as usize / PAGE_BYTES;
         let allowance = h.heap.dirty_allowance();
-        assert!(allowance >= retain_pages.max(inuse / INUSE_DIVISOR), "allowance {allowance} inuse {inuse}");
+        assert!(
+            allowance >= retain_pages.max(inuse / INUSE_DIVISOR),
+            "allowance {allowance} inuse {inuse}"
+        );
         assert!(
             allowance <= retain_pages.max(peak + peak / INUSE_DIVISOR - inuse),
             "allowance {allowance} inuse {inuse}"
@@ -1381,10 +1384,18 @@ fn retained_budget() {
         let sp = spans.swap_remove(rng.below(spans.len()));
         free_and_check(&mut h, sp);
     }
-    assert_eq!(h.dirty_pages(), peak, "freeing the whole heap keeps it for a rebuild");
+    assert_eq!(
+        h.dirty_pages(),
+        peak,
+        "freeing the whole heap keeps it for a rebuild"
+    );
     age_out_peak(&mut h, &mut free_and_check);
     assert!(released_any);
-    assert_eq!(h.heap.dirty_allowance(), retain_pages, "the peak aged out: only retain is kept");
+    assert_eq!(
+        h.heap.dirty_allowance(),
+        retain_pages,
+        "the peak aged out: only retain is kept"
+    );
     assert!(h.dirty_pages() <= retain_pages);
 
     // An unlimited budget: nothing is ever released.

@@ -274,8 +274,15 @@ fn steady_churn_stops_releasing() {
     // fragmentation (at most a few spans' worth made Ready), and releases nothing.
     let mut live: Vec<NonNull<Span>> = (0..200).map(|_| h.alloc(rng.skew(128))).collect();
     let readied = h.src.ready_bytes.load(Relaxed) - ready0;
-    println!("rebuild: {} KiB made Ready, {} KiB in use", readied >> 10, h.inuse() * PAGE_BYTES >> 10);
-    assert!(readied <= h.inuse() * PAGE_BYTES / 8, "the rebuild faulted back {readied} bytes");
+    println!(
+        "rebuild: {} KiB made Ready, {} KiB in use",
+        readied >> 10,
+        h.inuse() * PAGE_BYTES >> 10
+    );
+    assert!(
+        readied <= h.inuse() * PAGE_BYTES / 8,
+        "the rebuild faulted back {readied} bytes"
+    );
     assert_eq!(h.src.calls().1, calls.1, "the rebuild released pages");
     for s in live.drain(..) {
         h.free(s);

@@ -33,10 +33,10 @@ impl Rng {
     }
     fn size(&mut self) -> usize {
         match self.next() % 100 {
-            0..=9 => 1 + (self.next() % 15) as usize,        // tiny
-            10..=89 => 16 + (self.next() % 1008) as usize,   // small
+            0..=9 => 1 + (self.next() % 15) as usize,         // tiny
+            10..=89 => 16 + (self.next() % 1008) as usize,    // small
             90..=98 => 1024 + (self.next() % 31744) as usize, // up to 32 KiB
-            _ => 32769 + (self.next() % 200_000) as usize,   // large
+            _ => 32769 + (self.next() % 200_000) as usize,    // large
         }
     }
 }
@@ -56,7 +56,10 @@ fn check(p: *mut u8, size: usize) {
     // SAFETY: as above.
     let s = unsafe { std::slice::from_raw_parts(p, size) };
     if let Some(i) = s.iter().position(|&b| b != v) {
-        panic!("object {p:p} ({size} B) corrupted at byte {i}: {:#x} != {v:#x}", s[i]);
+        panic!(
+            "object {p:p} ({size} B) corrupted at byte {i}: {:#x} != {v:#x}",
+            s[i]
+        );
     }
 }
 
@@ -96,7 +99,9 @@ fn stress(heap: &'static LinuxHeap, threads: usize, ops: usize) {
                     unsafe {
                         let mut set: libc::cpu_set_t = std::mem::zeroed();
                         libc::CPU_SET((r.next() % ncpu as u64) as usize, &mut set);
-                        if libc::sched_setaffinity(t, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 {
+                        if libc::sched_setaffinity(t, std::mem::size_of::<libc::cpu_set_t>(), &set)
+                            == 0
+                        {
                             migrations.fetch_add(1, Ordering::Relaxed);
                         }
                         libc::syscall(libc::SYS_tgkill, libc::getpid(), t, libc::SIGUSR1);
@@ -134,7 +139,12 @@ fn stress(heap: &'static LinuxHeap, threads: usize, ops: usize) {
                         } else {
                             check(o.0 as *mut u8, o.1);
                             // SAFETY: allocated above with this layout.
-                            unsafe { heap.deallocate(o.0 as *mut u8, Layout::from_size_align(o.1, 8).unwrap()) };
+                            unsafe {
+                                heap.deallocate(
+                                    o.0 as *mut u8,
+                                    Layout::from_size_align(o.1, 8).unwrap(),
+                                )
+                            };
                         }
                     }
                     // Take some remote objects to free.
@@ -142,14 +152,21 @@ fn stress(heap: &'static LinuxHeap, threads: usize, ops: usize) {
                         if let Ok(o) = rx.lock().unwrap().try_recv() {
                             check(o.0 as *mut u8, o.1);
                             // SAFETY: allocated by another worker with this layout.
-                            unsafe { heap.deallocate(o.0 as *mut u8, Layout::from_size_align(o.1, 8).unwrap()) };
+                            unsafe {
+                                heap.deallocate(
+                                    o.0 as *mut u8,
+                                    Layout::from_size_align(o.1, 8).unwrap(),
+                                )
+                            };
                         }
                     }
                 }
                 for o in live {
                     check(o.0 as *mut u8, o.1);
                     // SAFETY: as above.
-                    unsafe { heap.deallocate(o.0 as *mut u8, Layout::from_size_align(o.1, 8).unwrap()) };
+                    unsafe {
+                        heap.deallocate(o.0 as *mut u8, Layout::from_size_align(o.1, 8).unwrap())
+                    };
                 }
             })
         })
@@ -165,12 +182,22 @@ fn stress(heap: &'static LinuxHeap, threads: usize, ops: usize) {
     }
     done.store(true, Ordering::Relaxed);
     chaos.join().unwrap();
-    assert!(migrations.load(Ordering::Relaxed) > 0, "the chaos thread never moved a worker");
+    assert!(
+        migrations.load(Ordering::Relaxed) > 0,
+        "the chaos thread never moved a worker"
+    );
 
     heap.check_invariants();
     let st = heap.stats();
-    assert_eq!(st.mallocs - before.mallocs, st.frees - before.frees, "every object was freed:\n{st}");
-    assert!(st.tiny_blocks <= st.cpus, "at most one current tiny block per CPU:\n{st}");
+    assert_eq!(
+        st.mallocs - before.mallocs,
+        st.frees - before.frees,
+        "every object was freed:\n{st}"
+    );
+    assert!(
+        st.tiny_blocks <= st.cpus,
+        "at most one current tiny block per CPU:\n{st}"
+    );
     assert_eq!(st.heap_alloc, 16 * st.tiny_blocks, "{st}");
     heap.scavenge();
     let st = heap.stats();
@@ -225,7 +252,11 @@ fn rseq_push_pop_never_lose_or_duplicate() {
                         mine.push(p as usize);
                     } else if let Some(p) = mine.pop() {
                         // SAFETY: ours, written above.
-                        assert_eq!(unsafe { (p as *mut u64).read() }, t as u64, "object {p:#x} overwritten");
+                        assert_eq!(
+                            unsafe { (p as *mut u64).read() },
+                            t as u64,
+                            "object {p:#x} overwritten"
+                        );
                         // SAFETY: allocated above with `l`.
                         unsafe { H.deallocate(p as *mut u8, l) };
                     }

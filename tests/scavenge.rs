@@ -305,7 +305,10 @@ fn automatic_scavenger_bounds_dirty_memory() {
     assert!(st.scavenged_total > kept, "{st}");
     // What is still in use is the large-span cache's idle spans (bounded).
     assert_eq!(st.heap_inuse, st.cached_bytes, "{st}");
-    assert!(st.cached_bytes as usize <= tieralloc::pageheap::LARGE_CACHE_MAX_PAGES * PAGE_BYTES, "{st}");
+    assert!(
+        st.cached_bytes as usize <= tieralloc::pageheap::LARGE_CACHE_MAX_PAGES * PAGE_BYTES,
+        "{st}"
+    );
     assert!(
         st.scavenged_total as usize + st.cached_bytes as usize >= 200 * MIB - RETAIN - PAGE_BYTES,
         "{st}"

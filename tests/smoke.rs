@@ -3,7 +3,8 @@
 use core::alloc::Layout;
 use tieralloc::{Heap, LockedSlots, MmapSource};
 
-static HEAP: Heap<MmapSource, LockedSlots<4>> = Heap::new(MmapSource::new(), LockedSlots::new(|| 0));
+static HEAP: Heap<MmapSource, LockedSlots<4>> =
+    Heap::new(MmapSource::new(), LockedSlots::new(|| 0));
 
 #[test]
 fn smoke() {
@@ -28,7 +29,11 @@ fn smoke() {
     HEAP.check_invariants();
     let st = HEAP.stats();
     println!("{st}");
-    assert_eq!(st.heap_alloc, st.tiny_blocks * 16, "only the current tiny block stays");
+    assert_eq!(
+        st.heap_alloc,
+        st.tiny_blocks * 16,
+        "only the current tiny block stays"
+    );
     assert!(st.tiny_blocks <= 1);
     assert_eq!(st.mallocs, st.frees);
     HEAP.scavenge();

@@ -653,9 +653,13 @@ fn central_keeps_one_empty_span_per_class_until_scavenge() {
     static HEAP: H = slots_heap();
     set_slot(0);
     let l = Layout::from_size_align(256, 8).unwrap();
-    let Kind::Small(c) = Kind::of(256, 8) else { panic!("256 bytes is a small class") };
+    let Kind::Small(c) = Kind::of(256, 8) else {
+        panic!("256 bytes is a small class")
+    };
     // Three spans' worth beyond what the CPU stack and the transfer cache hold.
-    let n = 3 * c.objects() + tieralloc::central::transfer_capacity(c.index()) + tieralloc::cache::capacity(c.index());
+    let n = 3 * c.objects()
+        + tieralloc::central::transfer_capacity(c.index())
+        + tieralloc::cache::capacity(c.index());
     let mut ps: Vec<*mut u8> = (0..n).map(|_| HEAP.allocate(l)).collect();
     assert!(ps.iter().all(|p| !p.is_null()));
     let spans_live = HEAP.stats().spans;
@@ -664,7 +668,10 @@ fn central_keeps_one_empty_span_per_class_until_scavenge() {
         unsafe { HEAP.deallocate(p, l) };
     }
     let st = HEAP.stats();
-    assert!(st.spans >= 1 && st.spans < spans_live, "emptied spans went back, one kept:\n{st}");
+    assert!(
+        st.spans >= 1 && st.spans < spans_live,
+        "emptied spans went back, one kept:\n{st}"
+    );
     // The same batch again: served from the CPU stack, the transfer cache and the kept span.
     ps.clear();
     ps.extend((0..n).map(|_| HEAP.allocate(l)));
@@ -675,6 +682,10 @@ fn central_keeps_one_empty_span_per_class_until_scavenge() {
     HEAP.check_invariants();
     HEAP.scavenge();
     let st = HEAP.stats();
-    assert_eq!((st.spans, st.heap_inuse, st.heap_alloc), (0, 0, 0), "scavenge returned the kept span:\n{st}");
+    assert_eq!(
+        (st.spans, st.heap_inuse, st.heap_alloc),
+        (0, 0, 0),
+        "scavenge returned the kept span:\n{st}"
+    );
     HEAP.check_invariants();
 }

@@ -45,9 +45,21 @@ pub fn qemu_bin() -> String {
 
 /// Checks that `qemu` runs; the error says what to install.
 pub fn check_qemu(qemu: &str) -> Result<String, String> {
-    match Command::new(qemu).arg("--version").stdin(Stdio::null()).output() {
-        Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string()),
-        Ok(o) => Err(format!("`{qemu} --version` failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr))),
+    match Command::new(qemu)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()),
+        Ok(o) => Err(format!(
+            "`{qemu} --version` failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        )),
         Err(e) => Err(format!(
             "cannot run `{qemu}` ({e}): the QEMU tests need qemu-system-x86_64 \
              (Debian: apt-get install qemu-system-x86; or run `make deps`)"
@@ -61,10 +73,18 @@ fn cargo_bin() -> String {
 
 /// Checks that the `x86_64-unknown-none` target is installed (when rustup is there to ask).
 fn check_target() -> Result<(), String> {
-    let Ok(o) = Command::new("rustup").args(["target", "list", "--installed"]).current_dir(board_dir()).output() else {
+    let Ok(o) = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .current_dir(board_dir())
+        .output()
+    else {
         return Ok(()); // no rustup: the build below will say if the target is missing
     };
-    if o.status.success() && !String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "x86_64-unknown-none") {
+    if o.status.success()
+        && !String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .any(|l| l.trim() == "x86_64-unknown-none")
+    {
         return Err("the Rust target x86_64-unknown-none is not installed: run `rustup target add x86_64-unknown-none` (or `make deps`)".into());
     }
     Ok(())
@@ -74,16 +94,29 @@ fn check_target() -> Result<(), String> {
 fn build(features: &str, name: &str) -> Result<PathBuf, String> {
     let dir = board_dir();
     let mut cmd = Command::new(cargo_bin());
-    cmd.current_dir(&dir).args(["build", "--release", "--target", "x86_64-unknown-none"]);
+    cmd.current_dir(&dir)
+        .args(["build", "--release", "--target", "x86_64-unknown-none"]);
     if !features.is_empty() {
         cmd.args(["--features", features]);
     }
     // The board is its own workspace with its own flags: keep the outer cargo's out.
-    for v in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR", "RUSTC_WRAPPER", "CARGO_MANIFEST_DIR", "CARGO_PKG_NAME"] {
+    for v in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET_DIR",
+        "RUSTC_WRAPPER",
+        "CARGO_MANIFEST_DIR",
+        "CARGO_PKG_NAME",
+    ] {
         cmd.env_remove(v);
     }
     let t = Instant::now();
-    let out = cmd.output().map_err(|e| format!("cannot run cargo ({e})"))?;
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run cargo ({e})"))?;
     if !out.status.success() {
         return Err(format!(
             "building the kernel (features `{features}`) failed in {}:\n{}",
@@ -95,8 +128,13 @@ fn build(features: &str, name: &str) -> Result<PathBuf, String> {
     let images = dir.join("target/images");
     std::fs::create_dir_all(&images).map_err(|e| e.to_string())?;
     let dst = images.join(format!("{name}.elf"));
-    std::fs::copy(&built, &dst).map_err(|e| format!("copy {} -> {}: {e}", built.display(), dst.display()))?;
-    eprintln!("qemu-tests: built {} in {:.1} s", dst.display(), t.elapsed().as_secs_f64());
+    std::fs::copy(&built, &dst)
+        .map_err(|e| format!("copy {} -> {}: {e}", built.display(), dst.display()))?;
+    eprintln!(
+        "qemu-tests: built {} in {:.1} s",
+        dst.display(),
+        t.elapsed().as_secs_f64()
+    );
     Ok(dst)
 }
 
@@ -108,7 +146,11 @@ pub fn images() -> &'static Images {
         let v = check_qemu(&qemu_bin())?;
         eprintln!("qemu-tests: {v}");
         check_target()?;
-        Ok(Images { default: build("", "default")?, checks: build("checks", "checks")?, lla: build("lla-heap", "lla-heap")? })
+        Ok(Images {
+            default: build("", "default")?,
+            checks: build("checks", "checks")?,
+            lla: build("lla-heap", "lla-heap")?,
+        })
     });
     match r {
         Ok(i) => i,
@@ -134,7 +176,11 @@ impl Run {
             panic!(
                 "expected QEMU exit status {status}, got {:?}{} after {:.1} s; serial log:\n{}",
                 self.status,
-                if self.timed_out { " (killed at the timeout)" } else { "" },
+                if self.timed_out {
+                    " (killed at the timeout)"
+                } else {
+                    ""
+                },
                 self.secs,
                 self.log
             );
@@ -178,7 +224,14 @@ pub struct Boot<'a> {
 
 impl<'a> Boot<'a> {
     pub fn new(image: &'a Path, scenario: &'a str) -> Self {
-        Boot { image, scenario, args: "", smp: 4, mem: "512M", timeout: Duration::from_secs(120) }
+        Boot {
+            image,
+            scenario,
+            args: "",
+            smp: 4,
+            mem: "512M",
+            timeout: Duration::from_secs(120),
+        }
     }
     pub fn smp(mut self, n: u32) -> Self {
         self.smp = n;
@@ -206,9 +259,27 @@ pub fn qemu_args(b: &Boot) -> Vec<String> {
         append.push_str(b.args);
     }
     [
-        "-machine", "q35", "-cpu", "max", "-smp", &b.smp.to_string(), "-m", b.mem, "-display", "none", "-serial", "stdio",
-        "-monitor", "none", "-no-reboot", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-kernel",
-        &b.image.display().to_string(), "-append", &append,
+        "-machine",
+        "q35",
+        "-cpu",
+        "max",
+        "-smp",
+        &b.smp.to_string(),
+        "-m",
+        b.mem,
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-monitor",
+        "none",
+        "-no-reboot",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-kernel",
+        &b.image.display().to_string(),
+        "-append",
+        &append,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -261,5 +332,10 @@ pub fn boot(b: &Boot) -> Run {
         log.push_str("\n--- QEMU stderr ---\n");
         log.push_str(&e);
     }
-    Run { status, timed_out, log, secs: t.elapsed().as_secs_f64() }
+    Run {
+        status,
+        timed_out,
+        log,
+        secs: t.elapsed().as_secs_f64(),
+    }
 }

@@ -37,8 +37,15 @@ fn main_workload_on_four_cpus() {
             .skip_while(|l| !l.contains("--- per-CPU summary ---"))
             .find(|l| l.split_whitespace().next() == Some(&cpu.to_string()))
             .unwrap_or_else(|| panic!("no summary row for CPU {cpu}:\n{}", r.log));
-        let cols: Vec<u64> = row.split_whitespace().take(3).map(|c| c.parse().unwrap()).collect();
-        assert!(cols[1] > 0 && cols[2] > 0, "CPU {cpu} did no work or no cross-CPU frees: {row}");
+        let cols: Vec<u64> = row
+            .split_whitespace()
+            .take(3)
+            .map(|c| c.parse().unwrap())
+            .collect();
+        assert!(
+            cols[1] > 0 && cols[2] > 0,
+            "CPU {cpu} did no work or no cross-CPU frees: {row}"
+        );
     }
 }
 
@@ -59,14 +66,26 @@ fn many_boxes_long_and_short_lived() {
 #[test]
 fn four_cpu_stress_with_cross_cpu_frees() {
     let img = &images().default;
-    let r = boot(&Boot::new(img, "stress").smp(4).mem("512M").args("ops=300000").timeout(120));
-    r.expect_status(PASS).expect_line("scenario stress: PASS").expect_no("CHECK FAILED");
-    let line = r.log.lines().find(|l| l.starts_with("stress: ") && l.contains("cross-CPU frees,"));
+    let r = boot(
+        &Boot::new(img, "stress")
+            .smp(4)
+            .mem("512M")
+            .args("ops=300000")
+            .timeout(120),
+    );
+    r.expect_status(PASS)
+        .expect_line("scenario stress: PASS")
+        .expect_no("CHECK FAILED");
+    let line = r
+        .log
+        .lines()
+        .find(|l| l.starts_with("stress: ") && l.contains("cross-CPU frees,"));
     let line = line.unwrap_or_else(|| panic!("no summary line:\n{}", r.log));
     assert!(!line.contains(" 0 cross-CPU frees"), "{line}");
     // Remote drains (CPU 0 scavenging busy CPUs' caches) and the slot-exclusion
     // check of the kernel's owner/remote protocol (percpu::KernelCpu).
-    r.expect_line("stress: remote drains under load:").expect_line("no update lost: yes");
+    r.expect_line("stress: remote drains under load:")
+        .expect_line("no update lost: yes");
 }
 
 /// At a small -m the heap runs out of frames: allocations return null, the
@@ -111,7 +130,10 @@ fn stack_guard_page_hit_is_reported() {
 fn double_free_is_detected_under_checks() {
     let img = &images().checks;
     let r = boot(&Boot::new(img, "double_free").smp(1).mem("128M").timeout(60));
-    r.expect_status(FAIL).expect_line("PANIC on CPU 0").expect_line("tieralloc: double free of 0x").expect_no("NOT detected");
+    r.expect_status(FAIL)
+        .expect_line("PANIC on CPU 0")
+        .expect_line("tieralloc: double free of 0x")
+        .expect_no("NOT detected");
 }
 
 /// With `checks`, freeing a pointer the heap never handed out is reported, not absorbed.
@@ -119,11 +141,17 @@ fn double_free_is_detected_under_checks() {
 fn foreign_free_is_reported_under_checks() {
     let img = &images().checks;
     for args in ["", "ptr=window"] {
-        boot(&Boot::new(img, "foreign_free").smp(1).mem("128M").args(args).timeout(60))
-            .expect_status(FAIL)
-            .expect_line("PANIC on CPU 0")
-            .expect_line("not a pointer into this heap")
-            .expect_no("NOT detected");
+        boot(
+            &Boot::new(img, "foreign_free")
+                .smp(1)
+                .mem("128M")
+                .args(args)
+                .timeout(60),
+        )
+        .expect_status(FAIL)
+        .expect_line("PANIC on CPU 0")
+        .expect_line("not a pointer into this heap")
+        .expect_no("NOT detected");
     }
 }
 
@@ -131,10 +159,16 @@ fn foreign_free_is_reported_under_checks() {
 #[test]
 fn checks_image_runs_the_main_job() {
     let img = &images().checks;
-    boot(&Boot::new(img, "main").smp(4).mem("512M").args("rounds=1500").timeout(120))
-        .expect_status(PASS)
-        .expect_line("scenario main: PASS")
-        .expect_no("CHECK FAILED");
+    boot(
+        &Boot::new(img, "main")
+            .smp(4)
+            .mem("512M")
+            .args("rounds=1500")
+            .timeout(120),
+    )
+    .expect_status(PASS)
+    .expect_line("scenario main: PASS")
+    .expect_no("CHECK FAILED");
 }
 
 /// linked_list_allocator as the global heap (feature `lla-heap`) boots and runs the main job.
@@ -144,10 +178,16 @@ fn lla_heap_image_runs() {
     boot(&Boot::new(img, "boot").smp(2).mem("256M").timeout(60))
         .expect_status(PASS)
         .expect_line("heap: linked_list_allocator is the global allocator");
-    boot(&Boot::new(img, "main").smp(4).mem("512M").args("rounds=300").timeout(120))
-        .expect_status(PASS)
-        .expect_line("scenario main: PASS")
-        .expect_no("CHECK FAILED");
+    boot(
+        &Boot::new(img, "main")
+            .smp(4)
+            .mem("512M")
+            .args("rounds=300")
+            .timeout(120),
+    )
+    .expect_status(PASS)
+    .expect_line("scenario main: PASS")
+    .expect_no("CHECK FAILED");
 }
 
 /// tieralloc vs linked_list_allocator in the same boot; 1-CPU vs 4-CPU stress.
@@ -156,17 +196,36 @@ fn lla_heap_image_runs() {
 fn bench_prints_comparison() {
     let img = &images().default;
     let r = boot(&Boot::new(img, "bench").smp(4).mem("512M").timeout(180));
-    let table: Vec<&str> = r.log.lines().skip_while(|l| !l.starts_with("workload (single CPU)")).take_while(|l| !l.starts_with("scenario bench")).collect();
+    let table: Vec<&str> = r
+        .log
+        .lines()
+        .skip_while(|l| !l.starts_with("workload (single CPU)"))
+        .take_while(|l| !l.starts_with("scenario bench"))
+        .collect();
     eprintln!("{}", table.join("\n"));
-    r.expect_status(PASS).expect_line("tieralloc/linked_list_allocator =").expect_line("of its 1-CPU rate").expect_no("CHECK FAILED");
+    r.expect_status(PASS)
+        .expect_line("tieralloc/linked_list_allocator =")
+        .expect_line("of its 1-CPU rate")
+        .expect_no("CHECK FAILED");
     let churn = r.line("churn with 10,000 live objects").unwrap();
-    let x: f64 = churn.split(" = ").nth(1).and_then(|s| s.trim().split('x').next()).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("cannot parse {churn:?}"));
-    assert!(x >= 10.0, "tieralloc should be far ahead of linked_list_allocator on churn: {churn}");
+    let x: f64 = churn
+        .split(" = ")
+        .nth(1)
+        .and_then(|s| s.trim().split('x').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse {churn:?}"));
+    assert!(
+        x >= 10.0,
+        "tieralloc should be far ahead of linked_list_allocator on churn: {churn}"
+    );
 }
 
 /// The runner fails loudly (never skips) without QEMU.
 #[test]
 fn missing_qemu_is_an_error() {
     let e = qemu_tests::check_qemu("/nonexistent/qemu-system-x86_64").unwrap_err();
-    assert!(e.contains("qemu-system-x86") && e.contains("make deps"), "{e}");
+    assert!(
+        e.contains("qemu-system-x86") && e.contains("make deps"),
+        "{e}"
+    );
 }

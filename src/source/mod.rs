@@ -29,19 +29,19 @@
 //! A page source must never allocate through the heap it serves (no `Vec`, no
 //! `format!`, no printing that allocates): it runs with the heap lock held.
 
-#[cfg(feature = "linux")]
-pub mod mmap;
-pub mod region;
 mod extents;
 pub mod failing;
 #[cfg(feature = "x86_64")]
 pub mod frames;
+#[cfg(feature = "linux")]
+pub mod mmap;
+pub mod region;
 
+#[cfg(feature = "x86_64")]
+pub use frames::FrameSource;
 #[cfg(feature = "linux")]
 pub use mmap::MmapSource;
 pub use region::RegionSource;
-#[cfg(feature = "x86_64")]
-pub use frames::FrameSource;
 
 use core::ptr::NonNull;
 

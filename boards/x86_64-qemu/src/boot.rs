@@ -144,7 +144,10 @@ pub fn pml4_phys() -> u64 {
 
 /// `[start, end)` of the kernel image (physical = virtual).
 pub fn kernel_range() -> (u64, u64) {
-    ((&raw const __kernel_start) as u64, (&raw const __kernel_end) as u64)
+    (
+        (&raw const __kernel_start) as u64,
+        (&raw const __kernel_end) as u64,
+    )
 }
 
 /// `[lo, hi)` of the BSP's boot stack.
@@ -184,7 +187,9 @@ impl BootInfo {
 
     /// The value of `key=value` on the command line.
     pub fn arg(&self, key: &str) -> Option<&str> {
-        self.cmdline().split_ascii_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        self.cmdline()
+            .split_ascii_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
     }
 }
 
@@ -227,7 +232,11 @@ pub unsafe fn parse_start_info(addr: u64) -> Result<BootInfo, &'static str> {
         // SAFETY: `entries` records of 24 bytes at `map`.
         let e = unsafe { map.add(i * 24) };
         let rd = |off: usize| unsafe { (e.add(off) as *const u64).read_unaligned() };
-        info.memmap[i] = MemEntry { addr: rd(0), size: rd(8), kind: rd(16) as u32 };
+        info.memmap[i] = MemEntry {
+            addr: rd(0),
+            size: rd(8),
+            kind: rd(16) as u32,
+        };
     }
     info.memmap_len = entries;
     Ok(info)

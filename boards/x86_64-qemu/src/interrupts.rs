@@ -111,7 +111,15 @@ struct Gate {
 #[repr(C, align(4096))]
 struct Idt([Gate; 256]);
 
-static mut IDT: Idt = Idt([Gate { off_lo: 0, sel: 0, ist: 0, attr: 0, off_mid: 0, off_hi: 0, _zero: 0 }; 256]);
+static mut IDT: Idt = Idt([Gate {
+    off_lo: 0,
+    sel: 0,
+    ist: 0,
+    attr: 0,
+    off_mid: 0,
+    off_hi: 0,
+    _zero: 0,
+}; 256]);
 
 /// Fills the IDT (once, on the BSP).
 pub fn init_idt() {
@@ -139,7 +147,10 @@ pub fn init_idt() {
 
 /// Loads the shared IDT on this CPU.
 pub fn load_idt() {
-    let ptr = DescriptorTablePointer { limit: (256 * 16 - 1) as u16, base: VirtAddr::new((&raw const IDT) as u64) };
+    let ptr = DescriptorTablePointer {
+        limit: (256 * 16 - 1) as u16,
+        base: VirtAddr::new((&raw const IDT) as u64),
+    };
     // SAFETY: the IDT is static and filled.
     unsafe { x86_64::instructions::tables::lidt(&ptr) };
 }
@@ -207,7 +218,9 @@ fn page_fault(f: &mut Frame) -> ! {
             ));
         }
         if EXPECT_GUARD_HIT.load(Ordering::SeqCst) {
-            crate::serial::print_force(format_args!("guard: stack overflow caught and reported\nscenario guard: PASS\n"));
+            crate::serial::print_force(format_args!(
+                "guard: stack overflow caught and reported\nscenario guard: PASS\n"
+            ));
             exit::success();
         }
         exit::failure();
@@ -219,8 +232,18 @@ fn fatal(f: &Frame, extra: &str) -> ! {
     let cpu = percpu::current();
     if f.vector == 14 {
         let addr = Cr2::read_raw();
-        let what = if f.error & 1 == 0 { "not-present page" } else { "protection violation" };
-        let rw = if f.error & 16 != 0 { "instruction fetch" } else if f.error & 2 != 0 { "write" } else { "read" };
+        let what = if f.error & 1 == 0 {
+            "not-present page"
+        } else {
+            "protection violation"
+        };
+        let rw = if f.error & 16 != 0 {
+            "instruction fetch"
+        } else if f.error & 2 != 0 {
+            "write"
+        } else {
+            "read"
+        };
         crate::serial::print_force(format_args!(
             "\nEXCEPTION on CPU {cpu}: page fault at {addr:#x} ({rw}, {what}; {}) rip {:#x} rsp {:#x}\n",
             crate::kheap::describe_addr(addr),

@@ -25,7 +25,9 @@ use linked_list_allocator::LockedHeap;
 use tieralloc::source::frames::{flush_local, Config, Zero};
 use tieralloc::source::FrameSource;
 use tieralloc::Heap;
-use x86_64::structures::paging::{FrameAllocator, Mapper, OffsetPageTable, Page, PageTableFlags, Size4KiB};
+use x86_64::structures::paging::{
+    FrameAllocator, Mapper, OffsetPageTable, Page, PageTableFlags, Size4KiB,
+};
 use x86_64::VirtAddr;
 
 use crate::memory::{KFrames, PHYS_MAPPED, PHYS_OFFSET};
@@ -48,14 +50,21 @@ const CONFIG: Config = Config {
 
 /// The tieralloc heap (the global allocator unless feature `lla-heap`).
 #[cfg_attr(not(feature = "lla-heap"), global_allocator)]
-pub static HEAP: Heap<KSource, KernelCpu> = Heap::new(FrameSource::with_config(HEAP_WINDOW, HEAP_WINDOW_LEN, CONFIG), KernelCpu::new());
+pub static HEAP: Heap<KSource, KernelCpu> = Heap::new(
+    FrameSource::with_config(HEAP_WINDOW, HEAP_WINDOW_LEN, CONFIG),
+    KernelCpu::new(),
+);
 
 /// With feature `lla-heap`: linked_list_allocator as the global heap.
 #[cfg(feature = "lla-heap")]
 #[global_allocator]
 pub static LLA_GLOBAL: LockedHeap = LockedHeap::empty();
 
-pub const GLOBAL_HEAP_NAME: &str = if cfg!(feature = "lla-heap") { "linked_list_allocator" } else { "tieralloc" };
+pub const GLOBAL_HEAP_NAME: &str = if cfg!(feature = "lla-heap") {
+    "linked_list_allocator"
+} else {
+    "tieralloc"
+};
 
 /// Next free byte of the fixed-region window.
 static REGION_NEXT: AtomicU64 = AtomicU64::new(REGION_WINDOW);
@@ -66,7 +75,8 @@ static REGION_NEXT: AtomicU64 = AtomicU64::new(REGION_WINDOW);
 /// Once, on the BSP, before any allocation.
 pub unsafe fn init() {
     // SAFETY: the only OffsetPageTable over the kernel's tables.
-    HEAP.source().init(unsafe { crate::memory::kernel_page_table() }, KFrames);
+    HEAP.source()
+        .init(unsafe { crate::memory::kernel_page_table() }, KFrames);
     // The scavenger keeps an eighth of RAM (at least the heap's default 16 MiB)
     // of free pages mapped: unmapping and re-mapping frames (zeroing, page-table
     // writes, TLB shootdowns) is what a kernel heap's churn must not pay.
@@ -90,9 +100,18 @@ fn map_at(va: u64, bytes: u64) -> bool {
         .with_parts(|m, f| {
             for off in (0..bytes).step_by(4096) {
                 let page = Page::<Size4KiB>::containing_address(VirtAddr::new(va + off));
-                let Some(frame) = f.allocate_frame() else { return false };
+                let Some(frame) = f.allocate_frame() else {
+                    return false;
+                };
                 // SAFETY: the page lies in a window only this module maps, and is unmapped.
-                match unsafe { m.map_to(page, frame, PageTableFlags::PRESENT | PageTableFlags::WRITABLE, f) } {
+                match unsafe {
+                    m.map_to(
+                        page,
+                        frame,
+                        PageTableFlags::PRESENT | PageTableFlags::WRITABLE,
+                        f,
+                    )
+                } {
                     Ok(flush) => flush.flush(),
                     Err(_) => return false,
                 }
@@ -161,7 +180,8 @@ pub fn global() -> &'static dyn GlobalAlloc {
 /// A `LockedHeap` over a fresh region of `bytes` (for the bench's comparison).
 pub fn new_lla(bytes: u64) -> Option<&'static LockedHeap> {
     let base = map_region(bytes)?;
-    let h: &'static LockedHeap = alloc::boxed::Box::leak(alloc::boxed::Box::new(LockedHeap::empty()));
+    let h: &'static LockedHeap =
+        alloc::boxed::Box::leak(alloc::boxed::Box::new(LockedHeap::empty()));
     // SAFETY: a fresh mapped region, given to this heap alone.
     unsafe { h.lock().init(base, bytes as usize) };
     Some(h)

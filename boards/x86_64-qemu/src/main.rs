@@ -57,11 +57,21 @@ extern "C" fn kmain(start_info: u32) -> ! {
         }
     };
     let (kstart, kend) = boot::kernel_range();
-    println!("tieralloc x86_64-qemu kernel: PVH boot, cmdline \"{}\", image {:#x}..{:#x}", info.cmdline(), kstart, kend);
+    println!(
+        "tieralloc x86_64-qemu kernel: PVH boot, cmdline \"{}\", image {:#x}..{:#x}",
+        info.cmdline(),
+        kstart,
+        kend
+    );
     smp::mask_pic();
     time::calibrate();
     memory::init_frames(&info);
-    let ram: u64 = info.memmap().iter().filter(|e| e.kind == 1).map(|e| e.size).sum();
+    let ram: u64 = info
+        .memmap()
+        .iter()
+        .filter(|e| e.kind == 1)
+        .map(|e| e.size)
+        .sum();
     println!(
         "memory: {} MiB usable in {} map entries; frame allocator: {} frames ({} MiB) free; TSC {} MHz",
         ram >> 20,
@@ -77,11 +87,27 @@ extern "C" fn kmain(start_info: u32) -> ! {
     smp::bsp_online();
     // SAFETY: once, before the first allocation.
     unsafe { kheap::init() };
-    println!("heap: {} is the global allocator; tieralloc window {:#x} (+{} GiB), {} per-CPU slots", kheap::GLOBAL_HEAP_NAME, kheap::HEAP_WINDOW, kheap::HEAP_WINDOW_LEN >> 30, found);
+    println!(
+        "heap: {} is the global allocator; tieralloc window {:#x} (+{} GiB), {} per-CPU slots",
+        kheap::GLOBAL_HEAP_NAME,
+        kheap::HEAP_WINDOW,
+        kheap::HEAP_WINDOW_LEN >> 30,
+        found
+    );
     // The BSP runs with interrupts off throughout (see `smp::idle_loop`).
     smp::start_aps(&ids[..found]);
-    println!("smp: {} of {} CPUs online (APIC ids {:?})", smp::online(), found, &ids[..found]);
-    let m = Machine { info, cpus_found: found, cpus_online: smp::online(), ram_frames: memory::total_frames() };
+    println!(
+        "smp: {} of {} CPUs online (APIC ids {:?})",
+        smp::online(),
+        found,
+        &ids[..found]
+    );
+    let m = Machine {
+        info,
+        cpus_found: found,
+        cpus_online: smp::online(),
+        ram_frames: memory::total_frames(),
+    };
     let name = m.info.arg("scenario").unwrap_or("main");
     println!("scenario {name}: start");
     let w = time::Watch::start();

@@ -15,7 +15,8 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use spin::Mutex;
 use x86_64::structures::paging::{
-    FrameAllocator, FrameDeallocator, OffsetPageTable, PageTable, PageTableFlags, PhysFrame, Size4KiB,
+    FrameAllocator, FrameDeallocator, OffsetPageTable, PageTable, PageTableFlags, PhysFrame,
+    Size4KiB,
 };
 use x86_64::{PhysAddr, VirtAddr};
 
@@ -43,7 +44,13 @@ struct Frames {
     free_head: u64,
 }
 
-static FRAMES: Mutex<Frames> = Mutex::new(Frames { regions: [(0, 0); MAX_REGIONS], n: 0, cur: 0, next: 0, free_head: 0 });
+static FRAMES: Mutex<Frames> = Mutex::new(Frames {
+    regions: [(0, 0); MAX_REGIONS],
+    n: 0,
+    cur: 0,
+    next: 0,
+    free_head: 0,
+});
 static FREE: AtomicUsize = AtomicUsize::new(0);
 static TOTAL: AtomicUsize = AtomicUsize::new(0);
 
@@ -159,7 +166,9 @@ pub unsafe fn kernel_page_table() -> OffsetPageTable<'static> {
 /// Is `addr` mapped (present) in the kernel's page tables? Reads the tables
 /// without the mapper's lock (for fault handlers).
 pub fn is_mapped(addr: u64) -> bool {
-    let Ok(va) = VirtAddr::try_new(addr) else { return false };
+    let Ok(va) = VirtAddr::try_new(addr) else {
+        return false;
+    };
     let mut table = phys_to_virt(crate::boot::pml4_phys()) as *const PageTable;
     let idx = [va.p4_index(), va.p3_index(), va.p2_index(), va.p1_index()];
     for (level, i) in idx.iter().enumerate() {

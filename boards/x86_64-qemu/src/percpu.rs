@@ -34,7 +34,9 @@
 
 use core::arch::asm;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{compiler_fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{
+    compiler_fence, AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+};
 
 use tieralloc::cpu::{RelaxStrategy, SlotLock};
 use tieralloc::Cpu;
@@ -91,7 +93,11 @@ const GS_INDEX: usize = core::mem::offset_of!(PerCpu, index);
 const GS_BUSY: usize = core::mem::offset_of!(PerCpu, busy);
 /// The aligned 16-bit word `irq_may_be_on | remote << 8`.
 const GS_SLOW: usize = core::mem::offset_of!(PerCpu, irq_may_be_on);
-const _: () = assert!(GS_INDEX == 8 && GS_SLOW.is_multiple_of(2) && core::mem::offset_of!(PerCpu, remote) == GS_SLOW + 1);
+const _: () = assert!(
+    GS_INDEX == 8
+        && GS_SLOW.is_multiple_of(2)
+        && core::mem::offset_of!(PerCpu, remote) == GS_SLOW + 1
+);
 
 // SAFETY: the UnsafeCell fields are written only by the owning CPU during its set-up.
 unsafe impl Sync for PerCpu {}
@@ -192,7 +198,11 @@ pub unsafe fn init_this_cpu(index: usize, apic_id: u32) {
         gdt[0] = 0;
         gdt[1] = 0x00AF_9A00_0000_FFFF; // 0x08 code
         gdt[2] = 0x00CF_9200_0000_FFFF; // 0x10 data
-        gdt[3] = (limit & 0xFFFF) | ((base & 0xFF_FFFF) << 16) | (0x89 << 40) | (((limit >> 16) & 0xF) << 48) | (((base >> 24) & 0xFF) << 56);
+        gdt[3] = (limit & 0xFFFF)
+            | ((base & 0xFF_FFFF) << 16)
+            | (0x89 << 40)
+            | (((limit >> 16) & 0xF) << 48)
+            | (((base >> 24) & 0xFF) << 56);
         gdt[4] = base >> 32;
         let ptr = x86_64::structures::DescriptorTablePointer {
             limit: (core::mem::size_of::<[u64; 5]>() - 1) as u16,
@@ -228,7 +238,10 @@ pub fn set_stack(index: usize, guard_lo: u64, lo: u64, hi: u64) {
 /// The CPU whose stack guard holds `addr`, if any.
 pub fn guard_owner(addr: u64) -> Option<usize> {
     PERCPU.iter().position(|b| {
-        let (g, lo) = (b.guard_lo.load(Ordering::Relaxed), b.stack_lo.load(Ordering::Relaxed));
+        let (g, lo) = (
+            b.guard_lo.load(Ordering::Relaxed),
+            b.stack_lo.load(Ordering::Relaxed),
+        );
         g < lo && (g..lo).contains(&addr)
     })
 }
@@ -351,7 +364,9 @@ impl Drop for OwnerExit {
         // `init_this_cpu`); a byte store to its `busy` field. No `nomem`: the
         // asm is a compiler barrier, so the section's accesses stay before it,
         // and x86 stores are release stores.
-        unsafe { asm!("mov byte ptr gs:[{b}], 0", b = const GS_BUSY, options(nostack, preserves_flags)) };
+        unsafe {
+            asm!("mov byte ptr gs:[{b}], 0", b = const GS_BUSY, options(nostack, preserves_flags))
+        };
         if self.0 {
             interrupts::enable();
         }
@@ -369,7 +384,10 @@ impl Drop for OwnerExit {
 /// `busy` just waits a few instructions longer).
 #[inline(always)]
 fn owner_enter() -> (usize, bool) {
-    debug_assert!(GS_READY.load(Ordering::Relaxed), "heap used before the BSP's per-CPU block");
+    debug_assert!(
+        GS_READY.load(Ordering::Relaxed),
+        "heap used before the BSP's per-CPU block"
+    );
     debug_assert!(
         this().busy.load(Ordering::Relaxed) == 0,
         "heap entered while this CPU is inside a heap section (from an interrupt or NMI handler?)"

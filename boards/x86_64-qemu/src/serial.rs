@@ -53,7 +53,10 @@ impl Write for Serial {
 /// Interrupts stay as they are: a CPU that waits here with interrupts on still
 /// answers TLB shootdowns.
 pub fn print_args(args: fmt::Arguments) {
-    while LOCK.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+    while LOCK
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
         crate::smp::relax();
     }
     let _ = Serial.write_fmt(args);
@@ -63,7 +66,10 @@ pub fn print_args(args: fmt::Arguments) {
 /// For the panic and fault handlers: waits a while for the lock, then takes it anyway.
 pub fn print_force(args: fmt::Arguments) {
     let mut tries = 0u64;
-    while LOCK.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+    while LOCK
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
         tries += 1;
         if tries > 50_000_000 {
             break;

@@ -103,7 +103,11 @@ pub fn find_cpus(rsdp: u64, out: &mut [u32; MAX_CPUS]) -> usize {
     let rd64 = |a: u64| unsafe { (phys_to_virt(a) as *const u64).read_unaligned() };
     let sig = |a: u64| -> [u8; 4] { [rd8(a), rd8(a + 1), rd8(a + 2), rd8(a + 3)] };
     // RSDP: "RSD PTR ", revision @15, RSDT @16, XSDT @24.
-    let (root, wide) = if rd8(rsdp + 15) >= 2 && rd64(rsdp + 24) != 0 { (rd64(rsdp + 24), true) } else { (rd32(rsdp + 16) as u64, false) };
+    let (root, wide) = if rd8(rsdp + 15) >= 2 && rd64(rsdp + 24) != 0 {
+        (rd64(rsdp + 24), true)
+    } else {
+        (rd32(rsdp + 16) as u64, false)
+    };
     let len = rd32(root + 4) as u64;
     let step = if wide { 8 } else { 4 };
     let mut e = root + 36;
@@ -248,7 +252,9 @@ pub fn start_aps(apic_ids: &[u32]) {
     let start = (&raw const ap_tramp_start) as u64;
     let len = (&raw const ap_tramp_end) as u64 - start;
     // SAFETY: 0x8000.. is usable low RAM the frame allocator never hands out.
-    unsafe { core::ptr::copy_nonoverlapping(start as *const u8, phys_to_virt(TRAMPOLINE), len as usize) };
+    unsafe {
+        core::ptr::copy_nonoverlapping(start as *const u8, phys_to_virt(TRAMPOLINE), len as usize)
+    };
     let efer = x86_64::registers::model_specific::Efer::read_raw() & ((1 << 8) | (1 << 11) | 1);
     patch(&raw const ap_cr3, crate::boot::pml4_phys());
     patch(&raw const ap_efer, efer);
@@ -292,7 +298,8 @@ extern "C" fn ap_main(arg: u64) -> ! {
     unsafe { percpu::init_this_cpu(index, apic_id) };
     lapic_enable();
     let me = &PERCPU[index];
-    me.tlb_acked.store(SHOOT_GEN.load(Ordering::SeqCst), Ordering::SeqCst);
+    me.tlb_acked
+        .store(SHOOT_GEN.load(Ordering::SeqCst), Ordering::SeqCst);
     // Online before the BSP goes on: from now on shootdowns wait for this CPU.
     me.online.store(true, Ordering::SeqCst);
     ONLINE.fetch_add(1, Ordering::SeqCst);
@@ -408,7 +415,10 @@ pub fn tlb_shootdown() {
     if ONLINE.load(Ordering::SeqCst) <= 1 {
         return;
     }
-    while SHOOT_LOCK.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+    while SHOOT_LOCK
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
         relax();
     }
     let me = percpu::current();

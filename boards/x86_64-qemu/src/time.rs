@@ -84,7 +84,12 @@ pub struct Secs(pub u64);
 
 impl core::fmt::Display for Secs {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "{}.{:03} s", self.0 / 1_000_000_000, self.0 / 1_000_000 % 1000)
+        write!(
+            f,
+            "{}.{:03} s",
+            self.0 / 1_000_000_000,
+            self.0 / 1_000_000 % 1000
+        )
     }
 }
 

@@ -20,7 +20,13 @@ pub fn boot(m: &Machine) -> bool {
     s.push_str(crate::kheap::GLOBAL_HEAP_NAME);
     s.push_str(" heap");
     let big = alloc::vec![7u8; 1 << 20];
-    println!("boot: box {:p}, vec {:p}, string {:p} {s:?}, 1 MiB vec {:p}", &*b, v.as_ptr(), s.as_ptr(), big.as_ptr());
+    println!(
+        "boot: box {:p}, vec {:p}, string {:p} {s:?}, 1 MiB vec {:p}",
+        &*b,
+        v.as_ptr(),
+        s.as_ptr(),
+        big.as_ptr()
+    );
     let mut ok = check!(*b == 41, "box");
     ok &= check!(v.iter().sum::<u32>() == 500_500, "vec sum");
     ok &= check!(big.iter().all(|&x| x == 7), "large vec contents");
@@ -37,7 +43,11 @@ pub fn boot(m: &Machine) -> bool {
     }
     HEAP.check_invariants();
     println!("{}", HEAP.stats());
-    println!("boot: free frames {} of {}", memory::free_frames(), m.ram_frames);
+    println!(
+        "boot: free frames {} of {}",
+        memory::free_frames(),
+        m.ram_frames
+    );
     ok
 }
 
@@ -62,22 +72,43 @@ pub fn many_boxes(_m: &Machine) -> bool {
     }
     ok &= check!(*long_lived == 1, "long-lived box intact");
     ok &= check!(keep.len() == 10_000, "kept 10,000");
-    ok &= check!(keep.iter().enumerate().all(|(k, b)| **b == (k as u64 * 102) ^ 0x5555), "long-lived contents");
+    ok &= check!(
+        keep.iter()
+            .enumerate()
+            .all(|(k, b)| **b == (k as u64 * 102) ^ 0x5555),
+        "long-lived contents"
+    );
     // large_vec
     let n = 10_000u64;
     let v: Vec<u64> = (0..n).collect();
     ok &= check!(v.iter().sum::<u64>() == (n - 1) * n / 2, "large_vec sum");
     // Several simultaneous large-ish boxes of growing size (blog_os `simple_allocation` spirit).
-    let boxes: Vec<Box<[u8]>> = (0..64).map(|k| alloc::vec![k as u8; 1 << (k % 17)].into_boxed_slice()).collect();
-    ok &= check!(boxes.iter().enumerate().all(|(k, b)| b.len() == 1 << (k % 17) && b.iter().all(|&x| x == k as u8)), "sized boxes");
+    let boxes: Vec<Box<[u8]>> = (0..64)
+        .map(|k| alloc::vec![k as u8; 1 << (k % 17)].into_boxed_slice())
+        .collect();
+    ok &= check!(
+        boxes
+            .iter()
+            .enumerate()
+            .all(|(k, b)| b.len() == 1 << (k % 17) && b.iter().all(|&x| x == k as u8)),
+        "sized boxes"
+    );
     drop(boxes);
     drop(v);
     drop(keep);
     drop(long_lived);
     let st = HEAP.stats();
-    println!("many_boxes: {} short-lived + 10,000 long-lived boxes in {}", HEAP_SIZE_X10, w.secs_f());
+    println!(
+        "many_boxes: {} short-lived + 10,000 long-lived boxes in {}",
+        HEAP_SIZE_X10,
+        w.secs_f()
+    );
     println!("{st}");
-    ok &= check!(st.live_objects() == before, "live objects back to {before} (now {})", st.live_objects());
+    ok &= check!(
+        st.live_objects() == before,
+        "live objects back to {before} (now {})",
+        st.live_objects()
+    );
     HEAP.check_invariants();
     ok
 }
@@ -105,7 +136,11 @@ pub fn oom(_m: &Machine) -> bool {
             break;
         }
     }
-    println!("oom: {} x 1 MiB objects before null; free frames {}", bigs.len(), memory::free_frames());
+    println!(
+        "oom: {} x 1 MiB objects before null; free frames {}",
+        bigs.len(),
+        memory::free_frames()
+    );
     let mut small_nulls = 0;
     while smalls.len() < smalls.capacity() {
         let p = HEAP.allocate(small);
@@ -131,8 +166,15 @@ pub fn oom(_m: &Machine) -> bool {
     // Contents intact, then free everything.
     // SAFETY: every pointer is a live object of its layout.
     unsafe {
-        ok &= check!(bigs.iter().all(|&p| *p == 0x5a && *p.add((1 << 20) - 1) == 0x5a), "large contents");
-        ok &= check!(smalls.iter().all(|&p| *p == 0xa5 && *p.add(199) == 0xa5), "small contents");
+        ok &= check!(
+            bigs.iter()
+                .all(|&p| *p == 0x5a && *p.add((1 << 20) - 1) == 0x5a),
+            "large contents"
+        );
+        ok &= check!(
+            smalls.iter().all(|&p| *p == 0xa5 && *p.add(199) == 0xa5),
+            "small contents"
+        );
         for &p in &smalls {
             HEAP.deallocate(p, small);
         }
@@ -144,7 +186,11 @@ pub fn oom(_m: &Machine) -> bool {
     smalls.clear();
     bigs.clear();
     let released = HEAP.scavenge();
-    println!("oom: freed all; scavenged {} KiB; free frames {}", released >> 10, memory::free_frames());
+    println!(
+        "oom: freed all; scavenged {} KiB; free frames {}",
+        released >> 10,
+        memory::free_frames()
+    );
     // Usable again: at least 90% of the first round.
     loop {
         let p = HEAP.allocate(big);
@@ -158,8 +204,14 @@ pub fn oom(_m: &Machine) -> bool {
             break;
         }
     }
-    println!("oom: second round: {} x 1 MiB objects (first round {first})", bigs.len());
-    ok &= check!(bigs.len() * 10 >= first * 9, "memory usable again after frees");
+    println!(
+        "oom: second round: {} x 1 MiB objects (first round {first})",
+        bigs.len()
+    );
+    ok &= check!(
+        bigs.len() * 10 >= first * 9,
+        "memory usable again after frees"
+    );
     for &p in &bigs {
         // SAFETY: live objects of `big`.
         unsafe { HEAP.deallocate(p, big) };
@@ -182,7 +234,10 @@ pub fn scavenge(_m: &Machine) -> bool {
     let f0 = memory::free_frames();
     let mapped0 = HEAP.source().frames_mapped();
     let s0 = HEAP.stats();
-    println!("scavenge: start: free frames {f0}, heap frames mapped {mapped0}, meta {} KiB", s0.meta_sys >> 10);
+    println!(
+        "scavenge: start: free frames {f0}, heap frames mapped {mapped0}, meta {} KiB",
+        s0.meta_sys >> 10
+    );
     let mut rng = Rng::new(7);
     let mut large: Vec<(*mut u8, Layout)> = Vec::with_capacity(300);
     for i in 0..300 {
@@ -199,7 +254,9 @@ pub fn scavenge(_m: &Machine) -> bool {
         }
         large.push((p, l));
     }
-    let small: Vec<Box<[u64]>> = (0..20_000).map(|i| alloc::vec![i as u64; (i % 64) + 1].into_boxed_slice()).collect();
+    let small: Vec<Box<[u64]>> = (0..20_000)
+        .map(|i| alloc::vec![i as u64; (i % 64) + 1].into_boxed_slice())
+        .collect();
     let f1 = memory::free_frames();
     let s1 = HEAP.stats();
     println!(
@@ -212,11 +269,20 @@ pub fn scavenge(_m: &Machine) -> bool {
     // SAFETY: live objects of their layouts.
     unsafe {
         for (i, &(p, l)) in large.iter().enumerate() {
-            ok &= check!(*p == i as u8 && *p.add(l.size() - 1) == i as u8, "large object {i} contents");
+            ok &= check!(
+                *p == i as u8 && *p.add(l.size() - 1) == i as u8,
+                "large object {i} contents"
+            );
             HEAP.deallocate(p, l);
         }
     }
-    ok &= check!(small.iter().enumerate().all(|(i, b)| b.len() == (i % 64) + 1 && b.iter().all(|&x| x == i as u64)), "small contents");
+    ok &= check!(
+        small
+            .iter()
+            .enumerate()
+            .all(|(i, b)| b.len() == (i % 64) + 1 && b.iter().all(|&x| x == i as u64)),
+        "small contents"
+    );
     drop(small);
     large.clear();
     large.shrink_to_fit();
@@ -225,22 +291,35 @@ pub fn scavenge(_m: &Machine) -> bool {
     let f2 = memory::free_frames();
     let mapped2 = HEAP.source().frames_mapped();
     let s2 = HEAP.stats();
-    println!("scavenge: freed all: free frames {f2a}; scavenge released {} KiB; free frames {f2}", released >> 10);
+    println!(
+        "scavenge: freed all: free frames {f2a}; scavenge released {} KiB; free frames {f2}",
+        released >> 10
+    );
     println!("{s2}");
     // What may legitimately stay: heap metadata (never freed) and page tables
     // built for the heap window (the x86_64 crate does not free empty tables):
     // at most one PT per 2 MiB, one PD per 1 GiB, one PDPT, of the window used.
     let meta_pages = ((s2.meta_sys - s0.meta_sys) as usize).div_ceil(4096);
-    let pt_bound = (s2.heap_sys as usize).div_ceil(2 << 20) + (s2.heap_sys as usize).div_ceil(1 << 30) + 1;
+    let pt_bound =
+        (s2.heap_sys as usize).div_ceil(2 << 20) + (s2.heap_sys as usize).div_ceil(1 << 30) + 1;
     let kept = f0 as isize - f2 as isize;
     println!(
         "scavenge: frames not back: {kept} (bound: {meta_pages} metadata + {pt_bound} page-table frames); heap frames mapped {mapped0} -> {mapped2}; heap_inuse {} B, cached {} B",
         s2.heap_inuse, s2.cached_bytes
     );
-    ok &= check!(s2.heap_inuse == 0 && s2.cached_bytes == 0, "heap empty after scavenge");
+    ok &= check!(
+        s2.heap_inuse == 0 && s2.cached_bytes == 0,
+        "heap empty after scavenge"
+    );
     ok &= check!(s2.heap_released == s2.heap_idle, "every free page released");
-    ok &= check!(mapped2 <= mapped0 + meta_pages, "mapped heap frames back to start + metadata ({mapped2} vs {mapped0} + {meta_pages})");
-    ok &= check!(kept <= (meta_pages + pt_bound) as isize, "free-frame count back to start within the bound");
+    ok &= check!(
+        mapped2 <= mapped0 + meta_pages,
+        "mapped heap frames back to start + metadata ({mapped2} vs {mapped0} + {meta_pages})"
+    );
+    ok &= check!(
+        kept <= (meta_pages + pt_bound) as isize,
+        "free-frame count back to start within the bound"
+    );
     HEAP.check_invariants();
     ok
 }

@@ -32,7 +32,14 @@ impl Run {
 }
 
 /// `live` objects of `lo..=hi` bytes, each op frees a random one and allocates a replacement.
-fn churn<A: GlobalAlloc>(a: &A, live: usize, lo: u64, hi: u64, max_ops: u64, budget_ns: u64) -> Run {
+fn churn<A: GlobalAlloc>(
+    a: &A,
+    live: usize,
+    lo: u64,
+    hi: u64,
+    max_ops: u64,
+    budget_ns: u64,
+) -> Run {
     let mut rng = Rng::new(live as u64 ^ hi);
     let mut slots: Vec<(*mut u8, usize)> = Vec::with_capacity(live);
     let mut r = Run::default();
@@ -127,7 +134,14 @@ fn lifo<A: GlobalAlloc>(a: &A, batch: usize, size: usize, max_ops: u64, budget_n
 }
 
 /// A FIFO of `depth` objects of `lo..=hi` bytes: allocate the newest, free the oldest.
-fn fifo<A: GlobalAlloc>(a: &A, depth: usize, lo: u64, hi: u64, max_ops: u64, budget_ns: u64) -> Run {
+fn fifo<A: GlobalAlloc>(
+    a: &A,
+    depth: usize,
+    lo: u64,
+    hi: u64,
+    max_ops: u64,
+    budget_ns: u64,
+) -> Run {
     let mut rng = Rng::new(depth as u64);
     let mut ring: Vec<(*mut u8, usize)> = alloc::vec![(core::ptr::null_mut(), 0); depth];
     let mut r = Run::default();
@@ -219,24 +233,60 @@ impl X100 {
 }
 
 pub fn bench(m: &Machine) -> bool {
-    let scale: u64 = m.info.arg("scale").and_then(|s| s.parse().ok()).unwrap_or(1);
+    let scale: u64 = m
+        .info
+        .arg("scale")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
     let t_budget: u64 = 1_500_000_000 * scale; // per tieralloc run, ns
     let l_budget: u64 = 2_000_000_000 * scale; // per linked_list_allocator run, ns
-    let lla: &'static LockedHeap = kheap::new_lla(64 << 20).expect("bench: cannot map 64 MiB for the LockedHeap");
+    let lla: &'static LockedHeap =
+        kheap::new_lla(64 << 20).expect("bench: cannot map 64 MiB for the LockedHeap");
     println!("bench: tieralloc (kernel heap) vs linked_list_allocator::LockedHeap over its own 64 MiB region, same boot, CPU 0");
-    println!("bench: tieralloc runs stop at {} or their op count, linked_list_allocator runs at {}", Secs(t_budget), Secs(l_budget));
-    println!("{:<36} {:>14} {:>14} {:>10}", "workload (single CPU)", "tieralloc/s", "lla/s", "ratio");
+    println!(
+        "bench: tieralloc runs stop at {} or their op count, linked_list_allocator runs at {}",
+        Secs(t_budget),
+        Secs(l_budget)
+    );
+    println!(
+        "{:<36} {:>14} {:>14} {:>10}",
+        "workload (single CPU)", "tieralloc/s", "lla/s", "ratio"
+    );
     let mut ok = true;
     let mut churn_ratio = 0;
     let mut all_ahead = true;
     type W = fn(&dyn GlobalAllocDyn, u64, u64) -> Run;
     let workloads: [(&str, W, u64); 6] = [
-        ("churn 10,000 live, 8..512 B", |a, n, b| a.churn(10_000, 8, 512, n, b), 2_000_000),
-        ("lifo batches of 1,000 x 64 B", |a, n, b| a.lifo(1000, 64, n, b), 2_000_000),
-        ("fifo depth 1,000, 16..256 B", |a, n, b| a.fifo(1000, 16, 256, n, b), 2_000_000),
-        ("churn 2,000 live, 8 B..4 KiB", |a, n, b| a.churn(2000, 8, 4096, n, b), 2_000_000),
-        ("churn 64 live, 64..256 KiB", |a, n, b| a.churn(64, 64 << 10, 256 << 10, n, b), 200_000),
-        ("realloc 16 B -> 64 KiB doubling", |a, n, b| a.realloc_grow(n, b), 1_000_000),
+        (
+            "churn 10,000 live, 8..512 B",
+            |a, n, b| a.churn(10_000, 8, 512, n, b),
+            2_000_000,
+        ),
+        (
+            "lifo batches of 1,000 x 64 B",
+            |a, n, b| a.lifo(1000, 64, n, b),
+            2_000_000,
+        ),
+        (
+            "fifo depth 1,000, 16..256 B",
+            |a, n, b| a.fifo(1000, 16, 256, n, b),
+            2_000_000,
+        ),
+        (
+            "churn 2,000 live, 8 B..4 KiB",
+            |a, n, b| a.churn(2000, 8, 4096, n, b),
+            2_000_000,
+        ),
+        (
+            "churn 64 live, 64..256 KiB",
+            |a, n, b| a.churn(64, 64 << 10, 256 << 10, n, b),
+            200_000,
+        ),
+        (
+            "realloc 16 B -> 64 KiB doubling",
+            |a, n, b| a.realloc_grow(n, b),
+            1_000_000,
+        ),
     ];
     const REPS: u64 = 5;
     // `only=WORDS`: run just the single-CPU workloads whose name starts with WORDS,
@@ -252,12 +302,29 @@ pub fn bench(m: &Machine) -> bool {
         // timed slices (tieralloc, lla, tieralloc, ...) so both see the same host load.
         let wt = f(&HEAP, max_ops / REPS / 2, t_budget / REPS / 2);
         let wl = f(lla, max_ops / REPS / 2, l_budget / REPS / 2);
-        let (mut t, mut l) = (Run { errors: wt.errors, ..Run::default() }, Run { errors: wl.errors, ..Run::default() });
+        let (mut t, mut l) = (
+            Run {
+                errors: wt.errors,
+                ..Run::default()
+            },
+            Run {
+                errors: wl.errors,
+                ..Run::default()
+            },
+        );
         for _ in 0..REPS {
             let a = f(&HEAP, max_ops / REPS, t_budget / REPS);
             let b = f(lla, max_ops / REPS, l_budget / REPS);
-            t = Run { ops: t.ops + a.ops, ns: t.ns + a.ns, errors: t.errors + a.errors };
-            l = Run { ops: l.ops + b.ops, ns: l.ns + b.ns, errors: l.errors + b.errors };
+            t = Run {
+                ops: t.ops + a.ops,
+                ns: t.ns + a.ns,
+                errors: t.errors + a.errors,
+            };
+            l = Run {
+                ops: l.ops + b.ops,
+                ns: l.ns + b.ns,
+                errors: l.errors + b.errors,
+            };
         }
         let ratio = ratio_x100(t.rate(), l.rate());
         if churn_ratio == 0 {
@@ -265,15 +332,33 @@ pub fn bench(m: &Machine) -> bool {
         }
         let ahead = t.rate() > l.rate();
         all_ahead &= ahead;
-        println!("{:<36} {:>14} {:>14} {:>10}{}", name, t.rate(), l.rate(), X100(ratio), if ahead { "" } else { "  (behind)" });
-        ok &= check!(t.errors == 0 && l.errors == 0, "{name}: errors (tieralloc {}, lla {})", t.errors, l.errors);
+        println!(
+            "{:<36} {:>14} {:>14} {:>10}{}",
+            name,
+            t.rate(),
+            l.rate(),
+            X100(ratio),
+            if ahead { "" } else { "  (behind)" }
+        );
+        ok &= check!(
+            t.errors == 0 && l.errors == 0,
+            "{name}: errors (tieralloc {}, lla {})",
+            t.errors,
+            l.errors
+        );
     }
     if only.is_some() {
         return ok;
     }
     println!("bench: churn with 10,000 live objects <= 512 B: tieralloc/linked_list_allocator = {} (target 50x: {})", X100(churn_ratio), if churn_ratio >= 5000 { "met" } else { "NOT met" });
-    println!("bench: tieralloc ahead on every single-CPU workload: {}", if all_ahead { "yes" } else { "NO" });
-    ok &= check!(churn_ratio >= 1000, "tieralloc at least 10x linked_list_allocator on churn");
+    println!(
+        "bench: tieralloc ahead on every single-CPU workload: {}",
+        if all_ahead { "yes" } else { "NO" }
+    );
+    ok &= check!(
+        churn_ratio >= 1000,
+        "tieralloc at least 10x linked_list_allocator on churn"
+    );
 
     // What the kernel's CPU mapping costs per heap operation here, and what
     // the previous protocol (save RFLAGS with pushfq, cli if needed, a lock
@@ -302,7 +387,9 @@ pub fn bench(m: &Machine) -> bool {
         });
         let old = best_ns_x100(&|| {
             core::hint::black_box(pushfq_without_interrupts(|| {
-                OLD_LOCK.with::<crate::percpu::KRelax, _>(|| core::hint::black_box(crate::percpu::current()))
+                OLD_LOCK.with::<crate::percpu::KRelax, _>(|| {
+                    core::hint::black_box(crate::percpu::current())
+                })
             }));
         });
         let ns = |x: u64| X100(x.saturating_sub(empty)).to_ns();
@@ -344,7 +431,15 @@ pub fn bench(m: &Machine) -> bool {
                         ops += 1;
                     }
                     core::hint::black_box(&local);
-                    T.set(cpu, super::work::Tally { ops, cross_frees: 0, errors: 0, ns: w.ns() });
+                    T.set(
+                        cpu,
+                        super::work::Tally {
+                            ops,
+                            cross_frees: 0,
+                            errors: 0,
+                            ns: w.ns(),
+                        },
+                    );
                 });
                 let tot = T.total(cpus);
                 best = best.max(per_sec(tot.ops, tot.ns));
@@ -354,7 +449,10 @@ pub fn bench(m: &Machine) -> bool {
         for r in &rates {
             print!(" {:>12}", r);
         }
-        println!(" {:>10}", X100(ratio_x100(*rates.last().unwrap(), rates[0])));
+        println!(
+            " {:>10}",
+            X100(ratio_x100(*rates.last().unwrap(), rates[0]))
+        );
         base = (rates[0], *rates.last().unwrap());
     }
     let mut results = [(0u64, 0u64); 2];
@@ -366,12 +464,24 @@ pub fn bench(m: &Machine) -> bool {
             static Q: Mailboxes = Mailboxes::new();
             static T: Tallies = Tallies::new();
             smp::run_on(cpus, &|cpu| {
-                let t = if k == 0 { stress_worker(&HEAP, cpu, cpus, ops, 2000, &Q, false, budget) } else { stress_worker(lla, cpu, cpus, ops, 2000, &Q, false, budget) };
+                let t = if k == 0 {
+                    stress_worker(&HEAP, cpu, cpus, ops, 2000, &Q, false, budget)
+                } else {
+                    stress_worker(lla, cpu, cpus, ops, 2000, &Q, false, budget)
+                };
                 T.set(cpu, t);
             });
-            let (_, bad) = if k == 0 { drain(&HEAP, &Q, false) } else { drain(lla, &Q, false) };
+            let (_, bad) = if k == 0 {
+                drain(&HEAP, &Q, false)
+            } else {
+                drain(lla, &Q, false)
+            };
             let tot = T.total(cpus);
-            ok &= check!(tot.errors == 0 && bad == 0, "stress {which} on {cpus} CPUs: errors {} bad {bad}", tot.errors);
+            ok &= check!(
+                tot.errors == 0 && bad == 0,
+                "stress {which} on {cpus} CPUs: errors {} bad {bad}",
+                tot.errors
+            );
             rates.push(per_sec(tot.ops, tot.ns));
         }
         let (r1, rn) = (rates[0], *rates.last().unwrap());
@@ -400,7 +510,10 @@ pub fn bench(m: &Machine) -> bool {
     let t_scale = ratio_x100(results[0].1, results[0].0);
     let l_scale = ratio_x100(results[1].1, results[1].0);
     let b_scale = ratio_x100(base.1, base.0);
-    println!("bench: tieralloc's {n}/1-CPU scaling relative to the baseline's: {}", X100(ratio_x100(t_scale, b_scale)));
+    println!(
+        "bench: tieralloc's {n}/1-CPU scaling relative to the baseline's: {}",
+        X100(ratio_x100(t_scale, b_scale))
+    );
     ok &= check!(
         n == 1 || t_scale >= 3 * l_scale.max(1),
         "tieralloc's {n}-CPU throughput does not collapse like the one-lock heap's (its {n}/1-CPU scaling >= 3x linked_list_allocator's)"

@@ -82,7 +82,10 @@ pub fn foreign_free(m: &Machine) -> bool {
     };
     // Make sure the heap is set up, so the check is about the pointer.
     drop(alloc::boxed::Box::new(1u64));
-    println!("foreign_free: freeing {target:p} ({}), which the heap never handed out", crate::kheap::describe_addr(target as u64));
+    println!(
+        "foreign_free: freeing {target:p} ({}), which the heap never handed out",
+        crate::kheap::describe_addr(target as u64)
+    );
     // SAFETY: not sound, on purpose: the `checks` feature must catch it.
     unsafe { HEAP.deallocate(black_box(target), l) };
     println!("foreign_free: NOT detected");

@@ -30,7 +30,13 @@ struct Ring {
 
 impl Queue {
     pub const fn new() -> Queue {
-        Queue { ring: Mutex::new(Ring { buf: [(0, 0); 4096], head: 0, len: 0 }) }
+        Queue {
+            ring: Mutex::new(Ring {
+                buf: [(0, 0); 4096],
+                head: 0,
+                len: 0,
+            }),
+        }
     }
     /// False when full.
     pub fn push(&self, v: (usize, usize)) -> bool {
@@ -93,7 +99,11 @@ impl Mailboxes {
     }
     /// Posts to a CPU other than `from` (chosen by `r`) among `n`; false when its inbox is full.
     pub fn post(&self, from: usize, n: usize, r: u64, v: (usize, usize)) -> bool {
-        let to = if n <= 1 { from } else { (from + 1 + (r % (n as u64 - 1)) as usize) % n };
+        let to = if n <= 1 {
+            from
+        } else {
+            (from + 1 + (r % (n as u64 - 1)) as usize) % n
+        };
         self.0[to].push(v)
     }
     /// The inbox of CPU `to`.
@@ -134,12 +144,23 @@ impl Default for Mailboxes {
 
 impl Tallies {
     pub const fn new() -> Tallies {
-        Tallies([const { Mutex::new(Tally { ops: 0, cross_frees: 0, errors: 0, ns: 0 }) }; MAX_CPUS])
+        Tallies(
+            [const {
+                Mutex::new(Tally {
+                    ops: 0,
+                    cross_frees: 0,
+                    errors: 0,
+                    ns: 0,
+                })
+            }; MAX_CPUS],
+        )
     }
     pub fn set(&self, cpu: usize, t: Tally) {
         *self.0[cpu].lock() = t;
         PERCPU[cpu].ops.fetch_add(t.ops, Ordering::Relaxed);
-        PERCPU[cpu].cross_frees.fetch_add(t.cross_frees, Ordering::Relaxed);
+        PERCPU[cpu]
+            .cross_frees
+            .fetch_add(t.cross_frees, Ordering::Relaxed);
     }
     pub fn get(&self, cpu: usize) -> Tally {
         *self.0[cpu].lock()
@@ -156,13 +177,32 @@ impl Tallies {
         s
     }
     pub fn print(&self, n: usize) {
-        println!("{:>4} {:>12} {:>12} {:>8} {:>10} {:>12}", "cpu", "ops", "cross-frees", "errors", "time", "ops/s");
+        println!(
+            "{:>4} {:>12} {:>12} {:>8} {:>10} {:>12}",
+            "cpu", "ops", "cross-frees", "errors", "time", "ops/s"
+        );
         for i in 0..n {
             let t = self.get(i);
-            println!("{:>4} {:>12} {:>12} {:>8} {:>10} {:>12}", i, t.ops, t.cross_frees, t.errors, Secs(t.ns), per_sec(t.ops, t.ns));
+            println!(
+                "{:>4} {:>12} {:>12} {:>8} {:>10} {:>12}",
+                i,
+                t.ops,
+                t.cross_frees,
+                t.errors,
+                Secs(t.ns),
+                per_sec(t.ops, t.ns)
+            );
         }
         let t = self.total(n);
-        println!("{:>4} {:>12} {:>12} {:>8} {:>10} {:>12}", "all", t.ops, t.cross_frees, t.errors, Secs(t.ns), per_sec(t.ops, t.ns));
+        println!(
+            "{:>4} {:>12} {:>12} {:>8} {:>10} {:>12}",
+            "all",
+            t.ops,
+            t.cross_frees,
+            t.errors,
+            Secs(t.ns),
+            per_sec(t.ops, t.ns)
+        );
     }
 }
 
@@ -181,7 +221,11 @@ fn msg_value(from: usize, seq: u64, j: usize) -> u64 {
 }
 
 fn check_msg(m: &Msg) -> bool {
-    m.data.iter().enumerate().all(|(j, &x)| x == msg_value(m.from, m.seq, j)) && m.note == alloc::format!("msg {} from cpu {}", m.seq, m.from)
+    m.data
+        .iter()
+        .enumerate()
+        .all(|(j, &x)| x == msg_value(m.from, m.seq, j))
+        && m.note == alloc::format!("msg {} from cpu {}", m.seq, m.from)
 }
 
 /// One CPU's share of the main job.
@@ -218,7 +262,10 @@ fn main_worker(cpu: usize, ncpus: usize, rounds: u64, q: &Mailboxes, tally: &Tal
         // Short-lived Vec and String.
         let n = rng.range(1, 300);
         let v: Vec<u64> = (0..n).map(|x| x * 3 + cpu as u64).collect();
-        err(v.iter().sum::<u64>() == 3 * n * (n - 1) / 2 + n * cpu as u64, &mut t);
+        err(
+            v.iter().sum::<u64>() == 3 * n * (n - 1) / 2 + n * cpu as u64,
+            &mut t,
+        );
         let mut s = String::new();
         let parts = rng.range(1, 24);
         for _ in 0..parts {
@@ -253,7 +300,10 @@ fn main_worker(cpu: usize, ncpus: usize, rounds: u64, q: &Mailboxes, tally: &Tal
             let mut big = alloc::vec![0u8; size];
             big[size - 1] = r as u8;
             big[size / 2] = 0x77;
-            err(big[size - 1] == r as u8 && big[size / 2] == 0x77 && big[0] == 0, &mut t);
+            err(
+                big[size - 1] == r as u8 && big[size / 2] == 0x77 && big[0] == 0,
+                &mut t,
+            );
             t.ops += 1;
         }
         // Kernel stacks from the heap's stack allocator, now and then with a guard page.
@@ -265,7 +315,11 @@ fn main_worker(cpu: usize, ncpus: usize, rounds: u64, q: &Mailboxes, tally: &Tal
                     unsafe {
                         (st.base.as_ptr() as *mut u64).write(r);
                         (st.top().sub(8) as *mut u64).write(!r);
-                        err((st.base.as_ptr() as *const u64).read() == r && (st.top().sub(8) as *const u64).read() == !r, &mut t);
+                        err(
+                            (st.base.as_ptr() as *const u64).read() == r
+                                && (st.top().sub(8) as *const u64).read() == !r,
+                            &mut t,
+                        );
                     }
                     err(st.size >= 16 << 10 && st.has_guard() == guard, &mut t);
                     // SAFETY: from this heap, no longer used.
@@ -317,7 +371,11 @@ pub fn main(m: &Machine) -> bool {
     static Q: Mailboxes = Mailboxes::new();
     static T: Tallies = Tallies::new();
     let n = m.cpus_online;
-    let rounds: u64 = m.info.arg("rounds").and_then(|s| s.parse().ok()).unwrap_or(4000);
+    let rounds: u64 = m
+        .info
+        .arg("rounds")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4000);
     let live0 = HEAP.stats().live_objects();
     println!("main: {n} CPUs x {rounds} rounds of BTreeMap/String/Vec/BinaryHeap/Box churn, large objects, kernel stacks, cross-CPU frees");
     let w = Watch::start();
@@ -335,11 +393,18 @@ pub fn main(m: &Machine) -> bool {
         left += 1;
     }
     let st = HEAP.stats();
-    println!("main: done in {} ({left} queued messages freed by CPU 0)", Secs(ns));
+    println!(
+        "main: done in {} ({left} queued messages freed by CPU 0)",
+        Secs(ns)
+    );
     #[cfg(feature = "lla-heap")]
     {
         let h = crate::kheap::LLA_GLOBAL.lock();
-        println!("--- global heap: linked_list_allocator: {} bytes used, {} free ---", h.used(), h.free());
+        println!(
+            "--- global heap: linked_list_allocator: {} bytes used, {} free ---",
+            h.used(),
+            h.free()
+        );
         println!("(the statistics below are tieralloc's own heap, which this image does not use globally)");
     }
     println!("--- heap statistics (tieralloc) ---");
@@ -349,9 +414,22 @@ pub fn main(m: &Machine) -> bool {
     println!("--- per-CPU summary ---");
     T.print(n);
     let tot = T.total(n);
-    println!("main: {} ops on {n} CPUs, {} cross-CPU frees, {} ops/s overall", tot.ops, tot.cross_frees, per_sec(tot.ops, ns));
-    let mut ok = check!(tot.errors == 0 && bad == 0, "content checks ({} errors, {bad} bad messages)", tot.errors);
-    ok &= check!(st.live_objects() == live0, "live objects back to {live0} (now {})", st.live_objects());
+    println!(
+        "main: {} ops on {n} CPUs, {} cross-CPU frees, {} ops/s overall",
+        tot.ops,
+        tot.cross_frees,
+        per_sec(tot.ops, ns)
+    );
+    let mut ok = check!(
+        tot.errors == 0 && bad == 0,
+        "content checks ({} errors, {bad} bad messages)",
+        tot.errors
+    );
+    ok &= check!(
+        st.live_objects() == live0,
+        "live objects back to {live0} (now {})",
+        st.live_objects()
+    );
     ok &= check!(n == 1 || tot.cross_frees > 0, "cross-CPU frees happened");
     for i in 0..n {
         ok &= check!(T.get(i).ops > 0, "CPU {i} did work");
@@ -423,7 +501,16 @@ const BATCH: usize = 32;
 /// in four is posted (in batches) to another CPU's inbox instead of being freed
 /// here, and the CPU frees whatever arrives in its own inbox (allocated elsewhere).
 #[allow(clippy::too_many_arguments)]
-pub fn stress_worker<A: GlobalAlloc>(a: &A, cpu: usize, ncpus: usize, ops: u64, live: usize, q: &Mailboxes, full: bool, budget_ns: u64) -> Tally {
+pub fn stress_worker<A: GlobalAlloc>(
+    a: &A,
+    cpu: usize,
+    ncpus: usize,
+    ops: u64,
+    live: usize,
+    q: &Mailboxes,
+    full: bool,
+    budget_ns: u64,
+) -> Tally {
     let w = Watch::start();
     let mut rng = Rng::new(0x5eed + cpu as u64);
     let mut t = Tally::default();
@@ -521,7 +608,11 @@ pub fn stress(m: &Machine) -> bool {
     static T: Tallies = Tallies::new();
     static SEEN: AtomicU64 = AtomicU64::new(0);
     let n = m.cpus_online;
-    let ops: u64 = m.info.arg("ops").and_then(|s| s.parse().ok()).unwrap_or(150_000);
+    let ops: u64 = m
+        .info
+        .arg("ops")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(150_000);
     let live0 = HEAP.stats().live_objects();
     println!("stress: {n} CPUs x {ops} ops, 2,000 live objects each (16 B..16 KiB), 1 in 4 freed by another CPU (batches of 32), full content checks");
     let w = Watch::start();
@@ -535,11 +626,25 @@ pub fn stress(m: &Machine) -> bool {
     T.print(n);
     let tot = T.total(n);
     let st = HEAP.stats();
-    println!("stress: {} ops in {} ({} ops/s), {} cross-CPU frees, {left} left in the queue", tot.ops, Secs(ns), per_sec(tot.ops, ns), tot.cross_frees);
+    println!(
+        "stress: {} ops in {} ({} ops/s), {} cross-CPU frees, {left} left in the queue",
+        tot.ops,
+        Secs(ns),
+        per_sec(tot.ops, ns),
+        tot.cross_frees
+    );
     println!("{st}");
-    let mut ok = check!(tot.errors == 0 && bad == 0, "content checks ({} errors, {bad} bad)", tot.errors);
+    let mut ok = check!(
+        tot.errors == 0 && bad == 0,
+        "content checks ({} errors, {bad} bad)",
+        tot.errors
+    );
     ok &= check!(n == 1 || tot.cross_frees > 0, "cross-CPU frees happened");
-    ok &= check!(st.live_objects() == live0, "live objects back to {live0} (now {})", st.live_objects());
+    ok &= check!(
+        st.live_objects() == live0,
+        "live objects back to {live0} (now {})",
+        st.live_objects()
+    );
     HEAP.check_invariants();
     if n > 1 {
         ok &= remote_drains_under_load(n, ops / 2);
@@ -590,9 +695,20 @@ fn remote_drains_under_load(n: usize, ops: u64) -> bool {
         n - 1,
         tot.ops
     );
-    let mut ok = check!(tot.errors == 0 && bad == 0, "content checks under remote drains ({} errors, {bad} bad)", tot.errors);
-    ok &= check!(DRAINS.load(Ordering::SeqCst) > 0, "CPU 0 drained while the others worked");
-    ok &= check!(st.live_objects() == live0, "live objects back to {live0} after remote drains (now {})", st.live_objects());
+    let mut ok = check!(
+        tot.errors == 0 && bad == 0,
+        "content checks under remote drains ({} errors, {bad} bad)",
+        tot.errors
+    );
+    ok &= check!(
+        DRAINS.load(Ordering::SeqCst) > 0,
+        "CPU 0 drained while the others worked"
+    );
+    ok &= check!(
+        st.live_objects() == live0,
+        "live objects back to {live0} after remote drains (now {})",
+        st.live_objects()
+    );
     HEAP.check_invariants();
     ok & slot_exclusion(n, ops)
 }
@@ -639,7 +755,8 @@ fn slot_exclusion(n: usize, ops: u64) -> bool {
             // remote ones (an NMI round trip each) or 20 s have passed.
             let w = Watch::start();
             let mut k = 0u64;
-            while k < ops / 4 || (REMOTES.load(Ordering::Relaxed) < 300 && w.ns() < 20_000_000_000) {
+            while k < ops / 4 || (REMOTES.load(Ordering::Relaxed) < 300 && w.ns() < 20_000_000_000)
+            {
                 let i = cpu.with_current(|i| {
                     bump(&COUNT[i]);
                     i
@@ -653,9 +770,16 @@ fn slot_exclusion(n: usize, ops: u64) -> bool {
     let mut ok = true;
     let mut remote_total = 0;
     for i in 1..n {
-        let (c, o, r) = (COUNT[i].load(Ordering::SeqCst), OWNER[i].load(Ordering::SeqCst), REMOTE[i].load(Ordering::SeqCst));
+        let (c, o, r) = (
+            COUNT[i].load(Ordering::SeqCst),
+            OWNER[i].load(Ordering::SeqCst),
+            REMOTE[i].load(Ordering::SeqCst),
+        );
         remote_total += r;
-        ok &= check!(c == o + r, "slot {i}: counter {c} != {o} owner + {r} remote sections (sections overlapped)");
+        ok &= check!(
+            c == o + r,
+            "slot {i}: counter {c} != {o} owner + {r} remote sections (sections overlapped)"
+        );
     }
     let owner_total: u64 = (1..n).map(|i| OWNER[i].load(Ordering::SeqCst)).sum();
     println!("stress: slot exclusion: {owner_total} owner and {remote_total} remote sections on {} slots, no update lost: {}", n - 1, if ok { "yes" } else { "NO" });
