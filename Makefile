@@ -2,7 +2,7 @@
 #
 #   make deps    install the toolchain target and system packages (Debian 12, as root)
 #   make run     boot the x86_64 kernel under QEMU (boards/x86_64-qemu): -smp 4 -m 512M, heap statistics
-#   make test    every test: the crate (with and without checks), the no_std builds, the bench crate,
+#   make test    every test: formatting (rustfmt), the crate (with and without checks), the no_std builds, the bench crate,
 #                a bench smoke run, and the QEMU scenarios of the kernel (qemu-tests)
 #   make demo    the hosted demo (examples/demo.rs: LinuxHeap as a program's global allocator)
 #   make bench   the allocator comparison (benches/); make bench-callgrind: instructions per pair
@@ -27,6 +27,10 @@ deps:
 		echo "make deps: rustup target add $(NOSTD_TARGET)"; \
 		rustup target add $(NOSTD_TARGET) || { echo "make deps: FAILED to add target $(NOSTD_TARGET)" >&2; exit 1; }; \
 	fi
+	@if ! $(CARGO) fmt --version >/dev/null 2>&1; then \
+		echo "make deps: rustup component add rustfmt"; \
+		rustup component add rustfmt || { echo "make deps: FAILED to add rustfmt" >&2; exit 1; }; \
+	fi
 	@if ! command -v qemu-system-x86_64 >/dev/null; then \
 		echo "make deps: installing qemu-system-x86"; \
 		export DEBIAN_FRONTEND=noninteractive; \
@@ -46,6 +50,8 @@ deps:
 PRELOAD_PKGS := gcc python3.11 libpython3.11-testsuite sqlite3 libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4 time
 
 test: deps
+	$(CARGO) fmt --all -- --check
+	cd $(BOARD) && $(CARGO) fmt --all -- --check
 	$(CARGO) test --features linux,checks
 	$(CARGO) test --release --features linux
 	$(CARGO) build --no-default-features --target $(NOSTD_TARGET) --lib
