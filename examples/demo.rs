@@ -55,7 +55,11 @@ fn worker(id: u64, rounds: usize, tx: mpsc::Sender<Vec<u64>>) -> u64 {
             let i = rng.below(boxes.len() as u64) as usize;
             let b = boxes.swap_remove(i);
             for (j, &x) in b.iter().enumerate() {
-                assert_eq!(x ^ (j as u64), b[0] ^ 0, "corrupted box");
+                assert_eq!(
+                    x ^ (j as u64),
+                    b[0],
+                    "corrupted box (element 0 holds the key)"
+                );
             }
         }
         heap.push(rng.below(1 << 20));

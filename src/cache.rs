@@ -205,7 +205,7 @@ impl CpuCache {
     /// Slot `i` of class `c`'s stack.
     #[inline(always)]
     fn slot(&self, c: usize, i: usize) -> &AtomicU64 {
-        debug_assert!(c >= 1 && c < NUM_CLASSES && i < capacity(c));
+        debug_assert!((1..NUM_CLASSES).contains(&c) && i < capacity(c));
         // SAFETY: `c` is a small class and `i < capacity(c)` (callers keep
         // `len <= capacity`), so the index is inside class `c`'s stack.
         unsafe { self.stacks.get_unchecked(STACK_AT[c] + 1 + i) }
@@ -348,8 +348,8 @@ impl CpuCache {
     /// [`CpuCache::all_stopped`].
     #[cfg(all(feature = "linux", target_arch = "x86_64"))]
     fn mark_stopped(&self) {
-        for c in 1..NUM_CLASSES {
-            self.stacks[STACK_AT[c]].fetch_or(STOP, Ordering::SeqCst);
+        for &at in &STACK_AT[1..NUM_CLASSES] {
+            self.stacks[at].fetch_or(STOP, Ordering::SeqCst);
         }
         let _ = self
             .tiny
@@ -376,8 +376,8 @@ impl CpuCache {
     /// allocation on that CPU retires the block, losing only its unused bytes.
     #[cfg(all(feature = "linux", target_arch = "x86_64"))]
     fn unmark_stopped(&self) {
-        for c in 1..NUM_CLASSES {
-            self.stacks[STACK_AT[c]].fetch_and(!STOP, Ordering::SeqCst);
+        for &at in &STACK_AT[1..NUM_CLASSES] {
+            self.stacks[at].fetch_and(!STOP, Ordering::SeqCst);
         }
         let _ = self
             .tiny

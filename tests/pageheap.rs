@@ -1287,7 +1287,7 @@ fn scavenge_across_arenas() {
     assert_eq!(h.dirty_pages(), 450);
     h.src.take_log();
     // Expected order: runs by address, highest first; 300 pages stop inside one.
-    holes.sort_by(|x, y| y.0.cmp(&x.0));
+    holes.sort_by_key(|h| core::cmp::Reverse(h.0));
     let mut want = Vec::new();
     let mut left = 300;
     for &(a, n) in &holes {

@@ -277,7 +277,7 @@ fn steady_churn_stops_releasing() {
     println!(
         "rebuild: {} KiB made Ready, {} KiB in use",
         readied >> 10,
-        h.inuse() * PAGE_BYTES >> 10
+        (h.inuse() * PAGE_BYTES) >> 10
     );
     assert!(
         readied <= h.inuse() * PAGE_BYTES / 8,
