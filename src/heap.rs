@@ -365,11 +365,11 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     fn alloc_tiny(&self, size: usize, align: usize) -> *mut u8 {
         let size = size.max(1);
         // Go's alignment rule, raised to the layout's.
-        let a = if size % 8 == 0 {
+        let a = if size.is_multiple_of(8) {
             8
-        } else if size % 4 == 0 {
+        } else if size.is_multiple_of(4) {
             4
-        } else if size % 2 == 0 {
+        } else if size.is_multiple_of(2) {
             2
         } else {
             1

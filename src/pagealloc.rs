@@ -242,11 +242,11 @@ impl ArenaPages {
     /// contents do not matter: every byte is written here.
     pub unsafe fn init(meta: NonNull<u8>, npages: usize) -> ArenaPages {
         assert!(
-            npages > 0 && npages % WORD_PAGES == 0 && npages <= MAX_NPAGES,
+            npages > 0 && npages.is_multiple_of(WORD_PAGES) && npages <= MAX_NPAGES,
             "pagealloc: arena of {npages} pages (must be a nonzero multiple of {WORD_PAGES}, at most {MAX_NPAGES})"
         );
         debug_assert!(
-            meta.as_ptr().addr() % META_ALIGN == 0,
+            meta.as_ptr().addr().is_multiple_of(META_ALIGN),
             "pagealloc: metadata block not {META_ALIGN}-aligned"
         );
         let nwords = npages / WORD_PAGES;

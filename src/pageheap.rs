@@ -931,7 +931,7 @@ impl PageHeap {
         let s = list
             .iter()
             .find(|&s| unsafe {
-                (*s).npages == npages && ((*s).start / PAGE_BYTES) % align_pages == 0
+                (*s).npages == npages && ((*s).start / PAGE_BYTES).is_multiple_of(align_pages)
             })
             .unwrap_or(null_mut());
         if s.is_null() {

@@ -704,7 +704,7 @@ mod tests {
                 let got = class_for(n, align);
                 assert_eq!(got, want, "size {n} align {align}");
                 if !got.is_large() {
-                    assert!(got.size() >= n && got.size() % align == 0);
+                    assert!(got.size() >= n && got.size().is_multiple_of(align));
                     assert!(got.min_align() >= align);
                 }
             }

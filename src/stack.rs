@@ -417,7 +417,7 @@ impl<X: RelaxStrategy> StackAlloc<X> {
                     && span.npages == STACK_SPAN_PAGES
                     && span.elemsize as usize == stack.size
                     && span.nelems > 1
-                    && (p as usize - span.start) % stack.size == 0;
+                    && (p as usize - span.start).is_multiple_of(stack.size);
                 assert!(
                     fits,
                     "tieralloc: free of stack {p:p} ({} B): not a stack of order {o} \

@@ -432,12 +432,15 @@ fn raw_global_alloc_calls() {
         ] {
             let l = Layout::from_size_align(size, align).unwrap();
             let p = alloc(l);
-            assert!(!p.is_null() && p as usize % align == 0, "{l:?} -> {p:p}");
+            assert!(
+                !p.is_null() && (p as usize).is_multiple_of(align),
+                "{l:?} -> {p:p}"
+            );
             p.write_bytes(0xEE, size);
             let mut cur = (p, l);
             for new in [size * 3 + 1, size / 2 + 1, 50_000, 12, 200_000, 33_000] {
                 let q = realloc(cur.0, cur.1, new);
-                assert!(!q.is_null() && q as usize % align == 0);
+                assert!(!q.is_null() && (q as usize).is_multiple_of(align));
                 let keep = cur.1.size().min(new);
                 assert!(
                     core::slice::from_raw_parts(q, keep)

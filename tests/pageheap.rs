@@ -101,11 +101,11 @@ impl<const ARENA: usize> Rec<ARENA> {
     /// lies in one range and is in one of `from`; returns the range index.
     fn find(st: &RecState, what: &str, addr: usize, bytes: usize, from: &[St]) -> usize {
         assert!(
-            addr % OS == 0,
+            addr.is_multiple_of(OS),
             "{what}({addr:#x}, {bytes:#x}): address not page aligned"
         );
         assert!(
-            bytes > 0 && bytes % OS == 0,
+            bytes > 0 && bytes.is_multiple_of(OS),
             "{what}({addr:#x}, {bytes:#x}): bad length"
         );
         let i = st
@@ -219,7 +219,7 @@ unsafe impl<const ARENA: usize> PageSource for Rec<ARENA> {
 
     fn reserve(&self, bytes: usize, align: usize) -> Option<NonNull<u8>> {
         assert!(
-            bytes > 0 && bytes % OS == 0,
+            bytes > 0 && bytes.is_multiple_of(OS),
             "reserve({bytes:#x}): bad length"
         );
         assert!(

@@ -124,7 +124,7 @@ fn stress(heap: &'static LinuxHeap, threads: usize, ops: usize) {
                 let mut r = Rng(0x1234_5678 + w as u64);
                 let mut live: Vec<Obj> = Vec::new();
                 for i in 0..ops {
-                    if live.len() < 200 || r.next() % 2 == 0 {
+                    if live.len() < 200 || r.next().is_multiple_of(2) {
                         let size = r.size();
                         let l = Layout::from_size_align(size, 8).unwrap();
                         let p = heap.allocate(l);

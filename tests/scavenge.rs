@@ -345,7 +345,7 @@ fn automatic_scavenger_bounds_dirty_memory() {
             free(&HEAP, o);
         }
         let st = check("churn");
-        if step % 64 == 0 {
+        if step.is_multiple_of(64) {
             check_rss("churn", &st);
         }
     }

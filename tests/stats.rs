@@ -63,11 +63,11 @@ fn page_round(n: usize) -> u64 {
 
 /// Go's tiny alignment rule (as documented in `heap.rs`), raised to the layout's.
 fn tiny_align(size: usize, align: usize) -> usize {
-    let a = if size % 8 == 0 {
+    let a = if size.is_multiple_of(8) {
         8
-    } else if size % 4 == 0 {
+    } else if size.is_multiple_of(4) {
         4
-    } else if size % 2 == 0 {
+    } else if size.is_multiple_of(2) {
         2
     } else {
         1
@@ -397,7 +397,7 @@ fn stats_are_exact_at_quiescence() {
     let mut k = 0usize;
     for round in 0..3 {
         for &(size, align) in &work {
-            alloc(h, &mut m, k % 7, size, align, (k + round) % 5 == 0);
+            alloc(h, &mut m, k % 7, size, align, (k + round).is_multiple_of(5));
             k += 1;
         }
         m.check(&h.stats(), &format!("after allocation round {round}"));

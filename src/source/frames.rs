@@ -270,7 +270,7 @@ impl<M, F> FrameSource<M, F> {
     /// As [`new`](Self::new); and if `config.flags` lacks `PRESENT | WRITABLE`.
     pub const fn with_config(window_start: u64, window_len: u64, config: Config) -> Self {
         assert!(
-            window_len > 0 && window_start % PAGE == 0 && window_len % PAGE == 0,
+            window_len > 0 && window_start.is_multiple_of(PAGE) && window_len.is_multiple_of(PAGE),
             "FrameSource: window must be non-empty and 4 KiB aligned"
         );
         let last = match window_start.checked_add(window_len - 1) {
