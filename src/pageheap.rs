@@ -721,16 +721,11 @@ impl PageHeap {
     ) -> Option<NonNull<Span>> {
         let rec = match self.spans.alloc(source) {
             Some(r) => r,
-            None if self.ncached > 0 => {
-                self.flush_large_cache(source);
-                self.spans.alloc(source)?
-            }
+            None if self.release_for_retry(source) => self.spans.alloc(source)?,
             None => return None,
         };
         let found = match self.alloc_pages(source, map, npages, align_pages) {
-            // Out of memory with idle large spans about: give them back and retry.
-            None if self.ncached > 0 => {
-                self.flush_large_cache(source);
+            None if self.release_for_retry(source) => {
                 self.alloc_pages(source, map, npages, align_pages)
             }
             r => r,
@@ -751,6 +746,18 @@ impl PageHeap {
             self.set_map(arena, start, npages, s);
         }
         Some(rec)
+    }
+
+    /// Out of memory: gives every idle large span back to the heap and releases
+    /// every dirty free page to the source, so that a retry can have the
+    /// source make Ready the pages it needs (a kernel's frames, a budget) from
+    /// memory the heap was only keeping for reuse. Returns whether anything was
+    /// given back (a retry can succeed).
+    fn release_for_retry<S: PageSource>(&mut self, source: &S) -> bool {
+        let had_cached = self.ncached > 0;
+        self.evict_all_cached();
+        let released = self.scavenge(source, usize::MAX);
+        had_cached || released > 0
     }
 
     /// Points the page map entries of `npages` pages at `span` (or null).

@@ -613,3 +613,56 @@ fn every_alignment_up_to_the_arena_size() {
         "{st}"
     );
 }
+
+/// Memory the heap only keeps for reuse never makes an allocation fail: with
+/// the budget spent on objects of one size, every other one freed (their pages
+/// stay dirty, kept by the scavenger for a rebuild) leaves holes too small for
+/// a bigger size; the heap then releases its dirty pages to the source and
+/// takes the pages it needs, instead of returning null.
+#[test]
+fn dirty_pages_are_given_back_before_failing() {
+    const MIB: usize = 1 << 20;
+    let heap = oom_heap!(24 * MIB);
+    heap.set_retain_bytes(usize::MAX); // keep every dirty page unless out of memory
+    let small = Layout::from_size_align(96 * 1024, 8).unwrap(); // 12 pages each
+    let (mut live, _) = fill_until_null(heap, || small);
+    assert!(live.len() >= 100, "{} objects", live.len());
+    // Free every other object: 12-page holes between live objects.
+    let mut kept = Vec::new();
+    for (i, o) in live.drain(..).enumerate() {
+        if i % 2 == 0 {
+            free_obj(heap, o);
+        } else {
+            kept.push(o);
+        }
+    }
+    let st = check(heap, &kept);
+    // Kept as dirty free pages or idle spans of the large-span cache.
+    assert!(
+        st.heap_idle - st.heap_released + st.cached_bytes >= 8 * MIB as u64,
+        "dirty holes kept:\n{st}"
+    );
+    // 200 KiB objects fit no hole; the budget is spent on the dirty holes.
+    let big = Layout::from_size_align(200 * 1024, 8).unwrap();
+    let mut got = 0;
+    for i in 0..10 {
+        let o = alloc_obj(heap, big, 0x70 + i).unwrap_or_else(|| {
+            panic!(
+                "allocation {i} of 200 KiB failed with dirty pages held\n{}",
+                heap.stats()
+            )
+        });
+        kept.push(o);
+        got += 1;
+    }
+    assert_eq!(got, 10);
+    let st = check(heap, &kept);
+    assert!(
+        st.heap_released > 0 && st.scavenged_total > 0,
+        "the dirty holes were released for the big objects:\n{st}"
+    );
+    for o in kept.drain(..) {
+        free_obj(heap, o);
+    }
+    check(heap, &[]);
+}
