@@ -453,9 +453,14 @@ impl Slabs {
         s
     }
 
-    /// Whether operations commit with restartable sequences.
+    /// Whether operations commit with restartable sequences (never without
+    /// the Linux x86-64 fast path compiled in, so kernels pay no check).
+    #[inline(always)]
     pub fn uses_rseq(&self) -> bool {
-        self.rseq
+        #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+        return self.rseq;
+        #[cfg(not(all(feature = "linux", target_arch = "x86_64")))]
+        return false;
     }
 
     /// Number of caches.
