@@ -7,7 +7,12 @@
 # statistics and a per-CPU summary are printed). Other scenarios: boot,
 # many_boxes, stress, oom (use MEM=48M), scavenge, guard, bench; with
 # FEATURES=checks also double_free and foreign_free. key=value words go to the
-# kernel command line (e.g. `rounds=1000`, `ops=100000`).
+# kernel command line (e.g. `rounds=1000`, `ops=100000`; for bench, `scale=N`
+# multiplies the time budgets and `only=WORDS` runs just the single-CPU
+# workloads whose name starts with WORDS, spaces as `_`: `only=churn_64`).
+#
+# Profiling the guest from the host: QEMU=<a wrapper adding -perfmap> under
+# `perf record` labels the JIT's samples with guest addresses (`guest-0x...`).
 #
 # Environment: SMP (4), MEM (512M), FEATURES (cargo features of the board:
 # checks, lla-heap), QEMU (qemu-system-x86_64), TIMEOUT (seconds, 300),
