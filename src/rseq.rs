@@ -92,6 +92,35 @@ macro_rules! rseq_enter {
     };
 }
 
+/// One section of the common shape, as `asm!`: [`rseq_enter!`] (the current
+/// CPU's stack word address in `{t}`), the body up to its commit store, label
+/// 6, [`rseq_cold!`], the failure exit (at label 5), [`rseq_end!`]; then the
+/// section's own operands and those every such section uses: the descriptor
+/// `d`, the rseq area offset `off` (the caller's variables, named first),
+/// scratch registers `t` and `w`, and the descriptor's field offsets.
+macro_rules! rseq_section {
+    ($d:ident, $off:ident; [$($body:tt)*]; fail: [$($fail:tt)*]; $($ops:tt)*) => {
+        asm!(
+            rseq_enter!(),
+            $($body)*
+            "6:",
+            rseq_cold!(),
+            $($fail)*
+            rseq_end!(),
+            $($ops)*
+            d = in(reg) $d,
+            off = in(reg) $off,
+            t = out(reg) _,
+            w = out(reg) _,
+            cpu = const RSEQ_CPU_ID,
+            count = const D_COUNT,
+            stride = const D_STRIDE,
+            word = const D_WORD,
+            options(nostack),
+        )
+    };
+}
+
 /// Opens the out-of-line part of a section (its own text section, off the hot
 /// path): the abort handler, preceded by the signature. The kernel checks
 /// that the 4 bytes before `abort_ip` (label 7) are `RSEQ_SIG` and has cleared
@@ -160,32 +189,24 @@ pub unsafe fn pop(d: *const ClassDesc) -> *mut u8 {
     // only reads the slabs, and writes one stack word of the current CPU's cache
     // as its commit.
     unsafe {
-        asm!(
-            rseq_enter!(),
-            "mov {w}, qword ptr [{t}]",
-            "movzx {p:e}, {w:x}",
-            "dec {p:e}",
-            "cmp {p:e}, dword ptr [{d} + {cap}]",
-            "jae 5f",
-            "mov {p}, qword ptr [{t} + {p} * 8 + 8]",
-            "add {w}, 0xffff",
-            "mov qword ptr [{t}], {w}",
-            "6:",
-            rseq_cold!(),
-            "xor {p:e}, {p:e}",
-            "jmp 6b",
-            rseq_end!(),
-            d = in(reg) d,
-            off = in(reg) off,
-            t = out(reg) _,
-            w = out(reg) _,
+        rseq_section!(
+            d, off;
+            [
+                "mov {w}, qword ptr [{t}]",
+                "movzx {p:e}, {w:x}",
+                "dec {p:e}",
+                "cmp {p:e}, dword ptr [{d} + {cap}]",
+                "jae 5f",
+                "mov {p}, qword ptr [{t} + {p} * 8 + 8]",
+                "add {w}, 0xffff",
+                "mov qword ptr [{t}], {w}",
+            ];
+            fail: [
+                "xor {p:e}, {p:e}",
+                "jmp 6b",
+            ];
             p = out(reg) p,
-            cpu = const RSEQ_CPU_ID,
-            count = const D_COUNT,
             cap = const D_CAP,
-            stride = const D_STRIDE,
-            word = const D_WORD,
-            options(nostack),
         );
     }
     p as *mut u8
@@ -204,32 +225,24 @@ pub unsafe fn push(d: *const ClassDesc, obj: *mut u8) -> bool {
     // until the commit store. The failure exit jumps straight to the caller's
     // slow path (the `label` operand).
     unsafe {
-        asm!(
-            rseq_enter!(),
-            "mov {w}, qword ptr [{t}]",
-            "movzx {n:e}, {w:x}",
-            "cmp {n:e}, dword ptr [{d} + {cap}]",
-            "jae 5f",
-            "mov qword ptr [{t} + {n} * 8 + 8], {obj}",
-            "inc {w}",
-            "mov qword ptr [{t}], {w}",
-            "6:",
-            rseq_cold!(),
-            "jmp {fail}",
-            rseq_end!(),
-            d = in(reg) d,
-            off = in(reg) off,
+        rseq_section!(
+            d, off;
+            [
+                "mov {w}, qword ptr [{t}]",
+                "movzx {n:e}, {w:x}",
+                "cmp {n:e}, dword ptr [{d} + {cap}]",
+                "jae 5f",
+                "mov qword ptr [{t} + {n} * 8 + 8], {obj}",
+                "inc {w}",
+                "mov qword ptr [{t}], {w}",
+            ];
+            fail: [
+                "jmp {fail}",
+            ];
             obj = in(reg) obj,
-            t = out(reg) _,
-            w = out(reg) _,
             n = out(reg) _,
-            cpu = const RSEQ_CPU_ID,
-            count = const D_COUNT,
             cap = const D_CAP,
-            stride = const D_STRIDE,
-            word = const D_WORD,
             fail = label { return false; },
-            options(nostack),
         );
     }
     true
@@ -248,48 +261,40 @@ pub unsafe fn push_batch(d: *const ClassDesc, src: *const *mut u8, n: usize) -> 
     // SAFETY: as in `push`: slots above the length are written first, then one
     // commit store publishes them.
     unsafe {
-        asm!(
-            rseq_enter!(),
-            "mov {w}, qword ptr [{t}]",
-            "movzx {i:e}, {w:x}",
-            "mov {k:e}, dword ptr [{d} + {cap}]",
-            "sub {k}, {i}",
-            "jbe 5f",
-            "cmp {k}, {n}",
-            "cmova {k}, {n}",
-            "test {k}, {k}",
-            "jz 5f",
-            "lea {x}, [{t} + {i} * 8 + 8]",
-            "xor {i:e}, {i:e}",
-            "9:",
-            "mov {y}, qword ptr [{src} + {i} * 8]",
-            "mov qword ptr [{x} + {i} * 8], {y}",
-            "inc {i}",
-            "cmp {i}, {k}",
-            "jb 9b",
-            "add {w}, {k}",
-            "mov qword ptr [{t}], {w}",
-            "6:",
-            rseq_cold!(),
-            "xor {k:e}, {k:e}",
-            "jmp 6b",
-            rseq_end!(),
-            d = in(reg) d,
-            off = in(reg) off,
+        rseq_section!(
+            d, off;
+            [
+                "mov {w}, qword ptr [{t}]",
+                "movzx {i:e}, {w:x}",
+                "mov {k:e}, dword ptr [{d} + {cap}]",
+                "sub {k}, {i}",
+                "jbe 5f",
+                "cmp {k}, {n}",
+                "cmova {k}, {n}",
+                "test {k}, {k}",
+                "jz 5f",
+                "lea {x}, [{t} + {i} * 8 + 8]",
+                "xor {i:e}, {i:e}",
+                "9:",
+                "mov {y}, qword ptr [{src} + {i} * 8]",
+                "mov qword ptr [{x} + {i} * 8], {y}",
+                "inc {i}",
+                "cmp {i}, {k}",
+                "jb 9b",
+                "add {w}, {k}",
+                "mov qword ptr [{t}], {w}",
+            ];
+            fail: [
+                "xor {k:e}, {k:e}",
+                "jmp 6b",
+            ];
             src = in(reg) src,
             n = in(reg) n,
-            t = out(reg) _,
-            w = out(reg) _,
             i = out(reg) _,
             k = out(reg) k,
             x = out(reg) _,
             y = out(reg) _,
-            cpu = const RSEQ_CPU_ID,
-            count = const D_COUNT,
             cap = const D_CAP,
-            stride = const D_STRIDE,
-            word = const D_WORD,
-            options(nostack),
         );
     }
     k
@@ -308,48 +313,40 @@ pub unsafe fn pop_batch(d: *const ClassDesc, dst: *mut *mut u8, n: usize) -> usi
     // SAFETY: as in `pop`: copying out is a read; the commit store shortens the stack.
     // If the section restarts, `dst` is simply written again.
     unsafe {
-        asm!(
-            rseq_enter!(),
-            "mov {w}, qword ptr [{t}]",
-            "movzx {k:e}, {w:x}",
-            "cmp {k:e}, dword ptr [{d} + {cap}]",
-            "ja 5f",
-            "cmp {k}, {n}",
-            "cmova {k}, {n}",
-            "test {k}, {k}",
-            "jz 5f",
-            "sub {w}, {k}",
-            "movzx {x:e}, {w:x}",
-            "lea {x}, [{t} + {x} * 8 + 8]",
-            "xor {i:e}, {i:e}",
-            "9:",
-            "mov {y}, qword ptr [{x} + {i} * 8]",
-            "mov qword ptr [{dst} + {i} * 8], {y}",
-            "inc {i}",
-            "cmp {i}, {k}",
-            "jb 9b",
-            "mov qword ptr [{t}], {w}",
-            "6:",
-            rseq_cold!(),
-            "xor {k:e}, {k:e}",
-            "jmp 6b",
-            rseq_end!(),
-            d = in(reg) d,
-            off = in(reg) off,
+        rseq_section!(
+            d, off;
+            [
+                "mov {w}, qword ptr [{t}]",
+                "movzx {k:e}, {w:x}",
+                "cmp {k:e}, dword ptr [{d} + {cap}]",
+                "ja 5f",
+                "cmp {k}, {n}",
+                "cmova {k}, {n}",
+                "test {k}, {k}",
+                "jz 5f",
+                "sub {w}, {k}",
+                "movzx {x:e}, {w:x}",
+                "lea {x}, [{t} + {x} * 8 + 8]",
+                "xor {i:e}, {i:e}",
+                "9:",
+                "mov {y}, qword ptr [{x} + {i} * 8]",
+                "mov qword ptr [{dst} + {i} * 8], {y}",
+                "inc {i}",
+                "cmp {i}, {k}",
+                "jb 9b",
+                "mov qword ptr [{t}], {w}",
+            ];
+            fail: [
+                "xor {k:e}, {k:e}",
+                "jmp 6b",
+            ];
             dst = in(reg) dst,
             n = in(reg) n,
-            t = out(reg) _,
-            w = out(reg) _,
             i = out(reg) _,
             k = out(reg) k,
             x = out(reg) _,
             y = out(reg) _,
-            cpu = const RSEQ_CPU_ID,
-            count = const D_COUNT,
             cap = const D_CAP,
-            stride = const D_STRIDE,
-            word = const D_WORD,
-            options(nostack),
         );
     }
     k
@@ -474,27 +471,19 @@ pub unsafe fn add(d: *const ClassDesc, field: usize, delta: u64) -> bool {
     let off = unsafe { (*d).rseq_off };
     // SAFETY: as in `pop`; the single store is the commit.
     unsafe {
-        asm!(
-            rseq_enter!(),
-            "mov {w}, qword ptr [{t} + {f}]",
-            "add {w}, {delta}",
-            "mov qword ptr [{t} + {f}], {w}",
-            "6:",
-            rseq_cold!(),
-            "jmp {fail}",
-            rseq_end!(),
-            d = in(reg) d,
-            off = in(reg) off,
+        rseq_section!(
+            d, off;
+            [
+                "mov {w}, qword ptr [{t} + {f}]",
+                "add {w}, {delta}",
+                "mov qword ptr [{t} + {f}], {w}",
+            ];
+            fail: [
+                "jmp {fail}",
+            ];
             f = in(reg) field,
             delta = in(reg) delta,
-            t = out(reg) _,
-            w = out(reg) _,
-            cpu = const RSEQ_CPU_ID,
-            count = const D_COUNT,
-            stride = const D_STRIDE,
-            word = const D_WORD,
             fail = label { return false; },
-            options(nostack),
         );
     }
     true
@@ -515,58 +504,50 @@ pub unsafe fn carve(d: *const ClassDesc, field: usize, size: usize, amask: usize
     let off = unsafe { (*d).rseq_off };
     // SAFETY: as in `pop`; the single store of the new tiny word is the commit.
     unsafe {
-        asm!(
-            rseq_enter!(),
-            "mov {w}, qword ptr [{t} + {f}]",
-            // off = ((w >> 48) & 31) rounded up to the alignment; end = off + size
-            "mov {o}, {w}",
-            "shr {o}, 48",
-            "and {o:e}, 31",
-            "add {o}, {amask}",
-            "mov {x}, {amask}",
-            "not {x}",
-            "and {o}, {x}",
-            "lea {x}, [{o} + {size}]",
-            "cmp {x}, {tiny}",
-            "ja 5f",
-            // block = sign-extended low 48 bits; none → fail
-            "mov {p}, {w}",
-            "shl {p}, 16",
-            "jz 5f",
-            "sar {p}, 16",
-            // new = (w & (2^48 - 1)) | end << 48 | (n + 1) << 56
-            "shl {x}, 48",
-            "shr {w}, 56",
-            "inc {w}",
-            "shl {w}, 56",
-            "or {w}, {x}",
-            "mov {x}, {p}",
-            "shl {x}, 16",
-            "shr {x}, 16",
-            "or {w}, {x}",
-            "add {p}, {o}",
-            "mov qword ptr [{t} + {f}], {w}",
-            "6:",
-            rseq_cold!(),
-            "xor {p:e}, {p:e}",
-            "jmp 6b",
-            rseq_end!(),
-            d = in(reg) d,
-            off = in(reg) off,
+        rseq_section!(
+            d, off;
+            [
+                "mov {w}, qword ptr [{t} + {f}]",
+                // off = ((w >> 48) & 31) rounded up to the alignment; end = off + size
+                "mov {o}, {w}",
+                "shr {o}, 48",
+                "and {o:e}, 31",
+                "add {o}, {amask}",
+                "mov {x}, {amask}",
+                "not {x}",
+                "and {o}, {x}",
+                "lea {x}, [{o} + {size}]",
+                "cmp {x}, {tiny}",
+                "ja 5f",
+                // block = sign-extended low 48 bits; none → fail
+                "mov {p}, {w}",
+                "shl {p}, 16",
+                "jz 5f",
+                "sar {p}, 16",
+                // new = (w & (2^48 - 1)) | end << 48 | (n + 1) << 56
+                "shl {x}, 48",
+                "shr {w}, 56",
+                "inc {w}",
+                "shl {w}, 56",
+                "or {w}, {x}",
+                "mov {x}, {p}",
+                "shl {x}, 16",
+                "shr {x}, 16",
+                "or {w}, {x}",
+                "add {p}, {o}",
+                "mov qword ptr [{t} + {f}], {w}",
+            ];
+            fail: [
+                "xor {p:e}, {p:e}",
+                "jmp 6b",
+            ];
             f = in(reg) field,
             size = in(reg) size,
             amask = in(reg) amask,
-            t = out(reg) _,
-            w = out(reg) _,
             o = out(reg) _,
             x = out(reg) _,
             p = out(reg) p,
-            cpu = const RSEQ_CPU_ID,
-            count = const D_COUNT,
-            stride = const D_STRIDE,
-            word = const D_WORD,
             tiny = const crate::TINY_SIZE,
-            options(nostack),
         );
     }
     p as *mut u8
