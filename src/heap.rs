@@ -5,7 +5,8 @@
 //! small (a size class, up to 32 KiB; larger alignments pick a class whose size is
 //! a multiple of the alignment) and large (whole pages from the page heap). The
 //! same function sorts `dealloc`'s layout, so a sized free finds its class with
-//! one table load and no page-map lookup.
+//! one table load and no page-map lookup (over [`PROMOTE_MIN`], one lookup tells
+//! an object that `realloc` promoted to a span of its own).
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{null_mut, NonNull};
@@ -26,6 +27,25 @@ use crate::span::SpanState;
 use crate::stack::{self, Stack, StackAlloc, StackCache, StackStats};
 use crate::stats::Stats;
 use crate::{MAX_SMALL_SIZE, PAGE_BYTES, TINY_SIZE};
+
+/// Objects that `realloc` grows past this size (16 KiB) move to a span of
+/// their own even while their size still has a class: they are *promoted*.
+/// Growing buffers (a doubling `Vec`, a C string built with `realloc`) then
+/// grow in place into free neighbouring pages instead of being copied at every
+/// class boundary up to 32 KiB and beyond, as jemalloc's page-granular extents
+/// above 16 KiB do. A promoted object's span is its class size in whole pages
+/// (at most a third more than the class), or an idle span of up to twice that
+/// from the large-span cache (`PageHeap::alloc_promoted`); it is freed,
+/// resized and reported by the large-object path. Because a sized free of a size over this
+/// threshold cannot know whether the object was promoted, it looks at the page
+/// map (one lookup, on objects of 16 KiB or more); smaller frees are unchanged.
+pub const PROMOTE_MIN: usize = 16 << 10;
+
+/// Pages of a promoted object of class `c`: its class size, rounded up to
+/// whole pages, so that every size of the class fits in place.
+fn promoted_pages(c: SizeClass) -> Option<usize> {
+    crate::pageheap::large_pages(c.size())
+}
 
 /// How a request is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -557,9 +577,32 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     pub unsafe fn deallocate(&self, p: *mut u8, layout: Layout) {
         match Kind::of(layout.size(), layout.align()) {
             Kind::Tiny => self.free_tiny(p),
+            // Sizes up to 1 KiB never get here: `Kind::of`'s first branch bounds
+            // them, so the compiler drops this test from the fast path.
+            Kind::Small(c) if layout.size() > PROMOTE_MIN => self.free_over_promote_min(p, c),
             Kind::Small(c) => self.free_small(p, c),
             Kind::Large => self.free_large(p),
         }
+    }
+
+    /// Frees `p` of class `c`, whose size is over [`PROMOTE_MIN`]: maybe promoted.
+    #[inline(never)]
+    fn free_over_promote_min(&self, p: *mut u8, c: SizeClass) {
+        if self.in_class_span(p) {
+            self.free_small(p, c)
+        } else {
+            self.free_large(p)
+        }
+    }
+
+    /// Whether `p`, an object whose size is over [`PROMOTE_MIN`], sits in a
+    /// span of its class (else `realloc` promoted it to a span of its own; a
+    /// foreign pointer or a double free also answers false, and the large
+    /// path reports it).
+    fn in_class_span(&self, p: *mut u8) -> bool {
+        // SAFETY: non-null page-map entries are live spans.
+        unsafe { self.map.span_of(p as usize).as_ref() }
+            .is_some_and(|s| s.state == SpanState::Small)
     }
 
     /// Allocates zeroed memory; large objects known to be fresh from the source are not written.
@@ -586,27 +629,42 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         }
     }
 
-    /// Resizes in place when the class does not change, or a large object's
-    /// pages can shrink or grow into free neighbours; otherwise moves.
+    /// Resizes in place when the class does not change, or an object with a
+    /// span of its own can shrink or grow its pages into free neighbours;
+    /// otherwise moves. An object that grows past [`PROMOTE_MIN`] moves to a
+    /// span of its own (it is *promoted*), so that later growth can happen in
+    /// place instead of copying at every class boundary.
     ///
     /// # Safety
     /// As [`GlobalAlloc::realloc`].
     pub unsafe fn reallocate(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let align = layout.align();
-        let (old, new) = (Kind::of(layout.size(), align), Kind::of(new_size, align));
-        match (old, new) {
-            (Kind::Small(a), Kind::Small(b)) if a == b => return p,
-            (Kind::Large, Kind::Large) => {
-                let s = self.large_span(p);
-                let Some(npages) = crate::pageheap::large_pages(new_size) else {
-                    return null_mut();
-                };
-                // SAFETY: the caller owns the object, so its span is live and ours.
-                if unsafe { self.pages.lock().resize_large(&self.source, s, npages) } {
-                    return p;
-                }
+        let (old_size, align) = (layout.size(), layout.align());
+        let (old, new) = (Kind::of(old_size, align), Kind::of(new_size, align));
+        // A promoted object's span holds its whole class (see `promoted_pages`).
+        if let (Kind::Small(a), Kind::Small(b)) = (old, new) {
+            if a == b {
+                return p;
             }
-            _ => {}
+        }
+        // The span the object has to itself: large, or promoted.
+        let own = match old {
+            Kind::Large => Some(self.large_span(p)),
+            Kind::Small(_) if old_size > PROMOTE_MIN && !self.in_class_span(p) => {
+                Some(self.large_span(p))
+            }
+            _ => None,
+        };
+        // Pages for the new size if it may keep a span of its own.
+        let pages = match new {
+            Kind::Large => crate::pageheap::large_pages(new_size),
+            Kind::Small(c) if new_size > PROMOTE_MIN => promoted_pages(c),
+            _ => None,
+        };
+        if let (Some(s), Some(npages)) = (own, pages) {
+            // SAFETY: the caller owns the object, so its span is live and ours.
+            if unsafe { self.pages.lock().resize_large(&self.source, s, npages) } {
+                return p;
+            }
         }
         // `Layout::from_size_align(new_size, align)` must hold (GlobalAlloc's
         // contract); an impossible size is refused, never allocated.
@@ -616,6 +674,17 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         // Each kind computed once: no `allocate`/`deallocate` re-sorting.
         let q = match new {
             Kind::Tiny => self.alloc_tiny(new_size, align),
+            // Growing past the threshold: promote (or, short of pages, take a
+            // class object if central still has one).
+            Kind::Small(c) if new_size > old_size && pages.is_some() => {
+                let s =
+                    (self.pages.lock()).alloc_promoted(&self.source, &self.map, c.size(), align);
+                match s {
+                    // SAFETY: a fresh large span, ours.
+                    Some(s) => unsafe { (*s.as_ptr()).start as *mut u8 },
+                    None => self.alloc_small(c),
+                }
+            }
             Kind::Small(c) => self.alloc_small(c),
             Kind::Large => self
                 .alloc_large(new_size, align)
@@ -625,12 +694,14 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             // SAFETY: both blocks are live, distinct, and at least this long;
             // `p` is the caller's object of kind `old`.
             unsafe {
-                core::ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
+                core::ptr::copy_nonoverlapping(p, q, old_size.min(new_size));
             }
-            match old {
-                Kind::Tiny => self.free_tiny(p),
-                Kind::Small(c) => self.free_small(p, c),
-                Kind::Large => self.free_large(p),
+            match (own, old) {
+                // SAFETY: the caller hands the object over; its span is ours.
+                (Some(s), _) => unsafe { self.pages.lock().free_large(&self.source, s) },
+                (None, Kind::Tiny) => self.free_tiny(p),
+                (None, Kind::Small(c)) => self.free_small(p, c),
+                (None, Kind::Large) => unreachable!("a large object has its own span"),
             }
         }
         q

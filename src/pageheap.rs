@@ -392,7 +392,7 @@ pub const fn large_pages(bytes: usize) -> Option<usize> {
 /// 1..=8, then jemalloc's spacing of four sizes per doubling (10, 12, 14, 16,
 /// 20, ... 128 pages), rounding up. A request takes only a span of exactly
 /// its page count from its class's list (spans resized by `realloc` may have
-/// other counts).
+/// other counts); a promotion may take one of up to twice its count.
 const fn cache_class(npages: usize) -> usize {
     if npages <= 8 {
         return npages;
@@ -903,7 +903,9 @@ impl PageHeap {
         done
     }
 
-    /// A large object's span: `bytes` rounded up to pages, aligned to `align`.
+    /// A span for a large object of `bytes` (`None` if the source is
+    /// exhausted): an idle span of exactly [`large_pages`] pages from the
+    /// large-span cache, else fresh pages. The object gets exactly that many.
     pub fn alloc_large<S: PageSource>(
         &mut self,
         source: &S,
@@ -913,8 +915,39 @@ impl PageHeap {
     ) -> Option<NonNull<Span>> {
         // A zero-byte object still gets (and is accounted as) one page.
         let npages = large_pages(bytes)?;
+        self.alloc_large_pages(source, map, npages, npages, align)
+    }
+
+    /// A span for an object of `bytes` that `realloc` promotes out of its
+    /// size class (see `heap::PROMOTE_MIN`): as [`alloc_large`](Self::alloc_large),
+    /// but an idle span of up to twice the pages is taken whole. A buffer
+    /// that grows is likely to grow again into that room; and a buffer
+    /// promoted, grown in place and freed (the pattern of a doubling `Vec`)
+    /// leaves an idle span of twice its promoted size, which would otherwise
+    /// serve no promotion and walk the heap up through fresh pages. The pages
+    /// were already held idle, so taking them keeps as much memory as before.
+    pub fn alloc_promoted<S: PageSource>(
+        &mut self,
+        source: &S,
+        map: &PageMap,
+        bytes: usize,
+        align: usize,
+    ) -> Option<NonNull<Span>> {
+        let npages = large_pages(bytes)?;
+        self.alloc_large_pages(source, map, npages, 2 * npages, align)
+    }
+
+    /// A large span of `npages` pages, or an idle one of up to `max` pages.
+    fn alloc_large_pages<S: PageSource>(
+        &mut self,
+        source: &S,
+        map: &PageMap,
+        npages: usize,
+        max: usize,
+        align: usize,
+    ) -> Option<NonNull<Span>> {
         let align_pages = (align / PAGE_BYTES).max(1);
-        let s = match self.take_cached(npages, align_pages) {
+        let s = match self.take_cached(npages, max, align_pages) {
             Some(s) => s,
             None => self.alloc_span(source, map, npages, align_pages, SpanState::Large)?,
         };
@@ -925,35 +958,67 @@ impl PageHeap {
         Some(s)
     }
 
-    /// The newest idle span of exactly `npages` pages whose start has the
-    /// alignment, made `Large` again (exact: a large object's size is
-    /// [`large_pages`] of its request, whichever way it is served). Searches
-    /// one class's list: a handful of spans.
-    fn take_cached(&mut self, npages: usize, align_pages: usize) -> Option<NonNull<Span>> {
+    /// The newest idle span of `npages..=max` pages whose start has the
+    /// alignment, made `Large` again; the fewest pages first. Searches the
+    /// lists of the classes from `npages` to `max`: each holds a handful of
+    /// spans, nearly all of its class's page count.
+    fn take_cached(
+        &mut self,
+        npages: usize,
+        max: usize,
+        align_pages: usize,
+    ) -> Option<NonNull<Span>> {
         if npages > LARGE_CACHE_MAX_SPAN_PAGES || self.ncached == 0 {
             return None;
         }
-        let list = &mut self.large_cache[large_cache_index(npages)];
-        // SAFETY: listed spans are live records.
-        let s = list
+        let max = max.min(LARGE_CACHE_MAX_SPAN_PAGES);
+        let fits = |s: *mut Span, hi: usize| {
+            // SAFETY: listed spans are live records.
+            let n = unsafe { (*s).npages };
+            n >= npages
+                && n <= hi
+                && (unsafe { (*s).start } / PAGE_BYTES).is_multiple_of(align_pages)
+        };
+        let first = large_cache_index(npages);
+        let mut s = self.large_cache[first]
             .iter()
-            .find(|&s| unsafe {
-                (*s).npages == npages && ((*s).start / PAGE_BYTES).is_multiple_of(align_pages)
-            })
+            .find(|&s| fits(s, npages))
             .unwrap_or(null_mut());
+        if s.is_null() && max > npages {
+            s = (first..=large_cache_index(max))
+                .find_map(|i| self.large_cache[i].iter().find(|&s| fits(s, max)))
+                .unwrap_or(null_mut());
+        }
         if s.is_null() {
             return None;
         }
-        // SAFETY: `s` is on this list; the record is live and ours again.
-        unsafe {
-            debug_assert!((*s).npages == npages);
-            list.remove(s);
+        // SAFETY: `s` is on its list; the record is live and ours again.
+        let got = unsafe {
+            let got = (*s).npages;
+            self.large_cache[large_cache_index(got)].remove(s);
             (*s).state = SpanState::Large;
             (*s).needzero = true;
-        }
+            got
+        };
         self.ncached -= 1;
-        self.cached_pages -= npages;
+        self.cached_pages -= got;
         NonNull::new(s)
+    }
+
+    /// Gives the pages of span `s` past its first `npages` back to the heap (no trim).
+    ///
+    /// # Safety
+    /// `s` is a live span of more than `npages` pages, owned by the caller.
+    unsafe fn cut_tail(&mut self, s: *mut Span, npages: usize) {
+        // SAFETY: live span and arena; the tail pages are ours.
+        unsafe {
+            let arena = (*s).arena.cast::<Arena>();
+            let (start, old) = ((*arena).page_of((*s).start), (*s).npages);
+            self.set_map(arena, start + npages, old - npages, null_mut());
+            self.free_pages((*arena).slot, start + npages, old - npages);
+            (*s).npages = npages;
+            (*s).elemsize = (npages * PAGE_BYTES).min(u32::MAX as usize) as u32;
+        }
     }
 
     /// Gives one idle span back to the heap (no trim): the newest of the size
@@ -1068,11 +1133,8 @@ impl PageHeap {
             return true;
         }
         if npages < old {
-            // SAFETY: the tail pages are ours.
-            unsafe { self.set_map(arena, start + npages, old - npages, null_mut()) };
-            self.free_pages(slot, start + npages, old - npages);
-            // SAFETY: live span.
-            unsafe { (*s).npages = npages };
+            // SAFETY: the caller's live span.
+            unsafe { self.cut_tail(s, npages) };
             self.large.live_bytes -= ((old - npages) * PAGE_BYTES) as u64;
             self.trim(source);
         } else {

@@ -11,8 +11,10 @@
 //! in both modes. The rest need feature `checks` and live in `mod with_checks`.
 //!
 //! What is *not* detected, by design:
-//! * without `checks`, any bad free of a small object (double free, foreign or
-//!   interior pointer, wrong class): it is pushed into a cache as is;
+//! * without `checks`, a bad free of a small object (double free, foreign or
+//!   interior pointer, wrong class) of up to 16 KiB (`PROMOTE_MIN`): it is
+//!   pushed into a cache as is (over 16 KiB a free that finds no span of its
+//!   class takes the validated large path);
 //! * a tiny object freed twice while its block is still the CPU's current block
 //!   (its live count still holds the bias, so the count stays positive), or while
 //!   another sub-object of the block is live (the count reaches 0 one free early
@@ -134,6 +136,29 @@ fn large_double_free() {
         &msg,
         &[&addr(p), "not a live object of this heap", "double free"],
     );
+    still_works(&HEAP);
+}
+
+/// An object that `realloc` promoted to a span of its own (over 16 KiB) is
+/// freed by the large path, which validates it in both modes: a double free
+/// and a foreign pointer freed with its size are reported.
+#[test]
+fn promoted_double_free_and_foreign_pointer() {
+    static HEAP: H2 = heap2();
+    let p = HEAP.allocate(lay(10_000));
+    assert!(!p.is_null());
+    let q = unsafe { HEAP.reallocate(p, lay(10_000), 20_000) };
+    assert!(!q.is_null());
+    unsafe { HEAP.deallocate(q, lay(20_000)) };
+    let msg = panic_message(|| unsafe { HEAP.deallocate(q, lay(20_000)) });
+    assert_names(
+        &msg,
+        &[&addr(q), "double free", "idle in the large-span cache"],
+    );
+    let x = [0u64; 4];
+    let f = x.as_ptr() as *mut u8;
+    let msg = panic_message(|| unsafe { HEAP.deallocate(f, lay(20_000)) });
+    assert_names(&msg, &[&addr(f), "not a live object of this heap"]);
     still_works(&HEAP);
 }
 

@@ -20,9 +20,12 @@ use core::alloc::Layout;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::{set_slot, slots_heap, Rng};
-use tieralloc::heap::Kind;
+use tieralloc::heap::{Kind, PROMOTE_MIN};
+use tieralloc::pageheap::large_pages;
 use tieralloc::sizeclass::{SizeClass, NUM_CLASSES};
-use tieralloc::{Cpu, Heap, LockedSlots, MmapSource, PageSource, MAX_SMALL_SIZE, TINY_SIZE};
+use tieralloc::{
+    Cpu, Heap, LockedSlots, MmapSource, PageSource, MAX_SMALL_SIZE, PAGE_BYTES, TINY_SIZE,
+};
 
 /// Operations per test; four tests make 1.2M per run.
 const OPS: usize = 300_000;
@@ -86,18 +89,40 @@ fn verify(p: *mut u8, size: usize, seed: u8, limit: usize, what: &dyn Fn() -> St
 
 // ----------------------------------------------------------------- model
 
-/// What a live object costs in `heap_alloc`: its class size, or its pages;
-/// `None` for a tiny object (counted through the shared 16-byte blocks).
-fn rounded(layout: Layout) -> Option<u64> {
-    (Kind::of(layout.size(), layout.align()) != Kind::Tiny).then(|| common::rounded(layout))
-}
-
-/// Index into `by_size` (0 = large), or `None` for tiny.
-fn class_index(layout: Layout) -> Option<usize> {
+/// What a live object costs in `heap_alloc`: its class size, or its pages
+/// (large, or promoted: `own` holds the promoted span's bytes); `None` for a
+/// tiny object (counted through the shared 16-byte blocks).
+fn rounded(layout: Layout, own: Option<u64>) -> Option<u64> {
     match Kind::of(layout.size(), layout.align()) {
         Kind::Tiny => None,
+        Kind::Small(_) if own.is_some() => own,
+        _ => Some(common::rounded(layout)),
+    }
+}
+
+/// Index into `by_size` (0 = large or promoted), or `None` for tiny.
+fn class_index(layout: Layout, own: bool) -> Option<usize> {
+    match Kind::of(layout.size(), layout.align()) {
+        Kind::Tiny => None,
+        Kind::Small(_) if own => Some(0),
         Kind::Small(c) => Some(c.index()),
         Kind::Large => Some(0),
+    }
+}
+
+/// Whether `realloc` of an object of `old` bytes (with a span of its own if
+/// `own`) to `new` bytes leaves it with a span of its own, when the object is
+/// small before and after: the rule of [`PROMOTE_MIN`], stated independently
+/// of how the heap gets there (in place or by moving).
+fn promoted_after(old: Layout, own: bool, new: usize) -> bool {
+    let (a, b) = (
+        Kind::of(old.size(), old.align()),
+        Kind::of(new, old.align()),
+    );
+    match (a, b) {
+        (Kind::Small(x), Kind::Small(y)) if x == y => own,
+        (_, Kind::Small(_)) if new > PROMOTE_MIN => own || a == Kind::Large || new > old.size(),
+        _ => false,
     }
 }
 
@@ -107,6 +132,9 @@ struct Obj {
     layout: Layout,
     seed: u8,
     id: u64,
+    /// A small-sized object with a span of its own (promoted by `realloc`):
+    /// the span's bytes.
+    own: Option<u64>,
 }
 
 struct Model {
@@ -152,16 +180,17 @@ impl Model {
             .expect("range of a live object");
     }
 
-    fn add(&mut self, p: *mut u8, layout: Layout, seed: u8) -> u64 {
+    fn add(&mut self, p: *mut u8, layout: Layout, seed: u8, own: Option<u64>) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         self.insert_range(p, layout.size(), id);
-        self.nontiny_bytes += rounded(layout).unwrap_or(0);
+        self.nontiny_bytes += rounded(layout, own).unwrap_or(0);
         self.live.push(Obj {
             p,
             layout,
             seed,
             id,
+            own,
         });
         id
     }
@@ -169,7 +198,7 @@ impl Model {
     fn take(&mut self, i: usize) -> Obj {
         let o = self.live.swap_remove(i);
         self.remove_range(o.p);
-        self.nontiny_bytes -= rounded(o.layout).unwrap_or(0);
+        self.nontiny_bytes -= rounded(o.layout, o.own).unwrap_or(0);
         o
     }
 }
@@ -246,8 +275,9 @@ struct Run<'a, C: Cpu> {
     m: Model,
     cpus: usize,
     ops: usize,
-    /// allocs, zeroed allocs, frees, reallocs (moved), reallocs (in place), scavenges.
-    counts: [u64; 6],
+    /// allocs, zeroed allocs, frees, reallocs (moved), reallocs (in place),
+    /// scavenges, promotions.
+    counts: [u64; 7],
     classes_seen: [bool; NUM_CLASSES],
     max_live: usize,
 }
@@ -300,12 +330,12 @@ impl<C: Cpu> Run<'_, C> {
             }
         }
         self.counts[zeroed as usize] += 1;
-        if let Some(c) = class_index(layout) {
+        if let Some(c) = class_index(layout, false) {
             self.classes_seen[c] = true;
         }
         let seed = self.rng.next() as u8;
         fill(p, layout.size(), seed);
-        self.m.add(p, layout, seed);
+        self.m.add(p, layout, seed, None);
     }
 
     fn free(&mut self) {
@@ -342,9 +372,30 @@ impl<C: Cpu> Run<'_, C> {
                 o.layout.align()
             )
         };
+        let own = promoted_after(o.layout, o.own.is_some(), new_size).then(|| {
+            let Kind::Small(c) = Kind::of(new_size, o.layout.align()) else {
+                unreachable!("promoted objects are small-sized")
+            };
+            let exact = (large_pages(c.size()).unwrap() * PAGE_BYTES) as u64;
+            if Kind::of(old, o.layout.align()) == Kind::Small(c) {
+                o.own.expect("the same class keeps the span")
+            } else if q == o.p {
+                exact
+            } else {
+                // A move takes the class's pages, or an idle span of up to twice as many.
+                let got = self.heap.try_usable_size(q).expect("a live object") as u64;
+                assert!(
+                    exact <= got && got <= 2 * exact,
+                    "{}: promoted into {got} bytes, class pages {exact}",
+                    what()
+                );
+                got
+            }
+        });
+        self.counts[6] += u64::from(own.is_some() && o.own.is_none());
         verify(q, old, o.seed, new_size, &what);
         fill(q, new_size, o.seed);
-        self.m.add(q, new_layout, o.seed);
+        self.m.add(q, new_layout, o.seed, own);
     }
 
     /// The heap's invariants and statistics against the model.
@@ -374,11 +425,11 @@ impl<C: Cpu> Run<'_, C> {
         let mut large_bytes = 0u64;
         let mut blocks = BTreeSet::new();
         for o in &self.m.live {
-            match class_index(o.layout) {
+            match class_index(o.layout, o.own.is_some()) {
                 Some(c) => {
                     by_class[c] += 1;
                     if c == 0 {
-                        large_bytes += rounded(o.layout).unwrap();
+                        large_bytes += rounded(o.layout, o.own).unwrap();
                     }
                 }
                 None => {
@@ -421,7 +472,7 @@ impl<C: Cpu> Run<'_, C> {
             .m
             .live
             .iter()
-            .filter(|o| class_index(o.layout).is_none())
+            .filter(|o| class_index(o.layout, o.own.is_some()).is_none())
             .map(|o| o.p as usize & !(TINY_SIZE - 1))
             .collect();
         assert_eq!(
@@ -466,9 +517,10 @@ impl<C: Cpu> Run<'_, C> {
         self.check();
         let c = self.counts;
         eprintln!(
-            "{} ops: {} allocs, {} zeroed, {} frees, {} reallocs moved, {} in place, {} scavenges; max live {}",
-            self.ops, c[0], c[1], c[2], c[3], c[4], c[5], self.max_live
+            "{} ops: {} allocs, {} zeroed, {} frees, {} reallocs moved, {} in place, {} promoted, {} scavenges; max live {}",
+            self.ops, c[0], c[1], c[2], c[3], c[4], c[6], c[5], self.max_live
         );
+        assert!(c[6] > 0, "no realloc promoted an object");
         eprintln!("{}", self.heap.stats());
         // Class 1 (8 bytes) is never used by the heap: a request under 16 bytes
         // is tiny when its alignment is at most 8, and needs a multiple of 16 otherwise.
@@ -517,7 +569,7 @@ fn shadow(heap: &'static TestHeap, seed: u64, cpus: usize) {
         m: Model::new(),
         cpus,
         ops: OPS,
-        counts: [0; 6],
+        counts: [0; 7],
         classes_seen: [false; NUM_CLASSES],
         max_live: 0,
     }

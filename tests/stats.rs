@@ -11,7 +11,7 @@ use core::alloc::Layout;
 use std::collections::HashMap;
 
 use common::slots_heap;
-use tieralloc::heap::Kind;
+use tieralloc::heap::{Kind, PROMOTE_MIN};
 use tieralloc::sizeclass::{SizeClass, NUM_CLASSES};
 use tieralloc::{Heap, LockedSlots, MmapSource, Stats, MAX_SMALL_SIZE, PAGE_BYTES, TINY_SIZE};
 
@@ -30,14 +30,47 @@ struct Live {
     p: usize,
     size: usize,
     align: usize,
+    /// Promoted by `realloc` to a span of its own (counted as large): the
+    /// span's bytes.
+    own: Option<u64>,
 }
 
 impl Live {
     fn layout(&self) -> Layout {
         Layout::from_size_align(self.size, self.align).unwrap()
     }
+    /// How the heap counts the object: a promoted one as large.
     fn kind(&self) -> Kind {
-        Kind::of(self.size, self.align)
+        match Kind::of(self.size, self.align) {
+            Kind::Small(_) if self.own.is_some() => Kind::Large,
+            k => k,
+        }
+    }
+    /// The size class of a small-sized object (promoted or not).
+    fn size_class(&self) -> Option<SizeClass> {
+        match Kind::of(self.size, self.align) {
+            Kind::Small(c) => Some(c),
+            _ => None,
+        }
+    }
+    /// A large or promoted object's accounted bytes: its pages.
+    fn large_bytes(&self) -> u64 {
+        match Kind::of(self.size, self.align) {
+            Kind::Small(_) if self.own.is_some() => self.own.unwrap(),
+            _ => page_round(self.size),
+        }
+    }
+    /// Whether `realloc` of `self` to `new` bytes leaves a small result with a
+    /// span of its own: the rule of [`PROMOTE_MIN`].
+    fn promoted_after(&self, new: usize) -> bool {
+        let (a, b) = (Kind::of(self.size, self.align), Kind::of(new, self.align));
+        match (a, b) {
+            (Kind::Small(x), Kind::Small(y)) if x == y => self.own.is_some(),
+            (_, Kind::Small(_)) if new > PROMOTE_MIN => {
+                self.own.is_some() || a == Kind::Large || new > self.size
+            }
+            _ => false,
+        }
     }
 }
 
@@ -127,7 +160,7 @@ impl Model {
             Kind::Small(c) => self.mallocs[c.index()] += 1,
             Kind::Large => {
                 self.mallocs[0] += 1;
-                self.large_bytes += page_round(o.size);
+                self.large_bytes += o.large_bytes();
             }
         }
     }
@@ -149,7 +182,7 @@ impl Model {
             Kind::Small(c) => self.frees[c.index()] += 1,
             Kind::Large => {
                 self.frees[0] += 1;
-                self.large_bytes -= page_round(o.size);
+                self.large_bytes -= o.large_bytes();
             }
         }
     }
@@ -222,7 +255,7 @@ impl Model {
             .live
             .iter()
             .filter(|o| o.kind() == Kind::Large)
-            .map(|o| page_round(o.size))
+            .map(|o| o.large_bytes())
             .sum();
         assert_eq!(large, self.large_bytes);
         assert_eq!(
@@ -268,6 +301,7 @@ fn alloc(h: &H, m: &mut Model, slot: usize, size: usize, align: usize, zeroed: b
         p: p as usize,
         size,
         align,
+        own: None,
     };
     m.on_alloc(slot % SLOTS, o);
     o
@@ -295,12 +329,36 @@ fn realloc(h: &H, m: &mut Model, slot: usize, idx: usize, new_size: usize) -> bo
         p: q,
         size: new_size,
         align: o.align,
+        own: None,
     };
+    // A promoted object's span: its class's pages when resized in place, or
+    // (moved) an idle span of up to twice as many.
+    let own = o
+        .promoted_after(new_size)
+        .then(|| match (o.kind(), Kind::of(new_size, o.align)) {
+            (Kind::Large, Kind::Small(c))
+                if q == o.p && o.own.is_some() && o.size_class() == Some(c) =>
+            {
+                o.own.unwrap()
+            }
+            (_, Kind::Small(c)) if q == o.p => page_round(c.size()),
+            (_, Kind::Small(c)) => {
+                let got = h.try_usable_size(q as *mut u8).unwrap() as u64;
+                let exact = page_round(c.size());
+                assert!(
+                    exact <= got && got <= 2 * exact,
+                    "promoted into {got} bytes, class pages {exact}"
+                );
+                got
+            }
+            _ => unreachable!("promoted objects are small-sized"),
+        });
+    let n = Live { own, ..n };
     if q == o.p {
         match (o.kind(), n.kind()) {
             (Kind::Small(a), Kind::Small(b)) => assert_eq!(a, b, "in place only within a class"),
             (Kind::Large, Kind::Large) => {
-                m.large_bytes = m.large_bytes - page_round(o.size) + page_round(new_size);
+                m.large_bytes = m.large_bytes - o.large_bytes() + n.large_bytes();
             }
             (a, b) => panic!("realloc {a:?} -> {b:?} stayed in place"),
         }

@@ -1,0 +1,256 @@
+//! Promotion: `realloc` that grows an object past `PROMOTE_MIN` (16 KiB) gives
+//! it a span of its own, so that it can keep growing in place; such an object
+//! is freed with its ordinary sized layout, answers `usable_size` with its
+//! pages, and shrinks in place while it stays over the threshold.
+#![cfg(feature = "linux")]
+
+mod common;
+
+use core::alloc::Layout;
+
+use common::single_cpu_heap;
+use tieralloc::heap::PROMOTE_MIN;
+use tieralloc::sizeclass::size_to_class;
+use tieralloc::{Heap, MmapSource, SingleCpu, PAGE_BYTES};
+
+type H1 = Heap<MmapSource, SingleCpu>;
+
+fn lay(size: usize) -> Layout {
+    Layout::from_size_align(size, 8).unwrap()
+}
+
+/// Fills `size` bytes at `p` with a pattern of `seed`.
+fn fill(p: *mut u8, size: usize, seed: u8) {
+    for i in 0..size {
+        // SAFETY: the caller's object has `size` bytes.
+        unsafe { *p.add(i) = seed ^ (i as u8) ^ ((i >> 8) as u8) };
+    }
+}
+
+/// Checks the pattern of [`fill`] on the first `size` bytes.
+fn check(p: *mut u8, size: usize, seed: u8) {
+    for i in 0..size {
+        // SAFETY: as in `fill`.
+        let got = unsafe { *p.add(i) };
+        assert_eq!(
+            got,
+            seed ^ (i as u8) ^ ((i >> 8) as u8),
+            "byte {i} of {p:p}"
+        );
+    }
+}
+
+/// A buffer doubling from 16 B to 1 MiB is copied at every class boundary up
+/// to the threshold, moves once into a span of its own, then grows in place.
+#[test]
+fn doubling_buffer_grows_in_place_once_promoted() {
+    static HEAP: H1 = single_cpu_heap();
+    let mut size = 16;
+    let mut p = HEAP.allocate(lay(size));
+    assert!(!p.is_null());
+    fill(p, size, 1);
+    let mut moves_after = 0;
+    while size < 1 << 20 {
+        // SAFETY: `p` is live with `size` bytes.
+        let q = unsafe { HEAP.reallocate(p, lay(size), size * 2) };
+        assert!(!q.is_null());
+        check(q, size, 1);
+        if size * 2 > PROMOTE_MIN {
+            let promoted_now = size <= PROMOTE_MIN;
+            if !promoted_now && q != p {
+                moves_after += 1;
+            }
+            assert_eq!(
+                HEAP.try_usable_size(q),
+                Some(tieralloc::pageheap::large_pages(size * 2).unwrap() * PAGE_BYTES),
+                "{} bytes have a span of their own",
+                size * 2
+            );
+        }
+        size *= 2;
+        p = q;
+        fill(p, size, 1);
+    }
+    assert_eq!(
+        moves_after, 0,
+        "nothing stands after the span in a fresh heap"
+    );
+    let st = HEAP.stats();
+    assert_eq!(st.large_alloc, 1 << 20, "{st}");
+    // SAFETY: live with `size` bytes.
+    unsafe { HEAP.deallocate(p, lay(size)) };
+    let st = HEAP.stats();
+    assert_eq!(st.large_alloc, 0, "{st}");
+    assert_eq!(st.mallocs, st.frees, "{st}");
+    HEAP.check_invariants();
+}
+
+/// A promoted object keeps its class sizes in place, shrinks in place while
+/// over the threshold, is freed with any layout of its size, and moves back
+/// into a class below the threshold.
+#[test]
+fn promoted_object_resizes_and_frees_by_its_layout() {
+    static HEAP: H1 = single_cpu_heap();
+    let p = HEAP.allocate(lay(10_000));
+    assert!(!p.is_null());
+    fill(p, 10_000, 2);
+    assert_eq!(HEAP.try_usable_size(p), Some(size_to_class(10_000).size()));
+    // SAFETY: live with 10,000 bytes.
+    let q = unsafe { HEAP.reallocate(p, lay(10_000), 20_000) };
+    assert!(!q.is_null() && q != p, "promotion moves the object");
+    check(q, 10_000, 2);
+    let pages = 3; // class 20480, in whole pages
+    assert_eq!(HEAP.try_usable_size(q), Some(pages * PAGE_BYTES));
+    assert_eq!(HEAP.stats().large_alloc, (pages * PAGE_BYTES) as u64);
+    fill(q, 20_000, 3);
+    // Same class: in place. Another class over the threshold: in place, span trimmed.
+    // SAFETY: live with 20,000 bytes.
+    assert_eq!(unsafe { HEAP.reallocate(q, lay(20_000), 20_400) }, q);
+    // SAFETY: live with 20,400 bytes.
+    assert_eq!(unsafe { HEAP.reallocate(q, lay(20_400), 17_000) }, q);
+    assert_eq!(
+        HEAP.try_usable_size(q),
+        Some(3 * PAGE_BYTES),
+        "class 18432 in whole pages"
+    );
+    // SAFETY: live with 17,000 bytes.
+    let r = unsafe { HEAP.reallocate(q, lay(17_000), 16_400) };
+    assert_eq!(r, q, "16,400 bytes are still over the threshold");
+    assert_eq!(HEAP.try_usable_size(q), Some(3 * PAGE_BYTES));
+    check(q, 16_400, 3);
+    // Below the threshold the object goes back to a class.
+    // SAFETY: live with 16,400 bytes.
+    let s = unsafe { HEAP.reallocate(q, lay(16_400), 9_000) };
+    assert!(!s.is_null() && s != q);
+    check(s, 9_000, 3);
+    assert_eq!(HEAP.try_usable_size(s), Some(size_to_class(9_000).size()));
+    assert_eq!(HEAP.stats().large_alloc, 0, "the span went back");
+    // SAFETY: live with 9,000 bytes.
+    unsafe { HEAP.deallocate(s, lay(9_000)) };
+    // A promoted object freed by its sized layout.
+    let a = HEAP.allocate(lay(12_000));
+    // SAFETY: live with 12,000 bytes.
+    let b = unsafe { HEAP.reallocate(a, lay(12_000), 30_000) };
+    assert!(!b.is_null());
+    assert_eq!(HEAP.try_usable_size(b), Some(4 * PAGE_BYTES));
+    // SAFETY: live with 30,000 bytes.
+    unsafe { HEAP.deallocate(b, lay(30_000)) };
+    let st = HEAP.stats();
+    assert_eq!(st.heap_alloc, 0, "{st}");
+    assert_eq!(st.mallocs, st.frees, "{st}");
+    HEAP.check_invariants();
+}
+
+/// A large object shrinks in place to a size over the threshold (a class size
+/// no longer needs a move); a class object that shrinks stays in its class.
+#[test]
+fn shrinking_keeps_the_span_or_the_class() {
+    static HEAP: H1 = single_cpu_heap();
+    let big = HEAP.allocate(lay(100_000));
+    assert!(!big.is_null());
+    fill(big, 100_000, 4);
+    // SAFETY: live with 100,000 bytes.
+    let p = unsafe { HEAP.reallocate(big, lay(100_000), 20_000) };
+    assert_eq!(p, big, "shrunk in place");
+    check(p, 20_000, 4);
+    assert_eq!(HEAP.try_usable_size(p), Some(3 * PAGE_BYTES));
+    // A class object over the threshold that shrinks is not promoted.
+    let c = HEAP.allocate(lay(32_000));
+    fill(c, 32_000, 5);
+    // SAFETY: live with 32,000 bytes.
+    let d = unsafe { HEAP.reallocate(c, lay(32_000), 20_000) };
+    assert!(!d.is_null() && d != c);
+    check(d, 20_000, 5);
+    assert_eq!(HEAP.try_usable_size(d), Some(size_to_class(20_000).size()));
+    // SAFETY: live with these layouts.
+    unsafe {
+        HEAP.deallocate(p, lay(20_000));
+        HEAP.deallocate(d, lay(20_000));
+    }
+    let st = HEAP.stats();
+    assert_eq!(st.heap_alloc, 0, "{st}");
+    assert_eq!(st.mallocs, st.frees, "{st}");
+    HEAP.check_invariants();
+}
+
+/// Threads grow, shrink and free buffers across the threshold concurrently;
+/// every byte is checked.
+#[test]
+fn concurrent_growth_across_the_threshold() {
+    static HEAP: Heap<MmapSource, tieralloc::LockedSlots<2>> = common::slots_heap();
+    std::thread::scope(|s| {
+        for t in 0..4usize {
+            s.spawn(move || {
+                common::set_slot(t % 2);
+                let mut rng = common::Rng::new(t as u64 + 7);
+                for round in 0..200 {
+                    let seed = (round + t) as u8;
+                    let mut size = rng.range(1, 4096);
+                    let mut p = HEAP.allocate(lay(size));
+                    assert!(!p.is_null());
+                    fill(p, size, seed);
+                    for _ in 0..6 {
+                        let new = rng.range(size / 2 + 1, size * 3).min(200_000);
+                        // SAFETY: live with `size` bytes.
+                        let q = unsafe { HEAP.reallocate(p, lay(size), new) };
+                        assert!(!q.is_null());
+                        check(q, size.min(new), seed);
+                        fill(q, new, seed);
+                        (p, size) = (q, new);
+                    }
+                    // SAFETY: live with `size` bytes.
+                    unsafe { HEAP.deallocate(p, lay(size)) };
+                }
+            });
+        }
+    });
+    let st = HEAP.stats();
+    assert_eq!(st.mallocs, st.frees, "{st}");
+    assert_eq!(st.large_alloc, 0, "{st}");
+    HEAP.check_invariants();
+}
+
+/// The pattern of a doubling `Vec` freed and rebuilt: each build is promoted at
+/// 32 KiB and grows in place to 64 KiB, so it frees an idle span of 64 KiB.
+/// The next promotion takes that span whole (up to twice its pages), so the
+/// next growth to 64 KiB needs no page-heap work and the heap stays put
+/// instead of walking up through fresh pages.
+#[test]
+fn rebuilt_buffer_reuses_the_span_it_grew_into() {
+    static HEAP: H1 = single_cpu_heap();
+    let build = || {
+        let mut size = 16;
+        let mut p = HEAP.allocate(lay(size));
+        assert!(!p.is_null());
+        fill(p, size, 6);
+        let mut promoted = (core::ptr::null_mut(), 0);
+        while size < 64 << 10 {
+            // SAFETY: `p` is live with `size` bytes.
+            let q = unsafe { HEAP.reallocate(p, lay(size), size * 2) };
+            assert!(!q.is_null());
+            check(q, size.min(4096), 6);
+            fill(q, (size * 2).min(4096), 6);
+            if size == 16 << 10 {
+                promoted = (q, HEAP.try_usable_size(q).unwrap());
+            }
+            (p, size) = (q, size * 2);
+        }
+        // SAFETY: live with 64 KiB.
+        unsafe { HEAP.deallocate(p, lay(size)) };
+        (promoted, p)
+    };
+    let ((first, usable), end) = build();
+    assert_eq!(usable, 4 * PAGE_BYTES, "a fresh heap promotes into 32 KiB");
+    assert_eq!(end, first, "and grows in place");
+    let inuse = HEAP.stats().heap_inuse;
+    for _ in 0..50 {
+        let ((p, usable), end) = build();
+        assert_eq!(p, first, "the idle span is reused");
+        assert_eq!(usable, 8 * PAGE_BYTES, "taken whole");
+        assert_eq!(end, p);
+    }
+    let st = HEAP.stats();
+    assert_eq!(st.heap_inuse, inuse, "no new pages:\n{st}");
+    assert_eq!(st.mallocs, st.frees, "{st}");
+    HEAP.check_invariants();
+}
