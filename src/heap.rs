@@ -654,6 +654,61 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             }
             _ => None,
         };
+        // SAFETY: forwarded from the caller; `old` and `own` describe `p`.
+        unsafe { self.resize_or_move(p, old_size, old, own, new_size, new, align) }
+    }
+
+    /// Resizes `p` without its layout (C's `realloc`), finding what it is
+    /// through the page map as [`Heap::deallocate_unsized`] does: a class
+    /// object (old size: its class size) or an object with a span of its own
+    /// (its span's bytes). Otherwise as [`Heap::reallocate`], with the new
+    /// layout `(new_size, align)`.
+    ///
+    /// # Safety
+    /// `p` is a live, non-tiny object of this heap; `(new_size, align)` is a
+    /// valid layout. On success `p` must not be used again.
+    pub unsafe fn reallocate_unsized(&self, p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+        let new = Kind::of(new_size, align);
+        // SAFETY: non-null page-map entries are live spans.
+        match unsafe { self.map.span_of(p as usize).as_ref() } {
+            Some(span) if span.state == SpanState::Small => {
+                let c = span.class;
+                if new == Kind::Small(c) {
+                    return p;
+                }
+                // SAFETY: the caller's live object of class `c`.
+                unsafe {
+                    self.resize_or_move(p, c.size(), Kind::Small(c), None, new_size, new, align)
+                }
+            }
+            _ => {
+                // A span of its own, or not an object (reported here).
+                let s = self.large_span(p);
+                // SAFETY: a live large span (checked), the caller's.
+                let bytes = unsafe { (*s.as_ptr()).npages } * PAGE_BYTES;
+                // SAFETY: the caller's object, with its span.
+                unsafe { self.resize_or_move(p, bytes, Kind::Large, Some(s), new_size, new, align) }
+            }
+        }
+    }
+
+    /// The common part of `realloc`: `p` holds `old_size` bytes, sorts as
+    /// `old`, and has span `own` to itself if it is large or promoted.
+    ///
+    /// # Safety
+    /// As [`GlobalAlloc::realloc`], with `old`/`own` true of `p` and `new`
+    /// sorting `(new_size, align)`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn resize_or_move(
+        &self,
+        p: *mut u8,
+        old_size: usize,
+        old: Kind,
+        own: Option<NonNull<crate::span::Span>>,
+        new_size: usize,
+        new: Kind,
+        align: usize,
+    ) -> *mut u8 {
         // Pages for the new size if it may keep a span of its own.
         let pages = match new {
             Kind::Large => crate::pageheap::large_pages(new_size),

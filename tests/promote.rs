@@ -254,3 +254,56 @@ fn rebuilt_buffer_reuses_the_span_it_grew_into() {
     assert_eq!(st.mallocs, st.frees, "{st}");
     HEAP.check_invariants();
 }
+
+/// C's `realloc` path (`reallocate_unsized`): the page map, not a layout, says
+/// what the object is, so an over-aligned large object of one page (whose
+/// usable size looks like a class size), a class object and a promoted
+/// object all resize correctly; a pointer that is no object is reported.
+#[test]
+fn unsized_realloc_finds_the_object_by_the_page_map() {
+    static HEAP: H1 = single_cpu_heap();
+    // One page, its own span: 8 KiB usable, the size of a class.
+    let big_align = Layout::from_size_align(100, 64 << 10).unwrap();
+    let a = HEAP.allocate(big_align);
+    assert!(!a.is_null() && a as usize % (64 << 10) == 0);
+    assert_eq!(HEAP.try_usable_size(a), Some(PAGE_BYTES));
+    fill(a, 100, 7);
+    // SAFETY: a live non-tiny object; (20,000, 8) is a layout.
+    let b = unsafe { HEAP.reallocate_unsized(a, 20_000, 8) };
+    assert!(!b.is_null());
+    check(b, 100, 7);
+    assert_eq!(
+        HEAP.try_usable_size(b),
+        Some(3 * PAGE_BYTES),
+        "grown in place"
+    );
+    // Shrunk under the threshold: moved into a class, the span freed.
+    // SAFETY: as above.
+    let c = unsafe { HEAP.reallocate_unsized(b, 3_000, 8) };
+    assert!(!c.is_null() && c != b);
+    check(c, 100, 7);
+    assert_eq!(HEAP.try_usable_size(c), Some(size_to_class(3_000).size()));
+    // Within its class: in place. Past the threshold: promoted.
+    // SAFETY: as above.
+    assert_eq!(unsafe { HEAP.reallocate_unsized(c, 2_900, 8) }, c);
+    // SAFETY: as above.
+    let d = unsafe { HEAP.reallocate_unsized(c, 17_000, 8) };
+    assert!(!d.is_null());
+    check(d, 100, 7);
+    assert!(HEAP.try_usable_size(d).unwrap() >= 3 * PAGE_BYTES);
+    // SAFETY: a live object.
+    unsafe { HEAP.deallocate_unsized(d) };
+    let st = HEAP.stats();
+    assert_eq!(st.heap_alloc, 0, "{st}");
+    assert_eq!(st.mallocs, st.frees, "{st}");
+    HEAP.check_invariants();
+    // Freed: reported with the address.
+    let err = std::panic::catch_unwind(|| {
+        // SAFETY: deliberately bad; the heap reports it before touching anything.
+        unsafe { HEAP.reallocate_unsized(d, 40_000, 8) }
+    })
+    .expect_err("a freed object is reported");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains(&format!("{d:p}")), "{msg}");
+    HEAP.check_invariants();
+}

@@ -9,7 +9,7 @@
 //! | `malloc(n)` | 16-byte aligned (`max_align_t`); `malloc(0)` is a unique pointer; ENOMEM + NULL on failure |
 //! | `free(p)` | unsized: the span is found through the page map; NULL is a no-op; a pointer this heap never returned aborts with its address |
 //! | `calloc(n, m)` | overflow of `n * m` fails with ENOMEM; fresh large spans are not rewritten |
-//! | `realloc(p, n)` | `realloc(NULL, n)` = `malloc(n)`; `realloc(p, 0)` frees `p` and returns NULL; on failure `p` is untouched |
+//! | `realloc(p, n)` | `realloc(NULL, n)` = `malloc(n)`; `realloc(p, 0)` frees `p` and returns NULL; on failure `p` is untouched; a small object shrinks in place while it would use at least half its slot; growth goes through the core's unsized `realloc` (past 16 KiB the buffer gets a span of its own and grows in place when the pages after it are free) |
 //! | `reallocarray(p, n, m)` | `realloc` with an overflow check |
 //! | `posix_memalign(&p, a, n)` | EINVAL unless `a` is a power of two multiple of `sizeof(void *)`; ENOMEM on failure |
 //! | `aligned_alloc(a, n)` | C17/DR 460 (and glibc 2.38+): EINVAL + NULL unless `a` is a power of two |
@@ -298,14 +298,14 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
         return enomem();
     };
     let want = new.size();
-    if old > MAX_SMALL_SIZE {
-        // A large object (a span of its own): the core resizes its pages in
-        // place when it can (shrinking frees the tail, growing takes free
-        // following pages), else moves. `old` is its span size, so the layout
-        // sorts as large, like the object.
-        // SAFETY: a live large object of `old` bytes; `want` fits a Layout.
-        let q =
-            unsafe { HEAP.reallocate(p.cast(), Layout::from_size_align_unchecked(old, 8), want) };
+    if old > MAX_SMALL_SIZE || want > old {
+        // A large object (a span of its own), or any growth: the core resizes
+        // a span in place when it can (shrinking frees the tail, growing takes
+        // free following pages), promotes a small object growing past 16 KiB
+        // to a span of its own, else moves; the page map says which the
+        // object is.
+        // SAFETY: a live, non-tiny object (C objects never are); `new` is a Layout.
+        let q = unsafe { HEAP.reallocate_unsized(p.cast(), want, new.align()) };
         if q.is_null() {
             return enomem();
         }

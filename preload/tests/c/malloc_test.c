@@ -200,6 +200,24 @@ static void test_realloc(void) {
     CHECK(holds(p, 1 << 20, 4));
     free(p);
 
+    /* A buffer built by small reallocs (a string builder). Past 16 KiB it moves
+       to a span of its own and then grows in place into the free pages after
+       it, so it is rarely copied again, not at every size class. */
+    unsigned char *sb = NULL;
+    size_t sb_len = 0, sb_moves = 0;
+    for (size_t n = 61; n <= 200000; n += 61) {
+        unsigned char *q = realloc(sb, n);
+        CHECK(q && malloc_usable_size(q) >= n);
+        if (sb && q != sb && sb_len > 16384) sb_moves++;
+        for (size_t i = sb_len; i < n; i++) q[i] = (unsigned char)(7 + i * 31u);
+        sb = q;
+        sb_len = n;
+    }
+    CHECK(holds(sb, sb_len, 7));
+    if (sb_moves > 2) fprintf(stderr, "malloc_test: string builder moved %zu times past 16 KiB\n", sb_moves);
+    CHECK(sb_moves <= 2); /* copied at each of the 8 classes from 16 to 32 KiB before */
+    free(sb);
+
     /* A large object grows in place into free pages, or moves; either way contents stay. */
     unsigned char *a = malloc(100000);
     CHECK(a);
