@@ -28,8 +28,9 @@ use crate::stack::{self, Stack, StackAlloc, StackCache, StackStats};
 use crate::stats::Stats;
 use crate::{MAX_SMALL_SIZE, PAGE_BYTES, TINY_SIZE};
 
-/// Objects that `realloc` grows past this size (16 KiB) move to a span of
-/// their own even while their size still has a class: they are *promoted*.
+/// Objects that `realloc` grows past this size (16 KiB), by at most twice
+/// their size, move to a span of their own even while their size still has a
+/// class: they are *promoted*.
 /// Growing buffers (a doubling `Vec`, a C string built with `realloc`) then
 /// grow in place into free neighbouring pages instead of being copied at every
 /// class boundary up to 32 KiB and beyond, as jemalloc's page-granular extents
@@ -729,9 +730,13 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         // Each kind computed once: no `allocate`/`deallocate` re-sorting.
         let q = match new {
             Kind::Tiny => self.alloc_tiny(new_size, align),
-            // Growing past the threshold: promote (or, short of pages, take a
-            // class object if central still has one).
-            Kind::Small(c) if new_size > old_size && pages.is_some() => {
+            // Growing past the threshold by at most twice, as buffers grow
+            // (a doubling `Vec`, appends): promote (or, short of pages, take a
+            // class object if central still has one). A jump from a much
+            // smaller object is not taken for a growing buffer.
+            Kind::Small(c)
+                if new_size > old_size && new_size / 2 <= old_size && pages.is_some() =>
+            {
                 let s =
                     (self.pages.lock()).alloc_promoted(&self.source, &self.map, c.size(), align);
                 match s {

@@ -920,12 +920,14 @@ impl PageHeap {
 
     /// A span for an object of `bytes` that `realloc` promotes out of its
     /// size class (see `heap::PROMOTE_MIN`): as [`alloc_large`](Self::alloc_large),
-    /// but an idle span of up to twice the pages is taken whole. A buffer
-    /// that grows is likely to grow again into that room; and a buffer
-    /// promoted, grown in place and freed (the pattern of a doubling `Vec`)
-    /// leaves an idle span of twice its promoted size, which would otherwise
-    /// serve no promotion and walk the heap up through fresh pages. The pages
-    /// were already held idle, so taking them keeps as much memory as before.
+    /// but the idle span taken is the largest of up to twice the pages, whole.
+    /// A buffer that grows is likely to grow again into that room, where a
+    /// span of its exact size may have a live neighbour (then every rebuild
+    /// of the buffer would be copied twice); and a buffer promoted, grown in
+    /// place and freed (the pattern of a doubling `Vec`) leaves an idle span
+    /// of twice its promoted size, which would otherwise serve no promotion
+    /// and walk the heap up through fresh pages. The pages were already held
+    /// idle, so taking them keeps as much memory as before.
     pub fn alloc_promoted<S: PageSource>(
         &mut self,
         source: &S,
@@ -937,7 +939,8 @@ impl PageHeap {
         self.alloc_large_pages(source, map, npages, 2 * npages, align)
     }
 
-    /// A large span of `npages` pages, or an idle one of up to `max` pages.
+    /// A large span of `npages` pages, or an idle one of up to `max` pages
+    /// (the largest such).
     fn alloc_large_pages<S: PageSource>(
         &mut self,
         source: &S,
@@ -958,10 +961,11 @@ impl PageHeap {
         Some(s)
     }
 
-    /// The newest idle span of `npages..=max` pages whose start has the
-    /// alignment, made `Large` again; the fewest pages first. Searches the
-    /// lists of the classes from `npages` to `max`: each holds a handful of
-    /// spans, nearly all of its class's page count.
+    /// The newest idle span of exactly `npages` pages (`max == npages`), or
+    /// else of the most pages up to `max`, whose start has the alignment,
+    /// made `Large` again. Searches the lists of the classes from `max` down
+    /// to `npages`: each holds a handful of spans, nearly all of its class's
+    /// page count.
     fn take_cached(
         &mut self,
         npages: usize,
@@ -979,16 +983,10 @@ impl PageHeap {
                 && n <= hi
                 && (unsafe { (*s).start } / PAGE_BYTES).is_multiple_of(align_pages)
         };
-        let first = large_cache_index(npages);
-        let mut s = self.large_cache[first]
-            .iter()
-            .find(|&s| fits(s, npages))
+        let s = (large_cache_index(npages)..=large_cache_index(max))
+            .rev()
+            .find_map(|i| self.large_cache[i].iter().find(|&s| fits(s, max)))
             .unwrap_or(null_mut());
-        if s.is_null() && max > npages {
-            s = (first..=large_cache_index(max))
-                .find_map(|i| self.large_cache[i].iter().find(|&s| fits(s, max)))
-                .unwrap_or(null_mut());
-        }
         if s.is_null() {
             return None;
         }

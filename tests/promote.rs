@@ -1,5 +1,5 @@
-//! Promotion: `realloc` that grows an object past `PROMOTE_MIN` (16 KiB) gives
-//! it a span of its own, so that it can keep growing in place; such an object
+//! Promotion: `realloc` that grows an object past `PROMOTE_MIN` (16 KiB), by at
+//! most twice its size, gives it a span of its own, so that it can keep growing in place; such an object
 //! is freed with its ordinary sized layout, answers `usable_size` with its
 //! pages, and shrinks in place while it stays over the threshold.
 #![cfg(feature = "linux")]
@@ -128,9 +128,9 @@ fn promoted_object_resizes_and_frees_by_its_layout() {
     // SAFETY: live with 9,000 bytes.
     unsafe { HEAP.deallocate(s, lay(9_000)) };
     // A promoted object freed by its sized layout.
-    let a = HEAP.allocate(lay(12_000));
-    // SAFETY: live with 12,000 bytes.
-    let b = unsafe { HEAP.reallocate(a, lay(12_000), 30_000) };
+    let a = HEAP.allocate(lay(15_000));
+    // SAFETY: live with 15,000 bytes.
+    let b = unsafe { HEAP.reallocate(a, lay(15_000), 30_000) };
     assert!(!b.is_null());
     assert_eq!(HEAP.try_usable_size(b), Some(4 * PAGE_BYTES));
     // SAFETY: live with 30,000 bytes.
@@ -283,14 +283,20 @@ fn unsized_realloc_finds_the_object_by_the_page_map() {
     assert!(!c.is_null() && c != b);
     check(c, 100, 7);
     assert_eq!(HEAP.try_usable_size(c), Some(size_to_class(3_000).size()));
-    // Within its class: in place. Past the threshold: promoted.
+    // Within its class: in place. Past the threshold at more than twice the
+    // size: a class object. At most twice: promoted.
     // SAFETY: as above.
     assert_eq!(unsafe { HEAP.reallocate_unsized(c, 2_900, 8) }, c);
     // SAFETY: as above.
-    let d = unsafe { HEAP.reallocate_unsized(c, 17_000, 8) };
+    let c = unsafe { HEAP.reallocate_unsized(c, 17_000, 8) };
+    assert!(!c.is_null());
+    check(c, 100, 7);
+    assert_eq!(HEAP.try_usable_size(c), Some(size_to_class(17_000).size()));
+    // SAFETY: as above.
+    let d = unsafe { HEAP.reallocate_unsized(c, 30_000, 8) };
     assert!(!d.is_null());
     check(d, 100, 7);
-    assert!(HEAP.try_usable_size(d).unwrap() >= 3 * PAGE_BYTES);
+    assert!(HEAP.try_usable_size(d).unwrap() >= 4 * PAGE_BYTES);
     // SAFETY: a live object.
     unsafe { HEAP.deallocate_unsized(d) };
     let st = HEAP.stats();

@@ -121,7 +121,9 @@ fn promoted_after(old: Layout, own: bool, new: usize) -> bool {
     );
     match (a, b) {
         (Kind::Small(x), Kind::Small(y)) if x == y => own,
-        (_, Kind::Small(_)) if new > PROMOTE_MIN => own || a == Kind::Large || new > old.size(),
+        (_, Kind::Small(_)) if new > PROMOTE_MIN => {
+            own || a == Kind::Large || (new > old.size() && new / 2 <= old.size())
+        }
         _ => false,
     }
 }

@@ -67,7 +67,7 @@ impl Live {
         match (a, b) {
             (Kind::Small(x), Kind::Small(y)) if x == y => self.own.is_some(),
             (_, Kind::Small(_)) if new > PROMOTE_MIN => {
-                self.own.is_some() || a == Kind::Large || new > self.size
+                self.own.is_some() || a == Kind::Large || (new > self.size && new / 2 <= self.size)
             }
             _ => false,
         }
