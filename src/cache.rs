@@ -402,7 +402,7 @@ impl CpuCache {
 #[repr(C, align(64))]
 pub struct Slabs {
     #[cfg(all(feature = "linux", target_arch = "x86_64"))]
-    desc: [crate::rseq::ClassDesc; NUM_CLASSES],
+    desc: crate::rseq::Desc,
     rseq: bool,
     count: usize,
     caches: *mut CpuCache,
@@ -425,19 +425,17 @@ impl Slabs {
         let caches = unsafe { mem.add(core::mem::size_of::<Slabs>()) }.cast::<CpuCache>();
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
         {
-            let off = rseq_off.unwrap_or(0);
-            for c in 0..NUM_CLASSES {
-                let d = crate::rseq::ClassDesc {
-                    rseq_off: off,
-                    count: count as u32,
-                    cap: capacity(c) as u32,
-                    stride: core::mem::size_of::<CpuCache>() as u64,
-                    // Class 0 has no stack: its descriptor points at the cache itself.
-                    word: caches as u64 + if c == 0 { 0 } else { word_field(c) as u64 },
-                };
-                // SAFETY: inside the header.
-                unsafe { core::ptr::addr_of_mut!((*s).desc[c]).write(d) };
-            }
+            let d = crate::rseq::Desc {
+                rseq_off: rseq_off.unwrap_or(0),
+                count: count as u32,
+                // Class 0 has no stack: its entry is the cache itself.
+                word: core::array::from_fn(|c| {
+                    caches as u64 + if c == 0 { 0 } else { word_field(c) as u64 }
+                }),
+                cap: core::array::from_fn(|c| capacity(c) as u32),
+            };
+            // SAFETY: inside the header.
+            unsafe { core::ptr::addr_of_mut!((*s).desc).write(d) };
         }
         #[cfg(not(all(feature = "linux", target_arch = "x86_64")))]
         let rseq_off: Option<i64> = {
@@ -475,12 +473,11 @@ impl Slabs {
         unsafe { &*self.caches.add(i) }
     }
 
-    /// The class descriptors for the restartable sequences (indexed by class),
-    /// or null in locked mode.
+    /// The descriptor for the restartable sequences, or null in locked mode.
     #[cfg(all(feature = "linux", target_arch = "x86_64"))]
-    pub fn fast_desc(&self) -> *const crate::rseq::ClassDesc {
+    pub fn fast_desc(&self) -> *const crate::rseq::Desc {
         if self.rseq {
-            self.desc.as_ptr()
+            &self.desc
         } else {
             core::ptr::null()
         }
@@ -488,9 +485,8 @@ impl Slabs {
 
     #[cfg(all(feature = "linux", target_arch = "x86_64"))]
     #[inline(always)]
-    fn desc(&self, c: SizeClass) -> *const crate::rseq::ClassDesc {
-        // SAFETY: a `SizeClass` index is below NUM_CLASSES (its invariant).
-        unsafe { self.desc.get_unchecked(c.index()) }
+    fn desc(&self) -> *const crate::rseq::Desc {
+        &self.desc
     }
 
     /// Pops an object of class `c` on the current CPU (null if none), counting a malloc.
@@ -499,7 +495,7 @@ impl Slabs {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
         if self.rseq {
             // SAFETY: rseq mode was chosen because glibc's area exists for every thread.
-            return unsafe { crate::rseq::pop(self.desc(c)) };
+            return unsafe { crate::rseq::pop(self.desc(), c.index()) };
         }
         cpu.with_current(|i| self.cache(i).pop(c).unwrap_or(core::ptr::null_mut()))
     }
@@ -511,7 +507,7 @@ impl Slabs {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
         if self.rseq {
             // SAFETY: as in `pop`.
-            return unsafe { crate::rseq::push(self.desc(c), p) };
+            return unsafe { crate::rseq::push(self.desc(), c.index(), p) };
         }
         cpu.with_current(|i| self.cache(i).push(c, p))
     }
@@ -521,7 +517,9 @@ impl Slabs {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
         if self.rseq {
             // SAFETY: as in `pop`; `objs` is a valid slice.
-            return unsafe { crate::rseq::push_batch(self.desc(c), objs.as_ptr(), objs.len()) };
+            return unsafe {
+                crate::rseq::push_batch(self.desc(), c.index(), objs.as_ptr(), objs.len())
+            };
         }
         cpu.with_current(|i| self.cache(i).push_batch(c, objs))
     }
@@ -531,7 +529,9 @@ impl Slabs {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
         if self.rseq {
             // SAFETY: as in `pop`; `out` is a valid slice.
-            return unsafe { crate::rseq::pop_batch(self.desc(c), out.as_mut_ptr(), out.len()) };
+            return unsafe {
+                crate::rseq::pop_batch(self.desc(), c.index(), out.as_mut_ptr(), out.len())
+            };
         }
         cpu.with_current(|i| self.cache(i).pop_batch(c, out))
     }
@@ -542,10 +542,8 @@ impl Slabs {
     pub fn carve_tiny<C: Cpu>(&self, cpu: &C, size: usize, a: usize) -> *mut u8 {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
         if self.rseq {
-            // SAFETY: as in `pop`; descriptor 0 addresses the caches, TINY_FIELD is their tiny word.
-            return unsafe {
-                crate::rseq::carve(self.desc(SizeClass::LARGE), TINY_FIELD, size, a - 1)
-            };
+            // SAFETY: as in `pop`; word entry 0 addresses the caches, TINY_FIELD is their tiny word.
+            return unsafe { crate::rseq::carve(self.desc(), TINY_FIELD, size, a - 1) };
         }
         cpu.with_current(|i| {
             let f = &self.cache(i).tiny;
@@ -574,7 +572,7 @@ impl Slabs {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
         if self.rseq {
             // SAFETY: as in `pop`; `field` is a word of the cache.
-            return unsafe { crate::rseq::load(self.desc(SizeClass::LARGE), field) };
+            return unsafe { crate::rseq::load(self.desc(), field) };
         }
         Some(cpu.with_current(|i| (i, self.cache(i).field(field).load(Ordering::Relaxed))))
     }
@@ -593,9 +591,7 @@ impl Slabs {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
         if self.rseq {
             // SAFETY: as in `load`.
-            return unsafe {
-                crate::rseq::store_if(self.desc(SizeClass::LARGE), i, field, expected, new)
-            };
+            return unsafe { crate::rseq::store_if(self.desc(), i, field, expected, new) };
         }
         cpu.with_slot(i, || {
             let f = self.cache(i).field(field);
@@ -615,7 +611,7 @@ impl Slabs {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
         if self.rseq {
             // SAFETY: as in `load`.
-            return unsafe { crate::rseq::add(self.desc(SizeClass::LARGE), field, delta) };
+            return unsafe { crate::rseq::add(self.desc(), field, delta) };
         }
         cpu.with_current(|i| {
             let f = self.cache(i).field(field);
@@ -730,10 +726,10 @@ mod tests {
         // SAFETY: as above.
         let slabs = unsafe { &*Slabs::init(mem, count, Some(off)) };
         let c = SizeClass::new(5).unwrap();
-        let d = slabs.desc(c);
+        let (d, c_) = (slabs.desc(), c.index());
         let objs: std::vec::Vec<*mut u8> = (1..=4).map(|i| (i * 0x1000) as *mut u8).collect();
         // SAFETY (all rseq calls below): `d` describes `slabs`, glibc's area is registered.
-        let pushed = unsafe { crate::rseq::push_batch(d, objs.as_ptr(), 3) };
+        let pushed = unsafe { crate::rseq::push_batch(d, c_, objs.as_ptr(), 3) };
         assert_eq!(pushed, 3);
         let cpu = crate::rseq::current_cpu().unwrap();
         assert!(cpu < count);
@@ -743,16 +739,16 @@ mod tests {
         }
         unsafe {
             assert!(
-                crate::rseq::pop(d).is_null(),
+                crate::rseq::pop(d, c_).is_null(),
                 "a stopped stack pops nothing"
             );
             assert!(
-                !crate::rseq::push(d, objs[3]),
+                !crate::rseq::push(d, c_, objs[3]),
                 "a stopped stack takes nothing"
             );
             let mut out = [core::ptr::null_mut(); 4];
-            assert_eq!(crate::rseq::pop_batch(d, out.as_mut_ptr(), 4), 0);
-            assert_eq!(crate::rseq::push_batch(d, objs.as_ptr(), 4), 0);
+            assert_eq!(crate::rseq::pop_batch(d, c_, out.as_mut_ptr(), 4), 0);
+            assert_eq!(crate::rseq::push_batch(d, c_, objs.as_ptr(), 4), 0);
         }
         // Which cache holds the three depends on where the thread ran; find it.
         let holder = (0..count)
@@ -778,7 +774,7 @@ mod tests {
         let mut got = std::vec::Vec::new();
         loop {
             // SAFETY: as above.
-            let p = unsafe { crate::rseq::pop(d) };
+            let p = unsafe { crate::rseq::pop(d, c_) };
             if p.is_null() {
                 break;
             }

@@ -129,10 +129,10 @@ pub struct Heap<S: PageSource, C: Cpu> {
     cpu: C,
     /// The per-CPU caches (`cpu.count()` of them), or null before set-up.
     slabs: AtomicPtr<Slabs>,
-    /// The slabs' class descriptors once the slabs are set up in rseq mode,
+    /// The slabs' descriptor once the slabs are set up in rseq mode,
     /// else null: the one word the fast paths read before their section.
     #[cfg(all(feature = "linux", target_arch = "x86_64"))]
-    fast: AtomicPtr<crate::rseq::ClassDesc>,
+    fast: AtomicPtr<crate::rseq::Desc>,
     init: SpinMutex<usize, C::Relax>,
     pages: HeapLock<C::Relax>,
     map: PageMap,
@@ -245,7 +245,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
 
     // ---------------------------------------------------------------- small
 
-    /// The rseq fast path: one load of the descriptors, one section; anything
+    /// The rseq fast path: one load of the descriptor, one section; anything
     /// else (set-up, locked mode, empty stack) goes to [`Heap::alloc_small_slow`].
     #[inline(always)]
     fn alloc_small(&self, c: SizeClass) -> *mut u8 {
@@ -253,10 +253,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         {
             let d = self.fast.load(Ordering::Acquire);
             if !d.is_null() {
-                // SAFETY: published descriptors describe live slabs in rseq mode,
-                // chosen because glibc's area exists for every thread; a class
-                // index is below NUM_CLASSES.
-                let p = unsafe { crate::rseq::pop(d.add(c.index())) };
+                // SAFETY: a published descriptor describes live slabs in rseq
+                // mode, chosen because glibc's area exists for every thread; a
+                // class index is below NUM_CLASSES.
+                let p = unsafe { crate::rseq::pop(d, c.index()) };
                 if !p.is_null() {
                     #[cfg(feature = "checks")]
                     checks::on_alloc(&self.map, p);
@@ -327,7 +327,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         {
             let d = self.fast.load(Ordering::Acquire);
             // SAFETY: as in `alloc_small`.
-            if !d.is_null() && unsafe { crate::rseq::push(d.add(c.index()), p) } {
+            if !d.is_null() && unsafe { crate::rseq::push(d, c.index(), p) } {
                 return;
             }
         }
@@ -400,7 +400,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         {
             let d = self.fast.load(Ordering::Acquire);
             if !d.is_null() {
-                // SAFETY: as in `alloc_small`; descriptor 0 addresses the caches
+                // SAFETY: as in `alloc_small`; word entry 0 addresses the caches
                 // themselves, TINY_FIELD is their tiny word, `a` a power of two.
                 let p = unsafe { crate::rseq::carve(d, TINY_FIELD, size, a - 1) };
                 if !p.is_null() {

@@ -47,7 +47,7 @@
 //! 2. Small: pop from the class's stack in the current CPU's cache. On Linux
 //!    x86-64 this is a restartable sequence ([`rseq`]) that commits with one
 //!    plain store — no lock, no atomic, about 15 instructions after one load of
-//!    the class descriptors; elsewhere the CPU slot's exclusivity
+//!    the slabs' descriptor; elsewhere the CPU slot's exclusivity
 //!    ([`cpu::Cpu::with_current`]: IRQs off in a kernel, a per-slot lock as the
 //!    Linux fallback). Done in the common case.
 //! 3. Empty stack: lock `central[class]`, take a batch — first from the transfer

@@ -30,54 +30,61 @@
 use core::arch::asm;
 use core::sync::atomic::{AtomicU8, Ordering};
 
+use crate::sizeclass::NUM_CLASSES;
+
 /// The signature glibc registered the area with; it must precede each abort handler.
 pub const RSEQ_SIG: u32 = 0x5305_3053;
 
 /// Offsets in the kernel's `struct rseq`.
 const RSEQ_CPU_ID: usize = 4;
 
-/// One size class's view of the slabs, read by the critical sections. Written
-/// once at set-up, before the heap publishes it. Descriptor 0 (class 0 has no
-/// stack) has `word` = CPU 0's cache itself and `cap` = 0; the word sections
-/// ([`load`], [`store_if`], [`add`]) use it.
-#[repr(C, align(32))]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ClassDesc {
+/// The slabs as the critical sections see them. Written once at set-up, before
+/// the heap publishes it. Per-class fields are arrays indexed by the class, so
+/// that a section addresses them with the class index scaled in the operand;
+/// index 0 (class 0 has no stack) has `word` = CPU 0's cache itself and `cap` =
+/// 0, and the word sections ([`load`], [`store_if`], [`add`], [`carve`]) use it.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug)]
+pub struct Desc {
     /// `__rseq_offset`: the rseq area's offset from the thread pointer.
     pub rseq_off: i64,
     /// Number of CPU caches; a CPU id at or above it fails the section.
     pub count: u32,
-    /// Capacity of this class's stack.
-    pub cap: u32,
-    /// Bytes between consecutive CPU caches.
-    pub stride: u64,
-    /// Address of this class's stack word in CPU 0's cache; the stack's slots
-    /// follow the word (slot `i` at `word + 8 + 8 i`).
-    pub word: u64,
+    /// Per class, the address of its stack word in CPU 0's cache; the stack's
+    /// slots follow the word (slot `i` at `word + 8 + 8 i`), and CPU `k`'s
+    /// word is [`STRIDE`] · `k` bytes further.
+    pub word: [u64; NUM_CLASSES],
+    /// Per class, the capacity of its stack.
+    pub cap: [u32; NUM_CLASSES],
 }
+
+/// Bytes between consecutive CPU caches (a constant of the layout, so the
+/// sections multiply by an immediate).
+pub const STRIDE: usize = core::mem::size_of::<crate::cache::CpuCache>();
 
 // Field offsets used by the assembly below (checked at compile time).
 const D_COUNT: usize = 8;
-const D_CAP: usize = 12;
-const D_STRIDE: usize = 16;
-const D_WORD: usize = 24;
+const D_WORD: usize = 16;
+const D_CAP: usize = D_WORD + 8 * NUM_CLASSES;
 const _: () = {
-    assert!(core::mem::offset_of!(ClassDesc, rseq_off) == 0);
-    assert!(core::mem::offset_of!(ClassDesc, count) == D_COUNT);
-    assert!(core::mem::offset_of!(ClassDesc, cap) == D_CAP);
-    assert!(core::mem::offset_of!(ClassDesc, stride) == D_STRIDE);
-    assert!(core::mem::offset_of!(ClassDesc, word) == D_WORD);
-    assert!(core::mem::size_of::<ClassDesc>() == 32);
+    assert!(core::mem::offset_of!(Desc, rseq_off) == 0);
+    assert!(core::mem::offset_of!(Desc, count) == D_COUNT);
+    assert!(core::mem::offset_of!(Desc, word) == D_WORD);
+    assert!(core::mem::offset_of!(Desc, cap) == D_CAP);
+    // `imul r64, r64, imm32`.
+    assert!(STRIDE < i32::MAX as usize);
 };
 
-/// The start of every section that works on one class's word: label 2 arms
-/// the section (points the rseq area's `rseq_cs` at descriptor 3), label 4
-/// starts it — reads `cpu_id`, fails to label 5 if it is out of range, and
-/// leaves in `{t}` the address of the descriptor's word in this CPU's cache.
-/// Operands: `{off}` (`__rseq_offset`), `{d}` (the descriptor), scratch `{t}`
-/// and `{w}`, and the constants `{cpu}`, `{count}`, `{stride}`, `{word}`.
+/// The start of every section that works on one word of the current CPU's
+/// cache: label 2 arms the section (points the rseq area's `rseq_cs` at
+/// descriptor 3), label 4 starts it — reads `cpu_id`, fails to label 5 if it
+/// is out of range, and leaves in `{t}` the address of the word in this CPU's
+/// cache, CPU 0's being `$word` (an operand string: a class's `word` entry, or
+/// entry 0 — the cache itself — for the word sections, which add a field
+/// offset). Operands: `{off}` (`__rseq_offset`), `{d}` (the [`Desc`]), scratch
+/// `{t}` and `{w}`, and the constants `{cpu}`, `{count}`, `{stride}`, `{word}`.
 macro_rules! rseq_enter {
-    () => {
+    ($word:literal) => {
         concat!(
             "2:\n",
             "lea {w}, [rip + 3f]\n",
@@ -86,22 +93,25 @@ macro_rules! rseq_enter {
             "mov {t:e}, dword ptr fs:[{off} + {cpu}]\n",
             "cmp {t:e}, dword ptr [{d} + {count}]\n",
             "jae 5f\n",
-            "imul {t}, qword ptr [{d} + {stride}]\n",
-            "add {t}, qword ptr [{d} + {word}]\n"
+            "imul {t}, {t}, {stride}\n",
+            "add {t}, qword ptr ",
+            $word,
+            "\n"
         )
     };
 }
 
 /// One section of the common shape, as `asm!`: [`rseq_enter!`] (the current
-/// CPU's stack word address in `{t}`), the body up to its commit store, label
-/// 6, [`rseq_cold!`], the failure exit (at label 5), [`rseq_end!`]; then the
-/// section's own operands and those every such section uses: the descriptor
-/// `d`, the rseq area offset `off` (the caller's variables, named first),
-/// scratch registers `t` and `w`, and the descriptor's field offsets.
+/// CPU's word address in `{t}`; `$word` as there), the body up to its commit
+/// store, label 6, [`rseq_cold!`], the failure exit (at label 5),
+/// [`rseq_end!`]; then the section's own operands and those every such section
+/// uses: the descriptor `d`, the rseq area offset `off` (the caller's
+/// variables, named first), scratch registers `t` and `w`, and the layout
+/// constants.
 macro_rules! rseq_section {
-    ($d:ident, $off:ident; [$($body:tt)*]; fail: [$($fail:tt)*]; $($ops:tt)*) => {
+    ($d:ident, $off:ident, $word:literal; [$($body:tt)*]; fail: [$($fail:tt)*]; $($ops:tt)*) => {
         asm!(
-            rseq_enter!(),
+            rseq_enter!($word),
             $($body)*
             "6:",
             rseq_cold!(),
@@ -114,13 +124,12 @@ macro_rules! rseq_section {
             w = out(reg) _,
             cpu = const RSEQ_CPU_ID,
             count = const D_COUNT,
-            stride = const D_STRIDE,
+            stride = const STRIDE,
             word = const D_WORD,
             options(nostack),
         )
     };
 }
-
 /// Opens the out-of-line part of a section (its own text section, off the hot
 /// path): the abort handler, preceded by the signature. The kernel checks
 /// that the 4 bytes before `abort_ip` (label 7) are `RSEQ_SIG` and has cleared
@@ -172,30 +181,31 @@ const _: () = assert!(
 // A stopped stack word (length ≥ STOP) fails both the "empty" test of a pop
 // (length − 1 ≥ cap) and the "full" test of a push (length ≥ cap).
 
-/// Pops the top object of the class's stack on the current CPU, counting one
+/// Pops the top object of class `c`'s stack on the current CPU, counting one
 /// malloc in the same store (stack word: length in the low 16 bits, mallocs
 /// above). Null if the stack is empty or the CPU's cache is stopped.
 ///
 /// # Safety
-/// `d` describes live slabs and the calling thread has a registered rseq area
-/// at `d.rseq_off` (glibc's, checked by [`available`]).
+/// `d` describes live slabs, `c` is below `NUM_CLASSES`, and the calling thread
+/// has a registered rseq area at `d.rseq_off` (glibc's, checked by
+/// [`available`]).
 #[inline(always)]
-pub unsafe fn pop(d: *const ClassDesc) -> *mut u8 {
+pub unsafe fn pop(d: *const Desc, c: usize) -> *mut u8 {
     let p: usize;
     // SAFETY: as below; the offset is constant for the process, so it stays in a
     // register across restarts.
     let off = unsafe { (*d).rseq_off };
-    // SAFETY: the caller vouches for the descriptor and the rseq area; the section
-    // only reads the slabs, and writes one stack word of the current CPU's cache
-    // as its commit.
+    // SAFETY: the caller vouches for the descriptor, the class and the rseq
+    // area; the section only reads the slabs, and writes one stack word of the
+    // current CPU's cache as its commit.
     unsafe {
         rseq_section!(
-            d, off;
+            d, off, "[{d} + {c} * 8 + {word}]";
             [
                 "mov {w}, qword ptr [{t}]",
                 "movzx {p:e}, {w:x}",
                 "dec {p:e}",
-                "cmp {p:e}, dword ptr [{d} + {cap}]",
+                "cmp {p:e}, dword ptr [{d} + {c} * 4 + {cap}]",
                 "jae 5f",
                 "mov {p}, qword ptr [{t} + {p} * 8 + 8]",
                 "add {w}, 0xffff",
@@ -205,6 +215,7 @@ pub unsafe fn pop(d: *const ClassDesc) -> *mut u8 {
                 "xor {p:e}, {p:e}",
                 "jmp 6b",
             ];
+            c = in(reg) c,
             p = out(reg) p,
             cap = const D_CAP,
         );
@@ -218,7 +229,7 @@ pub unsafe fn pop(d: *const ClassDesc) -> *mut u8 {
 /// # Safety
 /// As [`pop`].
 #[inline(always)]
-pub unsafe fn push(d: *const ClassDesc, obj: *mut u8) -> bool {
+pub unsafe fn push(d: *const Desc, c: usize, obj: *mut u8) -> bool {
     // SAFETY: as in `pop`.
     let off = unsafe { (*d).rseq_off };
     // SAFETY: as in `pop`; the slot write above the stack length is invisible
@@ -226,11 +237,11 @@ pub unsafe fn push(d: *const ClassDesc, obj: *mut u8) -> bool {
     // slow path (the `label` operand).
     unsafe {
         rseq_section!(
-            d, off;
+            d, off, "[{d} + {c} * 8 + {word}]";
             [
                 "mov {w}, qword ptr [{t}]",
                 "movzx {n:e}, {w:x}",
-                "cmp {n:e}, dword ptr [{d} + {cap}]",
+                "cmp {n:e}, dword ptr [{d} + {c} * 4 + {cap}]",
                 "jae 5f",
                 "mov qword ptr [{t} + {n} * 8 + 8], {obj}",
                 "inc {w}",
@@ -239,6 +250,7 @@ pub unsafe fn push(d: *const ClassDesc, obj: *mut u8) -> bool {
             fail: [
                 "jmp {fail}",
             ];
+            c = in(reg) c,
             obj = in(reg) obj,
             n = out(reg) _,
             cap = const D_CAP,
@@ -254,7 +266,7 @@ pub unsafe fn push(d: *const ClassDesc, obj: *mut u8) -> bool {
 /// # Safety
 /// As [`pop`]; `src` points to `n` readable pointers.
 #[inline]
-pub unsafe fn push_batch(d: *const ClassDesc, src: *const *mut u8, n: usize) -> usize {
+pub unsafe fn push_batch(d: *const Desc, c: usize, src: *const *mut u8, n: usize) -> usize {
     let k: usize;
     // SAFETY: the caller vouches for the descriptor.
     let off = unsafe { (*d).rseq_off };
@@ -262,11 +274,11 @@ pub unsafe fn push_batch(d: *const ClassDesc, src: *const *mut u8, n: usize) -> 
     // commit store publishes them.
     unsafe {
         rseq_section!(
-            d, off;
+            d, off, "[{d} + {c} * 8 + {word}]";
             [
                 "mov {w}, qword ptr [{t}]",
                 "movzx {i:e}, {w:x}",
-                "mov {k:e}, dword ptr [{d} + {cap}]",
+                "mov {k:e}, dword ptr [{d} + {c} * 4 + {cap}]",
                 "sub {k}, {i}",
                 "jbe 5f",
                 "cmp {k}, {n}",
@@ -288,6 +300,7 @@ pub unsafe fn push_batch(d: *const ClassDesc, src: *const *mut u8, n: usize) -> 
                 "xor {k:e}, {k:e}",
                 "jmp 6b",
             ];
+            c = in(reg) c,
             src = in(reg) src,
             n = in(reg) n,
             i = out(reg) _,
@@ -306,7 +319,7 @@ pub unsafe fn push_batch(d: *const ClassDesc, src: *const *mut u8, n: usize) -> 
 /// # Safety
 /// As [`pop`]; `dst` points to room for `n` pointers.
 #[inline]
-pub unsafe fn pop_batch(d: *const ClassDesc, dst: *mut *mut u8, n: usize) -> usize {
+pub unsafe fn pop_batch(d: *const Desc, c: usize, dst: *mut *mut u8, n: usize) -> usize {
     let k: usize;
     // SAFETY: the caller vouches for the descriptor.
     let off = unsafe { (*d).rseq_off };
@@ -314,11 +327,11 @@ pub unsafe fn pop_batch(d: *const ClassDesc, dst: *mut *mut u8, n: usize) -> usi
     // If the section restarts, `dst` is simply written again.
     unsafe {
         rseq_section!(
-            d, off;
+            d, off, "[{d} + {c} * 8 + {word}]";
             [
                 "mov {w}, qword ptr [{t}]",
                 "movzx {k:e}, {w:x}",
-                "cmp {k:e}, dword ptr [{d} + {cap}]",
+                "cmp {k:e}, dword ptr [{d} + {c} * 4 + {cap}]",
                 "ja 5f",
                 "cmp {k}, {n}",
                 "cmova {k}, {n}",
@@ -340,6 +353,7 @@ pub unsafe fn pop_batch(d: *const ClassDesc, dst: *mut *mut u8, n: usize) -> usi
                 "xor {k:e}, {k:e}",
                 "jmp 6b",
             ];
+            c = in(reg) c,
             dst = in(reg) dst,
             n = in(reg) n,
             i = out(reg) _,
@@ -356,10 +370,9 @@ pub unsafe fn pop_batch(d: *const ClassDesc, dst: *mut *mut u8, n: usize) -> usi
 /// the CPU index and the value (`None` if the CPU is out of range).
 ///
 /// # Safety
-/// As [`pop`]; `d` is descriptor 0 and `field` the offset of an aligned `u64`
-/// inside a cache.
+/// As [`pop`]; `field` is the offset of an aligned `u64` inside a cache.
 #[inline(always)]
-pub unsafe fn load(d: *const ClassDesc, field: usize) -> Option<(usize, u64)> {
+pub unsafe fn load(d: *const Desc, field: usize) -> Option<(usize, u64)> {
     let cpu: usize;
     let v: u64;
     let ok: u32;
@@ -376,8 +389,7 @@ pub unsafe fn load(d: *const ClassDesc, field: usize) -> Option<(usize, u64)> {
             "mov {c:e}, dword ptr fs:[{t} + {cpu}]",
             "cmp {c:e}, dword ptr [{d} + {count}]",
             "jae 5f",
-            "mov {t}, {c}",
-            "imul {t}, qword ptr [{d} + {stride}]",
+            "imul {t}, {c}, {stride}",
             "add {t}, qword ptr [{d} + {word}]",
             "mov {v}, qword ptr [{t} + {f}]",
             "mov {ok:e}, 1",
@@ -395,7 +407,7 @@ pub unsafe fn load(d: *const ClassDesc, field: usize) -> Option<(usize, u64)> {
             ok = out(reg) ok,
             cpu = const RSEQ_CPU_ID,
             count = const D_COUNT,
-            stride = const D_STRIDE,
+            stride = const STRIDE,
             word = const D_WORD,
             options(nostack, readonly),
         );
@@ -414,13 +426,7 @@ pub unsafe fn load(d: *const ClassDesc, field: usize) -> Option<(usize, u64)> {
 /// # Safety
 /// As [`load`].
 #[inline(always)]
-pub unsafe fn store_if(
-    d: *const ClassDesc,
-    cpu: usize,
-    field: usize,
-    expected: u64,
-    new: u64,
-) -> bool {
+pub unsafe fn store_if(d: *const Desc, cpu: usize, field: usize, expected: u64, new: u64) -> bool {
     // SAFETY: as in `pop`; the single store is the commit.
     unsafe {
         asm!(
@@ -433,8 +439,7 @@ pub unsafe fn store_if(
             "mov {w:e}, dword ptr fs:[{t} + {cpuf}]",
             "cmp {w}, {c}",
             "jne 5f",
-            "mov {t}, {c}",
-            "imul {t}, qword ptr [{d} + {stride}]",
+            "imul {t}, {c}, {stride}",
             "add {t}, qword ptr [{d} + {word}]",
             "cmp qword ptr [{t} + {f}], {e}",
             "jne 5f",
@@ -451,7 +456,7 @@ pub unsafe fn store_if(
             t = out(reg) _,
             w = out(reg) _,
             cpuf = const RSEQ_CPU_ID,
-            stride = const D_STRIDE,
+            stride = const STRIDE,
             word = const D_WORD,
             fail = label { return false; },
             options(nostack),
@@ -466,13 +471,13 @@ pub unsafe fn store_if(
 /// # Safety
 /// As [`load`].
 #[inline(always)]
-pub unsafe fn add(d: *const ClassDesc, field: usize, delta: u64) -> bool {
+pub unsafe fn add(d: *const Desc, field: usize, delta: u64) -> bool {
     // SAFETY: the caller vouches for the descriptor.
     let off = unsafe { (*d).rseq_off };
     // SAFETY: as in `pop`; the single store is the commit.
     unsafe {
         rseq_section!(
-            d, off;
+            d, off, "[{d} + {word}]";
             [
                 "mov {w}, qword ptr [{t} + {f}]",
                 "add {w}, {delta}",
@@ -498,14 +503,14 @@ pub unsafe fn add(d: *const ClassDesc, field: usize, delta: u64) -> bool {
 /// # Safety
 /// As [`load`]; `field` is the tiny word's offset, `amask + 1` a power of two.
 #[inline(always)]
-pub unsafe fn carve(d: *const ClassDesc, field: usize, size: usize, amask: usize) -> *mut u8 {
+pub unsafe fn carve(d: *const Desc, field: usize, size: usize, amask: usize) -> *mut u8 {
     let p: usize;
     // SAFETY: the caller vouches for the descriptor.
     let off = unsafe { (*d).rseq_off };
     // SAFETY: as in `pop`; the single store of the new tiny word is the commit.
     unsafe {
         rseq_section!(
-            d, off;
+            d, off, "[{d} + {word}]";
             [
                 "mov {w}, qword ptr [{t} + {f}]",
                 // off = ((w >> 48) & 31) rounded up to the alignment; end = off + size
