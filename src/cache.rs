@@ -473,14 +473,10 @@ impl Slabs {
         unsafe { &*self.caches.add(i) }
     }
 
-    /// The descriptor for the restartable sequences, or null in locked mode.
+    /// The descriptor for the restartable sequences, or `None` in locked mode.
     #[cfg(all(feature = "linux", target_arch = "x86_64"))]
-    pub fn fast_desc(&self) -> *const crate::rseq::Desc {
-        if self.rseq {
-            &self.desc
-        } else {
-            core::ptr::null()
-        }
+    pub fn fast_desc(&self) -> Option<&crate::rseq::Desc> {
+        self.rseq.then_some(&self.desc)
     }
 
     #[cfg(all(feature = "linux", target_arch = "x86_64"))]
@@ -489,13 +485,19 @@ impl Slabs {
         &self.desc
     }
 
+    #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+    #[inline(always)]
+    fn off(&self) -> i64 {
+        self.desc.rseq_off
+    }
+
     /// Pops an object of class `c` on the current CPU (null if none), counting a malloc.
     #[inline(always)]
     pub fn pop<C: Cpu>(&self, cpu: &C, c: SizeClass) -> *mut u8 {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
         if self.rseq {
             // SAFETY: rseq mode was chosen because glibc's area exists for every thread.
-            return unsafe { crate::rseq::pop(self.desc(), c.index()) };
+            return unsafe { crate::rseq::pop(self.desc(), self.off(), c.index()) };
         }
         cpu.with_current(|i| self.cache(i).pop(c).unwrap_or(core::ptr::null_mut()))
     }
@@ -507,7 +509,7 @@ impl Slabs {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
         if self.rseq {
             // SAFETY: as in `pop`.
-            return unsafe { crate::rseq::push(self.desc(), c.index(), p) };
+            return unsafe { crate::rseq::push(self.desc(), self.off(), c.index(), p) };
         }
         cpu.with_current(|i| self.cache(i).push(c, p))
     }
@@ -518,7 +520,13 @@ impl Slabs {
         if self.rseq {
             // SAFETY: as in `pop`; `objs` is a valid slice.
             return unsafe {
-                crate::rseq::push_batch(self.desc(), c.index(), objs.as_ptr(), objs.len())
+                crate::rseq::push_batch(
+                    self.desc(),
+                    self.off(),
+                    c.index(),
+                    objs.as_ptr(),
+                    objs.len(),
+                )
             };
         }
         cpu.with_current(|i| self.cache(i).push_batch(c, objs))
@@ -530,7 +538,13 @@ impl Slabs {
         if self.rseq {
             // SAFETY: as in `pop`; `out` is a valid slice.
             return unsafe {
-                crate::rseq::pop_batch(self.desc(), c.index(), out.as_mut_ptr(), out.len())
+                crate::rseq::pop_batch(
+                    self.desc(),
+                    self.off(),
+                    c.index(),
+                    out.as_mut_ptr(),
+                    out.len(),
+                )
             };
         }
         cpu.with_current(|i| self.cache(i).pop_batch(c, out))
@@ -543,7 +557,7 @@ impl Slabs {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
         if self.rseq {
             // SAFETY: as in `pop`; word entry 0 addresses the caches, TINY_FIELD is their tiny word.
-            return unsafe { crate::rseq::carve(self.desc(), TINY_FIELD, size, a - 1) };
+            return unsafe { crate::rseq::carve(self.desc(), self.off(), TINY_FIELD, size, a - 1) };
         }
         cpu.with_current(|i| {
             let f = &self.cache(i).tiny;
@@ -611,7 +625,7 @@ impl Slabs {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
         if self.rseq {
             // SAFETY: as in `load`.
-            return unsafe { crate::rseq::add(self.desc(), field, delta) };
+            return unsafe { crate::rseq::add(self.desc(), self.off(), field, delta) };
         }
         cpu.with_current(|i| {
             let f = self.cache(i).field(field);
@@ -727,9 +741,10 @@ mod tests {
         let slabs = unsafe { &*Slabs::init(mem, count, Some(off)) };
         let c = SizeClass::new(5).unwrap();
         let (d, c_) = (slabs.desc(), c.index());
+        let off = slabs.off();
         let objs: std::vec::Vec<*mut u8> = (1..=4).map(|i| (i * 0x1000) as *mut u8).collect();
         // SAFETY (all rseq calls below): `d` describes `slabs`, glibc's area is registered.
-        let pushed = unsafe { crate::rseq::push_batch(d, c_, objs.as_ptr(), 3) };
+        let pushed = unsafe { crate::rseq::push_batch(d, off, c_, objs.as_ptr(), 3) };
         assert_eq!(pushed, 3);
         let cpu = crate::rseq::current_cpu().unwrap();
         assert!(cpu < count);
@@ -739,16 +754,16 @@ mod tests {
         }
         unsafe {
             assert!(
-                crate::rseq::pop(d, c_).is_null(),
+                crate::rseq::pop(d, off, c_).is_null(),
                 "a stopped stack pops nothing"
             );
             assert!(
-                !crate::rseq::push(d, c_, objs[3]),
+                !crate::rseq::push(d, off, c_, objs[3]),
                 "a stopped stack takes nothing"
             );
             let mut out = [core::ptr::null_mut(); 4];
-            assert_eq!(crate::rseq::pop_batch(d, c_, out.as_mut_ptr(), 4), 0);
-            assert_eq!(crate::rseq::push_batch(d, c_, objs.as_ptr(), 4), 0);
+            assert_eq!(crate::rseq::pop_batch(d, off, c_, out.as_mut_ptr(), 4), 0);
+            assert_eq!(crate::rseq::push_batch(d, off, c_, objs.as_ptr(), 4), 0);
         }
         // Which cache holds the three depends on where the thread ran; find it.
         let holder = (0..count)
@@ -774,7 +789,7 @@ mod tests {
         let mut got = std::vec::Vec::new();
         loop {
             // SAFETY: as above.
-            let p = unsafe { crate::rseq::pop(d, c_) };
+            let p = unsafe { crate::rseq::pop(d, off, c_) };
             if p.is_null() {
                 break;
             }

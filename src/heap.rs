@@ -129,10 +129,11 @@ pub struct Heap<S: PageSource, C: Cpu> {
     cpu: C,
     /// The per-CPU caches (`cpu.count()` of them), or null before set-up.
     slabs: AtomicPtr<Slabs>,
-    /// The slabs' descriptor once the slabs are set up in rseq mode,
-    /// else null: the one word the fast paths read before their section.
+    /// A copy of the slabs' descriptor, published once the slabs are set up
+    /// in rseq mode: its offset is the one word the fast paths read before
+    /// their section.
     #[cfg(all(feature = "linux", target_arch = "x86_64"))]
-    fast: AtomicPtr<crate::rseq::Desc>,
+    fast: crate::rseq::Published,
     init: SpinMutex<usize, C::Relax>,
     pages: HeapLock<C::Relax>,
     map: PageMap,
@@ -161,7 +162,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             cpu,
             slabs: AtomicPtr::new(null_mut()),
             #[cfg(all(feature = "linux", target_arch = "x86_64"))]
-            fast: AtomicPtr::new(null_mut()),
+            fast: crate::rseq::Published::new(),
             init: SpinMutex::new(0),
             pages: SpinMutex::new(PageHeap::new()),
             map: PageMap::new(),
@@ -233,7 +234,12 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         // SAFETY: just initialised.
         let s = unsafe { &*s };
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
-        self.fast.store(s.fast_desc().cast_mut(), Ordering::Release);
+        if let Some(d) = s.fast_desc() {
+            // SAFETY: once (the slabs are set up once, under the init lock);
+            // the fast paths read nothing of `fast` before its offset, and the
+            // offset is glibc's, never 0.
+            unsafe { self.fast.publish(d) };
+        }
         Some(s)
     }
 
@@ -251,12 +257,12 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     fn alloc_small(&self, c: SizeClass) -> *mut u8 {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
         {
-            let d = self.fast.load(Ordering::Acquire);
-            if !d.is_null() {
+            let (d, off) = self.fast.get();
+            if off != 0 {
                 // SAFETY: a published descriptor describes live slabs in rseq
                 // mode, chosen because glibc's area exists for every thread; a
                 // class index is below NUM_CLASSES.
-                let p = unsafe { crate::rseq::pop(d, c.index()) };
+                let p = unsafe { crate::rseq::pop(d, off, c.index()) };
                 if !p.is_null() {
                     #[cfg(feature = "checks")]
                     checks::on_alloc(&self.map, p);
@@ -325,9 +331,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         checks::on_free(&self.map, &self.central[c.index()].0, p, c);
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
         {
-            let d = self.fast.load(Ordering::Acquire);
+            let (d, off) = self.fast.get();
             // SAFETY: as in `alloc_small`.
-            if !d.is_null() && unsafe { crate::rseq::push(d, c.index(), p) } {
+            if off != 0 && unsafe { crate::rseq::push(d, off, c.index(), p) } {
                 return;
             }
         }
@@ -398,11 +404,11 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         .max(align);
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
         {
-            let d = self.fast.load(Ordering::Acquire);
-            if !d.is_null() {
+            let (d, off) = self.fast.get();
+            if off != 0 {
                 // SAFETY: as in `alloc_small`; word entry 0 addresses the caches
                 // themselves, TINY_FIELD is their tiny word, `a` a power of two.
-                let p = unsafe { crate::rseq::carve(d, TINY_FIELD, size, a - 1) };
+                let p = unsafe { crate::rseq::carve(d, off, TINY_FIELD, size, a - 1) };
                 if !p.is_null() {
                     return p;
                 }

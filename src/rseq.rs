@@ -28,7 +28,8 @@
 //! as "full": the sections need no separate stop check.
 
 use core::arch::asm;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 
 use crate::sizeclass::NUM_CLASSES;
 
@@ -56,6 +57,66 @@ pub struct Desc {
     pub word: [u64; NUM_CLASSES],
     /// Per class, the capacity of its stack.
     pub cap: [u32; NUM_CLASSES],
+}
+
+/// A [`Desc`] kept in place — inside the heap, so that the fast paths address
+/// it from the heap's own address instead of loading a pointer first — and
+/// published once. Its `rseq_off`, 0 until then, is stored last (Release) and
+/// read first (Acquire): 0 can never be glibc's offset (the word at the thread
+/// pointer is the TCB's self pointer, see [`available`]), so it doubles as the
+/// "not set up, or locked mode" test.
+pub struct Published(UnsafeCell<Desc>);
+
+impl Published {
+    /// Unpublished.
+    pub const fn new() -> Self {
+        Published(UnsafeCell::new(Desc {
+            rseq_off: 0,
+            count: 0,
+            word: [0; NUM_CLASSES],
+            cap: [0; NUM_CLASSES],
+        }))
+    }
+
+    fn off(&self) -> &AtomicI64 {
+        // SAFETY: the field is an aligned i64 that lives as long as `self`, and
+        // is only ever accessed through this atomic view.
+        unsafe { AtomicI64::from_ptr(core::ptr::addr_of_mut!((*self.0.get()).rseq_off)) }
+    }
+
+    /// Copies `d` in and publishes it.
+    ///
+    /// # Safety
+    /// Called at most once, before any [`Published::get`] can see a non-zero
+    /// offset; `d.rseq_off` is not 0.
+    pub unsafe fn publish(&self, d: &Desc) {
+        assert!(
+            d.rseq_off != 0,
+            "tieralloc: rseq offset 0 cannot be published"
+        );
+        let p = self.0.get();
+        // SAFETY: nobody reads these fields before the Release store below
+        // makes the offset non-zero (the caller's promise).
+        unsafe {
+            core::ptr::addr_of_mut!((*p).count).write(d.count);
+            core::ptr::addr_of_mut!((*p).word).write(d.word);
+            core::ptr::addr_of_mut!((*p).cap).write(d.cap);
+        }
+        self.off().store(d.rseq_off, Ordering::Release);
+    }
+
+    /// The descriptor and its rseq offset; the offset is 0 if not published
+    /// (and then the descriptor must not be used).
+    #[inline(always)]
+    pub fn get(&self) -> (*const Desc, i64) {
+        (self.0.get(), self.off().load(Ordering::Acquire))
+    }
+}
+
+impl Default for Published {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Bytes between consecutive CPU caches (a constant of the layout, so the
@@ -186,15 +247,12 @@ const _: () = assert!(
 /// above). Null if the stack is empty or the CPU's cache is stopped.
 ///
 /// # Safety
-/// `d` describes live slabs, `c` is below `NUM_CLASSES`, and the calling thread
-/// has a registered rseq area at `d.rseq_off` (glibc's, checked by
-/// [`available`]).
+/// `d` describes live slabs, `off` is its `rseq_off`, `c` is below
+/// `NUM_CLASSES`, and the calling thread has a registered rseq area at `off`
+/// (glibc's, checked by [`available`]).
 #[inline(always)]
-pub unsafe fn pop(d: *const Desc, c: usize) -> *mut u8 {
+pub unsafe fn pop(d: *const Desc, off: i64, c: usize) -> *mut u8 {
     let p: usize;
-    // SAFETY: as below; the offset is constant for the process, so it stays in a
-    // register across restarts.
-    let off = unsafe { (*d).rseq_off };
     // SAFETY: the caller vouches for the descriptor, the class and the rseq
     // area; the section only reads the slabs, and writes one stack word of the
     // current CPU's cache as its commit.
@@ -229,9 +287,7 @@ pub unsafe fn pop(d: *const Desc, c: usize) -> *mut u8 {
 /// # Safety
 /// As [`pop`].
 #[inline(always)]
-pub unsafe fn push(d: *const Desc, c: usize, obj: *mut u8) -> bool {
-    // SAFETY: as in `pop`.
-    let off = unsafe { (*d).rseq_off };
+pub unsafe fn push(d: *const Desc, off: i64, c: usize, obj: *mut u8) -> bool {
     // SAFETY: as in `pop`; the slot write above the stack length is invisible
     // until the commit store. The failure exit jumps straight to the caller's
     // slow path (the `label` operand).
@@ -266,10 +322,14 @@ pub unsafe fn push(d: *const Desc, c: usize, obj: *mut u8) -> bool {
 /// # Safety
 /// As [`pop`]; `src` points to `n` readable pointers.
 #[inline]
-pub unsafe fn push_batch(d: *const Desc, c: usize, src: *const *mut u8, n: usize) -> usize {
+pub unsafe fn push_batch(
+    d: *const Desc,
+    off: i64,
+    c: usize,
+    src: *const *mut u8,
+    n: usize,
+) -> usize {
     let k: usize;
-    // SAFETY: the caller vouches for the descriptor.
-    let off = unsafe { (*d).rseq_off };
     // SAFETY: as in `push`: slots above the length are written first, then one
     // commit store publishes them.
     unsafe {
@@ -319,10 +379,8 @@ pub unsafe fn push_batch(d: *const Desc, c: usize, src: *const *mut u8, n: usize
 /// # Safety
 /// As [`pop`]; `dst` points to room for `n` pointers.
 #[inline]
-pub unsafe fn pop_batch(d: *const Desc, c: usize, dst: *mut *mut u8, n: usize) -> usize {
+pub unsafe fn pop_batch(d: *const Desc, off: i64, c: usize, dst: *mut *mut u8, n: usize) -> usize {
     let k: usize;
-    // SAFETY: the caller vouches for the descriptor.
-    let off = unsafe { (*d).rseq_off };
     // SAFETY: as in `pop`: copying out is a read; the commit store shortens the stack.
     // If the section restarts, `dst` is simply written again.
     unsafe {
@@ -471,9 +529,7 @@ pub unsafe fn store_if(d: *const Desc, cpu: usize, field: usize, expected: u64, 
 /// # Safety
 /// As [`load`].
 #[inline(always)]
-pub unsafe fn add(d: *const Desc, field: usize, delta: u64) -> bool {
-    // SAFETY: the caller vouches for the descriptor.
-    let off = unsafe { (*d).rseq_off };
+pub unsafe fn add(d: *const Desc, off: i64, field: usize, delta: u64) -> bool {
     // SAFETY: as in `pop`; the single store is the commit.
     unsafe {
         rseq_section!(
@@ -503,10 +559,8 @@ pub unsafe fn add(d: *const Desc, field: usize, delta: u64) -> bool {
 /// # Safety
 /// As [`load`]; `field` is the tiny word's offset, `amask + 1` a power of two.
 #[inline(always)]
-pub unsafe fn carve(d: *const Desc, field: usize, size: usize, amask: usize) -> *mut u8 {
+pub unsafe fn carve(d: *const Desc, off: i64, field: usize, size: usize, amask: usize) -> *mut u8 {
     let p: usize;
-    // SAFETY: the caller vouches for the descriptor.
-    let off = unsafe { (*d).rseq_off };
     // SAFETY: as in `pop`; the single store of the new tiny word is the commit.
     unsafe {
         rseq_section!(
@@ -636,6 +690,11 @@ fn probe() -> Option<i64> {
     // fields: cpu_id_start, cpu_id, rseq_cs, flags) where the fix for the
     // extensible-rseq ABI is applied. We need the first three fields.
     if size < 20 {
+        return None;
+    }
+    // The area is inside the thread's control block, never at the thread
+    // pointer itself ([`Published`] relies on it: 0 means unpublished).
+    if off == 0 {
         return None;
     }
     // The area must be live for this thread: cpu_id is set (not -1/-2).

@@ -228,15 +228,17 @@ pub const fn size_to_class(size: usize) -> SizeClass {
     }
 }
 
-/// [`size_to_class`] for `size <= SMALL_SIZE_MAX`, through a copy of
-/// [`SIZE_TO_CLASS8`] that each user crate instantiates (a `const`): the
-/// table is then addressed relative to the instruction pointer, not through
-/// the GOT as a static of another crate is in a position-independent binary.
+/// [`size_to_class`] for `size <= SMALL_SIZE_MAX`, for the fast paths: one
+/// load from [`SIZE_TO_CLASS8`] expanded to one entry per byte (1 KiB), indexed
+/// by the size itself — no rounding, no shift. Each user crate instantiates the
+/// table (a `const`), so it is addressed relative to the instruction pointer,
+/// not through the GOT as a static of another crate is in a
+/// position-independent binary.
 #[inline(always)]
 pub const fn size_to_class_small(size: usize) -> SizeClass {
-    const T: [u8; SIZE_TO_CLASS8_LEN] = generate_size_to_class8();
+    const T: [u8; SMALL_SIZE_MAX + 1] = generate_size_to_class1();
     debug_assert!(size <= SMALL_SIZE_MAX);
-    SizeClass(T[size.div_ceil(SMALL_SIZE_DIV)])
+    SizeClass(T[size])
 }
 
 /// [`size_to_class`] for `SMALL_SIZE_MAX < size <= MAX_SMALL_SIZE`, through a
@@ -416,6 +418,19 @@ const fn generate_size_to_class8() -> [u8; SIZE_TO_CLASS8_LEN] {
         t[i] = first_class_at_least(i * SMALL_SIZE_DIV);
         assert!(t[i] != 0);
         i += 1;
+    }
+    t
+}
+
+/// [`SIZE_TO_CLASS8`] with one entry per size: entry `s` is entry
+/// `ceil(s / SMALL_SIZE_DIV)` of it.
+const fn generate_size_to_class1() -> [u8; SMALL_SIZE_MAX + 1] {
+    let t8 = generate_size_to_class8();
+    let mut t = [0u8; SMALL_SIZE_MAX + 1];
+    let mut s = 0;
+    while s <= SMALL_SIZE_MAX {
+        t[s] = t8[s.div_ceil(SMALL_SIZE_DIV)];
+        s += 1;
     }
     t
 }
@@ -676,8 +691,15 @@ mod tests {
             let c = size_to_class(n);
             assert_eq!(c, scan(n), "size {n}");
             assert!(!c.is_large() && c.size() >= n);
+            // The fast paths' tables agree with the reference lookup.
+            if n <= SMALL_SIZE_MAX {
+                assert_eq!(size_to_class_small(n), c, "byte table, size {n}");
+            } else {
+                assert_eq!(size_to_class_medium(n), c, "128-byte table, size {n}");
+            }
         }
         assert_eq!(size_to_class(0).index(), 1);
+        assert_eq!(size_to_class_small(0).index(), 1);
         for n in [
             MAX_SMALL_SIZE + 1,
             MAX_SMALL_SIZE + 8,
