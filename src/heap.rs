@@ -4,9 +4,12 @@
 //! Requests are sorted by [`Kind`]: tiny (under 16 bytes, alignment at most 8),
 //! small (a size class, up to 32 KiB; larger alignments pick a class whose size is
 //! a multiple of the alignment) and large (whole pages from the page heap). The
-//! same function sorts `dealloc`'s layout, so a sized free finds its class with
-//! one table load and no page-map lookup (over [`PROMOTE_MIN`], one lookup tells
-//! an object that `realloc` promoted to a span of its own).
+//! same function sorts `dealloc`'s layout, so a sized free of up to 1 KiB finds
+//! its class with one table load and no page-map lookup. Over 1 KiB
+//! ([`SMALL_SIZE_MAX`]) the page map decides: `realloc` keeps a shrinking
+//! object in its larger class ([`stays_in_class`]) and moves a growing one
+//! to a span of its own ([`PROMOTE_MIN`]), so the layout no longer names the
+//! object's class.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::{null_mut, NonNull};
@@ -37,10 +40,28 @@ use crate::{MAX_SMALL_SIZE, PAGE_BYTES, TINY_SIZE};
 /// above 16 KiB do. A promoted object's span is its class size in whole pages
 /// (at most a third more than the class), or an idle span of up to twice that
 /// from the large-span cache (`PageHeap::alloc_promoted`); it is freed,
-/// resized and reported by the large-object path. Because a sized free of a size over this
-/// threshold cannot know whether the object was promoted, it looks at the page
-/// map (one lookup, on objects of 16 KiB or more); smaller frees are unchanged.
+/// resized and reported by the large-object path. A sized free of a size over
+/// 1 KiB cannot know whether the object was promoted, so it looks at the page
+/// map (one lookup).
 pub const PROMOTE_MIN: usize = 16 << 10;
+
+/// Whether `realloc` to `new_size` (sorting as `new`) keeps an object of class
+/// `c` where it is: the new size sorts to the same class, or — the
+/// **shrink-in-place** rule, mimalloc's — it is over 1 KiB, fits the class and
+/// uses at least half of it. A sized free of such an object finds its class
+/// through the page map (sizes over [`SMALL_SIZE_MAX`] always do), so the
+/// object's layout may name a smaller class than its slot. Keeping the
+/// object saves the copy (most of the cost of `realloc` between 1 and
+/// 32 KiB), and wastes at most what a class twice as coarse would.
+pub const fn stays_in_class(c: SizeClass, new_size: usize, new: Kind) -> bool {
+    match new {
+        Kind::Small(b) => {
+            b.index() == c.index()
+                || (new_size > SMALL_SIZE_MAX && new_size <= c.size() && new_size >= c.size() / 2)
+        }
+        _ => false,
+    }
+}
 
 /// Pages of a promoted object of class `c`: its class size, rounded up to
 /// whole pages, so that every size of the class fits in place.
@@ -586,30 +607,37 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             Kind::Tiny => self.free_tiny(p),
             // Sizes up to 1 KiB never get here: `Kind::of`'s first branch bounds
             // them, so the compiler drops this test from the fast path.
-            Kind::Small(c) if layout.size() > PROMOTE_MIN => self.free_over_promote_min(p, c),
+            Kind::Small(c) if layout.size() > SMALL_SIZE_MAX => self.free_by_map(p, c),
             Kind::Small(c) => self.free_small(p, c),
             Kind::Large => self.free_large(p),
         }
     }
 
-    /// Frees `p` of class `c`, whose size is over [`PROMOTE_MIN`]: maybe promoted.
+    /// Frees `p`, whose layout sorts to class `c` with a size over 1 KiB: the
+    /// page map says what it is — an object of its span's class (at least
+    /// `c`, larger if `realloc` shrank it in place), or an object with a span
+    /// of its own (promoted). A foreign pointer or a double free finds no
+    /// class span and the large path reports it.
     #[inline(never)]
-    fn free_over_promote_min(&self, p: *mut u8, c: SizeClass) {
-        if self.in_class_span(p) {
-            self.free_small(p, c)
-        } else {
-            self.free_large(p)
+    fn free_by_map(&self, p: *mut u8, c: SizeClass) {
+        match self.class_of(p) {
+            Some(slot) => {
+                #[cfg(feature = "checks")]
+                checks::on_layout(p, c, slot);
+                let _ = c;
+                self.free_small(p, slot)
+            }
+            None => self.free_large(p),
         }
     }
 
-    /// Whether `p`, an object whose size is over [`PROMOTE_MIN`], sits in a
-    /// span of its class (else `realloc` promoted it to a span of its own; a
-    /// foreign pointer or a double free also answers false, and the large
-    /// path reports it).
-    fn in_class_span(&self, p: *mut u8) -> bool {
+    /// The class of the span holding `p`, if that is a span of small objects
+    /// (else `p` has a span of its own, or is not an object of this heap).
+    fn class_of(&self, p: *mut u8) -> Option<SizeClass> {
         // SAFETY: non-null page-map entries are live spans.
         unsafe { self.map.span_of(p as usize).as_ref() }
-            .is_some_and(|s| s.state == SpanState::Small)
+            .filter(|s| s.state == SpanState::Small)
+            .map(|s| s.class)
     }
 
     /// Allocates zeroed memory; large objects known to be fresh from the source are not written.
@@ -646,21 +674,23 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// As [`GlobalAlloc::realloc`].
     pub unsafe fn reallocate(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let (old_size, align) = (layout.size(), layout.align());
-        let (old, new) = (Kind::of(old_size, align), Kind::of(new_size, align));
-        // A promoted object's span holds its whole class (see `promoted_pages`).
-        if let (Kind::Small(a), Kind::Small(b)) = (old, new) {
-            if a == b {
-                return p;
-            }
-        }
-        // The span the object has to itself: large, or promoted.
-        let own = match old {
-            Kind::Large => Some(self.large_span(p)),
-            Kind::Small(_) if old_size > PROMOTE_MIN && !self.in_class_span(p) => {
-                Some(self.large_span(p))
-            }
-            _ => None,
+        let new = Kind::of(new_size, align);
+        // What the object is: over 1 KiB the page map says (its slot's class,
+        // or a span of its own: large or promoted).
+        let (old, own) = match Kind::of(old_size, align) {
+            Kind::Small(c) if old_size > SMALL_SIZE_MAX => match self.class_of(p) {
+                Some(slot) => (Kind::Small(slot), None),
+                None => (Kind::Small(c), Some(self.large_span(p))),
+            },
+            Kind::Large => (Kind::Large, Some(self.large_span(p))),
+            k => (k, None),
         };
+        match (old, own) {
+            (Kind::Small(a), None) if stays_in_class(a, new_size, new) => return p,
+            // A promoted object's span holds its whole class (see `promoted_pages`).
+            (Kind::Small(a), Some(_)) if new == Kind::Small(a) => return p,
+            _ => {}
+        }
         // SAFETY: forwarded from the caller; `old` and `own` describe `p`.
         unsafe { self.resize_or_move(p, old_size, old, own, new_size, new, align) }
     }
@@ -680,7 +710,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         match unsafe { self.map.span_of(p as usize).as_ref() } {
             Some(span) if span.state == SpanState::Small => {
                 let c = span.class;
-                if new == Kind::Small(c) {
+                if stays_in_class(c, new_size, new) {
                     return p;
                 }
                 // SAFETY: the caller's live object of class `c`.
@@ -1160,6 +1190,21 @@ pub(crate) mod checks {
             span.start,
             span.class.index()
         );
+    }
+
+    /// A sized free over 1 KiB found the object in a slot of class `slot`: the
+    /// layout's class `c` must fit in it (it may be smaller: `realloc` shrinks
+    /// in place).
+    pub fn on_layout(p: *mut u8, c: SizeClass, slot: SizeClass) {
+        if c.size() > slot.size() {
+            panic!(
+                "tieralloc: free of {p:p} with a layout of class {} ({} B), but it sits in a slot of class {} ({} B)",
+                c.index(),
+                c.size(),
+                slot.index(),
+                slot.size()
+            );
+        }
     }
 
     /// The user frees `p` as an object of class `c`: check it is one, live.

@@ -59,16 +59,18 @@
 //! 5. Tiny: bump-allocate in the CPU's current 16-byte block; a new block is a
 //!    class-2 object whose live count starts at a bias (see [`heap`]).
 //! 6. Large: lock the page heap and take whole pages (step 4) for a span of its own.
-//! 7. `realloc`: in place within a class, or when a span of the object's own can
-//!    shrink or grow into free pages after it; otherwise allocate, copy, free. An
-//!    object growing past [`heap::PROMOTE_MIN`] (16 KiB) moves to a span of its own
-//!    (*promotion*), so that a doubling buffer stops being copied at each class
-//!    boundary.
+//! 7. `realloc`: in place within a class, when a class object shrinks to over
+//!    1 KiB and at least half its slot ([`heap::stays_in_class`]), or when a span
+//!    of the object's own can shrink or grow into free pages after it; otherwise
+//!    allocate, copy, free. An object growing past [`heap::PROMOTE_MIN`] (16 KiB)
+//!    moves to a span of its own (*promotion*), so that a doubling buffer stops
+//!    being copied at each class boundary.
 //!
 //! ## The free path
 //!
-//! 1. Sort the layout as above (a sized free needs no page-map lookup, except
-//!    over 16 KiB, where one lookup tells a promoted object from a class object).
+//! 1. Sort the layout as above (a sized free of up to 1 KiB needs no page-map
+//!    lookup; over 1 KiB one lookup finds the object's slot class — `realloc`
+//!    may have kept it in a larger one — or tells a promoted object).
 //! 2. Small: push onto the current CPU's stack (as in step 2 above) — whichever
 //!    CPU allocated it.
 //! 3. Full stack: lock `central[class]` and hand over the oldest batch, into the

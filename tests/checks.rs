@@ -30,7 +30,6 @@ use core::alloc::Layout;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use common::single_cpu_heap;
-use tieralloc::heap::Kind;
 use tieralloc::sizeclass::size_to_class;
 use tieralloc::{Heap, LockedSlots, MmapSource, SingleCpu, PAGE_BYTES};
 
@@ -159,6 +158,34 @@ fn promoted_double_free_and_foreign_pointer() {
     let f = x.as_ptr() as *mut u8;
     let msg = panic_message(|| unsafe { HEAP.deallocate(f, lay(20_000)) });
     assert_names(&msg, &[&addr(f), "not a live object of this heap"]);
+    still_works(&HEAP);
+}
+
+/// A sized free over 1 KiB asks the page map what the object is (`realloc`
+/// may have kept it in a larger slot, or promoted it), so a foreign pointer
+/// freed with such a size is reported in both modes, and a layout larger than
+/// the object's slot is reported with `checks`.
+#[test]
+fn medium_foreign_pointer_and_oversized_layout() {
+    static HEAP: H2 = heap2();
+    still_works(&HEAP);
+    let x = [0u64; 4];
+    let f = x.as_ptr() as *mut u8;
+    for size in [1025, 2000, 16_000] {
+        let msg = panic_message(|| unsafe { HEAP.deallocate(f, lay(size)) });
+        assert_names(&msg, &[&addr(f)]);
+        HEAP.check_invariants();
+    }
+    // Kept in its 4 KiB slot by a shrinking realloc, freed by its new layout.
+    let p = HEAP.allocate(lay(4096));
+    let q = unsafe { HEAP.reallocate(p, lay(4096), 2500) };
+    assert_eq!(q, p);
+    #[cfg(feature = "checks")]
+    {
+        let msg = panic_message(|| unsafe { HEAP.deallocate(q, lay(6000)) });
+        assert_names(&msg, &[&addr(q), "layout of class", "slot of class"]);
+    }
+    unsafe { HEAP.deallocate(q, lay(2500)) };
     still_works(&HEAP);
 }
 
@@ -310,6 +337,7 @@ fn free_before_any_allocation() {
 mod with_checks {
     use super::*;
     use crate::common::{set_slot, slots_heap};
+    use tieralloc::heap::Kind;
 
     /// Freed twice in a row: the object is in a per-CPU cache.
     #[test]

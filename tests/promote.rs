@@ -142,7 +142,8 @@ fn promoted_object_resizes_and_frees_by_its_layout() {
 }
 
 /// A large object shrinks in place to a size over the threshold (a class size
-/// no longer needs a move); a class object that shrinks stays in its class.
+/// no longer needs a move); a class object that shrinks by at most half stays
+/// in its slot (not promoted), one that shrinks further moves to its class.
 #[test]
 fn shrinking_keeps_the_span_or_the_class() {
     static HEAP: H1 = single_cpu_heap();
@@ -154,18 +155,27 @@ fn shrinking_keeps_the_span_or_the_class() {
     assert_eq!(p, big, "shrunk in place");
     check(p, 20_000, 4);
     assert_eq!(HEAP.try_usable_size(p), Some(3 * PAGE_BYTES));
-    // A class object over the threshold that shrinks is not promoted.
     let c = HEAP.allocate(lay(32_000));
     fill(c, 32_000, 5);
     // SAFETY: live with 32,000 bytes.
     let d = unsafe { HEAP.reallocate(c, lay(32_000), 20_000) };
-    assert!(!d.is_null() && d != c);
+    assert_eq!(d, c, "kept in its slot");
     check(d, 20_000, 5);
-    assert_eq!(HEAP.try_usable_size(d), Some(size_to_class(20_000).size()));
+    assert_eq!(HEAP.try_usable_size(d), Some(size_to_class(32_000).size()));
+    assert_eq!(
+        HEAP.stats().large_alloc,
+        3 * PAGE_BYTES as u64,
+        "not promoted"
+    );
+    // SAFETY: live with 20,000 bytes.
+    let e = unsafe { HEAP.reallocate(d, lay(20_000), 12_000) };
+    assert!(!e.is_null() && e != d, "below half of the slot: moved");
+    check(e, 12_000, 5);
+    assert_eq!(HEAP.try_usable_size(e), Some(size_to_class(12_000).size()));
     // SAFETY: live with these layouts.
     unsafe {
         HEAP.deallocate(p, lay(20_000));
-        HEAP.deallocate(d, lay(20_000));
+        HEAP.deallocate(e, lay(12_000));
     }
     let st = HEAP.stats();
     assert_eq!(st.heap_alloc, 0, "{st}");
@@ -265,7 +275,7 @@ fn unsized_realloc_finds_the_object_by_the_page_map() {
     // One page, its own span: 8 KiB usable, the size of a class.
     let big_align = Layout::from_size_align(100, 64 << 10).unwrap();
     let a = HEAP.allocate(big_align);
-    assert!(!a.is_null() && a as usize % (64 << 10) == 0);
+    assert!(!a.is_null() && (a as usize).is_multiple_of(64 << 10));
     assert_eq!(HEAP.try_usable_size(a), Some(PAGE_BYTES));
     fill(a, 100, 7);
     // SAFETY: a live non-tiny object; (20,000, 8) is a layout.

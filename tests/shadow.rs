@@ -20,7 +20,7 @@ use core::alloc::Layout;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::{set_slot, slots_heap, Rng};
-use tieralloc::heap::{Kind, PROMOTE_MIN};
+use tieralloc::heap::Kind;
 use tieralloc::pageheap::large_pages;
 use tieralloc::sizeclass::{SizeClass, NUM_CLASSES};
 use tieralloc::{
@@ -89,42 +89,26 @@ fn verify(p: *mut u8, size: usize, seed: u8, limit: usize, what: &dyn Fn() -> St
 
 // ----------------------------------------------------------------- model
 
-/// What a live object costs in `heap_alloc`: its class size, or its pages
+/// What a live object costs in `heap_alloc`: its slot's class size (`slot`,
+/// when `realloc` shrank it in place, else its layout's class), or its pages
 /// (large, or promoted: `own` holds the promoted span's bytes); `None` for a
 /// tiny object (counted through the shared 16-byte blocks).
-fn rounded(layout: Layout, own: Option<u64>) -> Option<u64> {
+fn rounded(layout: Layout, own: Option<u64>, slot: Option<SizeClass>) -> Option<u64> {
     match Kind::of(layout.size(), layout.align()) {
         Kind::Tiny => None,
         Kind::Small(_) if own.is_some() => own,
+        Kind::Small(_) if slot.is_some() => slot.map(|c| c.size() as u64),
         _ => Some(common::rounded(layout)),
     }
 }
 
 /// Index into `by_size` (0 = large or promoted), or `None` for tiny.
-fn class_index(layout: Layout, own: bool) -> Option<usize> {
+fn class_index(layout: Layout, own: bool, slot: Option<SizeClass>) -> Option<usize> {
     match Kind::of(layout.size(), layout.align()) {
         Kind::Tiny => None,
         Kind::Small(_) if own => Some(0),
-        Kind::Small(c) => Some(c.index()),
+        Kind::Small(c) => Some(slot.unwrap_or(c).index()),
         Kind::Large => Some(0),
-    }
-}
-
-/// Whether `realloc` of an object of `old` bytes (with a span of its own if
-/// `own`) to `new` bytes leaves it with a span of its own, when the object is
-/// small before and after: the rule of [`PROMOTE_MIN`], stated independently
-/// of how the heap gets there (in place or by moving).
-fn promoted_after(old: Layout, own: bool, new: usize) -> bool {
-    let (a, b) = (
-        Kind::of(old.size(), old.align()),
-        Kind::of(new, old.align()),
-    );
-    match (a, b) {
-        (Kind::Small(x), Kind::Small(y)) if x == y => own,
-        (_, Kind::Small(_)) if new > PROMOTE_MIN => {
-            own || a == Kind::Large || (new > old.size() && new / 2 <= old.size())
-        }
-        _ => false,
     }
 }
 
@@ -137,6 +121,9 @@ struct Obj {
     /// A small-sized object with a span of its own (promoted by `realloc`):
     /// the span's bytes.
     own: Option<u64>,
+    /// The class of the slot the object sits in, when `realloc` shrank it in
+    /// place and its layout sorts to a smaller class.
+    slot: Option<SizeClass>,
 }
 
 struct Model {
@@ -182,17 +169,25 @@ impl Model {
             .expect("range of a live object");
     }
 
-    fn add(&mut self, p: *mut u8, layout: Layout, seed: u8, own: Option<u64>) -> u64 {
+    fn add(
+        &mut self,
+        p: *mut u8,
+        layout: Layout,
+        seed: u8,
+        own: Option<u64>,
+        slot: Option<SizeClass>,
+    ) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         self.insert_range(p, layout.size(), id);
-        self.nontiny_bytes += rounded(layout, own).unwrap_or(0);
+        self.nontiny_bytes += rounded(layout, own, slot).unwrap_or(0);
         self.live.push(Obj {
             p,
             layout,
             seed,
             id,
             own,
+            slot,
         });
         id
     }
@@ -200,7 +195,7 @@ impl Model {
     fn take(&mut self, i: usize) -> Obj {
         let o = self.live.swap_remove(i);
         self.remove_range(o.p);
-        self.nontiny_bytes -= rounded(o.layout, o.own).unwrap_or(0);
+        self.nontiny_bytes -= rounded(o.layout, o.own, o.slot).unwrap_or(0);
         o
     }
 }
@@ -278,8 +273,8 @@ struct Run<'a, C: Cpu> {
     cpus: usize,
     ops: usize,
     /// allocs, zeroed allocs, frees, reallocs (moved), reallocs (in place),
-    /// scavenges, promotions.
-    counts: [u64; 7],
+    /// scavenges, promotions, shrinks kept in a larger slot.
+    counts: [u64; 8],
     classes_seen: [bool; NUM_CLASSES],
     max_live: usize,
 }
@@ -332,12 +327,12 @@ impl<C: Cpu> Run<'_, C> {
             }
         }
         self.counts[zeroed as usize] += 1;
-        if let Some(c) = class_index(layout, false) {
+        if let Some(c) = class_index(layout, false, None) {
             self.classes_seen[c] = true;
         }
         let seed = self.rng.next() as u8;
         fill(p, layout.size(), seed);
-        self.m.add(p, layout, seed, None);
+        self.m.add(p, layout, seed, None, None);
     }
 
     fn free(&mut self) {
@@ -374,7 +369,20 @@ impl<C: Cpu> Run<'_, C> {
                 o.layout.align()
             )
         };
-        let own = promoted_after(o.layout, o.own.is_some(), new_size).then(|| {
+        // The slot a class object sits in, and whether it stays there.
+        let align = o.layout.align();
+        let cur = match Kind::of(old, align) {
+            Kind::Small(c) if o.own.is_none() => Some(o.slot.unwrap_or(c)),
+            _ => None,
+        };
+        let stays = cur.is_some_and(|a| common::stays_in_slot(a, new_size, align));
+        let slot = cur.filter(|&a| stays && Kind::of(new_size, align) != Kind::Small(a));
+        if stays {
+            assert_eq!(q, o.p, "{}: stays in its slot ({:?})", what(), cur);
+        }
+        self.counts[7] += u64::from(slot.is_some() && o.slot.is_none());
+        let promoted = !stays && common::promoted_after(o.layout, o.own.is_some(), new_size);
+        let own = promoted.then(|| {
             let Kind::Small(c) = Kind::of(new_size, o.layout.align()) else {
                 unreachable!("promoted objects are small-sized")
             };
@@ -397,7 +405,7 @@ impl<C: Cpu> Run<'_, C> {
         self.counts[6] += u64::from(own.is_some() && o.own.is_none());
         verify(q, old, o.seed, new_size, &what);
         fill(q, new_size, o.seed);
-        self.m.add(q, new_layout, o.seed, own);
+        self.m.add(q, new_layout, o.seed, own, slot);
     }
 
     /// The heap's invariants and statistics against the model.
@@ -427,11 +435,11 @@ impl<C: Cpu> Run<'_, C> {
         let mut large_bytes = 0u64;
         let mut blocks = BTreeSet::new();
         for o in &self.m.live {
-            match class_index(o.layout, o.own.is_some()) {
+            match class_index(o.layout, o.own.is_some(), o.slot) {
                 Some(c) => {
                     by_class[c] += 1;
                     if c == 0 {
-                        large_bytes += rounded(o.layout, o.own).unwrap();
+                        large_bytes += rounded(o.layout, o.own, o.slot).unwrap();
                     }
                 }
                 None => {
@@ -474,7 +482,7 @@ impl<C: Cpu> Run<'_, C> {
             .m
             .live
             .iter()
-            .filter(|o| class_index(o.layout, o.own.is_some()).is_none())
+            .filter(|o| class_index(o.layout, o.own.is_some(), o.slot).is_none())
             .map(|o| o.p as usize & !(TINY_SIZE - 1))
             .collect();
         assert_eq!(
@@ -519,10 +527,11 @@ impl<C: Cpu> Run<'_, C> {
         self.check();
         let c = self.counts;
         eprintln!(
-            "{} ops: {} allocs, {} zeroed, {} frees, {} reallocs moved, {} in place, {} promoted, {} scavenges; max live {}",
-            self.ops, c[0], c[1], c[2], c[3], c[4], c[6], c[5], self.max_live
+            "{} ops: {} allocs, {} zeroed, {} frees, {} reallocs moved, {} in place ({} kept in a larger slot), {} promoted, {} scavenges; max live {}",
+            self.ops, c[0], c[1], c[2], c[3], c[4], c[7], c[6], c[5], self.max_live
         );
         assert!(c[6] > 0, "no realloc promoted an object");
+        assert!(c[7] > 0, "no realloc shrank an object in place");
         eprintln!("{}", self.heap.stats());
         // Class 1 (8 bytes) is never used by the heap: a request under 16 bytes
         // is tiny when its alignment is at most 8, and needs a multiple of 16 otherwise.
@@ -571,7 +580,7 @@ fn shadow(heap: &'static TestHeap, seed: u64, cpus: usize) {
         m: Model::new(),
         cpus,
         ops: OPS,
-        counts: [0; 7],
+        counts: [0; 8],
         classes_seen: [false; NUM_CLASSES],
         max_live: 0,
     }

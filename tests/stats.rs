@@ -11,7 +11,7 @@ use core::alloc::Layout;
 use std::collections::HashMap;
 
 use common::slots_heap;
-use tieralloc::heap::{Kind, PROMOTE_MIN};
+use tieralloc::heap::Kind;
 use tieralloc::sizeclass::{SizeClass, NUM_CLASSES};
 use tieralloc::{Heap, LockedSlots, MmapSource, Stats, MAX_SMALL_SIZE, PAGE_BYTES, TINY_SIZE};
 
@@ -33,16 +33,21 @@ struct Live {
     /// Promoted by `realloc` to a span of its own (counted as large): the
     /// span's bytes.
     own: Option<u64>,
+    /// The class of the slot the object sits in, when `realloc` shrank it in
+    /// place and its layout sorts to a smaller class.
+    slot: Option<SizeClass>,
 }
 
 impl Live {
     fn layout(&self) -> Layout {
         Layout::from_size_align(self.size, self.align).unwrap()
     }
-    /// How the heap counts the object: a promoted one as large.
+    /// How the heap counts the object: a promoted one as large, one shrunk in
+    /// place in its slot's class.
     fn kind(&self) -> Kind {
         match Kind::of(self.size, self.align) {
             Kind::Small(_) if self.own.is_some() => Kind::Large,
+            Kind::Small(c) => Kind::Small(self.slot.unwrap_or(c)),
             k => k,
         }
     }
@@ -58,18 +63,6 @@ impl Live {
         match Kind::of(self.size, self.align) {
             Kind::Small(_) if self.own.is_some() => self.own.unwrap(),
             _ => page_round(self.size),
-        }
-    }
-    /// Whether `realloc` of `self` to `new` bytes leaves a small result with a
-    /// span of its own: the rule of [`PROMOTE_MIN`].
-    fn promoted_after(&self, new: usize) -> bool {
-        let (a, b) = (Kind::of(self.size, self.align), Kind::of(new, self.align));
-        match (a, b) {
-            (Kind::Small(x), Kind::Small(y)) if x == y => self.own.is_some(),
-            (_, Kind::Small(_)) if new > PROMOTE_MIN => {
-                self.own.is_some() || a == Kind::Large || (new > self.size && new / 2 <= self.size)
-            }
-            _ => false,
         }
     }
 }
@@ -302,6 +295,7 @@ fn alloc(h: &H, m: &mut Model, slot: usize, size: usize, align: usize, zeroed: b
         size,
         align,
         own: None,
+        slot: None,
     };
     m.on_alloc(slot % SLOTS, o);
     o
@@ -325,33 +319,44 @@ fn realloc(h: &H, m: &mut Model, slot: usize, idx: usize, new_size: usize) -> bo
     // SAFETY: live, allocated by `h` with this layout.
     let q = unsafe { h.reallocate(o.p as *mut u8, o.layout(), new_size) } as usize;
     assert!(q != 0);
+    // A class object stays in its slot by the shrink-in-place rule.
+    let cur = match o.kind() {
+        Kind::Small(c) => Some(c),
+        _ => None,
+    };
+    let stays = cur.is_some_and(|a| common::stays_in_slot(a, new_size, o.align));
+    if stays {
+        assert_eq!(q, o.p, "realloc {o:?} to {new_size}: stays in its slot");
+    }
     let n = Live {
         p: q,
         size: new_size,
         align: o.align,
         own: None,
+        slot: cur.filter(|&a| stays && Kind::of(new_size, o.align) != Kind::Small(a)),
     };
     // A promoted object's span: its class's pages when resized in place, or
     // (moved) an idle span of up to twice as many.
-    let own = o
-        .promoted_after(new_size)
-        .then(|| match (o.kind(), Kind::of(new_size, o.align)) {
-            (Kind::Large, Kind::Small(c))
-                if q == o.p && o.own.is_some() && o.size_class() == Some(c) =>
-            {
-                o.own.unwrap()
+    let own =
+        (!stays && common::promoted_after(o.layout(), o.own.is_some(), new_size)).then(|| {
+            match (o.kind(), Kind::of(new_size, o.align)) {
+                (Kind::Large, Kind::Small(c))
+                    if q == o.p && o.own.is_some() && o.size_class() == Some(c) =>
+                {
+                    o.own.unwrap()
+                }
+                (_, Kind::Small(c)) if q == o.p => page_round(c.size()),
+                (_, Kind::Small(c)) => {
+                    let got = h.try_usable_size(q as *mut u8).unwrap() as u64;
+                    let exact = page_round(c.size());
+                    assert!(
+                        exact <= got && got <= 2 * exact,
+                        "promoted into {got} bytes, class pages {exact}"
+                    );
+                    got
+                }
+                _ => unreachable!("promoted objects are small-sized"),
             }
-            (_, Kind::Small(c)) if q == o.p => page_round(c.size()),
-            (_, Kind::Small(c)) => {
-                let got = h.try_usable_size(q as *mut u8).unwrap() as u64;
-                let exact = page_round(c.size());
-                assert!(
-                    exact <= got && got <= 2 * exact,
-                    "promoted into {got} bytes, class pages {exact}"
-                );
-                got
-            }
-            _ => unreachable!("promoted objects are small-sized"),
         });
     let n = Live { own, ..n };
     if q == o.p {
@@ -501,6 +506,9 @@ fn stats_are_exact_at_quiescence() {
         "reallocs: {in_place_small} small in place, {in_place_large} large in place, {moved} moved"
     );
     assert!(in_place_small > 0 && in_place_large > 0 && moved > 0);
+    let kept = m.live.iter().filter(|o| o.slot.is_some()).count();
+    println!("{kept} objects kept in a larger slot");
+    assert!(kept > 0, "no realloc shrank a class object in place");
     h.check_invariants();
 
     // Tiny objects freed on other slots than they were made on, all of them.

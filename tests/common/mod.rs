@@ -5,7 +5,8 @@
 use core::alloc::Layout;
 use std::cell::Cell;
 
-use tieralloc::heap::Kind;
+use tieralloc::heap::{Kind, PROMOTE_MIN};
+use tieralloc::sizeclass::{SizeClass, SMALL_SIZE_MAX};
 use tieralloc::PAGE_BYTES;
 #[cfg(feature = "linux")]
 use tieralloc::{cpu::RelaxStrategy, Heap, LockedSlots, MmapSource, SingleCpu};
@@ -89,5 +90,36 @@ pub fn rounded(l: Layout) -> u64 {
         Kind::Tiny => 0,
         Kind::Small(c) => c.size() as u64,
         Kind::Large => (tieralloc::pageheap::large_pages(l.size()).unwrap() * PAGE_BYTES) as u64,
+    }
+}
+
+/// Whether `realloc` to `new` bytes (at `align`) keeps an object that sits in
+/// a slot of class `slot` where it is, the heap's rule restated independently
+/// of it: the new size sorts to that class, or it is over 1 KiB, fits the
+/// slot and fills at least half of it.
+pub fn stays_in_slot(slot: SizeClass, new: usize, align: usize) -> bool {
+    match Kind::of(new, align) {
+        Kind::Small(b) if b == slot => true,
+        Kind::Small(_) => new > SMALL_SIZE_MAX && new <= slot.size() && new >= slot.size() / 2,
+        _ => false,
+    }
+}
+
+/// Whether `realloc` of an object of layout `old` (with a span of its own if
+/// `own`) to `new` bytes leaves it with a span of its own, when the object is
+/// small before and after and does not stay in its slot ([`stays_in_slot`]):
+/// the rule of [`PROMOTE_MIN`], stated independently of how the heap gets
+/// there (in place or by moving).
+pub fn promoted_after(old: Layout, own: bool, new: usize) -> bool {
+    let (a, b) = (
+        Kind::of(old.size(), old.align()),
+        Kind::of(new, old.align()),
+    );
+    match (a, b) {
+        (Kind::Small(x), Kind::Small(y)) if x == y => own,
+        (_, Kind::Small(_)) if new > PROMOTE_MIN => {
+            own || a == Kind::Large || (new > old.size() && new / 2 <= old.size())
+        }
+        _ => false,
     }
 }
