@@ -60,7 +60,7 @@
 //!    class-2 object whose live count starts at a bias (see [`heap`]).
 //! 6. Large: lock the page heap and take whole pages (step 4) for a span of its own.
 //! 7. `realloc`: in place within a class, when a class object shrinks to over
-//!    1 KiB and at least half its slot ([`heap::stays_in_class`]), or when a span
+//!    4 KiB and at least half its slot ([`heap::stays_in_class`]), or when a span
 //!    of the object's own can shrink or grow into free pages after it; otherwise
 //!    allocate, copy, free. An object growing past [`heap::PROMOTE_MIN`] (16 KiB)
 //!    moves to a span of its own (*promotion*), so that a doubling buffer stops
@@ -68,8 +68,8 @@
 //!
 //! ## The free path
 //!
-//! 1. Sort the layout as above (a sized free of up to 1 KiB needs no page-map
-//!    lookup; over 1 KiB one lookup finds the object's slot class — `realloc`
+//! 1. Sort the layout as above (a sized free of up to 4 KiB needs no page-map
+//!    lookup; over 4 KiB one lookup finds the object's slot class — `realloc`
 //!    may have kept it in a larger one — or tells a promoted object).
 //! 2. Small: push onto the current CPU's stack (as in step 2 above) — whichever
 //!    CPU allocated it.

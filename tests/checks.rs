@@ -29,7 +29,7 @@ mod common;
 use core::alloc::Layout;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use common::single_cpu_heap;
+use common::{lay, single_cpu_heap};
 use tieralloc::sizeclass::size_to_class;
 use tieralloc::{Heap, LockedSlots, MmapSource, SingleCpu, PAGE_BYTES};
 
@@ -38,10 +38,6 @@ type H1 = Heap<MmapSource, SingleCpu>;
 
 const fn heap2() -> H2 {
     Heap::new(MmapSource::new(), LockedSlots::new(|| 0))
-}
-
-fn lay(size: usize) -> Layout {
-    Layout::from_size_align(size, 8).unwrap()
 }
 
 fn class_of(size: usize) -> usize {
@@ -161,7 +157,7 @@ fn promoted_double_free_and_foreign_pointer() {
     still_works(&HEAP);
 }
 
-/// A sized free over 1 KiB asks the page map what the object is (`realloc`
+/// A sized free over 4 KiB asks the page map what the object is (`realloc`
 /// may have kept it in a larger slot, or promoted it), so a foreign pointer
 /// freed with such a size is reported in both modes, and a layout larger than
 /// the object's slot is reported with `checks`.
@@ -171,21 +167,21 @@ fn medium_foreign_pointer_and_oversized_layout() {
     still_works(&HEAP);
     let x = [0u64; 4];
     let f = x.as_ptr() as *mut u8;
-    for size in [1025, 2000, 16_000] {
+    for size in [4097, 10_000, 16_000] {
         let msg = panic_message(|| unsafe { HEAP.deallocate(f, lay(size)) });
         assert_names(&msg, &[&addr(f)]);
         HEAP.check_invariants();
     }
-    // Kept in its 4 KiB slot by a shrinking realloc, freed by its new layout.
-    let p = HEAP.allocate(lay(4096));
-    let q = unsafe { HEAP.reallocate(p, lay(4096), 2500) };
+    // Kept in its 8 KiB slot by a shrinking realloc, freed by its new layout.
+    let p = HEAP.allocate(lay(8192));
+    let q = unsafe { HEAP.reallocate(p, lay(8192), 5000) };
     assert_eq!(q, p);
     #[cfg(feature = "checks")]
     {
-        let msg = panic_message(|| unsafe { HEAP.deallocate(q, lay(6000)) });
+        let msg = panic_message(|| unsafe { HEAP.deallocate(q, lay(12_000)) });
         assert_names(&msg, &[&addr(q), "layout of class", "slot of class"]);
     }
-    unsafe { HEAP.deallocate(q, lay(2500)) };
+    unsafe { HEAP.deallocate(q, lay(5000)) };
     still_works(&HEAP);
 }
 

@@ -8,37 +8,12 @@ mod common;
 
 use core::alloc::Layout;
 
-use common::single_cpu_heap;
+use common::{check_pattern as check, fill_pattern as fill, lay, single_cpu_heap};
 use tieralloc::heap::PROMOTE_MIN;
 use tieralloc::sizeclass::size_to_class;
 use tieralloc::{Heap, MmapSource, SingleCpu, PAGE_BYTES};
 
 type H1 = Heap<MmapSource, SingleCpu>;
-
-fn lay(size: usize) -> Layout {
-    Layout::from_size_align(size, 8).unwrap()
-}
-
-/// Fills `size` bytes at `p` with a pattern of `seed`.
-fn fill(p: *mut u8, size: usize, seed: u8) {
-    for i in 0..size {
-        // SAFETY: the caller's object has `size` bytes.
-        unsafe { *p.add(i) = seed ^ (i as u8) ^ ((i >> 8) as u8) };
-    }
-}
-
-/// Checks the pattern of [`fill`] on the first `size` bytes.
-fn check(p: *mut u8, size: usize, seed: u8) {
-    for i in 0..size {
-        // SAFETY: as in `fill`.
-        let got = unsafe { *p.add(i) };
-        assert_eq!(
-            got,
-            seed ^ (i as u8) ^ ((i >> 8) as u8),
-            "byte {i} of {p:p}"
-        );
-    }
-}
 
 /// A buffer doubling from 16 B to 1 MiB is copied at every class boundary up
 /// to the threshold, moves once into a span of its own, then grows in place.

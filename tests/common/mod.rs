@@ -5,8 +5,8 @@
 use core::alloc::Layout;
 use std::cell::Cell;
 
-use tieralloc::heap::{Kind, PROMOTE_MIN};
-use tieralloc::sizeclass::{SizeClass, SMALL_SIZE_MAX};
+use tieralloc::heap::{Kind, PROMOTE_MIN, SHRINK_MIN};
+use tieralloc::sizeclass::SizeClass;
 use tieralloc::PAGE_BYTES;
 #[cfg(feature = "linux")]
 use tieralloc::{cpu::RelaxStrategy, Heap, LockedSlots, MmapSource, SingleCpu};
@@ -95,12 +95,12 @@ pub fn rounded(l: Layout) -> u64 {
 
 /// Whether `realloc` to `new` bytes (at `align`) keeps an object that sits in
 /// a slot of class `slot` where it is, the heap's rule restated independently
-/// of it: the new size sorts to that class, or it is over 1 KiB, fits the
+/// of it: the new size sorts to that class, or it is over 4 KiB, fits the
 /// slot and fills at least half of it.
 pub fn stays_in_slot(slot: SizeClass, new: usize, align: usize) -> bool {
     match Kind::of(new, align) {
         Kind::Small(b) if b == slot => true,
-        Kind::Small(_) => new > SMALL_SIZE_MAX && new <= slot.size() && new >= slot.size() / 2,
+        Kind::Small(_) => new > SHRINK_MIN && new <= slot.size() && new >= slot.size() / 2,
         _ => false,
     }
 }
@@ -121,5 +121,31 @@ pub fn promoted_after(old: Layout, own: bool, new: usize) -> bool {
             own || a == Kind::Large || (new > old.size() && new / 2 <= old.size())
         }
         _ => false,
+    }
+}
+
+/// The layout of `size` bytes at alignment 8.
+pub fn lay(size: usize) -> Layout {
+    Layout::from_size_align(size, 8).unwrap()
+}
+
+/// Fills `size` bytes at `p` with a pattern of `seed` and the byte's offset.
+pub fn fill_pattern(p: *mut u8, size: usize, seed: u8) {
+    for i in 0..size {
+        // SAFETY: the caller's object has `size` bytes.
+        unsafe { *p.add(i) = seed ^ (i as u8) ^ ((i >> 8) as u8) };
+    }
+}
+
+/// Checks the pattern of [`fill_pattern`] on the first `size` bytes at `p`.
+pub fn check_pattern(p: *mut u8, size: usize, seed: u8) {
+    for i in 0..size {
+        // SAFETY: as in `fill_pattern`.
+        let got = unsafe { *p.add(i) };
+        assert_eq!(
+            got,
+            seed ^ (i as u8) ^ ((i >> 8) as u8),
+            "byte {i} of {p:p}"
+        );
     }
 }
