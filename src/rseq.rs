@@ -67,6 +67,11 @@ pub struct Desc {
 /// "not set up, or locked mode" test.
 pub struct Published(UnsafeCell<Desc>);
 
+// SAFETY: the fields other than the offset are written once, before the offset
+// is published with Release, and only read after an Acquire load of it found it
+// non-zero; the offset itself is only accessed atomically.
+unsafe impl Sync for Published {}
+
 impl Published {
     /// Unpublished.
     pub const fn new() -> Self {
