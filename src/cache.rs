@@ -398,12 +398,12 @@ impl CpuCache {
 /// exclusivity (`Cpu::with_current`), or through restartable sequences.
 ///
 /// Laid out as one block from the page source: this header, then `count`
-/// caches. Invariant: `caches` points to `count` caches; `rseq` is fixed at set-up.
+/// caches. Invariant: `caches` points to `count` caches; the mode is fixed at
+/// set-up (rseq exactly when the descriptor's offset is not 0).
 #[repr(C, align(64))]
 pub struct Slabs {
     #[cfg(all(feature = "linux", target_arch = "x86_64"))]
     desc: crate::rseq::Desc,
-    rseq: bool,
     count: usize,
     caches: *mut CpuCache,
 }
@@ -423,6 +423,8 @@ impl Slabs {
         let s = mem.cast::<Slabs>();
         // SAFETY: the header comes first in the block, caches right after it.
         let caches = unsafe { mem.add(core::mem::size_of::<Slabs>()) }.cast::<CpuCache>();
+        // 0 is never glibc's offset (see `rseq::Published`): it means locked mode.
+        assert!(rseq_off != Some(0), "tieralloc: rseq offset 0");
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
         {
             let d = crate::rseq::Desc {
@@ -437,14 +439,8 @@ impl Slabs {
             // SAFETY: inside the header.
             unsafe { core::ptr::addr_of_mut!((*s).desc).write(d) };
         }
-        #[cfg(not(all(feature = "linux", target_arch = "x86_64")))]
-        let rseq_off: Option<i64> = {
-            let _ = rseq_off;
-            None
-        };
         // SAFETY: inside the header.
         unsafe {
-            core::ptr::addr_of_mut!((*s).rseq).write(rseq_off.is_some());
             core::ptr::addr_of_mut!((*s).count).write(count);
             core::ptr::addr_of_mut!((*s).caches).write(caches);
         }
@@ -456,7 +452,7 @@ impl Slabs {
     #[inline(always)]
     pub fn uses_rseq(&self) -> bool {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
-        return self.rseq;
+        return self.desc.rseq_off != 0;
         #[cfg(not(all(feature = "linux", target_arch = "x86_64")))]
         return false;
     }
@@ -476,7 +472,7 @@ impl Slabs {
     /// The descriptor for the restartable sequences, or `None` in locked mode.
     #[cfg(all(feature = "linux", target_arch = "x86_64"))]
     pub fn fast_desc(&self) -> Option<&crate::rseq::Desc> {
-        self.rseq.then_some(&self.desc)
+        self.uses_rseq().then_some(&self.desc)
     }
 
     #[cfg(all(feature = "linux", target_arch = "x86_64"))]
@@ -495,7 +491,7 @@ impl Slabs {
     #[inline(always)]
     pub fn pop<C: Cpu>(&self, cpu: &C, c: SizeClass) -> *mut u8 {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
-        if self.rseq {
+        if self.uses_rseq() {
             // SAFETY: rseq mode was chosen because glibc's area exists for every thread.
             return unsafe { crate::rseq::pop(self.desc(), self.off(), c.index()) };
         }
@@ -507,7 +503,7 @@ impl Slabs {
     #[allow(clippy::not_unsafe_ptr_arg_deref)] // `p` is stored in a slot, never dereferenced
     pub fn push<C: Cpu>(&self, cpu: &C, c: SizeClass, p: *mut u8) -> bool {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
-        if self.rseq {
+        if self.uses_rseq() {
             // SAFETY: as in `pop`.
             return unsafe { crate::rseq::push(self.desc(), self.off(), c.index(), p) };
         }
@@ -517,7 +513,7 @@ impl Slabs {
     /// Pushes as many of `objs` as fit on the current CPU; returns how many.
     pub fn push_batch<C: Cpu>(&self, cpu: &C, c: SizeClass, objs: &[*mut u8]) -> usize {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
-        if self.rseq {
+        if self.uses_rseq() {
             // SAFETY: as in `pop`; `objs` is a valid slice.
             return unsafe {
                 crate::rseq::push_batch(
@@ -535,7 +531,7 @@ impl Slabs {
     /// Pops up to `out.len()` objects on the current CPU; returns how many.
     pub fn pop_batch<C: Cpu>(&self, cpu: &C, c: SizeClass, out: &mut [*mut u8]) -> usize {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
-        if self.rseq {
+        if self.uses_rseq() {
             // SAFETY: as in `pop`; `out` is a valid slice.
             return unsafe {
                 crate::rseq::pop_batch(
@@ -555,7 +551,7 @@ impl Slabs {
     #[inline(always)]
     pub fn carve_tiny<C: Cpu>(&self, cpu: &C, size: usize, a: usize) -> *mut u8 {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
-        if self.rseq {
+        if self.uses_rseq() {
             // SAFETY: as in `pop`; word entry 0 addresses the caches, TINY_FIELD is their tiny word.
             return unsafe { crate::rseq::carve(self.desc(), self.off(), TINY_FIELD, size, a - 1) };
         }
@@ -584,9 +580,9 @@ impl Slabs {
     #[inline(always)]
     pub fn load<C: Cpu>(&self, cpu: &C, field: usize) -> Option<(usize, u64)> {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
-        if self.rseq {
+        if self.uses_rseq() {
             // SAFETY: as in `pop`; `field` is a word of the cache.
-            return unsafe { crate::rseq::load(self.desc(), field) };
+            return unsafe { crate::rseq::load(self.desc(), self.off(), field) };
         }
         Some(cpu.with_current(|i| (i, self.cache(i).field(field).load(Ordering::Relaxed))))
     }
@@ -603,9 +599,11 @@ impl Slabs {
         new: u64,
     ) -> bool {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
-        if self.rseq {
+        if self.uses_rseq() {
             // SAFETY: as in `load`.
-            return unsafe { crate::rseq::store_if(self.desc(), i, field, expected, new) };
+            return unsafe {
+                crate::rseq::store_if(self.desc(), self.off(), i, field, expected, new)
+            };
         }
         cpu.with_slot(i, || {
             let f = self.cache(i).field(field);
@@ -623,7 +621,7 @@ impl Slabs {
     pub fn add<C: Cpu>(&self, cpu: &C, k: Counter, delta: u64) -> bool {
         let field = counter_field(k);
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
-        if self.rseq {
+        if self.uses_rseq() {
             // SAFETY: as in `load`.
             return unsafe { crate::rseq::add(self.desc(), self.off(), field, delta) };
         }
@@ -650,7 +648,7 @@ impl Slabs {
         cpu.with_slot(i, || {
             let cache = self.cache(i);
             #[cfg(all(feature = "linux", target_arch = "x86_64"))]
-            if self.rseq {
+            if self.uses_rseq() {
                 // Mark, fence, check: a section that read a word before its mark
                 // and committed after it erased the mark; after the fence no
                 // section that started before it can commit, so marks that

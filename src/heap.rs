@@ -60,7 +60,7 @@ pub const SHRINK_MIN: usize = 4 << 10;
 /// class and uses at least half of it. A sized free of such an object finds
 /// its class through the page map (sizes over `SHRINK_MIN` always do), so the
 /// object's layout may name a smaller class than its slot. Keeping the
-/// object saves the copy (most of the cost of `realloc` between 1 and
+/// object saves the copy (most of the cost of `realloc` between 4 and
 /// 32 KiB), and wastes at most what a class twice as coarse would.
 pub const fn stays_in_class(c: SizeClass, new_size: usize, new: Kind) -> bool {
     match new {
@@ -673,7 +673,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         }
     }
 
-    /// Resizes in place when the class does not change, or an object with a
+    /// Resizes in place when the class does not change, when a class object
+    /// shrinks within its slot ([`stays_in_class`]), or when an object with a
     /// span of its own can shrink or grow its pages into free neighbours;
     /// otherwise moves. An object that grows past [`PROMOTE_MIN`] moves to a
     /// span of its own (it is *promoted*), so that later growth can happen in

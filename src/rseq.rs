@@ -435,21 +435,20 @@ pub unsafe fn pop_batch(d: *const Desc, off: i64, c: usize, dst: *mut *mut u8, n
 /// # Safety
 /// As [`pop`]; `field` is the offset of an aligned `u64` inside a cache.
 #[inline(always)]
-pub unsafe fn load(d: *const Desc, field: usize) -> Option<(usize, u64)> {
+pub unsafe fn load(d: *const Desc, off: i64, field: usize) -> Option<(usize, u64)> {
     let cpu: usize;
     let v: u64;
     let ok: u32;
-    // SAFETY: as in `pop`; the section has no commit (it only reads), and is a
-    // restartable section only so that cpu and value belong together.
+    // SAFETY: as in `pop`; the section has no commit (it only reads the cache),
+    // and is a restartable section only so that cpu and value belong together.
+    // Arming it writes the rseq area's `rseq_cs`, so it is not `readonly`.
     unsafe {
         asm!(
             "2:",
-            "mov {t}, qword ptr [{d}]",
             "lea {w}, [rip + 3f]",
-            "mov qword ptr fs:[{t} + 8], {w}",
+            "mov qword ptr fs:[{off} + 8], {w}",
             "4:",
-            "mov {t}, qword ptr [{d}]",
-            "mov {c:e}, dword ptr fs:[{t} + {cpu}]",
+            "mov {c:e}, dword ptr fs:[{off} + {cpu}]",
             "cmp {c:e}, dword ptr [{d} + {count}]",
             "jae 5f",
             "imul {t}, {c}, {stride}",
@@ -462,6 +461,7 @@ pub unsafe fn load(d: *const Desc, field: usize) -> Option<(usize, u64)> {
             "jmp 6b",
             rseq_end!(),
             d = in(reg) d,
+            off = in(reg) off,
             f = in(reg) field,
             t = out(reg) _,
             w = out(reg) _,
@@ -472,7 +472,7 @@ pub unsafe fn load(d: *const Desc, field: usize) -> Option<(usize, u64)> {
             count = const D_COUNT,
             stride = const STRIDE,
             word = const D_WORD,
-            options(nostack, readonly),
+            options(nostack),
         );
     }
     if ok != 0 {
@@ -489,17 +489,22 @@ pub unsafe fn load(d: *const Desc, field: usize) -> Option<(usize, u64)> {
 /// # Safety
 /// As [`load`].
 #[inline(always)]
-pub unsafe fn store_if(d: *const Desc, cpu: usize, field: usize, expected: u64, new: u64) -> bool {
+pub unsafe fn store_if(
+    d: *const Desc,
+    off: i64,
+    cpu: usize,
+    field: usize,
+    expected: u64,
+    new: u64,
+) -> bool {
     // SAFETY: as in `pop`; the single store is the commit.
     unsafe {
         asm!(
             "2:",
-            "mov {t}, qword ptr [{d}]",
             "lea {w}, [rip + 3f]",
-            "mov qword ptr fs:[{t} + 8], {w}",
+            "mov qword ptr fs:[{off} + 8], {w}",
             "4:",
-            "mov {t}, qword ptr [{d}]",
-            "mov {w:e}, dword ptr fs:[{t} + {cpuf}]",
+            "mov {w:e}, dword ptr fs:[{off} + {cpuf}]",
             "cmp {w}, {c}",
             "jne 5f",
             "imul {t}, {c}, {stride}",
@@ -512,6 +517,7 @@ pub unsafe fn store_if(d: *const Desc, cpu: usize, field: usize, expected: u64, 
             "jmp {fail}",
             rseq_end!(),
             d = in(reg) d,
+            off = in(reg) off,
             c = in(reg) cpu,
             f = in(reg) field,
             e = in(reg) expected,
