@@ -111,8 +111,9 @@ pub const CACHE_BOUND_BYTES: usize = {
 };
 
 /// Bias added to a tiny block's live count while a CPU is still carving from it
-/// (more than the 16 sub-objects a block can hold).
-pub const TINY_BIAS: u8 = 32;
+/// (more than the 64 sub-objects a block can hold).
+pub const TINY_BIAS: u8 = 128;
+const _: () = assert!(TINY_BIAS as usize > crate::TINY_BLOCK);
 
 /// Per-CPU event counters (besides the per-class malloc counts packed in the
 /// stack words).
@@ -123,7 +124,7 @@ pub enum Counter {
     TinyMallocsRetired = 0,
     /// Tiny sub-objects freed.
     TinyFrees = 1,
-    /// Tiny blocks (class-2 objects) taken and given back.
+    /// Tiny blocks (tiny-class objects) taken and given back.
     TinyBlocksTaken = 2,
     TinyBlocksFreed = 3,
 }
@@ -139,8 +140,8 @@ pub const STOP: u64 = 0x8000;
 pub const POP_DELTA: u64 = (1 << 16) - 1;
 
 /// The tiny state packed in one word, so that a carve commits with one store:
-/// block address (48 bits, sign-extended back), bytes used (bits 48..53),
-/// sub-objects carved (bits 56..61). A `off` above [`TINY_SIZE`] marks the
+/// block address (48 bits, sign-extended back), bytes used (bits 48..54),
+/// sub-objects carved (bits 56..62). A `off` above [`TINY_BLOCK`] marks the
 /// word stopped (see [`Tiny::STOPPED_OFF`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tiny {
@@ -152,7 +153,7 @@ pub struct Tiny {
 impl Tiny {
     /// The `off` of a stopped tiny word: no carve fits, and
     /// [`crate::Heap`]'s block installer leaves such a word alone.
-    pub const STOPPED_OFF: usize = 31;
+    pub const STOPPED_OFF: usize = 127;
 
     pub const fn pack(self) -> u64 {
         (self.block as u64 & ((1 << 48) - 1)) | (self.off as u64) << 48 | (self.n as u64) << 56
@@ -161,8 +162,8 @@ impl Tiny {
         let block = (((w << 16) as i64) >> 16) as usize;
         Tiny {
             block,
-            off: ((w >> 48) & 0x1f) as usize,
-            n: ((w >> 56) & 0x1f) as usize,
+            off: ((w >> 48) & 0x7f) as usize,
+            n: ((w >> 56) & 0x7f) as usize,
         }
     }
     /// Whether a drain has stopped this word.
@@ -172,7 +173,7 @@ impl Tiny {
 }
 
 const _: () = assert!(
-    Tiny::STOPPED_OFF > crate::TINY_SIZE && STOP > MAX_CAPACITY as u64 && LEN_MASK & STOP == 0
+    Tiny::STOPPED_OFF > crate::TINY_BLOCK && STOP > MAX_CAPACITY as u64 && LEN_MASK & STOP == 0
 );
 
 /// One CPU's cache. All-zero bytes are a valid empty cache. Every field is a
@@ -321,7 +322,7 @@ impl CpuCache {
     pub fn take_tiny(&self) -> Tiny {
         let t = Tiny::unpack(self.tiny.swap(0, Ordering::Relaxed));
         Tiny {
-            off: t.off.min(crate::TINY_SIZE),
+            off: t.off.min(crate::TINY_BLOCK),
             ..t
         }
     }
@@ -372,7 +373,7 @@ impl CpuCache {
     }
 
     /// Clears the marks. A tiny word still stopped (the drain did not take it)
-    /// becomes full (`off` = [`TINY_SIZE`](crate::TINY_SIZE)): the next tiny
+    /// becomes full (`off` = [`TINY_BLOCK`](crate::TINY_BLOCK)): the next tiny
     /// allocation on that CPU retires the block, losing only its unused bytes.
     #[cfg(all(feature = "linux", target_arch = "x86_64"))]
     fn unmark_stopped(&self) {
@@ -385,7 +386,7 @@ impl CpuCache {
                 let t = Tiny::unpack(w);
                 t.stopped().then_some(
                     Tiny {
-                        off: crate::TINY_SIZE,
+                        off: crate::TINY_BLOCK,
                         ..t
                     }
                     .pack(),
@@ -559,7 +560,7 @@ impl Slabs {
             let f = &self.cache(i).tiny;
             let t = Tiny::unpack(f.load(Ordering::Relaxed));
             let off = t.off.next_multiple_of(a);
-            if t.block == 0 || off + size > crate::TINY_SIZE {
+            if t.block == 0 || off + size > crate::TINY_BLOCK {
                 return core::ptr::null_mut();
             }
             f.store(
@@ -819,7 +820,7 @@ mod tests {
             cache.mark_stopped();
             assert!(cache.tiny().stopped());
             assert!(
-                cache.tiny().off + 1 > crate::TINY_SIZE,
+                cache.tiny().off + 1 > crate::TINY_BLOCK,
                 "no carve fits a stopped word"
             );
             cache.unmark_stopped();
@@ -827,7 +828,7 @@ mod tests {
                 cache.tiny(),
                 Tiny {
                     block: 0x7000_0000_0010,
-                    off: crate::TINY_SIZE,
+                    off: crate::TINY_BLOCK,
                     n: 2
                 }
             );
@@ -835,14 +836,14 @@ mod tests {
         }
         let t = cache.take_tiny();
         assert_eq!((t.block, t.n), (0x7000_0000_0010, 2));
-        assert!(t.off <= crate::TINY_SIZE);
+        assert!(t.off <= crate::TINY_BLOCK);
         assert_eq!(cache.tiny().block, 0);
     }
 
     #[test]
     fn tiny_word_round_trips() {
         for block in [0usize, 0x7f12_3456_7890, 0xffff_9000_0000_1230] {
-            for (off, n) in [(0, 0), (16, 16), (5, 3)] {
+            for (off, n) in [(0, 0), (16, 16), (5, 3), (64, 64), (Tiny::STOPPED_OFF, 64)] {
                 let t = Tiny { block, off, n };
                 assert_eq!(Tiny::unpack(t.pack()), t);
             }

@@ -29,7 +29,7 @@ use crate::source::PageSource;
 use crate::span::SpanState;
 use crate::stack::{self, Stack, StackAlloc, StackCache, StackStats};
 use crate::stats::Stats;
-use crate::{MAX_SMALL_SIZE, PAGE_BYTES, TINY_SIZE};
+use crate::{MAX_SMALL_SIZE, PAGE_BYTES, TINY_BLOCK, TINY_SIZE};
 
 /// Objects that `realloc` grows past this size (16 KiB), by at most twice
 /// their size, move to a span of their own even while their size still has a
@@ -81,7 +81,7 @@ fn promoted_pages(c: SizeClass) -> Option<usize> {
 /// How a request is served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    /// Packed into a 16-byte block with other tiny objects.
+    /// Packed into a 64-byte block ([`TINY_BLOCK`]) with other tiny objects.
     Tiny,
     /// An object of a size class, through the per-CPU cache.
     Small(SizeClass),
@@ -411,7 +411,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     // ----------------------------------------------------------------- tiny
 
     /// Go's tiny allocator with live counts: sub-objects are bump-allocated in
-    /// the CPU's current 16-byte block. While a block is current its count holds
+    /// the CPU's current 64-byte block ([`TINY_BLOCK`]). While a block is current its count holds
     /// `TINY_BIAS`; each free subtracts 1 and retiring the block subtracts
     /// `TINY_BIAS - n` (n = sub-objects carved), so the count reaches 0 exactly
     /// when the block is no longer current and every sub-object is dead.
@@ -478,7 +478,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             return b;
         }
         self.count(slabs, Counter::TinyBlocksTaken, 1);
-        // SAFETY: `b` is an object of a live class-2 span.
+        // SAFETY: `b` is an object of a live tiny-class span.
         let span = unsafe { &*self.map.span_of(b as usize) };
         let counter = tiny_counter(span, span.index_of(b as usize).0);
         while let Some((cpu, w)) = slabs.load(&self.cpu, TINY_FIELD) {
@@ -537,13 +537,18 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             _ => panic!("tieralloc: free of tiny object {p:p}: not a tiny object of this heap (foreign pointer, wrong layout, or double free)"),
         };
         let idx = span.index_of(p as usize).0;
-        let before = tiny_counter(span, idx).fetch_sub(1, Ordering::AcqRel);
-        assert!(
-            before != 0 && before <= TINY_BIAS,
-            "tieralloc: double free of tiny object {p:p} (block {:p} of span {:#x}, class 2, live count was {before})",
-            span.object(idx),
-            span.start
-        );
+        let counter = tiny_counter(span, idx);
+        let before = counter.fetch_sub(1, Ordering::AcqRel);
+        if before == 0 || before > TINY_BIAS {
+            // Undo, so the report leaves the count as it was.
+            counter.fetch_add(1, Ordering::AcqRel);
+            panic!(
+                "tieralloc: double free of tiny object {p:p}, or a tiny-layout free of an object that is not tiny (block {:p} of span {:#x}, class {}, live count was {before})",
+                span.object(idx),
+                span.start,
+                TINY_CLASS.index()
+            );
+        }
         // SAFETY: a tiny object exists, so the slabs were set up.
         let slabs = unsafe { &*self.slabs.load(Ordering::Acquire) };
         self.count(slabs, Counter::TinyFrees, 1);
@@ -1061,7 +1066,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             st.by_size[i].frees = (lens[i] + from + pops[i] + df).wrapping_sub(to);
             st.cached_bytes += (self.central[i].0.lock().transfer_len() * c.size()) as u64;
         }
-        // Tiny blocks are class-2 objects, but not user objects of class 2.
+        // Tiny blocks are objects of the tiny class, but not user objects of it.
         let t = TINY_CLASS.index();
         st.by_size[t].mallocs = st.by_size[t].mallocs.wrapping_sub(k[2]);
         st.by_size[t].frees = st.by_size[t].frees.wrapping_sub(k[3]);
@@ -1090,7 +1095,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         // that must not panic on overflow. Exact at quiescence.
         st.heap_alloc = st
             .large_alloc
-            .wrapping_add(st.tiny_blocks.wrapping_mul(TINY_SIZE as u64))
+            .wrapping_add(st.tiny_blocks.wrapping_mul(TINY_BLOCK as u64))
             .wrapping_add(
                 st.by_size[1..]
                     .iter()

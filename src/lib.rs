@@ -36,7 +36,7 @@
 //! * **span** — a run of pages: either carved into objects of one size class, or
 //!   one large object (over [`MAX_SMALL_SIZE`] = 32 KiB).
 //! * **object** — what `alloc` returns; a **tiny** object (under [`TINY_SIZE`] =
-//!   16 B) shares a 16-byte block with other tiny objects.
+//!   16 B) shares a [`TINY_BLOCK`] (one 64-byte cache line) with other tiny objects.
 //! * **frame** — a physical page (kernel backends only).
 //!
 //! ## The allocation path
@@ -56,8 +56,8 @@
 //! 4. No partial span: lock the page heap, take the span's pages first fit
 //!    (making released pages Ready), growing by a new arena from the source if
 //!    nothing fits.
-//! 5. Tiny: bump-allocate in the CPU's current 16-byte block; a new block is a
-//!    class-2 object whose live count starts at a bias (see [`heap`]).
+//! 5. Tiny: bump-allocate in the CPU's current 64-byte block; a new block is a
+//!    64-byte class object whose live count starts at a bias (see [`heap`]).
 //! 6. Large: lock the page heap and take whole pages (step 4) for a span of its own.
 //! 7. `realloc`: in place within a class, when a class object shrinks to over
 //!    4 KiB and at least half its slot ([`heap::stays_in_class`]), or when a span
@@ -83,7 +83,7 @@
 //!    recent in-use peak, "recent" counted in page-heap traffic), release the
 //!    highest ones to the source, down to 7/8 of the allowance.
 //! 5. Tiny: decrement the block's live count (one atomic); the last free returns
-//!    the block as a class-2 object through step 2.
+//!    the block as a 64-byte class object through step 2.
 //! 6. Large: lock the page heap and free the span's pages (step 4).
 //!
 //! Lock order: CPU slot → central (one class at a time) → page heap. The
@@ -145,3 +145,9 @@ pub const CHUNK_BYTES: usize = CHUNK_PAGES * PAGE_BYTES;
 pub const MAX_SMALL_SIZE: usize = 32768;
 /// Requests below this many bytes (with alignment at most 8) are tiny objects.
 pub const TINY_SIZE: usize = 16;
+/// The block tiny objects are packed into: one cache line, so that the blocks
+/// two CPUs carve from at the same time never share a line (no false sharing
+/// between tiny objects allocated on different CPUs). Go packs 16-byte blocks;
+/// the price of the line is a block kept alive by one tiny object wasting up
+/// to 63 bytes instead of 15.
+pub const TINY_BLOCK: usize = 64;

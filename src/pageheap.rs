@@ -771,14 +771,14 @@ impl PageHeap {
         }
     }
 
-    /// A span for small objects of `class`, with tiny counters for class 2.
+    /// A span for small objects of `class`, with tiny counters for the tiny class.
     pub fn alloc_small_span<S: PageSource>(
         &mut self,
         source: &S,
         map: &PageMap,
         class: SizeClass,
     ) -> Option<NonNull<Span>> {
-        let tiny = if class.size() == crate::TINY_SIZE {
+        let tiny = if class == crate::sizeclass::TINY_CLASS {
             let t = self.tiny.alloc(source)?;
             // SAFETY: room for the counters; zero is a valid `AtomicU8`.
             unsafe {
@@ -1347,7 +1347,7 @@ fn make_ready<S: PageSource>(source: &S, a: &mut Arena, start: usize, n: usize) 
 pub fn tiny_counter(span: &Span, idx: usize) -> &AtomicU8 {
     let t = span.tiny.load(Ordering::Relaxed);
     debug_assert!(!t.is_null());
-    // SAFETY: class-2 spans always carry counters for as long as they are live.
+    // SAFETY: tiny-class spans always carry counters for as long as they are live.
     unsafe { &(*t)[idx] }
 }
 

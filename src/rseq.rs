@@ -578,10 +578,10 @@ pub unsafe fn carve(d: *const Desc, off: i64, field: usize, size: usize, amask: 
             d, off, "[{d} + {word}]";
             [
                 "mov {w}, qword ptr [{t} + {f}]",
-                // off = ((w >> 48) & 31) rounded up to the alignment; end = off + size
+                // off = ((w >> 48) & 127) rounded up to the alignment; end = off + size
                 "mov {o}, {w}",
                 "shr {o}, 48",
-                "and {o:e}, 31",
+                "and {o:e}, 127",
                 "add {o}, {amask}",
                 "mov {x}, {amask}",
                 "not {x}",
@@ -617,7 +617,7 @@ pub unsafe fn carve(d: *const Desc, off: i64, field: usize, size: usize, amask: 
             o = out(reg) _,
             x = out(reg) _,
             p = out(reg) p,
-            tiny = const crate::TINY_SIZE,
+            tiny = const crate::TINY_BLOCK,
         );
     }
     p as *mut u8

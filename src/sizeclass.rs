@@ -47,7 +47,7 @@
 //! (Go has 0 there and never looks a zero size up), so a zero-byte request
 //! gets the smallest class rather than "large".
 
-use crate::{MAX_SMALL_SIZE, PAGE_BYTES, PAGE_SHIFT, TINY_SIZE};
+use crate::{MAX_SMALL_SIZE, PAGE_BYTES, PAGE_SHIFT, TINY_BLOCK};
 
 /// Number of size classes, class 0 ("large") included (Go's `_NumSizeClasses`).
 pub const NUM_CLASSES: usize = 68;
@@ -203,12 +203,15 @@ pub static SIZE_TO_CLASS128: [u8; SIZE_TO_CLASS128_LEN] = generate_size_to_class
 /// page): the size of a span's per-object bitmaps (Go's `maxObjsPerSpan`).
 pub const MAX_OBJS_PER_SPAN: usize = max_objects();
 
-/// The class of tiny objects: the tiny allocator packs requests below
-/// [`TINY_SIZE`] into objects of this class, whose size is `TINY_SIZE`
-/// (Go's `tinySpanClass`).
-pub const TINY_CLASS: SizeClass = size_to_class(TINY_SIZE);
+/// The class of tiny blocks: the tiny allocator packs requests below
+/// [`TINY_SIZE`] into objects of this class, whose size is [`TINY_BLOCK`]
+/// (Go's `tinySpanClass`, with a cache line for Go's 16 bytes). Its spans are
+/// one page, so their objects are line aligned.
+pub const TINY_CLASS: SizeClass = size_to_class(TINY_BLOCK);
 
-const _: () = assert!(TINY_CLASS.size() == TINY_SIZE && TINY_CLASS.index() == 2);
+const _: () = assert!(
+    TINY_CLASS.size() == TINY_BLOCK && TINY_CLASS.index() == 6 && TINY_CLASS.span_pages() == 1
+);
 const _: () = assert!(SIZE_TO_CLASS8_LEN == 129 && SIZE_TO_CLASS128_LEN == 249);
 const _: () = assert!(MAX_OBJS_PER_SPAN == 1024);
 const _: () = assert!(NUM_CLASSES <= u8::MAX as usize + 1);
@@ -625,7 +628,7 @@ mod tests {
             SizeClass::small_classes().map(SizeClass::objects).max(),
             Some(MAX_OBJS_PER_SPAN)
         );
-        assert_eq!(TINY_CLASS.size(), TINY_SIZE);
+        assert_eq!(TINY_CLASS.size(), TINY_BLOCK);
     }
 
     /// Go's footer: the smallest size from which every later class has at

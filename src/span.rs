@@ -28,10 +28,11 @@ use crate::PAGE_BYTES;
 pub const MAX_OBJECTS: usize = PAGE_BYTES / 8;
 const BITMAP_WORDS: usize = MAX_OBJECTS / 64;
 
-/// Objects per tiny block counter record: class 2 (16 B) objects in a one-page span.
-pub const TINY_BLOCKS_PER_SPAN: usize = PAGE_BYTES / crate::TINY_SIZE;
+/// Objects per tiny block counter record: [`crate::sizeclass::TINY_CLASS`]'s
+/// 64-byte objects in a one-page span.
+pub const TINY_BLOCKS_PER_SPAN: usize = PAGE_BYTES / crate::TINY_BLOCK;
 
-/// Live-count bytes of the tiny blocks of one class-2 span.
+/// Live-count bytes of the tiny blocks of one tiny-class span.
 pub type TinyCounts = [AtomicU8; TINY_BLOCKS_PER_SPAN];
 
 /// What a span is used for.
@@ -91,7 +92,7 @@ pub struct Span {
     /// Complement of `alloc_bits[cache_word]`, restricted to valid objects.
     pub alloc_cache: u64,
     pub alloc_bits: [u64; BITMAP_WORDS],
-    /// Live counts of tiny blocks (class 2 spans only), else null.
+    /// Live counts of tiny blocks (tiny-class spans only), else null.
     pub tiny: AtomicPtr<TinyCounts>,
     /// With `checks`: objects that are free but still cached (per-CPU or
     /// transfer), so a second free of them is caught.

@@ -4,9 +4,9 @@
 //! * `heap_idle == heap_sys - heap_inuse - stack_sys` and `heap_released <= heap_idle`;
 //! * `mallocs - frees` = live objects (tiny sub-objects included);
 //! * `heap_alloc == Σ by_size[c].live() · by_size[c].size` (classes ≥ 1)
-//!   `+ large_alloc + 16 · tiny_blocks` — each live object counted at its
+//!   `+ large_alloc + 64 · tiny_blocks` — each live object counted at its
 //!   class-rounded size, large objects at their page-rounded size, tiny
-//!   sub-objects through the 16-byte blocks they share;
+//!   sub-objects through the 64-byte blocks they share;
 //! * `heap_alloc + cached_bytes <= heap_inuse` (the rest is free room in spans).
 
 use core::fmt;
@@ -54,7 +54,7 @@ pub struct Stats {
     /// Tiny sub-objects allocated / freed, cumulative.
     pub tiny_mallocs: u64,
     pub tiny_frees: u64,
-    /// Live 16-byte tiny blocks (each holds up to 16 tiny objects).
+    /// Live 64-byte tiny blocks ([`crate::TINY_BLOCK`]; each holds up to 64 tiny objects).
     pub tiny_blocks: u64,
     /// Bytes of free objects held in per-CPU and transfer caches.
     pub cached_bytes: u64,

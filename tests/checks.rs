@@ -30,8 +30,8 @@ use core::alloc::Layout;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use common::{lay, single_cpu_heap};
-use tieralloc::sizeclass::size_to_class;
-use tieralloc::{Heap, LockedSlots, MmapSource, SingleCpu, PAGE_BYTES};
+use tieralloc::sizeclass::{size_to_class, TINY_CLASS};
+use tieralloc::{Heap, LockedSlots, MmapSource, SingleCpu, PAGE_BYTES, TINY_BLOCK};
 
 type H2 = Heap<MmapSource, LockedSlots<2>>;
 type H1 = Heap<MmapSource, SingleCpu>;
@@ -256,17 +256,21 @@ fn small_object_freed_as_large() {
 fn tiny_double_free_of_a_retired_block() {
     static HEAP: H2 = heap2();
     let l12 = Layout::from_size_align(12, 4).unwrap();
+    let l15 = Layout::from_size_align(15, 1).unwrap();
     let l8 = lay(8);
-    // 12 bytes start a block; 8 more do not fit, and being smaller than what
-    // is used they make a new block current, retiring the first.
+    // 12 bytes start a block and three times 15 fill it to 57; 8 more at
+    // alignment 8 do not fit, and leaving more room they make a new block
+    // current, retiring the first.
     let t1 = HEAP.allocate(l12);
+    let fill: Vec<*mut u8> = (0..3).map(|_| HEAP.allocate(l15)).collect();
     let t2 = HEAP.allocate(l8);
     assert!(!t1.is_null() && !t2.is_null());
-    assert_ne!(
-        t1 as usize & !15,
-        t2 as usize & !15,
-        "t2 must be in a new block"
-    );
+    let block = |p: *mut u8| p as usize & !(TINY_BLOCK - 1);
+    assert!(fill.iter().all(|&f| block(f) == block(t1)));
+    assert_ne!(block(t1), block(t2), "t2 must be in a new block");
+    for f in fill {
+        unsafe { HEAP.deallocate(f, l15) };
+    }
     unsafe { HEAP.deallocate(t1, l12) }; // the block's last sub-object: block freed
     let msg = panic_message(|| unsafe { HEAP.deallocate(t1, l12) });
     assert_names(
@@ -276,7 +280,7 @@ fn tiny_double_free_of_a_retired_block() {
             "double free of tiny object",
             &format!("block {t1:p}"),
             &format!("span {:#x}", page_of(t1)),
-            "class 2",
+            &format!("class {}", TINY_CLASS.index()),
             "live count was 0",
         ],
     );
@@ -285,7 +289,7 @@ fn tiny_double_free_of_a_retired_block() {
 }
 
 /// A tiny object freed twice after its block went back to its span and the
-/// span to the page heap: the page no longer maps to a class-2 span.
+/// span to the page heap: the page no longer maps to a tiny-class span.
 #[test]
 fn tiny_double_free_after_scavenge() {
     static HEAP: H1 = single_cpu_heap();
@@ -308,10 +312,26 @@ fn tiny_foreign_pointer() {
     let msg = panic_message(|| unsafe { HEAP.deallocate(q, lay(8)) });
     assert_names(&msg, &[&addr(q), "not a tiny object of this heap"]);
     // A small object of another class freed with a tiny layout.
-    let p = HEAP.allocate(lay(64));
+    let p = HEAP.allocate(lay(32));
     let msg = panic_message(|| unsafe { HEAP.deallocate(p, lay(8)) });
     assert_names(&msg, &[&addr(p), "not a tiny object of this heap"]);
-    unsafe { HEAP.deallocate(p, lay(64)) };
+    unsafe { HEAP.deallocate(p, lay(32)) };
+    // An object of the tiny blocks' class that is not a block: it has no live
+    // sub-objects, and the report leaves its count alone.
+    let q = HEAP.allocate(lay(TINY_BLOCK));
+    for _ in 0..2 {
+        let msg = panic_message(|| unsafe { HEAP.deallocate(q, lay(8)) });
+        assert_names(
+            &msg,
+            &[
+                &addr(q),
+                "not tiny",
+                "live count was 0",
+                &format!("class {}", TINY_CLASS.index()),
+            ],
+        );
+    }
+    unsafe { HEAP.deallocate(q, lay(TINY_BLOCK)) };
     still_works(&HEAP);
 }
 

@@ -12,7 +12,7 @@ use core::alloc::Layout;
 
 use common::{rounded, single_cpu_heap, Rng};
 use tieralloc::source::failing::FailingSource;
-use tieralloc::{Heap, MmapSource, PageSource, SingleCpu, Stats, TINY_SIZE};
+use tieralloc::{Heap, MmapSource, PageSource, SingleCpu, Stats, TINY_BLOCK};
 
 type OomHeap = Heap<FailingSource<MmapSource>, SingleCpu>;
 
@@ -86,7 +86,7 @@ fn check(heap: &OomHeap, live: &[Obj]) -> Stats {
         "live objects\n{st}"
     );
     assert_eq!(
-        st.heap_alloc - TINY_SIZE as u64 * st.tiny_blocks,
+        st.heap_alloc - TINY_BLOCK as u64 * st.tiny_blocks,
         live.iter().map(|o| rounded(o.layout)).sum::<u64>(),
         "heap_alloc\n{st}"
     );
@@ -595,7 +595,7 @@ fn every_alignment_up_to_the_arena_size() {
     assert_eq!(st.mallocs - st.frees, live.len() as u64, "{st}");
     let sizes: u64 = live.iter().map(|&(_, l, _)| rounded(l)).sum();
     assert_eq!(
-        st.heap_alloc - TINY_SIZE as u64 * st.tiny_blocks,
+        st.heap_alloc - TINY_BLOCK as u64 * st.tiny_blocks,
         sizes,
         "{st}"
     );

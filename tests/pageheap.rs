@@ -16,7 +16,7 @@ use core::ptr::NonNull;
 use std::sync::Mutex;
 
 use tieralloc::pageheap::{PageHeap, PageMap, PageStats};
-use tieralloc::sizeclass::SizeClass;
+use tieralloc::sizeclass::{SizeClass, TINY_CLASS};
 use tieralloc::source::Exhausted;
 use tieralloc::span::{Span, SpanState};
 use tieralloc::{MmapSource, PageSource, CHUNK_BYTES, CHUNK_PAGES, PAGE_BYTES};
@@ -1170,8 +1170,8 @@ fn small_spans_for_classes() {
                 .tiny
                 .load(core::sync::atomic::Ordering::Relaxed)
                 .is_null(),
-            c.size() == 16,
-            "tiny counters only for class 2"
+            c == TINY_CLASS,
+            "tiny counters only for the tiny class"
         );
         h.src.assert_ready(span.start, span.npages * PAGE_BYTES);
         let sp = Sp {

@@ -11,7 +11,7 @@ mod common;
 use core::alloc::Layout;
 
 use common::{rounded, Rng};
-use tieralloc::{Heap, PageSource, RegionSource, SingleCpu, Stats, TINY_SIZE};
+use tieralloc::{Heap, PageSource, RegionSource, SingleCpu, Stats, TINY_BLOCK};
 
 type RegionHeap = Heap<RegionSource, SingleCpu>;
 
@@ -88,7 +88,7 @@ fn check(heap: &RegionHeap, live: &[Obj], rel: &mut Released) -> Stats {
     let st = heap.stats();
     assert_eq!(st.mallocs - st.frees, live.len() as u64, "{st}");
     assert_eq!(
-        st.heap_alloc - TINY_SIZE as u64 * st.tiny_blocks,
+        st.heap_alloc - TINY_BLOCK as u64 * st.tiny_blocks,
         live.iter().map(|o| rounded(o.layout)).sum::<u64>(),
         "{st}"
     );
@@ -214,7 +214,7 @@ fn fill_free_and_fill_again() {
 
     free_all(&HEAP, &mut first);
     let st = check(&HEAP, &[], &mut rel);
-    assert_eq!(st.heap_alloc, st.tiny_blocks * TINY_SIZE as u64, "{st}");
+    assert_eq!(st.heap_alloc, st.tiny_blocks * TINY_BLOCK as u64, "{st}");
     assert_eq!(HEAP.scavenge(), 0);
     let st = check(&HEAP, &[], &mut rel);
     assert_eq!((st.heap_inuse, st.heap_alloc, st.spans), (0, 0, 0), "{st}");

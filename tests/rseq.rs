@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 
-use tieralloc::LinuxHeap;
+use tieralloc::{LinuxHeap, TINY_BLOCK};
 
 static RSEQ_HEAP: LinuxHeap = LinuxHeap::new();
 static LOCKED_HEAP: LinuxHeap = LinuxHeap::new_locked();
@@ -198,7 +198,7 @@ fn stress(heap: &'static LinuxHeap, threads: usize, ops: usize) {
         st.tiny_blocks <= st.cpus,
         "at most one current tiny block per CPU:\n{st}"
     );
-    assert_eq!(st.heap_alloc, 16 * st.tiny_blocks, "{st}");
+    assert_eq!(st.heap_alloc, TINY_BLOCK as u64 * st.tiny_blocks, "{st}");
     heap.scavenge();
     let st = heap.stats();
     assert_eq!(st.heap_alloc, 0, "{st}");

@@ -24,7 +24,8 @@ use tieralloc::heap::Kind;
 use tieralloc::pageheap::large_pages;
 use tieralloc::sizeclass::{SizeClass, NUM_CLASSES};
 use tieralloc::{
-    Cpu, Heap, LockedSlots, MmapSource, PageSource, MAX_SMALL_SIZE, PAGE_BYTES, TINY_SIZE,
+    Cpu, Heap, LockedSlots, MmapSource, PageSource, MAX_SMALL_SIZE, PAGE_BYTES, TINY_BLOCK,
+    TINY_SIZE,
 };
 
 /// Operations per test; four tests make 1.2M per run.
@@ -92,7 +93,7 @@ fn verify(p: *mut u8, size: usize, seed: u8, limit: usize, what: &dyn Fn() -> St
 /// What a live object costs in `heap_alloc`: its slot's class size (`slot`,
 /// when `realloc` shrank it in place, else its layout's class), or its pages
 /// (large, or promoted: `own` holds the promoted span's bytes); `None` for a
-/// tiny object (counted through the shared 16-byte blocks).
+/// tiny object (counted through the shared 64-byte blocks).
 fn rounded(layout: Layout, own: Option<u64>, slot: Option<SizeClass>) -> Option<u64> {
     match Kind::of(layout.size(), layout.align()) {
         Kind::Tiny => None,
@@ -425,7 +426,7 @@ impl<C: Cpu> Run<'_, C> {
             "alloc + cached > inuse\n{st}"
         );
         assert_eq!(
-            st.heap_alloc - TINY_SIZE as u64 * st.tiny_blocks,
+            st.heap_alloc - TINY_BLOCK as u64 * st.tiny_blocks,
             self.m.nontiny_bytes,
             "heap_alloc of non-tiny objects\n{st}"
         );
@@ -444,7 +445,7 @@ impl<C: Cpu> Run<'_, C> {
                 }
                 None => {
                     tiny += 1;
-                    blocks.insert(o.p as usize & !(TINY_SIZE - 1));
+                    blocks.insert(o.p as usize & !(TINY_BLOCK - 1));
                 }
             }
         }
@@ -483,7 +484,7 @@ impl<C: Cpu> Run<'_, C> {
             .live
             .iter()
             .filter(|o| class_index(o.layout, o.own.is_some(), o.slot).is_none())
-            .map(|o| o.p as usize & !(TINY_SIZE - 1))
+            .map(|o| o.p as usize & !(TINY_BLOCK - 1))
             .collect();
         assert_eq!(
             st.tiny_blocks,
@@ -554,7 +555,7 @@ impl<C: Cpu> Run<'_, C> {
         assert_eq!(st.mallocs, st.frees);
         assert_eq!(
             st.heap_alloc,
-            st.tiny_blocks * TINY_SIZE as u64,
+            st.tiny_blocks * TINY_BLOCK as u64,
             "only current tiny blocks remain\n{st}"
         );
         let released = self.heap.scavenge();

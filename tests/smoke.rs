@@ -1,7 +1,7 @@
 //! Quick end-to-end smoke test of the whole stack over mmap.
 #![cfg(feature = "linux")]
 use core::alloc::Layout;
-use tieralloc::{Heap, LockedSlots, MmapSource};
+use tieralloc::{Heap, LockedSlots, MmapSource, TINY_BLOCK};
 
 static HEAP: Heap<MmapSource, LockedSlots<4>> =
     Heap::new(MmapSource::new(), LockedSlots::new(|| 0));
@@ -31,7 +31,7 @@ fn smoke() {
     println!("{st}");
     assert_eq!(
         st.heap_alloc,
-        st.tiny_blocks * 16,
+        st.tiny_blocks * TINY_BLOCK as u64,
         "only the current tiny block stays"
     );
     assert!(st.tiny_blocks <= 1);

@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use common::slots_heap;
 use tieralloc::heap::Kind;
 use tieralloc::sizeclass::{SizeClass, NUM_CLASSES};
-use tieralloc::{Heap, LockedSlots, MmapSource, Stats, MAX_SMALL_SIZE, PAGE_BYTES, TINY_SIZE};
+use tieralloc::{
+    Heap, LockedSlots, MmapSource, Stats, MAX_SMALL_SIZE, PAGE_BYTES, TINY_BLOCK, TINY_SIZE,
+};
 
 const SLOTS: usize = 4;
 
@@ -73,7 +75,7 @@ struct Model {
     frees: [u64; NUM_CLASSES],
     tiny_mallocs: u64,
     tiny_frees: u64,
-    /// Live tiny sub-objects per 16-byte block.
+    /// Live tiny sub-objects per 64-byte block.
     tiny_live: HashMap<usize, u32>,
     /// Per slot: the current tiny block and the bytes used in it.
     current: [Option<(usize, usize)>; SLOTS],
@@ -127,7 +129,7 @@ impl Model {
                 let a = tiny_align(size, o.align);
                 if let Some((b, off)) = self.current[slot] {
                     let at = off.next_multiple_of(a);
-                    if at + size <= TINY_SIZE {
+                    if at + size <= TINY_BLOCK {
                         assert_eq!(o.p, b + at, "tiny {o:?} on slot {slot}: expected in the current block {b:#x} at {at}");
                         self.current[slot] = Some((b, at + size));
                         *self.tiny_live.entry(b).or_default() += 1;
@@ -135,7 +137,7 @@ impl Model {
                     }
                 }
                 assert_eq!(
-                    o.p % TINY_SIZE,
+                    o.p % TINY_BLOCK,
                     0,
                     "tiny {o:?} on slot {slot}: a new block starts the object"
                 );
@@ -162,7 +164,7 @@ impl Model {
         match o.kind() {
             Kind::Tiny => {
                 self.tiny_frees += 1;
-                let b = o.p & !(TINY_SIZE - 1);
+                let b = o.p & !(TINY_BLOCK - 1);
                 let n = self
                     .tiny_live
                     .get_mut(&b)
@@ -253,7 +255,7 @@ impl Model {
         assert_eq!(large, self.large_bytes);
         assert_eq!(
             st.heap_alloc,
-            small + large + TINY_SIZE as u64 * self.tiny_blocks(),
+            small + large + TINY_BLOCK as u64 * self.tiny_blocks(),
             "heap_alloc: {}",
             ctx()
         );
@@ -537,7 +539,7 @@ fn stats_are_exact_at_quiescence() {
     assert_eq!(st.mallocs, st.frees);
     assert_eq!(
         st.heap_alloc,
-        TINY_SIZE as u64 * st.tiny_blocks,
+        TINY_BLOCK as u64 * st.tiny_blocks,
         "only current tiny blocks remain\n{st}"
     );
     assert_eq!(st.large_alloc, 0);
@@ -567,32 +569,33 @@ fn tiny_blocks_live_until_their_last_object() {
     static HEAP: H = slots_heap();
     let h = &HEAP;
     let mut m = Model::new();
-    // Sixteen 1-byte objects fill one block exactly; the 17th starts another.
-    for _ in 0..17 {
+    // TINY_BLOCK 1-byte objects fill one block exactly; the next starts another.
+    let block = |p: usize| p & !(TINY_BLOCK - 1);
+    for _ in 0..=TINY_BLOCK {
         alloc(h, &mut m, 2, 1, 1, false);
     }
     let first = m.live[0].p;
     assert!(
-        m.live[..16].iter().all(|o| o.p & !15 == first),
-        "16 one-byte objects share a block"
+        m.live[..TINY_BLOCK].iter().all(|o| block(o.p) == first),
+        "{TINY_BLOCK} one-byte objects share a block"
     );
-    assert_ne!(m.live[16].p & !15, first);
-    m.check(&h.stats(), "17 tiny");
+    assert_ne!(block(m.live[TINY_BLOCK].p), first);
+    m.check(&h.stats(), "a block and one more tiny");
     assert_eq!(h.stats().tiny_blocks, 2);
     // Free the first block's objects from slots 0, 1, 3; it is not current any more.
-    for k in 0..16 {
-        let idx = m.live.iter().position(|o| o.p & !15 == first).unwrap();
+    for k in 0..TINY_BLOCK {
+        let idx = m.live.iter().position(|o| block(o.p) == first).unwrap();
         free(h, &mut m, [0, 1, 3][k % 3], idx);
         let st = h.stats();
         m.check(&st, &format!("freed {} of the full block", k + 1));
-        assert_eq!(st.tiny_blocks, if k < 15 { 2 } else { 1 });
+        assert_eq!(st.tiny_blocks, if k < TINY_BLOCK - 1 { 2 } else { 1 });
     }
     // The current block survives without live objects until scavenge().
     free(h, &mut m, 1, 0);
     let st = h.stats();
     m.check(&st, "current block empty");
     assert_eq!(st.tiny_blocks, 1);
-    assert_eq!(st.heap_alloc, 16);
+    assert_eq!(st.heap_alloc, TINY_BLOCK as u64);
     h.scavenge();
     m.on_scavenge();
     let st = h.stats();
@@ -707,7 +710,7 @@ fn display_shows_headline_fields_and_a_row_per_used_class() {
         classes.len(),
         "one row per used class: {classes:?}\n{text}"
     );
-    // The tiny block's class-2 object is not a user object of class 2.
+    // The tiny block's object of the tiny class is not a user object of it.
     assert!(rows.iter().all(|r| r[2] >= 1));
 }
 

@@ -18,7 +18,9 @@ use std::time::Instant;
 use common::{set_slot, slots_heap, Rng};
 use tieralloc::heap::Kind;
 use tieralloc::sizeclass::NUM_CLASSES;
-use tieralloc::{Cpu, Heap, LinuxHeap, LockedSlots, MmapSource, PageSource, SpinThenYield};
+use tieralloc::{
+    Cpu, Heap, LinuxHeap, LockedSlots, MmapSource, PageSource, SpinThenYield, TINY_BLOCK,
+};
 
 // ------------------------------------------------------------------ helpers
 
@@ -208,7 +210,7 @@ fn check_quiescent<S: PageSource + Sync, C: Cpu>(h: &Heap<S, C>, label: &str, ex
     );
     assert_eq!(
         st.heap_alloc,
-        16 * st.tiny_blocks,
+        TINY_BLOCK as u64 * st.tiny_blocks,
         "{label}: only current tiny blocks may stay\n{st}"
     );
     assert_eq!(st.heap_idle, st.heap_sys - st.heap_inuse, "{label}\n{st}");
@@ -361,7 +363,7 @@ fn churn_8_threads_linux_heap_concurrent_scavenge() {
 /// random consumer (batches of 32 through bounded channels); `consumers`
 /// threads verify, sometimes realloc (a remote free of the old object), and
 /// free. Every free is on another thread than the allocation; consecutive tiny
-/// objects, which share 16-byte blocks, go to different consumers, so a
+/// objects, which share 64-byte blocks, go to different consumers, so a
 /// block's sub-objects die on several threads at once.
 fn run_prodcons<S: PageSource + Sync + 'static, C: Cpu + 'static>(
     h: &'static Heap<S, C>,

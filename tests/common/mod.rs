@@ -84,7 +84,7 @@ pub const fn single_cpu_heap() -> Heap<MmapSource, SingleCpu> {
 }
 
 /// What a live object costs in `heap_alloc`: its class size, or its pages;
-/// 0 for a tiny object (counted through the shared 16-byte blocks).
+/// 0 for a tiny object (counted through the shared 64-byte blocks).
 pub fn rounded(l: Layout) -> u64 {
     match Kind::of(l.size(), l.align()) {
         Kind::Tiny => 0,
