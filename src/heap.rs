@@ -411,7 +411,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     // ----------------------------------------------------------------- tiny
 
     /// Go's tiny allocator with live counts: sub-objects are bump-allocated in
-    /// the CPU's current 64-byte block ([`TINY_BLOCK`]). While a block is current its count holds
+    /// the CPU's current 64-byte block ([`TINY_BLOCK`], one cache line, so no
+    /// two CPUs carve in one line). While a block is current its count holds
     /// `TINY_BIAS`; each free subtracts 1 and retiring the block subtracts
     /// `TINY_BIAS - n` (n = sub-objects carved), so the count reaches 0 exactly
     /// when the block is no longer current and every sub-object is dead.
