@@ -511,6 +511,20 @@ impl Slabs {
         cpu.with_current(|i| self.cache(i).push(c, p))
     }
 
+    /// Locked mode: pushes `p` on the current CPU's stack unless `elsewhere`,
+    /// asked with that CPU's index, says the object belongs to another CPU.
+    /// `None`: not pushed, it belongs elsewhere; `Some(false)`: the stack is full.
+    #[inline(always)]
+    pub fn push_owned<C: Cpu>(
+        &self,
+        cpu: &C,
+        c: SizeClass,
+        p: *mut u8,
+        elsewhere: impl FnOnce(usize) -> bool,
+    ) -> Option<bool> {
+        cpu.with_current(|i| (!elsewhere(i)).then(|| self.cache(i).push(c, p)))
+    }
+
     /// Pushes as many of `objs` as fit on the current CPU; returns how many.
     pub fn push_batch<C: Cpu>(&self, cpu: &C, c: SizeClass, objs: &[*mut u8]) -> usize {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]

@@ -26,6 +26,7 @@
 //! Lock order: a CPU slot, then this lock, then the page heap lock.
 
 use core::ptr::{null_mut, NonNull};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 use crate::cache;
 use crate::pageheap::{PageHeap, PageMap};
@@ -41,6 +42,74 @@ pub const TRANSFER_BYTES: usize = 64 * 1024;
 
 /// Slots of each class's transfer cache (the larger classes use fewer).
 pub const TRANSFER_SLOTS: usize = 1024;
+
+/// Partial spans a refill of a line-sharing class looks through for one its
+/// CPU may carve, before it takes a new span.
+pub const OWNER_SCAN: usize = 8;
+
+/// Objects a [`Remote`] list holds before the freer that grew it past this
+/// returns them to their spans.
+pub const REMOTE_MAX: usize = 256;
+
+/// Objects of a line-sharing class freed on a CPU other than their span's
+/// owner, waiting to go back to their spans: a lock-free stack linked through
+/// the objects' first words. Frees push (one compare-and-swap, no lock);
+/// whoever holds the class's central lock takes the whole list at once, so
+/// no pop ever races a push (no ABA).
+pub struct Remote {
+    head: AtomicPtr<u8>,
+    len: AtomicUsize,
+}
+
+impl Remote {
+    pub const fn new() -> Self {
+        Remote {
+            head: AtomicPtr::new(null_mut()),
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    /// Pushes the free object `p`; returns the list's length after.
+    ///
+    /// # Safety
+    /// `p` is a free object of at least 8 bytes, 8-aligned, owned by no one
+    /// else until the list is taken.
+    #[inline]
+    pub unsafe fn push(&self, p: *mut u8) -> usize {
+        // Counted before it is linked, so a taker's subtraction never runs
+        // ahead of the count: `len` is at least the objects on the list.
+        let len = self.len.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut h = self.head.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: the object is ours and large enough for a link (caller).
+            unsafe { p.cast::<*mut u8>().write(h) };
+            match self
+                .head
+                .compare_exchange_weak(h, p, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => h = now,
+            }
+        }
+        len
+    }
+
+    /// Objects on the list or being pushed (a snapshot).
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether the list is empty (a snapshot).
+    pub fn is_empty(&self) -> bool {
+        self.head.load(Ordering::Relaxed).is_null()
+    }
+}
+
+impl Default for Remote {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// Transfer cache capacity of class `c`: `TRANSFER_BYTES` of objects, at
 /// least four batches, at most `TRANSFER_SLOTS`.
@@ -108,13 +177,20 @@ impl Central {
 
     /// Fills `out` with up to `out.len()` free objects of `class`; returns how
     /// many. Fewer than asked (possibly 0) only when the source is exhausted.
+    ///
+    /// For a class whose objects share lines, `owner` is 1 + the CPU whose
+    /// cache takes the objects (0 if unknown): they come only from spans that
+    /// CPU owns or that have no object out, which it then owns (see
+    /// [`Span::owner`]); such classes keep no transfer cache.
     pub fn refill<S: PageSource, X: spin::RelaxStrategy>(
         &mut self,
         class: SizeClass,
         out: &mut [*mut u8],
         below: &Below<'_, S, X>,
+        owner: u32,
     ) -> usize {
         let want = out.len();
+        let own = owner != 0 && class.shares_lines();
         // 1. The transfer cache: the most recently flushed objects.
         let k = self.ntransfer.min(want);
         out[..k].copy_from_slice(&self.transfer[self.ntransfer - k..self.ntransfer]);
@@ -122,7 +198,11 @@ impl Central {
         let mut got = k;
         // 2. Carve from partial spans, then from new spans.
         while got < want {
-            let mut s = self.partial.first();
+            let mut s = if own {
+                self.partial_owned_by(owner)
+            } else {
+                self.partial.first()
+            };
             if s.is_null() {
                 let Some(new) = below
                     .heap
@@ -144,6 +224,9 @@ impl Central {
             }
             // SAFETY: spans on our lists are live and guarded by our lock.
             let span = unsafe { &mut *s };
+            if own {
+                span.owner.store(owner, Ordering::Relaxed);
+            }
             while got < want {
                 let Some(idx) = span.take() else { break };
                 let p = span.object(idx);
@@ -164,8 +247,49 @@ impl Central {
         got
     }
 
+    /// Returns every object of `remote` (objects of `class`) to its span.
+    /// Holding this central's lock is what makes taking the list safe.
+    pub fn give_back_remote<S: PageSource, X: spin::RelaxStrategy>(
+        &mut self,
+        class: SizeClass,
+        remote: &Remote,
+        below: &Below<'_, S, X>,
+    ) {
+        let mut p = remote.head.swap(null_mut(), Ordering::Acquire);
+        let mut n = 0;
+        while !p.is_null() {
+            // SAFETY: pushed by `Remote::push`, which wrote the link; the
+            // objects are ours now (the list was taken whole).
+            let next = unsafe { p.cast::<*mut u8>().read() };
+            self.give_back(class, p, below);
+            n += 1;
+            p = next;
+        }
+        remote.len.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// The first of the first [`OWNER_SCAN`] partial spans that `owner` may
+    /// carve: its own, or one with no object out; null if none is.
+    fn partial_owned_by(&self, owner: u32) -> *mut Span {
+        let mut s = self.partial.first();
+        for _ in 0..OWNER_SCAN {
+            if s.is_null() {
+                break;
+            }
+            // SAFETY: spans on our lists are live and guarded by our lock.
+            let span = unsafe { &*s };
+            let o = span.owner.load(Ordering::Relaxed);
+            if o == 0 || o == owner || span.alloc_count == 0 {
+                return s;
+            }
+            s = span.next;
+        }
+        null_mut()
+    }
+
     /// Takes back free objects of `class` from a CPU cache: into the transfer
-    /// cache if it has room for all of them, else to their spans.
+    /// cache if it has room for all of them (not for classes whose objects
+    /// share lines: a batch could reach another CPU), else to their spans.
     pub fn flush<S: PageSource, X: spin::RelaxStrategy>(
         &mut self,
         class: SizeClass,
@@ -173,7 +297,7 @@ impl Central {
         below: &Below<'_, S, X>,
     ) {
         let cap = transfer_capacity(class.index());
-        if self.ntransfer + objs.len() <= cap {
+        if !class.shares_lines() && self.ntransfer + objs.len() <= cap {
             self.transfer[self.ntransfer..self.ntransfer + objs.len()].copy_from_slice(objs);
             self.ntransfer += objs.len();
             return;

@@ -18,12 +18,12 @@ use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use spin::mutex::SpinMutex;
 
 use crate::cache::{self, Counter, Slabs, Tiny, TINY_BIAS, TINY_FIELD};
-use crate::central::{Below, Central, HeapLock};
+use crate::central::{Below, Central, HeapLock, Remote, REMOTE_MAX};
 use crate::cpu::Cpu;
 use crate::pageheap::{tiny_counter, PageHeap, PageMap};
 use crate::sizeclass::{
-    class_for, size_to_class_medium, size_to_class_small, SizeClass, NUM_CLASSES, SMALL_SIZE_MAX,
-    TINY_CLASS,
+    class_for, size_to_class_medium, size_to_class_small, SizeClass, LAST_SHARING_CLASS,
+    NUM_CLASSES, SMALL_SIZE_MAX, TINY_CLASS,
 };
 use crate::source::PageSource;
 use crate::span::SpanState;
@@ -168,6 +168,8 @@ pub struct Heap<S: PageSource, C: Cpu> {
     pages: HeapLock<C::Relax>,
     map: PageMap,
     central: [Padded<SpinMutex<Central, C::Relax>>; NUM_CLASSES],
+    /// Per line-sharing class: objects freed off their owner's CPU.
+    remote: [Padded<Remote>; LAST_SHARING_CLASS as usize + 1],
     flow: [Flow; NUM_CLASSES],
     /// Counter updates that found no reachable CPU cache.
     spill: [AtomicU64; 4],
@@ -197,6 +199,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             pages: SpinMutex::new(PageHeap::new()),
             map: PageMap::new(),
             central: [const { Padded(SpinMutex::new(Central::new())) }; NUM_CLASSES],
+            remote: [const { Padded(Remote::new()) }; LAST_SHARING_CLASS as usize + 1],
             flow: [const { Flow::new() }; NUM_CLASSES],
             spill: [const { AtomicU64::new(0) }; 4],
             stacks: StackAlloc::new(),
@@ -333,10 +336,20 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         let mut buf = [null_mut(); cache::MAX_CAPACITY];
         let want = cache::batch(c.index());
         let below = self.below();
-        let n = self.central[c.index()]
-            .0
-            .lock()
-            .refill(c, &mut buf[..want], &below);
+        let owner = if c.shares_lines() {
+            1 + self.current_cpu(slabs) as u32
+        } else {
+            0
+        };
+        let n = {
+            let mut central = self.central[c.index()].0.lock();
+            if c.shares_lines() {
+                // Objects freed off their owner's CPU go back to their spans
+                // first, where their owners' refills find them.
+                central.give_back_remote(c, &self.remote[c.index()].0, &below);
+            }
+            central.refill(c, &mut buf[..want], &below, owner)
+        };
         if n == 0 {
             return null_mut();
         }
@@ -355,6 +368,52 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         buf[n - 1]
     }
 
+    /// The CPU the caller runs on (a hint), for the owner of refilled spans.
+    fn current_cpu(&self, slabs: &Slabs) -> usize {
+        #[cfg(all(feature = "linux", target_arch = "x86_64"))]
+        if slabs.uses_rseq() {
+            // SAFETY: rseq mode: the offset is glibc's, registered for every thread.
+            return unsafe { crate::rseq::cpu_id(self.fast.get().1) } as usize;
+        }
+        let _ = slabs;
+        self.cpu.with_current(|i| i)
+    }
+
+    /// Whether `p`, of a class whose objects share lines, belongs to another
+    /// CPU than `cpu`: its span's owner ([`crate::span::Span::owner`]) is
+    /// another CPU. One page-map lookup and one load.
+    #[inline(always)]
+    fn owned_elsewhere(&self, p: *mut u8, cpu: usize) -> bool {
+        // SAFETY: non-null page-map entries are live spans.
+        match unsafe { self.map.span_of(p as usize).as_ref() } {
+            Some(s) => {
+                let o = s.owner.load(Ordering::Relaxed);
+                o != 0 && o != cpu as u32 + 1
+            }
+            None => false, // not ours: the normal path reports it (with `checks`)
+        }
+    }
+
+    /// A free of an object another CPU owns: onto the class's remote list
+    /// (no lock), from which the next refill returns it to its span, so this
+    /// CPU's cache never hands out an object whose line-mates live elsewhere.
+    #[inline(never)]
+    fn free_remote(&self, p: *mut u8, c: SizeClass) {
+        let r = &self.remote[c.index()].0;
+        self.flow[c.index()]
+            .direct_frees
+            .fetch_add(1, Ordering::Relaxed);
+        // SAFETY: a freed object of a line-sharing class: 8..=48 bytes,
+        // 8-aligned, and no one else's.
+        if unsafe { r.push(p) } >= REMOTE_MAX {
+            let below = self.below();
+            self.central[c.index()]
+                .0
+                .lock()
+                .give_back_remote(c, r, &below);
+        }
+    }
+
     #[inline(always)]
     fn free_small(&self, p: *mut u8, c: SizeClass) {
         #[cfg(feature = "checks")]
@@ -362,9 +421,17 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         #[cfg(all(feature = "linux", target_arch = "x86_64"))]
         {
             let (d, off) = self.fast.get();
-            // SAFETY: as in `alloc_small`.
-            if off != 0 && unsafe { crate::rseq::push(d, off, c.index(), p) } {
-                return;
+            if off != 0 {
+                // SAFETY: rseq mode (offset published): glibc's area exists.
+                if c.shares_lines()
+                    && self.owned_elsewhere(p, unsafe { crate::rseq::cpu_id(off) } as usize)
+                {
+                    return self.free_remote(p, c);
+                }
+                // SAFETY: as in `alloc_small`.
+                if unsafe { crate::rseq::push(d, off, c.index(), p) } {
+                    return;
+                }
             }
         }
         self.free_small_slow(p, c)
@@ -381,7 +448,18 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         // SAFETY: published slabs live for ever.
         let slabs = unsafe { &*slabs };
         // In rseq mode `free_small` has just tried this push.
-        if slabs.uses_rseq() || !slabs.push(&self.cpu, c, p) {
+        if slabs.uses_rseq() {
+            return self.flush_push(slabs, c, p);
+        }
+        let pushed = if c.shares_lines() {
+            match slabs.push_owned(&self.cpu, c, p, |i| self.owned_elsewhere(p, i)) {
+                Some(pushed) => pushed,
+                None => return self.free_remote(p, c),
+            }
+        } else {
+            slabs.push(&self.cpu, c, p)
+        };
+        if !pushed {
             self.flush_push(slabs, c, p);
         }
     }
@@ -984,7 +1062,11 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             }
         }
         for c in SizeClass::small_classes() {
-            self.central[c.index()].0.lock().drain_transfer(c, &below);
+            let mut central = self.central[c.index()].0.lock();
+            if c.shares_lines() {
+                central.give_back_remote(c, &self.remote[c.index()].0, &below);
+            }
+            central.drain_transfer(c, &below);
         }
         let sc = self.stack_caches.load(Ordering::Acquire);
         if !sc.is_null() {
@@ -1066,6 +1148,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             st.by_size[i].mallocs = pops[i] + dm;
             st.by_size[i].frees = (lens[i] + from + pops[i] + df).wrapping_sub(to);
             st.cached_bytes += (self.central[i].0.lock().transfer_len() * c.size()) as u64;
+            if c.shares_lines() {
+                st.cached_bytes += (self.remote[i].0.len() * c.size()) as u64;
+            }
         }
         // Tiny blocks are objects of the tiny class, but not user objects of it.
         let t = TINY_CLASS.index();

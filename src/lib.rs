@@ -52,7 +52,9 @@
 //!    Linux fallback). Done in the common case.
 //! 3. Empty stack: lock `central[class]`, take a batch — first from the transfer
 //!    cache, else carve the lowest free objects of the first partial span
-//!    (ctz over the span's 64-bit alloc cache, Go's `nextFreeFast`).
+//!    (ctz over the span's 64-bit alloc cache, Go's `nextFreeFast`); for the
+//!    classes under a cache line, the first of the first 8 partial spans that
+//!    this CPU owns or that has no object out, which it then owns.
 //! 4. No partial span: lock the page heap, take the span's pages first fit
 //!    (making released pages Ready), growing by a new arena from the source if
 //!    nothing fits.
@@ -72,12 +74,17 @@
 //!    lookup; over 4 KiB one lookup finds the object's slot class — `realloc`
 //!    may have kept it in a larger one — or tells a promoted object).
 //! 2. Small: push onto the current CPU's stack (as in step 2 above) — whichever
-//!    CPU allocated it.
+//!    CPU allocated it, except for the classes under a cache line (8..=48 B):
+//!    their spans belong to the CPU that carves them, and a free on another
+//!    CPU (one page-map lookup tells) pushes the object onto the class's
+//!    lock-free *remote list* instead, which the next refill returns to the
+//!    spans. No CPU is handed an object whose line-mates live on another CPU.
 //! 3. Full stack: lock `central[class]` and hand over the oldest batch, into the
-//!    transfer cache if it has room (64 KiB of objects per class), else back to
-//!    the objects' spans (page map → span → magic divide → clear the bit). A
-//!    span whose last object returns goes back to the page heap (its lock),
-//!    except one empty span per class that central keeps for the next refill.
+//!    transfer cache if it has room (64 KiB of objects per class; none for the
+//!    classes under a line), else back to the objects' spans (page map → span
+//!    → magic divide → clear the bit). A span whose last object returns goes
+//!    back to the page heap (its lock), except one empty span per class that
+//!    central keeps for the next refill.
 //! 4. Page heap: clear the pages' bits (coalescing is implicit); if dirty free
 //!    pages exceed the scavenger's allowance (what fits under 1.5 times the
 //!    recent in-use peak, "recent" counted in page-heap traffic), release the
@@ -94,7 +101,9 @@
 //! ## Differences from Go, because Rust frees explicitly
 //!
 //! No sweeping: `dealloc` returns objects; the per-CPU tier holds objects, not
-//! spans, so a remote free needs no atomics; spans move between partial and full
+//! spans, so a remote free needs no atomics (one compare-and-swap for the
+//! classes under a cache line, whose spans have an owner CPU — mimalloc's
+//! owner pages, per CPU rather than per thread); spans move between partial and full
 //! lists on free; tiny blocks keep live counts; the scavenger paces itself by the
 //! recent in-use peak (counted in page-heap traffic) instead of a GC goal. With feature `checks`, double frees, foreign and
 //! interior pointers panic with the address and its span and class.

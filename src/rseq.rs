@@ -754,6 +754,21 @@ pub fn fence_cpu(cpu: usize) -> bool {
     r == 0
 }
 
+/// The calling thread's CPU, from the rseq area at thread-pointer offset `off`
+/// (a hint: the thread may move right after).
+///
+/// # Safety
+/// `off` is the offset of a registered rseq area (as [`load`]).
+#[inline(always)]
+pub unsafe fn cpu_id(off: i64) -> u32 {
+    let cpu: u32;
+    // SAFETY: the caller's area is mapped for every thread; a plain read.
+    unsafe {
+        asm!("mov {c:e}, dword ptr fs:[{o} + 4]", o = in(reg) off, c = out(reg) cpu, options(nostack, readonly, preserves_flags));
+    }
+    cpu
+}
+
 /// The calling thread's CPU according to rseq, if available.
 pub fn current_cpu() -> Option<usize> {
     match available() {

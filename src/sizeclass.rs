@@ -112,6 +112,14 @@ impl SizeClass {
         CLASSES[self.0 as usize].size as usize
     }
 
+    /// Whether two objects of this class can lie in one 64-byte cache line
+    /// (classes 8..=48 B): frees of such objects on a CPU other than their
+    /// span's owner bypass that CPU's cache (see `Span::owner`).
+    #[inline(always)]
+    pub const fn shares_lines(self) -> bool {
+        self.0 != 0 && self.0 <= LAST_SHARING_CLASS
+    }
+
     /// Pages ([`PAGE_BYTES`] each) per span of this class (0 for LARGE).
     #[inline]
     pub const fn span_pages(self) -> usize {
@@ -202,6 +210,13 @@ pub static SIZE_TO_CLASS128: [u8; SIZE_TO_CLASS128_LEN] = generate_size_to_class
 /// The most objects any span holds (1024, class 1's 8-byte objects in one
 /// page): the size of a span's per-object bitmaps (Go's `maxObjsPerSpan`).
 pub const MAX_OBJS_PER_SPAN: usize = max_objects();
+
+/// The last class whose objects are smaller than a cache line.
+pub const LAST_SHARING_CLASS: u8 = 5;
+const _: () = assert!(
+    CLASSES[LAST_SHARING_CLASS as usize].size < 64
+        && CLASSES[LAST_SHARING_CLASS as usize + 1].size == 64
+);
 
 /// The class of tiny blocks: the tiny allocator packs requests below
 /// [`TINY_SIZE`] into objects of this class, whose size is [`TINY_BLOCK`]

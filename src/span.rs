@@ -19,7 +19,7 @@
 //! * every word below `cache_word` is full (no zero bits among its valid bits).
 
 use core::ptr::null_mut;
-use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU8, Ordering};
 
 use crate::sizeclass::SizeClass;
 use crate::PAGE_BYTES;
@@ -94,6 +94,16 @@ pub struct Span {
     pub alloc_bits: [u64; BITMAP_WORDS],
     /// Live counts of tiny blocks (tiny-class spans only), else null.
     pub tiny: AtomicPtr<TinyCounts>,
+    /// Classes whose objects share cache lines ([`SizeClass::shares_lines`]):
+    /// 1 + the CPU whose cache takes this span's objects, or 0 before the
+    /// first refill. It changes only under the class's central lock, and only
+    /// while no object of the span is out, so every object out was taken by
+    /// the owner. A free on another CPU goes to the class's remote list, not
+    /// to that CPU's cache, so no CPU is handed an object whose line-mates
+    /// live on another (false sharing). Exact with locked slots; under rseq
+    /// a thread can move between reading its CPU and pushing, so it is a
+    /// (nearly always right) hint there. Relaxed: a hint needs no ordering.
+    pub owner: AtomicU32,
     /// With `checks`: objects that are free but still cached (per-CPU or
     /// transfer), so a second free of them is caught.
     #[cfg(feature = "checks")]
@@ -131,6 +141,7 @@ impl Span {
                 alloc_cache: 0,
                 alloc_bits: [0; BITMAP_WORDS],
                 tiny: AtomicPtr::new(null_mut()),
+                owner: AtomicU32::new(0),
                 #[cfg(feature = "checks")]
                 cached_bits: [const { core::sync::atomic::AtomicU64::new(0) }; BITMAP_WORDS],
             })
@@ -148,6 +159,7 @@ impl Span {
         self.alloc_bits = [0; BITMAP_WORDS];
         self.cache_word = 0;
         self.alloc_cache = self.valid_mask(0);
+        self.owner.store(0, Ordering::Relaxed);
     }
 
     /// One past the last byte.
