@@ -255,6 +255,9 @@ impl Central {
         remote: &Remote,
         below: &Below<'_, S, X>,
     ) {
+        if remote.is_empty() {
+            return; // no write to the list's line
+        }
         let mut p = remote.head.swap(null_mut(), Ordering::Acquire);
         let mut n = 0;
         while !p.is_null() {

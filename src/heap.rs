@@ -337,7 +337,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         let want = cache::batch(c.index());
         let below = self.below();
         let owner = if c.shares_lines() {
-            1 + self.current_cpu(slabs) as u32
+            (self.current_cpu(slabs) as u32).wrapping_add(1) // 0 (no owner) for an unregistered -1
         } else {
             0
         };
@@ -388,7 +388,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         match unsafe { self.map.span_of(p as usize).as_ref() } {
             Some(s) => {
                 let o = s.owner.load(Ordering::Relaxed);
-                o != 0 && o != cpu as u32 + 1
+                o != 0 && o != (cpu as u32).wrapping_add(1)
             }
             None => false, // not ours: the normal path reports it (with `checks`)
         }

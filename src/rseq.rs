@@ -772,14 +772,8 @@ pub unsafe fn cpu_id(off: i64) -> u32 {
 /// The calling thread's CPU according to rseq, if available.
 pub fn current_cpu() -> Option<usize> {
     match available() {
-        Availability::Glibc(off) => {
-            let cpu: u32;
-            // SAFETY: as in `probe`.
-            unsafe {
-                asm!("mov {c:e}, dword ptr fs:[{o} + 4]", o = in(reg) off, c = out(reg) cpu, options(nostack, readonly, preserves_flags));
-            }
-            Some(cpu as usize)
-        }
+        // SAFETY: glibc's registered area.
+        Availability::Glibc(off) => Some(unsafe { cpu_id(off) } as usize),
         Availability::Unavailable => None,
     }
 }
