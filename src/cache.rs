@@ -154,6 +154,9 @@ impl Tiny {
     /// The `off` of a stopped tiny word: no carve fits, and
     /// [`crate::Heap`]'s block installer leaves such a word alone.
     pub const STOPPED_OFF: usize = 127;
+    /// Width of the `off` and `n` fields (7 bits each; the rseq carve
+    /// section masks with it too).
+    pub const FIELD_MASK: u64 = 0x7f;
 
     pub const fn pack(self) -> u64 {
         (self.block as u64 & ((1 << 48) - 1)) | (self.off as u64) << 48 | (self.n as u64) << 56
@@ -162,8 +165,8 @@ impl Tiny {
         let block = (((w << 16) as i64) >> 16) as usize;
         Tiny {
             block,
-            off: ((w >> 48) & 0x7f) as usize,
-            n: ((w >> 56) & 0x7f) as usize,
+            off: ((w >> 48) & Self::FIELD_MASK) as usize,
+            n: ((w >> 56) & Self::FIELD_MASK) as usize,
         }
     }
     /// Whether a drain has stopped this word.
@@ -173,7 +176,10 @@ impl Tiny {
 }
 
 const _: () = assert!(
-    Tiny::STOPPED_OFF > crate::TINY_BLOCK && STOP > MAX_CAPACITY as u64 && LEN_MASK & STOP == 0
+    Tiny::STOPPED_OFF > crate::TINY_BLOCK
+        && Tiny::STOPPED_OFF as u64 == Tiny::FIELD_MASK
+        && STOP > MAX_CAPACITY as u64
+        && LEN_MASK & STOP == 0
 );
 
 /// One CPU's cache. All-zero bytes are a valid empty cache. Every field is a

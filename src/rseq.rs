@@ -578,10 +578,10 @@ pub unsafe fn carve(d: *const Desc, off: i64, field: usize, size: usize, amask: 
             d, off, "[{d} + {word}]";
             [
                 "mov {w}, qword ptr [{t} + {f}]",
-                // off = ((w >> 48) & 127) rounded up to the alignment; end = off + size
+                // off = ((w >> 48) & FIELD_MASK) rounded up to the alignment; end = off + size
                 "mov {o}, {w}",
                 "shr {o}, 48",
-                "and {o:e}, 127",
+                "and {o:e}, {fmask}",
                 "add {o}, {amask}",
                 "mov {x}, {amask}",
                 "not {x}",
@@ -618,6 +618,7 @@ pub unsafe fn carve(d: *const Desc, off: i64, field: usize, size: usize, amask: 
             x = out(reg) _,
             p = out(reg) p,
             tiny = const crate::TINY_BLOCK,
+            fmask = const crate::cache::Tiny::FIELD_MASK,
         );
     }
     p as *mut u8
@@ -709,11 +710,8 @@ fn probe() -> Option<i64> {
         return None;
     }
     // The area must be live for this thread: cpu_id is set (not -1/-2).
-    let cpu: u32;
     // SAFETY: glibc's area is at fs:[off] for every thread, at least 32 bytes.
-    unsafe {
-        asm!("mov {c:e}, dword ptr fs:[{o} + 4]", o = in(reg) off, c = out(reg) cpu, options(nostack, readonly, preserves_flags));
-    }
+    let cpu = unsafe { cpu_id(off) };
     if (cpu as i32) < 0 {
         return None;
     }
@@ -764,7 +762,7 @@ pub unsafe fn cpu_id(off: i64) -> u32 {
     let cpu: u32;
     // SAFETY: the caller's area is mapped for every thread; a plain read.
     unsafe {
-        asm!("mov {c:e}, dword ptr fs:[{o} + 4]", o = in(reg) off, c = out(reg) cpu, options(nostack, readonly, preserves_flags));
+        asm!("mov {c:e}, dword ptr fs:[{o} + {cpu}]", o = in(reg) off, cpu = const RSEQ_CPU_ID, c = out(reg) cpu, options(nostack, readonly, preserves_flags));
     }
     cpu
 }

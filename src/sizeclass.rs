@@ -112,9 +112,10 @@ impl SizeClass {
         CLASSES[self.0 as usize].size as usize
     }
 
-    /// Whether two objects of this class can lie in one 64-byte cache line
-    /// (classes 8..=48 B): frees of such objects on a CPU other than their
-    /// span's owner bypass that CPU's cache (see `Span::owner`).
+    /// Whether two objects of this class can lie in one cache line
+    /// ([`TINY_BLOCK`] bytes; classes 8..=48 B): frees of such objects on a
+    /// CPU other than their span's owner bypass that CPU's cache (see
+    /// `Span::owner`).
     #[inline(always)]
     pub const fn shares_lines(self) -> bool {
         self.0 != 0 && self.0 <= LAST_SHARING_CLASS
@@ -211,12 +212,9 @@ pub static SIZE_TO_CLASS128: [u8; SIZE_TO_CLASS128_LEN] = generate_size_to_class
 /// page): the size of a span's per-object bitmaps (Go's `maxObjsPerSpan`).
 pub const MAX_OBJS_PER_SPAN: usize = max_objects();
 
-/// The last class whose objects are smaller than a cache line.
-pub const LAST_SHARING_CLASS: u8 = 5;
-const _: () = assert!(
-    CLASSES[LAST_SHARING_CLASS as usize].size < 64
-        && CLASSES[LAST_SHARING_CLASS as usize + 1].size == 64
-);
+/// The last class whose objects are smaller than a cache line: the one
+/// below the line-sized [`TINY_CLASS`].
+pub const LAST_SHARING_CLASS: u8 = TINY_CLASS.0 - 1;
 
 /// The class of tiny blocks: the tiny allocator packs requests below
 /// [`TINY_SIZE`] into objects of this class, whose size is [`TINY_BLOCK`]
