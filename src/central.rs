@@ -26,13 +26,14 @@
 //! Lock order: a CPU slot, then this lock, then the page heap lock.
 
 use core::ptr::{null_mut, NonNull};
-use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
-use crate::cache;
-use crate::pageheap::{PageHeap, PageMap};
+use crate::pageheap::Below;
 use crate::sizeclass::SizeClass;
 use crate::source::PageSource;
 use crate::span::{ListId, Span, SpanList, SpanState};
+use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use crate::sync::RelaxStrategy;
+use crate::units::{Addr, Owner};
 
 /// Bytes of free objects a class's transfer cache is sized for: a batch of
 /// this size freed on one CPU and re-allocated (on any CPU) never touches the
@@ -47,7 +48,7 @@ pub const TRANSFER_SLOTS: usize = 1024;
 /// CPU may carve, before it takes a new span.
 pub const OWNER_SCAN: usize = 8;
 
-/// Objects a [`Remote`] list holds before the freer that grew it past this
+/// Objects a `Remote` list holds before the freer that grew it past this
 /// returns them to their spans.
 pub const REMOTE_MAX: usize = 256;
 
@@ -111,28 +112,26 @@ impl Default for Remote {
     }
 }
 
+/// Fewest objects a transfer cache holds (for the largest classes, where
+/// `TRANSFER_BYTES` is two objects or fewer). It is at least four batches of
+/// the per-CPU tier for every class (a unit test checks it), so a transfer
+/// cache always takes a whole flush.
+pub const TRANSFER_MIN: usize = 4;
+
 /// Transfer cache capacity of class `c`: `TRANSFER_BYTES` of objects, at
-/// least four batches, at most `TRANSFER_SLOTS`.
-pub const fn transfer_capacity(c: usize) -> usize {
-    let mut n = TRANSFER_BYTES / crate::sizeclass::CLASSES[c].size as usize;
-    if n < 4 * cache::batch(c) {
-        n = 4 * cache::batch(c);
+/// least `TRANSFER_MIN`, at most `TRANSFER_SLOTS`.
+pub const fn transfer_capacity(c: SizeClass) -> usize {
+    if c.is_large() {
+        return 0;
     }
-    if n > TRANSFER_SLOTS {
+    let n = TRANSFER_BYTES / c.size();
+    if n < TRANSFER_MIN {
+        TRANSFER_MIN
+    } else if n > TRANSFER_SLOTS {
         TRANSFER_SLOTS
     } else {
         n
     }
-}
-
-/// The heap lock type, with the relax strategy of the heap's CPUs.
-pub type HeapLock<X> = spin::mutex::SpinMutex<PageHeap, X>;
-
-/// What central needs from the tier below.
-pub struct Below<'a, S: PageSource, X> {
-    pub source: &'a S,
-    pub map: &'a PageMap,
-    pub heap: &'a HeapLock<X>,
 }
 
 /// One size class's central list.
@@ -170,27 +169,22 @@ impl Central {
         self.ntransfer
     }
 
-    /// Spans on the partial and full lists.
-    pub fn span_counts(&self) -> (usize, usize) {
-        (self.partial.len(), self.full.len())
-    }
-
     /// Fills `out` with up to `out.len()` free objects of `class`; returns how
     /// many. Fewer than asked (possibly 0) only when the source is exhausted.
     ///
-    /// For a class whose objects share lines, `owner` is 1 + the CPU whose
-    /// cache takes the objects (0 if unknown): they come only from spans that
+    /// For a class whose objects share lines, `owner` is the CPU whose
+    /// cache takes the objects ([`Owner::NONE`] if unknown): they come only from spans that
     /// CPU owns or that have no object out, which it then owns (see
     /// [`Span::owner`]); such classes keep no transfer cache.
-    pub fn refill<S: PageSource, X: spin::RelaxStrategy>(
+    pub fn refill<S: PageSource, X: RelaxStrategy>(
         &mut self,
         class: SizeClass,
         out: &mut [*mut u8],
         below: &Below<'_, S, X>,
-        owner: u32,
+        owner: Owner,
     ) -> usize {
         let want = out.len();
-        let own = owner != 0 && class.shares_lines();
+        let own = !owner.is_none() && class.shares_lines();
         // 1. The transfer cache: the most recently flushed objects.
         let k = self.ntransfer.min(want);
         out[..k].copy_from_slice(&self.transfer[self.ntransfer - k..self.ntransfer]);
@@ -225,13 +219,13 @@ impl Central {
             // SAFETY: spans on our lists are live and guarded by our lock.
             let span = unsafe { &mut *s };
             if own {
-                span.owner.store(owner, Ordering::Relaxed);
+                span.owner.store(owner);
             }
             while got < want {
                 let Some(idx) = span.take() else { break };
                 let p = span.object(idx);
                 #[cfg(feature = "checks")]
-                crate::heap::checks::mark_cached(span, idx, p);
+                crate::checks::mark_cached(span, idx, p);
                 out[got] = p;
                 got += 1;
             }
@@ -249,7 +243,7 @@ impl Central {
 
     /// Returns every object of `remote` (objects of `class`) to its span.
     /// Holding this central's lock is what makes taking the list safe.
-    pub fn give_back_remote<S: PageSource, X: spin::RelaxStrategy>(
+    pub fn give_back_remote<S: PageSource, X: RelaxStrategy>(
         &mut self,
         class: SizeClass,
         remote: &Remote,
@@ -273,7 +267,7 @@ impl Central {
 
     /// The first of the first [`OWNER_SCAN`] partial spans that `owner` may
     /// carve: its own, or one with no object out; null if none is.
-    fn partial_owned_by(&self, owner: u32) -> *mut Span {
+    fn partial_owned_by(&self, owner: Owner) -> *mut Span {
         let mut s = self.partial.first();
         for _ in 0..OWNER_SCAN {
             if s.is_null() {
@@ -281,8 +275,8 @@ impl Central {
             }
             // SAFETY: spans on our lists are live and guarded by our lock.
             let span = unsafe { &*s };
-            let o = span.owner.load(Ordering::Relaxed);
-            if o == 0 || o == owner || span.alloc_count == 0 {
+            let o = span.owner.load();
+            if o.is_none() || o == owner || span.alloc_count == 0 {
                 return s;
             }
             s = span.next;
@@ -293,13 +287,13 @@ impl Central {
     /// Takes back free objects of `class` from a CPU cache: into the transfer
     /// cache if it has room for all of them (not for classes whose objects
     /// share lines: a batch could reach another CPU), else to their spans.
-    pub fn flush<S: PageSource, X: spin::RelaxStrategy>(
+    pub fn flush<S: PageSource, X: RelaxStrategy>(
         &mut self,
         class: SizeClass,
         objs: &[*mut u8],
         below: &Below<'_, S, X>,
     ) {
-        let cap = transfer_capacity(class.index());
+        let cap = transfer_capacity(class);
         if !class.shares_lines() && self.ntransfer + objs.len() <= cap {
             self.transfer[self.ntransfer..self.ntransfer + objs.len()].copy_from_slice(objs);
             self.ntransfer += objs.len();
@@ -312,7 +306,7 @@ impl Central {
 
     /// Returns every object of the transfer cache to its span, and every empty
     /// span to the page heap (for scavenging).
-    pub fn drain_transfer<S: PageSource, X: spin::RelaxStrategy>(
+    pub fn drain_transfer<S: PageSource, X: RelaxStrategy>(
         &mut self,
         class: SizeClass,
         below: &Below<'_, S, X>,
@@ -333,7 +327,7 @@ impl Central {
     ///
     /// # Safety
     /// `s` is on `partial`, live, with no object allocated, and not `self.empty`.
-    unsafe fn release_span<S: PageSource, X: spin::RelaxStrategy>(
+    unsafe fn release_span<S: PageSource, X: RelaxStrategy>(
         &mut self,
         s: *mut Span,
         below: &Below<'_, S, X>,
@@ -351,13 +345,13 @@ impl Central {
     }
 
     /// Returns one free object to its span; frees the span when it empties.
-    fn give_back<S: PageSource, X: spin::RelaxStrategy>(
+    fn give_back<S: PageSource, X: RelaxStrategy>(
         &mut self,
         class: SizeClass,
         p: *mut u8,
         below: &Below<'_, S, X>,
     ) {
-        let s = below.map.span_of(p as usize);
+        let s = below.map.span_of(Addr::of(p));
         assert!(
             !s.is_null(),
             "tieralloc: object {p:p} of class {} is not in the heap",
@@ -371,10 +365,10 @@ impl Central {
             "tieralloc: object {p:p} is not of class {}",
             class.index()
         );
-        let (idx, exact) = span.index_of(p as usize);
+        let (idx, exact) = span.index_of(Addr::of(p));
         debug_assert!(exact);
         #[cfg(feature = "checks")]
-        crate::heap::checks::unmark_cached(span, idx, p);
+        crate::checks::unmark_cached(span, idx, p);
         let was_full = span.is_full();
         let ok = span.put(idx);
         assert!(
@@ -425,10 +419,10 @@ impl Central {
             );
             span.check_invariants();
         }
-        assert!(self.ntransfer <= transfer_capacity(class.index()));
-        // SAFETY: as above.
+        assert!(self.ntransfer <= transfer_capacity(class));
         assert!(
             self.empty.is_null()
+                // SAFETY: the kept span is on `partial`, live under the caller's lock.
                 || unsafe {
                     (*self.empty).alloc_count == 0 && (*self.empty).list == ListId::Partial
                 },
@@ -436,15 +430,29 @@ impl Central {
             class.index()
         );
     }
-
-    /// Iterates every span on both lists (for diagnostics).
-    pub fn spans(&self) -> impl Iterator<Item = *mut Span> + '_ {
-        self.partial.iter().chain(self.full.iter())
-    }
 }
 
 impl Default for Central {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transfer cache takes at least four flushes of the per-CPU tier.
+    #[test]
+    fn transfer_capacity_holds_four_batches() {
+        for c in SizeClass::small_classes() {
+            let cap = transfer_capacity(c);
+            assert!(cap >= 4 * crate::percpu::batch(c), "class {}", c.index());
+            assert!(
+                cap <= TRANSFER_SLOTS
+                    && cap * c.size() <= TRANSFER_BYTES.max(TRANSFER_MIN * c.size())
+            );
+        }
+        assert_eq!(transfer_capacity(SizeClass::LARGE), 0);
     }
 }

@@ -1,31 +1,192 @@
-//! # tieralloc: Go's three-tier allocator for kernels and Linux
+//! # tieralloc: Go's three-tier allocator for kernels, firmware and Linux
 //!
-//! tieralloc is the Go runtime's allocator (itself descended from tcmalloc),
-//! rebuilt in `no_std` Rust for programs that free explicitly. It runs as the
-//! heap of a kernel (over page frames) and as a hosted Linux allocator (over
-//! `mmap`), with the same tiers in both.
+//! tieralloc is the Go runtime's memory allocator (itself descended from
+//! tcmalloc), rebuilt in `no_std` Rust for programs that free explicitly. The
+//! same tiers serve as the heap of a kernel (over page frames), of a program
+//! on Linux (over `mmap`, with restartable sequences for an atomic-free fast
+//! path), of a C program under `LD_PRELOAD` (the `preload` crate of the
+//! repository), and over a fixed region of memory without an MMU.
+//!
+//! ## Quick start
+//!
+//! A heap over a region of memory you own, one CPU (what a board without an
+//! MMU, or a test, does; a kernel passes its own [`Cpu`] and a frame
+//! source, a Linux program uses [`LinuxHeap`] as its `#[global_allocator]`):
+//!
+//! ```
+//! use core::alloc::{GlobalAlloc, Layout};
+//! use tieralloc::{Heap, RegionSource, SingleCpu};
+//!
+//! let mut memory = vec![0u8; 16 << 20]; // the region: 16 MiB
+//! // SAFETY: the region is ours for as long as the heap is used.
+//! let source = unsafe { RegionSource::new(memory.as_mut_ptr(), memory.len()) };
+//! let heap = Heap::new(source, SingleCpu::new());
+//!
+//! let layout = Layout::from_size_align(100, 8).unwrap();
+//! // SAFETY: a valid layout; the block is freed with the same layout.
+//! unsafe {
+//!     let p = heap.alloc(layout);
+//!     assert!(!p.is_null());
+//!     p.write_bytes(0xa5, 100);
+//!     heap.dealloc(p, layout);
+//! }
+//! let stats = heap.stats();
+//! assert_eq!(stats.mallocs, stats.frees);
+//! println!("{stats}"); // Go's MemStats, with a row per size class
+//! drop(heap);
+//! drop(memory);
+//! ```
+//!
+//! ## The public contract
+//!
+//! * [`Heap`]`<S, C>`: the allocator (it implements [`GlobalAlloc`]), over a
+//!   page source `S` with per-CPU caches keyed by `C`; [`LinuxHeap`] (feature
+//!   `linux`) is `Heap<MmapSource, LinuxCpu>`.
+//! * [`source`]: the [`PageSource`] trait (the OS boundary, a state machine)
+//!   and its sources: [`RegionSource`] (fixed memory), `MmapSource` (feature
+//!   `linux`), `FrameSource` (feature `x86_64`), [`FailingSource`] (fault
+//!   injection).
+//! * [`cpu`]: the [`Cpu`] trait (which CPU am I on, and exclusive access to
+//!   its cache) and its implementations: [`SingleCpu`], [`LockedSlots`],
+//!   `LinuxCpu` (feature `linux`).
+//! * [`Stats`] and [`ClassStats`] (Go's `runtime.MemStats`), [`Stack`] and
+//!   [`StackStats`] (the stack allocator), and the constants a user needs.
+//!
+//! Everything else is the crate's own; the `internals` module is
+//! `#[doc(hidden)]` and exists for the crate's tests, benchmarks and boards.
 //!
 //! ## The tiers, one line each
 //!
 //! ```text
-//!  alloc(layout) / dealloc(ptr, layout)
+//!  alloc(layout) / dealloc(ptr, layout)          free(ptr) (C): page map → span → class
 //!        │
-//!  cache     per-CPU: per size class, a bounded stack of free objects; the tiny block   (slot exclusivity)
-//!        │ refill / flush a batch
-//!  central   per size class: transfer cache of objects; partial and full spans           (one lock per class)
+//!  percpu    per CPU: per size class a bounded stack of free objects; the tiny block  (CPU slot, or rseq)
+//!        │ refill / flush a batch                  ▲ classes under a line: remote list (lock-free)
+//!  central   per size class: transfer cache; partial and full spans; owner spans      (one lock per class)
 //!        │ a span of k pages / an empty span
-//!  pageheap  arenas, page → span map, first-fit pages, large objects, scavenger          (the heap lock)
+//!  pageheap  arenas, page → span map, first-fit pages, large objects, scavenger       (the heap lock)
 //!        │ reserve / commit / ready / release / fault / free
-//!  source    PageSource: mmap (Linux) · region (fixed memory) · frames (x86_64, board)
+//!  source    PageSource: mmap (Linux) · region (fixed memory) · frames (x86_64)
+//!
+//!  stacks    per CPU: a stack cache per order; per order a pool of spans            (CPU slot; pool lock)
+//!            → pageheap (the heap lock)
 //! ```
 //!
-//! Modules: [`sizeclass`] (Go's 68-class table), [`span`] (span records and
-//! bitmaps), [`cache`] (per-CPU tier), [`central`], [`pageheap`] (with
-//! [`pagealloc`], the per-arena page bitmap), [`source`] (the OS boundary),
-//! [`fixalloc`] (metadata pools), [`cpu`] (which CPU am I on), `rseq`
-//! (restartable sequences, Linux x86-64), [`heap`] (the front), [`stats`].
+//! The rooms, one module each (every import points down; none is a cycle):
+//! `heap/` the front (`mod.rs` the type, set-up and `GlobalAlloc`;
+//! `small.rs`, `tiny.rs`, `large.rs`, `stacks.rs`, `stats.rs`), `percpu/`
+//! (the per-CPU tier: `Slabs`, the front's one door, over the word formats,
+//! the caches, the restartable sequences and the locked fallback, and
+//! [`cpu`]), `central.rs`, `pageheap/` (arenas, page map, page bitmap,
+//! large-span cache, scavenger), `stack.rs`, [`source`], and below them all
+//! `sizeclass.rs` (Go's 68-class table, generated by a `const fn` port of
+//! `mksizeclasses.go`), `span.rs`, `fixalloc.rs` (metadata pools), `units.rs`
+//! (typed page counts, page indices, addresses, owners), `sync.rs` (locks,
+//! padding, atomics) and `checks.rs` (feature `checks`). Each starts by
+//! pointing back here and stating its invariants and the lock that guards
+//! them.
+//!
+//! ## The allocation path
+//!
+//! 1. `ObjectKind::of` sorts the layout: tiny (under [`TINY_SIZE`] bytes,
+//!    alignment at most 8), small (a class from Go's `size_to_class8/128`
+//!    tables, one load; 16..=1024 bytes at alignment ≤ 8 take two compares
+//!    and the load) or large (over [`MAX_SMALL_SIZE`], or no class fits the
+//!    alignment). No lock.
+//! 2. Small: pop from the class's stack in the current CPU's cache. On Linux
+//!    x86-64 a restartable sequence commits it with one plain store — no lock,
+//!    no atomic, about 15 instructions after one load of the descriptor;
+//!    elsewhere under the CPU slot's exclusivity ([`Cpu::with_current`]:
+//!    interrupts off in a kernel, a per-slot lock as the Linux fallback).
+//!    Done in the common case.
+//! 3. Empty stack: lock `central[class]`; for the classes under a cache line,
+//!    first return the class's remote list to its spans; then take a batch —
+//!    from the transfer cache, else the lowest free objects of the first
+//!    partial span (ctz over the span's 64-bit alloc cache, Go's
+//!    `nextFreeFast`); for the classes under a line, of the first of the
+//!    first 8 partial spans that this CPU owns or that has no object out,
+//!    which it then owns. All but one go to the CPU's stack (no slot is held
+//!    while central's lock is).
+//! 4. No partial span: lock the page heap and take the span's pages first fit
+//!    (making released pages Ready), growing by a new arena from the source if
+//!    nothing fits; out of memory, release every idle and dirty page and try
+//!    once more.
+//! 5. Tiny: bump-allocate in the CPU's current 64-byte block ([`TINY_BLOCK`]);
+//!    a new block is a 64-byte class object whose live count starts at a bias.
+//! 6. Large: lock the page heap; an idle span of exactly the object's pages
+//!    from the large-span cache, else whole pages (step 4).
+//! 7. `realloc`: in place within a class, when a class object shrinks to over
+//!    4 KiB and at least half its slot, or when a span of the object's own can
+//!    shrink or grow into free pages after it; otherwise allocate, copy, free.
+//!    An object growing past 16 KiB by at most twice moves to a span of its
+//!    own (*promotion*), so that a doubling buffer stops being copied at each
+//!    class boundary.
+//!
+//! ## The free path
+//!
+//! 1. Sort the layout as above (a sized free of up to 4 KiB needs no page-map
+//!    lookup; over 4 KiB one lookup finds the object's slot class — `realloc`
+//!    may have kept it in a larger one — or tells a promoted object). C's
+//!    unsized `free` always asks the page map.
+//! 2. Small: push onto the current CPU's stack (as in allocation step 2) —
+//!    whichever CPU allocated it, except for the classes under a cache line
+//!    (8..=48 B): their spans belong to the CPU that carves them, and a free on
+//!    another CPU (one page-map lookup tells) pushes the object onto the
+//!    class's lock-free **remote list** instead (one compare-and-swap; the
+//!    list is taken whole under the class's central lock, so no pop races a
+//!    push). No CPU is handed an object whose line-mates live on another CPU.
+//! 3. Full stack: lock `central[class]` and hand over the top batch, into the
+//!    transfer cache if it has room (64 KiB of objects per class; none for the
+//!    classes under a line), else back to the objects' spans (page map → span
+//!    → magic divide → clear the bit). A span whose last object returns goes
+//!    back to the page heap (its lock), except one empty span per class that
+//!    central keeps for the next refill. A remote list that reaches 256
+//!    objects is returned to its spans the same way by the free that grew it.
+//! 4. Page heap: clear the pages' bits (coalescing is implicit); if dirty free
+//!    pages exceed the scavenger's allowance (what fits under 1.5 times the
+//!    recent in-use peak, "recent" counted in page-heap traffic), release the
+//!    highest ones to the source, down to 7/8 of the allowance.
+//! 5. Tiny: decrement the block's live count (one atomic); the last free returns
+//!    the block as a 64-byte class object through step 2.
+//! 6. Large: lock the page heap; the span idles whole in the large-span cache
+//!    (up to 1 MiB spans, 4 MiB in all by default), else its pages are freed
+//!    (step 4).
+//!
+//! ## Stacks
+//!
+//! [`Heap::alloc_stack`] is Go's stack allocator adapted to explicit free:
+//! power-of-two orders of 8–64 KiB carved from 256 KiB spans through a per-CPU
+//! stack cache (under the CPU slot) and per-order pools (each its own lock),
+//! larger stacks and guarded stacks as spans of their own. A guard is the page
+//! below the stack put in the source's Reserved state, so running off the
+//! stack faults (where the source has an MMU). A kernel's thread stacks come
+//! from here.
+//!
+//! ## Lock order
+//!
+//! set-up lock → CPU slot → `central[c]` (one class at a time) or a stack pool
+//! `pool[o]` (one order at a time; never with a central lock) → the page heap.
+//! A refill or a flush holds no CPU slot while it takes central; only a drain
+//! (`scavenge`) holds the slot of the CPU it drains while it flushes. The
+//! remote lists take no lock: a free pushes with a compare-and-swap, and only
+//! the holder of the class's central lock takes the list (whole). Nothing
+//! below calls back up, and no tier allocates through the heap: metadata
+//! comes from fixed-size pools and straight from the source.
+//!
+//! ## Differences from Go, because Rust frees explicitly
+//!
+//! No sweeping: `dealloc` returns objects; the per-CPU tier holds objects, not
+//! spans, so a remote free needs no atomics (one compare-and-swap for the
+//! classes under a cache line, whose spans have an owner CPU — mimalloc's owner
+//! pages, per CPU rather than per thread); spans move between partial and full
+//! lists on free; tiny blocks keep live counts; the scavenger paces itself by
+//! the recent in-use peak (counted in page-heap traffic) instead of a GC goal.
+//! With feature `checks`, double frees, foreign and interior pointers panic
+//! with the address and its span and class.
 //!
 //! ## Glossary
+//!
+//! Units, smallest first:
 //!
 //! * **OS page** — the source's granule, `PageSource::PAGE_SIZE` (4 KiB on x86-64).
 //! * **page** — the heap's unit, [`PAGE_BYTES`] = 8 KiB = 2 OS pages (Go's page).
@@ -33,122 +194,99 @@
 //!   and of arena sizes.
 //! * **arena** — a contiguous range from the source, `S::ARENA_BYTES` (64 MiB on
 //!   Linux) or more.
-//! * **span** — a run of pages: either carved into objects of one size class, or
-//!   one large object (over [`MAX_SMALL_SIZE`] = 32 KiB).
+//! * **span** — a run of pages: carved into objects of one size class, or one
+//!   large object, or stacks.
 //! * **object** — what `alloc` returns; a **tiny** object (under [`TINY_SIZE`] =
-//!   16 B) shares a [`TINY_BLOCK`] (one 64-byte cache line) with other tiny objects.
-//! * **frame** — a physical page (kernel backends only).
+//!   16 B) shares a **tiny block** ([`TINY_BLOCK`], one 64-byte cache line)
+//!   with other tiny objects.
+//! * **frame** — a physical page (kernel sources only).
 //!
-//! ## The allocation path
+//! Words that mean more than one thing here:
 //!
-//! 1. [`heap::Kind::of`] sorts the layout: tiny, small (class from Go's
-//!    `size_to_class8/128` tables, one load; 16..=1024 bytes at alignment ≤ 8
-//!    take two compares and the load), or large. No lock.
-//! 2. Small: pop from the class's stack in the current CPU's cache. On Linux
-//!    x86-64 this is a restartable sequence ([`rseq`]) that commits with one
-//!    plain store — no lock, no atomic, about 15 instructions after one load of
-//!    the slabs' descriptor; elsewhere the CPU slot's exclusivity
-//!    ([`cpu::Cpu::with_current`]: IRQs off in a kernel, a per-slot lock as the
-//!    Linux fallback). Done in the common case.
-//! 3. Empty stack: lock `central[class]`, take a batch — first from the transfer
-//!    cache, else carve the lowest free objects of the first partial span
-//!    (ctz over the span's 64-bit alloc cache, Go's `nextFreeFast`); for the
-//!    classes under a cache line, the first of the first 8 partial spans that
-//!    this CPU owns or that has no object out, which it then owns.
-//! 4. No partial span: lock the page heap, take the span's pages first fit
-//!    (making released pages Ready), growing by a new arena from the source if
-//!    nothing fits.
-//! 5. Tiny: bump-allocate in the CPU's current 64-byte block; a new block is a
-//!    64-byte class object whose live count starts at a bias (see [`heap`]).
-//! 6. Large: lock the page heap and take whole pages (step 4) for a span of its own.
-//! 7. `realloc`: in place within a class, when a class object shrinks to over
-//!    4 KiB and at least half its slot ([`heap::stays_in_class`]), or when a span
-//!    of the object's own can shrink or grow into free pages after it; otherwise
-//!    allocate, copy, free. An object growing past [`heap::PROMOTE_MIN`] (16 KiB)
-//!    moves to a span of its own (*promotion*), so that a doubling buffer stops
-//!    being copied at each class boundary.
+//! * **class** — always a *size class* (Go's `spanClass` without the noscan
+//!   bit): one of the 67 object sizes, or class 0, "large". Never a type.
+//! * **stack** — (1) a per-CPU cache's *stack of free objects* for one class
+//!   (a bounded LIFO array, popped and pushed by the fast paths); (2) a
+//!   *thread stack* from [`Heap::alloc_stack`]. The per-CPU tier means (1);
+//!   the stack allocator, its pools and its stack caches mean (2).
+//! * **cache** — the *per-CPU cache* (one CPU's stacks and tiny block); the
+//!   *transfer cache* (central's free objects moving CPU → CPU); the
+//!   *large-span cache* (idle large spans in the page heap); a *stack cache*
+//!   (one CPU's free thread stacks); and a CPU's *cache line* (64 bytes, the
+//!   unit of false sharing). Each is named in full where it is meant.
+//! * **slot** — a *CPU slot* (the exclusive right to one CPU's cache, from
+//!   [`Cpu`]), or an *object slot* (the place of an object in its span).
+//! * **owner**, **remote** — the CPU whose cache takes a span's objects (for
+//!   the classes under a line), and a free made on any other CPU.
+//! * **dirty**, **released** — a free page whose memory is Ready, or given
+//!   back to the source (Prepared); the scavenger moves pages from the first
+//!   to the second.
+//! * **promoted** — a class-sized object that `realloc` moved to a span of
+//!   its own.
 //!
-//! ## The free path
-//!
-//! 1. Sort the layout as above (a sized free of up to 4 KiB needs no page-map
-//!    lookup; over 4 KiB one lookup finds the object's slot class — `realloc`
-//!    may have kept it in a larger one — or tells a promoted object).
-//! 2. Small: push onto the current CPU's stack (as in step 2 above) — whichever
-//!    CPU allocated it, except for the classes under a cache line (8..=48 B):
-//!    their spans belong to the CPU that carves them, and a free on another
-//!    CPU (one page-map lookup tells) pushes the object onto the class's
-//!    lock-free *remote list* instead, which the next refill returns to the
-//!    spans. No CPU is handed an object whose line-mates live on another CPU.
-//! 3. Full stack: lock `central[class]` and hand over the oldest batch, into the
-//!    transfer cache if it has room (64 KiB of objects per class; none for the
-//!    classes under a line), else back to the objects' spans (page map → span
-//!    → magic divide → clear the bit). A span whose last object returns goes
-//!    back to the page heap (its lock), except one empty span per class that
-//!    central keeps for the next refill.
-//! 4. Page heap: clear the pages' bits (coalescing is implicit); if dirty free
-//!    pages exceed the scavenger's allowance (what fits under 1.5 times the
-//!    recent in-use peak, "recent" counted in page-heap traffic), release the
-//!    highest ones to the source, down to 7/8 of the allowance.
-//! 5. Tiny: decrement the block's live count (one atomic); the last free returns
-//!    the block as a 64-byte class object through step 2.
-//! 6. Large: lock the page heap and free the span's pages (step 4).
-//!
-//! Lock order: CPU slot → central (one class at a time) → page heap. The
-//! refill and flush steps run with no CPU slot held. Nothing
-//! below calls back up, and no tier allocates through the heap: metadata comes
-//! from [`fixalloc`] pools and straight from the source.
-//!
-//! ## Differences from Go, because Rust frees explicitly
-//!
-//! No sweeping: `dealloc` returns objects; the per-CPU tier holds objects, not
-//! spans, so a remote free needs no atomics (one compare-and-swap for the
-//! classes under a cache line, whose spans have an owner CPU — mimalloc's
-//! owner pages, per CPU rather than per thread); spans move between partial and full
-//! lists on free; tiny blocks keep live counts; the scavenger paces itself by the
-//! recent in-use peak (counted in page-heap traffic) instead of a GC goal. With feature `checks`, double frees, foreign and
-//! interior pointers panic with the address and its span and class.
+//! [`GlobalAlloc`]: core::alloc::GlobalAlloc
+//! [`LinuxHeap`]: https://docs.rs/tieralloc/latest/tieralloc/struct.LinuxHeap.html
 
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(
+    missing_docs,
+    clippy::undocumented_unsafe_blocks,
+    clippy::missing_safety_doc
+)]
 
 #[cfg(any(test, feature = "linux"))]
 extern crate std;
 
-pub mod cache;
-pub mod central;
-pub mod cpu;
-pub mod fixalloc;
-pub mod heap;
-pub mod pagealloc;
-pub mod pageheap;
-#[cfg(all(feature = "linux", target_arch = "x86_64"))]
-pub mod rseq;
-pub mod sizeclass;
+mod central;
+#[cfg(feature = "checks")]
+mod checks;
+mod fixalloc;
+mod heap;
+mod pageheap;
+mod percpu;
+mod sizeclass;
 pub mod source;
-pub mod span;
-pub mod stack;
-pub mod stats;
+mod span;
+mod stack;
+mod stats;
+mod sync;
+mod units;
 
 #[cfg(feature = "linux")]
 mod linux;
 
-pub use cpu::{Cpu, LockedSlots, SingleCpu};
+#[doc(hidden)]
+pub mod internals;
+
 pub use heap::Heap;
-pub use source::{PageSource, RegionSource};
+pub use percpu::cpu;
+pub use percpu::cpu::{Cpu, LockedSlots, SingleCpu};
+#[cfg(feature = "linux")]
+pub use percpu::linux::LinuxCpu;
+pub use source::{FailingSource, PageSource, RegionSource};
+pub use stack::{Stack, StackStats, GUARD_BYTES};
 pub use stats::{ClassStats, Stats};
 
 #[cfg(feature = "linux")]
-pub use linux::{LinuxCpu, LinuxHeap, SpinThenYield, MAX_CPUS};
+pub use linux::LinuxHeap;
+#[cfg(feature = "x86_64")]
+pub use source::FrameSource;
 #[cfg(feature = "linux")]
 pub use source::MmapSource;
 
+pub use pageheap::DEFAULT_RETAIN_BYTES;
+pub use percpu::CACHE_BOUND_BYTES;
+pub use sizeclass::NUM_CLASSES;
+
 /// log2 of [`PAGE_BYTES`].
-pub const PAGE_SHIFT: usize = 13;
+pub(crate) const PAGE_SHIFT: usize = 13;
 /// The heap's page: the unit of spans and of the page allocator (Go's `_PageSize`).
 pub const PAGE_BYTES: usize = 1 << PAGE_SHIFT;
 /// Pages in a chunk, the unit of the arena map and of arena sizes (Go's palloc chunk).
-pub const CHUNK_PAGES: usize = 512;
-/// `CHUNK_BYTES = CHUNK_PAGES * PAGE_BYTES` = 4 MiB.
+pub(crate) const CHUNK_PAGES: usize = 512;
+/// The granule of the page map and of arena sizes: 512 pages, 4 MiB
+/// ([`PageSource::ARENA_BYTES`] is a multiple of it).
 pub const CHUNK_BYTES: usize = CHUNK_PAGES * PAGE_BYTES;
 /// Largest small object; anything bigger is a large object with a span of its own.
 pub const MAX_SMALL_SIZE: usize = 32768;

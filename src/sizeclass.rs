@@ -7,8 +7,7 @@
 //! layout", "how big is an object / a span of this class", and "which object
 //! does this byte offset fall in". It holds no state and takes no lock; all
 //! of its tables are `static`s computed by `const fn` at compile time (no
-//! build script, no pasted table), following `/work/shared/docs/go-malloc.md`
-//! section 3:
+//! pasted table), following Go 1.20's `runtime/mksizeclasses.go`:
 //!
 //! 1. step `size` from 8 to [`MAX_SMALL_SIZE`] by `align`, starting at
 //!    `align = 8`; at each power of two the step becomes 256 if
@@ -47,30 +46,31 @@
 //! (Go has 0 there and never looks a zero size up), so a zero-byte request
 //! gets the smallest class rather than "large".
 
+use crate::units::Pages;
 use crate::{MAX_SMALL_SIZE, PAGE_BYTES, PAGE_SHIFT, TINY_BLOCK};
 
 /// Number of size classes, class 0 ("large") included (Go's `_NumSizeClasses`).
 pub const NUM_CLASSES: usize = 68;
 
-/// Granularity of [`SIZE_TO_CLASS8`]: sizes up to [`SMALL_SIZE_MAX`] are
+/// Granularity of [`SIZE_TO_CLASS8`]: sizes up to [`SIZE_TO_CLASS8_MAX`] are
 /// looked up in steps of 8 bytes (Go's `smallSizeDiv`).
 pub const SMALL_SIZE_DIV: usize = 8;
 /// Largest size looked up in [`SIZE_TO_CLASS8`] (Go's `smallSizeMax`).
-pub const SMALL_SIZE_MAX: usize = 1024;
-/// Granularity of [`SIZE_TO_CLASS128`] for sizes above [`SMALL_SIZE_MAX`]
+pub const SIZE_TO_CLASS8_MAX: usize = 1024;
+/// Granularity of [`SIZE_TO_CLASS128`] for sizes above [`SIZE_TO_CLASS8_MAX`]
 /// (Go's `largeSizeDiv`); every class above 1024 bytes is a multiple of it.
 pub const LARGE_SIZE_DIV: usize = 128;
 
-/// Entries of [`SIZE_TO_CLASS8`]: `SMALL_SIZE_MAX / SMALL_SIZE_DIV + 1` = 129.
-pub const SIZE_TO_CLASS8_LEN: usize = SMALL_SIZE_MAX / SMALL_SIZE_DIV + 1;
+/// Entries of [`SIZE_TO_CLASS8`]: `SIZE_TO_CLASS8_MAX / SMALL_SIZE_DIV + 1` = 129.
+pub const SIZE_TO_CLASS8_LEN: usize = SIZE_TO_CLASS8_MAX / SMALL_SIZE_DIV + 1;
 /// Entries of [`SIZE_TO_CLASS128`]:
-/// `(MAX_SMALL_SIZE - SMALL_SIZE_MAX) / LARGE_SIZE_DIV + 1` = 249.
-pub const SIZE_TO_CLASS128_LEN: usize = (MAX_SMALL_SIZE - SMALL_SIZE_MAX) / LARGE_SIZE_DIV + 1;
+/// `(MAX_SMALL_SIZE - SIZE_TO_CLASS8_MAX) / LARGE_SIZE_DIV + 1` = 249.
+pub const SIZE_TO_CLASS128_LEN: usize = (MAX_SMALL_SIZE - SIZE_TO_CLASS8_MAX) / LARGE_SIZE_DIV + 1;
 
 /// A size class index; 0 means "large object" (a span of its own).
 ///
 /// Only values `< NUM_CLASSES` can be built, so every accessor indexes
-/// [`CLASSES`] in bounds.
+/// `CLASSES` in bounds.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Hash)]
 #[repr(transparent)]
 pub struct SizeClass(u8);
@@ -123,14 +123,14 @@ impl SizeClass {
 
     /// Pages ([`PAGE_BYTES`] each) per span of this class (0 for LARGE).
     #[inline]
-    pub const fn span_pages(self) -> usize {
-        CLASSES[self.0 as usize].npages as usize
+    pub const fn span_pages(self) -> Pages {
+        Pages::new(CLASSES[self.0 as usize].npages as usize)
     }
 
     /// Bytes per span: `span_pages() * PAGE_BYTES` (0 for LARGE).
     #[inline]
     pub const fn span_bytes(self) -> usize {
-        self.span_pages() << PAGE_SHIFT
+        self.span_pages().bytes()
     }
 
     /// Objects per span: `span_bytes() / size()` (0 for LARGE).
@@ -199,13 +199,13 @@ impl ClassInfo {
 pub static CLASSES: [ClassInfo; NUM_CLASSES] = generate_classes();
 
 /// `SIZE_TO_CLASS8[i]` is the index of the first class (from 1) whose size is
-/// `>= SMALL_SIZE_DIV * i`, for sizes `0..=SMALL_SIZE_MAX` (Go's
+/// `>= SMALL_SIZE_DIV * i`, for sizes `0..=SIZE_TO_CLASS8_MAX` (Go's
 /// `size_to_class8`, except that entry 0 is class 1).
 pub static SIZE_TO_CLASS8: [u8; SIZE_TO_CLASS8_LEN] = generate_size_to_class8();
 
 /// `SIZE_TO_CLASS128[i]` is the index of the first class whose size is
-/// `>= SMALL_SIZE_MAX + LARGE_SIZE_DIV * i`, for sizes
-/// `SMALL_SIZE_MAX..=MAX_SMALL_SIZE` (Go's `size_to_class128`).
+/// `>= SIZE_TO_CLASS8_MAX + LARGE_SIZE_DIV * i`, for sizes
+/// `SIZE_TO_CLASS8_MAX..=MAX_SMALL_SIZE` (Go's `size_to_class128`).
 pub static SIZE_TO_CLASS128: [u8; SIZE_TO_CLASS128_LEN] = generate_size_to_class128();
 
 /// The most objects any span holds (1024, class 1's 8-byte objects in one
@@ -217,34 +217,36 @@ pub const MAX_OBJS_PER_SPAN: usize = max_objects();
 pub const LAST_SHARING_CLASS: u8 = TINY_CLASS.0 - 1;
 
 /// The class of tiny blocks: the tiny allocator packs requests below
-/// [`TINY_SIZE`] into objects of this class, whose size is [`TINY_BLOCK`]
+/// [`TINY_SIZE`](crate::TINY_SIZE) into objects of this class, whose size is [`TINY_BLOCK`]
 /// (Go's `tinySpanClass`, with a cache line for Go's 16 bytes). Its spans are
 /// one page, so their objects are line aligned.
 pub const TINY_CLASS: SizeClass = size_to_class(TINY_BLOCK);
 
 const _: () = assert!(
-    TINY_CLASS.size() == TINY_BLOCK && TINY_CLASS.index() == 6 && TINY_CLASS.span_pages() == 1
+    TINY_CLASS.size() == TINY_BLOCK
+        && TINY_CLASS.index() == 6
+        && TINY_CLASS.span_pages().get() == 1
 );
 const _: () = assert!(SIZE_TO_CLASS8_LEN == 129 && SIZE_TO_CLASS128_LEN == 249);
 const _: () = assert!(MAX_OBJS_PER_SPAN == 1024);
 const _: () = assert!(NUM_CLASSES <= u8::MAX as usize + 1);
 
 /// The class holding objects of `size` bytes (alignment at most 8): O(1)
-/// through [`SIZE_TO_CLASS8`] for `size <= 1024` and [`SIZE_TO_CLASS128`] up
+/// through `SIZE_TO_CLASS8` for `size <= 1024` and `SIZE_TO_CLASS128` up
 /// to [`MAX_SMALL_SIZE`]. Size 0 maps like size 1 (class 1); sizes above
 /// `MAX_SMALL_SIZE` give [`SizeClass::LARGE`].
 #[inline]
 pub const fn size_to_class(size: usize) -> SizeClass {
-    if size <= SMALL_SIZE_MAX {
+    if size <= SIZE_TO_CLASS8_MAX {
         SizeClass(SIZE_TO_CLASS8[size.div_ceil(SMALL_SIZE_DIV)])
     } else if size <= MAX_SMALL_SIZE {
-        SizeClass(SIZE_TO_CLASS128[(size - SMALL_SIZE_MAX).div_ceil(LARGE_SIZE_DIV)])
+        SizeClass(SIZE_TO_CLASS128[(size - SIZE_TO_CLASS8_MAX).div_ceil(LARGE_SIZE_DIV)])
     } else {
         SizeClass::LARGE
     }
 }
 
-/// [`size_to_class`] for `size <= SMALL_SIZE_MAX`, for the fast paths: one
+/// [`size_to_class`] for `size <= SIZE_TO_CLASS8_MAX`, for the fast paths: one
 /// load from [`SIZE_TO_CLASS8`] expanded to one entry per byte (1 KiB), indexed
 /// by the size itself — no rounding, no shift. Each user crate instantiates the
 /// table (a `const`), so it is addressed relative to the instruction pointer,
@@ -252,18 +254,18 @@ pub const fn size_to_class(size: usize) -> SizeClass {
 /// position-independent binary.
 #[inline(always)]
 pub const fn size_to_class_small(size: usize) -> SizeClass {
-    const T: [u8; SMALL_SIZE_MAX + 1] = generate_size_to_class1();
-    debug_assert!(size <= SMALL_SIZE_MAX);
+    const T: [u8; SIZE_TO_CLASS8_MAX + 1] = generate_size_to_class1();
+    debug_assert!(size <= SIZE_TO_CLASS8_MAX);
     SizeClass(T[size])
 }
 
-/// [`size_to_class`] for `SMALL_SIZE_MAX < size <= MAX_SMALL_SIZE`, through a
+/// [`size_to_class`] for `SIZE_TO_CLASS8_MAX < size <= MAX_SMALL_SIZE`, through a
 /// crate-local copy of [`SIZE_TO_CLASS128`] (as [`size_to_class_small`]).
 #[inline(always)]
 pub const fn size_to_class_medium(size: usize) -> SizeClass {
     const T: [u8; SIZE_TO_CLASS128_LEN] = generate_size_to_class128();
-    debug_assert!(size > SMALL_SIZE_MAX && size <= MAX_SMALL_SIZE);
-    SizeClass(T[(size - SMALL_SIZE_MAX).div_ceil(LARGE_SIZE_DIV)])
+    debug_assert!(size > SIZE_TO_CLASS8_MAX && size <= MAX_SMALL_SIZE);
+    SizeClass(T[(size - SIZE_TO_CLASS8_MAX).div_ceil(LARGE_SIZE_DIV)])
 }
 
 /// The class for a request of `size` bytes at alignment `align` (a power of
@@ -369,7 +371,7 @@ const fn generate_classes() -> [ClassInfo; NUM_CLASSES] {
         let objects = span / size;
         assert!(size % 8 == 0, "class size not a multiple of 8");
         assert!(sizes[c - 1] < size, "class sizes not increasing");
-        assert!(size <= SMALL_SIZE_MAX || size % LARGE_SIZE_DIV == 0);
+        assert!(size <= SIZE_TO_CLASS8_MAX || size % LARGE_SIZE_DIV == 0);
         assert!(objects >= 1 && span - size * objects <= span / 8);
         check_div_magic(size, span);
         out[c] = ClassInfo {
@@ -440,11 +442,11 @@ const fn generate_size_to_class8() -> [u8; SIZE_TO_CLASS8_LEN] {
 
 /// [`SIZE_TO_CLASS8`] with one entry per size: entry `s` is entry
 /// `ceil(s / SMALL_SIZE_DIV)` of it.
-const fn generate_size_to_class1() -> [u8; SMALL_SIZE_MAX + 1] {
+const fn generate_size_to_class1() -> [u8; SIZE_TO_CLASS8_MAX + 1] {
     let t8 = generate_size_to_class8();
-    let mut t = [0u8; SMALL_SIZE_MAX + 1];
+    let mut t = [0u8; SIZE_TO_CLASS8_MAX + 1];
     let mut s = 0;
-    while s <= SMALL_SIZE_MAX {
+    while s <= SIZE_TO_CLASS8_MAX {
         t[s] = t8[s.div_ceil(SMALL_SIZE_DIV)];
         s += 1;
     }
@@ -455,7 +457,7 @@ const fn generate_size_to_class128() -> [u8; SIZE_TO_CLASS128_LEN] {
     let mut t = [0u8; SIZE_TO_CLASS128_LEN];
     let mut i = 0;
     while i < SIZE_TO_CLASS128_LEN {
-        t[i] = first_class_at_least(SMALL_SIZE_MAX + i * LARGE_SIZE_DIV);
+        t[i] = first_class_at_least(SIZE_TO_CLASS8_MAX + i * LARGE_SIZE_DIV);
         assert!(t[i] != 0);
         i += 1;
     }
@@ -481,8 +483,8 @@ mod tests {
     use std::string::String;
     use std::vec::Vec;
 
-    /// The 67 rows of Go 1.20's `sizeclasses.go` comment (from
-    /// `shared/seed/000_7728d27646a36341.txt`): class, bytes/obj, bytes/span,
+    /// The 67 rows of the table in the comment at the top of Go 1.20's
+    /// `runtime/sizeclasses.go`: class, bytes/obj, bytes/span,
     /// objects, tail waste, max waste (%), min align.
     const GO_TABLE: [(usize, usize, usize, usize, usize, &str, usize); 67] = [
         (1, 8, 8192, 1024, 0, "87.50", 8),
@@ -591,7 +593,7 @@ mod tests {
                 "class {class}"
             );
             assert_eq!(c.objects(), objects);
-            assert_eq!(c.span_pages() * PAGE_BYTES, span);
+            assert_eq!(c.span_pages().bytes(), span);
             prev = size;
         }
         assert_eq!(SizeClass::small_classes().count(), GO_TABLE.len());
@@ -612,7 +614,7 @@ mod tests {
         let l = SizeClass::LARGE;
         assert!(l.is_large() && l.index() == 0);
         assert_eq!(
-            (l.size(), l.span_pages(), l.span_bytes(), l.objects()),
+            (l.size(), l.span_pages().get(), l.span_bytes(), l.objects()),
             (0, 0, 0, 0)
         );
         assert_eq!(l.object_index(123_456), 0);
@@ -695,7 +697,7 @@ mod tests {
         for (i, &c) in SIZE_TO_CLASS128.iter().enumerate() {
             assert_eq!(
                 SizeClass(c),
-                scan(SMALL_SIZE_MAX + i * LARGE_SIZE_DIV),
+                scan(SIZE_TO_CLASS8_MAX + i * LARGE_SIZE_DIV),
                 "size_to_class128[{i}]"
             );
         }
@@ -708,7 +710,7 @@ mod tests {
             assert_eq!(c, scan(n), "size {n}");
             assert!(!c.is_large() && c.size() >= n);
             // The fast paths' tables agree with the reference lookup.
-            if n <= SMALL_SIZE_MAX {
+            if n <= SIZE_TO_CLASS8_MAX {
                 assert_eq!(size_to_class_small(n), c, "byte table, size {n}");
             } else {
                 assert_eq!(size_to_class_medium(n), c, "128-byte table, size {n}");

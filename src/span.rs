@@ -19,9 +19,10 @@
 //! * every word below `cache_word` is full (no zero bits among its valid bits).
 
 use core::ptr::null_mut;
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU8, Ordering};
 
 use crate::sizeclass::SizeClass;
+use crate::sync::atomic::{AtomicPtr, AtomicU8};
+use crate::units::{Addr, AtomicOwner, Pages};
 use crate::PAGE_BYTES;
 
 /// Most objects any span holds: class 1 (8 B) in one 8 KiB page.
@@ -67,17 +68,21 @@ pub enum ListId {
 /// Metadata of one span.
 #[repr(C)]
 pub struct Span {
-    /// Links of the central list (`list`) the span is on.
+    /// Next span on the list (`list`) the span is on.
     pub next: *mut Span,
+    /// Previous span on that list.
     pub prev: *mut Span,
     /// First byte of the span; page aligned.
-    pub start: usize,
+    pub start: Addr,
     /// Length in pages.
-    pub npages: usize,
+    pub npages: Pages,
     /// Arena the span lies in (a `pageheap::Arena`), set by the page heap.
     pub arena: *mut u8,
+    /// The size class of its objects ([`SizeClass::LARGE`] unless `Small`).
     pub class: SizeClass,
+    /// What the span is used for.
     pub state: SpanState,
+    /// Which list of its owner it is on.
     pub list: ListId,
     /// The pages were not known to be zero when the span was made.
     pub needzero: bool,
@@ -91,6 +96,8 @@ pub struct Span {
     pub cache_word: u32,
     /// Complement of `alloc_bits[cache_word]`, restricted to valid objects.
     pub alloc_cache: u64,
+    /// One bit per object, set while the object is out of the span (handed
+    /// out, or in a cache).
     pub alloc_bits: [u64; BITMAP_WORDS],
     /// Live counts of tiny blocks (tiny-class spans only), else null.
     pub tiny: AtomicPtr<TinyCounts>,
@@ -103,7 +110,7 @@ pub struct Span {
     /// live on another (false sharing). Exact with locked slots; under rseq
     /// a thread can move between reading its CPU and pushing, so it is a
     /// (nearly always right) hint there. Relaxed: a hint needs no ordering.
-    pub owner: AtomicU32,
+    pub owner: AtomicOwner,
     /// With `checks`: objects that are free but still cached (per-CPU or
     /// transfer), so a second free of them is caught.
     #[cfg(feature = "checks")]
@@ -117,8 +124,8 @@ impl Span {
     /// `this` points to writable room for a `Span` (possibly uninitialised).
     pub unsafe fn init(
         this: *mut Span,
-        start: usize,
-        npages: usize,
+        start: Addr,
+        npages: Pages,
         arena: *mut u8,
         state: SpanState,
     ) {
@@ -134,14 +141,14 @@ impl Span {
                 state,
                 list: ListId::None,
                 needzero: true,
-                elemsize: (npages * PAGE_BYTES).min(u32::MAX as usize) as u32,
+                elemsize: npages.bytes().min(u32::MAX as usize) as u32,
                 nelems: 1,
                 alloc_count: 0,
                 cache_word: 0,
                 alloc_cache: 0,
                 alloc_bits: [0; BITMAP_WORDS],
                 tiny: AtomicPtr::new(null_mut()),
-                owner: AtomicU32::new(0),
+                owner: AtomicOwner::new(),
                 #[cfg(feature = "checks")]
                 cached_bits: [const { core::sync::atomic::AtomicU64::new(0) }; BITMAP_WORDS],
             })
@@ -159,13 +166,13 @@ impl Span {
         self.alloc_bits = [0; BITMAP_WORDS];
         self.cache_word = 0;
         self.alloc_cache = self.valid_mask(0);
-        self.owner.store(0, Ordering::Relaxed);
+        self.owner.store(crate::units::Owner::NONE);
     }
 
     /// One past the last byte.
     #[inline]
-    pub fn end(&self) -> usize {
-        self.start + self.npages * PAGE_BYTES
+    pub fn end(&self) -> Addr {
+        self.start.add_pages(self.npages)
     }
 
     /// Bits of word `w` that stand for real objects.
@@ -195,13 +202,13 @@ impl Span {
     /// Address of object `idx`.
     #[inline]
     pub fn object(&self, idx: usize) -> *mut u8 {
-        (self.start + idx * self.elemsize as usize) as *mut u8
+        (self.start + idx * self.elemsize as usize).as_ptr()
     }
 
     /// Index of the object containing `addr` (Go's magic divide), and whether
     /// `addr` is exactly its start.
     #[inline]
-    pub fn index_of(&self, addr: usize) -> (usize, bool) {
+    pub fn index_of(&self, addr: Addr) -> (usize, bool) {
         let off = addr - self.start;
         let idx = self.class.object_index(off);
         (idx, idx * self.elemsize as usize == off)
@@ -383,11 +390,6 @@ impl Default for SpanList {
     }
 }
 
-/// Reads a tiny live count (for diagnostics).
-pub fn tiny_count(counts: &TinyCounts, idx: usize) -> u8 {
-    counts[idx].load(Ordering::Relaxed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,7 +403,7 @@ mod tests {
         unsafe {
             Span::init(
                 b.as_mut_ptr(),
-                0x10_0000,
+                Addr::new(0x10_0000),
                 c.span_pages(),
                 null_mut(),
                 SpanState::Small,
@@ -445,7 +447,7 @@ mod tests {
     fn index_of_finds_object_starts() {
         let s = small(45); // 4864 B objects over 3 pages
         for i in 0..s.nelems as usize {
-            let a = s.object(i) as usize;
+            let a = Addr::of(s.object(i));
             assert_eq!(s.index_of(a), (i, true));
             assert_eq!(s.index_of(a + 1), (i, false));
             assert_eq!(s.index_of(a + 4863), (i, false));

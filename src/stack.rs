@@ -71,14 +71,13 @@
 //!   whose bits are set in their spans; `len[o] <= cache_capacity(o)`.
 
 use core::ptr::{null_mut, NonNull};
-use core::sync::atomic::{AtomicUsize, Ordering};
 
-use spin::mutex::SpinMutex;
-use spin::relax::RelaxStrategy;
-
-use crate::central::Below;
+use crate::pageheap::Below;
 use crate::source::PageSource;
 use crate::span::{ListId, Span, SpanList, SpanState};
+use crate::sync::atomic::{AtomicUsize, Ordering};
+use crate::sync::{Lock, Padded, RelaxStrategy};
+use crate::units::{Addr, Pages};
 use crate::{PAGE_BYTES, PAGE_SHIFT};
 
 /// Smallest stack, order 0: one heap page.
@@ -88,9 +87,9 @@ pub const NUM_ORDERS: usize = 4;
 /// Largest pooled stack, `MIN_STACK << (NUM_ORDERS - 1)` = 64 KiB; bigger ones are large stacks.
 pub const MAX_ORDER_STACK: usize = MIN_STACK << (NUM_ORDERS - 1);
 /// Pages of a pool span.
-pub const STACK_SPAN_PAGES: usize = 32;
+pub const STACK_SPAN_PAGES: Pages = Pages::new(32);
 /// `STACK_SPAN_BYTES = STACK_SPAN_PAGES * PAGE_BYTES` = 256 KiB.
-pub const STACK_SPAN_BYTES: usize = STACK_SPAN_PAGES * PAGE_BYTES;
+pub const STACK_SPAN_BYTES: usize = STACK_SPAN_PAGES.bytes();
 /// Bytes of free stacks a CPU cache holds per order (at least one stack).
 pub const STACK_CACHE_BYTES: usize = 64 << 10;
 /// Array slots per order in a [`StackCache`]: the capacity of order 0.
@@ -162,7 +161,7 @@ pub const fn uses_cache(bytes: usize, guard: bool) -> bool {
 
 /// How a stack was made, for its free.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+enum StackKind {
     /// Carved from a pool span of this order.
     Order(u8),
     /// A span of its own, starting at `base`.
@@ -171,8 +170,9 @@ enum Kind {
     Guarded,
 }
 
-/// A stack handed out by [`StackAlloc`]: `[base, base + size)` is the caller's
-/// until it gives the `Stack` back to [`StackAlloc::free`]. Stacks grow down:
+/// A stack handed out by [`Heap::alloc_stack`](crate::Heap::alloc_stack):
+/// `[base, base + size)` is the caller's until it gives the `Stack` back to
+/// [`Heap::free_stack`](crate::Heap::free_stack). Stacks grow down:
 /// start with the stack pointer at [`top`](Stack::top).
 ///
 /// Leave `base` and `size` as they are; `free` checks them against the heap's
@@ -183,7 +183,7 @@ pub struct Stack {
     pub base: NonNull<u8>,
     /// Usable bytes (the order's size, or whole pages), guard excluded.
     pub size: usize,
-    kind: Kind,
+    kind: StackKind,
 }
 
 // SAFETY: a `Stack` is the exclusive handle of memory owned by the heap on the
@@ -201,14 +201,14 @@ impl Stack {
 
     /// Whether the [`GUARD_BYTES`] below `base` fault on access.
     pub fn has_guard(&self) -> bool {
-        self.kind == Kind::Guarded
+        self.kind == StackKind::Guarded
     }
 
     /// The order of a pooled stack; `None` for large and guarded stacks (which
     /// never go through a CPU cache).
     pub fn order(&self) -> Option<usize> {
         match self.kind {
-            Kind::Order(o) => Some(o as usize),
+            StackKind::Order(o) => Some(o as usize),
             _ => None,
         }
     }
@@ -249,11 +249,13 @@ impl StackCache {
     }
 
     /// No stack of any order is cached.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len.iter().all(|&n| n == 0)
     }
 
     /// Bytes of free stacks held; at most [`STACK_CACHE_BOUND_BYTES`].
+    #[cfg(test)]
     pub fn cached_bytes(&self) -> usize {
         (0..NUM_ORDERS).map(|o| self.len(o) * order_size(o)).sum()
     }
@@ -285,10 +287,6 @@ impl Pool {
     }
 }
 
-/// A pool lock on its own cache line.
-#[repr(align(64))]
-struct Padded<T>(T);
-
 /// A point-in-time view of the stack allocator (exact when no operation is in flight).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StackStats {
@@ -315,7 +313,7 @@ pub struct StackStats {
 /// CPU relaxes (the heap's `Cpu::Relax`). Per-CPU [`StackCache`]s are owned by
 /// the caller (the heap's per-CPU caches) and lent to each call.
 pub struct StackAlloc<X: RelaxStrategy> {
-    pools: [Padded<SpinMutex<Pool, X>>; NUM_ORDERS],
+    pools: [Padded<Lock<Pool, X>>; NUM_ORDERS],
     /// Stacks and usable bytes handed out, pooled ones.
     pooled_inuse: AtomicUsize,
     pooled_inuse_bytes: AtomicUsize,
@@ -338,7 +336,7 @@ impl<X: RelaxStrategy> StackAlloc<X> {
     /// No stacks, no spans. Usable in a `static`.
     pub const fn new() -> Self {
         StackAlloc {
-            pools: [const { Padded(SpinMutex::new(Pool::new())) }; NUM_ORDERS],
+            pools: [const { Padded(Lock::new(Pool::new())) }; NUM_ORDERS],
             pooled_inuse: AtomicUsize::new(0),
             pooled_inuse_bytes: AtomicUsize::new(0),
             dedicated_inuse: AtomicUsize::new(0),
@@ -385,7 +383,7 @@ impl<X: RelaxStrategy> StackAlloc<X> {
         Some(Stack {
             base: NonNull::new(p)?,
             size,
-            kind: Kind::Order(o as u8),
+            kind: StackKind::Order(o as u8),
         })
     }
 
@@ -407,7 +405,7 @@ impl<X: RelaxStrategy> StackAlloc<X> {
         stack: Stack,
     ) {
         match stack.kind {
-            Kind::Order(o) => {
+            StackKind::Order(o) => {
                 let o = o as usize;
                 let p = stack.base.as_ptr();
                 // SAFETY: a live span (see `live_span`).
@@ -417,7 +415,7 @@ impl<X: RelaxStrategy> StackAlloc<X> {
                     && span.npages == STACK_SPAN_PAGES
                     && span.elemsize as usize == stack.size
                     && span.nelems > 1
-                    && (p as usize - span.start).is_multiple_of(stack.size);
+                    && (Addr::of(p) - span.start).is_multiple_of(stack.size);
                 assert!(
                     fits,
                     "tieralloc: free of stack {p:p} ({} B): not a stack of order {o} \
@@ -432,16 +430,16 @@ impl<X: RelaxStrategy> StackAlloc<X> {
                     None => self.pool_put(below, o, &[p]),
                 }
             }
-            Kind::Large | Kind::Guarded => {
+            StackKind::Large | StackKind::Guarded => {
                 let p = stack.base.as_ptr();
-                let guarded = stack.kind == Kind::Guarded;
+                let guarded = stack.kind == StackKind::Guarded;
                 let g = if guarded { GUARD_BYTES } else { 0 };
                 let s = live_span(below, p);
                 // SAFETY: a live span (see `live_span`).
                 let span = unsafe { s.as_ref() };
                 let fits = span.nelems == 1
-                    && span.start + g == p as usize
-                    && span.npages * PAGE_BYTES == stack.size + g;
+                    && span.start + g == Addr::of(p)
+                    && span.npages.bytes() == stack.size + g;
                 assert!(
                     fits,
                     "tieralloc: free of {} stack {p:p} ({} B): span {:#x} of {} pages does not match",
@@ -450,7 +448,7 @@ impl<X: RelaxStrategy> StackAlloc<X> {
                     span.start,
                     span.npages
                 );
-                let span_bytes = span.npages * PAGE_BYTES;
+                let span_bytes = span.npages.bytes();
                 self.dedicated_inuse.fetch_sub(1, Ordering::Relaxed);
                 self.dedicated_inuse_bytes
                     .fetch_sub(stack.size, Ordering::Relaxed);
@@ -635,7 +633,7 @@ impl<X: RelaxStrategy> StackAlloc<X> {
                     below.source,
                     below.map,
                     STACK_SPAN_PAGES,
-                    STACK_SPAN_PAGES,
+                    STACK_SPAN_PAGES.get(),
                     SpanState::Manual,
                 ) else {
                     break;
@@ -653,7 +651,7 @@ impl<X: RelaxStrategy> StackAlloc<X> {
             let span = unsafe { &mut *s };
             while got < out.len() {
                 let Some(idx) = span.take() else { break };
-                out[got] = (span.start + idx * size) as *mut u8;
+                out[got] = (span.start + idx * size).as_ptr();
                 got += 1;
             }
             if span.is_full() {
@@ -672,7 +670,7 @@ impl<X: RelaxStrategy> StackAlloc<X> {
         let size = order_size(o);
         let mut pool = self.pools[o].0.lock();
         for &p in stacks {
-            let s = below.map.span_of(p as usize);
+            let s = below.map.span_of(Addr::of(p));
             // SAFETY: non-null page-map entries are live spans.
             let span = match unsafe { s.as_mut() } {
                 Some(span)
@@ -686,7 +684,7 @@ impl<X: RelaxStrategy> StackAlloc<X> {
                     "tieralloc: stack {p:p} of order {o} is not in a stack span of this heap"
                 ),
             };
-            let idx = (p as usize - span.start) / size;
+            let idx = (Addr::of(p) - span.start) / size;
             let was_full = span.is_full();
             assert!(
                 span.put(idx),
@@ -719,7 +717,7 @@ impl<X: RelaxStrategy> StackAlloc<X> {
         let s = below.heap.lock().alloc_span(
             below.source,
             below.map,
-            size / PAGE_BYTES,
+            Pages::of_whole_bytes(size),
             1,
             SpanState::Manual,
         )?;
@@ -730,7 +728,7 @@ impl<X: RelaxStrategy> StackAlloc<X> {
         Some(Stack {
             base: NonNull::new(span_start(s))?,
             size,
-            kind: Kind::Large,
+            kind: StackKind::Large,
         })
     }
 
@@ -742,7 +740,7 @@ impl<X: RelaxStrategy> StackAlloc<X> {
         let s = below.heap.lock().alloc_span(
             below.source,
             below.map,
-            span_bytes / PAGE_BYTES,
+            Pages::of_whole_bytes(span_bytes),
             1,
             SpanState::Manual,
         )?;
@@ -764,7 +762,7 @@ impl<X: RelaxStrategy> StackAlloc<X> {
         Some(Stack {
             base: NonNull::new(start.wrapping_add(GUARD_BYTES))?,
             size,
-            kind: Kind::Guarded,
+            kind: StackKind::Guarded,
         })
     }
 }
@@ -772,7 +770,7 @@ impl<X: RelaxStrategy> StackAlloc<X> {
 /// First byte of a span as a pointer.
 fn span_start(s: NonNull<Span>) -> *mut u8 {
     // SAFETY: a live span record (the caller's).
-    unsafe { (*s.as_ptr()).start as *mut u8 }
+    unsafe { (*s.as_ptr()).start.as_ptr() }
 }
 
 /// Sets a fresh Manual span up as a pool span of `size`-byte stacks.
@@ -788,7 +786,7 @@ fn init_pool_span(span: &mut Span, size: usize) {
 
 /// The live Manual span holding `p`; panics with the address otherwise.
 fn live_span<S: PageSource, X>(below: &Below<'_, S, X>, p: *mut u8) -> NonNull<Span> {
-    let s = below.map.span_of(p as usize);
+    let s = below.map.span_of(Addr::of(p));
     // SAFETY: non-null page-map entries are live spans; the fields read here
     // are set before the span is published and do not change while it lives.
     match unsafe { s.as_ref() } {
@@ -802,8 +800,7 @@ fn live_span<S: PageSource, X>(below: &Below<'_, S, X>, p: *mut u8) -> NonNull<S
 #[cfg(all(test, feature = "linux"))]
 mod tests {
     use super::*;
-    use crate::central::HeapLock;
-    use crate::pageheap::{PageHeap, PageMap};
+    use crate::pageheap::{HeapLock, PageHeap, PageMap};
     use crate::source::MmapSource;
     use core::ptr::{read_volatile, write_volatile};
     use spin::relax::Spin;
@@ -824,7 +821,7 @@ mod tests {
             World {
                 source: MmapSource::with_hint(0),
                 map: Box::new(PageMap::new()),
-                heap: Box::new(SpinMutex::new(PageHeap::new())),
+                heap: Box::new(Lock::new(PageHeap::new())),
                 stacks: StackAlloc::new(),
             }
         }

@@ -51,8 +51,9 @@ pub struct Stats {
     pub frees: u64,
     /// Bytes of large objects live (page-rounded).
     pub large_alloc: u64,
-    /// Tiny sub-objects allocated / freed, cumulative.
+    /// Tiny sub-objects allocated, cumulative.
     pub tiny_mallocs: u64,
+    /// Tiny sub-objects freed, cumulative.
     pub tiny_frees: u64,
     /// Live 64-byte tiny blocks ([`crate::TINY_BLOCK`]; each holds up to 64 tiny objects).
     pub tiny_blocks: u64,
@@ -62,8 +63,9 @@ pub struct Stats {
     pub meta_sys: u64,
     /// Bytes of spans holding stacks (Go's StackSys / StackInuse).
     pub stack_sys: u64,
-    /// Stacks in use, and their usable bytes.
+    /// Stacks in use.
     pub stacks: u64,
+    /// Usable bytes of the stacks in use.
     pub stack_inuse: u64,
     /// Arenas obtained.
     pub arenas: u64,

@@ -30,7 +30,7 @@ use core::alloc::Layout;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use common::{lay, single_cpu_heap};
-use tieralloc::sizeclass::{size_to_class, TINY_CLASS};
+use tieralloc::internals::{size_to_class, TINY_CLASS};
 use tieralloc::{Heap, LockedSlots, MmapSource, SingleCpu, PAGE_BYTES, TINY_BLOCK};
 
 type H2 = Heap<MmapSource, LockedSlots<2>>;
@@ -353,7 +353,7 @@ fn free_before_any_allocation() {
 mod with_checks {
     use super::*;
     use crate::common::{set_slot, slots_heap};
-    use tieralloc::heap::Kind;
+    use tieralloc::internals::ObjectKind;
 
     /// Freed twice in a row: the object is in a per-CPU cache.
     #[test]
@@ -370,7 +370,7 @@ mod with_checks {
                 "already free in a cache".into(),
                 format!("class {}", class_of(size)),
             ];
-            if size_to_class(size).span_pages() == 1 {
+            if size_to_class(size).span_pages().get() == 1 {
                 parts.push(format!("span {:#x}", page_of(p)));
             }
             assert_names(&msg, &parts.iter().map(|s| s.as_str()).collect::<Vec<_>>());
@@ -445,13 +445,12 @@ mod with_checks {
     fn small_double_free_after_flush() {
         static HEAP: H1 = single_cpu_heap();
         let l = lay(64);
-        let Kind::Small(c) = Kind::of(64, 8) else {
+        let ObjectKind::Small(c) = ObjectKind::of(64, 8) else {
             unreachable!()
         };
         // Enough frees to fill the CPU stack and the transfer cache, then some.
-        let first = tieralloc::cache::capacity(c.index())
-            + tieralloc::central::transfer_capacity(c.index())
-            + 116;
+        let first =
+            tieralloc::internals::capacity(c) + tieralloc::internals::transfer_capacity(c) + 116;
         let objs: Vec<*mut u8> = (0..first + 500).map(|_| HEAP.allocate(l)).collect();
         let p = objs[0];
         // A neighbour in p's span stays live, so the span stays.

@@ -12,8 +12,8 @@ use core::alloc::Layout;
 use std::collections::HashMap;
 
 use common::{check_pattern, fill_pattern, set_slot, slots_heap, Rng};
-use tieralloc::central::REMOTE_MAX;
-use tieralloc::heap::Kind;
+use tieralloc::internals::ObjectKind;
+use tieralloc::internals::REMOTE_MAX;
 use tieralloc::{Heap, LockedSlots, MmapSource, TINY_BLOCK, TINY_SIZE};
 
 const SLOTS: usize = 4;
@@ -34,10 +34,10 @@ fn line(p: *mut u8) -> usize {
 /// Whether objects of this layout can share a line with other objects: tiny
 /// ones, and those of the classes under 64 bytes.
 fn shares_lines(l: Layout) -> bool {
-    match Kind::of(l.size(), l.align()) {
-        Kind::Tiny => true,
-        Kind::Small(c) => c.shares_lines(),
-        Kind::Large => false,
+    match ObjectKind::of(l.size(), l.align()) {
+        ObjectKind::Tiny => true,
+        ObjectKind::Small(c) => c.shares_lines(),
+        ObjectKind::Large => false,
     }
 }
 
@@ -100,7 +100,7 @@ fn objects_of_different_cpus_never_share_a_line() {
         let seed = step as u8;
         fill_pattern(p, layout.size(), seed);
         if shares_lines(layout) {
-            if Kind::of(layout.size(), layout.align()) == Kind::Tiny {
+            if ObjectKind::of(layout.size(), layout.align()) == ObjectKind::Tiny {
                 tiny_allocs += 1;
                 assert_eq!(
                     lines_of(p, layout).count(),

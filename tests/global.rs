@@ -122,7 +122,7 @@ fn vec_of_zeroes_is_zero_after_dirty_reuse() {
             );
         }
     }
-    A.set_retain_bytes(tieralloc::pageheap::DEFAULT_RETAIN_BYTES);
+    A.set_retain_bytes(tieralloc::internals::DEFAULT_RETAIN_BYTES);
     assert_heap_drained("zeroed");
 }
 

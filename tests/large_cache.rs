@@ -6,7 +6,7 @@
 
 use core::alloc::Layout;
 
-use tieralloc::pageheap::{
+use tieralloc::internals::{
     large_pages, DEFAULT_RETAIN_BYTES, LARGE_CACHE_LIMIT_PAGES, LARGE_CACHE_MAX_PAGES,
     LARGE_CACHE_MAX_SPAN_PAGES,
 };
@@ -31,7 +31,7 @@ fn freed_large_span_serves_the_next_request_of_its_size() {
     static H: RegionHeap = Heap::new(RegionSource::empty(), SingleCpu::new());
     give_region(&H, 64 << 20);
     let l = lay(100_000); // 13 pages, a span of 14
-    let pages = large_pages(100_000).unwrap();
+    let pages = large_pages(100_000).unwrap().get();
     assert_eq!(pages, 14);
     let p = H.allocate(l);
     assert!(!p.is_null());
@@ -97,7 +97,7 @@ fn cache_is_bounded_and_alignment_is_respected() {
     give_region(&H, 64 << 20);
     // More idle spans than the bound holds: some go back.
     let l = lay(64 << 10);
-    let fit = LARGE_CACHE_MAX_PAGES / 8;
+    let fit = LARGE_CACHE_MAX_PAGES.get() / 8;
     let ps: Vec<*mut u8> = (0..fit + 5).map(|_| H.allocate(l)).collect();
     for &p in &ps {
         // SAFETY: allocated above with `l`.
@@ -106,9 +106,9 @@ fn cache_is_bounded_and_alignment_is_respected() {
     let st = H.stats();
     assert_eq!(st.cached_bytes as usize, fit * (64 << 10), "{st}");
     H.check_invariants();
-    // Big spans: at most LARGE_CACHE_MAX_PAGES pages idle in all; bigger than
-    // LARGE_CACHE_MAX_SPAN_PAGES never idle.
-    let big = lay(LARGE_CACHE_MAX_SPAN_PAGES * PAGE_BYTES);
+    // Big spans: at most LARGE_CACHE_MAX_PAGES.get() pages idle in all; bigger than
+    // LARGE_CACHE_MAX_SPAN_PAGES.get() never idle.
+    let big = lay(LARGE_CACHE_MAX_SPAN_PAGES.get() * PAGE_BYTES);
     let bs: Vec<*mut u8> = (0..8).map(|_| H.allocate(big)).collect();
     for &p in &bs {
         // SAFETY: as above.
@@ -116,10 +116,10 @@ fn cache_is_bounded_and_alignment_is_respected() {
     }
     let st = H.stats();
     assert!(
-        st.cached_bytes as usize <= LARGE_CACHE_MAX_PAGES * PAGE_BYTES,
+        st.cached_bytes as usize <= LARGE_CACHE_MAX_PAGES.get() * PAGE_BYTES,
         "{st}"
     );
-    let huge = lay((LARGE_CACHE_MAX_SPAN_PAGES + 1) * PAGE_BYTES);
+    let huge = lay((LARGE_CACHE_MAX_SPAN_PAGES.get() + 1) * PAGE_BYTES);
     let h = H.allocate(huge);
     let before = H.stats().cached_bytes;
     // SAFETY: as above.
@@ -130,7 +130,8 @@ fn cache_is_bounded_and_alignment_is_respected() {
         "spans over 1 MiB are not kept"
     );
     // An alignment the idle spans may not have: served correctly either way.
-    let a = Layout::from_size_align(LARGE_CACHE_MAX_SPAN_PAGES * PAGE_BYTES, 1 << 20).unwrap();
+    let a =
+        Layout::from_size_align(LARGE_CACHE_MAX_SPAN_PAGES.get() * PAGE_BYTES, 1 << 20).unwrap();
     let p = H.allocate(a);
     assert!(!p.is_null() && (p as usize).is_multiple_of(1 << 20));
     // SAFETY: as above.
@@ -173,7 +174,7 @@ fn idle_spans_are_given_back_before_out_of_memory() {
         ps.push(p);
     }
     // The newest objects become idle spans: as many as the cache's bound holds.
-    let nidle = LARGE_CACHE_MAX_PAGES * PAGE_BYTES / (256 << 10);
+    let nidle = LARGE_CACHE_MAX_PAGES.get() * PAGE_BYTES / (256 << 10);
     assert!(
         ps.len() >= nidle + 8,
         "{} objects of 256 KiB in 16 MiB",
@@ -223,23 +224,23 @@ fn a_larger_retained_floor_lets_the_cache_hold_a_quarter_of_it() {
     // Default floor (16 MiB): 4 MiB.
     assert_eq!(
         idle_after_freeing(8 * per_mib),
-        LARGE_CACHE_MAX_PAGES * PAGE_BYTES
+        LARGE_CACHE_MAX_PAGES.get() * PAGE_BYTES
     );
     // A 64 MiB floor: a quarter, 16 MiB.
     H.set_retain_bytes(64 << 20);
     assert_eq!(idle_after_freeing(20 * per_mib), 16 << 20);
-    // Any floor: at most LARGE_CACHE_LIMIT_PAGES.
+    // Any floor: at most LARGE_CACHE_LIMIT_PAGES.get().
     H.set_retain_bytes(1 << 30);
     assert_eq!(
         idle_after_freeing(40 * per_mib),
-        LARGE_CACHE_LIMIT_PAGES * PAGE_BYTES
+        LARGE_CACHE_LIMIT_PAGES.get() * PAGE_BYTES
     );
     // Lowering the floor gives the excess back at once.
     H.set_retain_bytes(DEFAULT_RETAIN_BYTES);
     let st = H.stats();
     assert_eq!(
         st.cached_bytes as usize,
-        LARGE_CACHE_MAX_PAGES * PAGE_BYTES,
+        LARGE_CACHE_MAX_PAGES.get() * PAGE_BYTES,
         "{st}"
     );
     assert_eq!(st.heap_alloc, 0, "{st}");
@@ -258,7 +259,7 @@ fn releasing_pages_does_not_empty_the_cache_needlessly() {
     let big = lay(3 << 19); // 1.5 MiB: never idles
     let bigs: Vec<*mut u8> = (0..40).map(|_| H.allocate(big)).collect();
     let l = lay(64 << 10);
-    let small: Vec<*mut u8> = (0..LARGE_CACHE_MAX_PAGES * PAGE_BYTES / (64 << 10))
+    let small: Vec<*mut u8> = (0..LARGE_CACHE_MAX_PAGES.get() * PAGE_BYTES / (64 << 10))
         .map(|_| H.allocate(l))
         .collect();
     assert!(bigs.iter().chain(&small).all(|p| !p.is_null()));
@@ -268,7 +269,7 @@ fn releasing_pages_does_not_empty_the_cache_needlessly() {
     }
     assert_eq!(
         H.stats().cached_bytes as usize,
-        LARGE_CACHE_MAX_PAGES * PAGE_BYTES
+        LARGE_CACHE_MAX_PAGES.get() * PAGE_BYTES
     );
     // Freeing most of the big objects, then churning a small heap until the
     // old peak ages out (`pageheap`, "Scavenger policy"), drops the allowance
@@ -279,7 +280,7 @@ fn releasing_pages_does_not_empty_the_cache_needlessly() {
         unsafe { H.deallocate(p, big) };
     }
     let two = lay(2 << 20); // not cached either
-    for _ in 0..4 * tieralloc::pageheap::PEAK_EPOCHS {
+    for _ in 0..4 * tieralloc::internals::PEAK_EPOCHS {
         let p = H.allocate(two);
         assert!(!p.is_null());
         // SAFETY: allocated just above with `two`.
@@ -289,7 +290,7 @@ fn releasing_pages_does_not_empty_the_cache_needlessly() {
     assert!(st.heap_released > 0, "the scavenger ran:\n{st}");
     assert_eq!(
         st.cached_bytes as usize,
-        LARGE_CACHE_MAX_PAGES * PAGE_BYTES,
+        LARGE_CACHE_MAX_PAGES.get() * PAGE_BYTES,
         "idle spans kept:\n{st}"
     );
     H.check_invariants();

@@ -15,11 +15,12 @@
 use core::ptr::NonNull;
 use std::sync::Mutex;
 
-use tieralloc::pageheap::{PageHeap, PageMap, PageStats};
-use tieralloc::sizeclass::{SizeClass, TINY_CLASS};
+use tieralloc::internals::CHUNK_PAGES;
+use tieralloc::internals::{Addr, Pages, Span, SpanState};
+use tieralloc::internals::{PageHeap, PageMap, PageStats};
+use tieralloc::internals::{SizeClass, TINY_CLASS};
 use tieralloc::source::Exhausted;
-use tieralloc::span::{Span, SpanState};
-use tieralloc::{MmapSource, PageSource, CHUNK_BYTES, CHUNK_PAGES, PAGE_BYTES};
+use tieralloc::{MmapSource, PageSource, CHUNK_BYTES, PAGE_BYTES};
 
 const OS: usize = MmapSource::PAGE_SIZE;
 const MIB: usize = 1 << 20;
@@ -422,8 +423,8 @@ impl<S: Probe> H<S> {
         // SAFETY: a fresh span, ours.
         let (start, n, needzero, st) = unsafe {
             (
-                s.as_ref().start,
-                s.as_ref().npages,
+                s.as_ref().start.get(),
+                s.as_ref().npages.get(),
                 s.as_ref().needzero,
                 s.as_ref().state,
             )
@@ -472,7 +473,13 @@ impl<S: Probe> H<S> {
     fn take(&mut self, npages: usize, align_pages: usize) -> Sp {
         let s = self
             .heap
-            .alloc_span(&self.src, &self.map, npages, align_pages, SpanState::Manual)
+            .alloc_span(
+                &self.src,
+                &self.map,
+                Pages::new(npages),
+                align_pages,
+                SpanState::Manual,
+            )
             .expect("alloc_span");
         self.adopt(s, npages, align_pages, SpanState::Manual)
     }
@@ -483,7 +490,7 @@ impl<S: Probe> H<S> {
             .heap
             .alloc_large(&self.src, &self.map, bytes, align)
             .expect("alloc_large");
-        let npages = tieralloc::pageheap::large_pages(bytes).unwrap();
+        let npages = tieralloc::internals::large_pages(bytes).unwrap().get();
         self.adopt(s, npages, (align / PAGE_BYTES).max(1), SpanState::Large)
     }
 
@@ -492,7 +499,7 @@ impl<S: Probe> H<S> {
             let p = sp.page(i);
             for a in [p, p + PAGE_BYTES / 2, p + PAGE_BYTES - 1] {
                 assert_eq!(
-                    self.map.span_of(a),
+                    self.map.span_of(Addr::new(a)),
                     sp.s.as_ptr(),
                     "page map at {a:#x} (page {i} of span {:#x})",
                     sp.start
@@ -505,7 +512,10 @@ impl<S: Probe> H<S> {
         for i in 0..npages {
             let p = from + i * PAGE_BYTES;
             for a in [p, p + PAGE_BYTES - 1] {
-                assert!(self.map.span_of(a).is_null(), "page map at {a:#x} not null");
+                assert!(
+                    self.map.span_of(Addr::new(a)).is_null(),
+                    "page map at {a:#x} not null"
+                );
             }
         }
     }
@@ -563,9 +573,9 @@ impl<S: Probe> H<S> {
         self.check_tags(sp);
         let old = sp.npages;
         // SAFETY: a live large span of ours.
-        let ok = unsafe { self.heap.resize_large(&self.src, sp.s, npages) };
+        let ok = unsafe { self.heap.resize_large(&self.src, sp.s, Pages::new(npages)) };
         // SAFETY: live span record.
-        let (start, n) = unsafe { (sp.s.as_ref().start, sp.s.as_ref().npages) };
+        let (start, n) = unsafe { (sp.s.as_ref().start.get(), sp.s.as_ref().npages.get()) };
         assert_eq!(start, sp.start, "resize moved the span");
         if !ok {
             assert_eq!(n, old, "failed resize changed the span");
@@ -630,8 +640,8 @@ impl<S: Probe> H<S> {
             );
         }
         for sp in &self.live {
-            assert_eq!(self.map.span_of(sp.start), sp.s.as_ptr());
-            assert_eq!(self.map.span_of(sp.end() - 1), sp.s.as_ptr());
+            assert_eq!(self.map.span_of(Addr::new(sp.start)), sp.s.as_ptr());
+            assert_eq!(self.map.span_of(Addr::new(sp.end() - 1)), sp.s.as_ptr());
             self.check_tags(sp);
         }
     }
@@ -1061,7 +1071,10 @@ fn page_map<S: Probe>(src: S) {
         usize::MAX,
     ];
     for a in outside {
-        assert!(h.map.span_of(a).is_null(), "{a:#x} before any arena");
+        assert!(
+            h.map.span_of(Addr::new(a)).is_null(),
+            "{a:#x} before any arena"
+        );
     }
     let pad = h.take(1, 1);
     // 600 pages crosses a chunk boundary (512 pages) of the map.
@@ -1072,16 +1085,16 @@ fn page_map<S: Probe>(src: S) {
     for sp in &spans {
         h.assert_mapped(sp, 0, sp.npages);
         // A span's neighbours are other spans or free pages.
-        let before = h.map.span_of(sp.start - 1);
+        let before = h.map.span_of(Addr::new(sp.start - 1));
         assert_ne!(before, sp.s.as_ptr());
-        let after = h.map.span_of(sp.end());
+        let after = h.map.span_of(Addr::new(sp.end()));
         assert_ne!(after, sp.s.as_ptr());
     }
     // Past the last span: free pages of the arena map to null.
     let top = spans.iter().map(|s| s.end()).max().unwrap();
     h.assert_unmapped(top, 10);
     for a in outside {
-        assert!(h.map.span_of(a).is_null(), "{a:#x} with arenas");
+        assert!(h.map.span_of(Addr::new(a)).is_null(), "{a:#x} with arenas");
     }
     // Freed spans map to null on every page; the others are untouched.
     for (i, sp) in spans.iter().enumerate() {
@@ -1132,7 +1145,7 @@ fn page_map_outside_arenas() {
         ] {
             if !covered(a) {
                 assert!(
-                    h.map.span_of(a).is_null(),
+                    h.map.span_of(Addr::new(a)).is_null(),
                     "{a:#x} just outside arena {base:#x}"
                 );
             }
@@ -1173,11 +1186,11 @@ fn small_spans_for_classes() {
             c == TINY_CLASS,
             "tiny counters only for the tiny class"
         );
-        h.src.assert_ready(span.start, span.npages * PAGE_BYTES);
+        h.src.assert_ready(span.start.get(), span.npages.bytes());
         let sp = Sp {
             s,
-            start: span.start,
-            npages: span.npages,
+            start: span.start.get(),
+            npages: span.npages.get(),
         };
         h.assert_mapped(&sp, 0, sp.npages);
         got.push(sp);
@@ -1305,14 +1318,16 @@ fn scavenge_across_arenas() {
 }
 
 /// The in-use share of the scavenger's allowance (`pageheap::RETAIN_INUSE_DIVISOR`).
-const INUSE_DIVISOR: usize = tieralloc::pageheap::RETAIN_INUSE_DIVISOR;
+const INUSE_DIVISOR: usize = tieralloc::internals::RETAIN_INUSE_DIVISOR;
 /// The hysteresis of the scavenger (`pageheap::RELEASE_GAP_DIVISOR`).
-const GAP_DIVISOR: usize = tieralloc::pageheap::RELEASE_GAP_DIVISOR;
+const GAP_DIVISOR: usize = tieralloc::internals::RELEASE_GAP_DIVISOR;
 
-/// Churns one one-page span `MIN_EPOCH_PAGES * (PEAK_EPOCHS + 2)` times: enough
+/// Churns one one-page span `MIN_EPOCH_PAGES.get() * (PEAK_EPOCHS + 2)` times: enough
 /// epochs of traffic at a tiny size for the scavenger to forget an old peak.
 fn age_out_peak<S: Probe>(h: &mut H<S>, mut each_free: impl FnMut(&mut H<S>, Sp)) {
-    for _ in 0..tieralloc::pageheap::MIN_EPOCH_PAGES * (tieralloc::pageheap::PEAK_EPOCHS + 2) / 2 {
+    for _ in
+        0..tieralloc::internals::MIN_EPOCH_PAGES.get() * (tieralloc::internals::PEAK_EPOCHS + 2) / 2
+    {
         let sp = h.take(1, 1);
         each_free(h, sp);
     }
@@ -1340,7 +1355,7 @@ fn retained_budget() {
         h.free(sp);
         let log = h.src.take_log();
         let inuse = h.stats().inuse as usize / PAGE_BYTES;
-        let allowance = h.heap.dirty_allowance();
+        let allowance = h.heap.dirty_allowance().get();
         assert!(
             allowance >= retain_pages.max(inuse / INUSE_DIVISOR),
             "allowance {allowance} inuse {inuse}"
@@ -1392,7 +1407,7 @@ fn retained_budget() {
     age_out_peak(&mut h, &mut free_and_check);
     assert!(released_any);
     assert_eq!(
-        h.heap.dirty_allowance(),
+        h.heap.dirty_allowance().get(),
         retain_pages,
         "the peak aged out: only retain is kept"
     );
@@ -1414,11 +1429,11 @@ fn retained_budget() {
     let spans: Vec<Sp> = (0..10).map(|_| h.take(64, 1)).collect();
     for sp in spans {
         h.free(sp);
-        assert!(h.dirty_pages() <= h.heap.dirty_allowance());
+        assert!(h.dirty_pages() <= h.heap.dirty_allowance().get());
     }
     age_out_peak(&mut h, |h, sp| {
         h.free(sp);
-        assert!(h.dirty_pages() <= h.heap.dirty_allowance());
+        assert!(h.dirty_pages() <= h.heap.dirty_allowance().get());
     });
     assert!(h.dirty_pages() <= 1, "{}", h.dirty_pages());
 }

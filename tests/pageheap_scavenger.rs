@@ -15,11 +15,11 @@
 use core::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use tieralloc::pageheap::{
+use tieralloc::internals::{
     PageHeap, PageMap, MIN_EPOCH_PAGES, PEAK_EPOCHS, RELEASE_GAP_DIVISOR, RETAIN_INUSE_DIVISOR,
 };
+use tieralloc::internals::{Pages, Span, SpanState};
 use tieralloc::source::Exhausted;
-use tieralloc::span::{Span, SpanState};
 use tieralloc::{MmapSource, PageSource, PAGE_BYTES};
 
 const MIB: usize = 1 << 20;
@@ -156,12 +156,18 @@ impl H {
     fn alloc(&mut self, npages: usize) -> NonNull<Span> {
         let s = self
             .heap
-            .alloc_span(&self.src, &self.map, npages, 1, SpanState::Manual)
+            .alloc_span(
+                &self.src,
+                &self.map,
+                Pages::new(npages),
+                1,
+                SpanState::Manual,
+            )
             .expect("alloc_span");
         // Touch both ends, as a program would.
         // SAFETY: a fresh span of `npages` Ready pages, ours.
         unsafe {
-            let p = s.as_ref().start as *mut u8;
+            let p = s.as_ref().start.as_ptr::<u8>();
             p.write_volatile(1);
             p.add(npages * PAGE_BYTES - 1).write_volatile(2);
         }
@@ -194,7 +200,7 @@ impl H {
             "heap_released vs the source's Prepared bytes"
         );
         let inuse = self.inuse();
-        let allowance = self.heap.dirty_allowance();
+        let allowance = self.heap.dirty_allowance().get();
         assert!(
             self.dirty() <= allowance,
             "dirty {} over allowance {allowance}",
@@ -288,10 +294,10 @@ fn steady_churn_stops_releasing() {
         h.free(s);
     }
     // A small heap churning afterwards ages the old peak out (epochs of
-    // MIN_EPOCH_PAGES at this size), and the scavenger releases down to the
+    // MIN_EPOCH_PAGES.get() at this size), and the scavenger releases down to the
     // retained floor.
     let mut small = h.alloc(1);
-    for _ in 0..(PEAK_EPOCHS + 2) * MIN_EPOCH_PAGES {
+    for _ in 0..(PEAK_EPOCHS + 2) * MIN_EPOCH_PAGES.get() {
         h.free(small);
         small = h.alloc(1);
         h.check();
@@ -303,7 +309,7 @@ fn steady_churn_stops_releasing() {
         "dirty {} after the peak aged out",
         h.dirty()
     );
-    assert_eq!(h.heap.dirty_allowance(), RETAIN / PAGE_BYTES);
+    assert_eq!(h.heap.dirty_allowance().get(), RETAIN / PAGE_BYTES);
 
     // An explicit scavenge releases every free page, exactly accounted.
     let dirty = h.dirty();
@@ -370,13 +376,13 @@ fn lasting_shrink_is_forgotten() {
     assert_eq!(h.dirty(), 58 * 64, "a dip is kept");
     // Churn the smaller heap in place: each step frees and reallocates one span.
     let calls = h.src.calls();
-    for i in 0..(2 + tieralloc::pageheap::PEAK_EPOCHS) * 70 {
+    for i in 0..(2 + tieralloc::internals::PEAK_EPOCHS) * 70 {
         let k = i % spans.len();
         h.free(spans[k]);
         spans[k] = h.alloc(64);
     }
     assert_eq!(h.inuse(), inuse);
-    let allowance = h.heap.dirty_allowance();
+    let allowance = h.heap.dirty_allowance().get();
     assert_eq!(
         allowance,
         (RETAIN / PAGE_BYTES).max(inuse / RETAIN_INUSE_DIVISOR),

@@ -9,8 +9,8 @@ mod common;
 use core::alloc::Layout;
 
 use common::{check_pattern as check, fill_pattern as fill, lay, single_cpu_heap};
-use tieralloc::heap::PROMOTE_MIN;
-use tieralloc::sizeclass::size_to_class;
+use tieralloc::internals::size_to_class;
+use tieralloc::internals::PROMOTE_MIN;
 use tieralloc::{Heap, MmapSource, SingleCpu, PAGE_BYTES};
 
 type H1 = Heap<MmapSource, SingleCpu>;
@@ -37,7 +37,7 @@ fn doubling_buffer_grows_in_place_once_promoted() {
             }
             assert_eq!(
                 HEAP.try_usable_size(q),
-                Some(tieralloc::pageheap::large_pages(size * 2).unwrap() * PAGE_BYTES),
+                Some(tieralloc::internals::large_pages(size * 2).unwrap().bytes()),
                 "{} bytes have a span of their own",
                 size * 2
             );

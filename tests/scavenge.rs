@@ -13,9 +13,9 @@ use core::alloc::Layout;
 use std::sync::{Mutex, MutexGuard};
 
 use common::{single_cpu_heap, Rng};
-use tieralloc::heap::Kind;
-use tieralloc::pageheap::{DEFAULT_RETAIN_BYTES, RETAIN_INUSE_DIVISOR};
-use tieralloc::sizeclass::{SizeClass, NUM_CLASSES};
+use tieralloc::internals::ObjectKind;
+use tieralloc::internals::{SizeClass, NUM_CLASSES};
+use tieralloc::internals::{DEFAULT_RETAIN_BYTES, RETAIN_INUSE_DIVISOR};
 use tieralloc::{Heap, MmapSource, SingleCpu, Stats, PAGE_BYTES};
 
 type H = Heap<MmapSource, SingleCpu>;
@@ -88,7 +88,10 @@ fn small_sizes(total: usize) -> Vec<usize> {
     let mut c = 2;
     while sum < total {
         let s = SizeClass::new(c).unwrap().size();
-        assert_eq!(Kind::of(s, 8), Kind::Small(SizeClass::new(c).unwrap()));
+        assert_eq!(
+            ObjectKind::of(s, 8),
+            ObjectKind::Small(SizeClass::new(c).unwrap())
+        );
         v.push(s);
         sum += s;
         c = if c + 1 == NUM_CLASSES { 2 } else { c + 1 };
@@ -96,9 +99,9 @@ fn small_sizes(total: usize) -> Vec<usize> {
     v
 }
 
-/// A large object's bytes: its pages ([`tieralloc::pageheap::large_pages`]).
+/// A large object's bytes: its pages ([`tieralloc::internals::large_pages`]).
 fn page_round(n: usize) -> usize {
-    tieralloc::pageheap::large_pages(n).unwrap() * PAGE_BYTES
+    tieralloc::internals::large_pages(n).unwrap().bytes()
 }
 
 fn check_identities(st: &Stats) {
@@ -296,7 +299,7 @@ fn automatic_scavenger_bounds_dirty_memory() {
     // peak out (epochs of 4 MiB of traffic at this size), and then they go.
     // (2 MiB objects: bigger than the large-span cache takes.)
     let kept = st.scavenged_total;
-    for _ in 0..4 * tieralloc::pageheap::PEAK_EPOCHS {
+    for _ in 0..4 * tieralloc::internals::PEAK_EPOCHS {
         let o = alloc_touched(&HEAP, 2 * MIB, 0x35);
         free(&HEAP, o);
         check("small churn");
@@ -306,7 +309,7 @@ fn automatic_scavenger_bounds_dirty_memory() {
     // What is still in use is the large-span cache's idle spans (bounded).
     assert_eq!(st.heap_inuse, st.cached_bytes, "{st}");
     assert!(
-        st.cached_bytes as usize <= tieralloc::pageheap::LARGE_CACHE_MAX_PAGES * PAGE_BYTES,
+        st.cached_bytes as usize <= tieralloc::internals::LARGE_CACHE_MAX_PAGES.get() * PAGE_BYTES,
         "{st}"
     );
     assert!(

@@ -20,12 +20,11 @@ use core::alloc::Layout;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::{set_slot, slots_heap, Rng};
-use tieralloc::heap::Kind;
-use tieralloc::pageheap::large_pages;
-use tieralloc::sizeclass::{SizeClass, NUM_CLASSES};
+use tieralloc::internals::large_pages;
+use tieralloc::internals::ObjectKind;
+use tieralloc::internals::{SizeClass, NUM_CLASSES};
 use tieralloc::{
-    Cpu, Heap, LockedSlots, MmapSource, PageSource, MAX_SMALL_SIZE, PAGE_BYTES, TINY_BLOCK,
-    TINY_SIZE,
+    Cpu, Heap, LockedSlots, MmapSource, PageSource, MAX_SMALL_SIZE, TINY_BLOCK, TINY_SIZE,
 };
 
 /// Operations per test; four tests make 1.2M per run.
@@ -95,21 +94,21 @@ fn verify(p: *mut u8, size: usize, seed: u8, limit: usize, what: &dyn Fn() -> St
 /// (large, or promoted: `own` holds the promoted span's bytes); `None` for a
 /// tiny object (counted through the shared 64-byte blocks).
 fn rounded(layout: Layout, own: Option<u64>, slot: Option<SizeClass>) -> Option<u64> {
-    match Kind::of(layout.size(), layout.align()) {
-        Kind::Tiny => None,
-        Kind::Small(_) if own.is_some() => own,
-        Kind::Small(_) if slot.is_some() => slot.map(|c| c.size() as u64),
+    match ObjectKind::of(layout.size(), layout.align()) {
+        ObjectKind::Tiny => None,
+        ObjectKind::Small(_) if own.is_some() => own,
+        ObjectKind::Small(_) if slot.is_some() => slot.map(|c| c.size() as u64),
         _ => Some(common::rounded(layout)),
     }
 }
 
 /// Index into `by_size` (0 = large or promoted), or `None` for tiny.
 fn class_index(layout: Layout, own: bool, slot: Option<SizeClass>) -> Option<usize> {
-    match Kind::of(layout.size(), layout.align()) {
-        Kind::Tiny => None,
-        Kind::Small(_) if own => Some(0),
-        Kind::Small(c) => Some(slot.unwrap_or(c).index()),
-        Kind::Large => Some(0),
+    match ObjectKind::of(layout.size(), layout.align()) {
+        ObjectKind::Tiny => None,
+        ObjectKind::Small(_) if own => Some(0),
+        ObjectKind::Small(c) => Some(slot.unwrap_or(c).index()),
+        ObjectKind::Large => Some(0),
     }
 }
 
@@ -372,23 +371,24 @@ impl<C: Cpu> Run<'_, C> {
         };
         // The slot a class object sits in, and whether it stays there.
         let align = o.layout.align();
-        let cur = match Kind::of(old, align) {
-            Kind::Small(c) if o.own.is_none() => Some(o.slot.unwrap_or(c)),
+        let cur = match ObjectKind::of(old, align) {
+            ObjectKind::Small(c) if o.own.is_none() => Some(o.slot.unwrap_or(c)),
             _ => None,
         };
         let stays = cur.is_some_and(|a| common::stays_in_slot(a, new_size, align));
-        let slot = cur.filter(|&a| stays && Kind::of(new_size, align) != Kind::Small(a));
+        let slot =
+            cur.filter(|&a| stays && ObjectKind::of(new_size, align) != ObjectKind::Small(a));
         if stays {
             assert_eq!(q, o.p, "{}: stays in its slot ({:?})", what(), cur);
         }
         self.counts[7] += u64::from(slot.is_some() && o.slot.is_none());
         let promoted = !stays && common::promoted_after(o.layout, o.own.is_some(), new_size);
         let own = promoted.then(|| {
-            let Kind::Small(c) = Kind::of(new_size, o.layout.align()) else {
+            let ObjectKind::Small(c) = ObjectKind::of(new_size, o.layout.align()) else {
                 unreachable!("promoted objects are small-sized")
             };
-            let exact = (large_pages(c.size()).unwrap() * PAGE_BYTES) as u64;
-            if Kind::of(old, o.layout.align()) == Kind::Small(c) {
+            let exact = (large_pages(c.size()).unwrap().bytes()) as u64;
+            if ObjectKind::of(old, o.layout.align()) == ObjectKind::Small(c) {
                 o.own.expect("the same class keeps the span")
             } else if q == o.p {
                 exact

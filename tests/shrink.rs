@@ -10,8 +10,8 @@ mod common;
 use core::alloc::Layout;
 
 use common::{check_pattern as check, fill_pattern as fill, lay, single_cpu_heap};
-use tieralloc::heap::SHRINK_MIN;
-use tieralloc::sizeclass::{size_to_class, SizeClass, NUM_CLASSES};
+use tieralloc::internals::SHRINK_MIN;
+use tieralloc::internals::{size_to_class, SizeClass, NUM_CLASSES};
 use tieralloc::{Heap, MmapSource, SingleCpu};
 
 type H1 = Heap<MmapSource, SingleCpu>;

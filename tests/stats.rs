@@ -1,5 +1,5 @@
 //! Statistics are exact at quiescence: a model of every allocation (class by
-//! `Kind::of`, tiny blocks by address) predicts each counter of `stats()`.
+//! `ObjectKind::of`, tiny blocks by address) predicts each counter of `stats()`.
 //!
 //! Each test has a fresh heap with four slots, chosen by a thread-local that
 //! the test changes between operations: one thread simulates several CPUs.
@@ -11,8 +11,8 @@ use core::alloc::Layout;
 use std::collections::HashMap;
 
 use common::slots_heap;
-use tieralloc::heap::Kind;
-use tieralloc::sizeclass::{SizeClass, NUM_CLASSES};
+use tieralloc::internals::ObjectKind;
+use tieralloc::internals::{SizeClass, NUM_CLASSES};
 use tieralloc::{
     Heap, LockedSlots, MmapSource, Stats, MAX_SMALL_SIZE, PAGE_BYTES, TINY_BLOCK, TINY_SIZE,
 };
@@ -46,24 +46,24 @@ impl Live {
     }
     /// How the heap counts the object: a promoted one as large, one shrunk in
     /// place in its slot's class.
-    fn kind(&self) -> Kind {
-        match Kind::of(self.size, self.align) {
-            Kind::Small(_) if self.own.is_some() => Kind::Large,
-            Kind::Small(c) => Kind::Small(self.slot.unwrap_or(c)),
+    fn kind(&self) -> ObjectKind {
+        match ObjectKind::of(self.size, self.align) {
+            ObjectKind::Small(_) if self.own.is_some() => ObjectKind::Large,
+            ObjectKind::Small(c) => ObjectKind::Small(self.slot.unwrap_or(c)),
             k => k,
         }
     }
     /// The size class of a small-sized object (promoted or not).
     fn size_class(&self) -> Option<SizeClass> {
-        match Kind::of(self.size, self.align) {
-            Kind::Small(c) => Some(c),
+        match ObjectKind::of(self.size, self.align) {
+            ObjectKind::Small(c) => Some(c),
             _ => None,
         }
     }
     /// A large or promoted object's accounted bytes: its pages.
     fn large_bytes(&self) -> u64 {
-        match Kind::of(self.size, self.align) {
-            Kind::Small(_) if self.own.is_some() => self.own.unwrap(),
+        match ObjectKind::of(self.size, self.align) {
+            ObjectKind::Small(_) if self.own.is_some() => self.own.unwrap(),
             _ => page_round(self.size),
         }
     }
@@ -84,9 +84,9 @@ struct Model {
     live: Vec<Live>,
 }
 
-/// A large object's accounted bytes: its pages ([`tieralloc::pageheap::large_pages`]).
+/// A large object's accounted bytes: its pages ([`tieralloc::internals::large_pages`]).
 fn page_round(n: usize) -> u64 {
-    (tieralloc::pageheap::large_pages(n).unwrap() * PAGE_BYTES) as u64
+    (tieralloc::internals::large_pages(n).unwrap().bytes()) as u64
 }
 
 /// Go's tiny alignment rule (as documented in `heap.rs`), raised to the layout's.
@@ -123,7 +123,7 @@ impl Model {
     fn on_alloc(&mut self, slot: usize, o: Live) {
         self.live.push(o);
         match o.kind() {
-            Kind::Tiny => {
+            ObjectKind::Tiny => {
                 self.tiny_mallocs += 1;
                 let size = o.size.max(1);
                 let a = tiny_align(size, o.align);
@@ -152,8 +152,8 @@ impl Model {
                     _ => self.current[slot] = Some((o.p, size)),
                 }
             }
-            Kind::Small(c) => self.mallocs[c.index()] += 1,
-            Kind::Large => {
+            ObjectKind::Small(c) => self.mallocs[c.index()] += 1,
+            ObjectKind::Large => {
                 self.mallocs[0] += 1;
                 self.large_bytes += o.large_bytes();
             }
@@ -162,7 +162,7 @@ impl Model {
 
     fn on_free(&mut self, o: Live) {
         match o.kind() {
-            Kind::Tiny => {
+            ObjectKind::Tiny => {
                 self.tiny_frees += 1;
                 let b = o.p & !(TINY_BLOCK - 1);
                 let n = self
@@ -174,8 +174,8 @@ impl Model {
                     self.tiny_live.remove(&b);
                 }
             }
-            Kind::Small(c) => self.frees[c.index()] += 1,
-            Kind::Large => {
+            ObjectKind::Small(c) => self.frees[c.index()] += 1,
+            ObjectKind::Large => {
                 self.frees[0] += 1;
                 self.large_bytes -= o.large_bytes();
             }
@@ -242,14 +242,14 @@ impl Model {
             .live
             .iter()
             .filter_map(|o| match o.kind() {
-                Kind::Small(c) => Some(c.size() as u64),
+                ObjectKind::Small(c) => Some(c.size() as u64),
                 _ => None,
             })
             .sum();
         let large: u64 = self
             .live
             .iter()
-            .filter(|o| o.kind() == Kind::Large)
+            .filter(|o| o.kind() == ObjectKind::Large)
             .map(|o| o.large_bytes())
             .sum();
         assert_eq!(large, self.large_bytes);
@@ -271,7 +271,12 @@ impl Model {
         assert_eq!(st.heap_sys % PAGE_BYTES as u64, 0);
         assert_eq!(st.heap_inuse % PAGE_BYTES as u64, 0);
         assert!(
-            st.spans >= self.live.iter().filter(|o| o.kind() == Kind::Large).count() as u64,
+            st.spans
+                >= self
+                    .live
+                    .iter()
+                    .filter(|o| o.kind() == ObjectKind::Large)
+                    .count() as u64,
             "{}",
             ctx()
         );
@@ -323,7 +328,7 @@ fn realloc(h: &H, m: &mut Model, slot: usize, idx: usize, new_size: usize) -> bo
     assert!(q != 0);
     // A class object stays in its slot by the shrink-in-place rule.
     let cur = match o.kind() {
-        Kind::Small(c) => Some(c),
+        ObjectKind::Small(c) => Some(c),
         _ => None,
     };
     let stays = cur.is_some_and(|a| common::stays_in_slot(a, new_size, o.align));
@@ -335,20 +340,20 @@ fn realloc(h: &H, m: &mut Model, slot: usize, idx: usize, new_size: usize) -> bo
         size: new_size,
         align: o.align,
         own: None,
-        slot: cur.filter(|&a| stays && Kind::of(new_size, o.align) != Kind::Small(a)),
+        slot: cur.filter(|&a| stays && ObjectKind::of(new_size, o.align) != ObjectKind::Small(a)),
     };
     // A promoted object's span: its class's pages when resized in place, or
     // (moved) an idle span of up to twice as many.
     let own =
         (!stays && common::promoted_after(o.layout(), o.own.is_some(), new_size)).then(|| {
-            match (o.kind(), Kind::of(new_size, o.align)) {
-                (Kind::Large, Kind::Small(c))
+            match (o.kind(), ObjectKind::of(new_size, o.align)) {
+                (ObjectKind::Large, ObjectKind::Small(c))
                     if q == o.p && o.own.is_some() && o.size_class() == Some(c) =>
                 {
                     o.own.unwrap()
                 }
-                (_, Kind::Small(c)) if q == o.p => page_round(c.size()),
-                (_, Kind::Small(c)) => {
+                (_, ObjectKind::Small(c)) if q == o.p => page_round(c.size()),
+                (_, ObjectKind::Small(c)) => {
                     let got = h.try_usable_size(q as *mut u8).unwrap() as u64;
                     let exact = page_round(c.size());
                     assert!(
@@ -363,8 +368,10 @@ fn realloc(h: &H, m: &mut Model, slot: usize, idx: usize, new_size: usize) -> bo
     let n = Live { own, ..n };
     if q == o.p {
         match (o.kind(), n.kind()) {
-            (Kind::Small(a), Kind::Small(b)) => assert_eq!(a, b, "in place only within a class"),
-            (Kind::Large, Kind::Large) => {
+            (ObjectKind::Small(a), ObjectKind::Small(b)) => {
+                assert_eq!(a, b, "in place only within a class")
+            }
+            (ObjectKind::Large, ObjectKind::Large) => {
                 m.large_bytes = m.large_bytes - o.large_bytes() + n.large_bytes();
             }
             (a, b) => panic!("realloc {a:?} -> {b:?} stayed in place"),
@@ -390,8 +397,8 @@ fn workload() -> Vec<(usize, usize)> {
         for s in [size, prev + 1] {
             let s = s.max(TINY_SIZE);
             assert_eq!(
-                Kind::of(s, 8),
-                Kind::Small(SizeClass::new(c).unwrap()),
+                ObjectKind::of(s, 8),
+                ObjectKind::Small(SizeClass::new(c).unwrap()),
                 "size {s}"
             );
             v.push((s, 8));
@@ -412,7 +419,7 @@ fn workload() -> Vec<(usize, usize)> {
         (MAX_SMALL_SIZE, 16),
     ] {
         assert!(
-            matches!(Kind::of(size, align), Kind::Small(_)),
+            matches!(ObjectKind::of(size, align), ObjectKind::Small(_)),
             "{size}/{align}"
         );
         v.push((size, align));
@@ -427,7 +434,11 @@ fn workload() -> Vec<(usize, usize)> {
         (10, 16384),
         (PAGE_BYTES * 7 + 3, 8),
     ] {
-        assert_eq!(Kind::of(size, align), Kind::Large, "{size}/{align}");
+        assert_eq!(
+            ObjectKind::of(size, align),
+            ObjectKind::Large,
+            "{size}/{align}"
+        );
         v.push((size, align));
     }
     v
@@ -484,7 +495,7 @@ fn stats_are_exact_at_quiescence() {
     let (mut in_place_small, mut in_place_large, mut moved) = (0, 0, 0);
     for idx in (0..n).step_by(5) {
         let old = m.live[idx].size;
-        let large = m.live[idx].kind() == Kind::Large;
+        let large = m.live[idx].kind() == ObjectKind::Large;
         let new_size = match j % 6 {
             0 => old + 1,
             1 => (old / 2).max(1),
@@ -516,7 +527,7 @@ fn stats_are_exact_at_quiescence() {
     // Tiny objects freed on other slots than they were made on, all of them.
     let mut idx = 0;
     while idx < m.live.len() {
-        if m.live[idx].kind() == Kind::Tiny {
+        if m.live[idx].kind() == ObjectKind::Tiny {
             free(h, &mut m, idx + 3, idx);
         } else {
             idx += 1;
@@ -699,8 +710,8 @@ fn display_shows_headline_fields_and_a_row_per_used_class() {
     assert_eq!(rows, want, "class rows of\n{text}");
     let mut classes: Vec<usize> = used
         .iter()
-        .map(|&s| match Kind::of(s, 8) {
-            Kind::Small(c) => c.index(),
+        .map(|&s| match ObjectKind::of(s, 8) {
+            ObjectKind::Small(c) => c.index(),
             k => panic!("{s}: {k:?}"),
         })
         .collect();
@@ -722,13 +733,13 @@ fn central_keeps_one_empty_span_per_class_until_scavenge() {
     static HEAP: H = slots_heap();
     set_slot(0);
     let l = Layout::from_size_align(256, 8).unwrap();
-    let Kind::Small(c) = Kind::of(256, 8) else {
+    let ObjectKind::Small(c) = ObjectKind::of(256, 8) else {
         panic!("256 bytes is a small class")
     };
     // Three spans' worth beyond what the CPU stack and the transfer cache hold.
     let n = 3 * c.objects()
-        + tieralloc::central::transfer_capacity(c.index())
-        + tieralloc::cache::capacity(c.index());
+        + tieralloc::internals::transfer_capacity(c)
+        + tieralloc::internals::capacity(c);
     let mut ps: Vec<*mut u8> = (0..n).map(|_| HEAP.allocate(l)).collect();
     assert!(ps.iter().all(|p| !p.is_null()));
     let spans_live = HEAP.stats().spans;

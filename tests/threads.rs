@@ -16,11 +16,10 @@ use std::thread;
 use std::time::Instant;
 
 use common::{set_slot, slots_heap, Rng};
-use tieralloc::heap::Kind;
-use tieralloc::sizeclass::NUM_CLASSES;
-use tieralloc::{
-    Cpu, Heap, LinuxHeap, LockedSlots, MmapSource, PageSource, SpinThenYield, TINY_BLOCK,
-};
+use tieralloc::cpu::SpinThenYield;
+use tieralloc::internals::ObjectKind;
+use tieralloc::internals::NUM_CLASSES;
+use tieralloc::{Cpu, Heap, LinuxHeap, LockedSlots, MmapSource, PageSource, TINY_BLOCK};
 
 // ------------------------------------------------------------------ helpers
 
@@ -477,7 +476,7 @@ fn producer_consumer_tiny_only_linux_heap() {
     run_prodcons(&H, "prodcons/tiny/linux", 8, 4, 150_000, 100);
 }
 
-/// A Kind sanity check the workloads above rely on: the generators cover
+/// A ObjectKind sanity check the workloads above rely on: the generators cover
 /// tiny, every small path and large.
 #[test]
 fn generators_cover_every_kind() {
@@ -486,13 +485,13 @@ fn generators_cover_every_kind() {
     let mut classes = [false; NUM_CLASSES];
     for _ in 0..200_000 {
         let (s, a) = gen_layout(&mut rng, 30);
-        match Kind::of(s, a) {
-            Kind::Tiny => tiny += 1,
-            Kind::Small(c) => {
+        match ObjectKind::of(s, a) {
+            ObjectKind::Tiny => tiny += 1,
+            ObjectKind::Small(c) => {
                 small += 1;
                 classes[c.index()] = true;
             }
-            Kind::Large => large += 1,
+            ObjectKind::Large => large += 1,
         }
     }
     assert!(tiny > 0 && small > 0 && large > 0);

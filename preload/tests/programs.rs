@@ -191,7 +191,7 @@ fn run(mut cmd: Command, preload: Option<&Path>, limit: Duration) -> Run {
 /// if the class chosen for a multiple of 16 is itself a multiple of 16.
 #[test]
 fn size_classes_keep_16_byte_alignment() {
-    use core_alloc::sizeclass::size_to_class;
+    use core_alloc::internals::size_to_class;
     for n in (16..=core_alloc::MAX_SMALL_SIZE).step_by(16) {
         let c = size_to_class(n);
         assert!(!c.is_large(), "size {n} is not small");

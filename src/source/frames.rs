@@ -27,7 +27,7 @@
 //!
 //! `fault` leaves the range unmapped, so any access page-faults. The kernel's
 //! page-fault handler can tell a guard hit (a stack overflow, see
-//! [`crate::stack`]) from other faults with [`FrameSource::is_guard`]`(cr2)`:
+//! [`Heap::alloc_stack`](crate::Heap::alloc_stack)) from other faults with [`FrameSource::is_guard`]`(cr2)`:
 //! it reads a fixed table of [`MAX_GUARDS`] ranges with plain atomic loads, takes
 //! no lock and is safe in an exception handler. A guard is forgotten when its
 //! range is committed, made Ready or freed. When the table is full a new guard

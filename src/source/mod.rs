@@ -37,6 +37,7 @@ pub mod frames;
 pub mod mmap;
 pub mod region;
 
+pub use failing::FailingSource;
 #[cfg(feature = "x86_64")]
 pub use frames::FrameSource;
 #[cfg(feature = "linux")]

@@ -5,9 +5,8 @@
 use core::alloc::Layout;
 use std::cell::Cell;
 
-use tieralloc::heap::{Kind, PROMOTE_MIN, SHRINK_MIN};
-use tieralloc::sizeclass::SizeClass;
-use tieralloc::PAGE_BYTES;
+use tieralloc::internals::SizeClass;
+use tieralloc::internals::{ObjectKind, PROMOTE_MIN, SHRINK_MIN};
 #[cfg(feature = "linux")]
 use tieralloc::{cpu::RelaxStrategy, Heap, LockedSlots, MmapSource, SingleCpu};
 
@@ -86,10 +85,10 @@ pub const fn single_cpu_heap() -> Heap<MmapSource, SingleCpu> {
 /// What a live object costs in `heap_alloc`: its class size, or its pages;
 /// 0 for a tiny object (counted through the shared 64-byte blocks).
 pub fn rounded(l: Layout) -> u64 {
-    match Kind::of(l.size(), l.align()) {
-        Kind::Tiny => 0,
-        Kind::Small(c) => c.size() as u64,
-        Kind::Large => (tieralloc::pageheap::large_pages(l.size()).unwrap() * PAGE_BYTES) as u64,
+    match ObjectKind::of(l.size(), l.align()) {
+        ObjectKind::Tiny => 0,
+        ObjectKind::Small(c) => c.size() as u64,
+        ObjectKind::Large => (tieralloc::internals::large_pages(l.size()).unwrap().bytes()) as u64,
     }
 }
 
@@ -98,9 +97,9 @@ pub fn rounded(l: Layout) -> u64 {
 /// of it: the new size sorts to that class, or it is over 4 KiB, fits the
 /// slot and fills at least half of it.
 pub fn stays_in_slot(slot: SizeClass, new: usize, align: usize) -> bool {
-    match Kind::of(new, align) {
-        Kind::Small(b) if b == slot => true,
-        Kind::Small(_) => new > SHRINK_MIN && new <= slot.size() && new >= slot.size() / 2,
+    match ObjectKind::of(new, align) {
+        ObjectKind::Small(b) if b == slot => true,
+        ObjectKind::Small(_) => new > SHRINK_MIN && new <= slot.size() && new >= slot.size() / 2,
         _ => false,
     }
 }
@@ -112,13 +111,13 @@ pub fn stays_in_slot(slot: SizeClass, new: usize, align: usize) -> bool {
 /// there (in place or by moving).
 pub fn promoted_after(old: Layout, own: bool, new: usize) -> bool {
     let (a, b) = (
-        Kind::of(old.size(), old.align()),
-        Kind::of(new, old.align()),
+        ObjectKind::of(old.size(), old.align()),
+        ObjectKind::of(new, old.align()),
     );
     match (a, b) {
-        (Kind::Small(x), Kind::Small(y)) if x == y => own,
-        (_, Kind::Small(_)) if new > PROMOTE_MIN => {
-            own || a == Kind::Large || (new > old.size() && new / 2 <= old.size())
+        (ObjectKind::Small(x), ObjectKind::Small(y)) if x == y => own,
+        (_, ObjectKind::Small(_)) if new > PROMOTE_MIN => {
+            own || a == ObjectKind::Large || (new > old.size() && new / 2 <= old.size())
         }
         _ => false,
     }

@@ -82,7 +82,7 @@ pub unsafe fn init() {
     // writes, TLB shootdowns) is what a kernel heap's churn must not pay.
     // `Heap::scavenge` still returns everything.
     let ram = crate::memory::total_frames() * 4096;
-    HEAP.set_retain_bytes((ram / 8).max(tieralloc::pageheap::DEFAULT_RETAIN_BYTES));
+    HEAP.set_retain_bytes((ram / 8).max(tieralloc::DEFAULT_RETAIN_BYTES));
     #[cfg(feature = "lla-heap")]
     {
         // Half of the free RAM, at most 256 MiB, for the global linked-list heap.
@@ -137,7 +137,7 @@ pub fn alloc_cpu_stack(_index: usize) -> Option<(u64, u64, u64)> {
     let hi = s.top() as u64;
     debug_assert!(s.has_guard());
     let _ = s; // the CPU runs on it for ever: the stack is never freed
-    Some((lo - tieralloc::stack::GUARD_BYTES as u64, lo, hi))
+    Some((lo - tieralloc::GUARD_BYTES as u64, lo, hi))
 }
 
 /// A heap guard page that is not a recorded CPU stack's: `Some(usize::MAX)`.

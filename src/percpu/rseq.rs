@@ -1,6 +1,7 @@
 //! Restartable sequences: per-CPU cache operations without atomics on Linux
-//! x86-64 (tcmalloc's per-CPU slabs). See `lib.rs` for the overview and
-//! [`crate::cache`] for the slab layout.
+//! x86-64 (tcmalloc's per-CPU slabs). See `lib.rs` for the overview,
+//! [`super`] for the tier, [`super::cache`] for the layout and
+//! [`super::word`] for the formats the sections decode.
 //!
 //! Each operation is a short critical section that reads the CPU id from the
 //! thread's rseq area, finds that CPU's cache, and commits with **one plain
@@ -17,8 +18,8 @@
 //! one fixed thread-pointer offset in every thread, so that case (and old
 //! kernels, seccomp filters, glibc < 2.35) falls back to the locked per-CPU path.
 //!
-//! **Stopping a CPU.** A drain from another CPU needs the cache to itself. It
-//! sets the [`STOP`](crate::cache::STOP) bit in the length field of every stack
+//! **Stopping a CPU.** A drain from another CPU needs the cache to itself
+//! ([`Fast::exclusive`]). It sets the [`STOP`](StackWord::STOP) bit in the length field of every stack
 //! word of that cache (and a stop mark in its tiny word), then issues
 //! `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ)` so that every section in
 //! flight on that CPU restarts, and checks that the marks are still there (a
@@ -29,53 +30,57 @@
 
 use core::arch::asm;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 
-use crate::sizeclass::NUM_CLASSES;
+use crate::sizeclass::{SizeClass, NUM_CLASSES};
+use crate::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
+
+use super::cache::{counter_field, word_field, CpuCache, TinyEvent, CAPACITY, STRIDE, TINY_FIELD};
+use super::word::{StackWord, Tiny};
 
 /// The signature glibc registered the area with; it must precede each abort handler.
-pub const RSEQ_SIG: u32 = 0x5305_3053;
+pub(crate) const RSEQ_SIG: u32 = 0x5305_3053;
 
 /// Offsets in the kernel's `struct rseq`.
 const RSEQ_CPU_ID: usize = 4;
 
-/// The slabs as the critical sections see them. Written once at set-up, before
-/// the heap publishes it. Per-class fields are arrays indexed by the class, so
-/// that a section addresses them with the class index scaled in the operand;
-/// index 0 (class 0 has no stack) has `word` = CPU 0's cache itself and `cap` =
-/// 0, and the word sections ([`load`], [`store_if`], [`add`], [`carve`]) use it.
+/// The slabs as the critical sections see them. Per-class fields are arrays
+/// indexed by the class, so that a section addresses them with the class
+/// index scaled in the operand; index 0 (class 0 has no stack) has `word` =
+/// CPU 0's cache itself and `cap` = 0, and the word sections ([`load`],
+/// [`store_if`], [`add`], [`carve`]) use it.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug)]
-pub struct Desc {
+struct Desc {
     /// `__rseq_offset`: the rseq area's offset from the thread pointer.
-    pub rseq_off: i64,
+    rseq_off: i64,
     /// Number of CPU caches; a CPU id at or above it fails the section.
-    pub count: u32,
+    count: u32,
     /// Per class, the address of its stack word in CPU 0's cache; the stack's
     /// slots follow the word (slot `i` at `word + 8 + 8 i`), and CPU `k`'s
     /// word is [`STRIDE`] · `k` bytes further.
-    pub word: [u64; NUM_CLASSES],
+    word: [u64; NUM_CLASSES],
     /// Per class, the capacity of its stack.
-    pub cap: [u32; NUM_CLASSES],
+    cap: [u32; NUM_CLASSES],
 }
 
-/// A [`Desc`] kept in place — inside the heap, so that the fast paths address
-/// it from the heap's own address instead of loading a pointer first — and
-/// published once. Its `rseq_off`, 0 until then, is stored last (Release) and
-/// read first (Acquire): 0 can never be glibc's offset (the word at the thread
-/// pointer is the TCB's self pointer, see [`available`]), so it doubles as the
-/// "not set up, or locked mode" test.
-pub struct Published(UnsafeCell<Desc>);
+/// The restartable sequences of one heap: a [`Desc`] kept in place — inside
+/// the heap, so that the fast paths address it from the heap's own address
+/// instead of loading a pointer first — and published once. Its `rseq_off`,
+/// 0 until then, is stored last (Release) and read first (Acquire): 0 can
+/// never be glibc's offset (the word at the thread pointer is the TCB's self
+/// pointer, see [`available`]), so it doubles as the "not set up, or locked
+/// mode" test.
+pub(crate) struct Sections(UnsafeCell<Desc>);
 
 // SAFETY: the fields other than the offset are written once, before the offset
 // is published with Release, and only read after an Acquire load of it found it
 // non-zero; the offset itself is only accessed atomically.
-unsafe impl Sync for Published {}
+unsafe impl Sync for Sections {}
 
-impl Published {
-    /// Unpublished.
-    pub const fn new() -> Self {
-        Published(UnsafeCell::new(Desc {
+impl Sections {
+    /// Unpublished: every [`Sections::get`] is `None`.
+    pub(crate) const fn new() -> Self {
+        Sections(UnsafeCell::new(Desc {
             rseq_off: 0,
             count: 0,
             word: [0; NUM_CLASSES],
@@ -89,44 +94,245 @@ impl Published {
         unsafe { AtomicI64::from_ptr(core::ptr::addr_of_mut!((*self.0.get()).rseq_off)) }
     }
 
-    /// Copies `d` in and publishes it.
+    /// glibc's rseq area offset, if this process can use restartable
+    /// sequences (see [`available`]).
+    pub(crate) fn available() -> Option<i64> {
+        match available() {
+            Availability::Glibc(off) => Some(off),
+            Availability::Unavailable => None,
+        }
+    }
+
+    /// Describes the `count` caches at `caches` and publishes the
+    /// description: from then on every per-CPU operation of the heap commits
+    /// with a section at `rseq_off` (glibc's area). Returns whether it did
+    /// (always, where the sections are compiled in).
     ///
     /// # Safety
-    /// Called at most once, before any [`Published::get`] can see a non-zero
-    /// offset; `d.rseq_off` is not 0.
-    pub unsafe fn publish(&self, d: &Desc) {
+    /// Called at most once; `caches` points to `count` zeroed caches that
+    /// live for ever; `rseq_off` is the offset [`available`] found (so not 0).
+    pub(crate) unsafe fn publish(
+        &self,
+        caches: *mut CpuCache,
+        count: usize,
+        rseq_off: i64,
+    ) -> bool {
         assert!(
-            d.rseq_off != 0,
+            rseq_off != 0,
             "tieralloc: rseq offset 0 cannot be published"
         );
         let p = self.0.get();
+        let base = caches as u64;
         // SAFETY: nobody reads these fields before the Release store below
-        // makes the offset non-zero (the caller's promise).
+        // makes the offset non-zero (called once, before any `get` sees it).
         unsafe {
-            core::ptr::addr_of_mut!((*p).count).write(d.count);
-            core::ptr::addr_of_mut!((*p).word).write(d.word);
-            core::ptr::addr_of_mut!((*p).cap).write(d.cap);
+            core::ptr::addr_of_mut!((*p).count).write(count as u32);
+            core::ptr::addr_of_mut!((*p).word).write(core::array::from_fn(|i| {
+                // Class 0 has no stack: its entry is the cache itself.
+                base + match SizeClass::new(i) {
+                    Some(c) if !c.is_large() => word_field(c) as u64,
+                    _ => 0,
+                }
+            }));
+            core::ptr::addr_of_mut!((*p).cap).write(core::array::from_fn(|i| CAPACITY[i] as u32));
         }
-        self.off().store(d.rseq_off, Ordering::Release);
+        self.off().store(rseq_off, Ordering::Release);
+        true
     }
 
-    /// The descriptor and its rseq offset; the offset is 0 if not published
-    /// (and then the descriptor must not be used).
+    /// The sections, read as settled: a plain load, so that repeated
+    /// checks of the mode fold into one.
+    ///
+    /// # Safety
+    /// The caller observed the caches published (an Acquire load that found
+    /// them), which happens after [`Sections::publish`], if ever, and after
+    /// which the descriptor never changes.
     #[inline(always)]
-    pub fn get(&self) -> (*const Desc, i64) {
-        (self.0.get(), self.off().load(Ordering::Acquire))
+    pub(crate) unsafe fn get_settled(&self) -> Option<Fast> {
+        // SAFETY: no write to the descriptor happens after the caches were
+        // published, and that publication happened-before our observation
+        // of it (the caller's promise): a plain read races with nothing.
+        let off = unsafe { (*self.0.get()).rseq_off };
+        if off != 0 {
+            Some(Fast {
+                d: self.0.get(),
+                off,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// The sections, once published.
+    #[inline(always)]
+    pub(crate) fn get(&self) -> Option<Fast> {
+        let off = self.off().load(Ordering::Acquire);
+        if off != 0 {
+            Some(Fast {
+                d: self.0.get(),
+                off,
+            })
+        } else {
+            None
+        }
     }
 }
 
-impl Default for Published {
-    fn default() -> Self {
-        Self::new()
+/// Published [`Sections`]: each method runs one section on the calling
+/// thread's current CPU. Only [`Sections::get`] makes one, so holding it
+/// proves the descriptor describes live caches and glibc's area is registered
+/// for every thread — which is what every section needs.
+#[derive(Clone, Copy)]
+pub(crate) struct Fast {
+    d: *const Desc,
+    off: i64,
+}
+
+impl Fast {
+    /// Pops an object of class `c` (null if the stack is empty or stopped), counting a malloc.
+    #[inline(always)]
+    pub(crate) fn pop(self, c: SizeClass) -> *mut u8 {
+        // SAFETY: a `Fast` is a published descriptor (see the type); a class
+        // index is below NUM_CLASSES.
+        unsafe { pop(self.d, self.off, c.index()) }
+    }
+
+    /// Pushes `p` on class `c`'s stack; false if it is full or stopped.
+    #[inline(always)]
+    pub(crate) fn push(self, c: SizeClass, p: *mut u8) -> bool {
+        // SAFETY: as in `pop`.
+        unsafe { push(self.d, self.off, c.index(), p) }
+    }
+
+    /// Pushes as many of `objs` as fit; returns how many.
+    #[inline]
+    pub(crate) fn push_batch(self, c: SizeClass, objs: &[*mut u8]) -> usize {
+        // SAFETY: as in `pop`; `objs` is a valid slice.
+        unsafe { push_batch(self.d, self.off, c.index(), objs.as_ptr(), objs.len()) }
+    }
+
+    /// Pops up to `out.len()` objects; returns how many.
+    #[inline]
+    pub(crate) fn pop_batch(self, c: SizeClass, out: &mut [*mut u8]) -> usize {
+        // SAFETY: as in `pop`; `out` is a valid slice.
+        unsafe { pop_batch(self.d, self.off, c.index(), out.as_mut_ptr(), out.len()) }
+    }
+
+    /// Carves `size` bytes at alignment `a` (a power of two) from the tiny
+    /// block; null if there is none, it has no room or it is stopped.
+    #[inline(always)]
+    pub(crate) fn carve(self, size: usize, a: usize) -> *mut u8 {
+        // SAFETY: as in `pop`; TINY_FIELD is the caches' tiny word.
+        unsafe { carve(self.d, self.off, TINY_FIELD, size, a - 1) }
+    }
+
+    /// The current CPU's index and tiny state (`None` if the CPU is out of range).
+    #[inline(always)]
+    pub(crate) fn tiny(self) -> Option<(usize, Tiny)> {
+        // SAFETY: as in `pop`; TINY_FIELD is a word of the cache.
+        unsafe { load(self.d, self.off, TINY_FIELD) }.map(|(i, w)| (i, Tiny::unpack(w)))
+    }
+
+    /// Stores `new` as CPU `cpu`'s tiny state if the thread still runs there
+    /// and the state still is `old`.
+    #[inline(always)]
+    pub(crate) fn replace_tiny(self, cpu: usize, old: Tiny, new: Tiny) -> bool {
+        // SAFETY: as in `tiny`.
+        unsafe { store_if(self.d, self.off, cpu, TINY_FIELD, old.pack(), new.pack()) }
+    }
+
+    /// Adds `delta` to counter `k` of the current CPU; false if out of range.
+    #[inline(always)]
+    pub(crate) fn add(self, k: TinyEvent, delta: u64) -> bool {
+        // SAFETY: as in `tiny`; the counter is a word of the cache.
+        unsafe { add(self.d, self.off, counter_field(k), delta) }
+    }
+
+    /// The calling thread's CPU id (a hint: the thread may move right after;
+    /// `u32::MAX` while the thread is not registered).
+    #[inline(always)]
+    pub(crate) fn cpu(self) -> usize {
+        // SAFETY: glibc's area is registered (see the type).
+        unsafe { cpu_id(self.off) as usize }
+    }
+
+    /// Runs `f` with cache `i` to itself, from any CPU. The caller holds
+    /// slot `i` (so no other drain runs); sections on that CPU are stopped:
+    /// mark, fence, check — a section that read a word before its mark and
+    /// committed after it erased the mark; after the fence no section that
+    /// started before it can commit, so marks that survive a fence stay.
+    /// Re-mark what was erased and fence again, [`STOP_ATTEMPTS`] times at
+    /// most. `None` if the kernel cannot fence (no expedited-rseq
+    /// membarrier) or the CPU stays too busy.
+    pub(crate) fn exclusive<R>(
+        self,
+        cache: &CpuCache,
+        i: usize,
+        f: impl FnOnce() -> R,
+    ) -> Option<R> {
+        for _ in 0..STOP_ATTEMPTS {
+            mark_stopped(cache);
+            if !fence_cpu(i) {
+                break;
+            }
+            if all_stopped(cache) {
+                let r = f();
+                unmark_stopped(cache);
+                return Some(r);
+            }
+        }
+        unmark_stopped(cache);
+        None
     }
 }
 
-/// Bytes between consecutive CPU caches (a constant of the layout, so the
-/// sections multiply by an immediate).
-pub const STRIDE: usize = core::mem::size_of::<crate::cache::CpuCache>();
+/// Mark-and-fence rounds a drain tries before leaving a busy CPU's cache alone.
+const STOP_ATTEMPTS: usize = 16;
+
+/// Marks every stack word and the tiny word of `cache` stopped (before a
+/// fence). Atomic read-modify-writes, but a section that read a word before
+/// the mark may still overwrite it with one plain store: see [`all_stopped`].
+fn mark_stopped(cache: &CpuCache) {
+    for c in SizeClass::small_classes() {
+        cache
+            .stack_word(c)
+            .fetch_or(StackWord::STOP, Ordering::SeqCst);
+    }
+    let _ = cache
+        .tiny_word()
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+            let t = Tiny::unpack(w);
+            (!t.stopped()).then_some(
+                Tiny {
+                    off: Tiny::STOPPED_OFF,
+                    ..t
+                }
+                .pack(),
+            )
+        });
+}
+
+/// Whether every mark set by [`mark_stopped`] is still there.
+fn all_stopped(cache: &CpuCache) -> bool {
+    SizeClass::small_classes().all(|c| cache.word(c).is_stopped()) && cache.tiny().stopped()
+}
+
+/// Clears the marks. A tiny word still stopped (the drain did not take it)
+/// becomes full: the next tiny allocation on that CPU retires the block,
+/// losing only its unused bytes.
+fn unmark_stopped(cache: &CpuCache) {
+    for c in SizeClass::small_classes() {
+        cache
+            .stack_word(c)
+            .fetch_and(!StackWord::STOP, Ordering::SeqCst);
+    }
+    let _ = cache
+        .tiny_word()
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+            let t = Tiny::unpack(w);
+            t.stopped().then_some(t.full().pack())
+        });
+}
 
 // Field offsets used by the assembly below (checked at compile time).
 const D_COUNT: usize = 8;
@@ -246,6 +452,8 @@ const _: () = assert!(
 //                5: failure exit (stack empty/full/stopped, CPU out of range)
 // A stopped stack word (length ≥ STOP) fails both the "empty" test of a pop
 // (length − 1 ≥ cap) and the "full" test of a push (length ≥ cap).
+// The length field, STOP included, is read with one 16-bit `movzx`.
+const _: () = assert!(StackWord::LEN_BITS == 16 && StackWord::POPS_SHIFT == 16);
 
 /// Pops the top object of class `c`'s stack on the current CPU, counting one
 /// malloc in the same store (stack word: length in the low 16 bits, mallocs
@@ -256,7 +464,7 @@ const _: () = assert!(
 /// `NUM_CLASSES`, and the calling thread has a registered rseq area at `off`
 /// (glibc's, checked by [`available`]).
 #[inline(always)]
-pub unsafe fn pop(d: *const Desc, off: i64, c: usize) -> *mut u8 {
+unsafe fn pop(d: *const Desc, off: i64, c: usize) -> *mut u8 {
     let p: usize;
     // SAFETY: the caller vouches for the descriptor, the class and the rseq
     // area; the section only reads the slabs, and writes one stack word of the
@@ -271,7 +479,7 @@ pub unsafe fn pop(d: *const Desc, off: i64, c: usize) -> *mut u8 {
                 "cmp {p:e}, dword ptr [{d} + {c} * 4 + {cap}]",
                 "jae 5f",
                 "mov {p}, qword ptr [{t} + {p} * 8 + 8]",
-                "add {w}, 0xffff",
+                "add {w}, {pop}",
                 "mov qword ptr [{t}], {w}",
             ];
             fail: [
@@ -281,6 +489,7 @@ pub unsafe fn pop(d: *const Desc, off: i64, c: usize) -> *mut u8 {
             c = in(reg) c,
             p = out(reg) p,
             cap = const D_CAP,
+            pop = const StackWord::POP_DELTA,
         );
     }
     p as *mut u8
@@ -292,7 +501,7 @@ pub unsafe fn pop(d: *const Desc, off: i64, c: usize) -> *mut u8 {
 /// # Safety
 /// As [`pop`].
 #[inline(always)]
-pub unsafe fn push(d: *const Desc, off: i64, c: usize, obj: *mut u8) -> bool {
+unsafe fn push(d: *const Desc, off: i64, c: usize, obj: *mut u8) -> bool {
     // SAFETY: as in `pop`; the slot write above the stack length is invisible
     // until the commit store. The failure exit jumps straight to the caller's
     // slow path (the `label` operand).
@@ -305,7 +514,7 @@ pub unsafe fn push(d: *const Desc, off: i64, c: usize, obj: *mut u8) -> bool {
                 "cmp {n:e}, dword ptr [{d} + {c} * 4 + {cap}]",
                 "jae 5f",
                 "mov qword ptr [{t} + {n} * 8 + 8], {obj}",
-                "inc {w}",
+                "add {w}, {push}",
                 "mov qword ptr [{t}], {w}",
             ];
             fail: [
@@ -315,6 +524,7 @@ pub unsafe fn push(d: *const Desc, off: i64, c: usize, obj: *mut u8) -> bool {
             obj = in(reg) obj,
             n = out(reg) _,
             cap = const D_CAP,
+            push = const StackWord::PUSH_DELTA,
             fail = label { return false; },
         );
     }
@@ -327,13 +537,7 @@ pub unsafe fn push(d: *const Desc, off: i64, c: usize, obj: *mut u8) -> bool {
 /// # Safety
 /// As [`pop`]; `src` points to `n` readable pointers.
 #[inline]
-pub unsafe fn push_batch(
-    d: *const Desc,
-    off: i64,
-    c: usize,
-    src: *const *mut u8,
-    n: usize,
-) -> usize {
+unsafe fn push_batch(d: *const Desc, off: i64, c: usize, src: *const *mut u8, n: usize) -> usize {
     let k: usize;
     // SAFETY: as in `push`: slots above the length are written first, then one
     // commit store publishes them.
@@ -384,7 +588,7 @@ pub unsafe fn push_batch(
 /// # Safety
 /// As [`pop`]; `dst` points to room for `n` pointers.
 #[inline]
-pub unsafe fn pop_batch(d: *const Desc, off: i64, c: usize, dst: *mut *mut u8, n: usize) -> usize {
+unsafe fn pop_batch(d: *const Desc, off: i64, c: usize, dst: *mut *mut u8, n: usize) -> usize {
     let k: usize;
     // SAFETY: as in `pop`: copying out is a read; the commit store shortens the stack.
     // If the section restarts, `dst` is simply written again.
@@ -435,7 +639,7 @@ pub unsafe fn pop_batch(d: *const Desc, off: i64, c: usize, dst: *mut *mut u8, n
 /// # Safety
 /// As [`pop`]; `field` is the offset of an aligned `u64` inside a cache.
 #[inline(always)]
-pub unsafe fn load(d: *const Desc, off: i64, field: usize) -> Option<(usize, u64)> {
+unsafe fn load(d: *const Desc, off: i64, field: usize) -> Option<(usize, u64)> {
     let cpu: usize;
     let v: u64;
     let ok: u32;
@@ -489,7 +693,7 @@ pub unsafe fn load(d: *const Desc, off: i64, field: usize) -> Option<(usize, u64
 /// # Safety
 /// As [`load`].
 #[inline(always)]
-pub unsafe fn store_if(
+unsafe fn store_if(
     d: *const Desc,
     off: i64,
     cpu: usize,
@@ -540,7 +744,7 @@ pub unsafe fn store_if(
 /// # Safety
 /// As [`load`].
 #[inline(always)]
-pub unsafe fn add(d: *const Desc, off: i64, field: usize, delta: u64) -> bool {
+unsafe fn add(d: *const Desc, off: i64, field: usize, delta: u64) -> bool {
     // SAFETY: as in `pop`; the single store is the commit.
     unsafe {
         rseq_section!(
@@ -563,14 +767,14 @@ pub unsafe fn add(d: *const Desc, off: i64, field: usize, delta: u64) -> bool {
 
 /// Carves `size` bytes at alignment `amask + 1` from the current CPU's tiny
 /// block (the tiny word at byte offset `field`, packed as
-/// [`crate::cache::Tiny`]): bumps its offset and sub-object count with one
+/// [`Tiny`]): bumps its offset and sub-object count with one
 /// commit store. Null if there is no block, it has no room (a stopped word
 /// never has), or the CPU is out of range.
 ///
 /// # Safety
 /// As [`load`]; `field` is the tiny word's offset, `amask + 1` a power of two.
 #[inline(always)]
-pub unsafe fn carve(d: *const Desc, off: i64, field: usize, size: usize, amask: usize) -> *mut u8 {
+unsafe fn carve(d: *const Desc, off: i64, field: usize, size: usize, amask: usize) -> *mut u8 {
     let p: usize;
     // SAFETY: as in `pop`; the single store of the new tiny word is the commit.
     unsafe {
@@ -578,9 +782,9 @@ pub unsafe fn carve(d: *const Desc, off: i64, field: usize, size: usize, amask: 
             d, off, "[{d} + {word}]";
             [
                 "mov {w}, qword ptr [{t} + {f}]",
-                // off = ((w >> 48) & FIELD_MASK) rounded up to the alignment; end = off + size
+                // off = ((w >> OFF_SHIFT) & FIELD_MASK) rounded up to the alignment; end = off + size
                 "mov {o}, {w}",
-                "shr {o}, 48",
+                "shr {o}, {offs}",
                 "and {o:e}, {fmask}",
                 "add {o}, {amask}",
                 "mov {x}, {amask}",
@@ -589,20 +793,20 @@ pub unsafe fn carve(d: *const Desc, off: i64, field: usize, size: usize, amask: 
                 "lea {x}, [{o} + {size}]",
                 "cmp {x}, {tiny}",
                 "ja 5f",
-                // block = sign-extended low 48 bits; none → fail
+                // block = sign-extended low BLOCK_BITS bits; none → fail
                 "mov {p}, {w}",
-                "shl {p}, 16",
+                "shl {p}, {ext}",
                 "jz 5f",
-                "sar {p}, 16",
-                // new = (w & (2^48 - 1)) | end << 48 | (n + 1) << 56
-                "shl {x}, 48",
-                "shr {w}, 56",
+                "sar {p}, {ext}",
+                // new = (w & (2^BLOCK_BITS - 1)) | end << OFF_SHIFT | (n + 1) << N_SHIFT
+                "shl {x}, {offs}",
+                "shr {w}, {ns}",
                 "inc {w}",
-                "shl {w}, 56",
+                "shl {w}, {ns}",
                 "or {w}, {x}",
                 "mov {x}, {p}",
-                "shl {x}, 16",
-                "shr {x}, 16",
+                "shl {x}, {ext}",
+                "shr {x}, {ext}",
                 "or {w}, {x}",
                 "add {p}, {o}",
                 "mov qword ptr [{t} + {f}], {w}",
@@ -618,7 +822,10 @@ pub unsafe fn carve(d: *const Desc, off: i64, field: usize, size: usize, amask: 
             x = out(reg) _,
             p = out(reg) p,
             tiny = const crate::TINY_BLOCK,
-            fmask = const crate::cache::Tiny::FIELD_MASK,
+            fmask = const Tiny::FIELD_MASK,
+            offs = const Tiny::OFF_SHIFT,
+            ns = const Tiny::N_SHIFT,
+            ext = const 64 - Tiny::BLOCK_BITS,
         );
     }
     p as *mut u8
@@ -628,7 +835,7 @@ pub unsafe fn carve(d: *const Desc, off: i64, field: usize, size: usize, amask: 
 
 /// Where rseq stands for this process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Availability {
+pub(crate) enum Availability {
     /// glibc registered an area for every thread; here is its thread-pointer offset.
     Glibc(i64),
     /// No usable area (glibc < 2.35, rseq disabled by tunable or seccomp, old kernel).
@@ -640,12 +847,12 @@ const PROBING: u8 = 1;
 const YES: u8 = 2;
 const NO: u8 = 3;
 static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
-static OFFSET: core::sync::atomic::AtomicI64 = core::sync::atomic::AtomicI64::new(0);
+static OFFSET: AtomicI64 = AtomicI64::new(0);
 
 /// Finds glibc's rseq area, once. While the probe runs (it calls `dlsym`, which
 /// may allocate and so re-enter the heap), callers get `Unavailable` and use
 /// the locked path.
-pub fn available() -> Availability {
+pub(crate) fn available() -> Availability {
     match STATE.load(Ordering::Acquire) {
         YES => return Availability::Glibc(OFFSET.load(Ordering::Relaxed)),
         NO | PROBING => return Availability::Unavailable,
@@ -675,15 +882,6 @@ fn available_after_race() -> Availability {
     }
 }
 
-/// Forces the locked path for the rest of the process (tests, and a knob for
-/// users who distrust rseq). Returns false if rseq was already in use.
-pub fn disable() -> bool {
-    STATE
-        .compare_exchange(UNKNOWN, NO, Ordering::AcqRel, Ordering::Acquire)
-        .is_ok()
-        || STATE.load(Ordering::Acquire) == NO
-}
-
 fn probe() -> Option<i64> {
     if std::env::var_os("TIERALLOC_NO_RSEQ").is_some() {
         return None;
@@ -705,7 +903,7 @@ fn probe() -> Option<i64> {
         return None;
     }
     // The area is inside the thread's control block, never at the thread
-    // pointer itself ([`Published`] relies on it: 0 means unpublished).
+    // pointer itself ([`Sections`] relies on it: 0 means unpublished).
     if off == 0 {
         return None;
     }
@@ -732,11 +930,11 @@ fn probe() -> Option<i64> {
 const MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ: libc::c_int = 1 << 7;
 const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ: libc::c_int = 1 << 8;
 const MEMBARRIER_CMD_FLAG_CPU: libc::c_int = 1 << 0;
-static MEMBARRIER_OK: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+static MEMBARRIER_OK: AtomicBool = AtomicBool::new(false);
 
 /// Restarts any critical section in flight on `cpu` (so it sees a `stop` word
 /// set before this call). False if the kernel cannot do it.
-pub fn fence_cpu(cpu: usize) -> bool {
+fn fence_cpu(cpu: usize) -> bool {
     if !MEMBARRIER_OK.load(Ordering::Relaxed) {
         return false;
     }
@@ -758,7 +956,7 @@ pub fn fence_cpu(cpu: usize) -> bool {
 /// # Safety
 /// `off` is the offset of a registered rseq area (as [`load`]).
 #[inline(always)]
-pub unsafe fn cpu_id(off: i64) -> u32 {
+unsafe fn cpu_id(off: i64) -> u32 {
     let cpu: u32;
     // SAFETY: the caller's area is mapped for every thread; a plain read.
     unsafe {
@@ -767,11 +965,170 @@ pub unsafe fn cpu_id(off: i64) -> u32 {
     cpu
 }
 
-/// The calling thread's CPU according to rseq, if available.
-pub fn current_cpu() -> Option<usize> {
-    match available() {
-        // SAFETY: glibc's registered area.
-        Availability::Glibc(off) => Some(unsafe { cpu_id(off) } as usize),
-        Availability::Unavailable => None,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `count` zeroed caches from the system allocator, published as sections.
+    struct Published {
+        sections: std::boxed::Box<Sections>,
+        mem: *mut u8,
+        layout: std::alloc::Layout,
+        count: usize,
+    }
+
+    impl Published {
+        fn new(count: usize) -> Published {
+            // Another test may be probing right now (then `available` says
+            // Unavailable): wait for the probe to settle.
+            while available() == Availability::Unavailable
+                && STATE.load(Ordering::Acquire) == PROBING
+            {
+                std::thread::yield_now();
+            }
+            let Availability::Glibc(off) = available() else {
+                panic!("this machine's glibc registers rseq: the test needs it");
+            };
+            let layout =
+                std::alloc::Layout::from_size_align(count * core::mem::size_of::<CpuCache>(), 64)
+                    .unwrap();
+            // SAFETY: a non-zero layout.
+            let mem = unsafe { std::alloc::alloc_zeroed(layout) };
+            let sections = std::boxed::Box::new(Sections::new());
+            // SAFETY: once; zeroed caches that outlive every use (dropped last).
+            assert!(unsafe { sections.publish(mem.cast(), count, off) });
+            Published {
+                sections,
+                mem,
+                layout,
+                count,
+            }
+        }
+        fn fast(&self) -> Fast {
+            self.sections.get().expect("published")
+        }
+        fn cache(&self, i: usize) -> &CpuCache {
+            assert!(i < self.count);
+            // SAFETY: `i < count` caches in the block.
+            unsafe { &*self.mem.cast::<CpuCache>().add(i) }
+        }
+    }
+
+    impl Drop for Published {
+        fn drop(&mut self) {
+            // SAFETY: allocated in `new` with this layout; nothing refers to it any more.
+            unsafe { std::alloc::dealloc(self.mem, self.layout) };
+        }
+    }
+
+    /// The sections against real caches: a stopped cache fails every section
+    /// (and nothing else does), exclusive operations see through the STOP bit
+    /// and keep it, and unmarking restores the stacks as they were.
+    #[test]
+    fn sections_respect_stop_marks() {
+        let count = 64; // above any CPU id this test can run on (checked below)
+        let p = Published::new(count);
+        let f = p.fast();
+        let c = SizeClass::new(5).unwrap();
+        let objs: std::vec::Vec<*mut u8> = (1..=4).map(|i| (i * 0x1000) as *mut u8).collect();
+        assert_eq!(f.push_batch(c, &objs[..3]), 3);
+        assert!(f.cpu() < count);
+        for i in 0..count {
+            mark_stopped(p.cache(i));
+            assert!(all_stopped(p.cache(i)));
+        }
+        assert!(f.pop(c).is_null(), "a stopped stack pops nothing");
+        assert!(!f.push(c, objs[3]), "a stopped stack takes nothing");
+        let mut out = [core::ptr::null_mut(); 4];
+        assert_eq!(f.pop_batch(c, &mut out), 0);
+        assert_eq!(f.push_batch(c, &objs), 0);
+        assert!(
+            f.carve(8, 8).is_null(),
+            "a stopped tiny word carves nothing"
+        );
+        // Which cache holds the three depends on where the thread ran; find it.
+        let holder = (0..count)
+            .find(|&i| p.cache(i).len(c) == 3)
+            .expect("three objects on one CPU");
+        let cache = p.cache(holder);
+        let mut out = [core::ptr::null_mut(); 2];
+        assert_eq!(
+            cache.pop_batch(c, &mut out),
+            2,
+            "exclusive ops see through STOP"
+        );
+        assert_eq!(out, [objs[1], objs[2]]);
+        assert!(cache.push(c, objs[3]));
+        assert!(cache.word(c).is_stopped(), "exclusive ops keep the mark");
+        for i in 0..count {
+            unmark_stopped(p.cache(i));
+            assert!(!p.cache(i).word(c).is_stopped());
+        }
+        let mut got = std::vec::Vec::new();
+        loop {
+            let q = f.pop(c);
+            if q.is_null() {
+                break;
+            }
+            got.push(q);
+        }
+        // The thread may have migrated between sections; count over all caches.
+        let left: usize = (0..count).map(|i| p.cache(i).len(c)).sum();
+        assert_eq!(got.len() + left, 2, "objects kept across stop and unmark");
+    }
+
+    /// A stopped tiny word refuses carves; unmarked, it reads full.
+    #[test]
+    fn stopped_tiny_word_reads_full_after() {
+        let p = Published::new(64);
+        let cache = p.cache(0);
+        let t = Tiny {
+            block: 0x7000_0000_0010,
+            off: 5,
+            n: 2,
+        };
+        assert!(cache.replace_tiny(Tiny::NONE, t));
+        mark_stopped(cache);
+        assert!(cache.tiny().stopped());
+        assert!(
+            cache.tiny().off + 1 > crate::TINY_BLOCK,
+            "no carve fits a stopped word"
+        );
+        unmark_stopped(cache);
+        assert_eq!(cache.tiny(), t.full());
+        mark_stopped(cache);
+        let taken = cache.take_tiny();
+        assert_eq!((taken.block, taken.n), (t.block, 2));
+        assert!(taken.off <= crate::TINY_BLOCK);
+        assert_eq!(cache.tiny(), Tiny::NONE);
+    }
+
+    /// The tiny sections: a carve commits one store of the packed word; the
+    /// load/replace pair installs a block only on the CPU it read.
+    #[test]
+    fn tiny_sections() {
+        let p = Published::new(64);
+        let f = p.fast();
+        let (cpu, t) = f.tiny().expect("registered CPU in range");
+        assert_eq!(t, Tiny::NONE);
+        let block = 0x7000_0000_0040usize;
+        let new = Tiny {
+            block,
+            off: 0,
+            n: 0,
+        };
+        // The thread may migrate between the load and the replace: then the
+        // replace refuses, which is its contract; retry until it lands.
+        let mut cpu = cpu;
+        while !f.replace_tiny(cpu, p.cache(cpu).tiny(), new) {
+            cpu = f.tiny().unwrap().0;
+        }
+        let q = f.carve(3, 1);
+        if !q.is_null() {
+            assert_eq!(q as usize, block);
+        }
+        assert!(f.add(TinyEvent::Frees, 2));
+        let total: u64 = (0..64).map(|i| p.cache(i).counter(TinyEvent::Frees)).sum();
+        assert_eq!(total, 2);
     }
 }

@@ -1,7 +1,7 @@
 //! Which CPU am I on, and exclusive access to that CPU's cache.
-//! See `lib.rs` for the overview.
+//! See `lib.rs` for the overview and `percpu/mod.rs` for the per-CPU tier.
 //!
-//! The per-CPU tier ([`crate::cache`]) keeps one cache per CPU index. A [`Cpu`]
+//! The per-CPU tier keeps one cache per CPU index. A [`Cpu`]
 //! implementation says how many indices there are and lends exclusive access to
 //! one of them: in a kernel by turning interrupts off on the current CPU, on
 //! Linux by a per-slot lock taken on the CPU the thread runs on (the slot is
@@ -11,9 +11,13 @@
 //! execution at a time is inside `with_current`/`with_slot` for a given index.
 
 use core::marker::PhantomData;
-use core::sync::atomic::{AtomicBool, Ordering};
+
+use crate::sync::atomic::{AtomicBool, Ordering};
 
 pub use spin::relax::{RelaxStrategy, Spin};
+
+#[cfg(feature = "linux")]
+pub use super::linux::{LinuxCpu, SpinThenYield, MAX_CPUS};
 
 /// A source of CPU indices with exclusive access to per-CPU slots.
 ///

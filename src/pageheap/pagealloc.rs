@@ -295,6 +295,7 @@ impl ArenaPages {
     }
 
     /// An empty value usable in const context: no pages, `find` always `None`.
+    #[cfg(test)]
     pub const fn empty() -> ArenaPages {
         ArenaPages {
             npages: 0,
@@ -347,6 +348,7 @@ impl ArenaPages {
     }
 
     /// Pages in the arena.
+    #[cfg(test)]
     pub fn npages(&self) -> usize {
         self.npages
     }
@@ -362,6 +364,7 @@ impl ArenaPages {
     }
 
     /// Free pages that are not released (dirty free pages, Ready memory).
+    #[cfg(test)]
     pub fn free_dirty_pages(&self) -> usize {
         self.free_pages - self.released_pages
     }
@@ -571,6 +574,7 @@ impl ArenaPages {
 
     /// How many pages of `[start, start + n)` are free and released; used when a
     /// caller grows a span in place. The range must lie inside the arena.
+    #[cfg(test)]
     pub fn count_released(&self, start: usize, n: usize) -> usize {
         self.check_range(start, n);
         if n == 0 {

@@ -1,0 +1,429 @@
+//! The front: [`Heap`], which ties the tiers together and implements
+//! [`GlobalAlloc`]. See `lib.rs` for the overview and the numbered paths.
+//!
+//! Requests are sorted by [`ObjectKind`]: tiny (under 16 bytes, alignment at
+//! most 8; [`tiny`]), small (a size class, up to 32 KiB; larger alignments
+//! pick a class whose size is a multiple of the alignment; [`small`]) and
+//! large (whole pages from the page heap; [`large`]). The same function sorts
+//! `dealloc`'s layout, so a sized free of up to 4 KiB finds its class with one
+//! table load and no page-map lookup. Over 4 KiB ([`SHRINK_MIN`]) the page map
+//! decides: `realloc` keeps a shrinking object in its larger class
+//! ([`stays_in_class`]) and moves a growing one to a span of its own
+//! ([`PROMOTE_MIN`]), so the layout no longer names the object's class.
+//!
+//! Rooms: this file (the type, its set-up, `GlobalAlloc`, the unsized C
+//! entry points, whole-heap operations), [`small`] (small objects and the
+//! owner/remote frees of the classes under a line), [`tiny`], [`large`]
+//! (large objects, promotion, `realloc`), [`stacks`] (the stack front) and
+//! [`stats`] (deriving [`Stats`] from the flows between tiers).
+
+mod large;
+mod small;
+mod stacks;
+mod stats;
+mod tiny;
+
+use core::alloc::{GlobalAlloc, Layout};
+use core::ptr::null_mut;
+
+pub use large::{stays_in_class, PROMOTE_MIN, SHRINK_MIN};
+
+use crate::central::{Central, Remote};
+use crate::pageheap::{Below, HeapLock, PageHeap, PageMap};
+use crate::percpu::{Caches, Cpu, Slabs};
+use crate::sizeclass::{
+    class_for, size_to_class_medium, size_to_class_small, SizeClass, LAST_SHARING_CLASS,
+    NUM_CLASSES, SIZE_TO_CLASS8_MAX,
+};
+use crate::source::PageSource;
+use crate::span::SpanState;
+use crate::stack::{StackAlloc, StackCache};
+use crate::sync::atomic::{AtomicPtr, Ordering};
+use crate::sync::{Lock, Padded};
+use crate::units::Addr;
+#[cfg(doc)]
+use crate::Stats;
+use crate::{MAX_SMALL_SIZE, TINY_SIZE};
+
+use stats::Flow;
+
+/// How a request is served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectKind {
+    /// Packed into a 64-byte block ([`crate::TINY_BLOCK`]) with other tiny objects.
+    Tiny,
+    /// An object of a size class, through the per-CPU cache.
+    Small(SizeClass),
+    /// A span of its own.
+    Large,
+}
+
+impl ObjectKind {
+    /// Sorts a request; a pure function of `(size, align)`. The common case
+    /// (16..=1024 bytes, alignment at most 8) costs two compares and a table
+    /// load.
+    #[inline(always)]
+    pub const fn of(size: usize, align: usize) -> ObjectKind {
+        if align <= 8 && size.wrapping_sub(TINY_SIZE) <= SIZE_TO_CLASS8_MAX - TINY_SIZE {
+            return ObjectKind::Small(size_to_class_small(size));
+        }
+        Self::of_rest(size, align)
+    }
+
+    #[inline(always)]
+    const fn of_rest(size: usize, align: usize) -> ObjectKind {
+        if align <= 8 && size <= MAX_SMALL_SIZE {
+            if size < TINY_SIZE {
+                ObjectKind::Tiny
+            } else {
+                // `of` took 16..=SIZE_TO_CLASS8_MAX.
+                ObjectKind::Small(size_to_class_medium(size))
+            }
+        } else {
+            let c = class_for(size, align);
+            if c.is_large() {
+                ObjectKind::Large
+            } else {
+                ObjectKind::Small(c)
+            }
+        }
+    }
+}
+
+/// The allocator: per-CPU caches over central lists over a page heap over `S`.
+///
+/// `Heap::new` is `const`; the heap sets itself up on first use (the per-CPU
+/// caches come from the source then). All methods are thread-safe.
+///
+/// Lock order (see `lib.rs`): CPU slot → `central[c]` (one class at a time)
+/// → the page heap; a stack pool instead of a central lock, never both; the
+/// set-up lock `init` before all of them.
+pub struct Heap<S: PageSource, C: Cpu> {
+    source: S,
+    /// The per-CPU tier: the `Cpu`, the caches, the restartable sequences.
+    slabs: Slabs<C>,
+    /// Set-up lock; guards the bytes of per-CPU metadata taken from the source.
+    init: Lock<usize, C::Relax>,
+    /// The page heap (its lock is the heap lock).
+    pages: HeapLock<C::Relax>,
+    /// Address → span, read without a lock.
+    map: PageMap,
+    /// Per class: its central list, behind its own lock.
+    central: [Padded<Lock<Central, C::Relax>>; NUM_CLASSES],
+    /// Per line-sharing class: objects freed off their owner's CPU.
+    remote: [Padded<Remote>; LAST_SHARING_CLASS as usize + 1],
+    /// Per class: objects moving between tiers, for [`Heap::stats`].
+    flow: [Flow; NUM_CLASSES],
+    /// Stacks (Go's stackpool), with a per-CPU stack cache array set up next
+    /// to the slabs.
+    stacks: StackAlloc<C::Relax>,
+    stack_caches: AtomicPtr<StackCache>,
+}
+
+// SAFETY: all shared state is behind locks, atomics, or the per-CPU exclusivity
+// that `C: Cpu` promises; `S` is Sync.
+unsafe impl<S: PageSource + Sync, C: Cpu> Sync for Heap<S, C> {}
+// SAFETY: as above; the heap owns no thread-bound state.
+unsafe impl<S: PageSource + Send, C: Cpu + Send> Send for Heap<S, C> {}
+
+impl<S: PageSource, C: Cpu> Heap<S, C> {
+    /// A heap over `source`, with per-CPU caches keyed by `cpu`. Takes nothing
+    /// from the source until the first allocation.
+    pub const fn new(source: S, cpu: C) -> Self {
+        Heap {
+            source,
+            slabs: Slabs::new(cpu),
+            init: Lock::new(0),
+            pages: Lock::new(PageHeap::new()),
+            map: PageMap::new(),
+            central: [const { Padded(Lock::new(Central::new())) }; NUM_CLASSES],
+            remote: [const { Padded(Remote::new()) }; LAST_SHARING_CLASS as usize + 1],
+            flow: [const { Flow::new() }; NUM_CLASSES],
+            stacks: StackAlloc::new(),
+            stack_caches: AtomicPtr::new(null_mut()),
+        }
+    }
+
+    /// The page source.
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    /// The CPU mapping.
+    pub fn cpu(&self) -> &C {
+        self.slabs.cpu()
+    }
+
+    fn below(&self) -> Below<'_, S, C::Relax> {
+        Below {
+            source: &self.source,
+            map: &self.map,
+            heap: &self.pages,
+        }
+    }
+
+    /// The per-CPU caches, setting them up on first use; `None` if the source
+    /// cannot supply them.
+    #[inline(always)]
+    fn caches(&self) -> Option<Caches<'_, C>> {
+        match self.slabs.get() {
+            Some(s) => Some(s),
+            None => self.set_up(),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn set_up(&self) -> Option<Caches<'_, C>> {
+        let mut meta = self.init.lock();
+        if let Some(s) = self.slabs.get() {
+            return Some(s);
+        }
+        let count = self.cpu().count().max(1);
+        let bytes = Slabs::<C>::bytes(count);
+        let stack_bytes = count * core::mem::size_of::<StackCache>();
+        let p = self.source.alloc(bytes)?;
+        let sc = self.source.alloc(stack_bytes)?;
+        if !S::ZEROED {
+            // SAFETY: fresh Ready memory; all-zero is a valid empty cache of either kind.
+            unsafe {
+                p.as_ptr().write_bytes(0, bytes);
+                sc.as_ptr().write_bytes(0, stack_bytes);
+            }
+        }
+        *meta = bytes.next_multiple_of(S::PAGE_SIZE) + stack_bytes.next_multiple_of(S::PAGE_SIZE);
+        self.stack_caches
+            .store(sc.as_ptr().cast(), Ordering::Release);
+        // SAFETY: once, under the set-up lock; the block is ours for ever,
+        // zeroed, page aligned, `bytes(count)` long, and `count` is the CPU
+        // mapping's (its `count` never changes).
+        Some(unsafe { self.slabs.install(p.as_ptr(), count) })
+    }
+
+    /// Whether per-CPU operations use restartable sequences (Linux x86-64 with
+    /// glibc's rseq area) rather than the CPU slot's lock. Sets the heap up.
+    pub fn uses_rseq(&self) -> bool {
+        self.caches().is_some_and(|s| s.uses_rseq())
+    }
+
+    // ----------------------------------------------------------- operations
+
+    /// Allocates `layout`, or returns null (impossible layout or out of memory).
+    #[inline(always)]
+    pub fn allocate(&self, layout: Layout) -> *mut u8 {
+        match ObjectKind::of(layout.size(), layout.align()) {
+            ObjectKind::Tiny => self.alloc_tiny(layout.size(), layout.align()),
+            ObjectKind::Small(c) => self.alloc_small(c),
+            ObjectKind::Large => self
+                .alloc_large(layout.size(), layout.align())
+                .map_or(null_mut(), |(p, _)| p.as_ptr()),
+        }
+    }
+
+    /// Frees `p`, allocated with `layout`.
+    ///
+    /// # Safety
+    /// `p` was returned by this heap for `layout` (or a layout of the same kind)
+    /// and is not used afterwards.
+    #[inline(always)]
+    pub unsafe fn deallocate(&self, p: *mut u8, layout: Layout) {
+        match ObjectKind::of(layout.size(), layout.align()) {
+            ObjectKind::Tiny => self.free_tiny(p),
+            // Sizes up to 1 KiB never get here: `ObjectKind::of`'s first branch
+            // bounds them, so the compiler drops this test from the fast path.
+            ObjectKind::Small(c) if layout.size() > SHRINK_MIN => self.free_by_map(p, c),
+            ObjectKind::Small(c) => self.free_small(p, c),
+            ObjectKind::Large => self.free_large(p),
+        }
+    }
+
+    /// Allocates zeroed memory; large objects known to be fresh from the source are not written.
+    pub fn allocate_zeroed(&self, layout: Layout) -> *mut u8 {
+        match ObjectKind::of(layout.size(), layout.align()) {
+            ObjectKind::Large => match self.alloc_large(layout.size(), layout.align()) {
+                Some((p, needzero)) => {
+                    if needzero {
+                        // SAFETY: the span holds at least `size` bytes, ours.
+                        unsafe { p.as_ptr().write_bytes(0, layout.size()) };
+                    }
+                    p.as_ptr()
+                }
+                None => null_mut(),
+            },
+            _ => {
+                let p = self.allocate(layout);
+                if !p.is_null() {
+                    // SAFETY: a fresh object of at least `size` bytes.
+                    unsafe { p.write_bytes(0, layout.size()) };
+                }
+                p
+            }
+        }
+    }
+
+    // ------------------------------------------------------ unsized (C ABI)
+
+    /// Bytes usable at `p` if `p` is the start of an object slot of this heap
+    /// (its class size, or its large span's bytes); `None` for foreign and
+    /// interior pointers and freed large objects. Never panics, never allocates.
+    /// (A freed small object's slot still answers: its span is live.)
+    pub fn try_usable_size(&self, p: *mut u8) -> Option<usize> {
+        // SAFETY: non-null page-map entries are live spans.
+        match unsafe { self.map.span_of(Addr::of(p)).as_ref() } {
+            Some(span) if span.state == SpanState::Small && span.index_of(Addr::of(p)).1 => {
+                Some(span.class.size())
+            }
+            Some(span) if span.state == SpanState::Large && span.start == Addr::of(p) => {
+                Some(span.npages.bytes())
+            }
+            _ => None,
+        }
+    }
+
+    /// As [`Heap::try_usable_size`], panicking with the address when `p` is not an object.
+    pub fn usable_size(&self, p: *mut u8) -> usize {
+        match self.try_usable_size(p) {
+            Some(n) => n,
+            None => panic!(
+                "tieralloc: {p:p} is not an object of this heap (foreign or interior pointer)"
+            ),
+        }
+    }
+
+    /// Frees `p` without its layout, finding the span through the page map (C's
+    /// `free`). Objects must not be tiny: the C ABI asks for 16-byte alignment,
+    /// which never makes tiny objects.
+    ///
+    /// # Safety
+    /// `p` is a live, non-tiny object of this heap and is not used afterwards.
+    pub unsafe fn deallocate_unsized(&self, p: *mut u8) {
+        // SAFETY: non-null page-map entries are live spans.
+        match unsafe { self.map.span_of(Addr::of(p)).as_ref() } {
+            Some(span) if span.state == SpanState::Small => self.free_small(p, span.class),
+            Some(span) if span.state == SpanState::Large || span.state == SpanState::Idle => {
+                self.free_large(p)
+            }
+            _ => panic!("tieralloc: free of {p:p}: not a pointer into this heap (foreign pointer or double free)"),
+        }
+    }
+
+    // ------------------------------------------------------- whole-heap ops
+
+    /// Gives back every CPU's cached objects and tiny block, empties the
+    /// transfer caches, and releases all free pages to the source (Go's
+    /// `debug.FreeOSMemory`). Returns the bytes released by this call.
+    ///
+    /// In rseq mode another CPU's cache is drained only if the kernel offers the
+    /// expedited-rseq membarrier (Linux ≥ 5.10); otherwise those caches (at most
+    /// [`crate::CACHE_BOUND_BYTES`] each) stay as they are.
+    pub fn scavenge(&self) -> usize {
+        let below = self.below();
+        if let Some(s) = self.slabs.get() {
+            // First the tiny blocks (retiring one may free it into some CPU's
+            // stack), retired outside the CPU's exclusivity.
+            for i in 0..s.count() {
+                if let Some(t) = s.take_tiny(i) {
+                    self.retire_tiny(s, t);
+                }
+            }
+            for i in 0..s.count() {
+                s.drain(i, |c, objs| {
+                    self.central[c.index()].lock().flush(c, objs, &below);
+                    self.flow[c.index()].flushed_from_slabs(objs.len());
+                });
+            }
+        }
+        for c in SizeClass::small_classes() {
+            let mut central = self.central[c.index()].lock();
+            if c.shares_lines() {
+                central.give_back_remote(c, &self.remote[c.index()], &below);
+            }
+            central.drain_transfer(c, &below);
+        }
+        self.drain_stack_caches(&below);
+        let mut h = self.pages.lock();
+        h.flush_large_cache(&self.source);
+        h.scavenge(&self.source, usize::MAX) * crate::PAGE_BYTES
+    }
+
+    /// Sets the dirty free memory always kept before the scavenger releases
+    /// pages (default [`crate::DEFAULT_RETAIN_BYTES`]); the scavenger's
+    /// allowance is this or the room under 1.5 times the recent in-use peak,
+    /// whichever is larger (see `pageheap::scavenger`). A floor above 16 MiB
+    /// also lets the large-span cache hold a quarter of it (at most 32 MiB).
+    pub fn set_retain_bytes(&self, bytes: usize) {
+        self.pages.lock().set_retain_bytes(bytes);
+    }
+
+    /// Walks every tier and panics with a message on the first broken invariant.
+    /// Call it at quiescence (tests, the `checks` feature's users).
+    pub fn check_invariants(&self) {
+        for c in SizeClass::small_classes() {
+            self.central[c.index()].lock().check_invariants(c);
+        }
+        self.stacks.check_invariants();
+        self.pages.lock().check_invariants();
+    }
+
+    /// Takes every lock of the heap (CPU slots, central lists, stack pools,
+    /// page heap, set-up), so that no operation is half done: call before `fork`.
+    pub fn lock_all(&self) {
+        core::mem::forget(self.init.lock());
+        if self.slabs.get().is_some() {
+            for i in 0..self.cpu().count() {
+                self.cpu().acquire_slot(i);
+            }
+        }
+        for c in &self.central {
+            core::mem::forget(c.lock());
+        }
+        self.stacks.lock_all();
+        core::mem::forget(self.pages.lock());
+    }
+
+    /// Releases what [`Heap::lock_all`] took (in the parent and in the child after `fork`).
+    ///
+    /// # Safety
+    /// The calling thread (or, in a forked child, its parent thread) called `lock_all`.
+    pub unsafe fn unlock_all(&self) {
+        // SAFETY: each lock was taken and forgotten by `lock_all`.
+        unsafe {
+            self.pages.force_unlock();
+            self.stacks.unlock_all();
+            for c in &self.central {
+                c.force_unlock();
+            }
+            if self.slabs.get().is_some() {
+                for i in 0..self.cpu().count() {
+                    self.cpu().release_slot(i);
+                }
+            }
+            self.init.force_unlock();
+        }
+    }
+}
+
+// SAFETY: `allocate` returns null or a block of at least `layout.size()` bytes
+// aligned to `layout.align()` that no other live allocation overlaps; the free
+// paths take blocks back only as their owners hand them over.
+unsafe impl<S: PageSource + Sync, C: Cpu> GlobalAlloc for Heap<S, C> {
+    #[inline(always)]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        self.allocate(layout)
+    }
+
+    #[inline(always)]
+    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.deallocate(p, layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        self.allocate_zeroed(layout)
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.reallocate(p, layout, new_size) }
+    }
+}

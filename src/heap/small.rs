@@ -1,0 +1,233 @@
+//! Small objects: the per-CPU fast paths, refills from central and flushes
+//! to it, and the owner/remote frees of the classes under a cache line.
+//! See `lib.rs` (allocation steps 2–4, free steps 2–4) and [`super`].
+//!
+//! **Classes under a line** (8..=48 B, [`SizeClass::shares_lines`]): their
+//! spans belong to the CPU that carves them ([`crate::span::Span::owner`]).
+//! A free on another CPU — one page-map lookup tells — pushes the object
+//! onto the class's lock-free remote list ([`Remote`]) instead of that CPU's
+//! cache; the next refill of the class, the free that brings the list to
+//! [`REMOTE_MAX`], or `scavenge` returns the list to the spans. So no CPU is
+//! handed an object whose line-mates live on another CPU (mimalloc's owner
+//! pages, per CPU rather than per thread).
+//!
+//! Lock order: the CPU slot is never held while `central[c]` is taken, except
+//! by a drain (`Caches::drain`), which holds the slot of the CPU it drains.
+
+use core::ptr::null_mut;
+
+use crate::central::REMOTE_MAX;
+#[cfg(feature = "checks")]
+use crate::checks;
+use crate::percpu::{batch, Caches, Cpu, Fast, MAX_CAPACITY};
+use crate::sizeclass::SizeClass;
+use crate::source::PageSource;
+use crate::span::SpanState;
+use crate::units::{Addr, Owner};
+
+use super::Heap;
+
+impl<S: PageSource, C: Cpu> Heap<S, C> {
+    /// The rseq fast path: one load of the descriptor, one section; anything
+    /// else (set-up, locked mode, empty stack) goes to [`Heap::alloc_small_slow`].
+    #[inline(always)]
+    pub(super) fn alloc_small(&self, c: SizeClass) -> *mut u8 {
+        if let Some(f) = self.slabs.fast() {
+            let p = f.pop(c);
+            if !p.is_null() {
+                #[cfg(feature = "checks")]
+                checks::on_alloc(&self.map, p);
+                return p;
+            }
+        }
+        self.alloc_small_slow(c)
+    }
+
+    #[cfg_attr(rseq, inline(never))]
+    #[cfg_attr(not(rseq), inline(always))]
+    fn alloc_small_slow(&self, c: SizeClass) -> *mut u8 {
+        let Some(s) = self.caches() else {
+            return null_mut();
+        };
+        // In rseq mode `alloc_small` has just tried this pop.
+        let mut p = if s.uses_rseq() { null_mut() } else { s.pop(c) };
+        if p.is_null() {
+            p = self.refill(s, c);
+        }
+        #[cfg(feature = "checks")]
+        if !p.is_null() {
+            checks::on_alloc(&self.map, p);
+        }
+        p
+    }
+
+    /// Takes a batch from central: all but one go to the current CPU's stack
+    /// (whatever does not fit goes back), the last is the caller's.
+    #[cold]
+    #[inline(never)]
+    fn refill(&self, s: Caches<'_, C>, c: SizeClass) -> *mut u8 {
+        let mut buf = [null_mut(); MAX_CAPACITY];
+        let want = batch(c);
+        let below = self.below();
+        let owner = if c.shares_lines() {
+            Owner::cpu(s.current_cpu())
+        } else {
+            Owner::NONE
+        };
+        let n = {
+            let mut central = self.central[c.index()].lock();
+            if c.shares_lines() {
+                // Objects freed off their owner's CPU go back to their spans
+                // first, where their owners' refills find them.
+                central.give_back_remote(c, &self.remote[c.index()], &below);
+            }
+            central.refill(c, &mut buf[..want], &below, owner)
+        };
+        if n == 0 {
+            return null_mut();
+        }
+        let flow = &self.flow[c.index()];
+        let pushed = s.push_batch(c, &buf[..n - 1]);
+        flow.pushed_to_slabs(pushed);
+        if pushed < n - 1 {
+            // The stack filled meanwhile (another thread on this CPU, or a migration).
+            // They never reached a stack or a user, so no flow counts them.
+            self.central[c.index()]
+                .lock()
+                .flush(c, &buf[pushed..n - 1], &below);
+        }
+        flow.malloc_direct();
+        buf[n - 1]
+    }
+
+    /// Whether `p`, of a class whose objects share lines, belongs to another
+    /// CPU than `cpu`: its span's owner ([`crate::span::Span::owner`]) is
+    /// another CPU. One page-map lookup and one load.
+    #[inline(always)]
+    fn owned_elsewhere(&self, p: *mut u8, cpu: usize) -> bool {
+        // SAFETY: non-null page-map entries are live spans.
+        match unsafe { self.map.span_of(Addr::of(p)).as_ref() } {
+            Some(s) => s.owner.load().is_other_than(Owner::cpu(cpu)),
+            None => false, // not ours: the normal path reports it (with `checks`)
+        }
+    }
+
+    /// A free of an object another CPU owns: onto the class's remote list
+    /// (no lock), from which the next refill returns it to its span, so this
+    /// CPU's cache never hands out an object whose line-mates live elsewhere.
+    #[inline(never)]
+    fn free_remote(&self, p: *mut u8, c: SizeClass) {
+        let r = &self.remote[c.index()];
+        self.flow[c.index()].free_direct();
+        // SAFETY: a freed object of a line-sharing class: 8..=48 bytes,
+        // 8-aligned, and no one else's.
+        if unsafe { r.push(p) } >= REMOTE_MAX {
+            let below = self.below();
+            self.central[c.index()]
+                .lock()
+                .give_back_remote(c, r, &below);
+        }
+    }
+
+    #[inline(always)]
+    pub(super) fn free_small(&self, p: *mut u8, c: SizeClass) {
+        #[cfg(feature = "checks")]
+        checks::on_free(&self.map, p, c, || self.central[c.index()].lock());
+        if let Some(f) = self.slabs.fast() {
+            if c.shares_lines() {
+                return self.free_sharing(p, c, f);
+            }
+            if f.push(c, p) {
+                return;
+            }
+        }
+        self.free_small_slow(p, c)
+    }
+
+    /// rseq mode, a class whose objects share lines: the owner check, then the
+    /// push. Out of line, so that the other classes' path stays short and
+    /// straight (and the static count of `make bench-callgrind` follows it).
+    #[inline(never)]
+    fn free_sharing(&self, p: *mut u8, c: SizeClass, f: Fast) {
+        if self.owned_elsewhere(p, f.cpu()) {
+            return self.free_remote(p, c);
+        }
+        if f.push(c, p) {
+            return;
+        }
+        self.free_small_slow(p, c)
+    }
+
+    #[cfg_attr(rseq, inline(never))]
+    #[cfg_attr(not(rseq), inline(always))]
+    fn free_small_slow(&self, p: *mut u8, c: SizeClass) {
+        let Some(s) = self.slabs.get() else {
+            panic!("tieralloc: free of {p:p} before any allocation");
+        };
+        // In rseq mode `free_small` has just tried this push.
+        if s.uses_rseq() {
+            return self.flush_push(s, c, p);
+        }
+        let pushed = if c.shares_lines() {
+            match s.push_owned(c, p, |i| self.owned_elsewhere(p, i)) {
+                Some(pushed) => pushed,
+                None => return self.free_remote(p, c),
+            }
+        } else {
+            s.push(c, p)
+        };
+        if !pushed {
+            self.flush_push(s, c, p);
+        }
+    }
+
+    /// The stack is full: send its top batch to central, then push `p` (or, if
+    /// the stack stays unreachable, hand `p` to central directly).
+    #[cold]
+    #[inline(never)]
+    fn flush_push(&self, s: Caches<'_, C>, c: SizeClass, p: *mut u8) {
+        let below = self.below();
+        let flow = &self.flow[c.index()];
+        for _ in 0..4 {
+            let mut buf = [null_mut(); MAX_CAPACITY];
+            let k = s.pop_batch(c, &mut buf[..batch(c)]);
+            if k > 0 {
+                self.central[c.index()].lock().flush(c, &buf[..k], &below);
+                flow.flushed_from_slabs(k);
+            }
+            if s.push(c, p) {
+                return;
+            }
+        }
+        self.central[c.index()].lock().flush(c, &[p], &below);
+        flow.free_direct();
+    }
+
+    /// Frees `p`, whose layout sorts to class `c` with a size over 4 KiB: the
+    /// page map says what it is — an object of its span's class (at least
+    /// `c`, larger if `realloc` shrank it in place), or an object with a span
+    /// of its own (promoted). A foreign pointer or a double free finds no
+    /// class span and the large path reports it.
+    #[inline(never)]
+    pub(super) fn free_by_map(&self, p: *mut u8, c: SizeClass) {
+        match self.class_of(p) {
+            Some(slot) => {
+                #[cfg(feature = "checks")]
+                checks::on_layout(p, c, slot);
+                #[cfg(not(feature = "checks"))]
+                let _ = c;
+                self.free_small(p, slot)
+            }
+            None => self.free_large(p),
+        }
+    }
+
+    /// The class of the span holding `p`, if that is a span of small objects
+    /// (else `p` has a span of its own, or is not an object of this heap).
+    pub(super) fn class_of(&self, p: *mut u8) -> Option<SizeClass> {
+        // SAFETY: non-null page-map entries are live spans.
+        unsafe { self.map.span_of(Addr::of(p)).as_ref() }
+            .filter(|s| s.state == SpanState::Small)
+            .map(|s| s.class)
+    }
+}

@@ -1,0 +1,166 @@
+//! The tiny allocator (Go's, with live counts): requests under
+//! [`TINY_SIZE`](crate::TINY_SIZE) bytes at alignment at most 8 are
+//! bump-allocated in the CPU's current 64-byte block ([`TINY_BLOCK`], one
+//! cache line, so no two CPUs carve in one line). See `lib.rs` (allocation
+//! step 5, free step 5) and [`super`].
+//!
+//! A block is an object of [`TINY_CLASS`]. While it is some CPU's current
+//! block its live count holds [`TINY_BIAS`]; each free subtracts 1 and
+//! retiring the block subtracts `TINY_BIAS - n` (`n` = sub-objects carved),
+//! so the count reaches 0 exactly when the block is no longer current and
+//! every sub-object is dead; then the block goes back as a class object.
+//!
+//! The CPU's tiny state is one word ([`Tiny`]); a carve reads it and commits
+//! the new word only if the word and the CPU are unchanged.
+
+use core::ptr::null_mut;
+
+use crate::percpu::{Caches, Cpu, Tiny, TinyEvent};
+use crate::sizeclass::TINY_CLASS;
+use crate::source::PageSource;
+use crate::span::{Span, SpanState};
+use crate::sync::atomic::{AtomicU8, Ordering};
+use crate::units::Addr;
+use crate::TINY_BLOCK;
+
+use super::Heap;
+
+/// Bias added to a tiny block's live count while a CPU is still carving from
+/// it (more than the 64 sub-objects a block can hold).
+pub(crate) const TINY_BIAS: u8 = 128;
+const _: () = assert!(TINY_BIAS as usize > TINY_BLOCK);
+
+/// The live count of the tiny block at object `idx` of tiny-class span `span`.
+#[inline]
+fn tiny_counter(span: &Span, idx: usize) -> &AtomicU8 {
+    let t = span.tiny.load(Ordering::Relaxed);
+    debug_assert!(!t.is_null());
+    // SAFETY: tiny-class spans always carry counters for as long as they are live.
+    unsafe { &(*t)[idx] }
+}
+
+impl<S: PageSource, C: Cpu> Heap<S, C> {
+    /// Allocates a tiny object: the carve fast path, else a new block.
+    #[inline(always)]
+    pub(super) fn alloc_tiny(&self, size: usize, align: usize) -> *mut u8 {
+        let size = size.max(1);
+        // Go's alignment rule, raised to the layout's.
+        let a = if size.is_multiple_of(8) {
+            8
+        } else if size.is_multiple_of(4) {
+            4
+        } else if size.is_multiple_of(2) {
+            2
+        } else {
+            1
+        }
+        .max(align);
+        if let Some(f) = self.slabs.fast() {
+            let p = f.carve(size, a);
+            if !p.is_null() {
+                return p;
+            }
+        }
+        self.alloc_tiny_slow(size, a)
+    }
+
+    #[cfg_attr(rseq, inline(never))]
+    fn alloc_tiny_slow(&self, size: usize, a: usize) -> *mut u8 {
+        let Some(s) = self.caches() else {
+            return null_mut();
+        };
+        // In rseq mode `alloc_tiny` has just tried this carve.
+        if !s.uses_rseq() {
+            let p = s.carve_tiny(size, a);
+            if !p.is_null() {
+                return p;
+            }
+        }
+        self.alloc_tiny_block(s, size)
+    }
+
+    /// A new block for a sub-object of `size` bytes: it becomes the CPU's
+    /// current block unless that one has at least as much room left (then
+    /// the sub-object gets a block of its own).
+    #[cold]
+    #[inline(never)]
+    fn alloc_tiny_block(&self, s: Caches<'_, C>, size: usize) -> *mut u8 {
+        let b = self.alloc_small(TINY_CLASS);
+        if b.is_null() {
+            return b;
+        }
+        s.count_event(TinyEvent::BlocksTaken, 1);
+        // SAFETY: `b` is an object of a live tiny-class span.
+        let span = unsafe { &*self.map.span_of(Addr::of(b)) };
+        let counter = tiny_counter(span, span.index_of(Addr::of(b)).0);
+        while let Some((cpu, t)) = s.tiny() {
+            if t.stopped() || (t.block != 0 && size >= t.off) {
+                break; // being drained, or the current block has at least as much room left: keep it
+            }
+            counter.store(TINY_BIAS, Ordering::Release);
+            let new = Tiny {
+                block: b as usize,
+                off: size,
+                n: 1,
+            };
+            if s.replace_tiny(cpu, t, new) {
+                if t.block != 0 {
+                    self.retire_tiny(s, t);
+                }
+                return b;
+            }
+        }
+        // A block of its own for this one sub-object.
+        counter.store(1, Ordering::Release);
+        s.count_event(TinyEvent::MallocsRetired, 1);
+        b
+    }
+
+    /// Stops carving from a block that was some CPU's current tiny block.
+    pub(super) fn retire_tiny(&self, s: Caches<'_, C>, t: Tiny) {
+        s.count_event(TinyEvent::MallocsRetired, t.n as u64);
+        let block = Addr::new(t.block);
+        // SAFETY: the block is live (we hold its bias), so its span and counters are.
+        let span = unsafe { &*self.map.span_of(block) };
+        let bias = TINY_BIAS - t.n as u8;
+        let before = tiny_counter(span, span.index_of(block).0).fetch_sub(bias, Ordering::AcqRel);
+        if before == bias {
+            self.free_tiny_block(s, block.as_ptr());
+        }
+    }
+
+    fn free_tiny_block(&self, s: Caches<'_, C>, b: *mut u8) {
+        s.count_event(TinyEvent::BlocksFreed, 1);
+        self.free_small(b, TINY_CLASS);
+    }
+
+    /// Frees a tiny object: its block's live count goes down by one; the last
+    /// free gives the block back.
+    pub(super) fn free_tiny(&self, p: *mut u8) {
+        // SAFETY: non-null page-map entries are live spans.
+        let span = match unsafe { self.map.span_of(Addr::of(p)).as_ref() } {
+            Some(span) if span.state == SpanState::Small && span.class == TINY_CLASS => span,
+            _ => panic!("tieralloc: free of tiny object {p:p}: not a tiny object of this heap (foreign pointer, wrong layout, or double free)"),
+        };
+        let idx = span.index_of(Addr::of(p)).0;
+        let counter = tiny_counter(span, idx);
+        let before = counter.fetch_sub(1, Ordering::AcqRel);
+        if before == 0 || before > TINY_BIAS {
+            // Undo, so the report leaves the count as it was.
+            counter.fetch_add(1, Ordering::AcqRel);
+            panic!(
+                "tieralloc: double free of tiny object {p:p}, or a tiny-layout free of an object that is not tiny (block {:p} of span {:#x}, class {}, live count was {before})",
+                span.object(idx),
+                span.start,
+                TINY_CLASS.index()
+            );
+        }
+        let Some(s) = self.slabs.get() else {
+            unreachable!("a tiny object exists, so the slabs were set up");
+        };
+        s.count_event(TinyEvent::Frees, 1);
+        if before == 1 {
+            self.free_tiny_block(s, span.object(idx));
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Internals for the crate's own integration tests, benchmarks and boards
+//! (Go's `export_test.go`). **Not part of the public contract:** anything
+//! here may change or go away in any release.
+
+pub use crate::central::{transfer_capacity, REMOTE_MAX};
+pub use crate::heap::{stays_in_class, ObjectKind, PROMOTE_MIN, SHRINK_MIN};
+pub use crate::pageheap::{
+    large_pages, Below, HeapLock, LargeCounts, Pacer, PageHeap, PageMap, PageStats,
+    DEFAULT_RETAIN_BYTES, LARGE_CACHE_LIMIT_PAGES, LARGE_CACHE_MAX_PAGES,
+    LARGE_CACHE_MAX_SPAN_PAGES, MIN_EPOCH_PAGES, PEAK_EPOCHS, RELEASE_GAP_DIVISOR,
+    RETAIN_INUSE_DIVISOR,
+};
+pub use crate::percpu::capacity;
+pub use crate::sizeclass::NUM_CLASSES;
+pub use crate::sizeclass::{class_for, size_to_class, SizeClass, TINY_CLASS};
+pub use crate::span::{Span, SpanState};
+pub use crate::stack::STACK_CACHE_BOUND_BYTES;
+pub use crate::units::{Addr, PageIdx, Pages};
+
+/// Pages in a chunk (`CHUNK_BYTES / PAGE_BYTES`).
+pub const CHUNK_PAGES: usize = crate::CHUNK_PAGES;

@@ -1,0 +1,446 @@
+//! Arenas: the contiguous ranges the page heap takes from its source, and
+//! the tree that finds the lowest one with room. See [`super`].
+//!
+//! An arena is at least `S::ARENA_BYTES` (64 MiB on Linux), larger when one
+//! request needs more; a whole number of [`CHUNK_BYTES`] chunks and chunk
+//! aligned. Its pages are managed by [`ArenaPages`] (a bitmap with summaries:
+//! address-ordered first fit in O(log pages), implicit coalescing). Arenas
+//! are kept sorted by address in [`Arenas`], so "lowest slot first" is
+//! address order, and a segment tree of each arena's longest free run finds
+//! the lowest arena that can serve a request in O(log arenas): allocation is
+//! first fit over the whole heap.
+//!
+//! An arena's metadata block — `[Arena][spans: one slot per page][ArenaPages
+//! bitmaps]` — comes from `PageSource::alloc` and is never freed.
+//!
+//! [`Arena`] is where page indices meet addresses: everything below it
+//! ([`ArenaPages`]) counts pages of one arena as plain numbers; everything
+//! above it uses [`PageIdx`], [`Pages`] and [`Addr`].
+//!
+//! Invariants (guarded by the heap lock): `arenas[..narenas]` are live and
+//! sorted by base, non-overlapping, each `slot` field its index;
+//! `tree_cap` is the smallest power of two `>= narenas` (at least 1); leaf
+//! `tree_cap + i` is arena `i`'s longest free run (0 past `narenas`), every
+//! inner node the max of its children.
+
+use core::mem::size_of;
+use core::ptr::{null_mut, NonNull};
+
+use crate::source::PageSource;
+use crate::span::Span;
+use crate::sync::atomic::Ordering;
+use crate::units::{Addr, ArenaSlot, PageIdx, Pages};
+use crate::{CHUNK_BYTES, CHUNK_PAGES, PAGE_BYTES};
+
+use super::map::{PageMap, SpanSlot};
+use super::pagealloc::{ArenaPages, Taken};
+
+/// Most arenas a heap can have (64 GiB of 64 MiB arenas; more when arenas are larger).
+pub(crate) const MAX_ARENAS: usize = 4096;
+
+/// Header of an arena's metadata block.
+pub(crate) struct Arena {
+    /// First byte; chunk aligned.
+    pub(crate) base: Addr,
+    /// Pages in the arena (a multiple of CHUNK_PAGES).
+    pub(crate) npages: Pages,
+    /// Index in [`Arenas`] (changes when an arena is inserted below it).
+    pub(crate) slot: ArenaSlot,
+    /// Page → span for this arena's pages (what the page map points into).
+    spans: *mut SpanSlot,
+    /// Which pages are free, which free pages are released.
+    pub(crate) pages: ArenaPages,
+}
+
+impl Arena {
+    /// The page holding `addr` (inside the arena).
+    #[inline]
+    pub(crate) fn page_of(&self, addr: Addr) -> PageIdx {
+        PageIdx::new((addr - self.base) / PAGE_BYTES)
+    }
+
+    /// The address of page `page`.
+    #[inline]
+    pub(crate) fn addr_of(&self, page: PageIdx) -> Addr {
+        self.base.add_pages(page.from_start())
+    }
+
+    /// One past the last byte.
+    pub(crate) fn end(&self) -> Addr {
+        self.base.add_pages(self.npages)
+    }
+
+    /// The span page `p` belongs to, or null.
+    pub(crate) fn span_at(&self, p: PageIdx) -> *mut Span {
+        debug_assert!(p.from_start() < self.npages);
+        // SAFETY: `p < npages` and `spans` has npages slots.
+        unsafe { (*self.spans.add(p.get())).load(Ordering::Acquire) }
+    }
+
+    /// Points the map entries of `n` pages from `start` at `span` (or null).
+    pub(crate) fn set_map(&self, start: PageIdx, n: Pages, span: *mut Span) {
+        assert!((start + n).from_start() <= self.npages);
+        for p in start.get()..(start + n).get() {
+            // SAFETY: `p < npages` (checked above), `spans` has npages slots.
+            unsafe { (*self.spans.add(p)).store(span, Ordering::Release) };
+        }
+    }
+
+    /// The longest free run.
+    pub(crate) fn max_free_run(&self) -> Pages {
+        Pages::new(self.pages.max_free_run())
+    }
+
+    /// Whether the `n` pages from `start` are all free.
+    pub(crate) fn is_free(&self, start: PageIdx, n: Pages) -> bool {
+        self.pages.is_free(start.get(), n.get())
+    }
+
+    /// Marks `n` free pages from `start` in use.
+    pub(crate) fn alloc_range(&mut self, start: PageIdx, n: Pages) -> Taken {
+        self.pages.alloc_range(start.get(), n.get())
+    }
+
+    /// Marks `n` pages from `start` free (dirty).
+    pub(crate) fn free_range(&mut self, start: PageIdx, n: Pages) {
+        self.pages.free_range(start.get(), n.get());
+    }
+
+    /// First fit of `n` free pages whose *address* is aligned to
+    /// `align_pages` pages. `ArenaPages::find_aligned` aligns the page index
+    /// within the arena, which is the address alignment only up to the arena
+    /// base's own alignment (a chunk, or what `grow` asked for); above it,
+    /// try each aligned address in turn (at most `npages / align_pages` of
+    /// them, a few).
+    pub(crate) fn find_aligned(&self, n: Pages, align_pages: usize) -> Option<PageIdx> {
+        let skew = (self.base.get() / PAGE_BYTES) & (align_pages - 1);
+        if skew == 0 {
+            return self
+                .pages
+                .find_aligned(n.get(), align_pages)
+                .map(PageIdx::new);
+        }
+        let mut s = align_pages - skew;
+        while s.checked_add(n.get())? <= self.npages.get() {
+            if self.pages.is_free(s, n.get()) {
+                return Some(PageIdx::new(s));
+            }
+            s += align_pages;
+        }
+        None
+    }
+
+    /// Makes the released pages of the free range `n` pages from `start`
+    /// Ready. On failure, the runs already made Ready are released again, so
+    /// the range is exactly as before, and false is returned.
+    pub(crate) fn make_ready<S: PageSource>(
+        &mut self,
+        source: &S,
+        start: PageIdx,
+        n: Pages,
+    ) -> bool {
+        let base = self.base;
+        let run_ptr = |p: usize| {
+            // SAFETY: arena addresses are never null.
+            unsafe { NonNull::new_unchecked(base.add_pages(Pages::new(p)).as_ptr()) }
+        };
+        let (mut ok_runs, mut failed) = (0usize, false);
+        self.pages.released_runs(start.get(), n.get(), |p, k| {
+            if !failed {
+                // SAFETY: released free pages are in the Prepared state.
+                match unsafe { source.ready(run_ptr(p), Pages::new(k).bytes()) } {
+                    Ok(()) => ok_runs += 1,
+                    Err(_) => failed = true,
+                }
+            }
+        });
+        if failed {
+            self.pages.released_runs(start.get(), n.get(), |p, k| {
+                if ok_runs > 0 {
+                    ok_runs -= 1;
+                    // SAFETY: this run was made Ready above and nothing has used it.
+                    unsafe { source.release(run_ptr(p), Pages::new(k).bytes()) };
+                }
+            });
+        }
+        !failed
+    }
+
+    /// Releases up to `max` dirty free pages, highest first; returns how many.
+    pub(crate) fn release_dirty<S: PageSource>(&mut self, source: &S, max: Pages) -> Pages {
+        let base = self.base;
+        Pages::new(self.pages.scavenge(max.get(), |s, n| {
+            let p = base.add_pages(Pages::new(s)).as_ptr();
+            // SAFETY: dirty free pages are Ready and nothing uses them; `p` is non-null.
+            unsafe { source.release(NonNull::new_unchecked(p), Pages::new(n).bytes()) };
+        }))
+    }
+}
+
+/// The arenas of a heap, sorted by address, with the tree over their longest
+/// free runs (see the module docs for the invariants).
+pub(crate) struct Arenas {
+    arenas: [*mut Arena; MAX_ARENAS],
+    narenas: usize,
+    /// Segment tree over arena slots, `tree_cap` leaves: leaf `tree_cap + i` =
+    /// longest free run of arena `i` (0 for empty slots); inner node `1..tree_cap`
+    /// = max of its children. Entries from `2 * tree_cap` on are unused.
+    tree: [u32; 2 * MAX_ARENAS],
+    /// Leaves of `tree`: the smallest power of two `>= narenas` (at least 1), so a
+    /// heap of one arena walks no tree at all, one of a few arenas a level or two.
+    tree_cap: usize,
+}
+
+// SAFETY: the raw pointers are to arena metadata owned by this heap; all
+// access is serialised by the heap lock around the page heap.
+unsafe impl Send for Arenas {}
+
+/// A leaf value: a free run, saturated to the tree's `u32`.
+fn leaf(run: Pages) -> u32 {
+    run.get().min(u32::MAX as usize) as u32
+}
+
+impl Arenas {
+    pub(crate) const fn new() -> Self {
+        Arenas {
+            arenas: [null_mut(); MAX_ARENAS],
+            narenas: 0,
+            tree: [0; 2 * MAX_ARENAS],
+            tree_cap: 1,
+        }
+    }
+
+    /// Number of arenas.
+    pub(crate) fn len(&self) -> usize {
+        self.narenas
+    }
+
+    /// The arena in `slot`.
+    pub(crate) fn get(&self, slot: ArenaSlot) -> &Arena {
+        assert!(slot.get() < self.narenas);
+        // SAFETY: slots below narenas hold live arenas.
+        unsafe { &*self.arenas[slot.get()] }
+    }
+
+    /// The arena in `slot`, to change its pages.
+    pub(crate) fn get_mut(&mut self, slot: ArenaSlot) -> &mut Arena {
+        assert!(slot.get() < self.narenas);
+        // SAFETY: slots below narenas hold live arenas, and `&mut self`
+        // (the heap lock) makes this the only reference.
+        unsafe { &mut *self.arenas[slot.get()] }
+    }
+
+    /// The slots, lowest address first.
+    pub(crate) fn slots(&self) -> impl DoubleEndedIterator<Item = ArenaSlot> {
+        (0..self.narenas).map(ArenaSlot::new)
+    }
+
+    /// Recomputes `slot`'s leaf of the arena tree and its ancestors, stopping
+    /// as soon as a node keeps its value (then so do all above it). Most
+    /// spans leave their arena's longest free run unchanged, so this is
+    /// usually one comparison rather than `log2(tree_cap)` levels.
+    pub(crate) fn update_leaf(&mut self, slot: ArenaSlot) {
+        let v = if slot.get() < self.narenas {
+            leaf(self.get(slot).max_free_run())
+        } else {
+            0
+        };
+        let mut i = self.tree_cap + slot.get();
+        if self.tree[i] == v {
+            return;
+        }
+        self.tree[i] = v;
+        while i > 1 {
+            i /= 2;
+            let m = self.tree[2 * i].max(self.tree[2 * i + 1]);
+            if self.tree[i] == m {
+                return;
+            }
+            self.tree[i] = m;
+        }
+    }
+
+    /// The lowest arena whose longest free run is at least `need` pages.
+    pub(crate) fn find(&self, need: Pages) -> Option<ArenaSlot> {
+        if need.get() > u32::MAX as usize || (self.tree[1] as usize) < need.get() {
+            return None;
+        }
+        let mut i = 1;
+        while i < self.tree_cap {
+            i = if self.tree[2 * i] as usize >= need.get() {
+                2 * i
+            } else {
+                2 * i + 1
+            };
+        }
+        Some(ArenaSlot::new(i - self.tree_cap))
+    }
+
+    /// Takes a new arena from the source big enough for `npages` at
+    /// `align_pages`, publishes its pages in `map`, and inserts it in address
+    /// order. Adds its metadata bytes to `meta`. `None` if the source has no
+    /// room, or the heap has `MAX_ARENAS` arenas.
+    pub(crate) fn grow<S: PageSource>(
+        &mut self,
+        source: &S,
+        map: &PageMap,
+        npages: Pages,
+        align_pages: usize,
+        meta_bytes: &mut usize,
+    ) -> Option<ArenaSlot> {
+        if self.narenas == MAX_ARENAS {
+            return None;
+        }
+        let want = npages
+            .get()
+            .checked_mul(PAGE_BYTES)?
+            .checked_next_multiple_of(CHUNK_BYTES)?;
+        let bytes = want.max(S::ARENA_BYTES);
+        let arena_pages = Pages::of_whole_bytes(bytes);
+        let align = (align_pages.checked_mul(PAGE_BYTES)?).max(CHUNK_BYTES);
+        let base = source.reserve(bytes, align)?;
+        // SAFETY: just reserved, Reserved state.
+        if unsafe { source.commit(base, bytes) }.is_err() {
+            // SAFETY: ours, untouched.
+            unsafe { source.free(base, bytes) };
+            return None;
+        }
+        let spans_off = size_of::<Arena>().next_multiple_of(64);
+        let pages_off =
+            (spans_off + arena_pages.get() * size_of::<SpanSlot>()).next_multiple_of(64);
+        let meta = pages_off + ArenaPages::meta_bytes(arena_pages.get());
+        let Some(m) = source.alloc(meta) else {
+            // SAFETY: ours, untouched.
+            unsafe { source.free(base, bytes) };
+            return None;
+        };
+        let base_addr = Addr::of(base.as_ptr());
+        let m = m.as_ptr();
+        // SAFETY: `m` is `meta` fresh Ready bytes, page aligned; the three parts do not overlap.
+        let arena = unsafe {
+            let spans = m.add(spans_off).cast::<SpanSlot>();
+            if !S::ZEROED {
+                spans
+                    .cast::<u8>()
+                    .write_bytes(0, arena_pages.get() * size_of::<SpanSlot>());
+            }
+            let pages =
+                ArenaPages::init(NonNull::new_unchecked(m.add(pages_off)), arena_pages.get());
+            let a = m.cast::<Arena>();
+            a.write(Arena {
+                base: base_addr,
+                npages: arena_pages,
+                slot: ArenaSlot::new(0),
+                spans,
+                pages,
+            });
+            a
+        };
+        *meta_bytes += meta.next_multiple_of(S::PAGE_SIZE);
+        let chunks = arena_pages.get() / CHUNK_PAGES;
+        for c in 0..chunks {
+            // SAFETY: `spans` has arena_pages slots.
+            let slots = unsafe { (*arena).spans.add(c * CHUNK_PAGES) };
+            if !map.set_chunk(source, base_addr + c * CHUNK_BYTES, slots, meta_bytes) {
+                // Unpublish what we published; the metadata block is leaked (rare: no memory at all).
+                for d in 0..c {
+                    map.set_chunk(source, base_addr + d * CHUNK_BYTES, null_mut(), meta_bytes);
+                }
+                // SAFETY: no span was made in the arena; nobody refers to it.
+                unsafe { source.free(base, bytes) };
+                return None;
+            }
+        }
+        Some(self.insert(arena))
+    }
+
+    /// Inserts `arena` in address order; returns its slot.
+    fn insert(&mut self, arena: *mut Arena) -> ArenaSlot {
+        // SAFETY: a live arena, just made.
+        let base = unsafe { (*arena).base };
+        let pos = self.arenas[..self.narenas].partition_point(|&a| {
+            // SAFETY: live arenas.
+            unsafe { (*a).base < base }
+        });
+        self.arenas.copy_within(pos..self.narenas, pos + 1);
+        self.arenas[pos] = arena;
+        self.narenas += 1;
+        for s in pos..self.narenas {
+            // SAFETY: live arenas.
+            unsafe { (*self.arenas[s]).slot = ArenaSlot::new(s) };
+        }
+        if self.narenas > self.tree_cap {
+            // Double the tree and build it afresh (O(arenas), once per doubling).
+            self.tree_cap *= 2;
+            let cap = self.tree_cap;
+            for s in 0..cap {
+                self.tree[cap + s] = if s < self.narenas {
+                    leaf(self.get(ArenaSlot::new(s)).max_free_run())
+                } else {
+                    0
+                };
+            }
+            for i in (1..cap).rev() {
+                self.tree[i] = self.tree[2 * i].max(self.tree[2 * i + 1]);
+            }
+        } else {
+            for s in pos..self.narenas {
+                self.update_leaf(ArenaSlot::new(s));
+            }
+        }
+        ArenaSlot::new(pos)
+    }
+
+    /// Checks the arenas' and the tree's invariants; returns the arenas'
+    /// (pages, free pages, released pages).
+    pub(crate) fn check_invariants(&self) -> (Pages, Pages, Pages) {
+        let (mut sys, mut free, mut released) = (Pages::ZERO, Pages::ZERO, Pages::ZERO);
+        for slot in self.slots() {
+            let a = self.get(slot);
+            assert_eq!(a.slot, slot, "arena {:#x}: slot index stale", a.base);
+            if slot.get() > 0 {
+                assert!(
+                    self.get(ArenaSlot::new(slot.get() - 1)).end() <= a.base,
+                    "arenas unsorted or overlapping"
+                );
+            }
+            a.pages.check_invariants();
+            assert_eq!(
+                self.tree[self.tree_cap + slot.get()],
+                leaf(a.max_free_run()),
+                "arena tree leaf stale"
+            );
+            sys += a.npages;
+            free += Pages::new(a.pages.free_pages());
+            released += Pages::new(a.pages.released_pages());
+        }
+        assert!(
+            self.tree_cap.is_power_of_two()
+                && self.narenas <= self.tree_cap
+                && self.tree_cap <= MAX_ARENAS,
+            "tree_cap {}",
+            self.tree_cap
+        );
+        assert!(
+            self.tree_cap == 1 || self.narenas > self.tree_cap / 2,
+            "tree_cap {} too big for {} arenas",
+            self.tree_cap,
+            self.narenas
+        );
+        for slot in self.narenas..self.tree_cap {
+            assert_eq!(
+                self.tree[self.tree_cap + slot],
+                0,
+                "empty arena slot {slot} in the tree"
+            );
+        }
+        for i in 1..self.tree_cap {
+            assert_eq!(
+                self.tree[i],
+                self.tree[2 * i].max(self.tree[2 * i + 1]),
+                "arena tree node {i}"
+            );
+        }
+        (sys, free, released)
+    }
+}

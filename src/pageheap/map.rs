@@ -1,0 +1,109 @@
+//! The page map (Go's `spanOf`): any address to its span in O(1), read
+//! without a lock. See `lib.rs` for the overview and [`super`] for the page
+//! heap.
+//!
+//! A two-level radix table over the [`CHUNK_BYTES`] chunks of a 48-bit
+//! address space (x86-64 and AArch64 user and kernel halves, taken modulo
+//! 2^48): the first level is inline, a second-level table comes from the
+//! source the first time an arena lands under it, and each chunk entry points
+//! into its arena's per-page `spans` array (Go's `heapArena.spans`). Entries
+//! are published with release stores and read with acquire loads; tables and
+//! arenas are never freed, so a reader never sees freed memory.
+//!
+//! Invariant: for every page of a live span, the entry holds that span; every
+//! other page of an arena holds null; an address outside every arena maps to
+//! null. Written under the heap lock, read without.
+
+use core::mem::size_of;
+use core::ptr::null_mut;
+
+use crate::source::PageSource;
+use crate::span::Span;
+use crate::sync::atomic::{AtomicPtr, Ordering};
+use crate::units::Addr;
+use crate::{CHUNK_BYTES, CHUNK_PAGES, PAGE_SHIFT};
+
+/// Address bits covered by the page map.
+pub(crate) const ADDR_BITS: usize = 48;
+const CHUNK_SHIFT: usize = CHUNK_BYTES.trailing_zeros() as usize;
+const MAP_BITS: usize = ADDR_BITS - CHUNK_SHIFT; // 26
+const L1_BITS: usize = 12;
+const L2_BITS: usize = MAP_BITS - L1_BITS; // 14
+const L1_ENTRIES: usize = 1 << L1_BITS;
+const L2_ENTRIES: usize = 1 << L2_BITS;
+const ADDR_MASK: usize = (1 << ADDR_BITS) - 1;
+
+/// One page's entry: its span, or null.
+pub(crate) type SpanSlot = AtomicPtr<Span>;
+type L2 = [AtomicPtr<SpanSlot>; L2_ENTRIES];
+
+/// Address → span, for every page of every arena (see the module docs).
+pub struct PageMap {
+    l1: [AtomicPtr<L2>; L1_ENTRIES],
+}
+
+impl PageMap {
+    /// An empty map: every address maps to null.
+    pub const fn new() -> Self {
+        PageMap {
+            l1: [const { AtomicPtr::new(null_mut()) }; L1_ENTRIES],
+        }
+    }
+
+    /// The span holding `addr`, or null if `addr` is not in a live span of this heap.
+    #[inline]
+    pub fn span_of(&self, addr: Addr) -> *mut Span {
+        let a = addr.get() & ADDR_MASK;
+        let l2 = self.l1[a >> (CHUNK_SHIFT + L2_BITS)].load(Ordering::Acquire);
+        if l2.is_null() {
+            return null_mut();
+        }
+        // SAFETY: published L2 tables are never freed.
+        let chunk = unsafe { (*l2)[(a >> CHUNK_SHIFT) & (L2_ENTRIES - 1)].load(Ordering::Acquire) };
+        if chunk.is_null() {
+            return null_mut();
+        }
+        // SAFETY: a chunk entry points at CHUNK_PAGES slots of an arena's spans array,
+        // and arenas are never freed.
+        unsafe { (*chunk.add((a >> PAGE_SHIFT) & (CHUNK_PAGES - 1))).load(Ordering::Acquire) }
+    }
+
+    /// Points the chunk holding `addr` at `slots` (CHUNK_PAGES entries, or
+    /// null to unpublish). Returns false if the source could not supply an
+    /// L2 table; adds the bytes of a new table to `meta`.
+    pub(crate) fn set_chunk<S: PageSource>(
+        &self,
+        source: &S,
+        addr: Addr,
+        slots: *mut SpanSlot,
+        meta: &mut usize,
+    ) -> bool {
+        let a = addr.get() & ADDR_MASK;
+        let e1 = &self.l1[a >> (CHUNK_SHIFT + L2_BITS)];
+        let mut l2 = e1.load(Ordering::Acquire);
+        if l2.is_null() {
+            let bytes = size_of::<L2>();
+            let Some(p) = source.alloc(bytes) else {
+                return false;
+            };
+            *meta += bytes;
+            if !S::ZEROED {
+                // SAFETY: fresh Ready memory of `bytes` bytes; null pointers are all-zero.
+                unsafe { p.as_ptr().write_bytes(0, bytes) };
+            }
+            l2 = p.as_ptr().cast();
+            e1.store(l2, Ordering::Release);
+        }
+        // SAFETY: `l2` is a published table.
+        unsafe { (*l2)[(a >> CHUNK_SHIFT) & (L2_ENTRIES - 1)].store(slots, Ordering::Release) };
+        true
+    }
+}
+
+impl Default for PageMap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+const _: () = assert!(CHUNK_SHIFT == PAGE_SHIFT + CHUNK_PAGES.trailing_zeros() as usize);

@@ -1,0 +1,591 @@
+//! The page heap (Go's `mheap`): spans of pages for the tiers above, large
+//! objects, and the memory of the arenas. See `lib.rs` for the overview.
+//!
+//! Rooms, each with its own invariants:
+//!
+//! * [`arenas`] — the contiguous ranges taken from the [`PageSource`], sorted
+//!   by address, and the tree that finds the lowest one with room; first fit
+//!   over the whole heap in O(log n). Each arena's pages are a bitmap with
+//!   summaries ([`pagealloc`], Go's `pageAlloc` chunk).
+//! * [`map`] — address → span in O(1), read without a lock ([`PageMap`]).
+//! * [`large_cache`] — freed large spans kept whole for the next request of
+//!   their size, and the page rounding of large objects ([`large_pages`]).
+//! * [`scavenger`] — which dirty free pages go back to the source, and when
+//!   (the policy essay, the [`scavenger::Pacer`]).
+//!
+//! This file holds [`PageHeap`] itself — spans in and out, large objects,
+//! in-place resizing, the counters — and the interface the tiers above use
+//! ([`Below`], [`HeapLock`]).
+//!
+//! Counting identities (checked by [`PageHeap::check_invariants`]):
+//! `sys_pages = Σ arena pages`; `inuse_pages = sys_pages − Σ free pages`
+//! (idle large spans count as in use); `released_pages = Σ released pages`.
+//!
+//! Locking: everything in [`PageHeap`] is guarded by the heap lock (the
+//! [`HeapLock`] around it in [`crate::Heap`]); `&mut self` stands for it.
+//! Lock order: per-CPU slot → central (or a stack pool) → page heap. The
+//! page heap takes no other lock.
+
+mod arenas;
+pub(crate) mod large_cache;
+mod map;
+pub(crate) mod pagealloc;
+pub(crate) mod scavenger;
+
+use core::mem::size_of;
+use core::ptr::{null_mut, NonNull};
+
+use crate::fixalloc::FixAlloc;
+use crate::sizeclass::{SizeClass, TINY_CLASS};
+use crate::source::PageSource;
+use crate::span::{Span, SpanState, TinyCounts};
+use crate::sync::atomic::Ordering;
+use crate::sync::Lock;
+use crate::units::{ArenaSlot, PageIdx, Pages};
+
+use arenas::{Arena, Arenas};
+use large_cache::LargeCache;
+use scavenger::Scavenger;
+
+pub use large_cache::{
+    large_pages, LARGE_CACHE_LIMIT_PAGES, LARGE_CACHE_MAX_PAGES, LARGE_CACHE_MAX_SPAN_PAGES,
+};
+pub use map::PageMap;
+pub use scavenger::{
+    Pacer, DEFAULT_RETAIN_BYTES, MIN_EPOCH_PAGES, PEAK_EPOCHS, RELEASE_GAP_DIVISOR,
+    RETAIN_INUSE_DIVISOR,
+};
+
+/// The heap lock: the page heap behind a spin lock whose waiters relax with `X`.
+pub type HeapLock<X> = Lock<PageHeap, X>;
+
+/// What the tiers above the page heap (central lists, stack pools) need
+/// from it: the source, the page map, and the page heap behind its lock.
+pub struct Below<'a, S: PageSource, X> {
+    /// The page source.
+    pub source: &'a S,
+    /// The page map (read without a lock).
+    pub map: &'a PageMap,
+    /// The page heap.
+    pub heap: &'a HeapLock<X>,
+}
+
+/// Large-object counters (guarded by the heap lock).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LargeCounts {
+    /// Large objects allocated, cumulative.
+    pub mallocs: u64,
+    /// Large objects freed, cumulative.
+    pub frees: u64,
+    /// Bytes of live large spans.
+    pub live_bytes: u64,
+}
+
+/// A point-in-time view of the page heap's accounting, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageStats {
+    /// Bytes of all arenas.
+    pub sys: u64,
+    /// Bytes in live spans (idle large spans included).
+    pub inuse: u64,
+    /// Bytes of free pages released to the source.
+    pub released: u64,
+    /// Bytes of metadata (arena blocks, page-map tables, span and tiny pools).
+    pub meta_sys: u64,
+    /// Arenas.
+    pub arenas: u64,
+    /// Live span records.
+    pub spans: u64,
+    /// Large-object counters.
+    pub large: LargeCounts,
+    /// Bytes released by the scavenger, cumulative.
+    pub scavenged_total: u64,
+    /// Bytes of idle large spans (counted in `inuse`).
+    pub large_cached: u64,
+}
+
+/// Pages a span was carved from.
+struct Run {
+    slot: ArenaSlot,
+    start: PageIdx,
+    /// The pages may hold old data.
+    needzero: bool,
+}
+
+/// The page heap. See the module documentation.
+pub struct PageHeap {
+    /// The arenas and their pages.
+    arenas: Arenas,
+    /// Span records (never from the heap itself).
+    spans: FixAlloc<Span>,
+    /// Tiny-block live counts of tiny-class spans.
+    tiny: FixAlloc<TinyCounts>,
+    /// Pages of all arenas.
+    sys_pages: Pages,
+    /// Pages in live spans (idle large spans included).
+    inuse_pages: Pages,
+    /// Free pages that are released (Σ over the arenas).
+    released_pages: Pages,
+    /// Bytes of arena metadata and page-map tables.
+    meta_bytes: usize,
+    /// Large-object counters.
+    large: LargeCounts,
+    /// Idle large spans.
+    large_cache: LargeCache,
+    /// The scavenger's clock, floor and totals.
+    scavenger: Scavenger,
+}
+
+// SAFETY: the raw pointers are to metadata owned by this heap; all access is
+// serialised by the heap lock that wraps the PageHeap.
+unsafe impl Send for PageHeap {}
+
+/// The arena a live span lies in.
+///
+/// # Safety
+/// `s` is a live span record of this heap.
+unsafe fn arena_of(s: *const Span) -> *mut Arena {
+    // SAFETY: the page heap set the field when it made the span; arenas live for ever.
+    unsafe { (*s).arena.cast::<Arena>() }
+}
+
+impl PageHeap {
+    /// An empty page heap: no arenas until the first span.
+    pub const fn new() -> Self {
+        PageHeap {
+            arenas: Arenas::new(),
+            spans: FixAlloc::new(),
+            tiny: FixAlloc::new(),
+            sys_pages: Pages::ZERO,
+            inuse_pages: Pages::ZERO,
+            released_pages: Pages::ZERO,
+            meta_bytes: 0,
+            large: LargeCounts {
+                mallocs: 0,
+                frees: 0,
+                live_bytes: 0,
+            },
+            large_cache: LargeCache::new(),
+            scavenger: Scavenger::new(),
+        }
+    }
+
+    /// Most bytes the large-span cache holds now (see [`LARGE_CACHE_MAX_PAGES`]).
+    pub fn large_cache_max_bytes(&self) -> usize {
+        self.large_cache.max_pages().bytes()
+    }
+
+    /// Bytes held by idle large spans.
+    pub fn large_cached_bytes(&self) -> usize {
+        self.large_cache.pages().bytes()
+    }
+
+    /// Pages in spans that hold objects: in use, less the large-span cache's
+    /// idle spans (which the scavenger counts with the dirty free pages).
+    fn live_pages(&self) -> Pages {
+        self.inuse_pages - self.large_cache.pages()
+    }
+
+    /// Takes `npages` pages aligned to `align_pages` (a power of two), first fit,
+    /// making released pages Ready.
+    fn alloc_pages<S: PageSource>(
+        &mut self,
+        source: &S,
+        map: &PageMap,
+        npages: Pages,
+        align_pages: usize,
+    ) -> Option<Run> {
+        debug_assert!(npages > Pages::ZERO && align_pages.is_power_of_two());
+        let need = npages.checked_add(Pages::new(align_pages - 1))?;
+        let slot = match self.arenas.find(need) {
+            Some(slot) => slot,
+            None => {
+                let slot =
+                    self.arenas
+                        .grow(source, map, npages, align_pages, &mut self.meta_bytes)?;
+                let pages = self.arenas.get(slot).npages;
+                self.sys_pages += pages;
+                self.released_pages += pages;
+                slot
+            }
+        };
+        let a = self.arenas.get_mut(slot);
+        let start = a.find_aligned(npages, align_pages)?;
+        // Make released pages Ready first, so a failure leaves everything as it was.
+        if !a.make_ready(source, start, npages) {
+            return None;
+        }
+        let taken = a.alloc_range(start, npages);
+        self.released_pages -= Pages::new(taken.scavenged);
+        self.inuse_pages += npages;
+        self.scavenger.pacer.tick(npages, self.live_pages());
+        self.arenas.update_leaf(slot);
+        let needzero = taken.dirty > 0 || (taken.scavenged > 0 && !S::ZEROED);
+        Some(Run {
+            slot,
+            start,
+            needzero,
+        })
+    }
+
+    /// Gives pages back to their arena.
+    fn free_pages(&mut self, slot: ArenaSlot, start: PageIdx, npages: Pages) {
+        self.arenas.get_mut(slot).free_range(start, npages);
+        self.inuse_pages -= npages;
+        self.scavenger.pacer.tick(npages, self.live_pages());
+        self.arenas.update_leaf(slot);
+    }
+
+    /// A span of `npages` pages at `align_pages` alignment in state `state`, its
+    /// page-map entries set; `None` if the source is exhausted.
+    pub fn alloc_span<S: PageSource>(
+        &mut self,
+        source: &S,
+        map: &PageMap,
+        npages: Pages,
+        align_pages: usize,
+        state: SpanState,
+    ) -> Option<NonNull<Span>> {
+        let rec = match self.spans.alloc(source) {
+            Some(r) => r,
+            None if self.release_for_retry(source) => self.spans.alloc(source)?,
+            None => return None,
+        };
+        let found = match self.alloc_pages(source, map, npages, align_pages) {
+            None if self.release_for_retry(source) => {
+                self.alloc_pages(source, map, npages, align_pages)
+            }
+            r => r,
+        };
+        let Some(run) = found else {
+            // SAFETY: just taken from the pool, unused.
+            unsafe { self.spans.free(rec) };
+            return None;
+        };
+        let arena = self.arenas.get(run.slot);
+        let addr = arena.addr_of(run.start);
+        let s = rec.as_ptr();
+        let arena_ptr = (arena as *const Arena).cast_mut();
+        // SAFETY: `rec` is room for a Span; then the span is ours until published.
+        unsafe {
+            Span::init(s, addr, npages, arena_ptr.cast(), state);
+            (*s).needzero = run.needzero;
+        }
+        arena.set_map(run.start, npages, s);
+        Some(rec)
+    }
+
+    /// A span for small objects of `class`, with tiny counters for the tiny class.
+    pub fn alloc_small_span<S: PageSource>(
+        &mut self,
+        source: &S,
+        map: &PageMap,
+        class: SizeClass,
+    ) -> Option<NonNull<Span>> {
+        let tiny = if class == TINY_CLASS {
+            let t = self.tiny.alloc(source)?;
+            // SAFETY: room for the counters; zero is a valid `AtomicU8`.
+            unsafe {
+                t.as_ptr()
+                    .cast::<u8>()
+                    .write_bytes(0, size_of::<TinyCounts>())
+            };
+            t.as_ptr()
+        } else {
+            null_mut()
+        };
+        let Some(s) = self.alloc_span(source, map, class.span_pages(), 1, SpanState::Small) else {
+            if let Some(t) = NonNull::new(tiny) {
+                // SAFETY: unused record from this pool.
+                unsafe { self.tiny.free(t) };
+            }
+            return None;
+        };
+        // SAFETY: the span is ours (not yet on any list).
+        unsafe {
+            (*s.as_ptr()).init_small(class);
+            (*s.as_ptr()).tiny.store(tiny, Ordering::Relaxed);
+        }
+        Some(s)
+    }
+
+    /// Returns a span's pages to the heap and its record to the pool, then lets
+    /// the scavenger trim the dirty free pages to its allowance.
+    ///
+    /// # Safety
+    /// `span` came from this heap, is on no list, and nothing refers to its objects.
+    pub unsafe fn free_span<S: PageSource>(&mut self, source: &S, span: NonNull<Span>) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.return_span(span) };
+        self.trim(source);
+    }
+
+    /// [`PageHeap::free_span`] without the trim.
+    ///
+    /// # Safety
+    /// As [`PageHeap::free_span`].
+    unsafe fn return_span(&mut self, span: NonNull<Span>) {
+        let s = span.as_ptr();
+        // SAFETY: the caller hands the span over; its arena is live.
+        let (arena, start, npages) = unsafe {
+            let tiny = (*s).tiny.swap(null_mut(), Ordering::Relaxed);
+            if let Some(t) = NonNull::new(tiny) {
+                self.tiny.free(t);
+            }
+            (*s).state = SpanState::Dead;
+            let arena = &*arena_of(s);
+            (arena, arena.page_of((*s).start), (*s).npages)
+        };
+        arena.set_map(start, npages, null_mut());
+        let slot = arena.slot;
+        self.free_pages(slot, start, npages);
+        // SAFETY: the record is unused now.
+        unsafe { self.spans.free(span) };
+    }
+
+    /// A span for a large object of `bytes` (`None` if the source is
+    /// exhausted): an idle span of exactly [`large_pages`] pages from the
+    /// large-span cache, else fresh pages. The object gets exactly that many.
+    pub fn alloc_large<S: PageSource>(
+        &mut self,
+        source: &S,
+        map: &PageMap,
+        bytes: usize,
+        align: usize,
+    ) -> Option<NonNull<Span>> {
+        // A zero-byte object still gets (and is accounted as) one page.
+        let npages = large_pages(bytes)?;
+        self.alloc_large_pages(source, map, npages, npages, align)
+    }
+
+    /// A span for an object of `bytes` that `realloc` promotes out of its
+    /// size class (see `heap::PROMOTE_MIN`): as [`alloc_large`](Self::alloc_large),
+    /// but the idle span taken is the largest of up to twice the pages, whole.
+    /// A buffer that grows is likely to grow again into that room, where a
+    /// span of its exact size may have a live neighbour (then every rebuild
+    /// of the buffer would be copied twice); and a buffer promoted, grown in
+    /// place and freed (the pattern of a doubling `Vec`) leaves an idle span
+    /// of twice its promoted size, which would otherwise serve no promotion
+    /// and walk the heap up through fresh pages. The pages were already held
+    /// idle, so taking them keeps as much memory as before.
+    pub fn alloc_promoted<S: PageSource>(
+        &mut self,
+        source: &S,
+        map: &PageMap,
+        bytes: usize,
+        align: usize,
+    ) -> Option<NonNull<Span>> {
+        let npages = large_pages(bytes)?;
+        self.alloc_large_pages(source, map, npages, npages + npages, align)
+    }
+
+    /// A large span of `npages` pages, or an idle one of up to `max` pages
+    /// (the largest such).
+    fn alloc_large_pages<S: PageSource>(
+        &mut self,
+        source: &S,
+        map: &PageMap,
+        npages: Pages,
+        max: Pages,
+        align: usize,
+    ) -> Option<NonNull<Span>> {
+        let align_pages = (align / crate::PAGE_BYTES).max(1);
+        let s = match self.large_cache.take(npages, max, align_pages) {
+            Some(s) => s,
+            None => self.alloc_span(source, map, npages, align_pages, SpanState::Large)?,
+        };
+        // SAFETY: a live large span, ours.
+        let got = unsafe { (*s.as_ptr()).npages };
+        self.large.mallocs += 1;
+        self.large.live_bytes += got.bytes() as u64;
+        Some(s)
+    }
+
+    /// Frees a large object's span: into the large-span cache if it takes
+    /// the span's size (evicting older idle spans as needed), else back to
+    /// the heap.
+    ///
+    /// # Safety
+    /// As [`PageHeap::free_span`]; the span is `Large`.
+    pub unsafe fn free_large<S: PageSource>(&mut self, source: &S, span: NonNull<Span>) {
+        // SAFETY: the caller hands us a live large span.
+        let npages = unsafe { (*span.as_ptr()).npages };
+        self.large.frees += 1;
+        self.large.live_bytes -= npages.bytes() as u64;
+        if LargeCache::takes(npages) {
+            while !self.large_cache.has_room(npages) {
+                self.evict_cached();
+            }
+            // SAFETY: the caller hands the span over (on no list); there is room.
+            unsafe { self.large_cache.push(span) };
+            self.trim(source);
+            return;
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.free_span(source, span) };
+    }
+
+    /// Gives the pages of span `s` past its first `npages` back to the heap (no trim).
+    ///
+    /// # Safety
+    /// `s` is a live span of more than `npages` pages, owned by the caller.
+    unsafe fn cut_tail(&mut self, s: *mut Span, npages: Pages) {
+        // SAFETY: live span and arena; the tail pages are ours.
+        let (arena, start, old) = unsafe {
+            let arena = &*arena_of(s);
+            (arena, arena.page_of((*s).start), (*s).npages)
+        };
+        arena.set_map(start + npages, old - npages, null_mut());
+        let slot = arena.slot;
+        self.free_pages(slot, start + npages, old - npages);
+        // SAFETY: live span, the caller's.
+        unsafe {
+            (*s).npages = npages;
+            (*s).elemsize = npages.bytes().min(u32::MAX as usize) as u32;
+        }
+    }
+
+    /// Gives one idle span back to the heap (no trim): see [`LargeCache::victim`].
+    fn evict_cached(&mut self) {
+        let s = self
+            .large_cache
+            .victim()
+            .expect("evict from an empty large-span cache");
+        // SAFETY: `s` is on its cache list: an idle span.
+        unsafe { self.uncache(s) };
+    }
+
+    /// Gives every idle span back to the heap (no trim).
+    fn evict_all_cached(&mut self) {
+        while self.large_cache.count() > 0 {
+            self.evict_cached();
+        }
+    }
+
+    /// Returns every idle large span's pages to the heap (for scavenging, and
+    /// before the heap would otherwise fail).
+    pub fn flush_large_cache<S: PageSource>(&mut self, source: &S) {
+        self.evict_all_cached();
+        self.trim(source);
+    }
+
+    /// Takes idle span `s` off its cache list and gives its pages back to the heap (no trim).
+    ///
+    /// # Safety
+    /// `s` is an idle span on its cache list.
+    unsafe fn uncache(&mut self, s: NonNull<Span>) {
+        // SAFETY: as the caller promises.
+        unsafe {
+            self.large_cache.remove(s);
+            self.return_span(s);
+        }
+    }
+
+    /// Resizes a large span in place to `npages`: shrinking frees the tail, growing
+    /// takes the following pages if they are free. Returns false if it cannot.
+    ///
+    /// # Safety
+    /// `span` is a live large span of this heap, owned by the caller.
+    pub unsafe fn resize_large<S: PageSource>(
+        &mut self,
+        source: &S,
+        span: NonNull<Span>,
+        npages: Pages,
+    ) -> bool {
+        let s = span.as_ptr();
+        // SAFETY: live span and arena.
+        let (slot, start, old) = unsafe {
+            let arena = &*arena_of(s);
+            (arena.slot, arena.page_of((*s).start), (*s).npages)
+        };
+        if npages == old {
+            return true;
+        }
+        if npages < old {
+            // SAFETY: the caller's live span.
+            unsafe { self.cut_tail(s, npages) };
+            self.large.live_bytes -= (old - npages).bytes() as u64;
+            self.trim(source);
+        } else {
+            let extra = npages - old;
+            if (start + npages).from_start() > self.arenas.get(slot).npages {
+                return false;
+            }
+            // Idle spans of the large-span cache in the way are free memory:
+            // if only they stand in the way, give them back to the heap.
+            for evict in [false, true] {
+                let mut p = start + old;
+                while p < start + npages {
+                    let t = self.arenas.get(slot).span_at(p);
+                    // SAFETY: non-null map entries are live span records.
+                    match unsafe { t.as_ref() } {
+                        None => p += Pages::ONE,
+                        Some(idle) if idle.state == SpanState::Idle => {
+                            p = self.arenas.get(slot).page_of(idle.end());
+                            if evict {
+                                // SAFETY: an idle span on its cache list, ours under the heap lock.
+                                unsafe { self.uncache(NonNull::from(idle)) };
+                            }
+                        }
+                        Some(_) => return false,
+                    }
+                }
+            }
+            let a = self.arenas.get_mut(slot);
+            if !a.is_free(start + old, extra) {
+                return false;
+            }
+            if !a.make_ready(source, start + old, extra) {
+                return false;
+            }
+            let taken = a.alloc_range(start + old, extra);
+            self.released_pages -= Pages::new(taken.scavenged);
+            self.inuse_pages += extra;
+            self.scavenger.pacer.tick(extra, self.live_pages());
+            self.arenas.update_leaf(slot);
+            self.arenas.get(slot).set_map(start + old, extra, s);
+            // SAFETY: live span, the caller's.
+            unsafe { (*s).npages = npages };
+            self.large.live_bytes += extra.bytes() as u64;
+        }
+        // SAFETY: live span.
+        unsafe { (*s).elemsize = npages.bytes().min(u32::MAX as usize) as u32 };
+        true
+    }
+
+    /// Accounting snapshot.
+    pub fn stats(&self) -> PageStats {
+        let meta = self.meta_bytes + self.spans.sys_bytes() + self.tiny.sys_bytes();
+        PageStats {
+            sys: self.sys_pages.bytes() as u64,
+            inuse: self.inuse_pages.bytes() as u64,
+            released: self.released_pages.bytes() as u64,
+            meta_sys: meta as u64,
+            arenas: self.arenas.len() as u64,
+            spans: self.spans.inuse() as u64,
+            large: self.large,
+            scavenged_total: self.scavenger.released_total.bytes() as u64,
+            large_cached: self.large_cache.pages().bytes() as u64,
+        }
+    }
+
+    /// Walks every arena and checks the heap's counting identities; panics with
+    /// a message on the first violation.
+    pub fn check_invariants(&self) {
+        let (sys, free, released) = self.arenas.check_invariants();
+        assert_eq!(sys, self.sys_pages, "sys_pages");
+        assert_eq!(
+            sys - free,
+            self.inuse_pages,
+            "inuse_pages != pages not free"
+        );
+        assert_eq!(released, self.released_pages, "released_pages");
+        self.large_cache.check_invariants();
+    }
+}
+
+impl Default for PageHeap {
+    fn default() -> Self {
+        Self::new()
+    }
+}

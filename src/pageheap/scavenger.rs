@@ -1,0 +1,392 @@
+//! The scavenger: which dirty free pages go back to the source, and when.
+//! See [`super`] for the page heap and `lib.rs` (free step 4).
+//!
+//! Free pages are *dirty* (Ready) or *released* (Prepared, given back through
+//! `PageSource::release`). New arena pages start released, as in Go. After
+//! every free the scavenger compares the dirty free pages with an
+//! *allowance* and, when they exceed it, releases the highest ones;
+//! [`PageHeap::scavenge`] releases everything (Go's `debug.FreeOSMemory`).
+//! Allocation is first fit over all free pages, released ones included, so
+//! released memory is reused before the heap grows.
+//!
+//! ## Policy
+//!
+//! Releasing a dirty page costs a system call now and a page fault (with a
+//! zeroed page, or a whole zeroed huge page) when it is used again; keeping it
+//! costs memory. A page worth releasing is one the heap will not need again
+//! soon. The live heap of a churning program wanders: it dips and comes back,
+//! and the pages freed by a dip are exactly the ones the rebound needs. A budget
+//! tied to the *current* in-use size shrinks in the dip just when the dirty
+//! pages grow, so it releases the very pages that are faulted back moments
+//! later (the `churn-1m` benchmark, a ~70 MiB footprint, released and faulted
+//! back about 200 MiB per 100,000 operations this way). So the allowance follows the *recent peak* of the
+//! in-use heap, with "recent" measured in page-heap traffic (this is `no_std`:
+//! there is no clock, so, as jemalloc's decay ticks on allocator events, time
+//! here is pages allocated and freed):
+//!
+//! * **Epochs.** An epoch ends when the pages allocated plus pages freed since it
+//!   began reach the epoch's in-use peak (at least [`MIN_EPOCH_PAGES`]): one
+//!   turnover of the live heap, roughly what Go's GC cycle is. The peak in-use
+//!   size of each of the last [`PEAK_EPOCHS`] epochs (and of the current one) is
+//!   kept; the recent peak `P` is their maximum.
+//! * **Shrinks.** A heap that shrinks keeps the allowance of its old peak for
+//!   `PEAK_EPOCHS` epochs of traffic at its new size. Those epochs are as short
+//!   as the new heap is small (at least 4 MiB of traffic), so a heap that shrank
+//!   for good has its memory released after a few turnovers of what remains,
+//!   while a heap that frees everything and builds it again (a request, a batch,
+//!   a benchmark round) reuses its dirty pages instead of releasing them and
+//!   faulting them back: freeing the whole heap is one epoch, and the rebuild
+//!   ends the next one only when it is complete. (Releasing at once when the
+//!   heap halved, as an earlier rule did, released 70 MiB a round on
+//!   `churn-1m`, whose rounds free everything, and tripled its page faults.)
+//!   A heap that goes idle keeps its dirty pages until traffic resumes or
+//!   [`PageHeap::scavenge`] (`Heap::scavenge`) is called, as jemalloc without
+//!   its background thread does.
+//! * **Allowance.** Dirty free pages kept:
+//!   `allowance = max(retain, P + P / RETAIN_INUSE_DIVISOR - inuse)`, so the
+//!   Ready footprint (in use + dirty) stays within `1.5 * P` or `inuse + retain`.
+//!   As `P >= inuse`, this is never below the old budget `inuse / 2`.
+//! * **Hysteresis.** When dirty exceeds the allowance, release down to
+//!   `allowance - allowance / RELEASE_GAP_DIVISOR` (Go's `reduceExtra` goes a
+//!   little below its goal for the same reason), so a heap hovering at the limit
+//!   releases in batches of an eighth of the allowance instead of on every free.
+//! * **Which pages.** The highest dirty pages go first. Allocation is address
+//!   ordered first fit, so the low pages are the ones reused soonest and the high
+//!   ones the coldest; released pages therefore gather at the top, and first fit
+//!   takes the dirty pages below them before it reaches released ones.
+//!
+//! The allowance never holds back an explicit [`PageHeap::scavenge`], and the
+//! counters (`released_pages`, `scavenged_pages_total`) are moved only by the
+//! pages actually released or made Ready, so the statistics stay exact.
+//!
+
+use crate::source::PageSource;
+use crate::units::Pages;
+use crate::CHUNK_PAGES;
+
+use super::PageHeap;
+
+/// Dirty free memory (bytes) the scavenger always keeps, whatever the heap's
+/// size: below this nothing is released (the `retain` of the allowance).
+pub const DEFAULT_RETAIN_BYTES: usize = 16 << 20;
+
+/// The allowance keeps the Ready footprint within `P * (1 + 1 / RETAIN_INUSE_DIVISOR)`,
+/// `P` the recent peak of the in-use heap (see "Policy" in the module docs): fragmentation
+/// holes of a busy heap are reused soon, and releasing them only to fault them back
+/// in costs far more than it saves (Go keeps about 10% over its heap goal, which is
+/// twice the live heap; jemalloc keeps dirty pages for seconds).
+pub const RETAIN_INUSE_DIVISOR: usize = 2;
+
+/// Epochs whose in-use peaks make up the recent peak (besides the current one):
+/// a lasting shrink is forgotten after this many turnovers of the smaller heap.
+/// `churn-1m` wanders by about a third of its heap over a few turnovers.
+pub const PEAK_EPOCHS: usize = 4;
+
+/// Shortest epoch, in pages of traffic (allocated + freed): one chunk, 4 MiB, so
+/// that a tiny heap does not age its peak on every span.
+pub const MIN_EPOCH_PAGES: Pages = Pages::new(CHUNK_PAGES);
+
+/// Once over the allowance, the scavenger releases down to
+/// `allowance - allowance / RELEASE_GAP_DIVISOR`: batches of 1/8 of the allowance.
+pub const RELEASE_GAP_DIVISOR: usize = 8;
+
+/// The scavenger's clock and memory of the recent in-use peak (see "Policy" in
+/// the module docs). All counts are in pages; guarded by the heap lock.
+///
+/// Invariant: `epoch_peak >= inuse` of the page heap at all times (it starts an
+/// epoch at the in-use size and only in-use growth raises it), so
+/// `recent_peak() >= inuse` too.
+#[derive(Clone, Copy, Debug)]
+pub struct Pacer {
+    /// Pages allocated plus pages freed since the current epoch began.
+    traffic: Pages,
+    /// Highest in-use size in the current epoch.
+    epoch_peak: Pages,
+    /// In-use peaks of the last `PEAK_EPOCHS` epochs (a ring; 0 before the heap has had that many).
+    past: [Pages; PEAK_EPOCHS],
+    /// Slot of `past` the next finished epoch goes to.
+    next: usize,
+    /// Epochs finished (for tests and statistics).
+    epochs: u64,
+}
+
+impl Pacer {
+    /// A heap that has seen no traffic.
+    pub const fn new() -> Self {
+        Pacer {
+            traffic: Pages::ZERO,
+            epoch_peak: Pages::ZERO,
+            past: [Pages::ZERO; PEAK_EPOCHS],
+            next: 0,
+            epochs: 0,
+        }
+    }
+
+    /// Records `pages` of traffic (allocated or freed) after which `inuse` pages are in use.
+    #[inline]
+    pub fn tick(&mut self, pages: Pages, inuse: Pages) {
+        self.traffic = self
+            .traffic
+            .checked_add(pages)
+            .unwrap_or(Pages::new(usize::MAX));
+        if inuse > self.epoch_peak {
+            self.epoch_peak = inuse;
+        }
+        // One turnover of the heap at its size in this epoch (so that freeing
+        // the whole heap is one epoch, not many ever shorter ones).
+        if self.traffic >= self.epoch_peak.max(MIN_EPOCH_PAGES) {
+            self.past[self.next] = self.epoch_peak;
+            self.next = (self.next + 1) % PEAK_EPOCHS;
+            self.epoch_peak = inuse;
+            self.traffic = Pages::ZERO;
+            self.epochs += 1;
+        }
+    }
+
+    /// Highest in-use size of the current epoch and the last `PEAK_EPOCHS`.
+    #[inline]
+    pub fn recent_peak(&self) -> Pages {
+        self.past.iter().fold(self.epoch_peak, |m, &p| m.max(p))
+    }
+
+    /// Epochs finished so far.
+    pub fn epochs(&self) -> u64 {
+        self.epochs
+    }
+
+    /// Dirty free pages the scavenger keeps with `inuse` pages in use and a
+    /// retained floor of `retain` pages: `max(retain, P + P / RETAIN_INUSE_DIVISOR - inuse)`,
+    /// `P` the recent peak.
+    #[inline]
+    pub fn allowance(&self, inuse: Pages, retain: Pages) -> Pages {
+        let peak = self.recent_peak().max(inuse);
+        let footprint = peak
+            .checked_add(Pages::new(peak.get() / RETAIN_INUSE_DIVISOR))
+            .unwrap_or(Pages::new(usize::MAX));
+        retain.max(footprint - inuse)
+    }
+}
+
+impl Default for Pacer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The scavenger's state (guarded by the heap lock).
+pub(crate) struct Scavenger {
+    /// The traffic clock and the recent in-use peak.
+    pub(crate) pacer: Pacer,
+    /// Dirty free memory always kept (the allowance's floor).
+    pub(crate) retain_bytes: usize,
+    /// Pages released, cumulative.
+    pub(crate) released_total: Pages,
+}
+
+impl Scavenger {
+    pub(crate) const fn new() -> Self {
+        Scavenger {
+            pacer: Pacer::new(),
+            retain_bytes: DEFAULT_RETAIN_BYTES,
+            released_total: Pages::ZERO,
+        }
+    }
+
+    /// The retained floor in pages.
+    fn retain(&self) -> Pages {
+        Pages::new(self.retain_bytes / crate::PAGE_BYTES)
+    }
+}
+
+impl PageHeap {
+    /// Sets how many bytes of dirty free pages are always kept (the floor of the
+    /// scavenger's allowance, see [`PageHeap::dirty_allowance`]; `usize::MAX`: never
+    /// release on free). A floor above 16 MiB also lets the large-span cache
+    /// hold a quarter of it.
+    pub fn set_retain_bytes(&mut self, bytes: usize) {
+        self.scavenger.retain_bytes = bytes;
+        self.large_cache.set_retain_bytes(bytes);
+        while self.large_cache.pages() > self.large_cache.max_pages() {
+            self.evict_cached();
+        }
+    }
+
+    /// Dirty free pages the scavenger keeps now: `max(retain, P * 3/2 - inuse)`
+    /// with `P` the recent in-use peak (see "Policy" in the module docs).
+    /// After every free, dirty free pages are at most this.
+    pub fn dirty_allowance(&self) -> Pages {
+        self.scavenger
+            .pacer
+            .allowance(self.live_pages(), self.scavenger.retain())
+    }
+
+    /// The scavenger's clock and recent peak, for tests and statistics.
+    pub fn pacer(&self) -> &Pacer {
+        &self.scavenger.pacer
+    }
+
+    /// Dirty free pages now.
+    pub(super) fn dirty_pages(&self) -> Pages {
+        self.sys_pages - self.inuse_pages - self.released_pages
+    }
+
+    /// Releases dirty free pages beyond [`PageHeap::dirty_allowance`], highest
+    /// first, down to `allowance - allowance / RELEASE_GAP_DIVISOR` (the hysteresis
+    /// of "Policy").
+    pub(super) fn trim<S: PageSource>(&mut self, source: &S) {
+        if !S::CAN_RELEASE {
+            return;
+        }
+        // Within the retained floor nothing is released: skip the pacer's sums.
+        let dirty = self.dirty_pages() + self.large_cache.pages();
+        if dirty <= self.scavenger.retain() {
+            return;
+        }
+        let allowance = self.dirty_allowance();
+        // Idle large spans are dirty memory nobody uses, as free pages are: they
+        // count against the same allowance, and go back to the heap first when
+        // it is exceeded (so the cache never raises the footprint's bound).
+        if dirty > allowance {
+            // Down to the hysteresis target: idle spans go back to the heap
+            // first (an evicted span's pages stay dirty, so this does not
+            // change `dirty`), only as many as the release needs, so that a
+            // small overshoot does not empty the cache.
+            let target = allowance - Pages::new(allowance.get() / RELEASE_GAP_DIVISOR);
+            let excess = dirty - target;
+            while self.large_cache.count() > 0 && self.dirty_pages() < excess {
+                self.evict_cached();
+            }
+            self.scavenge(source, excess.get());
+        }
+    }
+
+    /// Releases up to `max_pages` dirty free pages, highest addresses first.
+    /// Returns the pages released. `usize::MAX` releases everything.
+    pub fn scavenge<S: PageSource>(&mut self, source: &S, max_pages: usize) -> usize {
+        if !S::CAN_RELEASE {
+            return 0;
+        }
+        let mut left = Pages::new(max_pages);
+        for slot in self.arenas.slots().rev() {
+            if left == Pages::ZERO {
+                break;
+            }
+            left -= self.arenas.get_mut(slot).release_dirty(source, left);
+        }
+        let done = Pages::new(max_pages) - left;
+        self.released_pages += done;
+        self.scavenger.released_total += done;
+        done.get()
+    }
+
+    /// Out of memory: gives every idle large span back to the heap and releases
+    /// every dirty free page to the source, so that a retry can have the
+    /// source make Ready the pages it needs (a kernel's frames, a budget) from
+    /// memory the heap was only keeping for reuse. Returns whether anything was
+    /// given back (a retry can succeed).
+    pub(super) fn release_for_retry<S: PageSource>(&mut self, source: &S) -> bool {
+        let had_cached = self.large_cache.count() > 0;
+        self.evict_all_cached();
+        let released = self.scavenge(source, usize::MAX);
+        had_cached || released > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pg(n: usize) -> Pages {
+        Pages::new(n)
+    }
+
+    const MIN: usize = MIN_EPOCH_PAGES.get();
+
+    /// Epochs end after one turnover of the in-use heap (at least MIN_EPOCH_PAGES).
+    #[test]
+    fn pacer_epoch_is_one_turnover() {
+        let mut p = Pacer::new();
+        let inuse = pg(4 * MIN);
+        p.tick(inuse, inuse); // the heap filled: one turnover already
+        assert_eq!(p.epochs(), 1);
+        for _ in 0..3 {
+            p.tick(MIN_EPOCH_PAGES, inuse);
+        }
+        assert_eq!(p.epochs(), 1, "three quarters of a turnover");
+        p.tick(MIN_EPOCH_PAGES, inuse);
+        assert_eq!(p.epochs(), 2);
+        // A tiny heap still needs MIN_EPOCH_PAGES of traffic.
+        let mut q = Pacer::new();
+        q.tick(pg(MIN - 1), pg(1));
+        assert_eq!(q.epochs(), 0);
+        q.tick(pg(1), pg(1));
+        assert_eq!(q.epochs(), 1);
+    }
+
+    /// The recent peak survives PEAK_EPOCHS further epochs, then is forgotten.
+    #[test]
+    fn pacer_forgets_peak_after_peak_epochs() {
+        let mut p = Pacer::new();
+        let (big, small) = (pg(8 * MIN), pg(5 * MIN));
+        p.tick(big, big);
+        p.tick(big - small, small); // a dip, same epoch (traffic < big)
+        assert_eq!(p.recent_peak(), big);
+        let mut epochs = p.epochs();
+        let mut turnovers = 0;
+        while p.recent_peak() == big {
+            p.tick(small, small);
+            assert_eq!(
+                p.epochs(),
+                epochs + 1,
+                "each tick of `small` pages is one epoch"
+            );
+            epochs += 1;
+            turnovers += 1;
+        }
+        assert_eq!(turnovers, PEAK_EPOCHS + 1);
+        assert_eq!(p.recent_peak(), small);
+    }
+
+    /// allowance = max(retain, P * 3/2 - inuse), P the recent peak.
+    #[test]
+    fn pacer_allowance() {
+        let mut p = Pacer::new();
+        p.tick(pg(1000), pg(1000));
+        assert_eq!(p.recent_peak(), pg(1000));
+        let a = |p: &Pacer, inuse, retain| p.allowance(pg(inuse), pg(retain)).get();
+        assert_eq!(a(&p, 1000, 0), 500, "at the peak: the in-use share");
+        assert_eq!(a(&p, 1000, 800), 800, "the retained floor");
+        assert_eq!(a(&p, 600, 0), 900, "a dip keeps the peak's footprint");
+        assert_eq!(
+            a(&p, 0, 7),
+            1500,
+            "everything freed: the peak's footprint, until the peak ages out"
+        );
+        assert_eq!(a(&p, 2000, 0), 1000, "above the recorded peak");
+        assert_eq!(a(&Pacer::new(), 0, 7), 7, "no peak: only retain");
+        assert_eq!(a(&Pacer::new(), 0, usize::MAX), usize::MAX);
+    }
+
+    /// Freeing the whole heap is one epoch; the rebuild ends the next only when
+    /// it is complete, so the old peak survives both.
+    #[test]
+    fn pacer_keeps_the_peak_through_free_all_and_rebuild() {
+        let mut p = Pacer::new();
+        let big = pg(16 * MIN);
+        p.tick(big, big); // built: one epoch (traffic reached the peak)
+        let e = p.epochs();
+        for k in 1..=16 {
+            p.tick(MIN_EPOCH_PAGES, big - pg(k * MIN));
+        }
+        assert_eq!(
+            p.epochs(),
+            e + 1,
+            "freeing everything ended exactly one epoch"
+        );
+        for k in 1..=16 {
+            p.tick(MIN_EPOCH_PAGES, pg(k * MIN));
+            assert_eq!(p.recent_peak(), big);
+        }
+        assert!(p.epochs() <= e + 2);
+    }
+}

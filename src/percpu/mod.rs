@@ -1,0 +1,384 @@
+//! The per-CPU tier (Go's `mcache`, shaped like tcmalloc's per-CPU slabs).
+//! See `lib.rs` for the overview.
+//!
+//! Each CPU owns one cache ([`cache::CpuCache`]): for every size class a
+//! bounded stack of free object pointers, the CPU's current tiny block, and
+//! a few counters. An allocation pops from the stack of its class, a free
+//! pushes onto it — on whichever CPU the free happens, so a remote free costs
+//! nothing extra (the classes under a cache line aside: see `heap::small`).
+//! An empty stack is refilled with a batch from the class's central list; a
+//! full one sends its top batch back.
+//!
+//! [`Slabs`] is the front's one door to this tier. It owns the [`Cpu`] and
+//! reaches the caches one of two ways, fixed when the heap sets itself up:
+//!
+//! * **locked** ([`locked`]): through the CPU slot's exclusivity
+//!   ([`Cpu::with_current`]: interrupts off in a kernel, a per-slot lock
+//!   elsewhere);
+//! * **rseq** (`rseq`, Linux x86-64 only): restartable sequences that
+//!   commit each operation with one plain store, no lock and no atomic.
+//!
+//! Both use the word formats of [`word`], so one set of invariants covers
+//! both. Which commit mechanism is compiled in is decided in one place below
+//! (`Sections`, `Fast`); without rseq, `Fast` is an uninhabited type and the
+//! rseq arms of every operation compile to nothing.
+//!
+//! **Publication.** Set-up writes the caches, then publishes the rseq
+//! description (if any), then the caches' address (Release). An operation
+//! reads the caches' address (Acquire) first and the mode after it, so every
+//! operation on published caches agrees on the mode.
+
+mod cache;
+pub mod cpu;
+#[cfg(feature = "linux")]
+pub mod linux;
+mod locked;
+#[cfg(rseq)]
+mod rseq;
+mod word;
+
+use core::ptr::null_mut;
+
+use crate::sizeclass::{SizeClass, NUM_CLASSES};
+use crate::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+
+pub(crate) use cache::{batch, TinyEvent, MAX_CAPACITY};
+pub use cache::{capacity, CACHE_BOUND_BYTES};
+pub(crate) use cpu::Cpu;
+pub(crate) use word::Tiny;
+
+use cache::{CpuCache, NUM_TINY_EVENTS};
+use locked::Locked;
+
+// The one choice of the commit mechanism besides slot exclusivity.
+#[cfg(not(rseq))]
+pub(crate) use locked::{Fast, Sections};
+#[cfg(rseq)]
+pub(crate) use rseq::{Fast, Sections};
+
+/// The per-CPU caches of a heap, and how to reach them.
+///
+/// Invariants: `caches` is null until set-up, then points to `count` caches
+/// that live for ever; `sections` is published (rseq mode) only if it was
+/// published before `caches` was stored, and never changes after.
+pub(crate) struct Slabs<C: Cpu> {
+    cpu: C,
+    /// The restartable sequences (inline, so the fast paths address them
+    /// from the heap's own address).
+    sections: Sections,
+    caches: AtomicPtr<CpuCache>,
+    count: AtomicUsize,
+    /// TinyEvent updates that found no reachable cache (rseq mode, a CPU id
+    /// out of range), by [`TinyEvent`].
+    spill: [AtomicU64; NUM_TINY_EVENTS],
+}
+
+// SAFETY: the caches are reached only under the exclusivity rules above
+// (slot exclusivity, which `C: Cpu` promises, or one-store rseq commits);
+// everything else is atomics and a write-once descriptor (`Sections`).
+unsafe impl<C: Cpu> Sync for Slabs<C> {}
+// SAFETY: as above; nothing is tied to the creating thread.
+unsafe impl<C: Cpu + Send> Send for Slabs<C> {}
+
+impl<C: Cpu> Slabs<C> {
+    /// No caches yet, keyed by `cpu`.
+    pub(crate) const fn new(cpu: C) -> Self {
+        Slabs {
+            cpu,
+            sections: Sections::new(),
+            caches: AtomicPtr::new(null_mut()),
+            count: AtomicUsize::new(0),
+            spill: [const { AtomicU64::new(0) }; NUM_TINY_EVENTS],
+        }
+    }
+
+    /// The CPU mapping.
+    pub(crate) fn cpu(&self) -> &C {
+        &self.cpu
+    }
+
+    /// Bytes of memory for `count` caches (64-byte aligned, zeroed).
+    pub(crate) const fn bytes(count: usize) -> usize {
+        count * core::mem::size_of::<CpuCache>()
+    }
+
+    /// The published restartable sequences, for the fast paths (always
+    /// `None` in locked mode and before set-up).
+    #[inline(always)]
+    pub(crate) fn fast(&self) -> Option<Fast> {
+        self.sections.get()
+    }
+
+    /// The caches, once set up.
+    #[inline(always)]
+    pub(crate) fn get(&self) -> Option<Caches<'_, C>> {
+        let caches = self.caches.load(Ordering::Acquire);
+        if caches.is_null() {
+            return None;
+        }
+        Some(Caches {
+            slabs: self,
+            caches,
+        })
+    }
+
+    /// Sets up `count` caches in `mem`, in rseq mode if the CPU mapping
+    /// offers an rseq area and the sections are compiled in.
+    ///
+    /// # Safety
+    /// Called once (the heap's set-up lock); `mem` is [`Slabs::bytes`]`(count)`
+    /// bytes, zeroed, 64-byte aligned and ours for ever; `count` is
+    /// `cpu.count()`.
+    pub(crate) unsafe fn install(&self, mem: *mut u8, count: usize) -> Caches<'_, C> {
+        let caches = mem.cast::<CpuCache>();
+        if let Some(off) = self.cpu.rseq_offset() {
+            // SAFETY: once, with caches that live for ever; `off` is the
+            // area the CPU mapping found.
+            unsafe { self.sections.publish(caches, count, off) };
+        }
+        self.count.store(count, Ordering::Relaxed);
+        self.caches.store(caches, Ordering::Release);
+        self.get().expect("just installed")
+    }
+
+    /// Racy sums over every cache's words: exact at quiescence.
+    pub(crate) fn totals(&self) -> Totals {
+        let mut t = Totals {
+            cpus: 0,
+            rseq: false,
+            pops: [0; NUM_CLASSES],
+            cached: [0; NUM_CLASSES],
+            events: core::array::from_fn(|k| self.spill[k].load(Ordering::Relaxed)),
+            tiny_current: 0,
+        };
+        let Some(s) = self.get() else {
+            return t;
+        };
+        t.cpus = s.count();
+        t.rseq = s.uses_rseq();
+        for i in 0..s.count() {
+            // Racy reads of words other CPUs write with plain stores: each
+            // word is read whole.
+            let cache = s.locked().cache(i);
+            for c in SizeClass::small_classes() {
+                let w = cache.word(c);
+                t.pops[c.index()] += w.pops();
+                t.cached[c.index()] += w.len() as u64;
+            }
+            for k in TinyEvent::ALL {
+                t.events[k as usize] += cache.counter(k);
+            }
+            t.tiny_current += cache.tiny().n as u64;
+        }
+        t
+    }
+}
+
+/// What [`Slabs::totals`] sums.
+pub(crate) struct Totals {
+    /// Caches.
+    pub(crate) cpus: usize,
+    /// Whether operations commit with restartable sequences.
+    pub(crate) rseq: bool,
+    /// Per class: mallocs counted by pops, cumulative.
+    pub(crate) pops: [u64; NUM_CLASSES],
+    /// Per class: free objects on the stacks now.
+    pub(crate) cached: [u64; NUM_CLASSES],
+    /// Per [`TinyEvent`], cumulative.
+    pub(crate) events: [u64; NUM_TINY_EVENTS],
+    /// Sub-objects carved from the current tiny blocks.
+    pub(crate) tiny_current: u64,
+}
+
+impl Totals {
+    /// TinyEvent `k`'s sum.
+    pub(crate) fn event(&self, k: TinyEvent) -> u64 {
+        self.events[k as usize]
+    }
+}
+
+/// The caches of a heap once set up: every method commits by a
+/// restartable sequence in rseq mode, else under the current CPU's slot.
+/// Two words, so it travels in registers. Having one proves the caches were
+/// published, and so (see "Publication") that the mode each method reads is
+/// the heap's mode for good.
+pub(crate) struct Caches<'a, C: Cpu> {
+    slabs: &'a Slabs<C>,
+    caches: *mut CpuCache,
+}
+
+impl<C: Cpu> Clone for Caches<'_, C> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<C: Cpu> Copy for Caches<'_, C> {}
+
+impl<'a, C: Cpu> Caches<'a, C> {
+    /// The sections, in rseq mode.
+    #[inline(always)]
+    fn fast(&self) -> Option<Fast> {
+        // SAFETY: a `Caches` is made only from an Acquire load that found
+        // the caches published (`Slabs::get`).
+        unsafe { self.slabs.sections.get_settled() }
+    }
+
+    /// The slot-exclusive way to the caches.
+    #[inline(always)]
+    fn locked(&self) -> Locked<'a, C> {
+        Locked {
+            cpu: &self.slabs.cpu,
+            caches: self.caches,
+        }
+    }
+
+    /// Whether operations commit with restartable sequences.
+    #[inline(always)]
+    pub(crate) fn uses_rseq(&self) -> bool {
+        self.fast().is_some()
+    }
+
+    /// Number of caches.
+    pub(crate) fn count(&self) -> usize {
+        self.slabs.count.load(Ordering::Relaxed)
+    }
+
+    /// Pops an object of class `c` on the current CPU (null if none), counting a malloc.
+    #[inline(always)]
+    pub(crate) fn pop(&self, c: SizeClass) -> *mut u8 {
+        match self.fast() {
+            Some(f) => f.pop(c),
+            None => self.locked().pop(c),
+        }
+    }
+
+    /// Pushes `p` on the current CPU; false if the stack is full (or unreachable).
+    #[inline(always)]
+    pub(crate) fn push(&self, c: SizeClass, p: *mut u8) -> bool {
+        match self.fast() {
+            Some(f) => f.push(c, p),
+            None => self.locked().push(c, p),
+        }
+    }
+
+    /// Pushes `p` on the current CPU's stack unless `elsewhere`, asked with
+    /// that CPU's index, says the object belongs to another CPU. `None`: not
+    /// pushed, it belongs elsewhere; `Some(false)`: the stack is full. In
+    /// locked mode the question is asked inside the CPU's slot, so the
+    /// answer is exact; in rseq mode it is a hint (the thread may move).
+    #[inline(always)]
+    pub(crate) fn push_owned(
+        &self,
+        c: SizeClass,
+        p: *mut u8,
+        elsewhere: impl FnOnce(usize) -> bool,
+    ) -> Option<bool> {
+        match self.fast() {
+            Some(f) => (!elsewhere(f.cpu())).then(|| f.push(c, p)),
+            None => self.locked().push_owned(c, p, elsewhere),
+        }
+    }
+
+    /// Pushes as many of `objs` as fit on the current CPU; returns how many.
+    pub(crate) fn push_batch(&self, c: SizeClass, objs: &[*mut u8]) -> usize {
+        match self.fast() {
+            Some(f) => f.push_batch(c, objs),
+            None => self.locked().push_batch(c, objs),
+        }
+    }
+
+    /// Pops up to `out.len()` objects on the current CPU; returns how many.
+    pub(crate) fn pop_batch(&self, c: SizeClass, out: &mut [*mut u8]) -> usize {
+        match self.fast() {
+            Some(f) => f.pop_batch(c, out),
+            None => self.locked().pop_batch(c, out),
+        }
+    }
+
+    /// Carves `size` bytes at alignment `a` (a power of two) from the current
+    /// CPU's tiny block, in one entry; null if there is no block or no room.
+    #[inline(always)]
+    pub(crate) fn carve_tiny(&self, size: usize, a: usize) -> *mut u8 {
+        match self.fast() {
+            Some(f) => f.carve(size, a),
+            None => self.locked().carve(size, a),
+        }
+    }
+
+    /// The current CPU's index and tiny state; `None` if unreachable (rseq:
+    /// the CPU id is out of range).
+    pub(crate) fn tiny(&self) -> Option<(usize, Tiny)> {
+        match self.fast() {
+            Some(f) => f.tiny(),
+            None => Some(self.locked().tiny()),
+        }
+    }
+
+    /// Stores `new` as cache `i`'s tiny state if it still is `old` (and, with
+    /// rseq, the thread still runs on CPU `i`).
+    pub(crate) fn replace_tiny(&self, i: usize, old: Tiny, new: Tiny) -> bool {
+        match self.fast() {
+            Some(f) => f.replace_tiny(i, old, new),
+            None => self.locked().replace_tiny(i, old, new),
+        }
+    }
+
+    /// Adds to a counter of the current CPU's cache (any CPU's in a race:
+    /// only the sum over CPUs matters), or to the heap-wide spill if no
+    /// cache is reachable.
+    pub(crate) fn count_event(&self, k: TinyEvent, delta: u64) {
+        match self.fast() {
+            Some(f) => {
+                if !f.add(k, delta) {
+                    self.slabs.spill[k as usize].fetch_add(delta, Ordering::Relaxed);
+                }
+            }
+            None => self.locked().add(k, delta),
+        }
+    }
+
+    /// The CPU the caller runs on (a hint in rseq mode: `u32::MAX` for an
+    /// unregistered thread).
+    pub(crate) fn current_cpu(&self) -> usize {
+        match self.fast() {
+            Some(f) => f.cpu(),
+            None => self.locked().current_cpu(),
+        }
+    }
+
+    /// Runs `f` with cache `i` to itself, from any CPU: its slot, plus in
+    /// rseq mode the stop protocol. `None` if exclusivity cannot be had
+    /// (rseq mode without the expedited-rseq membarrier, or a CPU that
+    /// stays busy).
+    fn exclusive<R>(&self, i: usize, f: impl FnOnce(&CpuCache) -> R) -> Option<R> {
+        let cache = self.locked().cache(i);
+        self.slabs.cpu.with_slot(i, || match self.fast() {
+            Some(fast) => fast.exclusive(cache, i, || f(cache)),
+            None => Some(f(cache)),
+        })
+    }
+
+    /// Takes cache `i`'s tiny block out (a drain); `None` if it had none or
+    /// the cache was unreachable. A stopped word reads as a full block.
+    pub(crate) fn take_tiny(&self, i: usize) -> Option<Tiny> {
+        self.exclusive(i, |cache| cache.take_tiny())
+            .filter(|t| t.block != 0)
+    }
+
+    /// Empties cache `i`'s stacks (a drain), handing each class's objects to
+    /// `flush` inside the cache's exclusivity (lock order: slot, then
+    /// whatever `flush` takes). False if the cache was unreachable.
+    pub(crate) fn drain(&self, i: usize, mut flush: impl FnMut(SizeClass, &[*mut u8])) -> bool {
+        self.exclusive(i, |cache| {
+            let mut buf = [null_mut(); MAX_CAPACITY];
+            for c in SizeClass::small_classes() {
+                let k = cache.pop_batch(c, &mut buf);
+                if k > 0 {
+                    flush(c, &buf[..k]);
+                }
+            }
+        })
+        .is_some()
+    }
+}

@@ -1,0 +1,385 @@
+//! Typed numbers at the seams between the tiers: page counts, page indices,
+//! addresses, arena slots and span owners. See `lib.rs` for the overview.
+//!
+//! Each is a `#[repr(transparent)]` newtype over the raw number with only the
+//! arithmetic that makes sense (tcmalloc's `PageId`/`Length`, Go's
+//! `pageID`/`chunkIdx`, the x86_64 crate's `VirtAddr`): a page index plus a
+//! page count is a page index, the distance between two page indices is a
+//! page count, and a page index cannot be passed where an address or a count
+//! is meant. They compile to the raw number.
+//!
+//! ```text
+//!   Addr  ── Arena::page_of ──▶ PageIdx ── + Pages ──▶ PageIdx
+//!     ▲                            │
+//!     └──── Arena::addr_of ◀───────┘          Pages::bytes() = n · PAGE_BYTES
+//! ```
+
+use core::fmt;
+use core::ops::{Add, AddAssign, Sub, SubAssign};
+
+use crate::sync::atomic::{AtomicU32, Ordering};
+use crate::{PAGE_BYTES, PAGE_SHIFT};
+
+/// A number of heap pages ([`PAGE_BYTES`] each; tcmalloc's `Length`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(transparent)]
+pub struct Pages(usize);
+
+impl Pages {
+    /// No pages.
+    pub const ZERO: Pages = Pages(0);
+    /// One page.
+    pub const ONE: Pages = Pages(1);
+
+    /// `n` pages.
+    #[inline(always)]
+    pub const fn new(n: usize) -> Pages {
+        Pages(n)
+    }
+
+    /// The number of pages.
+    #[inline(always)]
+    pub const fn get(self) -> usize {
+        self.0
+    }
+
+    /// Bytes in these pages: `n · PAGE_BYTES`.
+    #[inline(always)]
+    pub const fn bytes(self) -> usize {
+        self.0 << PAGE_SHIFT
+    }
+
+    /// The pages that hold `bytes` bytes, rounded up (`None` on overflow).
+    #[inline]
+    pub const fn of_bytes(bytes: usize) -> Option<Pages> {
+        match bytes.checked_add(PAGE_BYTES - 1) {
+            Some(b) => Some(Pages(b >> PAGE_SHIFT)),
+            None => None,
+        }
+    }
+
+    /// The pages of exactly `bytes` bytes, a multiple of [`PAGE_BYTES`].
+    #[inline(always)]
+    pub const fn of_whole_bytes(bytes: usize) -> Pages {
+        debug_assert!(bytes.is_multiple_of(PAGE_BYTES));
+        Pages(bytes >> PAGE_SHIFT)
+    }
+
+    /// `self - other`, or `ZERO` if `other` is larger.
+    #[inline(always)]
+    pub const fn saturating_sub(self, other: Pages) -> Pages {
+        Pages(self.0.saturating_sub(other.0))
+    }
+
+    /// `self + other`, or `None` on overflow.
+    #[inline(always)]
+    pub const fn checked_add(self, other: Pages) -> Option<Pages> {
+        match self.0.checked_add(other.0) {
+            Some(n) => Some(Pages(n)),
+            None => None,
+        }
+    }
+}
+
+impl Add for Pages {
+    type Output = Pages;
+    #[inline(always)]
+    fn add(self, o: Pages) -> Pages {
+        Pages(self.0 + o.0)
+    }
+}
+
+impl Sub for Pages {
+    type Output = Pages;
+    #[inline(always)]
+    fn sub(self, o: Pages) -> Pages {
+        Pages(self.0 - o.0)
+    }
+}
+
+impl AddAssign for Pages {
+    #[inline(always)]
+    fn add_assign(&mut self, o: Pages) {
+        self.0 += o.0;
+    }
+}
+
+impl SubAssign for Pages {
+    #[inline(always)]
+    fn sub_assign(&mut self, o: Pages) {
+        self.0 -= o.0;
+    }
+}
+
+impl fmt::Display for Pages {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl core::iter::Sum for Pages {
+    fn sum<I: Iterator<Item = Pages>>(it: I) -> Pages {
+        it.fold(Pages::ZERO, |a, b| a + b)
+    }
+}
+
+/// A page's position inside its arena: page 0 is the arena's first
+/// (the bit index of the arena's page bitmap).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(transparent)]
+pub struct PageIdx(usize);
+
+impl PageIdx {
+    /// The arena's first page.
+    pub const ZERO: PageIdx = PageIdx(0);
+
+    /// Page `i` of an arena.
+    #[inline(always)]
+    pub const fn new(i: usize) -> PageIdx {
+        PageIdx(i)
+    }
+
+    /// The index.
+    #[inline(always)]
+    pub const fn get(self) -> usize {
+        self.0
+    }
+
+    /// The pages from the arena's start to this page.
+    #[inline(always)]
+    pub const fn from_start(self) -> Pages {
+        Pages(self.0)
+    }
+}
+
+impl Add<Pages> for PageIdx {
+    type Output = PageIdx;
+    #[inline(always)]
+    fn add(self, n: Pages) -> PageIdx {
+        PageIdx(self.0 + n.0)
+    }
+}
+
+impl AddAssign<Pages> for PageIdx {
+    #[inline(always)]
+    fn add_assign(&mut self, n: Pages) {
+        self.0 += n.0;
+    }
+}
+
+impl Sub<Pages> for PageIdx {
+    type Output = PageIdx;
+    #[inline(always)]
+    fn sub(self, n: Pages) -> PageIdx {
+        PageIdx(self.0 - n.0)
+    }
+}
+
+/// The distance between two pages of one arena.
+impl Sub for PageIdx {
+    type Output = Pages;
+    #[inline(always)]
+    fn sub(self, o: PageIdx) -> Pages {
+        Pages(self.0 - o.0)
+    }
+}
+
+/// An address in the heap's arenas: where a span or an arena starts.
+/// Printed in hex.
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(transparent)]
+pub struct Addr(usize);
+
+impl Addr {
+    /// The address `a`.
+    #[inline(always)]
+    pub const fn new(a: usize) -> Addr {
+        Addr(a)
+    }
+
+    /// The address of `p`.
+    #[inline(always)]
+    pub fn of<T>(p: *const T) -> Addr {
+        Addr(p as usize)
+    }
+
+    /// The address as a number.
+    #[inline(always)]
+    pub const fn get(self) -> usize {
+        self.0
+    }
+
+    /// The address as a pointer.
+    #[inline(always)]
+    pub const fn as_ptr<T>(self) -> *mut T {
+        self.0 as *mut T
+    }
+
+    /// The address `pages` further on.
+    #[inline(always)]
+    pub const fn add_pages(self, pages: Pages) -> Addr {
+        Addr(self.0 + pages.bytes())
+    }
+}
+
+/// The address `bytes` further on.
+impl Add<usize> for Addr {
+    type Output = Addr;
+    #[inline(always)]
+    fn add(self, bytes: usize) -> Addr {
+        Addr(self.0 + bytes)
+    }
+}
+
+/// The bytes from `o` up to `self`.
+impl Sub for Addr {
+    type Output = usize;
+    #[inline(always)]
+    fn sub(self, o: Addr) -> usize {
+        self.0 - o.0
+    }
+}
+
+impl fmt::Debug for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
+impl fmt::LowerHex for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::LowerHex::fmt(&self.0, f)
+    }
+}
+
+/// An arena's place in the page heap's address-ordered arena array (slot 0
+/// holds the lowest arena; slots shift when an arena is inserted below).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(transparent)]
+pub struct ArenaSlot(usize);
+
+impl ArenaSlot {
+    /// Slot `i`.
+    #[inline(always)]
+    pub const fn new(i: usize) -> ArenaSlot {
+        ArenaSlot(i)
+    }
+
+    /// The slot's index.
+    #[inline(always)]
+    pub const fn get(self) -> usize {
+        self.0
+    }
+}
+
+/// The CPU whose cache takes a span's objects, for the classes whose objects
+/// share cache lines ([`crate::sizeclass::SizeClass::shares_lines`]), or
+/// none. Packed for one 32-bit atomic: 0 is none, `1 + i` is CPU index `i`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct Owner(u32);
+
+impl Owner {
+    /// No owner (a span before its first refill, or a caller that does not know its CPU).
+    pub const NONE: Owner = Owner(0);
+
+    /// The owner for CPU index `cpu`. An index without a packing (an
+    /// unregistered rseq CPU id, `-1` read as unsigned) gives [`Owner::NONE`].
+    #[inline(always)]
+    pub const fn cpu(cpu: usize) -> Owner {
+        if cpu >= u32::MAX as usize {
+            Owner::NONE
+        } else {
+            Owner(cpu as u32 + 1)
+        }
+    }
+
+    /// Whether this is [`Owner::NONE`].
+    #[inline(always)]
+    pub const fn is_none(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether this is some CPU, and not `other`.
+    #[inline(always)]
+    pub const fn is_other_than(self, other: Owner) -> bool {
+        self.0 != 0 && self.0 != other.0
+    }
+}
+
+/// An [`Owner`] that changes under a lock and is read without one, as a
+/// hint: every access is `Relaxed` (a hint needs no ordering).
+#[derive(Debug)]
+#[repr(transparent)]
+pub struct AtomicOwner(AtomicU32);
+
+impl AtomicOwner {
+    /// [`Owner::NONE`].
+    pub const fn new() -> AtomicOwner {
+        AtomicOwner(AtomicU32::new(0))
+    }
+
+    /// The owner now.
+    #[inline(always)]
+    pub fn load(&self) -> Owner {
+        Owner(self.0.load(Ordering::Relaxed))
+    }
+
+    /// Sets the owner.
+    #[inline(always)]
+    pub fn store(&self, o: Owner) {
+        self.0.store(o.0, Ordering::Relaxed);
+    }
+}
+
+impl Default for AtomicOwner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_and_indices() {
+        assert_eq!(Pages::of_bytes(0), Some(Pages::ZERO));
+        assert_eq!(Pages::of_bytes(1), Some(Pages::ONE));
+        assert_eq!(Pages::of_bytes(PAGE_BYTES), Some(Pages::ONE));
+        assert_eq!(Pages::of_bytes(PAGE_BYTES + 1), Some(Pages::new(2)));
+        assert_eq!(Pages::of_bytes(usize::MAX), None);
+        assert_eq!(Pages::new(3).bytes(), 3 * PAGE_BYTES);
+        let i = PageIdx::new(10) + Pages::new(5);
+        assert_eq!(i, PageIdx::new(15));
+        assert_eq!(i - PageIdx::new(10), Pages::new(5));
+        assert_eq!(i - Pages::new(15), PageIdx::ZERO);
+        assert_eq!(Pages::new(2).saturating_sub(Pages::new(3)), Pages::ZERO);
+        assert_eq!(
+            [Pages::ONE, Pages::new(2)].into_iter().sum::<Pages>(),
+            Pages::new(3)
+        );
+    }
+
+    #[test]
+    fn addresses_print_in_hex() {
+        let a = Addr::new(0x1000);
+        assert_eq!(std::format!("{a:?} {a:#x}"), "0x1000 0x1000");
+        assert_eq!((a + 16) - a, 16);
+        assert_eq!(a.add_pages(Pages::ONE).get(), 0x1000 + PAGE_BYTES);
+    }
+
+    #[test]
+    fn owners() {
+        assert!(Owner::cpu(0) != Owner::NONE);
+        assert!(Owner::cpu(u32::MAX as usize).is_none());
+        assert!(Owner::cpu(usize::MAX).is_none());
+        assert!(Owner::cpu(3).is_other_than(Owner::cpu(2)));
+        assert!(!Owner::cpu(3).is_other_than(Owner::cpu(3)));
+        assert!(!Owner::NONE.is_other_than(Owner::cpu(3)));
+        let a = AtomicOwner::new();
+        assert_eq!(a.load(), Owner::NONE);
+        a.store(Owner::cpu(7));
+        assert_eq!(a.load(), Owner::cpu(7));
+    }
+}
