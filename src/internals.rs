@@ -19,3 +19,9 @@ pub use crate::units::{Addr, PageIdx, Pages};
 
 /// Pages in a chunk (`CHUNK_BYTES / PAGE_BYTES`).
 pub const CHUNK_PAGES: usize = crate::CHUNK_PAGES;
+
+pub use crate::testing::Rng;
+#[cfg(feature = "linux")]
+pub use crate::testing::{in_child, ChildExit};
+#[cfg(any(test, feature = "linux"))]
+pub use crate::testing::{Call, CallCounts, CheckedSource, PageState};

@@ -251,6 +251,7 @@ mod span;
 mod stack;
 mod stats;
 mod sync;
+mod testing;
 mod units;
 
 #[cfg(feature = "linux")]

@@ -802,6 +802,7 @@ mod tests {
     use super::*;
     use crate::pageheap::{HeapLock, PageHeap, PageMap};
     use crate::source::MmapSource;
+    use crate::testing::in_child;
     use core::ptr::{read_volatile, write_volatile};
     use spin::relax::Spin;
     use std::boxed::Box;
@@ -838,6 +839,8 @@ mod tests {
                 .expect("stack")
         }
         fn free(&self, cache: Option<&mut StackCache>, s: Stack) {
+            // SAFETY: callers pass a stack this world's `alloc` gave them and stop using it; the
+            // double-free tests pass a stale copy on purpose, which `free` panics on before use.
             unsafe { self.stacks.free(&self.below(), cache, s) }
         }
         fn inuse(&self) -> u64 {
@@ -856,6 +859,7 @@ mod tests {
         // (documented), and the box takes the allocation with its layout.
         let p = unsafe { std::alloc::alloc_zeroed(layout) };
         assert!(!p.is_null());
+        // SAFETY: `p` is non-null, zeroed and of `StackCache`'s layout: a valid empty cache.
         let c = unsafe { Box::from_raw(p.cast::<StackCache>()) };
         assert!(c.is_empty());
         c
@@ -865,6 +869,7 @@ mod tests {
     fn fill(s: &Stack, tag: u64) {
         let p = s.base.as_ptr().cast::<u64>();
         for i in 0..s.size / 8 {
+            // SAFETY: `s` is a live stack of `s.size` bytes, 8-aligned, and `i < s.size / 8`.
             unsafe { write_volatile(p.add(i), tag ^ i as u64) };
         }
     }
@@ -873,6 +878,7 @@ mod tests {
         let p = s.base.as_ptr().cast::<u64>();
         for i in (0..s.size / 8).step_by(61).chain([s.size / 8 - 1]) {
             assert_eq!(
+                // SAFETY: as in `fill`: `s` is live, 8-aligned, and `i < s.size / 8`.
                 unsafe { read_volatile(p.add(i)) },
                 tag ^ i as u64,
                 "stack {:p} overwritten at word {i}",
@@ -881,18 +887,7 @@ mod tests {
         }
     }
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::testing::Rng;
 
     #[test]
     fn orders_and_bounds() {
@@ -916,7 +911,7 @@ mod tests {
     fn many_stacks_every_order_across_caches() {
         let w = World::new();
         let mut caches: Vec<Box<StackCache>> = (0..4).map(|_| zeroed_cache()).collect();
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
         let sizes = [1, 4096, 8192, 8193, 16384, 20000, 32768, 40000, 65536];
         let mut live: Vec<(Stack, u64)> = Vec::new();
         for i in 0..600u64 {
@@ -1079,28 +1074,6 @@ mod tests {
 
     /// Runs `f` in a forked child and returns its raw wait status (as in
     /// `source::mmap`'s tests: the child only touches memory and `_exit`s).
-    fn in_child(f: impl FnOnce()) -> libc::c_int {
-        unsafe {
-            let pid = libc::fork();
-            assert!(pid >= 0, "fork failed");
-            if pid == 0 {
-                libc::signal(libc::SIGSEGV, libc::SIG_DFL);
-                f();
-                libc::_exit(0);
-            }
-            let mut status = 0;
-            assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
-            status
-        }
-    }
-
-    fn exited_ok(st: libc::c_int) -> bool {
-        libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0
-    }
-
-    fn segfaulted(st: libc::c_int) -> bool {
-        libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGSEGV
-    }
 
     #[test]
     fn guarded_stack_faults_below_base() {
@@ -1115,18 +1088,22 @@ mod tests {
         check_fill(&s, 7);
         let base = s.base.as_ptr() as usize;
         let top = s.top() as usize;
+        // SAFETY: the first and last bytes of the live, Ready stack, written in the child's copy.
         let st = in_child(|| unsafe {
             write_volatile(base as *mut u8, 1);
             write_volatile((top - 1) as *mut u8, 1);
         });
-        assert!(exited_ok(st), "status {st:#x}");
+        assert!(st.exited_ok(), "status {:#x}", st.status());
         // One byte below the stack, and the bottom of the guard.
+        // SAFETY: deliberately faults: `base - 1` is in the guard (PROT_NONE), so the child
+        // dies of SIGSEGV before anything is written, which is what the test checks.
         let st = in_child(|| unsafe { write_volatile((base - 1) as *mut u8, 1) });
-        assert!(segfaulted(st), "status {st:#x}");
+        assert!(st.segfaulted(), "status {:#x}", st.status());
+        // SAFETY: as above: the guard's lowest byte, also PROT_NONE, faults in the child.
         let st = in_child(|| unsafe {
             read_volatile((base - GUARD_BYTES) as *const u8);
         });
-        assert!(segfaulted(st), "status {st:#x}");
+        assert!(st.segfaulted(), "status {:#x}", st.status());
         let stats = w.stacks.stats();
         assert_eq!(
             (stats.guarded_stacks, stats.dedicated_spans, stats.sys_bytes),
@@ -1146,10 +1123,12 @@ mod tests {
             "the span's pages are reused"
         );
         let a = again.base.as_ptr() as usize;
+        // SAFETY: `a` is the base of the live stack `again`, Ready; written in the child's copy.
         let st = in_child(|| unsafe { write_volatile(a as *mut u8, 1) });
         assert!(
-            exited_ok(st),
-            "the former guard page must be Ready again: status {st:#x}"
+            st.exited_ok(),
+            "the former guard page must be Ready again: status {:#x}",
+            st.status()
         );
         fill(&again, 9);
         w.free(None, again);
@@ -1220,6 +1199,7 @@ mod tests {
         let w = World::new();
         w.stacks.lock_all();
         assert!(w.stacks.pools.iter().all(|p| p.0.is_locked()));
+        // SAFETY: this thread called `lock_all` just above.
         unsafe { w.stacks.unlock_all() };
         let s = w.alloc(None, 8192, false);
         w.free(None, s);
@@ -1235,7 +1215,7 @@ mod tests {
                 let (w, shared) = (w.clone(), shared.clone());
                 std::thread::spawn(move || {
                     let mut cache = zeroed_cache();
-                    let mut rng = Rng(0x1234_5678 + t * 0x9e37_79b9);
+                    let mut rng = Rng::new(0x1234_5678 + t * 0x9e37_79b9);
                     let sizes = [8192, 12000, 32768, 65536, 100_000];
                     for i in 0..3000u64 {
                         if rng.below(2) == 0 {

@@ -1,6 +1,8 @@
 //! Out-of-memory injection and recovery, through `FailingSource<MmapSource>`
 //! (a budget of bytes that may become Ready), plus impossible layouts and
-//! every alignment up to the arena size.
+//! every alignment up to the arena size. Every heap's source is also under
+//! the checking source, so each failure path is checked against the page
+//! source's state machine too.
 //!
 //! Every test has a heap of its own (a `static`), so the statistics are exact.
 //! Allocation failure must come back as null: never a panic or an abort.
@@ -11,15 +13,17 @@ mod common;
 use core::alloc::Layout;
 
 use common::{rounded, single_cpu_heap, Rng};
+use tieralloc::internals::CheckedSource;
 use tieralloc::source::failing::FailingSource;
 use tieralloc::{Heap, MmapSource, PageSource, SingleCpu, Stats, TINY_BLOCK};
 
-type OomHeap = Heap<FailingSource<MmapSource>, SingleCpu>;
+type Source = CheckedSource<FailingSource<MmapSource>, { MmapSource::ARENA_BYTES }>;
+type OomHeap = Heap<Source, SingleCpu>;
 
 macro_rules! oom_heap {
     ($budget:expr) => {{
         static HEAP: OomHeap = Heap::new(
-            FailingSource::new(MmapSource::new(), $budget),
+            CheckedSource::new(FailingSource::new(MmapSource::new(), $budget)),
             SingleCpu::new(),
         );
         &HEAP
@@ -130,7 +134,7 @@ fn fill_until_null(heap: &OomHeap, mut next: impl FnMut() -> Layout) -> (Vec<Obj
     }
     panic!(
         "no allocation failed after {MAX_ATTEMPTS} attempts (budget left {})",
-        heap.source().budget()
+        heap.source().inner().budget()
     );
 }
 
@@ -361,7 +365,7 @@ fn raise_budget_after_failure() {
     assert!(heap.allocate(small).is_null());
     check(heap, &live);
 
-    heap.source().set_budget(64 * MIB);
+    heap.source().inner().set_budget(64 * MIB);
     for i in 0..32 {
         live.push(alloc_obj(heap, big, i).expect("large allocation after raising the budget"));
     }
@@ -396,7 +400,7 @@ fn zero_budget_from_the_start() {
         assert!(heap.allocate_zeroed(l).is_null(), "{l:?}");
     }
     heap.check_invariants();
-    heap.source().set_budget(usize::MAX);
+    heap.source().inner().set_budget(usize::MAX);
     let mut live = Vec::new();
     for (i, (size, align)) in [
         (1, 1),
@@ -472,14 +476,14 @@ fn impossible_layouts_on(heap: &OomHeap) {
             .unwrap(),
         );
     }
-    let budget = heap.source().budget();
+    let budget = heap.source().inner().budget();
     let before = heap.stats();
     for l in impossible_layouts() {
         assert!(heap.allocate(l).is_null(), "allocate({l:?})");
         assert!(heap.allocate_zeroed(l).is_null(), "allocate_zeroed({l:?})");
     }
     // Nothing was taken for them.
-    assert_eq!(heap.source().budget(), budget);
+    assert_eq!(heap.source().inner().budget(), budget);
     assert_eq!(heap.stats(), before);
     // Reallocating any live object to an impossible size fails and leaves it intact.
     let max = isize::MAX as usize;

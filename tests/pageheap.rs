@@ -1,335 +1,33 @@
 //! The page heap tier alone: [`PageHeap`] and [`PageMap`] driven directly,
-//! over the real [`MmapSource`] and over [`Rec`], a recording source that
-//! forwards to `MmapSource`, logs every call and checks the state machine of
-//! `source/mod.rs` for every OS page (`ready` only on Prepared pages, `release`
+//! over the real [`MmapSource`] and over [`CheckedSource`] (a recording source
+//! that forwards to `MmapSource`, logs every call and checks the state machine
+//! of `source/mod.rs` for every OS page (`ready` only on Prepared pages, `release`
 //! only on Ready ones, `free` only of whole reservations, no overlap...).
 //!
 //! Every test drives a harness ([`H`]) that, after every step, runs
 //! `PageHeap::check_invariants`, compares the page heap's accounting with the
-//! spans the test holds and (for `Rec`) with the source's own view of which
+//! spans the test holds and (for the checking source) with the source's own view of which
 //! pages are Ready and which Prepared, checks the page map, and checks a tag
 //! written into the first and last word of every live span (so a span whose
 //! pages were released, handed out twice or overlapped is noticed).
 #![cfg(feature = "linux")]
 
 use core::ptr::NonNull;
-use std::sync::Mutex;
 
 use tieralloc::internals::CHUNK_PAGES;
-use tieralloc::internals::{Addr, Pages, Span, SpanState};
+use tieralloc::internals::{Addr, Call, CheckedSource, Pages, Rng, Span, SpanState};
 use tieralloc::internals::{PageHeap, PageMap, PageStats};
 use tieralloc::internals::{SizeClass, TINY_CLASS};
-use tieralloc::source::Exhausted;
 use tieralloc::{MmapSource, PageSource, CHUNK_BYTES, PAGE_BYTES};
 
-const OS: usize = MmapSource::PAGE_SIZE;
 const MIB: usize = 1 << 20;
 
 // ------------------------------------------------------------------ recorder
 
-/// State of one OS page of a range handed out by the recording source.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum St {
-    Reserved,
-    Prepared,
-    Ready,
-}
-
-/// One call to the source, as `(address, bytes)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Ev {
-    Reserve(usize, usize),
-    Commit(usize, usize),
-    Ready(usize, usize),
-    Release(usize, usize),
-    Hugepage(usize, usize),
-    Fault(usize, usize),
-    Free(usize, usize),
-    Alloc(usize, usize),
-}
-
-struct Range {
-    addr: usize,
-    bytes: usize,
-    /// What the inner source returned (differs from `addr..` when skewed).
-    inner: (usize, usize),
-    /// From `alloc` (metadata) rather than `reserve` (arenas).
-    meta: bool,
-    pages: Vec<St>,
-}
-
-#[derive(Default)]
-struct RecState {
-    ranges: Vec<Range>,
-    log: Vec<Ev>,
-    /// OS pages of arena (not metadata) ranges that are Prepared and Ready.
-    arena_prepared: usize,
-    arena_ready: usize,
-}
-
-/// A [`PageSource`] over [`MmapSource`] that records every call and panics on a
-/// call that breaks the source's preconditions. `ARENA` is its `ARENA_BYTES`.
-///
-/// With `skew`, every reservation is aligned to exactly the requested alignment
-/// and never to twice it (a valid, if unlucky, source), so an arena is only as
-/// aligned as the page heap asked for.
-struct Rec<const ARENA: usize> {
-    inner: MmapSource,
-    skew: bool,
-    st: Mutex<RecState>,
-}
-
-type Rec64 = Rec<{ 64 << 20 }>;
-type Rec4 = Rec<{ 4 << 20 }>;
-
-impl<const ARENA: usize> Rec<ARENA> {
-    fn new() -> Self {
-        Rec {
-            inner: MmapSource::new(),
-            skew: false,
-            st: Mutex::new(RecState::default()),
-        }
-    }
-
-    fn skewed() -> Self {
-        Rec {
-            skew: true,
-            ..Self::new()
-        }
-    }
-
-    /// Checks the module preconditions and that every page of `addr..addr+bytes`
-    /// lies in one range and is in one of `from`; returns the range index.
-    fn find(st: &RecState, what: &str, addr: usize, bytes: usize, from: &[St]) -> usize {
-        assert!(
-            addr.is_multiple_of(OS),
-            "{what}({addr:#x}, {bytes:#x}): address not page aligned"
-        );
-        assert!(
-            bytes > 0 && bytes.is_multiple_of(OS),
-            "{what}({addr:#x}, {bytes:#x}): bad length"
-        );
-        let i = st
-            .ranges
-            .iter()
-            .position(|r| r.addr <= addr && addr + bytes <= r.addr + r.bytes)
-            .unwrap_or_else(|| {
-                panic!("{what}({addr:#x}, {bytes:#x}): not inside one range of this source")
-            });
-        let r = &st.ranges[i];
-        let lo = (addr - r.addr) / OS;
-        for (k, s) in r.pages[lo..lo + bytes / OS].iter().enumerate() {
-            assert!(
-                from.contains(s),
-                "{what}({addr:#x}, {bytes:#x}): page {:#x} is {s:?}, expected one of {from:?}",
-                addr + k * OS
-            );
-        }
-        i
-    }
-
-    fn set(st: &mut RecState, i: usize, addr: usize, bytes: usize, to: St) {
-        let r = &mut st.ranges[i];
-        let lo = (addr - r.addr) / OS;
-        let (mut prepared, mut ready) = (st.arena_prepared as isize, st.arena_ready as isize);
-        for s in &mut r.pages[lo..lo + bytes / OS] {
-            if !r.meta {
-                for (state, d) in [(*s, -1), (to, 1)] {
-                    match state {
-                        St::Prepared => prepared += d,
-                        St::Ready => ready += d,
-                        St::Reserved => {}
-                    }
-                }
-            }
-            *s = to;
-        }
-        (st.arena_prepared, st.arena_ready) = (prepared as usize, ready as usize);
-    }
-
-    fn add(&self, addr: usize, bytes: usize, inner: (usize, usize), meta: bool, state: St, ev: Ev) {
-        let mut st = self.st.lock().unwrap();
-        for r in &st.ranges {
-            assert!(
-                addr + bytes <= r.addr || r.addr + r.bytes <= addr,
-                "{ev:?} overlaps live range {:#x}+{:#x}",
-                r.addr,
-                r.bytes
-            );
-        }
-        st.ranges.push(Range {
-            addr,
-            bytes,
-            inner,
-            meta,
-            pages: vec![state; bytes / OS],
-        });
-        st.log.push(ev);
-    }
-
-    /// The calls since the last `take_log`.
-    fn take_log(&self) -> Vec<Ev> {
-        std::mem::take(&mut self.st.lock().unwrap().log)
-    }
-
-    /// Bytes of arena (not metadata) pages that are (Prepared, Ready); arena pages
-    /// are never Reserved while the heap holds them.
-    fn arena_bytes(&self) -> (usize, usize) {
-        let st = self.st.lock().unwrap();
-        (st.arena_prepared * OS, st.arena_ready * OS)
-    }
-
-    /// Addresses of the Ready arena pages (OS pages).
-    fn ready_pages(&self) -> Vec<usize> {
-        let st = self.st.lock().unwrap();
-        let mut v = Vec::new();
-        for r in st.ranges.iter().filter(|r| !r.meta) {
-            for (k, s) in r.pages.iter().enumerate() {
-                if *s == St::Ready {
-                    v.push(r.addr + k * OS);
-                }
-            }
-        }
-        v
-    }
-
-    /// The reservations (arenas) made so far, `(addr, bytes)`, by address.
-    fn arenas(&self) -> Vec<(usize, usize)> {
-        let st = self.st.lock().unwrap();
-        let mut v: Vec<_> = st
-            .ranges
-            .iter()
-            .filter(|r| !r.meta)
-            .map(|r| (r.addr, r.bytes))
-            .collect();
-        v.sort();
-        v
-    }
-}
-
-// SAFETY: every method checks the caller's preconditions (panicking on a
-// violation) and forwards to `MmapSource` with ranges inside what it returned;
-// the constants are MmapSource's except ARENA_BYTES, a multiple of CHUNK_BYTES.
-// Nothing here allocates through a tieralloc heap (the test's global allocator
-// is the system's).
-unsafe impl<const ARENA: usize> PageSource for Rec<ARENA> {
-    const PAGE_SIZE: usize = MmapSource::PAGE_SIZE;
-    const ARENA_BYTES: usize = ARENA;
-    const ZEROED: bool = MmapSource::ZEROED;
-    const CAN_RELEASE: bool = MmapSource::CAN_RELEASE;
-
-    fn reserve(&self, bytes: usize, align: usize) -> Option<NonNull<u8>> {
-        assert!(
-            bytes > 0 && bytes.is_multiple_of(OS),
-            "reserve({bytes:#x}): bad length"
-        );
-        assert!(
-            align.is_power_of_two() && align >= OS,
-            "reserve: bad alignment {align:#x}"
-        );
-        let (addr, inner) = if self.skew {
-            // Aligned to `align`, never to `2 * align`.
-            let ib = bytes + align;
-            let q = self.inner.reserve(ib, 2 * align)?.as_ptr() as usize;
-            (q + align, (q, ib))
-        } else {
-            let q = self.inner.reserve(bytes, align)?.as_ptr() as usize;
-            (q, (q, bytes))
-        };
-        assert_eq!(addr % align, 0);
-        self.add(
-            addr,
-            bytes,
-            inner,
-            false,
-            St::Reserved,
-            Ev::Reserve(addr, bytes),
-        );
-        NonNull::new(addr as *mut u8)
-    }
-
-    unsafe fn commit(&self, addr: NonNull<u8>, bytes: usize) -> Result<(), Exhausted> {
-        let a = addr.as_ptr() as usize;
-        let mut st = self.st.lock().unwrap();
-        let i = Self::find(&st, "commit", a, bytes, &[St::Reserved]);
-        // SAFETY: checked: a Reserved part of one of our reservations.
-        unsafe { self.inner.commit(addr, bytes) }?;
-        Self::set(&mut st, i, a, bytes, St::Prepared);
-        st.log.push(Ev::Commit(a, bytes));
-        Ok(())
-    }
-
-    unsafe fn ready(&self, addr: NonNull<u8>, bytes: usize) -> Result<(), Exhausted> {
-        let a = addr.as_ptr() as usize;
-        let mut st = self.st.lock().unwrap();
-        let i = Self::find(&st, "ready", a, bytes, &[St::Prepared]);
-        // SAFETY: checked: Prepared.
-        unsafe { self.inner.ready(addr, bytes) }?;
-        Self::set(&mut st, i, a, bytes, St::Ready);
-        st.log.push(Ev::Ready(a, bytes));
-        Ok(())
-    }
-
-    unsafe fn release(&self, addr: NonNull<u8>, bytes: usize) {
-        let a = addr.as_ptr() as usize;
-        let mut st = self.st.lock().unwrap();
-        let i = Self::find(&st, "release", a, bytes, &[St::Ready]);
-        // SAFETY: checked: Ready.
-        unsafe { self.inner.release(addr, bytes) };
-        Self::set(&mut st, i, a, bytes, St::Prepared);
-        st.log.push(Ev::Release(a, bytes));
-    }
-
-    unsafe fn hugepage(&self, addr: NonNull<u8>, bytes: usize) {
-        let a = addr.as_ptr() as usize;
-        let mut st = self.st.lock().unwrap();
-        Self::find(&st, "hugepage", a, bytes, &[St::Ready, St::Prepared]);
-        // SAFETY: checked.
-        unsafe { self.inner.hugepage(addr, bytes) };
-        st.log.push(Ev::Hugepage(a, bytes));
-    }
-
-    unsafe fn fault(&self, addr: NonNull<u8>, bytes: usize) {
-        let a = addr.as_ptr() as usize;
-        let mut st = self.st.lock().unwrap();
-        let i = Self::find(&st, "fault", a, bytes, &[St::Ready, St::Prepared]);
-        // SAFETY: checked.
-        unsafe { self.inner.fault(addr, bytes) };
-        Self::set(&mut st, i, a, bytes, St::Reserved);
-        st.log.push(Ev::Fault(a, bytes));
-    }
-
-    unsafe fn free(&self, addr: NonNull<u8>, bytes: usize) {
-        let a = addr.as_ptr() as usize;
-        let mut st = self.st.lock().unwrap();
-        let i = st
-            .ranges
-            .iter()
-            .position(|r| r.addr == a && r.bytes == bytes)
-            .unwrap_or_else(|| {
-                panic!("free({a:#x}, {bytes:#x}): not exactly a range this source returned")
-            });
-        let r = st.ranges.swap_remove(i);
-        if !r.meta {
-            st.arena_prepared -= r.pages.iter().filter(|&&s| s == St::Prepared).count();
-            st.arena_ready -= r.pages.iter().filter(|&&s| s == St::Ready).count();
-        }
-        // SAFETY: exactly what the inner source returned.
-        unsafe {
-            self.inner
-                .free(NonNull::new_unchecked(r.inner.0 as *mut u8), r.inner.1)
-        };
-        st.log.push(Ev::Free(a, bytes));
-    }
-
-    fn alloc(&self, bytes: usize) -> Option<NonNull<u8>> {
-        let p = self.inner.alloc(bytes)?;
-        let a = p.as_ptr() as usize;
-        let b = bytes.next_multiple_of(OS);
-        self.add(a, b, (a, b), true, St::Ready, Ev::Alloc(a, b));
-        Some(p)
-    }
-}
+/// The recording, checking source of these tests, over mmap, with 64 MiB
+/// and 4 MiB arenas.
+type Rec64 = CheckedSource<MmapSource, { 64 << 20 }>;
+type Rec4 = CheckedSource<MmapSource, { 4 << 20 }>;
 
 // ------------------------------------------------------------------ harness
 
@@ -345,10 +43,9 @@ trait Probe: PageSource {
 
 impl Probe for MmapSource {}
 
-impl<const A: usize> Probe for Rec<A> {
+impl<const A: usize> Probe for CheckedSource<MmapSource, A> {
     fn assert_ready(&self, addr: usize, bytes: usize) {
-        let st = self.st.lock().unwrap();
-        Self::find(&st, "use", addr, bytes, &[St::Ready]);
+        CheckedSource::assert_ready(self, addr, bytes);
     }
     fn arena_state(&self) -> Option<(usize, usize)> {
         Some(self.arena_bytes())
@@ -653,10 +350,10 @@ impl<S: Probe> H<S> {
     }
 }
 
-fn releases(log: &[Ev]) -> Vec<(usize, usize)> {
+fn releases(log: &[Call]) -> Vec<(usize, usize)> {
     log.iter()
         .filter_map(|e| {
-            if let Ev::Release(a, b) = *e {
+            if let Call::Release(a, b) = *e {
                 Some((a, b))
             } else {
                 None
@@ -665,10 +362,10 @@ fn releases(log: &[Ev]) -> Vec<(usize, usize)> {
         .collect()
 }
 
-fn readies(log: &[Ev]) -> Vec<(usize, usize)> {
+fn readies(log: &[Call]) -> Vec<(usize, usize)> {
     log.iter()
         .filter_map(|e| {
-            if let Ev::Ready(a, b) = *e {
+            if let Call::Ready(a, b) = *e {
                 Some((a, b))
             } else {
                 None
@@ -677,31 +374,16 @@ fn readies(log: &[Ev]) -> Vec<(usize, usize)> {
         .collect()
 }
 
-fn reserves(log: &[Ev]) -> Vec<(usize, usize)> {
+fn reserves(log: &[Call]) -> Vec<(usize, usize)> {
     log.iter()
         .filter_map(|e| {
-            if let Ev::Reserve(a, b) = *e {
+            if let Call::Reserve(a, b) = *e {
                 Some((a, b))
             } else {
                 None
             }
         })
         .collect()
-}
-
-/// A small deterministic generator (SplitMix64).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 // ------------------------------------------------------------------ first fit
@@ -749,7 +431,7 @@ fn first_fit_mmap() {
 
 #[test]
 fn first_fit_recorded() {
-    first_fit(Rec64::new());
+    first_fit(Rec64::new(MmapSource::new()));
 }
 
 // ------------------------------------------------------------------ coalescing
@@ -804,14 +486,14 @@ fn coalescing_mmap() {
 
 #[test]
 fn coalescing_recorded() {
-    coalescing(Rec64::new());
+    coalescing(Rec64::new(MmapSource::new()));
 }
 
 // ------------------------------------------------------------------ large spans
 
 #[test]
 fn large_spans_of_many_sizes() {
-    let mut h = H::new(Rec64::new());
+    let mut h = H::new(Rec64::new(MmapSource::new()));
     let mut spans = Vec::new();
     for bytes in [
         1,
@@ -885,7 +567,7 @@ fn large_spans_of_many_sizes() {
 #[test]
 fn zero_byte_large_object_is_one_page() {
     // `Heap::allocate` sends a zero-size layout with alignment above a page here.
-    let mut h = H::new(Rec64::new());
+    let mut h = H::new(Rec64::new(MmapSource::new()));
     for _ in 0..3 {
         let sp = h.large(0, 2 * PAGE_BYTES);
         assert_eq!(sp.npages, 1);
@@ -944,15 +626,15 @@ fn alignments_mmap() {
 
 #[test]
 fn alignments_recorded() {
-    alignments(Rec64::new());
+    alignments(Rec64::new(MmapSource::new()));
 }
 
 /// Arenas are chunk (4 MiB) aligned and no more; an alignment above that must
 /// still be an alignment of the address, not of the page index in the arena.
 #[test]
 fn alignments_above_arena_alignment() {
-    alignments(Rec64::skewed());
-    let mut h = H::new(Rec64::skewed());
+    alignments(Rec64::skewed(MmapSource::new()));
+    let mut h = H::new(Rec64::skewed(MmapSource::new()));
     let a = h.take(1, 1);
     let (base, _) = h.src.arenas()[0];
     assert_eq!(base % CHUNK_BYTES, 0);
@@ -1022,13 +704,13 @@ fn resize_large_mmap() {
 
 #[test]
 fn resize_large_recorded() {
-    resize(Rec64::new());
+    resize(Rec64::new(MmapSource::new()));
 }
 
 /// Growing in place over released pages makes exactly those Ready.
 #[test]
 fn resize_large_over_released_pages() {
-    let mut h = H::new(Rec64::new());
+    let mut h = H::new(Rec64::new(MmapSource::new()));
     h.heap.set_retain_bytes(usize::MAX);
     let mut a = h.large(4 * PAGE_BYTES, 8);
     let b = h.large(6 * PAGE_BYTES, 8);
@@ -1124,13 +806,13 @@ fn page_map_mmap() {
 
 #[test]
 fn page_map_recorded() {
-    page_map(Rec64::new());
+    page_map(Rec64::new(MmapSource::new()));
 }
 
 /// With the recorder we know where the arenas are: just outside them is null.
 #[test]
 fn page_map_outside_arenas() {
-    let mut h = H::new(Rec4::new());
+    let mut h = H::new(Rec4::new(MmapSource::new()));
     // Fill three 4 MiB arenas entirely.
     let spans: Vec<Sp> = (0..3).map(|_| h.take(CHUNK_PAGES, 1)).collect();
     let arenas = h.src.arenas();
@@ -1167,7 +849,7 @@ fn page_map_outside_arenas() {
 
 #[test]
 fn small_spans_for_classes() {
-    let mut h = H::new(Rec64::new());
+    let mut h = H::new(Rec64::new(MmapSource::new()));
     let mut got = Vec::new();
     for c in SizeClass::small_classes() {
         let s = h.heap.alloc_small_span(&h.src, &h.map, c).expect("span");
@@ -1210,7 +892,7 @@ fn small_spans_for_classes() {
 /// run clipped to keep its highest pages.
 #[test]
 fn scavenge_releases_highest_first() {
-    let mut h = H::new(Rec64::new());
+    let mut h = H::new(Rec64::new(MmapSource::new()));
     h.heap.set_retain_bytes(usize::MAX);
     let s: Vec<Sp> = (0..6).map(|_| h.take(16, 1)).collect();
     h.free(s[1]);
@@ -1257,7 +939,7 @@ fn scavenge_releases_highest_first() {
 /// A range that is partly dirty, partly released: `ready` on the released runs only.
 #[test]
 fn reuse_readies_only_released_runs() {
-    let mut h = H::new(Rec64::new());
+    let mut h = H::new(Rec64::new(MmapSource::new()));
     h.heap.set_retain_bytes(usize::MAX);
     let s: Vec<Sp> = (0..5).map(|_| h.take(8, 1)).collect();
     h.free(s[1]);
@@ -1280,7 +962,7 @@ fn reuse_readies_only_released_runs() {
 /// Scavenging goes down through arenas by address: the highest arena first.
 #[test]
 fn scavenge_across_arenas() {
-    let mut h = H::new(Rec4::new());
+    let mut h = H::new(Rec4::new(MmapSource::new()));
     h.heap.set_retain_bytes(usize::MAX);
     // Three 4 MiB arenas, filled, then each with a free run of 100 pages and one of 50.
     let mut frees = Vec::new();
@@ -1341,12 +1023,12 @@ fn age_out_peak<S: Probe>(h: &mut H<S>, mut each_free: impl FnMut(&mut H<S>, Sp)
 /// only `retain` is kept.
 #[test]
 fn retained_budget() {
-    let mut h = H::new(Rec64::new());
+    let mut h = H::new(Rec64::new(MmapSource::new()));
     let retain_pages = 512; // 4 MiB
     h.heap.set_retain_bytes(retain_pages * PAGE_BYTES);
     let mut spans: Vec<Sp> = (0..80).map(|_| h.take(64, 1)).collect(); // 40 MiB
     let peak = 80 * 64;
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let mut released_any = false;
     let mut free_and_check = |h: &mut H<Rec64>, sp: Sp| {
         let dirty_before = h.dirty_pages();
@@ -1441,7 +1123,7 @@ fn retained_budget() {
 /// The in-use term of the allowance: a big live heap keeps a share of itself dirty.
 #[test]
 fn retained_budget_scales_with_inuse() {
-    let mut h = H::new(Rec64::new());
+    let mut h = H::new(Rec64::new(MmapSource::new()));
     h.heap.set_retain_bytes(0);
     let keep = h.large(48 * MIB, 8); // 6144 pages in use: at least 6144 / INUSE_DIVISOR kept
     let spans: Vec<Sp> = (0..8).map(|_| h.take(64, 1)).collect(); // 512 pages
@@ -1467,13 +1149,13 @@ fn retained_budget_scales_with_inuse() {
 /// when first handed out, and only once.
 #[test]
 fn new_arena_pages_start_released() {
-    let mut h = H::new(Rec64::new());
+    let mut h = H::new(Rec64::new(MmapSource::new()));
     let a = h.take(3, 1);
     let log = h.src.take_log();
     let res = reserves(&log);
     assert_eq!(res.len(), 1);
     assert_eq!(res[0].1, Rec64::ARENA_BYTES);
-    assert!(log.contains(&Ev::Commit(res[0].0, res[0].1)), "{log:?}");
+    assert!(log.contains(&Call::Commit(res[0].0, res[0].1)), "{log:?}");
     assert_eq!(readies(&log), [(a.start, 3 * PAGE_BYTES)]);
     let st = h.stats();
     assert_eq!(st.released as usize, Rec64::ARENA_BYTES - 3 * PAGE_BYTES);
@@ -1491,7 +1173,7 @@ fn new_arena_pages_start_released() {
 /// every step fully checked. The recorder catches any call out of state.
 fn stress<S: Probe>(src: S, seed: u64, steps: usize) {
     let mut h = H::new(src);
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     h.heap.set_retain_bytes(2 * MIB);
     let (mut grown, mut shrunk, mut refused) = (0, 0, 0);
     for step in 0..steps {
@@ -1575,17 +1257,17 @@ fn stress<S: Probe>(src: S, seed: u64, steps: usize) {
 
 #[test]
 fn stress_recorded() {
-    stress(Rec64::new(), 1, 3000);
+    stress(Rec64::new(MmapSource::new()), 1, 3000);
 }
 
 #[test]
 fn stress_recorded_small_arenas() {
-    stress(Rec4::new(), 2, 3000);
+    stress(Rec4::new(MmapSource::new()), 2, 3000);
 }
 
 #[test]
 fn stress_skewed() {
-    stress(Rec4::skewed(), 3, 3000);
+    stress(Rec4::skewed(MmapSource::new()), 3, 3000);
 }
 
 #[test]

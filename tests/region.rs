@@ -11,9 +11,14 @@ mod common;
 use core::alloc::Layout;
 
 use common::{rounded, Rng};
+use tieralloc::internals::CheckedSource;
 use tieralloc::{Heap, PageSource, RegionSource, SingleCpu, Stats, TINY_BLOCK};
 
-type RegionHeap = Heap<RegionSource, SingleCpu>;
+/// The region source under the checking source, so every test also checks
+/// the heap's calls against the state machine and the region's reservations
+/// against each other.
+type Source = CheckedSource<RegionSource, { RegionSource::ARENA_BYTES }>;
+type RegionHeap = Heap<Source, SingleCpu>;
 
 const MIB: usize = 1 << 20;
 const REGION: usize = 64 * MIB;
@@ -24,7 +29,7 @@ fn give_region(heap: &RegionHeap, byte: u8) -> (usize, usize) {
     let (base, len) = (buf.as_mut_ptr(), buf.len());
     // SAFETY: the buffer is leaked, so it is valid for the rest of the process
     // and nothing else uses it; the heap has not used its source yet.
-    unsafe { heap.source().set_region(base, len) };
+    unsafe { heap.source().inner().set_region(base, len) };
     (base as usize, len)
 }
 
@@ -171,7 +176,8 @@ fn bytes(live: &[Obj]) -> usize {
 
 #[test]
 fn fill_free_and_fill_again() {
-    static HEAP: RegionHeap = Heap::new(RegionSource::empty(), SingleCpu::new());
+    static HEAP: RegionHeap =
+        Heap::new(CheckedSource::new(RegionSource::empty()), SingleCpu::new());
     const { assert!(!RegionSource::CAN_RELEASE && !RegionSource::ZEROED) };
     let region = give_region(&HEAP, 0x5A);
     let mut rel = Released::new();
@@ -251,7 +257,8 @@ fn fill_free_and_fill_again() {
 
 #[test]
 fn small_objects_fill_the_region() {
-    static HEAP: RegionHeap = Heap::new(RegionSource::empty(), SingleCpu::new());
+    static HEAP: RegionHeap =
+        Heap::new(CheckedSource::new(RegionSource::empty()), SingleCpu::new());
     let region = give_region(&HEAP, 0);
     let mut rel = Released::new();
     for round in 0..2 {
@@ -311,7 +318,8 @@ fn zeroed_round(heap: &RegionHeap, rng: &mut Rng, live: &mut Vec<Obj>) {
 
 #[test]
 fn allocate_zeroed_zeroes_dirty_memory() {
-    static HEAP: RegionHeap = Heap::new(RegionSource::empty(), SingleCpu::new());
+    static HEAP: RegionHeap =
+        Heap::new(CheckedSource::new(RegionSource::empty()), SingleCpu::new());
     // The region starts out dirty: never-used memory is not zero either.
     give_region(&HEAP, 0xAA);
     let mut rel = Released::new();

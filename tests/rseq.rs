@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 
+use tieralloc::internals::Rng;
 use tieralloc::{LinuxHeap, TINY_BLOCK};
 
 static RSEQ_HEAP: LinuxHeap = LinuxHeap::new();
@@ -23,21 +24,13 @@ static LOCKED_HEAP: LinuxHeap = LinuxHeap::new_locked();
 /// Tests in this file share the chaos machinery (signal handler); run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn size(&mut self) -> usize {
-        match self.next() % 100 {
-            0..=9 => 1 + (self.next() % 15) as usize,         // tiny
-            10..=89 => 16 + (self.next() % 1008) as usize,    // small
-            90..=98 => 1024 + (self.next() % 31744) as usize, // up to 32 KiB
-            _ => 32769 + (self.next() % 200_000) as usize,    // large
-        }
+/// A request size: 10 % tiny, 80 % up to 1 KiB, 9 % up to 32 KiB, 1 % large.
+fn size(r: &mut Rng) -> usize {
+    match r.below(100) {
+        0..=9 => 1 + r.below(15),         // tiny
+        10..=89 => 16 + r.below(1008),    // small
+        90..=98 => 1024 + r.below(31744), // up to 32 KiB
+        _ => 32769 + r.below(200_000),    // large
     }
 }
 
@@ -92,13 +85,13 @@ fn stress(heap: &'static LinuxHeap, threads: usize, ops: usize) {
         let (done, tids, migrations) = (done.clone(), tids.clone(), migrations.clone());
         thread::spawn(move || {
             let ncpu = thread::available_parallelism().map_or(1, |n| n.get());
-            let mut r = Rng(77);
+            let mut r = Rng::new(77);
             while !done.load(Ordering::Relaxed) {
                 for &t in tids.lock().unwrap().iter() {
                     // SAFETY: cpu_set_t manipulation on a local; the syscalls take plain values.
                     unsafe {
                         let mut set: libc::cpu_set_t = std::mem::zeroed();
-                        libc::CPU_SET((r.next() % ncpu as u64) as usize, &mut set);
+                        libc::CPU_SET(r.below(ncpu), &mut set);
                         if libc::sched_setaffinity(t, std::mem::size_of::<libc::cpu_set_t>(), &set)
                             == 0
                         {
@@ -121,18 +114,18 @@ fn stress(heap: &'static LinuxHeap, threads: usize, ops: usize) {
             let (tx, rx, tids) = (tx.clone(), rx.clone(), tids.clone());
             thread::spawn(move || {
                 tids.lock().unwrap().push(tid());
-                let mut r = Rng(0x1234_5678 + w as u64);
+                let mut r = Rng::new(0x1234_5678 + w as u64);
                 let mut live: Vec<Obj> = Vec::new();
                 for i in 0..ops {
-                    if live.len() < 200 || r.next().is_multiple_of(2) {
-                        let size = r.size();
+                    if live.len() < 200 || r.next_u64().is_multiple_of(2) {
+                        let size = size(&mut r);
                         let l = Layout::from_size_align(size, 8).unwrap();
                         let p = heap.allocate(l);
                         assert!(!p.is_null());
                         fill(p, size);
                         live.push(Obj(p as usize, size));
                     } else {
-                        let k = (r.next() % live.len() as u64) as usize;
+                        let k = r.below(live.len());
                         let o = live.swap_remove(k);
                         if i % 3 == 0 {
                             tx.send(o).unwrap(); // freed by another thread

@@ -330,7 +330,7 @@ impl<C: Cpu> Run<'_, C> {
         if let Some(c) = class_index(layout, false, None) {
             self.classes_seen[c] = true;
         }
-        let seed = self.rng.next() as u8;
+        let seed = self.rng.next_u64() as u8;
         fill(p, layout.size(), seed);
         self.m.add(p, layout, seed, None, None);
     }

@@ -127,7 +127,7 @@ fn alloc_obj<S: PageSource + Sync, C: Cpu>(
         p: p as usize,
         size,
         align,
-        seed: rng.next() as u8,
+        seed: rng.next_u64() as u8,
     };
     fill(&o);
     o
@@ -165,7 +165,7 @@ fn realloc_obj<S: PageSource + Sync, C: Cpu>(
         p: q as usize,
         size: new_size,
         align: o.align,
-        seed: rng.next() as u8,
+        seed: rng.next_u64() as u8,
     };
     fill(&n);
     (n, q as usize != o.p)

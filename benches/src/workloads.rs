@@ -33,32 +33,17 @@ use std::time::{Duration, Instant};
 // Deterministic inputs.
 // ---------------------------------------------------------------------------
 
-/// xorshift64* (Vigna): small, fast, and the same sequence on every run.
-#[derive(Clone)]
-pub struct Rng(u64);
+pub use tieralloc::internals::Rng;
 
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed | 1)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in `lo..hi` (`lo < hi`).
-    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        debug_assert!(lo < hi);
-        lo + ((self.next_u64() as u128 * (hi - lo) as u128) >> 64) as usize
-    }
-    /// talc's skewed size: `rand(4..rand(16..max))`.
-    pub fn skew(&mut self, max: usize) -> usize {
-        let hi = self.range(16, max);
-        self.range(4, hi)
-    }
+/// The generator for `seed` (the sequence the published numbers were measured on).
+fn rng(seed: u64) -> Rng {
+    Rng::from_state(seed)
+}
+
+/// talc's skewed size: `rand(4..rand(16..max))`.
+fn skew(rng: &mut Rng, max: usize) -> usize {
+    let hi = rng.uniform(16, max);
+    rng.uniform(4, hi)
 }
 
 /// How a plan draws its sizes.
@@ -73,8 +58,8 @@ pub enum Sizes {
 impl Sizes {
     fn draw(self, rng: &mut Rng) -> usize {
         match self {
-            Sizes::Skew(max) => rng.skew(max),
-            Sizes::Uniform(lo, hi) => rng.range(lo, hi + 1),
+            Sizes::Skew(max) => skew(rng, max),
+            Sizes::Uniform(lo, hi) => rng.uniform(lo, hi + 1),
         }
     }
     fn max(self) -> usize {
@@ -157,8 +142,8 @@ impl Mix {
 impl ChurnPlan {
     pub fn new(seed: u64, live: usize, mix: Mix, steps: usize) -> Self {
         assert!(mix.sizes.max() < SIZE_MASK as usize && live <= u32::MAX as usize);
-        let mut rng = Rng::new(seed);
-        let one_in = |rng: &mut Rng, k: usize| k != 0 && rng.range(0, k) == 0;
+        let mut rng = rng(seed);
+        let one_in = |rng: &mut Rng, k: usize| k != 0 && rng.uniform(0, k) == 0;
         let word = |rng: &mut Rng| {
             let size = mix.sizes.draw(rng) as u32;
             size | if one_in(rng, mix.align64_one_in) {
@@ -170,7 +155,7 @@ impl ChurnPlan {
         let init = (0..live).map(|_| Init(word(&mut rng))).collect();
         let steps = (0..steps)
             .map(|_| {
-                let slot = rng.range(0, live) as u32;
+                let slot = rng.uniform(0, live) as u32;
                 let realloc = one_in(&mut rng, mix.realloc_one_in);
                 let w = word(&mut rng);
                 Step(slot, w | if realloc { REALLOC_BIT } else { 0 })
@@ -340,9 +325,9 @@ pub fn workloads(scale: u64) -> Vec<Workload> {
 pub fn workload(name: &str, scale: u64) -> Option<Workload> {
     let s = |n: u64| (n / scale).max(1) as usize;
     let xsizes = || {
-        let mut r = Rng::new(0x5eed_0006);
+        let mut r = rng(0x5eed_0006);
         (0..1 << 12)
-            .map(|_| r.range(8, 257) as u16)
+            .map(|_| r.uniform(8, 257) as u16)
             .collect::<Vec<u16>>()
     };
     let talc_threads = |threads: u64, seed: u64| {
@@ -363,9 +348,9 @@ pub fn workload(name: &str, scale: u64) -> Option<Workload> {
             n: s(20_000_000) as u64,
         },
         "pairs-skew" => {
-            let mut r = Rng::new(0x5eed_0002);
+            let mut r = rng(0x5eed_0002);
             Shape::PairsRing {
-                sizes: (0..1 << 16).map(|_| r.range(8, 513) as u16).collect(),
+                sizes: (0..1 << 16).map(|_| r.uniform(8, 513) as u16).collect(),
                 n: s(20_000_000) as u64,
             }
         }

@@ -802,9 +802,11 @@ mod tests {
     #[test]
     fn released_runs_lists_released_free_runs() {
         let mut block = std::vec![0u64; ArenaPages::meta_bytes(512) / 8 + 8];
-        // SAFETY: the Vec is 8-aligned; meta needs 64: use an aligned offset inside it.
+        // The Vec is 8-aligned; meta needs 64: use an aligned offset inside it.
         let base = block.as_mut_ptr() as usize;
         let aligned = base.next_multiple_of(64);
+        // SAFETY: `aligned` is 64-aligned and the 8 spare words leave `meta_bytes(512)` bytes of
+        // `block` after it; `block` outlives `a` and is not touched otherwise.
         let mut a = unsafe { ArenaPages::init(NonNull::new(aligned as *mut u8).unwrap(), 512) };
         let mut runs = std::vec::Vec::new();
         a.released_runs(0, 512, |s, n| runs.push((s, n)));
@@ -1180,22 +1182,10 @@ mod tests {
         p.check_invariants();
     }
 
-    /// xorshift64* generator.
-    struct Rng(u64);
+    use crate::testing::Rng;
 
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-        fn chance(&mut self, percent: usize) -> bool {
-            self.below(100) < percent
-        }
+    fn chance(rng: &mut Rng, percent: usize) -> bool {
+        rng.below(100) < percent
     }
 
     /// The naive model: one bool per page.
@@ -1336,7 +1326,7 @@ mod tests {
         let mut a = Arena::new(npages);
         let p = &mut a.pages;
         let mut m = Model::new(npages);
-        let mut rng = Rng(seed);
+        let mut rng = Rng::from_state(seed);
         let mut live: Vec<(usize, usize)> = Vec::new();
         let mut ns = [1, 2, 7, 64, 65, 200, 600, 0];
         let mut want = [None; 8];
@@ -1379,7 +1369,7 @@ mod tests {
                     }
                 };
                 if let Some(s) = s {
-                    if rng.chance(5) {
+                    if chance(&mut rng, 5) {
                         assert_eq!(p.count_released(s, n), m.count_released(s, n));
                     }
                     let t = p.alloc_range(s, n);
@@ -1393,7 +1383,7 @@ mod tests {
                 }
                 let k = rng.below(live.len());
                 let (s, n) = live.swap_remove(k);
-                if n > 2 && rng.chance(30) {
+                if n > 2 && chance(&mut rng, 30) {
                     // Free a middle part; keep both ends allocated.
                     let lo = 1 + rng.below(n - 2);
                     let len = 1 + rng.below(n - 1 - lo);

@@ -166,11 +166,15 @@ mod tests {
         // Reserve and commit are free of charge, even past the budget.
         let bytes = 8 * ps;
         let p = src.reserve(bytes, ps).unwrap();
+        // SAFETY: `p..p+bytes` was just reserved by `src` and is Reserved.
         unsafe { src.commit(p, bytes).unwrap() };
         assert_eq!(src.budget(), 4 * ps);
 
         // Ready takes budget; too large a request takes nothing.
+        // SAFETY: page 3 of the 8-page reservation: in bounds, and non-null as `p` is.
         let second = unsafe { NonNull::new_unchecked(p.as_ptr().add(3 * ps)) };
+        // SAFETY: all 8 pages were committed (Prepared) and each `ready` gets pages not yet
+        // Ready; only pages 0..4, which are Ready by then, are written.
         unsafe {
             src.ready(p, 3 * ps).unwrap();
             assert_eq!(src.budget(), ps);
@@ -186,6 +190,8 @@ mod tests {
         }
 
         // Release refunds, and the memory can be made Ready again.
+        // SAFETY: pages 0..3 are Ready, untouched between `release` and `ready`; only Ready pages
+        // are read and written.
         unsafe {
             src.release(p, 3 * ps);
             assert_eq!(src.budget(), 3 * ps);
@@ -204,9 +210,12 @@ mod tests {
         assert_eq!(src.budget(), 2 * ps);
         let a = src.alloc(ps + 1).unwrap();
         assert_eq!(src.budget(), 0);
+        // SAFETY: `a` is Ready from `alloc(ps + 1)`, which rounds up to 2 pages.
         unsafe { a.as_ptr().write_bytes(7, 2 * ps) };
 
         // Free and fault do not refund.
+        // SAFETY: page 3 (`second`) is Ready, and `a` and `p` are exactly the ranges `alloc` and
+        // `reserve` returned; none of them is accessed again.
         unsafe {
             src.fault(second, ps);
             src.free(a, 2 * ps);
@@ -214,6 +223,7 @@ mod tests {
         }
         assert_eq!(src.budget(), 0);
         src.set_budget(usize::MAX);
+        // SAFETY: `q` is a Ready page just allocated, never accessed; `free` gets exactly it.
         unsafe {
             let q = src.alloc(ps).unwrap();
             src.release(q, ps); // saturating refund
@@ -236,14 +246,19 @@ mod tests {
         use super::super::RegionSource;
         use std::alloc::{alloc, dealloc, Layout};
         let layout = Layout::from_size_align(64 * 4096, 4096).unwrap();
+        // SAFETY: the layout has a non-zero size.
         let buf = unsafe { alloc(layout) };
         assert!(!buf.is_null());
+        // SAFETY: `buf` is a live, writable 64-page allocation, reached only through this source.
         budget_rules(unsafe { RegionSource::new(buf, 64 * 4096) });
+        // SAFETY: as above; the previous source over `buf` was dropped inside `budget_rules`.
         inner_failure_refunds(unsafe { RegionSource::new(buf, 64 * 4096) });
         // The region is too small for 32 pages: the inner failure refunds too.
+        // SAFETY: the first 16 pages of `buf`; the earlier sources over it are gone.
         let src = FailingSource::new(unsafe { RegionSource::new(buf, 16 * 4096) }, 1 << 20);
         assert!(src.alloc(32 * 4096).is_none());
         assert_eq!(src.budget(), 1 << 20);
+        // SAFETY: `buf` came from `alloc(layout)`, and `src` is not used again.
         unsafe { dealloc(buf, layout) };
     }
 

@@ -310,6 +310,7 @@ unsafe impl PageSource for MmapSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::in_child;
     use core::ptr::{read_volatile, write_volatile};
 
     const PS: usize = MmapSource::PAGE_SIZE;
@@ -317,6 +318,7 @@ mod tests {
 
     fn reserve_ready(src: &MmapSource, bytes: usize, align: usize) -> NonNull<u8> {
         let p = src.reserve(bytes, align).expect("reserve");
+        // SAFETY: `p..p+bytes` was just reserved (Reserved); `commit` makes it Prepared.
         unsafe {
             src.commit(p, bytes).expect("commit");
             src.ready(p, bytes).expect("ready");
@@ -327,7 +329,9 @@ mod tests {
     fn all_zero(p: NonNull<u8>, bytes: usize) -> bool {
         (0..bytes)
             .step_by(512)
+            // SAFETY: callers pass a Ready range of `bytes` bytes, and `i < bytes`.
             .all(|i| unsafe { read_volatile(p.as_ptr().add(i)) } == 0)
+            // SAFETY: as above: `bytes - 1` is the range's last byte.
             && unsafe { read_volatile(p.as_ptr().add(bytes - 1)) } == 0
     }
 
@@ -340,6 +344,7 @@ mod tests {
 
     #[test]
     fn page_size_matches_kernel() {
+        // SAFETY: `sysconf` has no preconditions.
         let ps = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         assert_eq!(ps, 4096);
         assert_eq!(ps as usize, MmapSource::PAGE_SIZE);
@@ -356,6 +361,7 @@ mod tests {
                     0,
                     "align {align:#x} bytes {bytes:#x}"
                 );
+                // SAFETY: `p..p+bytes` is exactly the reservation just made, never accessed.
                 unsafe { src.free(p, bytes) };
             }
         }
@@ -363,6 +369,7 @@ mod tests {
         let src = MmapSource::with_hint(0);
         let p = src.reserve(64 * MIB, 64 * MIB).unwrap();
         assert_eq!(p.as_ptr() as usize % (64 * MIB), 0);
+        // SAFETY: `p` is exactly the reservation just made, never accessed.
         unsafe { src.free(p, 64 * MIB) };
     }
 
@@ -390,6 +397,7 @@ mod tests {
             .unwrap();
         assert_eq!(a.as_ptr() as usize, hint);
         assert_eq!(b.as_ptr() as usize, hint + MmapSource::ARENA_BYTES);
+        // SAFETY: `a` and `b` are exactly the reservations just made, never accessed.
         unsafe {
             src.free(a, MmapSource::ARENA_BYTES);
             src.free(b, MmapSource::ARENA_BYTES);
@@ -401,6 +409,8 @@ mod tests {
         let src = MmapSource::new();
         let bytes = 4 * MIB;
         let p = src.reserve(bytes, 2 * MIB).unwrap();
+        // SAFETY: `mid` lies inside the 4 MiB reservation and goes Reserved → Prepared → Ready
+        // before any access; `free` gets the whole reservation, unused afterwards.
         unsafe {
             // Commit only the middle; the rest stays Reserved.
             let mid = NonNull::new_unchecked(p.as_ptr().add(MIB));
@@ -420,6 +430,8 @@ mod tests {
         let src = MmapSource::new();
         let bytes = 3 * MIB + 5 * PS; // unaligned ends
         let p = reserve_ready(&src, bytes, PS);
+        // SAFETY: the range is Ready (`reserve_ready`) and untouched between `release` and `ready`;
+        // `free` gets exactly the reservation, unused afterwards.
         unsafe {
             for i in (0..bytes).step_by(PS) {
                 write_volatile(p.as_ptr().add(i), 0x5a);
@@ -437,12 +449,14 @@ mod tests {
         let bytes = 32 * MIB;
         let p = reserve_ready(&src, bytes, 2 * MIB);
         let before = rss_bytes();
+        // SAFETY: `p..p+bytes` is Ready (`reserve_ready`) and `i < bytes`.
         unsafe {
             for i in (0..bytes).step_by(PS) {
                 write_volatile(p.as_ptr().add(i), 1);
             }
         }
         let touched = rss_bytes();
+        // SAFETY: the range is Ready and is not accessed again before `free`.
         unsafe { src.release(p, bytes) };
         let after = rss_bytes();
         // Other tests run concurrently, so only demand most of the 32 MiB.
@@ -454,28 +468,13 @@ mod tests {
             after + bytes / 2 <= touched,
             "release: {touched} -> {after}"
         );
+        // SAFETY: `p..p+bytes` is exactly the reservation, not accessed again.
         unsafe { src.free(p, bytes) };
     }
 
     /// Runs `f` in a forked child and returns its raw wait status. The child
     /// only touches memory and `_exit`s, which is safe even though the test
     /// harness is multi-threaded.
-    fn in_child(f: impl FnOnce()) -> libc::c_int {
-        unsafe {
-            let pid = libc::fork();
-            assert!(pid >= 0, "fork failed");
-            if pid == 0 {
-                // Default action for SIGSEGV: no std handler in the way.
-                libc::signal(libc::SIGSEGV, libc::SIG_DFL);
-                f();
-                libc::_exit(0);
-            }
-            let mut status = 0;
-            let r = libc::waitpid(pid, &mut status, 0);
-            assert_eq!(r, pid);
-            status
-        }
-    }
 
     #[test]
     fn fault_makes_access_fault() {
@@ -484,39 +483,36 @@ mod tests {
         let p = reserve_ready(&src, bytes, PS);
         let addr = p.as_ptr() as usize;
         // Sanity check of the harness: a Ready page can be written by the child.
+        // SAFETY: page 1 of `p` is Ready; the write is to the forked child's copy.
         let st = in_child(|| unsafe { write_volatile((addr + PS) as *mut u8, 1) });
-        assert!(
-            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
-            "status {st:#x}"
-        );
+        assert!(st.exited_ok(), "status {:#x}", st.status());
 
+        // SAFETY: page 1 is Ready when written; pages 1..3 are Ready and the parent does not touch
+        // them again until they are made Ready again below.
         unsafe {
             write_volatile(p.as_ptr().add(PS), 0x77);
             src.fault(NonNull::new_unchecked(p.as_ptr().add(PS)), 2 * PS);
         }
+        // SAFETY: deliberately faults: page 1 is now PROT_NONE, so the write kills the child with
+        // SIGSEGV before anything is written, which is what the test checks.
         let st = in_child(|| unsafe { write_volatile((addr + PS) as *mut u8, 1) });
-        assert!(
-            libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGSEGV,
-            "status {st:#x}"
-        );
+        assert!(st.segfaulted(), "status {:#x}", st.status());
+        // SAFETY: as above: the last byte of page 2, also PROT_NONE, faults in the child.
         let st = in_child(|| unsafe {
             read_volatile((addr + 3 * PS - 1) as *const u8);
         });
-        assert!(
-            libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGSEGV,
-            "status {st:#x}"
-        );
+        assert!(st.segfaulted(), "status {:#x}", st.status());
         // The neighbours stay Ready.
+        // SAFETY: pages 0 and 3 are still Ready; the writes go to the forked child's copy.
         let st = in_child(|| unsafe {
             write_volatile(addr as *mut u8, 1);
             write_volatile((addr + 3 * PS) as *mut u8, 1);
         });
-        assert!(
-            libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0,
-            "status {st:#x}"
-        );
+        assert!(st.exited_ok(), "status {:#x}", st.status());
 
         // Reserved again: commit + ready bring it back, zeroed.
+        // SAFETY: pages 1..3 are Reserved after `fault`, then Prepared and Ready before `all_zero`
+        // reads them; `free` gets exactly the reservation, unused afterwards.
         unsafe {
             let g = NonNull::new_unchecked(p.as_ptr().add(PS));
             src.commit(g, 2 * PS).unwrap();
@@ -531,6 +527,7 @@ mod tests {
         let src = MmapSource::with_hint(0x2d00_0000_0000);
         let bytes = MmapSource::ARENA_BYTES;
         let p = reserve_ready(&src, bytes, bytes);
+        // SAFETY: `p` is Ready (`reserve_ready`); `free` gets exactly the reservation, then unused.
         unsafe {
             write_volatile(p.as_ptr(), 9);
             src.free(p, bytes);
@@ -538,6 +535,7 @@ mod tests {
         let q = reserve_ready(&src, bytes, bytes);
         assert_eq!(q.as_ptr() as usize % bytes, 0);
         assert!(all_zero(q, bytes));
+        // SAFETY: `q..q+bytes` is exactly the reservation, not accessed again.
         unsafe { src.free(q, bytes) };
     }
 
@@ -549,6 +547,8 @@ mod tests {
         assert_eq!(p.as_ptr() as usize % PS, 0);
         let bytes = 3 * PS;
         assert!(all_zero(p, bytes));
+        // SAFETY: `p` is Ready from `alloc(10_000)`, 3 pages; `free` gets exactly that range,
+        // unused afterwards.
         unsafe {
             write_volatile(p.as_ptr().add(bytes - 1), 3);
             src.free(p, bytes);
@@ -562,6 +562,7 @@ mod tests {
         fn assert_sync<T: Send + Sync>(_: &T) {}
         assert_sync(&SRC);
         let p = SRC.reserve(PS, PS).unwrap();
+        // SAFETY: `p` is exactly the reservation just made, never accessed.
         unsafe { SRC.free(p, PS) };
     }
 }

@@ -245,6 +245,7 @@ mod tests {
     impl Buf {
         fn new(len: usize, align: usize) -> Buf {
             let layout = Layout::from_size_align(len, align).unwrap();
+            // SAFETY: every test passes a non-zero `len`, so the layout has a non-zero size.
             let p = unsafe { alloc(layout) };
             assert!(!p.is_null());
             Buf { p, layout }
@@ -252,12 +253,15 @@ mod tests {
         /// A source over `offset..offset+len` of the buffer.
         fn source(&self, offset: usize, len: usize) -> RegionSource {
             assert!(offset + len <= self.layout.size());
+            // SAFETY: the range lies inside this live allocation (asserted above), which outlives
+            // the source; the tests touch the memory only through ranges the source hands out.
             unsafe { RegionSource::new(self.p.add(offset), len) }
         }
     }
 
     impl Drop for Buf {
         fn drop(&mut self) {
+            // SAFETY: `p` came from `alloc(layout)` in `new` and is freed only here.
             unsafe { dealloc(self.p, self.layout) }
         }
     }
@@ -279,6 +283,8 @@ mod tests {
             (0, 4 * PS, 5 * PS)
         );
         assert_eq!(src.free_bytes(), 58 * PS);
+        // SAFETY: `a` goes Reserved → Prepared → Ready before it is written, `c` is Ready from
+        // `alloc`; reading `a` after `release` is sound only as RegionSource's release is a no-op.
         unsafe {
             src.commit(a, 4 * PS).unwrap();
             src.ready(a, 4 * PS).unwrap();
@@ -322,6 +328,7 @@ mod tests {
         let a = src.reserve(16 * PS, PS).unwrap();
         assert!(src.reserve(PS, PS).is_none());
         assert!(src.alloc(1).is_none());
+        // SAFETY: `a` is exactly the range `reserve` returned, never accessed.
         unsafe { src.free(a, 16 * PS) };
         assert!(src.reserve(16 * PS, PS).is_some());
 
@@ -341,9 +348,11 @@ mod tests {
         let b = src.reserve(2 * PS, PS).unwrap();
         let _c = src.reserve(4 * PS, PS).unwrap();
         assert!(src.reserve(PS, PS).is_none());
+        // SAFETY: `b` is exactly a range `reserve` returned, never accessed.
         unsafe { src.free(b, 2 * PS) };
         let b2 = src.reserve(2 * PS, PS).unwrap();
         assert_eq!(b2, b);
+        // SAFETY: `a` is exactly a range `reserve` returned, never accessed.
         unsafe { src.free(a, 2 * PS) };
         let a2 = src.reserve(PS, PS).unwrap();
         assert_eq!(a2, a);
@@ -357,6 +366,7 @@ mod tests {
         let src = buf.source(0, 16 * PS);
         let r: std::vec::Vec<_> = (0..8).map(|_| src.reserve(2 * PS, PS).unwrap()).collect();
         assert_eq!(src.free_extents(), 0);
+        // SAFETY: each `r[i]` is exactly a range `reserve` returned, freed once and never accessed.
         unsafe {
             src.free(r[1], 2 * PS);
             src.free(r[3], 2 * PS);
@@ -387,6 +397,7 @@ mod tests {
         let r: std::vec::Vec<_> = (0..n).map(|_| src.reserve(PS, PS).unwrap()).collect();
         // Free every other page: MAX_EXTENTS + 1 disjoint holes, one too many.
         for i in (0..n).step_by(2) {
+            // SAFETY: `r[i]` is exactly a range `reserve` returned, freed once and never accessed.
             unsafe { src.free(r[i], PS) };
         }
         assert_eq!(src.free_extents(), MAX_EXTENTS);
@@ -412,6 +423,7 @@ mod tests {
         let rest = src.reserve(7 * PS, PS).unwrap();
         assert_eq!(off(&buf, rest), 4 * PS);
         assert!(src.reserve(PS, PS).is_none());
+        // SAFETY: `a` is exactly a range `reserve` returned, never accessed.
         unsafe { src.free(a, PS) };
         assert_eq!(src.reserve(PS, PS), Some(a));
     }
@@ -423,10 +435,14 @@ mod tests {
         assert_sync(&SRC);
         assert!(SRC.reserve(PS, PS).is_none());
         let buf = Buf::new(8 * PS, PS);
+        // SAFETY: `buf` is live and 8 pages long, reached only through `SRC` until it is reset
+        // below; `SRC` had no region before, so no old range is in use.
         unsafe { SRC.set_region(buf.p, 8 * PS) };
         let a = SRC.reserve(8 * PS, PS).unwrap();
         assert_eq!(off(&buf, a), 0);
+        // SAFETY: `a` is exactly the range `reserve` returned, never accessed.
         unsafe { SRC.free(a, 8 * PS) };
+        // SAFETY: an empty region; the old region's only range was freed above.
         unsafe { SRC.set_region(ptr::null_mut(), 0) };
         assert!(SRC.reserve(PS, PS).is_none());
     }

@@ -12,43 +12,9 @@ use tieralloc::{cpu::RelaxStrategy, Heap, LockedSlots, MmapSource, SingleCpu};
 
 // ------------------------------------------------------------------- RNG
 
-/// xorshift64*: small, deterministic, good enough for workloads.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// In `0..n` (n > 0), from all the bits: `next() % n`.
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    /// Uniform in `0..n` (n > 0), from the top 53 bits.
-    pub fn below_hi(&mut self, n: usize) -> usize {
-        ((self.next() >> 11) % n as u64) as usize
-    }
-
-    /// Uniform in `lo..=hi`, from the top 53 bits.
-    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below_hi(hi - lo + 1)
-    }
-
-    /// One of `xs` (non-empty), chosen with [`below`](Self::below).
-    pub fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len())]
-    }
-}
+/// The crate's one test generator (xorshift64*).
+#[allow(unused_imports)] // not every test file draws numbers
+pub use tieralloc::internals::Rng;
 
 // ------------------------------------------------------------- CPU slots
 

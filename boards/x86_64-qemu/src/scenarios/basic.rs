@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use core::alloc::Layout;
 use core::hint::black_box;
 
-use super::Rng;
+use super::{Draw, Rng};
 use crate::kheap::HEAP;
 use crate::time::Watch;
 use crate::{check, memory, println, Machine};
@@ -241,7 +241,7 @@ pub fn scavenge(_m: &Machine) -> bool {
     let mut rng = Rng::new(7);
     let mut large: Vec<(*mut u8, Layout)> = Vec::with_capacity(300);
     for i in 0..300 {
-        let size = rng.range(40 << 10, 2 << 20) as usize;
+        let size = rng.between(40 << 10, 2 << 20) as usize;
         let l = Layout::from_size_align(size, if i % 7 == 0 { 1 << 16 } else { 8 }).unwrap();
         let p = HEAP.allocate(l);
         ok &= check!(!p.is_null(), "large allocation {i}");

@@ -13,7 +13,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use linked_list_allocator::LockedHeap;
 
 use super::work::{drain, stress_worker, Mailboxes, Tallies};
-use super::Rng;
+use super::{Draw, Rng};
 use crate::kheap::HEAP;
 use crate::time::{per_sec, Secs, Watch};
 use crate::{check, kheap, print, println, smp, Machine};
@@ -44,7 +44,7 @@ fn churn<A: GlobalAlloc>(
     let mut slots: Vec<(*mut u8, usize)> = Vec::with_capacity(live);
     let mut r = Run::default();
     for _ in 0..live {
-        let s = rng.range(lo, hi) as usize;
+        let s = rng.between(lo, hi) as usize;
         // SAFETY: non-zero size.
         let p = unsafe { a.alloc(Layout::from_size_align_unchecked(s, 8)) };
         if p.is_null() {
@@ -64,7 +64,7 @@ fn churn<A: GlobalAlloc>(
         if r.ops % 256 == 0 && w.ns() > budget_ns {
             break;
         }
-        let k = (rng.next() % live as u64) as usize;
+        let k = (rng.next_u64() % live as u64) as usize;
         let (p, s) = slots[k];
         // SAFETY: live object of `s` bytes, tagged with its size.
         unsafe {
@@ -73,7 +73,7 @@ fn churn<A: GlobalAlloc>(
             }
             a.dealloc(p, Layout::from_size_align_unchecked(s, 8));
         }
-        let s = rng.range(lo, hi) as usize;
+        let s = rng.between(lo, hi) as usize;
         // SAFETY: non-zero size.
         let p = unsafe { a.alloc(Layout::from_size_align_unchecked(s, 8)) };
         if p.is_null() {
@@ -156,7 +156,7 @@ fn fifo<A: GlobalAlloc>(
             // SAFETY: live.
             unsafe { a.dealloc(p, Layout::from_size_align_unchecked(s, 8)) };
         }
-        let s = rng.range(lo, hi) as usize;
+        let s = rng.between(lo, hi) as usize;
         // SAFETY: non-zero size.
         let p = unsafe { a.alloc(Layout::from_size_align_unchecked(s, 8)) };
         if p.is_null() {
@@ -426,8 +426,8 @@ pub fn bench(m: &Machine) -> bool {
                     let mut local = [0u64; 2000];
                     let mut ops = 0;
                     while ops < 2_000_000 && (ops % 256 != 0 || w.ns() < t_budget / 3) {
-                        let k = (rng.next() % 2000) as usize;
-                        local[k] = local[k].wrapping_add(rng.next());
+                        let k = (rng.next_u64() % 2000) as usize;
+                        local[k] = local[k].wrapping_add(rng.next_u64());
                         ops += 1;
                     }
                     core::hint::black_box(&local);

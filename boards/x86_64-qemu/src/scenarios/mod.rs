@@ -40,27 +40,20 @@ pub fn run(name: &str, m: &Machine) -> bool {
     }
 }
 
-/// xorshift64*: a small deterministic generator for the workloads.
-#[derive(Clone)]
-pub struct Rng(u64);
+/// The crate's one deterministic generator (xorshift64*).
+pub use tieralloc::internals::Rng;
 
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
+/// The scenarios' draws over [`Rng`].
+pub trait Draw {
+    /// Uniform in `lo..=hi`, as `lo + next % (hi - lo + 1)` (the sequence the
+    /// published kernel numbers were measured on).
+    fn between(&mut self, lo: u64, hi: u64) -> u64;
+}
+
+impl Draw for Rng {
     #[inline(always)]
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in `lo..=hi`.
-    #[inline(always)]
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
+    fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
     }
 }
 

@@ -11,7 +11,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Mutex;
 
-use super::Rng;
+use super::{Draw, Rng};
 use crate::kheap::HEAP;
 use crate::percpu::{MAX_CPUS, PERCPU};
 use crate::time::{per_sec, Secs, Watch};
@@ -245,7 +245,7 @@ fn main_worker(cpu: usize, ncpus: usize, rounds: u64, q: &Mailboxes, tally: &Tal
     for r in 0..rounds {
         // BTreeMap<u64, String>: inserts and removals, values checked.
         for _ in 0..12 {
-            let k = rng.next() % 2048;
+            let k = rng.next_u64() % 2048;
             let v = alloc::format!("cpu{cpu}:key{k}");
             if let Some(old) = map.insert(k, v) {
                 err(old == alloc::format!("cpu{cpu}:key{k}"), &mut t);
@@ -253,21 +253,21 @@ fn main_worker(cpu: usize, ncpus: usize, rounds: u64, q: &Mailboxes, tally: &Tal
             t.ops += 1;
         }
         for _ in 0..10 {
-            let k = rng.next() % 2048;
+            let k = rng.next_u64() % 2048;
             if let Some(v) = map.remove(&k) {
                 err(v == alloc::format!("cpu{cpu}:key{k}"), &mut t);
             }
             t.ops += 1;
         }
         // Short-lived Vec and String.
-        let n = rng.range(1, 300);
+        let n = rng.between(1, 300);
         let v: Vec<u64> = (0..n).map(|x| x * 3 + cpu as u64).collect();
         err(
             v.iter().sum::<u64>() == 3 * n * (n - 1) / 2 + n * cpu as u64,
             &mut t,
         );
         let mut s = String::new();
-        let parts = rng.range(1, 24);
+        let parts = rng.between(1, 24);
         for _ in 0..parts {
             s.push_str("tieralloc");
         }
@@ -275,8 +275,8 @@ fn main_worker(cpu: usize, ncpus: usize, rounds: u64, q: &Mailboxes, tally: &Tal
         t.ops += 2;
         // BinaryHeap: push, then pop in order.
         let mut h = BinaryHeap::new();
-        for _ in 0..rng.range(8, 96) {
-            h.push(rng.next() % 100_000);
+        for _ in 0..rng.between(8, 96) {
+            h.push(rng.next_u64() % 100_000);
         }
         let mut last = u64::MAX;
         while let Some(x) = h.pop() {
@@ -285,10 +285,10 @@ fn main_worker(cpu: usize, ncpus: usize, rounds: u64, q: &Mailboxes, tally: &Tal
         }
         t.ops += 1;
         // Long-lived boxes of varied sizes.
-        let len = rng.range(1, 256) as usize;
+        let len = rng.between(1, 256) as usize;
         keep.push(alloc::vec![r as u32; len].into_boxed_slice());
         if keep.len() > 600 {
-            let i = (rng.next() % keep.len() as u64) as usize;
+            let i = (rng.next_u64() % keep.len() as u64) as usize;
             let b = keep.swap_remove(i);
             let v0 = b[0];
             err(b.iter().all(|&x| x == v0), &mut t);
@@ -296,7 +296,7 @@ fn main_worker(cpu: usize, ncpus: usize, rounds: u64, q: &Mailboxes, tally: &Tal
         t.ops += 1;
         // Large objects now and then.
         if r % 32 == (cpu as u64) % 32 {
-            let size = rng.range(40 << 10, 1 << 20) as usize;
+            let size = rng.between(40 << 10, 1 << 20) as usize;
             let mut big = alloc::vec![0u8; size];
             big[size - 1] = r as u8;
             big[size / 2] = 0x77;
@@ -331,7 +331,7 @@ fn main_worker(cpu: usize, ncpus: usize, rounds: u64, q: &Mailboxes, tally: &Tal
         }
         // Cross-CPU: send a message, receive up to two (from any CPU) and free them here.
         seq += 1;
-        let dl = rng.range(1, 64) as usize;
+        let dl = rng.between(1, 64) as usize;
         let m = Box::new(Msg {
             from: cpu,
             seq,
@@ -339,7 +339,7 @@ fn main_worker(cpu: usize, ncpus: usize, rounds: u64, q: &Mailboxes, tally: &Tal
             note: alloc::format!("msg {seq} from cpu {cpu}"),
         });
         let p = Box::into_raw(m);
-        if !q.post(cpu, ncpus, rng.next(), (p as usize, 0)) {
+        if !q.post(cpu, ncpus, rng.next_u64(), (p as usize, 0)) {
             // SAFETY: not queued: still ours.
             drop(unsafe { Box::from_raw(p) });
         }
@@ -486,8 +486,8 @@ fn verify(p: *mut u8, size: usize, full: bool) -> Option<u64> {
 /// A stress object's size: mostly 16..=512 B, sometimes up to 16 KiB.
 #[inline(always)]
 fn stress_size(rng: &mut Rng) -> usize {
-    let r = rng.next();
-    if r % 64 == 0 {
+    let r = rng.next_u64();
+    if r.is_multiple_of(64) {
         ((r >> 8) % (16 << 10)) as usize / 8 * 8 + 16
     } else {
         ((r >> 8) % 497) as usize / 8 * 8 + 16
@@ -537,7 +537,7 @@ pub fn stress_worker<A: GlobalAlloc>(
         if i % 256 == 0 && w.ns() > budget_ns {
             break;
         }
-        let k = (rng.next() % live as u64) as usize;
+        let k = (rng.next_u64() % live as u64) as usize;
         let (old, old_size) = slots[k];
         if old != 0 {
             if i % 4 == 0 {
