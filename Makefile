@@ -1,14 +1,13 @@
 # tieralloc: build, test and benchmark entry points (CI runs `make test` via .ci/run).
 #
-#   make deps    install the toolchain target and system packages (Debian 12, as root)
+#   make deps    install everything `make test` needs (Debian 12, as root); make deps-run: what `make run` needs
 #   make run     boot the x86_64 kernel under QEMU (boards/x86_64-qemu): -smp 4 -m 512M, heap statistics
-#   make test    every test: formatting (rustfmt), the crate (with and without checks), the no_std builds, the bench crate,
+#   make test    every test: formatting, clippy, docs and packaging, the crate (with and without checks), the no_std builds, the bench crate,
 #                a bench smoke run, and the QEMU scenarios of the kernel (qemu-tests)
 #   make demo    the hosted demo (examples/demo.rs: LinuxHeap as a program's global allocator)
 #   make bench   the allocator comparison (benches/); make bench-callgrind: instructions per pair
 #   make compare real programs under LD_PRELOAD with each allocator (preload/compare.sh)
 #   make qemu-X  boot the kernel with scenario X (boot, main, many_boxes, stress, oom, scavenge, guard, bench)
-#   make bench   the full allocator comparison (benches/, a minute or so)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -19,17 +18,14 @@ NOSTD_TARGET := x86_64-unknown-none
 
 BOARD := boards/x86_64-qemu
 
-.PHONY: deps test run demo bench bench-callgrind compare
+.PHONY: deps deps-run test run demo bench bench-callgrind compare
 
-deps:
+# What `make run` needs: the kernel's Rust target and QEMU.
+deps-run:
 	@command -v rustup >/dev/null || { echo "make deps: rustup not found on PATH" >&2; exit 1; }
 	@if ! rustup target list --installed | grep -qx '$(NOSTD_TARGET)'; then \
 		echo "make deps: rustup target add $(NOSTD_TARGET)"; \
 		rustup target add $(NOSTD_TARGET) || { echo "make deps: FAILED to add target $(NOSTD_TARGET)" >&2; exit 1; }; \
-	fi
-	@if ! $(CARGO) fmt --version >/dev/null 2>&1; then \
-		echo "make deps: rustup component add rustfmt"; \
-		rustup component add rustfmt || { echo "make deps: FAILED to add rustfmt" >&2; exit 1; }; \
 	fi
 	@if ! command -v qemu-system-x86_64 >/dev/null; then \
 		echo "make deps: installing qemu-system-x86"; \
@@ -37,6 +33,18 @@ deps:
 		{ apt-get update && apt-get install -y --no-install-recommends qemu-system-x86; } \
 			|| { echo "make deps: FAILED to install qemu-system-x86" >&2; exit 1; }; \
 		command -v qemu-system-x86_64 >/dev/null || { echo "make deps: qemu-system-x86_64 still not on PATH" >&2; exit 1; }; \
+	fi
+
+# What `make test` needs besides: rustfmt and clippy, and the real programs of
+# the LD_PRELOAD tests.
+deps: deps-run
+	@if ! $(CARGO) fmt --version >/dev/null 2>&1; then \
+		echo "make deps: rustup component add rustfmt"; \
+		rustup component add rustfmt || { echo "make deps: FAILED to add rustfmt" >&2; exit 1; }; \
+	fi
+	@if ! $(CARGO) clippy --version >/dev/null 2>&1; then \
+		echo "make deps: rustup component add clippy"; \
+		rustup component add clippy || { echo "make deps: FAILED to add clippy" >&2; exit 1; }; \
 	fi
 	@missing=""; for p in $(PRELOAD_PKGS); do dpkg -s "$$p" >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -49,9 +57,21 @@ deps:
 # Real programs for the LD_PRELOAD tests and the comparison (preload/).
 PRELOAD_PKGS := gcc python3.11 libpython3.11-testsuite sqlite3 libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4 time
 
+# The crate and the board also deny unsafe blocks without a `// SAFETY:` line and
+# unsafe fns without `# Safety` (their own `#![warn(...)]`, made errors here).
+
 test: deps
 	$(CARGO) fmt --all -- --check
 	cd $(BOARD) && $(CARGO) fmt --all -- --check
+	$(CARGO) clippy --features linux --all-targets -- -D warnings
+	$(CARGO) clippy --features linux,checks --lib -- -D warnings
+	$(CARGO) clippy --no-default-features --features x86_64 --target $(NOSTD_TARGET) --lib -- -D warnings
+	$(CARGO) clippy -p tieralloc-preload -p tieralloc-bench -p qemu-tests --all-targets -- -D warnings
+	cd $(BOARD) && $(CARGO) clippy --release -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p tieralloc
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p tieralloc --features linux,x86_64
+	$(CARGO) doc --workspace --no-deps
+	$(CARGO) publish --dry-run -p tieralloc --allow-dirty
 	$(CARGO) test --features linux,checks
 	$(CARGO) test --release --features linux
 	$(CARGO) build --no-default-features --target $(NOSTD_TARGET) --lib
@@ -61,13 +81,13 @@ test: deps
 	$(CARGO) test -p qemu-tests
 	$(CARGO) test --release -p tieralloc-preload
 
-run: deps
+run: deps-run
 	$(BOARD)/run.sh
 
 demo:
 	$(CARGO) run --release --features linux --example demo
 
-qemu-%: deps
+qemu-%: deps-run
 	$(BOARD)/run.sh $*
 
 # The full allocator comparison (about 4 minutes; writes benches/results/bench.md and bench.svg).

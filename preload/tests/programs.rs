@@ -1,8 +1,8 @@
-//! Real programs under `LD_PRELOAD=libtieralloc.so` (issue #5).
+//! Real programs under `LD_PRELOAD=libtieralloc.so`.
 //!
 //! `cargo test --release -p tieralloc-preload` runs them all; the library
-//! under test is the `libtieralloc.so` that this same cargo invocation built
-//! (beside the test executable, in `target/<profile>/deps/`). They need `cc`,
+//! under test is the `libtieralloc.so` of the test's profile, which the tests
+//! build with the cargo that runs them (`lib()`). They need `cc`,
 //! `sqlite3` and `/usr/bin/python3.11` with Debian's `libpython3.11-testsuite`;
 //! a missing tool fails the test with the package to install, it never skips.
 //!
@@ -27,16 +27,39 @@ use std::time::{Duration, Instant};
 const PYTHON: &str = "/usr/bin/python3.11";
 const SQLITE: &str = "sqlite3";
 
-/// The library under test, built by this cargo invocation.
+/// The library under test: `libtieralloc.so` of this test's profile, built
+/// here with the cargo that runs the test (the library target builds only a
+/// cdylib, which `cargo test` does not build on its own), once per process.
 fn lib() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let so = exe.parent().expect("deps dir").join("libtieralloc.so");
-    assert!(
-        so.is_file(),
-        "{} is missing: cargo should have built the cdylib beside the test executable",
-        so.display()
-    );
-    so
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("current_exe");
+            // target/<profile>/deps/<test> → target/<profile>
+            let dir = exe
+                .parent()
+                .and_then(|d| d.parent())
+                .expect("target/<profile>/deps");
+            let release = dir.file_name().is_some_and(|n| n == "release");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "-p", "tieralloc-preload", "--lib"]);
+            if release {
+                cmd.arg("--release");
+            }
+            if cfg!(feature = "checks") {
+                cmd.args(["--features", "checks"]);
+            }
+            let st = cmd
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("run cargo build");
+            assert!(st.success(), "cargo build of libtieralloc.so failed");
+            let so = dir.join("libtieralloc.so");
+            assert!(so.is_file(), "{} is missing after the build", so.display());
+            so
+        })
+        .clone()
 }
 
 fn manifest_dir() -> &'static Path {

@@ -1,8 +1,9 @@
 //! PVH entry: the Xen ELF note that QEMU's `-kernel` looks for, the 32 → 64-bit
 //! trampoline, the boot page tables, and the parsing of `hvm_start_info`.
 //!
-//! State at entry (see `shared/docs/boot.md`): 32-bit protected mode, paging off,
-//! flat segments, interrupts off, no stack, `EBX` = physical address of
+//! State at entry (Xen's PVH boot ABI, as QEMU's `-kernel` provides it):
+//! 32-bit protected mode, paging off, flat segments, interrupts off, no
+//! stack, `EBX` = physical address of
 //! `hvm_start_info`. The trampoline builds page tables that map the first 4 GiB
 //! twice with 2 MiB pages — identity (where the kernel runs and the local APIC
 //! lives) and at [`crate::memory::PHYS_OFFSET`] (the physical-memory window the
@@ -199,7 +200,9 @@ impl BootInfo {
 /// `addr` is the address the PVH loader passed in EBX, and low memory is still untouched.
 pub unsafe fn parse_start_info(addr: u64) -> Result<BootInfo, &'static str> {
     let p = addr as *const u8;
+    // SAFETY: the fields read are inside `hvm_start_info` at `addr` (the caller's promise).
     let rd32 = |off: usize| unsafe { (p.add(off) as *const u32).read_unaligned() };
+    // SAFETY: as `rd32`.
     let rd64 = |off: usize| unsafe { (p.add(off) as *const u64).read_unaligned() };
     if rd32(0) != 0x336e_c578 {
         return Err("hvm_start_info: bad magic (not booted through PVH?)");
@@ -218,6 +221,7 @@ pub unsafe fn parse_start_info(addr: u64) -> Result<BootInfo, &'static str> {
         let mut n = 0;
         // SAFETY: a NUL-terminated string from the loader.
         while n < MAX_CMDLINE && unsafe { *c.add(n) } != 0 {
+            // SAFETY: byte `n` is before the NUL found just above.
             info.cmdline[n] = unsafe { *c.add(n) };
             n += 1;
         }
@@ -231,6 +235,7 @@ pub unsafe fn parse_start_info(addr: u64) -> Result<BootInfo, &'static str> {
     for i in 0..entries {
         // SAFETY: `entries` records of 24 bytes at `map`.
         let e = unsafe { map.add(i * 24) };
+        // SAFETY: the fields read are inside record `i`.
         let rd = |off: usize| unsafe { (e.add(off) as *const u64).read_unaligned() };
         info.memmap[i] = MemEntry {
             addr: rd(0),

@@ -17,6 +17,7 @@ pub struct Serial;
 static LOCK: AtomicBool = AtomicBool::new(false);
 
 pub fn init() {
+    // SAFETY: COM1's registers; the kernel owns the UART and programs it once at boot.
     unsafe {
         Port::<u8>::new(COM1 + 1).write(0x00); // no interrupts
         Port::<u8>::new(COM1 + 3).write(0x80); // DLAB
@@ -29,6 +30,7 @@ pub fn init() {
 }
 
 fn put(b: u8) {
+    // SAFETY: COM1's status and data registers, written under `LOCK`.
     unsafe {
         let mut lsr = Port::<u8>::new(COM1 + 5);
         while lsr.read() & 0x20 == 0 {
@@ -102,6 +104,7 @@ pub mod exit {
     pub const FAILURE: u32 = 0x11;
 
     pub fn qemu_exit(code: u32) -> ! {
+        // SAFETY: QEMU's isa-debug-exit port; writing it ends the machine.
         unsafe { Port::<u32>::new(0xf4).write(code) };
         // Without the device (a real machine, or QEMU without it): stop here.
         loop {

@@ -76,6 +76,7 @@ fn broadcast(vector: u8) {
 /// Masks the legacy PICs: the kernel takes no device interrupts.
 pub fn mask_pic() {
     use x86_64::instructions::port::Port;
+    // SAFETY: the PICs' data ports; masking every line only stops interrupts.
     unsafe {
         Port::<u8>::new(0x21).write(0xFF);
         Port::<u8>::new(0xA1).write(0xFF);
@@ -98,8 +99,12 @@ pub fn find_cpus(rsdp: u64, out: &mut [u32; MAX_CPUS]) -> usize {
     if rsdp == 0 {
         return n;
     }
+    // SAFETY: ACPI tables are in the first 4 GiB, which the physical map covers,
+    // and are only read.
     let rd8 = |a: u64| unsafe { *phys_to_virt(a) };
+    // SAFETY: as `rd8`.
     let rd32 = |a: u64| unsafe { (phys_to_virt(a) as *const u32).read_unaligned() };
+    // SAFETY: as `rd8`.
     let rd64 = |a: u64| unsafe { (phys_to_virt(a) as *const u64).read_unaligned() };
     let sig = |a: u64| -> [u8; 4] { [rd8(a), rd8(a + 1), rd8(a + 2), rd8(a + 3)] };
     // RSDP: "RSD PTR ", revision @15, RSDT @16, XSDT @24.

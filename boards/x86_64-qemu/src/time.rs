@@ -16,6 +16,7 @@ pub fn rdtsc() -> u64 {
 pub fn calibrate() {
     const PIT_HZ: u64 = 1_193_182;
     const TICKS: u64 = PIT_HZ / 20; // 50 ms
+                                    // SAFETY: the PIT's channel-2 and gate ports, used once at boot by the BSP alone.
     unsafe {
         let mut p61 = Port::<u8>::new(0x61);
         let mut cmd = Port::<u8>::new(0x43);
