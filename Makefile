@@ -2,8 +2,9 @@
 #
 #   make deps    install everything `make test` needs (Debian 12, as root); make deps-run: what `make run` needs
 #   make run     boot the x86_64 kernel under QEMU (boards/x86_64-qemu): -smp 4 -m 512M, heap statistics
-#   make test    every test: formatting, clippy, docs and packaging, the crate (with and without checks), the no_std builds, the bench crate,
-#                a bench smoke run, and the QEMU scenarios of the kernel (qemu-tests)
+#   make test    every test: formatting, clippy, docs and packaging, the crate (with and without checks), the no_std builds for every
+#                embedded target, the crate's tests on a 32-bit host (make test-32), the bench crate, a bench smoke run, and the QEMU
+#                scenarios of the kernel (qemu-tests)
 #   make demo    the hosted demo (examples/demo.rs: LinuxHeap as a program's global allocator)
 #   make bench   the allocator comparison (benches/); make bench-callgrind: instructions per pair
 #   make compare real programs under LD_PRELOAD with each allocator (preload/compare.sh)
@@ -15,10 +16,17 @@ SHELL := /bin/bash
 
 CARGO ?= cargo
 NOSTD_TARGET := x86_64-unknown-none
+# The other no_std targets the crate builds for (make test checks each, with and
+# without `checks`): Cortex-M0/M0+ (no compare-and-swap), Cortex-M4F, RV32IMAC,
+# AArch64 and RV64GC.
+EMBEDDED_TARGETS := thumbv6m-none-eabi thumbv7em-none-eabihf riscv32imac-unknown-none-elf \
+	aarch64-unknown-none riscv64gc-unknown-none-elf
+# A 32-bit host, to run the crate's own tests with 32-bit pointers.
+HOST32_TARGET := i686-unknown-linux-gnu
 
 BOARD := boards/x86_64-qemu
 
-.PHONY: deps deps-run test run demo bench bench-callgrind compare
+.PHONY: deps deps-run test test-32 run demo bench bench-callgrind compare
 
 # What `make run` needs: the kernel's Rust target and QEMU.
 deps-run:
@@ -35,9 +43,15 @@ deps-run:
 		command -v qemu-system-x86_64 >/dev/null || { echo "make deps: qemu-system-x86_64 still not on PATH" >&2; exit 1; }; \
 	fi
 
-# What `make test` needs besides: rustfmt and clippy, and the real programs of
-# the LD_PRELOAD tests.
+# What `make test` needs besides: rustfmt and clippy, the embedded and 32-bit
+# targets (and a 32-bit libc to link against), and the real programs of the
+# LD_PRELOAD tests.
 deps: deps-run
+	@for t in $(EMBEDDED_TARGETS) $(HOST32_TARGET); do \
+		rustup target list --installed | grep -qx "$$t" && continue; \
+		echo "make deps: rustup target add $$t"; \
+		rustup target add "$$t" || { echo "make deps: FAILED to add target $$t" >&2; exit 1; }; \
+	done
 	@if ! $(CARGO) fmt --version >/dev/null 2>&1; then \
 		echo "make deps: rustup component add rustfmt"; \
 		rustup component add rustfmt || { echo "make deps: FAILED to add rustfmt" >&2; exit 1; }; \
@@ -55,7 +69,8 @@ deps: deps-run
 	fi
 
 # Real programs for the LD_PRELOAD tests and the comparison (preload/).
-PRELOAD_PKGS := gcc python3.11 libpython3.11-testsuite sqlite3 libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4 time
+PRELOAD_PKGS := gcc python3.11 libpython3.11-testsuite sqlite3 libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4 time \
+	gcc-multilib
 
 # The crate and the board also deny unsafe blocks without a `// SAFETY:` line and
 # unsafe fns without `# Safety` (their own `#![warn(...)]`, made errors here).
@@ -76,10 +91,27 @@ test: deps
 	$(CARGO) test --release --features linux
 	$(CARGO) build --no-default-features --target $(NOSTD_TARGET) --lib
 	$(CARGO) build --no-default-features --features x86_64 --target $(NOSTD_TARGET) --lib
+	for t in $(EMBEDDED_TARGETS); do \
+		$(CARGO) clippy --target "$$t" --lib -- -D warnings; \
+		$(CARGO) clippy --target "$$t" --lib --features checks -- -D warnings; \
+		$(CARGO) build --release --target "$$t" --lib; \
+	done
+	$(MAKE) test-32
 	$(CARGO) test -p tieralloc-bench
 	$(CARGO) run --release -p tieralloc-bench -- --quick
 	$(CARGO) test -p qemu-tests
 	$(CARGO) test --release -p tieralloc-preload
+
+# The crate's tests on a 32-bit host (the pointer-width parts: page map, cache
+# words, tiny state). The page-heap tests each reserve up to hundreds of MiB
+# that no heap unmaps, more than a 32-bit address space holds over a whole
+# file, so each of them runs in a process of its own.
+test-32:
+	$(CARGO) test --target $(HOST32_TARGET) --features linux --lib \
+		$(patsubst tests/%.rs,--test %,$(filter-out tests/pageheap.rs,$(wildcard tests/*.rs)))
+	for t in $$($(CARGO) test -q --target $(HOST32_TARGET) --features linux --test pageheap -- --list --format terse | sed -n 's/: test$$//p'); do \
+		$(CARGO) test -q --target $(HOST32_TARGET) --features linux --test pageheap -- --exact "$$t"; \
+	done
 
 run: deps-run
 	$(BOARD)/run.sh

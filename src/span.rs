@@ -114,7 +114,7 @@ pub struct Span {
     /// With `checks`: objects that are free but still cached (per-CPU or
     /// transfer), so a second free of them is caught.
     #[cfg(feature = "checks")]
-    pub cached_bits: [core::sync::atomic::AtomicU64; BITMAP_WORDS],
+    pub cached_bits: [crate::sync::atomic::AtomicU64; BITMAP_WORDS],
 }
 
 impl Span {
@@ -150,7 +150,7 @@ impl Span {
                 tiny: AtomicPtr::new(null_mut()),
                 owner: AtomicOwner::new(),
                 #[cfg(feature = "checks")]
-                cached_bits: [const { core::sync::atomic::AtomicU64::new(0) }; BITMAP_WORDS],
+                cached_bits: [const { crate::sync::atomic::AtomicU64::new(0) }; BITMAP_WORDS],
             })
         }
     }

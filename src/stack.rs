@@ -249,13 +249,13 @@ impl StackCache {
     }
 
     /// No stack of any order is cached.
-    #[cfg(test)]
+    #[cfg(all(test, feature = "linux"))]
     pub fn is_empty(&self) -> bool {
         self.len.iter().all(|&n| n == 0)
     }
 
     /// Bytes of free stacks held; at most [`STACK_CACHE_BOUND_BYTES`].
-    #[cfg(test)]
+    #[cfg(all(test, feature = "linux"))]
     pub fn cached_bytes(&self) -> usize {
         (0..NUM_ORDERS).map(|o| self.len(o) * order_size(o)).sum()
     }

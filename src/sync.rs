@@ -11,12 +11,25 @@
 
 pub(crate) use spin::relax::RelaxStrategy;
 
-/// The atomics of the tiers (re-exported from `core`).
+/// The atomics of the tiers: `core`'s where the target has them, else
+/// `portable-atomic`'s (see `Cargo.toml`). 64-bit atomics are only ever
+/// counters and statistics, off the fast paths, so a 32-bit target's
+/// lock-based fallback for them costs nothing where it matters.
 pub(crate) mod atomic {
+    pub(crate) use core::sync::atomic::Ordering;
+
+    #[cfg(target_has_atomic = "ptr")]
     #[allow(unused_imports)] // each configuration uses some
-    pub(crate) use core::sync::atomic::{
-        AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
-    };
+    pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU8, AtomicUsize};
+    #[cfg(not(target_has_atomic = "ptr"))]
+    #[allow(unused_imports)]
+    pub(crate) use portable_atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU8, AtomicUsize};
+
+    #[cfg(target_has_atomic = "64")]
+    #[allow(unused_imports)]
+    pub(crate) use core::sync::atomic::{AtomicI64, AtomicU64};
+    #[cfg(not(target_has_atomic = "64"))]
+    pub(crate) use portable_atomic::AtomicU64;
 }
 
 /// A lock of the heap: a spin mutex whose waiters relax with `X`.

@@ -433,6 +433,17 @@ fn impossible_layouts() -> Vec<Layout> {
         (max, 1),
         (max - 7, 8),
         (max / 2 + 1, 8),
+    ]
+    .into_iter()
+    .chain(beyond_address_space())
+    .map(|(s, a)| Layout::from_size_align(s, a).unwrap())
+    .collect()
+}
+
+/// Sizes and alignments beyond what the address space can place.
+#[cfg(target_pointer_width = "64")]
+fn beyond_address_space() -> [(usize, usize); 7] {
+    [
         (1 << 62, 1 << 20),
         (1 << 50, 8),
         (1 << 48, 1),
@@ -441,9 +452,13 @@ fn impossible_layouts() -> Vec<Layout> {
         (1 << 40, 1 << 62),
         (4096, 1 << 50),
     ]
-    .into_iter()
-    .map(|(s, a)| Layout::from_size_align(s, a).unwrap())
-    .collect()
+}
+
+/// On 32-bit targets every valid layout below `isize::MAX` may fit the
+/// address space; the sizes near `isize::MAX` above are the impossible ones.
+#[cfg(target_pointer_width = "32")]
+fn beyond_address_space() -> [(usize, usize); 0] {
+    []
 }
 
 fn impossible_layouts_on(heap: &OomHeap) {
@@ -488,7 +503,12 @@ fn impossible_layouts_on(heap: &OomHeap) {
     // Reallocating any live object to an impossible size fails and leaves it intact.
     let max = isize::MAX as usize;
     for o in &live {
-        for new_size in [max - 4095, max - o.layout.align() + 1, 1 << 50, 1 << 48] {
+        for new_size in [
+            max - 4095,
+            max - o.layout.align() + 1,
+            max / 2 + 1,
+            max / 4 * 3,
+        ] {
             if Layout::from_size_align(new_size, o.layout.align()).is_err() {
                 continue;
             }

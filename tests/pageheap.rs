@@ -749,7 +749,7 @@ fn page_map<S: Probe>(src: S) {
         4096,
         &stack as *const u64 as usize,
         &*boxed as *const u64 as usize,
-        (1 << 47) - 1,
+        usize::MAX >> 1,
         usize::MAX,
     ];
     for a in outside {

@@ -115,7 +115,7 @@ fn scavenge_returns_freed_memory_to_the_os() {
     let _g = serial();
     static HEAP: H = single_cpu_heap();
     // Keep everything dirty on free, so that it is `scavenge()` that releases.
-    HEAP.set_retain_bytes(1 << 40);
+    HEAP.set_retain_bytes(usize::MAX);
     let mut rng = Rng::new(1);
     let large = large_sizes(&mut rng, 256 * MIB);
     let small = small_sizes(64 * MIB);

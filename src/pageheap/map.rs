@@ -4,7 +4,7 @@
 //!
 //! A two-level radix table over the [`CHUNK_BYTES`] chunks of a 48-bit
 //! address space (x86-64 and AArch64 user and kernel halves, taken modulo
-//! 2^48): the first level is inline, a second-level table comes from the
+//! 2^48), or of the whole address space of a 32-bit target: the first level is inline, a second-level table comes from the
 //! source the first time an arena lands under it, and each chunk entry points
 //! into its arena's per-page `spans` array (Go's `heapArena.spans`). Entries
 //! are published with release stores and read with acquire loads; tables and
@@ -23,15 +23,23 @@ use crate::sync::atomic::{AtomicPtr, Ordering};
 use crate::units::Addr;
 use crate::{CHUNK_BYTES, CHUNK_PAGES, PAGE_SHIFT};
 
-/// Address bits covered by the page map.
-pub(crate) const ADDR_BITS: usize = 48;
+/// Address bits covered by the page map: 48 on 64-bit targets, the whole
+/// address space on 32-bit ones.
+pub(crate) const ADDR_BITS: usize = if usize::BITS >= 48 {
+    48
+} else {
+    usize::BITS as usize
+};
 const CHUNK_SHIFT: usize = CHUNK_BYTES.trailing_zeros() as usize;
-const MAP_BITS: usize = ADDR_BITS - CHUNK_SHIFT; // 26
-const L1_BITS: usize = 12;
-const L2_BITS: usize = MAP_BITS - L1_BITS; // 14
+const MAP_BITS: usize = ADDR_BITS - CHUNK_SHIFT; // 26 on 64-bit, 10 on 32-bit
+/// The first level: 4,096 entries (32 KiB, inline) on 64-bit; on 32-bit half
+/// the bits, so that neither level costs more than a few hundred bytes.
+const L1_BITS: usize = if MAP_BITS >= 24 { 12 } else { MAP_BITS / 2 };
+const L2_BITS: usize = MAP_BITS - L1_BITS; // 14 on 64-bit, 5 on 32-bit
 const L1_ENTRIES: usize = 1 << L1_BITS;
 const L2_ENTRIES: usize = 1 << L2_BITS;
-const ADDR_MASK: usize = (1 << ADDR_BITS) - 1;
+/// The covered bits of an address (all of them on 32-bit).
+const ADDR_MASK: usize = usize::MAX >> (usize::BITS as usize - ADDR_BITS);
 
 /// One page's entry: its span, or null.
 pub(crate) type SpanSlot = AtomicPtr<Span>;

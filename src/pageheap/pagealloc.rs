@@ -242,7 +242,7 @@ impl ArenaPages {
     /// contents do not matter: every byte is written here.
     pub unsafe fn init(meta: NonNull<u8>, npages: usize) -> ArenaPages {
         assert!(
-            npages > 0 && npages.is_multiple_of(WORD_PAGES) && npages <= MAX_NPAGES,
+            npages > 0 && npages.is_multiple_of(WORD_PAGES) && npages as u64 <= MAX_NPAGES as u64,
             "pagealloc: arena of {npages} pages (must be a nonzero multiple of {WORD_PAGES}, at most {MAX_NPAGES})"
         );
         debug_assert!(
@@ -1119,7 +1119,7 @@ mod tests {
         assert_eq!(p.find_aligned(1, 1024), None);
         let a = Arena::new(512);
         assert_eq!(a.pages.find_aligned(512, 512), Some(0));
-        assert_eq!(a.pages.find_aligned(1, 1 << 40), Some(0));
+        assert_eq!(a.pages.find_aligned(1, 1 << (usize::BITS - 2)), Some(0));
     }
 
     #[test]

@@ -22,9 +22,12 @@
 //!   (see `heap::tiny`).
 
 use crate::sizeclass::{SizeClass, CLASSES, NUM_CLASSES};
-use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use super::word::{StackWord, Tiny};
+use super::word::{StackWord, Tiny, Word};
+
+/// A cache word, written by one CPU at a time and read racily by others.
+pub(crate) type AtomicWord = AtomicUsize;
 
 /// Bytes of objects a class's stack is sized for.
 pub(crate) const CLASS_CACHE_BYTES: usize = 16 * 1024;
@@ -130,16 +133,55 @@ impl TinyEvent {
 /// Number of [`TinyEvent`]s.
 pub(crate) const NUM_TINY_EVENTS: usize = 4;
 
+/// The tiny state ([`Tiny`], packed): one word on 64-bit targets, which the
+/// restartable sequences address; on 32-bit targets its low and high
+/// halves, written only under the CPU slot (32-bit targets have no
+/// restartable sequences), so the pair never needs to be atomic.
+#[repr(C)]
+struct TinyCell {
+    #[cfg(target_pointer_width = "64")]
+    word: AtomicU64,
+    #[cfg(not(target_pointer_width = "64"))]
+    halves: [AtomicWord; 2],
+}
+
+impl TinyCell {
+    #[inline(always)]
+    fn load(&self) -> u64 {
+        #[cfg(target_pointer_width = "64")]
+        return self.word.load(Ordering::Relaxed);
+        #[cfg(not(target_pointer_width = "64"))]
+        return self.halves[0].load(Ordering::Relaxed) as u64
+            | (self.halves[1].load(Ordering::Relaxed) as u64) << 32;
+    }
+
+    /// Stores `w`; the caller has the cache to itself.
+    #[inline(always)]
+    fn store(&self, w: u64) {
+        #[cfg(target_pointer_width = "64")]
+        self.word.store(w, Ordering::Relaxed);
+        #[cfg(not(target_pointer_width = "64"))]
+        {
+            self.halves[0].store(w as Word, Ordering::Relaxed);
+            self.halves[1].store((w >> 32) as Word, Ordering::Relaxed);
+        }
+    }
+}
+
 /// One CPU's cache. All-zero bytes are a valid empty cache. Every field is a
-/// word the restartable sequences address by offset.
+/// word the restartable sequences address by offset (on 64-bit targets).
 #[repr(C, align(64))]
 pub(crate) struct CpuCache {
     /// The current tiny block, packed ([`Tiny`]); 0 = none.
-    tiny: AtomicU64,
+    tiny: TinyCell,
     counters: [AtomicU64; NUM_TINY_EVENTS],
     /// Per class `i` at [`STACK_AT`]`[i]`: the stack word ([`StackWord`]),
     /// then the stack's `capacity` slots, bottom first (object addresses).
-    stacks: [AtomicU64; STACK_WORDS],
+    stacks: [AtomicWord; STACK_WORDS],
+    /// 32-bit targets: per class, the wraps of the stack word's 16-bit pops
+    /// field (mallocs = carries · 2^16 + pops).
+    #[cfg(not(target_pointer_width = "64"))]
+    carries: [AtomicWord; NUM_CLASSES],
 }
 
 /// Bytes between consecutive CPU caches (a constant of the layout, so that
@@ -154,19 +196,19 @@ pub(crate) const TINY_FIELD: usize = core::mem::offset_of!(CpuCache, tiny);
 /// Byte offset of counter `k` in a cache.
 #[cfg_attr(not(rseq), allow(dead_code))] // the layout the sections address
 pub(crate) const fn counter_field(k: TinyEvent) -> usize {
-    core::mem::offset_of!(CpuCache, counters) + 8 * k as usize
+    core::mem::offset_of!(CpuCache, counters) + core::mem::size_of::<AtomicU64>() * k as usize
 }
 
 /// Byte offset of class `c`'s stack word in a cache.
 #[cfg_attr(not(rseq), allow(dead_code))] // the layout the sections address
 pub(crate) const fn word_field(c: SizeClass) -> usize {
-    core::mem::offset_of!(CpuCache, stacks) + 8 * STACK_AT[c.index()]
+    core::mem::offset_of!(CpuCache, stacks) + core::mem::size_of::<Word>() * STACK_AT[c.index()]
 }
 
 impl CpuCache {
     /// Slot `i` of class `c`'s stack.
     #[inline(always)]
-    fn slot(&self, c: SizeClass, i: usize) -> &AtomicU64 {
+    fn slot(&self, c: SizeClass, i: usize) -> &AtomicWord {
         debug_assert!(!c.is_large() && i < capacity(c));
         // SAFETY: `c` is a small class and `i < capacity(c)` (callers keep
         // `len <= capacity`), so the index is inside class `c`'s stack.
@@ -175,7 +217,7 @@ impl CpuCache {
 
     /// Class `c`'s stack word, unchecked: a `SizeClass` index is below NUM_CLASSES.
     #[inline(always)]
-    pub(crate) fn stack_word(&self, c: SizeClass) -> &AtomicU64 {
+    pub(crate) fn stack_word(&self, c: SizeClass) -> &AtomicWord {
         // SAFETY: `STACK_AT[i] < STACK_WORDS` for every class index (class 0's
         // is 0: class 1's word, which no operation on class 0 writes).
         unsafe {
@@ -187,8 +229,9 @@ impl CpuCache {
     /// The tiny word.
     #[inline(always)]
     #[cfg_attr(not(rseq), allow(dead_code))] // the stop protocol's
+    #[cfg(target_pointer_width = "64")]
     pub(crate) fn tiny_word(&self) -> &AtomicU64 {
-        &self.tiny
+        &self.tiny.word
     }
 
     /// TinyEvent `k`'s word.
@@ -214,9 +257,18 @@ impl CpuCache {
         self.counter_word(k).load(Ordering::Relaxed)
     }
 
+    /// Mallocs counted by pops of class `c`, cumulative (a racy read).
+    pub(crate) fn pops(&self, c: SizeClass) -> u64 {
+        let w = self.word(c).pops();
+        #[cfg(not(target_pointer_width = "64"))]
+        let w =
+            w + ((self.carries[c.index()].load(Ordering::Relaxed) as u64) << StackWord::POPS_BITS);
+        w
+    }
+
     /// The tiny state.
     pub(crate) fn tiny(&self) -> Tiny {
-        Tiny::unpack(self.tiny.load(Ordering::Relaxed))
+        Tiny::unpack(self.tiny.load())
     }
 
     /// Bytes of free objects held.
@@ -240,8 +292,17 @@ impl CpuCache {
             return None;
         }
         let p = self.slot(c, n - 1).load(Ordering::Relaxed) as *mut u8;
-        self.stack_word(c)
-            .store(w + StackWord::POP_DELTA, Ordering::Relaxed);
+        let next = w.wrapping_add(StackWord::POP_DELTA);
+        #[cfg(not(target_pointer_width = "64"))]
+        if next < w {
+            // The pops field wrapped (32-bit): carry it.
+            let carry = &self.carries[c.index()];
+            carry.store(
+                carry.load(Ordering::Relaxed).wrapping_add(1),
+                Ordering::Relaxed,
+            );
+        }
+        self.stack_word(c).store(next, Ordering::Relaxed);
         Some(p)
     }
 
@@ -254,7 +315,7 @@ impl CpuCache {
         if n == unsafe { *CAPACITY.get_unchecked(c.index()) } as usize {
             return false;
         }
-        self.slot(c, n).store(p as u64, Ordering::Relaxed);
+        self.slot(c, n).store(p as Word, Ordering::Relaxed);
         self.stack_word(c)
             .store(w + StackWord::PUSH_DELTA, Ordering::Relaxed);
         true
@@ -269,9 +330,9 @@ impl CpuCache {
             .len()
             .min(unsafe { *CAPACITY.get_unchecked(c.index()) } as usize - n);
         for (j, &p) in objs[..k].iter().enumerate() {
-            self.slot(c, n + j).store(p as u64, Ordering::Relaxed);
+            self.slot(c, n + j).store(p as Word, Ordering::Relaxed);
         }
-        self.stack_word(c).store(w + k as u64, Ordering::Relaxed);
+        self.stack_word(c).store(w + k, Ordering::Relaxed);
         k
     }
 
@@ -283,7 +344,7 @@ impl CpuCache {
         for (j, o) in out[..k].iter_mut().enumerate() {
             *o = self.slot(c, n - k + j).load(Ordering::Relaxed) as *mut u8;
         }
-        self.stack_word(c).store(w - k as u64, Ordering::Relaxed);
+        self.stack_word(c).store(w - k, Ordering::Relaxed);
         k
     }
 
@@ -301,14 +362,14 @@ impl CpuCache {
             off: off + size,
             n: t.n + 1,
         };
-        self.tiny.store(next.pack(), Ordering::Relaxed);
+        self.tiny.store(next.pack());
         (t.block + off) as *mut u8
     }
 
     /// Stores `new` as the tiny state if it still is `old`.
     pub(crate) fn replace_tiny(&self, old: Tiny, new: Tiny) -> bool {
-        if self.tiny.load(Ordering::Relaxed) == old.pack() {
-            self.tiny.store(new.pack(), Ordering::Relaxed);
+        if self.tiny.load() == old.pack() {
+            self.tiny.store(new.pack());
             true
         } else {
             false
@@ -328,7 +389,8 @@ impl CpuCache {
     /// Takes the tiny state out (a drain): the caller retires the block (a
     /// stopped word reads as a full block).
     pub(crate) fn take_tiny(&self) -> Tiny {
-        let t = Tiny::unpack(self.tiny.swap(0, Ordering::Relaxed));
+        let t = Tiny::unpack(self.tiny.load());
+        self.tiny.store(0);
         Tiny {
             off: t.off.min(crate::TINY_BLOCK),
             ..t
@@ -386,10 +448,25 @@ mod tests {
     }
 
     #[test]
+    fn pops_count_past_the_word_field() {
+        // 32-bit targets keep 16 bits of pops in the stack word and carry
+        // the rest: a count past 2^16 must survive the wrap.
+        let cache = zeroed();
+        let c = SizeClass::new(5).unwrap();
+        let n = (1 << 16) + 1234;
+        for i in 0..n {
+            assert!(cache.push(c, (0x1000 + 16 * (i % 4)) as *mut u8));
+            assert!(cache.pop(c).is_some());
+        }
+        assert_eq!(cache.pops(c), n as u64);
+        assert_eq!(cache.len(c), 0);
+    }
+
+    #[test]
     fn tiny_carves_and_takes() {
         let cache = zeroed();
         assert!(cache.carve(8, 8).is_null(), "no block");
-        let block = 0x7000_0000_0040usize;
+        let block = 0x7000_0040usize;
         assert!(cache.replace_tiny(
             Tiny::NONE,
             Tiny {

@@ -162,7 +162,7 @@ impl<C: Cpu> Slabs<C> {
             let cache = s.locked().cache(i);
             for c in SizeClass::small_classes() {
                 let w = cache.word(c);
-                t.pops[c.index()] += w.pops();
+                t.pops[c.index()] += cache.pops(c);
                 t.cached[c.index()] += w.len() as u64;
             }
             for k in TinyEvent::ALL {

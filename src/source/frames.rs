@@ -67,8 +67,8 @@
 //! Nothing here allocates: the hole list and the guard table are fixed arrays,
 //! page tables come from the kernel's frame allocator.
 
+use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use spin::Mutex;
 use x86_64::structures::paging::{

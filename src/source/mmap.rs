@@ -32,15 +32,32 @@
 //! Nothing here allocates: every method is a system call or two on the caller's
 //! stack.
 
+use crate::sync::atomic::{AtomicUsize, Ordering};
 use core::ffi::c_void;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicUsize, Ordering};
 
 use super::{Exhausted, PageSource};
 
 /// Where the first arena is looked for: Go's first arena hint on amd64,
-/// `0x00c0 << 32`.
+/// `0x00c0 << 32`; on 32-bit targets 1 GiB, below the kernel's top-down
+/// `mmap` area.
+#[cfg(target_pointer_width = "64")]
 pub const DEFAULT_HINT: usize = 0x00c0_0000_0000;
+/// Where the first arena is looked for: 1 GiB, below the kernel's top-down
+/// `mmap` area (Go's amd64 hint, `0x00c0 << 32`, on 64-bit targets).
+#[cfg(not(target_pointer_width = "64"))]
+pub const DEFAULT_HINT: usize = 0x4000_0000;
+
+/// A hint for a test's private reservations, far from the others': `n` of
+/// 1..=3 picks one of three.
+#[cfg(test)]
+const fn test_hint(n: usize) -> usize {
+    if usize::BITS == 64 {
+        (0x2b00 + 0x100 * n) << (usize::BITS / 2)
+    } else {
+        0x5000_0000 + n * 0x1000_0000
+    }
+}
 
 /// The transparent huge page size assumed for `MADV_HUGEPAGE` hints.
 const HUGE_PAGE: usize = 2 << 20;
@@ -379,15 +396,21 @@ mod tests {
         assert!(src.reserve(0, PS).is_none());
         assert!(src.reserve(PS, 3 * PS).is_none());
         assert!(src.reserve(usize::MAX - PS, PS).is_none());
-        assert!(src.reserve(PS, 1 << (usize::BITS - 1)).is_none());
+        assert!(src
+            .reserve(1 << (usize::BITS - 1), 1 << (usize::BITS - 1))
+            .is_none());
         // Address space exhaustion is reported, not panicked on.
-        assert!(src.reserve(1 << 62, PS).is_none());
+        // (Three quarters of the address space: no gap that large exists
+        // in a running process on 32-bit targets, nor in 47 bits.)
+        assert!(src
+            .reserve((usize::MAX / 4 * 3 + 1) & !(PS - 1), PS)
+            .is_none());
     }
 
     #[test]
     fn arenas_ascend_contiguously_from_hint() {
         // A private hint far from the other tests' reservations.
-        let hint = 0x2c00_0000_0000;
+        let hint = test_hint(1);
         let src = MmapSource::with_hint(hint);
         let a = src
             .reserve(MmapSource::ARENA_BYTES, MmapSource::ARENA_BYTES)
@@ -524,7 +547,7 @@ mod tests {
 
     #[test]
     fn free_then_reserve_again() {
-        let src = MmapSource::with_hint(0x2d00_0000_0000);
+        let src = MmapSource::with_hint(test_hint(2));
         let bytes = MmapSource::ARENA_BYTES;
         let p = reserve_ready(&src, bytes, bytes);
         // SAFETY: `p` is Ready (`reserve_ready`); `free` gets exactly the reservation, then unused.
