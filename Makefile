@@ -79,21 +79,21 @@ test: deps
 	$(CARGO) fmt --all -- --check
 	cd $(BOARD) && $(CARGO) fmt --all -- --check
 	$(CARGO) clippy --features linux --all-targets -- -D warnings
-	$(CARGO) clippy --features linux,checks --lib -- -D warnings
+	$(CARGO) clippy --features linux,checks,critical-section --all-targets -- -D warnings
 	$(CARGO) clippy --no-default-features --features x86_64 --target $(NOSTD_TARGET) --lib -- -D warnings
 	$(CARGO) clippy -p tieralloc-preload -p tieralloc-bench -p qemu-tests --all-targets -- -D warnings
 	cd $(BOARD) && $(CARGO) clippy --release -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p tieralloc
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p tieralloc --features linux,x86_64
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p tieralloc --features linux,x86_64,critical-section
 	$(CARGO) doc --workspace --no-deps
 	$(CARGO) publish --dry-run -p tieralloc --allow-dirty
-	$(CARGO) test --features linux,checks
+	$(CARGO) test --features linux,checks,critical-section
 	$(CARGO) test --release --features linux
 	$(CARGO) build --no-default-features --target $(NOSTD_TARGET) --lib
 	$(CARGO) build --no-default-features --features x86_64 --target $(NOSTD_TARGET) --lib
 	for t in $(EMBEDDED_TARGETS); do \
 		$(CARGO) clippy --target "$$t" --lib -- -D warnings; \
-		$(CARGO) clippy --target "$$t" --lib --features checks -- -D warnings; \
+		$(CARGO) clippy --target "$$t" --lib --features checks,critical-section -- -D warnings; \
 		$(CARGO) build --release --target "$$t" --lib; \
 	done
 	$(MAKE) test-32

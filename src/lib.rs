@@ -46,9 +46,12 @@
 //!   and its sources: [`RegionSource`] (fixed memory), `MmapSource` (feature
 //!   `linux`), `FrameSource` (feature `x86_64`), [`FailingSource`] (fault
 //!   injection).
-//! * [`cpu`]: the [`Cpu`] trait (which CPU am I on, and exclusive access to
-//!   its cache) and its implementations: [`SingleCpu`], [`LockedSlots`],
-//!   `LinuxCpu` (feature `linux`).
+//! * [`cpu`]: the [`Cpu`] trait (which CPU am I on, exclusive access to its
+//!   cache, and what holds interrupt handlers off during a heap operation)
+//!   and its implementations: [`SingleCpu`], [`LockedSlots`], `LinuxCpu`
+//!   (feature `linux`), `CriticalSectionCpu` (feature `critical-section`:
+//!   every operation in a critical section, so interrupt handlers may
+//!   allocate).
 //! * [`Stats`] and [`ClassStats`] (Go's `runtime.MemStats`), [`Stack`] and
 //!   [`StackStats`] (the stack allocator), and the constants a user needs.
 //!
@@ -164,7 +167,10 @@
 //!
 //! ## Lock order
 //!
-//! set-up lock → CPU slot → `central[c]` (one class at a time) or a stack pool
+//! Outermost, every public operation runs inside [`Cpu::operation`], which
+//! holds interrupt handlers off where the `Cpu` is made for them
+//! (`CriticalSectionCpu`), so that no lock below is ever held where a handler
+//! on the same CPU could want it. Then: set-up lock → CPU slot → `central[c]` (one class at a time) or a stack pool
 //! `pool[o]` (one order at a time; never with a central lock) → the page heap.
 //! A refill or a flush holds no CPU slot while it takes central; only a drain
 //! (`scavenge`) holds the slot of the CPU it drains while it flushes. The
@@ -262,6 +268,8 @@ pub mod internals;
 
 pub use heap::Heap;
 pub use percpu::cpu;
+#[cfg(feature = "critical-section")]
+pub use percpu::cpu::CriticalSectionCpu;
 pub use percpu::cpu::{Cpu, LockedSlots, SingleCpu};
 #[cfg(feature = "linux")]
 pub use percpu::linux::LinuxCpu;

@@ -118,6 +118,19 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// # Safety
     /// As [`GlobalAlloc::realloc`](core::alloc::GlobalAlloc::realloc).
     pub unsafe fn reallocate(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if C::GUARDS_OPERATIONS {
+            // SAFETY: forwarded from the caller.
+            return self
+                .cpu()
+                .operation(|| unsafe { self.reallocate_unguarded(p, layout, new_size) });
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.reallocate_unguarded(p, layout, new_size) }
+    }
+
+    /// The operation itself, inside the caller's [`Cpu::operation`] if any.
+    #[inline(always)]
+    unsafe fn reallocate_unguarded(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let (old_size, align) = (layout.size(), layout.align());
         let new = ObjectKind::of(new_size, align);
         // What the object is: over 4 KiB the page map says (its slot's class,
@@ -150,6 +163,24 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// `p` is a live, non-tiny object of this heap; `(new_size, align)` is a
     /// valid layout. On success `p` must not be used again.
     pub unsafe fn reallocate_unsized(&self, p: *mut u8, new_size: usize, align: usize) -> *mut u8 {
+        if C::GUARDS_OPERATIONS {
+            // SAFETY: forwarded from the caller.
+            return self
+                .cpu()
+                .operation(|| unsafe { self.reallocate_unsized_unguarded(p, new_size, align) });
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.reallocate_unsized_unguarded(p, new_size, align) }
+    }
+
+    /// The operation itself, inside the caller's [`Cpu::operation`] if any.
+    #[inline(always)]
+    unsafe fn reallocate_unsized_unguarded(
+        &self,
+        p: *mut u8,
+        new_size: usize,
+        align: usize,
+    ) -> *mut u8 {
         let new = ObjectKind::of(new_size, align);
         // SAFETY: non-null page-map entries are live spans.
         match unsafe { self.map.span_of(Addr::of(p)).as_ref() } {

@@ -200,10 +200,23 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         Some(unsafe { self.slabs.install(p.as_ptr(), count) })
     }
 
+    /// Runs a whole operation inside [`Cpu::operation`] if the `Cpu` asks for
+    /// it ([`Cpu::GUARDS_OPERATIONS`]). The fast paths test the constant
+    /// themselves, so that with the default they are the same code as
+    /// without it (a closure would be a call LLVM need not inline).
+    #[inline(always)]
+    fn guarded<R>(&self, f: impl FnOnce() -> R) -> R {
+        if C::GUARDS_OPERATIONS {
+            self.cpu().operation(f)
+        } else {
+            f()
+        }
+    }
+
     /// Whether per-CPU operations use restartable sequences (Linux x86-64 with
     /// glibc's rseq area) rather than the CPU slot's lock. Sets the heap up.
     pub fn uses_rseq(&self) -> bool {
-        self.caches().is_some_and(|s| s.uses_rseq())
+        self.guarded(|| self.caches().is_some_and(|s| s.uses_rseq()))
     }
 
     // ----------------------------------------------------------- operations
@@ -211,6 +224,15 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// Allocates `layout`, or returns null (impossible layout or out of memory).
     #[inline(always)]
     pub fn allocate(&self, layout: Layout) -> *mut u8 {
+        if C::GUARDS_OPERATIONS {
+            return self.cpu().operation(|| self.allocate_unguarded(layout));
+        }
+        self.allocate_unguarded(layout)
+    }
+
+    /// The operation itself, inside the caller's [`Cpu::operation`] if any.
+    #[inline(always)]
+    fn allocate_unguarded(&self, layout: Layout) -> *mut u8 {
         match ObjectKind::of(layout.size(), layout.align()) {
             ObjectKind::Tiny => self.alloc_tiny(layout.size(), layout.align()),
             ObjectKind::Small(c) => self.alloc_small(c),
@@ -227,6 +249,19 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// and is not used afterwards.
     #[inline(always)]
     pub unsafe fn deallocate(&self, p: *mut u8, layout: Layout) {
+        if C::GUARDS_OPERATIONS {
+            // SAFETY: forwarded from the caller.
+            return self
+                .cpu()
+                .operation(|| unsafe { self.deallocate_unguarded(p, layout) });
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.deallocate_unguarded(p, layout) }
+    }
+
+    /// The operation itself, inside the caller's [`Cpu::operation`] if any.
+    #[inline(always)]
+    unsafe fn deallocate_unguarded(&self, p: *mut u8, layout: Layout) {
         match ObjectKind::of(layout.size(), layout.align()) {
             ObjectKind::Tiny => self.free_tiny(p),
             // Sizes up to 1 KiB never get here: `ObjectKind::of`'s first branch
@@ -239,6 +274,17 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
 
     /// Allocates zeroed memory; large objects known to be fresh from the source are not written.
     pub fn allocate_zeroed(&self, layout: Layout) -> *mut u8 {
+        if C::GUARDS_OPERATIONS {
+            return self
+                .cpu()
+                .operation(|| self.allocate_zeroed_unguarded(layout));
+        }
+        self.allocate_zeroed_unguarded(layout)
+    }
+
+    /// The operation itself, inside the caller's [`Cpu::operation`] if any.
+    #[inline(always)]
+    fn allocate_zeroed_unguarded(&self, layout: Layout) -> *mut u8 {
         match ObjectKind::of(layout.size(), layout.align()) {
             ObjectKind::Large => match self.alloc_large(layout.size(), layout.align()) {
                 Some((p, needzero)) => {
@@ -297,6 +343,19 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// # Safety
     /// `p` is a live, non-tiny object of this heap and is not used afterwards.
     pub unsafe fn deallocate_unsized(&self, p: *mut u8) {
+        if C::GUARDS_OPERATIONS {
+            // SAFETY: forwarded from the caller.
+            return self
+                .cpu()
+                .operation(|| unsafe { self.deallocate_unsized_unguarded(p) });
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.deallocate_unsized_unguarded(p) }
+    }
+
+    /// The operation itself, inside the caller's [`Cpu::operation`] if any.
+    #[inline(always)]
+    unsafe fn deallocate_unsized_unguarded(&self, p: *mut u8) {
         // SAFETY: non-null page-map entries are live spans.
         match unsafe { self.map.span_of(Addr::of(p)).as_ref() } {
             Some(span) if span.state == SpanState::Small => self.free_small(p, span.class),
@@ -317,33 +376,35 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// expedited-rseq membarrier (Linux ≥ 5.10); otherwise those caches (at most
     /// [`crate::CACHE_BOUND_BYTES`] each) stay as they are.
     pub fn scavenge(&self) -> usize {
-        let below = self.below();
-        if let Some(s) = self.slabs.get() {
-            // First the tiny blocks (retiring one may free it into some CPU's
-            // stack), retired outside the CPU's exclusivity.
-            for i in 0..s.count() {
-                if let Some(t) = s.take_tiny(i) {
-                    self.retire_tiny(s, t);
+        self.guarded(|| {
+            let below = self.below();
+            if let Some(s) = self.slabs.get() {
+                // First the tiny blocks (retiring one may free it into some CPU's
+                // stack), retired outside the CPU's exclusivity.
+                for i in 0..s.count() {
+                    if let Some(t) = s.take_tiny(i) {
+                        self.retire_tiny(s, t);
+                    }
+                }
+                for i in 0..s.count() {
+                    s.drain(i, |c, objs| {
+                        self.central[c.index()].lock().flush(c, objs, &below);
+                        self.flow[c.index()].flushed_from_slabs(objs.len());
+                    });
                 }
             }
-            for i in 0..s.count() {
-                s.drain(i, |c, objs| {
-                    self.central[c.index()].lock().flush(c, objs, &below);
-                    self.flow[c.index()].flushed_from_slabs(objs.len());
-                });
+            for c in SizeClass::small_classes() {
+                let mut central = self.central[c.index()].lock();
+                if c.shares_lines() {
+                    central.give_back_remote(c, &self.remote[c.index()], &below);
+                }
+                central.drain_transfer(c, &below);
             }
-        }
-        for c in SizeClass::small_classes() {
-            let mut central = self.central[c.index()].lock();
-            if c.shares_lines() {
-                central.give_back_remote(c, &self.remote[c.index()], &below);
-            }
-            central.drain_transfer(c, &below);
-        }
-        self.drain_stack_caches(&below);
-        let mut h = self.pages.lock();
-        h.flush_large_cache(&self.source);
-        h.scavenge(&self.source, usize::MAX) * crate::PAGE_BYTES
+            self.drain_stack_caches(&below);
+            let mut h = self.pages.lock();
+            h.flush_large_cache(&self.source);
+            h.scavenge(&self.source, usize::MAX) * crate::PAGE_BYTES
+        })
     }
 
     /// Sets the dirty free memory always kept before the scavenger releases
@@ -352,17 +413,21 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// whichever is larger (see `pageheap::scavenger`). A floor above 16 MiB
     /// also lets the large-span cache hold a quarter of it (at most 32 MiB).
     pub fn set_retain_bytes(&self, bytes: usize) {
-        self.pages.lock().set_retain_bytes(bytes);
+        self.guarded(|| {
+            self.pages.lock().set_retain_bytes(bytes);
+        })
     }
 
     /// Walks every tier and panics with a message on the first broken invariant.
     /// Call it at quiescence (tests, the `checks` feature's users).
     pub fn check_invariants(&self) {
-        for c in SizeClass::small_classes() {
-            self.central[c.index()].lock().check_invariants(c);
-        }
-        self.stacks.check_invariants();
-        self.pages.lock().check_invariants();
+        self.guarded(|| {
+            for c in SizeClass::small_classes() {
+                self.central[c.index()].lock().check_invariants(c);
+            }
+            self.stacks.check_invariants();
+            self.pages.lock().check_invariants();
+        })
     }
 
     /// Takes every lock of the heap (CPU slots, central lists, stack pools,

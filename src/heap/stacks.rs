@@ -20,17 +20,19 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// from the page heap). With `guard`, the page below the stack faults on
     /// access (the source's Reserved state); guarded stacks have spans of their own.
     pub fn alloc_stack(&self, bytes: usize, guard: bool) -> Option<Stack> {
-        let below = self.below();
-        self.caches()?;
-        let caches = self.stack_caches.load(Ordering::Acquire);
-        if caches.is_null() || !stack::uses_cache(bytes, guard) {
-            return self.stacks.alloc(&below, None, bytes, guard);
-        }
-        self.cpu().with_current(|i| {
-            // SAFETY: `i < count` (the caches were set up for `count` CPUs)
-            // and slot `i` is held for the closure, so the cache is ours alone.
-            let cache = unsafe { &mut *caches.add(i) };
-            self.stacks.alloc(&below, Some(cache), bytes, guard)
+        self.guarded(|| {
+            let below = self.below();
+            self.caches()?;
+            let caches = self.stack_caches.load(Ordering::Acquire);
+            if caches.is_null() || !stack::uses_cache(bytes, guard) {
+                return self.stacks.alloc(&below, None, bytes, guard);
+            }
+            self.cpu().with_current(|i| {
+                // SAFETY: `i < count` (the caches were set up for `count` CPUs)
+                // and slot `i` is held for the closure, so the cache is ours alone.
+                let cache = unsafe { &mut *caches.add(i) };
+                self.stacks.alloc(&below, Some(cache), bytes, guard)
+            })
         })
     }
 
@@ -39,20 +41,23 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// # Safety
     /// `stack` came from this heap's `alloc_stack` and nothing uses it any more.
     pub unsafe fn free_stack(&self, stack: Stack) {
-        let below = self.below();
-        let caches = self.stack_caches.load(Ordering::Acquire);
-        if caches.is_null() || stack.order().is_none() {
-            // SAFETY: forwarded from the caller.
-            return unsafe { self.stacks.free(&below, None, stack) };
-        }
-        // SAFETY: forwarded from the caller; `i < count` and slot `i` is held.
-        self.cpu()
-            .with_current(|i| unsafe { self.stacks.free(&below, Some(&mut *caches.add(i)), stack) })
+        self.guarded(|| {
+            let below = self.below();
+            let caches = self.stack_caches.load(Ordering::Acquire);
+            if caches.is_null() || stack.order().is_none() {
+                // SAFETY: forwarded from the caller.
+                return unsafe { self.stacks.free(&below, None, stack) };
+            }
+            // SAFETY: forwarded from the caller; `i < count` and slot `i` is held.
+            self.cpu().with_current(|i| unsafe {
+                self.stacks.free(&below, Some(&mut *caches.add(i)), stack)
+            })
+        })
     }
 
     /// Stack statistics (stack spans also count in `heap_inuse`, as pages in use).
     pub fn stack_stats(&self) -> StackStats {
-        self.stacks.stats()
+        self.guarded(|| self.stacks.stats())
     }
 
     /// Gives every CPU's cached stacks back to the pools (`scavenge`).

@@ -70,77 +70,79 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// words) plus direct hand-outs; frees are derived from the flow of objects
     /// between tiers: `frees = Σ stack lengths − to_slabs + from_slabs + pops + direct_frees`.
     pub fn stats(&self) -> Stats {
-        let mut st = Stats::default();
-        let t = self.slabs.totals();
-        st.cpus = t.cpus as u64;
-        st.rseq = t.rseq;
-        for c in SizeClass::small_classes() {
-            let i = c.index();
-            let f = &self.flow[i];
-            let (to, from, dm, df) = (
-                f.to_slabs.load(Ordering::Relaxed),
-                f.from_slabs.load(Ordering::Relaxed),
-                f.direct_mallocs.load(Ordering::Relaxed),
-                f.direct_frees.load(Ordering::Relaxed),
-            );
-            let row = &mut st.by_size[i];
-            row.size = c.size() as u64;
-            row.mallocs = t.pops[i] + dm;
-            row.frees = (t.cached[i] + from + t.pops[i] + df).wrapping_sub(to);
-            st.cached_bytes += t.cached[i] * c.size() as u64;
-            st.cached_bytes += (self.central[i].lock().transfer_len() * c.size()) as u64;
-            if c.shares_lines() {
-                st.cached_bytes += (self.remote[i].len() * c.size()) as u64;
+        self.guarded(|| {
+            let mut st = Stats::default();
+            let t = self.slabs.totals();
+            st.cpus = t.cpus as u64;
+            st.rseq = t.rseq;
+            for c in SizeClass::small_classes() {
+                let i = c.index();
+                let f = &self.flow[i];
+                let (to, from, dm, df) = (
+                    f.to_slabs.load(Ordering::Relaxed),
+                    f.from_slabs.load(Ordering::Relaxed),
+                    f.direct_mallocs.load(Ordering::Relaxed),
+                    f.direct_frees.load(Ordering::Relaxed),
+                );
+                let row = &mut st.by_size[i];
+                row.size = c.size() as u64;
+                row.mallocs = t.pops[i] + dm;
+                row.frees = (t.cached[i] + from + t.pops[i] + df).wrapping_sub(to);
+                st.cached_bytes += t.cached[i] * c.size() as u64;
+                st.cached_bytes += (self.central[i].lock().transfer_len() * c.size()) as u64;
+                if c.shares_lines() {
+                    st.cached_bytes += (self.remote[i].len() * c.size()) as u64;
+                }
             }
-        }
-        // Tiny blocks are objects of the tiny class, but not user objects of it.
-        let blocks_taken = t.event(TinyEvent::BlocksTaken);
-        let blocks_freed = t.event(TinyEvent::BlocksFreed);
-        let tc = &mut st.by_size[TINY_CLASS.index()];
-        tc.mallocs = tc.mallocs.wrapping_sub(blocks_taken);
-        tc.frees = tc.frees.wrapping_sub(blocks_freed);
-        st.tiny_mallocs = t.event(TinyEvent::MallocsRetired) + t.tiny_current;
-        st.tiny_frees = t.event(TinyEvent::Frees);
-        st.tiny_blocks = blocks_taken.wrapping_sub(blocks_freed);
-        let ps = self.pages.lock().stats();
-        st.cached_bytes += ps.large_cached;
-        st.by_size[0].mallocs = ps.large.mallocs;
-        st.by_size[0].frees = ps.large.frees;
-        st.large_alloc = ps.large.live_bytes;
-        let ss = self.stacks.stats();
-        st.stack_sys = ss.sys_bytes;
-        st.stacks = ss.inuse_stacks;
-        st.stack_inuse = ss.inuse_bytes;
-        st.heap_sys = ps.sys;
-        st.heap_inuse = ps.inuse.saturating_sub(ss.sys_bytes);
-        st.heap_idle = ps.sys - ps.inuse;
-        st.heap_released = ps.released;
-        st.meta_sys = ps.meta_sys + *self.init.lock() as u64;
-        st.arenas = ps.arenas;
-        st.spans = ps.spans;
-        st.scavenged_total = ps.scavenged_total;
-        // Wrapping sums: a snapshot taken while other threads allocate and free
-        // may see a free before its allocation (a transiently "negative" count);
-        // that must not panic on overflow. Exact at quiescence.
-        st.heap_alloc = st
-            .large_alloc
-            .wrapping_add(st.tiny_blocks.wrapping_mul(TINY_BLOCK as u64))
-            .wrapping_add(
-                st.by_size[1..]
-                    .iter()
-                    .map(|r| r.live().wrapping_mul(r.size))
-                    .fold(0, u64::wrapping_add),
-            );
-        st.mallocs = st
-            .by_size
-            .iter()
-            .map(|r| r.mallocs)
-            .fold(st.tiny_mallocs, u64::wrapping_add);
-        st.frees = st
-            .by_size
-            .iter()
-            .map(|r| r.frees)
-            .fold(st.tiny_frees, u64::wrapping_add);
-        st
+            // Tiny blocks are objects of the tiny class, but not user objects of it.
+            let blocks_taken = t.event(TinyEvent::BlocksTaken);
+            let blocks_freed = t.event(TinyEvent::BlocksFreed);
+            let tc = &mut st.by_size[TINY_CLASS.index()];
+            tc.mallocs = tc.mallocs.wrapping_sub(blocks_taken);
+            tc.frees = tc.frees.wrapping_sub(blocks_freed);
+            st.tiny_mallocs = t.event(TinyEvent::MallocsRetired) + t.tiny_current;
+            st.tiny_frees = t.event(TinyEvent::Frees);
+            st.tiny_blocks = blocks_taken.wrapping_sub(blocks_freed);
+            let ps = self.pages.lock().stats();
+            st.cached_bytes += ps.large_cached;
+            st.by_size[0].mallocs = ps.large.mallocs;
+            st.by_size[0].frees = ps.large.frees;
+            st.large_alloc = ps.large.live_bytes;
+            let ss = self.stacks.stats();
+            st.stack_sys = ss.sys_bytes;
+            st.stacks = ss.inuse_stacks;
+            st.stack_inuse = ss.inuse_bytes;
+            st.heap_sys = ps.sys;
+            st.heap_inuse = ps.inuse.saturating_sub(ss.sys_bytes);
+            st.heap_idle = ps.sys - ps.inuse;
+            st.heap_released = ps.released;
+            st.meta_sys = ps.meta_sys + *self.init.lock() as u64;
+            st.arenas = ps.arenas;
+            st.spans = ps.spans;
+            st.scavenged_total = ps.scavenged_total;
+            // Wrapping sums: a snapshot taken while other threads allocate and free
+            // may see a free before its allocation (a transiently "negative" count);
+            // that must not panic on overflow. Exact at quiescence.
+            st.heap_alloc = st
+                .large_alloc
+                .wrapping_add(st.tiny_blocks.wrapping_mul(TINY_BLOCK as u64))
+                .wrapping_add(
+                    st.by_size[1..]
+                        .iter()
+                        .map(|r| r.live().wrapping_mul(r.size))
+                        .fold(0, u64::wrapping_add),
+                );
+            st.mallocs = st
+                .by_size
+                .iter()
+                .map(|r| r.mallocs)
+                .fold(st.tiny_mallocs, u64::wrapping_add);
+            st.frees = st
+                .by_size
+                .iter()
+                .map(|r| r.frees)
+                .fold(st.tiny_frees, u64::wrapping_add);
+            st
+        })
     }
 }

@@ -9,6 +9,15 @@
 //!
 //! Invariant: `count()` is constant once it has been called, and at most one
 //! execution at a time is inside `with_current`/`with_slot` for a given index.
+//!
+//! **Interrupt handlers.** A slot's exclusivity is not enough for a heap that
+//! interrupt handlers use: a refill or a flush takes a central list's lock
+//! *outside* `with_current`, and growth takes the page heap's, so a handler
+//! that interrupts its own CPU there spins for ever on a lock the interrupted
+//! code holds. [`Cpu::operation`] closes that gap: the heap runs every
+//! operation inside it, so a `Cpu` that holds handlers off for all of it
+//! (interrupts masked on the calling CPU, or a `critical-section`) makes every
+//! lock of the heap one that is only ever held with handlers off.
 
 use core::marker::PhantomData;
 
@@ -28,6 +37,21 @@ pub use super::linux::{LinuxCpu, SpinThenYield, MAX_CPUS};
 /// closures run by `with_current` or `with_slot` for the same index overlap in
 /// time (on any CPU or thread). The heap relies on this for its per-CPU caches,
 /// which it mutates without further synchronisation.
+///
+/// # Interrupt handlers
+///
+/// The heap may be called from an interrupt (or signal) handler only if
+/// [`Cpu::GUARDS_OPERATIONS`] is true and [`Cpu::operation`] holds every
+/// handler that may call the heap off on the calling CPU for the whole of its
+/// closure, and nests (an inner call leaves them off and the outermost
+/// restores what it found). Then no lock of the
+/// heap is ever taken with handlers able to run on that CPU, and a handler
+/// never waits for code it interrupted. `with_current` and `with_slot` must
+/// still be exclusive on their own: the heap calls them inside `operation`,
+/// but also, in a drain, for another CPU's slot. The default `operation`
+/// holds nothing off: with it, no handler may use the heap. A kernel whose
+/// `with_current` disables interrupts satisfies this only if `operation`
+/// does as well.
 pub unsafe trait Cpu: Sync {
     /// What a CPU does while it waits for a lock of the heap (spin in a kernel,
     /// spin then yield on Linux, where the holder may have been preempted).
@@ -42,6 +66,21 @@ pub unsafe trait Cpu: Sync {
     /// Runs `f()` with exclusive access to slot `i` (any slot, from any CPU):
     /// used to drain another CPU's cache.
     fn with_slot<R>(&self, i: usize, f: impl FnOnce() -> R) -> R;
+
+    /// Whether the heap runs each operation inside [`Cpu::operation`]: set it
+    /// with `operation` for a heap that interrupt handlers use. The default,
+    /// `false`, keeps the fast paths free of the call.
+    const GUARDS_OPERATIONS: bool = false;
+
+    /// Runs one whole heap operation, `f` (an allocation, a free, a
+    /// `realloc`, a stack, a scavenge, the statistics), if
+    /// [`Cpu::GUARDS_OPERATIONS`]. A `Cpu` whose heap serves interrupt
+    /// handlers holds them off for all of `f` (see "Interrupt handlers"
+    /// above); the default runs `f` as it is.
+    #[inline(always)]
+    fn operation<R>(&self, f: impl FnOnce() -> R) -> R {
+        f()
+    }
 
     /// Takes slot `i`'s exclusivity and keeps it until [`Cpu::release_slot`]:
     /// for whole-heap pauses such as `fork` handlers.
@@ -232,6 +271,79 @@ unsafe impl<const N: usize, X: RelaxStrategy> Cpu for LockedSlots<N, X> {
     }
 }
 
+/// One slot behind the `critical-section` crate (feature `critical-section`):
+/// every heap operation runs inside `critical_section::with`, so the heap
+/// may be used from interrupt handlers (see [`Cpu`], "Interrupt handlers").
+///
+/// This is what `embedded-alloc` does around its heaps. On one core the
+/// firmware's implementation masks interrupts (`cortex-m`'s
+/// `critical-section-single-core`, `riscv`'s); on several cores it is also a
+/// lock across cores, so one slot shared by all of them is still exclusive.
+/// A critical section nests, so the sections the heap opens inside an
+/// operation cost only a save and restore of the interrupt state.
+#[cfg(feature = "critical-section")]
+pub struct CriticalSectionCpu {
+    /// The state the section kept open by [`Cpu::acquire_slot`] restores.
+    held: core::cell::Cell<Option<critical_section::RestoreState>>,
+}
+
+#[cfg(feature = "critical-section")]
+impl CriticalSectionCpu {
+    /// The one slot.
+    pub const fn new() -> Self {
+        CriticalSectionCpu {
+            held: core::cell::Cell::new(None),
+        }
+    }
+}
+
+#[cfg(feature = "critical-section")]
+impl Default for CriticalSectionCpu {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: `held` is touched only inside a critical section (by
+// `acquire_slot`/`release_slot`, which keep one open between them).
+#[cfg(feature = "critical-section")]
+unsafe impl Sync for CriticalSectionCpu {}
+
+// SAFETY: one slot, index 0; every closure runs inside a critical section,
+// which excludes every other critical section on every core, so no two
+// overlap.
+#[cfg(feature = "critical-section")]
+unsafe impl Cpu for CriticalSectionCpu {
+    type Relax = Spin;
+    fn count(&self) -> usize {
+        1
+    }
+    #[inline(always)]
+    fn with_current<R>(&self, f: impl FnOnce(usize) -> R) -> R {
+        critical_section::with(|_| f(0))
+    }
+    fn with_slot<R>(&self, i: usize, f: impl FnOnce() -> R) -> R {
+        debug_assert_eq!(i, 0);
+        critical_section::with(|_| f())
+    }
+    const GUARDS_OPERATIONS: bool = true;
+    #[inline(always)]
+    fn operation<R>(&self, f: impl FnOnce() -> R) -> R {
+        critical_section::with(|_| f())
+    }
+    fn acquire_slot(&self, _i: usize) {
+        // SAFETY: released by `release_slot` with the state acquired here,
+        // in the order the crate requires (the trait's caller pairs them).
+        let state = unsafe { critical_section::acquire() };
+        self.held.set(Some(state));
+    }
+    unsafe fn release_slot(&self, _i: usize) {
+        let state = self.held.take().expect("release_slot without acquire_slot");
+        // SAFETY: the state `acquire_slot` got, released once.
+        unsafe { critical_section::release(state) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +381,55 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(counter.load(Ordering::SeqCst), 80_000);
+    }
+
+    /// The host's `critical-section` (its `std` implementation, a global
+    /// reentrant lock) makes the one slot exclusive across threads too.
+    #[cfg(feature = "critical-section")]
+    #[test]
+    fn critical_section_cpu_heap_from_threads() {
+        use crate::{Heap, RegionSource};
+        use core::alloc::Layout;
+        let mut memory = std::vec![0u8; 16 << 20];
+        // SAFETY: the region outlives the heap (declared before it).
+        let source = unsafe { RegionSource::new(memory.as_mut_ptr(), memory.len()) };
+        let heap = Heap::new(source, CriticalSectionCpu::new());
+        std::thread::scope(|s| {
+            for t in 0..4u8 {
+                let heap = &heap;
+                s.spawn(move || {
+                    let mut rng = crate::testing::Rng::new(t as u64 + 1);
+                    let mut live: std::vec::Vec<(*mut u8, Layout)> = std::vec::Vec::new();
+                    for _ in 0..20_000 {
+                        if live.len() > 200 || (!live.is_empty() && rng.below(2) == 0) {
+                            let (p, l) = live.swap_remove(rng.below(live.len()));
+                            // SAFETY: a live object of `l.size()` bytes, ours.
+                            let ok = unsafe { core::slice::from_raw_parts(p, l.size()) }
+                                .iter()
+                                .all(|&b| b == t);
+                            assert!(ok, "object {p:p} overwritten");
+                            // SAFETY: allocated with `l`, not used afterwards.
+                            unsafe { heap.deallocate(p, l) };
+                        } else {
+                            let l = Layout::from_size_align(1 + rng.below(4000), 8).unwrap();
+                            let p = heap.allocate(l);
+                            assert!(!p.is_null());
+                            // SAFETY: a fresh object of `l.size()` bytes.
+                            unsafe { p.write_bytes(t, l.size()) };
+                            live.push((p, l));
+                        }
+                    }
+                    for (p, l) in live {
+                        // SAFETY: as above.
+                        unsafe { heap.deallocate(p, l) };
+                    }
+                });
+            }
+        });
+        let st = heap.stats();
+        assert_eq!(st.mallocs, st.frees);
+        heap.check_invariants();
+        // `heap`, declared after `memory`, is dropped before it.
     }
 
     #[test]
