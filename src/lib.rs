@@ -43,7 +43,9 @@
 //!   page source `S` with per-CPU caches keyed by `C`; [`LinuxHeap`] (feature
 //!   `linux`) is `Heap<MmapSource, LinuxCpu>`.
 //! * [`source`]: the [`PageSource`] trait (the OS boundary, a state machine)
-//!   and its sources: [`RegionSource`] (fixed memory), `MmapSource` (feature
+//!   and its sources: [`RegionSource`] (fixed memory: up to
+//!   [`source::MAX_REGIONS`] regions, more added while the heap is in use
+//!   with [`RegionSource::add_region`]), `MmapSource` (feature
 //!   `linux`), `FrameSource` (feature `x86_64`), [`FailingSource`] (fault
 //!   injection).
 //! * [`cpu`]: the [`Cpu`] trait (which CPU am I on, exclusive access to its

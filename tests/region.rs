@@ -89,6 +89,11 @@ struct Obj {
 }
 
 fn check(heap: &RegionHeap, live: &[Obj], rel: &mut Released) -> Stats {
+    check_within(heap, live, rel, REGION)
+}
+
+/// [`check`] for a heap whose regions hold `regions` bytes in all.
+fn check_within(heap: &RegionHeap, live: &[Obj], rel: &mut Released, regions: usize) -> Stats {
     heap.check_invariants();
     let st = heap.stats();
     assert_eq!(st.mallocs - st.frees, live.len() as u64, "{st}");
@@ -98,7 +103,7 @@ fn check(heap: &RegionHeap, live: &[Obj], rel: &mut Released) -> Stats {
         "{st}"
     );
     assert_eq!(st.heap_idle, st.heap_sys - st.heap_inuse);
-    assert!(st.heap_sys <= REGION as u64, "{st}");
+    assert!(st.heap_sys <= regions as u64, "{st}");
     rel.check(&st);
     // Nothing is ever given back. (Pages of a new arena start out "released",
     // i.e. Prepared, as in Go, so `heap_released` counts the pages never used
@@ -380,4 +385,77 @@ fn allocate_zeroed_zeroes_dirty_memory() {
     assert_eq!(HEAP.scavenge(), 0);
     let st = check(&HEAP, &[], &mut rel);
     assert_eq!((st.heap_inuse, st.heap_alloc), (0, 0), "{st}");
+}
+
+/// A heap that runs out, is given a second region elsewhere in memory while
+/// its objects are live, and goes on to fill that one too: its new objects
+/// come from the new region, and every object of both keeps its contents.
+#[test]
+fn a_second_region_extends_a_full_heap() {
+    static HEAP: RegionHeap =
+        Heap::new(CheckedSource::new(RegionSource::empty()), SingleCpu::new());
+    const SMALL: usize = 12 * MIB;
+    let one: &'static mut [u8] = vec![0x11; SMALL].leak();
+    let (b1, l1) = (one.as_mut_ptr() as usize, one.len());
+    // SAFETY: the buffer is leaked, so it is valid for the rest of the
+    // process and nothing else uses it; the heap has not used its source yet.
+    unsafe { HEAP.source().inner().set_region(one.as_mut_ptr(), l1) };
+    let mut rel = Released::new();
+    let mut live = fill_region(&HEAP, 5, (b1, l1));
+    assert!(!live.is_empty(), "nothing fit in the first region");
+    check(&HEAP, &live, &mut rel);
+
+    // A second region, not adjacent to the first (a separate allocation,
+    // with a gap kept from the first just in case the system put them side
+    // by side).
+    let two: &'static mut [u8] = vec![0x22; REGION].leak();
+    let (b2, l2) = (two.as_mut_ptr() as usize, two.len());
+    assert!(b2 + l2 <= b1 || b1 + l1 <= b2, "the buffers overlap");
+    // SAFETY: as above, for the second buffer; disjoint from the first.
+    unsafe { HEAP.source().inner().add_region(two.as_mut_ptr(), l2) }.expect("add_region");
+    assert_eq!(HEAP.source().inner().regions(), 2);
+    // A region that overlaps is refused, and changes nothing.
+    // SAFETY: refused, so never used.
+    let again = unsafe {
+        HEAP.source()
+            .inner()
+            .add_region((b2 + 4096) as *mut u8, 8192)
+    };
+    assert!(
+        matches!(again, Err(tieralloc::source::RegionError::Overlaps { .. })),
+        "{again:?}"
+    );
+
+    let mut rng = Rng::new(6);
+    let mut in_second = 0;
+    loop {
+        let l = mixed_layout(&mut rng);
+        let p = HEAP.allocate(l);
+        if p.is_null() {
+            break;
+        }
+        let a = p as usize;
+        let inside = |b: usize, len: usize| a >= b && a + l.size() <= b + len;
+        assert!(
+            inside(b1, l1) || inside(b2, l2),
+            "{l:?} at {p:p} outside both regions"
+        );
+        if inside(b2, l2) {
+            in_second += l.size();
+        }
+        let tag = live.len() as u8;
+        fill(p, l.size(), tag);
+        live.push(Obj { p, layout: l, tag });
+    }
+    // The second region is used as the first was (more than half of it
+    // holds objects: arenas are whole 4 MiB chunks, and the first null
+    // comes with a request of up to 2 MiB).
+    assert!(
+        in_second > l2 / 2,
+        "only {in_second} bytes of objects in the second region"
+    );
+    check_within(&HEAP, &live, &mut rel, SMALL + REGION);
+    free_all(&HEAP, &mut live);
+    let st = check_within(&HEAP, &live, &mut rel, SMALL + REGION);
+    assert_eq!(st.mallocs, st.frees, "{st}");
 }

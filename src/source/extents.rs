@@ -109,6 +109,18 @@ impl<const N: usize> Extents<N> {
     /// neighbours. With a full list, a range that touches no free extent is
     /// forgotten (see the module docs).
     pub(crate) fn give_back(&mut self, start: usize, end: usize) {
+        self.give_back_fenced(start, end, |_| false);
+    }
+
+    /// As [`Extents::give_back`], but never merges across an address where
+    /// `fence` is true (the boundary between two regions, whose pointers
+    /// come from different bases), so every extent stays inside one region.
+    pub(crate) fn give_back_fenced(
+        &mut self,
+        start: usize,
+        end: usize,
+        fence: impl Fn(usize) -> bool,
+    ) {
         // Index of the first extent after the range.
         let i = self.ext[..self.n].partition_point(|e| e.start < start);
         debug_assert!(
@@ -119,8 +131,8 @@ impl<const N: usize> Extents<N> {
             i == self.n || end <= self.ext[i].start,
             "free of a free range"
         );
-        let join_prev = i > 0 && self.ext[i - 1].end == start;
-        let join_next = i < self.n && self.ext[i].start == end;
+        let join_prev = i > 0 && self.ext[i - 1].end == start && !fence(start);
+        let join_next = i < self.n && self.ext[i].start == end && !fence(end);
         match (join_prev, join_next) {
             (true, true) => {
                 self.ext[i - 1].end = self.ext[i].end;

@@ -42,7 +42,7 @@ pub use failing::FailingSource;
 pub use frames::FrameSource;
 #[cfg(feature = "linux")]
 pub use mmap::MmapSource;
-pub use region::RegionSource;
+pub use region::{RegionError, RegionSource, MAX_REGIONS};
 
 use core::ptr::NonNull;
 

@@ -26,6 +26,7 @@
 //! touches no free extent forgets the range (it leaks, it is never handed out
 //! twice).
 
+use core::fmt;
 use core::ptr::{self, NonNull};
 
 use spin::Mutex;
@@ -36,60 +37,191 @@ use super::{Exhausted, PageSource};
 /// Capacity of the free-extent list.
 pub const MAX_EXTENTS: usize = 64;
 
-struct State {
-    /// The region's base as given: every pointer handed out derives from it.
+/// Most regions one source holds (the first plus [`RegionSource::add_region`]s).
+pub const MAX_REGIONS: usize = 8;
+
+/// One region handed to the source: every pointer into it derives from `base`.
+#[derive(Clone, Copy)]
+struct Region {
     base: *mut u8,
     len: usize,
-    /// The extent list was built from `base`/`len` (a `const fn` constructor
-    /// cannot look at addresses, so this happens on first use).
+}
+
+impl Region {
+    const NONE: Region = Region {
+        base: ptr::null_mut(),
+        len: 0,
+    };
+
+    /// The region's `PAGE_SIZE`-aligned interior, `[first, last)`, if any.
+    fn interior(&self) -> Option<(usize, usize)> {
+        let page = RegionSource::PAGE_SIZE;
+        let addr = self.base as usize;
+        let first = addr.checked_next_multiple_of(page)?;
+        let last = addr.saturating_add(self.len) & !(page - 1);
+        (!self.base.is_null() && first < last).then_some((first, last))
+    }
+
+    fn contains(&self, a: usize) -> bool {
+        a.wrapping_sub(self.base as usize) < self.len
+    }
+
+    fn start(&self) -> usize {
+        self.base as usize
+    }
+
+    fn end(&self) -> usize {
+        self.base as usize + self.len
+    }
+}
+
+/// Why [`RegionSource::add_region`] (or [`RegionSource::try_set_region`])
+/// refused a region. Nothing of the source changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegionError {
+    /// The region holds no whole `PAGE_SIZE`-aligned page (or `base` is null).
+    TooSmall {
+        /// The region's start.
+        base: usize,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The region overlaps one the source already has.
+    Overlaps {
+        /// The region's start.
+        base: usize,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The source already holds [`MAX_REGIONS`] regions, or its free list
+    /// ([`MAX_EXTENTS`] holes) has no room for the region's extent.
+    Full,
+    /// [`RegionSource::try_set_region`] on a source that already has a
+    /// region: add memory with [`RegionSource::add_region`].
+    AlreadySet,
+}
+
+impl fmt::Display for RegionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            RegionError::TooSmall { base, len } => write!(
+                f,
+                "region {base:#x}+{len:#x} holds no whole {}-byte page",
+                RegionSource::PAGE_SIZE
+            ),
+            RegionError::Overlaps { base, len } => {
+                write!(
+                    f,
+                    "region {base:#x}+{len:#x} overlaps a region of the source"
+                )
+            }
+            RegionError::Full => write!(
+                f,
+                "the source holds {MAX_REGIONS} regions or {MAX_EXTENTS} free holes already"
+            ),
+            RegionError::AlreadySet => {
+                write!(
+                    f,
+                    "the source has a region already (add memory with add_region)"
+                )
+            }
+        }
+    }
+}
+
+struct State {
+    /// `regions[..count]`: the regions, in the order they were given. A
+    /// region from a `const fn` constructor sits here before `init`.
+    regions: [Region; MAX_REGIONS],
+    count: usize,
+    /// The extent list was built from the first region (a `const fn`
+    /// constructor cannot look at addresses, so this happens on first use).
     init: bool,
-    /// The free extents, as `PAGE_SIZE`-aligned absolute addresses inside the
-    /// region.
+    /// The free extents, as `PAGE_SIZE`-aligned absolute addresses; each lies
+    /// inside one region (merges stop at region boundaries).
     free: Extents<MAX_EXTENTS>,
 }
 
-// SAFETY: `base` is the only non-Send field. It points to a region the source
-// owns exclusively (the contract of `RegionSource::new`/`set_region`), not to
-// anything tied to the creating thread, and it is only used under the mutex.
+// SAFETY: the region bases are the only non-Send fields. They point to
+// regions the source owns exclusively (the contract of `RegionSource::new`,
+// `set_region` and `add_region`), not to anything tied to the creating
+// thread, and they are only used under the mutex.
 unsafe impl Send for State {}
 
 impl State {
     const fn new(base: *mut u8, len: usize) -> Self {
+        let mut regions = [Region::NONE; MAX_REGIONS];
+        regions[0] = Region { base, len };
         State {
-            base,
-            len,
+            regions,
+            count: if base.is_null() || len == 0 { 0 } else { 1 },
             init: false,
             free: Extents::new(),
         }
     }
 
-    /// Builds the initial extent list: the `PAGE_SIZE`-aligned interior of the region.
+    /// Builds the initial extent list: the `PAGE_SIZE`-aligned interior of
+    /// the first region.
     fn ensure_init(&mut self) {
         if self.init {
             return;
         }
         self.init = true;
         self.free = Extents::new();
-        if self.base.is_null() || self.len == 0 {
-            return;
-        }
-        let page = RegionSource::PAGE_SIZE;
-        let addr = self.base as usize;
-        let Some(first) = addr.checked_next_multiple_of(page) else {
-            return;
-        };
-        let last = addr.saturating_add(self.len) & !(page - 1);
-        if first < last {
+        if let Some((first, last)) = self.regions[..self.count]
+            .first()
+            .and_then(Region::interior)
+        {
             self.free.give_back(first, last);
         }
     }
+
+    /// The region holding address `a`.
+    fn region_of(&self, a: usize) -> Option<&Region> {
+        self.regions[..self.count].iter().find(|r| r.contains(a))
+    }
+
+    fn add(&mut self, base: *mut u8, len: usize) -> Result<(), RegionError> {
+        let r = Region { base, len };
+        let Some((first, last)) = r.interior() else {
+            return Err(RegionError::TooSmall {
+                base: base as usize,
+                len,
+            });
+        };
+        let end = (base as usize)
+            .checked_add(len)
+            .ok_or(RegionError::Overlaps {
+                base: base as usize,
+                len,
+            })?;
+        if self.regions[..self.count]
+            .iter()
+            .any(|o| (base as usize) < o.end() && o.start() < end)
+        {
+            return Err(RegionError::Overlaps {
+                base: base as usize,
+                len,
+            });
+        }
+        if self.count == MAX_REGIONS || self.free.len() == MAX_EXTENTS {
+            return Err(RegionError::Full);
+        }
+        self.regions[self.count] = r;
+        self.count += 1;
+        self.free
+            .give_back_fenced(first, last, |a| a == first || a == last);
+        Ok(())
+    }
 }
 
-/// A [`PageSource`] over one fixed byte region given at construction (or at
-/// boot with [`RegionSource::set_region`]).
+/// A [`PageSource`] over fixed byte regions: one given at construction (or
+/// at boot with [`RegionSource::set_region`]), and up to [`MAX_REGIONS`] in
+/// all with [`RegionSource::add_region`], which may be called while the heap
+/// is in use. The regions need not be contiguous: an arena lies inside one.
 ///
-/// The region need not be aligned: only its `PAGE_SIZE`-aligned interior is
-/// used. Pointers handed out are derived from the region's base pointer, so
+/// A region need not be aligned: only its `PAGE_SIZE`-aligned interior is
+/// used. Pointers handed out are derived from their region's base pointer, so
 /// they keep its provenance.
 pub struct RegionSource {
     state: Mutex<State>,
@@ -117,16 +249,60 @@ impl RegionSource {
         }
     }
 
-    /// Replaces the source's region with `base..base + len` (for a `static`
-    /// built with [`empty`](Self::empty) that learns its memory at boot). The
-    /// old region, if any, is forgotten wholesale.
+    /// Gives a source built with [`empty`](Self::empty) its memory,
+    /// `base..base + len`, at boot.
+    ///
+    /// # Panics
+    /// If the source has a region already (from [`new`](Self::new) or an
+    /// earlier call: more memory goes through
+    /// [`add_region`](Self::add_region)), or if the region holds no whole
+    /// `PAGE_SIZE`-aligned page, with the region's address in the message.
+    /// [`try_set_region`](Self::try_set_region) returns the error instead.
     ///
     /// # Safety
-    /// As for [`new`](Self::new) for the new region; and no range handed out
-    /// from the old region is still in use, nor will be given to `free` or
-    /// any other method of this source.
+    /// As for [`new`](Self::new).
     pub unsafe fn set_region(&self, base: *mut u8, len: usize) {
-        *self.state.lock() = State::new(base, len);
+        // SAFETY: forwarded from the caller.
+        if let Err(e) = unsafe { self.try_set_region(base, len) } {
+            panic!("tieralloc: RegionSource::set_region: {e}");
+        }
+    }
+
+    /// As [`set_region`](Self::set_region), reporting a refusal instead of
+    /// panicking; on `Err` nothing changed.
+    ///
+    /// # Safety
+    /// As for [`new`](Self::new).
+    pub unsafe fn try_set_region(&self, base: *mut u8, len: usize) -> Result<(), RegionError> {
+        let mut s = self.state.lock();
+        s.ensure_init();
+        if s.count > 0 {
+            return Err(RegionError::AlreadySet);
+        }
+        s.add(base, len)
+    }
+
+    /// Adds a further region, `base..base + len`, disjoint from the source's
+    /// others (linked_list_allocator's `extend`, talc's `claim`), while the
+    /// heap may be in use: its next arenas may come from it. On `Err`
+    /// nothing changed. A source built empty may take its first region here
+    /// too.
+    ///
+    /// From an interrupt handler's point of view this takes the source's
+    /// lock, which the heap takes under its own: call it outside the heap's
+    /// operations, or from inside the `Cpu`'s section.
+    ///
+    /// # Safety
+    /// As for [`new`](Self::new), for the new region.
+    pub unsafe fn add_region(&self, base: *mut u8, len: usize) -> Result<(), RegionError> {
+        let mut s = self.state.lock();
+        s.ensure_init();
+        s.add(base, len)
+    }
+
+    /// Number of regions the source holds.
+    pub fn regions(&self) -> usize {
+        self.state.lock().count
     }
 
     /// Bytes currently free (not reserved), summed over all extents.
@@ -155,8 +331,7 @@ impl core::fmt::Debug for RegionSource {
         let mut d = f.debug_struct("RegionSource");
         // try_lock: formatting must not deadlock against a holder of the lock.
         if let Some(s) = self.state.try_lock() {
-            d.field("base", &s.base)
-                .field("len", &s.len)
+            d.field("regions", &s.count)
                 .field("free_extents", &s.free.len());
         }
         d.finish_non_exhaustive()
@@ -184,10 +359,11 @@ unsafe impl PageSource for RegionSource {
         let align = align.max(Self::PAGE_SIZE);
         let mut s = self.state.lock();
         s.ensure_init();
-        let off = s.free.take(bytes, align)? - s.base as usize;
-        // SAFETY: `off + bytes <= len`, since extents lie inside the region, so
-        // the result stays in bounds of the region's allocation.
-        NonNull::new(unsafe { s.base.add(off) })
+        let a = s.free.take(bytes, align)?;
+        let r = *s.region_of(a).expect("a free extent lies inside a region");
+        // SAFETY: `a - base + bytes <= len`, since every extent lies inside
+        // one region, so the result stays in bounds of that region.
+        NonNull::new(unsafe { r.base.add(a - r.start()) })
     }
 
     /// Reserved → Prepared: nothing to do.
@@ -214,18 +390,23 @@ unsafe impl PageSource for RegionSource {
         };
         let mut s = self.state.lock();
         s.ensure_init();
-        let start = (addr.as_ptr() as usize).wrapping_sub(s.base as usize);
-        debug_assert!(
-            start <= s.len && bytes <= s.len - start,
-            "free of a range outside the region"
-        );
-        if start > s.len || bytes > s.len - start {
+        let a = addr.as_ptr() as usize;
+        let inside = s
+            .region_of(a)
+            .is_some_and(|r| bytes <= r.len - (a - r.start()));
+        debug_assert!(inside, "free of a range outside the regions");
+        if !inside {
             return;
         }
-        // Cannot overflow: the range lies inside the region (checked above),
-        // one allocation by the contract of `new`.
-        let a = s.base as usize + start;
-        s.free.give_back(a, a + bytes);
+        // Cannot overflow: the range lies inside one region (checked above),
+        // one allocation by the contract of `new`. Region boundaries are
+        // fences: an extent never spans two regions.
+        let (regions, count) = (s.regions, s.count);
+        s.free.give_back_fenced(a, a + bytes, |x| {
+            regions[..count]
+                .iter()
+                .any(|r| r.start() == x || r.end() == x)
+        });
     }
 }
 
@@ -442,8 +623,91 @@ mod tests {
         assert_eq!(off(&buf, a), 0);
         // SAFETY: `a` is exactly the range `reserve` returned, never accessed.
         unsafe { SRC.free(a, 8 * PS) };
-        // SAFETY: an empty region; the old region's only range was freed above.
-        unsafe { SRC.set_region(ptr::null_mut(), 0) };
-        assert!(SRC.reserve(PS, PS).is_none());
+        // A second `set_region` is refused (and `set_region` would panic).
+        // SAFETY: refused, so nothing of `buf` is handed over twice.
+        let again = unsafe { SRC.try_set_region(buf.p, 8 * PS) };
+        assert_eq!(again, Err(RegionError::AlreadySet));
+        assert_eq!(SRC.regions(), 1);
+    }
+
+    #[test]
+    fn set_region_reports_what_it_refuses() {
+        let src = RegionSource::empty();
+        let buf = Buf::new(8 * PS, PS);
+        // SAFETY: refused regions are never used.
+        unsafe {
+            assert!(matches!(
+                src.try_set_region(ptr::null_mut(), 8 * PS),
+                Err(RegionError::TooSmall { .. })
+            ));
+            assert!(matches!(
+                src.try_set_region(buf.p.add(1), PS),
+                Err(RegionError::TooSmall { .. })
+            ));
+        }
+        assert_eq!(src.regions(), 0);
+        // SAFETY: `buf` is live and reached only through `src`.
+        unsafe { src.set_region(buf.p, 8 * PS) };
+        let r = std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| {
+            // SAFETY: refused (a panic), so never used twice.
+            unsafe { src.set_region(buf.p, 8 * PS) }
+        }));
+        let msg = r.unwrap_err();
+        let msg = msg.downcast_ref::<std::string::String>().unwrap();
+        assert!(msg.contains("add_region"), "{msg}");
+    }
+
+    #[test]
+    fn added_regions_serve_arenas_and_never_merge() {
+        // One buffer cut into three regions: A and B adjacent, C apart.
+        let buf = Buf::new(32 * PS, PS);
+        // SAFETY: the three regions are disjoint parts of `buf`, reached only
+        // through `src`.
+        let src = unsafe { RegionSource::new(buf.p, 8 * PS) };
+        // SAFETY: as above; the refused regions are never used.
+        unsafe {
+            assert_eq!(src.add_region(buf.p.add(8 * PS), 8 * PS), Ok(()));
+            assert_eq!(src.add_region(buf.p.add(20 * PS), 12 * PS), Ok(()));
+            assert!(matches!(
+                src.add_region(buf.p.add(4 * PS), 8 * PS),
+                Err(RegionError::Overlaps { .. })
+            ));
+            assert!(matches!(
+                src.add_region(buf.p.add(19 * PS), 2 * PS),
+                Err(RegionError::Overlaps { .. })
+            ));
+        }
+        assert_eq!(src.regions(), 3);
+        assert_eq!(src.free_bytes(), 28 * PS);
+        // A and B are adjacent, but no reservation spans them.
+        assert_eq!(src.free_extents(), 3);
+        assert!(src.reserve(16 * PS, PS).is_none());
+        let c = src.reserve(12 * PS, PS).unwrap();
+        assert_eq!(off(&buf, c), 20 * PS);
+        let a = src.reserve(8 * PS, PS).unwrap();
+        let b = src.reserve(8 * PS, PS).unwrap();
+        assert_eq!((off(&buf, a), off(&buf, b)), (0, 8 * PS));
+        assert!(src.reserve(PS, PS).is_none());
+        // Freed side by side, they stay two extents.
+        // SAFETY: exactly the ranges `reserve` returned, never accessed.
+        unsafe {
+            src.free(a, 8 * PS);
+            src.free(b, 8 * PS);
+            src.free(c, 12 * PS);
+        }
+        assert_eq!(src.free_extents(), 3);
+        assert!(src.reserve(9 * PS, PS).map(|p| off(&buf, p)) == Some(20 * PS));
+    }
+
+    #[test]
+    fn too_many_regions_are_refused() {
+        let buf = Buf::new(2 * (MAX_REGIONS + 1) * PS, PS);
+        let src = RegionSource::empty();
+        for i in 0..=MAX_REGIONS {
+            // SAFETY: disjoint pages of `buf` (every other one), reached only through `src`.
+            let r = unsafe { src.add_region(buf.p.add(2 * i * PS), PS) };
+            assert_eq!(r.is_ok(), i < MAX_REGIONS, "region {i}: {r:?}");
+        }
+        assert_eq!(src.free_bytes(), MAX_REGIONS * PS);
     }
 }
