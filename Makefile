@@ -6,7 +6,8 @@
 #                embedded target, the crate's tests on a 32-bit host (make test-32), the bench crate, a bench smoke run, and the QEMU
 #                scenarios of the kernel (qemu-tests)
 #   make demo    the hosted demo (examples/demo.rs: LinuxHeap as a program's global allocator)
-#   make bench   the allocator comparison (benches/); make bench-callgrind: instructions per pair
+#   make bench   the allocator comparison (benches/); make bench-callgrind: instructions per pair;
+#                make bench-efficiency: heap efficiency over small regions against the embedded heaps
 #   make compare real programs under LD_PRELOAD with each allocator (preload/compare.sh)
 #   make qemu-X  boot the kernel with scenario X (boot, main, many_boxes, stress, oom, scavenge, guard, bench)
 
@@ -26,7 +27,7 @@ HOST32_TARGET := i686-unknown-linux-gnu
 
 BOARD := boards/x86_64-qemu
 
-.PHONY: deps deps-run test test-32 run demo bench bench-callgrind compare
+.PHONY: deps deps-run test test-32 run demo bench bench-callgrind bench-efficiency compare
 
 # What `make run` needs: the kernel's Rust target and QEMU.
 deps-run:
@@ -99,6 +100,7 @@ test: deps
 	$(MAKE) test-32
 	$(CARGO) test -p tieralloc-bench
 	$(CARGO) run --release -p tieralloc-bench -- --quick
+	$(CARGO) run --release -p tieralloc-bench -- --efficiency --quick
 	$(CARGO) test -p qemu-tests
 	$(CARGO) test --release -p tieralloc-preload
 
@@ -125,6 +127,11 @@ qemu-%: deps-run
 # The full allocator comparison (about 4 minutes; writes benches/results/bench.md and bench.svg).
 bench:
 	$(CARGO) run --release -p tieralloc-bench
+
+# Heap efficiency and churn over small regions against the embedded heaps (writes
+# benches/results/efficiency.md; about a minute).
+bench-efficiency:
+	$(CARGO) run --release -p tieralloc-bench -- --efficiency
 
 # Instructions per alloc+free pair under valgrind (writes benches/results/callgrind.md).
 bench-callgrind:

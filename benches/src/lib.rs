@@ -4,6 +4,7 @@
 
 pub mod allocs;
 pub mod callgrind;
+pub mod efficiency;
 pub mod report;
 pub mod rss;
 pub mod workloads;

@@ -49,6 +49,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: tieralloc-bench [--quick] [--rounds N] [--only SUBSTR] [--alloc A,B,..] [--no-rss] [--out DIR]\n\
          \x20      tieralloc-bench --callgrind [--quick]\n\
+         \x20      tieralloc-bench --efficiency [--quick]\n\
          \x20      tieralloc-bench --rss-child ALLOC WORKLOAD [--quick]\n\
          \n  --quick         shrink every workload 100x (smoke run, used by `make test`); writes nothing\
          \n  --rounds N      interleaved rounds per workload, median reported (default 5, quick 1)\
@@ -58,6 +59,8 @@ fn usage() -> ! {
          \n  --out DIR       write bench.md and bench.svg to DIR (default: benches/results for a full,\
          \n                  unfiltered run; nothing otherwise)\
          \n  --callgrind     count instructions per 64-byte alloc+free pair with valgrind (binary `pair`)\
+         \n  --efficiency    heap efficiency and churn over small regions against the embedded heaps\
+         \n                  (writes benches/results/efficiency.md; --quick: smaller, writes nothing)\
          \n  --rss-child     internal: run one workload once on one allocator (`none`: inputs only)",
         allocs::NAMES.join(",")
     );
@@ -83,6 +86,7 @@ fn parse_args() -> Options {
     let mut rss = true;
     let mut out = None;
     let mut callgrind = false;
+    let mut efficiency = false;
     let mut rss_child = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -104,6 +108,7 @@ fn parse_args() -> Options {
             "--no-rss" => rss = false,
             "--out" => out = Some(PathBuf::from(args.next().unwrap_or_else(|| usage()))),
             "--callgrind" => callgrind = true,
+            "--efficiency" => efficiency = true,
             "--rss-child" => {
                 let (Some(al), Some(w)) = (args.next(), args.next()) else {
                     usage()
@@ -122,6 +127,9 @@ fn parse_args() -> Options {
     }
     if callgrind {
         callgrind_main(quick)
+    }
+    if efficiency {
+        efficiency_main(quick)
     }
     Options {
         quick,
@@ -193,6 +201,27 @@ fn callgrind_main(quick: bool) -> ! {
             process::exit(1)
         }
     }
+}
+
+/// `--efficiency`: the embedded comparison over small regions (see `efficiency.rs`).
+fn efficiency_main(quick: bool) -> ! {
+    let command = if quick {
+        "cargo run --release -p tieralloc-bench -- --efficiency --quick"
+    } else {
+        "cargo run --release -p tieralloc-bench -- --efficiency"
+    };
+    let md = tieralloc_bench::efficiency::run(quick, command, &report::today());
+    println!("{md}");
+    if !quick {
+        let dir = results_dir();
+        let path = dir.join("efficiency.md");
+        if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, &md)) {
+            eprintln!("tieralloc-bench: cannot write {}: {e}", path.display());
+            process::exit(1)
+        }
+        println!("wrote {}", path.display());
+    }
+    process::exit(0)
 }
 
 fn results_dir() -> PathBuf {
