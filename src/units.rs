@@ -383,3 +383,25 @@ mod tests {
         assert_eq!(a.load(), Owner::cpu(7));
     }
 }
+
+/// A `usize` kept so that all-zero bytes mean `D` (stored as `v ^ D`): a
+/// heap `static` whose defaults are not zero still starts as zero bytes, in
+/// `.bss` rather than `.data`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OrDefault<const D: usize>(usize);
+
+impl<const D: usize> OrDefault<D> {
+    /// `D`, as all-zero bytes.
+    pub(crate) const DEFAULT: Self = OrDefault(0);
+
+    /// `v`.
+    pub(crate) const fn new(v: usize) -> Self {
+        OrDefault(v ^ D)
+    }
+
+    /// The value.
+    #[inline(always)]
+    pub(crate) const fn get(self) -> usize {
+        self.0 ^ D
+    }
+}

@@ -188,7 +188,8 @@ pub(crate) struct Arenas {
     tree: [u32; 2 * MAX_ARENAS],
     /// Leaves of `tree`: the smallest power of two `>= narenas` (at least 1), so a
     /// heap of one arena walks no tree at all, one of a few arenas a level or two.
-    tree_cap: usize,
+    /// log2 of `tree_cap` (0 for 1: all-zero bytes are the empty set).
+    tree_log: u32,
 }
 
 // SAFETY: the raw pointers are to arena metadata owned by this heap; all
@@ -206,8 +207,14 @@ impl Arenas {
             arenas: [null_mut(); MAX_ARENAS],
             narenas: 0,
             tree: [0; 2 * MAX_ARENAS],
-            tree_cap: 1,
+            tree_log: 0,
         }
+    }
+
+    /// Leaves of the segment tree: the smallest power of two `>= narenas`.
+    #[inline(always)]
+    fn tree_cap(&self) -> usize {
+        1 << self.tree_log
     }
 
     /// Number of arenas.
@@ -245,7 +252,7 @@ impl Arenas {
         } else {
             0
         };
-        let mut i = self.tree_cap + slot.get();
+        let mut i = self.tree_cap() + slot.get();
         if self.tree[i] == v {
             return;
         }
@@ -266,14 +273,14 @@ impl Arenas {
             return None;
         }
         let mut i = 1;
-        while i < self.tree_cap {
+        while i < self.tree_cap() {
             i = if self.tree[2 * i] as usize >= need.get() {
                 2 * i
             } else {
                 2 * i + 1
             };
         }
-        Some(ArenaSlot::new(i - self.tree_cap))
+        Some(ArenaSlot::new(i - self.tree_cap()))
     }
 
     /// Takes a new arena from the source big enough for `npages` at
@@ -369,10 +376,10 @@ impl Arenas {
             // SAFETY: live arenas.
             unsafe { (*self.arenas[s]).slot = ArenaSlot::new(s) };
         }
-        if self.narenas > self.tree_cap {
+        if self.narenas > self.tree_cap() {
             // Double the tree and build it afresh (O(arenas), once per doubling).
-            self.tree_cap *= 2;
-            let cap = self.tree_cap;
+            self.tree_log += 1;
+            let cap = self.tree_cap();
             for s in 0..cap {
                 self.tree[cap + s] = if s < self.narenas {
                     leaf(self.get(ArenaSlot::new(s)).max_free_run())
@@ -406,7 +413,7 @@ impl Arenas {
             }
             a.pages.check_invariants();
             assert_eq!(
-                self.tree[self.tree_cap + slot.get()],
+                self.tree[self.tree_cap() + slot.get()],
                 leaf(a.max_free_run()),
                 "arena tree leaf stale"
             );
@@ -415,26 +422,26 @@ impl Arenas {
             released += Pages::new(a.pages.released_pages());
         }
         assert!(
-            self.tree_cap.is_power_of_two()
-                && self.narenas <= self.tree_cap
-                && self.tree_cap <= MAX_ARENAS,
+            self.tree_cap().is_power_of_two()
+                && self.narenas <= self.tree_cap()
+                && self.tree_cap() <= MAX_ARENAS,
             "tree_cap {}",
-            self.tree_cap
+            self.tree_cap()
         );
         assert!(
-            self.tree_cap == 1 || self.narenas > self.tree_cap / 2,
+            self.tree_cap() == 1 || self.narenas > self.tree_cap() / 2,
             "tree_cap {} too big for {} arenas",
-            self.tree_cap,
+            self.tree_cap(),
             self.narenas
         );
-        for slot in self.narenas..self.tree_cap {
+        for slot in self.narenas..self.tree_cap() {
             assert_eq!(
-                self.tree[self.tree_cap + slot],
+                self.tree[self.tree_cap() + slot],
                 0,
                 "empty arena slot {slot} in the tree"
             );
         }
-        for i in 1..self.tree_cap {
+        for i in 1..self.tree_cap() {
             assert_eq!(
                 self.tree[i],
                 self.tree[2 * i].max(self.tree[2 * i + 1]),

@@ -29,7 +29,7 @@
 use core::ptr::{null_mut, NonNull};
 
 use crate::span::{Span, SpanList, SpanState};
-use crate::units::Pages;
+use crate::units::{OrDefault, Pages};
 use crate::PAGE_BYTES;
 
 /// Lists of the large-span cache: one per [`cache_class`] up to
@@ -110,7 +110,8 @@ pub(crate) struct LargeCache {
     pages: Pages,
     /// Most pages listed: [`LARGE_CACHE_MAX_PAGES`], or a quarter of a larger
     /// retained floor up to [`LARGE_CACHE_LIMIT_PAGES`].
-    max_pages: Pages,
+    /// `pages` may not exceed it (default [`LARGE_CACHE_MAX_PAGES`]).
+    max_pages: OrDefault<{ LARGE_CACHE_MAX_PAGES.get() }>,
 }
 
 impl LargeCache {
@@ -119,7 +120,7 @@ impl LargeCache {
             lists: [const { SpanList::new() }; LARGE_CACHE_SIZES],
             count: 0,
             pages: Pages::ZERO,
-            max_pages: LARGE_CACHE_MAX_PAGES,
+            max_pages: OrDefault::DEFAULT,
         }
     }
 
@@ -135,13 +136,14 @@ impl LargeCache {
 
     /// Most pages the cache holds now.
     pub(crate) fn max_pages(&self) -> Pages {
-        self.max_pages
+        Pages::new(self.max_pages.get())
     }
 
     /// Sizes the cache for a retained floor of `retain_bytes`.
     pub(crate) fn set_retain_bytes(&mut self, retain_bytes: usize) {
-        self.max_pages = Pages::new(retain_bytes / 4 / PAGE_BYTES)
+        let max = Pages::new(retain_bytes / 4 / PAGE_BYTES)
             .clamp(LARGE_CACHE_MAX_PAGES, LARGE_CACHE_LIMIT_PAGES);
+        self.max_pages = OrDefault::new(max.get());
     }
 
     /// Whether a span of `npages` may idle here.
@@ -151,7 +153,7 @@ impl LargeCache {
 
     /// Whether `npages` more pages fit under the bound.
     pub(crate) fn has_room(&self, npages: Pages) -> bool {
-        self.pages + npages <= self.max_pages
+        self.pages + npages <= self.max_pages()
     }
 
     /// Lists span `s` as idle.
@@ -256,7 +258,7 @@ impl LargeCache {
             }
         }
         assert_eq!((pages, n), (self.pages, self.count), "cached pages, count");
-        assert!(self.pages <= self.max_pages);
+        assert!(self.pages <= self.max_pages());
     }
 }
 

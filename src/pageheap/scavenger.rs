@@ -61,7 +61,7 @@
 //!
 
 use crate::source::PageSource;
-use crate::units::Pages;
+use crate::units::{OrDefault, Pages};
 use crate::CHUNK_PAGES;
 
 use super::PageHeap;
@@ -178,7 +178,7 @@ pub(crate) struct Scavenger {
     /// The traffic clock and the recent in-use peak.
     pub(crate) pacer: Pacer,
     /// Dirty free memory always kept (the allowance's floor).
-    pub(crate) retain_bytes: usize,
+    pub(crate) retain_bytes: OrDefault<DEFAULT_RETAIN_BYTES>,
     /// Pages released, cumulative.
     pub(crate) released_total: Pages,
 }
@@ -187,14 +187,14 @@ impl Scavenger {
     pub(crate) const fn new() -> Self {
         Scavenger {
             pacer: Pacer::new(),
-            retain_bytes: DEFAULT_RETAIN_BYTES,
+            retain_bytes: OrDefault::DEFAULT,
             released_total: Pages::ZERO,
         }
     }
 
     /// The retained floor in pages.
     fn retain(&self) -> Pages {
-        Pages::new(self.retain_bytes / crate::PAGE_BYTES)
+        Pages::new(self.retain_bytes.get() / crate::PAGE_BYTES)
     }
 }
 
@@ -204,7 +204,7 @@ impl PageHeap {
     /// release on free). A floor above 16 MiB also lets the large-span cache
     /// hold a quarter of it.
     pub fn set_retain_bytes(&mut self, bytes: usize) {
-        self.scavenger.retain_bytes = bytes;
+        self.scavenger.retain_bytes = OrDefault::new(bytes);
         self.large_cache.set_retain_bytes(bytes);
         while self.large_cache.pages() > self.large_cache.max_pages() {
             self.evict_cached();

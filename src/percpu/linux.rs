@@ -78,7 +78,8 @@ pub struct LinuxCpu {
     /// Number of slots, 0 until first asked.
     count: AtomicUsize,
     /// Use restartable sequences when glibc offers them.
-    allow_rseq: bool,
+    /// rseq refused (`new_locked`); false (the zero byte) allows it.
+    no_rseq: bool,
 }
 
 impl LinuxCpu {
@@ -87,7 +88,7 @@ impl LinuxCpu {
         LinuxCpu {
             locks: [const { SlotLock::new() }; MAX_CPUS],
             count: AtomicUsize::new(0),
-            allow_rseq: true,
+            no_rseq: false,
         }
     }
 
@@ -96,7 +97,7 @@ impl LinuxCpu {
         LinuxCpu {
             locks: [const { SlotLock::new() }; MAX_CPUS],
             count: AtomicUsize::new(0),
-            allow_rseq: false,
+            no_rseq: true,
         }
     }
 
@@ -148,7 +149,7 @@ unsafe impl Cpu for LinuxCpu {
         self.locks[i].with::<SpinThenYield, _>(f)
     }
     fn rseq_offset(&self) -> Option<i64> {
-        if !self.allow_rseq {
+        if self.no_rseq {
             return None;
         }
         Sections::available()

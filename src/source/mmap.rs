@@ -77,6 +77,8 @@ const RESERVE_FLAGS: libc::c_int = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | lib
 #[derive(Debug)]
 pub struct MmapSource {
     /// Address at which the next reservation is tried (not `MAP_FIXED`).
+    /// Where the next reservation is looked for, stored `^ DEFAULT_HINT` so
+    /// that the default is zero bytes (a `static` source stays in `.bss`).
     next_hint: AtomicUsize,
 }
 
@@ -91,7 +93,7 @@ impl MmapSource {
     /// apart from the heap's.
     pub const fn with_hint(hint: usize) -> Self {
         MmapSource {
-            next_hint: AtomicUsize::new(hint),
+            next_hint: AtomicUsize::new(hint ^ DEFAULT_HINT),
         }
     }
 }
@@ -187,7 +189,8 @@ unsafe impl PageSource for MmapSource {
         }
         let bytes = bytes.checked_next_multiple_of(Self::PAGE_SIZE)?;
         let align = align.max(Self::PAGE_SIZE);
-        let hint = align_up(self.next_hint.load(Ordering::Relaxed), align).unwrap_or(0);
+        let hint =
+            align_up(self.next_hint.load(Ordering::Relaxed) ^ DEFAULT_HINT, align).unwrap_or(0);
 
         // First try exactly `bytes` at the (aligned) hint: when the kernel takes
         // the hint, or happens to choose an aligned address, there is nothing to trim.
@@ -215,7 +218,7 @@ unsafe impl PageSource for MmapSource {
         // Next time, continue right after this reservation. A race between two
         // reservations only costs contiguity, never correctness.
         self.next_hint.store(
-            (base.as_ptr() as usize).wrapping_add(bytes),
+            (base.as_ptr() as usize).wrapping_add(bytes) ^ DEFAULT_HINT,
             Ordering::Relaxed,
         );
         Some(base)
