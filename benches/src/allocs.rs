@@ -136,7 +136,8 @@ pub fn lla_heap() -> &'static linked_list_allocator::LockedHeap {
     &HEAP
 }
 
-type Talc = talc::TalcLock<spinning_top::RawSpinlock, talc::source::Manual>;
+/// talc behind its own spin lock, over memory it is given (`claim`).
+pub type Talc = talc::TalcLock<spinning_top::RawSpinlock, talc::source::Manual>;
 
 /// talc over one [`ARENA_BYTES`] arena (claimed on first use).
 pub fn talc_heap() -> &'static Talc {
@@ -173,6 +174,29 @@ type Tlsf = rlsf::Tlsf<'static, u32, u32, 28, 32>;
 /// rlsf has no lock of its own: a `spin::Mutex` around `Tlsf`, as a kernel would.
 pub struct LockedTlsf(spin::Mutex<Tlsf>);
 
+impl LockedTlsf {
+    /// A pool with no memory yet.
+    pub const fn new() -> Self {
+        LockedTlsf(spin::Mutex::new(Tlsf::new()))
+    }
+
+    /// Gives the pool `block`; `None` if it refused it.
+    ///
+    /// # Safety
+    /// `block` is valid, writable memory that outlives the pool and that
+    /// nothing else uses.
+    pub unsafe fn insert(&self, block: NonNull<[u8]>) -> Option<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.0.lock().insert_free_block_ptr(block) }.map(|_| ())
+    }
+}
+
+impl Default for LockedTlsf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 // SAFETY: the pool is only reached through the mutex; the arena it manages is
 // process-global memory that any thread may use.
 unsafe impl Sync for LockedTlsf {}
@@ -207,7 +231,7 @@ unsafe impl GlobalAlloc for LockedTlsf {
 
 /// rlsf over one [`ARENA_BYTES`] arena.
 pub fn rlsf_heap() -> &'static LockedTlsf {
-    static HEAP: LockedTlsf = LockedTlsf(spin::Mutex::new(Tlsf::new()));
+    static HEAP: LockedTlsf = LockedTlsf::new();
     static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
         let base = mmap_arena(ARENA_BYTES);
@@ -216,7 +240,7 @@ pub fn rlsf_heap() -> &'static LockedTlsf {
             ARENA_BYTES,
         );
         // SAFETY: as in `lla_heap`: the arena outlives the pool (never unmapped).
-        if unsafe { HEAP.0.lock().insert_free_block_ptr(block) }.is_none() {
+        if unsafe { HEAP.insert(block) }.is_none() {
             eprintln!("tieralloc-bench: rlsf refused its arena");
             process::exit(2);
         }

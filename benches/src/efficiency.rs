@@ -21,6 +21,7 @@ use std::fmt::Write as _;
 use std::ptr::NonNull;
 use std::time::Instant;
 
+use crate::allocs::{LockedTlsf, Talc};
 use tieralloc::internals::Rng;
 use tieralloc::{Heap, RegionSource, SingleCpu};
 
@@ -56,30 +57,6 @@ impl Drop for Region {
     }
 }
 
-/// rlsf's TLSF as the arena benches configure it, behind a spin lock.
-type Tlsf = rlsf::Tlsf<'static, u32, u32, 28, 32>;
-struct LockedTlsf(spin::Mutex<Tlsf>);
-
-// SAFETY: forwards to `Tlsf` under the lock.
-unsafe impl GlobalAlloc for LockedTlsf {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        self.0
-            .lock()
-            .allocate(l)
-            .map_or(std::ptr::null_mut(), |p| p.as_ptr())
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: `p` came from `alloc` with this alignment (caller).
-        unsafe {
-            self.0
-                .lock()
-                .deallocate(NonNull::new_unchecked(p), l.align())
-        }
-    }
-}
-
-type Talc = talc::TalcLock<spinning_top::RawSpinlock, talc::source::Manual>;
-
 /// A fresh heap of allocator `name` over `r`, or `None` if it refused the region.
 ///
 /// # Safety
@@ -107,10 +84,10 @@ unsafe fn heap_over(name: &str, r: &Region) -> Option<Box<dyn GlobalAlloc>> {
             Box::new(h)
         }
         "rlsf" => {
-            let h = LockedTlsf(spin::Mutex::new(Tlsf::new()));
+            let h = LockedTlsf::new();
             let block = NonNull::slice_from_raw_parts(NonNull::new(p)?, len);
             // SAFETY: see above.
-            unsafe { h.0.lock().insert_free_block_ptr(block) }?;
+            unsafe { h.insert(block) }?;
             Box::new(h)
         }
         "buddy" => {
