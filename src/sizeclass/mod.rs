@@ -7,7 +7,10 @@
 //! layout", "how big is an object / a span of this class", and "which object
 //! does this byte offset fall in". It holds no state and takes no lock; all
 //! of its tables are `static`s computed by `const fn` at compile time (no
-//! pasted table), following Go 1.20's `runtime/mksizeclasses.go`:
+//! pasted table) by [`geometry`], the port of Go 1.20's
+//! `runtime/mksizeclasses.go` for any page size (which also generates the
+//! tables of region heaps: smaller pages, their own classes). With Go's
+//! parameters ([`GO`]) it does this:
 //!
 //! 1. step `size` from 8 to [`MAX_SMALL_SIZE`] by `align`, starting at
 //!    `align = 8`; at each power of two the step becomes 256 if
@@ -46,24 +49,40 @@
 //! (Go has 0 there and never looks a zero size up), so a zero-byte request
 //! gets the smallest class rather than "large".
 
+// The region geometries are generated and checked here; the heap takes
+// them once its page heap follows a geometry's page size
+// (`Geometry::for_region` at `set_region`); until then only tests read them.
+#[cfg_attr(
+    not(test),
+    expect(
+        dead_code,
+        reason = "region geometries are not yet taken by the page heap"
+    )
+)]
+mod geometry;
+
+pub use geometry::GO;
+
 use crate::units::Pages;
-use crate::{MAX_SMALL_SIZE, PAGE_BYTES, PAGE_SHIFT, TINY_BLOCK};
+#[cfg(any(doc, test))]
+use crate::PAGE_BYTES;
+use crate::{MAX_SMALL_SIZE, PAGE_SHIFT, TINY_BLOCK};
 
 /// Number of size classes, class 0 ("large") included (Go's `_NumSizeClasses`).
 pub const NUM_CLASSES: usize = 68;
 
-/// Granularity of [`SIZE_TO_CLASS8`]: sizes up to [`SIZE_TO_CLASS8_MAX`] are
+/// Granularity of [`GO`]`.to_class8`: sizes up to [`SIZE_TO_CLASS8_MAX`] are
 /// looked up in steps of 8 bytes (Go's `smallSizeDiv`).
 pub const SMALL_SIZE_DIV: usize = 8;
-/// Largest size looked up in [`SIZE_TO_CLASS8`] (Go's `smallSizeMax`).
+/// Largest size looked up in [`GO`]`.to_class8` (Go's `smallSizeMax`).
 pub const SIZE_TO_CLASS8_MAX: usize = 1024;
-/// Granularity of [`SIZE_TO_CLASS128`] for sizes above [`SIZE_TO_CLASS8_MAX`]
+/// Granularity of [`GO`]`.to_class128` for sizes above [`SIZE_TO_CLASS8_MAX`]
 /// (Go's `largeSizeDiv`); every class above 1024 bytes is a multiple of it.
 pub const LARGE_SIZE_DIV: usize = 128;
 
-/// Entries of [`SIZE_TO_CLASS8`]: `SIZE_TO_CLASS8_MAX / SMALL_SIZE_DIV + 1` = 129.
+/// Entries of [`GO`]`.to_class8`: `SIZE_TO_CLASS8_MAX / SMALL_SIZE_DIV + 1` = 129.
 pub const SIZE_TO_CLASS8_LEN: usize = SIZE_TO_CLASS8_MAX / SMALL_SIZE_DIV + 1;
-/// Entries of [`SIZE_TO_CLASS128`]:
+/// Entries of [`GO`]`.to_class128`:
 /// `(MAX_SMALL_SIZE - SIZE_TO_CLASS8_MAX) / LARGE_SIZE_DIV + 1` = 249.
 pub const SIZE_TO_CLASS128_LEN: usize = (MAX_SMALL_SIZE - SIZE_TO_CLASS8_MAX) / LARGE_SIZE_DIV + 1;
 
@@ -187,7 +206,7 @@ pub struct ClassInfo {
 }
 
 impl ClassInfo {
-    const ZERO: ClassInfo = ClassInfo {
+    pub(crate) const ZERO: ClassInfo = ClassInfo {
         size: 0,
         npages: 0,
         objects: 0,
@@ -198,19 +217,9 @@ impl ClassInfo {
 /// The class table, indexed by [`SizeClass::index`]; entry 0 all zeros.
 pub static CLASSES: [ClassInfo; NUM_CLASSES] = generate_classes();
 
-/// `SIZE_TO_CLASS8[i]` is the index of the first class (from 1) whose size is
-/// `>= SMALL_SIZE_DIV * i`, for sizes `0..=SIZE_TO_CLASS8_MAX` (Go's
-/// `size_to_class8`, except that entry 0 is class 1).
-pub static SIZE_TO_CLASS8: [u8; SIZE_TO_CLASS8_LEN] = generate_size_to_class8();
-
-/// `SIZE_TO_CLASS128[i]` is the index of the first class whose size is
-/// `>= SIZE_TO_CLASS8_MAX + LARGE_SIZE_DIV * i`, for sizes
-/// `SIZE_TO_CLASS8_MAX..=MAX_SMALL_SIZE` (Go's `size_to_class128`).
-pub static SIZE_TO_CLASS128: [u8; SIZE_TO_CLASS128_LEN] = generate_size_to_class128();
-
 /// The most objects any span holds (1024, class 1's 8-byte objects in one
 /// page): the size of a span's per-object bitmaps (Go's `maxObjsPerSpan`).
-pub const MAX_OBJS_PER_SPAN: usize = max_objects();
+pub const MAX_OBJS_PER_SPAN: usize = geometry::GO_CONST.max_objects;
 
 /// The last class whose objects are smaller than a cache line: the one
 /// below the line-sized [`TINY_CLASS`].
@@ -232,22 +241,16 @@ const _: () = assert!(MAX_OBJS_PER_SPAN == 1024);
 const _: () = assert!(NUM_CLASSES <= u8::MAX as usize + 1);
 
 /// The class holding objects of `size` bytes (alignment at most 8): O(1)
-/// through `SIZE_TO_CLASS8` for `size <= 1024` and `SIZE_TO_CLASS128` up
+/// through `GO.to_class8` for `size <= 1024` and `GO.to_class128` up
 /// to [`MAX_SMALL_SIZE`]. Size 0 maps like size 1 (class 1); sizes above
 /// `MAX_SMALL_SIZE` give [`SizeClass::LARGE`].
 #[inline]
 pub const fn size_to_class(size: usize) -> SizeClass {
-    if size <= SIZE_TO_CLASS8_MAX {
-        SizeClass(SIZE_TO_CLASS8[size.div_ceil(SMALL_SIZE_DIV)])
-    } else if size <= MAX_SMALL_SIZE {
-        SizeClass(SIZE_TO_CLASS128[(size - SIZE_TO_CLASS8_MAX).div_ceil(LARGE_SIZE_DIV)])
-    } else {
-        SizeClass::LARGE
-    }
+    GO.size_to_class(size)
 }
 
 /// [`size_to_class`] for `size <= SIZE_TO_CLASS8_MAX`, for the fast paths: one
-/// load from [`SIZE_TO_CLASS8`] expanded to one entry per byte (1 KiB), indexed
+/// load from [`GO`]`.to_class8` expanded to one entry per byte (1 KiB), indexed
 /// by the size itself — no rounding, no shift. Each user crate instantiates the
 /// table (a `const`), so it is addressed relative to the instruction pointer,
 /// not through the GOT as a static of another crate is in a
@@ -260,10 +263,10 @@ pub const fn size_to_class_small(size: usize) -> SizeClass {
 }
 
 /// [`size_to_class`] for `SIZE_TO_CLASS8_MAX < size <= MAX_SMALL_SIZE`, through a
-/// crate-local copy of [`SIZE_TO_CLASS128`] (as [`size_to_class_small`]).
+/// crate-local copy of [`GO`]`.to_class128` (as [`size_to_class_small`]).
 #[inline(always)]
 pub const fn size_to_class_medium(size: usize) -> SizeClass {
-    const T: [u8; SIZE_TO_CLASS128_LEN] = generate_size_to_class128();
+    const T: [u8; SIZE_TO_CLASS128_LEN] = geometry::GO_CONST.to_class128;
     debug_assert!(size > SIZE_TO_CLASS8_MAX && size <= MAX_SMALL_SIZE);
     SizeClass(T[(size - SIZE_TO_CLASS8_MAX).div_ceil(LARGE_SIZE_DIV)])
 }
@@ -282,28 +285,7 @@ pub const fn size_to_class_medium(size: usize) -> SizeClass {
 #[inline]
 pub const fn class_for(size: usize, align: usize) -> SizeClass {
     debug_assert!(align.is_power_of_two());
-    let first = size_to_class(size);
-    if align <= SMALL_SIZE_DIV || first.is_large() {
-        return first;
-    }
-    class_for_aligned(first.index(), align)
-}
-
-/// The slow half of [`class_for`]: the first class from `from` whose size is a
-/// multiple of `align` (`8 < align`), or LARGE.
-#[cold]
-const fn class_for_aligned(from: usize, align: usize) -> SizeClass {
-    if align > PAGE_BYTES {
-        return SizeClass::LARGE;
-    }
-    let mut c = from;
-    while c < NUM_CLASSES {
-        if CLASSES[c].size as usize & (align - 1) == 0 {
-            return SizeClass(c as u8);
-        }
-        c += 1;
-    }
-    SizeClass::LARGE
+    GO.class_for(size, align)
 }
 
 // ---------------------------------------------------------------------------
@@ -311,86 +293,26 @@ const fn class_for_aligned(from: usize, align: usize) -> SizeClass {
 
 /// Go's `makeClasses` followed by `computeDivMagic` for every class.
 const fn generate_classes() -> [ClassInfo; NUM_CLASSES] {
-    let mut sizes = [0usize; NUM_CLASSES];
-    let mut npages = [0usize; NUM_CLASSES];
-    let mut n = 1; // classes so far, the dummy class 0 included
-
-    // Steps 1-3: candidate sizes, their spans, and merging.
-    let mut align = 8;
-    let mut size = align;
-    while size <= MAX_SMALL_SIZE {
-        if size.is_power_of_two() {
-            if size >= 2048 {
-                align = 256;
-            } else if size >= 128 {
-                align = size / 8;
-            } else if size >= 32 {
-                align = 16;
-            }
-        }
-        assert!(align.is_power_of_two(), "incorrect alignment");
-
-        // Grow the span until the tail waste is at most 1/8 of it.
-        let mut span = PAGE_BYTES;
-        while span % size > span / 8 {
-            span += PAGE_BYTES;
-        }
-        let pages = span / PAGE_BYTES;
-
-        if n > 1 && pages == npages[n - 1] && span / size == span / sizes[n - 1] {
-            // Same (pages, objects) as the previous class: take the larger size.
-            sizes[n - 1] = size;
-        } else {
-            assert!(n < NUM_CLASSES, "number of size classes has changed");
-            sizes[n] = size;
-            npages[n] = pages;
-            n += 1;
-        }
-        size += align;
-    }
-    assert!(n == NUM_CLASSES, "number of size classes has changed");
-
-    // Step 4: raise each size while the object count stays, keeping
-    // LARGE_SIZE_DIV alignment so that SIZE_TO_CLASS128 still works.
-    let mut c = 1;
-    while c < NUM_CLASSES {
-        let span = npages[c] * PAGE_BYTES;
-        let raised = (span / (span / sizes[c])) & !(LARGE_SIZE_DIV - 1);
-        if raised > sizes[c] {
-            sizes[c] = raised;
-        }
-        c += 1;
-    }
-
-    // Step 5 and the table; check the module's invariants on the way.
-    let mut out = [ClassInfo::ZERO; NUM_CLASSES];
-    let mut c = 1;
-    while c < NUM_CLASSES {
-        let size = sizes[c];
-        let span = npages[c] * PAGE_BYTES;
-        let objects = span / size;
-        assert!(size % 8 == 0, "class size not a multiple of 8");
-        assert!(sizes[c - 1] < size, "class sizes not increasing");
-        assert!(size <= SIZE_TO_CLASS8_MAX || size % LARGE_SIZE_DIV == 0);
-        assert!(objects >= 1 && span - size * objects <= span / 8);
-        check_div_magic(size, span);
-        out[c] = ClassInfo {
-            size: size as u32,
-            npages: npages[c] as u32,
-            objects: objects as u32,
-            div_mul: div_mul_for(size),
-        };
-        c += 1;
-    }
+    let g = geometry::GO_CONST;
+    assert!(g.count == NUM_CLASSES, "number of size classes has changed");
     assert!(
-        sizes[NUM_CLASSES - 1] == MAX_SMALL_SIZE,
+        g.rows[NUM_CLASSES - 1].size as usize == MAX_SMALL_SIZE,
         "last class is not MAX_SMALL_SIZE"
     );
-    out
+    let mut i = 0;
+    while i < SIZE_TO_CLASS8_LEN {
+        assert!(g.to_class8[i] != 0);
+        i += 1;
+    }
+    let mut i = 0;
+    while i < SIZE_TO_CLASS128_LEN {
+        assert!(g.to_class128[i] != 0);
+        i += 1;
+    }
+    g.rows
 }
 
-/// Go's `divMul` for objects of `size` bytes: `^uint32(0)/size + 1`.
-const fn div_mul_for(size: usize) -> u32 {
+pub(crate) const fn div_mul_for(size: usize) -> u32 {
     u32::MAX / size as u32 + 1
 }
 
@@ -399,7 +321,7 @@ const fn div_mul_for(size: usize) -> u32 {
 /// `n * ceil(2^F / d) >> F` for every `n <= max` with `F` fractional bits;
 /// panics (a compile error) unless `F <= 32`. The exhaustive check of the
 /// exact runtime formula is the unit test `magic_divide_is_exact`.
-const fn check_div_magic(d: usize, max: usize) {
+pub(crate) const fn check_div_magic(d: usize, max: usize) {
     let n_bits = (usize::BITS - max.leading_zeros()) as u64; // Go's bits.Len
     let d = d as u64;
     let f = if d.is_power_of_two() {
@@ -417,33 +339,10 @@ const fn check_div_magic(d: usize, max: usize) {
     );
 }
 
-/// The index of the first small class whose size is `>= n`, or 0 when none.
-const fn first_class_at_least(n: usize) -> u8 {
-    let mut c = 1;
-    while c < NUM_CLASSES {
-        if CLASSES[c].size as usize >= n {
-            return c as u8;
-        }
-        c += 1;
-    }
-    0
-}
-
-const fn generate_size_to_class8() -> [u8; SIZE_TO_CLASS8_LEN] {
-    let mut t = [0u8; SIZE_TO_CLASS8_LEN];
-    let mut i = 0;
-    while i < SIZE_TO_CLASS8_LEN {
-        t[i] = first_class_at_least(i * SMALL_SIZE_DIV);
-        assert!(t[i] != 0);
-        i += 1;
-    }
-    t
-}
-
-/// [`SIZE_TO_CLASS8`] with one entry per size: entry `s` is entry
+/// [`GO`]`.to_class8` with one entry per size: entry `s` is entry
 /// `ceil(s / SMALL_SIZE_DIV)` of it.
 const fn generate_size_to_class1() -> [u8; SIZE_TO_CLASS8_MAX + 1] {
-    let t8 = generate_size_to_class8();
+    let t8 = geometry::GO_CONST.to_class8;
     let mut t = [0u8; SIZE_TO_CLASS8_MAX + 1];
     let mut s = 0;
     while s <= SIZE_TO_CLASS8_MAX {
@@ -451,29 +350,6 @@ const fn generate_size_to_class1() -> [u8; SIZE_TO_CLASS8_MAX + 1] {
         s += 1;
     }
     t
-}
-
-const fn generate_size_to_class128() -> [u8; SIZE_TO_CLASS128_LEN] {
-    let mut t = [0u8; SIZE_TO_CLASS128_LEN];
-    let mut i = 0;
-    while i < SIZE_TO_CLASS128_LEN {
-        t[i] = first_class_at_least(SIZE_TO_CLASS8_MAX + i * LARGE_SIZE_DIV);
-        assert!(t[i] != 0);
-        i += 1;
-    }
-    t
-}
-
-const fn max_objects() -> usize {
-    let mut most = 0;
-    let mut c = 1;
-    while c < NUM_CLASSES {
-        if CLASSES[c].objects as usize > most {
-            most = CLASSES[c].objects as usize;
-        }
-        c += 1;
-    }
-    most
 }
 
 #[cfg(test)]
@@ -685,16 +561,16 @@ mod tests {
 
     #[test]
     fn lookup_table_lengths() {
-        assert_eq!(SIZE_TO_CLASS8.len(), 129);
-        assert_eq!(SIZE_TO_CLASS128.len(), 249);
-        for (i, &c) in SIZE_TO_CLASS8.iter().enumerate() {
+        assert_eq!(GO.to_class8.len(), 129);
+        assert_eq!(GO.to_class128.len(), 249);
+        for (i, &c) in GO.to_class8.iter().enumerate() {
             assert_eq!(
                 SizeClass(c),
                 scan(i * SMALL_SIZE_DIV),
                 "size_to_class8[{i}]"
             );
         }
-        for (i, &c) in SIZE_TO_CLASS128.iter().enumerate() {
+        for (i, &c) in GO.to_class128.iter().enumerate() {
             assert_eq!(
                 SizeClass(c),
                 scan(SIZE_TO_CLASS8_MAX + i * LARGE_SIZE_DIV),
