@@ -8,6 +8,7 @@
 #   make demo    the hosted demo (examples/demo.rs: LinuxHeap as a program's global allocator)
 #   make bench   the allocator comparison (benches/); make bench-callgrind: instructions per pair;
 #                make bench-efficiency: heap efficiency over small regions against the embedded heaps
+#                make bench-code-size: flash and static RAM of a minimal firmware per heap
 #   make compare real programs under LD_PRELOAD with each allocator (preload/compare.sh)
 #   make qemu-X  boot the kernel with scenario X (boot, main, many_boxes, stress, oom, scavenge, guard, bench)
 
@@ -27,7 +28,7 @@ HOST32_TARGET := i686-unknown-linux-gnu
 
 BOARD := boards/x86_64-qemu
 
-.PHONY: deps deps-run test test-32 run demo bench bench-callgrind bench-efficiency compare
+.PHONY: deps deps-run test test-32 run demo bench bench-callgrind bench-efficiency bench-code-size compare
 
 # What `make run` needs: the kernel's Rust target and QEMU.
 deps-run:
@@ -79,11 +80,13 @@ PRELOAD_PKGS := gcc python3.11 libpython3.11-testsuite sqlite3 libjemalloc2 libm
 test: deps
 	$(CARGO) fmt --all -- --check
 	cd $(BOARD) && $(CARGO) fmt --all -- --check
+	cd benches/firmware && $(CARGO) fmt --all -- --check
 	$(CARGO) clippy --features linux --all-targets -- -D warnings
 	$(CARGO) clippy --features linux,checks,critical-section --all-targets -- -D warnings
 	$(CARGO) clippy --no-default-features --features x86_64 --target $(NOSTD_TARGET) --lib -- -D warnings
 	$(CARGO) clippy -p tieralloc-preload -p tieralloc-bench -p qemu-tests --all-targets -- -D warnings
 	cd $(BOARD) && $(CARGO) clippy --release -- -D warnings
+	cd benches/firmware && $(CARGO) clippy --release -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p tieralloc
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p tieralloc --features linux,x86_64,critical-section
 	$(CARGO) doc --workspace --no-deps
@@ -101,6 +104,7 @@ test: deps
 	$(CARGO) test -p tieralloc-bench
 	$(CARGO) run --release -p tieralloc-bench -- --quick
 	$(CARGO) run --release -p tieralloc-bench -- --efficiency --quick
+	$(CARGO) run --release -p tieralloc-bench -- --code-size --quick
 	$(CARGO) test -p qemu-tests
 	$(CARGO) test --release -p tieralloc-preload
 
@@ -132,6 +136,11 @@ bench:
 # benches/results/efficiency.md; about a minute).
 bench-efficiency:
 	$(CARGO) run --release -p tieralloc-bench -- --efficiency
+
+# Flash (code, tables) and static RAM of a minimal Cortex-M4F firmware per heap
+# (builds benches/firmware for thumbv7em-none-eabihf; writes benches/results/code-size.md).
+bench-code-size:
+	$(CARGO) run --release -p tieralloc-bench -- --code-size
 
 # Instructions per alloc+free pair under valgrind (writes benches/results/callgrind.md).
 bench-callgrind:

@@ -4,6 +4,7 @@
 
 pub mod allocs;
 pub mod callgrind;
+pub mod codesize;
 pub mod efficiency;
 pub mod report;
 pub mod rss;

@@ -50,6 +50,7 @@ fn usage() -> ! {
         "usage: tieralloc-bench [--quick] [--rounds N] [--only SUBSTR] [--alloc A,B,..] [--no-rss] [--out DIR]\n\
          \x20      tieralloc-bench --callgrind [--quick]\n\
          \x20      tieralloc-bench --efficiency [--quick]\n\
+         \x20      tieralloc-bench --code-size\n\
          \x20      tieralloc-bench --rss-child ALLOC WORKLOAD [--quick]\n\
          \n  --quick         shrink every workload 100x (smoke run, used by `make test`); writes nothing\
          \n  --rounds N      interleaved rounds per workload, median reported (default 5, quick 1)\
@@ -61,6 +62,8 @@ fn usage() -> ! {
          \n  --callgrind     count instructions per 64-byte alloc+free pair with valgrind (binary `pair`)\
          \n  --efficiency    heap efficiency and churn over small regions against the embedded heaps\
          \n                  (writes benches/results/efficiency.md; --quick: smaller, writes nothing)\
+         \n  --code-size     flash and static RAM of a minimal Cortex-M firmware per heap\
+         \n                  (builds benches/firmware; writes benches/results/code-size.md)\
          \n  --rss-child     internal: run one workload once on one allocator (`none`: inputs only)",
         allocs::NAMES.join(",")
     );
@@ -87,6 +90,7 @@ fn parse_args() -> Options {
     let mut out = None;
     let mut callgrind = false;
     let mut efficiency = false;
+    let mut code_size = false;
     let mut rss_child = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -109,6 +113,7 @@ fn parse_args() -> Options {
             "--out" => out = Some(PathBuf::from(args.next().unwrap_or_else(|| usage()))),
             "--callgrind" => callgrind = true,
             "--efficiency" => efficiency = true,
+            "--code-size" => code_size = true,
             "--rss-child" => {
                 let (Some(al), Some(w)) = (args.next(), args.next()) else {
                     usage()
@@ -130,6 +135,9 @@ fn parse_args() -> Options {
     }
     if efficiency {
         efficiency_main(quick)
+    }
+    if code_size {
+        code_size_main(quick)
     }
     Options {
         quick,
@@ -215,6 +223,30 @@ fn efficiency_main(quick: bool) -> ! {
     if !quick {
         let dir = results_dir();
         let path = dir.join("efficiency.md");
+        if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, &md)) {
+            eprintln!("tieralloc-bench: cannot write {}: {e}", path.display());
+            process::exit(1)
+        }
+        println!("wrote {}", path.display());
+    }
+    process::exit(0)
+}
+
+/// `--code-size`: flash and static RAM per heap in a minimal firmware (see
+/// `codesize.rs`). `--quick` builds and prints without writing.
+fn code_size_main(quick: bool) -> ! {
+    let command = "cargo run --release -p tieralloc-bench -- --code-size";
+    let md = match tieralloc_bench::codesize::run(command, &report::today()) {
+        Ok(md) => md,
+        Err(e) => {
+            eprintln!("tieralloc-bench --code-size: {e}");
+            process::exit(1)
+        }
+    };
+    println!("{md}");
+    if !quick {
+        let dir = results_dir();
+        let path = dir.join("code-size.md");
         if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, &md)) {
             eprintln!("tieralloc-bench: cannot write {}: {e}", path.display());
             process::exit(1)
