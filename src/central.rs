@@ -20,7 +20,8 @@
 //! * every span on `partial` has `0 < free objects` and `list == Partial`; every
 //!   span on `full` has no free object and `list == Full`;
 //! * `transfer[..ntransfer]` are free objects of this class whose alloc bits are
-//!   still set; `ntransfer <= transfer_capacity(class)`;
+//!   still set; `ntransfer <= cap`, the capacity the heap's set-up gave it
+//!   (`heap::state::transfer_capacity`);
 //! * `empty` is null or the one span on `partial` with no object allocated.
 //!
 //! Lock order: a CPU slot, then this lock, then the page heap lock.
@@ -118,27 +119,14 @@ impl Default for Remote {
 /// cache always takes a whole flush.
 pub const TRANSFER_MIN: usize = 4;
 
-/// Transfer cache capacity of class `c`: `TRANSFER_BYTES` of objects, at
-/// least `TRANSFER_MIN`, at most `TRANSFER_SLOTS`.
-pub const fn transfer_capacity(c: SizeClass) -> usize {
-    if c.is_large() {
-        return 0;
-    }
-    let n = TRANSFER_BYTES / c.size();
-    if n < TRANSFER_MIN {
-        TRANSFER_MIN
-    } else if n > TRANSFER_SLOTS {
-        TRANSFER_SLOTS
-    } else {
-        n
-    }
-}
-
 /// One size class's central list.
 pub struct Central {
     partial: SpanList,
     full: SpanList,
-    transfer: [*mut u8; TRANSFER_SLOTS],
+    /// `cap` slots from the heap's set-up ([`Central::set_transfer`]); null
+    /// and 0 before it.
+    transfer: *mut *mut u8,
+    cap: usize,
     ntransfer: usize,
     /// The kept empty span (on `partial`), or null.
     empty: *mut Span,
@@ -156,7 +144,8 @@ impl Central {
         Central {
             partial: SpanList::new(),
             full: SpanList::new(),
-            transfer: [null_mut(); TRANSFER_SLOTS],
+            transfer: null_mut(),
+            cap: 0,
             ntransfer: 0,
             empty: null_mut(),
             spans_made: 0,
@@ -167,6 +156,26 @@ impl Central {
     /// Free objects sitting in the transfer cache.
     pub fn transfer_len(&self) -> usize {
         self.ntransfer
+    }
+
+    /// Gives the transfer cache its slots.
+    ///
+    /// # Safety
+    /// `slots` points at `cap` pointer slots that stay this central's alone
+    /// for as long as the heap lives; the transfer cache is empty.
+    pub unsafe fn set_transfer(&mut self, slots: *mut *mut u8, cap: usize) {
+        debug_assert!(self.ntransfer == 0 && (cap == 0 || !slots.is_null()));
+        self.transfer = slots;
+        self.cap = cap;
+    }
+
+    /// The transfer cache's slots.
+    fn slots(&mut self) -> &mut [*mut u8] {
+        if self.cap == 0 {
+            return &mut [];
+        }
+        // SAFETY: `set_transfer`'s contract: `cap` slots, ours, behind our lock.
+        unsafe { core::slice::from_raw_parts_mut(self.transfer, self.cap) }
     }
 
     /// Fills `out` with up to `out.len()` free objects of `class`; returns how
@@ -186,8 +195,8 @@ impl Central {
         let want = out.len();
         let own = !owner.is_none() && class.shares_lines();
         // 1. The transfer cache: the most recently flushed objects.
-        let k = self.ntransfer.min(want);
-        out[..k].copy_from_slice(&self.transfer[self.ntransfer - k..self.ntransfer]);
+        let (k, n) = (self.ntransfer.min(want), self.ntransfer);
+        out[..k].copy_from_slice(&self.slots()[n - k..n]);
         self.ntransfer -= k;
         let mut got = k;
         // 2. Carve from partial spans, then from new spans.
@@ -293,9 +302,10 @@ impl Central {
         objs: &[*mut u8],
         below: &Below<'_, S, X>,
     ) {
-        let cap = transfer_capacity(class);
-        if !class.shares_lines() && self.ntransfer + objs.len() <= cap {
-            self.transfer[self.ntransfer..self.ntransfer + objs.len()].copy_from_slice(objs);
+        // The classes under a line have no slots (see the heap's set-up).
+        let n = self.ntransfer;
+        if n + objs.len() <= self.cap {
+            self.slots()[n..n + objs.len()].copy_from_slice(objs);
             self.ntransfer += objs.len();
             return;
         }
@@ -313,7 +323,8 @@ impl Central {
     ) {
         while self.ntransfer > 0 {
             self.ntransfer -= 1;
-            let p = self.transfer[self.ntransfer];
+            let n = self.ntransfer;
+            let p = self.slots()[n];
             self.give_back(class, p, below);
         }
         let s = core::mem::replace(&mut self.empty, null_mut());
@@ -419,7 +430,7 @@ impl Central {
             );
             span.check_invariants();
         }
-        assert!(self.ntransfer <= transfer_capacity(class));
+        assert!(self.ntransfer <= self.cap);
         assert!(
             self.empty.is_null()
                 // SAFETY: the kept span is on `partial`, live under the caller's lock.
@@ -435,24 +446,5 @@ impl Central {
 impl Default for Central {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A transfer cache takes at least four flushes of the per-CPU tier.
-    #[test]
-    fn transfer_capacity_holds_four_batches() {
-        for c in SizeClass::small_classes() {
-            let cap = transfer_capacity(c);
-            assert!(cap >= 4 * crate::percpu::batch(c), "class {}", c.index());
-            assert!(
-                cap <= TRANSFER_SLOTS
-                    && cap * c.size() <= TRANSFER_BYTES.max(TRANSFER_MIN * c.size())
-            );
-        }
-        assert_eq!(transfer_capacity(SizeClass::LARGE), 0);
     }
 }

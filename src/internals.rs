@@ -2,7 +2,8 @@
 //! (Go's `export_test.go`). **Not part of the public contract:** anything
 //! here may change or go away in any release.
 
-pub use crate::central::{transfer_capacity, REMOTE_MAX};
+pub use crate::central::{REMOTE_MAX, TRANSFER_BYTES};
+pub use crate::heap::transfer_capacity;
 pub use crate::heap::{stays_in_class, ObjectKind, PROMOTE_MIN, SHRINK_MIN};
 pub use crate::pageheap::{
     large_pages, Below, HeapLock, LargeCounts, Pacer, PageHeap, PageMap, PageStats,

@@ -45,3 +45,24 @@ fn linux_heap_static_is_zero_initialised() {
         core::mem::size_of_val(&LINUX_HEAP)
     );
 }
+
+/// The static state of a single-CPU region heap fits a microcontroller's
+/// RAM: at most 4 KiB on a 32-bit target, where the page map's first level
+/// is 32 entries (on 64-bit it is 4,096, 32 KiB, for a 48-bit address space).
+/// Everything per class comes from the source at set-up.
+#[test]
+fn region_heap_static_is_small() {
+    let n = core::mem::size_of_val(&REGION_HEAP);
+    if cfg!(target_pointer_width = "32") {
+        assert!(
+            n <= 4096,
+            "Heap<RegionSource, SingleCpu> is {n} bytes on 32-bit"
+        );
+    } else {
+        assert!(
+            n <= 40 << 10,
+            "Heap<RegionSource, SingleCpu> is {n} bytes on 64-bit"
+        );
+    }
+    std::println!("Heap<RegionSource, SingleCpu>: {n} bytes");
+}

@@ -449,8 +449,9 @@ mod with_checks {
             unreachable!()
         };
         // Enough frees to fill the CPU stack and the transfer cache, then some.
-        let first =
-            tieralloc::internals::capacity(c) + tieralloc::internals::transfer_capacity(c) + 116;
+        let first = tieralloc::internals::capacity(c)
+            + tieralloc::internals::transfer_capacity(c, tieralloc::internals::TRANSFER_BYTES)
+            + 116;
         let objs: Vec<*mut u8> = (0..first + 500).map(|_| HEAP.allocate(l)).collect();
         let p = objs[0];
         // A neighbour in p's span stays live, so the span stays.

@@ -738,7 +738,7 @@ fn central_keeps_one_empty_span_per_class_until_scavenge() {
     };
     // Three spans' worth beyond what the CPU stack and the transfer cache hold.
     let n = 3 * c.objects()
-        + tieralloc::internals::transfer_capacity(c)
+        + tieralloc::internals::transfer_capacity(c, tieralloc::internals::TRANSFER_BYTES)
         + tieralloc::internals::capacity(c);
     let mut ps: Vec<*mut u8> = (0..n).map(|_| HEAP.allocate(l)).collect();
     assert!(ps.iter().all(|p| !p.is_null()));

@@ -20,6 +20,7 @@
 mod large;
 mod small;
 mod stacks;
+mod state;
 mod stats;
 mod tiny;
 
@@ -27,24 +28,25 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::null_mut;
 
 pub use large::{stays_in_class, PROMOTE_MIN, SHRINK_MIN};
+pub use state::transfer_capacity;
 
 use crate::central::{Central, Remote};
 use crate::pageheap::{Below, HeapLock, PageHeap, PageMap};
 use crate::percpu::{Caches, Cpu, Slabs};
 use crate::sizeclass::{
-    class_for, size_to_class_medium, size_to_class_small, SizeClass, LAST_SHARING_CLASS,
-    NUM_CLASSES, SIZE_TO_CLASS8_MAX,
+    class_for, size_to_class_medium, size_to_class_small, SizeClass, SIZE_TO_CLASS8_MAX,
 };
 use crate::source::PageSource;
 use crate::span::SpanState;
 use crate::stack::{StackAlloc, StackCache};
 use crate::sync::atomic::{AtomicPtr, Ordering};
-use crate::sync::{Lock, Padded};
+use crate::sync::Lock;
 use crate::units::Addr;
 #[cfg(doc)]
 use crate::Stats;
 use crate::{MAX_SMALL_SIZE, TINY_SIZE};
 
+use state::Classes;
 use stats::Flow;
 
 /// How a request is served.
@@ -98,22 +100,23 @@ impl ObjectKind {
 /// Lock order (see `lib.rs`): CPU slot → `central[c]` (one class at a time)
 /// → the page heap; a stack pool instead of a central lock, never both; the
 /// set-up lock `init` before all of them.
+///
+/// `repr(C)` with the per-CPU tier first: the fast paths address it at small
+/// offsets from the heap's address, next to nothing else they need.
+#[repr(C)]
 pub struct Heap<S: PageSource, C: Cpu> {
-    source: S,
     /// The per-CPU tier: the `Cpu`, the caches, the restartable sequences.
     slabs: Slabs<C>,
+    source: S,
     /// Set-up lock; guards the bytes of per-CPU metadata taken from the source.
     init: Lock<usize, C::Relax>,
     /// The page heap (its lock is the heap lock).
     pages: HeapLock<C::Relax>,
     /// Address → span, read without a lock.
     map: PageMap,
-    /// Per class: its central list, behind its own lock.
-    central: [Padded<Lock<Central, C::Relax>>; NUM_CLASSES],
-    /// Per line-sharing class: objects freed off their owner's CPU.
-    remote: [Padded<Remote>; LAST_SHARING_CLASS as usize + 1],
-    /// Per class: objects moving between tiers, for [`Heap::stats`].
-    flow: [Flow; NUM_CLASSES],
+    /// Per class: central list, remote list, flow counters; carved at set-up
+    /// ([`state`]), null before.
+    classes: AtomicPtr<Classes<C::Relax>>,
     /// Stacks (Go's stackpool), with a per-CPU stack cache array set up next
     /// to the slabs.
     stacks: StackAlloc<C::Relax>,
@@ -136,9 +139,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             init: Lock::new(0),
             pages: Lock::new(PageHeap::new()),
             map: PageMap::new(),
-            central: [const { Padded(Lock::new(Central::new())) }; NUM_CLASSES],
-            remote: [const { Padded(Remote::new()) }; LAST_SHARING_CLASS as usize + 1],
-            flow: [const { Flow::new() }; NUM_CLASSES],
+            classes: AtomicPtr::new(null_mut()),
             stacks: StackAlloc::new(),
             stack_caches: AtomicPtr::new(null_mut()),
         }
@@ -162,6 +163,40 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         }
     }
 
+    /// The per-class state, once the heap is set up.
+    fn classes(&self) -> Option<&Classes<C::Relax>> {
+        // SAFETY: non-null only once `set_up` wrote the block, which lives for ever.
+        unsafe { self.classes.load(Ordering::Acquire).as_ref() }
+    }
+
+    /// Class `c`'s state, on a path that has the per-CPU caches (so the heap
+    /// is set up).
+    #[inline]
+    fn set_up_classes(&self) -> &Classes<C::Relax> {
+        match self.classes() {
+            Some(cl) => cl,
+            None => unreachable!("tieralloc: the per-class state is set up with the caches"),
+        }
+    }
+
+    /// Class `c`'s central list (the heap is set up).
+    #[inline]
+    fn central(&self, c: SizeClass) -> &Lock<Central, C::Relax> {
+        &self.set_up_classes().central[c.index()].0
+    }
+
+    /// Class `c`'s flow counters (the heap is set up).
+    #[inline]
+    fn flow(&self, c: SizeClass) -> &Flow {
+        &self.set_up_classes().flow[c.index()]
+    }
+
+    /// Line-sharing class `c`'s remote list (the heap is set up).
+    #[inline]
+    fn remote(&self, c: SizeClass) -> &Remote {
+        &self.set_up_classes().remote[c.index()].0
+    }
+
     /// The per-CPU caches, setting them up on first use; `None` if the source
     /// cannot supply them.
     #[inline(always)]
@@ -180,6 +215,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             return Some(s);
         }
         let count = self.cpu().count().max(1);
+        let budget = state::transfer_budget(self.source.bound());
+        let class_bytes = Classes::<C::Relax>::bytes(budget);
+        let cl = self.source.alloc(class_bytes)?;
         let bytes = Slabs::<C>::bytes(count);
         let stack_bytes = count * core::mem::size_of::<StackCache>();
         let p = self.source.alloc(bytes)?;
@@ -191,7 +229,13 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 sc.as_ptr().write_bytes(0, stack_bytes);
             }
         }
-        *meta = bytes.next_multiple_of(S::PAGE_SIZE) + stack_bytes.next_multiple_of(S::PAGE_SIZE);
+        *meta = class_bytes.next_multiple_of(S::PAGE_SIZE)
+            + bytes.next_multiple_of(S::PAGE_SIZE)
+            + stack_bytes.next_multiple_of(S::PAGE_SIZE);
+        // SAFETY: `class_bytes` fresh bytes, page aligned, ours for ever.
+        let classes = unsafe { Classes::init(cl.as_ptr(), budget) };
+        // Published before the caches: whoever sees those sees this.
+        self.classes.store(classes, Ordering::Release);
         self.stack_caches
             .store(sc.as_ptr().cast(), Ordering::Release);
         // SAFETY: once, under the set-up lock; the block is ours for ever,
@@ -388,17 +432,19 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 }
                 for i in 0..s.count() {
                     s.drain(i, |c, objs| {
-                        self.central[c.index()].lock().flush(c, objs, &below);
-                        self.flow[c.index()].flushed_from_slabs(objs.len());
+                        self.central(c).lock().flush(c, objs, &below);
+                        self.flow(c).flushed_from_slabs(objs.len());
                     });
                 }
             }
-            for c in SizeClass::small_classes() {
-                let mut central = self.central[c.index()].lock();
-                if c.shares_lines() {
-                    central.give_back_remote(c, &self.remote[c.index()], &below);
+            if self.classes().is_some() {
+                for c in SizeClass::small_classes() {
+                    let mut central = self.central(c).lock();
+                    if c.shares_lines() {
+                        central.give_back_remote(c, self.remote(c), &below);
+                    }
+                    central.drain_transfer(c, &below);
                 }
-                central.drain_transfer(c, &below);
             }
             self.drain_stack_caches(&below);
             let mut h = self.pages.lock();
@@ -422,8 +468,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// Call it at quiescence (tests, the `checks` feature's users).
     pub fn check_invariants(&self) {
         self.guarded(|| {
-            for c in SizeClass::small_classes() {
-                self.central[c.index()].lock().check_invariants(c);
+            if self.classes().is_some() {
+                for c in SizeClass::small_classes() {
+                    self.central(c).lock().check_invariants(c);
+                }
             }
             self.stacks.check_invariants();
             self.pages.lock().check_invariants();
@@ -439,8 +487,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 self.cpu().acquire_slot(i);
             }
         }
-        for c in &self.central {
-            core::mem::forget(c.lock());
+        if let Some(cl) = self.classes() {
+            for c in &cl.central {
+                core::mem::forget(c.0.lock());
+            }
         }
         self.stacks.lock_all();
         core::mem::forget(self.pages.lock());
@@ -455,8 +505,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         unsafe {
             self.pages.force_unlock();
             self.stacks.unlock_all();
-            for c in &self.central {
-                c.force_unlock();
+            if let Some(cl) = self.classes() {
+                for c in &cl.central {
+                    c.0.force_unlock();
+                }
             }
             if self.slabs.get().is_some() {
                 for i in 0..self.cpu().count() {

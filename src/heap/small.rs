@@ -75,26 +75,24 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             Owner::NONE
         };
         let n = {
-            let mut central = self.central[c.index()].lock();
+            let mut central = self.central(c).lock();
             if c.shares_lines() {
                 // Objects freed off their owner's CPU go back to their spans
                 // first, where their owners' refills find them.
-                central.give_back_remote(c, &self.remote[c.index()], &below);
+                central.give_back_remote(c, self.remote(c), &below);
             }
             central.refill(c, &mut buf[..want], &below, owner)
         };
         if n == 0 {
             return null_mut();
         }
-        let flow = &self.flow[c.index()];
+        let flow = self.flow(c);
         let pushed = s.push_batch(c, &buf[..n - 1]);
         flow.pushed_to_slabs(pushed);
         if pushed < n - 1 {
             // The stack filled meanwhile (another thread on this CPU, or a migration).
             // They never reached a stack or a user, so no flow counts them.
-            self.central[c.index()]
-                .lock()
-                .flush(c, &buf[pushed..n - 1], &below);
+            self.central(c).lock().flush(c, &buf[pushed..n - 1], &below);
         }
         flow.malloc_direct();
         buf[n - 1]
@@ -117,22 +115,20 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// CPU's cache never hands out an object whose line-mates live elsewhere.
     #[inline(never)]
     fn free_remote(&self, p: *mut u8, c: SizeClass) {
-        let r = &self.remote[c.index()];
-        self.flow[c.index()].free_direct();
+        let r = self.remote(c);
+        self.flow(c).free_direct();
         // SAFETY: a freed object of a line-sharing class: 8..=48 bytes,
         // 8-aligned, and no one else's.
         if unsafe { r.push(p) } >= REMOTE_MAX {
             let below = self.below();
-            self.central[c.index()]
-                .lock()
-                .give_back_remote(c, r, &below);
+            self.central(c).lock().give_back_remote(c, r, &below);
         }
     }
 
     #[inline(always)]
     pub(super) fn free_small(&self, p: *mut u8, c: SizeClass) {
         #[cfg(feature = "checks")]
-        checks::on_free(&self.map, p, c, || self.central[c.index()].lock());
+        checks::on_free(&self.map, p, c, || self.central(c).lock());
         if let Some(f) = self.slabs.fast() {
             if c.shares_lines() {
                 return self.free_sharing(p, c, f);
@@ -187,19 +183,19 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[inline(never)]
     fn flush_push(&self, s: Caches<'_, C>, c: SizeClass, p: *mut u8) {
         let below = self.below();
-        let flow = &self.flow[c.index()];
+        let flow = self.flow(c);
         for _ in 0..4 {
             let mut buf = [null_mut(); MAX_CAPACITY];
             let k = s.pop_batch(c, &mut buf[..batch(c)]);
             if k > 0 {
-                self.central[c.index()].lock().flush(c, &buf[..k], &below);
+                self.central(c).lock().flush(c, &buf[..k], &below);
                 flow.flushed_from_slabs(k);
             }
             if s.push(c, p) {
                 return;
             }
         }
-        self.central[c.index()].lock().flush(c, &[p], &below);
+        self.central(c).lock().flush(c, &[p], &below);
         flow.free_direct();
     }
 

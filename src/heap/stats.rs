@@ -75,9 +75,13 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             let t = self.slabs.totals();
             st.cpus = t.cpus as u64;
             st.rseq = t.rseq;
+            let classes = self.classes();
             for c in SizeClass::small_classes() {
                 let i = c.index();
-                let f = &self.flow[i];
+                st.by_size[i].size = c.size() as u64;
+                // Before set-up nothing has moved.
+                let Some(cl) = classes else { continue };
+                let f = &cl.flow[i];
                 let (to, from, dm, df) = (
                     f.to_slabs.load(Ordering::Relaxed),
                     f.from_slabs.load(Ordering::Relaxed),
@@ -85,13 +89,12 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                     f.direct_frees.load(Ordering::Relaxed),
                 );
                 let row = &mut st.by_size[i];
-                row.size = c.size() as u64;
                 row.mallocs = t.pops[i] + dm;
                 row.frees = (t.cached[i] + from + t.pops[i] + df).wrapping_sub(to);
                 st.cached_bytes += t.cached[i] * c.size() as u64;
-                st.cached_bytes += (self.central[i].lock().transfer_len() * c.size()) as u64;
+                st.cached_bytes += (cl.central[i].0.lock().transfer_len() * c.size()) as u64;
                 if c.shares_lines() {
-                    st.cached_bytes += (self.remote[i].len() * c.size()) as u64;
+                    st.cached_bytes += (cl.remote[i].0.len() * c.size()) as u64;
                 }
             }
             // Tiny blocks are objects of the tiny class, but not user objects of it.

@@ -11,7 +11,10 @@
 //! first fit over the whole heap.
 //!
 //! An arena's metadata block — `[Arena][spans: one slot per page][ArenaPages
-//! bitmaps]` — comes from `PageSource::alloc` and is never freed.
+//! bitmaps]` — comes from `PageSource::alloc` and is never freed. The table
+//! of arenas and its tree are a block of their own, which doubles (4, 8, …
+//! [`MAX_ARENAS`] slots) as arenas are added, so a heap of one arena keeps a
+//! few dozen bytes of it.
 //!
 //! [`Arena`] is where page indices meet addresses: everything below it
 //! ([`ArenaPages`]) counts pages of one arena as plain numbers; everything
@@ -180,12 +183,17 @@ impl Arena {
 /// The arenas of a heap, sorted by address, with the tree over their longest
 /// free runs (see the module docs for the invariants).
 pub(crate) struct Arenas {
-    arenas: [*mut Arena; MAX_ARENAS],
+    /// `cap` arena slots, then `2 * cap` tree nodes, in one block from the
+    /// source that doubles when full ([`Arenas::make_room`]); null with `cap`
+    /// 0 before the first arena. Slots from `narenas` on are unused.
+    arenas: *mut *mut Arena,
     narenas: usize,
     /// Segment tree over arena slots, `tree_cap` leaves: leaf `tree_cap + i` =
     /// longest free run of arena `i` (0 for empty slots); inner node `1..tree_cap`
     /// = max of its children. Entries from `2 * tree_cap` on are unused.
-    tree: [u32; 2 * MAX_ARENAS],
+    tree: *mut u32,
+    /// Slots of the block (a power of two, at most [`MAX_ARENAS`], `tree_cap <= cap`).
+    cap: usize,
     /// Leaves of `tree`: the smallest power of two `>= narenas` (at least 1), so a
     /// heap of one arena walks no tree at all, one of a few arenas a level or two.
     /// log2 of `tree_cap` (0 for 1: all-zero bytes are the empty set).
@@ -204,11 +212,93 @@ fn leaf(run: Pages) -> u32 {
 impl Arenas {
     pub(crate) const fn new() -> Self {
         Arenas {
-            arenas: [null_mut(); MAX_ARENAS],
+            arenas: null_mut(),
             narenas: 0,
-            tree: [0; 2 * MAX_ARENAS],
+            tree: null_mut(),
+            cap: 0,
             tree_log: 0,
         }
+    }
+
+    /// The arena slots.
+    fn slots_raw(&self) -> &[*mut Arena] {
+        if self.cap == 0 {
+            return &[];
+        }
+        // SAFETY: `cap` slots at `arenas` (the block's invariant).
+        unsafe { core::slice::from_raw_parts(self.arenas, self.cap) }
+    }
+
+    /// The arena slots, to change them.
+    fn slots_raw_mut(&mut self) -> &mut [*mut Arena] {
+        if self.cap == 0 {
+            return &mut [];
+        }
+        // SAFETY: as above; `&mut self` is the heap lock.
+        unsafe { core::slice::from_raw_parts_mut(self.arenas, self.cap) }
+    }
+
+    /// The tree nodes.
+    fn tree(&self) -> &[u32] {
+        if self.cap == 0 {
+            return &[];
+        }
+        // SAFETY: `2 * cap` nodes at `tree` (the block's invariant).
+        unsafe { core::slice::from_raw_parts(self.tree, 2 * self.cap) }
+    }
+
+    /// The tree nodes, to change them.
+    fn tree_mut(&mut self) -> &mut [u32] {
+        if self.cap == 0 {
+            return &mut [];
+        }
+        // SAFETY: as above; `&mut self` is the heap lock.
+        unsafe { core::slice::from_raw_parts_mut(self.tree, 2 * self.cap) }
+    }
+
+    /// Makes room for one more arena: when every slot is taken, moves the
+    /// slots and the tree to a block twice the size (4 slots the first
+    /// time) and gives the old block back. False if the source has no room
+    /// or the heap has [`MAX_ARENAS`] arenas.
+    fn make_room<S: PageSource>(&mut self, source: &S, meta_bytes: &mut usize) -> bool {
+        if self.narenas < self.cap {
+            return true;
+        }
+        if self.cap == MAX_ARENAS {
+            return false;
+        }
+        let cap = (2 * self.cap).max(4);
+        let bytes = Self::block_bytes(cap);
+        let Some(block) = source.alloc(bytes) else {
+            return false;
+        };
+        let arenas = block.as_ptr().cast::<*mut Arena>();
+        // SAFETY: the block is `bytes` fresh Ready bytes, page aligned: `cap`
+        // slots, then `2 * cap` nodes (4-byte aligned after pointer slots).
+        // The old block's contents are copied before it is freed; its tree
+        // fits in the new one's first `2 * old cap` nodes.
+        unsafe {
+            let tree = arenas.add(cap).cast::<u32>();
+            tree.write_bytes(0, 2 * cap);
+            if self.cap > 0 {
+                arenas.copy_from_nonoverlapping(self.arenas, self.narenas);
+                tree.copy_from_nonoverlapping(self.tree, 2 * self.cap);
+                // Exactly the range `alloc` returned: rounded to the source's page.
+                let old = Self::block_bytes(self.cap).next_multiple_of(S::PAGE_SIZE);
+                source.free(NonNull::new_unchecked(self.arenas.cast()), old);
+                *meta_bytes -= old;
+            }
+            self.tree = tree;
+        }
+        self.arenas = arenas;
+        self.cap = cap;
+        *meta_bytes += bytes.next_multiple_of(S::PAGE_SIZE);
+        true
+    }
+
+    /// Bytes of a block of `cap` slots.
+    fn block_bytes(cap: usize) -> usize {
+        cap * size_of::<*mut Arena>() + 2 * cap * size_of::<u32>()
     }
 
     /// Leaves of the segment tree: the smallest power of two `>= narenas`.
@@ -226,7 +316,7 @@ impl Arenas {
     pub(crate) fn get(&self, slot: ArenaSlot) -> &Arena {
         assert!(slot.get() < self.narenas);
         // SAFETY: slots below narenas hold live arenas.
-        unsafe { &*self.arenas[slot.get()] }
+        unsafe { &*self.slots_raw()[slot.get()] }
     }
 
     /// The arena in `slot`, to change its pages.
@@ -234,7 +324,7 @@ impl Arenas {
         assert!(slot.get() < self.narenas);
         // SAFETY: slots below narenas hold live arenas, and `&mut self`
         // (the heap lock) makes this the only reference.
-        unsafe { &mut *self.arenas[slot.get()] }
+        unsafe { &mut *self.slots_raw()[slot.get()] }
     }
 
     /// The slots, lowest address first.
@@ -253,28 +343,30 @@ impl Arenas {
             0
         };
         let mut i = self.tree_cap() + slot.get();
-        if self.tree[i] == v {
+        let tree = self.tree_mut();
+        if tree[i] == v {
             return;
         }
-        self.tree[i] = v;
+        tree[i] = v;
         while i > 1 {
             i /= 2;
-            let m = self.tree[2 * i].max(self.tree[2 * i + 1]);
-            if self.tree[i] == m {
+            let m = tree[2 * i].max(tree[2 * i + 1]);
+            if tree[i] == m {
                 return;
             }
-            self.tree[i] = m;
+            tree[i] = m;
         }
     }
 
     /// The lowest arena whose longest free run is at least `need` pages.
     pub(crate) fn find(&self, need: Pages) -> Option<ArenaSlot> {
-        if need.get() > u32::MAX as usize || (self.tree[1] as usize) < need.get() {
+        let tree = self.tree();
+        if self.narenas == 0 || need.get() > u32::MAX as usize || (tree[1] as usize) < need.get() {
             return None;
         }
         let mut i = 1;
         while i < self.tree_cap() {
-            i = if self.tree[2 * i] as usize >= need.get() {
+            i = if tree[2 * i] as usize >= need.get() {
                 2 * i
             } else {
                 2 * i + 1
@@ -295,7 +387,7 @@ impl Arenas {
         align_pages: usize,
         meta_bytes: &mut usize,
     ) -> Option<ArenaSlot> {
-        if self.narenas == MAX_ARENAS {
+        if !self.make_room(source, meta_bytes) {
             return None;
         }
         let want = npages
@@ -365,30 +457,35 @@ impl Arenas {
     fn insert(&mut self, arena: *mut Arena) -> ArenaSlot {
         // SAFETY: a live arena, just made.
         let base = unsafe { (*arena).base };
-        let pos = self.arenas[..self.narenas].partition_point(|&a| {
+        debug_assert!(self.narenas < self.cap, "make_room first");
+        let n = self.narenas;
+        let slots = self.slots_raw_mut();
+        let pos = slots[..n].partition_point(|&a| {
             // SAFETY: live arenas.
             unsafe { (*a).base < base }
         });
-        self.arenas.copy_within(pos..self.narenas, pos + 1);
-        self.arenas[pos] = arena;
-        self.narenas += 1;
-        for s in pos..self.narenas {
+        slots.copy_within(pos..n, pos + 1);
+        slots[pos] = arena;
+        for (s, &a) in slots.iter().enumerate().take(n + 1).skip(pos) {
             // SAFETY: live arenas.
-            unsafe { (*self.arenas[s]).slot = ArenaSlot::new(s) };
+            unsafe { (*a).slot = ArenaSlot::new(s) };
         }
+        self.narenas += 1;
         if self.narenas > self.tree_cap() {
             // Double the tree and build it afresh (O(arenas), once per doubling).
             self.tree_log += 1;
             let cap = self.tree_cap();
             for s in 0..cap {
-                self.tree[cap + s] = if s < self.narenas {
+                let v = if s < self.narenas {
                     leaf(self.get(ArenaSlot::new(s)).max_free_run())
                 } else {
                     0
                 };
+                self.tree_mut()[cap + s] = v;
             }
+            let tree = self.tree_mut();
             for i in (1..cap).rev() {
-                self.tree[i] = self.tree[2 * i].max(self.tree[2 * i + 1]);
+                tree[i] = tree[2 * i].max(tree[2 * i + 1]);
             }
         } else {
             for s in pos..self.narenas {
@@ -402,6 +499,10 @@ impl Arenas {
     /// (pages, free pages, released pages).
     pub(crate) fn check_invariants(&self) -> (Pages, Pages, Pages) {
         let (mut sys, mut free, mut released) = (Pages::ZERO, Pages::ZERO, Pages::ZERO);
+        if self.cap == 0 {
+            assert_eq!(self.narenas, 0, "arenas without a table");
+            return (sys, free, released);
+        }
         for slot in self.slots() {
             let a = self.get(slot);
             assert_eq!(a.slot, slot, "arena {:#x}: slot index stale", a.base);
@@ -413,7 +514,7 @@ impl Arenas {
             }
             a.pages.check_invariants();
             assert_eq!(
-                self.tree[self.tree_cap() + slot.get()],
+                self.tree()[self.tree_cap() + slot.get()],
                 leaf(a.max_free_run()),
                 "arena tree leaf stale"
             );
@@ -424,7 +525,8 @@ impl Arenas {
         assert!(
             self.tree_cap().is_power_of_two()
                 && self.narenas <= self.tree_cap()
-                && self.tree_cap() <= MAX_ARENAS,
+                && self.tree_cap() <= self.cap.max(1)
+                && self.cap <= MAX_ARENAS,
             "tree_cap {}",
             self.tree_cap()
         );
@@ -436,15 +538,16 @@ impl Arenas {
         );
         for slot in self.narenas..self.tree_cap() {
             assert_eq!(
-                self.tree[self.tree_cap() + slot],
+                self.tree()[self.tree_cap() + slot],
                 0,
                 "empty arena slot {slot} in the tree"
             );
         }
+        let tree = self.tree();
         for i in 1..self.tree_cap() {
             assert_eq!(
-                self.tree[i],
-                self.tree[2 * i].max(self.tree[2 * i + 1]),
+                tree[i],
+                tree[2 * i].max(tree[2 * i + 1]),
                 "arena tree node {i}"
             );
         }

@@ -90,6 +90,10 @@ unsafe impl<S: PageSource> PageSource for FailingSource<S> {
     const ZEROED: bool = S::ZEROED;
     const CAN_RELEASE: bool = S::CAN_RELEASE;
 
+    fn bound(&self) -> Option<usize> {
+        self.inner.bound()
+    }
+
     /// None → Reserved, not limited.
     fn reserve(&self, bytes: usize, align: usize) -> Option<NonNull<u8>> {
         self.inner.reserve(bytes, align)

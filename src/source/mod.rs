@@ -123,6 +123,15 @@ pub unsafe trait PageSource {
     /// Nothing will access the range any more.
     unsafe fn free(&self, addr: NonNull<u8>, bytes: usize);
 
+    /// The most bytes this source will ever supply, if it is bounded (a fixed
+    /// region); `None` (the default) for an address space or a frame
+    /// allocator. The heap sizes what it keeps per class by it when it sets
+    /// itself up, so that a heap of kilobytes does not carve caches sized for
+    /// gigabytes.
+    fn bound(&self) -> Option<usize> {
+        None
+    }
+
     /// None → Ready in one step, for the allocator's own metadata. Go's `sysAlloc`.
     /// The memory reads as zero when `ZEROED` is true.
     fn alloc(&self, bytes: usize) -> Option<NonNull<u8>> {

@@ -350,6 +350,12 @@ unsafe impl PageSource for RegionSource {
     const ZEROED: bool = false;
     const CAN_RELEASE: bool = false;
 
+    /// The bytes of the regions given so far.
+    fn bound(&self) -> Option<usize> {
+        let s = self.state.lock();
+        Some(s.regions[..s.count].iter().map(|r| r.len).sum())
+    }
+
     /// None → Reserved: first fit in the free-extent list.
     fn reserve(&self, bytes: usize, align: usize) -> Option<NonNull<u8>> {
         if bytes == 0 || !align.is_power_of_two() {

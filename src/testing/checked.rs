@@ -328,6 +328,10 @@ unsafe impl<S: PageSource, const ARENA: usize> PageSource for CheckedSource<S, A
     const ZEROED: bool = S::ZEROED;
     const CAN_RELEASE: bool = S::CAN_RELEASE;
 
+    fn bound(&self) -> Option<usize> {
+        self.inner.bound()
+    }
+
     fn reserve(&self, bytes: usize, align: usize) -> Option<NonNull<u8>> {
         assert!(
             bytes > 0 && bytes.is_multiple_of(Self::OS),
