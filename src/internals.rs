@@ -6,7 +6,7 @@ pub use crate::central::{REMOTE_MAX, TRANSFER_BYTES};
 pub use crate::heap::transfer_capacity;
 pub use crate::heap::{stays_in_class, ObjectKind, PROMOTE_MIN, SHRINK_MIN};
 pub use crate::pageheap::{
-    large_pages, Below, HeapLock, LargeCounts, Pacer, PageHeap, PageMap, PageStats,
+    large_pages, Below, Decay, HeapLock, LargeCounts, Pacer, PageHeap, PageMap, PageStats,
     DEFAULT_RETAIN_BYTES, LARGE_CACHE_LIMIT_PAGES, LARGE_CACHE_MAX_PAGES,
     LARGE_CACHE_MAX_SPAN_PAGES, MIN_EPOCH_PAGES, PEAK_EPOCHS, RELEASE_GAP_DIVISOR,
     RETAIN_INUSE_DIVISOR,

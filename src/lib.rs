@@ -302,7 +302,7 @@ pub use source::FrameSource;
 #[cfg(feature = "linux")]
 pub use source::MmapSource;
 
-pub use pageheap::DEFAULT_RETAIN_BYTES;
+pub use pageheap::{DEFAULT_DECAY_MS, DEFAULT_RETAIN_BYTES};
 pub use percpu::CACHE_BOUND_BYTES;
 pub use sizeclass::NUM_CLASSES;
 

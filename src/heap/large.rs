@@ -72,6 +72,7 @@ fn promoted_pages(c: SizeClass) -> Option<Pages> {
 
 impl<S: PageSource, C: Cpu> Heap<S, C> {
     pub(super) fn alloc_large(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
+        self.decay_tick(true);
         let s = self
             .pages
             .lock()
@@ -103,9 +104,12 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
 
     pub(super) fn free_large(&self, p: *mut u8) {
         let s = self.large_span(p);
-        let mut h = self.pages.lock();
-        // SAFETY: the caller owned the object; the span is live and large.
-        unsafe { h.free_large(&self.source, s) };
+        {
+            let mut h = self.pages.lock();
+            // SAFETY: the caller owned the object; the span is live and large.
+            unsafe { h.free_large(&self.source, s) };
+        }
+        self.decay_tick(true);
     }
 
     /// Resizes in place when the class does not change, when a class object

@@ -39,7 +39,7 @@ use crate::sizeclass::{
 use crate::source::PageSource;
 use crate::span::SpanState;
 use crate::stack::{StackAlloc, StackCache};
-use crate::sync::atomic::{AtomicPtr, Ordering};
+use crate::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use crate::sync::Lock;
 use crate::units::Addr;
 #[cfg(doc)]
@@ -121,6 +121,9 @@ pub struct Heap<S: PageSource, C: Cpu> {
     /// to the slabs.
     stacks: StackAlloc<C::Relax>,
     stack_caches: AtomicPtr<StackCache>,
+    /// When the decay is next worth polling (the source's ms; 0: at once).
+    /// Only read and written where `S::CLOCK`.
+    decay_next: AtomicU64,
 }
 
 // SAFETY: all shared state is behind locks, atomics, or the per-CPU exclusivity
@@ -142,6 +145,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             classes: AtomicPtr::new(null_mut()),
             stacks: StackAlloc::new(),
             stack_caches: AtomicPtr::new(null_mut()),
+            decay_next: AtomicU64::new(0),
         }
     }
 
@@ -462,6 +466,59 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         self.guarded(|| {
             self.pages.lock().set_retain_bytes(bytes);
         })
+    }
+
+    /// Sets the decay period: free memory that stays unused for `ms`
+    /// milliseconds goes back to the source (default
+    /// [`crate::DEFAULT_DECAY_MS`]; `u64::MAX` turns the decay off, 0
+    /// restores the default). Only sources with a clock decay
+    /// ([`PageSource::CLOCK`]: [`crate::MmapSource`]).
+    pub fn set_decay_ms(&self, ms: u64) {
+        self.guarded(|| {
+            self.pages.lock().set_decay_ms(ms);
+            self.decay_next.store(0, Ordering::Relaxed);
+        })
+    }
+
+    /// Releases the free memory that has stayed unused for the decay period
+    /// (see [`Heap::set_decay_ms`]), if the clock says a quarter of the
+    /// period has passed since the last look; returns the bytes released.
+    /// The heap calls it itself on its slower paths and every 4,096th
+    /// malloc of a class on a CPU; a program that goes quiet and wants its
+    /// memory back anyway can call it from a thread of its own every quarter
+    /// period (the C library's `TIERALLOC_BACKGROUND_THREAD`).
+    pub fn decay(&self) -> usize {
+        self.guarded(|| self.decay_poll())
+    }
+
+    /// The decay's poll (see [`Heap::decay`]), inside an operation: one
+    /// clock read and one load unless a slot has ended. Never waits for the
+    /// heap lock: if another CPU holds it, the next poll looks again.
+    #[cold]
+    #[inline(never)]
+    fn decay_poll(&self) -> usize {
+        if !S::CLOCK {
+            return 0;
+        }
+        let now = self.source.now_ms();
+        if now < self.decay_next.load(Ordering::Relaxed) {
+            return 0;
+        }
+        let Some(mut h) = self.pages.try_lock() else {
+            return 0;
+        };
+        let (released, next) = h.decay(&self.source, now);
+        self.decay_next.store(next, Ordering::Relaxed);
+        released * crate::PAGE_BYTES
+    }
+
+    /// Polls the decay when the source has a clock and `due` (a tick of the
+    /// fast path, or a slower path): compiled out for sources without one.
+    #[inline(always)]
+    fn decay_tick(&self, due: bool) {
+        if S::CLOCK && due {
+            self.decay_poll();
+        }
     }
 
     /// Walks every tier and panics with a message on the first broken invariant.

@@ -33,8 +33,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[inline(always)]
     pub(super) fn alloc_small(&self, c: SizeClass) -> *mut u8 {
         if let Some(f) = self.slabs.fast() {
-            let p = f.pop(c);
+            let (p, tick) = f.pop(c);
             if !p.is_null() {
+                self.decay_tick(tick);
                 #[cfg(feature = "checks")]
                 checks::on_alloc(&self.map, p);
                 return p;
@@ -50,7 +51,12 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             return null_mut();
         };
         // In rseq mode `alloc_small` has just tried this pop.
-        let mut p = if s.uses_rseq() { null_mut() } else { s.pop(c) };
+        let (mut p, tick) = if s.uses_rseq() {
+            (null_mut(), false)
+        } else {
+            s.pop(c)
+        };
+        self.decay_tick(tick);
         if p.is_null() {
             p = self.refill(s, c);
         }
@@ -66,6 +72,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[cold]
     #[inline(never)]
     fn refill(&self, s: Caches<'_, C>, c: SizeClass) -> *mut u8 {
+        self.decay_tick(true);
         let mut buf = [null_mut(); MAX_CAPACITY];
         let want = batch(c);
         let below = self.below();
@@ -182,6 +189,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[cold]
     #[inline(never)]
     fn flush_push(&self, s: Caches<'_, C>, c: SizeClass, p: *mut u8) {
+        self.decay_tick(true);
         let below = self.below();
         let flow = self.flow(c);
         for _ in 0..4 {

@@ -52,8 +52,8 @@ pub use large_cache::{
 };
 pub use map::PageMap;
 pub use scavenger::{
-    Pacer, DEFAULT_RETAIN_BYTES, MIN_EPOCH_PAGES, PEAK_EPOCHS, RELEASE_GAP_DIVISOR,
-    RETAIN_INUSE_DIVISOR,
+    Decay, Pacer, DEFAULT_DECAY_MS, DEFAULT_RETAIN_BYTES, MIN_EPOCH_PAGES, PEAK_EPOCHS,
+    RELEASE_GAP_DIVISOR, RETAIN_INUSE_DIVISOR,
 };
 
 /// The heap lock: the page heap behind a spin lock whose waiters relax with `X`.
@@ -219,6 +219,7 @@ impl PageHeap {
         self.released_pages -= Pages::new(taken.scavenged);
         self.inuse_pages += npages;
         self.scavenger.pacer.tick(npages, self.live_pages());
+        self.scavenger.decay.note(self.idle_pages());
         self.arenas.update_leaf(slot);
         let needzero = taken.dirty > 0 || (taken.scavenged > 0 && !S::ZEROED);
         Some(Run {
@@ -391,7 +392,10 @@ impl PageHeap {
     ) -> Option<NonNull<Span>> {
         let align_pages = (align / crate::PAGE_BYTES).max(1);
         let s = match self.large_cache.take(npages, max, align_pages) {
-            Some(s) => s,
+            Some(s) => {
+                self.scavenger.decay.note(self.idle_pages());
+                s
+            }
             None => self.alloc_span(source, map, npages, align_pages, SpanState::Large)?,
         };
         // SAFETY: a live large span, ours.

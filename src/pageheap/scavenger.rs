@@ -39,9 +39,8 @@
 //!   ends the next one only when it is complete. (Releasing at once when the
 //!   heap halved, as an earlier rule did, released 70 MiB a round on
 //!   `churn-1m`, whose rounds free everything, and tripled its page faults.)
-//!   A heap that goes idle keeps its dirty pages until traffic resumes or
-//!   [`PageHeap::scavenge`] (`Heap::scavenge`) is called, as jemalloc without
-//!   its background thread does.
+//!   Traffic alone never ages memory that nobody touches: that is the decay's
+//!   part (below).
 //! * **Allowance.** Dirty free pages kept:
 //!   `allowance = max(retain, P + P / RETAIN_INUSE_DIVISOR - inuse)`, so the
 //!   Ready footprint (in use + dirty) stays within `1.5 * P` or `inuse + retain`.
@@ -54,6 +53,24 @@
 //!   ordered first fit, so the low pages are the ones reused soonest and the high
 //!   ones the coldest; released pages therefore gather at the top, and first fit
 //!   takes the dirty pages below them before it reaches released ones.
+//!
+//! ## Decay
+//!
+//! Where the source has a clock ([`PageSource::CLOCK`]: Linux), free memory
+//! also ages by time, as jemalloc's `dirty_decay_ms` and Go's background
+//! scavenger make it: memory that stays free and unused for the *decay
+//! period* ([`DEFAULT_DECAY_MS`], [`PageHeap::set_decay_ms`]) goes back to
+//! the source, down to the retained floor, whatever the pacer allows.
+//! [`Decay`] keeps the low-water mark of the idle memory (dirty free pages
+//! plus idle large spans) over each quarter of the period; the smallest mark
+//! of the last four quarters is memory that stayed idle for a whole period,
+//! and that much of the highest idle memory is released (tcmalloc's
+//! "skip-subrelease" reasons the same way about its peaks). The clock is
+//! read when the heap polls it (`Heap::decay`): on every refill and flush of
+//! a CPU cache, every large allocation and free, and every 4,096th malloc
+//! of a class on a CPU — so whatever the program does next ages the memory,
+//! without a page-heap event of its own — and, if the program asks for it,
+//! from a background thread.
 //!
 //! The allowance never holds back an explicit [`PageHeap::scavenge`], and the
 //! counters (`released_pages`, `scavenged_pages_total`) are moved only by the
@@ -173,10 +190,140 @@ impl Default for Pacer {
     }
 }
 
+/// Default decay period: free memory unused this long goes back to the
+/// source (see "Decay" in the module docs). jemalloc's `dirty_decay_ms`
+/// defaults to 10 s; a second keeps a program that pauses between phases
+/// from faulting its memory back while returning a finished peak promptly.
+pub const DEFAULT_DECAY_MS: u64 = 1000;
+
+/// Quarters of the decay period whose low-water marks are kept.
+const DECAY_SLOTS: usize = 4;
+
+/// The decay's memory of the idle pages (see "Decay" in the module docs):
+/// the low-water mark of the idle memory over the current quarter of the
+/// period and over each of the last `DECAY_SLOTS` quarters. Guarded by the
+/// heap lock; times are the source's milliseconds.
+///
+/// Invariant: `low` is at most every idle size since `slot_start`, and
+/// `lows[i]` (for the `filled` most recent slots) at most every idle size
+/// during slot `i`, less whatever was released since (the marks are lowered
+/// by every release, so they never count memory that is already gone).
+#[derive(Clone, Copy, Debug)]
+pub struct Decay {
+    /// The period in ms, `DEFAULT_DECAY_MS` when zero; `u64::MAX`: never.
+    period_ms: u64,
+    /// Start of the current slot; 0 before the first poll.
+    slot_start: u64,
+    /// Low-water mark of the idle pages in the current slot.
+    low: Pages,
+    /// Marks of the finished slots (a ring).
+    lows: [Pages; DECAY_SLOTS],
+    /// Slot of `lows` the next finished slot goes to.
+    next: usize,
+    /// Finished slots recorded, at most `DECAY_SLOTS`.
+    filled: usize,
+}
+
+impl Decay {
+    /// No slot started yet.
+    pub const fn new() -> Self {
+        Decay {
+            period_ms: 0,
+            slot_start: 0,
+            low: Pages::ZERO,
+            lows: [Pages::ZERO; DECAY_SLOTS],
+            next: 0,
+            filled: 0,
+        }
+    }
+
+    /// The decay period in ms (`u64::MAX`: memory never decays).
+    pub fn period_ms(&self) -> u64 {
+        if self.period_ms == 0 {
+            DEFAULT_DECAY_MS
+        } else {
+            self.period_ms
+        }
+    }
+
+    /// A slot: a quarter of the period (at least 1 ms).
+    fn slot_ms(&self) -> u64 {
+        (self.period_ms() / DECAY_SLOTS as u64).max(1)
+    }
+
+    /// Records that `idle` pages are idle now (call whenever the idle memory shrinks).
+    #[inline]
+    pub fn note(&mut self, idle: Pages) {
+        if idle < self.low {
+            self.low = idle;
+        }
+    }
+
+    /// The clock reads `now` with `idle` pages idle: closes the slots that
+    /// have ended and returns how many pages stayed idle for a whole period
+    /// (zero until a whole period has been seen, or if memory never decays).
+    pub fn poll(&mut self, now: u64, idle: Pages) -> Pages {
+        if self.period_ms() == u64::MAX {
+            return Pages::ZERO;
+        }
+        let slot = self.slot_ms();
+        if self.slot_start == 0 || now < self.slot_start {
+            // The first poll (or a clock that went back): start afresh.
+            *self = Decay {
+                period_ms: self.period_ms,
+                slot_start: now.max(1),
+                low: idle,
+                ..Decay::new()
+            };
+            return Pages::ZERO;
+        }
+        let ended = (now - self.slot_start) / slot;
+        if ended == 0 {
+            return Pages::ZERO;
+        }
+        // Slots with no poll in them were idle at least down to `low` too.
+        for _ in 0..ended.min(DECAY_SLOTS as u64) {
+            self.lows[self.next] = self.low;
+            self.next = (self.next + 1) % DECAY_SLOTS;
+            self.filled = (self.filled + 1).min(DECAY_SLOTS);
+        }
+        self.slot_start += ended * slot;
+        self.low = idle;
+        if self.filled < DECAY_SLOTS {
+            return Pages::ZERO;
+        }
+        self.lows.iter().fold(idle, |m, &l| m.min(l))
+    }
+
+    /// `pages` idle pages were released: lowers every mark by as much.
+    pub fn released(&mut self, pages: Pages) {
+        self.low = self.low.saturating_sub(pages);
+        for l in &mut self.lows {
+            *l = l.saturating_sub(pages);
+        }
+    }
+
+    /// When the next slot ends (the next poll that can release anything).
+    pub fn next_poll(&self) -> u64 {
+        if self.period_ms() == u64::MAX {
+            return u64::MAX;
+        }
+        self.slot_start.saturating_add(self.slot_ms())
+    }
+}
+
+impl Default for Decay {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The scavenger's state (guarded by the heap lock).
 pub(crate) struct Scavenger {
     /// The traffic clock and the recent in-use peak.
     pub(crate) pacer: Pacer,
+    /// The time clock's low-water marks.
+    pub(crate) decay: Decay,
     /// Dirty free memory always kept (the allowance's floor).
     pub(crate) retain_bytes: OrDefault<DEFAULT_RETAIN_BYTES>,
     /// Pages released, cumulative.
@@ -187,6 +334,7 @@ impl Scavenger {
     pub(crate) const fn new() -> Self {
         Scavenger {
             pacer: Pacer::new(),
+            decay: Decay::new(),
             retain_bytes: OrDefault::DEFAULT,
             released_total: Pages::ZERO,
         }
@@ -230,6 +378,52 @@ impl PageHeap {
         self.sys_pages - self.inuse_pages - self.released_pages
     }
 
+    /// Idle memory: dirty free pages and idle large spans, what the
+    /// scavenger may release.
+    pub(super) fn idle_pages(&self) -> Pages {
+        self.dirty_pages() + self.large_cache.pages()
+    }
+
+    /// Sets the decay period (see "Decay" in the module docs): free memory
+    /// unused for `ms` milliseconds goes back to the source at the next poll;
+    /// `u64::MAX` turns the decay off, 0 restores [`DEFAULT_DECAY_MS`].
+    pub fn set_decay_ms(&mut self, ms: u64) {
+        self.scavenger.decay.period_ms = ms;
+        self.scavenger.decay.slot_start = 0;
+    }
+
+    /// The decay period in milliseconds (`u64::MAX`: off).
+    pub fn decay_ms(&self) -> u64 {
+        self.scavenger.decay.period_ms()
+    }
+
+    /// The clock reads `now` (milliseconds, the source's clock): releases the
+    /// memory that stayed idle for a whole decay period, down to the retained
+    /// floor, highest first. Returns the pages released and when to poll next.
+    pub fn decay<S: PageSource>(&mut self, source: &S, now: u64) -> (usize, u64) {
+        let idle = self.idle_pages();
+        let stale = self.scavenger.decay.poll(now, idle);
+        let mut done = 0;
+        if S::CAN_RELEASE && stale > Pages::ZERO {
+            let over = idle.saturating_sub(self.scavenger.retain());
+            let want = stale.min(over);
+            if want > Pages::ZERO {
+                done = self.release_idle(source, want);
+            }
+        }
+        (done, self.scavenger.decay.next_poll())
+    }
+
+    /// Releases `want` pages of idle memory: idle large spans go back to the
+    /// heap first, only as many as the release needs (an evicted span's pages
+    /// stay dirty), then the highest dirty pages are released.
+    fn release_idle<S: PageSource>(&mut self, source: &S, want: Pages) -> usize {
+        while self.large_cache.count() > 0 && self.dirty_pages() < want {
+            self.evict_cached();
+        }
+        self.scavenge(source, want.get())
+    }
+
     /// Releases dirty free pages beyond [`PageHeap::dirty_allowance`], highest
     /// first, down to `allowance - allowance / RELEASE_GAP_DIVISOR` (the hysteresis
     /// of "Policy").
@@ -252,11 +446,7 @@ impl PageHeap {
             // change `dirty`), only as many as the release needs, so that a
             // small overshoot does not empty the cache.
             let target = allowance - Pages::new(allowance.get() / RELEASE_GAP_DIVISOR);
-            let excess = dirty - target;
-            while self.large_cache.count() > 0 && self.dirty_pages() < excess {
-                self.evict_cached();
-            }
-            self.scavenge(source, excess.get());
+            self.release_idle(source, dirty - target);
         }
     }
 
@@ -276,6 +466,7 @@ impl PageHeap {
         let done = Pages::new(max_pages) - left;
         self.released_pages += done;
         self.scavenger.released_total += done;
+        self.scavenger.decay.released(done);
         done.get()
     }
 
@@ -365,6 +556,73 @@ mod tests {
         assert_eq!(a(&p, 2000, 0), 1000, "above the recorded peak");
         assert_eq!(a(&Pacer::new(), 0, 7), 7, "no peak: only retain");
         assert_eq!(a(&Pacer::new(), 0, usize::MAX), usize::MAX);
+    }
+
+    /// Nothing decays before a whole period of slots has been seen; then
+    /// what stayed idle through all of them does.
+    #[test]
+    fn decay_releases_what_stayed_idle_for_a_period() {
+        let mut d = Decay::new();
+        assert_eq!(d.period_ms(), DEFAULT_DECAY_MS);
+        let q = DEFAULT_DECAY_MS / DECAY_SLOTS as u64;
+        assert_eq!(
+            d.poll(1000, pg(500)),
+            pg(0),
+            "the first poll starts the clock"
+        );
+        assert_eq!(d.next_poll(), 1000 + q);
+        for k in 1..DECAY_SLOTS as u64 {
+            assert_eq!(
+                d.poll(1000 + k * q, pg(500)),
+                pg(0),
+                "slot {k}: not a period yet"
+            );
+        }
+        assert_eq!(
+            d.poll(1000 + 4 * q, pg(500)),
+            pg(500),
+            "idle for a whole period"
+        );
+        d.released(pg(500));
+        assert_eq!(
+            d.poll(1000 + 5 * q, pg(0)),
+            pg(0),
+            "released memory is not counted again"
+        );
+    }
+
+    /// A dip of the idle memory in any slot of the period limits the release
+    /// to the lowest mark; polls inside a slot only lower its mark.
+    #[test]
+    fn decay_follows_the_low_water_mark() {
+        let mut d = Decay::new();
+        let q = DEFAULT_DECAY_MS / DECAY_SLOTS as u64;
+        d.poll(1, pg(1000));
+        d.note(pg(300)); // reused, then freed again within the first slot
+        assert_eq!(d.poll(1 + q / 2, pg(1000)), pg(0));
+        for k in 1..=3 {
+            assert_eq!(d.poll(1 + k * q, pg(1000)), pg(0));
+        }
+        assert_eq!(d.poll(1 + 4 * q, pg(1000)), pg(300), "the dip's mark");
+        // The dip slot has left the window: the rest stayed idle.
+        assert_eq!(d.poll(1 + 5 * q, pg(1000)), pg(1000));
+    }
+
+    /// A long gap with no poll counts as idle slots at the mark of the last
+    /// one; a clock that goes back restarts; `u64::MAX` never decays.
+    #[test]
+    fn decay_gaps_clock_steps_and_off() {
+        let mut d = Decay::new();
+        d.poll(10, pg(64));
+        assert_eq!(d.poll(10 + 60_000, pg(64)), pg(64), "a minute of silence");
+        assert_eq!(d.poll(5, pg(64)), pg(0), "the clock went back: start again");
+        d.period_ms = 40;
+        assert_eq!(d.slot_ms(), 10);
+        d.poll(100, pg(8));
+        assert_eq!(d.poll(140, pg(8)), pg(8));
+        d.period_ms = u64::MAX;
+        assert_eq!(d.poll(1 << 40, pg(8)), pg(0));
+        assert_eq!(d.next_poll(), u64::MAX);
     }
 
     /// Freeing the whole heap is one epoch; the rebuild ends the next only when

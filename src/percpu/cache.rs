@@ -283,9 +283,10 @@ impl CpuCache {
     // or has stopped it (rseq mode). They keep the same word formats as the
     // sections, and leave the STOP bit as they found it.
 
-    /// Pops a free object of class `c`, counting a malloc.
+    /// Pops a free object of class `c`, counting a malloc; with it, whether
+    /// that malloc is due a decay tick ([`StackWord::ticks`]).
     #[inline(always)]
-    pub(crate) fn pop(&self, c: SizeClass) -> Option<*mut u8> {
+    pub(crate) fn pop(&self, c: SizeClass) -> Option<(*mut u8, bool)> {
         let w = self.stack_word(c).load(Ordering::Relaxed);
         let n = StackWord(w).len();
         if n == 0 {
@@ -303,7 +304,7 @@ impl CpuCache {
             );
         }
         self.stack_word(c).store(next, Ordering::Relaxed);
-        Some(p)
+        Some((p, StackWord(next).ticks()))
     }
 
     /// Pushes a free object of class `c`; false if the stack is full.
@@ -432,7 +433,7 @@ mod tests {
         assert!(cache.push(c, 0x10 as *mut u8));
         assert!(cache.push(c, 0x20 as *mut u8));
         assert!(!cache.push(c, 0x30 as *mut u8), "capacity 2");
-        assert_eq!(cache.pop(c), Some(0x20 as *mut u8));
+        assert_eq!(cache.pop(c).map(|(p, _)| p), Some(0x20 as *mut u8));
         assert_eq!(cache.word(c).pops(), 1);
         assert_eq!(cache.len(c), 1);
         let mut out = [core::ptr::null_mut(); 4];
@@ -442,7 +443,7 @@ mod tests {
             cache.push_batch(c, &[0x50 as *mut u8, 0x60 as *mut u8, 0x70 as *mut u8]),
             2
         );
-        assert_eq!(cache.pop(c), Some(0x60 as *mut u8));
+        assert_eq!(cache.pop(c).map(|(p, _)| p), Some(0x60 as *mut u8));
         assert_eq!(cache.word(c).pops(), 2, "batches count no mallocs");
         assert_eq!(cache.cached_bytes(), c.size());
     }

@@ -33,11 +33,12 @@ impl<'a, C: Cpu> Locked<'a, C> {
         unsafe { &*self.caches.add(i) }
     }
 
-    /// Pops an object of class `c` on the current CPU (null if none).
+    /// Pops an object of class `c` on the current CPU (null if none); with
+    /// it, whether that malloc is due a decay tick.
     #[inline(always)]
-    pub(crate) fn pop(&self, c: SizeClass) -> *mut u8 {
+    pub(crate) fn pop(&self, c: SizeClass) -> (*mut u8, bool) {
         self.cpu
-            .with_current(|i| self.cache(i).pop(c).unwrap_or(null_mut()))
+            .with_current(|i| self.cache(i).pop(c).unwrap_or((null_mut(), false)))
     }
 
     /// Pushes `p` on the current CPU; false if the stack is full.
@@ -149,7 +150,7 @@ pub(crate) enum Fast {}
 
 #[cfg(not(rseq))]
 impl Fast {
-    pub(crate) fn pop(self, _c: SizeClass) -> *mut u8 {
+    pub(crate) fn pop(self, _c: SizeClass) -> (*mut u8, bool) {
         match self {}
     }
     pub(crate) fn push(self, _c: SizeClass, _p: *mut u8) -> bool {

@@ -244,9 +244,10 @@ impl<'a, C: Cpu> Caches<'a, C> {
         self.slabs.count.load(Ordering::Relaxed)
     }
 
-    /// Pops an object of class `c` on the current CPU (null if none), counting a malloc.
+    /// Pops an object of class `c` on the current CPU (null if none), counting
+    /// a malloc; with it, whether that malloc is due a decay tick.
     #[inline(always)]
-    pub(crate) fn pop(&self, c: SizeClass) -> *mut u8 {
+    pub(crate) fn pop(&self, c: SizeClass) -> (*mut u8, bool) {
         match self.fast() {
             Some(f) => f.pop(c),
             None => self.locked().pop(c),

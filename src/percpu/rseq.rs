@@ -189,12 +189,15 @@ pub(crate) struct Fast {
 }
 
 impl Fast {
-    /// Pops an object of class `c` (null if the stack is empty or stopped), counting a malloc.
+    /// Pops an object of class `c` (null if the stack is empty or stopped),
+    /// counting a malloc; with it, whether that malloc is due a decay tick
+    /// ([`StackWord::ticks`]).
     #[inline(always)]
-    pub(crate) fn pop(self, c: SizeClass) -> *mut u8 {
+    pub(crate) fn pop(self, c: SizeClass) -> (*mut u8, bool) {
         // SAFETY: a `Fast` is a published descriptor (see the type); a class
         // index is below NUM_CLASSES.
-        unsafe { pop(self.d, self.off, c.index()) }
+        let (p, w) = unsafe { pop(self.d, self.off, c.index()) };
+        (p, w.ticks())
     }
 
     /// Pushes `p` on class `c`'s stack; false if it is full or stopped.
@@ -379,9 +382,13 @@ macro_rules! rseq_enter {
 /// [`rseq_end!`]; then the section's own operands and those every such section
 /// uses: the descriptor `d`, the rseq area offset `off` (the caller's
 /// variables, named first), scratch registers `t` and `w`, and the layout
-/// constants.
+/// constants. A section that names a place after `$word` gets `w`'s last
+/// value there (the word it committed, on success).
 macro_rules! rseq_section {
     ($d:ident, $off:ident, $word:literal; [$($body:tt)*]; fail: [$($fail:tt)*]; $($ops:tt)*) => {
+        rseq_section!($d, $off, $word, _; [$($body)*]; fail: [$($fail)*]; $($ops)*)
+    };
+    ($d:ident, $off:ident, $word:literal, $w:tt; [$($body:tt)*]; fail: [$($fail:tt)*]; $($ops:tt)*) => {
         asm!(
             rseq_enter!($word),
             $($body)*
@@ -393,7 +400,7 @@ macro_rules! rseq_section {
             d = in(reg) $d,
             off = in(reg) $off,
             t = out(reg) _,
-            w = out(reg) _,
+            w = out(reg) $w,
             cpu = const RSEQ_CPU_ID,
             count = const D_COUNT,
             stride = const STRIDE,
@@ -457,21 +464,23 @@ const _: () = assert!(StackWord::LEN_BITS == 16 && StackWord::POPS_SHIFT == 16);
 
 /// Pops the top object of class `c`'s stack on the current CPU, counting one
 /// malloc in the same store (stack word: length in the low 16 bits, mallocs
-/// above). Null if the stack is empty or the CPU's cache is stopped.
+/// above). Null if the stack is empty or the CPU's cache is stopped; else
+/// the object and the stack word it committed.
 ///
 /// # Safety
 /// `d` describes live slabs, `off` is its `rseq_off`, `c` is below
 /// `NUM_CLASSES`, and the calling thread has a registered rseq area at `off`
 /// (glibc's, checked by [`available`]).
 #[inline(always)]
-unsafe fn pop(d: *const Desc, off: i64, c: usize) -> *mut u8 {
+unsafe fn pop(d: *const Desc, off: i64, c: usize) -> (*mut u8, StackWord) {
     let p: usize;
+    let w: usize;
     // SAFETY: the caller vouches for the descriptor, the class and the rseq
     // area; the section only reads the slabs, and writes one stack word of the
     // current CPU's cache as its commit.
     unsafe {
         rseq_section!(
-            d, off, "[{d} + {c} * 8 + {word}]";
+            d, off, "[{d} + {c} * 8 + {word}]", w;
             [
                 "mov {w}, qword ptr [{t}]",
                 "movzx {p:e}, {w:x}",
@@ -492,7 +501,7 @@ unsafe fn pop(d: *const Desc, off: i64, c: usize) -> *mut u8 {
             pop = const StackWord::POP_DELTA,
         );
     }
-    p as *mut u8
+    (p as *mut u8, StackWord(w))
 }
 
 /// Pushes `obj` on the class's stack on the current CPU. False if the stack is
@@ -1037,7 +1046,7 @@ mod tests {
             mark_stopped(p.cache(i));
             assert!(all_stopped(p.cache(i)));
         }
-        assert!(f.pop(c).is_null(), "a stopped stack pops nothing");
+        assert!(f.pop(c).0.is_null(), "a stopped stack pops nothing");
         assert!(!f.push(c, objs[3]), "a stopped stack takes nothing");
         let mut out = [core::ptr::null_mut(); 4];
         assert_eq!(f.pop_batch(c, &mut out), 0);
@@ -1066,7 +1075,7 @@ mod tests {
         }
         let mut got = std::vec::Vec::new();
         loop {
-            let q = f.pop(c);
+            let q = f.pop(c).0;
             if q.is_null() {
                 break;
             }

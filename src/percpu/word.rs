@@ -60,6 +60,21 @@ impl StackWord {
     #[cfg_attr(target_pointer_width = "64", allow(dead_code))] // 32-bit carries
     pub(crate) const POPS_BITS: u32 = Word::BITS - Self::POPS_SHIFT;
 
+    /// log2 of the mallocs between two decay ticks of one CPU's class.
+    pub(crate) const TICK_SHIFT: u32 = 12;
+    /// The low [`StackWord::TICK_SHIFT`] bits of the pops field.
+    const TICK_MASK: Word = ((1 << Self::TICK_SHIFT) - 1) << Self::POPS_SHIFT;
+
+    /// Whether the pop that committed this word is due a decay tick: every
+    /// 4,096th malloc of a class on a CPU (its pops field a multiple of
+    /// 2^[`StackWord::TICK_SHIFT`]), so that a program whose mallocs all hit
+    /// the caches still reaches the page heap's clock now and then
+    /// (jemalloc's ticker, counted in the word the pop writes anyway).
+    #[inline(always)]
+    pub(crate) const fn ticks(self) -> bool {
+        self.0 & Self::TICK_MASK == 0
+    }
+
     /// Whether a drain has stopped this word.
     #[inline(always)]
     #[cfg_attr(not(rseq), allow(dead_code))] // only rseq drains stop words
@@ -68,6 +83,7 @@ impl StackWord {
     }
 }
 
+const _: () = assert!(StackWord::TICK_SHIFT < StackWord::POPS_BITS);
 const _: () = assert!(
     StackWord::LEN_MASK | StackWord::STOP == (1 << StackWord::LEN_BITS) - 1
         && StackWord::LEN_MASK & StackWord::STOP == 0

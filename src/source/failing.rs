@@ -89,9 +89,14 @@ unsafe impl<S: PageSource> PageSource for FailingSource<S> {
     const ARENA_BYTES: usize = S::ARENA_BYTES;
     const ZEROED: bool = S::ZEROED;
     const CAN_RELEASE: bool = S::CAN_RELEASE;
+    const CLOCK: bool = S::CLOCK;
 
     fn bound(&self) -> Option<usize> {
         self.inner.bound()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.now_ms()
     }
 
     /// None → Reserved, not limited.

@@ -180,6 +180,20 @@ unsafe impl PageSource for MmapSource {
     const ARENA_BYTES: usize = 64 << 20;
     const ZEROED: bool = true;
     const CAN_RELEASE: bool = true;
+    const CLOCK: bool = true;
+
+    /// `CLOCK_MONOTONIC_COARSE` (the vDSO, no system call; a few ms of
+    /// resolution, plenty for a decay period of a second), plus one so that
+    /// it is never 0.
+    fn now_ms(&self) -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec to write; the call has no other effect.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+        (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000 + 1
+    }
 
     /// None → Reserved with `mmap(PROT_NONE)`; Go's `sysReserve`, and
     /// `sysReserveAligned` when the kernel's choice is not aligned.

@@ -76,6 +76,10 @@ pub unsafe trait PageSource {
     const ZEROED: bool;
     /// `release` really gives memory back (and so the scavenger is worth running).
     const CAN_RELEASE: bool;
+    /// [`PageSource::now_ms`] reads a clock, so free memory can decay by time
+    /// (`pageheap::scavenger`, "Decay"). False (the default): the heap never
+    /// polls a clock and its fast paths carry no tick.
+    const CLOCK: bool = false;
 
     /// None → Reserved: set aside `bytes` of address space aligned to `align`
     /// (a power of two, at least `PAGE_SIZE`). Go's `sysReserve`.
@@ -130,6 +134,13 @@ pub unsafe trait PageSource {
     /// gigabytes.
     fn bound(&self) -> Option<usize> {
         None
+    }
+
+    /// Milliseconds of a monotonic clock (any origin but 0), when
+    /// [`PageSource::CLOCK`] is true; 0 otherwise. Called with the heap's
+    /// locks possibly held, as every method: it must not allocate or block.
+    fn now_ms(&self) -> u64 {
+        0
     }
 
     /// None → Ready in one step, for the allocator's own metadata. Go's `sysAlloc`.

@@ -25,6 +25,7 @@
 //! heap it serves.
 
 use core::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::vec::Vec;
 
@@ -154,6 +155,8 @@ impl State {
 pub struct CheckedSource<S: PageSource, const ARENA: usize> {
     inner: S,
     skew: bool,
+    /// A clock set by the test ([`CheckedSource::set_now_ms`]); 0: the inner one.
+    now: AtomicU64,
     st: Mutex<State>,
 }
 
@@ -175,6 +178,7 @@ impl<S: PageSource, const ARENA: usize> CheckedSource<S, ARENA> {
         CheckedSource {
             inner,
             skew,
+            now: AtomicU64::new(0),
             st: Mutex::new(State {
                 ranges: Vec::new(),
                 log: Vec::new(),
@@ -183,6 +187,14 @@ impl<S: PageSource, const ARENA: usize> CheckedSource<S, ARENA> {
                 arena_ready: 0,
             }),
         }
+    }
+
+    /// From now on the source's clock reads `ms` (non-zero), until set again:
+    /// a test moves time by hand. Only a source whose inner one has a clock
+    /// (`S::CLOCK`) is polled by the heap.
+    pub fn set_now_ms(&self, ms: u64) {
+        assert!(ms != 0, "the clock never reads 0");
+        self.now.store(ms, Ordering::Relaxed);
     }
 
     /// The wrapped source.
@@ -327,9 +339,17 @@ unsafe impl<S: PageSource, const ARENA: usize> PageSource for CheckedSource<S, A
     const ARENA_BYTES: usize = ARENA;
     const ZEROED: bool = S::ZEROED;
     const CAN_RELEASE: bool = S::CAN_RELEASE;
+    const CLOCK: bool = S::CLOCK;
 
     fn bound(&self) -> Option<usize> {
         self.inner.bound()
+    }
+
+    fn now_ms(&self) -> u64 {
+        match self.now.load(Ordering::Relaxed) {
+            0 => self.inner.now_ms(),
+            ms => ms,
+        }
     }
 
     fn reserve(&self, bytes: usize, align: usize) -> Option<NonNull<u8>> {
