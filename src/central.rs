@@ -193,7 +193,7 @@ impl Central {
         owner: Owner,
     ) -> usize {
         let want = out.len();
-        let own = !owner.is_none() && class.shares_lines();
+        let own = !owner.is_none() && S::GEOMETRY.shares_lines(class);
         // 1. The transfer cache: the most recently flushed objects.
         let (k, n) = (self.ntransfer.min(want), self.ntransfer);
         out[..k].copy_from_slice(&self.slots()[n - k..n]);

@@ -12,7 +12,7 @@
 //! (the panic may allocate).
 
 use crate::pageheap::PageMap;
-use crate::sizeclass::SizeClass;
+use crate::sizeclass::{Geometry, SizeClass};
 use crate::span::{Span, SpanState};
 use crate::sync::atomic::Ordering;
 use crate::units::Addr;
@@ -60,14 +60,14 @@ pub(crate) fn on_alloc(map: &PageMap, p: *mut u8) {
 /// A sized free over 4 KiB found the object in a slot of class `slot`: the
 /// layout's class `c` must fit in it (it may be smaller: `realloc` shrinks
 /// in place).
-pub(crate) fn on_layout(p: *mut u8, c: SizeClass, slot: SizeClass) {
-    if c.size() > slot.size() {
+pub(crate) fn on_layout(g: &Geometry, p: *mut u8, c: SizeClass, slot: SizeClass) {
+    if g.size(c) > g.size(slot) {
         panic!(
             "tieralloc: free of {p:p} with a layout of class {} ({} B), but it sits in a slot of class {} ({} B)",
             c.index(),
-            c.size(),
+            g.size(c),
             slot.index(),
-            slot.size()
+            g.size(slot)
         );
     }
 }
@@ -75,7 +75,13 @@ pub(crate) fn on_layout(p: *mut u8, c: SizeClass, slot: SizeClass) {
 /// The user frees `p` as an object of class `c`: check it is one, live.
 /// `lock` takes the lock that guards the class's alloc bits (its central
 /// lock) and returns its guard.
-pub(crate) fn on_free<G>(map: &PageMap, p: *mut u8, c: SizeClass, lock: impl FnOnce() -> G) {
+pub(crate) fn on_free<G>(
+    g: &Geometry,
+    map: &PageMap,
+    p: *mut u8,
+    c: SizeClass,
+    lock: impl FnOnce() -> G,
+) {
     // SAFETY: non-null page-map entries are live spans.
     let Some(span) = (unsafe { map.span_of(Addr::of(p)).as_ref() }) else {
         panic!("tieralloc: free of {p:p}: not a pointer into this heap (foreign pointer, or a freed large object)");
@@ -95,10 +101,10 @@ pub(crate) fn on_free<G>(map: &PageMap, p: *mut u8, c: SizeClass, lock: impl FnO
         panic!(
             "tieralloc: free of {p:p} with a layout of class {} ({} B), but span {:#x} holds class {} ({} B)",
             c.index(),
-            c.size(),
+            g.size(c),
             span.start,
             span.class.index(),
-            span.class.size()
+            span.elemsize
         );
     }
     let (idx, exact) = span.index_of(Addr::of(p));
@@ -108,7 +114,7 @@ pub(crate) fn on_free<G>(map: &PageMap, p: *mut u8, c: SizeClass, lock: impl FnO
             span.object(idx),
             span.start,
             c.index(),
-            c.size()
+            g.size(c)
         );
     }
     let (w, b) = bit(idx);

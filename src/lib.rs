@@ -304,7 +304,7 @@ pub use source::MmapSource;
 
 pub use pageheap::{DEFAULT_DECAY_MS, DEFAULT_RETAIN_BYTES};
 pub use percpu::CACHE_BOUND_BYTES;
-pub use sizeclass::NUM_CLASSES;
+pub use sizeclass::{ClassInfo, Geometry, SizeClass, Spacing, Spec, NUM_CLASSES};
 
 /// log2 of [`PAGE_BYTES`].
 pub(crate) const PAGE_SHIFT: usize = 13;

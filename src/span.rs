@@ -20,7 +20,7 @@
 
 use core::ptr::null_mut;
 
-use crate::sizeclass::SizeClass;
+use crate::sizeclass::{ClassInfo, SizeClass};
 use crate::sync::atomic::{AtomicPtr, AtomicU8};
 use crate::units::{Addr, AtomicOwner, Pages};
 use crate::PAGE_BYTES;
@@ -90,6 +90,8 @@ pub struct Span {
     pub elemsize: u32,
     /// Objects in the span (1 for large spans).
     pub nelems: u32,
+    /// Go's `divMul` of `elemsize` (0 for large spans): see [`Span::index_of`].
+    pub div_mul: u32,
     /// Objects handed out (bits set in `alloc_bits`).
     pub alloc_count: u32,
     /// Index of the bitmap word mirrored in `alloc_cache`.
@@ -101,7 +103,7 @@ pub struct Span {
     pub alloc_bits: [u64; BITMAP_WORDS],
     /// Live counts of tiny blocks (tiny-class spans only), else null.
     pub tiny: AtomicPtr<TinyCounts>,
-    /// Classes whose objects share cache lines ([`SizeClass::shares_lines`]):
+    /// Classes whose objects share cache lines ([`Geometry::shares_lines`](crate::Geometry::shares_lines)):
     /// 1 + the CPU whose cache takes this span's objects, or 0 before the
     /// first refill. It changes only under the class's central lock, and only
     /// while no object of the span is out, so every object out was taken by
@@ -143,6 +145,7 @@ impl Span {
                 needzero: true,
                 elemsize: npages.bytes().min(u32::MAX as usize) as u32,
                 nelems: 1,
+                div_mul: 0,
                 alloc_count: 0,
                 cache_word: 0,
                 alloc_cache: 0,
@@ -155,13 +158,15 @@ impl Span {
         }
     }
 
-    /// Turns a fresh span into one of small objects of `class`.
-    pub fn init_small(&mut self, class: SizeClass) {
-        debug_assert!(!class.is_large() && class.span_pages() == self.npages);
+    /// Turns a fresh span into one of small objects of `class`, whose row
+    /// of the heap's geometry is `info`.
+    pub fn init_small(&mut self, class: SizeClass, info: ClassInfo) {
+        debug_assert!(!class.is_large() && info.npages as usize == self.npages.get());
         self.class = class;
         self.state = SpanState::Small;
-        self.elemsize = class.size() as u32;
-        self.nelems = class.objects() as u32;
+        self.elemsize = info.size;
+        self.nelems = info.objects;
+        self.div_mul = info.div_mul;
         self.alloc_count = 0;
         self.alloc_bits = [0; BITMAP_WORDS];
         self.cache_word = 0;
@@ -210,7 +215,9 @@ impl Span {
     #[inline]
     pub fn index_of(&self, addr: Addr) -> (usize, bool) {
         let off = addr - self.start;
-        let idx = self.class.object_index(off);
+        // `(off * div_mul) >> 32 == off / elemsize` for every offset in the
+        // span (the geometry's invariant); 0 for a large span.
+        let idx = ((off as u64).wrapping_mul(self.div_mul as u64) >> 32) as usize;
         (idx, idx * self.elemsize as usize == off)
     }
 
@@ -393,6 +400,7 @@ impl Default for SpanList {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sizeclass::GO;
     use std::boxed::Box;
     use std::vec::Vec;
 
@@ -404,14 +412,14 @@ mod tests {
             Span::init(
                 b.as_mut_ptr(),
                 Addr::new(0x10_0000),
-                c.span_pages(),
+                GO.span_pages(c),
                 null_mut(),
                 SpanState::Small,
             )
         };
         // SAFETY: initialised just above.
         let mut s = unsafe { b.assume_init() };
-        s.init_small(c);
+        s.init_small(c, GO.info(c));
         s
     }
 

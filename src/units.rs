@@ -273,7 +273,7 @@ impl ArenaSlot {
 }
 
 /// The CPU whose cache takes a span's objects, for the classes whose objects
-/// share cache lines ([`crate::sizeclass::SizeClass::shares_lines`]), or
+/// share cache lines ([`crate::Geometry::shares_lines`]), or
 /// none. Packed for one 32-bit atomic: 0 is none, `1 + i` is CPU index `i`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(transparent)]

@@ -33,6 +33,10 @@ use common::{lay, single_cpu_heap};
 use tieralloc::internals::{size_to_class, TINY_CLASS};
 use tieralloc::{Heap, LockedSlots, MmapSource, SingleCpu, PAGE_BYTES, TINY_BLOCK};
 
+/// The hosted heaps' geometry (Go's classes).
+#[cfg(feature = "checks")]
+const GO: &tieralloc::Geometry = &tieralloc::Geometry::GO;
+
 type H2 = Heap<MmapSource, LockedSlots<2>>;
 type H1 = Heap<MmapSource, SingleCpu>;
 
@@ -370,7 +374,7 @@ mod with_checks {
                 "already free in a cache".into(),
                 format!("class {}", class_of(size)),
             ];
-            if size_to_class(size).span_pages().get() == 1 {
+            if GO.span_pages(size_to_class(size)).get() == 1 {
                 parts.push(format!("span {:#x}", page_of(p)));
             }
             assert_names(&msg, &parts.iter().map(|s| s.as_str()).collect::<Vec<_>>());
@@ -450,7 +454,7 @@ mod with_checks {
         };
         // Enough frees to fill the CPU stack and the transfer cache, then some.
         let first = tieralloc::internals::capacity(c)
-            + tieralloc::internals::transfer_capacity(c, tieralloc::internals::TRANSFER_BYTES)
+            + tieralloc::internals::transfer_capacity(GO, c, tieralloc::internals::TRANSFER_BYTES)
             + 116;
         let objs: Vec<*mut u8> = (0..first + 500).map(|_| HEAP.allocate(l)).collect();
         let p = objs[0];

@@ -16,6 +16,9 @@ use tieralloc::internals::ObjectKind;
 use tieralloc::internals::REMOTE_MAX;
 use tieralloc::{Heap, LockedSlots, MmapSource, TINY_BLOCK, TINY_SIZE};
 
+/// The hosted heaps' geometry (Go's classes).
+const GO: &tieralloc::Geometry = &tieralloc::Geometry::GO;
+
 const SLOTS: usize = 4;
 type H = Heap<MmapSource, LockedSlots<SLOTS>>;
 
@@ -36,7 +39,7 @@ fn line(p: *mut u8) -> usize {
 fn shares_lines(l: Layout) -> bool {
     match ObjectKind::of(l.size(), l.align()) {
         ObjectKind::Tiny => true,
-        ObjectKind::Small(c) => c.shares_lines(),
+        ObjectKind::Small(c) => GO.shares_lines(c),
         ObjectKind::Large => false,
     }
 }

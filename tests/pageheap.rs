@@ -20,6 +20,9 @@ use tieralloc::internals::{PageHeap, PageMap, PageStats};
 use tieralloc::internals::{SizeClass, TINY_CLASS};
 use tieralloc::{MmapSource, PageSource, CHUNK_BYTES, PAGE_BYTES};
 
+/// The hosted heaps' geometry (Go's classes).
+const GO: &tieralloc::Geometry = &tieralloc::Geometry::GO;
+
 const MIB: usize = 1 << 20;
 
 // ------------------------------------------------------------------ recorder
@@ -857,8 +860,8 @@ fn small_spans_for_classes() {
         let span = unsafe { s.as_ref() };
         assert_eq!(span.state, SpanState::Small);
         assert_eq!(span.class, c);
-        assert_eq!(span.npages, c.span_pages());
-        assert_eq!(span.nelems as usize, c.objects());
+        assert_eq!(span.npages, GO.span_pages(c));
+        assert_eq!(span.nelems as usize, GO.objects(c));
         assert_eq!(span.alloc_count, 0);
         assert_eq!(
             !span

@@ -13,6 +13,9 @@ use tieralloc::internals::size_to_class;
 use tieralloc::internals::PROMOTE_MIN;
 use tieralloc::{Heap, MmapSource, SingleCpu, PAGE_BYTES};
 
+/// The hosted heaps' geometry (Go's classes).
+const GO: &tieralloc::Geometry = &tieralloc::Geometry::GO;
+
 type H1 = Heap<MmapSource, SingleCpu>;
 
 /// A buffer doubling from 16 B to 1 MiB is copied at every class boundary up
@@ -69,7 +72,10 @@ fn promoted_object_resizes_and_frees_by_its_layout() {
     let p = HEAP.allocate(lay(10_000));
     assert!(!p.is_null());
     fill(p, 10_000, 2);
-    assert_eq!(HEAP.try_usable_size(p), Some(size_to_class(10_000).size()));
+    assert_eq!(
+        HEAP.try_usable_size(p),
+        Some(GO.size(size_to_class(10_000)))
+    );
     // SAFETY: live with 10,000 bytes.
     let q = unsafe { HEAP.reallocate(p, lay(10_000), 20_000) };
     assert!(!q.is_null() && q != p, "promotion moves the object");
@@ -98,7 +104,7 @@ fn promoted_object_resizes_and_frees_by_its_layout() {
     let s = unsafe { HEAP.reallocate(q, lay(16_400), 9_000) };
     assert!(!s.is_null() && s != q);
     check(s, 9_000, 3);
-    assert_eq!(HEAP.try_usable_size(s), Some(size_to_class(9_000).size()));
+    assert_eq!(HEAP.try_usable_size(s), Some(GO.size(size_to_class(9_000))));
     assert_eq!(HEAP.stats().large_alloc, 0, "the span went back");
     // SAFETY: live with 9,000 bytes.
     unsafe { HEAP.deallocate(s, lay(9_000)) };
@@ -136,7 +142,10 @@ fn shrinking_keeps_the_span_or_the_class() {
     let d = unsafe { HEAP.reallocate(c, lay(32_000), 20_000) };
     assert_eq!(d, c, "kept in its slot");
     check(d, 20_000, 5);
-    assert_eq!(HEAP.try_usable_size(d), Some(size_to_class(32_000).size()));
+    assert_eq!(
+        HEAP.try_usable_size(d),
+        Some(GO.size(size_to_class(32_000)))
+    );
     assert_eq!(
         HEAP.stats().large_alloc,
         3 * PAGE_BYTES as u64,
@@ -146,7 +155,10 @@ fn shrinking_keeps_the_span_or_the_class() {
     let e = unsafe { HEAP.reallocate(d, lay(20_000), 12_000) };
     assert!(!e.is_null() && e != d, "below half of the slot: moved");
     check(e, 12_000, 5);
-    assert_eq!(HEAP.try_usable_size(e), Some(size_to_class(12_000).size()));
+    assert_eq!(
+        HEAP.try_usable_size(e),
+        Some(GO.size(size_to_class(12_000)))
+    );
     // SAFETY: live with these layouts.
     unsafe {
         HEAP.deallocate(p, lay(20_000));
@@ -267,7 +279,7 @@ fn unsized_realloc_finds_the_object_by_the_page_map() {
     let c = unsafe { HEAP.reallocate_unsized(b, 3_000, 8) };
     assert!(!c.is_null() && c != b);
     check(c, 100, 7);
-    assert_eq!(HEAP.try_usable_size(c), Some(size_to_class(3_000).size()));
+    assert_eq!(HEAP.try_usable_size(c), Some(GO.size(size_to_class(3_000))));
     // Within its class: in place. Past the threshold at more than twice the
     // size: a class object. At most twice: promoted.
     // SAFETY: as above.
@@ -276,7 +288,10 @@ fn unsized_realloc_finds_the_object_by_the_page_map() {
     let c = unsafe { HEAP.reallocate_unsized(c, 17_000, 8) };
     assert!(!c.is_null());
     check(c, 100, 7);
-    assert_eq!(HEAP.try_usable_size(c), Some(size_to_class(17_000).size()));
+    assert_eq!(
+        HEAP.try_usable_size(c),
+        Some(GO.size(size_to_class(17_000)))
+    );
     // SAFETY: as above.
     let d = unsafe { HEAP.reallocate_unsized(c, 30_000, 8) };
     assert!(!d.is_null());

@@ -18,6 +18,9 @@ use tieralloc::internals::{SizeClass, NUM_CLASSES};
 use tieralloc::internals::{DEFAULT_RETAIN_BYTES, RETAIN_INUSE_DIVISOR};
 use tieralloc::{Heap, MmapSource, SingleCpu, Stats, PAGE_BYTES};
 
+/// The hosted heaps' geometry (Go's classes).
+const GO: &tieralloc::Geometry = &tieralloc::Geometry::GO;
+
 type H = Heap<MmapSource, SingleCpu>;
 
 const MIB: usize = 1 << 20;
@@ -87,7 +90,7 @@ fn small_sizes(total: usize) -> Vec<usize> {
     let mut sum = 0;
     let mut c = 2;
     while sum < total {
-        let s = SizeClass::new(c).unwrap().size();
+        let s = GO.size(SizeClass::new(c).unwrap());
         assert_eq!(
             ObjectKind::of(s, 8),
             ObjectKind::Small(SizeClass::new(c).unwrap())

@@ -27,6 +27,9 @@ use tieralloc::{
     Cpu, Heap, LockedSlots, MmapSource, PageSource, MAX_SMALL_SIZE, TINY_BLOCK, TINY_SIZE,
 };
 
+/// The hosted heaps' geometry (Go's classes).
+const GO: &tieralloc::Geometry = &tieralloc::Geometry::GO;
+
 /// Operations per test; four tests make 1.2M per run.
 const OPS: usize = 300_000;
 /// Heap invariants and statistics are checked this often.
@@ -97,7 +100,7 @@ fn rounded(layout: Layout, own: Option<u64>, slot: Option<SizeClass>) -> Option<
     match ObjectKind::of(layout.size(), layout.align()) {
         ObjectKind::Tiny => None,
         ObjectKind::Small(_) if own.is_some() => own,
-        ObjectKind::Small(_) if slot.is_some() => slot.map(|c| c.size() as u64),
+        ObjectKind::Small(_) if slot.is_some() => slot.map(|c| GO.size(c) as u64),
         _ => Some(common::rounded(layout)),
     }
 }
@@ -212,7 +215,7 @@ fn gen_size(rng: &mut Rng) -> usize {
     } else if r < 750 {
         // A class size exactly, or one byte either side: every class is hit.
         let c = SizeClass::new(rng.range(1, NUM_CLASSES - 1)).unwrap();
-        (c.size() + rng.below_hi(3)).saturating_sub(1).max(1)
+        (GO.size(c) + rng.below_hi(3)).saturating_sub(1).max(1)
     } else if r < 985 {
         rng.range(1025, MAX_SMALL_SIZE)
     } else {
@@ -387,7 +390,7 @@ impl<C: Cpu> Run<'_, C> {
             let ObjectKind::Small(c) = ObjectKind::of(new_size, o.layout.align()) else {
                 unreachable!("promoted objects are small-sized")
             };
-            let exact = (large_pages(c.size()).unwrap().bytes()) as u64;
+            let exact = (large_pages(GO.size(c)).unwrap().bytes()) as u64;
             if ObjectKind::of(old, o.layout.align()) == ObjectKind::Small(c) {
                 o.own.expect("the same class keeps the span")
             } else if q == o.p {

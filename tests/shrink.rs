@@ -14,6 +14,9 @@ use tieralloc::internals::SHRINK_MIN;
 use tieralloc::internals::{size_to_class, SizeClass, NUM_CLASSES};
 use tieralloc::{Heap, MmapSource, SingleCpu};
 
+/// The hosted heaps' geometry (Go's classes).
+const GO: &tieralloc::Geometry = &tieralloc::Geometry::GO;
+
 type H1 = Heap<MmapSource, SingleCpu>;
 
 /// Every class over 4 KiB: shrinking to any size from half the slot (but over
@@ -24,7 +27,7 @@ fn every_class_keeps_shrinking_objects_in_their_slot() {
     static HEAP: H1 = single_cpu_heap();
     let mut kept = 0;
     for c in (1..NUM_CLASSES).map(|c| SizeClass::new(c).unwrap()) {
-        let size = c.size();
+        let size = GO.size(c);
         if size <= SHRINK_MIN {
             continue;
         }
@@ -76,7 +79,7 @@ fn shrinking_below_half_or_to_4k_moves() {
         let q = unsafe { HEAP.reallocate(p, lay(size), new) };
         assert!(!q.is_null() && q != p, "{size} -> {new} moves");
         check(q, new, 9);
-        assert_eq!(HEAP.try_usable_size(q), Some(size_to_class(new).size()));
+        assert_eq!(HEAP.try_usable_size(q), Some(GO.size(size_to_class(new))));
         // SAFETY: live with `new` bytes.
         unsafe { HEAP.deallocate(q, lay(new)) };
     }

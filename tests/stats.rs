@@ -17,6 +17,9 @@ use tieralloc::{
     Heap, LockedSlots, MmapSource, Stats, MAX_SMALL_SIZE, PAGE_BYTES, TINY_BLOCK, TINY_SIZE,
 };
 
+/// The hosted heaps' geometry (Go's classes).
+const GO: &tieralloc::Geometry = &tieralloc::Geometry::GO;
+
 const SLOTS: usize = 4;
 
 /// Runs this thread on `slot` (modulo `SLOTS`), as `H` sees it.
@@ -204,7 +207,7 @@ impl Model {
             if c > 0 {
                 assert_eq!(
                     st.by_size[c].size,
-                    SizeClass::new(c).unwrap().size() as u64,
+                    GO.size(SizeClass::new(c).unwrap()) as u64,
                     "class {c} size"
                 );
             }
@@ -242,7 +245,7 @@ impl Model {
             .live
             .iter()
             .filter_map(|o| match o.kind() {
-                ObjectKind::Small(c) => Some(c.size() as u64),
+                ObjectKind::Small(c) => Some(GO.size(c) as u64),
                 _ => None,
             })
             .sum();
@@ -352,10 +355,10 @@ fn realloc(h: &H, m: &mut Model, slot: usize, idx: usize, new_size: usize) -> bo
                 {
                     o.own.unwrap()
                 }
-                (_, ObjectKind::Small(c)) if q == o.p => page_round(c.size()),
+                (_, ObjectKind::Small(c)) if q == o.p => page_round(GO.size(c)),
                 (_, ObjectKind::Small(c)) => {
                     let got = h.try_usable_size(q as *mut u8).unwrap() as u64;
-                    let exact = page_round(c.size());
+                    let exact = page_round(GO.size(c));
                     assert!(
                         exact <= got && got <= 2 * exact,
                         "promoted into {got} bytes, class pages {exact}"
@@ -392,8 +395,8 @@ fn realloc(h: &H, m: &mut Model, slot: usize, idx: usize, new_size: usize) -> bo
 fn workload() -> Vec<(usize, usize)> {
     let mut v = Vec::new();
     for c in 2..NUM_CLASSES {
-        let size = SizeClass::new(c).unwrap().size();
-        let prev = SizeClass::new(c - 1).unwrap().size();
+        let size = GO.size(SizeClass::new(c).unwrap());
+        let prev = GO.size(SizeClass::new(c - 1).unwrap());
         for s in [size, prev + 1] {
             let s = s.max(TINY_SIZE);
             assert_eq!(
@@ -457,7 +460,10 @@ fn fresh_heap_reports_nothing() {
     assert_eq!(st.arenas, 0);
     assert_eq!(st.spans, 0);
     for c in 1..NUM_CLASSES {
-        assert_eq!(st.by_size[c].size, SizeClass::new(c).unwrap().size() as u64);
+        assert_eq!(
+            st.by_size[c].size,
+            GO.size(SizeClass::new(c).unwrap()) as u64
+        );
     }
     HEAP.check_invariants();
 }
@@ -737,8 +743,8 @@ fn central_keeps_one_empty_span_per_class_until_scavenge() {
         panic!("256 bytes is a small class")
     };
     // Three spans' worth beyond what the CPU stack and the transfer cache hold.
-    let n = 3 * c.objects()
-        + tieralloc::internals::transfer_capacity(c, tieralloc::internals::TRANSFER_BYTES)
+    let n = 3 * GO.objects(c)
+        + tieralloc::internals::transfer_capacity(GO, c, tieralloc::internals::TRANSFER_BYTES)
         + tieralloc::internals::capacity(c);
     let mut ps: Vec<*mut u8> = (0..n).map(|_| HEAP.allocate(l)).collect();
     assert!(ps.iter().all(|p| !p.is_null()));

@@ -16,7 +16,7 @@ use core::ptr::{null_mut, NonNull};
 
 use crate::pageheap::large_pages;
 use crate::percpu::Cpu;
-use crate::sizeclass::SizeClass;
+use crate::sizeclass::{Geometry, SizeClass};
 use crate::source::PageSource;
 use crate::span::{Span, SpanState};
 use crate::units::{Addr, Pages};
@@ -54,11 +54,11 @@ pub const SHRINK_MIN: usize = 4 << 10;
 /// object's layout may name a smaller class than its slot. Keeping the
 /// object saves the copy (most of the cost of `realloc` between 4 and
 /// 32 KiB), and wastes at most what a class twice as coarse would.
-pub const fn stays_in_class(c: SizeClass, new_size: usize, new: ObjectKind) -> bool {
+pub const fn stays_in_class(g: &Geometry, c: SizeClass, new_size: usize, new: ObjectKind) -> bool {
     match new {
         ObjectKind::Small(b) => {
             b.index() == c.index()
-                || (new_size > SHRINK_MIN && new_size <= c.size() && new_size >= c.size() / 2)
+                || (new_size > SHRINK_MIN && new_size <= g.size(c) && new_size >= g.size(c) / 2)
         }
         _ => false,
     }
@@ -66,8 +66,8 @@ pub const fn stays_in_class(c: SizeClass, new_size: usize, new: ObjectKind) -> b
 
 /// Pages of a promoted object of class `c`: its class size, rounded up to
 /// whole pages, so that every size of the class fits in place.
-fn promoted_pages(c: SizeClass) -> Option<Pages> {
-    large_pages(c.size())
+fn promoted_pages(g: &Geometry, c: SizeClass) -> Option<Pages> {
+    large_pages(g.size(c))
 }
 
 impl<S: PageSource, C: Cpu> Heap<S, C> {
@@ -136,10 +136,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[inline(always)]
     unsafe fn reallocate_unguarded(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let (old_size, align) = (layout.size(), layout.align());
-        let new = ObjectKind::of(new_size, align);
+        let new = ObjectKind::of_in(S::GEOMETRY, new_size, align);
         // What the object is: over 4 KiB the page map says (its slot's class,
         // or a span of its own: large or promoted).
-        let (old, own) = match ObjectKind::of(old_size, align) {
+        let (old, own) = match ObjectKind::of_in(S::GEOMETRY, old_size, align) {
             ObjectKind::Small(c) if old_size > SHRINK_MIN => match self.class_of(p) {
                 Some(slot) => (ObjectKind::Small(slot), None),
                 None => (ObjectKind::Small(c), Some(self.large_span(p))),
@@ -148,7 +148,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             k => (k, None),
         };
         match (old, own) {
-            (ObjectKind::Small(a), None) if stays_in_class(a, new_size, new) => return p,
+            (ObjectKind::Small(a), None) if stays_in_class(S::GEOMETRY, a, new_size, new) => {
+                return p
+            }
             // A promoted object's span holds its whole class (see `promoted_pages`).
             (ObjectKind::Small(a), Some(_)) if new == ObjectKind::Small(a) => return p,
             _ => {}
@@ -185,19 +187,19 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         new_size: usize,
         align: usize,
     ) -> *mut u8 {
-        let new = ObjectKind::of(new_size, align);
+        let new = ObjectKind::of_in(S::GEOMETRY, new_size, align);
         // SAFETY: non-null page-map entries are live spans.
         match unsafe { self.map.span_of(Addr::of(p)).as_ref() } {
             Some(span) if span.state == SpanState::Small => {
                 let c = span.class;
-                if stays_in_class(c, new_size, new) {
+                if stays_in_class(S::GEOMETRY, c, new_size, new) {
                     return p;
                 }
                 // SAFETY: the caller's live object of class `c`.
                 unsafe {
                     self.resize_or_move(
                         p,
-                        c.size(),
+                        S::GEOMETRY.size(c),
                         ObjectKind::Small(c),
                         None,
                         new_size,
@@ -239,7 +241,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         // Pages for the new size if it may keep a span of its own.
         let pages = match new {
             ObjectKind::Large => large_pages(new_size),
-            ObjectKind::Small(c) if new_size > PROMOTE_MIN => promoted_pages(c),
+            ObjectKind::Small(c) if new_size > PROMOTE_MIN => promoted_pages(S::GEOMETRY, c),
             _ => None,
         };
         if let (Some(s), Some(npages)) = (own, pages) {
@@ -263,8 +265,12 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             ObjectKind::Small(c)
                 if new_size > old_size && new_size / 2 <= old_size && pages.is_some() =>
             {
-                let s =
-                    (self.pages.lock()).alloc_promoted(&self.source, &self.map, c.size(), align);
+                let s = (self.pages.lock()).alloc_promoted(
+                    &self.source,
+                    &self.map,
+                    S::GEOMETRY.size(c),
+                    align,
+                );
                 match s {
                     // SAFETY: a fresh large span, ours.
                     Some(s) => unsafe { (*s.as_ptr()).start.as_ptr() },

@@ -33,9 +33,7 @@ pub use state::transfer_capacity;
 use crate::central::{Central, Remote};
 use crate::pageheap::{Below, HeapLock, PageHeap, PageMap};
 use crate::percpu::{Caches, Cpu, Slabs};
-use crate::sizeclass::{
-    class_for, size_to_class_medium, size_to_class_small, SizeClass, SIZE_TO_CLASS8_MAX,
-};
+use crate::sizeclass::{Geometry, SizeClass, SIZE_TO_CLASS8_MAX};
 use crate::source::PageSource;
 use crate::span::SpanState;
 use crate::stack::{StackAlloc, StackCache};
@@ -44,7 +42,7 @@ use crate::sync::Lock;
 use crate::units::Addr;
 #[cfg(doc)]
 use crate::Stats;
-use crate::{MAX_SMALL_SIZE, TINY_SIZE};
+use crate::TINY_SIZE;
 
 use state::Classes;
 use stats::Flow;
@@ -61,28 +59,35 @@ pub enum ObjectKind {
 }
 
 impl ObjectKind {
-    /// Sorts a request; a pure function of `(size, align)`. The common case
-    /// (16..=1024 bytes, alignment at most 8) costs two compares and a table
-    /// load.
+    /// Sorts a request in Go's geometry ([`Geometry::GO`]); see
+    /// [`ObjectKind::of_in`].
     #[inline(always)]
     pub const fn of(size: usize, align: usize) -> ObjectKind {
+        Self::of_in(&Geometry::GO, size, align)
+    }
+
+    /// Sorts a request in geometry `g`; a pure function of `(size, align)`.
+    /// The common case (16..=1024 bytes, alignment at most 8) costs two
+    /// compares and a table load.
+    #[inline(always)]
+    pub const fn of_in(g: &Geometry, size: usize, align: usize) -> ObjectKind {
         if align <= 8 && size.wrapping_sub(TINY_SIZE) <= SIZE_TO_CLASS8_MAX - TINY_SIZE {
-            return ObjectKind::Small(size_to_class_small(size));
+            return ObjectKind::Small(g.size_to_class_small(size));
         }
-        Self::of_rest(size, align)
+        Self::of_rest(g, size, align)
     }
 
     #[inline(always)]
-    const fn of_rest(size: usize, align: usize) -> ObjectKind {
-        if align <= 8 && size <= MAX_SMALL_SIZE {
+    const fn of_rest(g: &Geometry, size: usize, align: usize) -> ObjectKind {
+        if align <= 8 && size <= g.spec.max_small {
             if size < TINY_SIZE {
                 ObjectKind::Tiny
             } else {
-                // `of` took 16..=SIZE_TO_CLASS8_MAX.
-                ObjectKind::Small(size_to_class_medium(size))
+                // `of_in` took 16..=SIZE_TO_CLASS8_MAX.
+                ObjectKind::Small(g.size_to_class(size))
             }
         } else {
-            let c = class_for(size, align);
+            let c = g.class_for(size, align);
             if c.is_large() {
                 ObjectKind::Large
             } else {
@@ -220,7 +225,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         }
         let count = self.cpu().count().max(1);
         let budget = state::transfer_budget(self.source.bound());
-        let class_bytes = Classes::<C::Relax>::bytes(budget);
+        let class_bytes = Classes::<C::Relax>::bytes(S::GEOMETRY, budget);
         let cl = self.source.alloc(class_bytes)?;
         let bytes = Slabs::<C>::bytes(count);
         let stack_bytes = count * core::mem::size_of::<StackCache>();
@@ -237,7 +242,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             + bytes.next_multiple_of(S::PAGE_SIZE)
             + stack_bytes.next_multiple_of(S::PAGE_SIZE);
         // SAFETY: `class_bytes` fresh bytes, page aligned, ours for ever.
-        let classes = unsafe { Classes::init(cl.as_ptr(), budget) };
+        let classes = unsafe { Classes::init(S::GEOMETRY, cl.as_ptr(), budget) };
         // Published before the caches: whoever sees those sees this.
         self.classes.store(classes, Ordering::Release);
         self.stack_caches
@@ -281,7 +286,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// The operation itself, inside the caller's [`Cpu::operation`] if any.
     #[inline(always)]
     fn allocate_unguarded(&self, layout: Layout) -> *mut u8 {
-        match ObjectKind::of(layout.size(), layout.align()) {
+        match ObjectKind::of_in(S::GEOMETRY, layout.size(), layout.align()) {
             ObjectKind::Tiny => self.alloc_tiny(layout.size(), layout.align()),
             ObjectKind::Small(c) => self.alloc_small(c),
             ObjectKind::Large => self
@@ -310,7 +315,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// The operation itself, inside the caller's [`Cpu::operation`] if any.
     #[inline(always)]
     unsafe fn deallocate_unguarded(&self, p: *mut u8, layout: Layout) {
-        match ObjectKind::of(layout.size(), layout.align()) {
+        match ObjectKind::of_in(S::GEOMETRY, layout.size(), layout.align()) {
             ObjectKind::Tiny => self.free_tiny(p),
             // Sizes up to 1 KiB never get here: `ObjectKind::of`'s first branch
             // bounds them, so the compiler drops this test from the fast path.
@@ -333,7 +338,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// The operation itself, inside the caller's [`Cpu::operation`] if any.
     #[inline(always)]
     fn allocate_zeroed_unguarded(&self, layout: Layout) -> *mut u8 {
-        match ObjectKind::of(layout.size(), layout.align()) {
+        match ObjectKind::of_in(S::GEOMETRY, layout.size(), layout.align()) {
             ObjectKind::Large => match self.alloc_large(layout.size(), layout.align()) {
                 Some((p, needzero)) => {
                     if needzero {
@@ -365,7 +370,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         // SAFETY: non-null page-map entries are live spans.
         match unsafe { self.map.span_of(Addr::of(p)).as_ref() } {
             Some(span) if span.state == SpanState::Small && span.index_of(Addr::of(p)).1 => {
-                Some(span.class.size())
+                Some(S::GEOMETRY.size(span.class))
             }
             Some(span) if span.state == SpanState::Large && span.start == Addr::of(p) => {
                 Some(span.npages.bytes())
@@ -442,9 +447,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 }
             }
             if self.classes().is_some() {
-                for c in SizeClass::small_classes() {
+                for c in S::GEOMETRY.small_classes() {
                     let mut central = self.central(c).lock();
-                    if c.shares_lines() {
+                    if S::GEOMETRY.shares_lines(c) {
                         central.give_back_remote(c, self.remote(c), &below);
                     }
                     central.drain_transfer(c, &below);
@@ -472,7 +477,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// milliseconds goes back to the source (default
     /// [`crate::DEFAULT_DECAY_MS`]; `u64::MAX` turns the decay off, 0
     /// restores the default). Only sources with a clock decay
-    /// ([`PageSource::CLOCK`]: [`crate::MmapSource`]).
+    /// ([`PageSource::CLOCK`]: `MmapSource`).
     pub fn set_decay_ms(&self, ms: u64) {
         self.guarded(|| {
             self.pages.lock().set_decay_ms(ms);
@@ -526,7 +531,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     pub fn check_invariants(&self) {
         self.guarded(|| {
             if self.classes().is_some() {
-                for c in SizeClass::small_classes() {
+                for c in S::GEOMETRY.small_classes() {
                     self.central(c).lock().check_invariants(c);
                 }
             }

@@ -2,7 +2,7 @@
 //! to it, and the owner/remote frees of the classes under a cache line.
 //! See `lib.rs` (allocation steps 2–4, free steps 2–4) and [`super`].
 //!
-//! **Classes under a line** (8..=48 B, [`SizeClass::shares_lines`]): their
+//! **Classes under a line** (8..=48 B, [`Geometry::shares_lines`](crate::Geometry::shares_lines)): their
 //! spans belong to the CPU that carves them ([`crate::span::Span::owner`]).
 //! A free on another CPU — one page-map lookup tells — pushes the object
 //! onto the class's lock-free remote list ([`Remote`]) instead of that CPU's
@@ -76,14 +76,14 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         let mut buf = [null_mut(); MAX_CAPACITY];
         let want = batch(c);
         let below = self.below();
-        let owner = if c.shares_lines() {
+        let owner = if S::GEOMETRY.shares_lines(c) {
             Owner::cpu(s.current_cpu())
         } else {
             Owner::NONE
         };
         let n = {
             let mut central = self.central(c).lock();
-            if c.shares_lines() {
+            if S::GEOMETRY.shares_lines(c) {
                 // Objects freed off their owner's CPU go back to their spans
                 // first, where their owners' refills find them.
                 central.give_back_remote(c, self.remote(c), &below);
@@ -135,9 +135,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[inline(always)]
     pub(super) fn free_small(&self, p: *mut u8, c: SizeClass) {
         #[cfg(feature = "checks")]
-        checks::on_free(&self.map, p, c, || self.central(c).lock());
+        checks::on_free(S::GEOMETRY, &self.map, p, c, || self.central(c).lock());
         if let Some(f) = self.slabs.fast() {
-            if c.shares_lines() {
+            if S::GEOMETRY.shares_lines(c) {
                 return self.free_sharing(p, c, f);
             }
             if f.push(c, p) {
@@ -171,7 +171,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         if s.uses_rseq() {
             return self.flush_push(s, c, p);
         }
-        let pushed = if c.shares_lines() {
+        let pushed = if S::GEOMETRY.shares_lines(c) {
             match s.push_owned(c, p, |i| self.owned_elsewhere(p, i)) {
                 Some(pushed) => pushed,
                 None => return self.free_remote(p, c),
@@ -217,7 +217,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         match self.class_of(p) {
             Some(slot) => {
                 #[cfg(feature = "checks")]
-                checks::on_layout(p, c, slot);
+                checks::on_layout(S::GEOMETRY, p, c, slot);
                 #[cfg(not(feature = "checks"))]
                 let _ = c;
                 self.free_small(p, slot)

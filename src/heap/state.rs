@@ -14,13 +14,13 @@ use core::mem::size_of;
 
 use crate::central::{Central, Remote, TRANSFER_BYTES, TRANSFER_MIN, TRANSFER_SLOTS};
 use crate::percpu::batch;
-use crate::sizeclass::{SizeClass, LAST_SHARING_CLASS, NUM_CLASSES};
+use crate::sizeclass::{Geometry, SizeClass, MAX_SHARING, NUM_CLASSES};
 use crate::sync::{Lock, Padded};
 
 use super::stats::Flow;
 
-/// Line-sharing classes (those with a remote list), class 0 included.
-const SHARING: usize = LAST_SHARING_CLASS as usize + 1;
+/// Remote lists: one per line-sharing class of any geometry, class 0 included.
+const SHARING: usize = MAX_SHARING;
 
 /// What each class keeps below the CPUs (see the module docs).
 pub(super) struct Classes<X> {
@@ -50,11 +50,11 @@ pub(super) const fn transfer_budget(bound: Option<usize>) -> usize {
 /// of the per-CPU tier's batches (a cache that cannot take a flush whole is
 /// never used). The classes under a line keep none: a batch of them could
 /// reach another CPU.
-pub const fn transfer_capacity(c: SizeClass, budget: usize) -> usize {
-    if c.is_large() || c.shares_lines() {
+pub const fn transfer_capacity(g: &Geometry, c: SizeClass, budget: usize) -> usize {
+    if c.is_large() || g.shares_lines(c) {
         return 0;
     }
-    let n = budget / c.size();
+    let n = budget / g.size(c);
     let n = if n > TRANSFER_SLOTS {
         TRANSFER_SLOTS
     } else {
@@ -78,9 +78,10 @@ impl<X> Classes<X> {
     const SLOTS_OFF: usize = size_of::<Classes<X>>().next_multiple_of(size_of::<*mut u8>());
 
     /// Bytes of the block for `budget` (see [`transfer_budget`]).
-    pub(super) fn bytes(budget: usize) -> usize {
-        let slots: usize = SizeClass::small_classes()
-            .map(|c| transfer_capacity(c, budget))
+    pub(super) fn bytes(g: &Geometry, budget: usize) -> usize {
+        let slots: usize = g
+            .small_classes()
+            .map(|c| transfer_capacity(g, c, budget))
             .sum();
         Self::SLOTS_OFF + slots * size_of::<*mut u8>()
     }
@@ -90,7 +91,7 @@ impl<X> Classes<X> {
     /// # Safety
     /// `p` is [`Classes::bytes`]`(budget)` writable bytes aligned to a cache
     /// line, the heap's for ever.
-    pub(super) unsafe fn init(p: *mut u8, budget: usize) -> *mut Classes<X> {
+    pub(super) unsafe fn init(g: &Geometry, p: *mut u8, budget: usize) -> *mut Classes<X> {
         let this = p.cast::<Classes<X>>();
         let mut slot = Self::SLOTS_OFF;
         // SAFETY: every field is written in place (no `Classes` on the stack:
@@ -102,7 +103,7 @@ impl<X> Classes<X> {
                 central.write(Padded(Lock::new(Central::new())));
                 (&raw mut (*this).flow[c]).write(Flow::new());
                 if let Some(class) = SizeClass::new(c) {
-                    let cap = transfer_capacity(class, budget);
+                    let cap = transfer_capacity(g, class, budget);
                     if cap > 0 {
                         (*central).0.get_mut().set_transfer(p.add(slot).cast(), cap);
                         slot += cap * size_of::<*mut u8>();
@@ -113,7 +114,7 @@ impl<X> Classes<X> {
                 (&raw mut (*this).remote[c]).write(Padded(Remote::new()));
             }
         }
-        debug_assert_eq!(slot, Self::bytes(budget));
+        debug_assert_eq!(slot, Self::bytes(g, budget));
         this
     }
 }
@@ -121,6 +122,7 @@ impl<X> Classes<X> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sizeclass::GO;
 
     /// A transfer cache takes at least four flushes of the per-CPU tier, or
     /// there is none; it holds at most its budget (or `TRANSFER_MIN` objects).
@@ -134,9 +136,9 @@ mod tests {
             Some(64 << 10),
         ] {
             let budget = transfer_budget(bound);
-            for c in SizeClass::small_classes() {
-                let cap = transfer_capacity(c, budget);
-                if c.shares_lines() {
+            for c in GO.small_classes() {
+                let cap = transfer_capacity(&GO, c, budget);
+                if GO.shares_lines(c) {
                     assert_eq!(cap, 0);
                     continue;
                 }
@@ -149,16 +151,19 @@ mod tests {
                     c.index()
                 );
                 assert!(
-                    cap <= TRANSFER_SLOTS && cap * c.size() <= budget.max(TRANSFER_MIN * c.size())
+                    cap <= TRANSFER_SLOTS
+                        && cap * GO.size(c) <= budget.max(TRANSFER_MIN * GO.size(c))
                 );
             }
-            assert_eq!(transfer_capacity(SizeClass::LARGE, budget), 0);
+            assert_eq!(transfer_capacity(&GO, SizeClass::LARGE, budget), 0);
         }
         // A region of kilobytes keeps no transfer cache at all.
         let small = transfer_budget(Some(256 << 10));
-        assert!(SizeClass::small_classes().all(|c| transfer_capacity(c, small) == 0));
+        assert!(GO
+            .small_classes()
+            .all(|c| transfer_capacity(&GO, c, small) == 0));
         assert_eq!(
-            Classes::<spin::relax::Spin>::bytes(small),
+            Classes::<spin::relax::Spin>::bytes(&GO, small),
             Classes::<spin::relax::Spin>::SLOTS_OFF
         );
     }

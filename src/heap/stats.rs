@@ -12,7 +12,6 @@
 //! that left a stack left by a malloc or a flush).
 
 use crate::percpu::{Cpu, TinyEvent};
-use crate::sizeclass::{SizeClass, TINY_CLASS};
 use crate::source::PageSource;
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::{Stats, TINY_BLOCK};
@@ -76,9 +75,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             st.cpus = t.cpus as u64;
             st.rseq = t.rseq;
             let classes = self.classes();
-            for c in SizeClass::small_classes() {
+            for c in S::GEOMETRY.small_classes() {
                 let i = c.index();
-                st.by_size[i].size = c.size() as u64;
+                st.by_size[i].size = S::GEOMETRY.size(c) as u64;
                 // Before set-up nothing has moved.
                 let Some(cl) = classes else { continue };
                 let f = &cl.flow[i];
@@ -91,16 +90,17 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 let row = &mut st.by_size[i];
                 row.mallocs = t.pops[i] + dm;
                 row.frees = (t.cached[i] + from + t.pops[i] + df).wrapping_sub(to);
-                st.cached_bytes += t.cached[i] * c.size() as u64;
-                st.cached_bytes += (cl.central[i].0.lock().transfer_len() * c.size()) as u64;
-                if c.shares_lines() {
-                    st.cached_bytes += (cl.remote[i].0.len() * c.size()) as u64;
+                st.cached_bytes += t.cached[i] * S::GEOMETRY.size(c) as u64;
+                st.cached_bytes +=
+                    (cl.central[i].0.lock().transfer_len() * S::GEOMETRY.size(c)) as u64;
+                if S::GEOMETRY.shares_lines(c) {
+                    st.cached_bytes += (cl.remote[i].0.len() * S::GEOMETRY.size(c)) as u64;
                 }
             }
             // Tiny blocks are objects of the tiny class, but not user objects of it.
             let blocks_taken = t.event(TinyEvent::BlocksTaken);
             let blocks_freed = t.event(TinyEvent::BlocksFreed);
-            let tc = &mut st.by_size[TINY_CLASS.index()];
+            let tc = &mut st.by_size[S::GEOMETRY.tiny_class.index()];
             tc.mallocs = tc.mallocs.wrapping_sub(blocks_taken);
             tc.frees = tc.frees.wrapping_sub(blocks_freed);
             st.tiny_mallocs = t.event(TinyEvent::MallocsRetired) + t.tiny_current;

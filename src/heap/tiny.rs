@@ -4,7 +4,7 @@
 //! cache line, so no two CPUs carve in one line). See `lib.rs` (allocation
 //! step 5, free step 5) and [`super`].
 //!
-//! A block is an object of [`TINY_CLASS`]. While it is some CPU's current
+//! A block is an object of the geometry's tiny class ([`Geometry::tiny_class`](crate::Geometry::tiny_class)). While it is some CPU's current
 //! block its live count holds [`TINY_BIAS`]; each free subtracts 1 and
 //! retiring the block subtracts `TINY_BIAS - n` (`n` = sub-objects carved),
 //! so the count reaches 0 exactly when the block is no longer current and
@@ -16,7 +16,6 @@
 use core::ptr::null_mut;
 
 use crate::percpu::{Caches, Cpu, Tiny, TinyEvent};
-use crate::sizeclass::TINY_CLASS;
 use crate::source::PageSource;
 use crate::span::{Span, SpanState};
 use crate::sync::atomic::{AtomicU8, Ordering};
@@ -85,7 +84,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[cold]
     #[inline(never)]
     fn alloc_tiny_block(&self, s: Caches<'_, C>, size: usize) -> *mut u8 {
-        let b = self.alloc_small(TINY_CLASS);
+        let b = self.alloc_small(S::GEOMETRY.tiny_class);
         if b.is_null() {
             return b;
         }
@@ -131,7 +130,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
 
     fn free_tiny_block(&self, s: Caches<'_, C>, b: *mut u8) {
         s.count_event(TinyEvent::BlocksFreed, 1);
-        self.free_small(b, TINY_CLASS);
+        self.free_small(b, S::GEOMETRY.tiny_class);
     }
 
     /// Frees a tiny object: its block's live count goes down by one; the last
@@ -139,7 +138,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     pub(super) fn free_tiny(&self, p: *mut u8) {
         // SAFETY: non-null page-map entries are live spans.
         let span = match unsafe { self.map.span_of(Addr::of(p)).as_ref() } {
-            Some(span) if span.state == SpanState::Small && span.class == TINY_CLASS => span,
+            Some(span) if span.state == SpanState::Small && span.class == S::GEOMETRY.tiny_class => span,
             _ => panic!("tieralloc: free of tiny object {p:p}: not a tiny object of this heap (foreign pointer, wrong layout, or double free)"),
         };
         let idx = span.index_of(Addr::of(p)).0;
@@ -152,7 +151,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 "tieralloc: double free of tiny object {p:p}, or a tiny-layout free of an object that is not tiny (block {:p} of span {:#x}, class {}, live count was {before})",
                 span.object(idx),
                 span.start,
-                TINY_CLASS.index()
+                S::GEOMETRY.tiny_class.index()
             );
         }
         let Some(s) = self.slabs.get() else {

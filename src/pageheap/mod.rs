@@ -36,7 +36,7 @@ use core::mem::size_of;
 use core::ptr::{null_mut, NonNull};
 
 use crate::fixalloc::FixAlloc;
-use crate::sizeclass::{SizeClass, TINY_CLASS};
+use crate::sizeclass::SizeClass;
 use crate::source::PageSource;
 use crate::span::{Span, SpanState, TinyCounts};
 use crate::sync::atomic::Ordering;
@@ -283,7 +283,7 @@ impl PageHeap {
         map: &PageMap,
         class: SizeClass,
     ) -> Option<NonNull<Span>> {
-        let tiny = if class == TINY_CLASS {
+        let tiny = if class == S::GEOMETRY.tiny_class {
             let t = self.tiny.alloc(source)?;
             // SAFETY: room for the counters; zero is a valid `AtomicU8`.
             unsafe {
@@ -295,7 +295,13 @@ impl PageHeap {
         } else {
             null_mut()
         };
-        let Some(s) = self.alloc_span(source, map, class.span_pages(), 1, SpanState::Small) else {
+        let Some(s) = self.alloc_span(
+            source,
+            map,
+            S::GEOMETRY.span_pages(class),
+            1,
+            SpanState::Small,
+        ) else {
             if let Some(t) = NonNull::new(tiny) {
                 // SAFETY: unused record from this pool.
                 unsafe { self.tiny.free(t) };
@@ -304,7 +310,7 @@ impl PageHeap {
         };
         // SAFETY: the span is ours (not yet on any list).
         unsafe {
-            (*s.as_ptr()).init_small(class);
+            (*s.as_ptr()).init_small(class, S::GEOMETRY.info(class));
             (*s.as_ptr()).tiny.store(tiny, Ordering::Relaxed);
         }
         Some(s)

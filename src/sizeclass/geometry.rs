@@ -44,6 +44,7 @@ use super::{
     div_mul_for, ClassInfo, SizeClass, LARGE_SIZE_DIV, NUM_CLASSES, SIZE_TO_CLASS128_LEN,
     SIZE_TO_CLASS8_LEN, SIZE_TO_CLASS8_MAX, SMALL_SIZE_DIV,
 };
+use crate::units::Pages;
 use crate::TINY_BLOCK;
 
 /// How class sizes are spaced: the step from one candidate size to the next
@@ -102,6 +103,10 @@ pub struct Geometry {
     pub to_class8: [u8; SIZE_TO_CLASS8_LEN],
     /// `to_class128[i]`: the first class with `size >= 1024 + 128 * i`, 0 if none.
     pub to_class128: [u8; SIZE_TO_CLASS128_LEN],
+    /// `to_class8` with one entry per size up to 1024 bytes:
+    /// entry `s` is `to_class8[ceil(s / 8)]`, so the fast paths look a size
+    /// up with one load and no rounding.
+    pub to_class1: [u8; SIZE_TO_CLASS8_MAX + 1],
     /// The class of [`TINY_BLOCK`]-byte objects.
     pub tiny_class: SizeClass,
     /// Most objects in any span of this geometry.
@@ -109,11 +114,17 @@ pub struct Geometry {
 }
 
 impl Geometry {
+    /// Go 1.20's: 8 KiB pages, 68 classes up to 32 KiB (the hosted and
+    /// kernel sources' geometry, [`crate::PageSource::GEOMETRY`]'s default).
+    pub const GO: Geometry = Geometry::generate(Spec::GO);
+
     /// Runs `mksizeclasses.go` with `spec` (see the module docs for what it
     /// asserts).
     pub const fn generate(spec: Spec) -> Geometry {
         let page = 1usize << spec.page_shift;
         assert!(spec.max_small <= super::MAX_SMALL_SIZE);
+        // The fast paths take every size up to SIZE_TO_CLASS8_MAX as small.
+        assert!(spec.max_small >= SIZE_TO_CLASS8_MAX);
         assert!(spec.raise_div.is_power_of_two() && spec.raise_div >= SMALL_SIZE_DIV);
         let mut sizes = [0usize; NUM_CLASSES];
         let mut npages = [0usize; NUM_CLASSES];
@@ -213,7 +224,18 @@ impl Geometry {
             i += 1;
         }
 
+        let mut to_class1 = [0u8; SIZE_TO_CLASS8_MAX + 1];
+        let mut i = 0;
+        while i <= SIZE_TO_CLASS8_MAX {
+            to_class1[i] = to_class8[i.div_ceil(SMALL_SIZE_DIV)];
+            i += 1;
+        }
+
         let tiny = to_class8[TINY_BLOCK / SMALL_SIZE_DIV];
+        assert!(
+            (tiny as usize) <= super::MAX_SHARING,
+            "more line-sharing classes than MAX_SHARING"
+        );
         assert!(
             rows[tiny as usize].size as usize == TINY_BLOCK && rows[tiny as usize].npages == 1,
             "no one-page class of TINY_BLOCK bytes"
@@ -224,6 +246,7 @@ impl Geometry {
             rows,
             to_class8,
             to_class128,
+            to_class1,
             tiny_class: SizeClass(tiny),
             max_objects,
         }
@@ -235,10 +258,82 @@ impl Geometry {
         1 << self.spec.page_shift
     }
 
+    /// log2 of the page bytes.
+    #[inline(always)]
+    pub const fn page_shift(&self) -> u32 {
+        self.spec.page_shift
+    }
+
     /// The class of `c`'s row.
     #[inline]
     pub const fn info(&self, c: SizeClass) -> ClassInfo {
         self.rows[c.index()]
+    }
+
+    /// Bytes per object of class `c` (0 for LARGE).
+    #[inline(always)]
+    pub const fn size(&self, c: SizeClass) -> usize {
+        self.rows[c.index()].size as usize
+    }
+
+    /// Pages per span of class `c` (0 for LARGE).
+    #[inline(always)]
+    pub const fn span_pages(&self, c: SizeClass) -> Pages {
+        Pages::new(self.rows[c.index()].npages as usize)
+    }
+
+    /// Bytes per span of class `c` (0 for LARGE).
+    #[inline(always)]
+    pub const fn span_bytes(&self, c: SizeClass) -> usize {
+        (self.rows[c.index()].npages as usize) << self.spec.page_shift
+    }
+
+    /// Objects per span of class `c` (0 for LARGE).
+    #[inline(always)]
+    pub const fn objects(&self, c: SizeClass) -> usize {
+        self.rows[c.index()].objects as usize
+    }
+
+    /// Go's `divMul` of class `c`: `u32::MAX / size + 1` (0 for LARGE).
+    #[inline(always)]
+    pub const fn div_mul(&self, c: SizeClass) -> u32 {
+        self.rows[c.index()].div_mul
+    }
+
+    /// Object index of byte offset `off` from a span start of class `c`:
+    /// `(off * div_mul) >> 32`, which is `off / size` for every `off` in the
+    /// span (the generator checks it); 0 for LARGE.
+    #[inline(always)]
+    pub const fn object_index(&self, c: SizeClass, off: usize) -> usize {
+        ((off as u64).wrapping_mul(self.div_mul(c) as u64) >> 32) as usize
+    }
+
+    /// Whether two objects of class `c` can lie in one cache line: the
+    /// classes below [`Geometry::tiny_class`] (see
+    /// `Span::owner`).
+    #[inline(always)]
+    pub const fn shares_lines(&self, c: SizeClass) -> bool {
+        c.index() != 0 && c.index() < self.tiny_class.index()
+    }
+
+    /// The alignment every object of class `c` is guaranteed (spans start
+    /// page aligned): `1 << min(trailing_zeros(size), page_shift)`; a page
+    /// for LARGE.
+    #[inline]
+    pub const fn min_align(&self, c: SizeClass) -> usize {
+        let tz = self.size(c).trailing_zeros(); // usize::BITS for LARGE
+        1 << if tz < self.spec.page_shift {
+            tz
+        } else {
+            self.spec.page_shift
+        }
+    }
+
+    /// [`Geometry::size_to_class`] for `size <= SIZE_TO_CLASS8_MAX`: one load.
+    #[inline(always)]
+    pub const fn size_to_class_small(&self, size: usize) -> SizeClass {
+        debug_assert!(size <= SIZE_TO_CLASS8_MAX);
+        SizeClass(self.to_class1[size])
     }
 
     /// The smallest class holding `size` bytes (alignment at most 8), or
@@ -290,7 +385,7 @@ impl Geometry {
     }
 
     /// The geometry for a region heap of `bytes` bytes: the first of
-    /// [`REGION_GEOMETRIES`] whose bound holds it.
+    /// the region geometries whose bound holds it.
     pub fn for_region(bytes: usize) -> &'static Geometry {
         let mut i = 0;
         while i + 1 < REGION_GEOMETRIES.len() && bytes > REGION_BOUNDS[i] {
@@ -316,7 +411,7 @@ const fn first_at_least(rows: &[ClassInfo; NUM_CLASSES], n: usize, want: usize) 
 pub static GO: Geometry = GO_CONST;
 
 /// [`GO`] as a constant, for the tables computed from it at compile time.
-pub(crate) const GO_CONST: Geometry = Geometry::generate(Spec::GO);
+pub(crate) const GO_CONST: Geometry = Geometry::GO;
 
 /// Region heaps up to `REGION_BOUNDS[i]` bytes take `REGION_GEOMETRIES[i]`;
 /// larger ones the last.

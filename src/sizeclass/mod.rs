@@ -49,24 +49,13 @@
 //! (Go has 0 there and never looks a zero size up), so a zero-byte request
 //! gets the smallest class rather than "large".
 
-// The region geometries are generated and checked here; the heap takes
-// them once its page heap follows a geometry's page size
-// (`Geometry::for_region` at `set_region`); until then only tests read them.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "region geometries are not yet taken by the page heap"
-    )
-)]
 mod geometry;
 
-pub use geometry::GO;
+pub use geometry::{Geometry, Spacing, Spec, GO};
 
-use crate::units::Pages;
 #[cfg(any(doc, test))]
 use crate::PAGE_BYTES;
-use crate::{MAX_SMALL_SIZE, PAGE_SHIFT, TINY_BLOCK};
+use crate::{MAX_SMALL_SIZE, TINY_BLOCK};
 
 /// Number of size classes, class 0 ("large") included (Go's `_NumSizeClasses`).
 pub const NUM_CLASSES: usize = 68;
@@ -119,72 +108,6 @@ impl SizeClass {
         self.0 == 0
     }
 
-    /// This class's row of [`CLASSES`].
-    #[inline]
-    pub const fn info(self) -> ClassInfo {
-        CLASSES[self.0 as usize]
-    }
-
-    /// Bytes per object (0 for LARGE).
-    #[inline]
-    pub const fn size(self) -> usize {
-        CLASSES[self.0 as usize].size as usize
-    }
-
-    /// Whether two objects of this class can lie in one cache line
-    /// ([`TINY_BLOCK`] bytes; classes 8..=48 B): frees of such objects on a
-    /// CPU other than their span's owner bypass that CPU's cache (see
-    /// `Span::owner`).
-    #[inline(always)]
-    pub const fn shares_lines(self) -> bool {
-        self.0 != 0 && self.0 <= LAST_SHARING_CLASS
-    }
-
-    /// Pages ([`PAGE_BYTES`] each) per span of this class (0 for LARGE).
-    #[inline]
-    pub const fn span_pages(self) -> Pages {
-        Pages::new(CLASSES[self.0 as usize].npages as usize)
-    }
-
-    /// Bytes per span: `span_pages() * PAGE_BYTES` (0 for LARGE).
-    #[inline]
-    pub const fn span_bytes(self) -> usize {
-        self.span_pages().bytes()
-    }
-
-    /// Objects per span: `span_bytes() / size()` (0 for LARGE).
-    #[inline]
-    pub const fn objects(self) -> usize {
-        CLASSES[self.0 as usize].objects as usize
-    }
-
-    /// Go's `divMul`: `u32::MAX / size + 1` (0 for LARGE), the 32-bit magic
-    /// reciprocal used by [`SizeClass::object_index`].
-    #[inline]
-    pub const fn div_mul(self) -> u32 {
-        CLASSES[self.0 as usize].div_mul
-    }
-
-    /// Object index of byte offset `off` from the span start:
-    /// `(off as u64 * div_mul as u64) >> 32`, which equals `off / size()` for
-    /// every `off <= span_bytes()` (the multiply replaces a division on the
-    /// free path). For LARGE it is 0: a large span holds one object.
-    #[inline]
-    pub const fn object_index(self, off: usize) -> usize {
-        debug_assert!(self.is_large() || off <= self.span_bytes());
-        ((off as u64).wrapping_mul(self.div_mul() as u64) >> 32) as usize
-    }
-
-    /// The alignment every object of this class is guaranteed:
-    /// `1 << min(trailing_zeros(size), PAGE_SHIFT)` (spans start page-aligned,
-    /// so alignment is capped at the page). For LARGE it is [`PAGE_BYTES`]:
-    /// large objects start on a page.
-    #[inline]
-    pub const fn min_align(self) -> usize {
-        let tz = self.size().trailing_zeros() as usize; // usize::BITS for LARGE
-        1 << if tz < PAGE_SHIFT { tz } else { PAGE_SHIFT }
-    }
-
     /// The small classes, 1 through 67, in increasing size.
     pub fn small_classes() -> impl Iterator<Item = SizeClass> + Clone {
         (1..NUM_CLASSES as u8).map(SizeClass)
@@ -201,7 +124,7 @@ pub struct ClassInfo {
     pub npages: u32,
     /// Objects per span: `npages * PAGE_BYTES / size`.
     pub objects: u32,
-    /// `u32::MAX / size + 1`; see [`SizeClass::object_index`].
+    /// `u32::MAX / size + 1`; see [`Geometry::object_index`].
     pub div_mul: u32,
 }
 
@@ -221,9 +144,10 @@ pub static CLASSES: [ClassInfo; NUM_CLASSES] = generate_classes();
 /// page): the size of a span's per-object bitmaps (Go's `maxObjsPerSpan`).
 pub const MAX_OBJS_PER_SPAN: usize = geometry::GO_CONST.max_objects;
 
-/// The last class whose objects are smaller than a cache line: the one
-/// below the line-sized [`TINY_CLASS`].
-pub const LAST_SHARING_CLASS: u8 = TINY_CLASS.0 - 1;
+/// Line-sharing classes of any geometry, class 0 included: every
+/// geometry's tiny class index is at most this (asserted by the generator),
+/// so arrays over the sharing classes have this many entries.
+pub const MAX_SHARING: usize = 8;
 
 /// The class of tiny blocks: the tiny allocator packs requests below
 /// [`TINY_SIZE`](crate::TINY_SIZE) into objects of this class, whose size is [`TINY_BLOCK`]
@@ -232,10 +156,11 @@ pub const LAST_SHARING_CLASS: u8 = TINY_CLASS.0 - 1;
 pub const TINY_CLASS: SizeClass = size_to_class(TINY_BLOCK);
 
 const _: () = assert!(
-    TINY_CLASS.size() == TINY_BLOCK
+    GO_CONST_SIZE_OF_TINY == TINY_BLOCK
         && TINY_CLASS.index() == 6
-        && TINY_CLASS.span_pages().get() == 1
+        && geometry::GO_CONST.rows[6].npages == 1
 );
+const GO_CONST_SIZE_OF_TINY: usize = geometry::GO_CONST.rows[TINY_CLASS.index()].size as usize;
 const _: () = assert!(SIZE_TO_CLASS8_LEN == 129 && SIZE_TO_CLASS128_LEN == 249);
 const _: () = assert!(MAX_OBJS_PER_SPAN == 1024);
 const _: () = assert!(NUM_CLASSES <= u8::MAX as usize + 1);
@@ -247,28 +172,6 @@ const _: () = assert!(NUM_CLASSES <= u8::MAX as usize + 1);
 #[inline]
 pub const fn size_to_class(size: usize) -> SizeClass {
     GO.size_to_class(size)
-}
-
-/// [`size_to_class`] for `size <= SIZE_TO_CLASS8_MAX`, for the fast paths: one
-/// load from [`GO`]`.to_class8` expanded to one entry per byte (1 KiB), indexed
-/// by the size itself — no rounding, no shift. Each user crate instantiates the
-/// table (a `const`), so it is addressed relative to the instruction pointer,
-/// not through the GOT as a static of another crate is in a
-/// position-independent binary.
-#[inline(always)]
-pub const fn size_to_class_small(size: usize) -> SizeClass {
-    const T: [u8; SIZE_TO_CLASS8_MAX + 1] = generate_size_to_class1();
-    debug_assert!(size <= SIZE_TO_CLASS8_MAX);
-    SizeClass(T[size])
-}
-
-/// [`size_to_class`] for `SIZE_TO_CLASS8_MAX < size <= MAX_SMALL_SIZE`, through a
-/// crate-local copy of [`GO`]`.to_class128` (as [`size_to_class_small`]).
-#[inline(always)]
-pub const fn size_to_class_medium(size: usize) -> SizeClass {
-    const T: [u8; SIZE_TO_CLASS128_LEN] = geometry::GO_CONST.to_class128;
-    debug_assert!(size > SIZE_TO_CLASS8_MAX && size <= MAX_SMALL_SIZE);
-    SizeClass(T[(size - SIZE_TO_CLASS8_MAX).div_ceil(LARGE_SIZE_DIV)])
 }
 
 /// The class for a request of `size` bytes at alignment `align` (a power of
@@ -337,19 +240,6 @@ pub(crate) const fn check_div_magic(d: usize, max: usize) {
         f <= 32,
         "size class requires more than 32 bits of precision"
     );
-}
-
-/// [`GO`]`.to_class8` with one entry per size: entry `s` is entry
-/// `ceil(s / SMALL_SIZE_DIV)` of it.
-const fn generate_size_to_class1() -> [u8; SIZE_TO_CLASS8_MAX + 1] {
-    let t8 = geometry::GO_CONST.to_class8;
-    let mut t = [0u8; SIZE_TO_CLASS8_MAX + 1];
-    let mut s = 0;
-    while s <= SIZE_TO_CLASS8_MAX {
-        t[s] = t8[s.div_ceil(SMALL_SIZE_DIV)];
-        s += 1;
-    }
-    t
 }
 
 #[cfg(test)]
@@ -434,8 +324,8 @@ mod tests {
 
     /// Go's `printComment` columns for class `c`, `prev` the previous size.
     fn go_row(c: SizeClass, prev: usize) -> (usize, usize, usize, usize, String, usize) {
-        let size = c.size();
-        let span = c.span_bytes();
+        let size = GO.size(c);
+        let span = GO.span_bytes(c);
         let objects = span / size;
         let tail = span - size * objects;
         let max_waste = ((size - prev - 1) * objects + tail) as f64 / span as f64;
@@ -445,14 +335,14 @@ mod tests {
             objects,
             tail,
             format!("{:.2}", 100.0 * max_waste),
-            c.min_align(),
+            GO.min_align(c),
         )
     }
 
     /// The first small class with size >= n (linear scan), LARGE if none.
     fn scan(n: usize) -> SizeClass {
         SizeClass::small_classes()
-            .find(|c| c.size() >= n)
+            .find(|&c| GO.size(c) >= n)
             .unwrap_or(SizeClass::LARGE)
     }
 
@@ -468,8 +358,8 @@ mod tests {
                 (size, span, objects, tail, String::from(waste), align),
                 "class {class}"
             );
-            assert_eq!(c.objects(), objects);
-            assert_eq!(c.span_pages().bytes(), span);
+            assert_eq!(GO.objects(c), objects);
+            assert_eq!(GO.span_pages(c).bytes(), span);
             prev = size;
         }
         assert_eq!(SizeClass::small_classes().count(), GO_TABLE.len());
@@ -490,16 +380,18 @@ mod tests {
         let l = SizeClass::LARGE;
         assert!(l.is_large() && l.index() == 0);
         assert_eq!(
-            (l.size(), l.span_pages().get(), l.span_bytes(), l.objects()),
+            (
+                GO.size(l),
+                GO.span_pages(l).get(),
+                GO.span_bytes(l),
+                GO.objects(l)
+            ),
             (0, 0, 0, 0)
         );
-        assert_eq!(l.object_index(123_456), 0);
-        assert_eq!(l.min_align(), PAGE_BYTES);
+        assert_eq!(GO.object_index(l, 123_456), 0);
+        assert_eq!(GO.min_align(l), PAGE_BYTES);
         assert_eq!(SizeClass::new(0), Some(SizeClass::LARGE));
-        assert_eq!(
-            SizeClass::new(67).map(SizeClass::size),
-            Some(MAX_SMALL_SIZE)
-        );
+        assert_eq!(SizeClass::new(67).map(|c| GO.size(c)), Some(MAX_SMALL_SIZE));
         assert_eq!(SizeClass::new(NUM_CLASSES), None);
     }
 
@@ -507,33 +399,33 @@ mod tests {
     fn rows_are_consistent() {
         for c in SizeClass::small_classes() {
             let i = CLASSES[c.index()];
-            assert_eq!(c.info(), i);
-            assert_eq!(i.objects as usize, c.span_bytes() / c.size());
+            assert_eq!(GO.info(c), i);
+            assert_eq!(i.objects as usize, GO.span_bytes(c) / GO.size(c));
             assert_eq!(i.div_mul, (u32::MAX / i.size).wrapping_add(1));
-            assert!(c.objects() <= MAX_OBJS_PER_SPAN);
-            assert_eq!(c.size() % c.min_align(), 0);
+            assert!(GO.objects(c) <= MAX_OBJS_PER_SPAN);
+            assert_eq!(GO.size(c) % GO.min_align(c), 0);
             // Sizes of 32 bytes and more are 16-byte aligned (Go's heap bitmap rule).
-            assert!(c.size() < 32 || c.size() % 16 == 0, "{c:?}");
+            assert!(GO.size(c) < 32 || GO.size(c).is_multiple_of(16), "{c:?}");
         }
         assert_eq!(
-            SizeClass::small_classes().map(SizeClass::objects).max(),
+            SizeClass::small_classes().map(|c| GO.objects(c)).max(),
             Some(MAX_OBJS_PER_SPAN)
         );
-        assert_eq!(TINY_CLASS.size(), TINY_BLOCK);
+        assert_eq!(GO.size(TINY_CLASS), TINY_BLOCK);
     }
 
     /// Go's footer: the smallest size from which every later class has at
     /// least the given alignment.
     #[test]
     fn alignment_footer_matches_go() {
-        let mut min_aligns = [0usize; PAGE_SHIFT + 1];
+        let mut min_aligns = [0usize; GO.spec.page_shift as usize + 1];
         for c in SizeClass::small_classes() {
-            let bits = c.min_align().trailing_zeros() as usize;
+            let bits = GO.min_align(c).trailing_zeros() as usize;
             for (i, m) in min_aligns.iter_mut().enumerate() {
                 if i > bits {
                     *m = 0;
                 } else if *m == 0 {
-                    *m = c.size();
+                    *m = GO.size(c);
                 }
             }
         }
@@ -584,16 +476,16 @@ mod tests {
         for n in 1..=MAX_SMALL_SIZE {
             let c = size_to_class(n);
             assert_eq!(c, scan(n), "size {n}");
-            assert!(!c.is_large() && c.size() >= n);
+            assert!(!c.is_large() && GO.size(c) >= n);
             // The fast paths' tables agree with the reference lookup.
             if n <= SIZE_TO_CLASS8_MAX {
-                assert_eq!(size_to_class_small(n), c, "byte table, size {n}");
+                assert_eq!(GO.size_to_class_small(n), c, "byte table, size {n}");
             } else {
-                assert_eq!(size_to_class_medium(n), c, "128-byte table, size {n}");
+                assert_eq!(GO.size_to_class(n), c, "128-byte table, size {n}");
             }
         }
         assert_eq!(size_to_class(0).index(), 1);
-        assert_eq!(size_to_class_small(0).index(), 1);
+        assert_eq!(GO.size_to_class_small(0).index(), 1);
         for n in [
             MAX_SMALL_SIZE + 1,
             MAX_SMALL_SIZE + 8,
@@ -614,14 +506,14 @@ mod tests {
                     SizeClass::LARGE
                 } else {
                     SizeClass::small_classes()
-                        .find(|c| c.size() >= n && c.size() % align == 0)
+                        .find(|&c| GO.size(c) >= n && GO.size(c).is_multiple_of(align))
                         .unwrap_or(SizeClass::LARGE)
                 };
                 let got = class_for(n, align);
                 assert_eq!(got, want, "size {n} align {align}");
                 if !got.is_large() {
-                    assert!(got.size() >= n && got.size().is_multiple_of(align));
-                    assert!(got.min_align() >= align);
+                    assert!(GO.size(got) >= n && GO.size(got).is_multiple_of(align));
+                    assert!(GO.min_align(got) >= align);
                 }
             }
             assert!(class_for(MAX_SMALL_SIZE + 1, align).is_large());
@@ -629,9 +521,9 @@ mod tests {
             assert_eq!(class_for(0, align), class_for(1, align));
         }
         // Spot checks: a page-aligned page, and 4 KiB alignment skipping 4864.
-        assert_eq!(class_for(8192, 8192).size(), 8192);
-        assert_eq!(class_for(4097, 4096).size(), 8192);
-        assert_eq!(class_for(20000, 8192).size(), 24576);
+        assert_eq!(GO.size(class_for(8192, 8192)), 8192);
+        assert_eq!(GO.size(class_for(4097, 4096)), 8192);
+        assert_eq!(GO.size(class_for(20000, 8192)), 24576);
         assert!(class_for(8, 16384).is_large());
     }
 
@@ -641,9 +533,9 @@ mod tests {
     fn magic_divide_is_exact() {
         let mut checked = 0u64;
         for c in SizeClass::small_classes() {
-            let size = c.size();
-            for off in 0..=c.span_bytes() {
-                let got = c.object_index(off);
+            let size = GO.size(c);
+            for off in 0..=GO.span_bytes(c) {
+                let got = GO.object_index(c, off);
                 if got != off / size {
                     panic!(
                         "class {} size {size} off {off}: {got} != {}",
@@ -652,7 +544,7 @@ mod tests {
                     );
                 }
             }
-            checked += c.span_bytes() as u64 + 1;
+            checked += GO.span_bytes(c) as u64 + 1;
         }
         // Sum over the 67 classes of (span bytes + 1).
         assert_eq!(checked, 1_376_323);

@@ -44,6 +44,7 @@ pub use frames::FrameSource;
 pub use mmap::MmapSource;
 pub use region::{RegionError, RegionSource, MAX_REGIONS};
 
+use crate::sizeclass::Geometry;
 use core::ptr::NonNull;
 
 /// The source could not provide memory (out of address space or of physical memory).
@@ -80,6 +81,9 @@ pub unsafe trait PageSource {
     /// (`pageheap::scavenger`, "Decay"). False (the default): the heap never
     /// polls a clock and its fast paths carry no tick.
     const CLOCK: bool = false;
+    /// The page size and size-class table of a heap over this source
+    /// ([`Geometry`]): Go's 8 KiB pages and 68 classes by default.
+    const GEOMETRY: &'static Geometry = &Geometry::GO;
 
     /// None → Reserved: set aside `bytes` of address space aligned to `align`
     /// (a power of two, at least `PAGE_SIZE`). Go's `sysReserve`.

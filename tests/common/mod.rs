@@ -10,6 +10,9 @@ use tieralloc::internals::{ObjectKind, PROMOTE_MIN, SHRINK_MIN};
 #[cfg(feature = "linux")]
 use tieralloc::{cpu::RelaxStrategy, Heap, LockedSlots, MmapSource, SingleCpu};
 
+/// The hosted heaps' geometry (Go's classes).
+pub const GO: &tieralloc::Geometry = &tieralloc::Geometry::GO;
+
 // ------------------------------------------------------------------- RNG
 
 /// The crate's one test generator (xorshift64*).
@@ -53,7 +56,7 @@ pub const fn single_cpu_heap() -> Heap<MmapSource, SingleCpu> {
 pub fn rounded(l: Layout) -> u64 {
     match ObjectKind::of(l.size(), l.align()) {
         ObjectKind::Tiny => 0,
-        ObjectKind::Small(c) => c.size() as u64,
+        ObjectKind::Small(c) => GO.size(c) as u64,
         ObjectKind::Large => (tieralloc::internals::large_pages(l.size()).unwrap().bytes()) as u64,
     }
 }
@@ -65,7 +68,9 @@ pub fn rounded(l: Layout) -> u64 {
 pub fn stays_in_slot(slot: SizeClass, new: usize, align: usize) -> bool {
     match ObjectKind::of(new, align) {
         ObjectKind::Small(b) if b == slot => true,
-        ObjectKind::Small(_) => new > SHRINK_MIN && new <= slot.size() && new >= slot.size() / 2,
+        ObjectKind::Small(_) => {
+            new > SHRINK_MIN && new <= GO.size(slot) && new >= GO.size(slot) / 2
+        }
         _ => false,
     }
 }
