@@ -9,7 +9,8 @@
 #   make bench   the allocator comparison (benches/); make bench-callgrind: instructions per pair;
 #                make bench-efficiency: heap efficiency over small regions against the embedded heaps
 #                make bench-code-size: flash and static RAM of a minimal firmware per heap
-#   make compare real programs under LD_PRELOAD with each allocator (preload/compare.sh)
+#   make compare real programs under LD_PRELOAD with each allocator (preload/compare.sh);
+#                make compare-rss: the resident set they end at (preload/rss.sh; needs nodejs too)
 #   make qemu-X  boot the kernel with scenario X (boot, main, many_boxes, stress, oom, scavenge, guard, bench)
 
 SHELL := /bin/bash
@@ -28,7 +29,7 @@ HOST32_TARGET := i686-unknown-linux-gnu
 
 BOARD := boards/x86_64-qemu
 
-.PHONY: deps deps-run test test-32 run demo bench bench-callgrind bench-efficiency bench-code-size compare
+.PHONY: deps deps-run test test-32 run demo bench bench-callgrind bench-efficiency bench-code-size compare compare-rss
 
 # What `make run` needs: the kernel's Rust target and QEMU.
 deps-run:
@@ -150,3 +151,7 @@ bench-callgrind:
 # Wall time and peak RSS of real programs under glibc, jemalloc, mimalloc, tcmalloc and tieralloc.
 compare: deps
 	preload/compare.sh
+
+compare-rss: deps
+	@command -v node >/dev/null || { echo "make compare-rss: node not found: apt-get install -y nodejs" >&2; exit 1; }
+	preload/rss.sh

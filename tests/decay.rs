@@ -152,3 +152,45 @@ fn decay_period_is_configurable() {
     assert!(ready(&h) <= DEFAULT_RETAIN_BYTES + 4 * MIB);
     assert!(MmapSource::CLOCK && MmapSource::new().now_ms() > 0);
 }
+
+/// A large buffer freed just before a pause (the C realloc-growth case of
+/// issue 15): the first cache-hitting activity after the pause releases it,
+/// without another period of activity. The free itself polls, so the slots
+/// of the pause count as idle from it.
+#[test]
+fn memory_freed_before_a_pause_goes_at_the_next_activity() {
+    for shrink in [false, true] {
+        let h = Heap::new(Counting::new(MmapSource::new()), SingleCpu::new());
+        let src = h.source();
+        src.set_now_ms(10_000);
+        pairs(&h, 5_000);
+        let l = Layout::from_size_align(48 * MIB, 8).unwrap();
+        let p = h.allocate(l);
+        assert!(!p.is_null());
+        // SAFETY: a fresh object of 48 MiB.
+        unsafe { p.write_bytes(1, l.size()) };
+        src.set_now_ms(10_100);
+        let q = if shrink {
+            // SAFETY: ours, allocated with `l`: shrunk to a small object (a move).
+            unsafe { h.reallocate(p, l, 1024) }
+        } else {
+            // SAFETY: ours, allocated with `l`.
+            unsafe { h.deallocate(p, l) };
+            core::ptr::null_mut()
+        };
+        let before = ready(&h);
+        assert!(before > 48 * MIB, "{before} B Ready after the free");
+        src.set_now_ms(11_600);
+        pairs(&h, 5_000);
+        let after = ready(&h);
+        assert!(
+            after <= DEFAULT_RETAIN_BYTES + 4 * MIB,
+            "shrink {shrink}: {after} B Ready at the first activity after a 1.5 s pause"
+        );
+        if shrink {
+            // SAFETY: the 1 KiB object `reallocate` returned.
+            unsafe { h.deallocate(q, Layout::from_size_align(1024, 8).unwrap()) };
+        }
+        h.check_invariants();
+    }
+}

@@ -19,6 +19,22 @@
 //! | `free_sized(p, n)` / `free_aligned_sized(p, a, n)` | C23; the size is only checked against the slot (larger aborts), the free is unsized |
 //! | `malloc_trim(pad)` | [`Heap::scavenge`](core_alloc::Heap::scavenge): 1 if memory went back to the OS |
 //! | `mallinfo2()` / `mallinfo()` | from [`Heap::stats`](core_alloc::Heap::stats) |
+//! | `malloc_stats()` | glibc's lines on stderr (`system bytes`, `in use bytes`), then the [`Stats`](core_alloc::Stats) table |
+//! | `malloc_info(0, fp)` | glibc's XML shape with tieralloc's figures (see [`malloc_info`]); `options != 0` returns `EINVAL` |
+//! | `mallopt(param, value)` | `M_TRIM_THRESHOLD` sets the retained floor (returns 1); every other option returns 0 |
+//!
+//! ## Options
+//!
+//! Environment variables, read once at set-up without allocating
+//! ([`options`]): `TIERALLOC_SHOW_STATS`, `TIERALLOC_VERBOSE`,
+//! `TIERALLOC_DECAY_MS`, `TIERALLOC_RETAIN_BYTES`,
+//! `TIERALLOC_BACKGROUND_THREAD` ([`background`]) and `TIERALLOC_NO_RSEQ`.
+//! Bad values are reported on stderr and ignored. Set-up runs at the first
+//! allocation or when the library is loaded (an `.init_array` entry),
+//! whichever comes first; the background thread starts at load, outside any
+//! `malloc`. `TIERALLOC_SHOW_STATS` prints from an `.fini_array` entry, after
+//! the program's destructors. Every report is written from a stack buffer
+//! ([`report`]), never allocating.
 //!
 //! ## Invariants of this layer
 //!
@@ -35,27 +51,38 @@
 //!   panics, before any core call that would panic on them. Invalid ones are
 //!   reported with `write(2)` from a stack buffer and `abort()`: reporting never
 //!   allocates.
-//! * **fork.** `pthread_atfork(lock_all, unlock_all, unlock_all)` is registered
-//!   on the first allocation. An atomic state word makes that one-shot and
-//!   re-entrant: if `pthread_atfork` itself calls `malloc` (glibc 2.36 does not
-//!   for its first 48 handlers, but may past that), the inner call sees
-//!   "registering" and allocates normally; no heap lock is held meanwhile.
-//!   Being registered first, our prepare handler runs last and our child
-//!   handler first, so other libraries' handlers may allocate.
+//! * **Set-up and fork.** `set_up` (the options, then
+//!   `pthread_atfork(lock_all, unlock_all, unlock_all)`) runs once, on the
+//!   first allocation or at load. An atomic state word makes it one-shot and
+//!   re-entrant: if `pthread_atfork` or `pthread_create` calls `malloc`
+//!   (glibc's `pthread_atfork` does past 48 handlers, `pthread_create`
+//!   allocates the new thread's TLS), the inner call sees "setting up" and
+//!   allocates normally; no heap lock is held meanwhile. Being registered
+//!   first, our prepare handler runs last and our child handler first, so
+//!   other libraries' handlers may allocate. A forked child has no
+//!   background thread: its next allocation starts one (not the fork
+//!   handler, where creating a thread is not safe).
 //! * **Threads.** The heap keeps per-CPU caches, not per-thread ones: threads
 //!   created before or after the library is loaded need no set-up and leave
 //!   nothing behind when they exit.
 
 use core::alloc::Layout;
 use core::ffi::{c_int, c_void};
+use core::fmt::Write;
 use core::ptr::null_mut;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
 use core_alloc::{LinuxHeap, MAX_SMALL_SIZE};
 
+mod background;
+mod options;
+mod report;
+
+use report::{Out, Sink};
+
 /// The one heap: behind the C functions and Rust's allocator alike.
 #[global_allocator]
-static HEAP: LinuxHeap = LinuxHeap::new();
+pub(crate) static HEAP: LinuxHeap = LinuxHeap::new();
 
 /// `alignof(max_align_t)` on x86_64 and aarch64 Linux.
 const MIN_ALIGN: usize = 16;
@@ -109,7 +136,7 @@ fn aligned_layout(align: usize, size: usize) -> Option<Layout> {
 /// the first time; sets ENOMEM on failure.
 #[inline(always)]
 fn alloc_layout(layout: Option<Layout>) -> *mut c_void {
-    ensure_atfork();
+    ensure_set_up();
     match layout {
         Some(l) => {
             let p = HEAP.allocate(l);
@@ -136,98 +163,202 @@ fn checked_usable(func: &str, p: *mut c_void) -> usize {
 #[cold]
 #[inline(never)]
 fn invalid_pointer(func: &str, p: *mut c_void, detail: Option<(&str, usize)>) -> ! {
-    let mut buf = Msg {
-        buf: [0; 256],
-        len: 0,
-    };
-    buf.push(b"tieralloc: ");
-    buf.push(func.as_bytes());
-    buf.push(b"(): invalid pointer ");
-    buf.hex(p as usize);
+    let mut o = Out::stderr();
+    o.bytes(b"tieralloc: ");
+    o.bytes(func.as_bytes());
+    o.bytes(b"(): invalid pointer ");
+    o.hex(p as usize);
     match detail {
         Some((what, n)) => {
-            buf.push(b": ");
-            buf.push(what.as_bytes());
-            buf.dec(n);
+            o.bytes(b": ");
+            o.bytes(what.as_bytes());
+            o.dec(n as u64);
         }
-        None => buf.push(b": not the start of a live object of this allocator (foreign, interior or freed pointer)"),
+        None => o.bytes(b": not the start of a live object of this allocator (foreign, interior or freed pointer)"),
     }
-    buf.push(b"\n");
-    // SAFETY: writing our stack buffer to fd 2, then abort (no unwinding).
-    unsafe {
-        libc::write(2, buf.buf.as_ptr().cast(), buf.len);
-        libc::abort()
-    }
+    o.bytes(b"\n");
+    o.finish();
+    // SAFETY: no preconditions; no unwinding.
+    unsafe { libc::abort() }
 }
 
-/// A fixed stack buffer for the abort message.
-struct Msg {
-    buf: [u8; 256],
-    len: usize,
-}
+// ------------------------------------------------------------------- set-up
 
-impl Msg {
-    fn push(&mut self, s: &[u8]) {
-        let n = s.len().min(self.buf.len() - self.len);
-        self.buf[self.len..self.len + n].copy_from_slice(&s[..n]);
-        self.len += n;
-    }
-    fn hex(&mut self, mut v: usize) {
-        let mut d = [0u8; 18];
-        let mut i = d.len();
-        loop {
-            i -= 1;
-            d[i] = b"0123456789abcdef"[v & 15];
-            v >>= 4;
-            if v == 0 {
-                break;
-            }
-        }
-        i -= 2;
-        d[i] = b'0';
-        d[i + 1] = b'x';
-        self.push(&d[i..]);
-    }
-    fn dec(&mut self, mut v: usize) {
-        let mut d = [0u8; 20];
-        let mut i = d.len();
-        loop {
-            i -= 1;
-            d[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        self.push(&d[i..]);
-    }
-}
+/// Set-up has not begun.
+const NOT_SET_UP: u8 = 0;
+/// Set-up is running: a nested `malloc` (from `pthread_atfork`,
+/// `pthread_create`) or another thread's passes through and allocates.
+const SETTING_UP: u8 = 1;
+/// Set up.
+const SET_UP: u8 = 2;
+/// A forked child whose parent ran the background thread: the child's next
+/// allocation starts it again.
+const RESTART_THREAD: u8 = 3;
 
-// --------------------------------------------------------------------- fork
+/// The one-shot set-up ([`set_up`]).
+static SETUP: AtomicU8 = AtomicU8::new(NOT_SET_UP);
 
-/// 0: not registered; 1: registering (a nested malloc passes through); 2: done.
-static ATFORK: AtomicU8 = AtomicU8::new(0);
+/// `TIERALLOC_SHOW_STATS`, `TIERALLOC_VERBOSE` (written by set-up before
+/// [`SETUP`] becomes [`SET_UP`]).
+static SHOW_STATS: AtomicBool = AtomicBool::new(false);
+static VERBOSE: AtomicBool = AtomicBool::new(false);
+/// The background thread's poll interval in ms if the options ask for one
+/// (0: none), and whether one runs in this process.
+static BACKGROUND_MS: AtomicU64 = AtomicU64::new(0);
+static BACKGROUND_RUNNING: AtomicBool = AtomicBool::new(false);
 
+/// Sets the library up on the first allocation (or at load, [`INIT`]).
 #[inline(always)]
-fn ensure_atfork() {
-    if ATFORK.load(Ordering::Relaxed) == 0 {
-        register_atfork();
+fn ensure_set_up() {
+    if SETUP.load(Ordering::Relaxed) != SET_UP {
+        set_up();
     }
 }
 
+/// Reads the options (without allocating, [`options`]), applies them to the
+/// heap, and registers `pthread_atfork(lock_all, unlock_all, unlock_all)`.
+/// One-shot and re-entrant through [`SETUP`]: no heap lock is held while
+/// `pthread_atfork` runs (glibc 2.36 allocates in it past 48 handlers),
+/// and a nested `malloc` sees [`SETTING_UP`] and allocates normally. Being
+/// registered first, our prepare handler runs last and our child handler
+/// first, so other libraries' handlers may allocate.
 #[cold]
 #[inline(never)]
-fn register_atfork() {
-    if ATFORK
-        .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
-        .is_ok()
-    {
-        // SAFETY: plain function pointers with the C ABI. Failure (ENOMEM) leaves
-        // fork unprotected, as it would be without the handlers.
-        unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
-        ATFORK.store(2, Ordering::Release);
+fn set_up() {
+    match SETUP.compare_exchange(NOT_SET_UP, SETTING_UP, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => {}
+        Err(RESTART_THREAD) => {
+            if SETUP
+                .compare_exchange(
+                    RESTART_THREAD,
+                    SETTING_UP,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                start_background_thread();
+                SETUP.store(SET_UP, Ordering::Release);
+            }
+            return;
+        }
+        Err(_) => return,
+    }
+    let o = options::read();
+    if let Some(ms) = o.decay_ms {
+        // The variable's 0 is "off", the core's is "the default".
+        HEAP.set_decay_ms(if ms == 0 { u64::MAX } else { ms });
+    }
+    if let Some(b) = o.retain_bytes {
+        HEAP.set_retain_bytes(b);
+    }
+    SHOW_STATS.store(o.show_stats, Ordering::Relaxed);
+    VERBOSE.store(o.verbose, Ordering::Relaxed);
+    let decay_ms = HEAP.decay_ms();
+    if o.background_thread && decay_ms != u64::MAX {
+        BACKGROUND_MS.store((decay_ms / 4).max(1), Ordering::Relaxed);
+    }
+    // SAFETY: plain function pointers with the C ABI. Failure (ENOMEM) leaves
+    // fork unprotected, as it would be without the handlers.
+    let atfork =
+        unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) }
+            == 0;
+    SETUP.store(SET_UP, Ordering::Release);
+    if o.verbose {
+        report_set_up(&o, decay_ms, atfork);
     }
 }
+
+/// `TIERALLOC_VERBOSE=1`: one line on the mode, the CPUs and the options.
+/// Sets the heap up to learn the mode (no allocation is in flight here).
+#[cold]
+fn report_set_up(o: &options::Options, decay_ms: u64, atfork: bool) {
+    let rseq = HEAP.uses_rseq();
+    let cpus = HEAP.stats().cpus;
+    let mut out = Out::stderr();
+    let _ = write!(
+        out,
+        "tieralloc: set up: {} mode{}, {cpus} CPUs; ",
+        if rseq { "rseq" } else { "locked" },
+        match (rseq, o.no_rseq) {
+            (false, true) => " (TIERALLOC_NO_RSEQ=1)",
+            (false, false) => " (glibc registered no rseq area)",
+            _ => "",
+        },
+    );
+    if decay_ms == u64::MAX {
+        out.bytes(b"decay off");
+    } else {
+        let _ = write!(out, "decay {decay_ms} ms");
+    }
+    let _ = writeln!(
+        out,
+        ", retained floor {} bytes, background thread {}, show stats {}",
+        o.retain_bytes.unwrap_or(core_alloc::DEFAULT_RETAIN_BYTES),
+        match (o.background_thread, decay_ms == u64::MAX) {
+            (false, _) => "off",
+            (true, false) => "on",
+            (true, true) => "off (the decay is off)",
+        },
+        if o.show_stats { "on" } else { "off" },
+    );
+    if !atfork {
+        out.bytes(b"tieralloc: warning: pthread_atfork failed: fork() while other threads allocate may deadlock the child\n");
+    }
+    out.finish();
+}
+
+/// Starts the background thread if the options ask for one; called where a
+/// nested `malloc` is served (at load, or a forked child's next allocation).
+fn start_background_thread() {
+    let ms = BACKGROUND_MS.load(Ordering::Relaxed);
+    if ms == 0 || BACKGROUND_RUNNING.load(Ordering::Relaxed) {
+        return;
+    }
+    let ok = background::start(ms);
+    BACKGROUND_RUNNING.store(ok, Ordering::Relaxed);
+    if VERBOSE.load(Ordering::Relaxed) {
+        let mut out = Out::stderr();
+        if ok {
+            let _ = writeln!(
+                out,
+                "tieralloc: background thread started: the decay is polled every {ms} ms"
+            );
+        } else {
+            out.bytes(b"tieralloc: warning: the background thread could not be created; the decay runs on heap activity only\n");
+        }
+        out.finish();
+    }
+}
+
+/// At load (after libc's constructors, before the program's): the set-up,
+/// then the background thread, outside any `malloc`.
+extern "C" fn at_load() {
+    ensure_set_up();
+    start_background_thread();
+}
+
+/// At exit (after the program's destructors and `atexit` handlers):
+/// `TIERALLOC_SHOW_STATS=1` prints the statistics.
+extern "C" fn at_exit() {
+    if SHOW_STATS.load(Ordering::Relaxed) {
+        let s = HEAP.stats();
+        let mut out = Out::stderr();
+        out.bytes(b"tieralloc: statistics at exit (Go MemStats terms; bytes unless named)\n");
+        let _ = write!(out, "{s}");
+        out.finish();
+    }
+}
+
+#[used]
+#[link_section = ".init_array"]
+static INIT: extern "C" fn() = at_load;
+
+#[used]
+#[link_section = ".fini_array"]
+static FINI: extern "C" fn() = at_exit;
+
+// --------------------------------------------------------------------- fork
 
 extern "C" fn fork_prepare() {
     HEAP.lock_all();
@@ -241,6 +372,12 @@ extern "C" fn fork_parent() {
 extern "C" fn fork_child() {
     // SAFETY: the parent thread we were forked from ran `fork_prepare`.
     unsafe { HEAP.unlock_all() };
+    // Only the forking thread lives on in the child: the child's next
+    // allocation starts a background thread of its own (not here: creating
+    // a thread in a fork handler is not safe).
+    if BACKGROUND_RUNNING.swap(false, Ordering::Relaxed) {
+        SETUP.store(RESTART_THREAD, Ordering::Release);
+    }
 }
 
 // -------------------------------------------------------------- the C ABI
@@ -269,7 +406,7 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
 /// C's `calloc`.
 #[no_mangle]
 pub unsafe extern "C" fn calloc(n: usize, m: usize) -> *mut c_void {
-    ensure_atfork();
+    ensure_set_up();
     let Some(l) = n.checked_mul(m).and_then(plain_layout) else {
         return enomem();
     };
@@ -542,5 +679,118 @@ pub extern "C" fn mallinfo() -> Mallinfo {
         uordblks: m.uordblks as c_int,
         fordblks: m.fordblks as c_int,
         keepcost: m.keepcost as c_int,
+    }
+}
+
+/// glibc's `malloc_stats`: glibc's lines on stderr, then tieralloc's
+/// statistics table (Go MemStats terms, per class). `system bytes` = bytes
+/// of arenas not given back to the OS plus the allocator's metadata; `in
+/// use bytes` = bytes in live objects (class-rounded); the `max mmap`
+/// lines give the large objects live now (tieralloc keeps no maximum).
+#[no_mangle]
+pub extern "C" fn malloc_stats() {
+    let s = HEAP.stats();
+    let system = s.heap_sys.saturating_sub(s.heap_released) + s.meta_sys;
+    let mut out = Out::stderr();
+    for head in ["Arena 0:", "Total (incl. mmap):"] {
+        let _ = writeln!(
+            out,
+            "{head}\nsystem bytes     = {system:>10}\nin use bytes     = {:>10}",
+            s.heap_alloc
+        );
+    }
+    let _ = writeln!(
+        out,
+        "max mmap regions = {:>10}\nmax mmap bytes   = {:>10}",
+        s.by_size[0].live(),
+        s.large_alloc
+    );
+    out.bytes(b"tieralloc statistics (Go MemStats terms; bytes unless named):\n");
+    let _ = write!(out, "{s}");
+    out.finish();
+}
+
+/// glibc's `malloc_info`: the XML of glibc's shape (`<malloc version="1">`,
+/// one `<heap nr="0">`), with tieralloc's figures: a `<size>` row per class
+/// with live objects (`count` objects, `total` bytes; glibc lists free
+/// chunks there), `total type="fast"` = free objects in the caches,
+/// `"rest"` = free pages not yet given back, `"mmap"` = large objects,
+/// `system type="current"` = arena bytes not given back, `"max"` = arena
+/// bytes obtained. `options` must be 0: otherwise it returns `EINVAL`, as
+/// glibc does (the value, not errno). Returns -1 if a write failed.
+///
+/// # Safety
+/// `fp` is a valid `FILE *` open for writing (NULL returns `EINVAL`).
+#[no_mangle]
+pub unsafe extern "C" fn malloc_info(options: c_int, fp: *mut libc::FILE) -> c_int {
+    if options != 0 || fp.is_null() {
+        return libc::EINVAL;
+    }
+    // The figures first; the stream (which may allocate its buffer) after.
+    let s = HEAP.stats();
+    let mut out = Out::new(Sink::File(fp));
+    let _ = writeln!(out, "<malloc version=\"1\">\n<heap nr=\"0\">\n<sizes>");
+    let mut from = 1;
+    for row in &s.by_size[1..] {
+        if row.live() != 0 {
+            let _ = writeln!(
+                out,
+                "  <size from=\"{from}\" to=\"{}\" total=\"{}\" count=\"{}\"/>",
+                row.size,
+                row.live().wrapping_mul(row.size),
+                row.live()
+            );
+        }
+        from = row.size + 1;
+    }
+    out.bytes(b"</sizes>\n");
+    let current = s.heap_sys.saturating_sub(s.heap_released);
+    let free_pages = s.heap_idle.saturating_sub(s.heap_released);
+    let totals = |out: &mut Out, mmap: bool| {
+        let _ = writeln!(
+            out,
+            "<total type=\"fast\" count=\"0\" size=\"{}\"/>\n<total type=\"rest\" count=\"0\" size=\"{free_pages}\"/>",
+            s.cached_bytes
+        );
+        if mmap {
+            let _ = writeln!(
+                out,
+                "<total type=\"mmap\" count=\"{}\" size=\"{}\"/>",
+                s.by_size[0].live(),
+                s.large_alloc
+            );
+        }
+        let _ = writeln!(
+            out,
+            "<system type=\"current\" size=\"{current}\"/>\n<system type=\"max\" size=\"{}\"/>\n\
+             <aspace type=\"total\" size=\"{}\"/>\n<aspace type=\"mprotect\" size=\"{current}\"/>",
+            s.heap_sys, s.heap_sys
+        );
+    };
+    totals(&mut out, false);
+    out.bytes(b"</heap>\n");
+    totals(&mut out, true);
+    out.bytes(b"</malloc>\n");
+    if out.finish() {
+        0
+    } else {
+        -1
+    }
+}
+
+/// glibc's `mallopt`: `M_TRIM_THRESHOLD` (-1) sets the retained floor
+/// ([`Heap::set_retain_bytes`](core_alloc::Heap::set_retain_bytes): free
+/// memory below it is never given back) and returns 1; every other option
+/// (glibc's arenas, mmap threshold, top pad, ...) means nothing here and
+/// returns 0, as glibc does for an option it does not know.
+#[no_mangle]
+pub extern "C" fn mallopt(param: c_int, value: c_int) -> c_int {
+    const M_TRIM_THRESHOLD: c_int = -1;
+    match param {
+        M_TRIM_THRESHOLD if value >= 0 => {
+            HEAP.set_retain_bytes(value as usize);
+            1
+        }
+        _ => 0,
     }
 }

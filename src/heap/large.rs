@@ -109,7 +109,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             // SAFETY: the caller owned the object; the span is live and large.
             unsafe { h.free_large(&self.source, s) };
         }
-        self.decay_tick(true);
+        self.decay_after_free();
     }
 
     /// Resizes in place when the class does not change, when a class object
@@ -247,6 +247,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         if let (Some(s), Some(npages)) = (own, pages) {
             // SAFETY: the caller owns the object, so its span is live and ours.
             if unsafe { self.pages.lock().resize_large(&self.source, s, npages) } {
+                if npages.bytes() < old_size {
+                    // The tail went back to the page heap.
+                    self.decay_after_free();
+                }
                 return p;
             }
         }
@@ -289,8 +293,11 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 core::ptr::copy_nonoverlapping(p, q, old_size.min(new_size));
             }
             match (own, old) {
-                // SAFETY: the caller hands the object over; its span is ours.
-                (Some(s), _) => unsafe { self.pages.lock().free_large(&self.source, s) },
+                (Some(s), _) => {
+                    // SAFETY: the caller hands the object over; its span is ours.
+                    unsafe { self.pages.lock().free_large(&self.source, s) };
+                    self.decay_after_free();
+                }
                 (None, ObjectKind::Tiny) => self.free_tiny(p),
                 (None, ObjectKind::Small(c)) => self.free_small(p, c),
                 (None, ObjectKind::Large) => unreachable!("a large object has its own span"),

@@ -485,6 +485,12 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         })
     }
 
+    /// The decay period in milliseconds ([`crate::DEFAULT_DECAY_MS`] unless
+    /// [`Heap::set_decay_ms`] set another; `u64::MAX`: off).
+    pub fn decay_ms(&self) -> u64 {
+        self.guarded(|| self.pages.lock().decay_ms())
+    }
+
     /// Releases the free memory that has stayed unused for the decay period
     /// (see [`Heap::set_decay_ms`]), if the clock says a quarter of the
     /// period has passed since the last look; returns the bytes released.
@@ -509,6 +515,11 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         if now < self.decay_next.load(Ordering::Relaxed) {
             return 0;
         }
+        self.decay_poll_at(now)
+    }
+
+    /// The poll itself at `now`, whether or not a slot has ended.
+    fn decay_poll_at(&self, now: u64) -> usize {
         let Some(mut h) = self.pages.try_lock() else {
             return 0;
         };
@@ -523,6 +534,17 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     fn decay_tick(&self, due: bool) {
         if S::CLOCK && due {
             self.decay_poll();
+        }
+    }
+
+    /// Polls the decay after a large object's pages went back to the page
+    /// heap, even inside a slot: the poll marks the memory idle from now on
+    /// (see `pageheap::scavenger`, "Decay"), so that after a pause the
+    /// next activity finds it idle through the pause.
+    #[inline]
+    fn decay_after_free(&self) {
+        if S::CLOCK {
+            self.decay_poll_at(self.source.now_ms());
         }
     }
 

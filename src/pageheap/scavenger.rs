@@ -67,7 +67,10 @@
 //! and that much of the highest idle memory is released (tcmalloc's
 //! "skip-subrelease" reasons the same way about its peaks). The clock is
 //! read when the heap polls it (`Heap::decay`): on every refill and flush of
-//! a CPU cache, every large allocation and free, and every 4,096th malloc
+//! a CPU cache, every large allocation and free (a free polls even inside a
+//! slot, so that memory freed just before a pause counts as idle through
+//! it: the slots that pass with no poll are marked with the lowest idle
+//! memory since the last poll), and every 4,096th malloc
 //! of a class on a CPU — so whatever the program does next ages the memory,
 //! without a page-heap event of its own — and, if the program asks for it,
 //! from a background thread.
@@ -204,10 +207,14 @@ const DECAY_SLOTS: usize = 4;
 /// period and over each of the last `DECAY_SLOTS` quarters. Guarded by the
 /// heap lock; times are the source's milliseconds.
 ///
-/// Invariant: `low` is at most every idle size since `slot_start`, and
-/// `lows[i]` (for the `filled` most recent slots) at most every idle size
-/// during slot `i`, less whatever was released since (the marks are lowered
-/// by every release, so they never count memory that is already gone).
+/// Invariant: `low` is at most every idle size since `slot_start`, `tail`
+/// at most every idle size since the last poll, and `lows[i]` (for the
+/// `filled` most recent slots) at most every idle size during slot `i`,
+/// less whatever was released since (the marks are lowered by every
+/// release, so they never count memory that is already gone). The idle
+/// memory only shrinks through [`Decay::note`] and releases, so every idle
+/// size since the last poll is at least `tail`: the slots that ended with
+/// no poll in them are marked with it.
 #[derive(Clone, Copy, Debug)]
 pub struct Decay {
     /// The period in ms, `DEFAULT_DECAY_MS` when zero; `u64::MAX`: never.
@@ -216,6 +223,8 @@ pub struct Decay {
     slot_start: u64,
     /// Low-water mark of the idle pages in the current slot.
     low: Pages,
+    /// Low-water mark of the idle pages since the last poll.
+    tail: Pages,
     /// Marks of the finished slots (a ring).
     lows: [Pages; DECAY_SLOTS],
     /// Slot of `lows` the next finished slot goes to.
@@ -231,6 +240,7 @@ impl Decay {
             period_ms: 0,
             slot_start: 0,
             low: Pages::ZERO,
+            tail: Pages::ZERO,
             lows: [Pages::ZERO; DECAY_SLOTS],
             next: 0,
             filled: 0,
@@ -254,9 +264,8 @@ impl Decay {
     /// Records that `idle` pages are idle now (call whenever the idle memory shrinks).
     #[inline]
     pub fn note(&mut self, idle: Pages) {
-        if idle < self.low {
-            self.low = idle;
-        }
+        self.low = self.low.min(idle);
+        self.tail = self.tail.min(idle);
     }
 
     /// The clock reads `now` with `idle` pages idle: closes the slots that
@@ -273,22 +282,32 @@ impl Decay {
                 period_ms: self.period_ms,
                 slot_start: now.max(1),
                 low: idle,
+                tail: idle,
                 ..Decay::new()
             };
             return Pages::ZERO;
         }
         let ended = (now - self.slot_start) / slot;
+        let tail = core::mem::replace(&mut self.tail, idle);
         if ended == 0 {
             return Pages::ZERO;
         }
-        // Slots with no poll in them were idle at least down to `low` too.
-        for _ in 0..ended.min(DECAY_SLOTS as u64) {
-            self.lows[self.next] = self.low;
+        // The slot of the last poll keeps its mark; the slots that ended
+        // after it with no poll in them, and the current one so far, held at
+        // least `tail` (the memory freed before a pause is idle through it).
+        // (After a pause of more than a period, only the pause is in the window.)
+        let pause_only = ended > DECAY_SLOTS as u64;
+        for k in 0..ended.min(DECAY_SLOTS as u64) {
+            self.lows[self.next] = if k == 0 && !pause_only {
+                self.low
+            } else {
+                tail
+            };
             self.next = (self.next + 1) % DECAY_SLOTS;
             self.filled = (self.filled + 1).min(DECAY_SLOTS);
         }
         self.slot_start += ended * slot;
-        self.low = idle;
+        self.low = tail;
         if self.filled < DECAY_SLOTS {
             return Pages::ZERO;
         }
@@ -298,6 +317,7 @@ impl Decay {
     /// `pages` idle pages were released: lowers every mark by as much.
     pub fn released(&mut self, pages: Pages) {
         self.low = self.low.saturating_sub(pages);
+        self.tail = self.tail.saturating_sub(pages);
         for l in &mut self.lows {
             *l = l.saturating_sub(pages);
         }
@@ -623,6 +643,40 @@ mod tests {
         d.period_ms = u64::MAX;
         assert_eq!(d.poll(1 << 40, pg(8)), pg(0));
         assert_eq!(d.next_poll(), u64::MAX);
+    }
+
+    /// Memory freed just before a pause (a poll marks it) is idle through
+    /// the pause: the first poll after a pause of more than a period
+    /// releases it, however low the idle memory was in the slot before.
+    #[test]
+    fn decay_counts_a_pause_after_a_free_as_idle() {
+        let mut d = Decay::new();
+        let q = DEFAULT_DECAY_MS / DECAY_SLOTS as u64;
+        d.poll(1, pg(0)); // the heap in use: nothing idle
+        d.poll(1 + q / 4, pg(0));
+        d.poll(1 + q / 2, pg(16_000)); // a big free, within the same slot
+        assert_eq!(
+            d.poll(1 + q / 2 + 5 * q, pg(16_000)),
+            pg(16_000),
+            "idle through five quarters of silence"
+        );
+        // A shorter pause keeps the slot of the free (idle 0) in the window.
+        let mut e = Decay::new();
+        e.poll(1, pg(0));
+        e.poll(1 + q / 2, pg(16_000));
+        assert_eq!(e.poll(1 + q / 2 + 3 * q, pg(16_000)), pg(0));
+        assert_eq!(e.poll(1 + q / 2 + 4 * q, pg(16_000)), pg(0));
+        assert_eq!(
+            e.poll(1 + 5 * q, pg(16_000)),
+            pg(16_000),
+            "the slot of the free has left the window"
+        );
+        // Reuse during the pause (noted) lowers the mark of the silent slots.
+        let mut f = Decay::new();
+        f.poll(1, pg(0));
+        f.poll(1 + q / 2, pg(16_000));
+        f.note(pg(4_000));
+        assert_eq!(f.poll(1 + q / 2 + 5 * q, pg(16_000)), pg(4_000));
     }
 
     /// Freeing the whole heap is one epoch; the rebuild ends the next only when

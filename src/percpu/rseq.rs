@@ -891,8 +891,21 @@ fn available_after_race() -> Availability {
     }
 }
 
+/// `TIERALLOC_NO_RSEQ=1` refuses rseq. Read with `getenv`, which does not
+/// allocate: the probe may run inside the heap's first allocation, where an
+/// allocating read (`std::env`) would re-enter the heap. Any other value
+/// (`0`, empty, a typo) keeps rseq; the C library reports bad values.
+fn rseq_refused() -> bool {
+    // SAFETY: a NUL-terminated name; glibc's getenv only reads `environ`, and
+    // a non-null result is a NUL-terminated string that outlives this call.
+    unsafe {
+        let v = libc::getenv(c"TIERALLOC_NO_RSEQ".as_ptr());
+        !v.is_null() && core::ffi::CStr::from_ptr(v).to_bytes() == b"1"
+    }
+}
+
 fn probe() -> Option<i64> {
-    if std::env::var_os("TIERALLOC_NO_RSEQ").is_some() {
+    if rseq_refused() {
         return None;
     }
     // SAFETY: dlsym with a NUL-terminated name; the symbols, when present, are
