@@ -44,9 +44,9 @@ pub(crate) fn unmark_cached(span: &Span, idx: usize, p: *mut u8) {
 }
 
 /// A cached object is handed to the user.
-pub(crate) fn on_alloc(map: &PageMap, p: *mut u8) {
+pub(crate) fn on_alloc(g: &Geometry, map: &PageMap, p: *mut u8) {
     // SAFETY: cached objects are in live spans.
-    let span = unsafe { &*map.span_of(Addr::of(p)) };
+    let span = unsafe { &*map.span_of(Addr::of(p), g.page()) };
     let (w, b) = bit(span.index_of(Addr::of(p)).0);
     let old = span.cached_bits[w].fetch_and(!b, Ordering::Relaxed);
     assert!(
@@ -83,7 +83,7 @@ pub(crate) fn on_free<G>(
     lock: impl FnOnce() -> G,
 ) {
     // SAFETY: non-null page-map entries are live spans.
-    let Some(span) = (unsafe { map.span_of(Addr::of(p)).as_ref() }) else {
+    let Some(span) = (unsafe { map.span_of(Addr::of(p), g.page()).as_ref() }) else {
         panic!("tieralloc: free of {p:p}: not a pointer into this heap (foreign pointer, or a freed large object)");
     };
     if span.state == SpanState::Idle {

@@ -16,10 +16,10 @@ pub use crate::sizeclass::NUM_CLASSES;
 pub use crate::sizeclass::{class_for, size_to_class, SizeClass, TINY_CLASS};
 pub use crate::span::{Span, SpanState};
 pub use crate::stack::STACK_CACHE_BOUND_BYTES;
-pub use crate::units::{Addr, PageIdx, Pages};
+pub use crate::units::{Addr, PageIdx, PageSize, Pages};
 
-/// Pages in a chunk (`CHUNK_BYTES / PAGE_BYTES`).
-pub const CHUNK_PAGES: usize = crate::CHUNK_PAGES;
+/// Go's pages in a chunk (`CHUNK_BYTES / PAGE_BYTES`).
+pub const CHUNK_PAGES: usize = crate::CHUNK_BYTES / crate::PAGE_BYTES;
 
 pub use crate::testing::Rng;
 #[cfg(feature = "linux")]

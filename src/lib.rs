@@ -306,15 +306,12 @@ pub use pageheap::{DEFAULT_DECAY_MS, DEFAULT_RETAIN_BYTES};
 pub use percpu::CACHE_BOUND_BYTES;
 pub use sizeclass::{ClassInfo, Geometry, SizeClass, Spacing, Spec, NUM_CLASSES};
 
-/// log2 of [`PAGE_BYTES`].
-pub(crate) const PAGE_SHIFT: usize = 13;
-/// The heap's page: the unit of spans and of the page allocator (Go's `_PageSize`).
-pub const PAGE_BYTES: usize = 1 << PAGE_SHIFT;
-/// Pages in a chunk, the unit of the arena map and of arena sizes (Go's palloc chunk).
-pub(crate) const CHUNK_PAGES: usize = 512;
-/// The granule of the page map and of arena sizes: 512 pages, 4 MiB
-/// ([`PageSource::ARENA_BYTES`] is a multiple of it).
-pub const CHUNK_BYTES: usize = CHUNK_PAGES * PAGE_BYTES;
+/// Go's page, 8 KiB: the page of [`Geometry::GO`], which hosted and kernel
+/// sources use. A heap's own page is its source's ([`PageSource::GEOMETRY`]).
+pub const PAGE_BYTES: usize = units::PageSize::GO.bytes();
+/// The granule of the page map and of arena sizes, 4 MiB whatever the page
+/// size ([`PageSource::ARENA_BYTES`] is a multiple of it; 512 of Go's pages).
+pub const CHUNK_BYTES: usize = 4 << 20;
 /// Largest small object; anything bigger is a large object with a span of its own.
 pub const MAX_SMALL_SIZE: usize = 32768;
 /// Requests below this many bytes (with alignment at most 8) are tiny objects.

@@ -22,7 +22,7 @@ use core::ptr::null_mut;
 
 use crate::sizeclass::{ClassInfo, SizeClass};
 use crate::sync::atomic::{AtomicPtr, AtomicU8};
-use crate::units::{Addr, AtomicOwner, Pages};
+use crate::units::{Addr, AtomicOwner, PageSize, Pages};
 use crate::PAGE_BYTES;
 
 /// Most objects any span holds: class 1 (8 B) in one 8 KiB page.
@@ -120,7 +120,7 @@ pub struct Span {
 }
 
 impl Span {
-    /// Initialises a record for `npages` pages at `start`, used as `state`.
+    /// Initialises a record for `npages` pages of `page` at `start`, used as `state`.
     ///
     /// # Safety
     /// `this` points to writable room for a `Span` (possibly uninitialised).
@@ -128,6 +128,7 @@ impl Span {
         this: *mut Span,
         start: Addr,
         npages: Pages,
+        page: PageSize,
         arena: *mut u8,
         state: SpanState,
     ) {
@@ -143,7 +144,7 @@ impl Span {
                 state,
                 list: ListId::None,
                 needzero: true,
-                elemsize: npages.bytes().min(u32::MAX as usize) as u32,
+                elemsize: npages.bytes(page).min(u32::MAX as usize) as u32,
                 nelems: 1,
                 div_mul: 0,
                 alloc_count: 0,
@@ -174,10 +175,10 @@ impl Span {
         self.owner.store(crate::units::Owner::NONE);
     }
 
-    /// One past the last byte.
+    /// One past the last byte, in a heap of pages of `page`.
     #[inline]
-    pub fn end(&self) -> Addr {
-        self.start.add_pages(self.npages)
+    pub fn end(&self, page: PageSize) -> Addr {
+        self.start.add_pages(self.npages, page)
     }
 
     /// Bits of word `w` that stand for real objects.
@@ -413,6 +414,7 @@ mod tests {
                 b.as_mut_ptr(),
                 Addr::new(0x10_0000),
                 GO.span_pages(c),
+                GO.page(),
                 null_mut(),
                 SpanState::Small,
             )

@@ -15,11 +15,11 @@
 //! two from [`MIN_STACK`] = 8 KiB up that holds it: orders 8, 16, 32 and 64 KiB
 //! ([`NUM_ORDERS`] = 4). Go starts at 2 KiB because a goroutine stack grows by
 //! copying; a kernel stack cannot grow, holds interrupt frames and deep driver
-//! call chains, and 8 KiB (one heap page, [`crate::PAGE_BYTES`]) is the least a
+//! call chains, and 8 KiB ([`MIN_STACK`]) is the least a
 //! kernel thread lives with (Linux's smallest `THREAD_SIZE` on 64-bit is 16 KiB).
 //!
-//! **Pools.** Stacks of order `o` are carved from spans of [`STACK_SPAN_PAGES`]
-//! = 32 pages (256 KiB, 32 stacks of 8 KiB down to 4 of 64 KiB) that the page
+//! **Pools.** Stacks of order `o` are carved from spans of [`STACK_SPAN_BYTES`]
+//! (256 KiB, 32 stacks of 8 KiB down to 4 of 64 KiB) that the page
 //! heap hands out as `SpanState::Manual`, aligned to 256 KiB, so **every
 //! pooled stack is aligned to its size** (`sp & !(size - 1)` finds its base).
 //! `pool[o]` keeps the spans that still have a free stack; a span whose last
@@ -73,29 +73,38 @@
 use core::ptr::{null_mut, NonNull};
 
 use crate::pageheap::Below;
-use crate::source::PageSource;
+use crate::source::{PageSource, SourcePage};
 use crate::span::{ListId, Span, SpanList, SpanState};
 use crate::sync::atomic::{AtomicUsize, Ordering};
 use crate::sync::{Lock, Padded, RelaxStrategy};
-use crate::units::{Addr, Pages};
-use crate::{PAGE_BYTES, PAGE_SHIFT};
+use crate::units::{Addr, PageSize, Pages};
+use crate::PAGE_BYTES;
 
-/// Smallest stack, order 0: one heap page.
+/// Smallest stack, order 0, and the granule of every stack size: 8 KiB (one
+/// of Go's pages; a whole number of the heap's pages, which are at most that).
 pub const MIN_STACK: usize = PAGE_BYTES;
 /// Number of pooled sizes: `MIN_STACK << o` for `o < NUM_ORDERS`.
 pub const NUM_ORDERS: usize = 4;
 /// Largest pooled stack, `MIN_STACK << (NUM_ORDERS - 1)` = 64 KiB; bigger ones are large stacks.
 pub const MAX_ORDER_STACK: usize = MIN_STACK << (NUM_ORDERS - 1);
-/// Pages of a pool span.
-pub const STACK_SPAN_PAGES: Pages = Pages::new(32);
-/// `STACK_SPAN_BYTES = STACK_SPAN_PAGES * PAGE_BYTES` = 256 KiB.
-pub const STACK_SPAN_BYTES: usize = STACK_SPAN_PAGES.bytes();
+/// Bytes of a pool span: 256 KiB.
+pub const STACK_SPAN_BYTES: usize = 32 * MIN_STACK;
+
+/// The pages of `bytes` (a multiple of [`MIN_STACK`]) in a heap of `page`,
+/// which divides [`MIN_STACK`].
+const fn stack_pages(bytes: usize, page: PageSize) -> Pages {
+    assert!(
+        MIN_STACK.is_multiple_of(page.bytes()),
+        "stacks need pages of at most 8 KiB"
+    );
+    Pages::of_whole_bytes(bytes, page)
+}
 /// Bytes of free stacks a CPU cache holds per order (at least one stack).
 pub const STACK_CACHE_BYTES: usize = 64 << 10;
 /// Array slots per order in a [`StackCache`]: the capacity of order 0.
 pub const CACHE_SLOTS: usize = STACK_CACHE_BYTES / MIN_STACK;
-/// Bytes below a guarded stack that fault on access: one heap page.
-pub const GUARD_BYTES: usize = PAGE_BYTES;
+/// Bytes below a guarded stack that fault on access: 8 KiB.
+pub const GUARD_BYTES: usize = MIN_STACK;
 
 const _: () = assert!(
     STACK_SPAN_BYTES / MIN_STACK <= 64,
@@ -116,7 +125,7 @@ pub const fn order_of(bytes: usize) -> Option<usize> {
     } else if bytes > MAX_ORDER_STACK {
         None
     } else {
-        Some((bytes.next_power_of_two() >> PAGE_SHIFT).trailing_zeros() as usize)
+        Some((bytes.next_power_of_two() / MIN_STACK).trailing_zeros() as usize)
     }
 }
 
@@ -412,7 +421,7 @@ impl<X: RelaxStrategy> StackAlloc<X> {
                 let span = unsafe { live_span(below, p).as_ref() };
                 let fits = o < NUM_ORDERS
                     && stack.size == order_size(o)
-                    && span.npages == STACK_SPAN_PAGES
+                    && span.npages == stack_pages(STACK_SPAN_BYTES, S::PAGE)
                     && span.elemsize as usize == stack.size
                     && span.nelems > 1
                     && (Addr::of(p) - span.start).is_multiple_of(stack.size);
@@ -439,7 +448,7 @@ impl<X: RelaxStrategy> StackAlloc<X> {
                 let span = unsafe { s.as_ref() };
                 let fits = span.nelems == 1
                     && span.start + g == Addr::of(p)
-                    && span.npages.bytes() == stack.size + g;
+                    && span.npages.bytes(S::PAGE) == stack.size + g;
                 assert!(
                     fits,
                     "tieralloc: free of {} stack {p:p} ({} B): span {:#x} of {} pages does not match",
@@ -448,7 +457,7 @@ impl<X: RelaxStrategy> StackAlloc<X> {
                     span.start,
                     span.npages
                 );
-                let span_bytes = span.npages.bytes();
+                let span_bytes = span.npages.bytes(S::PAGE);
                 self.dedicated_inuse.fetch_sub(1, Ordering::Relaxed);
                 self.dedicated_inuse_bytes
                     .fetch_sub(stack.size, Ordering::Relaxed);
@@ -632,8 +641,8 @@ impl<X: RelaxStrategy> StackAlloc<X> {
                 let Some(new) = below.heap.lock().alloc_span(
                     below.source,
                     below.map,
-                    STACK_SPAN_PAGES,
-                    STACK_SPAN_PAGES.get(),
+                    const { stack_pages(STACK_SPAN_BYTES, S::PAGE) },
+                    const { stack_pages(STACK_SPAN_BYTES, S::PAGE).get() },
                     SpanState::Manual,
                 ) else {
                     break;
@@ -670,7 +679,7 @@ impl<X: RelaxStrategy> StackAlloc<X> {
         let size = order_size(o);
         let mut pool = self.pools[o].0.lock();
         for &p in stacks {
-            let s = below.map.span_of(Addr::of(p));
+            let s = below.map.span_of(Addr::of(p), S::PAGE);
             // SAFETY: non-null page-map entries are live spans.
             let span = match unsafe { s.as_mut() } {
                 Some(span)
@@ -713,11 +722,11 @@ impl<X: RelaxStrategy> StackAlloc<X> {
 
     /// A large stack: `bytes` rounded up to whole pages, a span of its own.
     fn alloc_large<S: PageSource>(&self, below: &Below<'_, S, X>, bytes: usize) -> Option<Stack> {
-        let size = bytes.checked_next_multiple_of(PAGE_BYTES)?;
+        let size = bytes.checked_next_multiple_of(MIN_STACK)?;
         let s = below.heap.lock().alloc_span(
             below.source,
             below.map,
-            Pages::of_whole_bytes(size),
+            stack_pages(size, S::PAGE),
             1,
             SpanState::Manual,
         )?;
@@ -735,12 +744,12 @@ impl<X: RelaxStrategy> StackAlloc<X> {
     /// A guarded stack: `bytes` rounded up to whole pages (at least
     /// `MIN_STACK`) above a faulted page, a span of its own.
     fn alloc_guarded<S: PageSource>(&self, below: &Below<'_, S, X>, bytes: usize) -> Option<Stack> {
-        let size = bytes.max(MIN_STACK).checked_next_multiple_of(PAGE_BYTES)?;
+        let size = bytes.max(MIN_STACK).checked_next_multiple_of(MIN_STACK)?;
         let span_bytes = size.checked_add(GUARD_BYTES)?;
         let s = below.heap.lock().alloc_span(
             below.source,
             below.map,
-            Pages::of_whole_bytes(span_bytes),
+            stack_pages(span_bytes, S::PAGE),
             1,
             SpanState::Manual,
         )?;
@@ -786,7 +795,7 @@ fn init_pool_span(span: &mut Span, size: usize) {
 
 /// The live Manual span holding `p`; panics with the address otherwise.
 fn live_span<S: PageSource, X>(below: &Below<'_, S, X>, p: *mut u8) -> NonNull<Span> {
-    let s = below.map.span_of(Addr::of(p));
+    let s = below.map.span_of(Addr::of(p), S::PAGE);
     // SAFETY: non-null page-map entries are live spans; the fields read here
     // are set before the span is published and do not change while it lives.
     match unsafe { s.as_ref() } {
@@ -844,7 +853,7 @@ mod tests {
             unsafe { self.stacks.free(&self.below(), cache, s) }
         }
         fn inuse(&self) -> u64 {
-            self.heap.lock().stats().inuse
+            self.heap.lock().stats(crate::units::PageSize::GO).inuse
         }
         fn check(&self) {
             self.stacks.check_invariants();

@@ -11,16 +11,60 @@
 //! ```text
 //!   Addr  ── Arena::page_of ──▶ PageIdx ── + Pages ──▶ PageIdx
 //!     ▲                            │
-//!     └──── Arena::addr_of ◀───────┘          Pages::bytes() = n · PAGE_BYTES
+//!     └──── Arena::addr_of ◀───────┘    Pages::bytes(page) = n · page.bytes()
 //! ```
+//!
+//! The page's size is the heap's, not the crate's: it comes from the source's
+//! [`Geometry`](crate::Geometry) (8 KiB, Go's, for hosted and kernel sources)
+//! as a [`PageSize`], the one place where pages and bytes meet.
 
 use core::fmt;
 use core::ops::{Add, AddAssign, Sub, SubAssign};
 
 use crate::sync::atomic::{AtomicU32, Ordering};
-use crate::{PAGE_BYTES, PAGE_SHIFT};
 
-/// A number of heap pages ([`PAGE_BYTES`] each; tcmalloc's `Length`).
+/// A heap's page size: a power of two from 2^5 to 2^20 bytes, taken from its
+/// source's geometry (`S::GEOMETRY.page()`). Every conversion between
+/// [`Pages`] and bytes goes through one, so a heap of 256-byte pages and one
+/// of 8 KiB pages share the page heap's code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageSize {
+    /// log2 of the bytes; 5..=20.
+    shift: u8,
+}
+
+impl PageSize {
+    /// Go's page, 8 KiB: the page of [`Geometry::GO`](crate::Geometry::GO).
+    pub const GO: PageSize = PageSize::from_shift(13);
+
+    /// The page of `1 << shift` bytes. Panics (at compile time in a const)
+    /// outside 5..=20.
+    pub const fn from_shift(shift: u32) -> PageSize {
+        assert!(shift >= 5 && shift <= 20, "page shift out of range");
+        PageSize { shift: shift as u8 }
+    }
+
+    /// log2 of the bytes.
+    #[inline(always)]
+    pub const fn shift(self) -> u32 {
+        self.shift as u32
+    }
+
+    /// Bytes per page.
+    #[inline(always)]
+    pub const fn bytes(self) -> usize {
+        1 << self.shift
+    }
+
+    /// The page holding byte `off` of a page-aligned range (`off / bytes`).
+    #[inline(always)]
+    pub const fn page_at(self, off: usize) -> usize {
+        off >> self.shift
+    }
+}
+
+/// A number of heap pages (tcmalloc's `Length`); their bytes depend on the
+/// heap's [`PageSize`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[repr(transparent)]
 pub struct Pages(usize);
@@ -43,26 +87,26 @@ impl Pages {
         self.0
     }
 
-    /// Bytes in these pages: `n · PAGE_BYTES`.
+    /// Bytes in these pages of `page` bytes.
     #[inline(always)]
-    pub const fn bytes(self) -> usize {
-        self.0 << PAGE_SHIFT
+    pub const fn bytes(self, page: PageSize) -> usize {
+        self.0 << page.shift
     }
 
     /// The pages that hold `bytes` bytes, rounded up (`None` on overflow).
     #[inline]
-    pub const fn of_bytes(bytes: usize) -> Option<Pages> {
-        match bytes.checked_add(PAGE_BYTES - 1) {
-            Some(b) => Some(Pages(b >> PAGE_SHIFT)),
+    pub const fn of_bytes(bytes: usize, page: PageSize) -> Option<Pages> {
+        match bytes.checked_add(page.bytes() - 1) {
+            Some(b) => Some(Pages(b >> page.shift)),
             None => None,
         }
     }
 
-    /// The pages of exactly `bytes` bytes, a multiple of [`PAGE_BYTES`].
+    /// The pages of exactly `bytes` bytes, a multiple of the page.
     #[inline(always)]
-    pub const fn of_whole_bytes(bytes: usize) -> Pages {
-        debug_assert!(bytes.is_multiple_of(PAGE_BYTES));
-        Pages(bytes >> PAGE_SHIFT)
+    pub const fn of_whole_bytes(bytes: usize, page: PageSize) -> Pages {
+        debug_assert!(bytes.is_multiple_of(page.bytes()));
+        Pages(bytes >> page.shift)
     }
 
     /// `self - other`, or `ZERO` if `other` is larger.
@@ -215,10 +259,10 @@ impl Addr {
         self.0 as *mut T
     }
 
-    /// The address `pages` further on.
+    /// The address `pages` of `page` bytes further on.
     #[inline(always)]
-    pub const fn add_pages(self, pages: Pages) -> Addr {
-        Addr(self.0 + pages.bytes())
+    pub const fn add_pages(self, pages: Pages, page: PageSize) -> Addr {
+        Addr(self.0 + pages.bytes(page))
     }
 }
 
@@ -344,12 +388,23 @@ mod tests {
 
     #[test]
     fn pages_and_indices() {
-        assert_eq!(Pages::of_bytes(0), Some(Pages::ZERO));
-        assert_eq!(Pages::of_bytes(1), Some(Pages::ONE));
-        assert_eq!(Pages::of_bytes(PAGE_BYTES), Some(Pages::ONE));
-        assert_eq!(Pages::of_bytes(PAGE_BYTES + 1), Some(Pages::new(2)));
-        assert_eq!(Pages::of_bytes(usize::MAX), None);
-        assert_eq!(Pages::new(3).bytes(), 3 * PAGE_BYTES);
+        for page in [
+            PageSize::GO,
+            PageSize::from_shift(7),
+            PageSize::from_shift(8),
+        ] {
+            let pb = page.bytes();
+            assert_eq!(Pages::of_bytes(0, page), Some(Pages::ZERO));
+            assert_eq!(Pages::of_bytes(1, page), Some(Pages::ONE));
+            assert_eq!(Pages::of_bytes(pb, page), Some(Pages::ONE));
+            assert_eq!(Pages::of_bytes(pb + 1, page), Some(Pages::new(2)));
+            assert_eq!(Pages::of_bytes(usize::MAX, page), None);
+            assert_eq!(Pages::new(3).bytes(page), 3 * pb);
+            assert_eq!(Pages::of_whole_bytes(5 * pb, page), Pages::new(5));
+            assert_eq!(page.page_at(3 * pb - 1), 2);
+        }
+        assert_eq!(PageSize::GO.bytes(), 8192);
+        assert_eq!(PageSize::from_shift(8).shift(), 8);
         let i = PageIdx::new(10) + Pages::new(5);
         assert_eq!(i, PageIdx::new(15));
         assert_eq!(i - PageIdx::new(10), Pages::new(5));
@@ -366,7 +421,9 @@ mod tests {
         let a = Addr::new(0x1000);
         assert_eq!(std::format!("{a:?} {a:#x}"), "0x1000 0x1000");
         assert_eq!((a + 16) - a, 16);
-        assert_eq!(a.add_pages(Pages::ONE).get(), 0x1000 + PAGE_BYTES);
+        assert_eq!(a.add_pages(Pages::ONE, PageSize::GO).get(), 0x1000 + 8192);
+        let p = PageSize::from_shift(8);
+        assert_eq!(a.add_pages(Pages::new(3), p).get(), 0x1000 + 768);
     }
 
     #[test]

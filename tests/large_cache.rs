@@ -12,6 +12,9 @@ use tieralloc::internals::{
 };
 use tieralloc::{Heap, RegionSource, SingleCpu, PAGE_BYTES};
 
+/// Go's page, the page of every source these tests use.
+const GO_PAGE: tieralloc::internals::PageSize = tieralloc::internals::PageSize::GO;
+
 type RegionHeap = Heap<RegionSource, SingleCpu>;
 
 /// A region of `bytes`, leaked, given to `heap`'s source.
@@ -31,7 +34,7 @@ fn freed_large_span_serves_the_next_request_of_its_size() {
     static H: RegionHeap = Heap::new(RegionSource::empty(), SingleCpu::new());
     give_region(&H, 64 << 20);
     let l = lay(100_000); // 13 pages, a span of 14
-    let pages = large_pages(100_000).unwrap().get();
+    let pages = large_pages(100_000, GO_PAGE).unwrap().get();
     assert_eq!(pages, 14);
     let p = H.allocate(l);
     assert!(!p.is_null());

@@ -20,6 +20,9 @@ use tieralloc::internals::{PageHeap, PageMap, PageStats};
 use tieralloc::internals::{SizeClass, TINY_CLASS};
 use tieralloc::{MmapSource, PageSource, CHUNK_BYTES, PAGE_BYTES};
 
+/// Go's page, the page of every source these tests use.
+const GO_PAGE: tieralloc::internals::PageSize = tieralloc::internals::PageSize::GO;
+
 /// The hosted heaps' geometry (Go's classes).
 const GO: &tieralloc::Geometry = &tieralloc::Geometry::GO;
 
@@ -104,7 +107,7 @@ impl<S: Probe> H<S> {
     }
 
     fn stats(&self) -> PageStats {
-        self.heap.stats()
+        self.heap.stats(GO_PAGE)
     }
 
     fn dirty_pages(&self) -> usize {
@@ -190,7 +193,9 @@ impl<S: Probe> H<S> {
             .heap
             .alloc_large(&self.src, &self.map, bytes, align)
             .expect("alloc_large");
-        let npages = tieralloc::internals::large_pages(bytes).unwrap().get();
+        let npages = tieralloc::internals::large_pages(bytes, GO_PAGE)
+            .unwrap()
+            .get();
         self.adopt(s, npages, (align / PAGE_BYTES).max(1), SpanState::Large)
     }
 
@@ -199,7 +204,7 @@ impl<S: Probe> H<S> {
             let p = sp.page(i);
             for a in [p, p + PAGE_BYTES / 2, p + PAGE_BYTES - 1] {
                 assert_eq!(
-                    self.map.span_of(Addr::new(a)),
+                    self.map.span_of(Addr::new(a), GO_PAGE),
                     sp.s.as_ptr(),
                     "page map at {a:#x} (page {i} of span {:#x})",
                     sp.start
@@ -213,7 +218,7 @@ impl<S: Probe> H<S> {
             let p = from + i * PAGE_BYTES;
             for a in [p, p + PAGE_BYTES - 1] {
                 assert!(
-                    self.map.span_of(Addr::new(a)).is_null(),
+                    self.map.span_of(Addr::new(a), GO_PAGE).is_null(),
                     "page map at {a:#x} not null"
                 );
             }
@@ -340,8 +345,14 @@ impl<S: Probe> H<S> {
             );
         }
         for sp in &self.live {
-            assert_eq!(self.map.span_of(Addr::new(sp.start)), sp.s.as_ptr());
-            assert_eq!(self.map.span_of(Addr::new(sp.end() - 1)), sp.s.as_ptr());
+            assert_eq!(
+                self.map.span_of(Addr::new(sp.start), GO_PAGE),
+                sp.s.as_ptr()
+            );
+            assert_eq!(
+                self.map.span_of(Addr::new(sp.end() - 1), GO_PAGE),
+                sp.s.as_ptr()
+            );
             self.check_tags(sp);
         }
     }
@@ -663,7 +674,7 @@ fn alignments_above_arena_alignment() {
 
 fn resize<S: Probe>(src: S) {
     let mut h = H::new(src);
-    h.heap.set_retain_bytes(usize::MAX);
+    h.heap.set_retain_bytes(usize::MAX, GO_PAGE);
     let mut a = h.large(10 * PAGE_BYTES, 8);
     let b = h.large(5 * PAGE_BYTES, 8);
     assert_eq!(b.start, a.end());
@@ -714,7 +725,7 @@ fn resize_large_recorded() {
 #[test]
 fn resize_large_over_released_pages() {
     let mut h = H::new(Rec64::new(MmapSource::new()));
-    h.heap.set_retain_bytes(usize::MAX);
+    h.heap.set_retain_bytes(usize::MAX, GO_PAGE);
     let mut a = h.large(4 * PAGE_BYTES, 8);
     let b = h.large(6 * PAGE_BYTES, 8);
     let c = h.large(2 * PAGE_BYTES, 8);
@@ -757,7 +768,7 @@ fn page_map<S: Probe>(src: S) {
     ];
     for a in outside {
         assert!(
-            h.map.span_of(Addr::new(a)).is_null(),
+            h.map.span_of(Addr::new(a), GO_PAGE).is_null(),
             "{a:#x} before any arena"
         );
     }
@@ -770,16 +781,19 @@ fn page_map<S: Probe>(src: S) {
     for sp in &spans {
         h.assert_mapped(sp, 0, sp.npages);
         // A span's neighbours are other spans or free pages.
-        let before = h.map.span_of(Addr::new(sp.start - 1));
+        let before = h.map.span_of(Addr::new(sp.start - 1), GO_PAGE);
         assert_ne!(before, sp.s.as_ptr());
-        let after = h.map.span_of(Addr::new(sp.end()));
+        let after = h.map.span_of(Addr::new(sp.end()), GO_PAGE);
         assert_ne!(after, sp.s.as_ptr());
     }
     // Past the last span: free pages of the arena map to null.
     let top = spans.iter().map(|s| s.end()).max().unwrap();
     h.assert_unmapped(top, 10);
     for a in outside {
-        assert!(h.map.span_of(Addr::new(a)).is_null(), "{a:#x} with arenas");
+        assert!(
+            h.map.span_of(Addr::new(a), GO_PAGE).is_null(),
+            "{a:#x} with arenas"
+        );
     }
     // Freed spans map to null on every page; the others are untouched.
     for (i, sp) in spans.iter().enumerate() {
@@ -830,7 +844,7 @@ fn page_map_outside_arenas() {
         ] {
             if !covered(a) {
                 assert!(
-                    h.map.span_of(Addr::new(a)).is_null(),
+                    h.map.span_of(Addr::new(a), GO_PAGE).is_null(),
                     "{a:#x} just outside arena {base:#x}"
                 );
             }
@@ -871,7 +885,8 @@ fn small_spans_for_classes() {
             c == TINY_CLASS,
             "tiny counters only for the tiny class"
         );
-        h.src.assert_ready(span.start.get(), span.npages.bytes());
+        h.src
+            .assert_ready(span.start.get(), span.npages.bytes(GO_PAGE));
         let sp = Sp {
             s,
             start: span.start.get(),
@@ -896,7 +911,7 @@ fn small_spans_for_classes() {
 #[test]
 fn scavenge_releases_highest_first() {
     let mut h = H::new(Rec64::new(MmapSource::new()));
-    h.heap.set_retain_bytes(usize::MAX);
+    h.heap.set_retain_bytes(usize::MAX, GO_PAGE);
     let s: Vec<Sp> = (0..6).map(|_| h.take(16, 1)).collect();
     h.free(s[1]);
     h.free(s[3]);
@@ -943,7 +958,7 @@ fn scavenge_releases_highest_first() {
 #[test]
 fn reuse_readies_only_released_runs() {
     let mut h = H::new(Rec64::new(MmapSource::new()));
-    h.heap.set_retain_bytes(usize::MAX);
+    h.heap.set_retain_bytes(usize::MAX, GO_PAGE);
     let s: Vec<Sp> = (0..5).map(|_| h.take(8, 1)).collect();
     h.free(s[1]);
     h.free(s[2]);
@@ -966,7 +981,7 @@ fn reuse_readies_only_released_runs() {
 #[test]
 fn scavenge_across_arenas() {
     let mut h = H::new(Rec4::new(MmapSource::new()));
-    h.heap.set_retain_bytes(usize::MAX);
+    h.heap.set_retain_bytes(usize::MAX, GO_PAGE);
     // Three 4 MiB arenas, filled, then each with a free run of 100 pages and one of 50.
     let mut frees = Vec::new();
     for _ in 0..3 {
@@ -1028,7 +1043,7 @@ fn age_out_peak<S: Probe>(h: &mut H<S>, mut each_free: impl FnMut(&mut H<S>, Sp)
 fn retained_budget() {
     let mut h = H::new(Rec64::new(MmapSource::new()));
     let retain_pages = 512; // 4 MiB
-    h.heap.set_retain_bytes(retain_pages * PAGE_BYTES);
+    h.heap.set_retain_bytes(retain_pages * PAGE_BYTES, GO_PAGE);
     let mut spans: Vec<Sp> = (0..80).map(|_| h.take(64, 1)).collect(); // 40 MiB
     let peak = 80 * 64;
     let mut rng = Rng::new(7);
@@ -1040,7 +1055,7 @@ fn retained_budget() {
         h.free(sp);
         let log = h.src.take_log();
         let inuse = h.stats().inuse as usize / PAGE_BYTES;
-        let allowance = h.heap.dirty_allowance().get();
+        let allowance = h.heap.dirty_allowance(GO_PAGE).get();
         assert!(
             allowance >= retain_pages.max(inuse / INUSE_DIVISOR),
             "allowance {allowance} inuse {inuse}"
@@ -1092,14 +1107,14 @@ fn retained_budget() {
     age_out_peak(&mut h, &mut free_and_check);
     assert!(released_any);
     assert_eq!(
-        h.heap.dirty_allowance().get(),
+        h.heap.dirty_allowance(GO_PAGE).get(),
         retain_pages,
         "the peak aged out: only retain is kept"
     );
     assert!(h.dirty_pages() <= retain_pages);
 
     // An unlimited budget: nothing is ever released.
-    h.heap.set_retain_bytes(usize::MAX);
+    h.heap.set_retain_bytes(usize::MAX, GO_PAGE);
     let spans: Vec<Sp> = (0..80).map(|_| h.take(64, 1)).collect();
     h.src.take_log();
     for sp in spans {
@@ -1110,15 +1125,15 @@ fn retained_budget() {
 
     // No budget: the in-use share keeps a little while spans are live, and
     // once the peak ages out everything dirty goes.
-    h.heap.set_retain_bytes(0);
+    h.heap.set_retain_bytes(0, GO_PAGE);
     let spans: Vec<Sp> = (0..10).map(|_| h.take(64, 1)).collect();
     for sp in spans {
         h.free(sp);
-        assert!(h.dirty_pages() <= h.heap.dirty_allowance().get());
+        assert!(h.dirty_pages() <= h.heap.dirty_allowance(GO_PAGE).get());
     }
     age_out_peak(&mut h, |h, sp| {
         h.free(sp);
-        assert!(h.dirty_pages() <= h.heap.dirty_allowance().get());
+        assert!(h.dirty_pages() <= h.heap.dirty_allowance(GO_PAGE).get());
     });
     assert!(h.dirty_pages() <= 1, "{}", h.dirty_pages());
 }
@@ -1127,7 +1142,7 @@ fn retained_budget() {
 #[test]
 fn retained_budget_scales_with_inuse() {
     let mut h = H::new(Rec64::new(MmapSource::new()));
-    h.heap.set_retain_bytes(0);
+    h.heap.set_retain_bytes(0, GO_PAGE);
     let keep = h.large(48 * MIB, 8); // 6144 pages in use: at least 6144 / INUSE_DIVISOR kept
     let spans: Vec<Sp> = (0..8).map(|_| h.take(64, 1)).collect(); // 512 pages
     h.src.take_log();
@@ -1177,7 +1192,7 @@ fn new_arena_pages_start_released() {
 fn stress<S: Probe>(src: S, seed: u64, steps: usize) {
     let mut h = H::new(src);
     let mut rng = Rng::new(seed);
-    h.heap.set_retain_bytes(2 * MIB);
+    h.heap.set_retain_bytes(2 * MIB, GO_PAGE);
     let (mut grown, mut shrunk, mut refused) = (0, 0, 0);
     for step in 0..steps {
         match rng.below(100) {
@@ -1239,7 +1254,7 @@ fn stress<S: Probe>(src: S, seed: u64, steps: usize) {
                 h.check();
             }
             _ => {
-                h.heap.set_retain_bytes(rng.below(8) * MIB);
+                h.heap.set_retain_bytes(rng.below(8) * MIB, GO_PAGE);
             }
         }
     }

@@ -21,6 +21,9 @@ use tieralloc::internals::{
 };
 use tieralloc::{MmapSource, PageSource, PAGE_BYTES};
 
+/// Go's page, the page of every source these tests use.
+const GO_PAGE: tieralloc::internals::PageSize = tieralloc::internals::PageSize::GO;
+
 const MIB: usize = 1 << 20;
 
 /// [`MmapSource`] under the checking source, whose call counts and page
@@ -56,7 +59,7 @@ struct H {
 impl H {
     fn new(retain_bytes: usize) -> H {
         let mut heap = Box::new(PageHeap::new());
-        heap.set_retain_bytes(retain_bytes);
+        heap.set_retain_bytes(retain_bytes, GO_PAGE);
         H {
             src: Counting::new(MmapSource::new()),
             heap,
@@ -94,25 +97,25 @@ impl H {
     }
 
     fn inuse(&self) -> usize {
-        self.heap.stats().inuse as usize / PAGE_BYTES
+        self.heap.stats(GO_PAGE).inuse as usize / PAGE_BYTES
     }
 
     fn dirty(&self) -> usize {
-        let st = self.heap.stats();
+        let st = self.heap.stats(GO_PAGE);
         (st.sys - st.inuse - st.released) as usize / PAGE_BYTES
     }
 
     /// After a free: dirty within the allowance, the allowance within its
     /// documented bounds, and the heap's released count equal to the source's.
     fn check(&self) {
-        let st = self.heap.stats();
+        let st = self.heap.stats(GO_PAGE);
         assert_eq!(
             st.released as usize,
             prepared(&self.src),
             "heap_released vs the source's Prepared bytes"
         );
         let inuse = self.inuse();
-        let allowance = self.heap.dirty_allowance().get();
+        let allowance = self.heap.dirty_allowance(GO_PAGE).get();
         assert!(
             self.dirty() <= allowance,
             "dirty {} over allowance {allowance}",
@@ -159,7 +162,7 @@ fn steady_churn_stops_releasing() {
         step(&mut h, &mut rng, &mut live);
     }
     let before = calls(&h.src);
-    let st0 = h.heap.stats();
+    let st0 = h.heap.stats(GO_PAGE);
     for _ in 0..20_000 {
         step(&mut h, &mut rng, &mut live);
         let foot = h.inuse() + h.dirty();
@@ -170,7 +173,7 @@ fn steady_churn_stops_releasing() {
         );
     }
     let after = calls(&h.src);
-    let st1 = h.heap.stats();
+    let st1 = h.heap.stats(GO_PAGE);
     println!("warm churn: (ready, release) calls {before:?} -> {after:?}; {st1:?}");
     assert_eq!(after, before, "a warm churn released or re-readied pages");
     assert_eq!(st1.scavenged_total, st0.scavenged_total);
@@ -223,12 +226,12 @@ fn steady_churn_stops_releasing() {
         "dirty {} after the peak aged out",
         h.dirty()
     );
-    assert_eq!(h.heap.dirty_allowance().get(), RETAIN / PAGE_BYTES);
+    assert_eq!(h.heap.dirty_allowance(GO_PAGE).get(), RETAIN / PAGE_BYTES);
 
     // An explicit scavenge releases every free page, exactly accounted.
     let dirty = h.dirty();
     assert_eq!(h.heap.scavenge(&h.src, usize::MAX), dirty);
-    let st = h.heap.stats();
+    let st = h.heap.stats(GO_PAGE);
     assert_eq!(st.released, st.sys, "{st:?}");
     assert_eq!(st.released as usize, prepared(&h.src));
     h.heap.check_invariants();
@@ -296,7 +299,7 @@ fn lasting_shrink_is_forgotten() {
         spans[k] = h.alloc(64);
     }
     assert_eq!(h.inuse(), inuse);
-    let allowance = h.heap.dirty_allowance().get();
+    let allowance = h.heap.dirty_allowance(GO_PAGE).get();
     assert_eq!(
         allowance,
         (RETAIN / PAGE_BYTES).max(inuse / RETAIN_INUSE_DIVISOR),

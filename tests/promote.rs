@@ -13,6 +13,9 @@ use tieralloc::internals::size_to_class;
 use tieralloc::internals::PROMOTE_MIN;
 use tieralloc::{Heap, MmapSource, SingleCpu, PAGE_BYTES};
 
+/// Go's page, the page of every source these tests use.
+const GO_PAGE: tieralloc::internals::PageSize = tieralloc::internals::PageSize::GO;
+
 /// The hosted heaps' geometry (Go's classes).
 const GO: &tieralloc::Geometry = &tieralloc::Geometry::GO;
 
@@ -40,7 +43,11 @@ fn doubling_buffer_grows_in_place_once_promoted() {
             }
             assert_eq!(
                 HEAP.try_usable_size(q),
-                Some(tieralloc::internals::large_pages(size * 2).unwrap().bytes()),
+                Some(
+                    tieralloc::internals::large_pages(size * 2, GO_PAGE)
+                        .unwrap()
+                        .bytes(GO_PAGE)
+                ),
                 "{} bytes have a span of their own",
                 size * 2
             );

@@ -18,6 +18,9 @@ use tieralloc::internals::{SizeClass, NUM_CLASSES};
 use tieralloc::internals::{DEFAULT_RETAIN_BYTES, RETAIN_INUSE_DIVISOR};
 use tieralloc::{Heap, MmapSource, SingleCpu, Stats, PAGE_BYTES};
 
+/// Go's page, the page of every source these tests use.
+const GO_PAGE: tieralloc::internals::PageSize = tieralloc::internals::PageSize::GO;
+
 /// The hosted heaps' geometry (Go's classes).
 const GO: &tieralloc::Geometry = &tieralloc::Geometry::GO;
 
@@ -104,7 +107,9 @@ fn small_sizes(total: usize) -> Vec<usize> {
 
 /// A large object's bytes: its pages ([`tieralloc::internals::large_pages`]).
 fn page_round(n: usize) -> usize {
-    tieralloc::internals::large_pages(n).unwrap().bytes()
+    tieralloc::internals::large_pages(n, GO_PAGE)
+        .unwrap()
+        .bytes(GO_PAGE)
 }
 
 fn check_identities(st: &Stats) {

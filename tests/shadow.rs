@@ -27,6 +27,9 @@ use tieralloc::{
     Cpu, Heap, LockedSlots, MmapSource, PageSource, MAX_SMALL_SIZE, TINY_BLOCK, TINY_SIZE,
 };
 
+/// Go's page, the page of every source these tests use.
+const GO_PAGE: tieralloc::internals::PageSize = tieralloc::internals::PageSize::GO;
+
 /// The hosted heaps' geometry (Go's classes).
 const GO: &tieralloc::Geometry = &tieralloc::Geometry::GO;
 
@@ -390,7 +393,7 @@ impl<C: Cpu> Run<'_, C> {
             let ObjectKind::Small(c) = ObjectKind::of(new_size, o.layout.align()) else {
                 unreachable!("promoted objects are small-sized")
             };
-            let exact = (large_pages(GO.size(c)).unwrap().bytes()) as u64;
+            let exact = (large_pages(GO.size(c), GO_PAGE).unwrap().bytes(GO_PAGE)) as u64;
             if ObjectKind::of(old, o.layout.align()) == ObjectKind::Small(c) {
                 o.own.expect("the same class keeps the span")
             } else if q == o.p {

@@ -17,6 +17,9 @@ use tieralloc::{
     Heap, LockedSlots, MmapSource, Stats, MAX_SMALL_SIZE, PAGE_BYTES, TINY_BLOCK, TINY_SIZE,
 };
 
+/// Go's page, the page of every source these tests use.
+const GO_PAGE: tieralloc::internals::PageSize = tieralloc::internals::PageSize::GO;
+
 /// The hosted heaps' geometry (Go's classes).
 const GO: &tieralloc::Geometry = &tieralloc::Geometry::GO;
 
@@ -89,7 +92,9 @@ struct Model {
 
 /// A large object's accounted bytes: its pages ([`tieralloc::internals::large_pages`]).
 fn page_round(n: usize) -> u64 {
-    (tieralloc::internals::large_pages(n).unwrap().bytes()) as u64
+    (tieralloc::internals::large_pages(n, GO_PAGE)
+        .unwrap()
+        .bytes(GO_PAGE)) as u64
 }
 
 /// Go's tiny alignment rule (as documented in `heap.rs`), raised to the layout's.

@@ -17,7 +17,7 @@ use core::ptr::{null_mut, NonNull};
 use crate::pageheap::large_pages;
 use crate::percpu::Cpu;
 use crate::sizeclass::{Geometry, SizeClass};
-use crate::source::PageSource;
+use crate::source::{PageSource, SourcePage};
 use crate::span::{Span, SpanState};
 use crate::units::{Addr, Pages};
 
@@ -67,7 +67,7 @@ pub const fn stays_in_class(g: &Geometry, c: SizeClass, new_size: usize, new: Ob
 /// Pages of a promoted object of class `c`: its class size, rounded up to
 /// whole pages, so that every size of the class fits in place.
 fn promoted_pages(g: &Geometry, c: SizeClass) -> Option<Pages> {
-    large_pages(g.size(c))
+    large_pages(g.size(c), g.page())
 }
 
 impl<S: PageSource, C: Cpu> Heap<S, C> {
@@ -84,7 +84,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
 
     /// The live large span that starts at `p`; panics with the address otherwise.
     pub(super) fn large_span(&self, p: *mut u8) -> NonNull<Span> {
-        let s = self.map.span_of(Addr::of(p));
+        let s = self.map.span_of(Addr::of(p), S::PAGE);
         // SAFETY: non-null page-map entries are live spans.
         match unsafe { s.as_ref() } {
             Some(span) if span.state == SpanState::Large && span.start == Addr::of(p) => NonNull::from(span),
@@ -189,7 +189,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     ) -> *mut u8 {
         let new = ObjectKind::of_in(S::GEOMETRY, new_size, align);
         // SAFETY: non-null page-map entries are live spans.
-        match unsafe { self.map.span_of(Addr::of(p)).as_ref() } {
+        match unsafe { self.map.span_of(Addr::of(p), S::PAGE).as_ref() } {
             Some(span) if span.state == SpanState::Small => {
                 let c = span.class;
                 if stays_in_class(S::GEOMETRY, c, new_size, new) {
@@ -212,7 +212,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 // A span of its own, or not an object (reported here).
                 let s = self.large_span(p);
                 // SAFETY: a live large span (checked), the caller's.
-                let bytes = unsafe { (*s.as_ptr()).npages }.bytes();
+                let bytes = unsafe { (*s.as_ptr()).npages }.bytes(S::PAGE);
                 // SAFETY: the caller's object, with its span.
                 unsafe {
                     self.resize_or_move(p, bytes, ObjectKind::Large, Some(s), new_size, new, align)
@@ -240,14 +240,14 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     ) -> *mut u8 {
         // Pages for the new size if it may keep a span of its own.
         let pages = match new {
-            ObjectKind::Large => large_pages(new_size),
+            ObjectKind::Large => large_pages(new_size, S::PAGE),
             ObjectKind::Small(c) if new_size > PROMOTE_MIN => promoted_pages(S::GEOMETRY, c),
             _ => None,
         };
         if let (Some(s), Some(npages)) = (own, pages) {
             // SAFETY: the caller owns the object, so its span is live and ours.
             if unsafe { self.pages.lock().resize_large(&self.source, s, npages) } {
-                if npages.bytes() < old_size {
+                if npages.bytes(S::PAGE) < old_size {
                     // The tail went back to the page heap.
                     self.decay_after_free();
                 }

@@ -34,7 +34,7 @@ use crate::central::{Central, Remote};
 use crate::pageheap::{Below, HeapLock, PageHeap, PageMap};
 use crate::percpu::{Caches, Cpu, Slabs};
 use crate::sizeclass::{Geometry, SizeClass, SIZE_TO_CLASS8_MAX};
-use crate::source::PageSource;
+use crate::source::{PageSource, SourcePage};
 use crate::span::SpanState;
 use crate::stack::{StackAlloc, StackCache};
 use crate::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
@@ -141,6 +141,17 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// A heap over `source`, with per-CPU caches keyed by `cpu`. Takes nothing
     /// from the source until the first allocation.
     pub const fn new(source: S, cpu: C) -> Self {
+        const {
+            let g = S::GEOMETRY;
+            assert!(
+                g.page_bytes() <= crate::PAGE_BYTES && g.max_objects <= crate::span::MAX_OBJECTS,
+                "the source's geometry has pages over 8 KiB or spans of over 1,024 objects"
+            );
+            assert!(
+                g.page_bytes().is_multiple_of(S::PAGE_SIZE),
+                "the source's PAGE_SIZE does not divide its geometry's page"
+            );
+        }
         Heap {
             source,
             slabs: Slabs::new(cpu),
@@ -368,12 +379,12 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// (A freed small object's slot still answers: its span is live.)
     pub fn try_usable_size(&self, p: *mut u8) -> Option<usize> {
         // SAFETY: non-null page-map entries are live spans.
-        match unsafe { self.map.span_of(Addr::of(p)).as_ref() } {
+        match unsafe { self.map.span_of(Addr::of(p), S::PAGE).as_ref() } {
             Some(span) if span.state == SpanState::Small && span.index_of(Addr::of(p)).1 => {
                 Some(S::GEOMETRY.size(span.class))
             }
             Some(span) if span.state == SpanState::Large && span.start == Addr::of(p) => {
-                Some(span.npages.bytes())
+                Some(span.npages.bytes(S::PAGE))
             }
             _ => None,
         }
@@ -410,7 +421,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[inline(always)]
     unsafe fn deallocate_unsized_unguarded(&self, p: *mut u8) {
         // SAFETY: non-null page-map entries are live spans.
-        match unsafe { self.map.span_of(Addr::of(p)).as_ref() } {
+        match unsafe { self.map.span_of(Addr::of(p), S::PAGE).as_ref() } {
             Some(span) if span.state == SpanState::Small => self.free_small(p, span.class),
             Some(span) if span.state == SpanState::Large || span.state == SpanState::Idle => {
                 self.free_large(p)
@@ -458,7 +469,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             self.drain_stack_caches(&below);
             let mut h = self.pages.lock();
             h.flush_large_cache(&self.source);
-            h.scavenge(&self.source, usize::MAX) * crate::PAGE_BYTES
+            h.scavenge(&self.source, usize::MAX) * S::PAGE.bytes()
         })
     }
 
@@ -469,7 +480,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// also lets the large-span cache hold a quarter of it (at most 32 MiB).
     pub fn set_retain_bytes(&self, bytes: usize) {
         self.guarded(|| {
-            self.pages.lock().set_retain_bytes(bytes);
+            self.pages.lock().set_retain_bytes(bytes, S::PAGE);
         })
     }
 
@@ -525,7 +536,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         };
         let (released, next) = h.decay(&self.source, now);
         self.decay_next.store(next, Ordering::Relaxed);
-        released * crate::PAGE_BYTES
+        released * S::PAGE.bytes()
     }
 
     /// Polls the decay when the source has a clock and `due` (a tick of the

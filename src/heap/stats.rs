@@ -12,7 +12,7 @@
 //! that left a stack left by a malloc or a flush).
 
 use crate::percpu::{Cpu, TinyEvent};
-use crate::source::PageSource;
+use crate::source::{PageSource, SourcePage};
 use crate::sync::atomic::{AtomicU64, Ordering};
 use crate::{Stats, TINY_BLOCK};
 
@@ -106,7 +106,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             st.tiny_mallocs = t.event(TinyEvent::MallocsRetired) + t.tiny_current;
             st.tiny_frees = t.event(TinyEvent::Frees);
             st.tiny_blocks = blocks_taken.wrapping_sub(blocks_freed);
-            let ps = self.pages.lock().stats();
+            let ps = self.pages.lock().stats(S::PAGE);
             st.cached_bytes += ps.large_cached;
             st.by_size[0].mallocs = ps.large.mallocs;
             st.by_size[0].frees = ps.large.frees;

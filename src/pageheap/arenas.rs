@@ -30,10 +30,11 @@ use core::mem::size_of;
 use core::ptr::{null_mut, NonNull};
 
 use crate::source::PageSource;
+use crate::source::SourcePage;
 use crate::span::Span;
 use crate::sync::atomic::Ordering;
-use crate::units::{Addr, ArenaSlot, PageIdx, Pages};
-use crate::{CHUNK_BYTES, CHUNK_PAGES, PAGE_BYTES};
+use crate::units::{Addr, ArenaSlot, PageIdx, PageSize, Pages};
+use crate::CHUNK_BYTES;
 
 use super::map::{PageMap, SpanSlot};
 use super::pagealloc::{ArenaPages, Taken};
@@ -45,8 +46,10 @@ pub(crate) const MAX_ARENAS: usize = 4096;
 pub(crate) struct Arena {
     /// First byte; chunk aligned.
     pub(crate) base: Addr,
-    /// Pages in the arena (a multiple of CHUNK_PAGES).
+    /// Pages in the arena (a whole number of chunks).
     pub(crate) npages: Pages,
+    /// The heap's page (its source's).
+    pub(crate) page: PageSize,
     /// Index in [`Arenas`] (changes when an arena is inserted below it).
     pub(crate) slot: ArenaSlot,
     /// Page → span for this arena's pages (what the page map points into).
@@ -59,18 +62,18 @@ impl Arena {
     /// The page holding `addr` (inside the arena).
     #[inline]
     pub(crate) fn page_of(&self, addr: Addr) -> PageIdx {
-        PageIdx::new((addr - self.base) / PAGE_BYTES)
+        PageIdx::new(self.page.page_at(addr - self.base))
     }
 
     /// The address of page `page`.
     #[inline]
     pub(crate) fn addr_of(&self, page: PageIdx) -> Addr {
-        self.base.add_pages(page.from_start())
+        self.base.add_pages(page.from_start(), self.page)
     }
 
     /// One past the last byte.
     pub(crate) fn end(&self) -> Addr {
-        self.base.add_pages(self.npages)
+        self.base.add_pages(self.npages, self.page)
     }
 
     /// The span page `p` belongs to, or null.
@@ -116,7 +119,7 @@ impl Arena {
     /// try each aligned address in turn (at most `npages / align_pages` of
     /// them, a few).
     pub(crate) fn find_aligned(&self, n: Pages, align_pages: usize) -> Option<PageIdx> {
-        let skew = (self.base.get() / PAGE_BYTES) & (align_pages - 1);
+        let skew = self.page.page_at(self.base.get()) & (align_pages - 1);
         if skew == 0 {
             return self
                 .pages
@@ -142,16 +145,16 @@ impl Arena {
         start: PageIdx,
         n: Pages,
     ) -> bool {
-        let base = self.base;
+        let (base, page) = (self.base, self.page);
         let run_ptr = |p: usize| {
             // SAFETY: arena addresses are never null.
-            unsafe { NonNull::new_unchecked(base.add_pages(Pages::new(p)).as_ptr()) }
+            unsafe { NonNull::new_unchecked(base.add_pages(Pages::new(p), page).as_ptr()) }
         };
         let (mut ok_runs, mut failed) = (0usize, false);
         self.pages.released_runs(start.get(), n.get(), |p, k| {
             if !failed {
                 // SAFETY: released free pages are in the Prepared state.
-                match unsafe { source.ready(run_ptr(p), Pages::new(k).bytes()) } {
+                match unsafe { source.ready(run_ptr(p), Pages::new(k).bytes(page)) } {
                     Ok(()) => ok_runs += 1,
                     Err(_) => failed = true,
                 }
@@ -162,7 +165,7 @@ impl Arena {
                 if ok_runs > 0 {
                     ok_runs -= 1;
                     // SAFETY: this run was made Ready above and nothing has used it.
-                    unsafe { source.release(run_ptr(p), Pages::new(k).bytes()) };
+                    unsafe { source.release(run_ptr(p), Pages::new(k).bytes(page)) };
                 }
             });
         }
@@ -171,11 +174,11 @@ impl Arena {
 
     /// Releases up to `max` dirty free pages, highest first; returns how many.
     pub(crate) fn release_dirty<S: PageSource>(&mut self, source: &S, max: Pages) -> Pages {
-        let base = self.base;
+        let (base, page) = (self.base, self.page);
         Pages::new(self.pages.scavenge(max.get(), |s, n| {
-            let p = base.add_pages(Pages::new(s)).as_ptr();
+            let p = base.add_pages(Pages::new(s), page).as_ptr();
             // SAFETY: dirty free pages are Ready and nothing uses them; `p` is non-null.
-            unsafe { source.release(NonNull::new_unchecked(p), Pages::new(n).bytes()) };
+            unsafe { source.release(NonNull::new_unchecked(p), Pages::new(n).bytes(page)) };
         }))
     }
 }
@@ -392,11 +395,11 @@ impl Arenas {
         }
         let want = npages
             .get()
-            .checked_mul(PAGE_BYTES)?
+            .checked_mul(S::PAGE.bytes())?
             .checked_next_multiple_of(CHUNK_BYTES)?;
         let bytes = want.max(S::ARENA_BYTES);
-        let arena_pages = Pages::of_whole_bytes(bytes);
-        let align = (align_pages.checked_mul(PAGE_BYTES)?).max(CHUNK_BYTES);
+        let arena_pages = Pages::of_whole_bytes(bytes, S::PAGE);
+        let align = (align_pages.checked_mul(S::PAGE.bytes())?).max(CHUNK_BYTES);
         let base = source.reserve(bytes, align)?;
         // SAFETY: just reserved, Reserved state.
         if unsafe { source.commit(base, bytes) }.is_err() {
@@ -429,6 +432,7 @@ impl Arenas {
             a.write(Arena {
                 base: base_addr,
                 npages: arena_pages,
+                page: S::PAGE,
                 slot: ArenaSlot::new(0),
                 spans,
                 pages,
@@ -436,10 +440,10 @@ impl Arenas {
             a
         };
         *meta_bytes += meta.next_multiple_of(S::PAGE_SIZE);
-        let chunks = arena_pages.get() / CHUNK_PAGES;
+        let chunks = arena_pages.get() / S::CHUNK_PAGES;
         for c in 0..chunks {
             // SAFETY: `spans` has arena_pages slots.
-            let slots = unsafe { (*arena).spans.add(c * CHUNK_PAGES) };
+            let slots = unsafe { (*arena).spans.add(c * S::CHUNK_PAGES) };
             if !map.set_chunk(source, base_addr + c * CHUNK_BYTES, slots, meta_bytes) {
                 // Unpublish what we published; the metadata block is leaked (rare: no memory at all).
                 for d in 0..c {

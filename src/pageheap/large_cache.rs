@@ -29,27 +29,29 @@
 use core::ptr::{null_mut, NonNull};
 
 use crate::span::{Span, SpanList, SpanState};
-use crate::units::{OrDefault, Pages};
-use crate::PAGE_BYTES;
+use crate::units::{OrDefault, PageSize, Pages};
 
 /// Lists of the large-span cache: one per [`cache_class`] up to
 /// [`LARGE_CACHE_MAX_SPAN_PAGES`] (pages 1..=8, then four per doubling).
 pub(crate) const LARGE_CACHE_SIZES: usize = 8 + 4 * 4;
 
-/// Most pages one cached large span may have (1 MiB): bigger objects are rare
-/// enough that the page bitmap's cost does not matter.
-pub const LARGE_CACHE_MAX_SPAN_PAGES: Pages = Pages::new((1 << 20) / PAGE_BYTES);
+/// Most pages one cached large span may have (128: 1 MiB of Go's pages):
+/// bigger objects are rare enough that the page bitmap's cost does not
+/// matter. The cache's bounds are in pages, so they scale with the heap's
+/// page size.
+pub const LARGE_CACHE_MAX_SPAN_PAGES: Pages = Pages::new(128);
 /// Most pages all cached large spans hold together with the default retained
-/// floor (4 MiB), reported in `Stats::cached_bytes` and returned by `scavenge`
-/// and before the heap grows.
-pub const LARGE_CACHE_MAX_PAGES: Pages = Pages::new((4 << 20) / PAGE_BYTES);
-/// The cache's bound for any retained floor (32 MiB).
-pub const LARGE_CACHE_LIMIT_PAGES: Pages = Pages::new((32 << 20) / PAGE_BYTES);
+/// floor (512: 4 MiB of Go's pages), reported in `Stats::cached_bytes` and
+/// returned by `scavenge` and before the heap grows.
+pub const LARGE_CACHE_MAX_PAGES: Pages = Pages::new(512);
+/// The cache's bound for any retained floor (4,096 pages: 32 MiB of Go's).
+pub const LARGE_CACHE_LIMIT_PAGES: Pages = Pages::new(4096);
 
-/// Pages of a large object of `bytes` (`None` on overflow; see the module docs).
+/// Pages of `page` bytes for a large object of `bytes` (`None` on overflow;
+/// see the module docs).
 #[inline]
-pub const fn large_pages(bytes: usize) -> Option<Pages> {
-    let Some(n) = Pages::of_bytes(bytes) else {
+pub const fn large_pages(bytes: usize, page: PageSize) -> Option<Pages> {
+    let Some(n) = Pages::of_bytes(bytes, page) else {
         return None;
     };
     let n = n.get();
@@ -139,9 +141,9 @@ impl LargeCache {
         Pages::new(self.max_pages.get())
     }
 
-    /// Sizes the cache for a retained floor of `retain_bytes`.
-    pub(crate) fn set_retain_bytes(&mut self, retain_bytes: usize) {
-        let max = Pages::new(retain_bytes / 4 / PAGE_BYTES)
+    /// Sizes the cache for a retained floor of `retain_bytes` in pages of `page`.
+    pub(crate) fn set_retain_bytes(&mut self, retain_bytes: usize, page: PageSize) {
+        let max = Pages::new(page.page_at(retain_bytes / 4))
             .clamp(LARGE_CACHE_MAX_PAGES, LARGE_CACHE_LIMIT_PAGES);
         self.max_pages = OrDefault::new(max.get());
     }
@@ -183,6 +185,7 @@ impl LargeCache {
         npages: Pages,
         max: Pages,
         align_pages: usize,
+        page: PageSize,
     ) -> Option<NonNull<Span>> {
         if npages > LARGE_CACHE_MAX_SPAN_PAGES || self.count == 0 {
             return None;
@@ -191,7 +194,7 @@ impl LargeCache {
         let fits = |s: *mut Span| {
             // SAFETY: listed spans are live records.
             let (n, start) = unsafe { ((*s).npages, (*s).start) };
-            n >= npages && n <= max && (start.get() / PAGE_BYTES).is_multiple_of(align_pages)
+            n >= npages && n <= max && page.page_at(start.get()).is_multiple_of(align_pages)
         };
         let s = (large_cache_index(npages)..=large_cache_index(max))
             .rev()
@@ -268,7 +271,8 @@ mod tests {
 
     #[test]
     fn large_pages_and_cache_classes() {
-        let lp = |b| large_pages(b).map(Pages::get);
+        const PAGE_BYTES: usize = PageSize::GO.bytes();
+        let lp = |b| large_pages(b, PageSize::GO).map(Pages::get);
         assert_eq!(lp(0), Some(1));
         assert_eq!(lp(1), Some(1));
         assert_eq!(lp(8 * PAGE_BYTES + 1), Some(10));

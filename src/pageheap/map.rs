@@ -20,8 +20,8 @@ use core::ptr::null_mut;
 use crate::source::PageSource;
 use crate::span::Span;
 use crate::sync::atomic::{AtomicPtr, Ordering};
-use crate::units::Addr;
-use crate::{CHUNK_BYTES, CHUNK_PAGES, PAGE_SHIFT};
+use crate::units::{Addr, PageSize};
+use crate::CHUNK_BYTES;
 
 /// Address bits covered by the page map: 48 on 64-bit targets, the whole
 /// address space on 32-bit ones.
@@ -58,9 +58,10 @@ impl PageMap {
         }
     }
 
-    /// The span holding `addr`, or null if `addr` is not in a live span of this heap.
+    /// The span holding `addr`, or null if `addr` is not in a live span of
+    /// this heap, whose pages are `page` (its source's, a constant).
     #[inline]
-    pub fn span_of(&self, addr: Addr) -> *mut Span {
+    pub fn span_of(&self, addr: Addr, page: PageSize) -> *mut Span {
         let a = addr.get() & ADDR_MASK;
         let l2 = self.l1[a >> (CHUNK_SHIFT + L2_BITS)].load(Ordering::Acquire);
         if l2.is_null() {
@@ -71,12 +72,12 @@ impl PageMap {
         if chunk.is_null() {
             return null_mut();
         }
-        // SAFETY: a chunk entry points at CHUNK_PAGES slots of an arena's spans array,
-        // and arenas are never freed.
-        unsafe { (*chunk.add((a >> PAGE_SHIFT) & (CHUNK_PAGES - 1))).load(Ordering::Acquire) }
+        // SAFETY: a chunk entry points at the chunk's slots (one per page) of
+        // an arena's spans array, and arenas are never freed.
+        unsafe { (*chunk.add(page.page_at(a & (CHUNK_BYTES - 1)))).load(Ordering::Acquire) }
     }
 
-    /// Points the chunk holding `addr` at `slots` (CHUNK_PAGES entries, or
+    /// Points the chunk holding `addr` at `slots` (one per page, or
     /// null to unpublish). Returns false if the source could not supply an
     /// L2 table; adds the bytes of a new table to `meta`.
     pub(crate) fn set_chunk<S: PageSource>(
@@ -114,4 +115,4 @@ impl Default for PageMap {
     }
 }
 
-const _: () = assert!(CHUNK_SHIFT == PAGE_SHIFT + CHUNK_PAGES.trailing_zeros() as usize);
+const _: () = assert!(CHUNK_BYTES.is_power_of_two());

@@ -37,11 +37,11 @@ use core::ptr::{null_mut, NonNull};
 
 use crate::fixalloc::FixAlloc;
 use crate::sizeclass::SizeClass;
-use crate::source::PageSource;
+use crate::source::{PageSource, SourcePage};
 use crate::span::{Span, SpanState, TinyCounts};
 use crate::sync::atomic::Ordering;
 use crate::sync::Lock;
-use crate::units::{ArenaSlot, PageIdx, Pages};
+use crate::units::{ArenaSlot, PageIdx, PageSize, Pages};
 
 use arenas::{Arena, Arenas};
 use large_cache::LargeCache;
@@ -140,6 +140,12 @@ pub struct PageHeap {
 // serialised by the heap lock that wraps the PageHeap.
 unsafe impl Send for PageHeap {}
 
+impl Default for PageHeap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The arena a live span lies in.
 ///
 /// # Safety
@@ -150,7 +156,9 @@ unsafe fn arena_of(s: *const Span) -> *mut Arena {
 }
 
 impl PageHeap {
-    /// An empty page heap: no arenas until the first span.
+    /// An empty page heap: no arenas until the first span. Its pages are its
+    /// source's (`S::GEOMETRY`'s); the methods that do not take the source
+    /// take the page size.
     pub const fn new() -> Self {
         PageHeap {
             arenas: Arenas::new(),
@@ -171,13 +179,13 @@ impl PageHeap {
     }
 
     /// Most bytes the large-span cache holds now (see [`LARGE_CACHE_MAX_PAGES`]).
-    pub fn large_cache_max_bytes(&self) -> usize {
-        self.large_cache.max_pages().bytes()
+    pub fn large_cache_max_bytes(&self, page: PageSize) -> usize {
+        self.large_cache.max_pages().bytes(page)
     }
 
     /// Bytes held by idle large spans.
-    pub fn large_cached_bytes(&self) -> usize {
-        self.large_cache.pages().bytes()
+    pub fn large_cached_bytes(&self, page: PageSize) -> usize {
+        self.large_cache.pages().bytes(page)
     }
 
     /// Pages in spans that hold objects: in use, less the large-span cache's
@@ -269,7 +277,7 @@ impl PageHeap {
         let arena_ptr = (arena as *const Arena).cast_mut();
         // SAFETY: `rec` is room for a Span; then the span is ours until published.
         unsafe {
-            Span::init(s, addr, npages, arena_ptr.cast(), state);
+            Span::init(s, addr, npages, S::PAGE, arena_ptr.cast(), state);
             (*s).needzero = run.needzero;
         }
         arena.set_map(run.start, npages, s);
@@ -361,7 +369,7 @@ impl PageHeap {
         align: usize,
     ) -> Option<NonNull<Span>> {
         // A zero-byte object still gets (and is accounted as) one page.
-        let npages = large_pages(bytes)?;
+        let npages = large_pages(bytes, S::PAGE)?;
         self.alloc_large_pages(source, map, npages, npages, align)
     }
 
@@ -382,7 +390,7 @@ impl PageHeap {
         bytes: usize,
         align: usize,
     ) -> Option<NonNull<Span>> {
-        let npages = large_pages(bytes)?;
+        let npages = large_pages(bytes, S::PAGE)?;
         self.alloc_large_pages(source, map, npages, npages + npages, align)
     }
 
@@ -396,8 +404,8 @@ impl PageHeap {
         max: Pages,
         align: usize,
     ) -> Option<NonNull<Span>> {
-        let align_pages = (align / crate::PAGE_BYTES).max(1);
-        let s = match self.large_cache.take(npages, max, align_pages) {
+        let align_pages = S::PAGE.page_at(align).max(1);
+        let s = match self.large_cache.take(npages, max, align_pages, S::PAGE) {
             Some(s) => {
                 self.scavenger.decay.note(self.idle_pages());
                 s
@@ -407,7 +415,7 @@ impl PageHeap {
         // SAFETY: a live large span, ours.
         let got = unsafe { (*s.as_ptr()).npages };
         self.large.mallocs += 1;
-        self.large.live_bytes += got.bytes() as u64;
+        self.large.live_bytes += got.bytes(S::PAGE) as u64;
         Some(s)
     }
 
@@ -421,7 +429,7 @@ impl PageHeap {
         // SAFETY: the caller hands us a live large span.
         let npages = unsafe { (*span.as_ptr()).npages };
         self.large.frees += 1;
-        self.large.live_bytes -= npages.bytes() as u64;
+        self.large.live_bytes -= npages.bytes(S::PAGE) as u64;
         if LargeCache::takes(npages) {
             while !self.large_cache.has_room(npages) {
                 self.evict_cached();
@@ -439,7 +447,7 @@ impl PageHeap {
     ///
     /// # Safety
     /// `s` is a live span of more than `npages` pages, owned by the caller.
-    unsafe fn cut_tail(&mut self, s: *mut Span, npages: Pages) {
+    unsafe fn cut_tail(&mut self, s: *mut Span, npages: Pages, page: PageSize) {
         // SAFETY: live span and arena; the tail pages are ours.
         let (arena, start, old) = unsafe {
             let arena = &*arena_of(s);
@@ -451,7 +459,7 @@ impl PageHeap {
         // SAFETY: live span, the caller's.
         unsafe {
             (*s).npages = npages;
-            (*s).elemsize = npages.bytes().min(u32::MAX as usize) as u32;
+            (*s).elemsize = npages.bytes(page).min(u32::MAX as usize) as u32;
         }
     }
 
@@ -513,8 +521,8 @@ impl PageHeap {
         }
         if npages < old {
             // SAFETY: the caller's live span.
-            unsafe { self.cut_tail(s, npages) };
-            self.large.live_bytes -= (old - npages).bytes() as u64;
+            unsafe { self.cut_tail(s, npages, S::PAGE) };
+            self.large.live_bytes -= (old - npages).bytes(S::PAGE) as u64;
             self.trim(source);
         } else {
             let extra = npages - old;
@@ -531,7 +539,7 @@ impl PageHeap {
                     match unsafe { t.as_ref() } {
                         None => p += Pages::ONE,
                         Some(idle) if idle.state == SpanState::Idle => {
-                            p = self.arenas.get(slot).page_of(idle.end());
+                            p = self.arenas.get(slot).page_of(idle.end(S::PAGE));
                             if evict {
                                 // SAFETY: an idle span on its cache list, ours under the heap lock.
                                 unsafe { self.uncache(NonNull::from(idle)) };
@@ -556,26 +564,26 @@ impl PageHeap {
             self.arenas.get(slot).set_map(start + old, extra, s);
             // SAFETY: live span, the caller's.
             unsafe { (*s).npages = npages };
-            self.large.live_bytes += extra.bytes() as u64;
+            self.large.live_bytes += extra.bytes(S::PAGE) as u64;
         }
         // SAFETY: live span.
-        unsafe { (*s).elemsize = npages.bytes().min(u32::MAX as usize) as u32 };
+        unsafe { (*s).elemsize = npages.bytes(S::PAGE).min(u32::MAX as usize) as u32 };
         true
     }
 
     /// Accounting snapshot.
-    pub fn stats(&self) -> PageStats {
+    pub fn stats(&self, page: PageSize) -> PageStats {
         let meta = self.meta_bytes + self.spans.sys_bytes() + self.tiny.sys_bytes();
         PageStats {
-            sys: self.sys_pages.bytes() as u64,
-            inuse: self.inuse_pages.bytes() as u64,
-            released: self.released_pages.bytes() as u64,
+            sys: self.sys_pages.bytes(page) as u64,
+            inuse: self.inuse_pages.bytes(page) as u64,
+            released: self.released_pages.bytes(page) as u64,
             meta_sys: meta as u64,
             arenas: self.arenas.len() as u64,
             spans: self.spans.inuse() as u64,
             large: self.large,
-            scavenged_total: self.scavenger.released_total.bytes() as u64,
-            large_cached: self.large_cache.pages().bytes() as u64,
+            scavenged_total: self.scavenger.released_total.bytes(page) as u64,
+            large_cached: self.large_cache.pages().bytes(page) as u64,
         }
     }
 
@@ -591,11 +599,5 @@ impl PageHeap {
         );
         assert_eq!(released, self.released_pages, "released_pages");
         self.large_cache.check_invariants();
-    }
-}
-
-impl Default for PageHeap {
-    fn default() -> Self {
-        Self::new()
     }
 }

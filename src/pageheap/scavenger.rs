@@ -80,9 +80,8 @@
 //! pages actually released or made Ready, so the statistics stay exact.
 //!
 
-use crate::source::PageSource;
-use crate::units::{OrDefault, Pages};
-use crate::CHUNK_PAGES;
+use crate::source::{PageSource, SourcePage};
+use crate::units::{OrDefault, PageSize, Pages};
 
 use super::PageHeap;
 
@@ -102,9 +101,10 @@ pub const RETAIN_INUSE_DIVISOR: usize = 2;
 /// `churn-1m` wanders by about a third of its heap over a few turnovers.
 pub const PEAK_EPOCHS: usize = 4;
 
-/// Shortest epoch, in pages of traffic (allocated + freed): one chunk, 4 MiB, so
-/// that a tiny heap does not age its peak on every span.
-pub const MIN_EPOCH_PAGES: Pages = Pages::new(CHUNK_PAGES);
+/// Shortest epoch, in pages of traffic (allocated + freed): 512 pages (a
+/// chunk, 4 MiB, of Go's pages), so that a tiny heap does not age its peak on
+/// every span.
+pub const MIN_EPOCH_PAGES: Pages = Pages::new(512);
 
 /// Once over the allowance, the scavenger releases down to
 /// `allowance - allowance / RELEASE_GAP_DIVISOR`: batches of 1/8 of the allowance.
@@ -360,9 +360,9 @@ impl Scavenger {
         }
     }
 
-    /// The retained floor in pages.
-    fn retain(&self) -> Pages {
-        Pages::new(self.retain_bytes.get() / crate::PAGE_BYTES)
+    /// The retained floor in pages of `page`.
+    fn retain(&self, page: PageSize) -> Pages {
+        Pages::new(page.page_at(self.retain_bytes.get()))
     }
 }
 
@@ -371,9 +371,9 @@ impl PageHeap {
     /// scavenger's allowance, see [`PageHeap::dirty_allowance`]; `usize::MAX`: never
     /// release on free). A floor above 16 MiB also lets the large-span cache
     /// hold a quarter of it.
-    pub fn set_retain_bytes(&mut self, bytes: usize) {
+    pub fn set_retain_bytes(&mut self, bytes: usize, page: PageSize) {
         self.scavenger.retain_bytes = OrDefault::new(bytes);
-        self.large_cache.set_retain_bytes(bytes);
+        self.large_cache.set_retain_bytes(bytes, page);
         while self.large_cache.pages() > self.large_cache.max_pages() {
             self.evict_cached();
         }
@@ -382,10 +382,10 @@ impl PageHeap {
     /// Dirty free pages the scavenger keeps now: `max(retain, P * 3/2 - inuse)`
     /// with `P` the recent in-use peak (see "Policy" in the module docs).
     /// After every free, dirty free pages are at most this.
-    pub fn dirty_allowance(&self) -> Pages {
+    pub fn dirty_allowance(&self, page: PageSize) -> Pages {
         self.scavenger
             .pacer
-            .allowance(self.live_pages(), self.scavenger.retain())
+            .allowance(self.live_pages(), self.scavenger.retain(page))
     }
 
     /// The scavenger's clock and recent peak, for tests and statistics.
@@ -425,7 +425,7 @@ impl PageHeap {
         let stale = self.scavenger.decay.poll(now, idle);
         let mut done = 0;
         if S::CAN_RELEASE && stale > Pages::ZERO {
-            let over = idle.saturating_sub(self.scavenger.retain());
+            let over = idle.saturating_sub(self.scavenger.retain(S::PAGE));
             let want = stale.min(over);
             if want > Pages::ZERO {
                 done = self.release_idle(source, want);
@@ -453,10 +453,10 @@ impl PageHeap {
         }
         // Within the retained floor nothing is released: skip the pacer's sums.
         let dirty = self.dirty_pages() + self.large_cache.pages();
-        if dirty <= self.scavenger.retain() {
+        if dirty <= self.scavenger.retain(S::PAGE) {
             return;
         }
-        let allowance = self.dirty_allowance();
+        let allowance = self.dirty_allowance(S::PAGE);
         // Idle large spans are dirty memory nobody uses, as free pages are: they
         // count against the same allowance, and go back to the heap first when
         // it is exceeded (so the cache never raises the footprint's bound).

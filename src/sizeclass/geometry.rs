@@ -44,7 +44,7 @@ use super::{
     div_mul_for, ClassInfo, SizeClass, LARGE_SIZE_DIV, NUM_CLASSES, SIZE_TO_CLASS128_LEN,
     SIZE_TO_CLASS8_LEN, SIZE_TO_CLASS8_MAX, SMALL_SIZE_DIV,
 };
-use crate::units::Pages;
+use crate::units::{PageSize, Pages};
 use crate::TINY_BLOCK;
 
 /// How class sizes are spaced: the step from one candidate size to the next
@@ -262,6 +262,12 @@ impl Geometry {
     #[inline(always)]
     pub const fn page_shift(&self) -> u32 {
         self.spec.page_shift
+    }
+
+    /// The page, as the unit the page heap converts with.
+    #[inline(always)]
+    pub(crate) const fn page(&self) -> PageSize {
+        PageSize::from_shift(self.spec.page_shift)
     }
 
     /// The class of `c`'s row.

@@ -359,7 +359,7 @@ mod tests {
                 "class {class}"
             );
             assert_eq!(GO.objects(c), objects);
-            assert_eq!(GO.span_pages(c).bytes(), span);
+            assert_eq!(GO.span_pages(c).bytes(GO.page()), span);
             prev = size;
         }
         assert_eq!(SizeClass::small_classes().count(), GO_TABLE.len());

@@ -45,6 +45,7 @@ pub use mmap::MmapSource;
 pub use region::{RegionError, RegionSource, MAX_REGIONS};
 
 use crate::sizeclass::Geometry;
+use crate::units::PageSize;
 use core::ptr::NonNull;
 
 /// The source could not provide memory (out of address space or of physical memory).
@@ -67,7 +68,7 @@ pub struct Exhausted;
 ///   heap lock possibly held.
 pub unsafe trait PageSource {
     /// Granule of every transition (the OS or MMU page), a power of two that
-    /// divides [`crate::PAGE_BYTES`].
+    /// divides the heap's page ([`PageSource::GEOMETRY`]'s).
     const PAGE_SIZE: usize;
     /// Bytes the heap asks for each time it grows: a multiple of
     /// [`crate::CHUNK_BYTES`]. 64 MiB on Linux, as in Go.
@@ -167,3 +168,14 @@ pub unsafe trait PageSource {
         Some(p)
     }
 }
+
+/// What the heap derives from a source's constants, fixed by them (a blanket
+/// impl: no source can override it).
+pub(crate) trait SourcePage: PageSource {
+    /// The heap's page ([`PageSource::GEOMETRY`]'s), evaluated at compile time.
+    const PAGE: PageSize = Self::GEOMETRY.page();
+    /// Pages in a [`crate::CHUNK_BYTES`] chunk.
+    const CHUNK_PAGES: usize = crate::CHUNK_BYTES >> Self::PAGE.shift();
+}
+
+impl<S: PageSource + ?Sized> SourcePage for S {}

@@ -10,6 +10,9 @@ use tieralloc::internals::{ObjectKind, PROMOTE_MIN, SHRINK_MIN};
 #[cfg(feature = "linux")]
 use tieralloc::{cpu::RelaxStrategy, Heap, LockedSlots, MmapSource, SingleCpu};
 
+/// Go's page, the page of every source these tests use.
+const GO_PAGE: tieralloc::internals::PageSize = tieralloc::internals::PageSize::GO;
+
 /// The hosted heaps' geometry (Go's classes).
 pub const GO: &tieralloc::Geometry = &tieralloc::Geometry::GO;
 
@@ -57,7 +60,11 @@ pub fn rounded(l: Layout) -> u64 {
     match ObjectKind::of(l.size(), l.align()) {
         ObjectKind::Tiny => 0,
         ObjectKind::Small(c) => GO.size(c) as u64,
-        ObjectKind::Large => (tieralloc::internals::large_pages(l.size()).unwrap().bytes()) as u64,
+        ObjectKind::Large => {
+            (tieralloc::internals::large_pages(l.size(), GO_PAGE)
+                .unwrap()
+                .bytes(GO_PAGE)) as u64
+        }
     }
 }
 
