@@ -30,7 +30,7 @@ use core::ptr::{null_mut, NonNull};
 
 use crate::pageheap::Below;
 use crate::sizeclass::SizeClass;
-use crate::source::{PageSource, SourcePage};
+use crate::source::PageSource;
 use crate::span::{ListId, Span, SpanList, SpanState};
 use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use crate::sync::RelaxStrategy;
@@ -362,7 +362,7 @@ impl Central {
         p: *mut u8,
         below: &Below<'_, S, X>,
     ) {
-        let s = below.map.span_of(Addr::of(p), S::PAGE);
+        let s = below.map.lookup::<S>(Addr::of(p));
         assert!(
             !s.is_null(),
             "tieralloc: object {p:p} of class {} is not in the heap",

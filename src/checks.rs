@@ -13,6 +13,7 @@
 
 use crate::pageheap::PageMap;
 use crate::sizeclass::{Geometry, SizeClass};
+use crate::source::PageSource;
 use crate::span::{Span, SpanState};
 use crate::sync::atomic::Ordering;
 use crate::units::Addr;
@@ -44,9 +45,9 @@ pub(crate) fn unmark_cached(span: &Span, idx: usize, p: *mut u8) {
 }
 
 /// A cached object is handed to the user.
-pub(crate) fn on_alloc(g: &Geometry, map: &PageMap, p: *mut u8) {
+pub(crate) fn on_alloc<S: PageSource>(map: &PageMap, p: *mut u8) {
     // SAFETY: cached objects are in live spans.
-    let span = unsafe { &*map.span_of(Addr::of(p), g.page()) };
+    let span = unsafe { &*map.lookup::<S>(Addr::of(p)) };
     let (w, b) = bit(span.index_of(Addr::of(p)).0);
     let old = span.cached_bits[w].fetch_and(!b, Ordering::Relaxed);
     assert!(
@@ -75,15 +76,15 @@ pub(crate) fn on_layout(g: &Geometry, p: *mut u8, c: SizeClass, slot: SizeClass)
 /// The user frees `p` as an object of class `c`: check it is one, live.
 /// `lock` takes the lock that guards the class's alloc bits (its central
 /// lock) and returns its guard.
-pub(crate) fn on_free<G>(
-    g: &Geometry,
+pub(crate) fn on_free<S: PageSource, G>(
     map: &PageMap,
     p: *mut u8,
     c: SizeClass,
     lock: impl FnOnce() -> G,
 ) {
+    let g = S::GEOMETRY;
     // SAFETY: non-null page-map entries are live spans.
-    let Some(span) = (unsafe { map.span_of(Addr::of(p), g.page()).as_ref() }) else {
+    let Some(span) = (unsafe { map.lookup::<S>(Addr::of(p)).as_ref() }) else {
         panic!("tieralloc: free of {p:p}: not a pointer into this heap (foreign pointer, or a freed large object)");
     };
     if span.state == SpanState::Idle {

@@ -70,6 +70,24 @@ impl<T> FixAlloc<T> {
         }
     }
 
+    /// An `alloc` now would not take a chunk from the source.
+    pub fn has_room(&self) -> bool {
+        !self.free.is_null() || self.chunk_left >= Self::RECORD_BYTES
+    }
+
+    /// Gives the pool a chunk of `bytes` from elsewhere (the page heap's own
+    /// pages, for a heap over small arenas); it counts in `sys_bytes`. The
+    /// rest of the current chunk, under a record, is dropped.
+    ///
+    /// # Safety
+    /// `chunk` is `bytes` of Ready memory, aligned for `T`, the pool's for ever.
+    pub unsafe fn add_chunk(&mut self, chunk: NonNull<u8>, bytes: usize) {
+        debug_assert!(chunk.as_ptr().addr().is_multiple_of(align_of::<T>()));
+        self.chunk = chunk.as_ptr();
+        self.chunk_left = bytes;
+        self.sys_bytes += bytes;
+    }
+
     /// Records in use.
     pub fn inuse(&self) -> usize {
         self.inuse

@@ -679,7 +679,7 @@ impl<X: RelaxStrategy> StackAlloc<X> {
         let size = order_size(o);
         let mut pool = self.pools[o].0.lock();
         for &p in stacks {
-            let s = below.map.span_of(Addr::of(p), S::PAGE);
+            let s = below.map.lookup::<S>(Addr::of(p));
             // SAFETY: non-null page-map entries are live spans.
             let span = match unsafe { s.as_mut() } {
                 Some(span)
@@ -795,7 +795,7 @@ fn init_pool_span(span: &mut Span, size: usize) {
 
 /// The live Manual span holding `p`; panics with the address otherwise.
 fn live_span<S: PageSource, X>(below: &Below<'_, S, X>, p: *mut u8) -> NonNull<Span> {
-    let s = below.map.span_of(Addr::of(p), S::PAGE);
+    let s = below.map.lookup::<S>(Addr::of(p));
     // SAFETY: non-null page-map entries are live spans; the fields read here
     // are set before the span is published and do not change while it lives.
     match unsafe { s.as_ref() } {

@@ -10,7 +10,7 @@ mod common;
 
 use core::alloc::Layout;
 
-use common::{rounded, Rng};
+use common::{rounded_in, Rng};
 use tieralloc::internals::CheckedSource;
 use tieralloc::{Heap, PageSource, RegionSource, SingleCpu, Stats, TINY_BLOCK};
 
@@ -99,7 +99,9 @@ fn check_within(heap: &RegionHeap, live: &[Obj], rel: &mut Released, regions: us
     assert_eq!(st.mallocs - st.frees, live.len() as u64, "{st}");
     assert_eq!(
         st.heap_alloc - TINY_BLOCK as u64 * st.tiny_blocks,
-        live.iter().map(|o| rounded(o.layout)).sum::<u64>(),
+        live.iter()
+            .map(|o| rounded_in(Source::GEOMETRY, o.layout))
+            .sum::<u64>(),
         "{st}"
     );
     assert_eq!(st.heap_idle, st.heap_sys - st.heap_inuse);
@@ -131,15 +133,18 @@ impl Released {
         }
     }
     fn check(&mut self, st: &Stats) {
-        assert!(st.heap_sys >= self.sys, "heap_sys shrank\n{st}");
-        let grown = st.heap_sys - self.sys;
+        // Span records come from arena pages over a region: heap_sys gives
+        // them to meta_sys, and the two together never shrink.
+        let sys = st.heap_sys + st.meta_sys;
+        assert!(sys >= self.sys, "heap_sys + meta_sys shrank\n{st}");
+        let grown = sys - self.sys;
         assert!(
             st.heap_released <= self.released + grown,
             "heap_released grew from {} to {} with heap_sys grown by {grown}: memory was released\n{st}",
             self.released,
             st.heap_released
         );
-        self.sys = st.heap_sys;
+        self.sys = sys;
         self.released = st.heap_released;
     }
 }
@@ -458,4 +463,85 @@ fn a_second_region_extends_a_full_heap() {
     free_all(&HEAP, &mut live);
     let st = check_within(&HEAP, &live, &mut rel, SMALL + REGION);
     assert_eq!(st.mallocs, st.frees, "{st}");
+}
+
+/// Regions far under a 4 MiB chunk, at addresses no chunk boundary aligns:
+/// the heap takes one arena of whatever the region has left after its
+/// set-up, its span records from that arena's pages, and fills it with
+/// objects of one size and then of mixed sizes, twice, contents checked.
+#[test]
+fn regions_under_a_chunk_serve_allocations() {
+    for (len, min_share) in [(64 << 10, 0), (256 << 10, 10), (MIB, 50), (3 * MIB, 70)] {
+        let buf: &'static mut [u8] = vec![0x3Cu8; len + 4096].leak();
+        // An odd offset: the region's start is not even page aligned.
+        // SAFETY: `100 + len` bytes inside the leaked buffer, nothing else uses them.
+        let (base, region) = unsafe {
+            (
+                buf.as_mut_ptr().add(100),
+                buf.as_mut_ptr().add(100) as usize,
+            )
+        };
+        let heap = Box::new(Heap::new(
+            CheckedSource::<RegionSource, { RegionSource::ARENA_BYTES }>::new(RegionSource::empty()),
+            SingleCpu::new(),
+        ));
+        // SAFETY: as above; the heap has not used its source yet.
+        unsafe { heap.source().inner().set_region(base, len) };
+        let mut rel = Released::new();
+        let mut counts = Vec::new();
+        for round in 0..2 {
+            let l = Layout::from_size_align(64, 8).unwrap();
+            let mut live = Vec::new();
+            loop {
+                let p = heap.allocate(l);
+                if p.is_null() {
+                    break;
+                }
+                assert!(
+                    p as usize >= region && p as usize + 64 <= region + len,
+                    "{p:p} outside the region"
+                );
+                let tag = live.len() as u8;
+                fill(p, 64, tag);
+                live.push(Obj { p, layout: l, tag });
+            }
+            let st = check_within(&heap, &live, &mut rel, len);
+            assert!(
+                !live.is_empty(),
+                "{len} B region, round {round}: not one object\n{st}"
+            );
+            assert!(
+                bytes(&live) * 100 >= min_share * len,
+                "{len} B region, round {round}: {} B of 64-byte objects\n{st}",
+                bytes(&live)
+            );
+            assert_eq!(st.arenas, 1, "{st}");
+            counts.push(live.len());
+            free_all(&heap, &mut live);
+            assert_eq!(heap.scavenge(), 0);
+            let st = check_within(&heap, &[], &mut rel, len);
+            assert_eq!(st.heap_inuse, 0, "{st}");
+            // Mixed sizes fit too, and go back.
+            let mut rng = Rng::new(len as u64);
+            loop {
+                let l = Layout::from_size_align(rng.range(1, 3000), 8).unwrap();
+                let p = heap.allocate(l);
+                if p.is_null() {
+                    break;
+                }
+                assert!(p as usize >= region && p as usize + l.size() <= region + len);
+                let tag = live.len() as u8;
+                fill(p, l.size(), tag);
+                live.push(Obj { p, layout: l, tag });
+            }
+            assert!(!live.is_empty(), "{len} B region: no mixed object");
+            check_within(&heap, &live, &mut rel, len);
+            free_all(&heap, &mut live);
+            heap.scavenge();
+        }
+        assert_eq!(
+            counts[0], counts[1],
+            "{len} B region: the second fill reached {counts:?}"
+        );
+    }
 }

@@ -72,6 +72,11 @@ fn promoted_pages(g: &Geometry, c: SizeClass) -> Option<Pages> {
 
 impl<S: PageSource, C: Cpu> Heap<S, C> {
     pub(super) fn alloc_large(&self, size: usize, align: usize) -> Option<(NonNull<u8>, bool)> {
+        if S::SMALL_ARENAS {
+            // The set-up's metadata comes from the source before the first
+            // arena takes the rest of the region.
+            self.caches()?;
+        }
         self.decay_tick(true);
         let s = self
             .pages
@@ -84,7 +89,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
 
     /// The live large span that starts at `p`; panics with the address otherwise.
     pub(super) fn large_span(&self, p: *mut u8) -> NonNull<Span> {
-        let s = self.map.span_of(Addr::of(p), S::PAGE);
+        let s = self.map.lookup::<S>(Addr::of(p));
         // SAFETY: non-null page-map entries are live spans.
         match unsafe { s.as_ref() } {
             Some(span) if span.state == SpanState::Large && span.start == Addr::of(p) => NonNull::from(span),
@@ -189,7 +194,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     ) -> *mut u8 {
         let new = ObjectKind::of_in(S::GEOMETRY, new_size, align);
         // SAFETY: non-null page-map entries are live spans.
-        match unsafe { self.map.span_of(Addr::of(p), S::PAGE).as_ref() } {
+        match unsafe { self.map.lookup::<S>(Addr::of(p)).as_ref() } {
             Some(span) if span.state == SpanState::Small => {
                 let c = span.class;
                 if stays_in_class(S::GEOMETRY, c, new_size, new) {

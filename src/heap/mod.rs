@@ -379,7 +379,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// (A freed small object's slot still answers: its span is live.)
     pub fn try_usable_size(&self, p: *mut u8) -> Option<usize> {
         // SAFETY: non-null page-map entries are live spans.
-        match unsafe { self.map.span_of(Addr::of(p), S::PAGE).as_ref() } {
+        match unsafe { self.map.lookup::<S>(Addr::of(p)).as_ref() } {
             Some(span) if span.state == SpanState::Small && span.index_of(Addr::of(p)).1 => {
                 Some(S::GEOMETRY.size(span.class))
             }
@@ -421,7 +421,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[inline(always)]
     unsafe fn deallocate_unsized_unguarded(&self, p: *mut u8) {
         // SAFETY: non-null page-map entries are live spans.
-        match unsafe { self.map.span_of(Addr::of(p), S::PAGE).as_ref() } {
+        match unsafe { self.map.lookup::<S>(Addr::of(p)).as_ref() } {
             Some(span) if span.state == SpanState::Small => self.free_small(p, span.class),
             Some(span) if span.state == SpanState::Large || span.state == SpanState::Idle => {
                 self.free_large(p)

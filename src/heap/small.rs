@@ -21,7 +21,7 @@ use crate::central::REMOTE_MAX;
 use crate::checks;
 use crate::percpu::{batch, Caches, Cpu, Fast, MAX_CAPACITY};
 use crate::sizeclass::SizeClass;
-use crate::source::{PageSource, SourcePage};
+use crate::source::PageSource;
 use crate::span::SpanState;
 use crate::units::{Addr, Owner};
 
@@ -37,7 +37,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             if !p.is_null() {
                 self.decay_tick(tick);
                 #[cfg(feature = "checks")]
-                checks::on_alloc(S::GEOMETRY, &self.map, p);
+                checks::on_alloc::<S>(&self.map, p);
                 return p;
             }
         }
@@ -62,7 +62,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         }
         #[cfg(feature = "checks")]
         if !p.is_null() {
-            checks::on_alloc(S::GEOMETRY, &self.map, p);
+            checks::on_alloc::<S>(&self.map, p);
         }
         p
     }
@@ -111,7 +111,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[inline(always)]
     fn owned_elsewhere(&self, p: *mut u8, cpu: usize) -> bool {
         // SAFETY: non-null page-map entries are live spans.
-        match unsafe { self.map.span_of(Addr::of(p), S::PAGE).as_ref() } {
+        match unsafe { self.map.lookup::<S>(Addr::of(p)).as_ref() } {
             Some(s) => s.owner.load().is_other_than(Owner::cpu(cpu)),
             None => false, // not ours: the normal path reports it (with `checks`)
         }
@@ -135,7 +135,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[inline(always)]
     pub(super) fn free_small(&self, p: *mut u8, c: SizeClass) {
         #[cfg(feature = "checks")]
-        checks::on_free(S::GEOMETRY, &self.map, p, c, || self.central(c).lock());
+        checks::on_free::<S, _>(&self.map, p, c, || self.central(c).lock());
         if let Some(f) = self.slabs.fast() {
             if S::GEOMETRY.shares_lines(c) {
                 return self.free_sharing(p, c, f);
@@ -230,7 +230,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// (else `p` has a span of its own, or is not an object of this heap).
     pub(super) fn class_of(&self, p: *mut u8) -> Option<SizeClass> {
         // SAFETY: non-null page-map entries are live spans.
-        unsafe { self.map.span_of(Addr::of(p), S::PAGE).as_ref() }
+        unsafe { self.map.lookup::<S>(Addr::of(p)).as_ref() }
             .filter(|s| s.state == SpanState::Small)
             .map(|s| s.class)
     }

@@ -51,7 +51,7 @@ pub(super) const fn transfer_budget(bound: Option<usize>) -> usize {
 /// never used). The classes under a line keep none: a batch of them could
 /// reach another CPU.
 pub const fn transfer_capacity(g: &Geometry, c: SizeClass, budget: usize) -> usize {
-    if c.is_large() || g.shares_lines(c) {
+    if c.is_large() || c.index() >= g.count || g.shares_lines(c) {
         return 0;
     }
     let n = budget / g.size(c);

@@ -16,7 +16,7 @@
 use core::ptr::null_mut;
 
 use crate::percpu::{Caches, Cpu, Tiny, TinyEvent};
-use crate::source::{PageSource, SourcePage};
+use crate::source::PageSource;
 use crate::span::{Span, SpanState};
 use crate::sync::atomic::{AtomicU8, Ordering};
 use crate::units::Addr;
@@ -90,7 +90,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         }
         s.count_event(TinyEvent::BlocksTaken, 1);
         // SAFETY: `b` is an object of a live tiny-class span.
-        let span = unsafe { &*self.map.span_of(Addr::of(b), S::PAGE) };
+        let span = unsafe { &*self.map.lookup::<S>(Addr::of(b)) };
         let counter = tiny_counter(span, span.index_of(Addr::of(b)).0);
         while let Some((cpu, t)) = s.tiny() {
             if t.stopped() || (t.block != 0 && size >= t.off) {
@@ -120,7 +120,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         s.count_event(TinyEvent::MallocsRetired, t.n as u64);
         let block = Addr::new(t.block);
         // SAFETY: the block is live (we hold its bias), so its span and counters are.
-        let span = unsafe { &*self.map.span_of(block, S::PAGE) };
+        let span = unsafe { &*self.map.lookup::<S>(block) };
         let bias = TINY_BIAS - t.n as u8;
         let before = tiny_counter(span, span.index_of(block).0).fetch_sub(bias, Ordering::AcqRel);
         if before == bias {
@@ -137,7 +137,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// free gives the block back.
     pub(super) fn free_tiny(&self, p: *mut u8) {
         // SAFETY: non-null page-map entries are live spans.
-        let span = match unsafe { self.map.span_of(Addr::of(p), S::PAGE).as_ref() } {
+        let span = match unsafe { self.map.lookup::<S>(Addr::of(p)).as_ref() } {
             Some(span) if span.state == SpanState::Small && span.class == S::GEOMETRY.tiny_class => span,
             _ => panic!("tieralloc: free of tiny object {p:p}: not a tiny object of this heap (foreign pointer, wrong layout, or double free)"),
         };

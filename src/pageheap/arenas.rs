@@ -32,11 +32,11 @@ use core::ptr::{null_mut, NonNull};
 use crate::source::PageSource;
 use crate::source::SourcePage;
 use crate::span::Span;
-use crate::sync::atomic::Ordering;
+use crate::sync::atomic::{AtomicPtr, Ordering};
 use crate::units::{Addr, ArenaSlot, PageIdx, PageSize, Pages};
 use crate::CHUNK_BYTES;
 
-use super::map::{PageMap, SpanSlot};
+use super::map::{ArenaLink, PageMap, SpanSlot};
 use super::pagealloc::{ArenaPages, Taken};
 
 /// Most arenas a heap can have (64 GiB of 64 MiB arenas; more when arenas are larger).
@@ -56,6 +56,8 @@ pub(crate) struct Arena {
     spans: *mut SpanSlot,
     /// Which pages are free, which free pages are released.
     pub(crate) pages: ArenaPages,
+    /// The arena's entry in the page map's list (small arenas only).
+    link: ArenaLink,
 }
 
 impl Arena {
@@ -393,6 +395,9 @@ impl Arenas {
         if !self.make_room(source, meta_bytes) {
             return None;
         }
+        if S::SMALL_ARENAS {
+            return self.grow_small(source, map, npages, align_pages, meta_bytes);
+        }
         let want = npages
             .get()
             .checked_mul(S::PAGE.bytes())?
@@ -436,6 +441,12 @@ impl Arenas {
                 slot: ArenaSlot::new(0),
                 spans,
                 pages,
+                link: ArenaLink {
+                    base: base_addr,
+                    end: base_addr + bytes,
+                    spans,
+                    next: AtomicPtr::new(null_mut()),
+                },
             });
             a
         };
@@ -455,6 +466,105 @@ impl Arenas {
             }
         }
         Some(self.insert(arena))
+    }
+
+    /// Bytes of the metadata block of an arena of `npages` pages, and the
+    /// offsets of its page slots and page bitmaps in it.
+    fn meta_layout(npages: usize) -> (usize, usize, usize) {
+        let spans_off = size_of::<Arena>().next_multiple_of(64);
+        let pages_off = (spans_off + npages * size_of::<SpanSlot>()).next_multiple_of(64);
+        (
+            pages_off + ArenaPages::meta_bytes(npages),
+            spans_off,
+            pages_off,
+        )
+    }
+
+    /// [`Arenas::grow`] for a source of small arenas: one reservation, as
+    /// long as the source's longest free range (at most `S::ARENA_BYTES`,
+    /// at least what the request needs), holding the pages and, above them,
+    /// their metadata block.
+    fn grow_small<S: PageSource>(
+        &mut self,
+        source: &S,
+        map: &PageMap,
+        npages: Pages,
+        align_pages: usize,
+        meta_bytes: &mut usize,
+    ) -> Option<ArenaSlot> {
+        let page = S::PAGE.bytes();
+        let align = align_pages.checked_mul(page)?;
+        let need = npages.get().checked_mul(page)?;
+        let cap = S::ARENA_BYTES.max(need.checked_add(Self::meta_layout(npages.get()).0)?);
+        let bytes = source.largest_free(align).min(cap) & !(S::PAGE_SIZE - 1);
+        // The most pages whose metadata fits above them (the block starts
+        // 64-byte and source-page aligned).
+        let meta_at = |n: usize| (n * page).next_multiple_of(S::PAGE_SIZE.max(64));
+        let mut n = bytes / page;
+        while n > 0 && meta_at(n) + Self::meta_layout(n).0 > bytes {
+            let over = meta_at(n) + Self::meta_layout(n).0 - bytes;
+            n -= over.div_ceil(page).min(n);
+        }
+        if n < npages.get() || n == 0 {
+            return None;
+        }
+        let base = source.reserve(bytes, align)?;
+        let (meta, spans_off, pages_off) = Self::meta_layout(n);
+        let m = base.as_ptr().wrapping_add(meta_at(n));
+        // SAFETY: just reserved, Reserved state; then Prepared, and the
+        // metadata part (source-page aligned, to the end) made Ready. The
+        // pages stay Prepared: the arena's bitmap starts them released.
+        let ready = unsafe {
+            source.commit(base, bytes).is_ok()
+                && source
+                    .ready(NonNull::new_unchecked(m), bytes - meta_at(n))
+                    .is_ok()
+        };
+        if !ready {
+            // SAFETY: ours, untouched.
+            unsafe { source.free(base, bytes) };
+            return None;
+        }
+        let arena_pages = Pages::new(n);
+        let base_addr = Addr::of(base.as_ptr());
+        debug_assert!(meta_at(n) + meta <= bytes);
+        // SAFETY: `meta_at(n) + meta <= bytes`: the block lies inside the
+        // reservation, above the arena's pages, 64-byte aligned; Ready.
+        let arena = unsafe {
+            let spans = m.add(spans_off).cast::<SpanSlot>();
+            spans.cast::<u8>().write_bytes(0, n * size_of::<SpanSlot>());
+            let pages = ArenaPages::init(NonNull::new_unchecked(m.add(pages_off)), n);
+            let a = m.cast::<Arena>();
+            a.write(Arena {
+                base: base_addr,
+                npages: arena_pages,
+                page: S::PAGE,
+                slot: ArenaSlot::new(0),
+                spans,
+                pages,
+                link: ArenaLink {
+                    base: base_addr,
+                    end: base_addr.add_pages(arena_pages, S::PAGE),
+                    spans,
+                    next: AtomicPtr::new(null_mut()),
+                },
+            });
+            a
+        };
+        *meta_bytes += bytes - n * page;
+        let slot = self.insert(arena);
+        let link_of = |s: usize| {
+            self.slots_raw()[..self.narenas]
+                .get(s)
+                // SAFETY: live arenas.
+                .map_or(null_mut(), |&a| unsafe { &raw mut (*a).link })
+        };
+        let below = slot.get().checked_sub(1).map_or(null_mut(), link_of);
+        let above = link_of(slot.get() + 1);
+        // SAFETY: the new arena's link is written and lives for ever, between
+        // its published neighbours in address order.
+        unsafe { map.insert_small(&raw mut (*arena).link, below, above) };
+        Some(slot)
     }
 
     /// Inserts `arena` in address order; returns its slot.

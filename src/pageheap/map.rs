@@ -17,7 +17,7 @@
 use core::mem::size_of;
 use core::ptr::null_mut;
 
-use crate::source::PageSource;
+use crate::source::{PageSource, SourcePage};
 use crate::span::Span;
 use crate::sync::atomic::{AtomicPtr, Ordering};
 use crate::units::{Addr, PageSize};
@@ -45,9 +45,26 @@ const ADDR_MASK: usize = usize::MAX >> (usize::BITS as usize - ADDR_BITS);
 pub(crate) type SpanSlot = AtomicPtr<Span>;
 type L2 = [AtomicPtr<SpanSlot>; L2_ENTRIES];
 
+/// A small arena's entry in the map's list ([`PageSource::SMALL_ARENAS`]
+/// sources): its bounds and page slots, and the next arena up. Written once
+/// before the arena is published, except `next`, which an insertion below
+/// the next arena changes (release store, after the new arena's own `next`).
+pub(crate) struct ArenaLink {
+    /// First byte (page aligned).
+    pub(crate) base: Addr,
+    /// One past the last byte of the arena's pages.
+    pub(crate) end: Addr,
+    /// One slot per page.
+    pub(crate) spans: *mut SpanSlot,
+    /// The arena above this one, or null.
+    pub(crate) next: AtomicPtr<ArenaLink>,
+}
+
 /// Address → span, for every page of every arena (see the module docs).
 pub struct PageMap {
     l1: [AtomicPtr<L2>; L1_ENTRIES],
+    /// Small arenas only: the lowest arena; the list is in address order.
+    small: AtomicPtr<ArenaLink>,
 }
 
 impl PageMap {
@@ -55,6 +72,54 @@ impl PageMap {
     pub const fn new() -> Self {
         PageMap {
             l1: [const { AtomicPtr::new(null_mut()) }; L1_ENTRIES],
+            small: AtomicPtr::new(null_mut()),
+        }
+    }
+
+    /// The span holding `addr` in a heap over `S`, or null (see
+    /// [`PageMap::span_of`]): a walk of the arena list for a source of small
+    /// arenas (a few regions, so a few arenas), the radix table otherwise.
+    #[inline]
+    pub(crate) fn lookup<S: PageSource>(&self, addr: Addr) -> *mut Span {
+        if !S::SMALL_ARENAS {
+            return self.span_of(addr, S::PAGE);
+        }
+        let mut a = self.small.load(Ordering::Acquire);
+        // SAFETY: published links are in arena metadata, never freed.
+        while let Some(l) = unsafe { a.as_ref() } {
+            if addr < l.base {
+                break;
+            }
+            if addr < l.end {
+                // SAFETY: `addr` is inside the arena, whose `spans` has a slot per page.
+                return unsafe {
+                    (*l.spans.add(S::PAGE.page_at(addr - l.base))).load(Ordering::Acquire)
+                };
+            }
+            a = l.next.load(Ordering::Acquire);
+        }
+        null_mut()
+    }
+
+    /// Publishes the small arena `link` above `below` (or as the lowest
+    /// arena), before `above`. Called under the heap lock.
+    ///
+    /// # Safety
+    /// `link` is a fully written link of a new arena between `below` and
+    /// `above`, which are published links (or null), and lives for ever.
+    pub(crate) unsafe fn insert_small(
+        &self,
+        link: *mut ArenaLink,
+        below: *mut ArenaLink,
+        above: *mut ArenaLink,
+    ) {
+        // SAFETY: the caller's promises; the new link is published last.
+        unsafe {
+            (*link).next.store(above, Ordering::Release);
+            match below.as_ref() {
+                Some(b) => b.next.store(link, Ordering::Release),
+                None => self.small.store(link, Ordering::Release),
+            }
         }
     }
 

@@ -18,7 +18,7 @@
 //! ([`Below`], [`HeapLock`]).
 //!
 //! Counting identities (checked by [`PageHeap::check_invariants`]):
-//! `sys_pages = Σ arena pages`; `inuse_pages = sys_pages − Σ free pages`
+//! `sys_pages = Σ arena pages`; `inuse_pages + meta_pages = sys_pages − Σ free pages`
 //! (idle large spans count as in use); `released_pages = Σ released pages`.
 //!
 //! Locking: everything in [`PageHeap`] is guarded by the heap lock (the
@@ -104,6 +104,10 @@ pub struct PageStats {
     pub large_cached: u64,
 }
 
+/// Records per chunk of arena pages for a metadata pool of a heap over small
+/// arenas (rounded up to whole pages).
+const SMALL_POOL_RECORDS: usize = 4;
+
 /// Pages a span was carved from.
 struct Run {
     slot: ArenaSlot,
@@ -128,6 +132,9 @@ pub struct PageHeap {
     released_pages: Pages,
     /// Bytes of arena metadata and page-map tables.
     meta_bytes: usize,
+    /// Arena pages that hold span records and tiny counters (small arenas
+    /// only): in use for ever, counted with the metadata, not as heap.
+    meta_pages: Pages,
     /// Large-object counters.
     large: LargeCounts,
     /// Idle large spans.
@@ -168,6 +175,7 @@ impl PageHeap {
             inuse_pages: Pages::ZERO,
             released_pages: Pages::ZERO,
             meta_bytes: 0,
+            meta_pages: Pages::ZERO,
             large: LargeCounts {
                 mallocs: 0,
                 frees: 0,
@@ -237,6 +245,24 @@ impl PageHeap {
         })
     }
 
+    /// For a heap over small arenas, pages for a metadata pool: records do
+    /// not come from the source there, where every byte is the heap's to
+    /// share. Null when the arenas have no room (the pool then asks the
+    /// source, as elsewhere).
+    fn meta_chunk<S: PageSource>(
+        &mut self,
+        source: &S,
+        map: &PageMap,
+        bytes: usize,
+    ) -> Option<(NonNull<u8>, usize)> {
+        let n = Pages::of_bytes(bytes, S::PAGE)?;
+        let run = self.alloc_pages(source, map, n, 1)?;
+        self.inuse_pages -= n;
+        self.meta_pages += n;
+        let p = self.arenas.get(run.slot).addr_of(run.start);
+        Some((NonNull::new(p.as_ptr())?, n.bytes(S::PAGE)))
+    }
+
     /// Gives pages back to their arena.
     fn free_pages(&mut self, slot: ArenaSlot, start: PageIdx, npages: Pages) {
         self.arenas.get_mut(slot).free_range(start, npages);
@@ -255,6 +281,16 @@ impl PageHeap {
         align_pages: usize,
         state: SpanState,
     ) -> Option<NonNull<Span>> {
+        if S::SMALL_ARENAS && !self.spans.has_room() {
+            if let Some((p, bytes)) = self.meta_chunk(
+                source,
+                map,
+                SMALL_POOL_RECORDS * FixAlloc::<Span>::RECORD_BYTES,
+            ) {
+                // SAFETY: Ready arena pages, page aligned, never freed.
+                unsafe { self.spans.add_chunk(p, bytes) };
+            }
+        }
         let rec = match self.spans.alloc(source) {
             Some(r) => r,
             None if self.release_for_retry(source) => self.spans.alloc(source)?,
@@ -292,6 +328,16 @@ impl PageHeap {
         class: SizeClass,
     ) -> Option<NonNull<Span>> {
         let tiny = if class == S::GEOMETRY.tiny_class {
+            if S::SMALL_ARENAS && !self.tiny.has_room() {
+                if let Some((p, bytes)) = self.meta_chunk(
+                    source,
+                    map,
+                    SMALL_POOL_RECORDS * FixAlloc::<TinyCounts>::RECORD_BYTES,
+                ) {
+                    // SAFETY: Ready arena pages, page aligned, never freed.
+                    unsafe { self.tiny.add_chunk(p, bytes) };
+                }
+            }
             let t = self.tiny.alloc(source)?;
             // SAFETY: room for the counters; zero is a valid `AtomicU8`.
             unsafe {
@@ -575,7 +621,7 @@ impl PageHeap {
     pub fn stats(&self, page: PageSize) -> PageStats {
         let meta = self.meta_bytes + self.spans.sys_bytes() + self.tiny.sys_bytes();
         PageStats {
-            sys: self.sys_pages.bytes(page) as u64,
+            sys: (self.sys_pages - self.meta_pages).bytes(page) as u64,
             inuse: self.inuse_pages.bytes(page) as u64,
             released: self.released_pages.bytes(page) as u64,
             meta_sys: meta as u64,
@@ -594,8 +640,8 @@ impl PageHeap {
         assert_eq!(sys, self.sys_pages, "sys_pages");
         assert_eq!(
             sys - free,
-            self.inuse_pages,
-            "inuse_pages != pages not free"
+            self.inuse_pages + self.meta_pages,
+            "inuse_pages + meta_pages != pages not free"
         );
         assert_eq!(released, self.released_pages, "released_pages");
         self.large_cache.check_invariants();

@@ -186,7 +186,7 @@ struct Parts<'a> {
 /// with scav = 1; scav = 1 only on free pages; every summary equals the merge of its
 /// children (leaves: the summary of their word; padding leaves: all in use).
 pub struct ArenaPages {
-    /// Pages in the arena (a multiple of 64; 0 only for [`ArenaPages::empty`]).
+    /// Pages in the arena (0 only for [`ArenaPages::empty`]).
     npages: usize,
     /// `npages / 64`: words in each bitmap.
     nwords: usize,
@@ -232,7 +232,8 @@ impl ArenaPages {
     /// free and released (scav = 1): fresh arena memory is Prepared, as Go's
     /// `pages.grow` marks new pages scavenged.
     ///
-    /// Panics if `npages` is 0, not a multiple of 64, or above `u32::MAX`.
+    /// Panics if `npages` is 0 or above `u32::MAX`. When it is not a multiple
+    /// of 64, the last word's bits past `npages` stay in use for ever.
     ///
     /// # Safety
     ///
@@ -242,14 +243,14 @@ impl ArenaPages {
     /// contents do not matter: every byte is written here.
     pub unsafe fn init(meta: NonNull<u8>, npages: usize) -> ArenaPages {
         assert!(
-            npages > 0 && npages.is_multiple_of(WORD_PAGES) && npages as u64 <= MAX_NPAGES as u64,
-            "pagealloc: arena of {npages} pages (must be a nonzero multiple of {WORD_PAGES}, at most {MAX_NPAGES})"
+            npages > 0 && npages as u64 <= MAX_NPAGES as u64,
+            "pagealloc: arena of {npages} pages (must be nonzero, at most {MAX_NPAGES})"
         );
         debug_assert!(
             meta.as_ptr().addr().is_multiple_of(META_ALIGN),
             "pagealloc: metadata block not {META_ALIGN}-aligned"
         );
-        let nwords = npages / WORD_PAGES;
+        let nwords = npages.div_ceil(WORD_PAGES);
         let nleaves = nwords.next_power_of_two();
         // SAFETY: the caller guarantees `meta` is valid for writes of
         // `meta_bytes(npages)` bytes; zero bytes are valid `u64`s and `Summary`s, so
@@ -274,10 +275,17 @@ impl ArenaPages {
         };
         let parts = pages.parts_mut();
         parts.scav.fill(WORD_ALL_SET);
-        // `alloc` is already all zero: every page free.
+        // `alloc` is already all zero: every page free. Past `npages`, the
+        // last word's bits are in use for ever (and not released).
+        let tail = npages % WORD_PAGES;
+        if tail != 0 {
+            let pad = bit_range(tail, WORD_PAGES - tail);
+            parts.alloc[nwords - 1] = pad;
+            parts.scav[nwords - 1] = !pad;
+        }
         for (w, leaf) in parts.tree[nleaves..].iter_mut().enumerate() {
             *leaf = if w < nwords {
-                Summary::WORD_FREE
+                Summary::of_word(parts.alloc[w])
             } else {
                 Summary::ALL_IN_USE
             };
@@ -920,7 +928,7 @@ mod tests {
 
     #[test]
     fn fresh_arena() {
-        for npages in [64, 512, ARENA_PAGES, ODD_PAGES] {
+        for npages in [1, 37, 64, 100, 512, ARENA_PAGES, ODD_PAGES, ODD_PAGES + 13] {
             let a = Arena::new(npages);
             let p = &a.pages;
             p.check_invariants();
@@ -1473,5 +1481,14 @@ mod tests {
     #[test]
     fn differential_odd() {
         differential(ODD_PAGES, 70_000, 0x0123_4567_89ab_cdef);
+    }
+
+    /// An arena of a whole number of pages that is not a whole number of
+    /// words (a small arena over a region): the tail of the last word is in
+    /// use for ever, never found, freed or scavenged.
+    #[test]
+    fn differential_partial_word() {
+        differential(37, 20_000, 0x5555_aaaa_1234_9876);
+        differential(ODD_PAGES + 13, 70_000, 0x0f0f_f0f0_1357_2468);
     }
 }

@@ -395,7 +395,7 @@ impl PageHeap {
 
     /// Dirty free pages now.
     pub(super) fn dirty_pages(&self) -> Pages {
-        self.sys_pages - self.inuse_pages - self.released_pages
+        self.sys_pages - self.inuse_pages - self.meta_pages - self.released_pages
     }
 
     /// Idle memory: dirty free pages and idle large spans, what the

@@ -436,14 +436,18 @@ pub static REGION_GEOMETRIES: [Geometry; 2] = [
         tail_div: 8,
         raise_div: 8,
     }),
-    Geometry::generate(Spec {
-        page_shift: 8,
-        max_small: 4096,
-        spacing: Spacing::Fine(16),
-        tail_div: 16,
-        raise_div: 8,
-    }),
+    REGION_GEOMETRY,
 ];
+
+/// The geometry of [`crate::RegionSource`] heaps: 256-byte pages, 62 classes
+/// up to 4 KiB (the second of [`REGION_GEOMETRIES`]).
+pub(crate) const REGION_GEOMETRY: Geometry = Geometry::generate(Spec {
+    page_shift: 8,
+    max_small: 4096,
+    spacing: Spacing::Fine(16),
+    tail_div: 16,
+    raise_div: 8,
+});
 
 #[cfg(test)]
 mod tests {

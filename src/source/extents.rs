@@ -55,6 +55,19 @@ impl<const N: usize> Extents<N> {
         self.iter().map(|r| r.end - r.start).sum()
     }
 
+    /// The longest range [`Extents::take`] could return at alignment `align`.
+    pub(crate) fn largest(&self, align: usize) -> usize {
+        self.iter()
+            .filter_map(|r| {
+                Some(
+                    r.end
+                        .saturating_sub(r.start.checked_next_multiple_of(align)?),
+                )
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     fn remove(&mut self, i: usize) {
         self.ext.copy_within(i + 1..self.n, i);
         self.n -= 1;

@@ -71,8 +71,16 @@ pub unsafe trait PageSource {
     /// divides the heap's page ([`PageSource::GEOMETRY`]'s).
     const PAGE_SIZE: usize;
     /// Bytes the heap asks for each time it grows: a multiple of
-    /// [`crate::CHUNK_BYTES`]. 64 MiB on Linux, as in Go.
+    /// [`crate::CHUNK_BYTES`]. 64 MiB on Linux, as in Go. With
+    /// [`PageSource::SMALL_ARENAS`], the most an arena takes at once.
     const ARENA_BYTES: usize;
+    /// The source hands out parts of fixed regions of any size (a board's RAM):
+    /// arenas are then any whole number of heap pages, page aligned, each as
+    /// large as [`PageSource::largest_free`] allows up to `ARENA_BYTES`, with
+    /// their metadata inside; the page map is a list of arenas rather than a
+    /// radix table over 4 MiB chunks, and span records come from arena pages.
+    /// False (the default): arenas are whole chunks, chunk aligned.
+    const SMALL_ARENAS: bool = false;
     /// Memory made Ready from Prepared reads as zero, whether it was never used
     /// or was given back with `release`.
     const ZEROED: bool;
@@ -139,6 +147,13 @@ pub unsafe trait PageSource {
     /// gigabytes.
     fn bound(&self) -> Option<usize> {
         None
+    }
+
+    /// The longest range `reserve(bytes, align)` could return now, for a
+    /// source with [`PageSource::SMALL_ARENAS`]; 0 (the default) if unknown.
+    fn largest_free(&self, align: usize) -> usize {
+        let _ = align;
+        0
     }
 
     /// Milliseconds of a monotonic clock (any origin but 0), when

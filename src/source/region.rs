@@ -345,10 +345,18 @@ impl core::fmt::Debug for RegionSource {
 // truthful answers; nothing allocates; the state sits behind a spin mutex, so
 // every method may be called through `&self` from any CPU.
 unsafe impl PageSource for RegionSource {
-    const PAGE_SIZE: usize = 4096;
-    const ARENA_BYTES: usize = crate::CHUNK_BYTES;
+    const PAGE_SIZE: usize = 64;
+    const ARENA_BYTES: usize = 64 << 20;
+    const SMALL_ARENAS: bool = true;
     const ZEROED: bool = false;
     const CAN_RELEASE: bool = false;
+
+    /// The longest free extent, from its first `align`ed address.
+    fn largest_free(&self, align: usize) -> usize {
+        let mut s = self.state.lock();
+        s.ensure_init();
+        s.free.largest(align.max(Self::PAGE_SIZE))
+    }
 
     /// The bytes of the regions given so far.
     fn bound(&self) -> Option<usize> {
@@ -464,7 +472,7 @@ mod tests {
         assert_eq!(src.free_bytes(), 64 * PS);
         let a = src.reserve(4 * PS, PS).unwrap();
         let b = src.reserve(PS, PS).unwrap();
-        let c = src.alloc(100).unwrap(); // rounded to one page
+        let c = src.alloc(PS / 2 + 1).unwrap(); // rounded to one page
         assert_eq!(
             (off(&buf, a), off(&buf, b), off(&buf, c)),
             (0, 4 * PS, 5 * PS)
@@ -495,7 +503,7 @@ mod tests {
         assert_eq!(b.as_ptr() as usize % 65536, 0);
         assert_eq!(off(&buf, b), 65536);
         // The hole before b is reused first-fit.
-        let c = src.reserve(2 * PS, 8192).unwrap();
+        let c = src.reserve(2 * PS, 2 * PS).unwrap();
         assert_eq!(off(&buf, c), 2 * PS);
         // An align below PAGE_SIZE is raised to PAGE_SIZE.
         let d = src.reserve(PS, 1).unwrap();
@@ -597,13 +605,13 @@ mod tests {
     #[test]
     fn unaligned_region_base() {
         let buf = Buf::new(12 * PS, 2 * PS);
-        // Region starts 100 bytes past a page boundary and ends mid-page:
-        // only the 10 whole pages inside are used.
-        let src = buf.source(100, 11 * PS);
+        // Region starts a third of a page past a page boundary and ends
+        // mid-page: only the 10 whole pages inside are used.
+        let src = buf.source(PS / 3, 11 * PS);
         assert_eq!(src.free_bytes(), 10 * PS);
         let a = src.reserve(PS, PS).unwrap();
         assert_eq!(off(&buf, a), PS);
-        let b = src.reserve(8192, 8192).unwrap();
+        let b = src.reserve(2 * PS, 2 * PS).unwrap();
         assert_eq!(off(&buf, b), 2 * PS);
         let rest = src.reserve(8 * PS, PS);
         assert!(rest.is_none());

@@ -146,7 +146,8 @@ impl State {
 }
 
 /// A checking, recording [`PageSource`] over `S` (see the module docs);
-/// `ARENA` is its `ARENA_BYTES` (a multiple of `CHUNK_BYTES`), so tests can
+/// `ARENA` is its `ARENA_BYTES` (a multiple of `CHUNK_BYTES`, or any size
+/// over a source of small arenas), so tests can
 /// make the page heap grow in smaller steps than the inner source's.
 ///
 /// With [`skewed`](CheckedSource::skewed), every reservation is aligned to
@@ -174,7 +175,7 @@ impl<S: PageSource, const ARENA: usize> CheckedSource<S, ARENA> {
     }
 
     const fn with_skew(inner: S, skew: bool) -> Self {
-        const { assert!(ARENA > 0 && ARENA.is_multiple_of(crate::CHUNK_BYTES)) };
+        const { assert!(ARENA > 0 && (S::SMALL_ARENAS || ARENA.is_multiple_of(crate::CHUNK_BYTES))) };
         CheckedSource {
             inner,
             skew,
@@ -340,9 +341,19 @@ unsafe impl<S: PageSource, const ARENA: usize> PageSource for CheckedSource<S, A
     const ZEROED: bool = S::ZEROED;
     const CAN_RELEASE: bool = S::CAN_RELEASE;
     const CLOCK: bool = S::CLOCK;
+    const SMALL_ARENAS: bool = S::SMALL_ARENAS;
+    const GEOMETRY: &'static crate::sizeclass::Geometry = S::GEOMETRY;
 
     fn bound(&self) -> Option<usize> {
         self.inner.bound()
+    }
+
+    fn largest_free(&self, align: usize) -> usize {
+        if self.skew {
+            self.inner.largest_free(2 * align).saturating_sub(align)
+        } else {
+            self.inner.largest_free(align)
+        }
     }
 
     fn now_ms(&self) -> u64 {

@@ -57,13 +57,19 @@ pub const fn single_cpu_heap() -> Heap<MmapSource, SingleCpu> {
 /// What a live object costs in `heap_alloc`: its class size, or its pages;
 /// 0 for a tiny object (counted through the shared 64-byte blocks).
 pub fn rounded(l: Layout) -> u64 {
-    match ObjectKind::of(l.size(), l.align()) {
+    rounded_in(GO, l)
+}
+
+/// [`rounded`] in a heap of geometry `g`.
+pub fn rounded_in(g: &tieralloc::Geometry, l: Layout) -> u64 {
+    let page = tieralloc::internals::PageSize::from_shift(g.page_shift());
+    match ObjectKind::of_in(g, l.size(), l.align()) {
         ObjectKind::Tiny => 0,
-        ObjectKind::Small(c) => GO.size(c) as u64,
+        ObjectKind::Small(c) => g.size(c) as u64,
         ObjectKind::Large => {
-            (tieralloc::internals::large_pages(l.size(), GO_PAGE)
+            (tieralloc::internals::large_pages(l.size(), page)
                 .unwrap()
-                .bytes(GO_PAGE)) as u64
+                .bytes(page)) as u64
         }
     }
 }
