@@ -215,9 +215,10 @@
 //! * **OS page** — the source's granule, `PageSource::PAGE_SIZE` (4 KiB on x86-64).
 //! * **page** — the heap's unit, [`PAGE_BYTES`] = 8 KiB = 2 OS pages (Go's page).
 //! * **chunk** — [`CHUNK_BYTES`] = 512 pages = 4 MiB, the granule of the page map
-//!   and of arena sizes.
+//!   and of arena sizes (for sources of small arenas, neither: see below).
 //! * **arena** — a contiguous range from the source, `S::ARENA_BYTES` (64 MiB on
-//!   Linux) or more.
+//!   Linux) or more; over a fixed region (`PageSource::SMALL_ARENAS`), whatever
+//!   the region has left, any whole number of pages, found by a list walk.
 //! * **span** — a run of pages: carved into objects of one size class, or one
 //!   large object, or stacks.
 //! * **object** — what `alloc` returns; a **tiny** object (under [`TINY_SIZE`] =

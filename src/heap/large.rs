@@ -78,10 +78,26 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             self.caches()?;
         }
         self.decay_tick(true);
-        let s = self
+        // (The page heap's lock is released at the end of this statement.)
+        let first = self
             .pages
             .lock()
-            .alloc_large(&self.source, &self.map, size, align)?;
+            .alloc_large(&self.source, &self.map, size, align);
+        let s = match first {
+            Some(s) => s,
+            None => {
+                // Out of memory: cached objects may make whole spans free,
+                // if the heap is large enough to hold the request at all.
+                let sys = self.pages.lock().stats(S::PAGE).sys;
+                if size.saturating_add(align) as u64 > sys {
+                    return None;
+                }
+                self.drain_caches(&self.below());
+                self.pages
+                    .lock()
+                    .alloc_large(&self.source, &self.map, size, align)?
+            }
+        };
         // SAFETY: a fresh large span, ours.
         let (start, needzero) = unsafe { ((*s.as_ptr()).start, (*s.as_ptr()).needzero) };
         NonNull::new(start.as_ptr()).map(|p| (p, needzero))

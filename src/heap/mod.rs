@@ -442,35 +442,44 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     pub fn scavenge(&self) -> usize {
         self.guarded(|| {
             let below = self.below();
-            if let Some(s) = self.slabs.get() {
-                // First the tiny blocks (retiring one may free it into some CPU's
-                // stack), retired outside the CPU's exclusivity.
-                for i in 0..s.count() {
-                    if let Some(t) = s.take_tiny(i) {
-                        self.retire_tiny(s, t);
-                    }
-                }
-                for i in 0..s.count() {
-                    s.drain(i, |c, objs| {
-                        self.central(c).lock().flush(c, objs, &below);
-                        self.flow(c).flushed_from_slabs(objs.len());
-                    });
-                }
-            }
-            if self.classes().is_some() {
-                for c in S::GEOMETRY.small_classes() {
-                    let mut central = self.central(c).lock();
-                    if S::GEOMETRY.shares_lines(c) {
-                        central.give_back_remote(c, self.remote(c), &below);
-                    }
-                    central.drain_transfer(c, &below);
-                }
-            }
-            self.drain_stack_caches(&below);
+            self.drain_caches(&below);
             let mut h = self.pages.lock();
             h.flush_large_cache(&self.source);
             h.scavenge(&self.source, usize::MAX) * S::PAGE.bytes()
         })
+    }
+
+    /// Returns every CPU's cached objects and tiny block, the transfer
+    /// caches, the remote lists and the stack caches to their spans, so that
+    /// spans with no live object go back to the page heap: the first half of
+    /// [`Heap::scavenge`], and what an allocation the page heap cannot serve
+    /// does before it tries once more. Holds no lock on entry.
+    pub(super) fn drain_caches(&self, below: &Below<'_, S, C::Relax>) {
+        if let Some(s) = self.slabs.get() {
+            // First the tiny blocks (retiring one may free it into some CPU's
+            // stack), retired outside the CPU's exclusivity.
+            for i in 0..s.count() {
+                if let Some(t) = s.take_tiny(i) {
+                    self.retire_tiny(s, t);
+                }
+            }
+            for i in 0..s.count() {
+                s.drain(i, |c, objs| {
+                    self.central(c).lock().flush(c, objs, below);
+                    self.flow(c).flushed_from_slabs(objs.len());
+                });
+            }
+        }
+        if self.classes().is_some() {
+            for c in S::GEOMETRY.small_classes() {
+                let mut central = self.central(c).lock();
+                if S::GEOMETRY.shares_lines(c) {
+                    central.give_back_remote(c, self.remote(c), below);
+                }
+                central.drain_transfer(c, below);
+            }
+        }
+        self.drain_stack_caches(below);
     }
 
     /// Sets the dirty free memory always kept before the scavenger releases

@@ -81,17 +81,24 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         } else {
             Owner::NONE
         };
-        let n = {
+        let take = |buf: &mut [*mut u8]| {
             let mut central = self.central(c).lock();
             if S::GEOMETRY.shares_lines(c) {
                 // Objects freed off their owner's CPU go back to their spans
                 // first, where their owners' refills find them.
                 central.give_back_remote(c, self.remote(c), &below);
             }
-            central.refill(c, &mut buf[..want], &below, owner)
+            central.refill(c, buf, &below, owner)
         };
+        let mut n = take(&mut buf[..want]);
         if n == 0 {
-            return null_mut();
+            // Out of memory: objects cached anywhere may make whole spans
+            // free, whose pages this class can use (a small heap lives on this).
+            self.drain_caches(&below);
+            n = take(&mut buf[..want]);
+            if n == 0 {
+                return null_mut();
+            }
         }
         let flow = self.flow(c);
         let pushed = s.push_batch(c, &buf[..n - 1]);

@@ -99,6 +99,11 @@ impl Arena {
         Pages::new(self.pages.max_free_run())
     }
 
+    /// The highest free run of `n` pages (see [`ArenaPages::find_last`]).
+    pub(crate) fn find_last(&self, n: Pages) -> Option<PageIdx> {
+        self.pages.find_last(n.get()).map(PageIdx::new)
+    }
+
     /// Whether the `n` pages from `start` are all free.
     pub(crate) fn is_free(&self, start: PageIdx, n: Pages) -> bool {
         self.pages.is_free(start.get(), n.get())

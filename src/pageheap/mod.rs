@@ -256,10 +256,33 @@ impl PageHeap {
         bytes: usize,
     ) -> Option<(NonNull<u8>, usize)> {
         let n = Pages::of_bytes(bytes, S::PAGE)?;
-        let run = self.alloc_pages(source, map, n, 1)?;
-        self.inuse_pages -= n;
+        // Highest fit, so that records gather at the top of the arena and
+        // leave first fit's free ranges whole; the first chunk (no arena yet)
+        // comes with the arena's growth.
+        let top = self
+            .arenas
+            .slots()
+            .rev()
+            .find_map(|slot| Some((slot, self.arenas.get(slot).find_last(n)?)));
+        let (slot, start) = match top {
+            Some(fit) => fit,
+            None => {
+                let run = self.alloc_pages(source, map, n, 1)?;
+                self.inuse_pages -= n;
+                self.meta_pages += n;
+                let p = self.arenas.get(run.slot).addr_of(run.start);
+                return Some((NonNull::new(p.as_ptr())?, n.bytes(S::PAGE)));
+            }
+        };
+        let a = self.arenas.get_mut(slot);
+        if !a.make_ready(source, start, n) {
+            return None;
+        }
+        let taken = a.alloc_range(start, n);
+        let p = a.addr_of(start);
+        self.released_pages -= Pages::new(taken.scavenged);
         self.meta_pages += n;
-        let p = self.arenas.get(run.slot).addr_of(run.start);
+        self.arenas.update_leaf(slot);
         Some((NonNull::new(p.as_ptr())?, n.bytes(S::PAGE)))
     }
 

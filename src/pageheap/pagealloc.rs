@@ -385,6 +385,40 @@ impl ArenaPages {
         self.parts().2[1].max as usize
     }
 
+    /// Start of the highest free run of `n` pages (the top `n` pages of the
+    /// highest free range that long), or `None`. O(npages / 64) words: for
+    /// the rare allocations that should stay out of the way of first fit
+    /// (metadata carved from a small arena).
+    pub fn find_last(&self, n: usize) -> Option<usize> {
+        if n == 0 || n > self.max_free_run() {
+            return None;
+        }
+        let (alloc, _, _) = self.parts();
+        // Free pages directly above the word being looked at.
+        let mut run = 0;
+        for w in (0..self.nwords).rev() {
+            let word = alloc[w];
+            if word == WORD_ALL_FREE {
+                if run + WORD_PAGES >= n {
+                    return Some(w * WORD_PAGES + WORD_PAGES - (n - run));
+                }
+                run += WORD_PAGES;
+                continue;
+            }
+            for b in (0..WORD_PAGES).rev() {
+                if word >> b & 1 == 0 {
+                    run += 1;
+                    if run == n {
+                        return Some(w * WORD_PAGES + b);
+                    }
+                } else {
+                    run = 0;
+                }
+            }
+        }
+        None
+    }
+
     /// Leftmost start of a free run of `n` pages, or `None`. O(log npages).
     ///
     /// `n` must be at least 1 (debug-asserted; `n == 0` gives `None`).
@@ -1258,6 +1292,17 @@ mod tests {
                 .find(|&a| free_from[a] >= n)
         }
 
+        fn last_fit(&self, n: usize) -> Option<usize> {
+            let mut run = 0;
+            for i in (0..self.used.len()).rev() {
+                run = if self.used[i] { 0 } else { run + 1 };
+                if run == n {
+                    return Some(i);
+                }
+            }
+            None
+        }
+
         fn is_free(&self, s: usize, n: usize) -> bool {
             s + n <= self.used.len() && self.used[s..s + n].iter().all(|&u| !u)
         }
@@ -1360,6 +1405,11 @@ mod tests {
                             m.find_aligned(n, align),
                             "find_aligned({n}, {align}) op {op}"
                         );
+                        s
+                    }
+                    3 => {
+                        let s = p.find_last(n);
+                        assert_eq!(s, m.last_fit(n), "find_last({n}) op {op}");
                         s
                     }
                     2 => {
