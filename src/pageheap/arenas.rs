@@ -417,44 +417,16 @@ impl Arenas {
             unsafe { source.free(base, bytes) };
             return None;
         }
-        let spans_off = size_of::<Arena>().next_multiple_of(64);
-        let pages_off =
-            (spans_off + arena_pages.get() * size_of::<SpanSlot>()).next_multiple_of(64);
-        let meta = pages_off + ArenaPages::meta_bytes(arena_pages.get());
+        let meta = Self::meta_layout(arena_pages.get()).0;
         let Some(m) = source.alloc(meta) else {
             // SAFETY: ours, untouched.
             unsafe { source.free(base, bytes) };
             return None;
         };
         let base_addr = Addr::of(base.as_ptr());
-        let m = m.as_ptr();
-        // SAFETY: `m` is `meta` fresh Ready bytes, page aligned; the three parts do not overlap.
-        let arena = unsafe {
-            let spans = m.add(spans_off).cast::<SpanSlot>();
-            if !S::ZEROED {
-                spans
-                    .cast::<u8>()
-                    .write_bytes(0, arena_pages.get() * size_of::<SpanSlot>());
-            }
-            let pages =
-                ArenaPages::init(NonNull::new_unchecked(m.add(pages_off)), arena_pages.get());
-            let a = m.cast::<Arena>();
-            a.write(Arena {
-                base: base_addr,
-                npages: arena_pages,
-                page: S::PAGE,
-                slot: ArenaSlot::new(0),
-                spans,
-                pages,
-                link: ArenaLink {
-                    base: base_addr,
-                    end: base_addr + bytes,
-                    spans,
-                    next: AtomicPtr::new(null_mut()),
-                },
-            });
-            a
-        };
+        // SAFETY: `m` is `meta` fresh Ready bytes, page aligned.
+        let arena =
+            unsafe { Self::write_meta::<S>(m.as_ptr(), base_addr, arena_pages, !S::ZEROED) };
         *meta_bytes += meta.next_multiple_of(S::PAGE_SIZE);
         let chunks = arena_pages.get() / S::CHUNK_PAGES;
         for c in 0..chunks {
@@ -483,6 +455,48 @@ impl Arenas {
             spans_off,
             pages_off,
         )
+    }
+
+    /// Lays out the metadata block of a new arena of `npages` pages at
+    /// `base` in `m` ([`Arenas::meta_layout`]): its header, page slots (all
+    /// null; written as such when `zero_slots`) and page bitmaps.
+    ///
+    /// # Safety
+    /// `m` is `meta_layout(npages).0` Ready bytes, 64-byte aligned, the
+    /// arena's for ever; the slots are already zero unless `zero_slots`.
+    unsafe fn write_meta<S: PageSource>(
+        m: *mut u8,
+        base: Addr,
+        npages: Pages,
+        zero_slots: bool,
+    ) -> *mut Arena {
+        let (_, spans_off, pages_off) = Self::meta_layout(npages.get());
+        // SAFETY: the caller's block holds the three parts, which do not overlap.
+        unsafe {
+            let spans = m.add(spans_off).cast::<SpanSlot>();
+            if zero_slots {
+                spans
+                    .cast::<u8>()
+                    .write_bytes(0, npages.get() * size_of::<SpanSlot>());
+            }
+            let pages = ArenaPages::init(NonNull::new_unchecked(m.add(pages_off)), npages.get());
+            let a = m.cast::<Arena>();
+            a.write(Arena {
+                base,
+                npages,
+                page: S::PAGE,
+                slot: ArenaSlot::new(0),
+                spans,
+                pages,
+                link: ArenaLink {
+                    base,
+                    end: base.add_pages(npages, S::PAGE),
+                    spans,
+                    next: AtomicPtr::new(null_mut()),
+                },
+            });
+            a
+        }
     }
 
     /// [`Arenas::grow`] for a source of small arenas: one reservation, as
@@ -514,7 +528,7 @@ impl Arenas {
             return None;
         }
         let base = source.reserve(bytes, align)?;
-        let (meta, spans_off, pages_off) = Self::meta_layout(n);
+        let meta = Self::meta_layout(n).0;
         let m = base.as_ptr().wrapping_add(meta_at(n));
         // SAFETY: just reserved, Reserved state; then Prepared, and the
         // metadata part (source-page aligned, to the end) made Ready. The
@@ -530,32 +544,12 @@ impl Arenas {
             unsafe { source.free(base, bytes) };
             return None;
         }
-        let arena_pages = Pages::new(n);
-        let base_addr = Addr::of(base.as_ptr());
         debug_assert!(meta_at(n) + meta <= bytes);
         // SAFETY: `meta_at(n) + meta <= bytes`: the block lies inside the
-        // reservation, above the arena's pages, 64-byte aligned; Ready.
-        let arena = unsafe {
-            let spans = m.add(spans_off).cast::<SpanSlot>();
-            spans.cast::<u8>().write_bytes(0, n * size_of::<SpanSlot>());
-            let pages = ArenaPages::init(NonNull::new_unchecked(m.add(pages_off)), n);
-            let a = m.cast::<Arena>();
-            a.write(Arena {
-                base: base_addr,
-                npages: arena_pages,
-                page: S::PAGE,
-                slot: ArenaSlot::new(0),
-                spans,
-                pages,
-                link: ArenaLink {
-                    base: base_addr,
-                    end: base_addr.add_pages(arena_pages, S::PAGE),
-                    spans,
-                    next: AtomicPtr::new(null_mut()),
-                },
-            });
-            a
-        };
+        // reservation, above the arena's pages, 64-byte aligned; Ready (and
+        // not zero: the region's old bytes).
+        let arena =
+            unsafe { Self::write_meta::<S>(m, Addr::of(base.as_ptr()), Pages::new(n), true) };
         *meta_bytes += bytes - n * page;
         let slot = self.insert(arena);
         let link_of = |s: usize| {

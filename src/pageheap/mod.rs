@@ -286,6 +286,25 @@ impl PageHeap {
         Some((NonNull::new(p.as_ptr())?, n.bytes(S::PAGE)))
     }
 
+    /// For a heap over small arenas, gives the metadata pool `pool` picks a
+    /// chunk of arena pages when it has no room ([`PageHeap::meta_chunk`]);
+    /// if the arenas have none either, the pool asks the source as elsewhere.
+    fn feed_pool<S: PageSource, T>(
+        &mut self,
+        source: &S,
+        map: &PageMap,
+        pool: fn(&mut PageHeap) -> &mut FixAlloc<T>,
+    ) {
+        if !S::SMALL_ARENAS || pool(self).has_room() {
+            return;
+        }
+        let want = SMALL_POOL_RECORDS * FixAlloc::<T>::RECORD_BYTES;
+        if let Some((p, bytes)) = self.meta_chunk(source, map, want) {
+            // SAFETY: Ready arena pages, page aligned, never freed.
+            unsafe { pool(self).add_chunk(p, bytes) };
+        }
+    }
+
     /// Gives pages back to their arena.
     fn free_pages(&mut self, slot: ArenaSlot, start: PageIdx, npages: Pages) {
         self.arenas.get_mut(slot).free_range(start, npages);
@@ -304,16 +323,7 @@ impl PageHeap {
         align_pages: usize,
         state: SpanState,
     ) -> Option<NonNull<Span>> {
-        if S::SMALL_ARENAS && !self.spans.has_room() {
-            if let Some((p, bytes)) = self.meta_chunk(
-                source,
-                map,
-                SMALL_POOL_RECORDS * FixAlloc::<Span>::RECORD_BYTES,
-            ) {
-                // SAFETY: Ready arena pages, page aligned, never freed.
-                unsafe { self.spans.add_chunk(p, bytes) };
-            }
-        }
+        self.feed_pool(source, map, |h| &mut h.spans);
         let rec = match self.spans.alloc(source) {
             Some(r) => r,
             None if self.release_for_retry(source) => self.spans.alloc(source)?,
@@ -351,16 +361,7 @@ impl PageHeap {
         class: SizeClass,
     ) -> Option<NonNull<Span>> {
         let tiny = if class == S::GEOMETRY.tiny_class {
-            if S::SMALL_ARENAS && !self.tiny.has_room() {
-                if let Some((p, bytes)) = self.meta_chunk(
-                    source,
-                    map,
-                    SMALL_POOL_RECORDS * FixAlloc::<TinyCounts>::RECORD_BYTES,
-                ) {
-                    // SAFETY: Ready arena pages, page aligned, never freed.
-                    unsafe { self.tiny.add_chunk(p, bytes) };
-                }
-            }
+            self.feed_pool(source, map, |h| &mut h.tiny);
             let t = self.tiny.alloc(source)?;
             // SAFETY: room for the counters; zero is a valid `AtomicU8`.
             unsafe {
