@@ -32,7 +32,7 @@ pub use state::transfer_capacity;
 
 use crate::central::{Central, Remote};
 use crate::pageheap::{Below, HeapLock, PageHeap, PageMap};
-use crate::percpu::{Caches, Cpu, Slabs};
+use crate::percpu::{class_cache_bytes, CacheLayout, Caches, Cpu, Shape, Slabs};
 use crate::sizeclass::{Geometry, SizeClass, SIZE_TO_CLASS8_MAX};
 use crate::source::{PageSource, SourcePage};
 use crate::span::SpanState;
@@ -44,7 +44,7 @@ use crate::units::Addr;
 use crate::Stats;
 use crate::TINY_SIZE;
 
-use state::Classes;
+use state::{Classes, Pad};
 use stats::Flow;
 
 /// How a request is served.
@@ -138,6 +138,17 @@ unsafe impl<S: PageSource + Sync, C: Cpu> Sync for Heap<S, C> {}
 unsafe impl<S: PageSource + Send, C: Cpu + Send> Send for Heap<S, C> {}
 
 impl<S: PageSource, C: Cpu> Heap<S, C> {
+    /// Where the per-CPU caches keep each class's stack: a constant of the
+    /// source's geometry, so that every offset and capacity folds into the
+    /// code, or for a source of fixed regions ([`PageSource::SMALL_ARENAS`])
+    /// computed at set-up from its bound, so that a heap of kilobytes does
+    /// not carve caches sized for gigabytes.
+    const CACHE_SHAPE: Shape = if S::SMALL_ARENAS {
+        Shape::Installed
+    } else {
+        Shape::Fixed(&CacheLayout::new(S::GEOMETRY, class_cache_bytes(None)))
+    };
+
     /// A heap over `source`, with per-CPU caches keyed by `cpu`. Takes nothing
     /// from the source until the first allocation.
     pub const fn new(source: S, cpu: C) -> Self {
@@ -202,26 +213,26 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// Class `c`'s central list (the heap is set up).
     #[inline]
     fn central(&self, c: SizeClass) -> &Lock<Central, C::Relax> {
-        &self.set_up_classes().central[c.index()].0
+        self.set_up_classes().central(c)
     }
 
     /// Class `c`'s flow counters (the heap is set up).
     #[inline]
     fn flow(&self, c: SizeClass) -> &Flow {
-        &self.set_up_classes().flow[c.index()]
+        self.set_up_classes().flow(c)
     }
 
     /// Line-sharing class `c`'s remote list (the heap is set up).
     #[inline]
     fn remote(&self, c: SizeClass) -> &Remote {
-        &self.set_up_classes().remote[c.index()].0
+        self.set_up_classes().remote(c)
     }
 
     /// The per-CPU caches, setting them up on first use; `None` if the source
     /// cannot supply them.
     #[inline(always)]
     fn caches(&self) -> Option<Caches<'_, C>> {
-        match self.slabs.get() {
+        match self.slabs.get(Self::CACHE_SHAPE) {
             Some(s) => Some(s),
             None => self.set_up(),
         }
@@ -231,14 +242,22 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[inline(never)]
     fn set_up(&self) -> Option<Caches<'_, C>> {
         let mut meta = self.init.lock();
-        if let Some(s) = self.slabs.get() {
+        if let Some(s) = self.slabs.get(Self::CACHE_SHAPE) {
             return Some(s);
         }
         let count = self.cpu().count().max(1);
         let budget = state::transfer_budget(self.source.bound());
-        let class_bytes = Classes::<C::Relax>::bytes(S::GEOMETRY, budget);
+        // One CPU contends for no line: pack the centrals.
+        let pad = if count == 1 { Pad::Packed } else { Pad::Lines };
+        let class_bytes = Classes::<C::Relax>::bytes(S::GEOMETRY, budget, pad);
         let cl = self.source.alloc(class_bytes)?;
-        let bytes = Slabs::<C>::bytes(count);
+        let layout = match Self::CACHE_SHAPE {
+            Shape::Fixed(l) => *l,
+            Shape::Installed => {
+                CacheLayout::new(S::GEOMETRY, class_cache_bytes(self.source.bound()))
+            }
+        };
+        let bytes = Slabs::<C>::bytes(count, &layout);
         let stack_bytes = count * core::mem::size_of::<StackCache>();
         let p = self.source.alloc(bytes)?;
         let sc = self.source.alloc(stack_bytes)?;
@@ -253,7 +272,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             + bytes.next_multiple_of(S::PAGE_SIZE)
             + stack_bytes.next_multiple_of(S::PAGE_SIZE);
         // SAFETY: `class_bytes` fresh bytes, page aligned, ours for ever.
-        let classes = unsafe { Classes::init(S::GEOMETRY, cl.as_ptr(), budget) };
+        let classes = unsafe { Classes::init(S::GEOMETRY, cl.as_ptr(), budget, pad) };
         // Published before the caches: whoever sees those sees this.
         self.classes.store(classes, Ordering::Release);
         self.stack_caches
@@ -261,7 +280,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         // SAFETY: once, under the set-up lock; the block is ours for ever,
         // zeroed, page aligned, `bytes(count)` long, and `count` is the CPU
         // mapping's (its `count` never changes).
-        Some(unsafe { self.slabs.install(p.as_ptr(), count) })
+        Some(unsafe {
+            self.slabs
+                .install(p.as_ptr(), count, Self::CACHE_SHAPE, &layout)
+        })
     }
 
     /// Runs a whole operation inside [`Cpu::operation`] if the `Cpu` asks for
@@ -455,7 +477,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// [`Heap::scavenge`], and what an allocation the page heap cannot serve
     /// does before it tries once more. Holds no lock on entry.
     pub(super) fn drain_caches(&self, below: &Below<'_, S, C::Relax>) {
-        if let Some(s) = self.slabs.get() {
+        if let Some(s) = self.slabs.get(Self::CACHE_SHAPE) {
             // First the tiny blocks (retiring one may free it into some CPU's
             // stack), retired outside the CPU's exclusivity.
             for i in 0..s.count() {
@@ -586,14 +608,14 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// page heap, set-up), so that no operation is half done: call before `fork`.
     pub fn lock_all(&self) {
         core::mem::forget(self.init.lock());
-        if self.slabs.get().is_some() {
+        if self.slabs.get(Self::CACHE_SHAPE).is_some() {
             for i in 0..self.cpu().count() {
                 self.cpu().acquire_slot(i);
             }
         }
         if let Some(cl) = self.classes() {
-            for c in &cl.central {
-                core::mem::forget(c.0.lock());
+            for c in cl.centrals() {
+                core::mem::forget(c.lock());
             }
         }
         self.stacks.lock_all();
@@ -610,11 +632,11 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             self.pages.force_unlock();
             self.stacks.unlock_all();
             if let Some(cl) = self.classes() {
-                for c in &cl.central {
-                    c.0.force_unlock();
+                for c in cl.centrals() {
+                    c.force_unlock();
                 }
             }
-            if self.slabs.get().is_some() {
+            if self.slabs.get(Self::CACHE_SHAPE).is_some() {
                 for i in 0..self.cpu().count() {
                     self.cpu().release_slot(i);
                 }

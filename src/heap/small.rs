@@ -19,7 +19,7 @@ use core::ptr::null_mut;
 use crate::central::REMOTE_MAX;
 #[cfg(feature = "checks")]
 use crate::checks;
-use crate::percpu::{batch, Caches, Cpu, Fast, MAX_CAPACITY};
+use crate::percpu::{Caches, Cpu, Fast, MAX_CAPACITY};
 use crate::sizeclass::SizeClass;
 use crate::source::PageSource;
 use crate::span::SpanState;
@@ -74,7 +74,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     fn refill(&self, s: Caches<'_, C>, c: SizeClass) -> *mut u8 {
         self.decay_tick(true);
         let mut buf = [null_mut(); MAX_CAPACITY];
-        let want = batch(c);
+        let want = s.batch(c);
         let below = self.below();
         let owner = if S::GEOMETRY.shares_lines(c) {
             Owner::cpu(s.current_cpu())
@@ -171,7 +171,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[cfg_attr(rseq, inline(never))]
     #[cfg_attr(not(rseq), inline(always))]
     fn free_small_slow(&self, p: *mut u8, c: SizeClass) {
-        let Some(s) = self.slabs.get() else {
+        let Some(s) = self.slabs.get(Self::CACHE_SHAPE) else {
             panic!("tieralloc: free of {p:p} before any allocation");
         };
         // In rseq mode `free_small` has just tried this push.
@@ -201,7 +201,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         let flow = self.flow(c);
         for _ in 0..4 {
             let mut buf = [null_mut(); MAX_CAPACITY];
-            let k = s.pop_batch(c, &mut buf[..batch(c)]);
+            let k = s.pop_batch(c, &mut buf[..s.batch(c)]);
             if k > 0 {
                 self.central(c).lock().flush(c, &buf[..k], &below);
                 flow.flushed_from_slabs(k);

@@ -5,16 +5,22 @@
 //! size is in `lib.rs`) and a bounded source gets transfer caches sized to
 //! it. See [`super`] and `lib.rs`.
 //!
-//! Layout: `[Classes][transfer slots of class 1][… class 2]…`, the slots of
-//! class `c` numbering [`transfer_capacity`]`(c, budget)`. Written once
-//! under the set-up lock, before the per-CPU caches are published, and
-//! never freed: whoever sees the caches sees this block.
+//! Layout: `[Classes][centrals][flows][remotes][transfer slots of class
+//! 1][… class 2]…`: one central and one flow per class of the geometry
+//! (class 0 included), one remote list per line-sharing class of any
+//! geometry, the slots of class `c` numbering [`transfer_capacity`]`(c,
+//! budget)`. Centrals and remote lists take a cache line each ([`Padded`])
+//! unless the heap has one CPU ([`Pad::Packed`]): nothing shares their
+//! lines then. Written once under the set-up lock, before the per-CPU
+//! caches are published, and never freed: whoever sees the caches sees
+//! this block.
 
-use core::mem::size_of;
+use core::marker::PhantomData;
+use core::mem::{align_of, size_of};
 
 use crate::central::{Central, Remote, TRANSFER_BYTES, TRANSFER_MIN, TRANSFER_SLOTS};
 use crate::percpu::batch;
-use crate::sizeclass::{Geometry, SizeClass, MAX_SHARING, NUM_CLASSES};
+use crate::sizeclass::{Geometry, SizeClass, MAX_SHARING};
 use crate::sync::{Lock, Padded};
 
 use super::stats::Flow;
@@ -22,14 +28,67 @@ use super::stats::Flow;
 /// Remote lists: one per line-sharing class of any geometry, class 0 included.
 const SHARING: usize = MAX_SHARING;
 
-/// What each class keeps below the CPUs (see the module docs).
+/// Whether centrals and remote lists take a line each.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Pad {
+    /// A cache line each (several CPUs take their locks).
+    Lines,
+    /// Packed (one CPU: no line is contended).
+    Packed,
+}
+
+/// Where each part of the block lies, in bytes from its start.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    central: usize,
+    central_stride: usize,
+    flow: usize,
+    remote: usize,
+    remote_stride: usize,
+    slots: usize,
+}
+
+impl Plan {
+    const fn new<X>(g: &Geometry, pad: Pad) -> Plan {
+        let (central_stride, central_align, remote_stride, remote_align) = match pad {
+            Pad::Lines => (
+                size_of::<Padded<Lock<Central, X>>>(),
+                align_of::<Padded<Lock<Central, X>>>(),
+                size_of::<Padded<Remote>>(),
+                align_of::<Padded<Remote>>(),
+            ),
+            Pad::Packed => (
+                size_of::<Lock<Central, X>>(),
+                align_of::<Lock<Central, X>>(),
+                size_of::<Remote>(),
+                align_of::<Remote>(),
+            ),
+        };
+        let central = size_of::<Classes<X>>().next_multiple_of(central_align);
+        let flow = (central + g.count * central_stride).next_multiple_of(align_of::<Flow>());
+        let remote = (flow + g.count * size_of::<Flow>()).next_multiple_of(remote_align);
+        let slots = (remote + SHARING * remote_stride).next_multiple_of(align_of::<*mut u8>());
+        Plan {
+            central,
+            central_stride,
+            flow,
+            remote,
+            remote_stride,
+            slots,
+        }
+    }
+}
+
+/// What each class keeps below the CPUs (see the module docs): the head of
+/// the block, which finds the rest.
+///
+/// Invariant: `base` is the block (this head at its start) with the
+/// provenance of all of it, laid out by `plan`; `count` is the geometry's.
 pub(super) struct Classes<X> {
-    /// Per class: its central list, behind its own lock.
-    pub(super) central: [Padded<Lock<Central, X>>; NUM_CLASSES],
-    /// Per line-sharing class: objects freed off their owner's CPU.
-    pub(super) remote: [Padded<Remote>; SHARING],
-    /// Per class: objects moving between tiers, for [`super::Heap::stats`].
-    pub(super) flow: [Flow; NUM_CLASSES],
+    base: *mut u8,
+    count: usize,
+    plan: Plan,
+    _relax: PhantomData<X>,
 }
 
 /// Bytes of free objects each class's transfer cache may hold, for a source
@@ -74,48 +133,114 @@ pub const fn transfer_capacity(g: &Geometry, c: SizeClass, budget: usize) -> usi
 }
 
 impl<X> Classes<X> {
-    /// Offset of the first transfer slot.
-    const SLOTS_OFF: usize = size_of::<Classes<X>>().next_multiple_of(size_of::<*mut u8>());
-
     /// Bytes of the block for `budget` (see [`transfer_budget`]).
-    pub(super) fn bytes(g: &Geometry, budget: usize) -> usize {
-        let slots: usize = g
-            .small_classes()
-            .map(|c| transfer_capacity(g, c, budget))
-            .sum();
-        Self::SLOTS_OFF + slots * size_of::<*mut u8>()
+    pub(super) const fn bytes(g: &Geometry, budget: usize, pad: Pad) -> usize {
+        let mut slots = 0;
+        let mut i = 1;
+        while i < g.count {
+            if let Some(c) = SizeClass::new(i) {
+                slots += transfer_capacity(g, c, budget);
+            }
+            i += 1;
+        }
+        Plan::new::<X>(g, pad).slots + slots * size_of::<*mut u8>()
     }
 
-    /// Writes an empty `Classes` at `p` and gives each central its slots.
+    /// Writes an empty block at `p` and gives each central its slots.
     ///
     /// # Safety
-    /// `p` is [`Classes::bytes`]`(budget)` writable bytes aligned to a cache
-    /// line, the heap's for ever.
-    pub(super) unsafe fn init(g: &Geometry, p: *mut u8, budget: usize) -> *mut Classes<X> {
+    /// `p` is [`Classes::bytes`]`(g, budget, pad)` writable bytes aligned to
+    /// a cache line, the heap's for ever.
+    pub(super) unsafe fn init(
+        g: &Geometry,
+        p: *mut u8,
+        budget: usize,
+        pad: Pad,
+    ) -> *mut Classes<X> {
+        let plan = Plan::new::<X>(g, pad);
         let this = p.cast::<Classes<X>>();
-        let mut slot = Self::SLOTS_OFF;
-        // SAFETY: every field is written in place (no `Classes` on the stack:
-        // it is kilobytes); the slots lie in the block past the struct, a
-        // disjoint range per class.
+        let mut slot = plan.slots;
+        // SAFETY: every part is written in place, inside the block (the
+        // plan's offsets, each aligned for its type since `p` is line
+        // aligned); the slots lie past the remotes, a disjoint range per class.
         unsafe {
-            for c in 0..NUM_CLASSES {
-                let central = &raw mut (*this).central[c];
-                central.write(Padded(Lock::new(Central::new())));
-                (&raw mut (*this).flow[c]).write(Flow::new());
+            this.write(Classes {
+                base: p,
+                count: g.count,
+                plan,
+                _relax: PhantomData,
+            });
+            for c in 0..g.count {
+                let central = p
+                    .add(plan.central + c * plan.central_stride)
+                    .cast::<Lock<Central, X>>();
+                central.write(Lock::new(Central::new()));
+                p.add(plan.flow + c * size_of::<Flow>())
+                    .cast::<Flow>()
+                    .write(Flow::new());
                 if let Some(class) = SizeClass::new(c) {
                     let cap = transfer_capacity(g, class, budget);
                     if cap > 0 {
-                        (*central).0.get_mut().set_transfer(p.add(slot).cast(), cap);
+                        (*central).get_mut().set_transfer(p.add(slot).cast(), cap);
                         slot += cap * size_of::<*mut u8>();
                     }
                 }
             }
             for c in 0..SHARING {
-                (&raw mut (*this).remote[c]).write(Padded(Remote::new()));
+                p.add(plan.remote + c * plan.remote_stride)
+                    .cast::<Remote>()
+                    .write(Remote::new());
             }
         }
-        debug_assert_eq!(slot, Self::bytes(g, budget));
+        debug_assert_eq!(slot, Self::bytes(g, budget, pad));
         this
+    }
+
+    /// Class `c`'s central list.
+    #[inline]
+    pub(super) fn central(&self, c: SizeClass) -> &Lock<Central, X> {
+        debug_assert!(c.index() < self.count);
+        // SAFETY: a class of the geometry: its central lies in the block,
+        // written at `init` (the type's invariant).
+        unsafe {
+            &*self
+                .base
+                .add(self.plan.central + c.index() * self.plan.central_stride)
+                .cast()
+        }
+    }
+
+    /// Every class's central list, class 0's (never used) included.
+    pub(super) fn centrals(&self) -> impl Iterator<Item = &Lock<Central, X>> {
+        (0..self.count)
+            .filter_map(SizeClass::new)
+            .map(|c| self.central(c))
+    }
+
+    /// Class `c`'s flow counters.
+    #[inline]
+    pub(super) fn flow(&self, c: SizeClass) -> &Flow {
+        debug_assert!(c.index() < self.count);
+        // SAFETY: as in `central`.
+        unsafe {
+            &*self
+                .base
+                .add(self.plan.flow + c.index() * size_of::<Flow>())
+                .cast()
+        }
+    }
+
+    /// Line-sharing class `c`'s remote list.
+    #[inline]
+    pub(super) fn remote(&self, c: SizeClass) -> &Remote {
+        assert!(c.index() < SHARING);
+        // SAFETY: `c < SHARING`: its remote lies in the block, written at `init`.
+        unsafe {
+            &*self
+                .base
+                .add(self.plan.remote + c.index() * self.plan.remote_stride)
+                .cast()
+        }
     }
 }
 
@@ -162,9 +287,11 @@ mod tests {
         assert!(GO
             .small_classes()
             .all(|c| transfer_capacity(&GO, c, small) == 0));
-        assert_eq!(
-            Classes::<spin::relax::Spin>::bytes(&GO, small),
-            Classes::<spin::relax::Spin>::SLOTS_OFF
-        );
+        for pad in [Pad::Lines, Pad::Packed] {
+            assert_eq!(
+                Classes::<spin::relax::Spin>::bytes(&GO, small, pad),
+                Plan::new::<spin::relax::Spin>(&GO, pad).slots
+            );
+        }
     }
 }

@@ -71,7 +71,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     pub fn stats(&self) -> Stats {
         self.guarded(|| {
             let mut st = Stats::default();
-            let t = self.slabs.totals();
+            let t = self.slabs.totals(Self::CACHE_SHAPE);
             st.cpus = t.cpus as u64;
             st.rseq = t.rseq;
             let classes = self.classes();
@@ -80,7 +80,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 st.by_size[i].size = S::GEOMETRY.size(c) as u64;
                 // Before set-up nothing has moved.
                 let Some(cl) = classes else { continue };
-                let f = &cl.flow[i];
+                let f = cl.flow(c);
                 let (to, from, dm, df) = (
                     f.to_slabs.load(Ordering::Relaxed),
                     f.from_slabs.load(Ordering::Relaxed),
@@ -92,9 +92,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 row.frees = (t.cached[i] + from + t.pops[i] + df).wrapping_sub(to);
                 st.cached_bytes += t.cached[i] * S::GEOMETRY.size(c) as u64;
                 st.cached_bytes +=
-                    (cl.central[i].0.lock().transfer_len() * S::GEOMETRY.size(c)) as u64;
+                    (cl.central(c).lock().transfer_len() * S::GEOMETRY.size(c)) as u64;
                 if S::GEOMETRY.shares_lines(c) {
-                    st.cached_bytes += (cl.remote[i].0.len() * S::GEOMETRY.size(c)) as u64;
+                    st.cached_bytes += (cl.remote(c).len() * S::GEOMETRY.size(c)) as u64;
                 }
             }
             // Tiny blocks are objects of the tiny class, but not user objects of it.

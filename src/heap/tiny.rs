@@ -154,7 +154,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 S::GEOMETRY.tiny_class.index()
             );
         }
-        let Some(s) = self.slabs.get() else {
+        let Some(s) = self.slabs.get(Self::CACHE_SHAPE) else {
             unreachable!("a tiny object exists, so the slabs were set up");
         };
         s.count_event(TinyEvent::Frees, 1);

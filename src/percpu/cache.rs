@@ -21,7 +21,7 @@
 //!   allocator's bias plus the live sub-objects minus the `n` carved so far
 //!   (see `heap::tiny`).
 
-use crate::sizeclass::{SizeClass, CLASSES, NUM_CLASSES};
+use crate::sizeclass::{Geometry, SizeClass, NUM_CLASSES};
 use crate::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::word::{StackWord, Tiny, Word};
@@ -29,81 +29,191 @@ use super::word::{StackWord, Tiny, Word};
 /// A cache word, written by one CPU at a time and read racily by others.
 pub(crate) type AtomicWord = AtomicUsize;
 
-/// Bytes of objects a class's stack is sized for.
+/// Bytes of objects a class's stack is sized for in a heap whose source
+/// says nothing else ([`crate::PageSource::CACHE_BYTES`]'s default).
 pub(crate) const CLASS_CACHE_BYTES: usize = 16 * 1024;
 /// Most objects any class's stack holds.
 pub(crate) const MAX_CAPACITY: usize = 128;
 /// Fewest objects any class's stack holds.
 pub(crate) const MIN_CAPACITY: usize = 2;
 
-const fn capacity_of(i: usize) -> usize {
-    if i == 0 {
-        return 0;
-    }
-    let n = CLASS_CACHE_BYTES / CLASSES[i].size as usize;
-    if n < MIN_CAPACITY {
-        MIN_CAPACITY
-    } else if n > MAX_CAPACITY {
-        MAX_CAPACITY
-    } else {
-        n
+/// Where each class's stack lies in a cache, and how many objects it holds:
+/// a function of the heap's geometry and its source's
+/// [`CACHE_BYTES`](crate::PageSource::CACHE_BYTES), computed at compile time
+/// (a heap reads it through an associated constant, so offsets and
+/// capacities fold into immediates as if they were literals).
+///
+/// Class `c` (`1 <= c < classes`) holds `cap(c) = clamp(class_bytes /
+/// size(c), MIN_CAPACITY, MAX_CAPACITY)` objects; its stack word is word
+/// `at[c]` after the cache's head, its slots the `cap(c)` words after that.
+/// Classes at and past `classes` have no stack and no word (`cap == 0`);
+/// nothing asks for them, since the geometry never hands them out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CacheLayout {
+    /// One past the last class with a stack (the geometry's `count`).
+    classes: usize,
+    cap: [u16; NUM_CLASSES],
+    at: [u16; NUM_CLASSES + 1],
+    /// 32-bit targets: the word after the stacks where the carries begin.
+    #[cfg(not(target_pointer_width = "64"))]
+    carries_at: usize,
+    /// Bytes from one cache to the next: the head and every word, rounded to
+    /// a cache line (so that caches never share one).
+    stride: usize,
+    /// `Σ cap(c) · size(c)`: the most free memory one cache holds.
+    bound: usize,
+}
+
+/// Which layout a heap's caches have: a constant, or the one
+/// [`super::Slabs::install`] was given (computed at set-up from the source's
+/// bound). The choice is a constant of the heap, so with `Fixed` every
+/// offset is an immediate and with `Installed` one load finds them.
+#[derive(Clone, Copy)]
+pub(crate) enum Shape {
+    /// Always this layout.
+    Fixed(&'static CacheLayout),
+    /// The layout written at install.
+    Installed,
+}
+
+/// Bytes each class's stack is sized for in a heap over a source bounded by
+/// `bound` bytes whose caches are sized at set-up ([`Shape::Installed`]): a
+/// 256th of the source per class, between [`MIN_CLASS_CACHE_BYTES`] and
+/// [`CLASS_CACHE_BYTES`]. A 64 KiB region's one cache is then about 2 KiB on
+/// 64-bit targets; from 4 MiB on it is the unbounded heaps' cache.
+pub(crate) const fn class_cache_bytes(bound: Option<usize>) -> usize {
+    match bound {
+        None => CLASS_CACHE_BYTES,
+        Some(b) => {
+            let n = b / 256;
+            if n < MIN_CLASS_CACHE_BYTES {
+                MIN_CLASS_CACHE_BYTES
+            } else if n > CLASS_CACHE_BYTES {
+                CLASS_CACHE_BYTES
+            } else {
+                n
+            }
+        }
     }
 }
 
-/// Capacity of class `c`'s stack (0 for [`SizeClass::LARGE`]).
+/// Fewest bytes a class's stack is sized for ([`class_cache_bytes`]).
+pub(crate) const MIN_CLASS_CACHE_BYTES: usize = 64;
+
+impl CacheLayout {
+    /// No stacks: the layout of caches not yet installed (all zero bytes).
+    pub(crate) const EMPTY: CacheLayout = CacheLayout {
+        classes: 0,
+        cap: [0; NUM_CLASSES],
+        at: [0; NUM_CLASSES + 1],
+        #[cfg(not(target_pointer_width = "64"))]
+        carries_at: 0,
+        stride: 0,
+        bound: 0,
+    };
+
+    /// The layout of heaps on Go's geometry with the default stack bytes:
+    /// the only one the restartable sequences address.
+    pub(crate) const GO: CacheLayout = CacheLayout::new(&Geometry::GO, CLASS_CACHE_BYTES);
+
+    /// The layout for `g` with stacks sized for `class_bytes` each.
+    pub(crate) const fn new(g: &Geometry, class_bytes: usize) -> CacheLayout {
+        let mut l = CacheLayout {
+            classes: g.count,
+            cap: [0; NUM_CLASSES],
+            at: [0; NUM_CLASSES + 1],
+            #[cfg(not(target_pointer_width = "64"))]
+            carries_at: 0,
+            stride: 0,
+            bound: 0,
+        };
+        let mut words = 0;
+        let mut i = 1;
+        while i < NUM_CLASSES {
+            l.at[i] = words as u16;
+            if i < g.count {
+                let size = g.rows[i].size as usize;
+                let n = class_bytes / size;
+                let cap = if n < MIN_CAPACITY {
+                    MIN_CAPACITY
+                } else if n > MAX_CAPACITY {
+                    MAX_CAPACITY
+                } else {
+                    n
+                };
+                l.cap[i] = cap as u16;
+                l.bound += cap * size;
+                words += 1 + cap;
+            }
+            i += 1;
+        }
+        l.at[NUM_CLASSES] = words as u16;
+        #[cfg(not(target_pointer_width = "64"))]
+        {
+            l.carries_at = words;
+            words += NUM_CLASSES;
+        }
+        assert!(words < u16::MAX as usize);
+        l.stride = (HEAD_BYTES + words * core::mem::size_of::<Word>()).next_multiple_of(64);
+        l
+    }
+
+    /// Capacity of class `c`'s stack (0 for [`SizeClass::LARGE`] and for
+    /// classes the geometry does not have).
+    #[inline(always)]
+    pub(crate) const fn cap(&self, c: SizeClass) -> usize {
+        self.cap[c.index()] as usize
+    }
+
+    /// Objects moved per refill or flush of class `c`: half its stack, at
+    /// least 1 (tcmalloc's `num_objects_to_move`).
+    #[inline(always)]
+    pub(crate) const fn batch(&self, c: SizeClass) -> usize {
+        let b = self.cap(c) / 2;
+        if b == 0 {
+            1
+        } else {
+            b
+        }
+    }
+
+    /// Bytes of one cache (and from one to the next).
+    pub(crate) const fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// Most bytes of free objects one cache holds.
+    #[cfg(test)]
+    pub(crate) const fn bound(&self) -> usize {
+        self.bound
+    }
+
+    /// The classes with a stack.
+    pub(crate) fn small_classes(&self) -> impl Iterator<Item = SizeClass> + Clone {
+        SizeClass::small_classes().take(self.classes.saturating_sub(1))
+    }
+
+    /// Word index (after the head) of class `c`'s stack word.
+    #[inline(always)]
+    const fn word_at(&self, c: SizeClass) -> usize {
+        self.at[c.index()] as usize
+    }
+}
+
+/// Capacity of class `c`'s stack in a heap on Go's geometry with the
+/// default stack bytes (0 for [`SizeClass::LARGE`]).
 pub const fn capacity(c: SizeClass) -> usize {
-    capacity_of(c.index())
+    CacheLayout::GO.cap(c)
 }
 
-/// Objects moved per refill or flush of class `c`: half its stack, at least 1
-/// (tcmalloc's `num_objects_to_move`).
+/// Objects moved per refill or flush of class `c`, in [`capacity`]'s heap.
 pub(crate) const fn batch(c: SizeClass) -> usize {
-    let b = capacity(c) / 2;
-    if b == 0 {
-        1
-    } else {
-        b
-    }
+    CacheLayout::GO.batch(c)
 }
 
-/// [`capacity`] of every class, as a table: the push path reads it instead
-/// of dividing.
-pub(crate) const CAPACITY: [u16; NUM_CLASSES] = {
-    let mut t = [0u16; NUM_CLASSES];
-    let mut i = 0;
-    while i < NUM_CLASSES {
-        t[i] = capacity_of(i) as u16;
-        i += 1;
-    }
-    t
-};
-
-/// Index in the cache's words of class `i`'s stack word (entry `NUM_CLASSES`:
-/// the total); its `capacity` slots follow the word.
-pub(crate) const STACK_AT: [usize; NUM_CLASSES + 1] = {
-    let mut o = [0; NUM_CLASSES + 1];
-    let mut i = 1;
-    while i < NUM_CLASSES {
-        o[i + 1] = o[i] + 1 + capacity_of(i);
-        i += 1;
-    }
-    o
-};
-
-/// Words (stack words and slots) of one cache's stacks.
-pub(crate) const STACK_WORDS: usize = STACK_AT[NUM_CLASSES];
-
-/// Most bytes of free objects one CPU's cache can hold (about 1.3 MiB):
-/// `Σ capacity(c) · size(c)` over the classes.
-pub const CACHE_BOUND_BYTES: usize = {
-    let mut sum = 0;
-    let mut i = 1;
-    while i < NUM_CLASSES {
-        sum += capacity_of(i) * CLASSES[i].size as usize;
-        i += 1;
-    }
-    sum
-};
+/// Most bytes of free objects one CPU's cache can hold (about 1.3 MiB) in a
+/// heap on Go's geometry: `Σ capacity(c) · size(c)` over the classes.
+pub const CACHE_BOUND_BYTES: usize = CacheLayout::GO.bound;
 
 /// Per-CPU event counters (besides the per-class malloc counts packed in the
 /// stack words).
@@ -168,76 +278,126 @@ impl TinyCell {
     }
 }
 
-/// One CPU's cache. All-zero bytes are a valid empty cache. Every field is a
-/// word the restartable sequences address by offset (on 64-bit targets).
-#[repr(C, align(64))]
-pub(crate) struct CpuCache {
+/// The fixed head of one CPU's cache: the tiny word and the counters. The
+/// stacks follow it ([`CacheLayout`]). All-zero bytes are a valid empty
+/// cache. Every field is a word the restartable sequences address by offset
+/// (on 64-bit targets).
+#[repr(C)]
+pub(crate) struct CacheHead {
     /// The current tiny block, packed ([`Tiny`]); 0 = none.
     tiny: TinyCell,
     counters: [AtomicU64; NUM_TINY_EVENTS],
-    /// Per class `i` at [`STACK_AT`]`[i]`: the stack word ([`StackWord`]),
-    /// then the stack's `capacity` slots, bottom first (object addresses).
-    stacks: [AtomicWord; STACK_WORDS],
-    /// 32-bit targets: per class, the wraps of the stack word's 16-bit pops
-    /// field (mallocs = carries · 2^16 + pops).
-    #[cfg(not(target_pointer_width = "64"))]
-    carries: [AtomicWord; NUM_CLASSES],
 }
 
-/// Bytes between consecutive CPU caches (a constant of the layout, so that
-/// the sections multiply by an immediate).
+/// Bytes of a cache's head; the stack words start here.
+const HEAD_BYTES: usize = core::mem::size_of::<CacheHead>();
+
+/// One CPU's cache, as its head and the words after it: per class `c` at
+/// [`CacheLayout`]'s `at[c]`, the stack word ([`StackWord`]), then the
+/// stack's `cap(c)` slots, bottom first (object addresses); on 32-bit
+/// targets then, per class, the wraps of the stack word's 16-bit pops field
+/// (mallocs = carries · 2^16 + pops).
+///
+/// Invariant: `words` points just past `head`, to the layout's words, all
+/// inside one block that lives for `'a`.
+#[derive(Clone, Copy)]
+pub(crate) struct CpuCache<'a> {
+    head: &'a CacheHead,
+    words: *const AtomicWord,
+    layout: &'a CacheLayout,
+}
+
+/// Bytes between consecutive CPU caches of the layout the sections address
+/// (a constant, so that they multiply by an immediate).
 #[cfg_attr(not(rseq), allow(dead_code))] // the layout the sections address
-pub(crate) const STRIDE: usize = core::mem::size_of::<CpuCache>();
+pub(crate) const STRIDE: usize = CacheLayout::GO.stride;
 
 /// Byte offset of the tiny word in a cache.
 #[cfg_attr(not(rseq), allow(dead_code))] // the layout the sections address
-pub(crate) const TINY_FIELD: usize = core::mem::offset_of!(CpuCache, tiny);
+pub(crate) const TINY_FIELD: usize = core::mem::offset_of!(CacheHead, tiny);
 
 /// Byte offset of counter `k` in a cache.
 #[cfg_attr(not(rseq), allow(dead_code))] // the layout the sections address
 pub(crate) const fn counter_field(k: TinyEvent) -> usize {
-    core::mem::offset_of!(CpuCache, counters) + core::mem::size_of::<AtomicU64>() * k as usize
+    core::mem::offset_of!(CacheHead, counters) + core::mem::size_of::<AtomicU64>() * k as usize
 }
 
-/// Byte offset of class `c`'s stack word in a cache.
+/// Byte offset of class `c`'s stack word in a cache of [`CacheLayout::GO`].
 #[cfg_attr(not(rseq), allow(dead_code))] // the layout the sections address
 pub(crate) const fn word_field(c: SizeClass) -> usize {
-    core::mem::offset_of!(CpuCache, stacks) + core::mem::size_of::<Word>() * STACK_AT[c.index()]
+    HEAD_BYTES + core::mem::size_of::<Word>() * CacheLayout::GO.word_at(c)
 }
 
-impl CpuCache {
-    /// Slot `i` of class `c`'s stack.
+impl<'a> CpuCache<'a> {
+    /// Cache `i` of the caches of layout `layout` at `base`.
+    ///
+    /// # Safety
+    /// `base` is 64-byte aligned and points to more than `i` caches of
+    /// `layout` (`stride()` bytes each), initialised (all-zero bytes are),
+    /// that live for `'a` and are only accessed through atomics.
     #[inline(always)]
-    fn slot(&self, c: SizeClass, i: usize) -> &AtomicWord {
-        debug_assert!(!c.is_large() && i < capacity(c));
-        // SAFETY: `c` is a small class and `i < capacity(c)` (callers keep
-        // `len <= capacity`), so the index is inside class `c`'s stack.
-        unsafe { self.stacks.get_unchecked(STACK_AT[c.index()] + 1 + i) }
+    pub(crate) unsafe fn at(base: *mut u8, i: usize, layout: &'a CacheLayout) -> Self {
+        // SAFETY: the caller's promise: cache `i` lies inside the block, its
+        // head first, its words right after.
+        unsafe {
+            let p = base.add(i * layout.stride);
+            CpuCache {
+                head: &*p.cast::<CacheHead>(),
+                words: p.add(HEAD_BYTES).cast::<AtomicWord>(),
+                layout,
+            }
+        }
     }
 
-    /// Class `c`'s stack word, unchecked: a `SizeClass` index is below NUM_CLASSES.
+    /// Word `w` after the head.
     #[inline(always)]
-    pub(crate) fn stack_word(&self, c: SizeClass) -> &AtomicWord {
-        // SAFETY: `STACK_AT[i] < STACK_WORDS` for every class index (class 0's
-        // is 0: class 1's word, which no operation on class 0 writes).
-        unsafe {
-            self.stacks
-                .get_unchecked(*STACK_AT.get_unchecked(c.index()))
-        }
+    fn word_ref(&self, w: usize) -> &'a AtomicWord {
+        // SAFETY: callers pass indices below the layout's word count (the
+        // type's invariant puts them all inside the cache).
+        unsafe { &*self.words.add(w) }
+    }
+
+    /// Slot `i` of class `c`'s stack.
+    #[inline(always)]
+    fn slot(&self, c: SizeClass, i: usize) -> &'a AtomicWord {
+        debug_assert!(!c.is_large() && i < self.layout.cap(c));
+        // `c` is a small class and `i < cap(c)` (callers keep `len <= cap`),
+        // so the index is inside class `c`'s stack.
+        self.word_ref(self.layout.word_at(c) + 1 + i)
+    }
+
+    /// Class `c`'s stack word.
+    #[inline(always)]
+    pub(crate) fn stack_word(&self, c: SizeClass) -> &'a AtomicWord {
+        debug_assert!(!c.is_large() && self.layout.cap(c) > 0);
+        self.word_ref(self.layout.word_at(c))
+    }
+
+    /// The capacity of class `c`'s stack.
+    #[inline(always)]
+    fn cap(&self, c: SizeClass) -> usize {
+        self.layout.cap(c)
     }
 
     /// The tiny word.
     #[inline(always)]
     #[cfg_attr(not(rseq), allow(dead_code))] // the stop protocol's
     #[cfg(target_pointer_width = "64")]
-    pub(crate) fn tiny_word(&self) -> &AtomicU64 {
-        &self.tiny.word
+    pub(crate) fn tiny_word(&self) -> &'a AtomicU64 {
+        &self.head.tiny.word
+    }
+
+    /// 32-bit targets: class `c`'s carries word.
+    #[cfg(not(target_pointer_width = "64"))]
+    #[inline(always)]
+    fn carries(&self, c: SizeClass) -> &'a AtomicWord {
+        self.word_ref(self.layout.carries_at + c.index())
     }
 
     /// TinyEvent `k`'s word.
     #[inline(always)]
     pub(crate) fn counter_word(&self, k: TinyEvent) -> &AtomicU64 {
-        &self.counters[k as usize]
+        &self.head.counters[k as usize]
     }
 
     /// The stack word of class `c` (a racy read: whole, but maybe stale).
@@ -261,21 +421,21 @@ impl CpuCache {
     pub(crate) fn pops(&self, c: SizeClass) -> u64 {
         let w = self.word(c).pops();
         #[cfg(not(target_pointer_width = "64"))]
-        let w =
-            w + ((self.carries[c.index()].load(Ordering::Relaxed) as u64) << StackWord::POPS_BITS);
+        let w = w + ((self.carries(c).load(Ordering::Relaxed) as u64) << StackWord::POPS_BITS);
         w
     }
 
     /// The tiny state.
     pub(crate) fn tiny(&self) -> Tiny {
-        Tiny::unpack(self.tiny.load())
+        Tiny::unpack(self.head.tiny.load())
     }
 
     /// Bytes of free objects held.
     #[cfg(test)]
     pub(crate) fn cached_bytes(&self) -> usize {
-        SizeClass::small_classes()
-            .map(|c| self.len(c) * CLASSES[c.index()].size as usize)
+        self.layout
+            .small_classes()
+            .map(|c| self.len(c) * Geometry::GO.size(c))
             .sum()
     }
 
@@ -297,7 +457,7 @@ impl CpuCache {
         #[cfg(not(target_pointer_width = "64"))]
         if next < w {
             // The pops field wrapped (32-bit): carry it.
-            let carry = &self.carries[c.index()];
+            let carry = self.carries(c);
             carry.store(
                 carry.load(Ordering::Relaxed).wrapping_add(1),
                 Ordering::Relaxed,
@@ -312,8 +472,7 @@ impl CpuCache {
     pub(crate) fn push(&self, c: SizeClass, p: *mut u8) -> bool {
         let w = self.stack_word(c).load(Ordering::Relaxed);
         let n = StackWord(w).len();
-        // SAFETY: a class index is below NUM_CLASSES.
-        if n == unsafe { *CAPACITY.get_unchecked(c.index()) } as usize {
+        if n == self.cap(c) {
             return false;
         }
         self.slot(c, n).store(p as Word, Ordering::Relaxed);
@@ -326,10 +485,7 @@ impl CpuCache {
     pub(crate) fn push_batch(&self, c: SizeClass, objs: &[*mut u8]) -> usize {
         let w = self.stack_word(c).load(Ordering::Relaxed);
         let n = StackWord(w).len();
-        // SAFETY: a class index is below NUM_CLASSES.
-        let k = objs
-            .len()
-            .min(unsafe { *CAPACITY.get_unchecked(c.index()) } as usize - n);
+        let k = objs.len().min(self.cap(c) - n);
         for (j, &p) in objs[..k].iter().enumerate() {
             self.slot(c, n + j).store(p as Word, Ordering::Relaxed);
         }
@@ -363,14 +519,14 @@ impl CpuCache {
             off: off + size,
             n: t.n + 1,
         };
-        self.tiny.store(next.pack());
+        self.head.tiny.store(next.pack());
         (t.block + off) as *mut u8
     }
 
     /// Stores `new` as the tiny state if it still is `old`.
     pub(crate) fn replace_tiny(&self, old: Tiny, new: Tiny) -> bool {
-        if self.tiny.load() == old.pack() {
-            self.tiny.store(new.pack());
+        if self.head.tiny.load() == old.pack() {
+            self.head.tiny.store(new.pack());
             true
         } else {
             false
@@ -390,8 +546,8 @@ impl CpuCache {
     /// Takes the tiny state out (a drain): the caller retires the block (a
     /// stopped word reads as a full block).
     pub(crate) fn take_tiny(&self) -> Tiny {
-        let t = Tiny::unpack(self.tiny.load());
-        self.tiny.store(0);
+        let t = Tiny::unpack(self.head.tiny.load());
+        self.head.tiny.store(0);
         Tiny {
             off: t.off.min(crate::TINY_BLOCK),
             ..t
@@ -403,10 +559,33 @@ impl CpuCache {
 mod tests {
     use super::*;
 
-    fn zeroed() -> std::boxed::Box<CpuCache> {
-        let b: std::boxed::Box<core::mem::MaybeUninit<CpuCache>> = std::boxed::Box::new_zeroed();
-        // SAFETY: all-zero bytes are a valid empty cache (documented on the type).
-        unsafe { b.assume_init() }
+    /// A zeroed cache block of `layout`, freed on drop.
+    struct Block {
+        mem: *mut u8,
+        layout: &'static CacheLayout,
+    }
+
+    impl Block {
+        fn new(layout: &'static CacheLayout) -> Block {
+            let l = std::alloc::Layout::from_size_align(layout.stride(), 64).unwrap();
+            // SAFETY: a non-zero size.
+            let mem = unsafe { std::alloc::alloc_zeroed(l) };
+            assert!(!mem.is_null());
+            Block { mem, layout }
+        }
+
+        fn cache(&self) -> CpuCache<'_> {
+            // SAFETY: one zeroed cache of the layout, alive while `self` is.
+            unsafe { CpuCache::at(self.mem, 0, self.layout) }
+        }
+    }
+
+    impl Drop for Block {
+        fn drop(&mut self) {
+            let l = std::alloc::Layout::from_size_align(self.layout.stride(), 64).unwrap();
+            // SAFETY: allocated in `new` with this layout.
+            unsafe { std::alloc::dealloc(self.mem, l) }
+        }
     }
 
     #[test]
@@ -416,7 +595,6 @@ mod tests {
             assert!((MIN_CAPACITY..=MAX_CAPACITY).contains(&cap));
             assert!(batch(c) >= 1 && batch(c) <= cap);
             assert!(cap <= u16::MAX as usize);
-            assert_eq!(CAPACITY[c.index()] as usize, cap);
         }
         assert_eq!(capacity(SizeClass::new(1).unwrap()), 128);
         assert_eq!(capacity(SizeClass::new(67).unwrap()), 2);
@@ -425,9 +603,75 @@ mod tests {
         const { assert!(CACHE_BOUND_BYTES < 1536 * 1024 && CACHE_BOUND_BYTES > 1024 * 1024) };
     }
 
+    /// Every layout puts each class's word and slots inside the stride,
+    /// one class after another, and sizes stacks by the bytes asked for.
+    #[test]
+    fn layouts_tile_the_cache() {
+        let geometries = [&Geometry::GO, &crate::sizeclass::REGION_GEOMETRY];
+        for g in geometries {
+            for bytes in [64, 256, 1024, CLASS_CACHE_BYTES] {
+                let l = CacheLayout::new(g, bytes);
+                let mut next = 0;
+                let mut bound = 0;
+                for c in SizeClass::small_classes() {
+                    if c.index() >= g.count {
+                        assert_eq!(l.cap(c), 0);
+                        continue;
+                    }
+                    let want = (bytes / g.size(c)).clamp(MIN_CAPACITY, MAX_CAPACITY);
+                    assert_eq!(l.cap(c), want, "{bytes} B, class {}", c.index());
+                    assert_eq!(l.word_at(c), next);
+                    next += 1 + want;
+                    bound += want * g.size(c);
+                }
+                assert_eq!(l.small_classes().count(), g.count - 1);
+                assert_eq!(l.bound(), bound);
+                let words = next
+                    + if cfg!(target_pointer_width = "64") {
+                        0
+                    } else {
+                        NUM_CLASSES
+                    };
+                assert!(HEAD_BYTES + words * core::mem::size_of::<Word>() <= l.stride());
+                assert!(
+                    l.stride().is_multiple_of(64)
+                        && l.stride() < HEAD_BYTES + words * core::mem::size_of::<Word>() + 64
+                );
+            }
+        }
+    }
+
+    /// A small layout's stacks hold what it says and no more.
+    #[test]
+    fn small_layout_stacks() {
+        static SMALL: CacheLayout = CacheLayout::new(&crate::sizeclass::REGION_GEOMETRY, 64);
+        let b = Block::new(&SMALL);
+        let cache = b.cache();
+        for c in SMALL.small_classes() {
+            let cap = SMALL.cap(c);
+            for k in 0..cap {
+                assert!(cache.push(c, (0x1000 * c.index() + 8 * k) as *mut u8));
+            }
+            assert!(!cache.push(c, 0x8 as *mut u8), "full at {cap}");
+        }
+        for c in SMALL.small_classes() {
+            let cap = SMALL.cap(c);
+            for k in (0..cap).rev() {
+                assert_eq!(
+                    cache.pop(c).map(|(p, _)| p as usize),
+                    Some(0x1000 * c.index() + 8 * k)
+                );
+            }
+            assert!(cache.pop(c).is_none());
+            assert_eq!(cache.pops(c), cap as u64);
+        }
+        assert_eq!(cache.tiny(), Tiny::NONE, "the stacks stay off the head");
+    }
+
     #[test]
     fn push_pop_batches_and_word_format() {
-        let cache = zeroed();
+        let b = Block::new(&CacheLayout::GO);
+        let cache = b.cache();
         let c = SizeClass::new(67).unwrap();
         assert!(cache.pop(c).is_none());
         assert!(cache.push(c, 0x10 as *mut u8));
@@ -445,14 +689,15 @@ mod tests {
         );
         assert_eq!(cache.pop(c).map(|(p, _)| p), Some(0x60 as *mut u8));
         assert_eq!(cache.word(c).pops(), 2, "batches count no mallocs");
-        assert_eq!(cache.cached_bytes(), CLASSES[c.index()].size as usize);
+        assert_eq!(cache.cached_bytes(), Geometry::GO.size(c));
     }
 
     #[test]
     fn pops_count_past_the_word_field() {
         // 32-bit targets keep 16 bits of pops in the stack word and carry
         // the rest: a count past 2^16 must survive the wrap.
-        let cache = zeroed();
+        let b = Block::new(&CacheLayout::GO);
+        let cache = b.cache();
         let c = SizeClass::new(5).unwrap();
         let n = (1 << 16) + 1234;
         for i in 0..n {
@@ -465,7 +710,8 @@ mod tests {
 
     #[test]
     fn tiny_carves_and_takes() {
-        let cache = zeroed();
+        let b = Block::new(&CacheLayout::GO);
+        let cache = b.cache();
         assert!(cache.carve(8, 8).is_null(), "no block");
         let block = 0x7000_0040usize;
         assert!(cache.replace_tiny(

@@ -11,26 +11,29 @@ use core::ptr::null_mut;
 
 use crate::sizeclass::SizeClass;
 
-use super::cache::{CpuCache, TinyEvent};
+use super::cache::{CacheLayout, CpuCache, TinyEvent};
 use super::cpu::Cpu;
 use super::word::Tiny;
 
 /// The caches of a heap reached through slot exclusivity.
 ///
-/// Invariant: `caches` points to `cpu.count()` caches that live for ever.
+/// Invariant: `caches` points to `cpu.count()` caches of `layout`, 64-byte
+/// aligned, that live for ever.
 pub(crate) struct Locked<'a, C> {
     pub(crate) cpu: &'a C,
-    pub(crate) caches: *mut CpuCache,
+    pub(crate) caches: *mut u8,
+    pub(crate) layout: &'a CacheLayout,
 }
 
 impl<'a, C: Cpu> Locked<'a, C> {
     /// Cache `i` (for exclusive use under its slot, or for racy reads of its words).
     #[inline(always)]
-    pub(crate) fn cache(&self, i: usize) -> &'a CpuCache {
+    pub(crate) fn cache(&self, i: usize) -> CpuCache<'a> {
         debug_assert!(i < self.cpu.count());
         // SAFETY: `i < count` (the `Cpu` contract bounds every index it
-        // passes), and the caches live for ever (the type's invariant).
-        unsafe { &*self.caches.add(i) }
+        // passes), and the caches, of `layout`, live for ever (the type's
+        // invariant).
+        unsafe { CpuCache::at(self.caches, i, self.layout) }
     }
 
     /// Pops an object of class `c` on the current CPU (null if none); with
@@ -122,7 +125,7 @@ impl Sections {
     ///
     /// # Safety
     /// None needed; `unsafe` to match the sections' signature.
-    pub(crate) unsafe fn publish(&self, _caches: *mut CpuCache, _count: usize, _off: i64) -> bool {
+    pub(crate) unsafe fn publish(&self, _caches: *mut u8, _count: usize, _off: i64) -> bool {
         false
     }
 
@@ -179,7 +182,7 @@ impl Fast {
     }
     pub(crate) fn exclusive<R>(
         self,
-        _cache: &CpuCache,
+        _cache: &CpuCache<'_>,
         _i: usize,
         _f: impl FnOnce() -> R,
     ) -> Option<R> {

@@ -37,12 +37,13 @@ mod locked;
 mod rseq;
 mod word;
 
+use core::cell::UnsafeCell;
 use core::ptr::null_mut;
 
 use crate::sizeclass::{SizeClass, NUM_CLASSES};
 use crate::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
-pub(crate) use cache::{batch, TinyEvent, MAX_CAPACITY};
+pub(crate) use cache::{batch, class_cache_bytes, CacheLayout, Shape, TinyEvent, MAX_CAPACITY};
 pub use cache::{capacity, CACHE_BOUND_BYTES};
 pub(crate) use cpu::Cpu;
 pub(crate) use word::Tiny;
@@ -66,11 +67,15 @@ pub(crate) struct Slabs<C: Cpu> {
     /// The restartable sequences (inline, so the fast paths address them
     /// from the heap's own address).
     sections: Sections,
-    caches: AtomicPtr<CpuCache>,
+    caches: AtomicPtr<u8>,
     count: AtomicUsize,
     /// TinyEvent updates that found no reachable cache (rseq mode, a CPU id
     /// out of range), by [`TinyEvent`].
     spill: [AtomicU64; NUM_TINY_EVENTS],
+    /// With [`Shape::Installed`]: the caches' layout, written once by
+    /// `install` before `caches` is published, read only after an Acquire
+    /// load found `caches` (so never while it is written).
+    layout: UnsafeCell<CacheLayout>,
 }
 
 // SAFETY: the caches are reached only under the exclusivity rules above
@@ -89,6 +94,7 @@ impl<C: Cpu> Slabs<C> {
             caches: AtomicPtr::new(null_mut()),
             count: AtomicUsize::new(0),
             spill: [const { AtomicU64::new(0) }; NUM_TINY_EVENTS],
+            layout: UnsafeCell::new(CacheLayout::EMPTY),
         }
     }
 
@@ -97,9 +103,9 @@ impl<C: Cpu> Slabs<C> {
         &self.cpu
     }
 
-    /// Bytes of memory for `count` caches (64-byte aligned, zeroed).
-    pub(crate) const fn bytes(count: usize) -> usize {
-        count * core::mem::size_of::<CpuCache>()
+    /// Bytes of memory for `count` caches of `layout` (64-byte aligned, zeroed).
+    pub(crate) const fn bytes(count: usize, layout: &CacheLayout) -> usize {
+        count * layout.stride()
     }
 
     /// The published restartable sequences, for the fast paths (always
@@ -109,40 +115,65 @@ impl<C: Cpu> Slabs<C> {
         self.sections.get()
     }
 
-    /// The caches, once set up.
+    /// The caches, once set up; `shape` is the one they were installed
+    /// with (the heap's constant).
     #[inline(always)]
-    pub(crate) fn get(&self) -> Option<Caches<'_, C>> {
+    pub(crate) fn get(&self, shape: Shape) -> Option<Caches<'_, C>> {
         let caches = self.caches.load(Ordering::Acquire);
         if caches.is_null() {
             return None;
         }
+        let layout = match shape {
+            Shape::Fixed(l) => l,
+            // SAFETY: `caches` is published, so `install` wrote the layout
+            // before (Release/Acquire) and nobody writes it again.
+            Shape::Installed => unsafe { &*self.layout.get() },
+        };
         Some(Caches {
             slabs: self,
             caches,
+            layout,
         })
     }
 
-    /// Sets up `count` caches in `mem`, in rseq mode if the CPU mapping
-    /// offers an rseq area and the sections are compiled in.
+    /// Sets up `count` caches of `layout` in `mem`, in rseq mode if the
+    /// CPU mapping offers an rseq area, the sections are compiled in and the
+    /// layout is the one they address ([`CacheLayout::GO`]).
     ///
     /// # Safety
-    /// Called once (the heap's set-up lock); `mem` is [`Slabs::bytes`]`(count)`
-    /// bytes, zeroed, 64-byte aligned and ours for ever; `count` is
-    /// `cpu.count()`.
-    pub(crate) unsafe fn install(&self, mem: *mut u8, count: usize) -> Caches<'_, C> {
-        let caches = mem.cast::<CpuCache>();
-        if let Some(off) = self.cpu.rseq_offset() {
+    /// Called once (the heap's set-up lock); `mem` is
+    /// [`Slabs::bytes`]`(count, layout)` bytes, zeroed, 64-byte aligned and
+    /// ours for ever; `count` is `cpu.count()`; `layout` is `shape`'s if
+    /// that is `Fixed`, and every later `get` passes the same `shape`.
+    pub(crate) unsafe fn install(
+        &self,
+        mem: *mut u8,
+        count: usize,
+        shape: Shape,
+        layout: &CacheLayout,
+    ) -> Caches<'_, C> {
+        let caches = mem;
+        if let Shape::Installed = shape {
+            // SAFETY: once, before `caches` is published: nobody reads it yet.
+            unsafe { *self.layout.get() = *layout };
+        }
+        if let Some(off) = self
+            .cpu
+            .rseq_offset()
+            .filter(|_| *layout == CacheLayout::GO)
+        {
             // SAFETY: once, with caches that live for ever; `off` is the
             // area the CPU mapping found.
             unsafe { self.sections.publish(caches, count, off) };
         }
         self.count.store(count, Ordering::Relaxed);
         self.caches.store(caches, Ordering::Release);
-        self.get().expect("just installed")
+        self.get(shape).expect("just installed")
     }
 
-    /// Racy sums over every cache's words: exact at quiescence.
-    pub(crate) fn totals(&self) -> Totals {
+    /// Racy sums over every cache's words (of `layout`, the heap's):
+    /// exact at quiescence.
+    pub(crate) fn totals(&self, shape: Shape) -> Totals {
         let mut t = Totals {
             cpus: 0,
             rseq: false,
@@ -151,16 +182,17 @@ impl<C: Cpu> Slabs<C> {
             events: core::array::from_fn(|k| self.spill[k].load(Ordering::Relaxed)),
             tiny_current: 0,
         };
-        let Some(s) = self.get() else {
+        let Some(s) = self.get(shape) else {
             return t;
         };
+        let layout = s.layout;
         t.cpus = s.count();
         t.rseq = s.uses_rseq();
         for i in 0..s.count() {
             // Racy reads of words other CPUs write with plain stores: each
             // word is read whole.
             let cache = s.locked().cache(i);
-            for c in SizeClass::small_classes() {
+            for c in layout.small_classes() {
                 let w = cache.word(c);
                 t.pops[c.index()] += cache.pops(c);
                 t.cached[c.index()] += w.len() as u64;
@@ -199,12 +231,14 @@ impl Totals {
 
 /// The caches of a heap once set up: every method commits by a
 /// restartable sequence in rseq mode, else under the current CPU's slot.
-/// Two words, so it travels in registers. Having one proves the caches were
+/// Three words, so it travels in registers; the layout is the heap's
+/// constant, so once inlined it is an immediate. Having one proves the caches were
 /// published, and so (see "Publication") that the mode each method reads is
 /// the heap's mode for good.
 pub(crate) struct Caches<'a, C: Cpu> {
     slabs: &'a Slabs<C>,
-    caches: *mut CpuCache,
+    caches: *mut u8,
+    layout: &'a CacheLayout,
 }
 
 impl<C: Cpu> Clone for Caches<'_, C> {
@@ -230,6 +264,7 @@ impl<'a, C: Cpu> Caches<'a, C> {
         Locked {
             cpu: &self.slabs.cpu,
             caches: self.caches,
+            layout: self.layout,
         }
     }
 
@@ -237,6 +272,12 @@ impl<'a, C: Cpu> Caches<'a, C> {
     #[inline(always)]
     pub(crate) fn uses_rseq(&self) -> bool {
         self.fast().is_some()
+    }
+
+    /// Objects moved per refill or flush of class `c`.
+    #[inline(always)]
+    pub(crate) fn batch(&self, c: SizeClass) -> usize {
+        self.layout.batch(c)
     }
 
     /// Number of caches.
@@ -352,11 +393,11 @@ impl<'a, C: Cpu> Caches<'a, C> {
     /// rseq mode the stop protocol. `None` if exclusivity cannot be had
     /// (rseq mode without the expedited-rseq membarrier, or a CPU that
     /// stays busy).
-    fn exclusive<R>(&self, i: usize, f: impl FnOnce(&CpuCache) -> R) -> Option<R> {
+    fn exclusive<R>(&self, i: usize, f: impl FnOnce(&CpuCache<'_>) -> R) -> Option<R> {
         let cache = self.locked().cache(i);
         self.slabs.cpu.with_slot(i, || match self.fast() {
-            Some(fast) => fast.exclusive(cache, i, || f(cache)),
-            None => Some(f(cache)),
+            Some(fast) => fast.exclusive(&cache, i, || f(&cache)),
+            None => Some(f(&cache)),
         })
     }
 
@@ -373,7 +414,7 @@ impl<'a, C: Cpu> Caches<'a, C> {
     pub(crate) fn drain(&self, i: usize, mut flush: impl FnMut(SizeClass, &[*mut u8])) -> bool {
         self.exclusive(i, |cache| {
             let mut buf = [null_mut(); MAX_CAPACITY];
-            for c in SizeClass::small_classes() {
+            for c in self.layout.small_classes() {
                 let k = cache.pop_batch(c, &mut buf);
                 if k > 0 {
                     flush(c, &buf[..k]);

@@ -34,7 +34,9 @@ use core::cell::UnsafeCell;
 use crate::sizeclass::{SizeClass, NUM_CLASSES};
 use crate::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 
-use super::cache::{counter_field, word_field, CpuCache, TinyEvent, CAPACITY, STRIDE, TINY_FIELD};
+use super::cache::{
+    counter_field, word_field, CacheLayout, CpuCache, TinyEvent, STRIDE, TINY_FIELD,
+};
 use super::word::{StackWord, Tiny};
 
 /// The signature glibc registered the area with; it must precede each abort handler.
@@ -111,12 +113,7 @@ impl Sections {
     /// # Safety
     /// Called at most once; `caches` points to `count` zeroed caches that
     /// live for ever; `rseq_off` is the offset [`available`] found (so not 0).
-    pub(crate) unsafe fn publish(
-        &self,
-        caches: *mut CpuCache,
-        count: usize,
-        rseq_off: i64,
-    ) -> bool {
+    pub(crate) unsafe fn publish(&self, caches: *mut u8, count: usize, rseq_off: i64) -> bool {
         assert!(
             rseq_off != 0,
             "tieralloc: rseq offset 0 cannot be published"
@@ -134,7 +131,9 @@ impl Sections {
                     _ => 0,
                 }
             }));
-            core::ptr::addr_of_mut!((*p).cap).write(core::array::from_fn(|i| CAPACITY[i] as u32));
+            core::ptr::addr_of_mut!((*p).cap).write(core::array::from_fn(|i| {
+                SizeClass::new(i).map_or(0, |c| CacheLayout::GO.cap(c) as u32)
+            }));
         }
         self.off().store(rseq_off, Ordering::Release);
         true
@@ -269,7 +268,7 @@ impl Fast {
     /// membarrier) or the CPU stays too busy.
     pub(crate) fn exclusive<R>(
         self,
-        cache: &CpuCache,
+        cache: &CpuCache<'_>,
         i: usize,
         f: impl FnOnce() -> R,
     ) -> Option<R> {
@@ -295,7 +294,7 @@ const STOP_ATTEMPTS: usize = 16;
 /// Marks every stack word and the tiny word of `cache` stopped (before a
 /// fence). Atomic read-modify-writes, but a section that read a word before
 /// the mark may still overwrite it with one plain store: see [`all_stopped`].
-fn mark_stopped(cache: &CpuCache) {
+fn mark_stopped(cache: &CpuCache<'_>) {
     for c in SizeClass::small_classes() {
         cache
             .stack_word(c)
@@ -316,14 +315,14 @@ fn mark_stopped(cache: &CpuCache) {
 }
 
 /// Whether every mark set by [`mark_stopped`] is still there.
-fn all_stopped(cache: &CpuCache) -> bool {
+fn all_stopped(cache: &CpuCache<'_>) -> bool {
     SizeClass::small_classes().all(|c| cache.word(c).is_stopped()) && cache.tiny().stopped()
 }
 
 /// Clears the marks. A tiny word still stopped (the drain did not take it)
 /// becomes full: the next tiny allocation on that CPU retires the block,
 /// losing only its unused bytes.
-fn unmark_stopped(cache: &CpuCache) {
+fn unmark_stopped(cache: &CpuCache<'_>) {
     for c in SizeClass::small_classes() {
         cache
             .stack_word(c)
@@ -1012,8 +1011,7 @@ mod tests {
                 panic!("this machine's glibc registers rseq: the test needs it");
             };
             let layout =
-                std::alloc::Layout::from_size_align(count * core::mem::size_of::<CpuCache>(), 64)
-                    .unwrap();
+                std::alloc::Layout::from_size_align(count * CacheLayout::GO.stride(), 64).unwrap();
             // SAFETY: a non-zero layout.
             let mem = unsafe { std::alloc::alloc_zeroed(layout) };
             let sections = std::boxed::Box::new(Sections::new());
@@ -1029,10 +1027,10 @@ mod tests {
         fn fast(&self) -> Fast {
             self.sections.get().expect("published")
         }
-        fn cache(&self, i: usize) -> &CpuCache {
+        fn cache(&self, i: usize) -> CpuCache<'_> {
             assert!(i < self.count);
-            // SAFETY: `i < count` caches in the block.
-            unsafe { &*self.mem.cast::<CpuCache>().add(i) }
+            // SAFETY: `i < count` zeroed caches of the layout in the block.
+            unsafe { CpuCache::at(self.mem, i, &CacheLayout::GO) }
         }
     }
 
@@ -1056,8 +1054,8 @@ mod tests {
         assert_eq!(f.push_batch(c, &objs[..3]), 3);
         assert!(f.cpu() < count);
         for i in 0..count {
-            mark_stopped(p.cache(i));
-            assert!(all_stopped(p.cache(i)));
+            mark_stopped(&p.cache(i));
+            assert!(all_stopped(&p.cache(i)));
         }
         assert!(f.pop(c).0.is_null(), "a stopped stack pops nothing");
         assert!(!f.push(c, objs[3]), "a stopped stack takes nothing");
@@ -1083,7 +1081,7 @@ mod tests {
         assert!(cache.push(c, objs[3]));
         assert!(cache.word(c).is_stopped(), "exclusive ops keep the mark");
         for i in 0..count {
-            unmark_stopped(p.cache(i));
+            unmark_stopped(&p.cache(i));
             assert!(!p.cache(i).word(c).is_stopped());
         }
         let mut got = std::vec::Vec::new();
@@ -1110,15 +1108,15 @@ mod tests {
             n: 2,
         };
         assert!(cache.replace_tiny(Tiny::NONE, t));
-        mark_stopped(cache);
+        mark_stopped(&cache);
         assert!(cache.tiny().stopped());
         assert!(
             cache.tiny().off + 1 > crate::TINY_BLOCK,
             "no carve fits a stopped word"
         );
-        unmark_stopped(cache);
+        unmark_stopped(&cache);
         assert_eq!(cache.tiny(), t.full());
-        mark_stopped(cache);
+        mark_stopped(&cache);
         let taken = cache.take_tiny();
         assert_eq!((taken.block, taken.n), (t.block, 2));
         assert!(taken.off <= crate::TINY_BLOCK);

@@ -51,6 +51,8 @@
 
 mod geometry;
 
+#[cfg(test)]
+pub(crate) use geometry::REGION_GEOMETRY;
 pub use geometry::{Geometry, Spacing, Spec, GO};
 
 #[cfg(any(doc, test))]
@@ -137,7 +139,9 @@ impl ClassInfo {
     };
 }
 
-/// The class table, indexed by [`SizeClass::index`]; entry 0 all zeros.
+/// The class table, indexed by [`SizeClass::index`]; entry 0 all zeros
+/// (Go's, from the direct port: [`Geometry::GO`] is checked against it).
+#[cfg(any(doc, test))]
 pub static CLASSES: [ClassInfo; NUM_CLASSES] = generate_classes();
 
 /// The most objects any span holds (1024, class 1's 8-byte objects in one
@@ -195,6 +199,7 @@ pub const fn class_for(size: usize, align: usize) -> SizeClass {
 // Compile-time generation (a port of Go 1.20's mksizeclasses.go).
 
 /// Go's `makeClasses` followed by `computeDivMagic` for every class.
+#[cfg(any(doc, test))]
 const fn generate_classes() -> [ClassInfo; NUM_CLASSES] {
     let g = geometry::GO_CONST;
     assert!(g.count == NUM_CLASSES, "number of size classes has changed");

@@ -78,8 +78,11 @@ pub unsafe trait PageSource {
     /// arenas are then any whole number of heap pages, page aligned, each as
     /// large as [`PageSource::largest_free`] allows up to `ARENA_BYTES`, with
     /// their metadata inside; the page map is a list of arenas rather than a
-    /// radix table over 4 MiB chunks, and span records come from arena pages.
-    /// False (the default): arenas are whole chunks, chunk aligned.
+    /// radix table over 4 MiB chunks, span records come from arena pages, and
+    /// the per-CPU caches are sized by [`PageSource::bound`] when the heap sets
+    /// itself up (see `percpu::cache`). False (the default): arenas are whole
+    /// chunks, chunk aligned, and the caches have one size known at compile
+    /// time.
     const SMALL_ARENAS: bool = false;
     /// Memory made Ready from Prepared reads as zero, whether it was never used
     /// or was given back with `release`.
