@@ -25,7 +25,7 @@ fn bit(idx: usize) -> (usize, u64) {
 /// An object enters a cache straight from its span.
 pub(crate) fn mark_cached(span: &Span, idx: usize, p: *mut u8) {
     let (w, b) = bit(idx);
-    let old = span.cached_bits[w].fetch_or(b, Ordering::Relaxed);
+    let old = span.cached_word(w).fetch_or(b, Ordering::Relaxed);
     assert!(
         old & b == 0,
         "tieralloc: object {p:p} (span {:#x}) carved while cached",
@@ -36,7 +36,7 @@ pub(crate) fn mark_cached(span: &Span, idx: usize, p: *mut u8) {
 /// An object goes back to its span from a cache.
 pub(crate) fn unmark_cached(span: &Span, idx: usize, p: *mut u8) {
     let (w, b) = bit(idx);
-    let old = span.cached_bits[w].fetch_and(!b, Ordering::Relaxed);
+    let old = span.cached_word(w).fetch_and(!b, Ordering::Relaxed);
     assert!(
         old & b != 0,
         "tieralloc: object {p:p} (span {:#x}) returned to its span but was not free",
@@ -49,7 +49,7 @@ pub(crate) fn on_alloc<S: PageSource>(map: &PageMap, p: *mut u8) {
     // SAFETY: cached objects are in live spans.
     let span = unsafe { &*map.lookup::<S>(Addr::of(p)) };
     let (w, b) = bit(span.index_of(Addr::of(p)).0);
-    let old = span.cached_bits[w].fetch_and(!b, Ordering::Relaxed);
+    let old = span.cached_word(w).fetch_and(!b, Ordering::Relaxed);
     assert!(
         old & b != 0,
         "tieralloc: object {p:p} (span {:#x}, class {}) handed out twice",
@@ -125,7 +125,7 @@ pub(crate) fn on_free<S: PageSource, G>(
         (
             allocated,
             if allocated {
-                span.cached_bits[w].fetch_or(b, Ordering::Relaxed)
+                span.cached_word(w).fetch_or(b, Ordering::Relaxed)
             } else {
                 0
             },

@@ -44,19 +44,25 @@ unsafe impl<T> Send for FixAlloc<T> {}
 
 impl<T> FixAlloc<T> {
     /// Bytes per record: room for `T` and for the free-list link, aligned for both.
-    pub const RECORD_BYTES: usize = {
+    #[cfg(all(test, feature = "linux"))]
+    pub const RECORD_BYTES: usize = Self::record_bytes(0);
+
+    /// Bytes per record of a `T` followed by `tail` bytes that belong to it
+    /// (a span's bitmaps), aligned for `T` and the free-list link.
+    pub const fn record_bytes(tail: usize) -> usize {
         let a = if align_of::<T>() > align_of::<FreeRecord>() {
             align_of::<T>()
         } else {
             align_of::<FreeRecord>()
         };
-        let s = if size_of::<T>() > size_of::<FreeRecord>() {
-            size_of::<T>()
+        let t = size_of::<T>() + tail;
+        let s = if t > size_of::<FreeRecord>() {
+            t
         } else {
             size_of::<FreeRecord>()
         };
         s.next_multiple_of(a)
-    };
+    }
 
     /// An empty pool; it takes nothing from the source until the first `alloc`.
     pub const fn new() -> Self {
@@ -70,9 +76,9 @@ impl<T> FixAlloc<T> {
         }
     }
 
-    /// An `alloc` now would not take a chunk from the source.
-    pub fn has_room(&self) -> bool {
-        !self.free.is_null() || self.chunk_left >= Self::RECORD_BYTES
+    /// An `alloc_with(_, tail)` now would not take a chunk from the source.
+    pub fn has_room(&self, tail: usize) -> bool {
+        !self.free.is_null() || self.chunk_left >= Self::record_bytes(tail)
     }
 
     /// Gives the pool a chunk of `bytes` from elsewhere (the page heap's own
@@ -101,16 +107,26 @@ impl<T> FixAlloc<T> {
     /// Uninitialised room for one `T`, or `None` when the source is exhausted.
     /// The memory is zero only if the record is fresh and `S::ZEROED`; callers
     /// initialise every field.
+    #[cfg(all(test, feature = "linux"))]
     pub fn alloc<S: PageSource>(&mut self, source: &S) -> Option<NonNull<T>> {
+        self.alloc_with(source, 0)
+    }
+
+    /// Uninitialised room for one `T` and `tail` bytes after it (the pointer
+    /// may reach them), or `None` when the source is exhausted; zero as for
+    /// `alloc`. Every `alloc_with` of one pool passes the
+    /// same `tail`: a freed record is handed out again as it is.
+    pub fn alloc_with<S: PageSource>(&mut self, source: &S, tail: usize) -> Option<NonNull<T>> {
+        let record = Self::record_bytes(tail);
         if let Some(rec) = NonNull::new(self.free) {
             // SAFETY: records on the free list are ours, aligned, and hold a `FreeRecord`.
             self.free = unsafe { rec.as_ref().next };
             self.inuse += 1;
             return Some(rec.cast());
         }
-        if self.chunk_left < Self::RECORD_BYTES {
-            let bytes = if Self::RECORD_BYTES > FIX_CHUNK_BYTES {
-                Self::RECORD_BYTES
+        if self.chunk_left < record {
+            let bytes = if record > FIX_CHUNK_BYTES {
+                record
             } else {
                 FIX_CHUNK_BYTES
             };
@@ -120,9 +136,9 @@ impl<T> FixAlloc<T> {
             self.chunk_left = bytes;
         }
         let p = self.chunk;
-        // SAFETY: `chunk_left >= RECORD_BYTES`, so the advanced pointer stays in (or one past) the chunk.
-        self.chunk = unsafe { self.chunk.add(Self::RECORD_BYTES) };
-        self.chunk_left -= Self::RECORD_BYTES;
+        // SAFETY: `chunk_left >= record`, so the advanced pointer stays in (or one past) the chunk.
+        self.chunk = unsafe { self.chunk.add(record) };
+        self.chunk_left -= record;
         self.inuse += 1;
         // SAFETY: chunk pointers come from a successful `source.alloc`, never null.
         Some(unsafe { NonNull::new_unchecked(p.cast()) })

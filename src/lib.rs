@@ -189,13 +189,17 @@
 //! (central lists, remote lists, flow counters, transfer caches) and per CPU
 //! (caches, stack caches) is carved from the source when the heap sets itself
 //! up, and the arena table grows with the arenas. So
-//! `Heap<RegionSource, SingleCpu>` is 1,600 bytes on 32-bit targets (36,032
+//! `Heap<RegionSource, SingleCpu>` is 1,664 bytes on 32-bit targets (36,160
 //! on 64-bit, 32 KiB of it the page map's first level over a 48-bit address
 //! space), and all its bytes are zero, so a `static` lands in `.bss`; the
-//! thumbv7em firmware of `make bench-code-size` has 3,680 bytes of `.bss`
+//! thumbv7em firmware of `make bench-code-size` has 3,744 bytes of `.bss`
 //! besides its heap region (`tests/bss.rs` checks the size and the section).
 //! A bounded source ([`PageSource::bound`]: a region) gets transfer caches of
-//! a 1024th of its bytes per class, none below 256 KiB.
+//! a 1024th of its bytes per class, none below 256 KiB, per-CPU stacks of a
+//! 256th of its bytes per class (64 B to 16 KiB: `percpu::cache`), and, on one
+//! CPU, central lists packed without a line each. Its small spans are
+//! stretched towards 8 KiB as the region grows (`pageheap::span_target_for`),
+//! and every span record carries bitmaps of the words its spans need.
 //!
 //! ## Differences from Go, because Rust frees explicitly
 //!
@@ -213,7 +217,9 @@
 //! Units, smallest first:
 //!
 //! * **OS page** — the source's granule, `PageSource::PAGE_SIZE` (4 KiB on x86-64).
-//! * **page** — the heap's unit, [`PAGE_BYTES`] = 8 KiB = 2 OS pages (Go's page).
+//! * **page** — the heap's unit, its geometry's ([`PageSource::GEOMETRY`]):
+//!   [`PAGE_BYTES`] = 8 KiB = 2 OS pages (Go's page), or 512 bytes over a
+//!   region ([`RegionSource`]).
 //! * **chunk** — [`CHUNK_BYTES`] = 512 pages = 4 MiB, the granule of the page map
 //!   and of arena sizes (for sources of small arenas, neither: see below).
 //! * **arena** — a contiguous range from the source, `S::ARENA_BYTES` (64 MiB on

@@ -16,25 +16,23 @@
 //! * bits at and above `nelems` are always 0;
 //! * `alloc_cache == !alloc_bits[cache_word] & valid_mask(cache_word)`, minus
 //!   nothing: it is refreshed on every change to that word;
-//! * every word below `cache_word` is full (no zero bits among its valid bits).
+//! * every word below `cache_word` is full (no zero bits among its valid bits);
+//! * `nelems <= 64 · nwords`, and `bits` points to the record's own tail
+//!   (two bitmaps of `nwords` words with `checks`, one without).
 
 use core::ptr::null_mut;
 
-use crate::sizeclass::{ClassInfo, SizeClass};
+use crate::sizeclass::{ClassInfo, Geometry, SizeClass};
 use crate::sync::atomic::{AtomicPtr, AtomicU8};
 use crate::units::{Addr, AtomicOwner, PageSize, Pages};
 use crate::PAGE_BYTES;
 
 /// Most objects any span holds: class 1 (8 B) in one 8 KiB page.
 pub const MAX_OBJECTS: usize = PAGE_BYTES / 8;
-const BITMAP_WORDS: usize = MAX_OBJECTS / 64;
 
-/// Objects per tiny block counter record: [`crate::sizeclass::TINY_CLASS`]'s
-/// 64-byte objects in a one-page span.
-pub const TINY_BLOCKS_PER_SPAN: usize = PAGE_BYTES / crate::TINY_BLOCK;
-
-/// Live-count bytes of the tiny blocks of one tiny-class span.
-pub type TinyCounts = [AtomicU8; TINY_BLOCKS_PER_SPAN];
+/// The live-count bytes of the tiny blocks of one tiny-class span: a
+/// record with one byte per block of the span (the pool's `tail`).
+pub type TinyCounts = [AtomicU8; 0];
 
 /// What a span is used for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,8 +63,9 @@ pub enum ListId {
     Full = 2,
 }
 
-/// Metadata of one span.
-#[repr(C)]
+/// Metadata of one span. Aligned to 8 bytes, so that the bitmap words of
+/// its tail, right after it, are aligned on 32-bit targets too.
+#[repr(C, align(8))]
 pub struct Span {
     /// Next span on the list (`list`) the span is on.
     pub next: *mut Span,
@@ -96,11 +95,17 @@ pub struct Span {
     pub alloc_count: u32,
     /// Index of the bitmap word mirrored in `alloc_cache`.
     pub cache_word: u32,
+    /// Words of each bitmap in the record's tail (see `bitmap_words`).
+    pub nwords: u32,
     /// Complement of `alloc_bits[cache_word]`, restricted to valid objects.
     pub alloc_cache: u64,
-    /// One bit per object, set while the object is out of the span (handed
-    /// out, or in a cache).
-    pub alloc_bits: [u64; BITMAP_WORDS],
+    /// The record's tail, right after it in the same block ([`record_tail`]
+    /// bytes): `alloc_bits`, `nwords` words with one bit per object, set
+    /// while the object is out of the span (handed out, or in a cache); with
+    /// `checks`, then `cached_bits`, as many words: objects that are free
+    /// but still cached (per-CPU or transfer), so a second free of them is
+    /// caught.
+    bits: *mut u64,
     /// Live counts of tiny blocks (tiny-class spans only), else null.
     pub tiny: AtomicPtr<TinyCounts>,
     /// Classes whose objects share cache lines ([`Geometry::shares_lines`](crate::Geometry::shares_lines)):
@@ -113,17 +118,35 @@ pub struct Span {
     /// a thread can move between reading its CPU and pushing, so it is a
     /// (nearly always right) hint there. Relaxed: a hint needs no ordering.
     pub owner: AtomicOwner,
-    /// With `checks`: objects that are free but still cached (per-CPU or
-    /// transfer), so a second free of them is caught.
-    #[cfg(feature = "checks")]
-    pub cached_bits: [crate::sync::atomic::AtomicU64; BITMAP_WORDS],
+}
+
+/// Words of each bitmap of a span record in a heap of geometry `g` whose
+/// spans are the geometry's: one bit per object of the fullest span (and at
+/// least one word, for stack pools of up to 64 stacks).
+pub const fn bitmap_words(g: &Geometry) -> usize {
+    let w = g.max_objects.div_ceil(64);
+    if w == 0 {
+        1
+    } else {
+        w
+    }
+}
+
+/// Bytes that follow each span record in its block, for bitmaps of `words`
+/// words: the bitmaps ([`Span`]'s `bits`).
+pub const fn record_tail(words: usize) -> usize {
+    let maps = if cfg!(feature = "checks") { 2 } else { 1 };
+    words * maps * core::mem::size_of::<u64>()
 }
 
 impl Span {
-    /// Initialises a record for `npages` pages of `page` at `start`, used as `state`.
+    /// Initialises a record for `npages` pages of `page` at `start`, used as
+    /// `state`, with bitmaps of `nwords` words.
     ///
     /// # Safety
-    /// `this` points to writable room for a `Span` (possibly uninitialised).
+    /// `this` points to writable room for a `Span` (possibly uninitialised)
+    /// followed by `nwords` words (two times `nwords` with `checks`), in one
+    /// block, 8-byte aligned, that `this` may access.
     pub unsafe fn init(
         this: *mut Span,
         start: Addr,
@@ -131,9 +154,14 @@ impl Span {
         page: PageSize,
         arena: *mut u8,
         state: SpanState,
+        nwords: usize,
     ) {
-        // SAFETY: the caller gives us the record; every field is written here.
+        let maps = if cfg!(feature = "checks") { 2 } else { 1 };
+        // SAFETY: the caller gives us the record and its tail; every field
+        // and every tail word is written here.
         unsafe {
+            let bits = this.add(1).cast::<u64>();
+            bits.write_bytes(0, nwords * maps);
             this.write(Span {
                 next: null_mut(),
                 prev: null_mut(),
@@ -149,12 +177,11 @@ impl Span {
                 div_mul: 0,
                 alloc_count: 0,
                 cache_word: 0,
+                nwords: nwords as u32,
                 alloc_cache: 0,
-                alloc_bits: [0; BITMAP_WORDS],
+                bits,
                 tiny: AtomicPtr::new(null_mut()),
                 owner: AtomicOwner::new(),
-                #[cfg(feature = "checks")]
-                cached_bits: [const { crate::sync::atomic::AtomicU64::new(0) }; BITMAP_WORDS],
             })
         }
     }
@@ -163,16 +190,76 @@ impl Span {
     /// of the heap's geometry is `info`.
     pub fn init_small(&mut self, class: SizeClass, info: ClassInfo) {
         debug_assert!(!class.is_large() && info.npages as usize == self.npages.get());
+        assert!(info.objects as usize <= 64 * self.nwords as usize);
         self.class = class;
         self.state = SpanState::Small;
         self.elemsize = info.size;
         self.nelems = info.objects;
         self.div_mul = info.div_mul;
         self.alloc_count = 0;
-        self.alloc_bits = [0; BITMAP_WORDS];
+        self.alloc_bits_mut().fill(0);
         self.cache_word = 0;
         self.alloc_cache = self.valid_mask(0);
         self.owner.store(crate::units::Owner::NONE);
+    }
+
+    /// Turns a fresh Manual span into a pool of `n` objects of `size`
+    /// bytes (stacks): none handed out.
+    pub fn init_pool(&mut self, size: usize, n: usize) {
+        debug_assert!((1..=64).contains(&n));
+        self.elemsize = size as u32;
+        self.nelems = n as u32;
+        self.alloc_count = 0;
+        self.alloc_bits_mut().fill(0);
+        self.cache_word = 0;
+        self.alloc_cache = self.valid_mask(0);
+    }
+
+    /// The allocation bitmap, one bit per object (the record's tail).
+    #[inline]
+    pub fn alloc_bits(&self) -> &[u64] {
+        // SAFETY: `bits` points to `nwords` words of this record's tail,
+        // written at `init` (the type's invariant), guarded with the record.
+        unsafe { core::slice::from_raw_parts(self.bits, self.nwords as usize) }
+    }
+
+    /// Word `w` of the allocation bitmap (`w < words()`).
+    #[inline(always)]
+    fn bits_at(&self, w: usize) -> u64 {
+        debug_assert!(w < self.nwords as usize);
+        // SAFETY: callers pass `w < words() <= nwords`: a word of the tail.
+        unsafe { *self.bits.add(w) }
+    }
+
+    /// Sets word `w` of the allocation bitmap (`w < words()`).
+    #[inline(always)]
+    fn set_bits_at(&mut self, w: usize, v: u64) {
+        debug_assert!(w < self.nwords as usize);
+        // SAFETY: as in `bits_at`; `&mut self` is the record's owner.
+        unsafe { *self.bits.add(w) = v }
+    }
+
+    /// The allocation bitmap, to change it.
+    #[inline]
+    fn alloc_bits_mut(&mut self) -> &mut [u64] {
+        // SAFETY: as in `alloc_bits`; `&mut self` is the record's owner.
+        unsafe { core::slice::from_raw_parts_mut(self.bits, self.nwords as usize) }
+    }
+
+    /// With `checks`: word `w` of the cached bitmap (see `bits`).
+    #[cfg(feature = "checks")]
+    #[inline]
+    pub fn cached_word(&self, w: usize) -> &crate::sync::atomic::AtomicU64 {
+        assert!(w < self.nwords as usize);
+        // SAFETY: the cached words follow the alloc words in the tail
+        // (`init` zeroed them; zero is a valid atomic), and are only used
+        // atomically.
+        unsafe {
+            &*self
+                .bits
+                .add(self.nwords as usize + w)
+                .cast::<crate::sync::atomic::AtomicU64>()
+        }
     }
 
     /// One past the last byte, in a heap of pages of `page`.
@@ -225,7 +312,7 @@ impl Span {
     /// Is object `idx` handed out?
     #[inline]
     pub fn is_allocated(&self, idx: usize) -> bool {
-        self.alloc_bits[idx / 64] & (1 << (idx % 64)) != 0
+        idx < self.nelems as usize && self.alloc_bits()[idx / 64] & (1 << (idx % 64)) != 0
     }
 
     /// Takes the lowest free object (Go's `nextFreeFast`, then `nextFree`).
@@ -235,19 +322,19 @@ impl Span {
             // The cached word is exhausted: advance to the next word with a free bit.
             let words = self.words();
             let mut w = self.cache_word as usize + 1;
-            while w < words && !self.alloc_bits[w] & self.valid_mask(w) == 0 {
+            while w < words && !self.bits_at(w) & self.valid_mask(w) == 0 {
                 w += 1;
             }
             if w >= words {
                 return None;
             }
             self.cache_word = w as u32;
-            self.alloc_cache = !self.alloc_bits[w] & self.valid_mask(w);
+            self.alloc_cache = !self.bits_at(w) & self.valid_mask(w);
         }
         let bit = self.alloc_cache.trailing_zeros() as usize;
         self.alloc_cache &= self.alloc_cache - 1;
         let w = self.cache_word as usize;
-        self.alloc_bits[w] |= 1 << bit;
+        self.set_bits_at(w, self.bits_at(w) | 1 << bit);
         self.alloc_count += 1;
         Some(w * 64 + bit)
     }
@@ -257,10 +344,10 @@ impl Span {
     #[inline]
     pub fn put(&mut self, idx: usize) -> bool {
         let (w, bit) = (idx / 64, 1u64 << (idx % 64));
-        if idx >= self.nelems as usize || self.alloc_bits[w] & bit == 0 {
+        if idx >= self.nelems as usize || self.bits_at(w) & bit == 0 {
             return false;
         }
-        self.alloc_bits[w] &= !bit;
+        self.set_bits_at(w, self.bits_at(w) & !bit);
         self.alloc_count -= 1;
         let cw = self.cache_word as usize;
         if w == cw {
@@ -268,7 +355,7 @@ impl Span {
         } else if w < cw {
             // Keep allocation lowest-first: move the cache down to this word.
             self.cache_word = w as u32;
-            self.alloc_cache = !self.alloc_bits[w] & self.valid_mask(w);
+            self.alloc_cache = !self.bits_at(w) & self.valid_mask(w);
         }
         true
     }
@@ -277,8 +364,7 @@ impl Span {
     pub fn check_invariants(&self) {
         let words = self.words();
         let mut count = 0;
-        for w in 0..BITMAP_WORDS {
-            let bits = self.alloc_bits[w];
+        for (w, &bits) in self.alloc_bits().iter().enumerate() {
             assert_eq!(
                 bits & !self.valid_mask(w),
                 0,
@@ -296,14 +382,14 @@ impl Span {
         if cw < words {
             assert_eq!(
                 self.alloc_cache,
-                !self.alloc_bits[cw] & self.valid_mask(cw),
+                !self.alloc_bits()[cw] & self.valid_mask(cw),
                 "span {:#x}: stale alloc cache",
                 self.start
             );
         }
         for w in 0..cw.min(words) {
             assert_eq!(
-                !self.alloc_bits[w] & self.valid_mask(w),
+                !self.alloc_bits()[w] & self.valid_mask(w),
                 0,
                 "span {:#x}: free object below cache_word",
                 self.start
@@ -402,25 +488,56 @@ impl Default for SpanList {
 mod tests {
     use super::*;
     use crate::sizeclass::GO;
-    use std::boxed::Box;
     use std::vec::Vec;
 
-    fn small(class: usize) -> Box<Span> {
+    /// A span record with its tail, as the page heap's pool hands them out.
+    struct Rec(*mut Span, std::alloc::Layout);
+
+    impl core::ops::Deref for Rec {
+        type Target = Span;
+        fn deref(&self) -> &Span {
+            // SAFETY: initialised in `small`, alive until drop.
+            unsafe { &*self.0 }
+        }
+    }
+
+    impl core::ops::DerefMut for Rec {
+        fn deref_mut(&mut self) -> &mut Span {
+            // SAFETY: as in `deref`; `&mut self` owns the record.
+            unsafe { &mut *self.0 }
+        }
+    }
+
+    impl Drop for Rec {
+        fn drop(&mut self) {
+            // SAFETY: allocated in `small` with this layout.
+            unsafe { std::alloc::dealloc(self.0.cast(), self.1) }
+        }
+    }
+
+    fn small(class: usize) -> Rec {
         let c = SizeClass::new(class).unwrap();
-        let mut b: Box<core::mem::MaybeUninit<Span>> = Box::new_uninit();
-        // SAFETY: room for a Span.
+        let l = std::alloc::Layout::from_size_align(
+            core::mem::size_of::<Span>() + record_tail(bitmap_words(&GO)),
+            core::mem::align_of::<Span>(),
+        )
+        .unwrap();
+        // SAFETY: a non-zero size.
+        let p = unsafe { std::alloc::alloc(l) }.cast::<Span>();
+        assert!(!p.is_null());
+        // SAFETY: room for a Span and its tail.
         unsafe {
             Span::init(
-                b.as_mut_ptr(),
+                p,
                 Addr::new(0x10_0000),
                 GO.span_pages(c),
                 GO.page(),
                 null_mut(),
                 SpanState::Small,
+                bitmap_words(&GO),
             )
         };
-        // SAFETY: initialised just above.
-        let mut s = unsafe { b.assume_init() };
+        let mut s = Rec(p, l);
         s.init_small(c, GO.info(c));
         s
     }
@@ -466,23 +583,20 @@ mod tests {
 
     #[test]
     fn list_push_remove() {
-        let mut a = small(1);
-        let mut b = small(1);
-        let mut c = small(1);
+        let a = small(1);
+        let b = small(1);
+        let c = small(1);
         let mut l = SpanList::new();
         // SAFETY: fresh records on no list.
         unsafe {
-            l.push(&mut *a);
-            l.push(&mut *b);
-            l.push(&mut *c);
+            l.push(a.0);
+            l.push(b.0);
+            l.push(c.0);
             assert_eq!(l.len(), 3);
-            l.remove(&mut *b);
-            assert_eq!(
-                l.iter().collect::<Vec<_>>(),
-                [&mut *c as *mut Span, &mut *a as *mut Span]
-            );
-            l.remove(&mut *c);
-            l.remove(&mut *a);
+            l.remove(b.0);
+            assert_eq!(l.iter().collect::<Vec<_>>(), [c.0, a.0]);
+            l.remove(c.0);
+            l.remove(a.0);
         }
         assert!(l.is_empty());
     }

@@ -784,13 +784,7 @@ fn span_start(s: NonNull<Span>) -> *mut u8 {
 
 /// Sets a fresh Manual span up as a pool span of `size`-byte stacks.
 fn init_pool_span(span: &mut Span, size: usize) {
-    let n = STACK_SPAN_BYTES / size;
-    span.elemsize = size as u32;
-    span.nelems = n as u32;
-    span.alloc_count = 0;
-    span.alloc_bits.fill(0);
-    span.cache_word = 0;
-    span.alloc_cache = if n == 64 { !0 } else { (1u64 << n) - 1 };
+    span.init_pool(size, STACK_SPAN_BYTES / size);
 }
 
 /// The live Manual span holding `p`; panics with the address otherwise.

@@ -5,24 +5,80 @@
 //! otherwise fail, and on `scavenge()`.
 
 use core::alloc::Layout;
+use core::ptr::NonNull;
 
 use tieralloc::internals::{
     large_pages, DEFAULT_RETAIN_BYTES, LARGE_CACHE_LIMIT_PAGES, LARGE_CACHE_MAX_PAGES,
     LARGE_CACHE_MAX_SPAN_PAGES,
 };
-use tieralloc::{Heap, RegionSource, SingleCpu, PAGE_BYTES};
+use tieralloc::source::Exhausted;
+use tieralloc::{Heap, PageSource, RegionSource, SingleCpu, PAGE_BYTES};
 
-/// Go's page, the page of every source these tests use.
+/// Go's page, the page of every heap these tests use.
 const GO_PAGE: tieralloc::internals::PageSize = tieralloc::internals::PageSize::GO;
 
-type RegionHeap = Heap<RegionSource, SingleCpu>;
+/// A region on Go's geometry (a `RegionSource` heap has pages of its own,
+/// and the cache's bounds are in pages): every call and constant is the
+/// region's but the geometry.
+struct GoPagedRegion(RegionSource);
+
+// SAFETY: every transition is the inner source's; the geometry's page (8 KiB)
+// is a multiple of the region's PAGE_SIZE.
+unsafe impl PageSource for GoPagedRegion {
+    const PAGE_SIZE: usize = RegionSource::PAGE_SIZE;
+    const ARENA_BYTES: usize = RegionSource::ARENA_BYTES;
+    const SMALL_ARENAS: bool = RegionSource::SMALL_ARENAS;
+    const ZEROED: bool = RegionSource::ZEROED;
+    const CAN_RELEASE: bool = RegionSource::CAN_RELEASE;
+    const CLOCK: bool = RegionSource::CLOCK;
+
+    fn reserve(&self, bytes: usize, align: usize) -> Option<NonNull<u8>> {
+        self.0.reserve(bytes, align)
+    }
+    unsafe fn commit(&self, addr: NonNull<u8>, bytes: usize) -> Result<(), Exhausted> {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.0.commit(addr, bytes) }
+    }
+    unsafe fn ready(&self, addr: NonNull<u8>, bytes: usize) -> Result<(), Exhausted> {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.0.ready(addr, bytes) }
+    }
+    unsafe fn release(&self, addr: NonNull<u8>, bytes: usize) {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.0.release(addr, bytes) }
+    }
+    unsafe fn fault(&self, addr: NonNull<u8>, bytes: usize) {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.0.fault(addr, bytes) }
+    }
+    unsafe fn free(&self, addr: NonNull<u8>, bytes: usize) {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.0.free(addr, bytes) }
+    }
+    fn alloc(&self, bytes: usize) -> Option<NonNull<u8>> {
+        self.0.alloc(bytes)
+    }
+    fn bound(&self) -> Option<usize> {
+        self.0.bound()
+    }
+    fn largest_free(&self, align: usize) -> usize {
+        self.0.largest_free(align)
+    }
+}
+
+type RegionHeap = Heap<GoPagedRegion, SingleCpu>;
+
+/// A heap over an empty region on Go's geometry.
+const fn region_heap() -> RegionHeap {
+    Heap::new(GoPagedRegion(RegionSource::empty()), SingleCpu::new())
+}
 
 /// A region of `bytes`, leaked, given to `heap`'s source.
 fn give_region(heap: &RegionHeap, bytes: usize) {
     let buf: &'static mut [u8] = vec![0u8; bytes].leak();
     // SAFETY: the buffer is leaked, so it is valid for the rest of the process
     // and nothing else uses it; the heap has not used its source yet.
-    unsafe { heap.source().set_region(buf.as_mut_ptr(), buf.len()) };
+    unsafe { heap.source().0.set_region(buf.as_mut_ptr(), buf.len()) };
 }
 
 fn lay(size: usize) -> Layout {
@@ -31,7 +87,7 @@ fn lay(size: usize) -> Layout {
 
 #[test]
 fn freed_large_span_serves_the_next_request_of_its_size() {
-    static H: RegionHeap = Heap::new(RegionSource::empty(), SingleCpu::new());
+    static H: RegionHeap = region_heap();
     give_region(&H, 64 << 20);
     let l = lay(100_000); // 13 pages, a span of 14
     let pages = large_pages(100_000, GO_PAGE).unwrap().get();
@@ -96,7 +152,7 @@ fn freed_large_span_serves_the_next_request_of_its_size() {
 
 #[test]
 fn cache_is_bounded_and_alignment_is_respected() {
-    static H: RegionHeap = Heap::new(RegionSource::empty(), SingleCpu::new());
+    static H: RegionHeap = region_heap();
     give_region(&H, 64 << 20);
     // More idle spans than the bound holds: some go back.
     let l = lay(64 << 10);
@@ -145,7 +201,7 @@ fn cache_is_bounded_and_alignment_is_respected() {
 /// A double free of a large object whose span idles in the cache is caught.
 #[test]
 fn double_free_of_an_idle_span_panics_with_the_address() {
-    static H: RegionHeap = Heap::new(RegionSource::empty(), SingleCpu::new());
+    static H: RegionHeap = region_heap();
     give_region(&H, 16 << 20);
     let l = lay(50_000);
     let p = H.allocate(l);
@@ -165,7 +221,7 @@ fn double_free_of_an_idle_span_panics_with_the_address() {
 /// only room for a bigger request is idle spans merged back together.
 #[test]
 fn idle_spans_are_given_back_before_out_of_memory() {
-    static H: RegionHeap = Heap::new(RegionSource::empty(), SingleCpu::new());
+    static H: RegionHeap = region_heap();
     give_region(&H, 16 << 20);
     let l = lay(256 << 10);
     let mut ps = Vec::new();
@@ -209,7 +265,7 @@ fn idle_spans_are_given_back_before_out_of_memory() {
 
 #[test]
 fn a_larger_retained_floor_lets_the_cache_hold_a_quarter_of_it() {
-    static H: RegionHeap = Heap::new(RegionSource::empty(), SingleCpu::new());
+    static H: RegionHeap = region_heap();
     give_region(&H, 160 << 20);
     let l = lay(64 << 10);
     // Frees `n` objects of 64 KiB allocated together; returns the bytes idle after.
@@ -309,7 +365,7 @@ fn releasing_pages_does_not_empty_the_cache_needlessly() {
 /// object grows over it in place, and the cache lets it go.
 #[test]
 fn realloc_grows_over_idle_spans_in_place() {
-    static H: RegionHeap = Heap::new(RegionSource::empty(), SingleCpu::new());
+    static H: RegionHeap = region_heap();
     give_region(&H, 64 << 20);
     let l = lay(64 << 10);
     let a = H.allocate(l);

@@ -555,9 +555,46 @@ fn regions_under_a_chunk_serve_allocations() {
             // caches hold of these classes.
             free_all(&heap, &mut live);
         }
-        assert_eq!(
-            counts[0], counts[1],
+        // The second fill gets what the caches held back: it reaches the
+        // first's count but for fragmentation. Its spans fill the holes
+        // between the spans the mixed round left cached objects in, and when
+        // those spans are freed (at the first failure) their runs, of other
+        // lengths, leave a few pages each that a 64-byte span cannot use.
+        // Without the reclaim, what the mixed round freed into the caches
+        // would stay there.
+        assert!(
+            counts[1] * 100 >= counts[0] * 90,
             "{len} B region: the second fill reached {counts:?}"
         );
     }
+}
+
+/// A region heap sizes its per-CPU caches by its region: what one class's
+/// stack holds after many frees grows with the region (a 256th of it per
+/// class, from 64 B to 16 KiB), so a heap of kilobytes keeps a few objects
+/// of a class where one of megabytes keeps a hundred.
+#[test]
+fn caches_are_sized_by_the_region() {
+    let held = |len: usize| {
+        let buf: &'static mut [u8] = vec![0u8; len].leak();
+        let heap = Box::new(Heap::new(RegionSource::empty(), SingleCpu::new()));
+        // SAFETY: the buffer is leaked and unused; the heap has not used its source.
+        unsafe { heap.source().set_region(buf.as_mut_ptr(), buf.len()) };
+        let l = Layout::from_size_align(64, 8).unwrap();
+        let ps: Vec<*mut u8> = (0..200).map(|_| heap.allocate(l)).collect();
+        assert!(ps.iter().all(|p| !p.is_null()));
+        for &p in &ps {
+            // SAFETY: allocated above with `l`.
+            unsafe { heap.deallocate(p, l) };
+        }
+        heap.check_invariants();
+        let st = heap.stats();
+        assert_eq!(st.heap_alloc, 0, "{st}");
+        st.cached_bytes as usize
+    };
+    // 64 KiB: 256 B per class, four 64-byte objects; no transfer caches.
+    assert!(held(64 << 10) <= 256, "{}", held(64 << 10));
+    // 4 MiB and more: 16 KiB per class, and the caches take all 200.
+    assert_eq!(held(16 << 20) % 64, 0);
+    assert!(held(16 << 20) >= 128 * 64, "{}", held(16 << 20));
 }

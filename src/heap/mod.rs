@@ -137,18 +137,20 @@ unsafe impl<S: PageSource + Sync, C: Cpu> Sync for Heap<S, C> {}
 // SAFETY: as above; the heap owns no thread-bound state.
 unsafe impl<S: PageSource + Send, C: Cpu + Send> Send for Heap<S, C> {}
 
-impl<S: PageSource, C: Cpu> Heap<S, C> {
-    /// Where the per-CPU caches keep each class's stack: a constant of the
-    /// source's geometry, so that every offset and capacity folds into the
-    /// code, or for a source of fixed regions ([`PageSource::SMALL_ARENAS`])
-    /// computed at set-up from its bound, so that a heap of kilobytes does
-    /// not carve caches sized for gigabytes.
-    const CACHE_SHAPE: Shape = if S::SMALL_ARENAS {
-        Shape::Installed
+/// Where the per-CPU caches of a heap over `S` keep each class's stack: a
+/// constant of the source's geometry, so that every offset and capacity
+/// folds into the code, or for a source of fixed regions
+/// ([`PageSource::SMALL_ARENAS`]) computed at set-up from its bound, so that
+/// a heap of kilobytes does not carve caches sized for gigabytes.
+impl<S: PageSource> Shape for S {
+    const FIXED: Option<&'static CacheLayout> = if S::SMALL_ARENAS {
+        None
     } else {
-        Shape::Fixed(&CacheLayout::new(S::GEOMETRY, class_cache_bytes(None)))
+        Some(&CacheLayout::new(S::GEOMETRY, class_cache_bytes(None)))
     };
+}
 
+impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// A heap over `source`, with per-CPU caches keyed by `cpu`. Takes nothing
     /// from the source until the first allocation.
     pub const fn new(source: S, cpu: C) -> Self {
@@ -231,8 +233,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// The per-CPU caches, setting them up on first use; `None` if the source
     /// cannot supply them.
     #[inline(always)]
-    fn caches(&self) -> Option<Caches<'_, C>> {
-        match self.slabs.get(Self::CACHE_SHAPE) {
+    fn caches(&self) -> Option<Caches<'_, C, S>> {
+        match self.slabs.get::<S>() {
             Some(s) => Some(s),
             None => self.set_up(),
         }
@@ -240,9 +242,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
 
     #[cold]
     #[inline(never)]
-    fn set_up(&self) -> Option<Caches<'_, C>> {
+    fn set_up(&self) -> Option<Caches<'_, C, S>> {
         let mut meta = self.init.lock();
-        if let Some(s) = self.slabs.get(Self::CACHE_SHAPE) {
+        if let Some(s) = self.slabs.get::<S>() {
             return Some(s);
         }
         let count = self.cpu().count().max(1);
@@ -251,13 +253,11 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         let pad = if count == 1 { Pad::Packed } else { Pad::Lines };
         let class_bytes = Classes::<C::Relax>::bytes(S::GEOMETRY, budget, pad);
         let cl = self.source.alloc(class_bytes)?;
-        let layout = match Self::CACHE_SHAPE {
-            Shape::Fixed(l) => *l,
-            Shape::Installed => {
-                CacheLayout::new(S::GEOMETRY, class_cache_bytes(self.source.bound()))
-            }
+        let layout = match S::FIXED {
+            Some(l) => *l,
+            None => CacheLayout::new(S::GEOMETRY, class_cache_bytes(self.source.bound())),
         };
-        let bytes = Slabs::<C>::bytes(count, &layout);
+        let bytes = Slabs::<C>::bytes::<S>(count, &layout);
         let stack_bytes = count * core::mem::size_of::<StackCache>();
         let p = self.source.alloc(bytes)?;
         let sc = self.source.alloc(stack_bytes)?;
@@ -280,10 +280,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         // SAFETY: once, under the set-up lock; the block is ours for ever,
         // zeroed, page aligned, `bytes(count)` long, and `count` is the CPU
         // mapping's (its `count` never changes).
-        Some(unsafe {
-            self.slabs
-                .install(p.as_ptr(), count, Self::CACHE_SHAPE, &layout)
-        })
+        Some(unsafe { self.slabs.install::<S>(p.as_ptr(), count, &layout) })
     }
 
     /// Runs a whole operation inside [`Cpu::operation`] if the `Cpu` asks for
@@ -477,7 +474,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// [`Heap::scavenge`], and what an allocation the page heap cannot serve
     /// does before it tries once more. Holds no lock on entry.
     pub(super) fn drain_caches(&self, below: &Below<'_, S, C::Relax>) {
-        if let Some(s) = self.slabs.get(Self::CACHE_SHAPE) {
+        if let Some(s) = self.slabs.get::<S>() {
             // First the tiny blocks (retiring one may free it into some CPU's
             // stack), retired outside the CPU's exclusivity.
             for i in 0..s.count() {
@@ -608,7 +605,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// page heap, set-up), so that no operation is half done: call before `fork`.
     pub fn lock_all(&self) {
         core::mem::forget(self.init.lock());
-        if self.slabs.get(Self::CACHE_SHAPE).is_some() {
+        if self.slabs.get::<S>().is_some() {
             for i in 0..self.cpu().count() {
                 self.cpu().acquire_slot(i);
             }
@@ -636,7 +633,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                     c.force_unlock();
                 }
             }
-            if self.slabs.get(Self::CACHE_SHAPE).is_some() {
+            if self.slabs.get::<S>().is_some() {
                 for i in 0..self.cpu().count() {
                     self.cpu().release_slot(i);
                 }

@@ -71,7 +71,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// (whatever does not fit goes back), the last is the caller's.
     #[cold]
     #[inline(never)]
-    fn refill(&self, s: Caches<'_, C>, c: SizeClass) -> *mut u8 {
+    fn refill(&self, s: Caches<'_, C, S>, c: SizeClass) -> *mut u8 {
         self.decay_tick(true);
         let mut buf = [null_mut(); MAX_CAPACITY];
         let want = s.batch(c);
@@ -171,7 +171,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[cfg_attr(rseq, inline(never))]
     #[cfg_attr(not(rseq), inline(always))]
     fn free_small_slow(&self, p: *mut u8, c: SizeClass) {
-        let Some(s) = self.slabs.get(Self::CACHE_SHAPE) else {
+        let Some(s) = self.slabs.get::<S>() else {
             panic!("tieralloc: free of {p:p} before any allocation");
         };
         // In rseq mode `free_small` has just tried this push.
@@ -195,7 +195,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// the stack stays unreachable, hand `p` to central directly).
     #[cold]
     #[inline(never)]
-    fn flush_push(&self, s: Caches<'_, C>, c: SizeClass, p: *mut u8) {
+    fn flush_push(&self, s: Caches<'_, C, S>, c: SizeClass, p: *mut u8) {
         self.decay_tick(true);
         let below = self.below();
         let flow = self.flow(c);

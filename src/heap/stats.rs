@@ -71,7 +71,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     pub fn stats(&self) -> Stats {
         self.guarded(|| {
             let mut st = Stats::default();
-            let t = self.slabs.totals(Self::CACHE_SHAPE);
+            let t = self.slabs.totals::<S>();
             st.cpus = t.cpus as u64;
             st.rseq = t.rseq;
             let classes = self.classes();

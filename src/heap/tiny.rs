@@ -34,8 +34,9 @@ const _: () = assert!(TINY_BIAS as usize > TINY_BLOCK);
 fn tiny_counter(span: &Span, idx: usize) -> &AtomicU8 {
     let t = span.tiny.load(Ordering::Relaxed);
     debug_assert!(!t.is_null());
-    // SAFETY: tiny-class spans always carry counters for as long as they are live.
-    unsafe { &(*t)[idx] }
+    // SAFETY: tiny-class spans always carry counters for as long as they
+    // are live, one per block: `idx` is a block of the span.
+    unsafe { &*t.cast::<AtomicU8>().add(idx) }
 }
 
 impl<S: PageSource, C: Cpu> Heap<S, C> {
@@ -83,7 +84,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// the sub-object gets a block of its own).
     #[cold]
     #[inline(never)]
-    fn alloc_tiny_block(&self, s: Caches<'_, C>, size: usize) -> *mut u8 {
+    fn alloc_tiny_block(&self, s: Caches<'_, C, S>, size: usize) -> *mut u8 {
         let b = self.alloc_small(S::GEOMETRY.tiny_class);
         if b.is_null() {
             return b;
@@ -116,7 +117,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     }
 
     /// Stops carving from a block that was some CPU's current tiny block.
-    pub(super) fn retire_tiny(&self, s: Caches<'_, C>, t: Tiny) {
+    pub(super) fn retire_tiny(&self, s: Caches<'_, C, S>, t: Tiny) {
         s.count_event(TinyEvent::MallocsRetired, t.n as u64);
         let block = Addr::new(t.block);
         // SAFETY: the block is live (we hold its bias), so its span and counters are.
@@ -128,7 +129,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         }
     }
 
-    fn free_tiny_block(&self, s: Caches<'_, C>, b: *mut u8) {
+    fn free_tiny_block(&self, s: Caches<'_, C, S>, b: *mut u8) {
         s.count_event(TinyEvent::BlocksFreed, 1);
         self.free_small(b, S::GEOMETRY.tiny_class);
     }
@@ -154,7 +155,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 S::GEOMETRY.tiny_class.index()
             );
         }
-        let Some(s) = self.slabs.get(Self::CACHE_SHAPE) else {
+        let Some(s) = self.slabs.get::<S>() else {
             unreachable!("a tiny object exists, so the slabs were set up");
         };
         s.count_event(TinyEvent::Frees, 1);

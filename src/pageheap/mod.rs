@@ -32,13 +32,12 @@ mod map;
 pub(crate) mod pagealloc;
 pub(crate) mod scavenger;
 
-use core::mem::size_of;
 use core::ptr::{null_mut, NonNull};
 
 use crate::fixalloc::FixAlloc;
-use crate::sizeclass::SizeClass;
+use crate::sizeclass::{ClassInfo, Geometry, SizeClass};
 use crate::source::{PageSource, SourcePage};
-use crate::span::{Span, SpanState, TinyCounts};
+use crate::span::{bitmap_words, record_tail, Span, SpanState, TinyCounts};
 use crate::sync::atomic::Ordering;
 use crate::sync::Lock;
 use crate::units::{ArenaSlot, PageIdx, PageSize, Pages};
@@ -108,6 +107,70 @@ pub struct PageStats {
 /// arenas (rounded up to whole pages).
 const SMALL_POOL_RECORDS: usize = 4;
 
+/// Longest span a heap over small arenas stretches its small spans to
+/// ([`span_target_for`]): Go's one page of 8 KiB.
+pub const MAX_SPAN_TARGET: usize = 8 << 10;
+
+/// Bytes of a bounded source per byte of span target: a heap over small
+/// arenas stretches each small span to about `bound / SPAN_TARGET_DIV`
+/// bytes (at most [`MAX_SPAN_TARGET`]), a whole multiple of its geometry's
+/// span. Short spans strand little memory in each class's partly used
+/// span, which decides a region of kilobytes; long ones spread a span's
+/// record (its links and bitmap) and the page map over more objects, which
+/// decides a region of megabytes.
+pub const SPAN_TARGET_DIV: usize = 2048;
+
+/// The span target for a source bounded by `bound` (0: the geometry's spans).
+pub const fn span_target_for(bound: Option<usize>) -> usize {
+    match bound {
+        None => 0,
+        Some(b) => {
+            let t = b / SPAN_TARGET_DIV;
+            if t > MAX_SPAN_TARGET {
+                MAX_SPAN_TARGET
+            } else {
+                t
+            }
+        }
+    }
+}
+
+/// Class `c`'s row of `g` with its span stretched to a whole multiple of
+/// itself of at most `target` bytes (or left as it is).
+pub const fn stretched(g: &Geometry, c: SizeClass, target: usize) -> ClassInfo {
+    let mut r = g.info(c);
+    let span = r.npages as usize * g.page_bytes();
+    let k = target / span;
+    if k > 1 {
+        r.npages *= k as u32;
+        r.objects = ((r.npages as usize * g.page_bytes()) / r.size as usize) as u32;
+    }
+    r
+}
+
+/// Words of each span bitmap for `g` stretched to `target`: the most
+/// objects any stretched span holds, and at least one word (stack pools
+/// hold up to 64 stacks).
+pub const fn stretched_words(g: &Geometry, target: usize) -> usize {
+    let mut most = 0;
+    let mut i = 1;
+    while i < g.count {
+        if let Some(c) = SizeClass::new(i) {
+            let n = stretched(g, c, target).objects as usize;
+            if n > most {
+                most = n;
+            }
+        }
+        i += 1;
+    }
+    let w = most.div_ceil(64);
+    if w == 0 {
+        1
+    } else {
+        w
+    }
+}
+
 /// Pages a span was carved from.
 struct Run {
     slot: ArenaSlot,
@@ -132,6 +195,11 @@ pub struct PageHeap {
     released_pages: Pages,
     /// Bytes of arena metadata and page-map tables.
     meta_bytes: usize,
+    /// Small spans are stretched to about this many bytes, and every span
+    /// record has bitmaps of `span_words` words (0: not chosen yet; see
+    /// [`PageHeap::span_shape`]).
+    span_target: usize,
+    span_words: usize,
     /// Arena pages that hold span records and tiny counters (small arenas
     /// only): in use for ever, counted with the metadata, not as heap.
     meta_pages: Pages,
@@ -176,6 +244,8 @@ impl PageHeap {
             released_pages: Pages::ZERO,
             meta_bytes: 0,
             meta_pages: Pages::ZERO,
+            span_target: 0,
+            span_words: 0,
             large: LargeCounts {
                 mallocs: 0,
                 frees: 0,
@@ -294,11 +364,12 @@ impl PageHeap {
         source: &S,
         map: &PageMap,
         pool: fn(&mut PageHeap) -> &mut FixAlloc<T>,
+        tail: usize,
     ) {
-        if !S::SMALL_ARENAS || pool(self).has_room() {
+        if !S::SMALL_ARENAS || pool(self).has_room(tail) {
             return;
         }
-        let want = SMALL_POOL_RECORDS * FixAlloc::<T>::RECORD_BYTES;
+        let want = SMALL_POOL_RECORDS * FixAlloc::<T>::record_bytes(tail);
         if let Some((p, bytes)) = self.meta_chunk(source, map, want) {
             // SAFETY: Ready arena pages, page aligned, never freed.
             unsafe { pool(self).add_chunk(p, bytes) };
@@ -323,10 +394,12 @@ impl PageHeap {
         align_pages: usize,
         state: SpanState,
     ) -> Option<NonNull<Span>> {
-        self.feed_pool(source, map, |h| &mut h.spans);
-        let rec = match self.spans.alloc(source) {
+        let (_, words) = self.span_shape(source);
+        let tail = record_tail(words);
+        self.feed_pool(source, map, |h| &mut h.spans, tail);
+        let rec = match self.spans.alloc_with(source, tail) {
             Some(r) => r,
-            None if self.release_for_retry(source) => self.spans.alloc(source)?,
+            None if self.release_for_retry(source) => self.spans.alloc_with(source, tail)?,
             None => return None,
         };
         let found = match self.alloc_pages(source, map, npages, align_pages) {
@@ -346,11 +419,26 @@ impl PageHeap {
         let arena_ptr = (arena as *const Arena).cast_mut();
         // SAFETY: `rec` is room for a Span; then the span is ours until published.
         unsafe {
-            Span::init(s, addr, npages, S::PAGE, arena_ptr.cast(), state);
+            Span::init(s, addr, npages, S::PAGE, arena_ptr.cast(), state, words);
             (*s).needzero = run.needzero;
         }
         arena.set_map(run.start, npages, s);
         Some(rec)
+    }
+
+    /// The span target ([`span_target_for`]) and the words of each span
+    /// bitmap: for a heap over small arenas a function of the source's
+    /// bound, fixed the first time a span is made (every span record has
+    /// bitmaps for it); else the geometry's spans.
+    fn span_shape<S: PageSource>(&mut self, source: &S) -> (usize, usize) {
+        if !S::SMALL_ARENAS {
+            return (0, bitmap_words(S::GEOMETRY));
+        }
+        if self.span_words == 0 {
+            self.span_target = span_target_for(source.bound());
+            self.span_words = stretched_words(S::GEOMETRY, self.span_target);
+        }
+        (self.span_target, self.span_words)
     }
 
     /// A span for small objects of `class`, with tiny counters for the tiny class.
@@ -360,15 +448,14 @@ impl PageHeap {
         map: &PageMap,
         class: SizeClass,
     ) -> Option<NonNull<Span>> {
+        let (target, _) = self.span_shape(source);
+        let info = stretched(S::GEOMETRY, class, target);
         let tiny = if class == S::GEOMETRY.tiny_class {
-            self.feed_pool(source, map, |h| &mut h.tiny);
-            let t = self.tiny.alloc(source)?;
+            let blocks = info.objects as usize;
+            self.feed_pool(source, map, |h| &mut h.tiny, blocks);
+            let t = self.tiny.alloc_with(source, blocks)?;
             // SAFETY: room for the counters; zero is a valid `AtomicU8`.
-            unsafe {
-                t.as_ptr()
-                    .cast::<u8>()
-                    .write_bytes(0, size_of::<TinyCounts>())
-            };
+            unsafe { t.as_ptr().cast::<u8>().write_bytes(0, blocks) };
             t.as_ptr()
         } else {
             null_mut()
@@ -376,7 +463,7 @@ impl PageHeap {
         let Some(s) = self.alloc_span(
             source,
             map,
-            S::GEOMETRY.span_pages(class),
+            Pages::new(info.npages as usize),
             1,
             SpanState::Small,
         ) else {
@@ -388,7 +475,7 @@ impl PageHeap {
         };
         // SAFETY: the span is ours (not yet on any list).
         unsafe {
-            (*s.as_ptr()).init_small(class, S::GEOMETRY.info(class));
+            (*s.as_ptr()).init_small(class, info);
             (*s.as_ptr()).tiny.store(tiny, Ordering::Relaxed);
         }
         Some(s)
@@ -669,5 +756,65 @@ impl PageHeap {
         );
         assert_eq!(released, self.released_pages, "released_pages");
         self.large_cache.check_invariants();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sizeclass::{GO, REGION_GEOMETRY};
+
+    /// Stretched spans are whole multiples of the geometry's, at most the
+    /// target (or the geometry's span when that is longer), keep the tail
+    /// bound, fit the bitmaps, and the magic divide stays exact over them.
+    #[test]
+    fn stretched_spans_keep_the_geometry_s_invariants() {
+        for g in [&REGION_GEOMETRY, &GO] {
+            for target in [0, 512, 2048, 3000, 4096, MAX_SPAN_TARGET] {
+                let words = stretched_words(g, target);
+                for c in g.small_classes() {
+                    let base = g.info(c);
+                    let r = stretched(g, c, target);
+                    let span = r.npages as usize * g.page_bytes();
+                    let base_span = base.npages as usize * g.page_bytes();
+                    assert!(r.npages.is_multiple_of(base.npages), "{c:?} at {target}");
+                    assert!(span <= target.max(base_span), "{c:?} at {target}");
+                    assert!(
+                        span + base_span > target,
+                        "{c:?} at {target}: stretched too little"
+                    );
+                    assert_eq!((r.size, r.div_mul), (base.size, base.div_mul));
+                    assert_eq!(r.objects as usize, span / r.size as usize);
+                    assert!(span - r.objects as usize * r.size as usize <= span / g.spec.tail_div);
+                    assert!(r.objects as usize <= 64 * words);
+                    let size = r.size as usize;
+                    for i in 0..=r.objects as usize {
+                        for off in [i * size, (i * size).saturating_sub(1)] {
+                            let q = ((off as u64 * r.div_mul as u64) >> 32) as usize;
+                            assert_eq!(q, off / size, "{c:?} at {target}, offset {off}");
+                        }
+                    }
+                }
+            }
+            // No target: the geometry's own spans and bitmaps.
+            assert_eq!(stretched_words(g, 0), crate::span::bitmap_words(g));
+        }
+    }
+
+    /// Small regions keep the geometry's spans; from 4 MiB they stretch, up
+    /// to Go's 8 KiB.
+    #[test]
+    fn span_target_grows_with_the_region() {
+        assert_eq!(span_target_for(None), 0);
+        assert_eq!(span_target_for(Some(64 << 10)), 32);
+        assert!(stretched_words(&REGION_GEOMETRY, span_target_for(Some(1 << 20))) <= 4);
+        assert_eq!(span_target_for(Some(16 << 20)), MAX_SPAN_TARGET);
+        assert_eq!(span_target_for(Some(usize::MAX)), MAX_SPAN_TARGET);
+        let mut prev = 0;
+        for shift in 10..usize::BITS {
+            let t = span_target_for(Some(1 << shift));
+            assert!(t >= prev);
+            prev = t;
+        }
     }
 }

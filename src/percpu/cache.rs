@@ -64,20 +64,18 @@ pub(crate) struct CacheLayout {
     bound: usize,
 }
 
-/// Which layout a heap's caches have: a constant, or the one
-/// [`super::Slabs::install`] was given (computed at set-up from the source's
-/// bound). The choice is a constant of the heap, so with `Fixed` every
-/// offset is an immediate and with `Installed` one load finds them.
-#[derive(Clone, Copy)]
-pub(crate) enum Shape {
-    /// Always this layout.
-    Fixed(&'static CacheLayout),
-    /// The layout written at install.
-    Installed,
+/// Which layout a heap's caches have, as a constant of a type (the heap's
+/// source): `FIXED` is `Some` layout for every heap of the type, or `None`
+/// for the one [`super::Slabs::install`] was given (computed at set-up from
+/// the source's bound). A constant of the type, not a value passed along,
+/// so that with `Some` every offset is an immediate wherever the code runs.
+pub(crate) trait Shape {
+    /// The layout, if it is the same for every heap of the type.
+    const FIXED: Option<&'static CacheLayout>;
 }
 
 /// Bytes each class's stack is sized for in a heap over a source bounded by
-/// `bound` bytes whose caches are sized at set-up ([`Shape::Installed`]): a
+/// `bound` bytes whose caches are sized at set-up ([`Shape::FIXED`] `None`): a
 /// 256th of the source per class, between [`MIN_CLASS_CACHE_BYTES`] and
 /// [`CLASS_CACHE_BYTES`]. A 64 KiB region's one cache is then about 2 KiB on
 /// 64-bit targets; from 4 MiB on it is the unbounded heaps' cache.
@@ -101,17 +99,6 @@ pub(crate) const fn class_cache_bytes(bound: Option<usize>) -> usize {
 pub(crate) const MIN_CLASS_CACHE_BYTES: usize = 64;
 
 impl CacheLayout {
-    /// No stacks: the layout of caches not yet installed (all zero bytes).
-    pub(crate) const EMPTY: CacheLayout = CacheLayout {
-        classes: 0,
-        cap: [0; NUM_CLASSES],
-        at: [0; NUM_CLASSES + 1],
-        #[cfg(not(target_pointer_width = "64"))]
-        carries_at: 0,
-        stride: 0,
-        bound: 0,
-    };
-
     /// The layout of heaps on Go's geometry with the default stack bytes:
     /// the only one the restartable sequences address.
     pub(crate) const GO: CacheLayout = CacheLayout::new(&Geometry::GO, CLASS_CACHE_BYTES);
@@ -197,6 +184,21 @@ impl CacheLayout {
     #[inline(always)]
     const fn word_at(&self, c: SizeClass) -> usize {
         self.at[c.index()] as usize
+    }
+
+    /// [`CacheLayout::word_at`] for the fast paths: no bounds check.
+    #[inline(always)]
+    fn word_index(&self, c: SizeClass) -> usize {
+        // SAFETY: a `SizeClass` index is below NUM_CLASSES (its invariant),
+        // and `at` has NUM_CLASSES + 1 entries.
+        unsafe { *self.at.get_unchecked(c.index()) as usize }
+    }
+
+    /// [`CacheLayout::cap`] for the fast paths: no bounds check.
+    #[inline(always)]
+    fn capacity(&self, c: SizeClass) -> usize {
+        // SAFETY: a `SizeClass` index is below NUM_CLASSES (its invariant).
+        unsafe { *self.cap.get_unchecked(c.index()) as usize }
     }
 }
 
@@ -298,12 +300,12 @@ const HEAD_BYTES: usize = core::mem::size_of::<CacheHead>();
 /// targets then, per class, the wraps of the stack word's 16-bit pops field
 /// (mallocs = carries · 2^16 + pops).
 ///
-/// Invariant: `words` points just past `head`, to the layout's words, all
-/// inside one block that lives for `'a`.
+/// Invariant: `base` is the cache's first byte (`head` is there, the
+/// layout's words right after it), all inside one block that lives for `'a`.
 #[derive(Clone, Copy)]
 pub(crate) struct CpuCache<'a> {
     head: &'a CacheHead,
-    words: *const AtomicWord,
+    base: *const u8,
     layout: &'a CacheLayout,
 }
 
@@ -343,7 +345,7 @@ impl<'a> CpuCache<'a> {
             let p = base.add(i * layout.stride);
             CpuCache {
                 head: &*p.cast::<CacheHead>(),
-                words: p.add(HEAD_BYTES).cast::<AtomicWord>(),
+                base: p,
                 layout,
             }
         }
@@ -353,8 +355,13 @@ impl<'a> CpuCache<'a> {
     #[inline(always)]
     fn word_ref(&self, w: usize) -> &'a AtomicWord {
         // SAFETY: callers pass indices below the layout's word count (the
-        // type's invariant puts them all inside the cache).
-        unsafe { &*self.words.add(w) }
+        // type's invariant puts them all inside the cache, after the head).
+        unsafe {
+            &*self
+                .base
+                .add(HEAD_BYTES + w * core::mem::size_of::<Word>())
+                .cast::<AtomicWord>()
+        }
     }
 
     /// Slot `i` of class `c`'s stack.
@@ -363,20 +370,20 @@ impl<'a> CpuCache<'a> {
         debug_assert!(!c.is_large() && i < self.layout.cap(c));
         // `c` is a small class and `i < cap(c)` (callers keep `len <= cap`),
         // so the index is inside class `c`'s stack.
-        self.word_ref(self.layout.word_at(c) + 1 + i)
+        self.word_ref(self.layout.word_index(c) + 1 + i)
     }
 
     /// Class `c`'s stack word.
     #[inline(always)]
     pub(crate) fn stack_word(&self, c: SizeClass) -> &'a AtomicWord {
         debug_assert!(!c.is_large() && self.layout.cap(c) > 0);
-        self.word_ref(self.layout.word_at(c))
+        self.word_ref(self.layout.word_index(c))
     }
 
     /// The capacity of class `c`'s stack.
     #[inline(always)]
     fn cap(&self, c: SizeClass) -> usize {
-        self.layout.cap(c)
+        self.layout.capacity(c)
     }
 
     /// The tiny word.

@@ -11,7 +11,9 @@ use core::ptr::null_mut;
 
 use crate::sizeclass::SizeClass;
 
-use super::cache::{CacheLayout, CpuCache, TinyEvent};
+use core::marker::PhantomData;
+
+use super::cache::{CacheLayout, CpuCache, Shape, TinyEvent};
 use super::cpu::Cpu;
 use super::word::Tiny;
 
@@ -19,13 +21,15 @@ use super::word::Tiny;
 ///
 /// Invariant: `caches` points to `cpu.count()` caches of `layout`, 64-byte
 /// aligned, that live for ever.
-pub(crate) struct Locked<'a, C> {
+pub(crate) struct Locked<'a, C, K> {
     pub(crate) cpu: &'a C,
     pub(crate) caches: *mut u8,
+    /// The installed layout (`K::FIXED`'s, if it has one, is used instead).
     pub(crate) layout: &'a CacheLayout,
+    pub(crate) _shape: PhantomData<K>,
 }
 
-impl<'a, C: Cpu> Locked<'a, C> {
+impl<'a, C: Cpu, K: Shape> Locked<'a, C, K> {
     /// Cache `i` (for exclusive use under its slot, or for racy reads of its words).
     #[inline(always)]
     pub(crate) fn cache(&self, i: usize) -> CpuCache<'a> {
@@ -33,7 +37,7 @@ impl<'a, C: Cpu> Locked<'a, C> {
         // SAFETY: `i < count` (the `Cpu` contract bounds every index it
         // passes), and the caches, of `layout`, live for ever (the type's
         // invariant).
-        unsafe { CpuCache::at(self.caches, i, self.layout) }
+        unsafe { CpuCache::at(self.caches, i, K::FIXED.unwrap_or(self.layout)) }
     }
 
     /// Pops an object of class `c` on the current CPU (null if none); with

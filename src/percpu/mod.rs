@@ -37,7 +37,7 @@ mod locked;
 mod rseq;
 mod word;
 
-use core::cell::UnsafeCell;
+use core::marker::PhantomData;
 use core::ptr::null_mut;
 
 use crate::sizeclass::{SizeClass, NUM_CLASSES};
@@ -72,10 +72,11 @@ pub(crate) struct Slabs<C: Cpu> {
     /// TinyEvent updates that found no reachable cache (rseq mode, a CPU id
     /// out of range), by [`TinyEvent`].
     spill: [AtomicU64; NUM_TINY_EVENTS],
-    /// With [`Shape::Installed`]: the caches' layout, written once by
-    /// `install` before `caches` is published, read only after an Acquire
-    /// load found `caches` (so never while it is written).
-    layout: UnsafeCell<CacheLayout>,
+    /// With no [`Shape::FIXED`] layout: the caches' layout, which `install`
+    /// writes after the caches in their block (so that it costs the heap
+    /// value one word) before `caches` is published; read only after an
+    /// Acquire load found `caches`.
+    layout: AtomicPtr<CacheLayout>,
 }
 
 // SAFETY: the caches are reached only under the exclusivity rules above
@@ -94,7 +95,7 @@ impl<C: Cpu> Slabs<C> {
             caches: AtomicPtr::new(null_mut()),
             count: AtomicUsize::new(0),
             spill: [const { AtomicU64::new(0) }; NUM_TINY_EVENTS],
-            layout: UnsafeCell::new(CacheLayout::EMPTY),
+            layout: AtomicPtr::new(null_mut()),
         }
     }
 
@@ -103,9 +104,15 @@ impl<C: Cpu> Slabs<C> {
         &self.cpu
     }
 
-    /// Bytes of memory for `count` caches of `layout` (64-byte aligned, zeroed).
-    pub(crate) const fn bytes(count: usize, layout: &CacheLayout) -> usize {
-        count * layout.stride()
+    /// Bytes of memory for `count` caches of `layout` (64-byte aligned,
+    /// zeroed), and after them, with no fixed layout, the layout itself.
+    pub(crate) const fn bytes<K: Shape>(count: usize, layout: &CacheLayout) -> usize {
+        let installed = if K::FIXED.is_none() {
+            core::mem::size_of::<CacheLayout>()
+        } else {
+            0
+        };
+        count * layout.stride() + installed
     }
 
     /// The published restartable sequences, for the fast paths (always
@@ -118,21 +125,22 @@ impl<C: Cpu> Slabs<C> {
     /// The caches, once set up; `shape` is the one they were installed
     /// with (the heap's constant).
     #[inline(always)]
-    pub(crate) fn get(&self, shape: Shape) -> Option<Caches<'_, C>> {
+    pub(crate) fn get<K: Shape>(&self) -> Option<Caches<'_, C, K>> {
         let caches = self.caches.load(Ordering::Acquire);
         if caches.is_null() {
             return None;
         }
-        let layout = match shape {
-            Shape::Fixed(l) => l,
+        let layout = match K::FIXED {
+            Some(l) => l,
             // SAFETY: `caches` is published, so `install` wrote the layout
-            // before (Release/Acquire) and nobody writes it again.
-            Shape::Installed => unsafe { &*self.layout.get() },
+            // and its address before (Release/Acquire); it lives for ever.
+            None => unsafe { &*self.layout.load(Ordering::Relaxed) },
         };
         Some(Caches {
             slabs: self,
             caches,
             layout,
+            _shape: PhantomData,
         })
     }
 
@@ -142,20 +150,25 @@ impl<C: Cpu> Slabs<C> {
     ///
     /// # Safety
     /// Called once (the heap's set-up lock); `mem` is
-    /// [`Slabs::bytes`]`(count, layout)` bytes, zeroed, 64-byte aligned and
+    /// [`Slabs::bytes`]`::<K>(count, layout)` bytes, zeroed, 64-byte aligned and
     /// ours for ever; `count` is `cpu.count()`; `layout` is `shape`'s if
     /// that is `Fixed`, and every later `get` passes the same `shape`.
-    pub(crate) unsafe fn install(
+    pub(crate) unsafe fn install<K: Shape>(
         &self,
         mem: *mut u8,
         count: usize,
-        shape: Shape,
         layout: &CacheLayout,
-    ) -> Caches<'_, C> {
+    ) -> Caches<'_, C, K> {
         let caches = mem;
-        if let Shape::Installed = shape {
-            // SAFETY: once, before `caches` is published: nobody reads it yet.
-            unsafe { *self.layout.get() = *layout };
+        if K::FIXED.is_none() {
+            // SAFETY: the block has room for the layout after the caches
+            // (`bytes`), 8-byte aligned (the stride is a multiple of 64);
+            // once, before `caches` is published: nobody reads it yet.
+            unsafe {
+                let at = mem.add(count * layout.stride()).cast::<CacheLayout>();
+                at.write(*layout);
+                self.layout.store(at, Ordering::Relaxed);
+            }
         }
         if let Some(off) = self
             .cpu
@@ -168,12 +181,12 @@ impl<C: Cpu> Slabs<C> {
         }
         self.count.store(count, Ordering::Relaxed);
         self.caches.store(caches, Ordering::Release);
-        self.get(shape).expect("just installed")
+        self.get::<K>().expect("just installed")
     }
 
     /// Racy sums over every cache's words (of `layout`, the heap's):
     /// exact at quiescence.
-    pub(crate) fn totals(&self, shape: Shape) -> Totals {
+    pub(crate) fn totals<K: Shape>(&self) -> Totals {
         let mut t = Totals {
             cpus: 0,
             rseq: false,
@@ -182,10 +195,10 @@ impl<C: Cpu> Slabs<C> {
             events: core::array::from_fn(|k| self.spill[k].load(Ordering::Relaxed)),
             tiny_current: 0,
         };
-        let Some(s) = self.get(shape) else {
+        let Some(s) = self.get::<K>() else {
             return t;
         };
-        let layout = s.layout;
+        let layout = s.layout();
         t.cpus = s.count();
         t.rseq = s.uses_rseq();
         for i in 0..s.count() {
@@ -235,21 +248,29 @@ impl Totals {
 /// constant, so once inlined it is an immediate. Having one proves the caches were
 /// published, and so (see "Publication") that the mode each method reads is
 /// the heap's mode for good.
-pub(crate) struct Caches<'a, C: Cpu> {
+pub(crate) struct Caches<'a, C: Cpu, K> {
     slabs: &'a Slabs<C>,
     caches: *mut u8,
+    /// The installed layout (`K::FIXED`'s, or the one written at install).
     layout: &'a CacheLayout,
+    _shape: PhantomData<K>,
 }
 
-impl<C: Cpu> Clone for Caches<'_, C> {
+impl<C: Cpu, K> Clone for Caches<'_, C, K> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<C: Cpu> Copy for Caches<'_, C> {}
+impl<C: Cpu, K> Copy for Caches<'_, C, K> {}
 
-impl<'a, C: Cpu> Caches<'a, C> {
+impl<'a, C: Cpu, K: Shape> Caches<'a, C, K> {
+    /// The caches' layout: the type's constant, if it has one.
+    #[inline(always)]
+    fn layout(&self) -> &'a CacheLayout {
+        K::FIXED.unwrap_or(self.layout)
+    }
+
     /// The sections, in rseq mode.
     #[inline(always)]
     fn fast(&self) -> Option<Fast> {
@@ -260,11 +281,12 @@ impl<'a, C: Cpu> Caches<'a, C> {
 
     /// The slot-exclusive way to the caches.
     #[inline(always)]
-    fn locked(&self) -> Locked<'a, C> {
+    fn locked(&self) -> Locked<'a, C, K> {
         Locked {
             cpu: &self.slabs.cpu,
             caches: self.caches,
             layout: self.layout,
+            _shape: PhantomData,
         }
     }
 
@@ -277,7 +299,7 @@ impl<'a, C: Cpu> Caches<'a, C> {
     /// Objects moved per refill or flush of class `c`.
     #[inline(always)]
     pub(crate) fn batch(&self, c: SizeClass) -> usize {
-        self.layout.batch(c)
+        self.layout().batch(c)
     }
 
     /// Number of caches.
@@ -414,7 +436,7 @@ impl<'a, C: Cpu> Caches<'a, C> {
     pub(crate) fn drain(&self, i: usize, mut flush: impl FnMut(SizeClass, &[*mut u8])) -> bool {
         self.exclusive(i, |cache| {
             let mut buf = [null_mut(); MAX_CAPACITY];
-            for c in self.layout.small_classes() {
+            for c in self.layout().small_classes() {
                 let k = cache.pop_batch(c, &mut buf);
                 if k > 0 {
                     flush(c, &buf[..k]);

@@ -37,8 +37,9 @@
 //! - the 32-bit magic divisor is exact for every offset in a span.
 //! - `size_to_class(n)` is the smallest class with `size >= n`, or LARGE
 //!   above `max_small`.
-//! - the class of [`TINY_BLOCK`] bytes exists and its span is one page, so
+//! - the class of [`TINY_BLOCK`] bytes exists and pages are whole blocks, so
 //!   tiny blocks are line aligned.
+//! - every span is at least `min_span` bytes.
 
 use super::{
     div_mul_for, ClassInfo, SizeClass, LARGE_SIZE_DIV, NUM_CLASSES, SIZE_TO_CLASS128_LEN,
@@ -53,7 +54,8 @@ use crate::TINY_BLOCK;
 pub enum Spacing {
     /// Go's: 8 below 32 bytes, 16 below 128, `size / 8` below 2 KiB, then 256.
     Go,
-    /// `max(8, size / d)` (`d` a power of two), 256 from 2 KiB: `d = 8` is
+    /// `max(8, size / d)` (`d` a power of two), at least 128 from 1 KiB
+    /// (the lookup's step there), 256 from 2 KiB: `d = 8` is
     /// Go's spacing with 8-byte steps up to 128 bytes, `d = 16` halves every
     /// step from 128 bytes on.
     Fine(usize),
@@ -76,6 +78,10 @@ pub struct Spec {
     /// few-object spans their whole room); above 1 KiB the multiple is
     /// always 128, the granularity of the lookup there.
     pub raise_div: usize,
+    /// Fewest bytes in a span (rounded up to pages; 0: one page). Each span
+    /// has a record (its list links and bitmap, tens of bytes): over small
+    /// pages a one-page span would pay that for a handful of objects.
+    pub min_span: usize,
 }
 
 impl Spec {
@@ -86,6 +92,7 @@ impl Spec {
         spacing: Spacing::Go,
         tail_div: 8,
         raise_div: LARGE_SIZE_DIV,
+        min_span: 0,
     };
 }
 
@@ -140,13 +147,18 @@ impl Geometry {
                     Spacing::Go if size >= 32 => 16,
                     Spacing::Go => align,
                     Spacing::Fine(_) if size >= 2048 => 256,
+                    // From 1 KiB on, sizes are looked up by 128-byte steps.
+                    Spacing::Fine(d) if size >= 1024 && size / d < 128 => 128,
                     Spacing::Fine(d) if size / d > 8 => size / d,
                     Spacing::Fine(_) => 8,
                 };
             }
             assert!(align.is_power_of_two(), "incorrect alignment");
 
-            let mut span = page;
+            let mut span = spec.min_span.next_multiple_of(page);
+            if span == 0 {
+                span = page;
+            }
             while span % size > span / spec.tail_div {
                 span += page;
             }
@@ -167,8 +179,10 @@ impl Geometry {
             "last class is not max_small"
         );
 
-        let mut c = 1;
-        while c < n {
+        // From the top down, so that each class is raised with the next
+        // one's final size known.
+        let mut c = n - 1;
+        while c >= 1 {
             let span = npages[c] * page;
             let step = if sizes[c] <= SIZE_TO_CLASS8_MAX {
                 spec.raise_div
@@ -180,11 +194,13 @@ impl Geometry {
             if sizes[c] <= SIZE_TO_CLASS8_MAX && raised > SIZE_TO_CLASS8_MAX {
                 raised = SIZE_TO_CLASS8_MAX;
             }
-            // The last class stays at max_small: a size above it is large.
-            if raised > sizes[c] && c + 1 < n {
+            // The last class stays at max_small: a size above it is large;
+            // and no class is raised to the next (with `min_span` a class
+            // can take more pages than the next one).
+            if raised > sizes[c] && c + 1 < n && raised < sizes[c + 1] {
                 sizes[c] = raised;
             }
-            c += 1;
+            c -= 1;
         }
 
         let mut rows = [ClassInfo::ZERO; NUM_CLASSES];
@@ -237,8 +253,8 @@ impl Geometry {
             "more line-sharing classes than MAX_SHARING"
         );
         assert!(
-            rows[tiny as usize].size as usize == TINY_BLOCK && rows[tiny as usize].npages == 1,
-            "no one-page class of TINY_BLOCK bytes"
+            rows[tiny as usize].size as usize == TINY_BLOCK && page.is_multiple_of(TINY_BLOCK),
+            "no class of TINY_BLOCK bytes, or pages that are not whole blocks"
         );
         Geometry {
             spec,
@@ -425,9 +441,10 @@ pub const REGION_BOUNDS: [usize; 1] = [256 << 10];
 
 /// The geometries of region heaps, smallest regions first: up to 256 KiB,
 /// 128-byte pages, Go's tail bound and objects over 1 KiB as page runs,
-/// where every class's partly used span counts; above, 256-byte pages, a
-/// tail bound of a sixteenth and steps of a sixteenth of the size, where
-/// rounding is most of the waste, and classes up to 4 KiB.
+/// where every class's partly used span counts; above, 512-byte pages,
+/// spans of at least 2 KiB, a tail bound of a sixteenth and steps of a
+/// sixteenth of the size, where rounding is most of the waste, and classes
+/// up to 4 KiB.
 pub static REGION_GEOMETRIES: [Geometry; 2] = [
     Geometry::generate(Spec {
         page_shift: 7,
@@ -435,18 +452,24 @@ pub static REGION_GEOMETRIES: [Geometry; 2] = [
         spacing: Spacing::Fine(8),
         tail_div: 8,
         raise_div: 8,
+        min_span: 0,
     }),
     REGION_GEOMETRY,
 ];
 
-/// The geometry of [`crate::RegionSource`] heaps: 256-byte pages, 62 classes
-/// up to 4 KiB (the second of [`REGION_GEOMETRIES`]).
+/// The geometry of [`crate::RegionSource`] heaps (the second of
+/// [`REGION_GEOMETRIES`]): 512-byte pages, so that a region of kilobytes
+/// holds tens of spans, spans of at least 2 KiB, so that a span's record
+/// (its links and bitmap) is spread over enough objects, and 62 classes up
+/// to 4 KiB. A heap over a region of megabytes stretches the spans further
+/// (`pageheap::span_target_for`).
 pub(crate) const REGION_GEOMETRY: Geometry = Geometry::generate(Spec {
-    page_shift: 8,
+    page_shift: 9,
     max_small: 4096,
     spacing: Spacing::Fine(16),
     tail_div: 16,
     raise_div: 8,
+    min_span: 2048,
 });
 
 #[cfg(test)]
@@ -497,7 +520,8 @@ mod tests {
             assert_eq!(prev, g.spec.max_small);
             assert_eq!(most, g.max_objects);
             let t = g.info(g.tiny_class);
-            assert_eq!((t.size as usize, t.npages), (TINY_BLOCK, 1));
+            assert_eq!(t.size as usize, TINY_BLOCK);
+            assert!(t.npages as usize * page >= g.spec.min_span);
         }
     }
 

@@ -51,7 +51,6 @@
 
 mod geometry;
 
-#[cfg(test)]
 pub(crate) use geometry::REGION_GEOMETRY;
 pub use geometry::{Geometry, Spacing, Spec, GO};
 

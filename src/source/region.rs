@@ -348,6 +348,7 @@ unsafe impl PageSource for RegionSource {
     const PAGE_SIZE: usize = 64;
     const ARENA_BYTES: usize = 64 << 20;
     const SMALL_ARENAS: bool = true;
+    const GEOMETRY: &'static crate::sizeclass::Geometry = &crate::sizeclass::REGION_GEOMETRY;
     const ZEROED: bool = false;
     const CAN_RELEASE: bool = false;
 
