@@ -199,7 +199,9 @@
 //! 256th of its bytes per class (64 B to 16 KiB: `percpu::cache`), and, on one
 //! CPU, central lists packed without a line each. Its small spans are
 //! stretched towards 8 KiB as the region grows (`pageheap::span_target_for`),
-//! and every span record carries bitmaps of the words its spans need.
+//! every span record carries bitmaps of the words its spans need, and under
+//! 1 MiB it serves each class from a coarser one (`heap::state::coarse_div`),
+//! so that fewer classes each strand a partly used span.
 //!
 //! ## Differences from Go, because Rust frees explicitly
 //!

@@ -157,10 +157,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[inline(always)]
     unsafe fn reallocate_unguarded(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let (old_size, align) = (layout.size(), layout.align());
-        let new = ObjectKind::of_in(S::GEOMETRY, new_size, align);
+        let new = self.kind(new_size, align);
         // What the object is: over 4 KiB the page map says (its slot's class,
         // or a span of its own: large or promoted).
-        let (old, own) = match ObjectKind::of_in(S::GEOMETRY, old_size, align) {
+        let (old, own) = match self.kind(old_size, align) {
             ObjectKind::Small(c) if old_size > SHRINK_MIN => match self.class_of(p) {
                 Some(slot) => (ObjectKind::Small(slot), None),
                 None => (ObjectKind::Small(c), Some(self.large_span(p))),
@@ -208,7 +208,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         new_size: usize,
         align: usize,
     ) -> *mut u8 {
-        let new = ObjectKind::of_in(S::GEOMETRY, new_size, align);
+        let new = self.kind(new_size, align);
         // SAFETY: non-null page-map entries are live spans.
         match unsafe { self.map.lookup::<S>(Addr::of(p)).as_ref() } {
             Some(span) if span.state == SpanState::Small => {

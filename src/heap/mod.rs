@@ -178,6 +178,25 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         }
     }
 
+    /// What a request of `(size, align)` is in this heap: its kind in the
+    /// geometry ([`ObjectKind::of_in`]), with a small class, for a region
+    /// heap of tens of kilobytes, the coarser class it is served from
+    /// (`state::coarse_div`). The heap sets itself up first there, so the
+    /// choice is fixed before any object exists, and an allocation and its
+    /// free always agree.
+    #[inline(always)]
+    fn kind(&self, size: usize, align: usize) -> ObjectKind {
+        let k = ObjectKind::of_in(S::GEOMETRY, size, align);
+        if S::SMALL_ARENAS && align <= 8 {
+            if let ObjectKind::Small(c) = k {
+                if self.caches().is_some() {
+                    return ObjectKind::Small(self.set_up_classes().coarse(c));
+                }
+            }
+        }
+        k
+    }
+
     /// The page source.
     pub fn source(&self) -> &S {
         &self.source
@@ -251,6 +270,12 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         let budget = state::transfer_budget(self.source.bound());
         // One CPU contends for no line: pack the centrals.
         let pad = if count == 1 { Pad::Packed } else { Pad::Lines };
+        // A region heap of tens of kilobytes serves from fewer classes.
+        let coarse = if S::SMALL_ARENAS {
+            state::coarse_div(self.source.bound())
+        } else {
+            0
+        };
         let class_bytes = Classes::<C::Relax>::bytes(S::GEOMETRY, budget, pad);
         let cl = self.source.alloc(class_bytes)?;
         let layout = match S::FIXED {
@@ -272,7 +297,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             + bytes.next_multiple_of(S::PAGE_SIZE)
             + stack_bytes.next_multiple_of(S::PAGE_SIZE);
         // SAFETY: `class_bytes` fresh bytes, page aligned, ours for ever.
-        let classes = unsafe { Classes::init(S::GEOMETRY, cl.as_ptr(), budget, pad) };
+        let classes = unsafe { Classes::init(S::GEOMETRY, cl.as_ptr(), budget, pad, coarse) };
         // Published before the caches: whoever sees those sees this.
         self.classes.store(classes, Ordering::Release);
         self.stack_caches
@@ -316,7 +341,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// The operation itself, inside the caller's [`Cpu::operation`] if any.
     #[inline(always)]
     fn allocate_unguarded(&self, layout: Layout) -> *mut u8 {
-        match ObjectKind::of_in(S::GEOMETRY, layout.size(), layout.align()) {
+        match self.kind(layout.size(), layout.align()) {
             ObjectKind::Tiny => self.alloc_tiny(layout.size(), layout.align()),
             ObjectKind::Small(c) => self.alloc_small(c),
             ObjectKind::Large => self
@@ -345,7 +370,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// The operation itself, inside the caller's [`Cpu::operation`] if any.
     #[inline(always)]
     unsafe fn deallocate_unguarded(&self, p: *mut u8, layout: Layout) {
-        match ObjectKind::of_in(S::GEOMETRY, layout.size(), layout.align()) {
+        match self.kind(layout.size(), layout.align()) {
             ObjectKind::Tiny => self.free_tiny(p),
             // Sizes up to 1 KiB never get here: `ObjectKind::of`'s first branch
             // bounds them, so the compiler drops this test from the fast path.
@@ -368,7 +393,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// The operation itself, inside the caller's [`Cpu::operation`] if any.
     #[inline(always)]
     fn allocate_zeroed_unguarded(&self, layout: Layout) -> *mut u8 {
-        match ObjectKind::of_in(S::GEOMETRY, layout.size(), layout.align()) {
+        match self.kind(layout.size(), layout.align()) {
             ObjectKind::Large => match self.alloc_large(layout.size(), layout.align()) {
                 Some((p, needzero)) => {
                     if needzero {

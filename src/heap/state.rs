@@ -20,7 +20,7 @@ use core::mem::{align_of, size_of};
 
 use crate::central::{Central, Remote, TRANSFER_BYTES, TRANSFER_MIN, TRANSFER_SLOTS};
 use crate::percpu::batch;
-use crate::sizeclass::{Geometry, SizeClass, MAX_SHARING};
+use crate::sizeclass::{Geometry, SizeClass, MAX_SHARING, NUM_CLASSES};
 use crate::sync::{Lock, Padded};
 
 use super::stats::Flow;
@@ -88,7 +88,63 @@ pub(super) struct Classes<X> {
     base: *mut u8,
     count: usize,
     plan: Plan,
+    /// Per class: the class its objects are served from ([`coarse_classes`]).
+    coarse: [u8; NUM_CLASSES],
     _relax: PhantomData<X>,
+}
+
+/// How finely a heap over a source bounded by `bound` keeps its classes: 0
+/// keeps every class; `d` keeps a class only if it is at least `1 + 1/d`
+/// times the last one kept (and the first, the tiny class and the last).
+/// Every class of a region heap holds a partly used span, so in a region of
+/// tens of kilobytes fewer classes strand less than their rounding wastes:
+/// `d` is a 64 KiB-th of the bound, so 64 KiB keeps steps of a doubling,
+/// 256 KiB of a quarter, 512 KiB of an eighth, 1 MiB and up every class.
+pub(super) const fn coarse_div(bound: Option<usize>) -> usize {
+    match bound {
+        None => 0,
+        Some(b) => {
+            let d = b / (64 << 10);
+            if d >= 16 {
+                0
+            } else if d < 1 {
+                1
+            } else {
+                d
+            }
+        }
+    }
+}
+
+/// The class each class of `g` is served from with [`coarse_div`] `d`: the
+/// class itself, or the next one kept above it (so its objects fit).
+pub(super) const fn coarse_classes(g: &Geometry, d: usize) -> [u8; NUM_CLASSES] {
+    let mut out = [0u8; NUM_CLASSES];
+    let mut keep = [false; NUM_CLASSES];
+    let mut last = 0;
+    let mut i = 1;
+    while i < g.count {
+        let size = g.rows[i].size as usize;
+        keep[i] = d == 0
+            || i == 1
+            || i == g.count - 1
+            || i == g.tiny_class.index()
+            || size >= last + last / d;
+        if keep[i] {
+            last = size;
+        }
+        i += 1;
+    }
+    let mut next = g.count - 1;
+    let mut i = g.count - 1;
+    while i >= 1 {
+        if keep[i] {
+            next = i;
+        }
+        out[i] = next as u8;
+        i -= 1;
+    }
+    out
 }
 
 /// Bytes of free objects each class's transfer cache may hold, for a source
@@ -156,6 +212,7 @@ impl<X> Classes<X> {
         p: *mut u8,
         budget: usize,
         pad: Pad,
+        coarse: usize,
     ) -> *mut Classes<X> {
         let plan = Plan::new::<X>(g, pad);
         let this = p.cast::<Classes<X>>();
@@ -168,6 +225,7 @@ impl<X> Classes<X> {
                 base: p,
                 count: g.count,
                 plan,
+                coarse: coarse_classes(g, coarse),
                 _relax: PhantomData,
             });
             for c in 0..g.count {
@@ -208,6 +266,16 @@ impl<X> Classes<X> {
                 .add(self.plan.central + c.index() * self.plan.central_stride)
                 .cast()
         }
+    }
+
+    /// The class objects of class `c` are served from.
+    #[inline(always)]
+    pub(super) fn coarse(&self, c: SizeClass) -> SizeClass {
+        // SAFETY: a `SizeClass` index is below NUM_CLASSES.
+        let m = unsafe { *self.coarse.get_unchecked(c.index()) };
+        SizeClass::new(m as usize)
+            .filter(|m| !m.is_large())
+            .unwrap_or(c)
     }
 
     /// Every class's central list, class 0's (never used) included.
@@ -293,5 +361,47 @@ mod tests {
                 Plan::new::<spin::relax::Spin>(&GO, pad).slots
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod coarse_tests {
+    use super::*;
+    use crate::sizeclass::{GO, REGION_GEOMETRY};
+
+    /// Every class is served from a kept class at least as large; kept
+    /// classes serve themselves; the first, tiny and last classes are kept;
+    /// a coarser `d` keeps fewer; `d = 0` keeps all.
+    #[test]
+    fn coarse_classes_serve_from_a_kept_class_that_fits() {
+        for g in [&REGION_GEOMETRY, &GO] {
+            let mut prev_kept = 0;
+            for d in [1, 2, 4, 8, 15, 0] {
+                let t = coarse_classes(g, d);
+                let mut kept = 0;
+                for c in g.small_classes() {
+                    let m = SizeClass::new(t[c.index()] as usize).unwrap();
+                    assert!(!m.is_large() && m.index() < g.count && m.index() >= c.index());
+                    assert!(g.size(m) >= g.size(c));
+                    assert_eq!(t[m.index()] as usize, m.index(), "{m:?} is kept");
+                    if m == c {
+                        kept += 1;
+                    }
+                }
+                for keep in [1, g.count - 1, g.tiny_class.index()] {
+                    assert_eq!(t[keep] as usize, keep, "d {d}");
+                }
+                if d == 0 {
+                    assert_eq!(kept, g.count - 1);
+                }
+                assert!(kept >= prev_kept, "d {d}: {kept} < {prev_kept}");
+                prev_kept = kept;
+            }
+        }
+        assert_eq!(coarse_div(None), 0);
+        assert_eq!(coarse_div(Some(8 << 10)), 1);
+        assert_eq!(coarse_div(Some(64 << 10)), 1);
+        assert_eq!(coarse_div(Some(256 << 10)), 4);
+        assert_eq!(coarse_div(Some(1 << 20)), 0);
     }
 }
