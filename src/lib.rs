@@ -201,7 +201,8 @@
 //! stretched towards 8 KiB as the region grows (`pageheap::span_target_for`),
 //! every span record carries bitmaps of the words its spans need, and under
 //! 1 MiB it serves each class from a coarser one (`heap::state::coarse_div`),
-//! so that fewer classes each strand a partly used span.
+//! so that fewer classes each strand a partly used span, and keeps per-class
+//! state for those classes only.
 //!
 //! ## Differences from Go, because Rust frees explicitly
 //!

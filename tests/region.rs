@@ -483,13 +483,21 @@ fn a_second_region_extends_a_full_heap() {
     assert_eq!(st.mallocs, st.frees, "{st}");
 }
 
-/// Regions far under a 4 MiB chunk, at addresses no chunk boundary aligns:
-/// the heap takes one arena of whatever the region has left after its
-/// set-up, its span records from that arena's pages, and fills it with
-/// objects of one size and then of mixed sizes, twice, contents checked.
+/// Regions far under a 4 MiB chunk, from 8 KiB, at addresses no chunk
+/// boundary aligns: the heap takes one arena of whatever the region has
+/// left after its set-up, its span records from that arena's pages, and
+/// fills it with objects of one size (at least `min_share` % of the region
+/// in 64-byte objects) and then of mixed sizes, twice, contents checked.
 #[test]
 fn regions_under_a_chunk_serve_allocations() {
-    for (len, min_share) in [(64 << 10, 0), (256 << 10, 10), (MIB, 50), (3 * MIB, 70)] {
+    for (len, min_share) in [
+        (8 << 10, 0),
+        (16 << 10, 0),
+        (64 << 10, 30),
+        (256 << 10, 50),
+        (MIB, 60),
+        (3 * MIB, 70),
+    ] {
         let buf: &'static mut [u8] = vec![0x3Cu8; len + 4096].leak();
         // An odd offset: the region's start is not even page aligned.
         // SAFETY: `100 + len` bytes inside the leaked buffer, nothing else uses them.

@@ -247,13 +247,20 @@ pub fn churn(name: &str, len: usize, ops: usize, seed: u64) -> Option<Result<(f6
         let p = unsafe { h.alloc(l) };
         if p.is_null() {
             nulls += 1;
-            // Keep the slot live with the smallest object instead.
-            let l = Layout::from_size_align(8, 8).unwrap();
+            // Keep the slot live with the smallest object instead, or (a
+            // heap of size classes, whose 8-byte class may have no room
+            // left) with an object of the size just freed, which fits where
+            // it was.
+            let small = Layout::from_size_align(8, 8).unwrap();
             // SAFETY: as above.
-            let p = unsafe { h.alloc(l) };
+            let (p, l) = match unsafe { h.alloc(small) } {
+                p if !p.is_null() => (p, small),
+                // SAFETY: as above.
+                _ => (unsafe { h.alloc(o.l) }, o.l),
+            };
             assert!(
                 !p.is_null(),
-                "{name}: an 8-byte object does not fit after a free"
+                "{name}: neither an 8-byte object nor the one just freed fits after a free"
             );
             live[i] = Obj { p, l };
         } else {

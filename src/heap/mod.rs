@@ -276,7 +276,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         } else {
             0
         };
-        let class_bytes = Classes::<C::Relax>::bytes(S::GEOMETRY, budget, pad);
+        let class_bytes = Classes::<C::Relax>::bytes(S::GEOMETRY, budget, pad, coarse);
         let cl = self.source.alloc(class_bytes)?;
         let layout = match S::FIXED {
             Some(l) => *l,
@@ -514,8 +514,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 });
             }
         }
-        if self.classes().is_some() {
-            for c in S::GEOMETRY.small_classes() {
+        if let Some(cl) = self.classes() {
+            for c in cl.kept() {
                 let mut central = self.central(c).lock();
                 if S::GEOMETRY.shares_lines(c) {
                     central.give_back_remote(c, self.remote(c), below);
@@ -616,8 +616,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// Call it at quiescence (tests, the `checks` feature's users).
     pub fn check_invariants(&self) {
         self.guarded(|| {
-            if self.classes().is_some() {
-                for c in S::GEOMETRY.small_classes() {
+            if let Some(cl) = self.classes() {
+                for c in cl.kept() {
                     self.central(c).lock().check_invariants(c);
                 }
             }

@@ -49,7 +49,9 @@ struct Plan {
 }
 
 impl Plan {
-    const fn new<X>(g: &Geometry, pad: Pad) -> Plan {
+    /// The block of a heap with `slots` per-class slots (class 0 and the
+    /// classes kept: [`coarse_classes`]).
+    const fn new<X>(slots: usize, pad: Pad) -> Plan {
         let (central_stride, central_align, remote_stride, remote_align) = match pad {
             Pad::Lines => (
                 size_of::<Padded<Lock<Central, X>>>(),
@@ -65,8 +67,8 @@ impl Plan {
             ),
         };
         let central = size_of::<Classes<X>>().next_multiple_of(central_align);
-        let flow = (central + g.count * central_stride).next_multiple_of(align_of::<Flow>());
-        let remote = (flow + g.count * size_of::<Flow>()).next_multiple_of(remote_align);
+        let flow = (central + slots * central_stride).next_multiple_of(align_of::<Flow>());
+        let remote = (flow + slots * size_of::<Flow>()).next_multiple_of(remote_align);
         let slots = (remote + SHARING * remote_stride).next_multiple_of(align_of::<*mut u8>());
         Plan {
             central,
@@ -90,6 +92,11 @@ pub(super) struct Classes<X> {
     plan: Plan,
     /// Per class: the class its objects are served from ([`coarse_classes`]).
     coarse: [u8; NUM_CLASSES],
+    /// Per class: its slot among the centrals and flows (a class not kept:
+    /// its coarse class's); class 0 has slot 0, the kept classes 1.. in
+    /// order. `slots` of them in all.
+    slot: [u8; NUM_CLASSES],
+    slots: usize,
     _relax: PhantomData<X>,
 }
 
@@ -188,25 +195,51 @@ pub const fn transfer_capacity(g: &Geometry, c: SizeClass, budget: usize) -> usi
     }
 }
 
+/// Per class of `g`: its slot among the per-class state of a heap whose
+/// classes are served as `coarse` says, and the number of slots.
+const fn slots_of(g: &Geometry, coarse: &[u8; NUM_CLASSES]) -> ([u8; NUM_CLASSES], usize) {
+    let mut slot = [0u8; NUM_CLASSES];
+    let mut n = 1;
+    let mut i = 1;
+    while i < g.count {
+        if coarse[i] as usize == i {
+            slot[i] = n as u8;
+            n += 1;
+        }
+        i += 1;
+    }
+    let mut i = 1;
+    while i < g.count {
+        slot[i] = slot[coarse[i] as usize];
+        i += 1;
+    }
+    (slot, n)
+}
+
 impl<X> Classes<X> {
-    /// Bytes of the block for `budget` (see [`transfer_budget`]).
-    pub(super) const fn bytes(g: &Geometry, budget: usize, pad: Pad) -> usize {
+    /// Bytes of the block for `budget` (see [`transfer_budget`]) and
+    /// [`coarse_div`] `coarse`.
+    pub(super) const fn bytes(g: &Geometry, budget: usize, pad: Pad, coarse: usize) -> usize {
+        let table = coarse_classes(g, coarse);
         let mut slots = 0;
         let mut i = 1;
         while i < g.count {
             if let Some(c) = SizeClass::new(i) {
-                slots += transfer_capacity(g, c, budget);
+                if table[i] as usize == i {
+                    slots += transfer_capacity(g, c, budget);
+                }
             }
             i += 1;
         }
-        Plan::new::<X>(g, pad).slots + slots * size_of::<*mut u8>()
+        let (_, n) = slots_of(g, &table);
+        Plan::new::<X>(n, pad).slots + slots * size_of::<*mut u8>()
     }
 
     /// Writes an empty block at `p` and gives each central its slots.
     ///
     /// # Safety
-    /// `p` is [`Classes::bytes`]`(g, budget, pad)` writable bytes aligned to
-    /// a cache line, the heap's for ever.
+    /// `p` is [`Classes::bytes`]`(g, budget, pad, coarse)` writable bytes
+    /// aligned to a cache line, the heap's for ever.
     pub(super) unsafe fn init(
         g: &Geometry,
         p: *mut u8,
@@ -214,7 +247,9 @@ impl<X> Classes<X> {
         pad: Pad,
         coarse: usize,
     ) -> *mut Classes<X> {
-        let plan = Plan::new::<X>(g, pad);
+        let table = coarse_classes(g, coarse);
+        let (slot_of, nslots) = slots_of(g, &table);
+        let plan = Plan::new::<X>(nslots, pad);
         let this = p.cast::<Classes<X>>();
         let mut slot = plan.slots;
         // SAFETY: every part is written in place, inside the block (the
@@ -225,23 +260,31 @@ impl<X> Classes<X> {
                 base: p,
                 count: g.count,
                 plan,
-                coarse: coarse_classes(g, coarse),
+                coarse: table,
+                slot: slot_of,
+                slots: nslots,
                 _relax: PhantomData,
             });
-            for c in 0..g.count {
-                let central = p
-                    .add(plan.central + c * plan.central_stride)
-                    .cast::<Lock<Central, X>>();
-                central.write(Lock::new(Central::new()));
-                p.add(plan.flow + c * size_of::<Flow>())
+            for k in 0..nslots {
+                p.add(plan.central + k * plan.central_stride)
+                    .cast::<Lock<Central, X>>()
+                    .write(Lock::new(Central::new()));
+                p.add(plan.flow + k * size_of::<Flow>())
                     .cast::<Flow>()
                     .write(Flow::new());
-                if let Some(class) = SizeClass::new(c) {
-                    let cap = transfer_capacity(g, class, budget);
-                    if cap > 0 {
-                        (*central).get_mut().set_transfer(p.add(slot).cast(), cap);
-                        slot += cap * size_of::<*mut u8>();
-                    }
+            }
+            for (c, class) in SizeClass::small_classes()
+                .enumerate()
+                .map(|(i, c)| (i + 1, c))
+                .take(g.count - 1)
+            {
+                let cap = transfer_capacity(g, class, budget);
+                if table[c] as usize == c && cap > 0 {
+                    let central = p
+                        .add(plan.central + slot_of[c] as usize * plan.central_stride)
+                        .cast::<Lock<Central, X>>();
+                    (*central).get_mut().set_transfer(p.add(slot).cast(), cap);
+                    slot += cap * size_of::<*mut u8>();
                 }
             }
             for c in 0..SHARING {
@@ -250,22 +293,37 @@ impl<X> Classes<X> {
                     .write(Remote::new());
             }
         }
-        debug_assert_eq!(slot, Self::bytes(g, budget, pad));
+        debug_assert_eq!(slot, Self::bytes(g, budget, pad, coarse));
         this
     }
 
-    /// Class `c`'s central list.
+    /// Class `c`'s slot among the centrals and flows.
+    #[inline(always)]
+    fn slot(&self, c: SizeClass) -> usize {
+        debug_assert!(c.index() < self.count);
+        // SAFETY: a `SizeClass` index is below NUM_CLASSES; entries are
+        // below `slots` (`slots_of`).
+        unsafe { *self.slot.get_unchecked(c.index()) as usize }
+    }
+
+    /// Class `c`'s central list (a class not kept: its coarse class's).
     #[inline]
     pub(super) fn central(&self, c: SizeClass) -> &Lock<Central, X> {
-        debug_assert!(c.index() < self.count);
-        // SAFETY: a class of the geometry: its central lies in the block,
+        // SAFETY: a slot below `slots`: its central lies in the block,
         // written at `init` (the type's invariant).
         unsafe {
             &*self
                 .base
-                .add(self.plan.central + c.index() * self.plan.central_stride)
+                .add(self.plan.central + self.slot(c) * self.plan.central_stride)
                 .cast()
         }
+    }
+
+    /// The small classes the heap serves from (each with a slot of its own).
+    pub(super) fn kept(&self) -> impl Iterator<Item = SizeClass> + '_ {
+        SizeClass::small_classes()
+            .take(self.count.saturating_sub(1))
+            .filter(|&c| self.coarse(c) == c)
     }
 
     /// The class objects of class `c` are served from.
@@ -278,22 +336,25 @@ impl<X> Classes<X> {
             .unwrap_or(c)
     }
 
-    /// Every class's central list, class 0's (never used) included.
+    /// Every central list, class 0's (never used) included.
     pub(super) fn centrals(&self) -> impl Iterator<Item = &Lock<Central, X>> {
-        (0..self.count)
-            .filter_map(SizeClass::new)
-            .map(|c| self.central(c))
+        // SAFETY: slots below `slots` lie in the block, written at `init`.
+        (0..self.slots).map(|k| unsafe {
+            &*self
+                .base
+                .add(self.plan.central + k * self.plan.central_stride)
+                .cast::<Lock<Central, X>>()
+        })
     }
 
-    /// Class `c`'s flow counters.
+    /// Class `c`'s flow counters (a class not kept: its coarse class's).
     #[inline]
     pub(super) fn flow(&self, c: SizeClass) -> &Flow {
-        debug_assert!(c.index() < self.count);
         // SAFETY: as in `central`.
         unsafe {
             &*self
                 .base
-                .add(self.plan.flow + c.index() * size_of::<Flow>())
+                .add(self.plan.flow + self.slot(c) * size_of::<Flow>())
                 .cast()
         }
     }
@@ -357,8 +418,8 @@ mod tests {
             .all(|c| transfer_capacity(&GO, c, small) == 0));
         for pad in [Pad::Lines, Pad::Packed] {
             assert_eq!(
-                Classes::<spin::relax::Spin>::bytes(&GO, small, pad),
-                Plan::new::<spin::relax::Spin>(&GO, pad).slots
+                Classes::<spin::relax::Spin>::bytes(&GO, small, pad, 0),
+                Plan::new::<spin::relax::Spin>(GO.count, pad).slots
             );
         }
     }
@@ -368,6 +429,7 @@ mod tests {
 mod coarse_tests {
     use super::*;
     use crate::sizeclass::{GO, REGION_GEOMETRY};
+    use std::vec::Vec;
 
     /// Every class is served from a kept class at least as large; kept
     /// classes serve themselves; the first, tiny and last classes are kept;
@@ -396,6 +458,25 @@ mod coarse_tests {
                 }
                 assert!(kept >= prev_kept, "d {d}: {kept} < {prev_kept}");
                 prev_kept = kept;
+            }
+        }
+        // Per-class state for the kept classes only: one slot each (class 0
+        // has slot 0), a class not kept shares its coarse class's.
+        for g in [&REGION_GEOMETRY, &GO] {
+            for d in [1, 4, 0] {
+                let t = coarse_classes(g, d);
+                let (slot, n) = slots_of(g, &t);
+                let kept: Vec<usize> = (1..g.count).filter(|&c| t[c] as usize == c).collect();
+                assert_eq!(n, kept.len() + 1);
+                for (k, &c) in kept.iter().enumerate() {
+                    assert_eq!(slot[c] as usize, k + 1);
+                }
+                for c in 1..g.count {
+                    assert_eq!(slot[c], slot[t[c] as usize]);
+                }
+                let packed = Classes::<spin::relax::Spin>::bytes(g, 0, Pad::Packed, d);
+                let all = Classes::<spin::relax::Spin>::bytes(g, 0, Pad::Packed, 0);
+                assert!(packed <= all && (d == 0 || packed < all), "{d}");
             }
         }
         assert_eq!(coarse_div(None), 0);

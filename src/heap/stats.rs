@@ -78,8 +78,11 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             for c in S::GEOMETRY.small_classes() {
                 let i = c.index();
                 st.by_size[i].size = S::GEOMETRY.size(c) as u64;
-                // Before set-up nothing has moved.
-                let Some(cl) = classes else { continue };
+                // Before set-up nothing has moved; a class not kept has
+                // moved nothing (its objects are its coarse class's).
+                let Some(cl) = classes.filter(|cl| cl.coarse(c) == c) else {
+                    continue;
+                };
                 let f = cl.flow(c);
                 let (to, from, dm, df) = (
                     f.to_slabs.load(Ordering::Relaxed),
