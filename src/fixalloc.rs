@@ -43,10 +43,6 @@ pub struct FixAlloc<T> {
 unsafe impl<T> Send for FixAlloc<T> {}
 
 impl<T> FixAlloc<T> {
-    /// Bytes per record: room for `T` and for the free-list link, aligned for both.
-    #[cfg(all(test, feature = "linux"))]
-    pub const RECORD_BYTES: usize = Self::record_bytes(0);
-
     /// Bytes per record of a `T` followed by `tail` bytes that belong to it
     /// (a span's bitmaps), aligned for `T` and the free-list link.
     pub const fn record_bytes(tail: usize) -> usize {
@@ -104,17 +100,10 @@ impl<T> FixAlloc<T> {
         self.sys_bytes
     }
 
-    /// Uninitialised room for one `T`, or `None` when the source is exhausted.
-    /// The memory is zero only if the record is fresh and `S::ZEROED`; callers
-    /// initialise every field.
-    #[cfg(all(test, feature = "linux"))]
-    pub fn alloc<S: PageSource>(&mut self, source: &S) -> Option<NonNull<T>> {
-        self.alloc_with(source, 0)
-    }
-
     /// Uninitialised room for one `T` and `tail` bytes after it (the pointer
-    /// may reach them), or `None` when the source is exhausted; zero as for
-    /// `alloc`. Every `alloc_with` of one pool passes the
+    /// may reach them), or `None` when the source is exhausted. The memory is
+    /// zero only if the record is fresh and `S::ZEROED`; callers initialise
+    /// every field. Every `alloc_with` of one pool passes the
     /// same `tail`: a freed record is handed out again as it is.
     pub fn alloc_with<S: PageSource>(&mut self, source: &S, tail: usize) -> Option<NonNull<T>> {
         let record = Self::record_bytes(tail);
@@ -147,7 +136,7 @@ impl<T> FixAlloc<T> {
     /// Returns a record to the pool.
     ///
     /// # Safety
-    /// `p` came from `self.alloc`, is not used afterwards, and any `T` in it has
+    /// `p` came from `self.alloc_with`, is not used afterwards, and any `T` in it has
     /// been dropped (or needs no drop).
     pub unsafe fn free(&mut self, p: NonNull<T>) {
         let rec = p.cast::<FreeRecord>().as_ptr();
@@ -175,13 +164,13 @@ mod tests {
         let mut pool: FixAlloc<[u64; 5]> = FixAlloc::new();
         let mut got = std::vec::Vec::new();
         for i in 0..2000u64 {
-            let p = pool.alloc(&src).unwrap();
+            let p = pool.alloc_with(&src, 0).unwrap();
             // SAFETY: fresh record of the right type.
             unsafe { p.as_ptr().write([i; 5]) };
             got.push(p);
         }
         assert_eq!(pool.inuse(), 2000);
-        let per_chunk = FIX_CHUNK_BYTES / FixAlloc::<[u64; 5]>::RECORD_BYTES;
+        let per_chunk = FIX_CHUNK_BYTES / FixAlloc::<[u64; 5]>::record_bytes(0);
         assert_eq!(
             pool.sys_bytes(),
             2000usize.div_ceil(per_chunk) * FIX_CHUNK_BYTES
@@ -194,7 +183,7 @@ mod tests {
         // SAFETY: from this pool, not used again.
         unsafe { pool.free(last) };
         assert_eq!(
-            pool.alloc(&src).unwrap(),
+            pool.alloc_with(&src, 0).unwrap(),
             last,
             "LIFO reuse of the freed record"
         );

@@ -193,13 +193,8 @@ impl Span {
         assert!(info.objects as usize <= 64 * self.nwords as usize);
         self.class = class;
         self.state = SpanState::Small;
-        self.elemsize = info.size;
-        self.nelems = info.objects;
         self.div_mul = info.div_mul;
-        self.alloc_count = 0;
-        self.alloc_bits_mut().fill(0);
-        self.cache_word = 0;
-        self.alloc_cache = self.valid_mask(0);
+        self.carve(info.size as usize, info.objects as usize);
         self.owner.store(crate::units::Owner::NONE);
     }
 
@@ -207,6 +202,11 @@ impl Span {
     /// bytes (stacks): none handed out.
     pub fn init_pool(&mut self, size: usize, n: usize) {
         debug_assert!((1..=64).contains(&n));
+        self.carve(size, n);
+    }
+
+    /// Carves the span into `n` objects of `size` bytes, none handed out.
+    fn carve(&mut self, size: usize, n: usize) {
         self.elemsize = size as u32;
         self.nelems = n as u32;
         self.alloc_count = 0;

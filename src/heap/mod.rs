@@ -267,12 +267,13 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             return Some(s);
         }
         let count = self.cpu().count().max(1);
-        let budget = state::transfer_budget(self.source.bound());
+        let bound = self.source.bound();
+        let budget = state::transfer_budget(bound);
         // One CPU contends for no line: pack the centrals.
         let pad = if count == 1 { Pad::Packed } else { Pad::Lines };
         // A region heap of tens of kilobytes serves from fewer classes.
         let coarse = if S::SMALL_ARENAS {
-            state::coarse_div(self.source.bound())
+            state::coarse_div(bound)
         } else {
             0
         };
@@ -280,7 +281,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         let cl = self.source.alloc(class_bytes)?;
         let layout = match S::FIXED {
             Some(l) => *l,
-            None => CacheLayout::new(S::GEOMETRY, class_cache_bytes(self.source.bound())),
+            None => CacheLayout::new(S::GEOMETRY, class_cache_bytes(bound)),
         };
         let bytes = Slabs::<C>::bytes::<S>(count, &layout);
         let stack_bytes = count * core::mem::size_of::<StackCache>();
