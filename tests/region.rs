@@ -663,3 +663,72 @@ fn small_regions_serve_from_fewer_classes() {
     assert!(small <= 14, "{small} classes in 64 KiB");
     assert!(large >= 60, "{large} classes in 16 MiB");
 }
+
+/// A region heap out of pages for one class lends it the free slots of a
+/// larger class's partly used span: after 40-byte objects fill a 64 KiB
+/// region, the last of them sit in the slots a 200-byte object's span had
+/// left, each intact; freed by their layouts (the page map names the slot's
+/// class), they leave the heap as it was, and a second fill takes as many.
+#[test]
+fn a_full_region_lends_larger_slots() {
+    let buf: &'static mut [u8] = vec![0u8; 64 << 10].leak();
+    let heap = Box::new(Heap::new(
+        CheckedSource::<RegionSource, { RegionSource::ARENA_BYTES }>::new(RegionSource::empty()),
+        SingleCpu::new(),
+    ));
+    // SAFETY: the buffer is leaked and unused; the heap has not used its source.
+    unsafe {
+        heap.source()
+            .inner()
+            .set_region(buf.as_mut_ptr(), buf.len())
+    };
+    let big = Layout::from_size_align(200, 8).unwrap();
+    let small = Layout::from_size_align(40, 8).unwrap();
+    let anchor = heap.allocate(big);
+    assert!(!anchor.is_null());
+    let lender = heap.usable_size(anchor);
+    let fill_small = |live: &mut Vec<Obj>| loop {
+        let p = heap.allocate(small);
+        if p.is_null() {
+            break;
+        }
+        let tag = live.len() as u8;
+        fill(p, small.size(), tag);
+        live.push(Obj {
+            p,
+            layout: small,
+            tag,
+        });
+        assert!(live.len() < 10_000, "the region never ran out");
+    };
+    let mut live = Vec::new();
+    fill_small(&mut live);
+    let own = heap.usable_size(live[0].p);
+    assert!(own < lender, "40 B in {own} B slots, 200 B in {lender} B");
+    let lent = live
+        .iter()
+        .filter(|o| heap.usable_size(o.p) == lender)
+        .count();
+    assert!(
+        lent >= 1,
+        "no 40-byte object took a free {lender}-byte slot"
+    );
+    let mut all = live.clone();
+    all.push(Obj {
+        p: anchor,
+        layout: big,
+        tag: 0,
+    });
+    check_within(&heap, &all, &mut Released::new(), 64 << 10);
+    let first = live.len();
+    free_all(&heap, &mut live);
+    heap.check_invariants();
+    fill_small(&mut live);
+    assert_eq!(live.len(), first, "the second fill took a different count");
+    free_all(&heap, &mut live);
+    // SAFETY: allocated above with `big`.
+    unsafe { heap.deallocate(anchor, big) };
+    heap.check_invariants();
+    let st = heap.stats();
+    assert_eq!((st.heap_alloc, st.mallocs - st.frees), (0, 0), "{st}");
+}

@@ -161,7 +161,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         // What the object is: over 4 KiB the page map says (its slot's class,
         // or a span of its own: large or promoted).
         let (old, own) = match self.kind(old_size, align) {
-            ObjectKind::Small(c) if old_size > SHRINK_MIN => match self.class_of(p) {
+            ObjectKind::Small(c) if Self::frees_by_map(old_size) => match self.class_of(p) {
                 Some(slot) => (ObjectKind::Small(slot), None),
                 None => (ObjectKind::Small(c), Some(self.large_span(p))),
             },

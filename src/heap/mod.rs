@@ -197,6 +197,16 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         k
     }
 
+    /// Whether a sized free (or `realloc`) of `size` bytes finds the slot's
+    /// class through the page map rather than from the layout: over
+    /// [`SHRINK_MIN`] (the slot may be larger: `realloc` shrinks in place),
+    /// and at every size in a region heap, whose out-of-room allocations
+    /// borrow larger slots ([`Heap::alloc_borrowed`]).
+    #[inline(always)]
+    const fn frees_by_map(size: usize) -> bool {
+        S::SMALL_ARENAS || size > SHRINK_MIN
+    }
+
     /// The page source.
     pub fn source(&self) -> &S {
         &self.source
@@ -344,7 +354,13 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     fn allocate_unguarded(&self, layout: Layout) -> *mut u8 {
         match self.kind(layout.size(), layout.align()) {
             ObjectKind::Tiny => self.alloc_tiny(layout.size(), layout.align()),
-            ObjectKind::Small(c) => self.alloc_small(c),
+            ObjectKind::Small(c) => {
+                let p = self.alloc_small(c);
+                if S::SMALL_ARENAS && p.is_null() {
+                    return self.alloc_borrowed(c, layout.align());
+                }
+                p
+            }
             ObjectKind::Large => self
                 .alloc_large(layout.size(), layout.align())
                 .map_or(null_mut(), |(p, _)| p.as_ptr()),
@@ -375,7 +391,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             ObjectKind::Tiny => self.free_tiny(p),
             // Sizes up to 1 KiB never get here: `ObjectKind::of`'s first branch
             // bounds them, so the compiler drops this test from the fast path.
-            ObjectKind::Small(c) if layout.size() > SHRINK_MIN => self.free_by_map(p, c),
+            ObjectKind::Small(c) if Self::frees_by_map(layout.size()) => self.free_by_map(p, c),
             ObjectKind::Small(c) => self.free_small(p, c),
             ObjectKind::Large => self.free_large(p),
         }

@@ -81,21 +81,12 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         } else {
             Owner::NONE
         };
-        let take = |buf: &mut [*mut u8]| {
-            let mut central = self.central(c).lock();
-            if S::GEOMETRY.shares_lines(c) {
-                // Objects freed off their owner's CPU go back to their spans
-                // first, where their owners' refills find them.
-                central.give_back_remote(c, self.remote(c), &below);
-            }
-            central.refill(c, buf, &below, owner)
-        };
-        let mut n = take(&mut buf[..want]);
+        let mut n = self.take(c, &mut buf[..want], owner);
         if n == 0 {
             // Out of memory: objects cached anywhere may make whole spans
             // free, whose pages this class can use (a small heap lives on this).
             self.drain_caches(&below);
-            n = take(&mut buf[..want]);
+            n = self.take(c, &mut buf[..want], owner);
             if n == 0 {
                 return null_mut();
             }
@@ -110,6 +101,52 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         }
         flow.malloc_direct();
         buf[n - 1]
+    }
+
+    /// Fills `buf` from class `c`'s central list (objects freed off their
+    /// owner's CPU go back to their spans first, where their owners' refills
+    /// find them); the number taken.
+    fn take(&self, c: SizeClass, buf: &mut [*mut u8], owner: Owner) -> usize {
+        let below = self.below();
+        let mut central = self.central(c).lock();
+        if S::GEOMETRY.shares_lines(c) {
+            central.give_back_remote(c, self.remote(c), &below);
+        }
+        central.refill(c, buf, &below, owner)
+    }
+
+    /// A region heap with no room left for class `c` (its refill has already
+    /// drained every cache): one object of the next kept class up that has a
+    /// free slot whose objects are `align`-aligned, or null. The slots of a
+    /// region's partly used spans are the last of its memory, and a larger
+    /// slot serves a smaller object; its free finds the slot's class through
+    /// the page map, as every free of a region heap does
+    /// ([`Heap::frees_by_map`]).
+    #[cold]
+    #[inline(never)]
+    pub(super) fn alloc_borrowed(&self, c: SizeClass, align: usize) -> *mut u8 {
+        let Some(s) = self.slabs.get::<S>() else {
+            return null_mut();
+        };
+        for k in self.set_up_classes().kept() {
+            let size = S::GEOMETRY.size(k);
+            if size <= S::GEOMETRY.size(c) || !size.is_multiple_of(align) {
+                continue;
+            }
+            let owner = if S::GEOMETRY.shares_lines(k) {
+                Owner::cpu(s.current_cpu())
+            } else {
+                Owner::NONE
+            };
+            let mut buf = [null_mut(); 1];
+            if self.take(k, &mut buf, owner) == 1 {
+                self.flow(k).malloc_direct();
+                #[cfg(feature = "checks")]
+                checks::on_alloc::<S>(&self.map, buf[0]);
+                return buf[0];
+            }
+        }
+        null_mut()
     }
 
     /// Whether `p`, of a class whose objects share lines, belongs to another
