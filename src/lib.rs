@@ -196,8 +196,9 @@
 //! besides its heap region (`tests/bss.rs` checks the size and the section).
 //! A bounded source ([`PageSource::bound`]: a region) gets transfer caches of
 //! a 1024th of its bytes per class, none below 256 KiB, per-CPU stacks of a
-//! 256th of its bytes per class (64 B to 16 KiB: `percpu::cache`), and, on one
-//! CPU, central lists packed without a line each. Its small spans are
+//! 1024th of its bytes per class (64 B to 16 KiB: `percpu::cache`), and, on one
+//! CPU, central lists packed without a line each (and no per-CPU stack
+//! caches: its stacks come straight from the pools). Its small spans are
 //! stretched towards 8 KiB as the region grows (`pageheap::span_target_for`),
 //! every span record carries bitmaps of the words its spans need, and under
 //! 1 MiB it serves each class from a coarser one (`heap::state::coarse_div`),

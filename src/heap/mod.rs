@@ -125,6 +125,7 @@ pub struct Heap<S: PageSource, C: Cpu> {
     /// Stacks (Go's stackpool), with a per-CPU stack cache array set up next
     /// to the slabs.
     stacks: StackAlloc<C::Relax>,
+    /// One per CPU, or null (before set-up, and for ever in a region heap).
     stack_caches: AtomicPtr<StackCache>,
     /// When the decay is next worth polling (the source's ms; 0: at once).
     /// Only read and written where `S::CLOCK`.
@@ -294,14 +295,25 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             None => CacheLayout::new(S::GEOMETRY, class_cache_bytes(bound)),
         };
         let bytes = Slabs::<C>::bytes::<S>(count, &layout);
-        let stack_bytes = count * core::mem::size_of::<StackCache>();
+        // A region heap keeps no stack caches: its stacks come straight from
+        // the pools, and its memory goes to objects.
+        let stack_bytes = if S::SMALL_ARENAS {
+            0
+        } else {
+            count * core::mem::size_of::<StackCache>()
+        };
         let p = self.source.alloc(bytes)?;
-        let sc = self.source.alloc(stack_bytes)?;
+        let sc = match stack_bytes {
+            0 => None,
+            n => Some(self.source.alloc(n)?),
+        };
         if !S::ZEROED {
             // SAFETY: fresh Ready memory; all-zero is a valid empty cache of either kind.
             unsafe {
                 p.as_ptr().write_bytes(0, bytes);
-                sc.as_ptr().write_bytes(0, stack_bytes);
+                if let Some(sc) = sc {
+                    sc.as_ptr().write_bytes(0, stack_bytes);
+                }
             }
         }
         *meta = class_bytes.next_multiple_of(S::PAGE_SIZE)
@@ -311,8 +323,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         let classes = unsafe { Classes::init(S::GEOMETRY, cl.as_ptr(), budget, pad, coarse) };
         // Published before the caches: whoever sees those sees this.
         self.classes.store(classes, Ordering::Release);
-        self.stack_caches
-            .store(sc.as_ptr().cast(), Ordering::Release);
+        if let Some(sc) = sc {
+            self.stack_caches
+                .store(sc.as_ptr().cast(), Ordering::Release);
+        }
         // SAFETY: once, under the set-up lock; the block is ours for ever,
         // zeroed, page aligned, `bytes(count)` long, and `count` is the CPU
         // mapping's (its `count` never changes).

@@ -135,12 +135,22 @@ pub const fn span_target_for(bound: Option<usize>) -> usize {
     }
 }
 
+/// Most objects a stretched span holds (unless its geometry's span holds
+/// more): every span record carries a bitmap as long as the fullest span's,
+/// so the smallest classes' spans stretch no further than four words of it.
+pub const MAX_STRETCHED_OBJECTS: usize = 128;
+
 /// Class `c`'s row of `g` with its span stretched to a whole multiple of
-/// itself of at most `target` bytes (or left as it is).
+/// itself of at most `target` bytes and [`MAX_STRETCHED_OBJECTS`] objects
+/// (or left as it is).
 pub const fn stretched(g: &Geometry, c: SizeClass, target: usize) -> ClassInfo {
     let mut r = g.info(c);
     let span = r.npages as usize * g.page_bytes();
-    let k = target / span;
+    let mut k = target / span;
+    let most = MAX_STRETCHED_OBJECTS / r.objects as usize;
+    if k > most {
+        k = most;
+    }
     if k > 1 {
         r.npages *= k as u32;
         r.objects = ((r.npages as usize * g.page_bytes()) / r.size as usize) as u32;
@@ -780,8 +790,13 @@ mod tests {
                     assert!(r.npages.is_multiple_of(base.npages), "{c:?} at {target}");
                     assert!(span <= target.max(base_span), "{c:?} at {target}");
                     assert!(
-                        span + base_span > target,
+                        span + base_span > target
+                            || r.objects + base.objects > MAX_STRETCHED_OBJECTS as u32,
                         "{c:?} at {target}: stretched too little"
+                    );
+                    assert!(
+                        r.objects as usize <= MAX_STRETCHED_OBJECTS.max(base.objects as usize),
+                        "{c:?} at {target}: stretched too far"
                     );
                     assert_eq!((r.size, r.div_mul), (base.size, base.div_mul));
                     assert_eq!(r.objects as usize, span / r.size as usize);

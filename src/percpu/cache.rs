@@ -76,14 +76,15 @@ pub(crate) trait Shape {
 
 /// Bytes each class's stack is sized for in a heap over a source bounded by
 /// `bound` bytes whose caches are sized at set-up ([`Shape::FIXED`] `None`): a
-/// 256th of the source per class, between [`MIN_CLASS_CACHE_BYTES`] and
-/// [`CLASS_CACHE_BYTES`]. A 64 KiB region's one cache is then about 2 KiB on
-/// 64-bit targets; from 4 MiB on it is the unbounded heaps' cache.
+/// 1024th of the source per class, between [`MIN_CLASS_CACHE_BYTES`] and
+/// [`CLASS_CACHE_BYTES`]: a few objects of a class in a 64 KiB region, whose
+/// caches hold memory no other class can use; from 16 MiB on the unbounded
+/// heaps' cache.
 pub(crate) const fn class_cache_bytes(bound: Option<usize>) -> usize {
     match bound {
         None => CLASS_CACHE_BYTES,
         Some(b) => {
-            let n = b / 256;
+            let n = b / 1024;
             if n < MIN_CLASS_CACHE_BYTES {
                 MIN_CLASS_CACHE_BYTES
             } else if n > CLASS_CACHE_BYTES {
