@@ -292,7 +292,11 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         let cl = self.source.alloc(class_bytes)?;
         let layout = match S::FIXED {
             Some(l) => *l,
-            None => CacheLayout::new(S::GEOMETRY, class_cache_bytes(bound)),
+            None => CacheLayout::serving(
+                S::GEOMETRY,
+                class_cache_bytes(bound),
+                Some(&state::coarse_classes(S::GEOMETRY, coarse)),
+            ),
         };
         let bytes = Slabs::<C>::bytes::<S>(count, &layout);
         // A region heap keeps no stack caches: its stacks come straight from

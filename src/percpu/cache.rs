@@ -44,7 +44,8 @@ pub(crate) const MIN_CAPACITY: usize = 2;
 /// capacities fold into immediates as if they were literals).
 ///
 /// Class `c` (`1 <= c < classes`) holds `cap(c) = clamp(class_bytes /
-/// size(c), MIN_CAPACITY, MAX_CAPACITY)` objects; its stack word is word
+/// size(c), MIN_CAPACITY, MAX_CAPACITY)` objects (0 if the heap serves it
+/// from another class: [`CacheLayout::serving`]); its stack word is word
 /// `at[c]` after the cache's head, its slots the `cap(c)` words after that.
 /// Classes at and past `classes` have no stack and no word (`cap == 0`);
 /// nothing asks for them, since the geometry never hands them out.
@@ -106,6 +107,18 @@ impl CacheLayout {
 
     /// The layout for `g` with stacks sized for `class_bytes` each.
     pub(crate) const fn new(g: &Geometry, class_bytes: usize) -> CacheLayout {
+        Self::serving(g, class_bytes, None)
+    }
+
+    /// [`CacheLayout::new`] for a heap that serves class `c` from class
+    /// `served[c]` (`heap::state::coarse_classes`): a class served from
+    /// another keeps its stack word but no slots, since no object of it
+    /// ever reaches a stack.
+    pub(crate) const fn serving(
+        g: &Geometry,
+        class_bytes: usize,
+        served: Option<&[u8; NUM_CLASSES]>,
+    ) -> CacheLayout {
         let mut l = CacheLayout {
             classes: g.count,
             cap: [0; NUM_CLASSES],
@@ -122,7 +135,13 @@ impl CacheLayout {
             if i < g.count {
                 let size = g.rows[i].size as usize;
                 let n = class_bytes / size;
-                let cap = if n < MIN_CAPACITY {
+                let kept = match served {
+                    Some(t) => t[i] as usize == i,
+                    None => true,
+                };
+                let cap = if !kept {
+                    0
+                } else if n < MIN_CAPACITY {
                     MIN_CAPACITY
                 } else if n > MAX_CAPACITY {
                     MAX_CAPACITY
@@ -377,7 +396,7 @@ impl<'a> CpuCache<'a> {
     /// Class `c`'s stack word.
     #[inline(always)]
     pub(crate) fn stack_word(&self, c: SizeClass) -> &'a AtomicWord {
-        debug_assert!(!c.is_large() && self.layout.cap(c) > 0);
+        debug_assert!(!c.is_large() && c.index() < self.layout.classes);
         self.word_ref(self.layout.word_index(c))
     }
 
@@ -646,6 +665,46 @@ mod tests {
                         && l.stride() < HEAD_BYTES + words * core::mem::size_of::<Word>() + 64
                 );
             }
+        }
+    }
+
+    /// A layout serving some classes from others gives those a word and no
+    /// slots, and a push to them fails (the caller flushes to central);
+    /// every other class keeps its stack, and the cache is shorter.
+    #[test]
+    fn served_classes_have_no_slots() {
+        let g = &crate::sizeclass::REGION_GEOMETRY;
+        let mut served = [0u8; NUM_CLASSES];
+        for (i, s) in served.iter_mut().enumerate().take(g.count) {
+            // Every odd class is served from the next one up.
+            *s = if i % 2 == 1 && i + 1 < g.count {
+                i + 1
+            } else {
+                i
+            } as u8;
+        }
+        let l: &'static CacheLayout = std::boxed::Box::leak(std::boxed::Box::new(
+            CacheLayout::serving(g, 256, Some(&served)),
+        ));
+        let full = CacheLayout::new(g, 256);
+        assert!(l.stride() < full.stride());
+        let b = Block::new(l);
+        let cache = b.cache();
+        for c in l.small_classes() {
+            if served[c.index()] as usize != c.index() {
+                assert_eq!(l.cap(c), 0);
+                assert!(!cache.push(c, 0x8 as *mut u8));
+                assert!(cache.pop(c).is_none());
+            } else {
+                assert_eq!(l.cap(c), full.cap(c));
+                assert!(cache.push(c, (0x1000 * c.index()) as *mut u8));
+            }
+        }
+        for c in l.small_classes().filter(|c| l.cap(*c) > 0) {
+            assert_eq!(
+                cache.pop(c).map(|(p, _)| p as usize),
+                Some(0x1000 * c.index())
+            );
         }
     }
 
