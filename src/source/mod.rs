@@ -99,9 +99,9 @@ pub unsafe trait PageSource {
     /// `reserve`s (an `munmap`), so that when a reservation fails the heap
     /// frees the arenas that are wholly free and tries again, and while
     /// reservations keep failing frees each arena as soon as it is wholly
-    /// free (`pageheap::arenas`, "Releasing arenas"). False (the default): the
-    /// heap never frees an arena, and a failed reservation is final.
-    /// Ignored with [`PageSource::SMALL_ARENAS`] (their arenas are never freed).
+    /// free (`pageheap::arenas`, "Growing and releasing arenas"). False (the
+    /// default): the heap never frees an arena. Ignored with
+    /// [`PageSource::SMALL_ARENAS`] (their arenas are never freed).
     const CAN_UNRESERVE: bool = false;
     /// [`PageSource::now_ms`] reads a clock, so free memory can decay by time
     /// (`pageheap::scavenger`, "Decay"). False (the default): the heap never
