@@ -83,7 +83,15 @@ int main(int argc, char **argv) {
     char ebuf[16];
     /* stdout unbuffered: its buffer would be the program's own malloc. */
     setvbuf(stdout, NULL, _IONBF, 0);
-    struct rlimit lim = {mapped_bytes() + headroom, RLIM_INFINITY};
+    /* The soft limit only, and never above a hard limit already set (as
+     * `ulimit -v` sets): a larger HEADROOM then measures under that limit. */
+    struct rlimit lim;
+    if (getrlimit(RLIMIT_AS, &lim) != 0) {
+        perror("getrlimit");
+        return 2;
+    }
+    size_t want = mapped_bytes() + headroom;
+    lim.rlim_cur = lim.rlim_max != RLIM_INFINITY && lim.rlim_max < want ? lim.rlim_max : want;
     if (setrlimit(RLIMIT_AS, &lim) != 0) {
         perror("setrlimit");
         return 2;
