@@ -450,6 +450,67 @@ mod tests {
             .is_none());
     }
 
+    /// The mapped size of this process (first field of /proc/self/statm),
+    /// read with plain system calls into a stack buffer: usable in a forked
+    /// child, which must not allocate.
+    fn mapped_bytes_no_alloc() -> usize {
+        let mut buf = [0u8; 64];
+        // SAFETY: a NUL-terminated path; `read` writes at most `buf.len()`
+        // bytes into the stack buffer; the descriptor is ours to close.
+        let n = unsafe {
+            let fd = libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY);
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            libc::close(fd);
+            n
+        };
+        let digits = buf[..n.max(0) as usize]
+            .iter()
+            .take_while(|b| b.is_ascii_digit());
+        digits.fold(0, |v, &b| v * 10 + (b - b'0') as usize) * PS
+    }
+
+    /// Under an address-space limit with room for one 64 MiB arena and a
+    /// little more, but not for the over-reservation by the alignment (64
+    /// MiB more), a reservation whose hint is taken by another mapping, and
+    /// for which the kernel chooses an unaligned address, still succeeds
+    /// aligned: at the aligned address below the kernel's choice.
+    #[test]
+    fn aligned_reserve_needs_no_excess_under_a_limit() {
+        let bytes = MmapSource::ARENA_BYTES;
+        // The hint: an aligned reservation of our own (taken in the child too).
+        let occupy = MmapSource::with_hint(test_hint(3));
+        let taken = occupy.reserve(bytes, bytes).expect("reserve");
+        let hint = taken.as_ptr() as usize;
+        let st = in_child(|| {
+            let lim = libc::rlimit {
+                rlim_cur: (mapped_bytes_no_alloc() + bytes + 8 * MIB) as libc::rlim_t,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            // SAFETY: lowers this (forked) process's own limit.
+            if unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) } != 0 {
+                // SAFETY: ends the child.
+                unsafe { libc::_exit(2) };
+            }
+            // A page at the top of the gap where the kernel puts mappings
+            // (top down), so that its choice for the arena, just below the
+            // page, is not aligned (the top of the gap may be: glibc's
+            // thread arenas are 64 MiB aligned).
+            if let Some(r) = map_none(0, bytes + PS) {
+                // SAFETY: the mapping just made, but its last page.
+                unsafe { unmap(r.as_ptr(), bytes) };
+            }
+            let src = MmapSource::with_hint(hint);
+            match src.reserve(bytes, bytes) {
+                Some(p) if (p.as_ptr() as usize).is_multiple_of(bytes) && p != taken => {}
+                // SAFETY: ends the child.
+                _ => unsafe { libc::_exit(1) },
+            }
+        });
+        // SAFETY: exactly the reservation made above, never accessed.
+        unsafe { occupy.free(taken, bytes) };
+        assert!(st.exited_ok(), "status {:#x}", st.status());
+    }
+
     #[test]
     fn arenas_ascend_contiguously_from_hint() {
         // A private hint far from the other tests' reservations.
