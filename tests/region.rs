@@ -627,8 +627,9 @@ fn caches_are_sized_by_the_region() {
 
 /// A region heap of tens of kilobytes serves from fewer classes: every size
 /// from 8 to 4096 bytes, allocated in a 64 KiB region, lands in about a
-/// dozen classes (steps of a doubling), each object still at least its size
-/// and its contents intact; in a 16 MiB region every class serves.
+/// dozen classes (steps of a doubling up to 512 B, finer above), each object
+/// still at least its size and its contents intact; in a 16 MiB region every
+/// class serves.
 #[test]
 fn small_regions_serve_from_fewer_classes() {
     let classes_used = |len: usize| {

@@ -101,12 +101,13 @@ pub(super) struct Classes<X> {
 }
 
 /// How finely a heap over a source bounded by `bound` keeps its classes: 0
-/// keeps every class; `d` keeps a class only if it is at least `1 + 1/d`
-/// times the last one kept (and the first, the tiny class and the last).
+/// keeps every class; `d` keeps a class up to 512 bytes only if it is at
+/// least `1 + 1/d` times the last one kept, larger ones more finely
+/// ([`coarse_classes`]; and the first, the tiny class and the last).
 /// Every class of a region heap holds a partly used span, so in a region of
 /// tens of kilobytes fewer classes strand less than their rounding wastes:
-/// `d` is a 64 KiB-th of the bound, so 64 KiB keeps steps of a doubling,
-/// 256 KiB of a quarter, 512 KiB of an eighth, 1 MiB and up every class.
+/// `d` is a 64 KiB-th of the bound, so 64 KiB keeps steps of a doubling
+/// (up to 512 B), 256 KiB of a quarter, 512 KiB of an eighth, 1 MiB and up every class.
 pub(super) const fn coarse_div(bound: Option<usize>) -> usize {
     match bound {
         None => 0,
@@ -123,8 +124,23 @@ pub(super) const fn coarse_div(bound: Option<usize>) -> usize {
     }
 }
 
+/// How much finer than [`coarse_div`] classes of `size` bytes are kept: 1
+/// up to 512 bytes, `size / 512` above. A span of a small class holds
+/// dozens of objects, so a class more strands much of a span; one of 2 KiB
+/// objects holds one or two, so a class more strands little, and a finer
+/// step saves more than it costs.
+const fn per_span(size: usize) -> usize {
+    if size > 512 {
+        size / 512
+    } else {
+        1
+    }
+}
+
 /// The class each class of `g` is served from with [`coarse_div`] `d`: the
-/// class itself, or the next one kept above it (so its objects fit).
+/// class itself, or the next one kept above it (so its objects fit). A
+/// class is kept if it is at least `1 + 1/(d · per_span(size))` times the
+/// last one kept.
 pub(super) const fn coarse_classes(g: &Geometry, d: usize) -> [u8; NUM_CLASSES] {
     let mut out = [0u8; NUM_CLASSES];
     let mut keep = [false; NUM_CLASSES];
@@ -136,7 +152,7 @@ pub(super) const fn coarse_classes(g: &Geometry, d: usize) -> [u8; NUM_CLASSES] 
             || i == 1
             || i == g.count - 1
             || i == g.tiny_class.index()
-            || size >= last + last / d;
+            || size >= last + last / (d * per_span(size));
         if keep[i] {
             last = size;
         }
