@@ -84,6 +84,7 @@ test: deps
 	cd benches/firmware && $(CARGO) fmt --all -- --check
 	$(CARGO) clippy --features linux --all-targets -- -D warnings
 	$(CARGO) clippy --features linux,checks,critical-section --all-targets -- -D warnings
+	$(CARGO) clippy --features linux,hardened --all-targets -- -D warnings
 	$(CARGO) clippy --no-default-features --features x86_64 --target $(NOSTD_TARGET) --lib -- -D warnings
 	$(CARGO) clippy -p tieralloc-preload -p tieralloc-bench -p qemu-tests --all-targets -- -D warnings
 	cd $(BOARD) && $(CARGO) clippy --release -- -D warnings
@@ -94,6 +95,7 @@ test: deps
 	$(CARGO) publish --dry-run -p tieralloc --allow-dirty
 	$(CARGO) test --features linux,checks,critical-section
 	$(CARGO) test --release --features linux
+	$(CARGO) test --release --features linux,hardened --lib
 	$(CARGO) build --no-default-features --target $(NOSTD_TARGET) --lib
 	$(CARGO) build --no-default-features --features x86_64 --target $(NOSTD_TARGET) --lib
 	for t in $(EMBEDDED_TARGETS); do \
