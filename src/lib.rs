@@ -134,7 +134,10 @@
 //! 1. Sort the layout as above (a sized free of up to 4 KiB needs no page-map
 //!    lookup; over 4 KiB one lookup finds the object's slot class — `realloc`
 //!    may have kept it in a larger one — or tells a promoted object). C's
-//!    unsized `free` always asks the page map.
+//!    unsized `free` always asks the page map, and with that lookup checks
+//!    that `p` starts a handed-out slot ([`Heap::try_deallocate_unsized`];
+//!    with feature `hardened`, every free also checks the object's key: see
+//!    "Hardening" below).
 //! 2. Small: push onto the current CPU's stack (as in allocation step 2) —
 //!    whichever CPU allocated it, except for the classes under a cache line
 //!    (8..=48 B): their spans belong to the CPU that carves them, and a free on

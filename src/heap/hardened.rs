@@ -470,11 +470,13 @@ mod tests {
     #[test]
     fn suspect_words_are_the_key_and_its_neighbour() {
         let k = 0x5a5a_1234_0000_00f0_u64 as usize;
-        assert!(suspect(k ^ k));
-        assert!(suspect((k ^ 1) ^ k));
-        assert!(!suspect((k ^ 2) ^ k));
-        assert!(!suspect(0 ^ k));
-        assert!(!suspect(!k ^ k));
+        // `suspect` takes the word `^` the key.
+        let d = |w: usize| w ^ k;
+        assert!(suspect(d(k)));
+        assert!(suspect(d(k ^ 1)));
+        assert!(!suspect(d(k ^ 2)));
+        assert!(!suspect(d(0)));
+        assert!(!suspect(d(!k)));
     }
 
     #[test]
