@@ -158,18 +158,18 @@ impl Central {
         self.ntransfer
     }
 
-    /// (Feature `hardened`'s slow search.)
     /// Whether the transfer cache holds `p`.
+    /// (Feature `hardened`'s slow search.)
     #[cfg(feature = "hardened")]
     pub fn transfer_holds(&mut self, p: *mut u8) -> bool {
         let n = self.ntransfer;
         self.slots()[..n].contains(&p)
     }
 
-    /// (Feature `hardened`'s slow search.)
     /// Whether `remote` (this class's remote list) holds `p`. Holding this
     /// central's lock is what makes walking the list safe: no one takes it
     /// meanwhile, and a push links its object before publishing it.
+    /// (Feature `hardened`'s slow search.)
     #[cfg(feature = "hardened")]
     pub fn remote_holds(&mut self, remote: &Remote, p: *mut u8) -> bool {
         let mut q = remote.head.load(Ordering::Acquire);

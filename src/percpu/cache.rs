@@ -424,10 +424,10 @@ impl<'a> CpuCache<'a> {
         self.counter_word(k).load(Ordering::Relaxed)
     }
 
-    /// (Feature `hardened`'s slow search.)
     /// Whether class `c`'s stack holds `p` (a racy read: each slot whole,
     /// the stack maybe changing meanwhile). A class without a stack holds
     /// nothing.
+    /// (Feature `hardened`'s slow search.)
     #[cfg(feature = "hardened")]
     pub(crate) fn holds(&self, c: SizeClass, p: *mut u8) -> bool {
         let cap = self.cap(c);

@@ -411,10 +411,10 @@ impl<'a, C: Cpu, K: Shape> Caches<'a, C, K> {
         }
     }
 
-    /// (Feature `hardened`'s slow search.)
     /// The CPU whose stack of class `c` holds `p`, if one does: a racy
     /// scan of every cache (each slot read whole), taking no slot, so an
     /// object moving between stacks meanwhile may be missed.
+    /// (Feature `hardened`'s slow search.)
     #[cfg(feature = "hardened")]
     pub(crate) fn holder(&self, c: SizeClass, p: *mut u8) -> Option<usize> {
         (0..self.count()).find(|&i| self.locked().cache(i).holds(c, p))
