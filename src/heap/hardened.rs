@@ -344,6 +344,36 @@ mod tests {
     /// slot left above the one handed out).
     #[cfg(feature = "linux")]
     #[test]
+    fn a_second_free_is_found_in_the_transfer_cache() {
+        let (heap, _m) = heap();
+        let objs: Vec<_> = (0..4000).map(|_| heap.allocate(layout(64))).collect();
+        let (p, rest) = (objs[0], &objs[1..]);
+        let c = class_of(&heap, p).0;
+        // SAFETY: each object is freed once, `p` twice (the bug under test).
+        unsafe {
+            // Fill the CPU's stack, then free `p` near its top: the next
+            // flush takes it to the transfer cache, which has room.
+            let mut others = rest.iter().step_by(2);
+            for &q in others.by_ref().take(256) {
+                heap.try_deallocate_unsized(q).unwrap();
+            }
+            heap.try_deallocate_unsized(p).unwrap();
+            for &q in others {
+                if heap.find_free(p, c) != Some(FreeSite::CpuCache) {
+                    break;
+                }
+                heap.try_deallocate_unsized(q).unwrap();
+            }
+            assert_eq!(heap.find_free(p, c), Some(FreeSite::TransferCache));
+            assert_eq!(
+                heap.try_deallocate_unsized(p),
+                Err(BadFree::DoubleFree(FreeSite::TransferCache))
+            );
+        }
+        heap.check_invariants();
+    }
+
+    #[test]
     fn slots_never_handed_out_are_told_from_double_frees() {
         let heap = crate::LinuxHeap::new();
         let p = heap.allocate(layout(64));
