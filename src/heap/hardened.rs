@@ -33,8 +33,6 @@
 //! object's move between tiers on another CPU, which the search may miss
 //! (it looks [`CONFIRM_TRIES`] times) and then treats as a live object.
 
-use core::fmt;
-
 use crate::percpu::Cpu;
 use crate::sizeclass::SizeClass;
 use crate::source::PageSource;
@@ -114,37 +112,26 @@ pub(super) unsafe fn clear_key(p: *mut u8) {
 }
 
 /// The Rust path's report: panics with the address and what was found,
-/// and aborts, since an allocator must not unwind (the panic's message is
-/// printed first; a second panic while unwinding aborts). No lock is held.
+/// and aborts, since an allocator must not unwind: the panic's message is
+/// printed first, then the unwinding drops a guard that aborts (on Linux,
+/// `std::process::abort`; elsewhere a second panic, which a panic while
+/// unwinding turns into an abort). No lock is held.
 #[cold]
 #[inline(never)]
 pub(super) fn bad_free(p: *mut u8, e: BadFree) -> ! {
     struct Abort;
     impl Drop for Abort {
         fn drop(&mut self) {
+            #[cfg(feature = "linux")]
+            std::process::abort();
+            #[cfg(not(feature = "linux"))]
             panic!("tieralloc: aborting after a bad free");
         }
     }
     let _abort = Abort;
-    panic!("tieralloc: {e} {p:p}");
-}
-
-impl fmt::Display for BadFree {
-    /// The report's words before the address: "double free of", "free of
-    /// a slot never handed out at", "free of a pointer that is not an
-    /// object at".
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            BadFree::DoubleFree(site) => write!(f, "double free ({}) of", site.describe()),
-            BadFree::NeverHandedOut(site) => {
-                write!(
-                    f,
-                    "free of a slot never handed out ({}) at",
-                    site.describe()
-                )
-            }
-            BadFree::NotAnObject => f.write_str("free of a pointer that is not an object at"),
-        }
+    match e {
+        BadFree::DoubleFree(_) => panic!("tieralloc: double free of {p:p}: {e}"),
+        _ => panic!("tieralloc: free of {p:p}: {e}"),
     }
 }
 

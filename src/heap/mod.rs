@@ -116,6 +116,23 @@ pub enum BadFree {
     NeverHandedOut(FreeSite),
 }
 
+impl core::fmt::Display for BadFree {
+    /// What was found, in words: "an object that is already free (in a
+    /// CPU's cache)", "a slot never handed out (in its span)", "not an
+    /// object of this heap".
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BadFree::DoubleFree(site) => {
+                write!(f, "an object that is already free ({})", site.describe())
+            }
+            BadFree::NeverHandedOut(site) => {
+                write!(f, "a slot never handed out ({})", site.describe())
+            }
+            BadFree::NotAnObject => f.write_str("not an object of this heap"),
+        }
+    }
+}
+
 /// Where a free object was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FreeSite {
