@@ -84,6 +84,7 @@ test: deps
 	cd benches/firmware && $(CARGO) fmt --all -- --check
 	$(CARGO) clippy --features linux --all-targets -- -D warnings
 	$(CARGO) clippy --features linux,checks,critical-section --all-targets -- -D warnings
+	$(CARGO) clippy --features linux,hardened --all-targets -- -D warnings
 	$(CARGO) clippy --no-default-features --features x86_64 --target $(NOSTD_TARGET) --lib -- -D warnings
 	$(CARGO) clippy -p tieralloc-preload -p tieralloc-bench -p qemu-tests --all-targets -- -D warnings
 	cd $(BOARD) && $(CARGO) clippy --release -- -D warnings
@@ -94,6 +95,7 @@ test: deps
 	$(CARGO) publish --dry-run -p tieralloc --allow-dirty
 	$(CARGO) test --features linux,checks,critical-section
 	$(CARGO) test --release --features linux
+	$(CARGO) test --release --features linux,hardened --lib --test hardened
 	$(CARGO) build --no-default-features --target $(NOSTD_TARGET) --lib
 	$(CARGO) build --no-default-features --features x86_64 --target $(NOSTD_TARGET) --lib
 	for t in $(EMBEDDED_TARGETS); do \
@@ -115,7 +117,7 @@ test: deps
 # file, so each of them runs in a process of its own.
 test-32:
 	$(CARGO) test --target $(HOST32_TARGET) --features linux --lib \
-		$(patsubst tests/%.rs,--test %,$(filter-out tests/pageheap.rs,$(wildcard tests/*.rs)))
+		$(patsubst tests/%.rs,--test %,$(filter-out tests/pageheap.rs tests/hardened.rs,$(wildcard tests/*.rs)))
 	for t in $$($(CARGO) test -q --target $(HOST32_TARGET) --features linux --test pageheap -- --list --format terse | sed -n 's/: test$$//p'); do \
 		$(CARGO) test -q --target $(HOST32_TARGET) --features linux --test pageheap -- --exact "$$t"; \
 	done

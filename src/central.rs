@@ -158,6 +158,32 @@ impl Central {
         self.ntransfer
     }
 
+    /// Whether the transfer cache holds `p`.
+    /// (Feature `hardened`'s slow search.)
+    #[cfg(feature = "hardened")]
+    pub fn transfer_holds(&mut self, p: *mut u8) -> bool {
+        let n = self.ntransfer;
+        self.slots()[..n].contains(&p)
+    }
+
+    /// Whether `remote` (this class's remote list) holds `p`. Holding this
+    /// central's lock is what makes walking the list safe: no one takes it
+    /// meanwhile, and a push links its object before publishing it.
+    /// (Feature `hardened`'s slow search.)
+    #[cfg(feature = "hardened")]
+    pub fn remote_holds(&mut self, remote: &Remote, p: *mut u8) -> bool {
+        let mut q = remote.head.load(Ordering::Acquire);
+        while !q.is_null() {
+            if q == p {
+                return true;
+            }
+            // SAFETY: an object on the list, linked by `Remote::push` before
+            // it was published; the list stays whole while we hold the lock.
+            q = unsafe { q.cast::<*mut u8>().read() };
+        }
+        false
+    }
+
     /// Gives the transfer cache its slots.
     ///
     /// # Safety

@@ -88,7 +88,8 @@
 //! `mksizeclasses.go` that also generates the tables of smaller pages for
 //! region heaps), `span.rs`, `fixalloc.rs` (metadata pools), `units.rs`
 //! (typed page counts, page indices, addresses, owners), `sync.rs` (locks,
-//! padding, atomics) and `checks.rs` (feature `checks`). Each starts by
+//! padding, atomics), `checks.rs` (feature `checks`) and `heap/hardened.rs`
+//! (feature `hardened`). Each starts by
 //! pointing back here and stating its invariants and the lock that guards
 //! them.
 //!
@@ -134,7 +135,10 @@
 //! 1. Sort the layout as above (a sized free of up to 4 KiB needs no page-map
 //!    lookup; over 4 KiB one lookup finds the object's slot class — `realloc`
 //!    may have kept it in a larger one — or tells a promoted object). C's
-//!    unsized `free` always asks the page map.
+//!    unsized `free` always asks the page map, and with that lookup checks
+//!    that `p` starts a handed-out slot ([`Heap::try_deallocate_unsized`];
+//!    with feature `hardened`, every free also checks the object's key: see
+//!    "Hardening" below).
 //! 2. Small: push onto the current CPU's stack (as in allocation step 2) —
 //!    whichever CPU allocated it, except for the classes under a cache line
 //!    (8..=48 B): their spans belong to the CPU that carves them, and a free on
@@ -219,6 +223,27 @@
 //! With feature `checks`, double frees, foreign and interior pointers panic
 //! with the address and its span and class.
 //!
+//! ## Hardening
+//!
+//! Feature `hardened` (additive; the C library turns it on, Rust's
+//! `GlobalAlloc` path has it off unless asked) catches double frees in release
+//! builds at fast-path cost, glibc tcache's way fitted to per-CPU arrays
+//! (`heap::hardened`): a free writes a key (`secret ^ address`) into the
+//! object's second word and first compares what is there; an allocation
+//! clears the word (one store); a refill marks the objects it caches but does
+//! not hand out (`key ^ 1`). Only a word that matches sends the free to a slow
+//! search under the class's central lock — every CPU's stack, the transfer
+//! cache, the remote list, the span's alloc bit — which confirms the object
+//! is free (a double free, or with the carved mark a slot never handed out)
+//! or clears it (a live object whose data happens to equal the key is never
+//! reported). The unchecked fast path pays a load, two exclusive-ors, a
+//! compare and a store per free, and a store per allocation. C's unsized free
+//! ([`Heap::try_deallocate_unsized`]) also reads the slot's alloc bit with the
+//! page-map lookup it makes anyway, which catches slots never carved; a large
+//! object freed twice is caught while its span idles in the large-span cache
+//! (after that it reads as a foreign pointer). `checks` stays the slower,
+//! complete debug build (every free validated under the lock, wrong layouts).
+//!
 //! ## Glossary
 //!
 //! Units, smallest first:
@@ -298,7 +323,7 @@ mod linux;
 #[doc(hidden)]
 pub mod internals;
 
-pub use heap::Heap;
+pub use heap::{BadFree, FreeSite, Heap};
 pub use percpu::cpu;
 #[cfg(feature = "critical-section")]
 pub use percpu::cpu::CriticalSectionCpu;

@@ -315,6 +315,21 @@ impl Span {
         idx < self.nelems as usize && self.alloc_bits()[idx / 64] & (1 << (idx % 64)) != 0
     }
 
+    /// Is object `idx` handed out, read without the span's lock (C's
+    /// unsized free). Exact for an object the caller holds, whose bit no one
+    /// else may change; a snapshot for any other.
+    #[inline(always)]
+    pub fn is_allocated_unlocked(&self, idx: usize) -> bool {
+        if idx >= self.nelems as usize {
+            return false;
+        }
+        // SAFETY: `idx < nelems <= 64 · nwords`, so the word is in the
+        // record's tail. Others may rewrite it under the span's lock: it is
+        // read whole, with one aligned load, through no reference.
+        let w = unsafe { self.bits.add(idx / 64).read_volatile() };
+        w & (1 << (idx % 64)) != 0
+    }
+
     /// Takes the lowest free object (Go's `nextFreeFast`, then `nextFree`).
     #[inline]
     pub fn take(&mut self) -> Option<usize> {

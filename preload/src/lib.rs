@@ -7,7 +7,7 @@
 //! | function | semantics (glibc's) |
 //! | --- | --- |
 //! | `malloc(n)` | 16-byte aligned (`max_align_t`); `malloc(0)` is a unique pointer; ENOMEM + NULL on failure |
-//! | `free(p)` | unsized: the span is found through the page map; NULL is a no-op; a pointer this heap never returned aborts with its address |
+//! | `free(p)` | unsized: the span is found through the page map; NULL is a no-op; a pointer this heap never returned aborts with its address, and so does a double free (`tieralloc: double free of 0x…`, feature `hardened` of the core) |
 //! | `calloc(n, m)` | overflow of `n * m` fails with ENOMEM; fresh large spans are not rewritten |
 //! | `realloc(p, n)` | `realloc(NULL, n)` = `malloc(n)`; `realloc(p, 0)` frees `p` and returns NULL; on failure `p` is untouched; a small object shrinks in place while it would use at least half its slot; growth goes through the core's unsized `realloc` (past 16 KiB the buffer gets a span of its own and grows in place when the pages after it are free) |
 //! | `reallocarray(p, n, m)` | `realloc` with an overflow check |
@@ -47,8 +47,10 @@
 //!   multiple of 16; only classes 8 and 24 are not) while staying on the core's
 //!   inlined size-to-class path; `tests/programs.rs` checks that property.
 //! * **No panics, no unwinding.** Pointers from the caller are checked with
-//!   [`Heap::try_usable_size`](core_alloc::Heap::try_usable_size), which never
-//!   panics, before any core call that would panic on them. Invalid ones are
+//!   [`Heap::try_deallocate_unsized`](core_alloc::Heap::try_deallocate_unsized)
+//!   and [`Heap::try_live_size`](core_alloc::Heap::try_live_size), which never
+//!   panic (a double free, a slot never handed out, a foreign or interior
+//!   pointer is an `Err`), before any core call that would panic on them. Invalid ones are
 //!   reported with `write(2)` from a stack buffer and `abort()`: reporting never
 //!   allocates.
 //! * **Set-up and fork.** `set_up` (the options, then
@@ -72,7 +74,7 @@ use core::fmt::Write;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
-use core_alloc::{LinuxHeap, MAX_SMALL_SIZE};
+use core_alloc::{BadFree, LinuxHeap, MAX_SMALL_SIZE};
 
 mod background;
 mod options;
@@ -149,32 +151,75 @@ fn alloc_layout(layout: Option<Layout>) -> *mut c_void {
     }
 }
 
-/// The slot size of `p`, or abort naming `func` and the address.
+/// The slot size of `p`, a live object, or abort naming `func` and the
+/// address ([`bad_free`]).
 #[inline(always)]
 fn checked_usable(func: &str, p: *mut c_void) -> usize {
-    match HEAP.try_usable_size(p.cast()) {
-        Some(n) => n,
-        None => invalid_pointer(func, p, None),
+    // SAFETY: the caller passes a pointer it owns; if another thread frees
+    // it meanwhile the program is already wrong in a way no check catches.
+    match unsafe { HEAP.try_live_size(p.cast()) } {
+        Ok(n) => n,
+        Err(e) => bad_free(func, p, e),
     }
+}
+
+/// Reports a bad free of `p` in `func` and aborts, without allocating:
+/// `tieralloc: double free of 0x…: free() of an object that is already
+/// free (in a CPU's cache)`, or `tieralloc: free(): invalid pointer 0x…: …`.
+#[cold]
+#[inline(never)]
+fn bad_free(func: &str, p: *mut c_void, e: BadFree) -> ! {
+    match e {
+        BadFree::DoubleFree(site) => {
+            let mut o = Out::stderr();
+            o.bytes(b"tieralloc: double free of ");
+            o.hex(p as usize);
+            o.bytes(b": ");
+            o.bytes(func.as_bytes());
+            o.bytes(b"() of an object that is already free (");
+            o.bytes(site.describe().as_bytes());
+            o.bytes(b")\n");
+            o.finish();
+            // SAFETY: no preconditions; no unwinding.
+            unsafe { libc::abort() }
+        }
+        BadFree::NeverHandedOut(site) => invalid_pointer(func, p, Detail::NeverHandedOut(site)),
+        BadFree::NotAnObject => invalid_pointer(func, p, Detail::None),
+    }
+}
+
+/// What an invalid-pointer report says after the address.
+enum Detail<'a> {
+    /// Not the start of an object (the default words).
+    None,
+    /// Words and a number.
+    Number(&'a str, usize),
+    /// A slot never handed out, and where it sits.
+    NeverHandedOut(core_alloc::FreeSite),
 }
 
 /// Writes `tieralloc: <func>(): invalid pointer 0x…` to stderr and aborts,
 /// without allocating.
 #[cold]
 #[inline(never)]
-fn invalid_pointer(func: &str, p: *mut c_void, detail: Option<(&str, usize)>) -> ! {
+fn invalid_pointer(func: &str, p: *mut c_void, detail: Detail<'_>) -> ! {
     let mut o = Out::stderr();
     o.bytes(b"tieralloc: ");
     o.bytes(func.as_bytes());
     o.bytes(b"(): invalid pointer ");
     o.hex(p as usize);
     match detail {
-        Some((what, n)) => {
+        Detail::Number(what, n) => {
             o.bytes(b": ");
             o.bytes(what.as_bytes());
             o.dec(n as u64);
         }
-        None => o.bytes(b": not the start of a live object of this allocator (foreign, interior or freed pointer)"),
+        Detail::NeverHandedOut(site) => {
+            o.bytes(b": a slot this allocator never handed out (");
+            o.bytes(site.describe().as_bytes());
+            o.bytes(b")");
+        }
+        Detail::None => o.bytes(b": not the start of a live object of this allocator (foreign, interior or freed pointer)"),
     }
     o.bytes(b"\n");
     o.finish();
@@ -396,10 +441,11 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
     if p.is_null() {
         return;
     }
-    checked_usable("free", p);
-    // SAFETY: `p` starts a live slot of this heap (checked above) and the
+    // SAFETY: the caller's pointer (a live one is not used afterwards); the
     // C ABI never makes tiny objects.
-    unsafe { HEAP.deallocate_unsized(p.cast()) };
+    if let Err(e) = unsafe { HEAP.try_deallocate_unsized(p.cast()) } {
+        bad_free("free", p, e);
+    }
 }
 
 /// # Safety
@@ -571,7 +617,7 @@ pub unsafe extern "C" fn free_sized(p: *mut c_void, size: usize) {
         invalid_pointer(
             "free_sized",
             p,
-            Some(("size larger than the object's slot: ", size)),
+            Detail::Number("size larger than the object's slot: ", size),
         );
     }
     // SAFETY: as in `free`.
@@ -590,14 +636,14 @@ pub unsafe extern "C" fn free_aligned_sized(p: *mut c_void, align: usize, size: 
         invalid_pointer(
             "free_aligned_sized",
             p,
-            Some(("size larger than the object's slot: ", size)),
+            Detail::Number("size larger than the object's slot: ", size),
         );
     }
     if align.is_power_of_two() && p as usize & (align - 1) != 0 {
         invalid_pointer(
             "free_aligned_sized",
             p,
-            Some(("pointer not aligned to ", align)),
+            Detail::Number("pointer not aligned to ", align),
         );
     }
     // SAFETY: as in `free`.

@@ -9,6 +9,9 @@
 //! * `c_api`: `tests/c/malloc_test.c`, every exported function and its edge cases.
 //! * `invalid_pointers_abort_with_the_address`: `free`/`realloc`/`free_sized`
 //!   of foreign, interior and stack pointers abort, naming the address.
+//! * `double_frees_abort_with_the_address`: `tests/c/double_free.c`, double
+//!   frees of every size wherever the object sits, frees of slots never handed
+//!   out, and live objects that look free, which must not abort.
 //! * `threads`: `tests/c/threads.c`, 8 threads, cross-thread frees, content checks.
 //! * `fork_while_threads_allocate`: `tests/c/fork.c`.
 //! * `sqlite_workload`: `tests/sql/workload.sql` (200k rows, indexes, joins,
@@ -96,6 +99,90 @@ fn invalid_pointers_abort_with_the_address() {
         assert!(
             r.stderr.contains(&want),
             "{kind}: stderr lacks {want:?}: {}",
+            r.describe()
+        );
+    }
+}
+
+/// `tests/c/double_free.c`: double frees of every size and wherever the
+/// object sits (a CPU's cache, its span after many other frees, the large-span
+/// cache), `realloc` and `free_sized` of a freed object, and frees of slots
+/// never handed out (above the object: in its span; below it: carved into the
+/// cache with it) abort, naming the address; live objects holding the key of a
+/// free one are freed normally.
+#[test]
+fn double_frees_abort_with_the_address() {
+    let exe = compile("double_free");
+    let lib = lib();
+    // What stderr must hold: a double free named with the function, a
+    // slot never handed out, or any invalid pointer.
+    enum Want {
+        Double(&'static str),
+        Never,
+        Invalid,
+    }
+    use Want::*;
+    let cases = [
+        ("double", "64", Double("free")),
+        ("double", "48", Double("free")),
+        ("double", "10000", Double("free")),
+        ("double", "32768", Double("free")),
+        ("double", "100000", Double("free")),
+        ("realloc", "64", Double("realloc")),
+        ("realloc", "10000", Double("realloc")),
+        ("free_sized", "64", Double("free_sized")),
+        ("flushed", "64", Double("free")),
+        ("flushed", "48", Double("free")),
+        ("flushed", "10000", Double("free")),
+        ("thread", "64", Double("free")),
+        ("thread", "48", Double("free")),
+        ("above", "48", Never),
+        ("above", "64", Never),
+        ("above", "10000", Never),
+        ("below", "64", Never),
+        ("below", "48", Never),
+        // A large object whose pages went back to the page heap: no span
+        // remembers it, so it reads as a foreign pointer.
+        ("double", "8388608", Invalid),
+    ];
+    for (kind, size, want) in cases {
+        let mut cmd = Command::new(&exe);
+        cmd.args([kind, size]);
+        let r = run(cmd, Some(&lib), Duration::from_secs(60));
+        assert_eq!(
+            r.signal,
+            Some(libc::SIGABRT),
+            "{kind} {size}: expected an abort: {}",
+            r.describe()
+        );
+        let addr = r.stdout.trim();
+        assert!(
+            addr.starts_with("0x"),
+            "{kind} {size}: no address printed: {}",
+            r.describe()
+        );
+        let want = match want {
+            Double(f) => {
+                format!("tieralloc: double free of {addr}: {f}() of an object that is already free")
+            }
+            Never => format!(
+                "tieralloc: free(): invalid pointer {addr}: a slot this allocator never handed out"
+            ),
+            Invalid => format!("tieralloc: free(): invalid pointer {addr}"),
+        };
+        assert!(
+            r.stderr.contains(&want),
+            "{kind} {size}: stderr lacks {want:?}: {}",
+            r.describe()
+        );
+    }
+    for size in ["48", "64", "10000"] {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["lookalike", size]);
+        let r = run(cmd, Some(&lib), Duration::from_secs(60));
+        assert!(
+            r.ok() && r.stdout.contains("lookalike: OK"),
+            "lookalike {size}: {}",
             r.describe()
         );
     }

@@ -17,6 +17,8 @@
 //! (large objects, promotion, `realloc`), [`stacks`] (the stack front) and
 //! [`stats`] (deriving [`Stats`] from the flows between tiers).
 
+#[cfg(feature = "hardened")]
+mod hardened;
 mod large;
 mod small;
 mod stacks;
@@ -97,6 +99,76 @@ impl ObjectKind {
     }
 }
 
+/// Why a free or a `realloc` of a pointer cannot go ahead
+/// ([`Heap::try_deallocate_unsized`], [`Heap::try_live_size`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BadFree {
+    /// Not the start of an object of this heap: a foreign or interior
+    /// pointer, or a large object freed before whose span is gone.
+    NotAnObject,
+    /// The object is already free (a double free), found where
+    /// [`FreeSite`] says.
+    DoubleFree(FreeSite),
+    /// The start of a slot that no allocation returned: free in its span,
+    /// or carved into a cache and never handed out. Told from a double free
+    /// by the key of feature `hardened`; without it, a slot free in its span
+    /// is a [`BadFree::DoubleFree`].
+    NeverHandedOut(FreeSite),
+}
+
+impl core::fmt::Display for BadFree {
+    /// What was found, in words: "an object that is already free (in a
+    /// CPU's cache)", "a slot never handed out (in its span)", "not an
+    /// object of this heap".
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BadFree::DoubleFree(site) => {
+                write!(f, "an object that is already free ({})", site.describe())
+            }
+            BadFree::NeverHandedOut(site) => {
+                write!(f, "a slot never handed out ({})", site.describe())
+            }
+            BadFree::NotAnObject => f.write_str("not an object of this heap"),
+        }
+    }
+}
+
+/// Where a free object was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FreeSite {
+    /// A CPU's cache (its stack of the object's class).
+    CpuCache,
+    /// Its class's transfer cache.
+    TransferCache,
+    /// Its class's remote list (objects freed off their span's CPU).
+    RemoteList,
+    /// Back in its span.
+    Span,
+    /// An idle large span in the large-span cache.
+    LargeCache,
+}
+
+impl FreeSite {
+    /// The place, in words.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            FreeSite::CpuCache => "in a CPU's cache",
+            FreeSite::TransferCache => "in the transfer cache",
+            FreeSite::RemoteList => "in the remote list",
+            FreeSite::Span => "in its span",
+            FreeSite::LargeCache => "in the large-span cache",
+        }
+    }
+}
+
+/// What [`Heap::slot_at`] found at a pointer.
+enum Slot {
+    /// The start of an object of this class, handed out (its alloc bit).
+    Small(SizeClass),
+    /// The start of a live large object.
+    Large,
+}
+
 /// The allocator: per-CPU caches over central lists over a page heap over `S`.
 ///
 /// `Heap::new` is `const`; the heap sets itself up on first use (the per-CPU
@@ -112,6 +184,10 @@ impl ObjectKind {
 pub struct Heap<S: PageSource, C: Cpu> {
     /// The per-CPU tier: the `Cpu`, the caches, the restartable sequences.
     slabs: Slabs<C>,
+    /// The secret of the free objects' keys (next to the slabs: every free
+    /// reads it); set at set-up, before the caches are published.
+    #[cfg(feature = "hardened")]
+    key: hardened::FreeKey,
     source: S,
     /// Set-up lock; guards the bytes of per-CPU metadata taken from the source.
     init: Lock<usize, C::Relax>,
@@ -169,6 +245,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         Heap {
             source,
             slabs: Slabs::new(cpu),
+            #[cfg(feature = "hardened")]
+            key: hardened::FreeKey::new(),
             init: Lock::new(0),
             pages: Lock::new(PageHeap::new()),
             map: PageMap::new(),
@@ -325,6 +403,16 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             + stack_bytes.next_multiple_of(S::PAGE_SIZE);
         // SAFETY: `class_bytes` fresh bytes, page aligned, ours for ever.
         let classes = unsafe { Classes::init(S::GEOMETRY, cl.as_ptr(), budget, pad, coarse) };
+        #[cfg(feature = "hardened")]
+        {
+            let now = if S::CLOCK { self.source.now_ms() } else { 0 };
+            let here = &now as *const u64 as usize;
+            let seed = (self as *const Self as usize as u64).rotate_left(32)
+                ^ cl.as_ptr() as usize as u64
+                ^ (here as u64).rotate_left(16)
+                ^ now;
+            self.key.set(seed);
+        }
         // Published before the caches: whoever sees those sees this.
         self.classes.store(classes, Ordering::Release);
         if let Some(sc) = sc {
@@ -506,6 +594,105 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 self.free_large(p)
             }
             _ => panic!("tieralloc: free of {p:p}: not a pointer into this heap (foreign pointer or double free)"),
+        }
+    }
+
+    /// C's `free`, checked: frees `p` if it starts a live object of this
+    /// heap, else returns why not and changes nothing. Caught: foreign and
+    /// interior pointers, slots free in their spans, large objects already
+    /// freed while their span idles in the large-span cache, and with
+    /// feature `hardened` objects free anywhere (see `heap::hardened`).
+    /// Objects must not be tiny (as [`Heap::deallocate_unsized`]).
+    ///
+    /// # Safety
+    /// If `p` is a live object of this heap, it is the caller's and is not
+    /// used afterwards; no other thread frees `p` meanwhile.
+    #[inline(always)]
+    pub unsafe fn try_deallocate_unsized(&self, p: *mut u8) -> Result<(), BadFree> {
+        if C::GUARDS_OPERATIONS {
+            // SAFETY: forwarded from the caller.
+            return self
+                .cpu()
+                .operation(|| unsafe { self.try_deallocate_unsized_unguarded(p) });
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.try_deallocate_unsized_unguarded(p) }
+    }
+
+    /// The operation itself, inside the caller's [`Cpu::operation`] if any.
+    #[inline(always)]
+    unsafe fn try_deallocate_unsized_unguarded(&self, p: *mut u8) -> Result<(), BadFree> {
+        // SAFETY: forwarded from the caller.
+        match unsafe { self.slot_at(p) }? {
+            Slot::Small(c) => {
+                // SAFETY: `p` starts a handed-out object of class `c`,
+                // the caller's unless it is free (which this checks).
+                #[cfg(feature = "hardened")]
+                unsafe {
+                    self.mark_free(p, c)?
+                };
+                self.free_small_marked(p, c);
+            }
+            Slot::Large => self.free_large(p),
+        }
+        Ok(())
+    }
+
+    /// The bytes usable at `p` if it starts a live object of this heap
+    /// (C's `realloc` asks before it resizes), else why not: the checks of
+    /// [`Heap::try_deallocate_unsized`], without the free.
+    ///
+    /// # Safety
+    /// No other thread frees `p` meanwhile.
+    pub unsafe fn try_live_size(&self, p: *mut u8) -> Result<usize, BadFree> {
+        self.guarded(|| {
+            // SAFETY: forwarded from the caller.
+            match unsafe { self.slot_at(p) }? {
+                Slot::Small(c) => {
+                    // SAFETY: as in `try_deallocate_unsized`.
+                    #[cfg(feature = "hardened")]
+                    unsafe {
+                        self.check_key(p, c)?
+                    };
+                    Ok(S::GEOMETRY.size(c))
+                }
+                Slot::Large => self.try_usable_size(p).ok_or(BadFree::NotAnObject),
+            }
+        })
+    }
+
+    /// What `p` is the start of: a handed-out object of a class, a live
+    /// large object, or (`Err`) neither. Reads the alloc bit without the
+    /// span's lock (exact for an object the caller holds).
+    ///
+    /// # Safety
+    /// No other thread frees `p` meanwhile.
+    #[inline(always)]
+    unsafe fn slot_at(&self, p: *mut u8) -> Result<Slot, BadFree> {
+        let a = Addr::of(p);
+        // SAFETY: non-null page-map entries are live spans.
+        match unsafe { self.map.lookup::<S>(a).as_ref() } {
+            Some(span) if span.state == SpanState::Small => {
+                let (idx, exact) = span.index_of(a);
+                if !exact || idx >= span.nelems as usize {
+                    return Err(BadFree::NotAnObject);
+                }
+                if span.is_allocated_unlocked(idx) {
+                    return Ok(Slot::Small(span.class));
+                }
+                #[cfg(feature = "hardened")]
+                // SAFETY: `p` starts a slot of a live span (no one frees
+                // it meanwhile: the caller's promise).
+                if !unsafe { self.key_says_freed(p) } {
+                    return Err(BadFree::NeverHandedOut(FreeSite::Span));
+                }
+                Err(BadFree::DoubleFree(FreeSite::Span))
+            }
+            Some(span) if span.start == a && span.state == SpanState::Large => Ok(Slot::Large),
+            Some(span) if span.start == a && span.state == SpanState::Idle => {
+                Err(BadFree::DoubleFree(FreeSite::LargeCache))
+            }
+            _ => Err(BadFree::NotAnObject),
         }
     }
 

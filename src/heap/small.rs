@@ -35,6 +35,11 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         if let Some(f) = self.slabs.fast() {
             let (p, tick) = f.pop(c);
             if !p.is_null() {
+                // SAFETY: an object of class `c`, ours now.
+                #[cfg(feature = "hardened")]
+                unsafe {
+                    super::hardened::clear_key(p)
+                };
                 self.decay_tick(tick);
                 #[cfg(feature = "checks")]
                 checks::on_alloc::<S>(&self.map, p);
@@ -64,6 +69,11 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         if !p.is_null() {
             checks::on_alloc::<S>(&self.map, p);
         }
+        #[cfg(feature = "hardened")]
+        if !p.is_null() {
+            // SAFETY: an object of class `c`, ours now.
+            unsafe { super::hardened::clear_key(p) };
+        }
         p
     }
 
@@ -91,6 +101,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 return null_mut();
             }
         }
+        #[cfg(feature = "hardened")]
+        self.mark_carved(&buf[..n - 1]);
         let flow = self.flow(c);
         let pushed = s.push_batch(c, &buf[..n - 1]);
         flow.pushed_to_slabs(pushed);
@@ -176,8 +188,23 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         }
     }
 
+    /// Frees `p`, an object of class `c`; with feature `hardened`, first
+    /// checks and writes its key (`heap::hardened`), aborting on a double
+    /// free.
     #[inline(always)]
     pub(super) fn free_small(&self, p: *mut u8, c: SizeClass) {
+        // SAFETY: the callers free objects of class `c` that they own (or
+        // free ones: what this detects).
+        #[cfg(feature = "hardened")]
+        if let Err(e) = unsafe { self.mark_free(p, c) } {
+            super::hardened::bad_free(p, e);
+        }
+        self.free_small_marked(p, c)
+    }
+
+    /// [`Heap::free_small`] after the key (with feature `hardened`).
+    #[inline(always)]
+    pub(super) fn free_small_marked(&self, p: *mut u8, c: SizeClass) {
         #[cfg(feature = "checks")]
         checks::on_free::<S, _>(&self.map, p, c, || self.central(c).lock());
         if let Some(f) = self.slabs.fast() {

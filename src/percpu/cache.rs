@@ -444,6 +444,21 @@ impl<'a> CpuCache<'a> {
         self.counter_word(k).load(Ordering::Relaxed)
     }
 
+    /// Whether class `c`'s stack holds `p` (a racy read: each slot whole,
+    /// the stack maybe changing meanwhile). A class without a stack holds
+    /// nothing.
+    /// (Feature `hardened`'s slow search.)
+    #[cfg(feature = "hardened")]
+    pub(crate) fn holds(&self, c: SizeClass, p: *mut u8) -> bool {
+        let cap = self.cap(c);
+        if c.is_large() || cap == 0 {
+            return false;
+        }
+        // A stopped word's length field reads as over the capacity.
+        let n = self.word(c).len().min(cap);
+        (0..n).any(|i| self.slot(c, i).load(Ordering::Relaxed) == p as Word)
+    }
+
     /// Mallocs counted by pops of class `c`, cumulative (a racy read).
     pub(crate) fn pops(&self, c: SizeClass) -> u64 {
         let w = self.word(c).pops();

@@ -411,6 +411,15 @@ impl<'a, C: Cpu, K: Shape> Caches<'a, C, K> {
         }
     }
 
+    /// The CPU whose stack of class `c` holds `p`, if one does: a racy
+    /// scan of every cache (each slot read whole), taking no slot, so an
+    /// object moving between stacks meanwhile may be missed.
+    /// (Feature `hardened`'s slow search.)
+    #[cfg(feature = "hardened")]
+    pub(crate) fn holder(&self, c: SizeClass, p: *mut u8) -> Option<usize> {
+        (0..self.count()).find(|&i| self.locked().cache(i).holds(c, p))
+    }
+
     /// Runs `f` with cache `i` to itself, from any CPU: its slot, plus in
     /// rseq mode the stop protocol. `None` if exclusivity cannot be had
     /// (rseq mode without the expedited-rseq membarrier, or a CPU that
