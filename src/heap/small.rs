@@ -155,6 +155,11 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 self.flow(k).malloc_direct();
                 #[cfg(feature = "checks")]
                 checks::on_alloc::<S>(&self.map, buf[0]);
+                #[cfg(feature = "hardened")]
+                // SAFETY: an object of class `k`, ours now.
+                unsafe {
+                    super::hardened::clear_key(buf[0])
+                };
                 return buf[0];
             }
         }
