@@ -196,11 +196,11 @@
 //! `Heap<RegionSource, SingleCpu>` is 1,664 bytes on 32-bit targets (36,160
 //! on 64-bit, 32 KiB of it the page map's first level over a 48-bit address
 //! space), and all its bytes are zero, so a `static` lands in `.bss`; the
-//! thumbv7em firmware of `make bench-code-size` has 3,744 bytes of `.bss`
+//! thumbv7em firmware of `make bench-code-size` has 3,808 bytes of `.bss`
 //! besides its heap region (`tests/bss.rs` checks the size and the section).
 //! A bounded source ([`PageSource::bound`]: a region) gets transfer caches of
 //! a 1024th of its bytes per class, none below 256 KiB, per-CPU stacks of a
-//! 1024th of its bytes per class (64 B to 16 KiB: `percpu::cache`), and, on one
+//! 512th of its bytes per class (64 B to 16 KiB: `percpu::cache`), and, on one
 //! CPU, central lists packed without a line each (and no per-CPU stack
 //! caches: its stacks come straight from the pools). Its small spans are
 //! stretched towards 8 KiB as the region grows (`pageheap::span_target_for`),

@@ -77,6 +77,15 @@ pub struct Span {
     pub npages: Pages,
     /// Arena the span lies in (a `pageheap::Arena`), set by the page heap.
     pub arena: *mut u8,
+    /// The record's tail, right after it in the same block ([`record_tail`]
+    /// bytes): `alloc_bits`, `nwords` words with one bit per object, set
+    /// while the object is out of the span (handed out, or in a cache); with
+    /// `checks`, then `cached_bits`, as many words: objects that are free
+    /// but still cached (per-CPU or transfer), so a second free of them is
+    /// caught.
+    bits: *mut u64,
+    /// Live counts of tiny blocks (tiny-class spans only), else null.
+    pub tiny: AtomicPtr<TinyCounts>,
     /// The size class of its objects ([`SizeClass::LARGE`] unless `Small`).
     pub class: SizeClass,
     /// What the span is used for.
@@ -87,27 +96,16 @@ pub struct Span {
     pub needzero: bool,
     /// Bytes per object (for large spans: the span's bytes).
     pub elemsize: u32,
-    /// Objects in the span (1 for large spans).
-    pub nelems: u32,
     /// Go's `divMul` of `elemsize` (0 for large spans): see [`Span::index_of`].
     pub div_mul: u32,
+    /// Objects in the span (1 for large spans; at most `MAX_OBJECTS`).
+    pub nelems: u16,
     /// Objects handed out (bits set in `alloc_bits`).
-    pub alloc_count: u32,
+    pub alloc_count: u16,
     /// Index of the bitmap word mirrored in `alloc_cache`.
-    pub cache_word: u32,
+    pub cache_word: u16,
     /// Words of each bitmap in the record's tail (see `bitmap_words`).
-    pub nwords: u32,
-    /// Complement of `alloc_bits[cache_word]`, restricted to valid objects.
-    pub alloc_cache: u64,
-    /// The record's tail, right after it in the same block ([`record_tail`]
-    /// bytes): `alloc_bits`, `nwords` words with one bit per object, set
-    /// while the object is out of the span (handed out, or in a cache); with
-    /// `checks`, then `cached_bits`, as many words: objects that are free
-    /// but still cached (per-CPU or transfer), so a second free of them is
-    /// caught.
-    bits: *mut u64,
-    /// Live counts of tiny blocks (tiny-class spans only), else null.
-    pub tiny: AtomicPtr<TinyCounts>,
+    pub nwords: u16,
     /// Classes whose objects share cache lines ([`Geometry::shares_lines`](crate::Geometry::shares_lines)):
     /// 1 + the CPU whose cache takes this span's objects, or 0 before the
     /// first refill. It changes only under the class's central lock, and only
@@ -118,6 +116,8 @@ pub struct Span {
     /// a thread can move between reading its CPU and pushing, so it is a
     /// (nearly always right) hint there. Relaxed: a hint needs no ordering.
     pub owner: AtomicOwner,
+    /// Complement of `alloc_bits[cache_word]`, restricted to valid objects.
+    pub alloc_cache: u64,
 }
 
 /// Words of each bitmap of a span record in a heap of geometry `g` whose
@@ -177,7 +177,7 @@ impl Span {
                 div_mul: 0,
                 alloc_count: 0,
                 cache_word: 0,
-                nwords: nwords as u32,
+                nwords: nwords as u16,
                 alloc_cache: 0,
                 bits,
                 tiny: AtomicPtr::new(null_mut()),
@@ -208,7 +208,7 @@ impl Span {
     /// Carves the span into `n` objects of `size` bytes, none handed out.
     fn carve(&mut self, size: usize, n: usize) {
         self.elemsize = size as u32;
-        self.nelems = n as u32;
+        self.nelems = n as u16;
         self.alloc_count = 0;
         self.alloc_bits_mut().fill(0);
         self.cache_word = 0;
@@ -343,7 +343,7 @@ impl Span {
             if w >= words {
                 return None;
             }
-            self.cache_word = w as u32;
+            self.cache_word = w as u16;
             self.alloc_cache = !self.bits_at(w) & self.valid_mask(w);
         }
         let bit = self.alloc_cache.trailing_zeros() as usize;
@@ -369,7 +369,7 @@ impl Span {
             self.alloc_cache |= bit;
         } else if w < cw {
             // Keep allocation lowest-first: move the cache down to this word.
-            self.cache_word = w as u32;
+            self.cache_word = w as u16;
             self.alloc_cache = !self.bits_at(w) & self.valid_mask(w);
         }
         true
@@ -389,7 +389,8 @@ impl Span {
             count += bits.count_ones();
         }
         assert_eq!(
-            count, self.alloc_count,
+            count,
+            u32::from(self.alloc_count),
             "span {:#x}: alloc_count != popcount",
             self.start
         );
@@ -528,6 +529,18 @@ mod tests {
             // SAFETY: allocated in `small` with this layout.
             unsafe { std::alloc::dealloc(self.0.cast(), self.1) }
         }
+    }
+
+    /// The record is what every span pays besides its bitmap: 88 bytes on
+    /// 64-bit targets, 64 on 32-bit ones.
+    #[test]
+    fn records_are_small() {
+        let want = if cfg!(target_pointer_width = "64") {
+            88
+        } else {
+            64
+        };
+        assert_eq!(core::mem::size_of::<Span>(), want);
     }
 
     fn small(class: usize) -> Rec {

@@ -596,7 +596,7 @@ fn regions_under_a_chunk_serve_allocations() {
 }
 
 /// A region heap sizes its per-CPU caches by its region: what one class's
-/// stack holds after many frees grows with the region (a 1024th of it per
+/// stack holds after many frees grows with the region (a 512th of it per
 /// class, from 64 B to 16 KiB), so a heap of kilobytes keeps a few objects
 /// of a class where one of megabytes keeps a hundred.
 #[test]
@@ -618,9 +618,9 @@ fn caches_are_sized_by_the_region() {
         assert_eq!(st.heap_alloc, 0, "{st}");
         st.cached_bytes as usize
     };
-    // 64 KiB: 64 B per class, but at least two objects; no transfer caches.
+    // 64 KiB: 128 B per class, two 64-byte objects; no transfer caches.
     assert!(held(64 << 10) <= 2 * 64, "{}", held(64 << 10));
-    // 16 MiB and more: 16 KiB per class, and the caches take all 200.
+    // 8 MiB and more: 16 KiB per class, and the caches take all 200.
     assert_eq!(held(16 << 20) % 64, 0);
     assert!(held(16 << 20) >= 128 * 64, "{}", held(16 << 20));
 }

@@ -77,15 +77,15 @@ pub(crate) trait Shape {
 
 /// Bytes each class's stack is sized for in a heap over a source bounded by
 /// `bound` bytes whose caches are sized at set-up ([`Shape::FIXED`] `None`): a
-/// 1024th of the source per class, between [`MIN_CLASS_CACHE_BYTES`] and
-/// [`CLASS_CACHE_BYTES`]: a few objects of a class in a 64 KiB region, whose
-/// caches hold memory no other class can use; from 16 MiB on the unbounded
+/// 512th of the source per class, between [`MIN_CLASS_CACHE_BYTES`] and
+/// [`CLASS_CACHE_BYTES`]: a few objects of a class in a 64 KiB region (each
+/// slot is metadata carved from the region); from 8 MiB on the unbounded
 /// heaps' cache.
 pub(crate) const fn class_cache_bytes(bound: Option<usize>) -> usize {
     match bound {
         None => CLASS_CACHE_BYTES,
         Some(b) => {
-            let n = b / 1024;
+            let n = b / 512;
             if n < MIN_CLASS_CACHE_BYTES {
                 MIN_CLASS_CACHE_BYTES
             } else if n > CLASS_CACHE_BYTES {

@@ -39,7 +39,9 @@
 //!   above `max_small`.
 //! - the class of [`TINY_BLOCK`] bytes exists and pages are whole blocks, so
 //!   tiny blocks are line aligned.
-//! - every span is at least `min_span` bytes.
+//! - every span is at least `min_span` bytes, unless that would put more
+//!   than `max_objects` objects in it (then it is the fewest pages that hold
+//!   `max_objects`, or as many as the tail bound needs).
 
 use super::{
     div_mul_for, ClassInfo, SizeClass, LARGE_SIZE_DIV, NUM_CLASSES, SIZE_TO_CLASS128_LEN,
@@ -82,6 +84,10 @@ pub struct Spec {
     /// has a record (its list links and bitmap, tens of bytes): over small
     /// pages a one-page span would pay that for a handful of objects.
     pub min_span: usize,
+    /// Most objects in a span (0: no limit): `min_span` gives way to it, so
+    /// that the smallest classes' spans keep the bitmap every span record
+    /// carries short.
+    pub max_objects: usize,
 }
 
 impl Spec {
@@ -93,6 +99,7 @@ impl Spec {
         tail_div: 8,
         raise_div: LARGE_SIZE_DIV,
         min_span: 0,
+        max_objects: 0,
     };
 }
 
@@ -155,7 +162,11 @@ impl Geometry {
             }
             assert!(align.is_power_of_two(), "incorrect alignment");
 
-            let mut span = spec.min_span.next_multiple_of(page);
+            let mut span = spec.min_span;
+            if spec.max_objects > 0 && span > spec.max_objects * size {
+                span = spec.max_objects * size;
+            }
+            let mut span = span.next_multiple_of(page);
             if span == 0 {
                 span = page;
             }
@@ -453,6 +464,7 @@ pub static REGION_GEOMETRIES: [Geometry; 2] = [
         tail_div: 8,
         raise_div: 8,
         min_span: 0,
+        max_objects: 0,
     }),
     REGION_GEOMETRY,
 ];
@@ -470,6 +482,7 @@ pub(crate) const REGION_GEOMETRY: Geometry = Geometry::generate(Spec {
     tail_div: 16,
     raise_div: 8,
     min_span: 2048,
+    max_objects: 128,
 });
 
 #[cfg(test)]
@@ -514,6 +527,11 @@ mod tests {
                     let q = ((off as u64 * r.div_mul as u64) >> 32) as usize;
                     assert_eq!(q, off / size, "{:?} {c:?} offset {off}", g.spec);
                 }
+                assert!(
+                    span >= g.spec.min_span || r.objects as usize >= g.spec.max_objects,
+                    "{:?} {c:?}: a span under min_span that max_objects does not ask for",
+                    g.spec
+                );
                 most = most.max(r.objects as usize);
                 prev = size;
             }
@@ -523,6 +541,8 @@ mod tests {
             assert_eq!(t.size as usize, TINY_BLOCK);
             assert!(t.npages as usize * page >= g.spec.min_span);
         }
+        // A region heap's spans hold at most 128 objects: two bitmap words.
+        assert_eq!(REGION_GEOMETRY.max_objects, 128);
     }
 
     #[test]
