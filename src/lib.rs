@@ -116,8 +116,9 @@
 //!    while central's lock is).
 //! 4. No partial span: lock the page heap and take the span's pages first fit
 //!    (making released pages Ready), growing by a new arena from the source if
-//!    nothing fits; out of memory, release every idle and dirty page and try
-//!    once more.
+//!    nothing fits (64 MiB on Linux; where the reservation fails, half as much,
+//!    down to what the request needs); out of memory, release every idle and
+//!    dirty page and every wholly free arena, and try once more.
 //! 5. Tiny: bump-allocate in the CPU's current 64-byte block ([`TINY_BLOCK`]);
 //!    a new block is a 64-byte class object whose live count starts at a bias.
 //! 6. Large: lock the page heap; an idle span of exactly the object's pages
@@ -155,7 +156,9 @@
 //! 4. Page heap: clear the pages' bits (coalescing is implicit); if dirty free
 //!    pages exceed the scavenger's allowance (what fits under 1.5 times the
 //!    recent in-use peak, "recent" counted in page-heap traffic), release the
-//!    highest ones to the source, down to 7/8 of the allowance.
+//!    highest ones to the source, down to 7/8 of the allowance. While address
+//!    space is short (the last growth fell back), an arena that becomes wholly
+//!    free goes back to the source whole (`munmap` on Linux).
 //! 5. Tiny: decrement the block's live count (one atomic); the last free returns
 //!    the block as a 64-byte class object through step 2.
 //! 6. Large: lock the page heap; the span idles whole in the large-span cache

@@ -87,9 +87,13 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             Some(s) => s,
             None => {
                 // Out of memory: cached objects may make whole spans free,
-                // if the heap is large enough to hold the request at all.
-                let sys = self.pages.lock().stats(S::PAGE).sys;
-                if size.saturating_add(align) as u64 > sys {
+                // if the heap is large enough to hold the request at all, or
+                // whole arenas, whose address space a new one can take.
+                let (sys, short) = {
+                    let h = self.pages.lock();
+                    (h.stats(S::PAGE).sys, h.address_short())
+                };
+                if size.saturating_add(align) as u64 > sys && !short {
                     return None;
                 }
                 self.drain_caches(&self.below());

@@ -16,12 +16,47 @@
 //! [`MAX_ARENAS`] slots) as arenas are added, so a heap of one arena keeps a
 //! few dozen bytes of it.
 //!
+//! ## Growing and releasing arenas
+//!
+//! A new arena asks for `max(S::ARENA_BYTES, what the request needs)`; when
+//! the reservation (or its commit, or its metadata block) fails, for half as
+//! much, and so on down to what the request needs, in whole chunks. A heap
+//! that had to fall back is *short* of address space (an `RLIMIT_AS`, a
+//! 32-bit process) until a growth of the full size succeeds again. Where the
+//! source gives address space back ([`PageSource::CAN_UNRESERVE`]; never for
+//! small arenas), an arena's life is then:
+//!
+//! ```text
+//!              grow                   wholly free, while short;
+//!   (none) ──────────────▶ Live ───── or any wholly free arena ────▶ Released
+//!     ▲   reserve + commit   │ ▲       when an allocation fails       │ free (the whole
+//!     │   + metadata block   │ │                                      │ reservation) and
+//!     │                      └─┘ spans in and out                     │ retire the block
+//!     └───────────────────────────────────────────────────────────────┘
+//!              (a later grow may reuse the retired block)
+//! ```
+//!
+//! A released arena leaves the table (the slots above it move down, the
+//! tree is rebuilt), so `find` and `grow` never see it; its pages were all
+//! free, so no span, page-map entry or large-span cache entry refers to it.
+//! Its metadata block is *retired*, not freed: the page map is read without
+//! the lock, and a reader that loaded a chunk entry of the released range
+//! just before it was released may still read the block's slots, which are
+//! all null (every page was free). The chunk entries stay pointing at them,
+//! so an address in the released range maps to null, until a new arena
+//! covers the chunk (its entry replaces the old one) or the block is reused
+//! by a new arena, which first clears the entries that still point into it.
+//! So a retired block costs its bytes (about 70 KiB per 64 MiB arena) and no
+//! address space is lost to repeated release and growth: the blocks are
+//! reused, each for an arena of at most the pages it was laid out for.
+//!
 //! [`Arena`] is where page indices meet addresses: everything below it
 //! ([`ArenaPages`]) counts pages of one arena as plain numbers; everything
 //! above it uses [`PageIdx`], [`Pages`] and [`Addr`].
 //!
 //! Invariants (guarded by the heap lock): `arenas[..narenas]` are live and
-//! sorted by base, non-overlapping, each `slot` field its index;
+//! sorted by base, non-overlapping, each `slot` field its index; every
+//! retired block's `block_pages` slots are null; `pending` implies `short`;
 //! `tree_cap` is the smallest power of two `>= narenas` (at least 1); leaf
 //! `tree_cap + i` is arena `i`'s longest free run (0 past `narenas`), every
 //! inner node the max of its children.
@@ -58,6 +93,12 @@ pub(crate) struct Arena {
     pub(crate) pages: ArenaPages,
     /// The arena's entry in the page map's list (small arenas only).
     link: ArenaLink,
+    /// Pages the metadata block is laid out for (`npages <= block_pages`):
+    /// its slots and bitmaps have room for that many, so that a retired block
+    /// can be reused by any arena up to that size.
+    block_pages: Pages,
+    /// The next retired block (on [`Arenas`]' retired list only).
+    next_retired: *mut Arena,
 }
 
 impl Arena {
@@ -208,6 +249,15 @@ pub(crate) struct Arenas {
     /// heap of one arena walks no tree at all, one of a few arenas a level or two.
     /// log2 of `tree_cap` (0 for 1: all-zero bytes are the empty set).
     tree_log: u32,
+    /// Metadata blocks of released arenas, linked by `next_retired`, for
+    /// reuse by new arenas (never freed: see "Growing and releasing arenas").
+    retired: *mut Arena,
+    /// The last growth had to fall back to a smaller arena or failed, and
+    /// the source gives address space back: wholly free arenas are released.
+    short: bool,
+    /// While `short`: an arena became wholly free since the last
+    /// [`Arenas::release_free`].
+    pending: bool,
 }
 
 // SAFETY: the raw pointers are to arena metadata owned by this heap; all
@@ -227,6 +277,52 @@ impl Arenas {
             tree: null_mut(),
             cap: 0,
             tree_log: 0,
+            retired: null_mut(),
+            short: false,
+            pending: false,
+        }
+    }
+
+    /// Whether address space is short (the last growth fell back or failed,
+    /// over a source that gives it back): a failed allocation may then
+    /// succeed once wholly free arenas are released.
+    pub(crate) fn short(&self) -> bool {
+        self.short
+    }
+
+    /// Marks address space short (an allocation failed), where the source
+    /// gives it back.
+    pub(crate) fn set_short<S: PageSource>(&mut self) {
+        self.short = S::CAN_UNRESERVE && !S::SMALL_ARENAS;
+    }
+
+    /// Metadata blocks: the live arenas' and the retired ones.
+    #[cfg(test)]
+    fn blocks(&self) -> usize {
+        let mut n = self.narenas;
+        let mut r = self.retired;
+        // SAFETY: retired blocks are never freed.
+        while let Some(a) = unsafe { r.as_ref() } {
+            n += 1;
+            r = a.next_retired;
+        }
+        n
+    }
+
+    /// Whether an arena became wholly free while address space was short.
+    pub(crate) fn pending(&self) -> bool {
+        self.pending
+    }
+
+    /// Pages of `slot` were freed: if address space is short and the arena
+    /// is now wholly free, the next [`Arenas::release_free`] releases it.
+    #[inline]
+    pub(crate) fn note_free(&mut self, slot: ArenaSlot) {
+        if self.short {
+            let a = self.get(slot);
+            if a.pages.free_pages() == a.npages.get() {
+                self.pending = true;
+            }
         }
     }
 
@@ -407,9 +503,39 @@ impl Arenas {
             .get()
             .checked_mul(S::PAGE.bytes())?
             .checked_next_multiple_of(CHUNK_BYTES)?;
-        let bytes = want.max(S::ARENA_BYTES);
-        let arena_pages = Pages::of_whole_bytes(bytes, S::PAGE);
+        let full = want.max(S::ARENA_BYTES);
         let align = (align_pages.checked_mul(S::PAGE.bytes())?).max(CHUNK_BYTES);
+        // Half as much each time it fails, in whole chunks, down to `want`.
+        let mut bytes = full;
+        loop {
+            if let Some(slot) = self.grow_one(source, map, bytes, align, meta_bytes) {
+                if bytes == full {
+                    self.short = false;
+                    self.pending = false;
+                }
+                return Some(slot);
+            }
+            self.set_short::<S>();
+            if bytes == want {
+                return None;
+            }
+            bytes = (bytes / 2).next_multiple_of(CHUNK_BYTES).max(want);
+        }
+    }
+
+    /// One arena of exactly `bytes` (whole chunks) at `align`: reserved,
+    /// committed, with a metadata block (a retired one if one is large
+    /// enough), its chunks published in `map`, inserted in address order.
+    /// `None`, with nothing kept but a metadata block (retired), if any step fails.
+    fn grow_one<S: PageSource>(
+        &mut self,
+        source: &S,
+        map: &PageMap,
+        bytes: usize,
+        align: usize,
+        meta_bytes: &mut usize,
+    ) -> Option<ArenaSlot> {
+        let arena_pages = Pages::of_whole_bytes(bytes, S::PAGE);
         let base = source.reserve(bytes, align)?;
         // SAFETY: just reserved, Reserved state.
         if unsafe { source.commit(base, bytes) }.is_err() {
@@ -417,32 +543,143 @@ impl Arenas {
             unsafe { source.free(base, bytes) };
             return None;
         }
-        let meta = Self::meta_layout(arena_pages.get()).0;
-        let Some(m) = source.alloc(meta) else {
-            // SAFETY: ours, untouched.
-            unsafe { source.free(base, bytes) };
-            return None;
-        };
         let base_addr = Addr::of(base.as_ptr());
-        // SAFETY: `m` is `meta` fresh Ready bytes, page aligned.
-        let arena =
-            unsafe { Self::write_meta::<S>(m.as_ptr(), base_addr, arena_pages, !S::ZEROED) };
-        *meta_bytes += meta.next_multiple_of(S::PAGE_SIZE);
+        let arena = if let Some(old) = self.take_retired::<S>(map, arena_pages) {
+            // SAFETY: a retired block, now ours alone, laid out for at least
+            // `arena_pages` pages; its slots are all null.
+            unsafe {
+                let block_pages = (*old).block_pages;
+                Self::write_meta::<S>(old.cast(), base_addr, arena_pages, block_pages, false)
+            }
+        } else {
+            let meta = Self::meta_layout(arena_pages.get()).0;
+            let Some(m) = source.alloc(meta) else {
+                // SAFETY: ours, untouched.
+                unsafe { source.free(base, bytes) };
+                return None;
+            };
+            *meta_bytes += meta.next_multiple_of(S::PAGE_SIZE);
+            // SAFETY: `m` is `meta` fresh Ready bytes, page aligned.
+            unsafe {
+                Self::write_meta::<S>(m.as_ptr(), base_addr, arena_pages, arena_pages, !S::ZEROED)
+            }
+        };
         let chunks = arena_pages.get() / S::CHUNK_PAGES;
         for c in 0..chunks {
             // SAFETY: `spans` has arena_pages slots.
             let slots = unsafe { (*arena).spans.add(c * S::CHUNK_PAGES) };
             if !map.set_chunk(source, base_addr + c * CHUNK_BYTES, slots, meta_bytes) {
-                // Unpublish what we published; the metadata block is leaked (rare: no memory at all).
+                // Unpublish what we published (no memory for a page-map table).
                 for d in 0..c {
                     map.set_chunk(source, base_addr + d * CHUNK_BYTES, null_mut(), meta_bytes);
                 }
                 // SAFETY: no span was made in the arena; nobody refers to it.
                 unsafe { source.free(base, bytes) };
+                self.retire(arena);
                 return None;
             }
         }
         Some(self.insert(arena))
+    }
+
+    /// Puts the metadata block of `arena` (released, or never published) on
+    /// the retired list.
+    fn retire(&mut self, arena: *mut Arena) {
+        // SAFETY: the block is ours; nothing else writes its header.
+        unsafe { (*arena).next_retired = self.retired };
+        self.retired = arena;
+    }
+
+    /// The smallest retired block laid out for at least `npages` pages, off
+    /// the list (so that a heap that releases and grows the same arenas
+    /// again reuses the same blocks), with the page-map entries of the arena
+    /// it last held cleared where they still point into it (so that no
+    /// address of the old range maps into the new arena).
+    fn take_retired<S: PageSource>(&mut self, map: &PageMap, npages: Pages) -> Option<*mut Arena> {
+        let mut best: Option<*mut *mut Arena> = None;
+        let mut link: *mut *mut Arena = &raw mut self.retired;
+        // SAFETY: the retired list holds blocks of this heap, never freed;
+        // `&mut self` is the heap lock, so the links are ours to change.
+        unsafe {
+            while let Some(a) = (*link).as_ref() {
+                let better = best.is_none_or(|b| a.block_pages < (**b).block_pages);
+                if a.block_pages >= npages && better {
+                    best = Some(link);
+                }
+                link = &raw mut (**link).next_retired;
+            }
+            let link = best?;
+            let a = &mut **link;
+            *link = a.next_retired;
+            a.next_retired = null_mut();
+            for c in 0..a.npages.get() / S::CHUNK_PAGES {
+                map.clear_chunk(a.base + c * CHUNK_BYTES, a.spans.add(c * S::CHUNK_PAGES));
+            }
+            Some(a)
+        }
+    }
+
+    /// Releases every wholly free arena: `free`s its reservation, takes it
+    /// out of the table and retires its metadata block. Returns the pages
+    /// released and how many of them were released (Prepared) pages. Ends
+    /// [`Arenas::pending`].
+    pub(crate) fn release_free<S: PageSource>(&mut self, source: &S) -> (Pages, Pages) {
+        self.pending = false;
+        let (mut pages, mut released) = (Pages::ZERO, Pages::ZERO);
+        if !S::CAN_UNRESERVE || S::SMALL_ARENAS {
+            return (pages, released);
+        }
+        for i in (0..self.narenas).rev() {
+            let slot = ArenaSlot::new(i);
+            let a = self.get(slot);
+            if a.pages.free_pages() != a.npages.get() {
+                continue;
+            }
+            let (base, n) = (a.base, a.npages);
+            pages += n;
+            released += Pages::new(a.pages.released_pages());
+            let arena = self.slots_raw()[slot.get()];
+            self.remove(slot);
+            // SAFETY: exactly the reservation `grow_one` made (`n` pages of
+            // `S::PAGE` from `base`, a non-null address); every page is free,
+            // so nothing refers to it.
+            unsafe { source.free(NonNull::new_unchecked(base.as_ptr()), n.bytes(S::PAGE)) };
+            self.retire(arena);
+        }
+        (pages, released)
+    }
+
+    /// Takes the arena in `slot` out of the table: the slots above move down
+    /// and the tree is rebuilt for the arenas left.
+    fn remove(&mut self, slot: ArenaSlot) {
+        let n = self.narenas;
+        let slots = self.slots_raw_mut();
+        slots.copy_within(slot.get() + 1..n, slot.get());
+        slots[n - 1] = null_mut();
+        for (s, &a) in slots.iter().enumerate().take(n - 1).skip(slot.get()) {
+            // SAFETY: live arenas.
+            unsafe { (*a).slot = ArenaSlot::new(s) };
+        }
+        self.narenas -= 1;
+        self.tree_log = self.narenas.max(1).next_power_of_two().trailing_zeros();
+        self.rebuild_tree();
+    }
+
+    /// Sets every leaf of the tree (`tree_cap` of them) and every inner node.
+    fn rebuild_tree(&mut self) {
+        let cap = self.tree_cap();
+        for s in 0..cap {
+            let v = if s < self.narenas {
+                leaf(self.get(ArenaSlot::new(s)).max_free_run())
+            } else {
+                0
+            };
+            self.tree_mut()[cap + s] = v;
+        }
+        let tree = self.tree_mut();
+        for i in (1..cap).rev() {
+            tree[i] = tree[2 * i].max(tree[2 * i + 1]);
+        }
     }
 
     /// Bytes of the metadata block of an arena of `npages` pages, and the
@@ -458,26 +695,32 @@ impl Arenas {
     }
 
     /// Lays out the metadata block of a new arena of `npages` pages at
-    /// `base` in `m` ([`Arenas::meta_layout`]): its header, page slots (all
-    /// null; written as such when `zero_slots`) and page bitmaps.
+    /// `base` in `m`, a block for `block_pages` pages
+    /// ([`Arenas::meta_layout`] of them): its header, page slots (all null;
+    /// written as such when `zero_slots`) and page bitmaps.
     ///
     /// # Safety
-    /// `m` is `meta_layout(npages).0` Ready bytes, 64-byte aligned, the
-    /// arena's for ever; the slots are already zero unless `zero_slots`.
+    /// `npages <= block_pages`; `m` is `meta_layout(block_pages).0` Ready
+    /// bytes, 64-byte aligned, the arena's until it is retired; its
+    /// `block_pages` slots are already zero unless `zero_slots`.
     unsafe fn write_meta<S: PageSource>(
         m: *mut u8,
         base: Addr,
         npages: Pages,
+        block_pages: Pages,
         zero_slots: bool,
     ) -> *mut Arena {
-        let (_, spans_off, pages_off) = Self::meta_layout(npages.get());
-        // SAFETY: the caller's block holds the three parts, which do not overlap.
+        debug_assert!(npages <= block_pages);
+        let (_, spans_off, pages_off) = Self::meta_layout(block_pages.get());
+        // SAFETY: the caller's block holds the three parts, which do not
+        // overlap (the bitmaps of `npages <= block_pages` pages fit in
+        // those of `block_pages`).
         unsafe {
             let spans = m.add(spans_off).cast::<SpanSlot>();
             if zero_slots {
                 spans
                     .cast::<u8>()
-                    .write_bytes(0, npages.get() * size_of::<SpanSlot>());
+                    .write_bytes(0, block_pages.get() * size_of::<SpanSlot>());
             }
             let pages = ArenaPages::init(NonNull::new_unchecked(m.add(pages_off)), npages.get());
             let a = m.cast::<Arena>();
@@ -494,6 +737,8 @@ impl Arenas {
                     spans,
                     next: AtomicPtr::new(null_mut()),
                 },
+                block_pages,
+                next_retired: null_mut(),
             });
             a
         }
@@ -548,8 +793,15 @@ impl Arenas {
         // SAFETY: `meta_at(n) + meta <= bytes`: the block lies inside the
         // reservation, above the arena's pages, 64-byte aligned; Ready (and
         // not zero: the region's old bytes).
-        let arena =
-            unsafe { Self::write_meta::<S>(m, Addr::of(base.as_ptr()), Pages::new(n), true) };
+        let arena = unsafe {
+            Self::write_meta::<S>(
+                m,
+                Addr::of(base.as_ptr()),
+                Pages::new(n),
+                Pages::new(n),
+                true,
+            )
+        };
         *meta_bytes += bytes - n * page;
         let slot = self.insert(arena);
         let link_of = |s: usize| {
@@ -587,19 +839,7 @@ impl Arenas {
         if self.narenas > self.tree_cap() {
             // Double the tree and build it afresh (O(arenas), once per doubling).
             self.tree_log += 1;
-            let cap = self.tree_cap();
-            for s in 0..cap {
-                let v = if s < self.narenas {
-                    leaf(self.get(ArenaSlot::new(s)).max_free_run())
-                } else {
-                    0
-                };
-                self.tree_mut()[cap + s] = v;
-            }
-            let tree = self.tree_mut();
-            for i in (1..cap).rev() {
-                tree[i] = tree[2 * i].max(tree[2 * i + 1]);
-            }
+            self.rebuild_tree();
         } else {
             for s in pos..self.narenas {
                 self.update_leaf(ArenaSlot::new(s));
@@ -664,6 +904,318 @@ impl Arenas {
                 "arena tree node {i}"
             );
         }
+        assert!(!self.pending || self.short, "pending without short");
+        let mut r = self.retired;
+        // SAFETY: retired blocks are never freed; their slots are in the block.
+        while let Some(a) = unsafe { r.as_ref() } {
+            for p in 0..a.block_pages.get() {
+                // SAFETY: `p < block_pages`, the block's slots.
+                let e = unsafe { (*a.spans.add(p)).load(Ordering::Relaxed) };
+                assert!(
+                    e.is_null(),
+                    "retired block {:#x}: slot {p} not null",
+                    a.base
+                );
+            }
+            r = a.next_retired;
+        }
         (sys, free, released)
+    }
+}
+
+/// Growing and releasing arenas under an address-space limit, against a
+/// model of the live spans: the page heap over a checking source
+/// ([`CheckedSource`]: every transition checked, `free` only of whole
+/// reservations) whose `reserve` and `alloc` fail past a limit, as `mmap`
+/// does under `RLIMIT_AS`.
+#[cfg(all(test, feature = "linux"))]
+mod tests {
+    use std::boxed::Box;
+    use std::vec::Vec;
+
+    use super::super::{PageHeap, PageMap};
+    use super::*;
+    use crate::source::MmapSource;
+    use crate::span::SpanState;
+    use crate::testing::{CheckedSource, Rng};
+
+    type Src = CheckedSource<MmapSource, { 64 << 20 }>;
+    const PAGE: PageSize = PageSize::GO;
+    const MIB: usize = 1 << 20;
+    /// Pages of a 1 MiB span.
+    const MIB_PAGES: usize = MIB / PageSize::GO.bytes();
+    /// What a growth may need besides its arena: the metadata block of a
+    /// 64 MiB arena, a page-map table, the arena table and a span-record chunk.
+    const SLACK: usize = MIB;
+
+    /// A span the model holds: its record, first byte and pages.
+    #[derive(Clone, Copy)]
+    struct Live {
+        s: NonNull<Span>,
+        start: usize,
+        npages: usize,
+    }
+
+    struct World {
+        src: Src,
+        map: Box<PageMap>,
+        heap: PageHeap,
+        live: Vec<Live>,
+        limit: usize,
+    }
+
+    impl World {
+        fn new(limit: usize) -> World {
+            let src = Src::new(MmapSource::new());
+            src.set_address_limit(limit);
+            World {
+                src,
+                map: Box::new(PageMap::new()),
+                heap: PageHeap::new(),
+                live: Vec::new(),
+                limit,
+            }
+        }
+
+        /// A span of `npages`; on failure, checks that the source really had
+        /// no room for the smallest arena that could hold it, and that no
+        /// wholly free arena was kept.
+        fn take(&mut self, npages: usize) -> Option<Live> {
+            let s = self.heap.alloc_span(
+                &self.src,
+                &self.map,
+                Pages::new(npages),
+                1,
+                SpanState::Large,
+            );
+            let Some(s) = s else {
+                let want = (npages * PAGE.bytes()).next_multiple_of(CHUNK_BYTES);
+                let mapped = self.src.mapped_bytes();
+                assert!(
+                    mapped + want + SLACK > self.limit,
+                    "{npages} pages failed with {mapped:#x} of {:#x} mapped",
+                    self.limit
+                );
+                assert!(
+                    self.heap.address_short(),
+                    "a failure marks address space short"
+                );
+                self.assert_none_wholly_free();
+                self.check();
+                return None;
+            };
+            // SAFETY: a live span record just made.
+            let start = unsafe { s.as_ref() }.start.get();
+            let l = Live { s, start, npages };
+            self.live.push(l);
+            self.check();
+            Some(l)
+        }
+
+        fn free(&mut self, i: usize) {
+            let l = self.live.swap_remove(i);
+            // SAFETY: a live span of this heap, on no list, unused.
+            unsafe { self.heap.free_span(&self.src, l.s) };
+            if self.heap.address_short() {
+                self.assert_none_wholly_free();
+            }
+            self.check();
+        }
+
+        fn free_all(&mut self, rng: &mut Rng) {
+            while !self.live.is_empty() {
+                let i = rng.below(self.live.len());
+                self.free(i);
+            }
+        }
+
+        fn assert_none_wholly_free(&self) {
+            for slot in self.heap.arenas.slots() {
+                let a = self.heap.arenas.get(slot);
+                assert!(
+                    a.pages.free_pages() < a.npages.get(),
+                    "arena {:#x} wholly free, kept",
+                    a.base
+                );
+            }
+        }
+
+        /// The model's span holding `addr`, if any.
+        fn span_at(&self, addr: usize) -> *mut Span {
+            self.live
+                .iter()
+                .find(|l| l.start <= addr && addr < l.start + l.npages * PAGE.bytes())
+                .map_or(null_mut(), |l| l.s.as_ptr())
+        }
+
+        /// The heap's identities; its arenas are exactly the source's
+        /// reservations; the page map agrees with the model at every live
+        /// span's ends.
+        fn check(&self) {
+            self.heap.check_invariants();
+            let mine: Vec<(usize, usize)> = self
+                .heap
+                .arenas
+                .slots()
+                .map(|s| {
+                    let a = self.heap.arenas.get(s);
+                    (a.base.get(), a.npages.bytes(PAGE))
+                })
+                .collect();
+            assert_eq!(
+                mine,
+                self.src.arenas(),
+                "arenas against the source's reservations"
+            );
+            let inuse: usize = self.live.iter().map(|l| l.npages).sum();
+            assert_eq!(self.heap.stats(PAGE).inuse, (inuse * PAGE.bytes()) as u64);
+            for l in &self.live {
+                let last = l.start + l.npages * PAGE.bytes() - 1;
+                for a in [l.start, last] {
+                    assert_eq!(self.map.span_of(Addr::new(a), PAGE), l.s.as_ptr());
+                }
+            }
+        }
+
+        /// Every address of `addrs` maps to the model's span or to null.
+        fn check_addrs(&self, addrs: &[usize]) {
+            for &a in addrs {
+                assert_eq!(
+                    self.map.span_of(Addr::new(a), PAGE),
+                    self.span_at(a),
+                    "page map at {a:#x}"
+                );
+            }
+        }
+
+        /// 1 MiB spans until one fails; returns the bytes obtained.
+        fn fill(&mut self) -> usize {
+            let mut n = 0;
+            while self.take(MIB_PAGES).is_some() {
+                n += MIB;
+            }
+            n
+        }
+    }
+
+    impl Drop for World {
+        fn drop(&mut self) {
+            let mut rng = Rng::new(1);
+            self.free_all(&mut rng);
+        }
+    }
+
+    /// Under a limit of 150 MiB: reservations fall back to smaller arenas,
+    /// so 1 MiB spans fill the limit (less a chunk and the metadata); freed,
+    /// every arena goes back to the source at once (address space is
+    /// short); a 64 MiB span then fits; and rounds of fill and free reuse
+    /// the retired metadata blocks (no more blocks after the first), while every
+    /// address of the earlier rounds maps to its span or to null.
+    #[test]
+    fn arenas_fall_back_and_go_back_under_a_limit() {
+        let limit = 150 * MIB;
+        let mut w = World::new(limit);
+        let mut rng = Rng::new(7);
+        let first = w.fill();
+        assert!(
+            first + CHUNK_BYTES + 2 * SLACK >= limit,
+            "filled {first:#x} of {limit:#x}"
+        );
+        assert!(
+            w.heap.stats(PAGE).arenas > 2,
+            "smaller arenas after the 64 MiB ones"
+        );
+        let mut seen: Vec<usize> = w.live.iter().map(|l| l.start).collect();
+        w.free_all(&mut rng);
+        assert_eq!(w.heap.stats(PAGE).arenas, 0, "every arena released");
+        assert!(w.src.arenas().is_empty());
+        w.check_addrs(&seen);
+
+        let big = w
+            .take(64 * MIB / PAGE.bytes())
+            .expect("64 MiB after freeing everything");
+        w.check_addrs(&seen);
+        w.free(w.live.iter().position(|l| l.start == big.start).unwrap());
+
+        let mut blocks = 0;
+        for round in 0..3 {
+            let again = w.fill();
+            assert!(
+                again + CHUNK_BYTES >= first,
+                "round {round}: {again:#x} of {first:#x}"
+            );
+            seen.extend(w.live.iter().map(|l| l.start));
+            w.check_addrs(&seen);
+            let b = w.heap.arenas.blocks();
+            if round > 0 {
+                assert!(
+                    b <= blocks,
+                    "round {round}: metadata blocks {blocks} -> {b}"
+                );
+            }
+            blocks = b;
+            w.free_all(&mut rng);
+            w.check_addrs(&seen);
+        }
+        assert!(w.heap.stats(PAGE).arenas_freed > 0);
+    }
+
+    /// Random spans of 1 page to 9,000 pages, freed in random order, in
+    /// phases of growth and shrinking, under a limit of 100 MiB: arenas are
+    /// released, and a request fails only when the source has no room
+    /// for the smallest arena that could hold it and no wholly free arena is
+    /// left to release (checked in `World::take`), and the heap, the source
+    /// and the page map agree with the model after every step.
+    #[test]
+    fn random_spans_under_a_limit() {
+        for seed in 1..=3 {
+            let mut w = World::new(100 * MIB);
+            let mut rng = Rng::new(seed);
+            let mut seen = Vec::new();
+            let (mut ok, mut failed) = (0, 0);
+            for step in 0..1500 {
+                // Phases of growth and of shrinking, so that arenas fill,
+                // fail, empty and go back.
+                let grow = if (step / 150) % 2 == 0 { 75 } else { 15 };
+                if w.live.is_empty() || rng.below(100) < grow {
+                    let n = match rng.below(10) {
+                        0 => rng.range(2048, 9000),
+                        1..=3 => rng.range(64, 1100),
+                        _ => rng.range(1, 63),
+                    };
+                    match w.take(n) {
+                        Some(l) => {
+                            ok += 1;
+                            seen.push(l.start);
+                        }
+                        None => failed += 1,
+                    }
+                } else {
+                    let i = rng.below(w.live.len());
+                    w.free(i);
+                }
+            }
+            w.check_addrs(&seen);
+            let freed = w.heap.stats(PAGE).arenas_freed;
+            assert!(
+                ok > 500 && failed > 0 && freed > 0,
+                "seed {seed}: {ok} spans, {failed} failures, {freed} releases"
+            );
+        }
+    }
+
+    /// Without a limit nothing changes: one 64 MiB arena, never released,
+    /// and address space never short.
+    #[test]
+    fn no_limit_no_release() {
+        let mut w = World::new(usize::MAX);
+        let mut rng = Rng::new(3);
+        for _ in 0..40 {
+            w.take(MIB_PAGES).unwrap();
+        }
+        w.free_all(&mut rng);
+        assert!(!w.heap.address_short());
+        let st = w.heap.stats(PAGE);
+        assert_eq!((st.arenas, st.arenas_freed), (1, 0));
     }
 }

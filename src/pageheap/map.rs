@@ -8,11 +8,14 @@
 //! source the first time an arena lands under it, and each chunk entry points
 //! into its arena's per-page `spans` array (Go's `heapArena.spans`). Entries
 //! are published with release stores and read with acquire loads; tables and
-//! arenas are never freed, so a reader never sees freed memory.
+//! arenas' metadata blocks are never freed (a released arena's block is
+//! retired with all its slots null, see `arenas`), so a reader never sees
+//! freed memory.
 //!
 //! Invariant: for every page of a live span, the entry holds that span; every
 //! other page of an arena holds null; an address outside every arena maps to
-//! null. Written under the heap lock, read without.
+//! null (through no entry, or one into a retired block). Written under the
+//! heap lock, read without.
 
 use core::mem::size_of;
 use core::ptr::null_mut;
@@ -138,7 +141,7 @@ impl PageMap {
             return null_mut();
         }
         // SAFETY: a chunk entry points at the chunk's slots (one per page) of
-        // an arena's spans array, and arenas are never freed.
+        // an arena's spans array, and metadata blocks are never freed.
         unsafe { (*chunk.add(page.page_at(a & (CHUNK_BYTES - 1)))).load(Ordering::Acquire) }
     }
 
@@ -171,6 +174,24 @@ impl PageMap {
         // SAFETY: `l2` is a published table.
         unsafe { (*l2)[(a >> CHUNK_SHIFT) & (L2_ENTRIES - 1)].store(slots, Ordering::Release) };
         true
+    }
+}
+
+impl PageMap {
+    /// Unpublishes the chunk holding `addr` if its entry still points at
+    /// `slots` (those of a released arena, whose block is to be reused); an
+    /// entry that a newer arena has taken over is left alone. Called under
+    /// the heap lock (the only writer), so a load and a store suffice.
+    pub(crate) fn clear_chunk(&self, addr: Addr, slots: *mut SpanSlot) {
+        let a = addr.get() & ADDR_MASK;
+        let l2 = self.l1[a >> (CHUNK_SHIFT + L2_BITS)].load(Ordering::Acquire);
+        // SAFETY: published L2 tables are never freed.
+        if let Some(l2) = unsafe { l2.as_ref() } {
+            let e = &l2[(a >> CHUNK_SHIFT) & (L2_ENTRIES - 1)];
+            if e.load(Ordering::Relaxed) == slots {
+                e.store(null_mut(), Ordering::Release);
+            }
+        }
     }
 }
 

@@ -5,7 +5,8 @@
 //!
 //! * [`arenas`] — the contiguous ranges taken from the [`PageSource`], sorted
 //!   by address, and the tree that finds the lowest one with room; first fit
-//!   over the whole heap in O(log n). Each arena's pages are a bitmap with
+//!   over the whole heap in O(log n); smaller arenas when a reservation
+//!   fails, and wholly free ones given back while address space is short. Each arena's pages are a bitmap with
 //!   summaries ([`pagealloc`], Go's `pageAlloc` chunk).
 //! * [`map`] — address → span in O(1), read without a lock ([`PageMap`]).
 //! * [`large_cache`] — freed large spans kept whole for the next request of
@@ -18,7 +19,8 @@
 //! ([`Below`], [`HeapLock`]).
 //!
 //! Counting identities (checked by [`PageHeap::check_invariants`]):
-//! `sys_pages = Σ arena pages`; `inuse_pages + meta_pages = sys_pages − Σ free pages`
+//! `sys_pages = Σ arena pages` (of the live arenas: a released arena's pages
+//! leave `sys_pages`, its released pages `released_pages`); `inuse_pages + meta_pages = sys_pages − Σ free pages`
 //! (idle large spans count as in use); `released_pages = Σ released pages`.
 //!
 //! Locking: everything in [`PageHeap`] is guarded by the heap lock (the
@@ -101,6 +103,9 @@ pub struct PageStats {
     pub scavenged_total: u64,
     /// Bytes of idle large spans (counted in `inuse`).
     pub large_cached: u64,
+    /// Times wholly free arenas were given back to the source, cumulative
+    /// (address space short: see `arenas`).
+    pub arenas_freed: u64,
 }
 
 /// Records per chunk of arena pages for a metadata pool of a heap over small
@@ -219,6 +224,8 @@ pub struct PageHeap {
     large_cache: LargeCache,
     /// The scavenger's clock, floor and totals.
     scavenger: Scavenger,
+    /// Times wholly free arenas were released to the source (cumulative).
+    arenas_freed: u64,
 }
 
 // SAFETY: the raw pointers are to metadata owned by this heap; all access is
@@ -236,7 +243,8 @@ impl Default for PageHeap {
 /// # Safety
 /// `s` is a live span record of this heap.
 unsafe fn arena_of(s: *const Span) -> *mut Arena {
-    // SAFETY: the page heap set the field when it made the span; arenas live for ever.
+    // SAFETY: the page heap set the field when it made the span; an arena
+    // with a live span is never released, and metadata blocks are never freed.
     unsafe { (*s).arena.cast::<Arena>() }
 }
 
@@ -263,6 +271,7 @@ impl PageHeap {
             },
             large_cache: LargeCache::new(),
             scavenger: Scavenger::new(),
+            arenas_freed: 0,
         }
     }
 
@@ -386,12 +395,39 @@ impl PageHeap {
         }
     }
 
-    /// Gives pages back to their arena.
+    /// Gives pages back to their arena (which the next [`PageHeap::trim`]
+    /// releases if it is now wholly free and address space is short).
     fn free_pages(&mut self, slot: ArenaSlot, start: PageIdx, npages: Pages) {
         self.arenas.get_mut(slot).free_range(start, npages);
         self.inuse_pages -= npages;
         self.scavenger.pacer.tick(npages, self.live_pages());
         self.arenas.update_leaf(slot);
+        self.arenas.note_free(slot);
+    }
+
+    /// Releases every wholly free arena to the source (see `arenas`,
+    /// "Growing and releasing arenas"), for a source that gives address
+    /// space back; the dirty pages among them count as released by the
+    /// scavenger. Returns the pages released.
+    fn release_free_arenas<S: PageSource>(&mut self, source: &S) -> Pages {
+        let (pages, released) = self.arenas.release_free(source);
+        if pages > Pages::ZERO {
+            let dirty = pages - released;
+            self.sys_pages -= pages;
+            self.released_pages -= released;
+            self.scavenger.released_total += dirty;
+            self.scavenger.decay.released(dirty);
+            self.arenas_freed += 1;
+        }
+        pages
+    }
+
+    /// Address space is short (the last growth fell back or failed, over a
+    /// source that gives it back): a failed request larger than the heap may
+    /// still succeed once caches are drained and the arenas they kept are
+    /// released.
+    pub fn address_short(&self) -> bool {
+        self.arenas.short()
     }
 
     /// A span of `npages` pages at `align_pages` alignment in state `state`, its
@@ -751,6 +787,7 @@ impl PageHeap {
             large: self.large,
             scavenged_total: self.scavenger.released_total.bytes(page) as u64,
             large_cached: self.large_cache.pages().bytes(page) as u64,
+            arenas_freed: self.arenas_freed,
         }
     }
 

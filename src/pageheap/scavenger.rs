@@ -431,6 +431,9 @@ impl PageHeap {
                 done = self.release_idle(source, want);
             }
         }
+        if self.arenas.pending() {
+            self.release_free_arenas(source);
+        }
         (done, self.scavenger.decay.next_poll())
     }
 
@@ -448,6 +451,9 @@ impl PageHeap {
     /// first, down to `allowance - allowance / RELEASE_GAP_DIVISOR` (the hysteresis
     /// of "Policy").
     pub(super) fn trim<S: PageSource>(&mut self, source: &S) {
+        if self.arenas.pending() {
+            self.release_free_arenas(source);
+        }
         if !S::CAN_RELEASE {
             return;
         }
@@ -490,16 +496,21 @@ impl PageHeap {
         done.get()
     }
 
-    /// Out of memory: gives every idle large span back to the heap and releases
-    /// every dirty free page to the source, so that a retry can have the
-    /// source make Ready the pages it needs (a kernel's frames, a budget) from
-    /// memory the heap was only keeping for reuse. Returns whether anything was
-    /// given back (a retry can succeed).
+    /// Out of memory: gives every idle large span back to the heap, releases
+    /// every wholly free arena where the source gives address space back
+    /// (and from now on every arena that becomes wholly free, until a growth
+    /// of the full size succeeds: see `arenas`), and releases every dirty
+    /// free page to the source, so that a retry can have the source reserve
+    /// the address space or make Ready the pages it needs (a kernel's
+    /// frames, a budget) from memory the heap was only keeping for reuse.
+    /// Returns whether anything was given back (a retry can succeed).
     pub(super) fn release_for_retry<S: PageSource>(&mut self, source: &S) -> bool {
         let had_cached = self.large_cache.count() > 0;
         self.evict_all_cached();
+        self.arenas.set_short::<S>();
+        let unmapped = self.release_free_arenas(source);
         let released = self.scavenge(source, usize::MAX);
-        had_cached || released > 0
+        had_cached || unmapped > Pages::ZERO || released > 0
     }
 }
 

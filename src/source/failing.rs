@@ -89,6 +89,7 @@ unsafe impl<S: PageSource> PageSource for FailingSource<S> {
     const ARENA_BYTES: usize = S::ARENA_BYTES;
     const ZEROED: bool = S::ZEROED;
     const CAN_RELEASE: bool = S::CAN_RELEASE;
+    const CAN_UNRESERVE: bool = S::CAN_UNRESERVE;
     const CLOCK: bool = S::CLOCK;
 
     fn bound(&self) -> Option<usize> {

@@ -9,7 +9,7 @@
 //! | `release`  | Ready → Prepared    | `madvise(MADV_DONTNEED)`; the range reads as zero afterwards (`sysUnused`) |
 //! | `hugepage` | (hint)              | `MADV_HUGEPAGE` on the 2 MiB-aligned interior (`sysHugePage`)           |
 //! | `fault`    | Ready/Prepared → Reserved | `mmap(MAP_FIXED, PROT_NONE)` over the range, dropping its contents (`sysFault`) |
-//! | `free`     | any → None          | `munmap` (`sysFree`)                                                    |
+//! | `free`     | any → None          | `munmap` (`sysFree`); the address space is free again (`CAN_UNRESERVE`) |
 //! | `alloc`    | None → Ready        | `mmap(NULL, PROT_READ\|PROT_WRITE, PRIVATE\|ANONYMOUS)` (`sysAlloc`)     |
 //!
 //! Differences from Go 1.20:
@@ -26,6 +26,11 @@
 //!   instead of being read from
 //!   `/sys/kernel/mm/transparent_hugepage/hpage_pmd_size`. A wrong guess only
 //!   makes the hint less useful.
+//! * `reserve`, when the kernel does not take the hint and its choice is not
+//!   aligned, first tries the aligned address just below that choice, and
+//!   only then over-reserves by the alignment and trims (Go always
+//!   over-reserves): under an address-space limit (`RLIMIT_AS`) the last
+//!   arena that fits leaves no room for the excess.
 //! * `alloc` maps with no hint (as Go's `sysAlloc` does) so that metadata does
 //!   not land between arenas and break their contiguity.
 //!
@@ -95,6 +100,19 @@ impl MmapSource {
         MmapSource {
             next_hint: AtomicUsize::new(hint ^ DEFAULT_HINT),
         }
+    }
+}
+
+impl MmapSource {
+    /// Moves the hint past the reservation `base..base+bytes` and returns
+    /// `base`: the next reservation is tried right after it. A race between
+    /// two reservations only costs contiguity, never correctness.
+    fn advance(&self, base: NonNull<u8>, bytes: usize) -> NonNull<u8> {
+        self.next_hint.store(
+            (base.as_ptr() as usize).wrapping_add(bytes) ^ DEFAULT_HINT,
+            Ordering::Relaxed,
+        );
+        base
     }
 }
 
@@ -173,13 +191,15 @@ unsafe fn advise_huge(addr: NonNull<u8>, bytes: usize) {
 // mapping) and are only unmapped by `free`; after `ready`/`alloc` the range is
 // PROT_READ|PROT_WRITE private anonymous memory; fresh, DONTNEED'ed and
 // refaulted anonymous pages read as zero (ZEROED); DONTNEED returns the pages
-// to the kernel (CAN_RELEASE); PAGE_SIZE is checked against sysconf in tests;
+// to the kernel (CAN_RELEASE); `munmap` in `free` gives the address space
+// back (CAN_UNRESERVE); PAGE_SIZE is checked against sysconf in tests;
 // no method allocates, and all state is atomic.
 unsafe impl PageSource for MmapSource {
     const PAGE_SIZE: usize = 4096;
     const ARENA_BYTES: usize = 64 << 20;
     const ZEROED: bool = true;
     const CAN_RELEASE: bool = true;
+    const CAN_UNRESERVE: bool = true;
     const CLOCK: bool = true;
 
     /// `CLOCK_MONOTONIC_COARSE` (the vDSO, no system call; a few ms of
@@ -212,8 +232,20 @@ unsafe impl PageSource for MmapSource {
         let base = if p.as_ptr() as usize & (align - 1) == 0 {
             p
         } else {
+            let at = p.as_ptr() as usize;
             // SAFETY: `p` is the mapping just made and nobody has seen it.
-            unsafe { unmap(p.as_ptr(), bytes) };
+            unsafe { unmap(at as *mut u8, bytes) };
+            // The kernel's choice is where room was (below its last mapping,
+            // top down): first try the aligned address just under it, which
+            // needs no more address space than `bytes` (under an
+            // address-space limit the over-reservation may not fit).
+            if let Some(q) = map_none(at & !(align - 1), bytes) {
+                if q.as_ptr() as usize & (align - 1) == 0 {
+                    return Some(self.advance(q, bytes));
+                }
+                // SAFETY: as above.
+                unsafe { unmap(q.as_ptr(), bytes) };
+            }
             // Over-reserve so that an aligned run of `bytes` surely lies inside
             // (mmap results are PAGE_SIZE-aligned), then trim head and tail.
             let size = bytes.checked_add(align - Self::PAGE_SIZE)?;
@@ -229,13 +261,7 @@ unsafe impl PageSource for MmapSource {
                 NonNull::new_unchecked(q.as_ptr().add(head))
             }
         };
-        // Next time, continue right after this reservation. A race between two
-        // reservations only costs contiguity, never correctness.
-        self.next_hint.store(
-            (base.as_ptr() as usize).wrapping_add(bytes) ^ DEFAULT_HINT,
-            Ordering::Relaxed,
-        );
-        Some(base)
+        Some(self.advance(base, bytes))
     }
 
     /// Reserved → Prepared with `mprotect(PROT_READ|PROT_WRITE)`; Go's `sysMap`.
@@ -422,6 +448,67 @@ mod tests {
         assert!(src
             .reserve((usize::MAX / 4 * 3 + 1) & !(PS - 1), PS)
             .is_none());
+    }
+
+    /// The mapped size of this process (first field of /proc/self/statm),
+    /// read with plain system calls into a stack buffer: usable in a forked
+    /// child, which must not allocate.
+    fn mapped_bytes_no_alloc() -> usize {
+        let mut buf = [0u8; 64];
+        // SAFETY: a NUL-terminated path; `read` writes at most `buf.len()`
+        // bytes into the stack buffer; the descriptor is ours to close.
+        let n = unsafe {
+            let fd = libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY);
+            let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+            libc::close(fd);
+            n
+        };
+        let digits = buf[..n.max(0) as usize]
+            .iter()
+            .take_while(|b| b.is_ascii_digit());
+        digits.fold(0, |v, &b| v * 10 + (b - b'0') as usize) * PS
+    }
+
+    /// Under an address-space limit with room for one 64 MiB arena and a
+    /// little more, but not for the over-reservation by the alignment (64
+    /// MiB more), a reservation whose hint is taken by another mapping, and
+    /// for which the kernel chooses an unaligned address, still succeeds
+    /// aligned: at the aligned address below the kernel's choice.
+    #[test]
+    fn aligned_reserve_needs_no_excess_under_a_limit() {
+        let bytes = MmapSource::ARENA_BYTES;
+        // The hint: an aligned reservation of our own (taken in the child too).
+        let occupy = MmapSource::with_hint(test_hint(3));
+        let taken = occupy.reserve(bytes, bytes).expect("reserve");
+        let hint = taken.as_ptr() as usize;
+        let st = in_child(|| {
+            let lim = libc::rlimit {
+                rlim_cur: (mapped_bytes_no_alloc() + bytes + 8 * MIB) as libc::rlim_t,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            // SAFETY: lowers this (forked) process's own limit.
+            if unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) } != 0 {
+                // SAFETY: ends the child.
+                unsafe { libc::_exit(2) };
+            }
+            // A page at the top of the gap where the kernel puts mappings
+            // (top down), so that its choice for the arena, just below the
+            // page, is not aligned (the top of the gap may be: glibc's
+            // thread arenas are 64 MiB aligned).
+            if let Some(r) = map_none(0, bytes + PS) {
+                // SAFETY: the mapping just made, but its last page.
+                unsafe { unmap(r.as_ptr(), bytes) };
+            }
+            let src = MmapSource::with_hint(hint);
+            match src.reserve(bytes, bytes) {
+                Some(p) if (p.as_ptr() as usize).is_multiple_of(bytes) && p != taken => {}
+                // SAFETY: ends the child.
+                _ => unsafe { libc::_exit(1) },
+            }
+        });
+        // SAFETY: exactly the reservation made above, never accessed.
+        unsafe { occupy.free(taken, bytes) };
+        assert!(st.exited_ok(), "status {:#x}", st.status());
     }
 
     #[test]

@@ -13,6 +13,12 @@
 //!   alloc = reserve + commit + ready (None → Ready, for the allocator's own metadata)
 //! ```
 //!
+//! `free` of a whole reservation is also how the heap gives back an arena
+//! that has become wholly free, where the source says that this returns
+//! address space a later `reserve` can use ([`PageSource::CAN_UNRESERVE`]):
+//! the heap does so when reservations start failing (an address-space limit,
+//! a 32-bit process), and before it gives up on an allocation.
+//!
 //! * **None** — the range is not the heap's; nothing may touch it.
 //! * **Reserved** — address space is set aside; any access faults. A guard page
 //!   lives in this state.
@@ -89,6 +95,14 @@ pub unsafe trait PageSource {
     const ZEROED: bool;
     /// `release` really gives memory back (and so the scavenger is worth running).
     const CAN_RELEASE: bool;
+    /// `free` of a reservation gives its address space back for later
+    /// `reserve`s (an `munmap`), so that when a reservation fails the heap
+    /// frees the arenas that are wholly free and tries again, and while
+    /// reservations keep failing frees each arena as soon as it is wholly
+    /// free (`pageheap::arenas`, "Growing and releasing arenas"). False (the
+    /// default): the heap never frees an arena. Ignored with
+    /// [`PageSource::SMALL_ARENAS`] (their arenas are never freed).
+    const CAN_UNRESERVE: bool = false;
     /// [`PageSource::now_ms`] reads a clock, so free memory can decay by time
     /// (`pageheap::scavenger`, "Decay"). False (the default): the heap never
     /// polls a clock and its fast paths carry no tick.

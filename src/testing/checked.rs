@@ -14,6 +14,10 @@
 //! | `free`      | exactly a range `reserve` or `alloc` returned              | gone |
 //! | `alloc`     | (forwarded whole to the inner source's `alloc`)            | Ready |
 //!
+//! With [`CheckedSource::set_address_limit`], `reserve` and `alloc` fail
+//! (return `None`) when the bytes of live ranges would exceed a limit, as
+//! `mmap` does under `RLIMIT_AS`; `free` gives the bytes back.
+//!
 //! A violation panics with the call, the range and the offending page. Every
 //! call is also logged ([`CheckedSource::take_log`]) and counted, and the
 //! state of every page can be asked ([`CheckedSource::assert_ready`],
@@ -25,7 +29,7 @@
 //! heap it serves.
 
 use core::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::vec::Vec;
 
@@ -158,6 +162,8 @@ pub struct CheckedSource<S: PageSource, const ARENA: usize> {
     skew: bool,
     /// A clock set by the test ([`CheckedSource::set_now_ms`]); 0: the inner one.
     now: AtomicU64,
+    /// Most bytes of live ranges ([`CheckedSource::set_address_limit`]).
+    limit: AtomicUsize,
     st: Mutex<State>,
 }
 
@@ -180,6 +186,7 @@ impl<S: PageSource, const ARENA: usize> CheckedSource<S, ARENA> {
             inner,
             skew,
             now: AtomicU64::new(0),
+            limit: AtomicUsize::new(usize::MAX),
             st: Mutex::new(State {
                 ranges: Vec::new(),
                 log: Vec::new(),
@@ -201,6 +208,24 @@ impl<S: PageSource, const ARENA: usize> CheckedSource<S, ARENA> {
     /// The wrapped source.
     pub fn inner(&self) -> &S {
         &self.inner
+    }
+
+    /// From now on `reserve` and `alloc` fail when the live ranges would
+    /// come to more than `bytes` (an address-space limit; `usize::MAX`: none).
+    pub fn set_address_limit(&self, bytes: usize) {
+        self.limit.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes of the live ranges (reservations and `alloc`s), what the
+    /// address limit counts.
+    pub fn mapped_bytes(&self) -> usize {
+        let st = self.st.lock().unwrap();
+        st.ranges.iter().map(|r| r.bytes).sum()
+    }
+
+    /// Whether `bytes` more would exceed the address limit.
+    fn over_limit(&self, bytes: usize) -> bool {
+        self.mapped_bytes().saturating_add(bytes) > self.limit.load(Ordering::Relaxed)
     }
 
     /// Checks the module preconditions and that every page of
@@ -340,6 +365,7 @@ unsafe impl<S: PageSource, const ARENA: usize> PageSource for CheckedSource<S, A
     const ARENA_BYTES: usize = ARENA;
     const ZEROED: bool = S::ZEROED;
     const CAN_RELEASE: bool = S::CAN_RELEASE;
+    const CAN_UNRESERVE: bool = S::CAN_UNRESERVE;
     const CLOCK: bool = S::CLOCK;
     const SMALL_ARENAS: bool = S::SMALL_ARENAS;
     const GEOMETRY: &'static crate::sizeclass::Geometry = S::GEOMETRY;
@@ -372,6 +398,9 @@ unsafe impl<S: PageSource, const ARENA: usize> PageSource for CheckedSource<S, A
             align.is_power_of_two() && align >= Self::OS,
             "reserve: bad alignment {align:#x}"
         );
+        if self.over_limit(bytes) {
+            return None;
+        }
         let (addr, inner) = if self.skew {
             // Aligned to `align`, never to `2 * align`.
             let ib = bytes + align;
@@ -490,6 +519,9 @@ unsafe impl<S: PageSource, const ARENA: usize> PageSource for CheckedSource<S, A
     }
 
     fn alloc(&self, bytes: usize) -> Option<NonNull<u8>> {
+        if self.over_limit(bytes.next_multiple_of(Self::OS)) {
+            return None;
+        }
         let p = self.inner.alloc(bytes)?;
         let a = p.as_ptr() as usize;
         let b = bytes.next_multiple_of(Self::OS);
