@@ -426,6 +426,26 @@ fn zero_budget_from_the_start() {
 /// Layouts no heap can serve: more than the address space, or an alignment
 /// whose over-reservation overflows it.
 fn impossible_layouts() -> Vec<Layout> {
+    beyond_address_space()
+        .into_iter()
+        .map(|(s, a)| Layout::from_size_align(s, a).unwrap())
+        .collect()
+}
+
+/// Sizes near `isize::MAX` for an object of alignment `align`, which no
+/// `realloc` can reach on a 64-bit target (none on a 32-bit one, whose
+/// address space holds them: see [`near_max_layouts_serve_or_fail_cleanly`]).
+fn impossible_sizes(align: usize) -> Vec<usize> {
+    let max = isize::MAX as usize;
+    if cfg!(target_pointer_width = "32") {
+        return Vec::new();
+    }
+    vec![max - 4095, max - align + 1, max / 2 + 1, max / 4 * 3]
+}
+
+/// Valid layouts up to `isize::MAX`: impossible on a 64-bit target, whose
+/// address space is 2^48 bytes, but within a 32-bit one's.
+fn near_max_layouts() -> [(usize, usize); 5] {
     let max = isize::MAX as usize;
     [
         (max - 4095, 4096),
@@ -434,16 +454,12 @@ fn impossible_layouts() -> Vec<Layout> {
         (max - 7, 8),
         (max / 2 + 1, 8),
     ]
-    .into_iter()
-    .chain(beyond_address_space())
-    .map(|(s, a)| Layout::from_size_align(s, a).unwrap())
-    .collect()
 }
 
 /// Sizes and alignments beyond what the address space can place.
 #[cfg(target_pointer_width = "64")]
-fn beyond_address_space() -> [(usize, usize); 7] {
-    [
+fn beyond_address_space() -> Vec<(usize, usize)> {
+    let mut v = vec![
         (1 << 62, 1 << 20),
         (1 << 50, 8),
         (1 << 48, 1),
@@ -451,14 +467,73 @@ fn beyond_address_space() -> [(usize, usize); 7] {
         (1, 1 << 62),
         (1 << 40, 1 << 62),
         (4096, 1 << 50),
-    ]
+    ];
+    v.extend(near_max_layouts());
+    v
 }
 
-/// On 32-bit targets every valid layout below `isize::MAX` may fit the
-/// address space; the sizes near `isize::MAX` above are the impossible ones.
+/// On 32-bit targets every valid layout (at most `isize::MAX` bytes, half
+/// the address space) may fit: none is impossible. The sizes near
+/// `isize::MAX` are [`near_max_layouts_serve_or_fail_cleanly`]'s.
 #[cfg(target_pointer_width = "32")]
-fn beyond_address_space() -> [(usize, usize); 0] {
-    []
+fn beyond_address_space() -> Vec<(usize, usize)> {
+    Vec::new()
+}
+
+/// Requests of up to `isize::MAX` bytes either succeed, with every byte of
+/// the object writable (a 32-bit heap with the address space to spare), or
+/// return null (64-bit, or no memory for them); the heap then serves small
+/// objects as before, and a 16 MiB budget never serves them.
+fn near_max_on(heap: &OomHeap, budgeted: bool) {
+    let small = Layout::from_size_align(100, 8).unwrap();
+    let first = alloc_obj(heap, small, 1).unwrap();
+    for (size, align) in near_max_layouts() {
+        let l = Layout::from_size_align(size, align).unwrap();
+        let p = heap.allocate(l);
+        if !p.is_null() {
+            assert!(
+                !budgeted && cfg!(target_pointer_width = "32"),
+                "{l:?} served"
+            );
+            assert_eq!(p as usize % align, 0);
+            // SAFETY: a live object of `size` bytes.
+            unsafe {
+                p.write(1);
+                p.add(size - 1).write(2);
+                heap.deallocate(p, l);
+            }
+        }
+        heap.check_invariants();
+        let o = alloc_obj(heap, small, 2).unwrap();
+        // A live object grown to it: moved with its contents, or left intact.
+        // SAFETY: a live object with its layout; the new size is a valid layout.
+        let q = unsafe { heap.reallocate(o.p, o.layout, size) };
+        if q.is_null() {
+            free_obj(heap, o);
+        } else {
+            assert!(
+                !budgeted && cfg!(target_pointer_width = "32"),
+                "{l:?} served"
+            );
+            // The old bytes moved with it.
+            verify(&Obj {
+                p: q,
+                layout: o.layout,
+                tag: o.tag,
+            });
+            let grown = Layout::from_size_align(size, o.layout.align()).unwrap();
+            // SAFETY: the live, grown object, with its layout.
+            unsafe { heap.deallocate(q, grown) };
+        }
+    }
+    free_obj(heap, first);
+    check(heap, &[]);
+}
+
+#[test]
+fn near_max_layouts_serve_or_fail_cleanly() {
+    near_max_on(oom_heap!(usize::MAX), false);
+    near_max_on(oom_heap!(16 * MIB), true);
 }
 
 fn impossible_layouts_on(heap: &OomHeap) {
@@ -511,14 +586,8 @@ fn impossible_layouts_on(heap: &OomHeap) {
         before
     );
     // Reallocating any live object to an impossible size fails and leaves it intact.
-    let max = isize::MAX as usize;
     for o in &live {
-        for new_size in [
-            max - 4095,
-            max - o.layout.align() + 1,
-            max / 2 + 1,
-            max / 4 * 3,
-        ] {
+        for new_size in impossible_sizes(o.layout.align()) {
             if Layout::from_size_align(new_size, o.layout.align()).is_err() {
                 continue;
             }
