@@ -23,6 +23,22 @@ type RegionHeap = Heap<Source, SingleCpu>;
 const MIB: usize = 1 << 20;
 const REGION: usize = 64 * MIB;
 
+/// A fresh heap (checked source) over a leaked, zeroed region of `len` bytes.
+fn heap_of(len: usize) -> Box<RegionHeap> {
+    let buf: &'static mut [u8] = vec![0u8; len].leak();
+    let heap = Box::new(Heap::new(
+        Source::new(RegionSource::empty()),
+        SingleCpu::new(),
+    ));
+    // SAFETY: the buffer is leaked and unused; the heap has not used its source.
+    unsafe {
+        heap.source()
+            .inner()
+            .set_region(buf.as_mut_ptr(), buf.len())
+    };
+    heap
+}
+
 /// A 64 MiB region filled with `byte`, leaked, given to `heap`'s source.
 fn give_region(heap: &RegionHeap, byte: u8) -> (usize, usize) {
     let buf: &'static mut [u8] = vec![byte; REGION].leak();
@@ -633,17 +649,7 @@ fn caches_are_sized_by_the_region() {
 #[test]
 fn small_regions_serve_from_fewer_classes() {
     let classes_used = |len: usize| {
-        let buf: &'static mut [u8] = vec![0u8; len].leak();
-        let heap = Box::new(Heap::new(
-            CheckedSource::<RegionSource, { RegionSource::ARENA_BYTES }>::new(RegionSource::empty()),
-            SingleCpu::new(),
-        ));
-        // SAFETY: the buffer is leaked and unused; the heap has not used its source.
-        unsafe {
-            heap.source()
-                .inner()
-                .set_region(buf.as_mut_ptr(), buf.len())
-        };
+        let heap = heap_of(len);
         for size in (16..=4096).step_by(8) {
             let l = Layout::from_size_align(size, 8).unwrap();
             let p = heap.allocate(l);
@@ -672,17 +678,7 @@ fn small_regions_serve_from_fewer_classes() {
 /// class), they leave the heap as it was, and a second fill takes as many.
 #[test]
 fn a_full_region_lends_larger_slots() {
-    let buf: &'static mut [u8] = vec![0u8; 64 << 10].leak();
-    let heap = Box::new(Heap::new(
-        CheckedSource::<RegionSource, { RegionSource::ARENA_BYTES }>::new(RegionSource::empty()),
-        SingleCpu::new(),
-    ));
-    // SAFETY: the buffer is leaked and unused; the heap has not used its source.
-    unsafe {
-        heap.source()
-            .inner()
-            .set_region(buf.as_mut_ptr(), buf.len())
-    };
+    let heap = heap_of(64 << 10);
     let big = Layout::from_size_align(200, 8).unwrap();
     let small = Layout::from_size_align(40, 8).unwrap();
     let anchor = heap.allocate(big);
