@@ -29,7 +29,7 @@ HOST32_TARGET := i686-unknown-linux-gnu
 
 BOARD := boards/x86_64-qemu
 
-.PHONY: deps deps-run test test-32 run demo bench bench-callgrind bench-efficiency bench-code-size compare compare-rss
+.PHONY: deps deps-run test test-32 run demo bench bench-callgrind bench-efficiency bench-code-size compare compare-rss bench-c-pair
 
 # What `make run` needs: the kernel's Rust target and QEMU.
 deps-run:
@@ -157,3 +157,8 @@ compare: deps
 compare-rss: deps
 	@command -v node >/dev/null || { echo "make compare-rss: node not found: apt-get install -y nodejs" >&2; exit 1; }
 	preload/rss.sh
+
+# What the C library's double-free detection costs: malloc/free pairs under
+# libtieralloc.so with and without `hardened`, and glibc (about 2 minutes).
+bench-c-pair: deps
+	preload/pair.sh
