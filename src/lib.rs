@@ -361,3 +361,6 @@ pub const TINY_SIZE: usize = 16;
 /// the price of the line is a block kept alive by one tiny object wasting up
 /// to 63 bytes instead of 15.
 pub const TINY_BLOCK: usize = 64;
+/// Bytes of a tiny block that its tiny objects use: all but the last, which
+/// holds the block's live count while it is a tiny block (`heap::tiny`).
+pub const TINY_ROOM: usize = TINY_BLOCK - 1;

@@ -18,21 +18,19 @@
 //!   nothing: it is refreshed on every change to that word;
 //! * every word below `cache_word` is full (no zero bits among its valid bits);
 //! * `nelems <= 64 · nwords`, and `bits` points to the record's own tail
-//!   (two bitmaps of `nwords` words with `checks`, one without).
+//!   (three bitmaps of `nwords` words with `checks`, one without).
 
 use core::ptr::null_mut;
 
 use crate::sizeclass::{ClassInfo, Geometry, SizeClass};
-use crate::sync::atomic::{AtomicPtr, AtomicU8};
+
 use crate::units::{Addr, AtomicOwner, PageSize, Pages};
 use crate::PAGE_BYTES;
 
 /// Most objects any span holds: class 1 (8 B) in one 8 KiB page.
 pub const MAX_OBJECTS: usize = PAGE_BYTES / 8;
-
-/// The live-count bytes of the tiny blocks of one tiny-class span: a
-/// record with one byte per block of the span (the pool's `tail`).
-pub type TinyCounts = [AtomicU8; 0];
+// A record counts its objects in a `u16` and its bitmap words in a `u8`.
+const _: () = assert!(MAX_OBJECTS <= u16::MAX as usize && MAX_OBJECTS / 64 <= u8::MAX as usize);
 
 /// What a span is used for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,7 +62,10 @@ pub enum ListId {
 }
 
 /// Metadata of one span. Aligned to 8 bytes, so that the bitmap words of
-/// its tail, right after it, are aligned on 32-bit targets too.
+/// its tail, right after it, are aligned on 32-bit targets too; its fields
+/// are in falling order of alignment, so that it has no padding (64 bytes
+/// on 64-bit targets, 48 on 32-bit ones: with the one-word bitmap of a
+/// region heap, six records fill a 512-byte page, or eight on 32-bit).
 #[repr(C, align(8))]
 pub struct Span {
     /// Next span on the list (`list`) the span is on.
@@ -73,19 +74,16 @@ pub struct Span {
     pub prev: *mut Span,
     /// First byte of the span; page aligned.
     pub start: Addr,
-    /// Length in pages.
-    pub npages: Pages,
-    /// Arena the span lies in (a `pageheap::Arena`), set by the page heap.
-    pub arena: *mut u8,
     /// The record's tail, right after it in the same block ([`record_tail`]
     /// bytes): `alloc_bits`, `nwords` words with one bit per object, set
     /// while the object is out of the span (handed out, or in a cache); with
     /// `checks`, then `cached_bits`, as many words: objects that are free
     /// but still cached (per-CPU or transfer), so a second free of them is
-    /// caught.
+    /// caught; then `tiny_bits`, as many words: objects of the tiny class
+    /// that are tiny blocks now, so a tiny free of anything else is caught.
     bits: *mut u64,
-    /// Live counts of tiny blocks (tiny-class spans only), else null.
-    pub tiny: AtomicPtr<TinyCounts>,
+    /// Complement of `alloc_bits[cache_word]`, restricted to valid objects.
+    pub alloc_cache: u64,
     /// The size class of its objects ([`SizeClass::LARGE`] unless `Small`).
     pub class: SizeClass,
     /// What the span is used for.
@@ -94,6 +92,9 @@ pub struct Span {
     pub list: ListId,
     /// The pages were not known to be zero when the span was made.
     pub needzero: bool,
+    /// Length in pages ([`Span::npages`]; a span of more than `u32::MAX`
+    /// pages is never made).
+    pages: u32,
     /// Bytes per object (for large spans: the span's bytes).
     pub elemsize: u32,
     /// Go's `divMul` of `elemsize` (0 for large spans): see [`Span::index_of`].
@@ -103,9 +104,9 @@ pub struct Span {
     /// Objects handed out (bits set in `alloc_bits`).
     pub alloc_count: u16,
     /// Index of the bitmap word mirrored in `alloc_cache`.
-    pub cache_word: u16,
+    pub cache_word: u8,
     /// Words of each bitmap in the record's tail (see `bitmap_words`).
-    pub nwords: u16,
+    pub nwords: u8,
     /// Classes whose objects share cache lines ([`Geometry::shares_lines`](crate::Geometry::shares_lines)):
     /// 1 + the CPU whose cache takes this span's objects, or 0 before the
     /// first refill. It changes only under the class's central lock, and only
@@ -116,8 +117,6 @@ pub struct Span {
     /// a thread can move between reading its CPU and pushing, so it is a
     /// (nearly always right) hint there. Relaxed: a hint needs no ordering.
     pub owner: AtomicOwner,
-    /// Complement of `alloc_bits[cache_word]`, restricted to valid objects.
-    pub alloc_cache: u64,
 }
 
 /// Words of each bitmap of a span record in a heap of geometry `g` whose
@@ -135,7 +134,7 @@ pub const fn bitmap_words(g: &Geometry) -> usize {
 /// Bytes that follow each span record in its block, for bitmaps of `words`
 /// words: the bitmaps ([`Span`]'s `bits`).
 pub const fn record_tail(words: usize) -> usize {
-    let maps = if cfg!(feature = "checks") { 2 } else { 1 };
+    let maps = if cfg!(feature = "checks") { 3 } else { 1 };
     words * maps * core::mem::size_of::<u64>()
 }
 
@@ -145,18 +144,18 @@ impl Span {
     ///
     /// # Safety
     /// `this` points to writable room for a `Span` (possibly uninitialised)
-    /// followed by `nwords` words (two times `nwords` with `checks`), in one
+    /// followed by `nwords` words (three times `nwords` with `checks`), in one
     /// block, 8-byte aligned, that `this` may access.
     pub unsafe fn init(
         this: *mut Span,
         start: Addr,
         npages: Pages,
         page: PageSize,
-        arena: *mut u8,
         state: SpanState,
         nwords: usize,
     ) {
-        let maps = if cfg!(feature = "checks") { 2 } else { 1 };
+        let maps = if cfg!(feature = "checks") { 3 } else { 1 };
+        debug_assert!(npages.get() <= u32::MAX as usize && nwords <= u8::MAX as usize);
         // SAFETY: the caller gives us the record and its tail; every field
         // and every tail word is written here.
         unsafe {
@@ -166,8 +165,7 @@ impl Span {
                 next: null_mut(),
                 prev: null_mut(),
                 start,
-                npages,
-                arena,
+                pages: npages.get() as u32,
                 class: SizeClass::LARGE,
                 state,
                 list: ListId::None,
@@ -177,10 +175,9 @@ impl Span {
                 div_mul: 0,
                 alloc_count: 0,
                 cache_word: 0,
-                nwords: nwords as u16,
+                nwords: nwords as u8,
                 alloc_cache: 0,
                 bits,
-                tiny: AtomicPtr::new(null_mut()),
                 owner: AtomicOwner::new(),
             })
         }
@@ -189,7 +186,7 @@ impl Span {
     /// Turns a fresh span into one of small objects of `class`, whose row
     /// of the heap's geometry is `info`.
     pub fn init_small(&mut self, class: SizeClass, info: ClassInfo) {
-        debug_assert!(!class.is_large() && info.npages as usize == self.npages.get());
+        debug_assert!(!class.is_large() && info.npages as usize == self.npages().get());
         assert!(info.objects as usize <= 64 * self.nwords as usize);
         self.class = class;
         self.state = SpanState::Small;
@@ -262,10 +259,38 @@ impl Span {
         }
     }
 
+    /// With `checks`: word `w` of the tiny-block bitmap (see `bits`).
+    #[cfg(feature = "checks")]
+    #[inline]
+    pub fn tiny_word(&self, w: usize) -> &crate::sync::atomic::AtomicU64 {
+        assert!(w < self.nwords as usize);
+        // SAFETY: the tiny words follow the cached words in the tail (`init`
+        // zeroed them; zero is a valid atomic), and are only used atomically.
+        unsafe {
+            &*self
+                .bits
+                .add(2 * self.nwords as usize + w)
+                .cast::<crate::sync::atomic::AtomicU64>()
+        }
+    }
+
+    /// Length in pages.
+    #[inline(always)]
+    pub fn npages(&self) -> Pages {
+        Pages::new(self.pages as usize)
+    }
+
+    /// Sets the length (a resize in place: never more than `u32::MAX` pages).
+    #[inline]
+    pub fn set_npages(&mut self, n: Pages) {
+        debug_assert!(n.get() <= u32::MAX as usize);
+        self.pages = n.get() as u32;
+    }
+
     /// One past the last byte, in a heap of pages of `page`.
     #[inline]
     pub fn end(&self, page: PageSize) -> Addr {
-        self.start.add_pages(self.npages, page)
+        self.start.add_pages(self.npages(), page)
     }
 
     /// Bits of word `w` that stand for real objects.
@@ -343,7 +368,7 @@ impl Span {
             if w >= words {
                 return None;
             }
-            self.cache_word = w as u16;
+            self.cache_word = w as u8;
             self.alloc_cache = !self.bits_at(w) & self.valid_mask(w);
         }
         let bit = self.alloc_cache.trailing_zeros() as usize;
@@ -369,7 +394,7 @@ impl Span {
             self.alloc_cache |= bit;
         } else if w < cw {
             // Keep allocation lowest-first: move the cache down to this word.
-            self.cache_word = w as u16;
+            self.cache_word = w as u8;
             self.alloc_cache = !self.bits_at(w) & self.valid_mask(w);
         }
         true
@@ -531,14 +556,14 @@ mod tests {
         }
     }
 
-    /// The record is what every span pays besides its bitmap: 88 bytes on
-    /// 64-bit targets, 64 on 32-bit ones.
+    /// The record is what every span pays besides its bitmap: 64 bytes on
+    /// 64-bit targets, 48 on 32-bit ones.
     #[test]
     fn records_are_small() {
         let want = if cfg!(target_pointer_width = "64") {
-            88
-        } else {
             64
+        } else {
+            48
         };
         assert_eq!(core::mem::size_of::<Span>(), want);
     }
@@ -560,7 +585,6 @@ mod tests {
                 Addr::new(0x10_0000),
                 GO.span_pages(c),
                 GO.page(),
-                null_mut(),
                 SpanState::Small,
                 bitmap_words(&GO),
             )

@@ -421,7 +421,7 @@ impl<X: RelaxStrategy> StackAlloc<X> {
                 let span = unsafe { live_span(below, p).as_ref() };
                 let fits = o < NUM_ORDERS
                     && stack.size == order_size(o)
-                    && span.npages == stack_pages(STACK_SPAN_BYTES, S::PAGE)
+                    && span.npages() == stack_pages(STACK_SPAN_BYTES, S::PAGE)
                     && span.elemsize as usize == stack.size
                     && span.nelems > 1
                     && (Addr::of(p) - span.start).is_multiple_of(stack.size);
@@ -429,7 +429,10 @@ impl<X: RelaxStrategy> StackAlloc<X> {
                     fits,
                     "tieralloc: free of stack {p:p} ({} B): not a stack of order {o} \
                      (span {:#x}, {} pages, {} B each)",
-                    stack.size, span.start, span.npages, span.elemsize
+                    stack.size,
+                    span.start,
+                    span.npages(),
+                    span.elemsize
                 );
                 self.pooled_inuse.fetch_sub(1, Ordering::Relaxed);
                 self.pooled_inuse_bytes
@@ -448,16 +451,16 @@ impl<X: RelaxStrategy> StackAlloc<X> {
                 let span = unsafe { s.as_ref() };
                 let fits = span.nelems == 1
                     && span.start + g == Addr::of(p)
-                    && span.npages.bytes(S::PAGE) == stack.size + g;
+                    && span.npages().bytes(S::PAGE) == stack.size + g;
                 assert!(
                     fits,
                     "tieralloc: free of {} stack {p:p} ({} B): span {:#x} of {} pages does not match",
                     if guarded { "guarded" } else { "large" },
                     stack.size,
                     span.start,
-                    span.npages
+                    span.npages()
                 );
-                let span_bytes = span.npages.bytes(S::PAGE);
+                let span_bytes = span.npages().bytes(S::PAGE);
                 self.dedicated_inuse.fetch_sub(1, Ordering::Relaxed);
                 self.dedicated_inuse_bytes
                     .fetch_sub(stack.size, Ordering::Relaxed);

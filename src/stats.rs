@@ -55,7 +55,7 @@ pub struct Stats {
     pub tiny_mallocs: u64,
     /// Tiny sub-objects freed, cumulative.
     pub tiny_frees: u64,
-    /// Live 64-byte tiny blocks ([`crate::TINY_BLOCK`]; each holds up to 64 tiny objects).
+    /// Live 64-byte tiny blocks ([`crate::TINY_BLOCK`]; each holds up to 63 tiny objects).
     pub tiny_blocks: u64,
     /// Bytes of free objects held in per-CPU and transfer caches.
     pub cached_bytes: u64,

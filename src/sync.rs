@@ -20,10 +20,14 @@ pub(crate) mod atomic {
 
     #[cfg(target_has_atomic = "ptr")]
     #[allow(unused_imports)] // each configuration uses some
-    pub(crate) use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU8, AtomicUsize};
+    pub(crate) use core::sync::atomic::{
+        AtomicBool, AtomicPtr, AtomicU16, AtomicU32, AtomicU8, AtomicUsize,
+    };
     #[cfg(not(target_has_atomic = "ptr"))]
     #[allow(unused_imports)]
-    pub(crate) use portable_atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU8, AtomicUsize};
+    pub(crate) use portable_atomic::{
+        AtomicBool, AtomicPtr, AtomicU16, AtomicU32, AtomicU8, AtomicUsize,
+    };
 
     #[cfg(target_has_atomic = "64")]
     #[allow(unused_imports)]

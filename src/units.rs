@@ -21,7 +21,7 @@
 use core::fmt;
 use core::ops::{Add, AddAssign, Sub, SubAssign};
 
-use crate::sync::atomic::{AtomicU32, Ordering};
+use crate::sync::atomic::{AtomicU16, Ordering};
 
 /// A heap's page size: a power of two from 2^5 to 2^20 bytes, taken from its
 /// source's geometry (`S::GEOMETRY.page()`). Every conversion between
@@ -318,10 +318,11 @@ impl ArenaSlot {
 
 /// The CPU whose cache takes a span's objects, for the classes whose objects
 /// share cache lines ([`crate::Geometry::shares_lines`]), or
-/// none. Packed for one 32-bit atomic: 0 is none, `1 + i` is CPU index `i`.
+/// none. Packed for one 16-bit atomic: 0 is none, `1 + i` is CPU index `i`
+/// (an index of 65,535 or more has no packing and reads as none: a hint lost).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(transparent)]
-pub struct Owner(u32);
+pub struct Owner(u16);
 
 impl Owner {
     /// No owner (a span before its first refill, or a caller that does not know its CPU).
@@ -331,10 +332,10 @@ impl Owner {
     /// unregistered rseq CPU id, `-1` read as unsigned) gives [`Owner::NONE`].
     #[inline(always)]
     pub const fn cpu(cpu: usize) -> Owner {
-        if cpu >= u32::MAX as usize {
+        if cpu >= u16::MAX as usize {
             Owner::NONE
         } else {
-            Owner(cpu as u32 + 1)
+            Owner(cpu as u16 + 1)
         }
     }
 
@@ -355,12 +356,12 @@ impl Owner {
 /// hint: every access is `Relaxed` (a hint needs no ordering).
 #[derive(Debug)]
 #[repr(transparent)]
-pub struct AtomicOwner(AtomicU32);
+pub struct AtomicOwner(AtomicU16);
 
 impl AtomicOwner {
     /// [`Owner::NONE`].
     pub const fn new() -> AtomicOwner {
-        AtomicOwner(AtomicU32::new(0))
+        AtomicOwner(AtomicU16::new(0))
     }
 
     /// The owner now.

@@ -14,10 +14,10 @@
 
 use core::ptr::NonNull;
 
+use tieralloc::internals::SizeClass;
 use tieralloc::internals::CHUNK_PAGES;
 use tieralloc::internals::{Addr, Call, CheckedSource, Pages, Rng, Span, SpanState};
 use tieralloc::internals::{PageHeap, PageMap, PageStats};
-use tieralloc::internals::{SizeClass, TINY_CLASS};
 use tieralloc::{MmapSource, PageSource, CHUNK_BYTES, PAGE_BYTES};
 
 /// Go's page, the page of every source these tests use.
@@ -127,7 +127,7 @@ impl<S: Probe> H<S> {
         let (start, n, needzero, st) = unsafe {
             (
                 s.as_ref().start.get(),
-                s.as_ref().npages.get(),
+                s.as_ref().npages().get(),
                 s.as_ref().needzero,
                 s.as_ref().state,
             )
@@ -280,7 +280,7 @@ impl<S: Probe> H<S> {
         // SAFETY: a live large span of ours.
         let ok = unsafe { self.heap.resize_large(&self.src, sp.s, Pages::new(npages)) };
         // SAFETY: live span record.
-        let (start, n) = unsafe { (sp.s.as_ref().start.get(), sp.s.as_ref().npages.get()) };
+        let (start, n) = unsafe { (sp.s.as_ref().start.get(), sp.s.as_ref().npages().get()) };
         assert_eq!(start, sp.start, "resize moved the span");
         if !ok {
             assert_eq!(n, old, "failed resize changed the span");
@@ -874,23 +874,15 @@ fn small_spans_for_classes() {
         let span = unsafe { s.as_ref() };
         assert_eq!(span.state, SpanState::Small);
         assert_eq!(span.class, c);
-        assert_eq!(span.npages, GO.span_pages(c));
+        assert_eq!(span.npages(), GO.span_pages(c));
         assert_eq!(span.nelems as usize, GO.objects(c));
         assert_eq!(span.alloc_count, 0);
-        assert_eq!(
-            !span
-                .tiny
-                .load(core::sync::atomic::Ordering::Relaxed)
-                .is_null(),
-            c == TINY_CLASS,
-            "tiny counters only for the tiny class"
-        );
         h.src
-            .assert_ready(span.start.get(), span.npages.bytes(GO_PAGE));
+            .assert_ready(span.start.get(), span.npages().bytes(GO_PAGE));
         let sp = Sp {
             s,
             start: span.start.get(),
-            npages: span.npages.get(),
+            npages: span.npages().get(),
         };
         h.assert_mapped(&sp, 0, sp.npages);
         got.push(sp);

@@ -14,7 +14,8 @@ use common::slots_heap;
 use tieralloc::internals::ObjectKind;
 use tieralloc::internals::{SizeClass, NUM_CLASSES};
 use tieralloc::{
-    Heap, LockedSlots, MmapSource, Stats, MAX_SMALL_SIZE, PAGE_BYTES, TINY_BLOCK, TINY_SIZE,
+    Heap, LockedSlots, MmapSource, Stats, MAX_SMALL_SIZE, PAGE_BYTES, TINY_BLOCK, TINY_ROOM,
+    TINY_SIZE,
 };
 
 /// Go's page, the page of every source these tests use.
@@ -137,7 +138,7 @@ impl Model {
                 let a = tiny_align(size, o.align);
                 if let Some((b, off)) = self.current[slot] {
                     let at = off.next_multiple_of(a);
-                    if at + size <= TINY_BLOCK {
+                    if at + size <= TINY_ROOM {
                         assert_eq!(o.p, b + at, "tiny {o:?} on slot {slot}: expected in the current block {b:#x} at {at}");
                         self.current[slot] = Some((b, at + size));
                         *self.tiny_live.entry(b).or_default() += 1;
@@ -591,26 +592,27 @@ fn tiny_blocks_live_until_their_last_object() {
     static HEAP: H = slots_heap();
     let h = &HEAP;
     let mut m = Model::new();
-    // TINY_BLOCK 1-byte objects fill one block exactly; the next starts another.
+    // TINY_ROOM 1-byte objects fill one block exactly (its last byte is its
+    // live count); the next starts another.
     let block = |p: usize| p & !(TINY_BLOCK - 1);
-    for _ in 0..=TINY_BLOCK {
+    for _ in 0..=TINY_ROOM {
         alloc(h, &mut m, 2, 1, 1, false);
     }
     let first = m.live[0].p;
     assert!(
-        m.live[..TINY_BLOCK].iter().all(|o| block(o.p) == first),
-        "{TINY_BLOCK} one-byte objects share a block"
+        m.live[..TINY_ROOM].iter().all(|o| block(o.p) == first),
+        "{TINY_ROOM} one-byte objects share a block"
     );
-    assert_ne!(block(m.live[TINY_BLOCK].p), first);
+    assert_ne!(block(m.live[TINY_ROOM].p), first);
     m.check(&h.stats(), "a block and one more tiny");
     assert_eq!(h.stats().tiny_blocks, 2);
     // Free the first block's objects from slots 0, 1, 3; it is not current any more.
-    for k in 0..TINY_BLOCK {
+    for k in 0..TINY_ROOM {
         let idx = m.live.iter().position(|o| block(o.p) == first).unwrap();
         free(h, &mut m, [0, 1, 3][k % 3], idx);
         let st = h.stats();
         m.check(&st, &format!("freed {} of the full block", k + 1));
-        assert_eq!(st.tiny_blocks, if k < TINY_BLOCK - 1 { 2 } else { 1 });
+        assert_eq!(st.tiny_blocks, if k < TINY_ROOM - 1 { 2 } else { 1 });
     }
     // The current block survives without live objects until scavenge().
     free(h, &mut m, 1, 0);

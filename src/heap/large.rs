@@ -115,7 +115,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             Some(span) if span.state == SpanState::Large && span.start == Addr::of(p) => NonNull::from(span),
             Some(span) if span.state == SpanState::Idle => panic!(
                 "tieralloc: double free of large object {p:p} (span {:#x}, {} pages, idle in the large-span cache)",
-                span.start, span.npages
+                span.start, span.npages()
             ),
             Some(span) => panic!(
                 "tieralloc: free of {p:p}: not the start of a large object (span {:#x}, {:?}, class {})",
@@ -237,7 +237,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 // A span of its own, or not an object (reported here).
                 let s = self.large_span(p);
                 // SAFETY: a live large span (checked), the caller's.
-                let bytes = unsafe { (*s.as_ptr()).npages }.bytes(S::PAGE);
+                let bytes = unsafe { (*s.as_ptr()).npages() }.bytes(S::PAGE);
                 // SAFETY: the caller's object, with its span.
                 unsafe {
                     self.resize_or_move(p, bytes, ObjectKind::Large, Some(s), new_size, new, align)

@@ -551,7 +551,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 Some(S::GEOMETRY.size(span.class))
             }
             Some(span) if span.state == SpanState::Large && span.start == Addr::of(p) => {
-                Some(span.npages.bytes(S::PAGE))
+                Some(span.npages().bytes(S::PAGE))
             }
             _ => None,
         }

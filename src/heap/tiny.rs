@@ -20,7 +20,7 @@ use crate::source::PageSource;
 use crate::span::{Span, SpanState};
 use crate::sync::atomic::{AtomicU8, Ordering};
 use crate::units::Addr;
-use crate::TINY_BLOCK;
+use crate::{TINY_BLOCK, TINY_ROOM};
 
 use super::Heap;
 
@@ -29,14 +29,19 @@ use super::Heap;
 pub(crate) const TINY_BIAS: u8 = 128;
 const _: () = assert!(TINY_BIAS as usize > TINY_BLOCK);
 
-/// The live count of the tiny block at object `idx` of tiny-class span `span`.
+/// The live count of tiny block `block`: its last byte, past the
+/// [`TINY_ROOM`] bytes its tiny objects use.
+///
+/// # Safety
+/// `block` is a live object of the tiny class, used as a tiny block (or
+/// about to be: the caller stores its first count), for as long as the
+/// count is used.
 #[inline]
-fn tiny_counter(span: &Span, idx: usize) -> &AtomicU8 {
-    let t = span.tiny.load(Ordering::Relaxed);
-    debug_assert!(!t.is_null());
-    // SAFETY: tiny-class spans always carry counters for as long as they
-    // are live, one per block: `idx` is a block of the span.
-    unsafe { &*t.cast::<AtomicU8>().add(idx) }
+unsafe fn tiny_counter<'a>(block: *mut u8) -> &'a AtomicU8 {
+    // SAFETY: the caller's promise: byte `TINY_ROOM` of the block is ours,
+    // and while the block is a tiny block no tiny object covers it and it
+    // is only accessed atomically.
+    unsafe { &*block.add(TINY_ROOM).cast::<AtomicU8>() }
 }
 
 impl<S: PageSource, C: Cpu> Heap<S, C> {
@@ -90,9 +95,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             return b;
         }
         s.count_event(TinyEvent::BlocksTaken, 1);
-        // SAFETY: `b` is an object of a live tiny-class span.
-        let span = unsafe { &*self.map.lookup::<S>(Addr::of(b)) };
-        let counter = tiny_counter(span, span.index_of(Addr::of(b)).0);
+        #[cfg(feature = "checks")]
+        self.mark_tiny_block(b, true);
+        // SAFETY: `b` is a fresh tiny-class object, ours: a tiny block now.
+        let counter = unsafe { tiny_counter(b) };
         while let Some((cpu, t)) = s.tiny() {
             if t.stopped() || (t.block != 0 && size >= t.off) {
                 break; // being drained, or the current block has at least as much room left: keep it
@@ -120,16 +126,17 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     pub(super) fn retire_tiny(&self, s: Caches<'_, C, S>, t: Tiny) {
         s.count_event(TinyEvent::MallocsRetired, t.n as u64);
         let block = Addr::new(t.block);
-        // SAFETY: the block is live (we hold its bias), so its span and counters are.
-        let span = unsafe { &*self.map.lookup::<S>(block) };
         let bias = TINY_BIAS - t.n as u8;
-        let before = tiny_counter(span, span.index_of(block).0).fetch_sub(bias, Ordering::AcqRel);
+        // SAFETY: the block is live: we hold its bias.
+        let before = unsafe { tiny_counter(block.as_ptr()) }.fetch_sub(bias, Ordering::AcqRel);
         if before == bias {
             self.free_tiny_block(s, block.as_ptr());
         }
     }
 
     fn free_tiny_block(&self, s: Caches<'_, C, S>, b: *mut u8) {
+        #[cfg(feature = "checks")]
+        self.mark_tiny_block(b, false);
         s.count_event(TinyEvent::BlocksFreed, 1);
         self.free_small(b, S::GEOMETRY.tiny_class);
     }
@@ -143,17 +150,24 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             _ => panic!("tieralloc: free of tiny object {p:p}: not a tiny object of this heap (foreign pointer, wrong layout, or double free)"),
         };
         let idx = span.index_of(Addr::of(p)).0;
-        let counter = tiny_counter(span, idx);
+        // With `checks`, a slot that is no tiny block now (a block freed,
+        // an object of the tiny class handed out whole) is reported before
+        // its last byte, which is then not a count, is touched.
+        #[cfg(feature = "checks")]
+        if span.tiny_word(idx / 64).load(Ordering::Acquire) & (1 << (idx % 64)) == 0 {
+            self.report_tiny(p, span, idx, 0);
+        }
+        // SAFETY: `p` lies in object `idx` of a live tiny-class span; if it
+        // is a live tiny object, that object is a tiny block. If it is not
+        // (a double free, a wrong layout; without `checks`), the byte is
+        // still the span's, and the check below undoes the change and
+        // reports when it can tell.
+        let counter = unsafe { tiny_counter(span.object(idx)) };
         let before = counter.fetch_sub(1, Ordering::AcqRel);
         if before == 0 || before > TINY_BIAS {
             // Undo, so the report leaves the count as it was.
             counter.fetch_add(1, Ordering::AcqRel);
-            panic!(
-                "tieralloc: double free of tiny object {p:p}, or a tiny-layout free of an object that is not tiny (block {:p} of span {:#x}, class {}, live count was {before})",
-                span.object(idx),
-                span.start,
-                S::GEOMETRY.tiny_class.index()
-            );
+            self.report_tiny(p, span, idx, before);
         }
         let Some(s) = self.slabs.get::<S>() else {
             unreachable!("a tiny object exists, so the slabs were set up");
@@ -161,6 +175,32 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         s.count_event(TinyEvent::Frees, 1);
         if before == 1 {
             self.free_tiny_block(s, span.object(idx));
+        }
+    }
+
+    /// Panics: a tiny free of `p`, in object `idx` of `span`, whose live
+    /// count read `before`, found no live tiny object there.
+    #[cold]
+    fn report_tiny(&self, p: *mut u8, span: &Span, idx: usize, before: u8) -> ! {
+        panic!(
+            "tieralloc: double free of tiny object {p:p}, or a tiny-layout free of an object that is not tiny (block {:p} of span {:#x}, class {}, live count was {before})",
+            span.object(idx),
+            span.start,
+            S::GEOMETRY.tiny_class.index()
+        )
+    }
+
+    /// With `checks`: records whether tiny-class object `b` is a tiny block.
+    #[cfg(feature = "checks")]
+    fn mark_tiny_block(&self, b: *mut u8, on: bool) {
+        // SAFETY: `b` is a live object of a tiny-class span.
+        let span = unsafe { &*self.map.lookup::<S>(Addr::of(b)) };
+        let idx = span.index_of(Addr::of(b)).0;
+        let w = span.tiny_word(idx / 64);
+        if on {
+            w.fetch_or(1 << (idx % 64), Ordering::AcqRel);
+        } else {
+            w.fetch_and(!(1 << (idx % 64)), Ordering::AcqRel);
         }
     }
 }

@@ -818,6 +818,21 @@ impl Arenas {
         Some(slot)
     }
 
+    /// The arena holding `addr`, or null: a binary search of the slots,
+    /// which are in address order (a span record does not keep its arena).
+    pub(crate) fn holding(&self, addr: Addr) -> *mut Arena {
+        let slots = &self.slots_raw()[..self.narenas];
+        let i = slots.partition_point(|&a| {
+            // SAFETY: live arenas.
+            unsafe { (*a).base <= addr }
+        });
+        match i.checked_sub(1).map(|i| slots[i]) {
+            // SAFETY: a live arena.
+            Some(a) if addr < unsafe { (*a).end() } => a,
+            _ => core::ptr::null_mut(),
+        }
+    }
+
     /// Inserts `arena` in address order; returns its slot.
     fn insert(&mut self, arena: *mut Arena) -> ArenaSlot {
         // SAFETY: a live arena, just made.

@@ -167,7 +167,7 @@ impl LargeCache {
         // SAFETY: the caller hands the span over (on no list); it stays whole.
         let npages = unsafe {
             (*s.as_ptr()).state = SpanState::Idle;
-            let n = (*s.as_ptr()).npages;
+            let n = (*s.as_ptr()).npages();
             self.lists[large_cache_index(n)].push(s.as_ptr());
             n
         };
@@ -193,7 +193,7 @@ impl LargeCache {
         let max = max.min(LARGE_CACHE_MAX_SPAN_PAGES);
         let fits = |s: *mut Span| {
             // SAFETY: listed spans are live records.
-            let (n, start) = unsafe { ((*s).npages, (*s).start) };
+            let (n, start) = unsafe { ((*s).npages(), (*s).start) };
             n >= npages && n <= max && page.page_at(start.get()).is_multiple_of(align_pages)
         };
         let s = (large_cache_index(npages)..=large_cache_index(max))
@@ -219,7 +219,7 @@ impl LargeCache {
                 0
             } else {
                 // SAFETY: listed spans are live records.
-                l.len() * cache_class(unsafe { (*l.first()).npages }.get())
+                l.len() * cache_class(unsafe { (*l.first()).npages() }.get())
             };
             if pages > best.1 {
                 best = (i, pages);
@@ -235,7 +235,7 @@ impl LargeCache {
     /// `s` is an idle span on its list.
     pub(crate) unsafe fn remove(&mut self, s: NonNull<Span>) {
         // SAFETY: as the caller promises.
-        let npages = unsafe { (*s.as_ptr()).npages };
+        let npages = unsafe { (*s.as_ptr()).npages() };
         // SAFETY: as the caller promises.
         unsafe { self.lists[large_cache_index(npages)].remove(s.as_ptr()) };
         self.count -= 1;
@@ -251,12 +251,12 @@ impl LargeCache {
                 let s = unsafe { &*s };
                 assert!(
                     s.state == SpanState::Idle
-                        && s.npages <= LARGE_CACHE_MAX_SPAN_PAGES
-                        && large_cache_index(s.npages) == i,
+                        && s.npages() <= LARGE_CACHE_MAX_SPAN_PAGES
+                        && large_cache_index(s.npages()) == i,
                     "cached large span {:#x}",
                     s.start
                 );
-                pages += s.npages;
+                pages += s.npages();
                 n += 1;
             }
         }

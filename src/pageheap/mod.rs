@@ -39,8 +39,7 @@ use core::ptr::{null_mut, NonNull};
 use crate::fixalloc::FixAlloc;
 use crate::sizeclass::{ClassInfo, Geometry, SizeClass};
 use crate::source::{PageSource, SourcePage};
-use crate::span::{bitmap_words, record_tail, Span, SpanState, TinyCounts};
-use crate::sync::atomic::Ordering;
+use crate::span::{bitmap_words, record_tail, Span, SpanState};
 use crate::sync::Lock;
 use crate::units::{ArenaSlot, PageIdx, PageSize, Pages};
 
@@ -200,8 +199,6 @@ pub struct PageHeap {
     arenas: Arenas,
     /// Span records (never from the heap itself).
     spans: FixAlloc<Span>,
-    /// Tiny-block live counts of tiny-class spans.
-    tiny: FixAlloc<TinyCounts>,
     /// Pages of all arenas.
     sys_pages: Pages,
     /// Pages in live spans (idle large spans included).
@@ -238,16 +235,6 @@ impl Default for PageHeap {
     }
 }
 
-/// The arena a live span lies in.
-///
-/// # Safety
-/// `s` is a live span record of this heap.
-unsafe fn arena_of(s: *const Span) -> *mut Arena {
-    // SAFETY: the page heap set the field when it made the span; an arena
-    // with a live span is never released, and metadata blocks are never freed.
-    unsafe { (*s).arena.cast::<Arena>() }
-}
-
 impl PageHeap {
     /// An empty page heap: no arenas until the first span. Its pages are its
     /// source's (`S::GEOMETRY`'s); the methods that do not take the source
@@ -256,7 +243,6 @@ impl PageHeap {
         PageHeap {
             arenas: Arenas::new(),
             spans: FixAlloc::new(),
-            tiny: FixAlloc::new(),
             sys_pages: Pages::ZERO,
             inuse_pages: Pages::ZERO,
             released_pages: Pages::ZERO,
@@ -273,6 +259,18 @@ impl PageHeap {
             scavenger: Scavenger::new(),
             arenas_freed: 0,
         }
+    }
+
+    /// The arena a live span lies in.
+    ///
+    /// # Safety
+    /// `s` is a live span record of this heap.
+    unsafe fn arena_of(&self, s: *const Span) -> *mut Arena {
+        // SAFETY: the caller's live span; an arena with a live span is never
+        // released, and metadata blocks are never freed.
+        let a = self.arenas.holding(unsafe { (*s).start });
+        debug_assert!(!a.is_null(), "a live span lies in an arena");
+        a
     }
 
     /// Most bytes the large-span cache holds now (see [`LARGE_CACHE_MAX_PAGES`]).
@@ -440,6 +438,9 @@ impl PageHeap {
         align_pages: usize,
         state: SpanState,
     ) -> Option<NonNull<Span>> {
+        if npages.get() > u32::MAX as usize {
+            return None; // more than a record counts (and than any source has)
+        }
         let (_, words) = self.span_shape(source);
         let tail = record_tail(words);
         self.feed_pool(source, map, |h| &mut h.spans, tail);
@@ -462,10 +463,9 @@ impl PageHeap {
         let arena = self.arenas.get(run.slot);
         let addr = arena.addr_of(run.start);
         let s = rec.as_ptr();
-        let arena_ptr = (arena as *const Arena).cast_mut();
         // SAFETY: `rec` is room for a Span; then the span is ours until published.
         unsafe {
-            Span::init(s, addr, npages, S::PAGE, arena_ptr.cast(), state, words);
+            Span::init(s, addr, npages, S::PAGE, state, words);
             (*s).needzero = run.needzero;
         }
         arena.set_map(run.start, npages, s);
@@ -487,7 +487,7 @@ impl PageHeap {
         (self.span_target, self.span_words)
     }
 
-    /// A span for small objects of `class`, with tiny counters for the tiny class.
+    /// A span for small objects of `class`.
     pub fn alloc_small_span<S: PageSource>(
         &mut self,
         source: &S,
@@ -496,34 +496,15 @@ impl PageHeap {
     ) -> Option<NonNull<Span>> {
         let (target, _) = self.span_shape(source);
         let info = stretched(S::GEOMETRY, class, target);
-        let tiny = if class == S::GEOMETRY.tiny_class {
-            let blocks = info.objects as usize;
-            self.feed_pool(source, map, |h| &mut h.tiny, blocks);
-            let t = self.tiny.alloc_with(source, blocks)?;
-            // SAFETY: room for the counters; zero is a valid `AtomicU8`.
-            unsafe { t.as_ptr().cast::<u8>().write_bytes(0, blocks) };
-            t.as_ptr()
-        } else {
-            null_mut()
-        };
-        let Some(s) = self.alloc_span(
+        let s = self.alloc_span(
             source,
             map,
             Pages::new(info.npages as usize),
             1,
             SpanState::Small,
-        ) else {
-            if let Some(t) = NonNull::new(tiny) {
-                // SAFETY: unused record from this pool.
-                unsafe { self.tiny.free(t) };
-            }
-            return None;
-        };
+        )?;
         // SAFETY: the span is ours (not yet on any list).
-        unsafe {
-            (*s.as_ptr()).init_small(class, info);
-            (*s.as_ptr()).tiny.store(tiny, Ordering::Relaxed);
-        }
+        unsafe { (*s.as_ptr()).init_small(class, info) };
         Some(s)
     }
 
@@ -546,13 +527,9 @@ impl PageHeap {
         let s = span.as_ptr();
         // SAFETY: the caller hands the span over; its arena is live.
         let (arena, start, npages) = unsafe {
-            let tiny = (*s).tiny.swap(null_mut(), Ordering::Relaxed);
-            if let Some(t) = NonNull::new(tiny) {
-                self.tiny.free(t);
-            }
             (*s).state = SpanState::Dead;
-            let arena = &*arena_of(s);
-            (arena, arena.page_of((*s).start), (*s).npages)
+            let arena = &*self.arena_of(s);
+            (arena, arena.page_of((*s).start), (*s).npages())
         };
         arena.set_map(start, npages, null_mut());
         let slot = arena.slot;
@@ -616,7 +593,7 @@ impl PageHeap {
             None => self.alloc_span(source, map, npages, align_pages, SpanState::Large)?,
         };
         // SAFETY: a live large span, ours.
-        let got = unsafe { (*s.as_ptr()).npages };
+        let got = unsafe { (*s.as_ptr()).npages() };
         self.large.mallocs += 1;
         self.large.live_bytes += got.bytes(S::PAGE) as u64;
         Some(s)
@@ -630,7 +607,7 @@ impl PageHeap {
     /// As [`PageHeap::free_span`]; the span is `Large`.
     pub unsafe fn free_large<S: PageSource>(&mut self, source: &S, span: NonNull<Span>) {
         // SAFETY: the caller hands us a live large span.
-        let npages = unsafe { (*span.as_ptr()).npages };
+        let npages = unsafe { (*span.as_ptr()).npages() };
         self.large.frees += 1;
         self.large.live_bytes -= npages.bytes(S::PAGE) as u64;
         if LargeCache::takes(npages) {
@@ -653,15 +630,15 @@ impl PageHeap {
     unsafe fn cut_tail(&mut self, s: *mut Span, npages: Pages, page: PageSize) {
         // SAFETY: live span and arena; the tail pages are ours.
         let (arena, start, old) = unsafe {
-            let arena = &*arena_of(s);
-            (arena, arena.page_of((*s).start), (*s).npages)
+            let arena = &*self.arena_of(s);
+            (arena, arena.page_of((*s).start), (*s).npages())
         };
         arena.set_map(start + npages, old - npages, null_mut());
         let slot = arena.slot;
         self.free_pages(slot, start + npages, old - npages);
         // SAFETY: live span, the caller's.
         unsafe {
-            (*s).npages = npages;
+            (*s).set_npages(npages);
             (*s).elemsize = npages.bytes(page).min(u32::MAX as usize) as u32;
         }
     }
@@ -716,11 +693,14 @@ impl PageHeap {
         let s = span.as_ptr();
         // SAFETY: live span and arena.
         let (slot, start, old) = unsafe {
-            let arena = &*arena_of(s);
-            (arena.slot, arena.page_of((*s).start), (*s).npages)
+            let arena = &*self.arena_of(s);
+            (arena.slot, arena.page_of((*s).start), (*s).npages())
         };
         if npages == old {
             return true;
+        }
+        if npages.get() > u32::MAX as usize {
+            return false;
         }
         if npages < old {
             // SAFETY: the caller's live span.
@@ -766,7 +746,7 @@ impl PageHeap {
             self.arenas.update_leaf(slot);
             self.arenas.get(slot).set_map(start + old, extra, s);
             // SAFETY: live span, the caller's.
-            unsafe { (*s).npages = npages };
+            unsafe { (*s).set_npages(npages) };
             self.large.live_bytes += extra.bytes(S::PAGE) as u64;
         }
         // SAFETY: live span.
@@ -776,7 +756,7 @@ impl PageHeap {
 
     /// Accounting snapshot.
     pub fn stats(&self, page: PageSize) -> PageStats {
-        let meta = self.meta_bytes + self.spans.sys_bytes() + self.tiny.sys_bytes();
+        let meta = self.meta_bytes + self.spans.sys_bytes();
         PageStats {
             sys: (self.sys_pages - self.meta_pages).bytes(page) as u64,
             inuse: self.inuse_pages.bytes(page) as u64,

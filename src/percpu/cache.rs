@@ -553,7 +553,7 @@ impl<'a> CpuCache<'a> {
     pub(crate) fn carve(&self, size: usize, a: usize) -> *mut u8 {
         let t = self.tiny();
         let off = t.off.next_multiple_of(a);
-        if t.block == 0 || off + size > crate::TINY_BLOCK {
+        if t.block == 0 || off + size > crate::TINY_ROOM {
             return core::ptr::null_mut();
         }
         let next = Tiny {

@@ -829,7 +829,7 @@ unsafe fn carve(d: *const Desc, off: i64, field: usize, size: usize, amask: usiz
             o = out(reg) _,
             x = out(reg) _,
             p = out(reg) p,
-            tiny = const crate::TINY_BLOCK,
+            tiny = const crate::TINY_ROOM,
             fmask = const Tiny::FIELD_MASK,
             offs = const Tiny::OFF_SHIFT,
             ns = const Tiny::N_SHIFT,
