@@ -79,7 +79,9 @@
 //!
 //! The rooms, one module each (every import points down; none is a cycle):
 //! `heap/` the front (`mod.rs` the type, set-up and `GlobalAlloc`;
-//! `small.rs`, `tiny.rs`, `large.rs`, `stacks.rs`, `stats.rs`), `percpu/`
+//! `small.rs`, `tiny.rs`, `large.rs`, `stacks.rs`, `stats.rs`, and
+//! `fine.rs`, the door to the fine heap), `fine.rs` (the fine heap of small
+//! region heaps, below), `percpu/`
 //! (the per-CPU tier: `Slabs`, the front's one door, over the word formats,
 //! the caches, the restartable sequences and the locked fallback, and
 //! [`cpu`]), `central.rs`, `pageheap/` (arenas, page map, page bitmap,
@@ -196,10 +198,10 @@
 //! (central lists, remote lists, flow counters, transfer caches) and per CPU
 //! (caches, stack caches) is carved from the source when the heap sets itself
 //! up, and the arena table grows with the arenas. So
-//! `Heap<RegionSource, SingleCpu>` is 1,664 bytes on 32-bit targets (36,160
+//! `Heap<RegionSource, SingleCpu>` is 1,664 bytes on 32-bit targets (35,264
 //! on 64-bit, 32 KiB of it the page map's first level over a 48-bit address
 //! space), and all its bytes are zero, so a `static` lands in `.bss`; the
-//! thumbv7em firmware of `make bench-code-size` has 3,808 bytes of `.bss`
+//! thumbv7em firmware of `make bench-code-size` has 3,744 bytes of `.bss`
 //! besides its heap region (`tests/bss.rs` checks the size and the section).
 //! A bounded source ([`PageSource::bound`]: a region) gets transfer caches of
 //! a 1024th of its bytes per class, none below 256 KiB, per-CPU stacks of a
@@ -210,7 +212,29 @@
 //! every span record carries bitmaps of the words its spans need, and under
 //! 1 MiB it serves each class from a coarser one (`heap::state::coarse_div`),
 //! so that fewer classes each strand a partly used span, and keeps per-class
-//! state for those classes only.
+//! state for those classes only (these matter to region heaps over
+//! [`FINE_MAX_BYTES`] and to those that [`Heap::prefer_tiers`]; smaller ones
+//! are fine heaps, whose only state outside the `Heap` value is the fine
+//! heap's bins and bitmaps, at the start of their region).
+//!
+//! ## Region heaps: the fine heap
+//!
+//! Over a region of kilobytes the tiers cannot be efficient: every object is
+//! rounded to a class, every class strands a partly used span, and the
+//! per-class and per-CPU state is a fixed cost a microcontroller cannot pay.
+//! So a heap over a source with [`PageSource::SMALL_ARENAS`] whose bound is
+//! at most [`FINE_MAX_BYTES`] (2 MiB) when it sets itself up serves every
+//! object from one *fine heap* instead (`fine.rs`): a two-level
+//! segregated-fit heap (TLSF) over granules of two words, no header on an
+//! allocated block, one boundary bit per granule (which gives an unsized
+//! free its length and catches interior pointers and wrong layouts), free
+//! blocks on per-bin lists whose links also prove a block free (so double
+//! frees are caught without `checks`), and coalescing both ways. Its state
+//! and bitmaps are under 3 % of a 64 KiB region; over 64 KiB–1 MiB it keeps
+//! 89–97 % of the region in live objects (`make bench-efficiency`). It is one
+//! lock, as every embedded heap is; a board with several CPUs that want the
+//! per-CPU caches calls [`Heap::prefer_tiers`] before the first allocation.
+//! Larger region heaps, and every other source, are tiered.
 //!
 //! ## Differences from Go, because Rust frees explicitly
 //!
@@ -304,6 +328,7 @@ extern crate std;
 mod central;
 #[cfg(feature = "checks")]
 mod checks;
+mod fine;
 mod fixalloc;
 mod heap;
 mod pageheap;
@@ -341,6 +366,7 @@ pub use source::FrameSource;
 #[cfg(feature = "linux")]
 pub use source::MmapSource;
 
+pub use fine::FINE_MAX_BYTES;
 pub use pageheap::{DEFAULT_DECAY_MS, DEFAULT_RETAIN_BYTES};
 pub use percpu::CACHE_BOUND_BYTES;
 pub use sizeclass::{ClassInfo, Geometry, SizeClass, Spacing, Spec, NUM_CLASSES};

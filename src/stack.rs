@@ -177,6 +177,8 @@ enum StackKind {
     Large,
     /// A span of its own whose first `GUARD_BYTES` are a guard.
     Guarded,
+    /// A block of a fine heap (a small region heap), no guard.
+    Block,
 }
 
 /// A stack handed out by [`Heap::alloc_stack`](crate::Heap::alloc_stack):
@@ -188,7 +190,8 @@ enum StackKind {
 /// records and panics on a mismatch.
 #[derive(Debug)]
 pub struct Stack {
-    /// Lowest usable byte (page aligned; aligned to `size` for pooled stacks).
+    /// Lowest usable byte (page aligned; aligned to `size` for pooled
+    /// stacks; to 16 bytes in a fine heap, see [`Heap::is_fine`](crate::Heap::is_fine)).
     pub base: NonNull<u8>,
     /// Usable bytes (the order's size, or whole pages), guard excluded.
     pub size: usize,
@@ -203,6 +206,15 @@ unsafe impl Send for Stack {}
 unsafe impl Sync for Stack {}
 
 impl Stack {
+    /// A stack that is a fine heap's block of `size` bytes at `base`.
+    pub(crate) fn from_block(base: NonNull<u8>, size: usize) -> Stack {
+        Stack {
+            base,
+            size,
+            kind: StackKind::Block,
+        }
+    }
+
     /// One past the highest usable byte: the initial stack pointer.
     pub fn top(&self) -> *mut u8 {
         self.base.as_ptr().wrapping_add(self.size)
@@ -442,6 +454,10 @@ impl<X: RelaxStrategy> StackAlloc<X> {
                     None => self.pool_put(below, o, &[p]),
                 }
             }
+            StackKind::Block => panic!(
+                "tieralloc: free of stack {:p}: a fine heap's stack, not this heap's",
+                stack.base
+            ),
             StackKind::Large | StackKind::Guarded => {
                 let p = stack.base.as_ptr();
                 let guarded = stack.kind == StackKind::Guarded;

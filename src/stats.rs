@@ -4,7 +4,7 @@
 //! * `heap_idle == heap_sys - heap_inuse - stack_sys` and `heap_released <= heap_idle`;
 //! * `mallocs - frees` = live objects (tiny sub-objects included);
 //! * `heap_alloc == Σ by_size[c].live() · by_size[c].size` (classes ≥ 1)
-//!   `+ large_alloc + 64 · tiny_blocks` — each live object counted at its
+//!   `+ large_alloc + 64 · tiny_blocks + fine_alloc` — each live object counted at its
 //!   class-rounded size, large objects at their page-rounded size, tiny
 //!   sub-objects through the 64-byte blocks they share;
 //! * `heap_alloc + cached_bytes <= heap_inuse` (the rest is free room in spans).
@@ -59,6 +59,10 @@ pub struct Stats {
     pub tiny_blocks: u64,
     /// Bytes of free objects held in per-CPU and transfer caches.
     pub cached_bytes: u64,
+    /// Bytes of live objects of a fine heap (a region heap of at most
+    /// [`crate::FINE_MAX_BYTES`]; see `Heap::is_fine`), granule-rounded:
+    /// all of `heap_alloc` there, 0 in a tiered heap.
+    pub fine_alloc: u64,
     /// Bytes of the allocator's own metadata (span records, arena maps, caches).
     pub meta_sys: u64,
     /// Bytes of spans holding stacks (Go's StackSys / StackInuse).
@@ -96,6 +100,7 @@ impl Default for Stats {
             tiny_frees: 0,
             tiny_blocks: 0,
             cached_bytes: 0,
+            fine_alloc: 0,
             meta_sys: 0,
             stack_sys: 0,
             stacks: 0,

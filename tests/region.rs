@@ -39,6 +39,14 @@ fn heap_of(len: usize) -> Box<RegionHeap> {
     heap
 }
 
+/// [`heap_of`], served by the tiers even where the region is small enough
+/// for a fine heap ([`Heap::prefer_tiers`]).
+fn tiered_heap_of(len: usize) -> Box<RegionHeap> {
+    let heap = heap_of(len);
+    assert!(heap.prefer_tiers());
+    heap
+}
+
 /// A 64 MiB region filled with `byte`, leaked, given to `heap`'s source.
 fn give_region(heap: &RegionHeap, byte: u8) -> (usize, usize) {
     let buf: &'static mut [u8] = vec![byte; REGION].leak();
@@ -114,6 +122,16 @@ fn check(heap: &RegionHeap, live: &[Obj], rel: &mut Released) -> Stats {
 /// the geometry's), so the slot is asked of the heap; that it holds the
 /// object's size is checked against the geometry.
 fn slot_bytes(heap: &RegionHeap, o: &Obj) -> u64 {
+    if heap.is_fine() {
+        // A fine heap's block: the size rounded to the granule (two words),
+        // at least two granules, or one granule more (a rest too short to
+        // be a block of its own).
+        let n = heap.usable_size(o.p);
+        let granule = 2 * core::mem::size_of::<usize>();
+        let want = o.layout.size().next_multiple_of(granule).max(2 * granule);
+        assert!(n == want || n == want + granule, "{:p}: {n} B", o.p);
+        return n as u64;
+    }
     let g = rounded_in(Source::GEOMETRY, o.layout);
     if g == 0 {
         return 0;
@@ -506,14 +524,18 @@ fn a_second_region_extends_a_full_heap() {
 /// in 64-byte objects) and then of mixed sizes, twice, contents checked.
 #[test]
 fn regions_under_a_chunk_serve_allocations() {
-    for (len, min_share) in [
-        (8 << 10, 0),
-        (16 << 10, 0),
-        (64 << 10, 30),
-        (256 << 10, 50),
-        (MIB, 60),
-        (3 * MIB, 70),
-    ] {
+    // (region, share in 64-byte objects: tiered, fine)
+    for (tiers, len, min_share) in [
+        (8 << 10, 0, 75),
+        (16 << 10, 0, 85),
+        (64 << 10, 30, 95),
+        (256 << 10, 50, 97),
+        (MIB, 60, 97),
+        (3 * MIB, 70, 70),
+    ]
+    .into_iter()
+    .flat_map(|(len, t, f)| [(true, len, t), (false, len, f)])
+    {
         let buf: &'static mut [u8] = vec![0x3Cu8; len + 4096].leak();
         // An odd offset: the region's start is not even page aligned.
         // SAFETY: `100 + len` bytes inside the leaked buffer, nothing else uses them.
@@ -529,6 +551,10 @@ fn regions_under_a_chunk_serve_allocations() {
         ));
         // SAFETY: as above; the heap has not used its source yet.
         unsafe { heap.source().inner().set_region(base, len) };
+        if tiers {
+            heap.prefer_tiers();
+        }
+        assert_eq!(heap.is_fine(), !tiers && len <= tieralloc::FINE_MAX_BYTES);
         let mut rel = Released::new();
         let mut counts = Vec::new();
         for round in 0..2 {
@@ -622,6 +648,7 @@ fn caches_are_sized_by_the_region() {
         let heap = Box::new(Heap::new(RegionSource::empty(), SingleCpu::new()));
         // SAFETY: the buffer is leaked and unused; the heap has not used its source.
         unsafe { heap.source().set_region(buf.as_mut_ptr(), buf.len()) };
+        assert!(heap.prefer_tiers());
         let l = Layout::from_size_align(64, 8).unwrap();
         let ps: Vec<*mut u8> = (0..200).map(|_| heap.allocate(l)).collect();
         assert!(ps.iter().all(|p| !p.is_null()));
@@ -649,7 +676,7 @@ fn caches_are_sized_by_the_region() {
 #[test]
 fn small_regions_serve_from_fewer_classes() {
     let classes_used = |len: usize| {
-        let heap = heap_of(len);
+        let heap = tiered_heap_of(len);
         for size in (16..=4096).step_by(8) {
             let l = Layout::from_size_align(size, 8).unwrap();
             let p = heap.allocate(l);
@@ -678,7 +705,7 @@ fn small_regions_serve_from_fewer_classes() {
 /// class), they leave the heap as it was, and a second fill takes as many.
 #[test]
 fn a_full_region_lends_larger_slots() {
-    let heap = heap_of(64 << 10);
+    let heap = tiered_heap_of(64 << 10);
     let big = Layout::from_size_align(200, 8).unwrap();
     let small = Layout::from_size_align(40, 8).unwrap();
     let anchor = heap.allocate(big);

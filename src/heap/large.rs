@@ -161,6 +161,12 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[inline(always)]
     unsafe fn reallocate_unguarded(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let (old_size, align) = (layout.size(), layout.align());
+        if let Some(f) = self.fine() {
+            let r = f
+                .lock()
+                .realloc(&self.source, p, Some(old_size), new_size, align);
+            return r.unwrap_or_else(|why| self.fine_refused(p, why));
+        }
         let new = self.kind(new_size, align);
         // What the object is: over 4 KiB the page map says (its slot's class,
         // or a span of its own: large or promoted).
@@ -212,6 +218,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         new_size: usize,
         align: usize,
     ) -> *mut u8 {
+        if let Some(f) = self.fine() {
+            let r = f.lock().realloc(&self.source, p, None, new_size, align);
+            return r.unwrap_or_else(|why| self.fine_refused(p, why));
+        }
         let new = self.kind(new_size, align);
         // SAFETY: non-null page-map entries are live spans.
         match unsafe { self.map.lookup::<S>(Addr::of(p)).as_ref() } {

@@ -17,6 +17,7 @@
 //! (large objects, promotion, `realloc`), [`stacks`] (the stack front) and
 //! [`stats`] (deriving [`Stats`] from the flows between tiers).
 
+mod fine;
 #[cfg(feature = "hardened")]
 mod hardened;
 mod large;
@@ -39,7 +40,7 @@ use crate::sizeclass::{Geometry, SizeClass, SIZE_TO_CLASS8_MAX};
 use crate::source::{PageSource, SourcePage};
 use crate::span::SpanState;
 use crate::stack::{StackAlloc, StackCache};
-use crate::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use crate::sync::Lock;
 use crate::units::Addr;
 #[cfg(doc)]
@@ -146,6 +147,8 @@ pub enum FreeSite {
     Span,
     /// An idle large span in the large-span cache.
     LargeCache,
+    /// A free list of a fine heap (a small region heap).
+    FreeList,
 }
 
 impl FreeSite {
@@ -157,6 +160,7 @@ impl FreeSite {
             FreeSite::RemoteList => "in the remote list",
             FreeSite::Span => "in its span",
             FreeSite::LargeCache => "in the large-span cache",
+            FreeSite::FreeList => "in a free list",
         }
     }
 }
@@ -206,6 +210,12 @@ pub struct Heap<S: PageSource, C: Cpu> {
     /// When the decay is next worth polling (the source's ms; 0: at once).
     /// Only read and written where `S::CLOCK`.
     decay_next: AtomicU64,
+    /// The fine heap that serves every object of a small region heap
+    /// ([`fine`]), carved at set-up; null in a tiered heap and before.
+    fine: AtomicPtr<fine::FineLock<C>>,
+    /// The heap is served by the tiers (decided at set-up, or by
+    /// [`Heap::prefer_tiers`]); only region heaps ever read it.
+    tiered: AtomicBool,
 }
 
 // SAFETY: all shared state is behind locks, atomics, or the per-CPU exclusivity
@@ -254,6 +264,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             stacks: StackAlloc::new(),
             stack_caches: AtomicPtr::new(null_mut()),
             decay_next: AtomicU64::new(0),
+            fine: AtomicPtr::new(null_mut()),
+            tiered: AtomicBool::new(false),
         }
     }
 
@@ -355,6 +367,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         if let Some(s) = self.slabs.get::<S>() {
             return Some(s);
         }
+        if S::SMALL_ARENAS && !self.fine.load(Ordering::Acquire).is_null() {
+            return None;
+        }
         let count = self.cpu().count().max(1);
         let bound = self.source.bound();
         let budget = state::transfer_budget(bound);
@@ -415,6 +430,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         }
         // Published before the caches: whoever sees those sees this.
         self.classes.store(classes, Ordering::Release);
+        // A region heap set up with tiers stays tiered.
+        self.tiered.store(true, Ordering::Release);
         if let Some(sc) = sc {
             self.stack_caches
                 .store(sc.as_ptr().cast(), Ordering::Release);
@@ -441,7 +458,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// Whether per-CPU operations use restartable sequences (Linux x86-64 with
     /// glibc's rseq area) rather than the CPU slot's lock. Sets the heap up.
     pub fn uses_rseq(&self) -> bool {
-        self.guarded(|| self.caches().is_some_and(|s| s.uses_rseq()))
+        self.guarded(|| self.fine().is_none() && self.caches().is_some_and(|s| s.uses_rseq()))
     }
 
     // ----------------------------------------------------------- operations
@@ -458,6 +475,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// The operation itself, inside the caller's [`Cpu::operation`] if any.
     #[inline(always)]
     fn allocate_unguarded(&self, layout: Layout) -> *mut u8 {
+        if let Some(f) = self.fine() {
+            return f.lock().alloc(&self.source, layout.size(), layout.align());
+        }
         match self.kind(layout.size(), layout.align()) {
             ObjectKind::Tiny => self.alloc_tiny(layout.size(), layout.align()),
             ObjectKind::Small(c) => {
@@ -493,6 +513,13 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// The operation itself, inside the caller's [`Cpu::operation`] if any.
     #[inline(always)]
     unsafe fn deallocate_unguarded(&self, p: *mut u8, layout: Layout) {
+        if let Some(f) = self.fine() {
+            let r = f.lock().free(p, Some(layout.size()));
+            if let Err(why) = r {
+                self.fine_refused(p, why);
+            }
+            return;
+        }
         match self.kind(layout.size(), layout.align()) {
             ObjectKind::Tiny => self.free_tiny(p),
             // Sizes up to 1 KiB never get here: `ObjectKind::of`'s first branch
@@ -516,6 +543,14 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// The operation itself, inside the caller's [`Cpu::operation`] if any.
     #[inline(always)]
     fn allocate_zeroed_unguarded(&self, layout: Layout) -> *mut u8 {
+        if let Some(f) = self.fine() {
+            let p = f.lock().alloc(&self.source, layout.size(), layout.align());
+            if !p.is_null() {
+                // SAFETY: a fresh block of at least `size` bytes.
+                unsafe { p.write_bytes(0, layout.size()) };
+            }
+            return p;
+        }
         match self.kind(layout.size(), layout.align()) {
             ObjectKind::Large => match self.alloc_large(layout.size(), layout.align()) {
                 Some((p, needzero)) => {
@@ -545,6 +580,11 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// interior pointers and freed large objects. Never panics, never allocates.
     /// (A freed small object's slot still answers: its span is live.)
     pub fn try_usable_size(&self, p: *mut u8) -> Option<usize> {
+        if S::SMALL_ARENAS {
+            if let Some(r) = self.guarded(|| self.fine().map(|f| f.lock().usable(p).ok())) {
+                return r;
+            }
+        }
         // SAFETY: non-null page-map entries are live spans.
         match unsafe { self.map.lookup::<S>(Addr::of(p)).as_ref() } {
             Some(span) if span.state == SpanState::Small && span.index_of(Addr::of(p)).1 => {
@@ -587,6 +627,13 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// The operation itself, inside the caller's [`Cpu::operation`] if any.
     #[inline(always)]
     unsafe fn deallocate_unsized_unguarded(&self, p: *mut u8) {
+        if let Some(f) = self.fine() {
+            let r = f.lock().free(p, None);
+            if let Err(why) = r {
+                self.fine_refused(p, why);
+            }
+            return;
+        }
         // SAFETY: non-null page-map entries are live spans.
         match unsafe { self.map.lookup::<S>(Addr::of(p)).as_ref() } {
             Some(span) if span.state == SpanState::Small => self.free_small(p, span.class),
@@ -622,6 +669,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// The operation itself, inside the caller's [`Cpu::operation`] if any.
     #[inline(always)]
     unsafe fn try_deallocate_unsized_unguarded(&self, p: *mut u8) -> Result<(), BadFree> {
+        if let Some(f) = self.fine() {
+            let r = f.lock().free(p, None);
+            return r.map(|_| ()).map_err(Self::fine_bad_free);
+        }
         // SAFETY: forwarded from the caller.
         match unsafe { self.slot_at(p) }? {
             Slot::Small(c) => {
@@ -646,6 +697,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// No other thread frees `p` meanwhile.
     pub unsafe fn try_live_size(&self, p: *mut u8) -> Result<usize, BadFree> {
         self.guarded(|| {
+            if let Some(f) = self.fine() {
+                let r = f.lock().usable(p);
+                return r.map_err(Self::fine_bad_free);
+            }
             // SAFETY: forwarded from the caller.
             match unsafe { self.slot_at(p) }? {
                 Slot::Small(c) => {
@@ -838,6 +893,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// Call it at quiescence (tests, the `checks` feature's users).
     pub fn check_invariants(&self) {
         self.guarded(|| {
+            if let Some(f) = self.fine() {
+                f.lock().check_invariants();
+            }
             if let Some(cl) = self.classes() {
                 for c in cl.kept() {
                     self.central(c).lock().check_invariants(c);
@@ -852,6 +910,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// page heap, set-up), so that no operation is half done: call before `fork`.
     pub fn lock_all(&self) {
         core::mem::forget(self.init.lock());
+        // SAFETY: set once to a lock carved for ever.
+        if let Some(f) = unsafe { self.fine.load(Ordering::Acquire).as_ref() } {
+            core::mem::forget(f.lock());
+        }
         if self.slabs.get::<S>().is_some() {
             for i in 0..self.cpu().count() {
                 self.cpu().acquire_slot(i);
@@ -884,6 +946,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 for i in 0..self.cpu().count() {
                     self.cpu().release_slot(i);
                 }
+            }
+            if let Some(f) = self.fine.load(Ordering::Acquire).as_ref() {
+                f.force_unlock();
             }
             self.init.force_unlock();
         }

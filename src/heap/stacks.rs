@@ -21,6 +21,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// access (the source's Reserved state); guarded stacks have spans of their own.
     pub fn alloc_stack(&self, bytes: usize, guard: bool) -> Option<Stack> {
         self.guarded(|| {
+            if let Some(f) = self.fine() {
+                return Self::fine_stack(f, &self.source, bytes);
+            }
             let below = self.below();
             self.caches()?;
             let caches = self.stack_caches.load(Ordering::Acquire);
@@ -42,6 +45,15 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// `stack` came from this heap's `alloc_stack` and nothing uses it any more.
     pub unsafe fn free_stack(&self, stack: Stack) {
         self.guarded(|| {
+            if let Some(f) = self.fine() {
+                let mut g = f.lock();
+                if let Err(why) = g.free(stack.base.as_ptr(), Some(stack.size)) {
+                    drop(g);
+                    self.fine_refused(stack.base.as_ptr(), why);
+                }
+                g.count_stack(stack.size, false);
+                return;
+            }
             let below = self.below();
             let caches = self.stack_caches.load(Ordering::Acquire);
             if caches.is_null() || stack.order().is_none() {
@@ -57,7 +69,18 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
 
     /// Stack statistics (stack spans also count in `heap_inuse`, as pages in use).
     pub fn stack_stats(&self) -> StackStats {
-        self.guarded(|| self.stacks.stats())
+        self.guarded(|| match self.fine() {
+            Some(f) => {
+                let st = f.lock().stats();
+                StackStats {
+                    inuse_stacks: st.stacks as u64,
+                    inuse_bytes: st.stack_bytes as u64,
+                    sys_bytes: st.stack_bytes as u64,
+                    ..StackStats::default()
+                }
+            }
+            None => self.stacks.stats(),
+        })
     }
 
     /// Gives every CPU's cached stacks back to the pools (`scavenge`).

@@ -70,6 +70,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// between tiers: `frees = Σ stack lengths − to_slabs + from_slabs + pops + direct_frees`.
     pub fn stats(&self) -> Stats {
         self.guarded(|| {
+            if let Some(f) = self.fine() {
+                let st = f.lock().stats();
+                return Self::fine_stats(st);
+            }
             let mut st = Stats::default();
             let t = self.slabs.totals::<S>();
             st.cpus = t.cpus as u64;
