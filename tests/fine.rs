@@ -7,7 +7,7 @@
 use core::alloc::{GlobalAlloc, Layout};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use tieralloc::{BadFree, FreeSite, Heap, RegionSource, SingleCpu, FINE_MAX_BYTES};
+use tieralloc::{BadFree, FreeSite, Heap, PageSource, RegionSource, SingleCpu, FINE_MAX_BYTES};
 
 mod common;
 use common::{check_pattern, fill_pattern};
@@ -44,6 +44,22 @@ fn panic_text(f: impl FnOnce()) -> String {
 #[test]
 fn the_bound_decides_the_mode() {
     assert!(heap_of(8 << 10).is_fine());
+    // The smallest first region a source takes serves allocations; a
+    // smaller one is refused when it is given, not at the first allocation.
+    let h = heap_of(tieralloc::source::MIN_REGION_BYTES + RegionSource::PAGE_SIZE);
+    let l = Layout::from_size_align(1024, 8).unwrap();
+    let p = h.allocate(l);
+    assert!(!p.is_null() && h.is_fine(), "{}", h.stats());
+    // SAFETY: just allocated with `l`.
+    unsafe { h.deallocate(p, l) };
+    let small = buffer(tieralloc::source::MIN_REGION_BYTES);
+    let h2: Box<FineHeap> = Box::new(Heap::new(RegionSource::empty(), SingleCpu::new()));
+    // SAFETY: refused, so never used.
+    let r = unsafe { h2.source().try_set_region(small.as_mut_ptr(), 2048) };
+    assert!(
+        matches!(r, Err(tieralloc::source::RegionError::TooSmall { .. })),
+        "{r:?}"
+    );
     assert!(heap_of(FINE_MAX_BYTES).is_fine());
     assert!(!heap_of(FINE_MAX_BYTES + 4096).is_fine());
     let h = heap_of(64 << 10);

@@ -48,7 +48,7 @@ pub use failing::FailingSource;
 pub use frames::FrameSource;
 #[cfg(feature = "linux")]
 pub use mmap::MmapSource;
-pub use region::{RegionError, RegionSource, MAX_REGIONS};
+pub use region::{RegionError, RegionSource, MAX_REGIONS, MIN_REGION_BYTES};
 
 use crate::sizeclass::Geometry;
 use crate::units::PageSize;

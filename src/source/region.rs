@@ -37,6 +37,15 @@ use super::{Exhausted, PageSource};
 /// Capacity of the free-extent list.
 pub const MAX_EXTENTS: usize = 64;
 
+/// The least a source's first region must hold in whole `PAGE_SIZE` pages
+/// ([`RegionSource::try_set_region`] and a first
+/// [`RegionSource::add_region`] refuse less with [`RegionError::TooSmall`]):
+/// room for the heap's metadata (a fine heap's state and bitmap, about
+/// 0.7 KiB on 32-bit targets and 1.3 KiB on 64-bit) and some objects, so that
+/// a region too small for a heap is an error at boot, not a null on every
+/// allocation.
+pub const MIN_REGION_BYTES: usize = 4096;
+
 /// Most regions one source holds (the first plus [`RegionSource::add_region`]s).
 pub const MAX_REGIONS: usize = 8;
 
@@ -79,7 +88,9 @@ impl Region {
 /// refused a region. Nothing of the source changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RegionError {
-    /// The region holds no whole `PAGE_SIZE`-aligned page (or `base` is null).
+    /// The region holds no whole `PAGE_SIZE`-aligned page (or `base` is
+    /// null), or, as the source's first region, less than
+    /// [`MIN_REGION_BYTES`] of them.
     TooSmall {
         /// The region's start.
         base: usize,
@@ -106,7 +117,8 @@ impl fmt::Display for RegionError {
         match *self {
             RegionError::TooSmall { base, len } => write!(
                 f,
-                "region {base:#x}+{len:#x} holds no whole {}-byte page",
+                "region {base:#x}+{len:#x} holds no whole {}-byte page, or less than \
+                 {MIN_REGION_BYTES} bytes of them as the first region (too small for a heap)",
                 RegionSource::PAGE_SIZE
             ),
             RegionError::Overlaps { base, len } => {
@@ -183,7 +195,8 @@ impl State {
 
     fn add(&mut self, base: *mut u8, len: usize) -> Result<(), RegionError> {
         let r = Region { base, len };
-        let Some((first, last)) = r.interior() else {
+        let least = if self.count == 0 { MIN_REGION_BYTES } else { 1 };
+        let Some((first, last)) = r.interior().filter(|&(f, l)| l - f >= least) else {
             return Err(RegionError::TooSmall {
                 base: base as usize,
                 len,
@@ -630,17 +643,17 @@ mod tests {
         fn assert_sync<T: Send + Sync>(_: &T) {}
         assert_sync(&SRC);
         assert!(SRC.reserve(PS, PS).is_none());
-        let buf = Buf::new(8 * PS, PS);
-        // SAFETY: `buf` is live and 8 pages long, reached only through `SRC` until it is reset
+        let buf = Buf::new(64 * PS, PS);
+        // SAFETY: `buf` is live and 64 pages long, reached only through `SRC` until it is reset
         // below; `SRC` had no region before, so no old range is in use.
-        unsafe { SRC.set_region(buf.p, 8 * PS) };
-        let a = SRC.reserve(8 * PS, PS).unwrap();
+        unsafe { SRC.set_region(buf.p, 64 * PS) };
+        let a = SRC.reserve(64 * PS, PS).unwrap();
         assert_eq!(off(&buf, a), 0);
         // SAFETY: `a` is exactly the range `reserve` returned, never accessed.
-        unsafe { SRC.free(a, 8 * PS) };
+        unsafe { SRC.free(a, 64 * PS) };
         // A second `set_region` is refused (and `set_region` would panic).
         // SAFETY: refused, so nothing of `buf` is handed over twice.
-        let again = unsafe { SRC.try_set_region(buf.p, 8 * PS) };
+        let again = unsafe { SRC.try_set_region(buf.p, 64 * PS) };
         assert_eq!(again, Err(RegionError::AlreadySet));
         assert_eq!(SRC.regions(), 1);
     }
@@ -648,24 +661,29 @@ mod tests {
     #[test]
     fn set_region_reports_what_it_refuses() {
         let src = RegionSource::empty();
-        let buf = Buf::new(8 * PS, PS);
+        let buf = Buf::new(64 * PS, PS);
         // SAFETY: refused regions are never used.
         unsafe {
             assert!(matches!(
-                src.try_set_region(ptr::null_mut(), 8 * PS),
+                src.try_set_region(ptr::null_mut(), 64 * PS),
                 Err(RegionError::TooSmall { .. })
             ));
             assert!(matches!(
                 src.try_set_region(buf.p.add(1), PS),
                 Err(RegionError::TooSmall { .. })
             ));
+            // Whole pages, but too few for a heap's first region.
+            assert!(matches!(
+                src.try_set_region(buf.p, MIN_REGION_BYTES - PS),
+                Err(RegionError::TooSmall { .. })
+            ));
         }
         assert_eq!(src.regions(), 0);
         // SAFETY: `buf` is live and reached only through `src`.
-        unsafe { src.set_region(buf.p, 8 * PS) };
+        unsafe { src.set_region(buf.p, 64 * PS) };
         let r = std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| {
             // SAFETY: refused (a panic), so never used twice.
-            unsafe { src.set_region(buf.p, 8 * PS) }
+            unsafe { src.set_region(buf.p, 64 * PS) }
         }));
         let msg = r.unwrap_err();
         let msg = msg.downcast_ref::<std::string::String>().unwrap();
@@ -716,13 +734,17 @@ mod tests {
 
     #[test]
     fn too_many_regions_are_refused() {
-        let buf = Buf::new(2 * (MAX_REGIONS + 1) * PS, PS);
+        let buf = Buf::new((64 + 2 * (MAX_REGIONS + 1)) * PS, PS);
         let src = RegionSource::empty();
-        for i in 0..=MAX_REGIONS {
-            // SAFETY: disjoint pages of `buf` (every other one), reached only through `src`.
-            let r = unsafe { src.add_region(buf.p.add(2 * i * PS), PS) };
+        // The first region holds at least `MIN_REGION_BYTES`; later ones a page.
+        // SAFETY: the first 64 pages of `buf`, reached only through `src`.
+        assert_eq!(unsafe { src.add_region(buf.p, 64 * PS) }, Ok(()));
+        for i in 1..=MAX_REGIONS {
+            // SAFETY: disjoint pages of `buf` (every other one after the
+            // first region), reached only through `src`.
+            let r = unsafe { src.add_region(buf.p.add((64 + 2 * i) * PS), PS) };
             assert_eq!(r.is_ok(), i < MAX_REGIONS, "region {i}: {r:?}");
         }
-        assert_eq!(src.free_bytes(), MAX_REGIONS * PS);
+        assert_eq!(src.free_bytes(), 64 * PS + (MAX_REGIONS - 1) * PS);
     }
 }
