@@ -87,21 +87,11 @@ const BIN_WORDS: usize = NBINS.div_ceil(BITS);
 /// Blocks of its own bin a request looks at before it takes a larger bin's.
 const SCAN: usize = 8;
 
-/// Granules of a request of `size` bytes (at least one).
-#[inline(always)]
-pub(crate) const fn granules_of(size: usize) -> usize {
-    if size == 0 {
-        1
-    } else {
-        size.div_ceil(GRANULE)
-    }
-}
-
 /// Granules of the block of a request of `size` bytes: at least two (a
 /// free block needs two for its links, length and marker).
 #[inline(always)]
 pub(crate) const fn want_of(size: usize) -> usize {
-    let n = granules_of(size);
+    let n = size.saturating_add(GRANULE - 1) / GRANULE;
     if n < 2 {
         2
     } else {
@@ -496,7 +486,8 @@ impl Fine {
     /// first aligned start whose front is empty or a block (two granules).
     #[inline(always)]
     fn place(a: usize, len: usize, n: usize, align: usize) -> Option<usize> {
-        let mut s = a.next_multiple_of(align);
+        // `align` is a power of two: a mask, not a division.
+        let mut s = (a + align - 1) & !(align - 1);
         if s - a == GRANULE {
             s += align;
         }
@@ -680,7 +671,7 @@ impl Fine {
             Self::fits_layout(n, s)?;
         }
         let m = want_of(new);
-        if a.is_multiple_of(align.max(GRANULE)) {
+        if a & (align.max(GRANULE) - 1) == 0 {
             let j = i + n;
             let right_free = j < ar.granules && Self::is_free(&ar, j);
             if m <= n {
