@@ -132,7 +132,7 @@ impl Rng {
     pub const fn new(seed: u32) -> Self {
         Rng(if seed == 0 { 0x9e37_79b9 } else { seed })
     }
-    pub fn next(&mut self) -> u32 {
+    pub fn next_u32(&mut self) -> u32 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 17;
@@ -142,7 +142,7 @@ impl Rng {
     }
     /// Uniform in `lo..=hi` (near enough).
     pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.next() as usize % (hi - lo + 1)
+        lo + self.next_u32() as usize % (hi - lo + 1)
     }
 }
 
@@ -216,8 +216,8 @@ impl Churn {
     /// One operation: replace a random short-lived object, and one time in
     /// 64 a random long-lived one; every freed object's contents are checked.
     pub fn step(&mut self) {
-        let r = self.rng.next();
-        let in_long = r % 64 == 0 && !self.long.is_empty();
+        let r = self.rng.next_u32();
+        let in_long = r & 63 == 0 && !self.long.is_empty();
         let n = if in_long {
             self.long.len()
         } else {

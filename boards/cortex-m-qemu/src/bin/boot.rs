@@ -28,7 +28,10 @@ fn main() -> ! {
         check!(s.len() == 140 && s.starts_with("0,1,2,"), "String {:?}", s);
         let boxes: Vec<Box<[u8; 100]>> = (0..20).map(|i| Box::new([i as u8; 100])).collect();
         check!(
-            boxes.iter().enumerate().all(|(i, b)| b.iter().all(|x| *x == i as u8)),
+            boxes
+                .iter()
+                .enumerate()
+                .all(|(i, b)| b.iter().all(|x| *x == i as u8)),
             "boxes corrupted"
         );
         let big = alloc::vec![7u8; 6000];
