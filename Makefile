@@ -1,10 +1,13 @@
 # tieralloc: build, test and benchmark entry points (CI runs `make test` via .ci/run).
 #
-#   make deps    install everything `make test` needs (Debian 12, as root); make deps-run: what `make run` needs
+#   make deps    install everything `make test` needs (Debian 12, as root); make deps-run: what `make run` needs;
+#                make deps-cortex-m: what `make run-cortex-m` needs
 #   make run     boot the x86_64 kernel under QEMU (boards/x86_64-qemu): -smp 4 -m 512M, heap statistics
+#   make run-cortex-m  boot the Cortex-M firmware under QEMU's lm3s6965evb (boards/cortex-m-qemu): the main loop
+#                churns while the SysTick handler allocates, then the heap statistics
 #   make test    every test: formatting, clippy, docs and packaging, the crate (with and without checks), the no_std builds for every
 #                embedded target, the crate's tests on a 32-bit host (make test-32), the bench crate, a bench smoke run, and the QEMU
-#                scenarios of the kernel (qemu-tests)
+#                scenarios of the kernel and of the Cortex-M firmware (qemu-tests)
 #   make demo    the hosted demo (examples/demo.rs: LinuxHeap as a program's global allocator)
 #   make bench   the allocator comparison (benches/); make bench-callgrind: instructions per pair;
 #                make bench-efficiency: heap efficiency over small regions against the embedded heaps
@@ -28,8 +31,11 @@ EMBEDDED_TARGETS := thumbv6m-none-eabi thumbv7em-none-eabihf riscv32imac-unknown
 HOST32_TARGET := i686-unknown-linux-gnu
 
 BOARD := boards/x86_64-qemu
+# The Cortex-M firmware (QEMU lm3s6965evb): Cortex-M3, and the same firmware for Cortex-M0.
+CM_BOARD := boards/cortex-m-qemu
+CM_TARGETS := thumbv7m-none-eabi thumbv6m-none-eabi
 
-.PHONY: deps deps-run test test-32 run demo bench bench-callgrind bench-efficiency bench-code-size compare compare-rss bench-c-pair
+.PHONY: deps deps-run deps-cortex-m test test-32 run run-cortex-m demo bench bench-callgrind bench-efficiency bench-code-size compare compare-rss bench-c-pair
 
 # What `make run` needs: the kernel's Rust target and QEMU.
 deps-run:
@@ -46,10 +52,26 @@ deps-run:
 		command -v qemu-system-x86_64 >/dev/null || { echo "make deps: qemu-system-x86_64 still not on PATH" >&2; exit 1; }; \
 	fi
 
+# What `make run-cortex-m` needs: the firmware's Rust targets and qemu-system-arm.
+deps-cortex-m:
+	@command -v rustup >/dev/null || { echo "make deps: rustup not found on PATH" >&2; exit 1; }
+	@for t in $(CM_TARGETS); do \
+		rustup target list --installed | grep -qx "$$t" && continue; \
+		echo "make deps: rustup target add $$t"; \
+		rustup target add "$$t" || { echo "make deps: FAILED to add target $$t" >&2; exit 1; }; \
+	done
+	@if ! command -v qemu-system-arm >/dev/null; then \
+		echo "make deps: installing qemu-system-arm"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		{ apt-get update && apt-get install -y --no-install-recommends qemu-system-arm; } \
+			|| { echo "make deps: FAILED to install qemu-system-arm" >&2; exit 1; }; \
+		command -v qemu-system-arm >/dev/null || { echo "make deps: qemu-system-arm still not on PATH" >&2; exit 1; }; \
+	fi
+
 # What `make test` needs besides: rustfmt and clippy, the embedded and 32-bit
-# targets (and a 32-bit libc to link against), and the real programs of the
-# LD_PRELOAD tests.
-deps: deps-run
+# targets (and a 32-bit libc to link against), the Cortex-M firmware's
+# targets and QEMU, and the real programs of the LD_PRELOAD tests.
+deps: deps-run deps-cortex-m
 	@for t in $(EMBEDDED_TARGETS) $(HOST32_TARGET); do \
 		rustup target list --installed | grep -qx "$$t" && continue; \
 		echo "make deps: rustup target add $$t"; \
@@ -81,6 +103,7 @@ PRELOAD_PKGS := gcc python3.11 libpython3.11-testsuite sqlite3 libjemalloc2 libm
 test: deps
 	$(CARGO) fmt --all -- --check
 	cd $(BOARD) && $(CARGO) fmt --all -- --check
+	cd $(CM_BOARD) && $(CARGO) fmt --all -- --check
 	cd benches/firmware && $(CARGO) fmt --all -- --check
 	$(CARGO) clippy --features linux --all-targets -- -D warnings
 	$(CARGO) clippy --features linux,checks,critical-section --all-targets -- -D warnings
@@ -88,6 +111,8 @@ test: deps
 	$(CARGO) clippy --no-default-features --features x86_64 --target $(NOSTD_TARGET) --lib -- -D warnings
 	$(CARGO) clippy -p tieralloc-preload -p tieralloc-bench -p qemu-tests --all-targets -- -D warnings
 	cd $(BOARD) && $(CARGO) clippy --release -- -D warnings
+	cd $(CM_BOARD) && $(CARGO) clippy --release --features checks -- -D warnings
+	cd $(CM_BOARD) && $(CARGO) clippy --release --target thumbv6m-none-eabi -- -D warnings
 	cd benches/firmware && $(CARGO) clippy --release -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p tieralloc
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p tieralloc --features linux,x86_64,critical-section
@@ -124,6 +149,11 @@ test-32:
 
 run: deps-run
 	$(BOARD)/run.sh
+
+# The Cortex-M firmware's main workload (scenario irq); other scenarios:
+# boards/cortex-m-qemu/run.sh boot|churn|oom|double_free (TARGET=thumbv6m-none-eabi for Cortex-M0).
+run-cortex-m: deps-cortex-m
+	$(CM_BOARD)/run.sh irq
 
 demo:
 	$(CARGO) run --release --features linux --example demo

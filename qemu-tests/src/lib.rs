@@ -1,4 +1,5 @@
-//! Host-side QEMU runner for the `boards/x86_64-qemu` kernel.
+//! Host-side QEMU runner for the `boards/x86_64-qemu` kernel and (module
+//! [`cortex_m`]) the `boards/cortex-m-qemu` firmware.
 //!
 //! [`images`] builds the kernel once per test process (three images: default,
 //! `checks`, `lla-heap`) with `cargo build --release` in the board's own
@@ -7,8 +8,9 @@
 //! killed), and returns the serial log and QEMU's exit status. The kernel ends
 //! every run through isa-debug-exit: status [`PASS`] (33) or [`FAIL`] (35).
 //!
-//! Nothing is skipped: a missing `qemu-system-x86_64`, a missing
-//! `x86_64-unknown-none` target or a failed build makes every test fail with a
+//! Nothing is skipped: a missing `qemu-system-x86_64` (`qemu-system-arm`), a
+//! missing `x86_64-unknown-none` (`thumbv7m-none-eabi`, `thumbv6m-none-eabi`)
+//! target or a failed build makes every test of that board fail with a
 //! message that says what to install (`make deps`).
 
 use std::io::Read;
@@ -45,6 +47,11 @@ pub fn qemu_bin() -> String {
 
 /// Checks that `qemu` runs; the error says what to install.
 pub fn check_qemu(qemu: &str) -> Result<String, String> {
+    check_qemu_tool(qemu, "qemu-system-x86_64", "qemu-system-x86")
+}
+
+/// Checks that `qemu` (standing for `bin`, from Debian package `pkg`) runs.
+pub fn check_qemu_tool(qemu: &str, bin: &str, pkg: &str) -> Result<String, String> {
     match Command::new(qemu)
         .arg("--version")
         .stdin(Stdio::null())
@@ -61,8 +68,8 @@ pub fn check_qemu(qemu: &str) -> Result<String, String> {
             String::from_utf8_lossy(&o.stderr)
         )),
         Err(e) => Err(format!(
-            "cannot run `{qemu}` ({e}): the QEMU tests need qemu-system-x86_64 \
-             (Debian: apt-get install qemu-system-x86; or run `make deps`)"
+            "cannot run `{qemu}` ({e}): the QEMU tests need {bin} \
+             (Debian: apt-get install {pkg}; or run `make deps`)"
         )),
     }
 }
@@ -73,9 +80,15 @@ fn cargo_bin() -> String {
 
 /// Checks that the `x86_64-unknown-none` target is installed (when rustup is there to ask).
 fn check_target() -> Result<(), String> {
+    check_rust_target("x86_64-unknown-none", &board_dir())
+}
+
+/// Checks that the Rust target `target` is installed for the toolchain that
+/// `dir` uses (when rustup is there to ask; without rustup the build says).
+pub fn check_rust_target(target: &str, dir: &Path) -> Result<(), String> {
     let Ok(o) = Command::new("rustup")
         .args(["target", "list", "--installed"])
-        .current_dir(board_dir())
+        .current_dir(dir)
         .output()
     else {
         return Ok(()); // no rustup: the build below will say if the target is missing
@@ -83,12 +96,25 @@ fn check_target() -> Result<(), String> {
     if o.status.success()
         && !String::from_utf8_lossy(&o.stdout)
             .lines()
-            .any(|l| l.trim() == "x86_64-unknown-none")
+            .any(|l| l.trim() == target)
     {
-        return Err("the Rust target x86_64-unknown-none is not installed: run `rustup target add x86_64-unknown-none` (or `make deps`)".into());
+        return Err(format!("the Rust target {target} is not installed: run `rustup target add {target}` (or `make deps`)"));
     }
     Ok(())
 }
+
+/// The variables of the outer cargo that must not reach a board's own build.
+const OUTER_CARGO_VARS: [&str; 9] = [
+    "RUSTFLAGS",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "CARGO_BUILD_RUSTFLAGS",
+    "CARGO_BUILD_TARGET",
+    "CARGO_TARGET_DIR",
+    "CARGO_BUILD_TARGET_DIR",
+    "RUSTC_WRAPPER",
+    "CARGO_MANIFEST_DIR",
+    "CARGO_PKG_NAME",
+];
 
 /// `cargo build --release [--features F]` in the board crate; returns the copied image.
 fn build(features: &str, name: &str) -> Result<PathBuf, String> {
@@ -100,17 +126,7 @@ fn build(features: &str, name: &str) -> Result<PathBuf, String> {
         cmd.args(["--features", features]);
     }
     // The board is its own workspace with its own flags: keep the outer cargo's out.
-    for v in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET_DIR",
-        "RUSTC_WRAPPER",
-        "CARGO_MANIFEST_DIR",
-        "CARGO_PKG_NAME",
-    ] {
+    for v in OUTER_CARGO_VARS {
         cmd.env_remove(v);
     }
     let t = Instant::now();
@@ -286,15 +302,24 @@ pub fn qemu_args(b: &Boot) -> Vec<String> {
     .collect()
 }
 
+/// Runs are serialised (one QEMU at a time: the scenarios measure and use every CPU).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 /// Boots `b` and waits for QEMU to exit, killing it at the timeout. Runs are
 /// serialised (one QEMU at a time: the scenarios measure and use every CPU).
 pub fn boot(b: &Boot) -> Run {
-    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let mut cmd = Command::new(qemu_bin());
+    cmd.args(qemu_args(b));
+    run_qemu(cmd, b.timeout)
+}
+
+/// Runs the QEMU command `cmd` (one at a time), collects stdout, then
+/// stderr after a marker line, and kills it at `timeout`.
+fn run_qemu(mut cmd: Command, timeout: Duration) -> Run {
     let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let qemu = qemu_bin();
+    let qemu = cmd.get_program().to_string_lossy().into_owned();
     let t = Instant::now();
-    let mut child = Command::new(&qemu)
-        .args(qemu_args(b))
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -316,7 +341,7 @@ pub fn boot(b: &Boot) -> Run {
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break s.code(),
-            Ok(None) if t.elapsed() > b.timeout => {
+            Ok(None) if t.elapsed() > timeout => {
                 timed_out = true;
                 let _ = child.kill();
                 let _ = child.wait();
@@ -337,5 +362,140 @@ pub fn boot(b: &Boot) -> Run {
         timed_out,
         log,
         secs: t.elapsed().as_secs_f64(),
+    }
+}
+
+/// The Cortex-M board, `boards/cortex-m-qemu`: firmware for QEMU's
+/// `lm3s6965evb` (Cortex-M3, 64 KiB of SRAM), one binary per scenario, built
+/// for `thumbv7m-none-eabi` and `thumbv6m-none-eabi` (Cortex-M0 code, which
+/// runs on the same machine). The console and the exit status go through
+/// semihosting: status [`cortex_m::PASS`] (0) or [`cortex_m::FAIL`] (1, also
+/// what QEMU itself exits with when it fails: the tests check the log too).
+pub mod cortex_m {
+    use super::*;
+
+    /// `SYS_EXIT` with `ADP_Stopped_ApplicationExit` (the firmware's `pass()`).
+    pub const PASS: i32 = 0;
+    /// Any other `SYS_EXIT` reason (the firmware's `fail()`, its panic handler).
+    pub const FAIL: i32 = 1;
+    /// The Cortex-M3 target (every scenario).
+    pub const V7M: &str = "thumbv7m-none-eabi";
+    /// The Cortex-M0 target (no compare-and-swap: the portable-atomic path).
+    pub const V6M: &str = "thumbv6m-none-eabi";
+    /// The scenarios built without features.
+    pub const SCENARIOS: [&str; 4] = ["boot", "churn", "oom", "irq"];
+
+    /// `boards/cortex-m-qemu`.
+    pub fn board_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../boards/cortex-m-qemu")
+    }
+
+    /// The QEMU binary: `$QEMU_ARM` or `qemu-system-arm`.
+    pub fn qemu_bin() -> String {
+        std::env::var("QEMU_ARM").unwrap_or_else(|_| "qemu-system-arm".into())
+    }
+
+    /// Checks that `qemu` runs; the error says what to install.
+    pub fn check_qemu(qemu: &str) -> Result<String, String> {
+        check_qemu_tool(qemu, "qemu-system-arm", "qemu-system-arm")
+    }
+
+    /// `cargo build --release --target T [--features F] --bin ...` in the
+    /// board crate; copies each binary to `target/images/T/NAME.elf`.
+    fn build(target: &str, features: &str, bins: &[&str]) -> Result<(), String> {
+        let dir = board_dir();
+        let mut cmd = Command::new(cargo_bin());
+        cmd.current_dir(&dir)
+            .args(["build", "--release", "--target", target]);
+        if !features.is_empty() {
+            cmd.args(["--features", features]);
+        }
+        for b in bins {
+            cmd.args(["--bin", b]);
+        }
+        for v in OUTER_CARGO_VARS {
+            cmd.env_remove(v);
+        }
+        let t = Instant::now();
+        let out = cmd
+            .output()
+            .map_err(|e| format!("cannot run cargo ({e})"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "building the firmware for {target} (features `{features}`) failed in {}:\n{}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let images = dir.join("target/images").join(target);
+        std::fs::create_dir_all(&images).map_err(|e| e.to_string())?;
+        for b in bins {
+            let built = dir.join("target").join(target).join("release").join(b);
+            let dst = images.join(format!("{b}.elf"));
+            std::fs::copy(&built, &dst)
+                .map_err(|e| format!("copy {} -> {}: {e}", built.display(), dst.display()))?;
+        }
+        eprintln!(
+            "qemu-tests: built {} for {target} (features `{features}`) in {:.1} s",
+            bins.join(", "),
+            t.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
+    /// Builds every image once per process: the scenarios for both targets,
+    /// and `double_free` with `checks` for thumbv7m. Panics with the reason if
+    /// QEMU, a target or the build is missing.
+    fn built() -> &'static Path {
+        static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+        let r = DIR.get_or_init(|| {
+            let v = check_qemu(&qemu_bin())?;
+            eprintln!("qemu-tests: {v}");
+            for t in [V7M, V6M] {
+                check_rust_target(t, &board_dir())?;
+            }
+            build(V7M, "", &SCENARIOS)?;
+            build(V7M, "checks", &["double_free"])?;
+            build(V6M, "", &SCENARIOS)?;
+            Ok(board_dir().join("target/images"))
+        });
+        match r {
+            Ok(d) => d,
+            Err(e) => panic!("qemu-tests (cortex-m) cannot run: {e}"),
+        }
+    }
+
+    /// The image of `scenario` for `target` (built on first use).
+    pub fn image(target: &str, scenario: &str) -> PathBuf {
+        built().join(target).join(format!("{scenario}.elf"))
+    }
+
+    /// The QEMU command line for `image`.
+    pub fn qemu_args(image: &Path) -> Vec<String> {
+        [
+            "-M",
+            "lm3s6965evb",
+            "-nographic",
+            "-monitor",
+            "none",
+            "-serial",
+            "none",
+            "-semihosting-config",
+            "enable=on,target=native",
+            "-kernel",
+            &image.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// Boots `scenario` built for `target` and waits for QEMU to exit,
+    /// killing it after `timeout_s` seconds.
+    pub fn boot(target: &str, scenario: &str, timeout_s: u64) -> Run {
+        let img = image(target, scenario);
+        let mut cmd = Command::new(qemu_bin());
+        cmd.args(qemu_args(&img));
+        run_qemu(cmd, Duration::from_secs(timeout_s))
     }
 }
