@@ -12,10 +12,9 @@ const OPS: u64 = 100_000;
 #[entry]
 fn main() -> ! {
     init_heap("churn");
-    // 24 long-lived objects (one op in 64 replaces one) and 40 short-lived ones:
-    // about 8.4 KiB requested, up to 16 KiB with the class rounding of a small
-    // heap (80 objects ran this 32 KiB heap out of memory after ~280,000 ops).
-    let mut c = Churn::new(0x2545_f491, 24, 40);
+    // 48 long-lived objects (one op in 64 replaces one) and 112 short-lived
+    // ones: about 21 KiB requested of the 32 KiB heap's 31 KiB of blocks.
+    let mut c = Churn::new(0x2545_f491, 48, 112);
     while c.ops < OPS {
         c.step();
     }
