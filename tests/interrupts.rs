@@ -19,12 +19,12 @@
 mod common;
 
 use core::alloc::Layout;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::cell::UnsafeCell;
 
 use common::Rng;
 use tieralloc::cpu::Spin;
-use tieralloc::{Cpu, Heap, MmapSource};
+use tieralloc::{Cpu, Heap, MmapSource, RegionSource};
 
 /// Nesting depth of the sections with `SIGALRM` blocked (one thread only:
 /// the main thread and its handler).
@@ -101,6 +101,32 @@ unsafe impl Cpu for SigCpu {
 }
 
 static HEAP: Heap<MmapSource, SigCpu> = Heap::new(MmapSource::new(), SigCpu);
+/// A region heap of 2 MiB: a fine heap (one lock, every operation inside the
+/// `Cpu`'s section), driven by the same churn in a second round.
+static FINE: Heap<RegionSource, SigCpu> = Heap::new(RegionSource::empty(), SigCpu);
+/// Which heap the round drives: `FINE` when set.
+static ON_FINE: AtomicBool = AtomicBool::new(false);
+
+fn heap_alloc(layout: Layout) -> *mut u8 {
+    if ON_FINE.load(Ordering::Relaxed) {
+        FINE.allocate(layout)
+    } else {
+        HEAP.allocate(layout)
+    }
+}
+
+/// # Safety
+/// `p` is a live object of the round's heap with `layout`.
+unsafe fn heap_free(p: *mut u8, layout: Layout) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if ON_FINE.load(Ordering::Relaxed) {
+            FINE.deallocate(p, layout)
+        } else {
+            HEAP.deallocate(p, layout)
+        }
+    }
+}
 
 /// A live object: where, its layout, and the byte its contents repeat.
 #[derive(Clone, Copy)]
@@ -124,7 +150,7 @@ fn layout_for(rng: &mut Rng) -> Layout {
 /// Allocates and fills an object; `None` when the heap is out of memory.
 fn make(rng: &mut Rng, tag: u8) -> Option<Obj> {
     let layout = layout_for(rng);
-    let p = HEAP.allocate(layout);
+    let p = heap_alloc(layout);
     if p.is_null() {
         return None;
     }
@@ -145,7 +171,7 @@ fn check_and_free(o: Obj, who: &str) {
         );
     }
     // SAFETY: allocated with this layout, not used afterwards.
-    unsafe { HEAP.deallocate(o.p, o.layout) };
+    unsafe { heap_free(o.p, o.layout) };
 }
 
 /// The handler's own state: it runs only on the main thread, between the
@@ -215,11 +241,17 @@ fn set_timer(usec: libc::suseconds_t) {
 }
 
 fn main() {
-    handlers_allocate_while_the_main_thread_churns();
+    handlers_allocate_while_the_main_thread_churns("tiers (MmapSource)");
+    let region: &'static mut [u8] = vec![0u8; 2 << 20].leak();
+    // SAFETY: the buffer is leaked and the heap's alone; `FINE` is unused so far.
+    unsafe { FINE.source().set_region(region.as_mut_ptr(), region.len()) };
+    assert!(FINE.is_fine());
+    ON_FINE.store(true, Ordering::Relaxed);
+    handlers_allocate_while_the_main_thread_churns("fine heap (2 MiB region)");
     eprintln!("interrupts: ok");
 }
 
-fn handlers_allocate_while_the_main_thread_churns() {
+fn handlers_allocate_while_the_main_thread_churns(which: &str) {
     // SAFETY: installs a handler for SIGALRM, which nothing else in this
     // test binary uses (this file holds one test).
     unsafe {
@@ -256,11 +288,15 @@ fn handlers_allocate_while_the_main_thread_churns() {
         check_and_free(o, "handler (kept)");
     }
     eprintln!(
-        "interrupts: main {OPS} operations, handler {} runs, {} operations",
+        "interrupts: {which}: main {OPS} operations, handler {} runs, {} operations",
         st.runs, st.ops
     );
     assert!(st.runs >= 100, "the handler ran only {} times", st.runs);
-    let s = HEAP.stats();
+    st.runs = 0;
+    st.ops = 0;
+    let (s, fine) = (HEAP.stats(), FINE.stats());
     assert_eq!(s.mallocs, s.frees, "{s}");
+    assert_eq!(fine.mallocs, fine.frees, "{fine}");
     HEAP.check_invariants();
+    FINE.check_invariants();
 }
