@@ -69,6 +69,18 @@ pub fn init_heap(scenario: &str) {
     );
 }
 
+/// The heap region itself, for scenario `bench`, which never calls
+/// [`init_heap`] (the global heap stays empty: the bench allocates nothing
+/// through it) and hands the region to one benchmarked heap at a time.
+///
+/// # Safety
+///
+/// Call at most once, and never in a firmware that calls [`init_heap`]: the
+/// caller owns the [`HEAP_BYTES`] bytes (512-aligned) from then on.
+pub unsafe fn take_region() -> *mut u8 {
+    addr_of_mut!(REGION).cast::<u8>()
+}
+
 /// Prints the heap statistics table.
 pub fn print_stats() {
     // Taken first: printing runs with interrupts masked, the snapshot need not.
