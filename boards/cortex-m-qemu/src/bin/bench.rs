@@ -16,6 +16,7 @@
 #![no_main]
 
 use core::alloc::{GlobalAlloc, Layout};
+use core::cell::Cell;
 use core::hint::black_box;
 use core::mem::MaybeUninit;
 use core::ptr::{self, addr_of_mut};
@@ -30,7 +31,41 @@ use tieralloc::{CriticalSectionCpu, Heap, RegionSource};
 type Tier = Heap<RegionSource, CriticalSectionCpu>;
 type Llff = embedded_alloc::LlffHeap;
 type Tlsf = embedded_alloc::TlsfHeap;
-type Talc = talc::TalcLock<spinning_top::RawSpinlock, talc::source::Manual>;
+type Talc = talc::TalcLock<IrqLock, talc::source::Manual>;
+
+/// talc's lock: masks interrupts like the critical sections of the other three
+/// heaps (a spinlock would not build for thumbv6m, which has no compare-and-swap).
+pub struct IrqLock {
+    was_enabled: Cell<bool>,
+}
+
+// SAFETY: one core; the cell is only touched with interrupts masked.
+unsafe impl Sync for IrqLock {}
+
+// SAFETY: while locked, interrupts are masked on the only core, so nothing else
+// runs that could take the lock (the bench never locks it twice).
+unsafe impl lock_api::RawMutex for IrqLock {
+    #[allow(clippy::declare_interior_mutable_const)]
+    const INIT: IrqLock = IrqLock {
+        was_enabled: Cell::new(false),
+    };
+    type GuardMarker = lock_api::GuardNoSend;
+    fn lock(&self) {
+        let was = cortex_m::register::primask::read().is_inactive();
+        cortex_m::interrupt::disable();
+        self.was_enabled.set(was);
+    }
+    fn try_lock(&self) -> bool {
+        self.lock();
+        true
+    }
+    unsafe fn unlock(&self) {
+        if self.was_enabled.get() {
+            // SAFETY: interrupts were enabled when the lock was taken.
+            unsafe { cortex_m::interrupt::enable() };
+        }
+    }
+}
 
 const HEAPS: [&str; 4] = ["tieralloc", "llff", "tlsf", "talc"];
 const ROUNDS: usize = 5;
@@ -327,11 +362,11 @@ fn main() -> ! {
     for round in 0..ROUNDS {
         for (wi, (w, _, _)) in WORKS.iter().enumerate() {
             let seed = 0x1234_5678 ^ ((round as u32) << 8) ^ wi as u32;
-            for h in 0..4 {
+            for (h, (rh, oh)) in res[wi].iter_mut().zip(ops[wi].iter_mut()).enumerate() {
                 let (n, r) = slice(h, region, *w, seed);
                 check!(n > 0, "bench: no operations");
-                res[wi][h][round] = r;
-                ops[wi][h] = n;
+                rh[round] = r;
+                *oh = n;
             }
         }
     }
