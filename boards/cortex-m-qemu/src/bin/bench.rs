@@ -334,6 +334,17 @@ fn slice(h: usize, region: *mut u8, w: Work, seed: u32) -> (u64, u64) {
     }
 }
 
+/// A fixed-point number: the value, and its decimals (1 or 2).
+#[derive(Clone, Copy)]
+struct Fx(u64, u32);
+
+impl core::fmt::Display for Fx {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let d = 10u64.pow(self.1);
+        write!(f, "{}.{:0w$}", self.0 / d, self.0 % d, w = self.1 as usize)
+    }
+}
+
 fn median(mut v: [u64; ROUNDS]) -> u64 {
     v.sort_unstable();
     v[ROUNDS / 2]
@@ -371,31 +382,27 @@ fn main() -> ! {
         }
     }
     for (wi, (w, name, unit)) in WORKS.iter().enumerate() {
-        let mut v = [0u64; 4];
-        for h in 0..4 {
+        let mut v = [Fx(0, 1); 4];
+        for (h, x) in v.iter_mut().enumerate() {
             let m = median(res[wi][h]);
-            // Cycles per operation in tenths, or tenths of a percent.
-            v[h] = if *w == Work::Eff {
-                m
+            // Cycles per operation in hundredths, or tenths of a percent.
+            *x = if *w == Work::Eff {
+                Fx(m, 1)
             } else {
-                m * 10 / ops[wi][h]
+                Fx(m * 100 / ops[wi][h], 2)
             };
         }
         hprintln!(
-            "bench: {}: {} {}.{}, {} {}.{}, {} {}.{}, {} {}.{} ({})",
+            "bench: {}: {} {}, {} {}, {} {}, {} {} ({})",
             name,
             HEAPS[0],
-            v[0] / 10,
-            v[0] % 10,
+            v[0],
             HEAPS[1],
-            v[1] / 10,
-            v[1] % 10,
+            v[1],
             HEAPS[2],
-            v[2] / 10,
-            v[2] % 10,
+            v[2],
             HEAPS[3],
-            v[3] / 10,
-            v[3] % 10,
+            v[3],
             unit
         );
     }
