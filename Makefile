@@ -5,6 +5,8 @@
 #   make run     boot the x86_64 kernel under QEMU (boards/x86_64-qemu): -smp 4 -m 512M, heap statistics
 #   make run-cortex-m  boot the Cortex-M firmware under QEMU's lm3s6965evb (boards/cortex-m-qemu): the main loop
 #                churns while the SysTick handler allocates, then the heap statistics
+#   make qemu-bench-cortex-m  the firmware's scenario bench: tieralloc against embedded-alloc llff/tlsf and talc over
+#                one 32 KiB region, SysTick ticks per operation, heap efficiency (ICOUNT=1: QEMU -icount shift=0)
 #   make test    every test: formatting, clippy, docs and packaging, the crate (with and without checks), the no_std builds for every
 #                embedded target, the crate's tests on a 32-bit host (make test-32), the bench crate, a bench smoke run, and the QEMU
 #                scenarios of the kernel and of the Cortex-M firmware (qemu-tests)

@@ -3,7 +3,8 @@
 //! critical section), the semihosting console, the exit through `SYS_EXIT`,
 //! the panic handler, a small RNG and the churn workload.
 //!
-//! Each scenario is one binary in `src/bin/`: it calls [`init_heap`] first,
+//! Each scenario is one binary in `src/bin/`: it calls [`init_heap`] first
+//! (except `bench`, which takes the region with [`take_region`] instead),
 //! prints `cortex-m: <scenario> ok` as its last line and calls [`pass`]
 //! (QEMU exits with status 0). A failed check, a panic or a fault prints the
 //! reason and calls [`fail`] (QEMU exits with status 1).
