@@ -7,10 +7,11 @@
 //! the next heap gets the region.
 //!
 //! The clock is SysTick as a free-running 24-bit down counter at the core
-//! clock (reload 0xFF_FFFF; its exception counts the wraps). Numbers are core
-//! cycles per operation at the machine's 12 MHz SysTick clock; under QEMU
-//! without `-icount` they follow the host's time, so they compare the heaps
-//! with each other on one host, not with real silicon. Five rounds; in each,
+//! clock (reload 0xFF_FFFF; its exception counts the wraps). Numbers are ticks
+//! of the machine's 12 MHz SysTick clock per operation, in QEMU's guest time:
+//! without `-icount` it follows the host's time, with `-icount shift=0` one
+//! tick is 83⅓ guest instructions; either way they compare the heaps with each
+//! other, not with real silicon. Five rounds; in each,
 //! every workload runs one slice per heap in turn; the median is reported.
 #![no_std]
 #![no_main]
@@ -111,18 +112,22 @@ const WORKS: [(Work, &str, &str); 5] = [
     (
         Work::Churn,
         "churn 8..=256 B, 64 live",
-        "cycles per free+alloc",
+        "12 MHz SysTick ticks per free+alloc",
     ),
-    (Work::Lifo, "lifo 64 x 64 B", "cycles per alloc or free"),
+    (
+        Work::Lifo,
+        "lifo 64 x 64 B",
+        "12 MHz SysTick ticks per alloc or free",
+    ),
     (
         Work::Fifo,
         "fifo ring 64, 16..=256 B",
-        "cycles per free+alloc",
+        "12 MHz SysTick ticks per free+alloc",
     ),
     (
         Work::Grow,
         "grow 16 B..8 KiB by realloc",
-        "cycles per alloc/realloc/free",
+        "12 MHz SysTick ticks per alloc/realloc/free",
     ),
     (
         Work::Eff,
