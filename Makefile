@@ -5,6 +5,8 @@
 #   make run     boot the x86_64 kernel under QEMU (boards/x86_64-qemu): -smp 4 -m 512M, heap statistics
 #   make run-cortex-m  boot the Cortex-M firmware under QEMU's lm3s6965evb (boards/cortex-m-qemu): the main loop
 #                churns while the SysTick handler allocates, then the heap statistics
+#   make qemu-bench-cortex-m  the firmware's scenario bench: tieralloc against embedded-alloc llff/tlsf and talc over
+#                one 32 KiB region, SysTick ticks per operation, heap efficiency (ICOUNT=1: QEMU -icount shift=0)
 #   make test    every test: formatting, clippy, docs and packaging, the crate (with and without checks), the no_std builds for every
 #                embedded target, the crate's tests on a 32-bit host (make test-32), the bench crate, a bench smoke run, and the QEMU
 #                scenarios of the kernel and of the Cortex-M firmware (qemu-tests)
@@ -35,7 +37,7 @@ BOARD := boards/x86_64-qemu
 CM_BOARD := boards/cortex-m-qemu
 CM_TARGETS := thumbv7m-none-eabi thumbv6m-none-eabi
 
-.PHONY: deps deps-run deps-cortex-m test test-32 run run-cortex-m demo bench bench-callgrind bench-efficiency bench-code-size compare compare-rss bench-c-pair
+.PHONY: deps deps-run deps-cortex-m test test-32 run run-cortex-m qemu-bench-cortex-m demo bench bench-callgrind bench-efficiency bench-code-size compare compare-rss bench-c-pair
 
 # What `make run` needs: the kernel's Rust target and QEMU.
 deps-run:
@@ -154,6 +156,13 @@ run: deps-run
 # boards/cortex-m-qemu/run.sh boot|churn|oom|double_free (TARGET=thumbv6m-none-eabi for Cortex-M0).
 run-cortex-m: deps-cortex-m
 	$(CM_BOARD)/run.sh irq
+
+# Scenario bench of the Cortex-M firmware: tieralloc against embedded-alloc's
+# LlffHeap and TlsfHeap and talc over one 32 KiB region, SysTick cycles per
+# operation and heap efficiency. ICOUNT=1 passes `-icount shift=0` to QEMU
+# (guest time from the instruction count: repeatable numbers).
+qemu-bench-cortex-m: deps-cortex-m
+	$(if $(filter 1,$(ICOUNT)),QEMU_EXTRA_ARGS="-icount shift=0") $(CM_BOARD)/run.sh bench
 
 demo:
 	$(CARGO) run --release --features linux --example demo

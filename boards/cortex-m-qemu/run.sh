@@ -6,11 +6,14 @@
 #
 # SCENARIO: boot, churn, oom, irq (the default: the main loop churns while the
 # SysTick handler allocates; heap statistics and the per-CPU summary at the
-# end), double_free (built with FEATURES=checks; it must fail).
+# end), double_free (built with FEATURES=checks; it must fail), bench
+# (tieralloc against embedded-alloc's llff and tlsf and talc, SysTick cycles).
 #
 # Environment: TARGET (thumbv7m-none-eabi; thumbv6m-none-eabi builds the
 # Cortex-M0 firmware, which runs on the same machine), FEATURES (checks),
-# QEMU (qemu-system-arm), TIMEOUT (seconds, 60).
+# QEMU (qemu-system-arm), TIMEOUT (seconds, 60), QEMU_EXTRA_ARGS (more QEMU
+# arguments, split at spaces, e.g. "-icount shift=0": one instruction per ns
+# of guest time, deterministic SysTick readings).
 # Semihosting carries the console (QEMU's stdout) and the exit status:
 # 0 when the firmware reports success, 1 otherwise.
 set -euo pipefail
@@ -30,11 +33,12 @@ command -v "$qemu" >/dev/null || {
 env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_TARGET -u CARGO_TARGET_DIR \
     "${CARGO:-cargo}" build --release --target "$target" --bin "$scenario" ${features:+--features "$features"}
 
-echo "run.sh: qemu-system-arm -M lm3s6965evb, $target, scenario $scenario" >&2
+echo "run.sh: qemu-system-arm -M lm3s6965evb${QEMU_EXTRA_ARGS:+ $QEMU_EXTRA_ARGS}, $target, scenario $scenario" >&2
 set +e
 timeout --foreground "${TIMEOUT:-60}" "$qemu" \
     -M lm3s6965evb -nographic -monitor none -serial none \
     -semihosting-config enable=on,target=native \
+    ${QEMU_EXTRA_ARGS:-} \
     -kernel "target/$target/release/$scenario" </dev/null
 status=$?
 set -e

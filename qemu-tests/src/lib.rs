@@ -384,6 +384,9 @@ pub mod cortex_m {
     pub const V6M: &str = "thumbv6m-none-eabi";
     /// The scenarios built without features.
     pub const SCENARIOS: [&str; 4] = ["boot", "churn", "oom", "irq"];
+    /// The scenarios built for thumbv7m only: `bench` (tieralloc against
+    /// embedded-alloc's llff and tlsf and talc, SysTick cycles per operation).
+    pub const V7M_ONLY: [&str; 1] = ["bench"];
 
     /// `boards/cortex-m-qemu`.
     pub fn board_dir() -> PathBuf {
@@ -444,7 +447,7 @@ pub mod cortex_m {
     }
 
     /// Builds every image once per process: the scenarios for both targets,
-    /// and `double_free` with `checks` for thumbv7m. Panics with the reason if
+    /// `bench` for thumbv7m, and `double_free` with `checks` for thumbv7m. Panics with the reason if
     /// QEMU, a target or the build is missing.
     fn built() -> &'static Path {
         static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
@@ -454,7 +457,7 @@ pub mod cortex_m {
             for t in [V7M, V6M] {
                 check_rust_target(t, &board_dir())?;
             }
-            build(V7M, "", &SCENARIOS)?;
+            build(V7M, "", &[&SCENARIOS[..], &V7M_ONLY[..]].concat())?;
             build(V7M, "checks", &["double_free"])?;
             build(V6M, "", &SCENARIOS)?;
             Ok(board_dir().join("target/images"))

@@ -67,6 +67,34 @@ fn cm_systick_handler_allocates_while_main_churns() {
     assert!(runs >= 2000, "too few SysTick runs: {line}");
 }
 
+/// The bench: tieralloc, llff, tlsf and talc in turn over one 32 KiB region;
+/// one line per workload with a number for every heap (no speed asserts).
+#[test]
+fn cm_bench() {
+    let r = boot(V7M, "bench", 120);
+    clean(r.expect_status(PASS))
+        .expect_line("cortex-m: bench on lm3s6965evb (thumbv7m-none-eabi)")
+        .expect_line("cortex-m: bench ok");
+    for w in ["churn", "lifo", "fifo", "grow", "efficiency"] {
+        let line = r
+            .line(&format!("bench: {w} "))
+            .unwrap_or_else(|| panic!("no bench line for {w}; log:\n{}", r.log));
+        for h in ["tieralloc ", "llff ", "tlsf ", "talc "] {
+            let v: f64 = line
+                .split(&format!(" {h}"))
+                .nth(1)
+                .and_then(|s| s.split([',', ' ']).next())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("no number for {h}in {line:?}"));
+            assert!(v > 0.0, "{h}reports {v} in {line:?}");
+        }
+        assert!(line.ends_with(')'), "no unit in {line:?}");
+    }
+    // Heap efficiency is a percentage of the region.
+    let eff = r.line("bench: efficiency").unwrap();
+    assert!(eff.contains("(% of the region live)"), "{eff}");
+}
+
 /// A double free panics with the address and QEMU exits with the failure
 /// status (the 32 KiB heap is a fine heap, which catches it with or without
 /// `checks`; the scenario is built with `checks`, as the issue asks).

@@ -3,7 +3,8 @@
 //! critical section), the semihosting console, the exit through `SYS_EXIT`,
 //! the panic handler, a small RNG and the churn workload.
 //!
-//! Each scenario is one binary in `src/bin/`: it calls [`init_heap`] first,
+//! Each scenario is one binary in `src/bin/`: it calls [`init_heap`] first
+//! (except `bench`, which takes the region with [`take_region`] instead),
 //! prints `cortex-m: <scenario> ok` as its last line and calls [`pass`]
 //! (QEMU exits with status 0). A failed check, a panic or a fault prints the
 //! reason and calls [`fail`] (QEMU exits with status 1).
@@ -67,6 +68,18 @@ pub fn init_heap(scenario: &str) {
         addr_of_mut!(REGION),
         core::mem::size_of_val(&HEAP)
     );
+}
+
+/// The heap region itself, for scenario `bench`, which never calls
+/// [`init_heap`] (the global heap stays empty: the bench allocates nothing
+/// through it) and hands the region to one benchmarked heap at a time.
+///
+/// # Safety
+///
+/// Call at most once, and never in a firmware that calls [`init_heap`]: the
+/// caller owns the [`HEAP_BYTES`] bytes (512-aligned) from then on.
+pub unsafe fn take_region() -> *mut u8 {
+    addr_of_mut!(REGION).cast::<u8>()
 }
 
 /// Prints the heap statistics table.
