@@ -44,6 +44,21 @@
 //! block of the next non-empty bin (found in a bitmap of bins), splitting
 //! off the rest.
 //!
+//! **Quick lists.** A freed block of at most [`QUICK_MAX`] + 1 granules
+//! goes first to a singly linked list of blocks of exactly its length (as
+//! dlmalloc's fastbins and rpmalloc's caches do), while the cached
+//! granules stay under an eighth of the arenas; a request of `n` granules
+//! takes the first block of list `n`, else of list `n + 1` (a block one
+//! granule longer is also its block). A hit is a pop and a bit: no bin
+//! search, no split, no merge. A cached block keeps its marker (so it is
+//! not allocated: a second free of it is still a double free) and holds
+//! its length with [`CACHED`] in word 2, which is how a merge tells it from
+//! a listed free block and leaves it alone (words 1 and 3 locate the
+//! marker's bitmap word and bit, for the pop). When the lists cannot serve a
+//! request and the bins cannot either, the cached blocks go back to the
+//! bins, merged, and the request tries again: the quick lists never make
+//! an allocation fail.
+//!
 //! **Memory.** At set-up the heap reserves the source's largest free extent
 //! (its state at the start, the bitmap after it); when it runs out it
 //! reserves the largest one again (memory added since, e.g. by
@@ -77,8 +92,11 @@ const EXACT: usize = 32;
 /// Bins per power of two above `EXACT`.
 const SUB: usize = 4;
 const SUB_SHIFT: u32 = SUB.trailing_zeros();
-/// An arena, and so a block, is shorter than `2^(MAX_LOG + 1)` granules.
-const MAX_LOG: u32 = 27;
+/// An arena, and so a block, is shorter than `2^(MAX_LOG + 1)` granules
+/// (16 MiB on 32-bit targets, 32 MiB on 64-bit: a fine heap sets itself up
+/// in at most [`FINE_MAX_BYTES`], and a larger region added later is taken
+/// in arenas of that size); each power of two more costs `SUB` bin words.
+const MAX_LOG: u32 = 20;
 const MAX_GRANULES: usize = (1 << (MAX_LOG + 1)) - 1;
 const FIRST_LOG: u32 = EXACT.trailing_zeros();
 /// Bins: `EXACT - 1` exact ones, then `SUB` per power of two.
@@ -86,6 +104,19 @@ const NBINS: usize = EXACT - 1 + (MAX_LOG - FIRST_LOG + 1) as usize * SUB;
 const BIN_WORDS: usize = NBINS.div_ceil(BITS);
 /// Blocks of its own bin a request looks at before it takes a larger bin's.
 const SCAN: usize = 8;
+/// Requests of at most this many granules are served from the quick lists;
+/// blocks of `2..=QUICK_MAX + 1` granules are cached there on free (list
+/// `n - 2` holds blocks of `n`).
+const QUICK_MAX: usize = 32;
+/// Word 2 of a cached block: its length, with this bit (no length has it).
+const CACHED: usize = 1 << (usize::BITS - 1);
+/// The quick lists hold at most 1/`QUICK_SHARE` of the arenas' granules,
+/// and never more than `QUICK_CAP` (enough for a high hit rate whatever
+/// the heap's size: there are only `QUICK_MAX` lengths).
+const QUICK_SHARE: usize = 4;
+const QUICK_CAP: usize = 4096;
+/// See [`Fine::keep`].
+const QUICK_KEEP: usize = 8;
 
 /// Granules of the block of a request of `size` bytes: at least two (a
 /// free block needs two for its links, length and marker).
@@ -170,6 +201,13 @@ impl Arena {
         unsafe { *self.bits.add(i / BITS) |= 1 << (i % BITS) }
     }
 
+    /// The bitmap word of bit `i` (`i <= granules`) and the bit's mask.
+    #[inline(always)]
+    fn word_of(&self, i: usize) -> (*mut usize, usize) {
+        // SAFETY: within the bitmap, as in `bit`.
+        (unsafe { self.bits.add(i / BITS) }, 1 << (i % BITS))
+    }
+
     #[inline(always)]
     fn clear(&self, i: usize) {
         // SAFETY: as in `set`.
@@ -196,12 +234,33 @@ impl Arena {
 pub(crate) struct Fine {
     /// Per bin, the first free block's address, or 0.
     heads: [usize; NBINS],
+    /// Per length `n` in `2..=QUICK_MAX + 1` (at `n - 2`), the first cached
+    /// block of `n` granules, or 0; word 0 of each is the next.
+    quick: [usize; QUICK_MAX],
+    /// Granules in cached blocks; invariant: `cached <= cache_cap` but for
+    /// the last block pushed (see [`Fine::retire`]).
+    cached: usize,
+    /// Most granules the quick lists hold: 1/[`QUICK_SHARE`] of the
+    /// arenas', at most [`QUICK_CAP`].
+    cache_cap: usize,
+    /// Granules the quick lists leave in the bins (1/[`QUICK_KEEP`] of the
+    /// arenas'): a block is cached only while the bins hold more than this
+    /// and the cached ones together, so a heap more than that full is a
+    /// plain TLSF heap (the cached blocks' holes are not for other lengths,
+    /// and a heap short of room needs them).
+    keep: usize,
+    /// `min(cache_cap, binned - keep)`, kept as `binned` changes: a block
+    /// is cached while `cached` is below it.
+    quick_limit: usize,
     /// Bit `b`: bin `b` is not empty.
     nonempty: [usize; BIN_WORDS],
     arenas: [Arena; MAX_ARENAS],
     count: usize,
-    /// Granules in allocated blocks.
-    live_granules: usize,
+    /// Granules of the arenas, and of them those in free blocks on the
+    /// bins' lists: the allocated ones are the rest but for the cached
+    /// ones (kept so, the fast paths count nothing but `cached`).
+    granules: usize,
+    binned: usize,
     mallocs: u64,
     frees: u64,
     /// Bytes reserved from the source, and of them the bitmaps and this.
@@ -218,6 +277,8 @@ pub(crate) struct FineStats {
     pub(crate) sys_bytes: usize,
     pub(crate) meta_bytes: usize,
     pub(crate) live_bytes: usize,
+    /// Bytes in cached blocks (the quick lists).
+    pub(crate) cached_bytes: usize,
     pub(crate) mallocs: u64,
     pub(crate) frees: u64,
     pub(crate) arenas: usize,
@@ -262,10 +323,16 @@ impl Fine {
         let t = start.cast::<T>();
         let mut fine = Fine {
             heads: [0; NBINS],
+            quick: [0; QUICK_MAX],
+            cached: 0,
+            cache_cap: 0,
+            keep: 0,
+            quick_limit: 0,
             nonempty: [0; BIN_WORDS],
             arenas: [Arena::NONE; MAX_ARENAS],
             count: 0,
-            live_granules: 0,
+            granules: 0,
+            binned: 0,
             mallocs: 0,
             frees: 0,
             sys_bytes: 0,
@@ -308,6 +375,9 @@ impl Fine {
         self.arenas[self.count] = ar;
         self.count += 1;
         self.meta_bytes += base - lo;
+        self.cache_cap = (self.cache_cap + granules / QUICK_SHARE).min(QUICK_CAP);
+        self.keep += granules / QUICK_KEEP;
+        self.granules += granules;
         // SAFETY: the arena's one block, free.
         unsafe { self.insert(&ar, 0, granules) };
     }
@@ -358,14 +428,22 @@ impl Fine {
             .find(|ar| ar.contains(a))
     }
 
-    /// Whether block `i` of `ar` (a block start) is free: its marker, the
-    /// bit of its second granule (no allocated block has a bit there).
+    /// Whether block `i` of `ar` (a block start) is not allocated (free on
+    /// a bin's list, or cached): its marker, the bit of its second granule
+    /// (no allocated block has a bit there).
     #[inline(always)]
     fn is_free(ar: &Arena, i: usize) -> bool {
         ar.bit(i + 1)
     }
 
-    /// The length of the free block at `a`.
+    /// Whether block `i` of `ar` is free on a bin's list (not cached): the
+    /// blocks a merge may take.
+    #[inline(always)]
+    fn is_listed(ar: &Arena, i: usize) -> bool {
+        Self::is_free(ar, i) && Self::free_len(ar.at(i)) & CACHED == 0
+    }
+
+    /// The length of the free block at `a` (with [`CACHED`] if cached).
     #[inline(always)]
     fn free_len(a: usize) -> usize {
         // SAFETY: a free block keeps its length in word 2.
@@ -397,6 +475,8 @@ impl Fine {
         }
         self.heads[b] = a;
         self.nonempty[b / BITS] |= 1 << (b % BITS);
+        self.binned += n;
+        self.set_quick_limit();
         ar.set(i + 1);
     }
 
@@ -422,7 +502,15 @@ impl Fine {
         if self.heads[b] == 0 {
             self.nonempty[b / BITS] &= !(1 << (b % BITS));
         }
+        self.binned -= n;
+        self.set_quick_limit();
         ar.clear(i + 1);
+    }
+
+    /// Recomputes [`Fine::quick_limit`] after `binned` changed.
+    #[inline(always)]
+    fn set_quick_limit(&mut self) {
+        self.quick_limit = self.cache_cap.min(self.binned.saturating_sub(self.keep));
     }
 
     /// The first non-empty bin at or after `b`.
@@ -449,13 +537,54 @@ impl Fine {
 
     /// A block for `size` bytes aligned to `align` (a power of two), from the
     /// lists or, when they have none, from a new arena of the source.
+    #[inline(always)]
     pub(crate) fn alloc<S: PageSource>(
         &mut self,
         source: &S,
         size: usize,
         align: usize,
     ) -> *mut u8 {
-        let n = want_of(size);
+        if size <= QUICK_MAX * GRANULE && align <= GRANULE {
+            // Small: `want_of` without its overflow guard.
+            let n = size.div_ceil(GRANULE).max(2);
+            if let Some(p) = self.pop_quick(n) {
+                return p as *mut u8;
+            }
+            return self.alloc_binned(source, n, align);
+        }
+        self.alloc_binned(source, want_of(size), align)
+    }
+
+    /// A cached block for `n <= QUICK_MAX` granules: of list `n`, else of
+    /// list `n + 1`.
+    #[inline(always)]
+    fn pop_quick(&mut self, n: usize) -> Option<usize> {
+        let mut k = n - 2;
+        let mut a = self.quick[k];
+        if a == 0 {
+            k += 1;
+            a = self.quick[k];
+            if a == 0 {
+                return None;
+            }
+        }
+        let w = a as *const usize;
+        // SAFETY: a cached block: word 0 is the next on its list, words 1
+        // and 3 its marker's bitmap word and mask (see `retire`).
+        unsafe {
+            self.quick[k] = w.read();
+            *(w.add(1).read() as *mut usize) &= !w.add(3).read();
+        }
+        self.cached -= k + 2;
+        self.mallocs += 1;
+        Some(a)
+    }
+
+    /// A block for `n` granules at `align` from the bins, after the quick
+    /// lists could not serve it; when the bins have none, the quick lists
+    /// go back to them, then a new arena of the source.
+    #[inline(never)]
+    fn alloc_binned<S: PageSource>(&mut self, source: &S, n: usize, align: usize) -> *mut u8 {
         let align = align.max(GRANULE);
         // What fits at any alignment: the front a placement may skip.
         let need = if align == GRANULE {
@@ -469,15 +598,22 @@ impl Fine {
         if need > MAX_GRANULES {
             return ptr::null_mut();
         }
-        let (p, len) = match self.find(n, need, align) {
-            Some(r) => r,
-            None if self.grow(source, need) => match self.find(n, need, align) {
-                Some(r) => r,
-                None => return ptr::null_mut(),
-            },
-            None => return ptr::null_mut(),
+        // A request past the quick lists' lengths would carve a block their
+        // cached blocks might have merged into: they go back first
+        // (dlmalloc's consolidation of its fastbins before a large request).
+        if need > QUICK_MAX + 1 {
+            self.flush_quick();
+        }
+        let mut found = self.find(n, need, align);
+        if found.is_none() && self.flush_quick() {
+            found = self.find(n, need, align);
+        }
+        if found.is_none() && self.grow(source, need) {
+            found = self.find(n, need, align);
+        }
+        let Some((p, _)) = found else {
+            return ptr::null_mut();
         };
-        self.live_granules += len;
         self.mallocs += 1;
         p as *mut u8
     }
@@ -593,29 +729,94 @@ impl Fine {
 
     /// Frees the block at `p`; with `size`, checks that it is the block of a
     /// request of `size` bytes. Returns the block's bytes.
+    #[inline(always)]
     pub(crate) fn free(&mut self, p: *mut u8, size: Option<usize>) -> Result<usize, Refused> {
         let (ar, i, n) = self.block(p as usize)?;
         if let Some(s) = size {
             Self::fits_layout(n, s)?;
         }
-        self.live_granules -= n;
         self.frees += 1;
         // SAFETY: block `i` of `ar` is allocated, `n` granules, given back.
-        unsafe { self.release(&ar, i, n) };
+        unsafe { self.retire(&ar, i, n) };
         Ok(n * GRANULE)
     }
 
-    /// Makes block `i` of `n` granules free, merged with free neighbours.
+    /// Gives back block `i` of `n` granules: to its quick list while they
+    /// have room (a block that overshoots the cap is the last one in), to
+    /// the bins otherwise.
+    ///
+    /// # Safety
+    /// Block `i` of `ar` is `n >= 2` granules long, allocated, and no one's.
+    #[inline(always)]
+    unsafe fn retire(&mut self, ar: &Arena, i: usize, n: usize) {
+        if n <= QUICK_MAX + 1 && self.cached < self.quick_limit {
+            let a = ar.at(i);
+            let w = a as *mut usize;
+            let (word, mask) = ar.word_of(i + 1);
+            // SAFETY: the block's four words or more are ours (two granules);
+            // `word` is the bitmap's. Words 1 and 3 say where the marker is,
+            // so that taking the block needs no arena.
+            unsafe {
+                w.write(self.quick[n - 2]);
+                w.add(1).write(word as usize);
+                w.add(2).write(n | CACHED);
+                w.add(3).write(mask);
+                *word |= mask;
+            }
+            self.quick[n - 2] = a;
+            self.cached += n;
+        } else {
+            // SAFETY: the caller's promise.
+            unsafe { self.release_binned(ar, i, n) };
+        }
+    }
+
+    /// [`Fine::release`], out of the inlined fast paths.
+    ///
+    /// # Safety
+    /// As for [`Fine::release`].
+    #[inline(never)]
+    unsafe fn release_binned(&mut self, ar: &Arena, i: usize, n: usize) {
+        // SAFETY: the caller's promise.
+        unsafe { self.release(ar, i, n) }
+    }
+
+    /// Gives every cached block back to the bins, merged with its free
+    /// neighbours; whether there was any.
+    pub(crate) fn flush_quick(&mut self) -> bool {
+        if self.cached == 0 {
+            return false;
+        }
+        for k in 0..QUICK_MAX {
+            let mut a = core::mem::take(&mut self.quick[k]);
+            while a != 0 {
+                // SAFETY: a cached block: word 0 is the next on its list.
+                let next = unsafe { *(a as *const usize) };
+                let ar = *self.arena_of(a).expect("a cached block lies in an arena");
+                let i = ar.index(a);
+                ar.clear(i + 1);
+                // SAFETY: block `i`, `k + 2` granules, no one's: cached until
+                // now, its marker cleared (as an allocated block's is).
+                unsafe { self.release(&ar, i, k + 2) };
+                a = next;
+            }
+        }
+        self.cached = 0;
+        true
+    }
+
+    /// Makes block `i` of `n` granules free, merged with free neighbours
+    /// (listed ones: cached blocks stay as they are).
     ///
     /// # Safety
     /// Block `i` of `ar` is `n` granules long, allocated (or a tail just
     /// cut from an allocated block), and no one's; `n >= 2`, or its right
-    /// neighbour is free.
+    /// neighbour is listed free.
     #[inline(always)]
     unsafe fn release(&mut self, ar: &Arena, i: usize, n: usize) {
         let (mut i, mut n) = (i, n);
         let j = i + n;
-        if j < ar.granules && Self::is_free(ar, j) {
+        if j < ar.granules && Self::is_listed(ar, j) {
             let m = Self::free_len(ar.at(j));
             // SAFETY: a free block of `m` granules.
             unsafe { self.unlink(ar, j, m) };
@@ -637,7 +838,8 @@ impl Fine {
     /// and length. The footer candidate (the word before `i`) is the
     /// caller's data if the block before is allocated; a candidate passes
     /// only if a free block (its bits say so, exactly) of that length
-    /// starts there, and then it is the left neighbour.
+    /// starts there, and then it is the left neighbour. A cached block
+    /// never passes: its length word has [`CACHED`].
     #[inline(always)]
     fn free_left(ar: &Arena, i: usize) -> Option<(usize, usize)> {
         if i < 2 {
@@ -673,12 +875,11 @@ impl Fine {
         let m = want_of(new);
         if a & (align.max(GRANULE) - 1) == 0 {
             let j = i + n;
-            let right_free = j < ar.granules && Self::is_free(&ar, j);
+            let right_free = j < ar.granules && Self::is_listed(&ar, j);
             if m <= n {
                 let t = n - m;
                 if t >= 2 || (t == 1 && right_free) {
                     ar.set(i + m);
-                    self.live_granules -= t;
                     // SAFETY: the tail `[i + m, i + n)` is cut off, no one's;
                     // two granules, or its right neighbour is free.
                     unsafe { self.release(&ar, i + m, t) };
@@ -692,15 +893,12 @@ impl Fine {
                     unsafe { self.unlink(&ar, j, room) };
                     ar.clear(j);
                     let rest = n + room - m;
-                    let len = if rest >= 2 {
+                    // A rest of one granule stays with the block.
+                    if rest >= 2 {
                         ar.set(i + m);
                         // SAFETY: what is left of it, a block of its own.
                         unsafe { self.insert(&ar, i + m, rest) };
-                        m
-                    } else {
-                        m + rest
-                    };
-                    self.live_granules += len - n;
+                    }
                     return Ok(p);
                 }
             }
@@ -712,10 +910,9 @@ impl Fine {
         // SAFETY: both blocks are ours and distinct; the old one holds `n`
         // granules, the new one at least `new` bytes.
         unsafe { ptr::copy_nonoverlapping(p, q, (n * GRANULE).min(new)) };
-        self.live_granules -= n;
         self.frees += 1;
         // SAFETY: the old block, allocated and given back.
-        unsafe { self.release(&ar, i, n) };
+        unsafe { self.retire(&ar, i, n) };
         Ok(q)
     }
 
@@ -733,12 +930,18 @@ impl Fine {
         }
     }
 
+    /// Granules in allocated blocks.
+    fn live_granules(&self) -> usize {
+        self.granules - self.binned - self.cached
+    }
+
     /// The heap's counts.
     pub(crate) fn stats(&self) -> FineStats {
         FineStats {
             sys_bytes: self.sys_bytes,
             meta_bytes: self.meta_bytes,
-            live_bytes: self.live_granules * GRANULE,
+            live_bytes: self.live_granules() * GRANULE,
+            cached_bytes: self.cached * GRANULE,
             mallocs: self.mallocs,
             frees: self.frees,
             arenas: self.count,
@@ -765,10 +968,13 @@ impl Fine {
     /// Walks every arena and every list; panics on the first broken
     /// invariant: blocks of two granules or more cover the arenas, free
     /// blocks (marked) are on the list of their bin with their length
-    /// written twice and no bit inside, never adjacent, and the allocated
-    /// granules add up.
+    /// written twice and no bit inside, never adjacent, cached blocks
+    /// (marked, their length with [`CACHED`]) on the quick list of their
+    /// length, and the allocated and cached granules add up.
     pub(crate) fn check_invariants(&self) {
         let mut free_seen = 0usize;
+        let mut cached_seen = 0usize;
+        let mut cached = 0usize;
         let mut live = 0usize;
         for ar in &self.arenas[..self.count] {
             assert!(
@@ -780,8 +986,22 @@ impl Fine {
             while i < ar.granules {
                 let a = ar.at(i);
                 assert!(ar.bit(i), "fine: {a:#x} is no block start");
-                let free = Self::is_free(ar, i);
-                let n = if free {
+                let free = Self::is_listed(ar, i);
+                let n = if Self::is_free(ar, i) && !free {
+                    let n = Self::free_len(a) & !CACHED;
+                    assert!(
+                        (2..=QUICK_MAX + 1).contains(&n) && i + n <= ar.granules,
+                        "fine: cached block {a:#x} of {n}"
+                    );
+                    assert_eq!(
+                        ar.next_set(i + 1),
+                        i + n,
+                        "fine: a bit inside cached block {a:#x}"
+                    );
+                    cached_seen += 1;
+                    cached += n;
+                    n
+                } else if free {
                     let n = Self::free_len(a);
                     assert!(
                         n >= 2 && i + n <= ar.granules,
@@ -838,7 +1058,51 @@ impl Fine {
             }
         }
         assert_eq!(listed, free_seen, "fine: listed and free blocks");
-        assert_eq!(live, self.live_granules, "fine: allocated granules");
+        let mut quick = 0usize;
+        for (k, &h) in self.quick.iter().enumerate() {
+            let mut a = h;
+            while a != 0 {
+                let ar = self
+                    .arena_of(a)
+                    .expect("fine: a cached block outside the arenas");
+                let i = ar.index(a);
+                assert!(
+                    ar.bit(i) && Self::is_free(ar, i),
+                    "fine: cached block {a:#x} unmarked"
+                );
+                assert_eq!(
+                    Self::free_len(a),
+                    (k + 2) | CACHED,
+                    "fine: cached block {a:#x} on quick list {k}"
+                );
+                let (word, mask) = ar.word_of(i + 1);
+                // SAFETY: a cached block's words 1 and 3.
+                let (w1, w3) = unsafe {
+                    (
+                        *((a + WORD) as *const usize),
+                        *((a + 3 * WORD) as *const usize),
+                    )
+                };
+                assert!(
+                    w1 == word as usize && w3 == mask,
+                    "fine: cached block {a:#x} locates its marker wrong"
+                );
+                quick += 1;
+                // SAFETY: a cached block's first word is `next`.
+                a = unsafe { *(a as *const usize) };
+            }
+        }
+        assert_eq!(quick, cached_seen, "fine: cached blocks on the quick lists");
+        assert_eq!(cached, self.cached, "fine: cached granules");
+        assert!(
+            self.cached < self.cache_cap + QUICK_MAX + 1,
+            "fine: {} granules cached, cap {}",
+            self.cached,
+            self.cache_cap
+        );
+        assert_eq!(live, self.live_granules(), "fine: allocated granules");
+        let total: usize = self.arenas[..self.count].iter().map(|a| a.granules).sum();
+        assert_eq!(total, self.granules, "fine: the arenas' granules");
     }
 }
 
@@ -970,6 +1234,104 @@ mod tests {
         assert_eq!(f.free_blocks(), 1);
     }
 
+    /// Freed small blocks wait on the quick lists (marked, so a second free
+    /// is refused, and never merged), are taken again by requests of their
+    /// length or one less, and go back to the bins, merged, when a request
+    /// finds no room otherwise: a heap of cached blocks still serves an
+    /// allocation of almost the whole arena.
+    #[test]
+    fn quick_lists_cache_and_give_back() {
+        let (src, f) = heap(32 << 10);
+        let size = 5 * GRANULE;
+        let n = want_of(size);
+        // A third of the heap: the bins keep the rest.
+        let blocks: Vec<*mut u8> = (0..f.granules / 3 / n)
+            .map(|_| f.alloc(&src, size, 8))
+            .collect();
+        assert!(blocks.iter().all(|p| !p.is_null()));
+        assert_eq!(f.free_blocks(), 1);
+        // Every other block: the cached ones sit between allocated ones.
+        for &p in blocks.iter().step_by(2) {
+            assert_eq!(f.free(p, Some(size)), Ok(n * GRANULE));
+        }
+        f.check_invariants();
+        assert_eq!(f.free_blocks(), 1, "a freed block went to the bins");
+        let cached = f.stats().cached_bytes;
+        assert_eq!(cached, blocks.len().div_ceil(2) * n * GRANULE);
+        // A cached block is not allocated: a second free and a size query are refused.
+        assert_eq!(f.free(blocks[0], Some(size)), Err(Refused::Free));
+        assert_eq!(f.free(blocks[0], None), Err(Refused::Free));
+        assert_eq!(f.usable(blocks[0]), Err(Refused::Free));
+        // A request one granule shorter takes a cached block (its block is
+        // one granule longer), the last one cached first.
+        let q = f.alloc(&src, size - GRANULE, 8);
+        assert!(blocks.iter().step_by(2).any(|&b| b == q));
+        assert_eq!(f.usable(q), Ok(n * GRANULE));
+        assert_eq!(f.free(q, Some(size - GRANULE)), Ok(n * GRANULE));
+        // The rest, freed: cached up to the cap, the others merged in the bins.
+        for &p in blocks.iter().skip(1).step_by(2) {
+            f.free(p, Some(size)).unwrap();
+        }
+        f.check_invariants();
+        assert!(f.stats().cached_bytes > 0);
+        assert_eq!(f.stats().live_bytes, 0);
+        // Almost the whole arena: only after the quick lists are given back.
+        let room = f.granules * GRANULE - 2 * GRANULE;
+        let big = f.alloc(&src, room, 8);
+        assert!(!big.is_null(), "{:?}", f.stats());
+        assert_eq!(f.stats().cached_bytes, 0);
+        f.check_invariants();
+        f.free(big, Some(room)).unwrap();
+        f.check_invariants();
+        assert_eq!(f.free_blocks(), 1);
+    }
+
+    /// A heap fuller than `1 - 1/QUICK_KEEP` caches nothing: it is a plain
+    /// TLSF heap, every freed block merged at once.
+    #[test]
+    fn a_full_heap_caches_nothing() {
+        let (src, f) = heap(32 << 10);
+        let size = 5 * GRANULE;
+        let mut blocks = Vec::new();
+        loop {
+            let p = f.alloc(&src, size, 8);
+            if p.is_null() {
+                break;
+            }
+            blocks.push(p);
+        }
+        let freed = blocks.len() / 10;
+        for &p in blocks.iter().take(freed) {
+            f.free(p, Some(size)).unwrap();
+        }
+        f.check_invariants();
+        assert!(freed * want_of(size) < f.keep);
+        assert_eq!(f.stats().cached_bytes, 0);
+        assert_eq!(f.free_blocks(), 1, "the freed run is one block");
+    }
+
+    /// Growing in place never takes a cached right neighbour: the block moves.
+    #[test]
+    fn realloc_leaves_cached_neighbours_alone() {
+        let (src, f) = heap(16 << 10);
+        let a = f.alloc(&src, 4 * GRANULE, 8);
+        let b = f.alloc(&src, 4 * GRANULE, 8);
+        let _c = f.alloc(&src, 4 * GRANULE, 8);
+        // SAFETY: `a` holds four granules.
+        unsafe { a.write_bytes(0x5A, 4 * GRANULE) };
+        f.free(b, Some(4 * GRANULE)).unwrap();
+        assert_eq!(f.usable(b), Err(Refused::Free));
+        let a2 = f
+            .realloc(&src, a, Some(4 * GRANULE), 6 * GRANULE, 8)
+            .unwrap();
+        assert!(a2 != a && a2 != b);
+        for o in 0..4 * GRANULE {
+            // SAFETY: the moved block's bytes.
+            assert_eq!(unsafe { *a2.add(o) }, 0x5A);
+        }
+        f.check_invariants();
+    }
+
     #[test]
     fn aligned_blocks_give_their_front_back() {
         let (src, f) = heap(64 << 10);
@@ -1049,6 +1411,8 @@ mod tests {
             for (p, size, _, _) in live.drain(..) {
                 f.free(p as *mut u8, Some(size)).unwrap();
             }
+            f.check_invariants();
+            assert!(f.flush_quick() || f.free_blocks() == 1);
             f.check_invariants();
             assert_eq!(f.free_blocks(), 1);
         }

@@ -89,6 +89,9 @@ unsafe impl Cpu for SigCpu {
         blocked(f)
     }
     const GUARDS_OPERATIONS: bool = true;
+    // One thread and its handler, every operation with the signal blocked:
+    // no two operations overlap (the fine heap then takes no lock).
+    const EXCLUSIVE_OPERATIONS: bool = true;
     fn operation<R>(&self, f: impl FnOnce() -> R) -> R {
         blocked(f)
     }

@@ -148,6 +148,14 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// As [`GlobalAlloc::realloc`](core::alloc::GlobalAlloc::realloc).
     pub unsafe fn reallocate(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if C::GUARDS_OPERATIONS {
+            if let Some(f) = self.fine_ready() {
+                let (old, align) = (layout.size(), layout.align());
+                let r = self.cpu().operation(|| {
+                    f.lock()
+                        .realloc(&self.source, p, Some(old), new_size, align)
+                });
+                return r.unwrap_or_else(|why| self.fine_refused(p, why));
+            }
             // SAFETY: forwarded from the caller.
             return self
                 .cpu()

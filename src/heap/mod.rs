@@ -467,6 +467,12 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[inline(always)]
     pub fn allocate(&self, layout: Layout) -> *mut u8 {
         if C::GUARDS_OPERATIONS {
+            if let Some(f) = self.fine_ready() {
+                let (size, align) = (layout.size(), layout.align());
+                return self
+                    .cpu()
+                    .operation(|| f.lock().alloc(&self.source, size, align));
+            }
             return self.cpu().operation(|| self.allocate_unguarded(layout));
         }
         self.allocate_unguarded(layout)
@@ -501,6 +507,14 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[inline(always)]
     pub unsafe fn deallocate(&self, p: *mut u8, layout: Layout) {
         if C::GUARDS_OPERATIONS {
+            if let Some(f) = self.fine_ready() {
+                let size = layout.size();
+                let r = self.cpu().operation(|| f.lock().free(p, Some(size)));
+                if let Err(why) = r {
+                    self.fine_refused(p, why);
+                }
+                return;
+            }
             // SAFETY: forwarded from the caller.
             return self
                 .cpu()
@@ -755,13 +769,19 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
 
     /// Gives back every CPU's cached objects and tiny block, empties the
     /// transfer caches, and releases all free pages to the source (Go's
-    /// `debug.FreeOSMemory`). Returns the bytes released by this call.
+    /// `debug.FreeOSMemory`). Returns the bytes released by this call. A
+    /// fine heap gives its quick lists back to its bins (and releases nothing).
     ///
     /// In rseq mode another CPU's cache is drained only if the kernel offers the
     /// expedited-rseq membarrier (Linux ≥ 5.10); otherwise those caches (at most
     /// [`crate::CACHE_BOUND_BYTES`] each) stay as they are.
     pub fn scavenge(&self) -> usize {
         self.guarded(|| {
+            if let Some(f) = self.fine() {
+                // Its quick lists go back to its bins; nothing goes back to the source.
+                f.lock().flush_quick();
+                return 0;
+            }
             let below = self.below();
             self.drain_caches(&below);
             let mut h = self.pages.lock();
@@ -912,7 +932,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         core::mem::forget(self.init.lock());
         // SAFETY: set once to a lock carved for ever.
         if let Some(f) = unsafe { self.fine.load(Ordering::Acquire).as_ref() } {
-            core::mem::forget(f.lock());
+            f.hold(self.cpu());
         }
         if self.slabs.get::<S>().is_some() {
             for i in 0..self.cpu().count() {
@@ -948,7 +968,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 }
             }
             if let Some(f) = self.fine.load(Ordering::Acquire).as_ref() {
-                f.force_unlock();
+                f.unhold(self.cpu());
             }
             self.init.force_unlock();
         }

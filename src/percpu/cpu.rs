@@ -72,6 +72,14 @@ pub unsafe trait Cpu: Sync {
     /// `false`, keeps the fast paths free of the call.
     const GUARDS_OPERATIONS: bool = false;
 
+    /// Whether [`Cpu::operation`] also excludes every other heap operation,
+    /// on every CPU, for the whole of its closure: one slot, and `operation`
+    /// a critical section that is a lock across cores as well (the
+    /// `critical-section` crate's contract). Only with
+    /// [`Cpu::GUARDS_OPERATIONS`]. A fine heap (a small region heap) then
+    /// takes no lock of its own. The default, `false`, claims nothing.
+    const EXCLUSIVE_OPERATIONS: bool = false;
+
     /// Runs one whole heap operation, `f` (an allocation, a free, a
     /// `realloc`, a stack, a scavenge, the statistics), if
     /// [`Cpu::GUARDS_OPERATIONS`]. A `Cpu` whose heap serves interrupt
@@ -304,6 +312,26 @@ impl Default for CriticalSectionCpu {
     }
 }
 
+/// `critical_section::with`, inlined into the heap's fast paths (an
+/// optimiser for size keeps `with` out of line: a call, and the closure's
+/// captures through memory). The guard restores the state on unwinding too.
+#[cfg(feature = "critical-section")]
+#[inline(always)]
+fn in_section<R>(f: impl FnOnce() -> R) -> R {
+    struct Section(critical_section::RestoreState);
+    impl Drop for Section {
+        #[inline(always)]
+        fn drop(&mut self) {
+            // SAFETY: the state `acquire` returned below, released once, in
+            // the reverse order of acquisition (sections nest lexically here).
+            unsafe { critical_section::release(self.0) }
+        }
+    }
+    // SAFETY: released by the guard's drop, on every path out of `f`.
+    let _section = Section(unsafe { critical_section::acquire() });
+    f()
+}
+
 // SAFETY: `held` is touched only inside a critical section (by
 // `acquire_slot`/`release_slot`, which keep one open between them).
 #[cfg(feature = "critical-section")]
@@ -320,16 +348,18 @@ unsafe impl Cpu for CriticalSectionCpu {
     }
     #[inline(always)]
     fn with_current<R>(&self, f: impl FnOnce(usize) -> R) -> R {
-        critical_section::with(|_| f(0))
+        in_section(|| f(0))
     }
     fn with_slot<R>(&self, i: usize, f: impl FnOnce() -> R) -> R {
         debug_assert_eq!(i, 0);
-        critical_section::with(|_| f())
+        in_section(f)
     }
     const GUARDS_OPERATIONS: bool = true;
+    // A critical section excludes every other one, on every core.
+    const EXCLUSIVE_OPERATIONS: bool = true;
     #[inline(always)]
     fn operation<R>(&self, f: impl FnOnce() -> R) -> R {
-        critical_section::with(|_| f())
+        in_section(f)
     }
     fn acquire_slot(&self, _i: usize) {
         // SAFETY: released by `release_slot` with the state acquired here,
@@ -384,16 +414,27 @@ mod tests {
     }
 
     /// The host's `critical-section` (its `std` implementation, a global
-    /// reentrant lock) makes the one slot exclusive across threads too.
+    /// reentrant lock) makes the one slot exclusive across threads too: for
+    /// the tiers (16 MiB) and for a fine heap (1 MiB), which then takes no
+    /// lock of its own (`EXCLUSIVE_OPERATIONS`).
     #[cfg(feature = "critical-section")]
     #[test]
     fn critical_section_cpu_heap_from_threads() {
+        // Four threads of up to 200 objects below `max` bytes each.
+        for (len, max) in [(16 << 20, 4000), (1 << 20, 1000)] {
+            critical_section_heap_from_threads(len, max);
+        }
+    }
+
+    #[cfg(feature = "critical-section")]
+    fn critical_section_heap_from_threads(len: usize, max: usize) {
         use crate::{Heap, RegionSource};
         use core::alloc::Layout;
-        let mut memory = std::vec![0u8; 16 << 20];
+        let mut memory = std::vec![0u8; len];
         // SAFETY: the region outlives the heap (declared before it).
         let source = unsafe { RegionSource::new(memory.as_mut_ptr(), memory.len()) };
         let heap = Heap::new(source, CriticalSectionCpu::new());
+        assert_eq!(heap.is_fine(), len <= crate::FINE_MAX_BYTES);
         std::thread::scope(|s| {
             for t in 0..4u8 {
                 let heap = &heap;
@@ -411,7 +452,7 @@ mod tests {
                             // SAFETY: allocated with `l`, not used afterwards.
                             unsafe { heap.deallocate(p, l) };
                         } else {
-                            let l = Layout::from_size_align(1 + rng.below(4000), 8).unwrap();
+                            let l = Layout::from_size_align(1 + rng.below(max), 8).unwrap();
                             let p = heap.allocate(l);
                             assert!(!p.is_null());
                             // SAFETY: a fresh object of `l.size()` bytes.
