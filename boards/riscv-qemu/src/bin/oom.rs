@@ -1,0 +1,7 @@
+#![no_std]
+#![no_main]
+
+#[no_mangle]
+extern "C" fn hart_main(_hart: usize) -> ! {
+    riscv_qemu::fail()
+}
