@@ -4,7 +4,7 @@
 //! says pass through the SiFive test device, 1 = fail). See `src/lib.rs`,
 //! module `riscv`.
 
-use qemu_tests::riscv::{boot, check_qemu, PASS};
+use qemu_tests::riscv::{boot, check_qemu, FAIL, PASS};
 use qemu_tests::Run;
 
 fn clean(r: &Run) -> &Run {
@@ -33,6 +33,72 @@ fn rv_boot_on_four_harts() {
         "not the last line:\n{}",
         r.log
     );
+}
+
+/// The main workload: four harts churn at once and free each other's objects
+/// through the mailbox; live objects and bytes go back to the start.
+#[test]
+fn rv_stress_four_harts_with_cross_hart_frees() {
+    let r = boot("stress", 120);
+    clean(r.expect_status(PASS))
+        .expect_line("riscv: stress on virt (riscv32imac-unknown-none-elf), 4 harts")
+        .expect_line("--- heap statistics (tieralloc) ---")
+        .expect_line("--- per-hart summary ---")
+        .expect_line("all contents intact")
+        .expect_line("stress: live bytes 0 at the start, 0 at the end")
+        .expect_line("riscv: stress ok");
+    for h in 0..4 {
+        let line = r
+            .line(&format!("hart {h} (slot {h} of LockedSlots<4>): "))
+            .unwrap_or_else(|| panic!("no summary for hart {h}; log:\n{}", r.log));
+        let ops: u64 = line
+            .split("): ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("cannot parse {line:?}"));
+        assert!(ops > 0, "{line}");
+        assert!(line.contains("remote frees"), "{line}");
+    }
+    let line = r.line("stress: 4 harts, ").unwrap();
+    let remote: u64 = line
+        .split("posted, ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse {line:?}"));
+    assert!(remote > 0, "no cross-hart frees: {line}");
+}
+
+/// Allocation until null (hart 0 alone, then all harts at once); the firmware
+/// keeps running; after the frees as much fits again.
+#[test]
+fn rv_out_of_memory_returns_null_and_recovers() {
+    let r = boot("oom", 60);
+    clean(r.expect_status(PASS))
+        .expect_line("before null")
+        .expect_line("the firmware is still running")
+        .expect_line("oom: second round of 64 KiB blocks:")
+        .expect_line("oom: all 4 harts at once: ")
+        .expect_line("riscv: oom ok");
+}
+
+/// A double free through `alloc::alloc::dealloc` panics with the address
+/// (tieralloc's `checks`: the 4 MiB heap is tiered, so only `checks` catches
+/// it) and QEMU exits with the failure status.
+#[test]
+fn rv_double_free_is_detected_under_checks() {
+    let r = boot("double_free", 30);
+    r.expect_status(FAIL)
+        .expect_line("double_free: allocated 0x")
+        .expect_line("PANIC (hart 0): ")
+        .expect_no("NOT detected");
+    let freed = r
+        .line("freeing 0x")
+        .and_then(|l| l.split("freeing ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap();
+    r.expect_line(&format!("tieralloc: double free of {freed} "));
 }
 
 /// The runner fails loudly (never skips) without qemu-system-riscv32 or the target.
