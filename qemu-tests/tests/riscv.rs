@@ -4,7 +4,7 @@
 //! says pass through the SiFive test device, 1 = fail). See `src/lib.rs`,
 //! module `riscv`.
 
-use qemu_tests::riscv::{boot, check_qemu, FAIL, PASS};
+use qemu_tests::riscv::{boot, boot_with, check_qemu, FAIL, PASS};
 use qemu_tests::Run;
 
 fn clean(r: &Run) -> &Run {
@@ -99,6 +99,43 @@ fn rv_double_free_is_detected_under_checks() {
         .and_then(|s| s.split_whitespace().next())
         .unwrap();
     r.expect_line(&format!("tieralloc: double free of {freed} "));
+}
+
+/// The number after `name ` in `line` (up to a comma, space or parenthesis).
+fn number_after(line: &str, name: &str) -> f64 {
+    line.split(&format!(" {name} "))
+        .nth(1)
+        .and_then(|s| s.split([',', ' ', '(']).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no number for {name} in {line:?}"))
+}
+
+/// The bench under `-icount shift=0` (as `make qemu-bench-riscv` runs it):
+/// tieralloc, llff, tlsf and talc on 1, 2 and 4 harts; a rate for every heap
+/// and hart count, and the 4-hart/1-hart ratios (no speed asserts).
+#[test]
+fn rv_bench() {
+    let r = boot_with("bench", &["-icount", "shift=0"], 180);
+    clean(r.expect_status(PASS))
+        .expect_line("riscv: bench on virt (riscv32imac-unknown-none-elf), 4 harts")
+        .expect_line("| heap | 1 hart | 2 harts | 4 harts | 4 harts / 1 hart |")
+        .expect_line("riscv: bench ok");
+    for k in ["1 hart:", "2 harts:", "4 harts:"] {
+        let line = r
+            .line(&format!("bench: churn 8..=256 B, 64 live per hart, {k} "))
+            .unwrap_or_else(|| panic!("no bench line for {k}; log:\n{}", r.log));
+        for h in ["tieralloc", "llff", "tlsf", "talc"] {
+            let v = number_after(line, h);
+            assert!(v > 0.0, "{h} reports {v} in {line:?}");
+        }
+        assert!(line.ends_with(')'), "no unit in {line:?}");
+    }
+    let line = r.line("bench: scaling 4 harts / 1 hart: ").unwrap();
+    for h in ["tieralloc", "llff", "tlsf", "talc"] {
+        let v = number_after(line, h);
+        assert!(v > 0.0, "{h} ratio {v} in {line:?}");
+        r.expect_line(&format!("| {h} | "));
+    }
 }
 
 /// The runner fails loudly (never skips) without qemu-system-riscv32 or the target.

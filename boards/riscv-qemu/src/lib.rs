@@ -59,6 +59,11 @@ const UART: usize = 0x1000_0000;
 const TEST_DEVICE: usize = 0x10_0000;
 /// CLINT `mtime` (64-bit, 10 MHz).
 const MTIME: usize = 0x0200_BFF8;
+/// CLINT `mtimecmp`: one 64-bit word per hart.
+const MTIMECMP: usize = 0x0200_4000;
+/// CLINT `msip`: one 32-bit word per hart; writing 1 raises the hart's
+/// software interrupt (used only to wake it from `wfi`, see [`SleepBarrier`]).
+const MSIP: usize = 0x0200_0000;
 /// `mtime` ticks per second.
 pub const MTIME_HZ: u64 = 10_000_000;
 
@@ -175,6 +180,60 @@ pub fn mtime() -> u64 {
     }
 }
 
+/// Sets the calling hart's `mtimecmp` to `ticks` from now. The timer
+/// interrupt stays disabled (`mie.MTIE` clear), so nothing happens on the
+/// hart; but under `-icount` QEMU gives each hart a slice of the
+/// instructions until the next timer deadline, so a deadline that the
+/// running harts keep pushing `ticks` ahead makes QEMU switch harts every
+/// `ticks / HARTS` or so instead of every 25 ms of guest time: the harts
+/// interleave finely, as they would run at once on hardware (see the bench).
+pub fn arm_slice_timer(ticks: u64) {
+    let at = mtime() + ticks;
+    let p = (MTIMECMP + 8 * hart_id()) as *mut u32;
+    // SAFETY: the calling hart's mtimecmp (two 32-bit halves: the high half
+    // first parks it in the far future, so it never passes through a value
+    // below `at`).
+    unsafe {
+        core::ptr::write_volatile(p.add(1), u32::MAX);
+        core::ptr::write_volatile(p, at as u32);
+        core::ptr::write_volatile(p.add(1), (at >> 32) as u32);
+    }
+}
+
+/// When non-zero, the `mtimecmp` lead that every spin of this firmware's
+/// locks keeps (see [`SliceRelax`]); 0 (the default) leaves the timer alone.
+static SLICE_TICKS: AtomicU32 = AtomicU32::new(0);
+
+/// Makes every spin of the firmware's locks ([`HartLock`], and the locks of
+/// the heaps that wait with [`SliceRelax`]) re-arm the hart's slice timer
+/// ([`arm_slice_timer`]) `ticks` ahead: a hart that spins on a lock whose
+/// holder QEMU is not running then burns one short slice, not the 25 ms
+/// QEMU gives when no deadline is near. For the bench.
+pub fn set_slice_ticks(ticks: u32) {
+    SLICE_TICKS.store(ticks, Ordering::Relaxed);
+}
+
+/// One spin of a lock wait: re-arms the slice timer if [`set_slice_ticks`] asked.
+#[inline]
+pub fn relax() {
+    let t = SLICE_TICKS.load(Ordering::Relaxed);
+    if t != 0 {
+        arm_slice_timer(t as u64);
+    }
+    core::hint::spin_loop();
+}
+
+/// A [`spin::relax::RelaxStrategy`] (the one tieralloc's `LockedSlots` and
+/// spin's mutexes take) that spins with [`relax`].
+pub struct SliceRelax;
+
+impl spin::relax::RelaxStrategy for SliceRelax {
+    #[inline]
+    fn relax() {
+        relax();
+    }
+}
+
 // ---- console ----
 
 /// A lock that the owning hart may take again (its nested takes are no-ops):
@@ -205,7 +264,7 @@ impl HartLock {
             .compare_exchange_weak(NOBODY, me, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            core::hint::spin_loop();
+            relax();
         }
         self.depth.store(1, Ordering::Relaxed);
     }
@@ -403,6 +462,18 @@ pub fn check_in() {
     ARRIVED.fetch_add(1, Ordering::AcqRel);
 }
 
+/// The global heap's region itself, for scenario `bench`, which never calls
+/// [`init_heap`] (the global heap stays empty: the bench allocates nothing
+/// through it) and gives the region to the tieralloc heaps it measures.
+///
+/// # Safety
+///
+/// Call at most once, and never in a firmware that calls [`init_heap`]: the
+/// caller owns the [`HEAP_BYTES`] bytes (512-aligned) from then on.
+pub unsafe fn take_region() -> *mut u8 {
+    addr_of_mut!(REGION).cast::<u8>()
+}
+
 /// Prints the heap statistics table.
 pub fn print_stats() {
     let st = HEAP.stats();
@@ -441,6 +512,65 @@ impl Barrier {
 }
 
 impl Default for Barrier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A reusable barrier whose waiters sleep in `wfi` instead of spinning: the
+/// last to arrive wakes every other hart with a software interrupt (CLINT
+/// `msip`). For measurements under `-icount`, where QEMU runs the harts in
+/// turn and a spinning hart would burn guest time that the others' work is
+/// measured in. The wake-up needs `mie.MSIE`, which [`SleepBarrier::wait`]
+/// sets; `mstatus.MIE` stays clear, so the interrupt only ends `wfi` and is
+/// never taken (no trap). A spurious wake-up (a stale `msip`) just makes a
+/// waiter look at the generation again.
+pub struct SleepBarrier {
+    count: AtomicUsize,
+    generation: AtomicUsize,
+}
+
+impl SleepBarrier {
+    pub const fn new() -> Self {
+        SleepBarrier {
+            count: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+        }
+    }
+
+    /// Waits until `n` harts have called `wait(n, ..)` in this generation;
+    /// the last to arrive runs `last` before it releases the others (and
+    /// returns true).
+    pub fn wait(&self, n: usize, last: impl FnOnce()) -> bool {
+        let me = hart_id();
+        // SAFETY: sets mie.MSIE so that a software interrupt ends `wfi`;
+        // mstatus.MIE stays clear, so no interrupt is ever taken.
+        unsafe { asm!("csrs mie, {0}", in(reg) 1usize << 3, options(nomem, nostack)) };
+        let g = self.generation.load(Ordering::Acquire);
+        if self.count.fetch_add(1, Ordering::AcqRel) + 1 == n {
+            last();
+            self.count.store(0, Ordering::Relaxed);
+            self.generation.store(g.wrapping_add(1), Ordering::Release);
+            for h in (0..HARTS).filter(|h| *h != me) {
+                // SAFETY: hart h's msip word in the CLINT.
+                unsafe { core::ptr::write_volatile((MSIP + 4 * h) as *mut u32, 1) };
+            }
+            return true;
+        }
+        loop {
+            // SAFETY: our own msip word: cleared before the generation is
+            // looked at, so a wake-up sent after the look keeps `wfi` from sleeping.
+            unsafe { core::ptr::write_volatile((MSIP + 4 * me) as *mut u32, 0) };
+            if self.generation.load(Ordering::Acquire) != g {
+                return false;
+            }
+            // SAFETY: waits for the software interrupt (or returns at once if it is pending).
+            unsafe { asm!("wfi", options(nomem, nostack)) };
+        }
+    }
+}
+
+impl Default for SleepBarrier {
     fn default() -> Self {
         Self::new()
     }
