@@ -40,7 +40,8 @@ BOARD := boards/x86_64-qemu
 # The Cortex-M firmware (QEMU lm3s6965evb): Cortex-M3, and the same firmware for Cortex-M0.
 CM_BOARD := boards/cortex-m-qemu
 CM_TARGETS := thumbv7m-none-eabi thumbv6m-none-eabi
-# The RISC-V firmware (QEMU riscv32 virt, four harts).
+# The RISC-V firmware (QEMU riscv32 virt, four harts; the same firmware for
+# riscv64gc-unknown-none-elf, one of EMBEDDED_TARGETS, boots on qemu-system-riscv64).
 RV_BOARD := boards/riscv-qemu
 RV_TARGET := riscv32imac-unknown-none-elf
 
@@ -140,6 +141,7 @@ test: deps
 	cd $(CM_BOARD) && $(CARGO) clippy --release --target thumbv6m-none-eabi -- -D warnings
 	cd $(RV_BOARD) && $(CARGO) clippy --release -- -D warnings
 	cd $(RV_BOARD) && $(CARGO) clippy --release --features checks -- -D warnings
+	cd $(RV_BOARD) && $(CARGO) clippy --release --target riscv64gc-unknown-none-elf -- -D warnings
 	cd benches/firmware && $(CARGO) clippy --release -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p tieralloc
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p tieralloc --features linux,x86_64,critical-section
@@ -190,7 +192,8 @@ qemu-bench-cortex-m: deps-cortex-m
 	$(if $(filter 1,$(ICOUNT)),QEMU_EXTRA_ARGS="-icount shift=0") $(CM_BOARD)/run.sh bench
 
 # The RISC-V firmware's main workload (scenario stress); other scenarios:
-# boards/riscv-qemu/run.sh boot|oom|double_free|bench.
+# boards/riscv-qemu/run.sh boot|oom|double_free|bench (TARGET=riscv64gc-unknown-none-elf
+# QEMU=qemu-system-riscv64 for RV64GC).
 run-riscv: deps-riscv
 	$(RV_BOARD)/run.sh stress
 

@@ -1,10 +1,11 @@
 //! Boots the riscv-qemu firmware (QEMU's riscv32 virt machine, four harts,
 //! tieralloc over a 4 MiB region with one per-CPU cache per hart) once per
 //! scenario and checks the UART log and QEMU's exit status (0 = the firmware
-//! says pass through the SiFive test device, 1 = fail). See `src/lib.rs`,
-//! module `riscv`.
+//! says pass through the SiFive test device, 1 = fail). The boot, stress and
+//! oom scenarios also run built for riscv64gc-unknown-none-elf on
+//! qemu-system-riscv64. See `src/lib.rs`, module `riscv`.
 
-use qemu_tests::riscv::{boot, boot_with, check_qemu, FAIL, PASS};
+use qemu_tests::riscv::{boot, boot64, boot_with, check_qemu, FAIL, PASS};
 use qemu_tests::Run;
 
 fn clean(r: &Run) -> &Run {
@@ -135,6 +136,20 @@ fn rv_bench() {
         let v = number_after(line, h);
         assert!(v > 0.0, "{h} ratio {v} in {line:?}");
         r.expect_line(&format!("| {h} | "));
+    }
+}
+
+/// The same firmware built for RV64GC boots on qemu-system-riscv64 -M virt.
+#[test]
+fn rv64_firmware_runs() {
+    for (scenario, timeout) in [("boot", 30), ("stress", 120), ("oom", 60)] {
+        let r = boot64(scenario, timeout);
+        clean(r.expect_status(PASS))
+            .expect_line(&format!(
+                "riscv: {scenario} on virt (riscv64gc-unknown-none-elf), 4 harts"
+            ))
+            .expect_line("is_fine false")
+            .expect_line(&format!("riscv: {scenario} ok"));
     }
 }
 

@@ -17,10 +17,13 @@ use riscv_qemu::{
     check, init_heap, pass, print_stats, println, wait_heap, Barrier, HARTS, HEAP, HEAP_BYTES,
 };
 
+/// A pointer's bytes (and alignment): the link at the start of every block.
+const W: usize = core::mem::size_of::<usize>();
+
 /// Allocates blocks of `size` bytes until null, each linked to the previous
 /// one through its first word and filled after it; returns the list and the count.
 fn fill(size: usize) -> (*mut u8, usize) {
-    let l = Layout::from_size_align(size, 4).unwrap();
+    let l = Layout::from_size_align(size, W).unwrap();
     let mut head: *mut u8 = ptr::null_mut();
     let mut n = 0;
     loop {
@@ -29,10 +32,10 @@ fn fill(size: usize) -> (*mut u8, usize) {
         if p.is_null() {
             break;
         }
-        // SAFETY: `p` is a fresh block of `size` >= 8 bytes, 4-aligned.
+        // SAFETY: `p` is a fresh block of `size` >= 2 * W bytes, W-aligned.
         unsafe {
             p.cast::<*mut u8>().write(head);
-            ptr::write_bytes(p.add(4), (n & 0xff) as u8, size - 4);
+            ptr::write_bytes(p.add(W), (n & 0xff) as u8, size - W);
         }
         head = p;
         n += 1;
@@ -42,13 +45,13 @@ fn fill(size: usize) -> (*mut u8, usize) {
 
 /// Checks and frees the list [`fill`] made; returns the count.
 fn free_all(mut head: *mut u8, size: usize, count: usize) -> usize {
-    let l = Layout::from_size_align(size, 4).unwrap();
+    let l = Layout::from_size_align(size, W).unwrap();
     let mut n = 0;
     while !head.is_null() {
         let i = count - 1 - n;
         // SAFETY: every block on the list is live, `size` bytes, written by `fill`.
         let next = unsafe {
-            let body = core::slice::from_raw_parts(head.add(4), size - 4);
+            let body = core::slice::from_raw_parts(head.add(W), size - W);
             check!(
                 body.iter().all(|b| *b == (i & 0xff) as u8),
                 "oom: block {} at {:p} corrupted",
@@ -118,7 +121,7 @@ extern "C" fn hart_main(hart: usize) -> ! {
         // Still running: a further request of the same size fails cleanly too,
         // and work that needs no heap goes on.
         // SAFETY: non-zero size.
-        let again = black_box(unsafe { alloc(Layout::from_size_align(size, 4).unwrap()) });
+        let again = black_box(unsafe { alloc(Layout::from_size_align(size, W).unwrap()) });
         check!(again.is_null(), "oom: a request after null succeeded");
         let mut x = 1u32;
         for i in 0..1000u32 {
