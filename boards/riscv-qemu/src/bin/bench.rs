@@ -28,6 +28,7 @@
 //! host's clock. Three rounds; the median of each is reported.
 #![no_std]
 #![no_main]
+#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::hint::black_box;

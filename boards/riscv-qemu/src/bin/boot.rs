@@ -3,6 +3,7 @@
 //! per-hart cache); hart 0 waits for the others and prints the statistics.
 #![no_std]
 #![no_main]
+#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 extern crate alloc;
 

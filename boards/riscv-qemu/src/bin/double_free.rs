@@ -4,6 +4,7 @@
 //! the end is the failure.
 #![no_std]
 #![no_main]
+#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 extern crate alloc;
 

@@ -6,6 +6,7 @@
 //! blocks until each sees null, and free them.
 #![no_std]
 #![no_main]
+#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 extern crate alloc;
 

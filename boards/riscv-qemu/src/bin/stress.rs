@@ -9,6 +9,7 @@
 //! bytes went back to what they were at the start.
 #![no_std]
 #![no_main]
+#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 extern crate alloc;
 
