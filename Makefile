@@ -1,15 +1,19 @@
 # tieralloc: build, test and benchmark entry points (CI runs `make test` via .ci/run).
 #
 #   make deps    install everything `make test` needs (Debian 12, as root); make deps-run: what `make run` needs;
-#                make deps-cortex-m: what `make run-cortex-m` needs
+#                make deps-cortex-m: what `make run-cortex-m` needs; make deps-riscv: what `make run-riscv` needs
 #   make run     boot the x86_64 kernel under QEMU (boards/x86_64-qemu): -smp 4 -m 512M, heap statistics
 #   make run-cortex-m  boot the Cortex-M firmware under QEMU's lm3s6965evb (boards/cortex-m-qemu): the main loop
 #                churns while the SysTick handler allocates, then the heap statistics
 #   make qemu-bench-cortex-m  the firmware's scenario bench: tieralloc against embedded-alloc llff/tlsf and talc over
 #                one 32 KiB region, SysTick ticks per operation, heap efficiency (ICOUNT=1: QEMU -icount shift=0)
+#   make run-riscv  boot the RISC-V firmware under qemu-system-riscv32 -M virt -smp 4 (boards/riscv-qemu): four harts
+#                churn and free each other's objects, then the heap statistics and the per-hart summary
+#   make qemu-bench-riscv  the RISC-V firmware's scenario bench: tieralloc against embedded-alloc llff/tlsf and talc
+#                on 1, 2 and 4 harts at once, operations per mtime tick and the 4-hart/1-hart ratio (-icount shift=0)
 #   make test    every test: formatting, clippy, docs and packaging, the crate (with and without checks), the no_std builds for every
 #                embedded target, the crate's tests on a 32-bit host (make test-32), the bench crate, a bench smoke run, and the QEMU
-#                scenarios of the kernel and of the Cortex-M firmware (qemu-tests)
+#                scenarios of the kernel, of the Cortex-M firmware and of the RISC-V firmware (qemu-tests)
 #   make demo    the hosted demo (examples/demo.rs: LinuxHeap as a program's global allocator)
 #   make bench   the allocator comparison (benches/); make bench-callgrind: instructions per pair;
 #                make bench-efficiency: heap efficiency over small regions against the embedded heaps
@@ -36,8 +40,12 @@ BOARD := boards/x86_64-qemu
 # The Cortex-M firmware (QEMU lm3s6965evb): Cortex-M3, and the same firmware for Cortex-M0.
 CM_BOARD := boards/cortex-m-qemu
 CM_TARGETS := thumbv7m-none-eabi thumbv6m-none-eabi
+# The RISC-V firmware (QEMU riscv32 virt, four harts; the same firmware for
+# riscv64gc-unknown-none-elf, one of EMBEDDED_TARGETS, boots on qemu-system-riscv64).
+RV_BOARD := boards/riscv-qemu
+RV_TARGET := riscv32imac-unknown-none-elf
 
-.PHONY: deps deps-run deps-cortex-m test test-32 run run-cortex-m qemu-bench-cortex-m demo bench bench-callgrind bench-efficiency bench-code-size compare compare-rss bench-c-pair
+.PHONY: deps deps-run deps-cortex-m deps-riscv test test-32 run run-cortex-m qemu-bench-cortex-m run-riscv qemu-bench-riscv demo bench bench-callgrind bench-efficiency bench-code-size compare compare-rss bench-c-pair
 
 # What `make run` needs: the kernel's Rust target and QEMU.
 deps-run:
@@ -70,10 +78,25 @@ deps-cortex-m:
 		command -v qemu-system-arm >/dev/null || { echo "make deps: qemu-system-arm still not on PATH" >&2; exit 1; }; \
 	fi
 
+# What `make run-riscv` needs: the firmware's Rust target and qemu-system-riscv32.
+deps-riscv:
+	@command -v rustup >/dev/null || { echo "make deps: rustup not found on PATH" >&2; exit 1; }
+	@if ! rustup target list --installed | grep -qx '$(RV_TARGET)'; then \
+		echo "make deps: rustup target add $(RV_TARGET)"; \
+		rustup target add $(RV_TARGET) || { echo "make deps: FAILED to add target $(RV_TARGET)" >&2; exit 1; }; \
+	fi
+	@if ! command -v qemu-system-riscv32 >/dev/null; then \
+		echo "make deps: installing qemu-system-misc"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		{ apt-get update && apt-get install -y --no-install-recommends qemu-system-misc; } \
+			|| { echo "make deps: FAILED to install qemu-system-misc" >&2; exit 1; }; \
+		command -v qemu-system-riscv32 >/dev/null || { echo "make deps: qemu-system-riscv32 still not on PATH" >&2; exit 1; }; \
+	fi
+
 # What `make test` needs besides: rustfmt and clippy, the embedded and 32-bit
-# targets (and a 32-bit libc to link against), the Cortex-M firmware's
-# targets and QEMU, and the real programs of the LD_PRELOAD tests.
-deps: deps-run deps-cortex-m
+# targets (and a 32-bit libc to link against), the Cortex-M and RISC-V
+# firmwares' targets and QEMUs, and the real programs of the LD_PRELOAD tests.
+deps: deps-run deps-cortex-m deps-riscv
 	@for t in $(EMBEDDED_TARGETS) $(HOST32_TARGET); do \
 		rustup target list --installed | grep -qx "$$t" && continue; \
 		echo "make deps: rustup target add $$t"; \
@@ -106,6 +129,7 @@ test: deps
 	$(CARGO) fmt --all -- --check
 	cd $(BOARD) && $(CARGO) fmt --all -- --check
 	cd $(CM_BOARD) && $(CARGO) fmt --all -- --check
+	cd $(RV_BOARD) && $(CARGO) fmt --all -- --check
 	cd benches/firmware && $(CARGO) fmt --all -- --check
 	$(CARGO) clippy --features linux --all-targets -- -D warnings
 	$(CARGO) clippy --features linux,checks,critical-section --all-targets -- -D warnings
@@ -115,6 +139,9 @@ test: deps
 	cd $(BOARD) && $(CARGO) clippy --release -- -D warnings
 	cd $(CM_BOARD) && $(CARGO) clippy --release --features checks -- -D warnings
 	cd $(CM_BOARD) && $(CARGO) clippy --release --target thumbv6m-none-eabi -- -D warnings
+	cd $(RV_BOARD) && $(CARGO) clippy --release -- -D warnings
+	cd $(RV_BOARD) && $(CARGO) clippy --release --features checks -- -D warnings
+	cd $(RV_BOARD) && $(CARGO) clippy --release --target riscv64gc-unknown-none-elf -- -D warnings
 	cd benches/firmware && $(CARGO) clippy --release -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p tieralloc
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p tieralloc --features linux,x86_64,critical-section
@@ -163,6 +190,20 @@ run-cortex-m: deps-cortex-m
 # (guest time from the instruction count: repeatable numbers).
 qemu-bench-cortex-m: deps-cortex-m
 	$(if $(filter 1,$(ICOUNT)),QEMU_EXTRA_ARGS="-icount shift=0") $(CM_BOARD)/run.sh bench
+
+# The RISC-V firmware's main workload (scenario stress); other scenarios:
+# boards/riscv-qemu/run.sh boot|oom|double_free|bench (TARGET=riscv64gc-unknown-none-elf
+# QEMU=qemu-system-riscv64 for RV64GC).
+run-riscv: deps-riscv
+	$(RV_BOARD)/run.sh stress
+
+# Scenario bench of the RISC-V firmware: tieralloc against embedded-alloc's
+# LlffHeap and TlsfHeap and talc, each over its own 4 MiB region, on 1, 2 and
+# 4 harts at once. Always under `-icount shift=0`: QEMU runs the harts in
+# turn and guest time counts their instructions, so a hart that spins on a
+# lock burns guest time as it would burn a core's.
+qemu-bench-riscv: deps-riscv
+	QEMU_EXTRA_ARGS="-icount shift=0" $(RV_BOARD)/run.sh bench
 
 demo:
 	$(CARGO) run --release --features linux --example demo

@@ -1,5 +1,6 @@
-//! Host-side QEMU runner for the `boards/x86_64-qemu` kernel and (module
-//! [`cortex_m`]) the `boards/cortex-m-qemu` firmware.
+//! Host-side QEMU runner for the `boards/x86_64-qemu` kernel, (module
+//! [`cortex_m`]) the `boards/cortex-m-qemu` firmware and (module [`riscv`])
+//! the `boards/riscv-qemu` firmware.
 //!
 //! [`images`] builds the kernel once per test process (three images: default,
 //! `checks`, `lla-heap`) with `cargo build --release` in the board's own
@@ -8,8 +9,9 @@
 //! killed), and returns the serial log and QEMU's exit status. The kernel ends
 //! every run through isa-debug-exit: status [`PASS`] (33) or [`FAIL`] (35).
 //!
-//! Nothing is skipped: a missing `qemu-system-x86_64` (`qemu-system-arm`), a
-//! missing `x86_64-unknown-none` (`thumbv7m-none-eabi`, `thumbv6m-none-eabi`)
+//! Nothing is skipped: a missing `qemu-system-x86_64` (`qemu-system-arm`,
+//! `qemu-system-riscv32`), a missing `x86_64-unknown-none`
+//! (`thumbv7m-none-eabi`, `thumbv6m-none-eabi`, `riscv32imac-unknown-none-elf`)
 //! target or a failed build makes every test of that board fail with a
 //! message that says what to install (`make deps`).
 
@@ -499,6 +501,182 @@ pub mod cortex_m {
         let img = image(target, scenario);
         let mut cmd = Command::new(qemu_bin());
         cmd.args(qemu_args(&img));
+        run_qemu(cmd, Duration::from_secs(timeout_s))
+    }
+}
+
+/// The RISC-V board, `boards/riscv-qemu`: M-mode firmware for QEMU's riscv32
+/// `virt` machine with four harts (`-smp 4 -m 64M -bios none`), one binary
+/// per scenario, built for `riscv32imac-unknown-none-elf` (and
+/// `riscv64gc-unknown-none-elf` for `qemu-system-riscv64`: [`riscv::boot64`]). The console is the
+/// UART (QEMU's stdout); the firmware exits through the SiFive test device:
+/// status [`riscv::PASS`] (0) or [`riscv::FAIL`] (1, also what QEMU itself
+/// exits with when it fails: the tests check the log too).
+pub mod riscv {
+    use super::*;
+
+    /// The test device's `FINISHER_PASS` (the firmware's `pass()`).
+    pub const PASS: i32 = 0;
+    /// `FINISHER_FAIL` with code 1 (the firmware's `fail()`, its panic and trap handlers).
+    pub const FAIL: i32 = 1;
+    /// The firmware's target.
+    pub const TARGET: &str = "riscv32imac-unknown-none-elf";
+    /// The same firmware for RV64GC, booted on `qemu-system-riscv64 -M virt`.
+    pub const TARGET64: &str = "riscv64gc-unknown-none-elf";
+    /// The scenarios the RV64GC build boots.
+    pub const SCENARIOS64: [&str; 3] = ["boot", "stress", "oom"];
+    /// The scenarios built without features.
+    pub const SCENARIOS: [&str; 4] = ["boot", "stress", "oom", "bench"];
+
+    /// `boards/riscv-qemu`.
+    pub fn board_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../boards/riscv-qemu")
+    }
+
+    /// The QEMU binary: `$QEMU_RISCV32` or `qemu-system-riscv32`.
+    pub fn qemu_bin() -> String {
+        std::env::var("QEMU_RISCV32").unwrap_or_else(|_| "qemu-system-riscv32".into())
+    }
+
+    /// The RV64 QEMU binary: `$QEMU_RISCV64` or `qemu-system-riscv64`.
+    pub fn qemu_bin64() -> String {
+        std::env::var("QEMU_RISCV64").unwrap_or_else(|_| "qemu-system-riscv64".into())
+    }
+
+    /// Checks that `qemu` runs; the error says what to install.
+    pub fn check_qemu(qemu: &str) -> Result<String, String> {
+        check_qemu_tool(qemu, "qemu-system-riscv32", "qemu-system-misc")
+    }
+
+    /// `cargo build --release --target T [--features F] --bin ...` in the
+    /// board crate; copies each binary to `target/images/T/NAME.elf`.
+    fn build(target: &str, features: &str, bins: &[&str]) -> Result<(), String> {
+        let dir = board_dir();
+        let mut cmd = Command::new(cargo_bin());
+        cmd.current_dir(&dir)
+            .args(["build", "--release", "--target", target]);
+        if !features.is_empty() {
+            cmd.args(["--features", features]);
+        }
+        for b in bins {
+            cmd.args(["--bin", b]);
+        }
+        for v in OUTER_CARGO_VARS {
+            cmd.env_remove(v);
+        }
+        let t = Instant::now();
+        let out = cmd
+            .output()
+            .map_err(|e| format!("cannot run cargo ({e})"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "building the firmware for {target} (features `{features}`) failed in {}:\n{}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let images = dir.join("target/images").join(target);
+        std::fs::create_dir_all(&images).map_err(|e| e.to_string())?;
+        for b in bins {
+            let built = dir.join("target").join(target).join("release").join(b);
+            let dst = images.join(format!("{b}.elf"));
+            std::fs::copy(&built, &dst)
+                .map_err(|e| format!("copy {} -> {}: {e}", built.display(), dst.display()))?;
+        }
+        eprintln!(
+            "qemu-tests: built {} for {target} (features `{features}`) in {:.1} s",
+            bins.join(", "),
+            t.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
+    /// Builds every image once per process: the scenarios, and `double_free`
+    /// with `checks`. Panics with the reason if QEMU, the target or the build
+    /// is missing.
+    fn built() -> &'static Path {
+        static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+        let r = DIR.get_or_init(|| {
+            let v = check_qemu(&qemu_bin())?;
+            eprintln!("qemu-tests: {v}");
+            check_rust_target(TARGET, &board_dir())?;
+            build(TARGET, "", &SCENARIOS)?;
+            build(TARGET, "checks", &["double_free"])?;
+            Ok(board_dir().join("target/images").join(TARGET))
+        });
+        match r {
+            Ok(d) => d,
+            Err(e) => panic!("qemu-tests (riscv) cannot run: {e}"),
+        }
+    }
+
+    /// Builds the RV64GC images once per process (`SCENARIOS64`); panics with
+    /// the reason if qemu-system-riscv64, the target or the build is missing.
+    fn built64() -> &'static Path {
+        static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+        let r = DIR.get_or_init(|| {
+            let v = check_qemu_tool(&qemu_bin64(), "qemu-system-riscv64", "qemu-system-misc")?;
+            eprintln!("qemu-tests: {v}");
+            check_rust_target(TARGET64, &board_dir())?;
+            build(TARGET64, "", &SCENARIOS64)?;
+            Ok(board_dir().join("target/images").join(TARGET64))
+        });
+        match r {
+            Ok(d) => d,
+            Err(e) => panic!("qemu-tests (riscv64) cannot run: {e}"),
+        }
+    }
+
+    /// Boots `scenario` of the RV64GC build on `qemu-system-riscv64 -M virt`
+    /// (same machine arguments), killing it after `timeout_s` seconds.
+    pub fn boot64(scenario: &str, timeout_s: u64) -> Run {
+        let img = built64().join(format!("{scenario}.elf"));
+        let mut cmd = Command::new(qemu_bin64());
+        cmd.args(qemu_args(&img, &[]));
+        run_qemu(cmd, Duration::from_secs(timeout_s))
+    }
+
+    /// The image of `scenario` (built on first use).
+    pub fn image(scenario: &str) -> PathBuf {
+        built().join(format!("{scenario}.elf"))
+    }
+
+    /// The QEMU command line for `image`, with `extra` arguments (e.g.
+    /// `["-icount", "shift=0"]`) before `-kernel`.
+    pub fn qemu_args(image: &Path, extra: &[&str]) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "-M",
+            "virt",
+            "-smp",
+            "4",
+            "-m",
+            "64M",
+            "-bios",
+            "none",
+            "-nographic",
+            "-monitor",
+            "none",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
+        a.push("-kernel".into());
+        a.push(image.display().to_string());
+        a
+    }
+
+    /// Boots `scenario` and waits for QEMU to exit, killing it after
+    /// `timeout_s` seconds.
+    pub fn boot(scenario: &str, timeout_s: u64) -> Run {
+        boot_with(scenario, &[], timeout_s)
+    }
+
+    /// [`boot`] with more QEMU arguments.
+    pub fn boot_with(scenario: &str, extra: &[&str], timeout_s: u64) -> Run {
+        let img = image(scenario);
+        let mut cmd = Command::new(qemu_bin());
+        cmd.args(qemu_args(&img, extra));
         run_qemu(cmd, Duration::from_secs(timeout_s))
     }
 }
