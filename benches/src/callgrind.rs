@@ -177,6 +177,7 @@ pub fn run(quick: bool) -> Result<String, String> {
         };
         let _ = writeln!(md, "| {} | {:.1} | {note} |", r.alloc, r.slope - base);
     }
+    let rust_pair = stat.as_ref().ok().map(|s| s.tier as i64 - s.none as i64);
     match stat {
         Ok(s) => {
             let _ = writeln!(
@@ -194,8 +195,242 @@ pub fn run(quick: bool) -> Result<String, String> {
             let _ = writeln!(md, "\nstatic count of the rseq path unavailable: {e}");
         }
     }
+    c_abi(&mut md, quick, rust_pair)?;
     println!("\n{md}");
     Ok(md)
+}
+
+// ---------------------------------------------------------------------------
+// The C ABI: libtieralloc.so and the C allocators under LD_PRELOAD.
+// ---------------------------------------------------------------------------
+
+/// The C allocators and the library each is preloaded from (`None`: glibc,
+/// nothing preloaded); `none` is the stub of `preload/bench/bump.c`.
+const C_ALLOCS: &[(&str, Option<&str>)] = &[
+    ("glibc", None),
+    (
+        "jemalloc",
+        Some("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+    ),
+    (
+        "mimalloc",
+        Some("/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"),
+    ),
+    (
+        "tcmalloc",
+        Some("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"),
+    ),
+];
+
+/// The repository's root (the bench crate's parent).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from(".."), Path::to_path_buf)
+}
+
+/// Builds `libtieralloc.so` (release) into this executable's target
+/// directory and returns its path.
+fn build_preload() -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
+    let dir = exe.parent().ok_or("executable has no directory")?;
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--release", "-p", "tieralloc-preload"]);
+    if let Some(target) = dir.parent() {
+        cmd.env("CARGO_TARGET_DIR", target);
+    }
+    println!("building libtieralloc.so: {cmd:?}");
+    let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("cargo build of tieralloc-preload failed".into());
+    }
+    let lib = dir.join("libtieralloc.so");
+    lib.exists()
+        .then_some(lib)
+        .ok_or_else(|| format!("{} not found after the build", dir.display()))
+}
+
+/// One callgrind run of `cpair 64 N 1000` with `preload` preloaded:
+/// total instructions and, per symbol of `syms`, instructions per address.
+fn c_run(
+    cpair: &Path,
+    preload: Option<&Path>,
+    n: u64,
+    syms: &[&str],
+    out: &Path,
+) -> Result<(u64, Vec<HashMap<u64, u64>>), String> {
+    let mut cmd = Command::new("valgrind");
+    cmd.args(["--tool=callgrind", "--dump-instr=yes"])
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(cpair)
+        .args(["64", &n.to_string(), "1000"])
+        .env_remove("LD_PRELOAD");
+    if let Some(p) = preload {
+        cmd.env("LD_PRELOAD", p);
+    }
+    output(&mut cmd)?;
+    let text = std::fs::read_to_string(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let _ = std::fs::remove_file(out);
+    let total = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| format!("no instruction total in {}", out.display()))?;
+    Ok((
+        total,
+        syms.iter().map(|s| parse_instr_counts(&text, s)).collect(),
+    ))
+}
+
+/// Compiles a C file with `cc -O2` and `extra` flags into `out`.
+fn cc(src: &Path, out: &Path, extra: &[&str]) -> Result<(), String> {
+    output(
+        Command::new("cc")
+            .arg("-O2")
+            .args(extra)
+            .arg("-o")
+            .arg(out)
+            .arg(src),
+    )
+    .map(|_| ())
+}
+
+/// Appends the C ABI section to `md`: dynamic counts of the C allocators'
+/// pair and the static count of libtieralloc.so's rseq path (`malloc` and
+/// `free` from entry to `ret`), against `rust_pair`, the Rust sized pair's
+/// static count.
+fn c_abi(md: &mut String, quick: bool, rust_pair: Option<i64>) -> Result<(), String> {
+    let root = repo_root();
+    let lib = build_preload()?;
+    let scratch = std::env::temp_dir().join(format!("tieralloc-bench-c-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    let cpair = scratch.join("cpair");
+    let stub = scratch.join("bump.so");
+    let r = (|| {
+        cc(&root.join("preload/bench/pair.c"), &cpair, &[])?;
+        cc(
+            &root.join("preload/bench/bump.c"),
+            &stub,
+            &["-shared", "-fPIC"],
+        )?;
+        let (n1, n2) = counts(quick);
+        let out = scratch.join("callgrind.out");
+        let slope = |preload: Option<&Path>, syms: &[&str]| -> Result<(f64, Vec<f64>), String> {
+            let (a, pa) = c_run(&cpair, preload, n1, syms, &out)?;
+            let (b, pb) = c_run(&cpair, preload, n2, syms, &out)?;
+            let per = |x: u64, y: u64| (y as f64 - x as f64) / (n2 - n1) as f64;
+            let sum = |m: &HashMap<u64, u64>| m.values().sum::<u64>();
+            let syms = pa
+                .iter()
+                .zip(&pb)
+                .map(|(x, y)| per(sum(x), sum(y)))
+                .collect();
+            Ok((per(a, b), syms))
+        };
+        // The stub: the loop, the calls and the PLT jumps, plus its own malloc and free.
+        let (none, own) = slope(Some(&stub), &["malloc", "free"])?;
+        let calls = none - own.iter().sum::<f64>();
+        println!("C stub: {none:.1} instructions per iteration, {calls:.1} of them outside malloc and free");
+        let mut rows = Vec::new();
+        for &(name, path) in C_ALLOCS {
+            if let Some(p) = path {
+                if !Path::new(p).exists() {
+                    return Err(format!("{p} missing (apt-get install -y libjemalloc2 libmimalloc2.0 libtcmalloc-minimal4)"));
+                }
+            }
+            let (x, _) = slope(path.map(Path::new), &[])?;
+            println!("C {name:<10} {:8.1} instructions per pair", x - calls);
+            rows.push((name, x - calls));
+        }
+        let (x, _) = slope(Some(&lib), &[])?;
+        println!(
+            "C tieralloc  {:8.1} instructions per pair (locked mode)",
+            x - calls
+        );
+        rows.push(("tieralloc", x - calls));
+
+        // The rseq path of libtieralloc.so, walked statically.
+        let (_, prof) = c_run(&cpair, Some(&lib), 20_000, &["malloc", "free"], &out)?;
+        let mut paths = Vec::new();
+        for (sym, counts) in ["malloc", "free"].iter().zip(prof) {
+            let (start, size) = symbol(&lib, sym)?;
+            // The profile's addresses are where valgrind loaded the library: the
+            // entry (always executed) is the lowest of the function's.
+            let lowest = counts
+                .keys()
+                .min()
+                .copied()
+                .ok_or_else(|| format!("no profile of {sym}"))?;
+            let rebased = counts
+                .into_iter()
+                .map(|(a, c)| (a - lowest + start, c))
+                .collect();
+            let mut d = Disasm {
+                bin: &lib,
+                end: start + size,
+                cache: HashMap::new(),
+                counts: rebased,
+                hot: 20_000 / 2,
+            };
+            let path = hot_path_to_ret(&mut d, start)
+                .ok_or_else(|| format!("no call-free path from {sym} to a ret"))?;
+            let mut listing = String::new();
+            for a in &path {
+                let _ = writeln!(listing, "{a:8x}  {}", d.cache[a].text);
+            }
+            if !listing.contains("fs:") {
+                return Err(format!(
+                    "the path through {sym} does not read the rseq area (fs:)"
+                ));
+            }
+            paths.push((*sym, path.len(), listing));
+        }
+        Ok((calls, rows, paths))
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    let (calls, rows, paths) = r?;
+    let _ = writeln!(
+        md,
+        "\n## The C ABI\n\nInstructions inside the allocator per `malloc(64)` + `free` pair of \
+         `preload/bench/pair.c` under `LD_PRELOAD` (callgrind, slope between the same N as above, \
+         less what the loop, the calls and the PLT jumps cost: {calls:.1} per pair, the slope with the stub \
+         allocator of `preload/bench/bump.c` less the stub's own `malloc` and `free`). \
+         libtieralloc.so is built as shipped (feature `hardened`: double frees caught).\n"
+    );
+    let _ = writeln!(
+        md,
+        "| allocator | instructions per pair | note |\n|---|---:|---|"
+    );
+    for (name, x) in &rows {
+        let note = if *name == "tieralloc" {
+            "locked mode (no rseq area under valgrind); the rseq path is counted below"
+        } else {
+            ""
+        };
+        let _ = writeln!(md, "| {name} | {x:.1} | {note} |");
+    }
+    let total: usize = paths.iter().map(|p| p.1).sum();
+    let vs = rust_pair.map_or(String::new(), |r| {
+        format!(
+            "; the Rust sized pair above, inlined in its loop, is {r}: the C pair is {} more",
+            total as i64 - r
+        )
+    });
+    let _ = writeln!(
+        md,
+        "\nlibtieralloc.so's **rseq** path, counted statically from entry to `ret` (the path where the \
+         per-CPU pop finds an object and the push finds room, the other branches as the locked run \
+         under callgrind took them): `malloc` {} + `free` {} = {total} instructions per pair{vs}.\n",
+        paths[0].1, paths[1].1
+    );
+    for (sym, _, listing) in &paths {
+        let _ = writeln!(md, "`{sym}`:\n\n```text\n{listing}```\n");
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -272,9 +507,29 @@ fn target(text: &str) -> Option<u64> {
 /// First cycle reachable from `entry` without calls, locked instructions or
 /// traps, fall-through edges first. Returns the cycle's addresses.
 fn hot_cycle(d: &mut Disasm<'_>, entry: u64) -> Option<Vec<u64>> {
-    fn walk(d: &mut Disasm<'_>, addr: u64, path: &mut Vec<u64>, budget: &mut u32) -> Option<usize> {
+    hot_walk(d, entry, false)
+}
+
+/// First path from `entry` to a `ret` without calls, locked instructions,
+/// traps or cycles, chosen as [`hot_cycle`] chooses: a function's fast path.
+/// Returns the path's addresses, the `ret` included.
+fn hot_path_to_ret(d: &mut Disasm<'_>, entry: u64) -> Option<Vec<u64>> {
+    hot_walk(d, entry, true)
+}
+
+/// The walk of [`hot_cycle`] (`to_ret` false: it ends where the path meets
+/// itself) and [`hot_path_to_ret`] (`to_ret`: it ends at a `ret`, and a
+/// path that meets itself is a dead end).
+fn hot_walk(d: &mut Disasm<'_>, entry: u64, to_ret: bool) -> Option<Vec<u64>> {
+    fn walk(
+        d: &mut Disasm<'_>,
+        addr: u64,
+        path: &mut Vec<u64>,
+        budget: &mut u32,
+        to_ret: bool,
+    ) -> Option<usize> {
         if let Some(i) = path.iter().position(|&a| a == addr) {
-            return Some(i);
+            return (!to_ret).then_some(i);
         }
         if *budget == 0 || path.len() > 600 {
             return None;
@@ -285,6 +540,10 @@ fn hot_cycle(d: &mut Disasm<'_>, entry: u64) -> Option<Vec<u64>> {
             (i.text.clone(), i.next)
         };
         let mnem = text.split_whitespace().next().unwrap_or("");
+        if to_ret && mnem.starts_with("ret") {
+            path.push(addr);
+            return Some(0);
+        }
         if text.contains("lock ")
             || mnem.starts_with("call")
             || mnem.starts_with("ret")
@@ -304,7 +563,7 @@ fn hot_cycle(d: &mut Disasm<'_>, entry: u64) -> Option<Vec<u64>> {
         succ.sort_by_key(|a| !hot(a));
         path.push(addr);
         for s in succ {
-            if let Some(i) = walk(d, s, path, budget) {
+            if let Some(i) = walk(d, s, path, budget, to_ret) {
                 return Some(i);
             }
         }
@@ -313,7 +572,7 @@ fn hot_cycle(d: &mut Disasm<'_>, entry: u64) -> Option<Vec<u64>> {
     }
     let mut path = Vec::new();
     let mut budget = 200_000;
-    let i = walk(d, entry, &mut path, &mut budget)?;
+    let i = walk(d, entry, &mut path, &mut budget, to_ret)?;
     Some(path[i..].to_vec())
 }
 
@@ -536,6 +795,50 @@ mod tests {
         d.counts.insert(0x30, 10);
         d.hot = 5;
         assert_eq!(hot_cycle(&mut d, 0x10), Some(vec![0x15, 0x18, 0x1a, 0x1d]));
+    }
+
+    #[test]
+    fn the_walk_to_ret_skips_calls_and_cycles() {
+        // entry: test; je locked; (rseq) cmp; jae abort; mov; ret; locked: call; jmp entry; abort: jmp entry
+        let prog = [
+            (0x10, "test   rdi,rdi"),
+            (0x13, "je     30 <f+0x20>"),
+            (0x15, "cmp    rax,rbx"),
+            (0x18, "jae    40 <f+0x30>"),
+            (0x1a, "mov    rax,rdi"),
+            (0x1d, "ret"),
+            (0x30, "call   100 <g>"),
+            (0x35, "jmp    10 <f>"),
+            (0x40, "jmp    10 <f>"),
+        ];
+        let mut cache = HashMap::new();
+        for (i, (a, t)) in prog.iter().enumerate() {
+            let next = prog.get(i + 1).map_or(0x42, |p| p.0);
+            cache.insert(
+                *a,
+                Insn {
+                    text: t.to_string(),
+                    next,
+                },
+            );
+        }
+        let mut d = Disasm {
+            bin: Path::new("/nonexistent"),
+            end: 0x42,
+            cache,
+            counts: HashMap::new(),
+            hot: 5,
+        };
+        let rseq = vec![0x10, 0x13, 0x15, 0x18, 0x1a, 0x1d];
+        assert_eq!(hot_path_to_ret(&mut d, 0x10), Some(rseq.clone()));
+        // The profiled (locked) run took the branch to the call: a dead end, so
+        // the walk comes back to the fall-through side; the abort side loops.
+        d.counts.insert(0x30, 10);
+        d.counts.insert(0x40, 10);
+        assert_eq!(hot_path_to_ret(&mut d, 0x10), Some(rseq));
+        // Without a ret, there is no path.
+        d.cache.get_mut(&0x1d).unwrap().text = "jmp    10 <f>".into();
+        assert_eq!(hot_path_to_ret(&mut d, 0x10), None);
     }
 
     #[test]
