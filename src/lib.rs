@@ -356,7 +356,7 @@ mod linux;
 #[doc(hidden)]
 pub mod internals;
 
-pub use heap::{BadFree, FreeSite, Heap};
+pub use heap::{BadFree, FreeSite, Heap, MALLOC_FAST_MAX};
 pub use percpu::cpu;
 #[cfg(feature = "critical-section")]
 pub use percpu::cpu::CriticalSectionCpu;

@@ -91,3 +91,38 @@ fn a_live_object_holding_a_freed_key_is_freed() {
     }
     HEAP.check_invariants();
 }
+
+#[test]
+fn the_fast_free_leaves_a_double_free_to_the_checking_path() {
+    static H: LinuxHeap = LinuxHeap::new();
+    let l = Layout::from_size_align(64, 16).unwrap();
+    // SAFETY: `p` is freed once by the fast path; the second free is the bug
+    // under test, which both paths must refuse without freeing.
+    unsafe {
+        H.deallocate(H.allocate(l), l); // set-up
+        let p = H.allocate(l);
+        assert!(!p.is_null());
+        if !H.deallocate_fast(p) {
+            assert!(!H.uses_rseq(), "the rseq fast path declined a live object");
+            H.try_deallocate_unsized(p).unwrap();
+        }
+        assert!(
+            !H.deallocate_fast(p),
+            "a double free of {p:p} taken by the fast path"
+        );
+        assert!(
+            matches!(
+                H.try_deallocate_unsized(p),
+                Err(tieralloc::BadFree::DoubleFree(_))
+            ),
+            "the checking path must report {p:p}"
+        );
+        // The heap still serves, and hands `p` out once only.
+        let a = H.allocate(l);
+        let b = H.allocate(l);
+        assert!(!a.is_null() && !b.is_null() && a != b);
+        H.deallocate(a, l);
+        H.deallocate(b, l);
+    }
+    H.check_invariants();
+}

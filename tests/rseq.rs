@@ -7,6 +7,8 @@
 //! critical sections are preempted, migrated and restarted all the time. Every
 //! object carries a pattern derived from its address and size that is checked
 //! before it is freed; objects cross threads through channels (remote frees).
+//! A third of the objects take the C ABI's paths (`Heap::allocate_fast`,
+//! `Heap::deallocate_fast`, their fallbacks), the rest the sized ones.
 
 #![cfg(all(feature = "linux", target_arch = "x86_64"))]
 
@@ -56,8 +58,41 @@ fn check(p: *mut u8, size: usize) {
     }
 }
 
+/// An object: address, size, and whether it came from the C ABI's path
+/// ([`c_malloc`]), in which case [`c_free`] frees it.
 #[derive(Clone, Copy)]
-struct Obj(usize, usize);
+struct Obj(usize, usize, bool);
+
+/// What libtieralloc.so's `malloc` does: the fast path, else an allocation
+/// aligned to 16 of at least 16 bytes.
+fn c_malloc(heap: &LinuxHeap, size: usize) -> *mut u8 {
+    let p = heap.allocate_fast(size);
+    if !p.is_null() {
+        return p;
+    }
+    heap.allocate(Layout::from_size_align(size.max(16).next_multiple_of(16), 16).unwrap())
+}
+
+/// What libtieralloc.so's `free` does: the fast path, else the checking one.
+fn c_free(heap: &LinuxHeap, p: *mut u8) {
+    // SAFETY: `p` came from `c_malloc` and is freed once.
+    unsafe {
+        if !heap.deallocate_fast(p) {
+            heap.try_deallocate_unsized(p)
+                .unwrap_or_else(|e| panic!("free of {p:p}: {e}"));
+        }
+    }
+}
+
+/// Frees `o` the way it was allocated.
+fn free_obj(heap: &LinuxHeap, o: Obj) {
+    check(o.0 as *mut u8, o.1);
+    if o.2 {
+        return c_free(heap, o.0 as *mut u8);
+    }
+    // SAFETY: allocated with this layout.
+    unsafe { heap.deallocate(o.0 as *mut u8, Layout::from_size_align(o.1, 8).unwrap()) };
+}
 // SAFETY: objects are plain memory handed between threads.
 unsafe impl Send for Obj {}
 
@@ -119,47 +154,37 @@ fn stress(heap: &'static LinuxHeap, threads: usize, ops: usize) {
                 for i in 0..ops {
                     if live.len() < 200 || r.next_u64().is_multiple_of(2) {
                         let size = size(&mut r);
-                        let l = Layout::from_size_align(size, 8).unwrap();
-                        let p = heap.allocate(l);
+                        // One in three through the C ABI's paths.
+                        let c = r.below(3) == 0;
+                        let p = if c {
+                            c_malloc(heap, size)
+                        } else {
+                            heap.allocate(Layout::from_size_align(size, 8).unwrap())
+                        };
                         assert!(!p.is_null());
+                        if c {
+                            assert_eq!(p as usize % 16, 0, "{size} B from c_malloc at {p:p}");
+                        }
                         fill(p, size);
-                        live.push(Obj(p as usize, size));
+                        live.push(Obj(p as usize, size, c));
                     } else {
                         let k = r.below(live.len());
                         let o = live.swap_remove(k);
                         if i % 3 == 0 {
                             tx.send(o).unwrap(); // freed by another thread
                         } else {
-                            check(o.0 as *mut u8, o.1);
-                            // SAFETY: allocated above with this layout.
-                            unsafe {
-                                heap.deallocate(
-                                    o.0 as *mut u8,
-                                    Layout::from_size_align(o.1, 8).unwrap(),
-                                )
-                            };
+                            free_obj(heap, o);
                         }
                     }
                     // Take some remote objects to free.
                     if i % 7 == 0 {
                         if let Ok(o) = rx.lock().unwrap().try_recv() {
-                            check(o.0 as *mut u8, o.1);
-                            // SAFETY: allocated by another worker with this layout.
-                            unsafe {
-                                heap.deallocate(
-                                    o.0 as *mut u8,
-                                    Layout::from_size_align(o.1, 8).unwrap(),
-                                )
-                            };
+                            free_obj(heap, o);
                         }
                     }
                 }
                 for o in live {
-                    check(o.0 as *mut u8, o.1);
-                    // SAFETY: as above.
-                    unsafe {
-                        heap.deallocate(o.0 as *mut u8, Layout::from_size_align(o.1, 8).unwrap())
-                    };
+                    free_obj(heap, o);
                 }
             })
         })
@@ -169,9 +194,7 @@ fn stress(heap: &'static LinuxHeap, threads: usize, ops: usize) {
     }
     drop(tx);
     for o in rx.lock().unwrap().try_iter() {
-        check(o.0 as *mut u8, o.1);
-        // SAFETY: as above.
-        unsafe { heap.deallocate(o.0 as *mut u8, Layout::from_size_align(o.1, 8).unwrap()) };
+        free_obj(heap, o);
     }
     done.store(true, Ordering::Relaxed);
     chaos.join().unwrap();

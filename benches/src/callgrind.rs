@@ -354,29 +354,17 @@ fn c_abi(md: &mut String, quick: bool, rust_pair: Option<i64>) -> Result<(), Str
         rows.push(("tieralloc", x - calls));
 
         // The rseq path of libtieralloc.so, walked statically.
-        let (_, prof) = c_run(&cpair, Some(&lib), 20_000, &["malloc", "free"], &out)?;
         let mut paths = Vec::new();
-        for (sym, counts) in ["malloc", "free"].iter().zip(prof) {
+        for sym in ["malloc", "free"] {
             let (start, size) = symbol(&lib, sym)?;
-            // The profile's addresses are where valgrind loaded the library: the
-            // entry (always executed) is the lowest of the function's.
-            let lowest = counts
-                .keys()
-                .min()
-                .copied()
-                .ok_or_else(|| format!("no profile of {sym}"))?;
-            let rebased = counts
-                .into_iter()
-                .map(|(a, c)| (a - lowest + start, c))
-                .collect();
             let mut d = Disasm {
                 bin: &lib,
                 end: start + size,
                 cache: HashMap::new(),
-                counts: rebased,
-                hot: 20_000 / 2,
+                counts: HashMap::new(),
+                hot: 1,
             };
-            let path = hot_path_to_ret(&mut d, start)
+            let path = shortest_path_to_ret(&mut d, start)
                 .ok_or_else(|| format!("no call-free path from {sym} to a ret"))?;
             let mut listing = String::new();
             for a in &path {
@@ -387,7 +375,7 @@ fn c_abi(md: &mut String, quick: bool, rust_pair: Option<i64>) -> Result<(), Str
                     "the path through {sym} does not read the rseq area (fs:)"
                 ));
             }
-            paths.push((*sym, path.len(), listing));
+            paths.push((sym, path.len(), listing));
         }
         Ok((calls, rows, paths))
     })();
@@ -422,9 +410,9 @@ fn c_abi(md: &mut String, quick: bool, rust_pair: Option<i64>) -> Result<(), Str
     });
     let _ = writeln!(
         md,
-        "\nlibtieralloc.so's **rseq** path, counted statically from entry to `ret` (the path where the \
-         per-CPU pop finds an object and the push finds room, the other branches as the locked run \
-         under callgrind took them): `malloc` {} + `free` {} = {total} instructions per pair{vs}.\n",
+        "\nlibtieralloc.so's **rseq** path, counted statically from entry to `ret` (the shortest path \
+         through the rseq section without a call: the class shares no line, the per-CPU pop finds an \
+         object and the push finds room): `malloc` {} + `free` {} = {total} instructions per pair{vs}.\n",
         paths[0].1, paths[1].1
     );
     for (sym, _, listing) in &paths {
@@ -507,29 +495,78 @@ fn target(text: &str) -> Option<u64> {
 /// First cycle reachable from `entry` without calls, locked instructions or
 /// traps, fall-through edges first. Returns the cycle's addresses.
 fn hot_cycle(d: &mut Disasm<'_>, entry: u64) -> Option<Vec<u64>> {
-    hot_walk(d, entry, false)
+    hot_walk(d, entry)
 }
 
-/// First path from `entry` to a `ret` without calls, locked instructions,
-/// traps or cycles, chosen as [`hot_cycle`] chooses: a function's fast path.
+/// The shortest path from `entry` to a `ret` through an instruction that
+/// reads the rseq area (`fs:`), without calls, locked instructions, traps or
+/// cycles: a function's rseq fast path (where the class of the request
+/// shares no line, the pop finds an object and the push finds room; a
+/// branch to an extra check, such as the owner test of the classes under a
+/// line, makes a path longer), inside the function (`entry` to `d.end`).
 /// Returns the path's addresses, the `ret` included.
-fn hot_path_to_ret(d: &mut Disasm<'_>, entry: u64) -> Option<Vec<u64>> {
-    hot_walk(d, entry, true)
-}
-
-/// The walk of [`hot_cycle`] (`to_ret` false: it ends where the path meets
-/// itself) and [`hot_path_to_ret`] (`to_ret`: it ends at a `ret`, and a
-/// path that meets itself is a dead end).
-fn hot_walk(d: &mut Disasm<'_>, entry: u64, to_ret: bool) -> Option<Vec<u64>> {
+fn shortest_path_to_ret(d: &mut Disasm<'_>, entry: u64) -> Option<Vec<u64>> {
     fn walk(
         d: &mut Disasm<'_>,
         addr: u64,
         path: &mut Vec<u64>,
+        best: &mut Option<Vec<u64>>,
         budget: &mut u32,
-        to_ret: bool,
-    ) -> Option<usize> {
+    ) {
+        // The fast path stays inside the function: the rseq sections' abort
+        // handlers and the cold paths lie outside it.
+        if addr < path.first().copied().unwrap_or(addr)
+            || addr >= d.end
+            || path.contains(&addr)
+            || *budget == 0
+            || best.as_ref().is_some_and(|b| path.len() + 1 >= b.len())
+        {
+            return;
+        }
+        *budget -= 1;
+        let Some((text, next)) = d.at(addr).map(|i| (i.text.clone(), i.next)) else {
+            return;
+        };
+        let mnem = text.split_whitespace().next().unwrap_or("");
+        if mnem.starts_with("ret") {
+            // A ret before the rseq section is a way out (a null pointer, the
+            // epilogue a slow call returns through), not the fast path.
+            if path.iter().any(|a| d.cache[a].text.contains("fs:")) {
+                path.push(addr);
+                *best = Some(path.clone());
+                path.pop();
+            }
+            return;
+        }
+        if text.contains("lock ")
+            || mnem.starts_with("call")
+            || matches!(mnem, "ud2" | "int3" | "hlt" | "syscall" | "(bad)")
+        {
+            return;
+        }
+        let succ: Vec<u64> = if mnem == "jmp" {
+            target(&text).into_iter().collect()
+        } else if mnem.starts_with('j') {
+            std::iter::once(next).chain(target(&text)).collect()
+        } else {
+            vec![next]
+        };
+        path.push(addr);
+        for s in succ {
+            walk(d, s, path, best, budget);
+        }
+        path.pop();
+    }
+    let mut best = None;
+    let mut budget = 200_000;
+    walk(d, entry, &mut Vec::new(), &mut best, &mut budget);
+    best
+}
+
+fn hot_walk(d: &mut Disasm<'_>, entry: u64) -> Option<Vec<u64>> {
+    fn walk(d: &mut Disasm<'_>, addr: u64, path: &mut Vec<u64>, budget: &mut u32) -> Option<usize> {
         if let Some(i) = path.iter().position(|&a| a == addr) {
-            return (!to_ret).then_some(i);
+            return Some(i);
         }
         if *budget == 0 || path.len() > 600 {
             return None;
@@ -540,10 +577,6 @@ fn hot_walk(d: &mut Disasm<'_>, entry: u64, to_ret: bool) -> Option<Vec<u64>> {
             (i.text.clone(), i.next)
         };
         let mnem = text.split_whitespace().next().unwrap_or("");
-        if to_ret && mnem.starts_with("ret") {
-            path.push(addr);
-            return Some(0);
-        }
         if text.contains("lock ")
             || mnem.starts_with("call")
             || mnem.starts_with("ret")
@@ -563,7 +596,7 @@ fn hot_walk(d: &mut Disasm<'_>, entry: u64, to_ret: bool) -> Option<Vec<u64>> {
         succ.sort_by_key(|a| !hot(a));
         path.push(addr);
         for s in succ {
-            if let Some(i) = walk(d, s, path, budget, to_ret) {
+            if let Some(i) = walk(d, s, path, budget) {
                 return Some(i);
             }
         }
@@ -572,7 +605,7 @@ fn hot_walk(d: &mut Disasm<'_>, entry: u64, to_ret: bool) -> Option<Vec<u64>> {
     }
     let mut path = Vec::new();
     let mut budget = 200_000;
-    let i = walk(d, entry, &mut path, &mut budget, to_ret)?;
+    let i = walk(d, entry, &mut path, &mut budget)?;
     Some(path[i..].to_vec())
 }
 
@@ -799,21 +832,24 @@ mod tests {
 
     #[test]
     fn the_walk_to_ret_skips_calls_and_cycles() {
-        // entry: test; je locked; (rseq) cmp; jae abort; mov; ret; locked: call; jmp entry; abort: jmp entry
+        // entry: test; je locked; (rseq) cmp; jae longer; mov fs:; ret;
+        // locked: call; jmp entry; longer: mov fs:; nop; jmp ret
         let prog = [
             (0x10, "test   rdi,rdi"),
             (0x13, "je     30 <f+0x20>"),
             (0x15, "cmp    rax,rbx"),
             (0x18, "jae    40 <f+0x30>"),
-            (0x1a, "mov    rax,rdi"),
+            (0x1a, "mov    eax,DWORD PTR fs:[rax+0x4]"),
             (0x1d, "ret"),
             (0x30, "call   100 <g>"),
             (0x35, "jmp    10 <f>"),
-            (0x40, "jmp    10 <f>"),
+            (0x40, "mov    ecx,DWORD PTR fs:[rax+0x8]"),
+            (0x43, "nop"),
+            (0x44, "jmp    1d <f+0xd>"),
         ];
         let mut cache = HashMap::new();
         for (i, (a, t)) in prog.iter().enumerate() {
-            let next = prog.get(i + 1).map_or(0x42, |p| p.0);
+            let next = prog.get(i + 1).map_or(0x46, |p| p.0);
             cache.insert(
                 *a,
                 Insn {
@@ -824,21 +860,27 @@ mod tests {
         }
         let mut d = Disasm {
             bin: Path::new("/nonexistent"),
-            end: 0x42,
+            end: 0x46,
             cache,
             counts: HashMap::new(),
             hot: 5,
         };
         let rseq = vec![0x10, 0x13, 0x15, 0x18, 0x1a, 0x1d];
-        assert_eq!(hot_path_to_ret(&mut d, 0x10), Some(rseq.clone()));
-        // The profiled (locked) run took the branch to the call: a dead end, so
-        // the walk comes back to the fall-through side; the abort side loops.
-        d.counts.insert(0x30, 10);
-        d.counts.insert(0x40, 10);
-        assert_eq!(hot_path_to_ret(&mut d, 0x10), Some(rseq));
+        assert_eq!(shortest_path_to_ret(&mut d, 0x10), Some(rseq.clone()));
+        // The branch to the call is a dead end; without the short side, the
+        // longer rseq path is the one.
+        d.cache.get_mut(&0x1a).unwrap().text = "jmp    40 <f+0x30>".into();
+        assert_eq!(
+            shortest_path_to_ret(&mut d, 0x10),
+            Some(vec![0x10, 0x13, 0x15, 0x18, 0x40, 0x43, 0x44, 0x1d])
+        );
+        d.cache.get_mut(&0x1a).unwrap().text = "mov    eax,DWORD PTR fs:[rax+0x4]".into();
+        // A ret before the rseq section is a way out, not the path.
+        d.cache.get_mut(&0x13).unwrap().text = "je     1d <f+0xd>".into();
+        assert_eq!(shortest_path_to_ret(&mut d, 0x10), Some(rseq));
         // Without a ret, there is no path.
         d.cache.get_mut(&0x1d).unwrap().text = "jmp    10 <f>".into();
-        assert_eq!(hot_path_to_ret(&mut d, 0x10), None);
+        assert_eq!(shortest_path_to_ret(&mut d, 0x10), None);
     }
 
     #[test]

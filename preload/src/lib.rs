@@ -6,8 +6,8 @@
 //!
 //! | function | semantics (glibc's) |
 //! | --- | --- |
-//! | `malloc(n)` | 16-byte aligned (`max_align_t`); `malloc(0)` is a unique pointer; ENOMEM + NULL on failure |
-//! | `free(p)` | unsized: the span is found through the page map; NULL is a no-op; a pointer this heap never returned aborts with its address, and so does a double free (`tieralloc: double free of 0x…`, feature `hardened` of the core) |
+//! | `malloc(n)` | 16-byte aligned (`max_align_t`); `malloc(0)` is a unique pointer; ENOMEM + NULL on failure; up to 1 KiB, once set up, first [`Heap::allocate_fast`](core_alloc::Heap::allocate_fast) (rseq mode: a pop with no call) |
+//! | `free(p)` | unsized: the span is found through the page map, first by [`Heap::deallocate_fast`](core_alloc::Heap::deallocate_fast) (rseq mode: one lookup, the checks, the key, a push), which leaves anything it cannot prove live to the checking path; NULL is a no-op; a pointer this heap never returned aborts with its address, and so does a double free (`tieralloc: double free of 0x…`, feature `hardened` of the core) |
 //! | `calloc(n, m)` | overflow of `n * m` fails with ENOMEM; fresh large spans are not rewritten |
 //! | `realloc(p, n)` | `realloc(NULL, n)` = `malloc(n)`; `realloc(p, 0)` frees `p` and returns NULL; on failure `p` is untouched; a small object shrinks in place while it would use at least half its slot; growth goes through the core's unsized `realloc` (past 16 KiB the buffer gets a span of its own and grows in place when the pages after it are free) |
 //! | `reallocarray(p, n, m)` | `realloc` with an overflow check |
@@ -431,6 +431,19 @@ extern "C" fn fork_child() {
 /// C's `malloc`.
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
+    if SETUP.load(Ordering::Relaxed) == SET_UP {
+        let p = HEAP.allocate_fast(size);
+        if !p.is_null() {
+            return p.cast();
+        }
+    }
+    malloc_slow(size)
+}
+
+/// `malloc` past its fast path: the set-up, sizes over 1 KiB or zero, a
+/// refill, the locked mode.
+#[inline(never)]
+fn malloc_slow(size: usize) -> *mut c_void {
     alloc_layout(plain_layout(size))
 }
 
@@ -443,6 +456,17 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
     }
     // SAFETY: the caller's pointer (a live one is not used afterwards); the
     // C ABI never makes tiny objects.
+    if unsafe { HEAP.deallocate_fast(p.cast()) } {
+        return;
+    }
+    free_slow(p)
+}
+
+/// `free` past its fast path: large objects, the locked mode, and every
+/// pointer that needs a report.
+#[inline(never)]
+fn free_slow(p: *mut c_void) {
+    // SAFETY: as in `free`.
     if let Err(e) = unsafe { HEAP.try_deallocate_unsized(p.cast()) } {
         bad_free("free", p, e);
     }

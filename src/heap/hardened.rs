@@ -155,6 +155,26 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         Ok(())
     }
 
+    /// [`Heap::mark_free`] for a fast path: writes the key and returns true
+    /// unless the word is suspect, when it changes nothing and returns false
+    /// (the caller then frees `p` through the checking path).
+    ///
+    /// # Safety
+    /// As [`Heap::mark_free`].
+    #[inline(always)]
+    pub(super) unsafe fn mark_free_unless_suspect(&self, p: *mut u8) -> bool {
+        let k = self.key.of(p);
+        // SAFETY: as the caller promises.
+        let w = unsafe { key_word(p) };
+        // SAFETY: as above.
+        if suspect(unsafe { w.read() } ^ k) {
+            return false;
+        }
+        // SAFETY: as above.
+        unsafe { w.write(k) };
+        true
+    }
+
     /// `realloc`'s check of `p`, an object of class `c`: as
     /// [`Heap::mark_free`], without writing.
     ///

@@ -22,6 +22,7 @@ mod fine;
 mod hardened;
 mod large;
 mod small;
+pub use small::MALLOC_FAST_MAX;
 mod stacks;
 mod state;
 mod stats;

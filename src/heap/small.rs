@@ -14,7 +14,7 @@
 //! Lock order: the CPU slot is never held while `central[c]` is taken, except
 //! by a drain (`Caches::drain`), which holds the slot of the CPU it drains.
 
-use core::ptr::null_mut;
+use core::ptr::{null_mut, NonNull};
 
 use crate::central::REMOTE_MAX;
 #[cfg(feature = "checks")]
@@ -26,6 +26,10 @@ use crate::span::SpanState;
 use crate::units::{Addr, Owner};
 
 use super::Heap;
+
+/// The largest request [`Heap::allocate_fast`] serves: the end of the
+/// one-load size lookup (1 KiB).
+pub const MALLOC_FAST_MAX: usize = crate::sizeclass::SIZE_TO_CLASS8_MAX;
 
 impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// The rseq fast path: one load of the descriptor, one section; anything
@@ -47,6 +51,104 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             }
         }
         self.alloc_small_slow(c)
+    }
+
+    /// The C ABI's `malloc` fast path: an object of at least `size` bytes
+    /// (`1..=`[`MALLOC_FAST_MAX`]), aligned to 16, popped from this CPU's
+    /// cache with no lock and no call, or null when more is needed (rseq
+    /// mode off or not yet set up, an empty stack, the decay's tick, a size
+    /// out of range, a region heap, a `Cpu` that guards operations, feature
+    /// `checks`), in which case the caller allocates the usual way
+    /// ([`Heap::allocate`] with alignment 16). Never a tiny object, so an
+    /// unsized free of the result needs no tiny-block check.
+    ///
+    /// The class is the one of `(size - 1) | 15`: the smallest class of at
+    /// least `size` rounded up to 16 (class sizes are multiples of 8, so none
+    /// lies between), whose size is a multiple of 16 (checked in the tests
+    /// for every size), as [`Heap::allocate`] would choose.
+    #[inline(always)]
+    pub fn allocate_fast(&self, size: usize) -> *mut u8 {
+        if S::SMALL_ARENAS || C::GUARDS_OPERATIONS || cfg!(feature = "checks") {
+            return null_mut();
+        }
+        if size.wrapping_sub(1) >= MALLOC_FAST_MAX {
+            return null_mut();
+        }
+        let Some(f) = self.slabs.fast() else {
+            return null_mut();
+        };
+        let c = S::GEOMETRY.size_to_class_small((size - 1) | 15);
+        let (p, tick) = f.pop(c);
+        if p.is_null() {
+            return p;
+        }
+        // SAFETY: an object of class `c`, ours now.
+        #[cfg(feature = "hardened")]
+        unsafe {
+            super::hardened::clear_key(p)
+        };
+        if S::CLOCK && tick {
+            // SAFETY: not null (tested above).
+            return self
+                .tick_then(unsafe { NonNull::new_unchecked(p) })
+                .as_ptr();
+        }
+        p
+    }
+
+    /// The C ABI's `free` fast path: frees `p` and returns true, or returns
+    /// false, having changed nothing, when more is needed — whatever
+    /// [`Heap::allocate_fast`] leaves to the usual way, a large object, and
+    /// anything that is not plainly a live object of a class (a foreign or
+    /// interior pointer, a slot free in its span, a suspect key under
+    /// `hardened`) — in which case the caller frees `p` with
+    /// [`Heap::try_deallocate_unsized`], which reports. One page-map lookup
+    /// for the span, its class and, for the classes under a line, its owner.
+    ///
+    /// # Safety
+    /// As [`Heap::try_deallocate_unsized`].
+    #[inline(always)]
+    pub unsafe fn deallocate_fast(&self, p: *mut u8) -> bool {
+        if S::SMALL_ARENAS || C::GUARDS_OPERATIONS || cfg!(feature = "checks") {
+            return false;
+        }
+        let Some(f) = self.slabs.fast() else {
+            return false;
+        };
+        let a = Addr::of(p);
+        // SAFETY: non-null page-map entries are live spans.
+        let Some(span) = (unsafe { self.map.lookup::<S>(a).as_ref() }) else {
+            return false;
+        };
+        if span.state != SpanState::Small {
+            return false;
+        }
+        let (idx, exact) = span.index_of(a);
+        if !exact || idx >= span.nelems as usize || !span.is_allocated_unlocked(idx) {
+            return false;
+        }
+        let c = span.class;
+        // SAFETY: `p` starts a handed-out object of class `c`, the caller's.
+        #[cfg(feature = "hardened")]
+        if !unsafe { self.mark_free_unless_suspect(p) } {
+            return false;
+        }
+        if S::GEOMETRY.shares_lines(c) && span.owner.load().is_other_than(Owner::cpu(f.cpu())) {
+            self.free_remote(p, c);
+        } else if !f.push(c, p) {
+            self.free_small_slow(p, c);
+        }
+        true
+    }
+
+    /// The decay's poll, then `p`: out of line, so that [`Heap::allocate_fast`]
+    /// calls nothing on its path (and, `p` being known non-null, a caller's
+    /// test of the result folds away, which leaves the call in tail position).
+    #[cold]
+    #[inline(never)]
+    fn tick_then(&self, p: NonNull<u8>) -> NonNull<u8> {
+        self.decay_tick(true);
+        p
     }
 
     #[cfg_attr(rseq, inline(never))]
