@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The C benchmark shapes of preload/bench/ (simple, larson, paretoalloc,
 # rptest, xmalloc) under glibc, jemalloc, mimalloc, tcmalloc and tieralloc:
-# wall time and peak RSS (/usr/bin/time), median of N runs, as a Markdown
-# table with tieralloc's time over mimalloc's and over jemalloc's and a
-# geometric-mean row.
+# wall time and peak RSS, median of N runs, as a Markdown table with
+# tieralloc's time over mimalloc's and over jemalloc's and a geometric-mean
+# row. Peak RSS is /usr/bin/time's %M; the wall time is taken around the
+# same /usr/bin/time command to the microsecond (its own %e has 10 ms steps,
+# too coarse for the 0.05-0.2 s runs of the fastest allocators).
 #
 #   preload/cbench.sh [-n RUNS] [-o OUT.md] [-q]
 #
@@ -25,6 +27,7 @@
 # line with a positive ops count. Needs: cc, /usr/bin/time (Debian `time`),
 # libjemalloc2, libmimalloc2.0, libtcmalloc-minimal4.
 set -euo pipefail
+export LC_ALL=C # a '.' in EPOCHREALTIME and in the programs' numbers
 
 RUNS=5
 RUNS_SET=
@@ -35,11 +38,11 @@ while getopts "n:o:qh" opt; do
     n) RUNS=$OPTARG RUNS_SET=1 ;;
     o) OUT=$OPTARG ;;
     q) QUICK=1 ;;
-    *) sed -n '2,27p' "$0"; exit 2 ;;
+    *) sed -n '2,28p' "$0"; exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
-(($# == 0)) || { sed -n '2,27p' "$0"; exit 2; }
+(($# == 0)) || { sed -n '2,28p' "$0"; exit 2; }
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "cbench.sh: -n $RUNS: expected a positive number" >&2; exit 2; }
 [[ -n $QUICK && -z $RUNS_SET ]] && RUNS=1
 
@@ -125,7 +128,7 @@ if selected rptest; then
 fi
 if selected xmalloc; then
     for p in $(one_and "$pairs"); do
-        add "xmalloc-$p" "xmalloc, $p+$p threads" "xmalloc -p $p -n 3000000" "xmalloc -p $p -n 20000"
+        add "xmalloc-$p" "xmalloc, $p+$p threads" "xmalloc -p $p -n 4000000" "xmalloc -p $p -n 20000"
     done
 fi
 
@@ -137,8 +140,10 @@ run() {
     args[0]=$work/${args[0]}
     local -a pre=(env -u LD_PRELOAD)
     [[ -n ${lib[$alloc]} ]] && pre=(env LD_PRELOAD="${lib[$alloc]}")
-    local rc=0
-    /usr/bin/time -f '%e %M' -o "$out.time" "${pre[@]}" "${args[@]}" </dev/null >"$out.out" 2>"$out.err" || rc=$?
+    local rc=0 t0 t1
+    t0=$EPOCHREALTIME
+    /usr/bin/time -f '%M' -o "$out.time" "${pre[@]}" "${args[@]}" </dev/null >"$out.out" 2>"$out.err" || rc=$?
+    t1=$EPOCHREALTIME
     if ((rc != 0)) || grep -q "cannot be preloaded" "$out.err"; then
         cat "$out.out" >&2
         cat "$out.err" >&2
@@ -155,7 +160,7 @@ run() {
         sed -n 's/.* free=\([^ ]*\).*/\1/p' <<<"$result" >"$work/free.$alloc"
     fi
     # The last line of the -o file is ours (a non-zero exit adds one before it).
-    tail -1 "$out.time" >>"$work/$row.$alloc"
+    awk -v a="$t0" -v b="$t1" -v m="$(tail -1 "$out.time")" 'BEGIN { printf "%.4f %s\n", b - a, m }' >>"$work/$row.$alloc"
     echo "  ${cmd[$row]} / $alloc run $i: $(tail -1 "$work/$row.$alloc") (${result##* ops_per_s=} ops/s)" >&2
 }
 
@@ -191,21 +196,21 @@ median() { awk -v c="$2" '{ print $c }' "$1" | sort -g | awk '{ v[NR] = $1 } END
         {
             split($2, v, " ")
             printf "| %s |", $1
-            for (j = 1; j <= 5; j++) { printf " %.2f |", v[j]; lw[j] += log(v[j] > 0 ? v[j] : 0.005) }
+            for (j = 1; j <= 5; j++) { printf " %.3f |", v[j]; lw[j] += log(v[j]) }
             for (j = 6; j <= 10; j++) { printf " %.1f |", v[j] / 1024; lr[j] += log(v[j] / 1024) }
-            # tieralloc is column 5, jemalloc 2, mimalloc 3; 0.00 s counts as 0.005 s.
-            t = v[5] > 0 ? v[5] : 0.005; m = v[3] > 0 ? v[3] : 0.005; je = v[2] > 0 ? v[2] : 0.005
+            # tieralloc is column 5, jemalloc 2, mimalloc 3.
+            t = v[5]; m = v[3]; je = v[2]
             printf " %.2f | %.2f |\n", t / m, t / je
             lm += log(t / m); lj += log(t / je); n++
         }
         END {
             printf "| **geometric mean** |"
-            for (j = 1; j <= 5; j++) printf " %.2f |", exp(lw[j] / n)
+            for (j = 1; j <= 5; j++) printf " %.3f |", exp(lw[j] / n)
             for (j = 6; j <= 10; j++) printf " %.1f |", exp(lr[j] / n)
             printf " **%.2f** | **%.2f** |\n", exp(lm / n), exp(lj / n)
         }'
     echo
-    echo "Median of $RUNS runs: wall seconds and peak RSS (/usr/bin/time); ratios below 1: tieralloc is faster."
+    echo "Median of $RUNS runs: wall seconds (process start to exit) and peak RSS (/usr/bin/time); ratios below 1: tieralloc is faster."
     if [[ -f $work/free.tieralloc ]]; then
         printf 'larson -s freed with:'
         for a in "${allocs[@]}"; do printf ' %s %s;' "$a" "$(cat "$work/free.$a")"; done

@@ -143,10 +143,12 @@ static inline void cb_check(const struct cb_obj *o) {
     memcpy(&head, o->p, 8);
     if (o->size >= 16)
         memcpy(&end, (char *)o->p + o->size - 8, 8);
-    if (head != o->tag || end != ~o->tag)
-        cb_die("object %p of %zu bytes overwritten: tag %#llx, end %#llx, expected %#llx and %#llx",
-               o->p, o->size, (unsigned long long)head, (unsigned long long)end,
-               (unsigned long long)o->tag, (unsigned long long)~o->tag);
+    if (head != o->tag)
+        cb_die("object %p of %zu bytes overwritten: first word %#llx, expected the tag %#llx", o->p, o->size,
+               (unsigned long long)head, (unsigned long long)o->tag);
+    if (end != ~o->tag)
+        cb_die("object %p of %zu bytes overwritten: last word %#llx, expected %#llx (the tag %#llx inverted)", o->p,
+               o->size, (unsigned long long)end, (unsigned long long)~o->tag, (unsigned long long)o->tag);
 }
 
 // Checks the object's tag, then frees it.

@@ -8,7 +8,7 @@
 //   xmalloc [-p PAIRS] [-n OBJECTS] [-m MIN] [-M MAX] [-S SEED]
 //
 //   -p  producer/consumer pairs: 2 x PAIRS threads (default: half the online CPUs, at least 1)
-//   -n  objects per producer (default 3000000)
+//   -n  objects per producer (default 4000000)
 //   -m  -M  object sizes (default 8..512 bytes)
 //   -S  seed (default 1)
 #define SHAPE "xmalloc"
@@ -17,7 +17,7 @@
 #define RING_BATCHES 64
 
 static int pairs;
-static long long objects = 3000000;
+static long long objects = 4000000;
 static size_t min_size = 8, max_size = 512;
 static uint64_t seed = 1;
 static pthread_barrier_t go;
