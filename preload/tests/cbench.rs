@@ -6,7 +6,9 @@
 //! (`free_sized`, which tieralloc exports). Every program checks the tag of
 //! each object before freeing it and exits non-zero on a mismatch or a NULL;
 //! here each run must exit 0 and print its result line with the thread count
-//! and a positive ops count. `cbench_script_quick` runs `preload/cbench.sh -q`
+//! and a positive ops count; under `tests/c/reissue.c`, a shim that hands out a
+//! live object a second time, each must exit 1 naming the overwritten object.
+//! `cbench_script_quick` runs `preload/cbench.sh -q`
 //! (every shape under all five allocators, tiny parameters) and checks its
 //! table. Needs `cc`; the script also needs Debian's `time libjemalloc2
 //! libmimalloc2.0 libtcmalloc-minimal4`. A missing tool fails the test, it
@@ -17,7 +19,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{compile_bench, lib, manifest_dir, require, run};
+use common::{compile_bench, lib, manifest_dir, out_dir, require, run};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -112,6 +114,47 @@ fn rptest() {
 fn xmalloc() {
     for (pairs, threads) in [("1", 2), ("2", 4)] {
         shape("xmalloc", &["-p", pairs, "-n", "1000000"], threads);
+    }
+}
+
+/// The tags catch an allocator that hands out a live object again: each
+/// shape, under `tests/c/reissue.c` (over glibc's malloc), exits 1 with the
+/// object's address and what overwrote its tag.
+#[test]
+fn a_live_object_handed_out_twice_is_caught() {
+    require("cc", "gcc");
+    let src = manifest_dir().join("tests/c/reissue.c");
+    let so = out_dir().join("reissue.so");
+    let out = Command::new("cc")
+        .args(["-O2", "-Wall", "-shared", "-fPIC", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .arg("-ldl")
+        .output()
+        .expect("run cc");
+    assert!(
+        out.status.success(),
+        "cc {} failed:\n{}",
+        src.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (name, args) in [
+        ("simple", &["-t", "1", "-n", "1000"][..]),
+        ("larson", &["-t", "1", "-r", "2"]),
+        ("paretoalloc", &["-t", "1", "-w", "8000", "-n", "20000"]),
+        ("rptest", &["-t", "1", "-w", "8000", "-i", "10"]),
+        ("xmalloc", &["-p", "1", "-n", "20000"]),
+    ] {
+        let mut cmd = Command::new(compile_bench(name));
+        cmd.args(args);
+        let r = run(cmd, Some(&so), LIMIT);
+        assert_eq!(r.code, Some(1), "{name} {args:?}: {}", r.describe());
+        assert!(
+            r.stderr.starts_with(&format!("{name}: object 0x"))
+                && r.stderr.contains(" overwritten: "),
+            "{name} {args:?}: {}",
+            r.describe()
+        );
     }
 }
 
