@@ -246,6 +246,6 @@ bench-c-pair: deps
 
 # The C benchmark shapes of preload/bench/ (simple, larson with and without
 # free_sized, paretoalloc, rptest, xmalloc) under glibc, jemalloc, mimalloc,
-# tcmalloc and tieralloc: median wall time and peak RSS of 5 runs (about 3 minutes).
+# tcmalloc and tieralloc: median wall time and peak RSS of 5 runs (about 2.5 minutes).
 bench-c: deps
 	preload/cbench.sh
