@@ -20,6 +20,7 @@
 #                make bench-code-size: flash and static RAM of a minimal firmware per heap
 #   make compare real programs under LD_PRELOAD with each allocator (preload/compare.sh);
 #                make compare-rss: the resident set they end at (preload/rss.sh; needs nodejs too)
+#                make bench-c: the C benchmark shapes (larson, xmalloc, ...) under each allocator (preload/cbench.sh)
 #   make qemu-X  boot the kernel with scenario X (boot, main, many_boxes, stress, oom, scavenge, guard, bench)
 
 SHELL := /bin/bash
@@ -45,7 +46,7 @@ CM_TARGETS := thumbv7m-none-eabi thumbv6m-none-eabi
 RV_BOARD := boards/riscv-qemu
 RV_TARGET := riscv32imac-unknown-none-elf
 
-.PHONY: deps deps-run deps-cortex-m deps-riscv test test-32 run run-cortex-m qemu-bench-cortex-m run-riscv qemu-bench-riscv demo bench bench-callgrind bench-efficiency bench-code-size compare compare-rss bench-c-pair
+.PHONY: deps deps-run deps-cortex-m deps-riscv test test-32 run run-cortex-m qemu-bench-cortex-m run-riscv qemu-bench-riscv demo bench bench-callgrind bench-efficiency bench-code-size compare compare-rss bench-c-pair bench-c
 
 # What `make run` needs: the kernel's Rust target and QEMU.
 deps-run:
@@ -242,3 +243,9 @@ compare-rss: deps
 # libtieralloc.so with and without `hardened`, and glibc (about 2 minutes).
 bench-c-pair: deps
 	preload/pair.sh
+
+# The C benchmark shapes of preload/bench/ (simple, larson with and without
+# free_sized, paretoalloc, rptest, xmalloc) under glibc, jemalloc, mimalloc,
+# tcmalloc and tieralloc: median wall time and peak RSS of 5 runs (about 2.5 minutes).
+bench-c: deps
+	preload/cbench.sh

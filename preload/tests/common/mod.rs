@@ -1,6 +1,7 @@
-//! Shared by the test programs (`programs.rs`, `options.rs`): the library
-//! under test, compiling the C programs, running a program under
-//! `LD_PRELOAD` with a time limit. Each test crate uses part of it.
+//! Shared by the test programs (`programs.rs`, `options.rs`, `aslimit.rs`,
+//! `cbench.rs`): the library under test, compiling the C programs and the
+//! benchmark shapes, running a program under `LD_PRELOAD` with a time limit.
+//! Each test crate uses part of it.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -72,19 +73,42 @@ pub fn require(path: &str, package: &str) {
 /// Compiles `tests/c/<name>.c` into the test output dir, once per test run
 /// (tests run in parallel and share programs).
 pub fn compile(name: &str) -> PathBuf {
+    build(
+        "tests/c",
+        name,
+        &["-O2", "-g", "-fno-builtin", "-Wall", "-pthread"],
+        &["-ldl"],
+    )
+}
+
+/// Compiles the benchmark shape `bench/<name>.c` (with `bench/cbench.h`) as
+/// `preload/cbench.sh` does, into the test output dir, once per test run.
+pub fn compile_bench(name: &str) -> PathBuf {
+    build("bench", name, &["-O2", "-g", "-Wall", "-pthread"], &["-lm"])
+}
+
+/// `cc FLAGS -o OUT/<dir's last part>-<name> DIR/<name>.c LIBS`, once per
+/// (dir, name) and test run.
+fn build(dir: &str, name: &str, flags: &[&str], libs: &[&str]) -> PathBuf {
     static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
+    let key = format!("{dir}/{name}");
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(exe) = built.get(name) {
+    if let Some(exe) = built.get(&key) {
         return exe.clone();
     }
     require("cc", "gcc");
-    let src = manifest_dir().join("tests/c").join(format!("{name}.c"));
-    let exe = out_dir().join(name);
+    let src = manifest_dir().join(dir).join(format!("{name}.c"));
+    let exe = if dir == "tests/c" {
+        out_dir().join(name)
+    } else {
+        out_dir().join(format!("{}-{name}", dir.replace('/', "-")))
+    };
     let out = Command::new("cc")
-        .args(["-O2", "-g", "-fno-builtin", "-Wall", "-pthread", "-o"])
+        .args(flags)
+        .arg("-o")
         .arg(&exe)
         .arg(&src)
-        .arg("-ldl")
+        .args(libs)
         .output()
         .expect("run cc");
     assert!(
@@ -93,7 +117,7 @@ pub fn compile(name: &str) -> PathBuf {
         src.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    built.insert(name.to_string(), exe.clone());
+    built.insert(key, exe.clone());
     exe
 }
 
