@@ -109,6 +109,20 @@ fn the_fast_free_declines_what_it_cannot_prove() {
             h.try_deallocate_unsized(p).unwrap();
         }
 
+        // A sized free: a size the slot holds is freed, a larger one declined.
+        let q = h.allocate(layout16(100));
+        q.write_bytes(9, 100);
+        assert!(
+            !h.deallocate_fast_sized(q, 113),
+            "113 B freed from a 112 B slot"
+        );
+        assert_eq!(h.try_usable_size(q), Some(112));
+        assert!(std::slice::from_raw_parts(q, 100).iter().all(|&b| b == 9));
+        if !h.deallocate_fast_sized(q, 112) {
+            assert!(!fast(), "the sized fast free declined a live object");
+            h.try_deallocate_unsized(q).unwrap();
+        }
+
         // A foreign pointer (the stack).
         let mut local = [0u64; 8];
         let f = local.as_mut_ptr().cast::<u8>();

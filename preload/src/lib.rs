@@ -16,7 +16,7 @@
 //! | `memalign(a, n)` | glibc: `a` below 16 means 16, a non-power of two rounds up, `a > SIZE_MAX/2 + 1` is EINVAL |
 //! | `valloc(n)` / `pvalloc(n)` | page aligned; `pvalloc` rounds the size up to whole pages |
 //! | `malloc_usable_size(p)` | the object's slot size (class size, or the large span's bytes); 0 for NULL or a foreign pointer |
-//! | `free_sized(p, n)` / `free_aligned_sized(p, a, n)` | C23; the size is only checked against the slot (larger aborts), the free is unsized |
+//! | `free_sized(p, n)` / `free_aligned_sized(p, a, n)` | C23; the size is only checked against the slot (larger aborts), the free is unsized; `free_sized` first tries [`Heap::deallocate_fast_sized`](core_alloc::Heap::deallocate_fast_sized), which checks the size against the slot it finds |
 //! | `malloc_trim(pad)` | [`Heap::scavenge`](core_alloc::Heap::scavenge): 1 if memory went back to the OS |
 //! | `mallinfo2()` / `mallinfo()` | from [`Heap::stats`](core_alloc::Heap::stats) |
 //! | `malloc_stats()` | glibc's lines on stderr (`system bytes`, `in use bytes`), then the [`Stats`](core_alloc::Stats) table |
@@ -636,6 +636,16 @@ pub unsafe extern "C" fn free_sized(p: *mut c_void, size: usize) {
     if p.is_null() {
         return;
     }
+    // SAFETY: as in `free`.
+    if unsafe { HEAP.deallocate_fast_sized(p.cast(), size) } {
+        return;
+    }
+    free_sized_slow(p, size)
+}
+
+/// `free_sized` past its fast path, which reports a wrong size.
+#[inline(never)]
+fn free_sized_slow(p: *mut c_void, size: usize) {
     let usable = checked_usable("free_sized", p);
     if size > usable {
         invalid_pointer(

@@ -109,6 +109,30 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// As [`Heap::try_deallocate_unsized`].
     #[inline(always)]
     pub unsafe fn deallocate_fast(&self, p: *mut u8) -> bool {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.deallocate_fast_holding(p, 0) }
+    }
+
+    /// C23's `free_sized(p, size)` fast path: as [`Heap::deallocate_fast`],
+    /// and it also declines when `p`'s slot is smaller than `size` (a wrong
+    /// size, which the checking path reports), so a sized free makes the one
+    /// page-map lookup that an unsized one makes.
+    ///
+    /// # Safety
+    /// As [`Heap::try_deallocate_unsized`].
+    #[inline(always)]
+    pub unsafe fn deallocate_fast_sized(&self, p: *mut u8, size: usize) -> bool {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.deallocate_fast_holding(p, size) }
+    }
+
+    /// [`Heap::deallocate_fast`] of an object whose slot must hold `size`
+    /// bytes (0: any).
+    ///
+    /// # Safety
+    /// As [`Heap::try_deallocate_unsized`].
+    #[inline(always)]
+    unsafe fn deallocate_fast_holding(&self, p: *mut u8, size: usize) -> bool {
         if S::SMALL_ARENAS || C::GUARDS_OPERATIONS || cfg!(feature = "checks") {
             return false;
         }
@@ -128,6 +152,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             return false;
         }
         let c = span.class;
+        if size > S::GEOMETRY.size(c) {
+            return false;
+        }
         // SAFETY: `p` starts a handed-out object of class `c`, the caller's.
         #[cfg(feature = "hardened")]
         if !unsafe { self.mark_free_unless_suspect(p) } {
