@@ -206,6 +206,35 @@ static inline void cb_join(pthread_t t) {
         cb_die("pthread_join: %s", strerror(e));
 }
 
+// What every shape's worker thread has: the first member of its worker.
+struct cb_worker {
+    pthread_t thread;
+    int id;                 // 0..threads-1, set by cb_run
+    unsigned long long ops; // allocations made (each freed again)
+    struct cb_span span;    // the thread's own start and end
+};
+
+// Starts `fn` on each of the `n` workers of `size` bytes at `workers` (each
+// starting with a struct cb_worker), joins them, and returns their ops;
+// *all is the run's span, from the first start to the last end.
+static inline unsigned long long cb_run(void *workers, size_t size, int n, void *(*fn)(void *),
+                                        struct cb_span *all) {
+    for (int i = 0; i < n; i++) {
+        struct cb_worker *w = (struct cb_worker *)((char *)workers + (size_t)i * size);
+        w->id = i;
+        cb_start(&w->thread, fn, w);
+    }
+    *all = (struct cb_span){0, 0};
+    unsigned long long ops = 0;
+    for (int i = 0; i < n; i++) {
+        struct cb_worker *w = (struct cb_worker *)((char *)workers + (size_t)i * size);
+        cb_join(w->thread);
+        cb_span_merge(all, &w->span);
+        ops += w->ops;
+    }
+    return ops;
+}
+
 // ------------------------------------------------- ring of object batches
 
 // Single producer, single consumer, lock-free: the producer fills the batch

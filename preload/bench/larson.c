@@ -62,26 +62,23 @@ static inline void release(struct cb_obj *o) {
 }
 
 struct worker {
-    pthread_t thread;
-    int id;
-    unsigned long long ops;
+    struct cb_worker cb;
     long long rounds;
-    struct cb_span span;
 };
 
 static void *work(void *arg) {
     struct worker *w = arg;
     struct cb_rng rng;
     struct cb_tags tags;
-    cb_seed(&rng, seed, (uint64_t)w->id);
-    cb_tags_init(&tags, (uint64_t)w->id);
+    cb_seed(&rng, seed, (uint64_t)w->cb.id);
+    cb_tags_init(&tags, (uint64_t)w->cb.id);
     unsigned long long ops = 0;
     pthread_barrier_wait(&go);
-    w->span.start = cb_now();
-    if (w->id == 0)
-        deadline = w->span.start + duration;
+    w->cb.span.start = cb_now();
+    if (w->cb.id == 0)
+        deadline = w->cb.span.start + duration;
 
-    struct cb_obj *mine = arrays[w->id];
+    struct cb_obj *mine = arrays[w->cb.id];
     for (int i = 0; i < slots; i++)
         cb_alloc(&mine[i], cb_between(&rng, min_size, max_size), cb_tag(&tags));
     ops += (unsigned long long)slots;
@@ -89,7 +86,7 @@ static void *work(void *arg) {
 
     long long r = 0;
     for (;; r++) {
-        struct cb_obj *a = arrays[(w->id + r) % threads];
+        struct cb_obj *a = arrays[(w->cb.id + r) % threads];
         for (int k = 0; k < steps; k++) {
             struct cb_obj *o = &a[cb_below(&rng, (uint32_t)slots)];
             release(o);
@@ -98,17 +95,17 @@ static void *work(void *arg) {
         ops += (unsigned long long)steps;
         // Only thread 0 moves the last round, and only past the round it has
         // just finished: every thread reads it after this round's barrier.
-        if (w->id == 0 && duration > 0 && atomic_load(&last_round) > r && cb_now() >= deadline)
+        if (w->cb.id == 0 && duration > 0 && atomic_load(&last_round) > r && cb_now() >= deadline)
             atomic_store(&last_round, r);
         pthread_barrier_wait(&round_end);
         if (r >= atomic_load(&last_round))
             break;
     }
-    struct cb_obj *a = arrays[(w->id + r + 1) % threads];
+    struct cb_obj *a = arrays[(w->cb.id + r + 1) % threads];
     for (int i = 0; i < slots; i++)
         release(&a[i]);
-    w->span.end = cb_now();
-    w->ops = ops;
+    w->cb.span.end = cb_now();
+    w->cb.ops = ops;
     w->rounds = r + 1;
     return NULL;
 }
@@ -172,17 +169,8 @@ int main(int argc, char **argv) {
     atomic_init(&last_round, duration > 0 ? (1LL << 62) : rounds - 1);
     pthread_barrier_init(&go, NULL, (unsigned)threads);
     pthread_barrier_init(&round_end, NULL, (unsigned)threads);
-    for (int i = 0; i < threads; i++) {
-        w[i].id = i;
-        cb_start(&w[i].thread, work, &w[i]);
-    }
-    struct cb_span all = {0, 0};
-    unsigned long long ops = 0;
-    for (int i = 0; i < threads; i++) {
-        cb_join(w[i].thread);
-        cb_span_merge(&all, &w[i].span);
-        ops += w[i].ops;
-    }
+    struct cb_span all;
+    unsigned long long ops = cb_run(w, sizeof *w, threads, work, &all);
     double secs = all.end - all.start;
 
     char extra[200];

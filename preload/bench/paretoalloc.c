@@ -39,23 +39,20 @@ static void make_quantiles(void) {
 }
 
 struct worker {
-    pthread_t thread;
-    int id;
-    unsigned long long ops;
-    struct cb_span span;
+    struct cb_worker cb;
 };
 
 static void *work(void *arg) {
     struct worker *w = arg;
     struct cb_rng rng;
     struct cb_tags tags;
-    cb_seed(&rng, seed, (uint64_t)w->id);
-    cb_tags_init(&tags, (uint64_t)w->id);
+    cb_seed(&rng, seed, (uint64_t)w->cb.id);
+    cb_tags_init(&tags, (uint64_t)w->cb.id);
     struct cb_obj *set = calloc((size_t)working, sizeof *set);
     if (set == NULL)
         cb_die("calloc of %lld slots failed", working);
     pthread_barrier_wait(&go);
-    w->span.start = cb_now();
+    w->cb.span.start = cb_now();
     for (long long i = 0; i < working; i++)
         cb_alloc(&set[i], quantile[cb_below(&rng, QUANTILES)], cb_tag(&tags));
     for (long long k = 0; k < steps; k++) {
@@ -65,9 +62,9 @@ static void *work(void *arg) {
     }
     for (long long i = 0; i < working; i++)
         cb_release(&set[i]);
-    w->span.end = cb_now();
+    w->cb.span.end = cb_now();
     free(set);
-    w->ops = (unsigned long long)(working + steps);
+    w->cb.ops = (unsigned long long)(working + steps);
     return NULL;
 }
 
@@ -116,17 +113,8 @@ int main(int argc, char **argv) {
     if (w == NULL)
         cb_die("calloc of %d workers failed", threads);
     pthread_barrier_init(&go, NULL, (unsigned)threads);
-    for (int i = 0; i < threads; i++) {
-        w[i].id = i;
-        cb_start(&w[i].thread, work, &w[i]);
-    }
-    struct cb_span all = {0, 0};
-    unsigned long long ops = 0;
-    for (int i = 0; i < threads; i++) {
-        cb_join(w[i].thread);
-        cb_span_merge(&all, &w[i].span);
-        ops += w[i].ops;
-    }
+    struct cb_span all;
+    unsigned long long ops = cb_run(w, sizeof *w, threads, work, &all);
     double secs = all.end - all.start;
 
     char extra[200];

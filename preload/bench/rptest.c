@@ -33,12 +33,10 @@ static pthread_barrier_t go;
 static atomic_int done;
 
 struct worker {
-    pthread_t thread;
-    int id;
+    struct cb_worker cb;
     struct cb_ring ring; // into this thread, from thread id - 1
     struct cb_ring *out; // into thread id + 1
-    unsigned long long ops, passed;
-    struct cb_span span;
+    unsigned long long passed;
 };
 
 static struct worker *workers;
@@ -70,14 +68,14 @@ static void *work(void *arg) {
     struct worker *w = arg;
     struct cb_rng rng;
     struct cb_tags tags;
-    cb_seed(&rng, seed, (uint64_t)w->id);
-    cb_tags_init(&tags, (uint64_t)w->id);
+    cb_seed(&rng, seed, (uint64_t)w->cb.id);
+    cb_tags_init(&tags, (uint64_t)w->cb.id);
     struct cb_obj *set = calloc((size_t)working, sizeof *set);
     struct cb_batch *batch = malloc(sizeof *batch);
     if (set == NULL || batch == NULL)
         cb_die("calloc of %lld slots failed", working);
     pthread_barrier_wait(&go);
-    w->span.start = cb_now();
+    w->cb.span.start = cb_now();
     for (long long i = 0; i < working; i++)
         cb_alloc(&set[i], size_table[cb_below(&rng, SIZES)], cb_tag(&tags));
     unsigned long long ops = (unsigned long long)working;
@@ -112,10 +110,10 @@ static void *work(void *arg) {
     drain(w);
     for (long long i = 0; i < working; i++)
         cb_release(&set[i]);
-    w->span.end = cb_now();
+    w->cb.span.end = cb_now();
     free(batch);
     free(set);
-    w->ops = ops;
+    w->cb.ops = ops;
     return NULL;
 }
 
@@ -164,24 +162,16 @@ int main(int argc, char **argv) {
     workers = calloc((size_t)threads, sizeof *workers);
     if (workers == NULL)
         cb_die("calloc of %d workers failed", threads);
-    for (int i = 0; i < threads; i++) {
-        workers[i].id = i;
+    for (int i = 0; i < threads; i++)
         cb_ring_init(&workers[i].ring, RING_BATCHES);
-    }
     for (int i = 0; i < threads; i++)
         workers[i].out = &workers[(i + 1) % threads].ring;
     atomic_init(&done, 0);
     pthread_barrier_init(&go, NULL, (unsigned)threads);
+    struct cb_span all;
+    unsigned long long ops = cb_run(workers, sizeof *workers, threads, work, &all), passed = 0;
     for (int i = 0; i < threads; i++)
-        cb_start(&workers[i].thread, work, &workers[i]);
-    struct cb_span all = {0, 0};
-    unsigned long long ops = 0, passed = 0;
-    for (int i = 0; i < threads; i++) {
-        cb_join(workers[i].thread);
-        cb_span_merge(&all, &workers[i].span);
-        ops += workers[i].ops;
         passed += workers[i].passed;
-    }
     double secs = all.end - all.start;
 
     char extra[200];

@@ -45,10 +45,7 @@ static void list_string(char *buf, size_t len, const struct list *l) {
 }
 
 struct worker {
-    pthread_t thread;
-    int id;
-    unsigned long long ops;
-    struct cb_span span;
+    struct cb_worker cb;
 };
 
 static void *work(void *arg) {
@@ -61,9 +58,9 @@ static void *work(void *arg) {
     if (live == NULL)
         cb_die("calloc of %ld slots failed", most);
     struct cb_tags tags;
-    cb_tags_init(&tags, (uint64_t)w->id);
+    cb_tags_init(&tags, (uint64_t)w->cb.id);
     pthread_barrier_wait(&go);
-    w->span.start = cb_now();
+    w->cb.span.start = cb_now();
     unsigned long long ops = 0;
     for (int s = 0; s < sizes.n; s++) {
         size_t size = (size_t)sizes.v[s];
@@ -79,9 +76,9 @@ static void *work(void *arg) {
             }
         }
     }
-    w->span.end = cb_now();
+    w->cb.span.end = cb_now();
     free(live);
-    w->ops = ops;
+    w->cb.ops = ops;
     return NULL;
 }
 
@@ -114,17 +111,8 @@ int main(int argc, char **argv) {
     if (w == NULL)
         cb_die("calloc of %d workers failed", threads);
     pthread_barrier_init(&go, NULL, (unsigned)threads);
-    for (int i = 0; i < threads; i++) {
-        w[i].id = i;
-        cb_start(&w[i].thread, work, &w[i]);
-    }
-    struct cb_span all = {0, 0};
-    unsigned long long ops = 0;
-    for (int i = 0; i < threads; i++) {
-        cb_join(w[i].thread);
-        cb_span_merge(&all, &w[i].span);
-        ops += w[i].ops;
-    }
+    struct cb_span all;
+    unsigned long long ops = cb_run(w, sizeof *w, threads, work, &all);
     double secs = all.end - all.start;
 
     char zs[256], bs[256], extra[600];
