@@ -98,20 +98,25 @@ fn callgrind_ir(pair: &Path, alloc: &str, n: u64, scratch: &Path) -> Result<(u64
     )?;
     let text = std::fs::read_to_string(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let _ = std::fs::remove_file(&out);
-    let ir = text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("summary:")
-                .or_else(|| l.strip_prefix("totals:"))
-        })
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| format!("no instruction total in {}", out.display()))?;
+    let ir = total_ir(&text, &out)?;
     let notes = stderr
         .lines()
         .filter(|l| !l.starts_with("=="))
         .collect::<Vec<_>>()
         .join("; ");
     Ok((ir, notes))
+}
+
+/// The instruction total of a callgrind output file's text (`summary:` or
+/// `totals:`), read from `out`.
+fn total_ir(text: &str, out: &Path) -> Result<u64, String> {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| format!("no instruction total in {}", out.display()))
 }
 
 /// One dynamic measurement.
@@ -272,14 +277,7 @@ fn c_run(
     output(&mut cmd)?;
     let text = std::fs::read_to_string(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let _ = std::fs::remove_file(out);
-    let total = text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("summary:")
-                .or_else(|| l.strip_prefix("totals:"))
-        })
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| format!("no instruction total in {}", out.display()))?;
+    let total = total_ir(&text, out)?;
     Ok((
         total,
         syms.iter().map(|s| parse_instr_counts(&text, s)).collect(),
@@ -492,10 +490,26 @@ fn target(text: &str) -> Option<u64> {
     u64::from_str_radix(op, 16).ok()
 }
 
-/// First cycle reachable from `entry` without calls, locked instructions or
-/// traps, fall-through edges first. Returns the cycle's addresses.
-fn hot_cycle(d: &mut Disasm<'_>, entry: u64) -> Option<Vec<u64>> {
-    hot_walk(d, entry)
+/// Where control may go after the instruction `text` (whose successor in
+/// the listing is `next`), or `None` where a fast path cannot go: a call, a
+/// locked instruction, a trap or a system call. A `ret` has no successor.
+fn successors(text: &str, next: u64) -> Option<Vec<u64>> {
+    let mnem = text.split_whitespace().next().unwrap_or("");
+    if text.contains("lock ")
+        || mnem.starts_with("call")
+        || matches!(mnem, "ud2" | "int3" | "hlt" | "syscall" | "(bad)")
+    {
+        return None;
+    }
+    Some(if mnem.starts_with("ret") {
+        Vec::new()
+    } else if mnem == "jmp" {
+        target(text).into_iter().collect()
+    } else if mnem.starts_with('j') {
+        std::iter::once(next).chain(target(text)).collect()
+    } else {
+        vec![next]
+    })
 }
 
 /// The shortest path from `entry` to a `ret` through an instruction that
@@ -527,10 +541,12 @@ fn shortest_path_to_ret(d: &mut Disasm<'_>, entry: u64) -> Option<Vec<u64>> {
         let Some((text, next)) = d.at(addr).map(|i| (i.text.clone(), i.next)) else {
             return;
         };
-        let mnem = text.split_whitespace().next().unwrap_or("");
-        if mnem.starts_with("ret") {
-            // A ret before the rseq section is a way out (a null pointer, the
-            // epilogue a slow call returns through), not the fast path.
+        let Some(succ) = successors(&text, next) else {
+            return;
+        };
+        if succ.is_empty() {
+            // A ret. One before the rseq section is a way out (a null pointer,
+            // the epilogue a slow call returns through), not the fast path.
             if path.iter().any(|a| d.cache[a].text.contains("fs:")) {
                 path.push(addr);
                 *best = Some(path.clone());
@@ -538,19 +554,6 @@ fn shortest_path_to_ret(d: &mut Disasm<'_>, entry: u64) -> Option<Vec<u64>> {
             }
             return;
         }
-        if text.contains("lock ")
-            || mnem.starts_with("call")
-            || matches!(mnem, "ud2" | "int3" | "hlt" | "syscall" | "(bad)")
-        {
-            return;
-        }
-        let succ: Vec<u64> = if mnem == "jmp" {
-            target(&text).into_iter().collect()
-        } else if mnem.starts_with('j') {
-            std::iter::once(next).chain(target(&text)).collect()
-        } else {
-            vec![next]
-        };
         path.push(addr);
         for s in succ {
             walk(d, s, path, best, budget);
@@ -563,7 +566,9 @@ fn shortest_path_to_ret(d: &mut Disasm<'_>, entry: u64) -> Option<Vec<u64>> {
     best
 }
 
-fn hot_walk(d: &mut Disasm<'_>, entry: u64) -> Option<Vec<u64>> {
+/// First cycle reachable from `entry` without calls, locked instructions or
+/// traps, fall-through edges first. Returns the cycle's addresses.
+fn hot_cycle(d: &mut Disasm<'_>, entry: u64) -> Option<Vec<u64>> {
     fn walk(d: &mut Disasm<'_>, addr: u64, path: &mut Vec<u64>, budget: &mut u32) -> Option<usize> {
         if let Some(i) = path.iter().position(|&a| a == addr) {
             return Some(i);
@@ -576,21 +581,8 @@ fn hot_walk(d: &mut Disasm<'_>, entry: u64) -> Option<Vec<u64>> {
             let i = d.at(addr)?;
             (i.text.clone(), i.next)
         };
-        let mnem = text.split_whitespace().next().unwrap_or("");
-        if text.contains("lock ")
-            || mnem.starts_with("call")
-            || mnem.starts_with("ret")
-            || matches!(mnem, "ud2" | "int3" | "hlt" | "syscall" | "(bad)")
-        {
-            return None;
-        }
-        let mut succ: Vec<u64> = if mnem == "jmp" {
-            target(&text).into_iter().collect()
-        } else if mnem.starts_with('j') {
-            std::iter::once(next).chain(target(&text)).collect()
-        } else {
-            vec![next]
-        };
+        // A ret, like a call, leaves the loop.
+        let mut succ = successors(&text, next).filter(|s| !s.is_empty())?;
         // The profiled run's hot side first; stable, so fall-through stays first otherwise.
         let hot = |a: &u64| d.counts.get(a).is_some_and(|&c| c >= d.hot);
         succ.sort_by_key(|a| !hot(a));
@@ -790,6 +782,28 @@ mod tests {
         assert_eq!(target("jmp    QWORD PTR [rax]"), None);
     }
 
+    /// A disassembly of `prog` (address, text) that ends at `end`, without a profile.
+    fn disasm_of(prog: &[(u64, &str)], end: u64) -> Disasm<'static> {
+        let mut cache = HashMap::new();
+        for (i, (a, t)) in prog.iter().enumerate() {
+            let next = prog.get(i + 1).map_or(end, |p| p.0);
+            cache.insert(
+                *a,
+                Insn {
+                    text: t.to_string(),
+                    next,
+                },
+            );
+        }
+        Disasm {
+            bin: Path::new("/nonexistent"),
+            end,
+            cache,
+            counts: HashMap::new(),
+            hot: 1,
+        }
+    }
+
     #[test]
     fn the_walk_finds_the_call_free_loop() {
         // entry: test; je out; loop: cmp; jne slow; inc; jmp loop; slow: call; jmp loop; out: ret
@@ -804,24 +818,7 @@ mod tests {
             (0x35, "jmp    15 <f+0x5>"),
             (0x40, "ret"),
         ];
-        let mut cache = HashMap::new();
-        for (i, (a, t)) in prog.iter().enumerate() {
-            let next = prog.get(i + 1).map_or(0x41, |p| p.0);
-            cache.insert(
-                *a,
-                Insn {
-                    text: t.to_string(),
-                    next,
-                },
-            );
-        }
-        let mut d = Disasm {
-            bin: Path::new("/nonexistent"),
-            end: 0x41,
-            cache,
-            counts: HashMap::new(),
-            hot: 1,
-        };
+        let mut d = disasm_of(&prog, 0x41);
         assert_eq!(hot_cycle(&mut d, 0x10), Some(vec![0x15, 0x18, 0x1a, 0x1d]));
         // A profile that says the branch at 0x18 is taken sends the walk through 0x30,
         // which calls: the walk backtracks to the fall-through side.
@@ -847,24 +844,7 @@ mod tests {
             (0x43, "nop"),
             (0x44, "jmp    1d <f+0xd>"),
         ];
-        let mut cache = HashMap::new();
-        for (i, (a, t)) in prog.iter().enumerate() {
-            let next = prog.get(i + 1).map_or(0x46, |p| p.0);
-            cache.insert(
-                *a,
-                Insn {
-                    text: t.to_string(),
-                    next,
-                },
-            );
-        }
-        let mut d = Disasm {
-            bin: Path::new("/nonexistent"),
-            end: 0x46,
-            cache,
-            counts: HashMap::new(),
-            hot: 5,
-        };
+        let mut d = disasm_of(&prog, 0x46);
         let rseq = vec![0x10, 0x13, 0x15, 0x18, 0x1a, 0x1d];
         assert_eq!(shortest_path_to_ret(&mut d, 0x10), Some(rseq.clone()));
         // The branch to the call is a dead end; without the short side, the

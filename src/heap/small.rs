@@ -53,6 +53,12 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         self.alloc_small_slow(c)
     }
 
+    /// Whether [`Heap::allocate_fast`] and [`Heap::deallocate_fast`] serve
+    /// at all: not for a region heap, a `Cpu` that guards operations, or
+    /// feature `checks` (whose checks are on the usual paths).
+    const C_FAST_PATHS: bool =
+        !S::SMALL_ARENAS && !C::GUARDS_OPERATIONS && !cfg!(feature = "checks");
+
     /// The C ABI's `malloc` fast path: an object of at least `size` bytes
     /// (`1..=`[`MALLOC_FAST_MAX`]), aligned to 16, popped from this CPU's
     /// cache with no lock and no call, or null when more is needed (rseq
@@ -68,7 +74,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// for every size), as [`Heap::allocate`] would choose.
     #[inline(always)]
     pub fn allocate_fast(&self, size: usize) -> *mut u8 {
-        if S::SMALL_ARENAS || C::GUARDS_OPERATIONS || cfg!(feature = "checks") {
+        if !Self::C_FAST_PATHS {
             return null_mut();
         }
         if size.wrapping_sub(1) >= MALLOC_FAST_MAX {
@@ -133,7 +139,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// As [`Heap::try_deallocate_unsized`].
     #[inline(always)]
     unsafe fn deallocate_fast_holding(&self, p: *mut u8, size: usize) -> bool {
-        if S::SMALL_ARENAS || C::GUARDS_OPERATIONS || cfg!(feature = "checks") {
+        if !Self::C_FAST_PATHS {
             return false;
         }
         let Some(f) = self.slabs.fast() else {
@@ -152,7 +158,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             return false;
         }
         let c = span.class;
-        if size > S::GEOMETRY.size(c) {
+        // `size != 0` first: for `deallocate_fast` (0) the lookup of the
+        // class's size, and its bounds check, fold away.
+        if size != 0 && size > S::GEOMETRY.size(c) {
             return false;
         }
         // SAFETY: `p` starts a handed-out object of class `c`, the caller's.
