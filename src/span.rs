@@ -138,6 +138,17 @@ pub const fn record_tail(words: usize) -> usize {
     words * maps * core::mem::size_of::<u64>()
 }
 
+/// What an address is in a span of small objects ([`Span::slot_at_unlocked`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotAt {
+    /// The start of a slot handed out.
+    HandedOut,
+    /// The start of a slot free in the span.
+    Free,
+    /// Not the start of a slot.
+    NotASlot,
+}
+
 impl Span {
     /// Initialises a record for `npages` pages of `page` at `start`, used as
     /// `state`, with bitmaps of `nwords` words.
@@ -353,6 +364,21 @@ impl Span {
         // read whole, with one aligned load, through no reference.
         let w = unsafe { self.bits.add(idx / 64).read_volatile() };
         w & (1 << (idx % 64)) != 0
+    }
+
+    /// What `addr` is in this span of small objects, the alloc bit read as
+    /// [`Span::is_allocated_unlocked`] reads it: the start of a handed-out
+    /// slot, of a free one, or neither (an interior or outside address).
+    #[inline(always)]
+    pub fn slot_at_unlocked(&self, addr: Addr) -> SlotAt {
+        let (idx, exact) = self.index_of(addr);
+        if !exact || idx >= self.nelems as usize {
+            SlotAt::NotASlot
+        } else if self.is_allocated_unlocked(idx) {
+            SlotAt::HandedOut
+        } else {
+            SlotAt::Free
+        }
     }
 
     /// Takes the lowest free object (Go's `nextFreeFast`, then `nextFree`).

@@ -39,7 +39,7 @@ use crate::pageheap::{Below, HeapLock, PageHeap, PageMap};
 use crate::percpu::{class_cache_bytes, CacheLayout, Caches, Cpu, Shape, Slabs};
 use crate::sizeclass::{Geometry, SizeClass, SIZE_TO_CLASS8_MAX};
 use crate::source::{PageSource, SourcePage};
-use crate::span::SpanState;
+use crate::span::{SlotAt, SpanState};
 use crate::stack::{StackAlloc, StackCache};
 use crate::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use crate::sync::Lock;
@@ -743,12 +743,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         // SAFETY: non-null page-map entries are live spans.
         match unsafe { self.map.lookup::<S>(a).as_ref() } {
             Some(span) if span.state == SpanState::Small => {
-                let (idx, exact) = span.index_of(a);
-                if !exact || idx >= span.nelems as usize {
-                    return Err(BadFree::NotAnObject);
-                }
-                if span.is_allocated_unlocked(idx) {
-                    return Ok(Slot::Small(span.class));
+                match span.slot_at_unlocked(a) {
+                    SlotAt::NotASlot => return Err(BadFree::NotAnObject),
+                    SlotAt::HandedOut => return Ok(Slot::Small(span.class)),
+                    SlotAt::Free => {}
                 }
                 #[cfg(feature = "hardened")]
                 // SAFETY: `p` starts a slot of a live span (no one frees

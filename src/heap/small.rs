@@ -22,7 +22,7 @@ use crate::checks;
 use crate::percpu::{Caches, Cpu, Fast, MAX_CAPACITY};
 use crate::sizeclass::SizeClass;
 use crate::source::PageSource;
-use crate::span::SpanState;
+use crate::span::{SlotAt, SpanState};
 use crate::units::{Addr, Owner};
 
 use super::Heap;
@@ -153,8 +153,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         if span.state != SpanState::Small {
             return false;
         }
-        let (idx, exact) = span.index_of(a);
-        if !exact || idx >= span.nelems as usize || !span.is_allocated_unlocked(idx) {
+        if span.slot_at_unlocked(a) != SlotAt::HandedOut {
             return false;
         }
         let c = span.class;
