@@ -451,21 +451,19 @@ fn malloc_slow(size: usize) -> *mut c_void {
 /// C's `free`: `p` is NULL or a live pointer from this allocator.
 #[no_mangle]
 pub unsafe extern "C" fn free(p: *mut c_void) {
+    // SAFETY: the caller's pointer (a live one is not used afterwards); the
+    // C ABI never makes tiny objects. NULL finds no span, so the fast path
+    // leaves it to `free_slow`.
+    unsafe { HEAP.deallocate_fast_or(p.cast(), || free_slow(p)) }
+}
+
+/// `free` past its fast path: NULL, large objects, the locked mode, and
+/// every pointer that needs a report.
+#[inline(never)]
+fn free_slow(p: *mut c_void) {
     if p.is_null() {
         return;
     }
-    // SAFETY: the caller's pointer (a live one is not used afterwards); the
-    // C ABI never makes tiny objects.
-    if unsafe { HEAP.deallocate_fast(p.cast()) } {
-        return;
-    }
-    free_slow(p)
-}
-
-/// `free` past its fast path: large objects, the locked mode, and every
-/// pointer that needs a report.
-#[inline(never)]
-fn free_slow(p: *mut c_void) {
     // SAFETY: as in `free`.
     if let Err(e) = unsafe { HEAP.try_deallocate_unsized(p.cast()) } {
         bad_free("free", p, e);
@@ -633,19 +631,16 @@ pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
 /// C23 `free_sized`: `p` is NULL or from `malloc`/`calloc`/`realloc` with `size`.
 #[no_mangle]
 pub unsafe extern "C" fn free_sized(p: *mut c_void, size: usize) {
-    if p.is_null() {
-        return;
-    }
     // SAFETY: as in `free`.
-    if unsafe { HEAP.deallocate_fast_sized(p.cast(), size) } {
-        return;
-    }
-    free_sized_slow(p, size)
+    unsafe { HEAP.deallocate_fast_sized_or(p.cast(), size, || free_sized_slow(p, size)) }
 }
 
 /// `free_sized` past its fast path, which reports a wrong size.
 #[inline(never)]
 fn free_sized_slow(p: *mut c_void, size: usize) {
+    if p.is_null() {
+        return;
+    }
     let usable = checked_usable("free_sized", p);
     if size > usable {
         invalid_pointer(

@@ -22,7 +22,7 @@ use crate::checks;
 use crate::percpu::{Caches, Cpu, Fast, MAX_CAPACITY};
 use crate::sizeclass::SizeClass;
 use crate::source::PageSource;
-use crate::span::{SlotAt, SpanState};
+use crate::span::SlotAt;
 use crate::units::{Addr, Owner};
 
 use super::Heap;
@@ -104,19 +104,33 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
 
     /// The C ABI's `free` fast path: frees `p` and returns true, or returns
     /// false, having changed nothing, when more is needed — whatever
-    /// [`Heap::allocate_fast`] leaves to the usual way, a large object, and
-    /// anything that is not plainly a live object of a class (a foreign or
-    /// interior pointer, a slot free in its span, a suspect key under
+    /// [`Heap::allocate_fast`] leaves to the usual way, a large object, null,
+    /// and anything that is not plainly a live object of a class (a foreign
+    /// or interior pointer, a slot free in its span, a suspect key under
     /// `hardened`) — in which case the caller frees `p` with
     /// [`Heap::try_deallocate_unsized`], which reports. One page-map lookup
-    /// for the span, its class and, for the classes under a line, its owner.
+    /// for the class, the span and, for the classes under a line, its owner.
     ///
     /// # Safety
     /// As [`Heap::try_deallocate_unsized`].
     #[inline(always)]
     pub unsafe fn deallocate_fast(&self, p: *mut u8) -> bool {
+        let mut freed = true;
         // SAFETY: forwarded from the caller.
-        unsafe { self.deallocate_fast_holding(p, 0) }
+        unsafe { self.deallocate_fast_or(p, || freed = false) };
+        freed
+    }
+
+    /// [`Heap::deallocate_fast`], calling `otherwise` instead of returning
+    /// false: every way out of it is then a call in tail position, so a C
+    /// `free` built on it needs no stack frame on its fast path.
+    ///
+    /// # Safety
+    /// As [`Heap::try_deallocate_unsized`].
+    #[inline(always)]
+    pub unsafe fn deallocate_fast_or(&self, p: *mut u8, otherwise: impl FnOnce()) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.deallocate_fast_holding(p, 0, otherwise) }
     }
 
     /// C23's `free_sized(p, size)` fast path: as [`Heap::deallocate_fast`],
@@ -128,51 +142,69 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// As [`Heap::try_deallocate_unsized`].
     #[inline(always)]
     pub unsafe fn deallocate_fast_sized(&self, p: *mut u8, size: usize) -> bool {
+        let mut freed = true;
         // SAFETY: forwarded from the caller.
-        unsafe { self.deallocate_fast_holding(p, size) }
+        unsafe { self.deallocate_fast_sized_or(p, size, || freed = false) };
+        freed
     }
 
-    /// [`Heap::deallocate_fast`] of an object whose slot must hold `size`
+    /// [`Heap::deallocate_fast_sized`], calling `otherwise` instead of
+    /// returning false (see [`Heap::deallocate_fast_or`]).
+    ///
+    /// # Safety
+    /// As [`Heap::try_deallocate_unsized`].
+    #[inline(always)]
+    pub unsafe fn deallocate_fast_sized_or(
+        &self,
+        p: *mut u8,
+        size: usize,
+        otherwise: impl FnOnce(),
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.deallocate_fast_holding(p, size, otherwise) }
+    }
+
+    /// [`Heap::deallocate_fast_or`] of an object whose slot must hold `size`
     /// bytes (0: any).
     ///
     /// # Safety
     /// As [`Heap::try_deallocate_unsized`].
     #[inline(always)]
-    unsafe fn deallocate_fast_holding(&self, p: *mut u8, size: usize) -> bool {
+    unsafe fn deallocate_fast_holding(&self, p: *mut u8, size: usize, otherwise: impl FnOnce()) {
         if !Self::C_FAST_PATHS {
-            return false;
+            return otherwise();
         }
         let Some(f) = self.slabs.fast() else {
-            return false;
+            return otherwise();
         };
         let a = Addr::of(p);
-        // SAFETY: non-null page-map entries are live spans.
-        let Some(span) = (unsafe { self.map.lookup::<S>(a).as_ref() }) else {
-            return false;
+        // The class from the page's entry, not from the span record: the
+        // push's address waits on it (see `pageheap::map::Entry`). Null
+        // maps to no entry.
+        let e = self.map.entry::<S>(a);
+        let Some(c) = e.small_class() else {
+            return otherwise();
         };
-        if span.state != SpanState::Small {
-            return false;
-        }
+        // SAFETY: a small class's entry holds a live span.
+        let span = unsafe { &*e.span() };
         if span.slot_at_unlocked(a) != SlotAt::HandedOut {
-            return false;
+            return otherwise();
         }
-        let c = span.class;
         // `size != 0` first: for `deallocate_fast` (0) the lookup of the
         // class's size, and its bounds check, fold away.
         if size != 0 && size > S::GEOMETRY.size(c) {
-            return false;
+            return otherwise();
         }
         // SAFETY: `p` starts a handed-out object of class `c`, the caller's.
         #[cfg(feature = "hardened")]
         if !unsafe { self.mark_free_unless_suspect(p) } {
-            return false;
+            return otherwise();
         }
         if S::GEOMETRY.shares_lines(c) && span.owner.load().is_other_than(Owner::cpu(f.cpu())) {
-            self.free_remote(p, c);
+            self.free_remote(p, c)
         } else if !f.push(c, p) {
-            self.free_small_slow(p, c);
+            self.free_small_slow(p, c)
         }
-        true
     }
 
     /// The decay's poll, then `p`: out of line, so that [`Heap::allocate_fast`]
@@ -441,9 +473,6 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// The class of the span holding `p`, if that is a span of small objects
     /// (else `p` has a span of its own, or is not an object of this heap).
     pub(super) fn class_of(&self, p: *mut u8) -> Option<SizeClass> {
-        // SAFETY: non-null page-map entries are live spans.
-        unsafe { self.map.lookup::<S>(Addr::of(p)).as_ref() }
-            .filter(|s| s.state == SpanState::Small)
-            .map(|s| s.class)
+        self.map.entry::<S>(Addr::of(p)).small_class()
     }
 }

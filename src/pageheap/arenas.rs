@@ -123,14 +123,21 @@ impl Arena {
     pub(crate) fn span_at(&self, p: PageIdx) -> *mut Span {
         debug_assert!(p.from_start() < self.npages);
         // SAFETY: `p < npages` and `spans` has npages slots.
-        unsafe { (*self.spans.add(p.get())).load(Ordering::Acquire) }
+        unsafe { (*self.spans.add(p.get())).load(Ordering::Acquire) }.span()
     }
 
-    /// Points the map entries of `n` pages from `start` at `span` (or null).
-    pub(crate) fn set_map(&self, start: PageIdx, n: Pages, span: *mut Span) {
+    /// Points the map entries of `n` pages from `start` at `span` (or null),
+    /// with its class if it is a span of small objects (`map::Entry`): so a
+    /// span is published in its final state and class.
+    ///
+    /// # Safety
+    /// `span` is null or a live span whose `state` and `class` stay as they
+    /// are until its entries are pointed elsewhere.
+    pub(crate) unsafe fn set_map(&self, start: PageIdx, n: Pages, span: *mut Span) {
         assert!((start + n).from_start() <= self.npages);
         for p in start.get()..(start + n).get() {
-            // SAFETY: `p < npages` (checked above), `spans` has npages slots.
+            // SAFETY: `p < npages` (checked above), `spans` has npages
+            // slots; the span as the caller promises.
             unsafe { (*self.spans.add(p)).store(span, Ordering::Release) };
         }
     }
@@ -927,7 +934,7 @@ impl Arenas {
                 // SAFETY: `p < block_pages`, the block's slots.
                 let e = unsafe { (*a.spans.add(p)).load(Ordering::Relaxed) };
                 assert!(
-                    e.is_null(),
+                    e.span().is_null() && e.small_class().is_none(),
                     "retired block {:#x}: slot {p} not null",
                     a.base
                 );

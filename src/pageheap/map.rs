@@ -6,7 +6,8 @@
 //! address space (x86-64 and AArch64 user and kernel halves, taken modulo
 //! 2^48), or of the whole address space of a 32-bit target: the first level is inline, a second-level table comes from the
 //! source the first time an arena lands under it, and each chunk entry points
-//! into its arena's per-page `spans` array (Go's `heapArena.spans`). Entries
+//! into its arena's per-page `spans` array (Go's `heapArena.spans`), whose
+//! entries also carry a small span's class ([`Entry`]). Entries
 //! are published with release stores and read with acquire loads; tables and
 //! arenas' metadata blocks are never freed (a released arena's block is
 //! retired with all its slots null, see `arenas`), so a reader never sees
@@ -20,9 +21,10 @@
 use core::mem::size_of;
 use core::ptr::null_mut;
 
+use crate::sizeclass::SizeClass;
 use crate::source::{PageSource, SourcePage};
-use crate::span::Span;
-use crate::sync::atomic::{AtomicPtr, Ordering};
+use crate::span::{Span, SpanState};
+use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use crate::units::{Addr, PageSize};
 use crate::CHUNK_BYTES;
 
@@ -44,8 +46,109 @@ const L2_ENTRIES: usize = 1 << L2_BITS;
 /// The covered bits of an address (all of them on 32-bit).
 const ADDR_MASK: usize = usize::MAX >> (usize::BITS as usize - ADDR_BITS);
 
-/// One page's entry: its span, or null.
-pub(crate) type SpanSlot = AtomicPtr<Span>;
+/// One page's entry in an arena's `spans` array: an [`Entry`], published
+/// with a release store and read with an acquire load. All-zero bytes are
+/// the null entry (fresh and cleared slots are written with zeros).
+#[repr(transparent)]
+pub(crate) struct SpanSlot(AtomicUsize);
+
+impl SpanSlot {
+    /// The entry.
+    #[inline(always)]
+    pub(crate) fn load(&self, order: Ordering) -> Entry {
+        Entry(self.0.load(order))
+    }
+
+    /// Points the entry at `span` (or null), with the class of a small span
+    /// (see [`Entry`]).
+    ///
+    /// # Safety
+    /// `span` is null or a live span whose `state` and `class` stay as they
+    /// are while the entry holds it.
+    #[inline]
+    pub(crate) unsafe fn store(&self, span: *mut Span, order: Ordering) {
+        // SAFETY: forwarded from the caller.
+        self.0.store(unsafe { Entry::of(span) }.0, order)
+    }
+}
+
+/// What a page's slot holds: its span (or null) and, on 64-bit targets,
+/// the size class of a span of small objects in the low byte, so that a
+/// free learns its object's class from the slot it loads anyway and not
+/// from the span record one load further on (the C ABI's free waits on
+/// that class before its push). The span's address is kept shifted left
+/// by 8 bits: records are only 8-aligned, but the top 9 bits of every
+/// address a 64-bit target maps are copies of one bit (canonical 48- and
+/// 57-bit addresses), so an arithmetic shift right gives it back
+/// ([`Entry::of`] checks it). 32-bit targets keep the plain address and
+/// read the class from the record.
+///
+/// Invariant: `span()` is null or a live span (the page map's); the class
+/// byte is nonzero exactly when that span is in state `Small`, and then it
+/// is the span's class.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Entry(usize);
+
+/// Bits of an entry below the span's address (64-bit targets).
+#[cfg(target_pointer_width = "64")]
+const CLASS_BITS: u32 = 8;
+
+impl Entry {
+    /// The entry of `span` (null: the null entry).
+    ///
+    /// # Safety
+    /// `span` is null or a live span.
+    #[inline]
+    unsafe fn of(span: *mut Span) -> Entry {
+        #[cfg(target_pointer_width = "64")]
+        {
+            // SAFETY: the caller's live span.
+            let class = match unsafe { span.as_ref() } {
+                Some(s) if s.state == SpanState::Small => s.class.index(),
+                _ => 0,
+            };
+            let e = Entry(span.expose_provenance() << CLASS_BITS | class);
+            assert!(
+                e.span() == span,
+                "tieralloc: span record {span:p} is not a canonical address"
+            );
+            e
+        }
+        #[cfg(not(target_pointer_width = "64"))]
+        {
+            Entry(span.expose_provenance())
+        }
+    }
+
+    /// The span, or null.
+    #[inline(always)]
+    pub(crate) fn span(self) -> *mut Span {
+        #[cfg(target_pointer_width = "64")]
+        let a = ((self.0 as isize) >> CLASS_BITS) as usize;
+        #[cfg(not(target_pointer_width = "64"))]
+        let a = self.0;
+        core::ptr::with_exposed_provenance_mut(a)
+    }
+
+    /// The class of the span if it holds small objects; `None` for a null
+    /// entry and for every other span.
+    #[inline(always)]
+    pub(crate) fn small_class(self) -> Option<SizeClass> {
+        #[cfg(target_pointer_width = "64")]
+        {
+            let c = self.0 as u8;
+            // SAFETY: a class byte is 0 or a class index (the invariant).
+            (c != 0).then(|| unsafe { SizeClass::new_unchecked(c) })
+        }
+        #[cfg(not(target_pointer_width = "64"))]
+        {
+            // SAFETY: a non-null entry is a live span (the invariant).
+            unsafe { self.span().as_ref() }
+                .filter(|s| s.state == SpanState::Small)
+                .map(|s| s.class)
+        }
+    }
+}
 type L2 = [AtomicPtr<SpanSlot>; L2_ENTRIES];
 
 /// A small arena's entry in the map's list ([`PageSource::SMALL_ARENAS`]
@@ -80,12 +183,20 @@ impl PageMap {
     }
 
     /// The span holding `addr` in a heap over `S`, or null (see
-    /// [`PageMap::span_of`]): a walk of the arena list for a source of small
-    /// arenas (a few regions, so a few arenas), the radix table otherwise.
-    #[inline]
+    /// [`PageMap::span_of`]).
+    #[inline(always)]
     pub(crate) fn lookup<S: PageSource>(&self, addr: Addr) -> *mut Span {
+        self.entry::<S>(addr).span()
+    }
+
+    /// The entry of the page holding `addr` in a heap over `S` (null if
+    /// `addr` is in no live span of the heap): a walk of the arena list for
+    /// a source of small arenas (a few regions, so a few arenas), the radix
+    /// table otherwise.
+    #[inline]
+    pub(crate) fn entry<S: PageSource>(&self, addr: Addr) -> Entry {
         if !S::SMALL_ARENAS {
-            return self.span_of(addr, S::PAGE);
+            return self.entry_of(addr, S::PAGE);
         }
         let mut a = self.small.load(Ordering::Acquire);
         // SAFETY: published links are in arena metadata, never freed.
@@ -101,7 +212,7 @@ impl PageMap {
             }
             a = l.next.load(Ordering::Acquire);
         }
-        null_mut()
+        Entry(0)
     }
 
     /// Publishes the small arena `link` above `below` (or as the lowest
@@ -130,15 +241,21 @@ impl PageMap {
     /// this heap, whose pages are `page` (its source's, a constant).
     #[inline]
     pub fn span_of(&self, addr: Addr, page: PageSize) -> *mut Span {
+        self.entry_of(addr, page).span()
+    }
+
+    /// [`PageMap::span_of`]'s entry.
+    #[inline(always)]
+    fn entry_of(&self, addr: Addr, page: PageSize) -> Entry {
         let a = addr.get() & ADDR_MASK;
         let l2 = self.l1[a >> (CHUNK_SHIFT + L2_BITS)].load(Ordering::Acquire);
         if l2.is_null() {
-            return null_mut();
+            return Entry(0);
         }
         // SAFETY: published L2 tables are never freed.
         let chunk = unsafe { (*l2)[(a >> CHUNK_SHIFT) & (L2_ENTRIES - 1)].load(Ordering::Acquire) };
         if chunk.is_null() {
-            return null_mut();
+            return Entry(0);
         }
         // SAFETY: a chunk entry points at the chunk's slots (one per page) of
         // an arena's spans array, and metadata blocks are never freed.
@@ -202,3 +319,69 @@ impl Default for PageMap {
 }
 
 const _: () = assert!(CHUNK_BYTES.is_power_of_two());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sizeclass::GO;
+    use crate::units::Pages;
+
+    /// A span record with the geometry's bitmaps, in its own block.
+    #[repr(C, align(8))]
+    struct Record([u64; 8 + 3 * WORDS]);
+    const WORDS: usize = crate::span::bitmap_words(&GO);
+
+    fn span(r: &mut Record, state: SpanState) -> *mut Span {
+        let s = r.0.as_mut_ptr().cast::<Span>();
+        let pages = Pages::new(GO.info(SizeClass::new(5).unwrap()).npages as usize);
+        // SAFETY: the record and its tail (three bitmaps at most) fit in the block.
+        unsafe { Span::init(s, Addr::new(1 << 22), pages, GO.page(), state, WORDS) };
+        s
+    }
+
+    #[test]
+    fn an_entry_carries_a_small_span_s_class_and_nothing_else_s() {
+        let mut r = Record([0; 8 + 3 * WORDS]);
+        let s = span(&mut r, SpanState::Small);
+        let c = SizeClass::new(5).unwrap();
+        // SAFETY: `s` is a live record of ours.
+        unsafe { (*s).init_small(c, GO.info(c)) };
+        let slot = SpanSlot(AtomicUsize::new(0));
+        assert_eq!(slot.load(Ordering::Relaxed), Entry(0));
+        assert!(Entry(0).span().is_null() && Entry(0).small_class().is_none());
+        // SAFETY: `s` is live.
+        unsafe { slot.store(s, Ordering::Relaxed) };
+        let e = slot.load(Ordering::Relaxed);
+        assert_eq!((e.span(), e.small_class()), (s, Some(c)));
+        for state in [SpanState::Large, SpanState::Manual, SpanState::Idle] {
+            let mut r = Record([0; 8 + 3 * WORDS]);
+            let s = span(&mut r, state);
+            // SAFETY: `s` is live.
+            unsafe { slot.store(s, Ordering::Relaxed) };
+            let e = slot.load(Ordering::Relaxed);
+            assert_eq!((e.span(), e.small_class()), (s, None), "{state:?}");
+        }
+        // SAFETY: null.
+        unsafe { slot.store(null_mut(), Ordering::Relaxed) };
+        assert_eq!(slot.load(Ordering::Relaxed), Entry(0));
+    }
+
+    /// Records of a higher-half kernel (x86-64, AArch64, RISC-V) come back
+    /// from the shifted address whole.
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn higher_half_addresses_survive_the_shift() {
+        for a in [
+            0xffff_8000_0000_0040_usize,
+            0xffff_ffff_ffff_fff8,
+            0xff80_0000_0000_0008, // 57-bit (LA57, Sv57)
+            0x0000_7fff_ffff_fff8,
+            0x007f_ffff_ffff_fff8,
+            8,
+        ] {
+            let e = Entry(a << CLASS_BITS | 67);
+            assert_eq!(e.span() as usize, a);
+            assert_eq!(e.small_class(), SizeClass::new(67));
+        }
+    }
+}

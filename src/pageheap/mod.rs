@@ -438,6 +438,20 @@ impl PageHeap {
         align_pages: usize,
         state: SpanState,
     ) -> Option<NonNull<Span>> {
+        self.alloc_span_as(source, map, npages, align_pages, state, |_| {})
+    }
+
+    /// [`PageHeap::alloc_span`], with `init` applied to the new span before
+    /// its page-map entries are set (which carry a small span's class).
+    fn alloc_span_as<S: PageSource>(
+        &mut self,
+        source: &S,
+        map: &PageMap,
+        npages: Pages,
+        align_pages: usize,
+        state: SpanState,
+        init: impl FnOnce(&mut Span),
+    ) -> Option<NonNull<Span>> {
         if npages.get() > u32::MAX as usize {
             return None; // more than a record counts (and than any source has)
         }
@@ -467,8 +481,10 @@ impl PageHeap {
         unsafe {
             Span::init(s, addr, npages, S::PAGE, state, words);
             (*s).needzero = run.needzero;
+            init(&mut *s);
+            // SAFETY: a live span in its final state and class.
+            arena.set_map(run.start, npages, s);
         }
-        arena.set_map(run.start, npages, s);
         Some(rec)
     }
 
@@ -496,16 +512,14 @@ impl PageHeap {
     ) -> Option<NonNull<Span>> {
         let (target, _) = self.span_shape(source);
         let info = stretched(S::GEOMETRY, class, target);
-        let s = self.alloc_span(
+        self.alloc_span_as(
             source,
             map,
             Pages::new(info.npages as usize),
             1,
             SpanState::Small,
-        )?;
-        // SAFETY: the span is ours (not yet on any list).
-        unsafe { (*s.as_ptr()).init_small(class, info) };
-        Some(s)
+            |s| s.init_small(class, info),
+        )
     }
 
     /// Returns a span's pages to the heap and its record to the pool, then lets
@@ -531,7 +545,8 @@ impl PageHeap {
             let arena = &*self.arena_of(s);
             (arena, arena.page_of((*s).start), (*s).npages())
         };
-        arena.set_map(start, npages, null_mut());
+        // SAFETY: null.
+        unsafe { arena.set_map(start, npages, null_mut()) };
         let slot = arena.slot;
         self.free_pages(slot, start, npages);
         // SAFETY: the record is unused now.
@@ -633,7 +648,8 @@ impl PageHeap {
             let arena = &*self.arena_of(s);
             (arena, arena.page_of((*s).start), (*s).npages())
         };
-        arena.set_map(start + npages, old - npages, null_mut());
+        // SAFETY: null.
+        unsafe { arena.set_map(start + npages, old - npages, null_mut()) };
         let slot = arena.slot;
         self.free_pages(slot, start + npages, old - npages);
         // SAFETY: live span, the caller's.
@@ -744,7 +760,8 @@ impl PageHeap {
             self.inuse_pages += extra;
             self.scavenger.pacer.tick(extra, self.live_pages());
             self.arenas.update_leaf(slot);
-            self.arenas.get(slot).set_map(start + old, extra, s);
+            // SAFETY: a live large span (its state and class stay).
+            unsafe { self.arenas.get(slot).set_map(start + old, extra, s) };
             // SAFETY: live span, the caller's.
             unsafe { (*s).set_npages(npages) };
             self.large.live_bytes += extra.bytes(S::PAGE) as u64;

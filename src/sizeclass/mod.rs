@@ -97,6 +97,17 @@ impl SizeClass {
         }
     }
 
+    /// The class with index `i`, unchecked.
+    ///
+    /// # Safety
+    /// `i < NUM_CLASSES` (the type's invariant).
+    #[cfg_attr(not(target_pointer_width = "64"), allow(dead_code))] // page-map entries
+    #[inline(always)]
+    pub(crate) const unsafe fn new_unchecked(i: u8) -> SizeClass {
+        debug_assert!((i as usize) < NUM_CLASSES);
+        SizeClass(i)
+    }
+
     /// The class index, `0..NUM_CLASSES`.
     #[inline]
     pub const fn index(self) -> usize {
