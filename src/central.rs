@@ -2,9 +2,14 @@
 //! See `lib.rs` for the overview.
 //!
 //! One [`Central`] per size class, each behind its own lock. It holds:
-//! * a **transfer cache**: free objects flushed by one CPU and not yet returned
-//!   to their spans, handed straight to the next CPU that refills (objects move
-//!   CPU → CPU without touching span bitmaps);
+//! * a **transfer cache**: free objects flushed by the CPUs and not yet
+//!   returned to their spans, in one **shard** per CPU (modulo the shards).
+//!   A refill takes its own CPU's shard first, the objects this CPU flushed
+//!   last, whose lines it likely still holds; then, except for the classes
+//!   under a line (whose objects belong to their CPU), the other shards:
+//!   objects move CPU → CPU without touching span bitmaps, but only when the
+//!   refilling CPU has none of its own (tcmalloc's sharded transfer cache,
+//!   per CPU rather than per cache domain);
 //! * **partial** spans (some object free) and **full** spans (every object
 //!   handed out). Refills carve the lowest free objects out of the first partial
 //!   span with the span's 64-bit alloc cache; when none is left a new span comes
@@ -19,9 +24,11 @@
 //! Invariants (guarded by this class's lock):
 //! * every span on `partial` has `0 < free objects` and `list == Partial`; every
 //!   span on `full` has no free object and `list == Full`;
-//! * `transfer[..ntransfer]` are free objects of this class whose alloc bits are
-//!   still set; `ntransfer <= cap`, the capacity the heap's set-up gave it
-//!   (`heap::state::transfer_capacity`);
+//! * the first `lens[k]` slots of shard `k` are free objects of this class
+//!   whose alloc bits are still set; `ntransfer`, their sum over the shards, is
+//!   at most `cap`, the capacity the heap's set-up gave the class
+//!   (`heap::state::transfer_capacity`), so every shard has `cap` slots and
+//!   the cache as a whole holds no more than an unsharded one would;
 //! * `empty` is null or the one span on `partial` with no object allocated.
 //!
 //! Lock order: a CPU slot, then this lock, then the page heap lock.
@@ -30,7 +37,7 @@ use core::ptr::{null_mut, NonNull};
 
 use crate::pageheap::Below;
 use crate::sizeclass::SizeClass;
-use crate::source::PageSource;
+use crate::source::{PageSource, SourcePage};
 use crate::span::{ListId, Span, SpanList, SpanState};
 use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use crate::sync::RelaxStrategy;
@@ -123,11 +130,17 @@ pub const TRANSFER_MIN: usize = 4;
 pub struct Central {
     partial: SpanList,
     full: SpanList,
-    /// `cap` slots from the heap's set-up ([`Central::set_transfer`]); null
-    /// and 0 before it.
+    /// `shards` shards of `cap` slots each, from the heap's set-up
+    /// ([`Central::set_transfer`]); null and 0 before it.
     transfer: *mut *mut u8,
+    /// Objects on each shard.
+    lens: *mut usize,
+    shards: usize,
     cap: usize,
     ntransfer: usize,
+    /// Whether a refill takes from other CPUs' shards (not for the classes
+    /// whose objects share lines, each of which belongs to one CPU).
+    steal: bool,
     /// The kept empty span (on `partial`), or null.
     empty: *mut Span,
     /// Spans taken from and given back to the page heap.
@@ -145,8 +158,11 @@ impl Central {
             partial: SpanList::new(),
             full: SpanList::new(),
             transfer: null_mut(),
+            lens: null_mut(),
+            shards: 0,
             cap: 0,
             ntransfer: 0,
+            steal: false,
             empty: null_mut(),
             spans_made: 0,
             spans_freed: 0,
@@ -162,8 +178,10 @@ impl Central {
     /// (Feature `hardened`'s slow search.)
     #[cfg(feature = "hardened")]
     pub fn transfer_holds(&mut self, p: *mut u8) -> bool {
-        let n = self.ntransfer;
-        self.slots()[..n].contains(&p)
+        (0..self.shards).any(|k| {
+            let (len, slots) = self.shard(k);
+            slots[..*len].contains(&p)
+        })
     }
 
     /// Whether `remote` (this class's remote list) holds `p`. Holding this
@@ -184,47 +202,111 @@ impl Central {
         false
     }
 
-    /// Gives the transfer cache its slots.
-    ///
-    /// # Safety
-    /// `slots` points at `cap` pointer slots that stay this central's alone
-    /// for as long as the heap lives; the transfer cache is empty.
-    pub unsafe fn set_transfer(&mut self, slots: *mut *mut u8, cap: usize) {
-        debug_assert!(self.ntransfer == 0 && (cap == 0 || !slots.is_null()));
-        self.transfer = slots;
-        self.cap = cap;
+    /// Words of a transfer cache of `cap` objects over `shards` shards:
+    /// what [`Central::set_transfer`] is given.
+    pub const fn transfer_words(cap: usize, shards: usize) -> usize {
+        if cap == 0 {
+            0
+        } else {
+            shards * (1 + cap)
+        }
     }
 
-    /// The transfer cache's slots.
-    fn slots(&mut self) -> &mut [*mut u8] {
-        if self.cap == 0 {
-            return &mut [];
+    /// Gives the transfer cache its words: `shards` shards (at least one)
+    /// of `cap` objects, which a refill takes from other shards than its
+    /// own if `steal`.
+    ///
+    /// # Safety
+    /// `words` points at [`Central::transfer_words`]`(cap, shards)`
+    /// word-aligned words, the first `shards` of them zero, that stay this central's alone for as long as the
+    /// heap lives; the transfer cache is empty.
+    pub unsafe fn set_transfer(
+        &mut self,
+        words: *mut usize,
+        cap: usize,
+        shards: usize,
+        steal: bool,
+    ) {
+        debug_assert!(self.ntransfer == 0 && (cap == 0 || (!words.is_null() && shards > 0)));
+        if cap == 0 {
+            return;
         }
-        // SAFETY: `set_transfer`'s contract: `cap` slots, ours, behind our lock.
-        unsafe { core::slice::from_raw_parts_mut(self.transfer, self.cap) }
+        self.lens = words;
+        // SAFETY: the shards' slots follow their lengths in the caller's words.
+        self.transfer = unsafe { words.add(shards) }.cast();
+        self.shards = shards;
+        self.cap = cap;
+        self.steal = steal;
+    }
+
+    /// Shard `k`'s length and slots (`k < shards`).
+    fn shard(&mut self, k: usize) -> (&mut usize, &mut [*mut u8]) {
+        debug_assert!(k < self.shards);
+        // SAFETY: `set_transfer`'s contract: `shards` lengths, then `shards`
+        // runs of `cap` slots, ours, behind our lock; `k < shards`.
+        unsafe {
+            (
+                &mut *self.lens.add(k),
+                core::slice::from_raw_parts_mut(self.transfer.add(k * self.cap), self.cap),
+            )
+        }
+    }
+
+    /// Objects on shard `k` (`k < shards`).
+    fn shard_len(&self, k: usize) -> usize {
+        debug_assert!(k < self.shards);
+        // SAFETY: as in `shard`, read only.
+        unsafe { *self.lens.add(k) }
+    }
+
+    /// The shard of CPU `cpu`.
+    fn shard_of(&self, cpu: usize) -> usize {
+        cpu % self.shards
+    }
+
+    /// Moves up to `out.len()` objects off the top of shard `k` into `out`;
+    /// how many.
+    fn take_shard(&mut self, k: usize, out: &mut [*mut u8]) -> usize {
+        let (len, slots) = self.shard(k);
+        let m = (*len).min(out.len());
+        out[..m].copy_from_slice(&slots[*len - m..*len]);
+        *len -= m;
+        self.ntransfer -= m;
+        m
     }
 
     /// Fills `out` with up to `out.len()` free objects of `class`; returns how
     /// many. Fewer than asked (possibly 0) only when the source is exhausted.
     ///
-    /// For a class whose objects share lines, `owner` is the CPU whose
-    /// cache takes the objects ([`Owner::NONE`] if unknown): they come only from spans that
-    /// CPU owns or that have no object out, which it then owns (see
-    /// [`Span::owner`]); such classes keep no transfer cache.
+    /// The objects are for CPU `cpu`'s cache. For a class whose objects
+    /// share lines, `owner` is that CPU ([`Owner::NONE`] if unknown): they
+    /// come only from its own transfer shard, from spans it owns or from
+    /// spans that have no object out, which it then owns (see [`Span::owner`]).
     pub fn refill<S: PageSource, X: RelaxStrategy>(
         &mut self,
         class: SizeClass,
         out: &mut [*mut u8],
         below: &Below<'_, S, X>,
         owner: Owner,
+        cpu: usize,
     ) -> usize {
         let want = out.len();
         let own = !owner.is_none() && S::GEOMETRY.shares_lines(class);
-        // 1. The transfer cache: the most recently flushed objects.
-        let (k, n) = (self.ntransfer.min(want), self.ntransfer);
-        out[..k].copy_from_slice(&self.slots()[n - k..n]);
-        self.ntransfer -= k;
-        let mut got = k;
+        // 1. The transfer cache: this CPU's shard (the objects it flushed
+        // last), then, where objects may change CPUs, the others'.
+        let mut got = 0;
+        if self.ntransfer > 0 {
+            let home = self.shard_of(cpu);
+            got = self.take_shard(home, out);
+            if self.steal {
+                for i in 1..self.shards {
+                    if got == want || self.ntransfer == 0 {
+                        break;
+                    }
+                    got += self.take_shard((home + i) % self.shards, &mut out[got..]);
+                }
+            }
+        }
         // 2. Carve from partial spans, then from new spans.
         while got < want {
             let mut s = if own {
@@ -289,11 +371,12 @@ impl Central {
         }
         let mut p = remote.head.swap(null_mut(), Ordering::Acquire);
         let mut n = 0;
+        let mut last = null_mut();
         while !p.is_null() {
             // SAFETY: pushed by `Remote::push`, which wrote the link; the
             // objects are ours now (the list was taken whole).
             let next = unsafe { p.cast::<*mut u8>().read() };
-            self.give_back(class, p, below);
+            last = self.give_back_near(class, p, last, below);
             n += 1;
             p = next;
         }
@@ -319,24 +402,29 @@ impl Central {
         null_mut()
     }
 
-    /// Takes back free objects of `class` from a CPU cache: into the transfer
-    /// cache if it has room for all of them (not for classes whose objects
-    /// share lines: a batch could reach another CPU), else to their spans.
+    /// Takes back free objects of `class` from CPU `cpu`'s cache: onto its
+    /// transfer shard if the cache has room for all of them, else to their
+    /// spans.
     pub fn flush<S: PageSource, X: RelaxStrategy>(
         &mut self,
         class: SizeClass,
         objs: &[*mut u8],
         below: &Below<'_, S, X>,
+        cpu: usize,
     ) {
-        // The classes under a line have no slots (see the heap's set-up).
-        let n = self.ntransfer;
-        if n + objs.len() <= self.cap {
-            self.slots()[n..n + objs.len()].copy_from_slice(objs);
-            self.ntransfer += objs.len();
+        let n = objs.len();
+        if self.cap > 0 && self.ntransfer + n <= self.cap {
+            // A shard holds at most `ntransfer` objects, so this one has room.
+            let k = self.shard_of(cpu);
+            let (len, slots) = self.shard(k);
+            slots[*len..*len + n].copy_from_slice(objs);
+            *len += n;
+            self.ntransfer += n;
             return;
         }
+        let mut last = null_mut();
         for &p in objs {
-            self.give_back(class, p, below);
+            last = self.give_back_near(class, p, last, below);
         }
     }
 
@@ -347,11 +435,15 @@ impl Central {
         class: SizeClass,
         below: &Below<'_, S, X>,
     ) {
-        while self.ntransfer > 0 {
-            self.ntransfer -= 1;
-            let n = self.ntransfer;
-            let p = self.slots()[n];
-            self.give_back(class, p, below);
+        let mut last = null_mut();
+        for k in 0..self.shards {
+            loop {
+                let mut one = [null_mut()];
+                if self.take_shard(k, &mut one) == 0 {
+                    break;
+                }
+                last = self.give_back_near(class, one[0], last, below);
+            }
         }
         let s = core::mem::replace(&mut self.empty, null_mut());
         if !s.is_null() {
@@ -382,13 +474,24 @@ impl Central {
     }
 
     /// Returns one free object to its span; frees the span when it empties.
-    fn give_back<S: PageSource, X: RelaxStrategy>(
+    /// `near` is null or a live span of this class (the one the previous object of a batch went back to): an
+    /// object inside it needs no page-map lookup, which is most of a batch's
+    /// objects, since a CPU's stack hands them out, and gets them back, in
+    /// runs from one span. Returns the span `p` went back to if it is still
+    /// live (else null), for the next object.
+    fn give_back_near<S: PageSource, X: RelaxStrategy>(
         &mut self,
         class: SizeClass,
         p: *mut u8,
+        near: *mut Span,
         below: &Below<'_, S, X>,
-    ) {
-        let s = below.map.lookup::<S>(Addr::of(p));
+    ) -> *mut Span {
+        let a = Addr::of(p);
+        // SAFETY: the caller's `near` is null or a live span of ours, under our lock.
+        let s = match unsafe { near.as_ref() } {
+            Some(n) if a >= n.start && a < n.end(S::PAGE) => near,
+            _ => below.map.lookup::<S>(a),
+        };
         assert!(
             !s.is_null(),
             "tieralloc: object {p:p} of class {} is not in the heap",
@@ -402,7 +505,7 @@ impl Central {
             "tieralloc: object {p:p} is not of class {}",
             class.index()
         );
-        let (idx, exact) = span.index_of(Addr::of(p));
+        let (idx, exact) = span.index_of(a);
         debug_assert!(exact);
         #[cfg(feature = "checks")]
         crate::checks::unmark_cached(span, idx, p);
@@ -425,8 +528,10 @@ impl Central {
                 self.empty = s;
             } else if span.alloc_count == 0 {
                 self.release_span(s, below);
+                return null_mut();
             }
         }
+        s
     }
 
     /// Checks the list invariants; panics with a message on a violation.
@@ -457,6 +562,22 @@ impl Central {
             span.check_invariants();
         }
         assert!(self.ntransfer <= self.cap);
+        let mut sum = 0;
+        for k in 0..self.shards {
+            let len = self.shard_len(k);
+            assert!(
+                len <= self.cap,
+                "transfer shard {k} of class {}",
+                class.index()
+            );
+            sum += len;
+        }
+        assert_eq!(
+            sum,
+            self.ntransfer,
+            "transfer shards of class {}",
+            class.index()
+        );
         assert!(
             self.empty.is_null()
                 // SAFETY: the kept span is on `partial`, live under the caller's lock.

@@ -382,7 +382,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         } else {
             0
         };
-        let class_bytes = Classes::<C::Relax>::bytes(S::GEOMETRY, budget, pad, coarse);
+        let shards = state::transfer_shards(count);
+        let class_bytes = Classes::<C::Relax>::bytes(S::GEOMETRY, budget, shards, pad, coarse);
         let cl = self.source.alloc(class_bytes)?;
         let layout = match S::FIXED {
             Some(l) => *l,
@@ -418,7 +419,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             + bytes.next_multiple_of(S::PAGE_SIZE)
             + stack_bytes.next_multiple_of(S::PAGE_SIZE);
         // SAFETY: `class_bytes` fresh bytes, page aligned, ours for ever.
-        let classes = unsafe { Classes::init(S::GEOMETRY, cl.as_ptr(), budget, pad, coarse) };
+        let classes =
+            unsafe { Classes::init(S::GEOMETRY, cl.as_ptr(), budget, shards, pad, coarse) };
         #[cfg(feature = "hardened")]
         {
             let now = if S::CLOCK { self.source.now_ms() } else { 0 };
@@ -805,7 +807,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             }
             for i in 0..s.count() {
                 s.drain(i, |c, objs| {
-                    self.central(c).lock().flush(c, objs, below);
+                    self.central(c).lock().flush(c, objs, below, i);
                     self.flow(c).flushed_from_slabs(objs.len());
                 });
             }

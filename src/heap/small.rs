@@ -254,17 +254,18 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         let mut buf = [null_mut(); MAX_CAPACITY];
         let want = s.batch(c);
         let below = self.below();
+        let cpu = s.current_cpu();
         let owner = if S::GEOMETRY.shares_lines(c) {
-            Owner::cpu(s.current_cpu())
+            Owner::cpu(cpu)
         } else {
             Owner::NONE
         };
-        let mut n = self.take(c, &mut buf[..want], owner);
+        let mut n = self.take(c, &mut buf[..want], owner, cpu);
         if n == 0 {
             // Out of memory: objects cached anywhere may make whole spans
             // free, whose pages this class can use (a small heap lives on this).
             self.drain_caches(&below);
-            n = self.take(c, &mut buf[..want], owner);
+            n = self.take(c, &mut buf[..want], owner, cpu);
             if n == 0 {
                 return null_mut();
             }
@@ -277,22 +278,24 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         if pushed < n - 1 {
             // The stack filled meanwhile (another thread on this CPU, or a migration).
             // They never reached a stack or a user, so no flow counts them.
-            self.central(c).lock().flush(c, &buf[pushed..n - 1], &below);
+            self.central(c)
+                .lock()
+                .flush(c, &buf[pushed..n - 1], &below, cpu);
         }
         flow.malloc_direct();
         buf[n - 1]
     }
 
-    /// Fills `buf` from class `c`'s central list (objects freed off their
-    /// owner's CPU go back to their spans first, where their owners' refills
-    /// find them); the number taken.
-    fn take(&self, c: SizeClass, buf: &mut [*mut u8], owner: Owner) -> usize {
+    /// Fills `buf` for CPU `cpu`'s cache from class `c`'s central list
+    /// (objects freed off their owner's CPU go back to their spans first,
+    /// where their owners' refills find them); the number taken.
+    fn take(&self, c: SizeClass, buf: &mut [*mut u8], owner: Owner, cpu: usize) -> usize {
         let below = self.below();
         let mut central = self.central(c).lock();
         if S::GEOMETRY.shares_lines(c) {
             central.give_back_remote(c, self.remote(c), &below);
         }
-        central.refill(c, buf, &below, owner)
+        central.refill(c, buf, &below, owner, cpu)
     }
 
     /// A region heap with no room left for class `c` (its refill has already
@@ -313,13 +316,14 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             if size <= S::GEOMETRY.size(c) || !size.is_multiple_of(align) {
                 continue;
             }
+            let cpu = s.current_cpu();
             let owner = if S::GEOMETRY.shares_lines(k) {
-                Owner::cpu(s.current_cpu())
+                Owner::cpu(cpu)
             } else {
                 Owner::NONE
             };
             let mut buf = [null_mut(); 1];
-            if self.take(k, &mut buf, owner) == 1 {
+            if self.take(k, &mut buf, owner, cpu) == 1 {
                 self.flow(k).malloc_direct();
                 #[cfg(feature = "checks")]
                 checks::on_alloc::<S>(&self.map, buf[0]);
@@ -440,14 +444,19 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             let mut buf = [null_mut(); MAX_CAPACITY];
             let k = s.pop_batch(c, &mut buf[..s.batch(c)]);
             if k > 0 {
-                self.central(c).lock().flush(c, &buf[..k], &below);
+                // The CPU read after the pop: one a migration just left
+                // costs the batch its home shard, nothing more.
+                let cpu = s.current_cpu();
+                self.central(c).lock().flush(c, &buf[..k], &below, cpu);
                 flow.flushed_from_slabs(k);
             }
             if s.push(c, p) {
                 return;
             }
         }
-        self.central(c).lock().flush(c, &[p], &below);
+        self.central(c)
+            .lock()
+            .flush(c, &[p], &below, s.current_cpu());
         flow.free_direct();
     }
 
@@ -474,5 +483,97 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// (else `p` has a span of its own, or is not an object of this heap).
     pub(super) fn class_of(&self, p: *mut u8) -> Option<SizeClass> {
         self.map.entry::<S>(Addr::of(p)).small_class()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LockedSlots, RegionSource};
+    use core::alloc::Layout;
+    use core::cell::Cell;
+    use std::vec;
+    use std::vec::Vec;
+
+    std::thread_local! {
+        static CPU: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn which_cpu() -> usize {
+        CPU.with(|c| c.get())
+    }
+
+    /// `n` objects of `size` bytes, handed out and given up (alloc bits set,
+    /// as the objects a flush takes from a stack have; under `checks`
+    /// marked cached, as a free marks them), and their class.
+    fn objects(
+        h: &Heap<RegionSource, LockedSlots<2>>,
+        size: usize,
+        n: usize,
+    ) -> (Vec<*mut u8>, SizeClass) {
+        let l = Layout::from_size_align(size, 8).unwrap();
+        let v: Vec<*mut u8> = (0..n).map(|_| h.allocate(l)).collect();
+        assert!(v.iter().all(|p| !p.is_null()));
+        let c = h.class_of(v[0]).unwrap();
+        assert!(v.iter().all(|&p| h.class_of(p) == Some(c)));
+        #[cfg(feature = "checks")]
+        for &p in &v {
+            checks::on_free::<RegionSource, _>(&h.map, p, c, || h.central(c).lock());
+        }
+        (v, c)
+    }
+
+    /// A refill takes its own CPU's transfer shard first, then, for a class
+    /// whose objects have lines of their own, the other CPUs'; for a class
+    /// under a line never another CPU's.
+    #[test]
+    fn transfer_shards_keep_each_cpu_s_objects() {
+        let mut memory = vec![0u64; 2 << 20];
+        // SAFETY: the region outlives the heap (declared after it, so
+        // dropped first).
+        let source = unsafe { RegionSource::new(memory.as_mut_ptr().cast(), memory.len() * 8) };
+        let h = Heap::new(source, LockedSlots::<2>::new(which_cpu));
+        let below = h.below();
+
+        let (objs, c) = objects(&h, 64, 8);
+        assert!(!RegionSource::GEOMETRY.shares_lines(c));
+        let (a, b) = objs.split_at(4);
+        {
+            let mut central = h.central(c).lock();
+            central.flush(c, a, &below, 0);
+            central.flush(c, b, &below, 1);
+            assert_eq!(central.transfer_len(), 8);
+            let mut out = [null_mut(); 4];
+            assert_eq!(central.refill(c, &mut out, &below, Owner::NONE, 1), 4);
+            assert_eq!(&out[..], b, "CPU 1 gets back what it flushed");
+            let mut out = [null_mut(); 2];
+            assert_eq!(central.refill(c, &mut out, &below, Owner::NONE, 1), 2);
+            assert_eq!(&out[..], &a[2..], "then CPU 0's, before any span");
+            assert_eq!(central.transfer_len(), 2);
+            central.check_invariants(c);
+            central.flush(c, &out, &below, 0);
+            central.flush(c, b, &below, 1);
+        }
+
+        let (objs, c) = objects(&h, 32, 4);
+        assert!(RegionSource::GEOMETRY.shares_lines(c));
+        let mut central = h.central(c).lock();
+        central.flush(c, &objs, &below, 0);
+        let mut out = [null_mut(); 4];
+        assert_eq!(central.refill(c, &mut out, &below, Owner::cpu(1), 1), 4);
+        assert!(
+            out.iter().all(|p| !objs.contains(p)),
+            "never CPU 0's objects"
+        );
+        assert_eq!(central.transfer_len(), 4);
+        central.flush(c, &out, &below, 1);
+        let mut out = [null_mut(); 4];
+        assert_eq!(central.refill(c, &mut out, &below, Owner::cpu(0), 0), 4);
+        assert_eq!(&out[..], &objs[..]);
+        central.check_invariants(c);
+        central.flush(c, &out, &below, 0);
+        drop(central);
+        h.scavenge();
+        h.check_invariants();
     }
 }

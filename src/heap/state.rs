@@ -8,8 +8,9 @@
 //! Layout: `[Classes][centrals][flows][remotes][transfer slots of class
 //! 1][… class 2]…`: one central and one flow per class of the geometry
 //! (class 0 included), one remote list per line-sharing class of any
-//! geometry, the slots of class `c` numbering [`transfer_capacity`]`(c,
-//! budget)`. Centrals and remote lists take a cache line each ([`Padded`])
+//! geometry, the transfer cache of class `c` taking
+//! `Central::transfer_words` of its [`transfer_capacity`]`(c, budget)` and
+//! the heap's [`transfer_shards`]. Centrals and remote lists take a cache line each ([`Padded`])
 //! unless the heap has one CPU ([`Pad::Packed`]): nothing shares their
 //! lines then. Written once under the set-up lock, before the per-CPU
 //! caches are published, and never freed: whoever sees the caches sees
@@ -170,6 +171,22 @@ pub(super) const fn coarse_classes(g: &Geometry, d: usize) -> [u8; NUM_CLASSES] 
     out
 }
 
+/// Most shards of a transfer cache: CPUs past the first [`MAX_SHARDS`] share
+/// shards (CPU `k` uses shard `k % shards`), which bounds the slots' memory
+/// on machines of many CPUs.
+pub(super) const MAX_SHARDS: usize = 16;
+
+/// Shards of the transfer caches of a heap over `cpus` CPUs.
+pub(super) const fn transfer_shards(cpus: usize) -> usize {
+    if cpus == 0 {
+        1
+    } else if cpus > MAX_SHARDS {
+        MAX_SHARDS
+    } else {
+        cpus
+    }
+}
+
 /// Bytes of free objects each class's transfer cache may hold, for a source
 /// bounded by `bound` bytes ([`crate::PageSource::bound`]): [`TRANSFER_BYTES`]
 /// for an unbounded one, a 1024th of the region for a bounded one (so the
@@ -186,10 +203,10 @@ pub(super) const fn transfer_budget(bound: Option<usize>) -> usize {
 /// `budget / size` objects, at most `TRANSFER_SLOTS`. With the full budget
 /// at least `TRANSFER_MIN`; with a smaller one, none unless it holds four
 /// of the per-CPU tier's batches (a cache that cannot take a flush whole is
-/// never used). The classes under a line keep none: a batch of them could
-/// reach another CPU.
+/// never used). The capacity of the whole cache: each of its shards has as
+/// many slots, and all of them together hold no more (`central`).
 pub const fn transfer_capacity(g: &Geometry, c: SizeClass, budget: usize) -> usize {
-    if c.is_large() || c.index() >= g.count || g.shares_lines(c) {
+    if c.is_large() || c.index() >= g.count {
         return 0;
     }
     let n = budget / g.size(c);
@@ -233,16 +250,23 @@ const fn slots_of(g: &Geometry, coarse: &[u8; NUM_CLASSES]) -> ([u8; NUM_CLASSES
 }
 
 impl<X> Classes<X> {
-    /// Bytes of the block for `budget` (see [`transfer_budget`]) and
-    /// [`coarse_div`] `coarse`.
-    pub(super) const fn bytes(g: &Geometry, budget: usize, pad: Pad, coarse: usize) -> usize {
+    /// Bytes of the block for `budget` (see [`transfer_budget`]),
+    /// `shards` transfer shards ([`transfer_shards`]) and [`coarse_div`]
+    /// `coarse`.
+    pub(super) const fn bytes(
+        g: &Geometry,
+        budget: usize,
+        shards: usize,
+        pad: Pad,
+        coarse: usize,
+    ) -> usize {
         let table = coarse_classes(g, coarse);
         let mut slots = 0;
         let mut i = 1;
         while i < g.count {
             if let Some(c) = SizeClass::new(i) {
                 if table[i] as usize == i {
-                    slots += transfer_capacity(g, c, budget);
+                    slots += Central::transfer_words(transfer_capacity(g, c, budget), shards);
                 }
             }
             i += 1;
@@ -251,15 +275,17 @@ impl<X> Classes<X> {
         Plan::new::<X>(n, pad).slots + slots * size_of::<*mut u8>()
     }
 
-    /// Writes an empty block at `p` and gives each central its slots.
+    /// Writes an empty block at `p` and gives each central its transfer
+    /// shards.
     ///
     /// # Safety
-    /// `p` is [`Classes::bytes`]`(g, budget, pad, coarse)` writable bytes
-    /// aligned to a cache line, the heap's for ever.
+    /// `p` is [`Classes::bytes`]`(g, budget, shards, pad, coarse)` writable
+    /// bytes aligned to a cache line, the heap's for ever.
     pub(super) unsafe fn init(
         g: &Geometry,
         p: *mut u8,
         budget: usize,
+        shards: usize,
         pad: Pad,
         coarse: usize,
     ) -> *mut Classes<X> {
@@ -299,8 +325,15 @@ impl<X> Classes<X> {
                     let central = p
                         .add(plan.central + slot_of[c] as usize * plan.central_stride)
                         .cast::<Lock<Central, X>>();
-                    (*central).get_mut().set_transfer(p.add(slot).cast(), cap);
-                    slot += cap * size_of::<*mut u8>();
+                    let words = p.add(slot).cast::<usize>();
+                    let n = Central::transfer_words(cap, shards);
+                    // The lengths; the slots need no zeros (nor, untouched,
+                    // memory).
+                    words.write_bytes(0, shards);
+                    (*central)
+                        .get_mut()
+                        .set_transfer(words, cap, shards, !g.shares_lines(class));
+                    slot += n * size_of::<usize>();
                 }
             }
             for c in 0..SHARING {
@@ -309,7 +342,7 @@ impl<X> Classes<X> {
                     .write(Remote::new());
             }
         }
-        debug_assert_eq!(slot, Self::bytes(g, budget, pad, coarse));
+        debug_assert_eq!(slot, Self::bytes(g, budget, shards, pad, coarse));
         this
     }
 
@@ -408,10 +441,6 @@ mod tests {
             let budget = transfer_budget(bound);
             for c in GO.small_classes() {
                 let cap = transfer_capacity(&GO, c, budget);
-                if GO.shares_lines(c) {
-                    assert_eq!(cap, 0);
-                    continue;
-                }
                 if bound.is_none() {
                     assert!(cap >= TRANSFER_MIN, "class {}", c.index());
                 }
@@ -433,11 +462,18 @@ mod tests {
             .small_classes()
             .all(|c| transfer_capacity(&GO, c, small) == 0));
         for pad in [Pad::Lines, Pad::Packed] {
-            assert_eq!(
-                Classes::<spin::relax::Spin>::bytes(&GO, small, pad, 0),
-                Plan::new::<spin::relax::Spin>(GO.count, pad).slots
-            );
+            for shards in [1, 2, MAX_SHARDS] {
+                assert_eq!(
+                    Classes::<spin::relax::Spin>::bytes(&GO, small, shards, pad, 0),
+                    Plan::new::<spin::relax::Spin>(GO.count, pad).slots
+                );
+            }
         }
+        assert_eq!(
+            (transfer_shards(0), transfer_shards(1), transfer_shards(3)),
+            (1, 1, 3)
+        );
+        assert_eq!(transfer_shards(4 * MAX_SHARDS), MAX_SHARDS);
     }
 }
 
@@ -490,8 +526,8 @@ mod coarse_tests {
                 for c in 1..g.count {
                     assert_eq!(slot[c], slot[t[c] as usize]);
                 }
-                let packed = Classes::<spin::relax::Spin>::bytes(g, 0, Pad::Packed, d);
-                let all = Classes::<spin::relax::Spin>::bytes(g, 0, Pad::Packed, 0);
+                let packed = Classes::<spin::relax::Spin>::bytes(g, 0, 1, Pad::Packed, d);
+                let all = Classes::<spin::relax::Spin>::bytes(g, 0, 1, Pad::Packed, 0);
                 assert!(packed <= all && (d == 0 || packed < all), "{d}");
             }
         }
