@@ -63,11 +63,11 @@
 //! ## The tiers, one line each
 //!
 //! ```text
-//!  alloc(layout) / dealloc(ptr, layout)          free(ptr) (C): page map → span → class
+//!  alloc(layout) / dealloc(ptr, layout)          free(ptr) (C): page map → class, span
 //!        │
 //!  percpu    per CPU: per size class a bounded stack of free objects; the tiny block  (CPU slot, or rseq)
 //!        │ refill / flush a batch                  ▲ classes under a line: remote list (lock-free)
-//!  central   per size class: transfer cache; partial and full spans; owner spans      (one lock per class)
+//!  central   per size class: transfer cache (a shard per CPU); partial and full spans (one lock per class)
 //!        │ a span of k pages / an empty span
 //!  pageheap  arenas, page → span map, first-fit pages, large objects, scavenger       (the heap lock)
 //!        │ reserve / commit / ready / release / fault / free
@@ -110,7 +110,8 @@
 //!    Done in the common case.
 //! 3. Empty stack: lock `central[class]`; for the classes under a cache line,
 //!    first return the class's remote list to its spans; then take a batch —
-//!    from the transfer cache, else the lowest free objects of the first
+//!    from the transfer cache (this CPU's shard, then, except for the classes
+//!    under a line, the other CPUs'), else the lowest free objects of the first
 //!    partial span (ctz over the span's 64-bit alloc cache, Go's
 //!    `nextFreeFast`); for the classes under a line, of the first of the
 //!    first 8 partial spans that this CPU owns or that has no object out,
@@ -148,10 +149,11 @@
 //!    class's lock-free **remote list** instead (one compare-and-swap; the
 //!    list is taken whole under the class's central lock, so no pop races a
 //!    push). No CPU is handed an object whose line-mates live on another CPU.
-//! 3. Full stack: lock `central[class]` and hand over the top batch, into the
-//!    transfer cache if it has room (64 KiB of objects per class; none for the
-//!    classes under a line), else back to the objects' spans (page map → span
-//!    → magic divide → clear the bit). A span whose last object returns goes
+//! 3. Full stack: lock `central[class]` and hand over the top batch, onto this
+//!    CPU's shard of the transfer cache if the cache has room (64 KiB of
+//!    objects per class over all its shards), else back to the objects' spans
+//!    (page map → span, skipped while the objects stay in the previous one's
+//!    span → magic divide → clear the bit). A span whose last object returns goes
 //!    back to the page heap (its lock), except one empty span per class that
 //!    central keeps for the next refill. A remote list that reaches 256
 //!    objects is returned to its spans the same way by the free that grew it.
@@ -305,7 +307,8 @@
 //!   *thread stack* from [`Heap::alloc_stack`]. The per-CPU tier means (1);
 //!   the stack allocator, its pools and its stack caches mean (2).
 //! * **cache** — the *per-CPU cache* (one CPU's stacks and tiny block); the
-//!   *transfer cache* (central's free objects moving CPU → CPU); the
+//!   *transfer cache* (central's free objects, in one shard per CPU, moving
+//!   CPU → CPU when a CPU has none of its own); the
 //!   *large-span cache* (idle large spans in the page heap); a *stack cache*
 //!   (one CPU's free thread stacks); and a CPU's *cache line* (64 bytes, the
 //!   unit of false sharing). Each is named in full where it is meant.
