@@ -25,12 +25,8 @@ fn layout16(size: usize) -> Layout {
     Layout::from_size_align(size.max(16).next_multiple_of(16), 16).unwrap()
 }
 
-/// Sets up `h` (its first allocation) and returns it. One set-up at a
-/// time: a heap set up while another thread probes for rseq support takes
-/// the locked mode.
+/// Sets up `h` (its first allocation) and returns it.
 fn ready(h: &'static LinuxHeap) -> &'static LinuxHeap {
-    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _g = ONE.lock().unwrap_or_else(|e| e.into_inner());
     let p = h.allocate(Layout::from_size_align(64, 8).unwrap());
     assert!(!p.is_null());
     // SAFETY: just allocated with this layout.

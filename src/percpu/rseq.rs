@@ -32,7 +32,7 @@ use core::arch::asm;
 use core::cell::UnsafeCell;
 
 use crate::sizeclass::{SizeClass, NUM_CLASSES};
-use crate::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
+use crate::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicUsize, Ordering};
 
 use super::cache::{
     counter_field, word_field, CacheLayout, CpuCache, TinyEvent, STRIDE, TINY_FIELD,
@@ -856,22 +856,37 @@ const YES: u8 = 2;
 const NO: u8 = 3;
 static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
 static OFFSET: AtomicI64 = AtomicI64::new(0);
+/// The probing thread's thread pointer (`fs:0`, glibc's TCB self-pointer)
+/// while `STATE` is `PROBING`.
+static PROBER: AtomicUsize = AtomicUsize::new(0);
+
+/// How long a thread that finds another one probing waits (yielding) before
+/// it gives up and takes the locked path, in nanoseconds: the probe is two
+/// `dlsym` calls and the membarrier registration, which may take
+/// milliseconds; it may also wait for the loader's lock, which the waiting
+/// thread may hold (a `malloc` from inside `dlopen`), and then the wait ends
+/// here instead of never.
+const PROBE_WAIT_NS: u64 = 200_000_000;
 
 /// Finds glibc's rseq area, once. While the probe runs (it calls `dlsym`, which
-/// may allocate and so re-enter the heap), callers get `Unavailable` and use
-/// the locked path.
+/// may allocate and so re-enter the heap), the probing thread's own calls get
+/// `Unavailable` and use the locked path; another thread's wait for the
+/// probe to finish (at most [`PROBE_WAIT_NS`]), so that a heap set up
+/// meanwhile is not left in locked mode for good.
 pub(crate) fn available() -> Availability {
     match STATE.load(Ordering::Acquire) {
         YES => return Availability::Glibc(OFFSET.load(Ordering::Relaxed)),
-        NO | PROBING => return Availability::Unavailable,
+        NO => return Availability::Unavailable,
+        PROBING => return wait_for_probe(),
         _ => {}
     }
     if STATE
         .compare_exchange(UNKNOWN, PROBING, Ordering::AcqRel, Ordering::Acquire)
         .is_err()
     {
-        return available_after_race();
+        return wait_for_probe();
     }
+    PROBER.store(thread_pointer(), Ordering::Relaxed);
     let found = probe();
     if let Some(off) = found {
         OFFSET.store(off, Ordering::Relaxed);
@@ -883,11 +898,57 @@ pub(crate) fn available() -> Availability {
     }
 }
 
-fn available_after_race() -> Availability {
-    match STATE.load(Ordering::Acquire) {
-        YES => Availability::Glibc(OFFSET.load(Ordering::Relaxed)),
-        _ => Availability::Unavailable,
+/// [`available`] when a probe has begun: its result, once it is known; for
+/// the probing thread itself (re-entered through `dlsym`), or after
+/// [`PROBE_WAIT_NS`], `Unavailable`.
+fn wait_for_probe() -> Availability {
+    let mut deadline = None;
+    loop {
+        match STATE.load(Ordering::Acquire) {
+            YES => return Availability::Glibc(OFFSET.load(Ordering::Relaxed)),
+            NO => return Availability::Unavailable,
+            _ => {}
+        }
+        // PROBER is written right after PROBING: a thread that reads it
+        // before that sees 0 or a finished prober's pointer, neither its own
+        // (its own probe, begun, would have stored it first).
+        if PROBER.load(Ordering::Relaxed) == thread_pointer() {
+            return Availability::Unavailable;
+        }
+        let now = monotonic_ns();
+        match deadline {
+            None => deadline = Some(now.saturating_add(PROBE_WAIT_NS)),
+            Some(d) if now >= d => return Availability::Unavailable,
+            Some(_) => {}
+        }
+        // SAFETY: a syscall without arguments.
+        unsafe { libc::sched_yield() };
     }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds (`u64::MAX` if the clock cannot be
+/// read, which ends a wait at once).
+fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer; the vDSO call does not allocate.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) } != 0 {
+        return u64::MAX;
+    }
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// This thread's thread pointer: the word at `fs:0`, glibc's TCB
+/// self-pointer (distinct for every live thread).
+fn thread_pointer() -> usize {
+    let tp: usize;
+    // SAFETY: on x86-64 Linux with glibc, fs:0 holds the TCB's address.
+    unsafe {
+        asm!("mov {tp}, qword ptr fs:[0]", tp = out(reg) tp, options(nostack, readonly, preserves_flags));
+    }
+    tp
 }
 
 /// `TIERALLOC_NO_RSEQ=1` refuses rseq. Read with `getenv`, which does not
@@ -1000,13 +1061,7 @@ mod tests {
 
     impl Published {
         fn new(count: usize) -> Published {
-            // Another test may be probing right now (then `available` says
-            // Unavailable): wait for the probe to settle.
-            while available() == Availability::Unavailable
-                && STATE.load(Ordering::Acquire) == PROBING
-            {
-                std::thread::yield_now();
-            }
+            // Another test may be probing right now: `available` waits for it.
             let Availability::Glibc(off) = available() else {
                 panic!("this machine's glibc registers rseq: the test needs it");
             };
