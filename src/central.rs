@@ -218,8 +218,9 @@ impl Central {
     ///
     /// # Safety
     /// `words` points at [`Central::transfer_words`]`(cap, shards)`
-    /// word-aligned words, the first `shards` of them zero, that stay this central's alone for as long as the
-    /// heap lives; the transfer cache is empty.
+    /// word-aligned words, the first `shards` of them zero, that stay this
+    /// central's alone for as long as the heap lives; the transfer cache is
+    /// empty.
     pub unsafe fn set_transfer(
         &mut self,
         words: *mut usize,

@@ -122,8 +122,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     }
 
     /// [`Heap::deallocate_fast`], calling `otherwise` instead of returning
-    /// false: every way out of it is then a call in tail position, so a C
-    /// `free` built on it needs no stack frame on its fast path.
+    /// false: a caller's fallback is then a call at the end of the path that
+    /// declined, not a test of a result after the whole fast path.
     ///
     /// # Safety
     /// As [`Heap::try_deallocate_unsized`].

@@ -10,11 +10,11 @@
 //! (class 0 included), one remote list per line-sharing class of any
 //! geometry, the transfer cache of class `c` taking
 //! `Central::transfer_words` of its [`transfer_capacity`]`(c, budget)` and
-//! the heap's [`transfer_shards`]. Centrals and remote lists take a cache line each ([`Padded`])
-//! unless the heap has one CPU ([`Pad::Packed`]): nothing shares their
-//! lines then. Written once under the set-up lock, before the per-CPU
-//! caches are published, and never freed: whoever sees the caches sees
-//! this block.
+//! the heap's [`transfer_shards`]. Centrals and remote lists take a cache
+//! line each ([`Padded`]) unless the heap has one CPU ([`Pad::Packed`]):
+//! nothing shares their lines then. Written once under the set-up lock,
+//! before the per-CPU caches are published, and never freed: whoever sees
+//! the caches sees this block.
 
 use core::marker::PhantomData;
 use core::mem::{align_of, size_of};
