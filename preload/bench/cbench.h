@@ -179,6 +179,33 @@ static inline double cb_real(char opt, const char *s, double lo, double hi) {
     return v;
 }
 
+// The options the shapes with random sizes share: -m MIN and -M MAX (object
+// sizes, 8..2^30 bytes) and -S SEED. Takes `opt` into the given variables
+// and returns 1, or returns 0 for any other option.
+static inline int cb_size_opt(int opt, const char *arg, size_t *min, size_t *max, uint64_t *seed) {
+    switch (opt) {
+    case 'm':
+        *min = (size_t)cb_num('m', arg, 8, 1LL << 30);
+        return 1;
+    case 'M':
+        *max = (size_t)cb_num('M', arg, 8, 1LL << 30);
+        return 1;
+    case 'S':
+        *seed = (uint64_t)cb_num('S', arg, 0, 1LL << 62);
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+// After getopt: no operands are left, and -m is at most -M.
+static inline void cb_args_done(int argc, char **argv, size_t min, size_t max) {
+    if (optind != argc)
+        cb_die("unexpected argument %s", argv[optind]);
+    if (min > max)
+        cb_die("-m %zu is above -M %zu", min, max);
+}
+
 static inline int cb_cpus(void) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n < 1 ? 1 : (int)n;

@@ -122,12 +122,6 @@ int main(int argc, char **argv) {
         case 'n':
             slots = (int)cb_num('n', optarg, 1, 1 << 26);
             break;
-        case 'm':
-            min_size = (size_t)cb_num('m', optarg, 8, 1LL << 30);
-            break;
-        case 'M':
-            max_size = (size_t)cb_num('M', optarg, 8, 1LL << 30);
-            break;
         case 'o':
             steps = (int)cb_num('o', optarg, 0, 1 << 30);
             break;
@@ -140,19 +134,15 @@ int main(int argc, char **argv) {
         case 's':
             sized = 1;
             break;
-        case 'S':
-            seed = (uint64_t)cb_num('S', optarg, 0, 1LL << 62);
-            break;
         default:
+            if (cb_size_opt(opt, optarg, &min_size, &max_size, &seed))
+                break;
             fprintf(stderr, "usage: larson [-t THREADS] [-n SLOTS] [-m MIN] [-M MAX] [-o STEPS] [-r ROUNDS] "
                             "[-d SECONDS] [-s] [-S SEED]\n");
             return 2;
         }
     }
-    if (optind != argc)
-        cb_die("unexpected argument %s", argv[optind]);
-    if (min_size > max_size)
-        cb_die("-m %zu is above -M %zu", min_size, max_size);
+    cb_args_done(argc, argv, min_size, max_size);
     if (sized)
         sized_free = find_free_sized();
     const char *which = !sized ? "free" : sized_free != NULL ? "free_sized" : "free-fallback";

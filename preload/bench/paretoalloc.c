@@ -84,25 +84,15 @@ int main(int argc, char **argv) {
         case 'a':
             alpha = cb_real('a', optarg, 0.1, 100);
             break;
-        case 'm':
-            min_size = (size_t)cb_num('m', optarg, 8, 1LL << 30);
-            break;
-        case 'M':
-            max_size = (size_t)cb_num('M', optarg, 8, 1LL << 30);
-            break;
-        case 'S':
-            seed = (uint64_t)cb_num('S', optarg, 0, 1LL << 62);
-            break;
         default:
+            if (cb_size_opt(opt, optarg, &min_size, &max_size, &seed))
+                break;
             fprintf(stderr, "usage: paretoalloc [-t THREADS] [-w OBJECTS] [-n STEPS] [-a ALPHA] [-m MIN] [-M MAX] "
                             "[-S SEED]\n");
             return 2;
         }
     }
-    if (optind != argc)
-        cb_die("unexpected argument %s", argv[optind]);
-    if (min_size > max_size)
-        cb_die("-m %zu is above -M %zu", min_size, max_size);
+    cb_args_done(argc, argv, min_size, max_size);
     make_quantiles();
     double mean = 0;
     for (int i = 0; i < QUANTILES; i++)

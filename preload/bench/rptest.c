@@ -134,25 +134,15 @@ int main(int argc, char **argv) {
         case 'b':
             per_iteration = cb_num('b', optarg, 1, 1LL << 31);
             break;
-        case 'm':
-            min_size = (size_t)cb_num('m', optarg, 8, 1LL << 30);
-            break;
-        case 'M':
-            max_size = (size_t)cb_num('M', optarg, 8, 1LL << 30);
-            break;
-        case 'S':
-            seed = (uint64_t)cb_num('S', optarg, 0, 1LL << 62);
-            break;
         default:
+            if (cb_size_opt(opt, optarg, &min_size, &max_size, &seed))
+                break;
             fprintf(stderr, "usage: rptest [-t THREADS] [-w OBJECTS] [-i ITERATIONS] [-b OBJECTS] [-m MIN] [-M MAX] "
                             "[-S SEED]\n");
             return 2;
         }
     }
-    if (optind != argc)
-        cb_die("unexpected argument %s", argv[optind]);
-    if (min_size > max_size)
-        cb_die("-m %zu is above -M %zu", min_size, max_size);
+    cb_args_done(argc, argv, min_size, max_size);
     // Log-uniform sizes at evenly spaced quantiles.
     for (int i = 0; i < SIZES; i++) {
         double u = (i + 0.5) / SIZES;

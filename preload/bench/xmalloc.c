@@ -92,24 +92,14 @@ int main(int argc, char **argv) {
         case 'n':
             objects = cb_num('n', optarg, 1, 1LL << 40);
             break;
-        case 'm':
-            min_size = (size_t)cb_num('m', optarg, 8, 1LL << 30);
-            break;
-        case 'M':
-            max_size = (size_t)cb_num('M', optarg, 8, 1LL << 30);
-            break;
-        case 'S':
-            seed = (uint64_t)cb_num('S', optarg, 0, 1LL << 62);
-            break;
         default:
+            if (cb_size_opt(opt, optarg, &min_size, &max_size, &seed))
+                break;
             fprintf(stderr, "usage: xmalloc [-p PAIRS] [-n OBJECTS] [-m MIN] [-M MAX] [-S SEED]\n");
             return 2;
         }
     }
-    if (optind != argc)
-        cb_die("unexpected argument %s", argv[optind]);
-    if (min_size > max_size)
-        cb_die("-m %zu is above -M %zu", min_size, max_size);
+    cb_args_done(argc, argv, min_size, max_size);
 
     struct pair *p = calloc((size_t)pairs, sizeof *p);
     if (p == NULL)
