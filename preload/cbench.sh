@@ -46,17 +46,9 @@ shift $((OPTIND - 1))
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || { echo "cbench.sh: -n $RUNS: expected a positive number" >&2; exit 2; }
 [[ -n $QUICK && -z $RUNS_SET ]] && RUNS=1
 
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/.." && pwd)
-libdir=/usr/lib/x86_64-linux-gnu
-
-die() { echo "cbench.sh: $*" >&2; exit 1; }
-need() { [[ -e $1 ]] || command -v "$1" >/dev/null 2>&1 || die "$1 not found: apt-get install -y $2"; }
-need cc gcc
-need /usr/bin/time time
-need $libdir/libjemalloc.so.2 libjemalloc2
-need $libdir/libmimalloc.so.2 libmimalloc2.0
-need $libdir/libtcmalloc_minimal.so.4 libtcmalloc-minimal4
+NAME=cbench.sh
+. "$(dirname "$0")/common.sh"
+need_common
 
 all_shapes=(simple larson paretoalloc rptest xmalloc)
 IFS=, read -r -a shapes <<<"${ONLY:-$(IFS=,; echo "${all_shapes[*]}")}"
@@ -65,26 +57,10 @@ for s in "${shapes[@]}"; do
     [[ " ${all_shapes[*]} " == *" $s "* ]] || die "ONLY: unknown shape $s (shapes: ${all_shapes[*]})"
 done
 
-tier=${TIERALLOC_LIB:-$root/target/release/libtieralloc.so}
-if [[ -z ${SKIP_BUILD:-} && -z ${TIERALLOC_LIB:-} ]]; then
-    (cd "$root" && cargo build --release -p tieralloc-preload >&2) || die "cargo build failed"
-fi
-[[ -f $tier ]] || die "$tier missing"
-
-work=$(mktemp -d /tmp/tieralloc-cbench.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+set_up_allocators cbench
 for s in "${shapes[@]}"; do
     cc -O2 -pthread -Wall -o "$work/$s" "$here/bench/$s.c" -lm || die "cc bench/$s.c failed"
 done
-
-allocs=(glibc jemalloc mimalloc tcmalloc tieralloc)
-declare -A lib=(
-    [glibc]=""
-    [jemalloc]=$libdir/libjemalloc.so.2
-    [mimalloc]=$libdir/libmimalloc.so.2
-    [tcmalloc]=$libdir/libtcmalloc_minimal.so.4
-    [tieralloc]=$tier
-)
 
 # The rows: ROW -> "shape args..." (full and quick parameters) and a label.
 # The full parameters take about 0.5-1 s under glibc on an idle 2-core machine

@@ -8,6 +8,7 @@
 #   RUNS        runs per program and allocator (default 3; the median is shown)
 #   PY_TESTS    the CPython test modules to time (default: a CPU-bound subset)
 #   SKIP_BUILD  set to use target/release/libtieralloc.so as it is
+#   TIERALLOC_LIB  the libtieralloc.so to measure instead (nothing is built)
 #
 # Programs: `python3.11 -m test $PY_TESTS` with PYTHONMALLOC=malloc, the
 # SQLite workload of tests/sql/workload.sql (200k rows), and tests/c/threads.c
@@ -24,45 +25,22 @@ while getopts "n:o:h" opt; do
     case $opt in
     n) RUNS=$OPTARG ;;
     o) OUT=$OPTARG ;;
-    *) sed -n '2,20p' "$0"; exit 2 ;;
+    *) sed -n '2,21p' "$0"; exit 2 ;;
     esac
 done
 
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/.." && pwd)
-libdir=/usr/lib/x86_64-linux-gnu
+NAME=compare.sh
+. "$(dirname "$0")/common.sh"
 PY=/usr/bin/python3.11
 PY_TESTS=${PY_TESTS:-"test_list test_dict test_set test_unicode test_json test_re test_bytes test_collections test_sort test_long test_decimal"}
 
-die() { echo "compare.sh: $*" >&2; exit 1; }
-need() { [[ -e $1 ]] || command -v "$1" >/dev/null 2>&1 || die "$1 not found: apt-get install -y $2"; }
-need cc gcc
-need /usr/bin/time time
+need_common
 need sqlite3 sqlite3
 need $PY python3.11
 need /usr/lib/python3.11/test/test_list.py libpython3.11-testsuite
-need $libdir/libjemalloc.so.2 libjemalloc2
-need $libdir/libmimalloc.so.2 libmimalloc2.0
-need $libdir/libtcmalloc_minimal.so.4 libtcmalloc-minimal4
 
-if [[ -z ${SKIP_BUILD:-} ]]; then
-    (cd "$root" && cargo build --release -p tieralloc-preload >&2) || die "cargo build failed"
-fi
-tier=$root/target/release/libtieralloc.so
-[[ -f $tier ]] || die "$tier missing"
-
-work=$(mktemp -d /tmp/tieralloc-compare.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+set_up_allocators compare
 cc -O2 -fno-builtin -pthread -o "$work/threads" "$here/tests/c/threads.c" || die "cc threads.c failed"
-
-allocs=(glibc jemalloc mimalloc tcmalloc tieralloc)
-declare -A lib=(
-    [glibc]=""
-    [jemalloc]=$libdir/libjemalloc.so.2
-    [mimalloc]=$libdir/libmimalloc.so.2
-    [tcmalloc]=$libdir/libtcmalloc_minimal.so.4
-    [tieralloc]=$tier
-)
 programs=(python sqlite threads)
 declare -A label=(
     [python]="python3.11 -m test ($(wc -w <<<"$PY_TESTS") modules)"

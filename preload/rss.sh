@@ -7,6 +7,7 @@
 #
 #   RUNS        runs per program and allocator (default 3; the median is shown)
 #   SKIP_BUILD  set to use the built libtieralloc.so as it is
+#   TIERALLOC_LIB  the libtieralloc.so to measure instead (nothing is built)
 #
 # Programs:
 #   realloc  tests/c/decay.c: a buffer grown by realloc one byte at a time to
@@ -29,42 +30,18 @@ while getopts "n:o:h" opt; do
     case $opt in
     n) RUNS=$OPTARG ;;
     o) OUT=$OPTARG ;;
-    *) sed -n '2,25p' "$0"; exit 2 ;;
+    *) sed -n '2,26p' "$0"; exit 2 ;;
     esac
 done
 
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/.." && pwd)
-libdir=/usr/lib/x86_64-linux-gnu
-
-die() { echo "rss.sh: $*" >&2; exit 1; }
-need() { [[ -e $1 ]] || command -v "$1" >/dev/null 2>&1 || die "$1 not found: apt-get install -y $2"; }
-need cc gcc
-need /usr/bin/time time
+NAME=rss.sh
+. "$(dirname "$0")/common.sh"
+need_common
 need node nodejs
-need $libdir/libjemalloc.so.2 libjemalloc2
-need $libdir/libmimalloc.so.2 libmimalloc2.0
-need $libdir/libtcmalloc_minimal.so.4 libtcmalloc-minimal4
 
-if [[ -z ${SKIP_BUILD:-} ]]; then
-    (cd "$root" && cargo build --release -p tieralloc-preload >&2) || die "cargo build failed"
-fi
-tier=${CARGO_TARGET_DIR:-$root/target}/release/libtieralloc.so
-[[ -f $tier ]] || die "$tier missing"
-
-work=$(mktemp -d /tmp/tieralloc-rss.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+set_up_allocators rss
 cc -O2 -fno-builtin -o "$work/decay" "$here/tests/c/decay.c" || die "cc decay.c failed"
 cc -O2 -fno-builtin -o "$work/frag" "$here/bench/frag.c" || die "cc frag.c failed"
-
-allocs=(glibc jemalloc mimalloc tcmalloc tieralloc)
-declare -A lib=(
-    [glibc]=""
-    [jemalloc]=$libdir/libjemalloc.so.2
-    [mimalloc]=$libdir/libmimalloc.so.2
-    [tcmalloc]=$libdir/libtcmalloc_minimal.so.4
-    [tieralloc]=$tier
-)
 programs=(realloc node frag)
 declare -A label=(
     [realloc]="realloc growth to 64 MiB, shrink, pause, pairs: end"

@@ -19,7 +19,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{compile_bench, lib, manifest_dir, out_dir, require, run};
+use common::{compile_bench, compile_shared, lib, manifest_dir, require, run};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -122,22 +122,7 @@ fn xmalloc() {
 /// object's address and what overwrote its tag.
 #[test]
 fn a_live_object_handed_out_twice_is_caught() {
-    require("cc", "gcc");
-    let src = manifest_dir().join("tests/c/reissue.c");
-    let so = out_dir().join("reissue.so");
-    let out = Command::new("cc")
-        .args(["-O2", "-Wall", "-shared", "-fPIC", "-o"])
-        .arg(&so)
-        .arg(&src)
-        .arg("-ldl")
-        .output()
-        .expect("run cc");
-    assert!(
-        out.status.success(),
-        "cc {} failed:\n{}",
-        src.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let so = compile_shared("reissue");
     for (name, args) in [
         ("simple", &["-t", "1", "-n", "1000"][..]),
         ("larson", &["-t", "1", "-r", "2"]),

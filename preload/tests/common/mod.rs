@@ -76,7 +76,20 @@ pub fn compile(name: &str) -> PathBuf {
     build(
         "tests/c",
         name,
+        "",
         &["-O2", "-g", "-fno-builtin", "-Wall", "-pthread"],
+        &["-ldl"],
+    )
+}
+
+/// Compiles `tests/c/<name>.c` as a shared library to preload,
+/// `<name>.so` in the test output dir, once per test run.
+pub fn compile_shared(name: &str) -> PathBuf {
+    build(
+        "tests/c",
+        name,
+        ".so",
+        &["-O2", "-Wall", "-shared", "-fPIC"],
         &["-ldl"],
     )
 }
@@ -84,14 +97,20 @@ pub fn compile(name: &str) -> PathBuf {
 /// Compiles the benchmark shape `bench/<name>.c` (with `bench/cbench.h`) as
 /// `preload/cbench.sh` does, into the test output dir, once per test run.
 pub fn compile_bench(name: &str) -> PathBuf {
-    build("bench", name, &["-O2", "-g", "-Wall", "-pthread"], &["-lm"])
+    build(
+        "bench",
+        name,
+        "",
+        &["-O2", "-g", "-Wall", "-pthread"],
+        &["-lm"],
+    )
 }
 
-/// `cc FLAGS -o OUT/<dir's last part>-<name> DIR/<name>.c LIBS`, once per
-/// (dir, name) and test run.
-fn build(dir: &str, name: &str, flags: &[&str], libs: &[&str]) -> PathBuf {
+/// `cc FLAGS -o OUT/<dir's last part>-<name><suffix> DIR/<name>.c LIBS`
+/// (`OUT/<name><suffix>` for `tests/c`), once per output and test run.
+fn build(dir: &str, name: &str, suffix: &str, flags: &[&str], libs: &[&str]) -> PathBuf {
     static BUILT: Mutex<BTreeMap<String, PathBuf>> = Mutex::new(BTreeMap::new());
-    let key = format!("{dir}/{name}");
+    let key = format!("{dir}/{name}{suffix}");
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(exe) = built.get(&key) {
         return exe.clone();
@@ -99,9 +118,9 @@ fn build(dir: &str, name: &str, flags: &[&str], libs: &[&str]) -> PathBuf {
     require("cc", "gcc");
     let src = manifest_dir().join(dir).join(format!("{name}.c"));
     let exe = if dir == "tests/c" {
-        out_dir().join(name)
+        out_dir().join(format!("{name}{suffix}"))
     } else {
-        out_dir().join(format!("{}-{name}", dir.replace('/', "-")))
+        out_dir().join(format!("{}-{name}{suffix}", dir.replace('/', "-")))
     };
     let out = Command::new("cc")
         .args(flags)
