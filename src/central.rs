@@ -280,18 +280,19 @@ impl Central {
     /// many. Fewer than asked (possibly 0) only when the source is exhausted.
     ///
     /// The objects are for CPU `cpu`'s cache. For a class whose objects
-    /// share lines, `owner` is that CPU ([`Owner::NONE`] if unknown): they
-    /// come only from its own transfer shard, from spans it owns or from
-    /// spans that have no object out, which it then owns (see [`Span::owner`]).
+    /// share lines they come only from that CPU's own transfer shard, from
+    /// spans it owns or from spans that have no object out, which it then
+    /// owns (see [`Span::owner`]; a CPU index [`Owner::cpu`] cannot pack
+    /// owns none).
     pub fn refill<S: PageSource, X: RelaxStrategy>(
         &mut self,
         class: SizeClass,
         out: &mut [*mut u8],
         below: &Below<'_, S, X>,
-        owner: Owner,
         cpu: usize,
     ) -> usize {
         let want = out.len();
+        let owner = Owner::cpu(cpu);
         let own = !owner.is_none() && S::GEOMETRY.shares_lines(class);
         // 1. The transfer cache: this CPU's shard (the objects it flushed
         // last), then, where objects may change CPUs, the others'.

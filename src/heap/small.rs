@@ -255,17 +255,12 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         let want = s.batch(c);
         let below = self.below();
         let cpu = s.current_cpu();
-        let owner = if S::GEOMETRY.shares_lines(c) {
-            Owner::cpu(cpu)
-        } else {
-            Owner::NONE
-        };
-        let mut n = self.take(c, &mut buf[..want], owner, cpu);
+        let mut n = self.take(c, &mut buf[..want], cpu);
         if n == 0 {
             // Out of memory: objects cached anywhere may make whole spans
             // free, whose pages this class can use (a small heap lives on this).
             self.drain_caches(&below);
-            n = self.take(c, &mut buf[..want], owner, cpu);
+            n = self.take(c, &mut buf[..want], cpu);
             if n == 0 {
                 return null_mut();
             }
@@ -289,13 +284,13 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// Fills `buf` for CPU `cpu`'s cache from class `c`'s central list
     /// (objects freed off their owner's CPU go back to their spans first,
     /// where their owners' refills find them); the number taken.
-    fn take(&self, c: SizeClass, buf: &mut [*mut u8], owner: Owner, cpu: usize) -> usize {
+    fn take(&self, c: SizeClass, buf: &mut [*mut u8], cpu: usize) -> usize {
         let below = self.below();
         let mut central = self.central(c).lock();
         if S::GEOMETRY.shares_lines(c) {
             central.give_back_remote(c, self.remote(c), &below);
         }
-        central.refill(c, buf, &below, owner, cpu)
+        central.refill(c, buf, &below, cpu)
     }
 
     /// A region heap with no room left for class `c` (its refill has already
@@ -316,14 +311,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             if size <= S::GEOMETRY.size(c) || !size.is_multiple_of(align) {
                 continue;
             }
-            let cpu = s.current_cpu();
-            let owner = if S::GEOMETRY.shares_lines(k) {
-                Owner::cpu(cpu)
-            } else {
-                Owner::NONE
-            };
             let mut buf = [null_mut(); 1];
-            if self.take(k, &mut buf, owner, cpu) == 1 {
+            if self.take(k, &mut buf, s.current_cpu()) == 1 {
                 self.flow(k).malloc_direct();
                 #[cfg(feature = "checks")]
                 checks::on_alloc::<S>(&self.map, buf[0]);
@@ -544,10 +533,10 @@ mod tests {
             central.flush(c, b, &below, 1);
             assert_eq!(central.transfer_len(), 8);
             let mut out = [null_mut(); 4];
-            assert_eq!(central.refill(c, &mut out, &below, Owner::NONE, 1), 4);
+            assert_eq!(central.refill(c, &mut out, &below, 1), 4);
             assert_eq!(&out[..], b, "CPU 1 gets back what it flushed");
             let mut out = [null_mut(); 2];
-            assert_eq!(central.refill(c, &mut out, &below, Owner::NONE, 1), 2);
+            assert_eq!(central.refill(c, &mut out, &below, 1), 2);
             assert_eq!(&out[..], &a[2..], "then CPU 0's, before any span");
             assert_eq!(central.transfer_len(), 2);
             central.check_invariants(c);
@@ -560,7 +549,7 @@ mod tests {
         let mut central = h.central(c).lock();
         central.flush(c, &objs, &below, 0);
         let mut out = [null_mut(); 4];
-        assert_eq!(central.refill(c, &mut out, &below, Owner::cpu(1), 1), 4);
+        assert_eq!(central.refill(c, &mut out, &below, 1), 4);
         assert!(
             out.iter().all(|p| !objs.contains(p)),
             "never CPU 0's objects"
@@ -568,7 +557,7 @@ mod tests {
         assert_eq!(central.transfer_len(), 4);
         central.flush(c, &out, &below, 1);
         let mut out = [null_mut(); 4];
-        assert_eq!(central.refill(c, &mut out, &below, Owner::cpu(0), 0), 4);
+        assert_eq!(central.refill(c, &mut out, &below, 0), 4);
         assert_eq!(&out[..], &objs[..]);
         central.check_invariants(c);
         central.flush(c, &out, &below, 0);
