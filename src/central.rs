@@ -424,6 +424,19 @@ impl Central {
             self.ntransfer += n;
             return;
         }
+        self.give_back(class, objs, below);
+    }
+
+    /// Takes back free objects of `class` that a CPU's cache no longer
+    /// wants (a grown stack's growth, given back when its class idles):
+    /// straight to their spans, which may then go back to the page heap,
+    /// since nobody is about to ask for them.
+    pub fn give_back<S: PageSource, X: RelaxStrategy>(
+        &mut self,
+        class: SizeClass,
+        objs: &[*mut u8],
+        below: &Below<'_, S, X>,
+    ) {
         let mut last = null_mut();
         for &p in objs {
             last = self.give_back_near(class, p, last, below);

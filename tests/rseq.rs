@@ -8,7 +8,9 @@
 //! object carries a pattern derived from its address and size that is checked
 //! before it is freed; objects cross threads through channels (remote frees).
 //! A third of the objects take the C ABI's paths (`Heap::allocate_fast`,
-//! `Heap::deallocate_fast`, their fallbacks), the rest the sized ones.
+//! `Heap::deallocate_fast`, their fallbacks), the rest the sized ones. Now
+//! and then a worker allocates and frees batches larger than any per-CPU
+//! stack, so that stacks grow (and move) while all this goes on.
 
 #![cfg(all(feature = "linux", target_arch = "x86_64"))]
 
@@ -176,6 +178,30 @@ fn stress(heap: &'static LinuxHeap, threads: usize, ops: usize) {
                             free_obj(heap, o);
                         }
                     }
+                    // Now and then a batch larger than any stack, freed and
+                    // allocated again: stacks grow, move to their grown slots
+                    // and give the growth back, under the same chaos.
+                    if i % 10_000 == 5_000 {
+                        let size = 16 << r.below(5);
+                        for round in 0..3 {
+                            let batch: Vec<Obj> = (0..1_500)
+                                .map(|k| {
+                                    let c = (k + round) % 2 == 0;
+                                    let p = if c {
+                                        c_malloc(heap, size)
+                                    } else {
+                                        heap.allocate(Layout::from_size_align(size, 8).unwrap())
+                                    };
+                                    assert!(!p.is_null());
+                                    fill(p, size);
+                                    Obj(p as usize, size, c)
+                                })
+                                .collect();
+                            for o in batch {
+                                free_obj(heap, o);
+                            }
+                        }
+                    }
                     // Take some remote objects to free.
                     if i % 7 == 0 {
                         if let Ok(o) = rx.lock().unwrap().try_recv() {
@@ -294,4 +320,76 @@ fn rseq_push_pop_never_lose_or_duplicate() {
     H.check_invariants();
     let st = H.stats();
     assert_eq!(st.mallocs, st.frees, "{st}");
+}
+
+/// Pins the calling thread to CPU `cpu`; whether it could.
+fn pin(cpu: usize) -> bool {
+    // SAFETY: cpu_set_t manipulation on a local; the syscall takes plain values.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+/// A batch larger than a CPU's stack, freed and allocated again round
+/// after round (glibc's bench-malloc-simple): after a round the stack has
+/// grown to hold it (`percpu::limit`), so it stays on the CPU instead of
+/// going through central, which the cached bytes show (more than the
+/// transfer cache can hold); when the program moves on to other sizes, the
+/// idle check gives the growth back; a scavenge drains grown stacks whole.
+#[test]
+fn a_stack_grows_to_hold_a_batch_and_gives_it_back_when_idle() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    static H: LinuxHeap = LinuxHeap::new();
+    assert!(pin(0), "pin to CPU 0");
+    assert!(H.uses_rseq());
+    let l = Layout::from_size_align(256, 8).unwrap();
+    let batch = 1600;
+    let bytes = (batch * 256) as u64;
+    let mut ps = Vec::with_capacity(batch);
+    let mut cached = Vec::new();
+    for round in 0..6 {
+        ps.extend((0..batch).map(|_| H.allocate(l)));
+        assert!(ps.iter().all(|p| !p.is_null()));
+        for (i, &p) in ps.iter().enumerate() {
+            // SAFETY: fresh 256-byte objects.
+            unsafe { (p as *mut usize).write(i ^ round) };
+        }
+        for (i, p) in ps.drain(..).enumerate() {
+            // SAFETY: written above; allocated with `l`.
+            unsafe {
+                assert_eq!(
+                    (p as *mut usize).read(),
+                    i ^ round,
+                    "object {p:p} overwritten"
+                );
+                H.deallocate(p, l);
+            }
+        }
+        cached.push(H.stats().cached_bytes);
+    }
+    // The stack starts at 64 objects (16 KiB) and the transfer cache holds
+    // 64 KiB of the class: most of the batch staying cached is the stack.
+    assert!(
+        cached[3..].iter().all(|&c| c >= bytes * 9 / 10),
+        "the batch stays on the CPU once the stack has grown: {cached:?} of {bytes}"
+    );
+    // Another size for a while: the 256-byte class idles, and gives its growth back.
+    let small = Layout::from_size_align(32, 8).unwrap();
+    for _ in 0..4 * 4096 {
+        let p = H.allocate(small);
+        // SAFETY: allocated just above with `small`.
+        unsafe { H.deallocate(p, small) };
+    }
+    let after = H.stats().cached_bytes;
+    assert!(
+        after < bytes / 2,
+        "an idle grown stack went back to central: {after} of {bytes} cached"
+    );
+    H.check_invariants();
+    H.scavenge();
+    let st = H.stats();
+    assert_eq!((st.cached_bytes, st.heap_alloc), (0, 0), "{st}");
+    H.check_invariants();
 }

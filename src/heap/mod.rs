@@ -234,7 +234,7 @@ impl<S: PageSource> Shape for S {
     const FIXED: Option<&'static CacheLayout> = if S::SMALL_ARENAS {
         None
     } else {
-        Some(&CacheLayout::new(S::GEOMETRY, class_cache_bytes(None)))
+        Some(&CacheLayout::unbounded(S::GEOMETRY))
     };
 }
 

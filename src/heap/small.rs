@@ -19,6 +19,7 @@ use core::ptr::{null_mut, NonNull};
 use crate::central::REMOTE_MAX;
 #[cfg(feature = "checks")]
 use crate::checks;
+use crate::pageheap::Below;
 use crate::percpu::{Caches, Cpu, Fast, MAX_CAPACITY};
 use crate::sizeclass::SizeClass;
 use crate::source::PageSource;
@@ -44,7 +45,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 unsafe {
                     super::hardened::clear_key(p)
                 };
-                self.decay_tick(tick);
+                if tick {
+                    self.pop_tick();
+                }
                 #[cfg(feature = "checks")]
                 checks::on_alloc::<S>(&self.map, p);
                 return p;
@@ -213,8 +216,32 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[cold]
     #[inline(never)]
     fn tick_then(&self, p: NonNull<u8>) -> NonNull<u8> {
-        self.decay_tick(true);
+        self.pop_tick();
         p
+    }
+
+    /// A pop due a decay tick (every 4,096th malloc of a class on a CPU):
+    /// the decay's poll, and the idle check of the CPU's grown stacks
+    /// (`percpu::limit`), whose objects go back to central.
+    #[cold]
+    #[inline(never)]
+    fn pop_tick(&self) {
+        self.decay_tick(true);
+        if let Some(s) = self.caches() {
+            let below = self.below();
+            s.shed_idle(
+                |v| S::GEOMETRY.size(v),
+                |v, objs| self.flush_reclaimed(v, objs, &below),
+            );
+        }
+    }
+
+    /// Objects of class `v` that a CPU's stack gave back with its growth
+    /// (`percpu::limit`): to their spans, past the transfer cache, so that
+    /// spans a finished phase emptied serve the next one.
+    fn flush_reclaimed(&self, v: SizeClass, objs: &[*mut u8], below: &Below<'_, S, C::Relax>) {
+        self.central(v).lock().give_back(v, objs, below);
+        self.flow(v).flushed_from_slabs(objs.len());
     }
 
     #[cfg_attr(rseq, inline(never))]
@@ -229,7 +256,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         } else {
             s.pop(c)
         };
-        self.decay_tick(tick);
+        if tick {
+            self.pop_tick();
+        }
         if p.is_null() {
             p = self.refill(s, c);
         }
@@ -268,6 +297,11 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         #[cfg(feature = "hardened")]
         self.mark_carved(&buf[..n - 1]);
         let flow = self.flow(c);
+        s.underflowed(
+            c,
+            |v| S::GEOMETRY.size(v),
+            |v, objs| self.flush_reclaimed(v, objs, &below),
+        );
         let pushed = s.push_batch(c, &buf[..n - 1]);
         flow.pushed_to_slabs(pushed);
         if pushed < n - 1 {
@@ -426,6 +460,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     #[cold]
     #[inline(never)]
     fn flush_push(&self, s: Caches<'_, C, S>, c: SizeClass, p: *mut u8) {
+        if s.overflowed(c, S::GEOMETRY.size(c)) && s.push(c, p) {
+            return; // the push failed on a limit not settled yet
+        }
         self.decay_tick(true);
         let below = self.below();
         let flow = self.flow(c);

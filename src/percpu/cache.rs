@@ -2,21 +2,27 @@
 //! operations on it by whoever has it to itself. See [`super`] for the tier
 //! and [`super::word`] for the words' formats.
 //!
-//! **Layout.** A cache is the tiny word, a few counters, then for every size
-//! class its stack word followed by its `capacity(c)` slots ([`STACK_AT`]),
-//! so a pop or a push finds both from one address and touches one or two
-//! adjacent lines. The restartable sequences address the words by the byte
-//! offsets below ([`TINY_FIELD`], [`word_field`]) and step from one CPU's
-//! cache to the next by [`STRIDE`].
+//! **Layout** ([`CacheLayout`]). A cache is the tiny word, a few counters,
+//! then for every size class its stack word followed by its `capacity(c)`
+//! slots, so a pop or a push finds both from one address and touches one or
+//! two adjacent lines. Where the stacks grow (the layout the restartable
+//! sequences address, [`super::limit`]), the stack words sit in a header
+//! with each class's limit word and slots pointer, and the slots follow the
+//! header. The restartable sequences address the words by the byte offsets
+//! below ([`TINY_FIELD`], [`word_field`]) and step from one CPU's cache to
+//! the next by [`STRIDE`].
 //!
 //! **Bound on stranded memory.** Class `c` holds at most [`capacity`]`(c)`
-//! objects: `clamp(CLASS_CACHE_BYTES / size, 2, MAX_CAPACITY)`. The sum over
-//! the classes, [`CACHE_BOUND_BYTES`] (about 1.3 MiB), bounds the free memory
-//! one CPU can hold; `Heap::scavenge` drains it.
+//! objects, `clamp(CLASS_CACHE_BYTES / size, 2, MAX_CAPACITY)`, plus what its
+//! limit grew by; all growth on one CPU is at most [`GROWTH_BYTES`]. So one
+//! CPU holds at most [`CACHE_BOUND_BYTES`] (about 1.3 MiB, and 512 KiB more
+//! where stacks grow) of free objects; `Heap::scavenge` drains it.
 //!
 //! Invariants (guarded by the CPU's exclusivity, or committed by one store):
-//! * `len(c) <= capacity(c)`; the stack's first `len(c)` slots are free
-//!   objects of class `c`, each handed out by its span (alloc bit set);
+//! * `len(c) <= limit(c) <= max(c)`, the limit being `capacity(c)` where
+//!   stacks do not grow (a shrinking limit may pass under a length, never
+//!   the slots: see [`super::limit`]); the stack's first `len(c)` slots are
+//!   free objects of class `c`, each handed out by its span (alloc bit set);
 //! * if the tiny word names a block, that block's live count is the tiny
 //!   allocator's bias plus the live sub-objects minus the `n` carved so far
 //!   (see `heap::tiny`).
@@ -36,6 +42,12 @@ pub(crate) const CLASS_CACHE_BYTES: usize = 16 * 1024;
 pub(crate) const MAX_CAPACITY: usize = 128;
 /// Fewest objects any class's stack holds.
 pub(crate) const MIN_CAPACITY: usize = 2;
+/// Bytes of objects a class's stack may grow to hold ([`super::limit`]), in
+/// a layout that grows ([`CacheLayout::GO`] where the sections are compiled
+/// in).
+pub(crate) const GROWN_CLASS_BYTES: usize = 512 * 1024;
+/// Most objects a grown stack holds.
+pub(crate) const MAX_GROWN_CAPACITY: usize = 2048;
 
 /// Where each class's stack lies in a cache, and how many objects it holds:
 /// a function of the heap's geometry and its source's
@@ -49,12 +61,38 @@ pub(crate) const MIN_CAPACITY: usize = 2;
 /// `at[c]` after the cache's head, its slots the `cap(c)` words after that.
 /// Classes at and past `classes` have no stack and no word (`cap == 0`);
 /// nothing asks for them, since the geometry never hands them out.
+///
+/// A layout that grows ([`CacheLayout::growing`], [`super::limit`]) is
+/// arranged otherwise, so that a class whose stack never grows costs the
+/// pages it costs in one that does not:
+/// * a header of four words per class: the limit word, the stack word
+///   (`at[c]`), the slots pointer (the address of the stack's slot 0), and
+///   the pops count the last idle check saw;
+/// * the stacks as they start, `cap(c)` slots each from `slots_at[c]`,
+///   one after another as above;
+/// * the grown stacks, `max(c) = clamp(grown_bytes / size(c), cap(c),
+///   MAX_GROWN_CAPACITY)` slots each from `grown_at[c]`, which a stack
+///   moves to (the slots pointer changes, once) when its limit first
+///   passes `cap(c)`. Their pages are touched only by stacks that grew.
+///
+/// Elsewhere `max(c) == cap(c)`, and there are no limit words or pointers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct CacheLayout {
     /// One past the last class with a stack (the geometry's `count`).
     classes: usize,
     cap: [u16; NUM_CLASSES],
-    at: [u16; NUM_CLASSES + 1],
+    /// Slots of each stack: at least `cap`.
+    max: [u16; NUM_CLASSES],
+    /// Whether the stacks grow: each stack word has a limit word before it
+    /// and a slots pointer after it.
+    grows: bool,
+    /// Word index (after the head) of each class's stack word.
+    at: [u32; NUM_CLASSES],
+    /// Word index of each class's first slot as the stack starts.
+    slots_at: [u32; NUM_CLASSES],
+    /// In a layout that grows, word index of each class's grown stack
+    /// (`max(c)` slots, if more than `cap(c)`).
+    grown_at: [u32; NUM_CLASSES],
     /// 32-bit targets: the word after the stacks where the carries begin.
     #[cfg(not(target_pointer_width = "64"))]
     carries_at: usize,
@@ -101,13 +139,34 @@ pub(crate) const fn class_cache_bytes(bound: Option<usize>) -> usize {
 pub(crate) const MIN_CLASS_CACHE_BYTES: usize = 64;
 
 impl CacheLayout {
-    /// The layout of heaps on Go's geometry with the default stack bytes:
-    /// the only one the restartable sequences address.
-    pub(crate) const GO: CacheLayout = CacheLayout::new(&Geometry::GO, CLASS_CACHE_BYTES);
+    /// The layout of heaps on Go's geometry over unbounded sources: the only
+    /// one the restartable sequences address.
+    pub(crate) const GO: CacheLayout = CacheLayout::unbounded(&Geometry::GO);
+
+    /// The layout of a heap on geometry `g` over an unbounded source: stacks
+    /// sized for [`CLASS_CACHE_BYTES`], which grow where the restartable
+    /// sequences are compiled in (their slow paths are what grows them).
+    pub(crate) const fn unbounded(g: &Geometry) -> CacheLayout {
+        if cfg!(rseq) {
+            Self::growing(g, CLASS_CACHE_BYTES, GROWN_CLASS_BYTES)
+        } else {
+            Self::new(g, CLASS_CACHE_BYTES)
+        }
+    }
 
     /// The layout for `g` with stacks sized for `class_bytes` each.
     pub(crate) const fn new(g: &Geometry, class_bytes: usize) -> CacheLayout {
         Self::serving(g, class_bytes, None)
+    }
+
+    /// [`CacheLayout::new`] with a limit word per stack and slots for up to
+    /// `grown_bytes` of objects (see the type).
+    pub(crate) const fn growing(
+        g: &Geometry,
+        class_bytes: usize,
+        grown_bytes: usize,
+    ) -> CacheLayout {
+        Self::build(g, class_bytes, None, grown_bytes)
     }
 
     /// [`CacheLayout::new`] for a heap that serves class `c` from class
@@ -119,48 +178,101 @@ impl CacheLayout {
         class_bytes: usize,
         served: Option<&[u8; NUM_CLASSES]>,
     ) -> CacheLayout {
+        Self::build(g, class_bytes, served, 0)
+    }
+
+    /// The layout: stacks grow if `grown_bytes` is not 0.
+    const fn build(
+        g: &Geometry,
+        class_bytes: usize,
+        served: Option<&[u8; NUM_CLASSES]>,
+        grown_bytes: usize,
+    ) -> CacheLayout {
+        let grows = grown_bytes != 0;
         let mut l = CacheLayout {
             classes: g.count,
             cap: [0; NUM_CLASSES],
-            at: [0; NUM_CLASSES + 1],
+            max: [0; NUM_CLASSES],
+            grows,
+            at: [0; NUM_CLASSES],
+            slots_at: [0; NUM_CLASSES],
+            grown_at: [0; NUM_CLASSES],
             #[cfg(not(target_pointer_width = "64"))]
             carries_at: 0,
             stride: 0,
             bound: 0,
         };
-        let mut words = 0;
         let mut i = 1;
-        while i < NUM_CLASSES {
-            l.at[i] = words as u16;
-            if i < g.count {
-                let size = g.rows[i].size as usize;
-                let n = class_bytes / size;
-                let kept = match served {
-                    Some(t) => t[i] as usize == i,
-                    None => true,
-                };
-                let cap = if !kept {
-                    0
-                } else if n < MIN_CAPACITY {
-                    MIN_CAPACITY
-                } else if n > MAX_CAPACITY {
-                    MAX_CAPACITY
-                } else {
-                    n
-                };
-                l.cap[i] = cap as u16;
-                l.bound += cap * size;
-                words += 1 + cap;
-            }
+        while i < g.count {
+            let size = g.rows[i].size as usize;
+            let n = class_bytes / size;
+            let kept = match served {
+                Some(t) => t[i] as usize == i,
+                None => true,
+            };
+            let cap = if !kept {
+                0
+            } else if n < MIN_CAPACITY {
+                MIN_CAPACITY
+            } else if n > MAX_CAPACITY {
+                MAX_CAPACITY
+            } else {
+                n
+            };
+            let grown = grown_bytes / size;
+            let max = if !grows || cap == 0 || grown <= cap {
+                cap
+            } else if grown > MAX_GROWN_CAPACITY {
+                MAX_GROWN_CAPACITY
+            } else {
+                grown
+            };
+            l.cap[i] = cap as u16;
+            l.max[i] = max as u16;
+            l.bound += cap * size;
             i += 1;
         }
-        l.at[NUM_CLASSES] = words as u16;
+        let mut words = 0;
+        if grows {
+            // The header: each class's limit, stack, slots-pointer and seen
+            // words together; then the stacks as they start; then the grown
+            // ones.
+            let mut i = 1;
+            while i < g.count {
+                l.at[i] = (words + 1) as u32;
+                words += 4;
+                i += 1;
+            }
+            let mut i = 1;
+            while i < g.count {
+                l.slots_at[i] = words as u32;
+                words += l.cap[i] as usize;
+                i += 1;
+            }
+            let mut i = 1;
+            while i < g.count {
+                l.grown_at[i] = words as u32;
+                if l.max[i] > l.cap[i] {
+                    words += l.max[i] as usize;
+                }
+                i += 1;
+            }
+        } else {
+            let mut i = 1;
+            while i < g.count {
+                l.at[i] = words as u32;
+                l.slots_at[i] = (words + 1) as u32;
+                l.grown_at[i] = (words + 1) as u32;
+                words += 1 + l.cap[i] as usize;
+                i += 1;
+            }
+        }
         #[cfg(not(target_pointer_width = "64"))]
         {
             l.carries_at = words;
             words += NUM_CLASSES;
         }
-        assert!(words < u16::MAX as usize);
+        assert!(words < u32::MAX as usize / 8);
         l.stride = (HEAD_BYTES + words * core::mem::size_of::<Word>()).next_multiple_of(64);
         l
     }
@@ -170,6 +282,20 @@ impl CacheLayout {
     #[inline(always)]
     pub(crate) const fn cap(&self, c: SizeClass) -> usize {
         self.cap[c.index()] as usize
+    }
+
+    /// Slots of class `c`'s stack: the most objects it can hold once grown
+    /// ([`CacheLayout::cap`] in a layout that does not grow).
+    #[inline(always)]
+    pub(crate) const fn max(&self, c: SizeClass) -> usize {
+        self.max[c.index()] as usize
+    }
+
+    /// Whether each stack has a limit word ([`super::limit`]).
+    #[inline(always)]
+    #[cfg_attr(not(rseq), allow(dead_code))] // only the sections' layout grows
+    pub(crate) const fn grows(&self) -> bool {
+        self.grows
     }
 
     /// Objects moved per refill or flush of class `c`: half its stack, at
@@ -210,8 +336,15 @@ impl CacheLayout {
     #[inline(always)]
     fn word_index(&self, c: SizeClass) -> usize {
         // SAFETY: a `SizeClass` index is below NUM_CLASSES (its invariant),
-        // and `at` has NUM_CLASSES + 1 entries.
+        // the length of `at`.
         unsafe { *self.at.get_unchecked(c.index()) as usize }
+    }
+
+    /// Word index of class `c`'s slot 0 as its stack starts.
+    #[inline(always)]
+    fn slots_index(&self, c: SizeClass) -> usize {
+        // SAFETY: as in `word_index`.
+        unsafe { *self.slots_at.get_unchecked(c.index()) as usize }
     }
 
     /// [`CacheLayout::cap`] for the fast paths: no bounds check.
@@ -233,9 +366,22 @@ pub(crate) const fn batch(c: SizeClass) -> usize {
     CacheLayout::GO.batch(c)
 }
 
-/// Most bytes of free objects one CPU's cache can hold (about 1.3 MiB) in a
-/// heap on Go's geometry: `Σ capacity(c) · size(c)` over the classes.
-pub const CACHE_BOUND_BYTES: usize = CacheLayout::GO.bound;
+/// Most bytes of free objects one CPU's cache can hold in a heap on Go's
+/// geometry: `Σ capacity(c) · size(c)` over the classes (about 1.3 MiB),
+/// plus 512 KiB where the stacks grow to hold batches larger than they
+/// start with (rseq mode: feature `linux` on x86-64).
+pub const CACHE_BOUND_BYTES: usize = CacheLayout::GO.bound
+    + if CacheLayout::GO.grows {
+        GROWTH_BYTES
+    } else {
+        0
+    };
+
+/// Bytes of limits above the capacities that one CPU's stacks may have in
+/// all, where they grow ([`super::limit`]): room for a 1,600-object batch
+/// of 256 bytes (400 KiB, glibc's `bench-malloc-simple`) with the rest to
+/// spare, and less than half the capacities' own bound.
+pub(crate) const GROWTH_BYTES: usize = 512 << 10;
 
 /// Per-CPU event counters (besides the per-class malloc counts packed in the
 /// stack words).
@@ -309,6 +455,8 @@ pub(crate) struct CacheHead {
     /// The current tiny block, packed ([`Tiny`]); 0 = none.
     tiny: TinyCell,
     counters: [AtomicU64; NUM_TINY_EVENTS],
+    /// Bytes of limits above the capacities ([`super::limit`]).
+    grown: AtomicUsize,
 }
 
 /// Bytes of a cache's head; the stack words start here.
@@ -384,13 +532,100 @@ impl<'a> CpuCache<'a> {
         }
     }
 
-    /// Slot `i` of class `c`'s stack.
+    /// Slot `i` of class `c`'s stack where it starts: where it always is in
+    /// locked mode, whose stacks never move (their limits never grow).
     #[inline(always)]
     fn slot(&self, c: SizeClass, i: usize) -> &'a AtomicWord {
         debug_assert!(!c.is_large() && i < self.layout.cap(c));
+        debug_assert!(
+            !self.layout.grows || {
+                let p = self.slots_word(c).load(Ordering::Relaxed);
+                p == 0 || p == self.start_slots(c)
+            },
+            "a stack that moved is reached through its slots pointer"
+        );
         // `c` is a small class and `i < cap(c)` (callers keep `len <= cap`),
         // so the index is inside class `c`'s stack.
-        self.word_ref(self.layout.word_index(c) + 1 + i)
+        self.word_ref(self.layout.slots_index(c) + i)
+    }
+
+    /// Slot `i` of class `c`'s stack wherever it is: through its slots
+    /// pointer once set (rseq mode: the stack may have moved to its grown
+    /// slots, `super::limit`), else where it starts.
+    #[inline(always)]
+    fn slot_anywhere(&self, c: SizeClass, i: usize) -> &'a AtomicWord {
+        debug_assert!(!c.is_large() && i < self.layout.max(c));
+        if self.layout.grows {
+            let p = self.slots_word(c).load(Ordering::Relaxed);
+            if p != 0 {
+                // SAFETY: a set slots pointer is the address of one of the
+                // class's two stacks in this cache (`settle_limit`,
+                // `Fast::relocate`), and callers keep `i` below its length,
+                // which the limit keeps within that stack's slots.
+                return unsafe { &*(p as *const AtomicWord).add(i) };
+            }
+        }
+        self.slot(c, i)
+    }
+
+    /// Class `c`'s limit word, in a layout that grows.
+    #[inline(always)]
+    #[cfg_attr(not(rseq), allow(dead_code))] // only the sections' layout grows
+    pub(crate) fn limit_word(&self, c: SizeClass) -> &'a AtomicWord {
+        debug_assert!(self.layout.grows && !c.is_large() && c.index() < self.layout.classes);
+        // A growing layout puts each small class's limit word right before
+        // its stack word (word index `at[c] - 1 >= 0`).
+        self.word_ref(self.layout.word_index(c) - 1)
+    }
+
+    /// Class `c`'s slots pointer (0 until settled), in a layout that grows.
+    #[inline(always)]
+    pub(crate) fn slots_word(&self, c: SizeClass) -> &'a AtomicWord {
+        debug_assert!(self.layout.grows && !c.is_large() && c.index() < self.layout.classes);
+        // The word after the stack word, in the header.
+        self.word_ref(self.layout.word_index(c) + 1)
+    }
+
+    /// Class `c`'s seen word (the pops count the last idle check saw), in a
+    /// layout that grows.
+    #[inline(always)]
+    #[cfg_attr(not(rseq), allow(dead_code))] // only the sections' layout grows
+    pub(crate) fn seen_word(&self, c: SizeClass) -> &'a AtomicWord {
+        debug_assert!(self.layout.grows && !c.is_large() && c.index() < self.layout.classes);
+        // Two words after the stack word, in the header.
+        self.word_ref(self.layout.word_index(c) + 2)
+    }
+
+    /// The address of class `c`'s stack as it starts.
+    #[inline(always)]
+    #[cfg_attr(not(rseq), allow(dead_code))] // only the sections' layout grows
+    pub(crate) fn start_slots(&self, c: SizeClass) -> Word {
+        self.word_ref(self.layout.slots_index(c)) as *const AtomicWord as Word
+    }
+
+    /// The address of class `c`'s grown stack (`max(c)` slots), in a layout
+    /// that grows; `None` for a class that cannot grow.
+    #[inline(always)]
+    #[cfg_attr(not(rseq), allow(dead_code))] // only the sections' layout grows
+    pub(crate) fn grown_slots(&self, c: SizeClass) -> Option<Word> {
+        (self.layout.grows && self.layout.max(c) > self.layout.cap(c)).then(|| {
+            self.word_ref(self.layout.grown_at[c.index()] as usize) as *const AtomicWord as Word
+        })
+    }
+
+    /// The layout.
+    #[inline(always)]
+    #[cfg_attr(not(rseq), allow(dead_code))] // only the sections' layout grows
+    pub(crate) fn layout(&self) -> &'a CacheLayout {
+        self.layout
+    }
+
+    /// Bytes of limits above the layout's capacities, over every class
+    /// ([`super::limit`]).
+    #[inline(always)]
+    #[cfg_attr(not(rseq), allow(dead_code))] // only the sections' layout grows
+    pub(crate) fn grown(&self) -> &'a AtomicUsize {
+        &self.head.grown
     }
 
     /// Class `c`'s stack word.
@@ -450,13 +685,13 @@ impl<'a> CpuCache<'a> {
     /// (Feature `hardened`'s slow search.)
     #[cfg(feature = "hardened")]
     pub(crate) fn holds(&self, c: SizeClass, p: *mut u8) -> bool {
-        let cap = self.cap(c);
-        if c.is_large() || cap == 0 {
+        let max = self.layout.max(c);
+        if c.is_large() || max == 0 {
             return false;
         }
-        // A stopped word's length field reads as over the capacity.
-        let n = self.word(c).len().min(cap);
-        (0..n).any(|i| self.slot(c, i).load(Ordering::Relaxed) == p as Word)
+        // A stopped word's length field reads as over the slots.
+        let n = self.word(c).len().min(max);
+        (0..n).any(|i| self.slot_anywhere(c, i).load(Ordering::Relaxed) == p as Word)
     }
 
     /// Mallocs counted by pops of class `c`, cumulative (a racy read).
@@ -483,7 +718,9 @@ impl<'a> CpuCache<'a> {
 
     // Exclusive operations: the caller holds this cache's slot (locked mode)
     // or has stopped it (rseq mode). They keep the same word formats as the
-    // sections, and leave the STOP bit as they found it.
+    // sections, and leave the STOP bit as they found it. All but `pop_batch`
+    // address the stacks where they start, which is where they stay in
+    // locked mode; rseq mode only drains (`pop_batch`).
 
     /// Pops a free object of class `c`, counting a malloc; with it, whether
     /// that malloc is due a decay tick ([`StackWord::ticks`]).
@@ -535,13 +772,15 @@ impl<'a> CpuCache<'a> {
         k
     }
 
-    /// Pops up to `out.len()` objects from the top; returns how many.
+    /// Pops up to `out.len()` objects from the top; returns how many. The
+    /// one exclusive operation of rseq mode (a drain), so it finds a stack
+    /// that moved.
     pub(crate) fn pop_batch(&self, c: SizeClass, out: &mut [*mut u8]) -> usize {
         let w = self.stack_word(c).load(Ordering::Relaxed);
         let n = StackWord(w).len();
         let k = out.len().min(n);
         for (j, o) in out[..k].iter_mut().enumerate() {
-            *o = self.slot(c, n - k + j).load(Ordering::Relaxed) as *mut u8;
+            *o = self.slot_anywhere(c, n - k + j).load(Ordering::Relaxed) as *mut u8;
         }
         self.stack_word(c).store(w - k, Ordering::Relaxed);
         k
@@ -641,8 +880,15 @@ mod tests {
         assert_eq!(capacity(SizeClass::new(1).unwrap()), 128);
         assert_eq!(capacity(SizeClass::new(67).unwrap()), 2);
         assert_eq!(capacity(SizeClass::LARGE), 0);
-        // The documented bound: about 1.3 MiB per CPU.
-        const { assert!(CACHE_BOUND_BYTES < 1536 * 1024 && CACHE_BOUND_BYTES > 1024 * 1024) };
+        // The documented bound: about 1.3 MiB per CPU, 512 KiB more where
+        // stacks grow.
+        let grown = if CacheLayout::GO.grows {
+            GROWTH_BYTES
+        } else {
+            0
+        };
+        assert!(CACHE_BOUND_BYTES - grown < 1536 * 1024 && CACHE_BOUND_BYTES - grown > 1024 * 1024);
+        assert_eq!(CacheLayout::GO.grows, cfg!(rseq));
     }
 
     /// Every layout puts each class's word and slots inside the stride,
@@ -680,6 +926,55 @@ mod tests {
                         && l.stride() < HEAD_BYTES + words * core::mem::size_of::<Word>() + 64
                 );
             }
+        }
+    }
+
+    /// A growing layout: a header of four words per class, then every
+    /// stack as it starts (as packed as in a layout that does not grow), then
+    /// the grown stacks, each `max(c)` slots, all disjoint and inside the
+    /// stride; growth is a grown-bytes clamp, and no class shrinks.
+    #[test]
+    fn growing_layout_keeps_starting_stacks_packed() {
+        let g = &Geometry::GO;
+        let l = CacheLayout::growing(g, CLASS_CACHE_BYTES, GROWN_CLASS_BYTES);
+        let flat = CacheLayout::new(g, CLASS_CACHE_BYTES);
+        assert!(l.grows() && !flat.grows());
+        let classes: std::vec::Vec<SizeClass> = l.small_classes().collect();
+        let mut next = 0;
+        for (k, &c) in classes.iter().enumerate() {
+            assert_eq!(l.word_at(c), 4 * k + 1, "header");
+            assert_eq!(l.cap(c), flat.cap(c));
+            let want = (GROWN_CLASS_BYTES / g.size(c)).clamp(l.cap(c), MAX_GROWN_CAPACITY);
+            assert_eq!(l.max(c), want, "class {}", c.index());
+            assert_eq!(flat.max(c), flat.cap(c));
+        }
+        next += 4 * classes.len();
+        for &c in &classes {
+            assert_eq!(
+                l.slots_at[c.index()] as usize,
+                next,
+                "starting stacks packed"
+            );
+            next += l.cap(c);
+        }
+        for &c in &classes {
+            assert_eq!(l.grown_at[c.index()] as usize, next);
+            if l.max(c) > l.cap(c) {
+                next += l.max(c);
+            }
+        }
+        assert!(HEAD_BYTES + next * core::mem::size_of::<Word>() <= l.stride());
+        assert!(l.stride() - HEAD_BYTES < (next + 8) * core::mem::size_of::<Word>());
+        // Classes up to 256 bytes can hold 2,048 objects once grown.
+        assert!(classes
+            .iter()
+            .filter(|&&c| g.size(c) <= 256)
+            .all(|&c| l.max(c) == MAX_GROWN_CAPACITY));
+        let b = Block::new(std::boxed::Box::leak(std::boxed::Box::new(l)));
+        let cache = b.cache();
+        for &c in &classes {
+            assert!(cache.grown_slots(c).is_some() == (l.max(c) > l.cap(c)));
+            assert_eq!(cache.slots_word(c).load(Ordering::Relaxed), 0, "unsettled");
         }
     }
 

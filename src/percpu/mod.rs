@@ -7,7 +7,10 @@
 //! pushes onto it — on whichever CPU the free happens, so a remote free costs
 //! nothing extra (the classes under a cache line aside: see `heap::small`).
 //! An empty stack is refilled with a batch from the class's central list; a
-//! full one sends its top batch back.
+//! full one sends its top batch back. In rseq mode a stack that keeps
+//! sending batches back only to take them again grows to hold them, within
+//! a per-CPU budget, and gives the growth back when its class idles
+//! ([`limit`]).
 //!
 //! [`Slabs`] is the front's one door to this tier. It owns the [`Cpu`] and
 //! reaches the caches one of two ways, fixed when the heap sets itself up:
@@ -30,6 +33,8 @@
 
 mod cache;
 pub mod cpu;
+#[cfg(rseq)]
+mod limit;
 #[cfg(feature = "linux")]
 pub mod linux;
 mod locked;
@@ -360,6 +365,150 @@ impl<'a, C: Cpu, K: Shape> Caches<'a, C, K> {
         }
     }
 
+    /// In rseq mode, the current CPU's cache if its stacks grow
+    /// ([`limit`]); `None` in locked mode, whose stacks keep their
+    /// capacities.
+    #[cfg(rseq)]
+    fn growing(&self) -> Option<CpuCache<'a>> {
+        let f = self.fast()?;
+        let cpu = f.cpu();
+        (self.layout().grows() && cpu < self.count()).then(|| self.locked().cache(cpu))
+    }
+
+    /// Class `c`'s stack on the current CPU ran dry (a refill, about to
+    /// push a batch; `size` gives each class's object size): in rseq mode,
+    /// settles its limit, or raises a settled one ([`limit`]). If the CPU's
+    /// growth budget is spent, first takes it back from other classes that
+    /// grew: their objects above their capacities go to `flush` (lock order:
+    /// whatever `flush` takes), their limits back down.
+    #[inline(always)]
+    pub(crate) fn underflowed(
+        &self,
+        c: SizeClass,
+        size: impl Fn(SizeClass) -> usize,
+        flush: impl FnMut(SizeClass, &[*mut u8]),
+    ) {
+        #[cfg(rseq)]
+        if let Some(cache) = self.growing() {
+            if !cache.settle_limit(c) {
+                let pops = cache.word(c).pops();
+                cache.grow_limit(
+                    c,
+                    size(c),
+                    pops,
+                    || self.fast().is_some_and(|f| f.relocate(&cache, c)),
+                    |need| self.reclaim(&cache, c, need, &size, flush),
+                );
+            }
+        }
+        #[cfg(not(rseq))]
+        let _ = (c, size, flush);
+    }
+
+    /// Takes at least `need` bytes of growth back from the idle classes
+    /// other than `c` that grew in `cache` (the current CPU's when read),
+    /// the classes after `c` first; see [`Caches::reclaim_class`].
+    #[cfg(rseq)]
+    #[cold]
+    fn reclaim(
+        &self,
+        cache: &CpuCache<'_>,
+        c: SizeClass,
+        need: usize,
+        size: &impl Fn(SizeClass) -> usize,
+        mut flush: impl FnMut(SizeClass, &[*mut u8]),
+    ) {
+        let classes = self.layout().small_classes();
+        let after = classes.clone().skip_while(|&v| v != c).skip(1);
+        let mut freed = 0;
+        for v in after.chain(classes.take_while(|&v| v != c)) {
+            if freed >= need {
+                break;
+            }
+            if cache.has_grown(v) && cache.idle(v) {
+                freed += self.reclaim_class(cache, v, size(v), &mut flush);
+            }
+        }
+    }
+
+    /// The idle check, at a decay tick of the current CPU (every 4,096
+    /// mallocs of a class there): a class that grew and had no malloc here
+    /// since the last check gives its growth back ([`Caches::reclaim_class`]),
+    /// so that a phase's batches do not stay on the CPU after it ends.
+    #[inline(always)]
+    #[cfg_attr(not(rseq), allow(unused_mut))] // only rseq stacks grow
+    pub(crate) fn shed_idle(
+        &self,
+        size: impl Fn(SizeClass) -> usize,
+        mut flush: impl FnMut(SizeClass, &[*mut u8]),
+    ) {
+        #[cfg(rseq)]
+        if let Some(cache) = self.growing() {
+            if cache.grown().load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            for v in self.layout().small_classes() {
+                if cache.has_grown(v) {
+                    if cache.idle(v) {
+                        self.reclaim_class(&cache, v, size(v), &mut flush);
+                    }
+                    cache.mark_seen(v);
+                }
+            }
+        }
+        #[cfg(not(rseq))]
+        let _ = (size, flush);
+    }
+
+    /// Sends class `v`'s objects above its capacity to `flush` (lock order:
+    /// whatever `flush` takes), then lowers its limit in `cache` to its
+    /// length; the bytes of growth given back. The objects come from the
+    /// current CPU's stack: if the thread moved, that is not `cache`'s, and
+    /// `cache`'s limit comes down only as far as its length allows.
+    #[cfg(rseq)]
+    #[cold]
+    fn reclaim_class(
+        &self,
+        cache: &CpuCache<'_>,
+        v: SizeClass,
+        size: usize,
+        flush: &mut impl FnMut(SizeClass, &[*mut u8]),
+    ) -> usize {
+        let Some(f) = self.fast() else { return 0 };
+        let cap = self.layout().cap(v);
+        let mut buf = [null_mut(); MAX_CAPACITY];
+        loop {
+            let len = cache.word(v).len();
+            if len <= cap {
+                break;
+            }
+            let k = f.pop_batch(v, &mut buf[..(len - cap).min(MAX_CAPACITY)]);
+            if k == 0 {
+                break;
+            }
+            flush(v, &buf[..k]);
+        }
+        cache.lower_limit(v, size)
+    }
+
+    /// A push of class `c` on the current CPU failed (a flush of
+    /// `size`-byte objects): in rseq mode, settles the stack's limit if it
+    /// was not yet (true: the push failed on that, try it again), else
+    /// counts the overflow against it ([`limit`]).
+    #[inline(always)]
+    pub(crate) fn overflowed(&self, c: SizeClass, size: usize) -> bool {
+        #[cfg(rseq)]
+        if let Some(cache) = self.growing() {
+            if cache.settle_limit(c) {
+                return true;
+            }
+            cache.note_overflow(c, size);
+        }
+        #[cfg(not(rseq))]
+        let _ = (c, size);
+        false
+    }
+
     /// Carves `size` bytes at alignment `a` (a power of two) from the current
     /// CPU's tiny block, in one entry; null if there is no block or no room.
     #[inline(always)]
@@ -446,8 +595,12 @@ impl<'a, C: Cpu, K: Shape> Caches<'a, C, K> {
         self.exclusive(i, |cache| {
             let mut buf = [null_mut(); MAX_CAPACITY];
             for c in self.layout().small_classes() {
-                let k = cache.pop_batch(c, &mut buf);
-                if k > 0 {
+                // A grown stack takes several batches.
+                loop {
+                    let k = cache.pop_batch(c, &mut buf);
+                    if k == 0 {
+                        break;
+                    }
                     flush(c, &buf[..k]);
                 }
             }

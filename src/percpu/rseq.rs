@@ -34,9 +34,7 @@ use core::cell::UnsafeCell;
 use crate::sizeclass::{SizeClass, NUM_CLASSES};
 use crate::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicUsize, Ordering};
 
-use super::cache::{
-    counter_field, word_field, CacheLayout, CpuCache, TinyEvent, STRIDE, TINY_FIELD,
-};
+use super::cache::{counter_field, word_field, CpuCache, TinyEvent, STRIDE, TINY_FIELD};
 use super::word::{StackWord, Tiny};
 
 /// The signature glibc registered the area with; it must precede each abort handler.
@@ -48,8 +46,10 @@ const RSEQ_CPU_ID: usize = 4;
 /// The slabs as the critical sections see them. Per-class fields are arrays
 /// indexed by the class, so that a section addresses them with the class
 /// index scaled in the operand; index 0 (class 0 has no stack) has `word` =
-/// CPU 0's cache itself and `cap` = 0, and the word sections ([`load`],
-/// [`store_if`], [`add`], [`carve`]) use it.
+/// CPU 0's cache itself, and the word sections ([`load`], [`store_if`],
+/// [`add`], [`carve`]) use it. A stack's capacity is not here: it is the
+/// CPU's own limit word right before the stack word (`super::limit`), which
+/// a push compares the length against.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug)]
 struct Desc {
@@ -58,11 +58,10 @@ struct Desc {
     /// Number of CPU caches; a CPU id at or above it fails the section.
     count: u32,
     /// Per class, the address of its stack word in CPU 0's cache; the stack's
-    /// slots follow the word (slot `i` at `word + 8 + 8 i`), and CPU `k`'s
-    /// word is [`STRIDE`] · `k` bytes further.
+    /// slots follow the word (slot `i` at `word + 8 + 8 i`), its limit word
+    /// precedes it (the limit in its low 32 bits, at `word - 8`), and CPU
+    /// `k`'s word is [`STRIDE`] · `k` bytes further.
     word: [u64; NUM_CLASSES],
-    /// Per class, the capacity of its stack.
-    cap: [u32; NUM_CLASSES],
 }
 
 /// The restartable sequences of one heap: a [`Desc`] kept in place — inside
@@ -86,7 +85,6 @@ impl Sections {
             rseq_off: 0,
             count: 0,
             word: [0; NUM_CLASSES],
-            cap: [0; NUM_CLASSES],
         }))
     }
 
@@ -130,9 +128,6 @@ impl Sections {
                     Some(c) if !c.is_large() => word_field(c) as u64,
                     _ => 0,
                 }
-            }));
-            core::ptr::addr_of_mut!((*p).cap).write(core::array::from_fn(|i| {
-                SizeClass::new(i).map_or(0, |c| CacheLayout::GO.cap(c) as u32)
             }));
         }
         self.off().store(rseq_off, Ordering::Release);
@@ -218,6 +213,18 @@ impl Fast {
     pub(crate) fn pop_batch(self, c: SizeClass, out: &mut [*mut u8]) -> usize {
         // SAFETY: as in `pop`; `out` is a valid slice.
         unsafe { pop_batch(self.d, self.off, c.index(), out.as_mut_ptr(), out.len()) }
+    }
+
+    /// Moves class `c`'s stack in `cache`, the current CPU's, to its grown
+    /// slots, if it is empty and still where it started; whether it moved
+    /// (`super::limit`). Fails if the thread runs elsewhere now.
+    pub(crate) fn relocate(self, cache: &CpuCache<'_>, c: SizeClass) -> bool {
+        let Some(to) = cache.grown_slots(c) else {
+            return false;
+        };
+        // SAFETY: as in `pop`; `to` is the grown stack of the cache whose
+        // starting stack is `from`, and the section moves only that one.
+        unsafe { relocate(self.d, self.off, c.index(), cache.start_slots(c), to) }
     }
 
     /// Carves `size` bytes at alignment `a` (a power of two) from the tiny
@@ -339,12 +346,10 @@ fn unmark_stopped(cache: &CpuCache<'_>) {
 // Field offsets used by the assembly below (checked at compile time).
 const D_COUNT: usize = 8;
 const D_WORD: usize = 16;
-const D_CAP: usize = D_WORD + 8 * NUM_CLASSES;
 const _: () = {
     assert!(core::mem::offset_of!(Desc, rseq_off) == 0);
     assert!(core::mem::offset_of!(Desc, count) == D_COUNT);
     assert!(core::mem::offset_of!(Desc, word) == D_WORD);
-    assert!(core::mem::offset_of!(Desc, cap) == D_CAP);
     // `imul r64, r64, imm32`.
     assert!(STRIDE < i32::MAX as usize);
 };
@@ -457,9 +462,18 @@ const _: () = assert!(
 //   out of line: RSEQ_SIG, 7: abort handler (re-arm: jump to 2),
 //                5: failure exit (stack empty/full/stopped, CPU out of range)
 // A stopped stack word (length ≥ STOP) fails both the "empty" test of a pop
-// (length − 1 ≥ cap) and the "full" test of a push (length ≥ cap).
-// The length field, STOP included, is read with one 16-bit `movzx`.
-const _: () = assert!(StackWord::LEN_BITS == 16 && StackWord::POPS_SHIFT == 16);
+// (the length field read signed, STOP its sign bit: length − 1 < 0) and the
+// "full" test of a push (length ≥ limit, and every limit is below STOP). A
+// pop does not test the limit: a stack whose limit was lowered below its
+// length still pops. The slots are where the slots pointer (the word after
+// the stack word) says: a stack that grew has moved (`super::limit`).
+// The length field, STOP included, is read with one 16-bit `movzx` (a pop:
+// `movsx`, STOP being the field's sign bit).
+const _: () = assert!(
+    StackWord::LEN_BITS == 16
+        && StackWord::POPS_SHIFT == 16
+        && StackWord::STOP == 1 << (StackWord::LEN_BITS - 1)
+);
 
 /// Pops the top object of class `c`'s stack on the current CPU, counting one
 /// malloc in the same store (stack word: length in the low 16 bits, mallocs
@@ -482,11 +496,11 @@ unsafe fn pop(d: *const Desc, off: i64, c: usize) -> (*mut u8, StackWord) {
             d, off, "[{d} + {c} * 8 + {word}]", w;
             [
                 "mov {w}, qword ptr [{t}]",
-                "movzx {p:e}, {w:x}",
+                "movsx {p:e}, {w:x}",
                 "dec {p:e}",
-                "cmp {p:e}, dword ptr [{d} + {c} * 4 + {cap}]",
-                "jae 5f",
-                "mov {p}, qword ptr [{t} + {p} * 8 + 8]",
+                "js 5f",
+                "mov {s}, qword ptr [{t} + 8]",
+                "mov {p}, qword ptr [{s} + {p} * 8]",
                 "add {w}, {pop}",
                 "mov qword ptr [{t}], {w}",
             ];
@@ -496,7 +510,7 @@ unsafe fn pop(d: *const Desc, off: i64, c: usize) -> (*mut u8, StackWord) {
             ];
             c = in(reg) c,
             p = out(reg) p,
-            cap = const D_CAP,
+            s = out(reg) _,
             pop = const StackWord::POP_DELTA,
         );
     }
@@ -519,9 +533,10 @@ unsafe fn push(d: *const Desc, off: i64, c: usize, obj: *mut u8) -> bool {
             [
                 "mov {w}, qword ptr [{t}]",
                 "movzx {n:e}, {w:x}",
-                "cmp {n:e}, dword ptr [{d} + {c} * 4 + {cap}]",
+                "cmp {n:e}, dword ptr [{t} - 8]",
                 "jae 5f",
-                "mov qword ptr [{t} + {n} * 8 + 8], {obj}",
+                "mov {s}, qword ptr [{t} + 8]",
+                "mov qword ptr [{s} + {n} * 8], {obj}",
                 "add {w}, {push}",
                 "mov qword ptr [{t}], {w}",
             ];
@@ -531,7 +546,7 @@ unsafe fn push(d: *const Desc, off: i64, c: usize, obj: *mut u8) -> bool {
             c = in(reg) c,
             obj = in(reg) obj,
             n = out(reg) _,
-            cap = const D_CAP,
+            s = out(reg) _,
             push = const StackWord::PUSH_DELTA,
             fail = label { return false; },
         );
@@ -555,14 +570,15 @@ unsafe fn push_batch(d: *const Desc, off: i64, c: usize, src: *const *mut u8, n:
             [
                 "mov {w}, qword ptr [{t}]",
                 "movzx {i:e}, {w:x}",
-                "mov {k:e}, dword ptr [{d} + {c} * 4 + {cap}]",
+                "mov {k:e}, dword ptr [{t} - 8]",
                 "sub {k}, {i}",
                 "jbe 5f",
                 "cmp {k}, {n}",
                 "cmova {k}, {n}",
                 "test {k}, {k}",
                 "jz 5f",
-                "lea {x}, [{t} + {i} * 8 + 8]",
+                "mov {x}, qword ptr [{t} + 8]",
+                "lea {x}, [{x} + {i} * 8]",
                 "xor {i:e}, {i:e}",
                 "9:",
                 "mov {y}, qword ptr [{src} + {i} * 8]",
@@ -584,7 +600,7 @@ unsafe fn push_batch(d: *const Desc, off: i64, c: usize, src: *const *mut u8, n:
             k = out(reg) k,
             x = out(reg) _,
             y = out(reg) _,
-            cap = const D_CAP,
+
         );
     }
     k
@@ -606,7 +622,7 @@ unsafe fn pop_batch(d: *const Desc, off: i64, c: usize, dst: *mut *mut u8, n: us
             [
                 "mov {w}, qword ptr [{t}]",
                 "movzx {k:e}, {w:x}",
-                "cmp {k:e}, dword ptr [{d} + {c} * 4 + {cap}]",
+                "cmp {k:e}, {mask}",
                 "ja 5f",
                 "cmp {k}, {n}",
                 "cmova {k}, {n}",
@@ -614,7 +630,8 @@ unsafe fn pop_batch(d: *const Desc, off: i64, c: usize, dst: *mut *mut u8, n: us
                 "jz 5f",
                 "sub {w}, {k}",
                 "movzx {x:e}, {w:x}",
-                "lea {x}, [{t} + {x} * 8 + 8]",
+                "mov {y}, qword ptr [{t} + 8]",
+                "lea {x}, [{y} + {x} * 8]",
                 "xor {i:e}, {i:e}",
                 "9:",
                 "mov {y}, qword ptr [{x} + {i} * 8]",
@@ -635,10 +652,46 @@ unsafe fn pop_batch(d: *const Desc, off: i64, c: usize, dst: *mut *mut u8, n: us
             k = out(reg) k,
             x = out(reg) _,
             y = out(reg) _,
-            cap = const D_CAP,
+            mask = const StackWord::LEN_MASK,
         );
     }
     k
+}
+
+/// Moves class `c`'s stack on the current CPU from the slots at `from` to
+/// those at `to`, by storing `to` as its slots pointer (the commit), if the
+/// stack is empty and not stopped and its pointer is `from` (which names one
+/// CPU's stack: a thread that moved finds another pointer and fails).
+/// Whether it moved.
+///
+/// # Safety
+/// As [`pop`]; `to` is the address of the class's grown stack in the cache
+/// whose stack is at `from` (`CpuCache::grown_slots`).
+#[inline]
+unsafe fn relocate(d: *const Desc, off: i64, c: usize, from: usize, to: usize) -> bool {
+    // SAFETY: as in `pop`; the one store is the commit, and an empty stack
+    // has no objects in the slots it leaves.
+    unsafe {
+        rseq_section!(
+            d, off, "[{d} + {c} * 8 + {word}]";
+            [
+                "mov {w}, qword ptr [{t}]",
+                "test {w:x}, {w:x}",
+                "jnz 5f",
+                "cmp qword ptr [{t} + 8], {from}",
+                "jne 5f",
+                "mov qword ptr [{t} + 8], {to}",
+            ];
+            fail: [
+                "jmp {fail}",
+            ];
+            c = in(reg) c,
+            from = in(reg) from,
+            to = in(reg) to,
+            fail = label { return false; },
+        );
+    }
+    true
 }
 
 /// Reads the word at byte offset `field` of the current CPU's cache; returns
@@ -1049,9 +1102,11 @@ unsafe fn cpu_id(off: i64) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::cache::CacheLayout;
     use super::*;
 
-    /// `count` zeroed caches from the system allocator, published as sections.
+    /// `count` zeroed caches from the system allocator, their limits settled
+    /// (as the slow paths settle them), published as sections.
     struct Published {
         sections: std::boxed::Box<Sections>,
         mem: *mut u8,
@@ -1069,6 +1124,13 @@ mod tests {
                 std::alloc::Layout::from_size_align(count * CacheLayout::GO.stride(), 64).unwrap();
             // SAFETY: a non-zero layout.
             let mem = unsafe { std::alloc::alloc_zeroed(layout) };
+            for i in 0..count {
+                // SAFETY: `i < count` zeroed caches of the layout in the block.
+                let cache = unsafe { CpuCache::at(mem, i, &CacheLayout::GO) };
+                for c in CacheLayout::GO.small_classes() {
+                    cache.settle_limit(c);
+                }
+            }
             let sections = std::boxed::Box::new(Sections::new());
             // SAFETY: once; zeroed caches that outlive every use (dropped last).
             assert!(unsafe { sections.publish(mem.cast(), count, off) });
