@@ -87,12 +87,12 @@ pub(crate) struct CacheLayout {
     /// and a slots pointer after it.
     grows: bool,
     /// Word index (after the head) of each class's stack word.
-    at: [u32; NUM_CLASSES],
+    at: [u16; NUM_CLASSES],
     /// Word index of each class's first slot as the stack starts.
-    slots_at: [u32; NUM_CLASSES],
+    slots_at: [u16; NUM_CLASSES],
     /// In a layout that grows, word index of each class's grown stack
     /// (`max(c)` slots, if more than `cap(c)`).
-    grown_at: [u32; NUM_CLASSES],
+    grown_at: [u16; NUM_CLASSES],
     /// 32-bit targets: the word after the stacks where the carries begin.
     #[cfg(not(target_pointer_width = "64"))]
     carries_at: usize,
@@ -239,19 +239,19 @@ impl CacheLayout {
             // ones.
             let mut i = 1;
             while i < g.count {
-                l.at[i] = (words + 1) as u32;
+                l.at[i] = (words + 1) as u16;
                 words += 4;
                 i += 1;
             }
             let mut i = 1;
             while i < g.count {
-                l.slots_at[i] = words as u32;
+                l.slots_at[i] = words as u16;
                 words += l.cap[i] as usize;
                 i += 1;
             }
             let mut i = 1;
             while i < g.count {
-                l.grown_at[i] = words as u32;
+                l.grown_at[i] = words as u16;
                 if l.max[i] > l.cap[i] {
                     words += l.max[i] as usize;
                 }
@@ -260,9 +260,9 @@ impl CacheLayout {
         } else {
             let mut i = 1;
             while i < g.count {
-                l.at[i] = words as u32;
-                l.slots_at[i] = (words + 1) as u32;
-                l.grown_at[i] = (words + 1) as u32;
+                l.at[i] = words as u16;
+                l.slots_at[i] = (words + 1) as u16;
+                l.grown_at[i] = (words + 1) as u16;
                 words += 1 + l.cap[i] as usize;
                 i += 1;
             }
@@ -272,7 +272,7 @@ impl CacheLayout {
             l.carries_at = words;
             words += NUM_CLASSES;
         }
-        assert!(words < u32::MAX as usize / 8);
+        assert!(words < u16::MAX as usize);
         l.stride = (HEAD_BYTES + words * core::mem::size_of::<Word>()).next_multiple_of(64);
         l
     }
