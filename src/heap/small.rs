@@ -229,10 +229,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         self.decay_tick(true);
         if let Some(s) = self.caches() {
             let below = self.below();
-            s.shed_idle(
-                |v| S::GEOMETRY.size(v),
-                |v, objs| self.flush_reclaimed(v, objs, &below),
-            );
+            s.shed_idle(S::GEOMETRY, |v, objs| self.flush_reclaimed(v, objs, &below));
         }
     }
 
@@ -297,11 +294,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         #[cfg(feature = "hardened")]
         self.mark_carved(&buf[..n - 1]);
         let flow = self.flow(c);
-        s.underflowed(
-            c,
-            |v| S::GEOMETRY.size(v),
-            |v, objs| self.flush_reclaimed(v, objs, &below),
-        );
+        s.underflowed(c, S::GEOMETRY, |v, objs| {
+            self.flush_reclaimed(v, objs, &below)
+        });
         let pushed = s.push_batch(c, &buf[..n - 1]);
         flow.pushed_to_slabs(pushed);
         if pushed < n - 1 {

@@ -233,25 +233,42 @@ impl CpuCache<'_> {
     /// back to the budget; how many.
     pub(crate) fn lower_limit(&self, c: SizeClass, size: usize) -> usize {
         let cap = self.layout().cap(c);
-        let w = self.limit_word(c);
-        let mut old = w.load(Ordering::Relaxed);
-        loop {
-            let l = Limit::unpack(old);
+        self.update_limit(c, size, |l| {
             // The length masks a drain's STOP bit off.
             let limit = cap.max(self.word(c).len()).min(l.limit);
-            if l.limit <= cap || limit == l.limit {
-                return 0;
-            }
-            let new = Limit { limit, ..l };
-            match w.compare_exchange(old, new.pack(), Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => {
-                    let freed = (l.limit - limit) * size;
-                    self.grown().fetch_sub(freed, Ordering::Relaxed);
-                    return freed;
-                }
-                Err(now) => old = now,
-            }
+            (l.limit > cap && limit < l.limit).then_some(Limit { limit, ..l })
+        })
+    }
+
+    /// Replaces class `c`'s limit word by what `f` makes of it (nothing if
+    /// `f` says `None`), a limit no higher than before, and gives the bytes
+    /// of the `size`-byte objects it came down by back to the budget; those
+    /// bytes.
+    fn update_limit(
+        &self,
+        c: SizeClass,
+        size: usize,
+        mut f: impl FnMut(Limit) -> Option<Limit>,
+    ) -> usize {
+        // `f` reads the stack's length, so its last answer (the one stored) is
+        // kept rather than asked again.
+        let mut stored = None;
+        let Ok(old) = self
+            .limit_word(c)
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                stored = f(Limit::unpack(w));
+                stored.map(Limit::pack)
+            })
+        else {
+            return 0;
+        };
+        let (old, new) = (Limit::unpack(old), stored.expect("the update stored it"));
+        debug_assert!(new.limit <= old.limit);
+        let freed = (old.limit - new.limit) * size;
+        if freed > 0 {
+            self.grown().fetch_sub(freed, Ordering::Relaxed);
         }
+        freed
     }
 
     /// Whether class `c` had no malloc on this CPU since the last idle
@@ -285,12 +302,9 @@ impl CpuCache<'_> {
     pub(crate) fn note_overflow(&self, c: SizeClass, size: usize) {
         let layout = self.layout();
         let (cap, step) = (layout.cap(c), layout.batch(c));
-        let w = self.limit_word(c);
-        let mut old = w.load(Ordering::Relaxed);
-        loop {
-            let l = Limit::unpack(old);
+        self.update_limit(c, size, |l| {
             if l.limit == 0 {
-                return; // not settled: nothing to count against
+                return None; // not settled: nothing to count against
             }
             let overflows = (l.overflows + 1).min(Limit::MAX_OVERFLOWS);
             let mut limit = l.limit;
@@ -299,22 +313,12 @@ impl CpuCache<'_> {
                 let len = self.word(c).len().min(l.limit);
                 limit = (l.limit - step).max(cap).max(len);
             }
-            let new = Limit {
+            Some(Limit {
                 limit,
                 overflows,
                 ..l
-            };
-            match w.compare_exchange(old, new.pack(), Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => {
-                    let freed = (l.limit - limit) * size;
-                    if freed > 0 {
-                        self.grown().fetch_sub(freed, Ordering::Relaxed);
-                    }
-                    return;
-                }
-                Err(now) => old = now,
-            }
-        }
+            })
+        });
     }
 }
 

@@ -45,7 +45,7 @@ mod word;
 use core::marker::PhantomData;
 use core::ptr::null_mut;
 
-use crate::sizeclass::{SizeClass, NUM_CLASSES};
+use crate::sizeclass::{Geometry, SizeClass, NUM_CLASSES};
 use crate::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 pub(crate) use cache::{batch, class_cache_bytes, CacheLayout, Shape, TinyEvent, MAX_CAPACITY};
@@ -376,7 +376,7 @@ impl<'a, C: Cpu, K: Shape> Caches<'a, C, K> {
     }
 
     /// Class `c`'s stack on the current CPU ran dry (a refill, about to
-    /// push a batch; `size` gives each class's object size): in rseq mode,
+    /// push a batch; `g` is the heap's geometry): in rseq mode,
     /// settles its limit, or raises a settled one ([`limit`]). If the CPU's
     /// growth budget is spent, first takes it back from other classes that
     /// grew: their objects above their capacities go to `flush` (lock order:
@@ -385,7 +385,7 @@ impl<'a, C: Cpu, K: Shape> Caches<'a, C, K> {
     pub(crate) fn underflowed(
         &self,
         c: SizeClass,
-        size: impl Fn(SizeClass) -> usize,
+        g: &Geometry,
         flush: impl FnMut(SizeClass, &[*mut u8]),
     ) {
         #[cfg(rseq)]
@@ -394,15 +394,15 @@ impl<'a, C: Cpu, K: Shape> Caches<'a, C, K> {
                 let pops = cache.word(c).pops();
                 cache.grow_limit(
                     c,
-                    size(c),
+                    g.size(c),
                     pops,
                     || self.fast().is_some_and(|f| f.relocate(&cache, c)),
-                    |need| self.reclaim(&cache, c, need, &size, flush),
+                    |need| self.reclaim(&cache, c, need, g, flush),
                 );
             }
         }
         #[cfg(not(rseq))]
-        let _ = (c, size, flush);
+        let _ = (c, g, flush);
     }
 
     /// Takes at least `need` bytes of growth back from the idle classes
@@ -415,7 +415,7 @@ impl<'a, C: Cpu, K: Shape> Caches<'a, C, K> {
         cache: &CpuCache<'_>,
         c: SizeClass,
         need: usize,
-        size: &impl Fn(SizeClass) -> usize,
+        g: &Geometry,
         mut flush: impl FnMut(SizeClass, &[*mut u8]),
     ) {
         let classes = self.layout().small_classes();
@@ -426,7 +426,7 @@ impl<'a, C: Cpu, K: Shape> Caches<'a, C, K> {
                 break;
             }
             if cache.has_grown(v) && cache.idle(v) {
-                freed += self.reclaim_class(cache, v, size(v), &mut flush);
+                freed += self.reclaim_class(cache, v, g.size(v), &mut flush);
             }
         }
     }
@@ -437,11 +437,7 @@ impl<'a, C: Cpu, K: Shape> Caches<'a, C, K> {
     /// so that a phase's batches do not stay on the CPU after it ends.
     #[inline(always)]
     #[cfg_attr(not(rseq), allow(unused_mut))] // only rseq stacks grow
-    pub(crate) fn shed_idle(
-        &self,
-        size: impl Fn(SizeClass) -> usize,
-        mut flush: impl FnMut(SizeClass, &[*mut u8]),
-    ) {
+    pub(crate) fn shed_idle(&self, g: &Geometry, mut flush: impl FnMut(SizeClass, &[*mut u8])) {
         #[cfg(rseq)]
         if let Some(cache) = self.growing() {
             if cache.grown().load(Ordering::Relaxed) == 0 {
@@ -450,14 +446,14 @@ impl<'a, C: Cpu, K: Shape> Caches<'a, C, K> {
             for v in self.layout().small_classes() {
                 if cache.has_grown(v) {
                     if cache.idle(v) {
-                        self.reclaim_class(&cache, v, size(v), &mut flush);
+                        self.reclaim_class(&cache, v, g.size(v), &mut flush);
                     }
                     cache.mark_seen(v);
                 }
             }
         }
         #[cfg(not(rseq))]
-        let _ = (size, flush);
+        let _ = (g, flush);
     }
 
     /// Sends class `v`'s objects above its capacity to `flush` (lock order:
