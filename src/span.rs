@@ -138,6 +138,27 @@ pub const fn record_tail(words: usize) -> usize {
     words * maps * core::mem::size_of::<u64>()
 }
 
+/// Whether every span of geometry `g`, with the geometry's bitmaps
+/// ([`bitmap_words`]), has a bitmap word for the slot that may start at
+/// index `nelems` in its tail: a span with no tail room has no such slot,
+/// and one with fewer objects than its bitmap's bits has the word. Then
+/// [`Span::is_handed_out_unlocked`] needs no bound in a heap whose spans
+/// are the geometry's (a source of large arenas; small arenas stretch
+/// theirs, see `pageheap::stretched`).
+pub const fn tail_slots_in_bitmap(g: &Geometry) -> bool {
+    let bits = 64 * bitmap_words(g);
+    let mut c = 1;
+    while c < g.count {
+        let r = &g.rows[c];
+        let span = r.npages as usize * g.page_bytes();
+        if r.objects as usize >= bits && r.objects as usize * r.size as usize != span {
+            return false;
+        }
+        c += 1;
+    }
+    true
+}
+
 /// What an address is in a span of small objects ([`Span::slot_at_unlocked`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlotAt {
@@ -381,6 +402,52 @@ impl Span {
         }
     }
 
+    /// Whether `addr` starts a handed-out slot of this span of small
+    /// objects, the alloc bit read as [`Span::is_allocated_unlocked`] reads
+    /// it: [`Span::slot_at_unlocked`]`(addr) == HandedOut`, in fewer
+    /// instructions, for the C free's fast path. `bounded` is false only in
+    /// a heap whose geometry satisfies [`tail_slots_in_bitmap`] (a constant
+    /// of the heap, so the test folds away), and then the index is not
+    /// compared with `nelems`.
+    ///
+    /// One multiply gives both answers (Lemire, Kaser and Kurz's
+    /// divisibility test on Go's magic): with `c = div_mul = ⌈2³²/size⌉`,
+    /// `c · size = 2³² + e` (`0 ≤ e < size`), an offset `q · size + r`
+    /// multiplies to `q · 2³² + q · e + r · c`. Go's invariant (the quotient
+    /// `(off · c) >> 32` is exact for every offset in the span) is that
+    /// `q · e + r · c < 2³²`, so the low half is exactly `q · e + r · c`:
+    /// at least `c` whenever `r > 0`. A low half below `c` is therefore a
+    /// slot's start, never an interior address; it misses a start only if
+    /// `q · e ≥ c`, which no shipped geometry allows (the test
+    /// `the_fast_slot_test_agrees_with_slot_at` walks every offset), and a
+    /// miss only sends the free to the checking path.
+    ///
+    /// # Safety
+    /// `addr` is in this span (its page-map entry holds it) and the span is
+    /// `Small`; unless `bounded`, its geometry satisfies
+    /// [`tail_slots_in_bitmap`], so that the word read is in the bitmap.
+    #[inline(always)]
+    pub unsafe fn is_handed_out_unlocked(&self, addr: Addr, bounded: bool) -> bool {
+        let off = (addr - self.start) as u64;
+        let m = off.wrapping_mul(self.div_mul as u64);
+        if m as u32 >= self.div_mul {
+            return false; // not the start of a slot
+        }
+        let idx = (m >> 32) as usize;
+        if bounded && idx >= self.nelems as usize {
+            return false;
+        }
+        // SAFETY: `idx <= nelems` (the offset is inside the span), and
+        // `idx < 64 · nwords` (`bounded` above, or the geometry's promise:
+        // a slot starting at `nelems` exists only where the bitmap has a
+        // word for it). The word's bits from `nelems` on are never set
+        // (`take` keeps to `valid_mask`, `carve` clears them), so the
+        // tail's slot reads as not handed out. Read as
+        // `is_allocated_unlocked` reads it.
+        let w = unsafe { self.bits.add(idx / 64).read_volatile() };
+        w & (1 << (idx % 64)) != 0
+    }
+
     /// Takes the lowest free object (Go's `nextFreeFast`, then `nextFree`).
     #[inline]
     pub fn take(&mut self) -> Option<usize> {
@@ -595,9 +662,14 @@ mod tests {
     }
 
     fn small(class: usize) -> Rec {
+        small_in(&GO, class)
+    }
+
+    /// A span of `class` of geometry `g`, with `g`'s bitmaps.
+    fn small_in(g: &Geometry, class: usize) -> Rec {
         let c = SizeClass::new(class).unwrap();
         let l = std::alloc::Layout::from_size_align(
-            core::mem::size_of::<Span>() + record_tail(bitmap_words(&GO)),
+            core::mem::size_of::<Span>() + record_tail(bitmap_words(g)),
             core::mem::align_of::<Span>(),
         )
         .unwrap();
@@ -609,15 +681,58 @@ mod tests {
             Span::init(
                 p,
                 Addr::new(0x10_0000),
-                GO.span_pages(c),
-                GO.page(),
+                g.span_pages(c),
+                g.page(),
                 SpanState::Small,
-                bitmap_words(&GO),
+                bitmap_words(g),
             )
         };
         let mut s = Rec(p, l);
-        s.init_small(c, GO.info(c));
+        s.init_small(c, g.info(c));
         s
+    }
+
+    /// The C free's one-multiply slot test says "handed out" exactly where
+    /// `slot_at_unlocked` does, at every byte of every class's span of every
+    /// geometry shipped, with and without its bound (where the geometry
+    /// allows none), every second object handed out; and Go's geometry
+    /// needs no bound.
+    #[test]
+    fn the_fast_slot_test_agrees_with_slot_at() {
+        assert!(tail_slots_in_bitmap(&GO));
+        let mut geometries = std::vec![&GO];
+        geometries.extend(crate::sizeclass::REGION_GEOMETRIES.iter());
+        for g in geometries {
+            let unbounded = tail_slots_in_bitmap(g);
+            for class in 1..g.count {
+                let mut s = small_in(g, class);
+                let n = s.nelems as usize;
+                for _ in 0..n {
+                    s.take().unwrap();
+                }
+                for i in (1..n).step_by(2) {
+                    assert!(s.put(i));
+                }
+                let bytes = g.span_pages(SizeClass::new(class).unwrap()).get() * g.page_bytes();
+                let (mut starts, mut out) = (0, 0);
+                for off in 0..bytes {
+                    let a = s.start + off;
+                    let want = s.slot_at_unlocked(a);
+                    starts += (want != SlotAt::NotASlot) as usize;
+                    out += (want == SlotAt::HandedOut) as usize;
+                    let want = want == SlotAt::HandedOut;
+                    // SAFETY: `a` is in the span, of small objects; unbounded
+                    // only where the geometry allows it.
+                    unsafe {
+                        assert_eq!(s.is_handed_out_unlocked(a, true), want, "{class} +{off}");
+                        if unbounded {
+                            assert_eq!(s.is_handed_out_unlocked(a, false), want, "{class} +{off}");
+                        }
+                    }
+                }
+                assert_eq!((starts, out), (n, n.div_ceil(2)), "class {class}");
+            }
+        }
     }
 
     #[test]

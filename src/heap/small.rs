@@ -23,7 +23,6 @@ use crate::pageheap::Below;
 use crate::percpu::{Caches, Cpu, Fast, MAX_CAPACITY};
 use crate::sizeclass::SizeClass;
 use crate::source::PageSource;
-use crate::span::SlotAt;
 use crate::units::{Addr, Owner};
 
 use super::Heap;
@@ -61,6 +60,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// feature `checks` (whose checks are on the usual paths).
     const C_FAST_PATHS: bool =
         !S::SMALL_ARENAS && !C::GUARDS_OPERATIONS && !cfg!(feature = "checks");
+
+    /// Whether the C free's slot test may skip its bound
+    /// ([`crate::span::tail_slots_in_bitmap`]; true for Go's geometry).
+    const TAILS_IN_BITMAP: bool = crate::span::tail_slots_in_bitmap(S::GEOMETRY);
 
     /// The C ABI's `malloc` fast path: an object of at least `size` bytes
     /// (`1..=`[`MALLOC_FAST_MAX`]), aligned to 16, popped from this CPU's
@@ -190,7 +193,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         };
         // SAFETY: a small class's entry holds a live span.
         let span = unsafe { &*e.span() };
-        if span.slot_at_unlocked(a) != SlotAt::HandedOut {
+        // SAFETY: `a` is in `span` (its entry), a span of small objects
+        // (the class byte); `C_FAST_PATHS` means a source of large arenas,
+        // whose spans are the geometry's.
+        if !unsafe { span.is_handed_out_unlocked(a, !Self::TAILS_IN_BITMAP) } {
             return otherwise();
         }
         // `size != 0` first: for `deallocate_fast` (0) the lookup of the

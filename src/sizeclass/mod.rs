@@ -51,6 +51,8 @@
 
 mod geometry;
 
+#[cfg(test)]
+pub(crate) use geometry::REGION_GEOMETRIES;
 pub(crate) use geometry::REGION_GEOMETRY;
 pub use geometry::{Geometry, Spacing, Spec, GO};
 
