@@ -380,9 +380,19 @@ impl Span {
         if idx >= self.nelems as usize {
             return false;
         }
-        // SAFETY: `idx < nelems <= 64 · nwords`, so the word is in the
-        // record's tail. Others may rewrite it under the span's lock: it is
-        // read whole, with one aligned load, through no reference.
+        // SAFETY: `idx < nelems <= 64 · nwords`.
+        unsafe { self.bit_unlocked(idx) }
+    }
+
+    /// Alloc bit `idx`, read without the span's lock. Others may rewrite
+    /// its word under the lock: it is read whole, with one aligned load,
+    /// through no reference.
+    ///
+    /// # Safety
+    /// `idx < 64 · nwords`, so the word is in the record's tail.
+    #[inline(always)]
+    unsafe fn bit_unlocked(&self, idx: usize) -> bool {
+        // SAFETY: the caller's bound.
         let w = unsafe { self.bits.add(idx / 64).read_volatile() };
         w & (1 << (idx % 64)) != 0
     }
@@ -442,10 +452,8 @@ impl Span {
         // a slot starting at `nelems` exists only where the bitmap has a
         // word for it). The word's bits from `nelems` on are never set
         // (`take` keeps to `valid_mask`, `carve` clears them), so the
-        // tail's slot reads as not handed out. Read as
-        // `is_allocated_unlocked` reads it.
-        let w = unsafe { self.bits.add(idx / 64).read_volatile() };
-        w & (1 << (idx % 64)) != 0
+        // tail's slot reads as not handed out.
+        unsafe { self.bit_unlocked(idx) }
     }
 
     /// Takes the lowest free object (Go's `nextFreeFast`, then `nextFree`).
