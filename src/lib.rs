@@ -201,7 +201,7 @@
 //! (central lists, remote lists, flow counters, transfer caches) and per CPU
 //! (caches, stack caches) is carved from the source when the heap sets itself
 //! up, and the arena table grows with the arenas. So
-//! `Heap<RegionSource, SingleCpu>` is 1,664 bytes on 32-bit targets (35,264
+//! `Heap<RegionSource, SingleCpu>` is 1,728 bytes on 32-bit targets (35,904
 //! on 64-bit, 32 KiB of it the page map's first level over a 48-bit address
 //! space), and all its bytes are zero, so a `static` lands in `.bss`; the
 //! thumbv7em firmware of `make bench-code-size` has 3,744 bytes of `.bss`

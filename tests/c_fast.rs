@@ -7,7 +7,8 @@
 
 use std::alloc::Layout;
 
-use tieralloc::{BadFree, LinuxHeap, MALLOC_FAST_MAX};
+use tieralloc::internals::CheckedSource;
+use tieralloc::{BadFree, Heap, LinuxCpu, LinuxHeap, MmapSource, PageSource, MALLOC_FAST_MAX};
 
 // A heap per test: the tests run at once, and one of them scavenges.
 static SIZES: LinuxHeap = LinuxHeap::new();
@@ -154,4 +155,94 @@ fn the_locked_mode_takes_the_usual_paths() {
         h.try_deallocate_unsized(p).unwrap();
     }
     h.check_invariants();
+}
+
+type Windowed = Heap<CheckedSource<MmapSource, { MmapSource::ARENA_BYTES }>, LinuxCpu>;
+
+/// The fast free finds a span through the page map's window when its arena
+/// lies in it, and through the radix table otherwise (no window at all, or
+/// an arena past its end): in both it frees live objects of every small
+/// class and declines an interior pointer, a slot free in its span and a
+/// large object, and nothing is lost.
+#[test]
+fn the_fast_free_serves_inside_and_outside_the_window() {
+    const ARENA: usize = MmapSource::ARENA_BYTES;
+    // window bytes, and whether to fill the first arena first (so that the
+    // objects land in the second, past a one-arena window).
+    for (window, fill_first) in [(usize::MAX, false), (0, false), (ARENA, true)] {
+        let h: Box<Windowed> = Box::new(Heap::new(
+            CheckedSource::new(MmapSource::new()),
+            LinuxCpu::new(),
+        ));
+        h.source().set_window_bytes(window);
+        let filler = fill_first.then(|| {
+            // The whole first arena, so that what follows needs a second.
+            let l = Layout::from_size_align(ARENA, 16).unwrap();
+            let p = h.allocate(l);
+            assert!(!p.is_null());
+            (p, l)
+        });
+        let mut freed = 0;
+        // SAFETY: every pointer handed to the free paths is a live object
+        // freed once, or one the paths must refuse without touching it.
+        unsafe {
+            for size in (16..=MALLOC_FAST_MAX).step_by(16) {
+                let l = layout16(size);
+                let objs: Vec<*mut u8> = (0..64).map(|_| h.allocate(l)).collect();
+                for &p in &objs {
+                    assert!(!p.is_null());
+                    p.write_bytes(0x5a, size);
+                }
+                if let Some((f, fl)) = filler {
+                    // In the second arena, past the window.
+                    let (lo, hi) = (f as usize, f as usize + fl.size());
+                    assert!(objs.iter().all(|&p| (p as usize) < lo || p as usize >= hi));
+                }
+                let p = objs[0];
+                if size > 16 {
+                    assert!(
+                        !h.deallocate_fast(p.add(8)),
+                        "{size} B: interior pointer freed"
+                    );
+                    assert_eq!(
+                        h.try_deallocate_unsized(p.add(8)),
+                        Err(BadFree::NotAnObject)
+                    );
+                }
+                for &p in &objs {
+                    assert!(std::slice::from_raw_parts(p, size)
+                        .iter()
+                        .all(|&b| b == 0x5a));
+                    if h.deallocate_fast(p) {
+                        freed += 1;
+                    } else {
+                        assert!(
+                            !fast() || !h.uses_rseq(),
+                            "{size} B: a live object declined"
+                        );
+                        h.try_deallocate_unsized(p).unwrap();
+                    }
+                }
+            }
+            let big = h.allocate(layout16(100_000));
+            assert!(!h.deallocate_fast(big));
+            h.try_deallocate_unsized(big).unwrap();
+            let a = h.allocate(layout16(4096));
+            if !h.deallocate_fast(a) {
+                h.try_deallocate_unsized(a).unwrap();
+            }
+            h.scavenge(); // the caches go back: `a` is free in its span
+            assert!(!h.deallocate_fast(a), "a free slot freed");
+            assert!(h.try_deallocate_unsized(a).is_err());
+            if let Some((f, fl)) = filler {
+                h.deallocate(f, fl);
+            }
+        }
+        if fast() && h.uses_rseq() {
+            assert!(freed > 0, "window {window:#x}: the fast free freed nothing");
+        }
+        let arenas = h.source().arenas().len();
+        assert_eq!(arenas, if fill_first { 2 } else { 1 }, "window {window:#x}");
+        h.check_invariants();
+    }
 }

@@ -19,7 +19,7 @@ use core::ptr::{null_mut, NonNull};
 use crate::central::REMOTE_MAX;
 #[cfg(feature = "checks")]
 use crate::checks;
-use crate::pageheap::Below;
+use crate::pageheap::{Below, Entry};
 use crate::percpu::{Caches, Cpu, Fast, MAX_CAPACITY};
 use crate::sizeclass::SizeClass;
 use crate::source::PageSource;
@@ -183,14 +183,79 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         let Some(f) = self.slabs.fast() else {
             return otherwise();
         };
-        let a = Addr::of(p);
+        if S::WINDOW_BYTES == 0 {
+            // SAFETY: forwarded from the caller.
+            return unsafe { self.deallocate_fast_radix(f, p, size, otherwise) };
+        }
         // The class from the page's entry, not from the span record: the
-        // push's address waits on it (see `pageheap::map::Entry`). Null
-        // maps to no entry.
-        let e = self.map.entry::<S>(a);
-        let Some(c) = e.small_class() else {
+        // push's address waits on it (see `pageheap::map::Entry`).
+        let e = self.map.window_entry::<S>(Addr::of(p));
+        match e.small_class() {
+            // SAFETY: forwarded from the caller; `e` is `p`'s entry.
+            Some(c) => unsafe { self.deallocate_fast_found(f, p, size, c, e, otherwise) },
+            // Outside the window, or in a page of no live span there.
+            // SAFETY: forwarded from the caller.
+            None if e.span().is_null() => unsafe {
+                self.deallocate_fast_outside(f, p, size, otherwise)
+            },
+            None => otherwise(),
+        }
+    }
+
+    /// [`Heap::deallocate_fast_radix`] out of line, for an address outside
+    /// the window, so that the path through the window carries none of it.
+    ///
+    /// # Safety
+    /// As [`Heap::try_deallocate_unsized`].
+    #[inline(never)]
+    unsafe fn deallocate_fast_outside(
+        &self,
+        f: Fast,
+        p: *mut u8,
+        size: usize,
+        otherwise: impl FnOnce(),
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.deallocate_fast_radix(f, p, size, otherwise) }
+    }
+
+    /// [`Heap::deallocate_fast_holding`] through the page map's radix
+    /// table: every address over a source without a window.
+    ///
+    /// # Safety
+    /// As [`Heap::try_deallocate_unsized`].
+    #[inline(always)]
+    unsafe fn deallocate_fast_radix(
+        &self,
+        f: Fast,
+        p: *mut u8,
+        size: usize,
+        otherwise: impl FnOnce(),
+    ) {
+        let Some((c, e)) = self.map.radix_small_entry::<S>(Addr::of(p)) else {
             return otherwise();
         };
+        // SAFETY: forwarded from the caller; `e` is `p`'s entry.
+        unsafe { self.deallocate_fast_found(f, p, size, c, e, otherwise) }
+    }
+
+    /// [`Heap::deallocate_fast_holding`] once `p`'s entry `e`, of a span
+    /// of small objects of class `c`, is found.
+    ///
+    /// # Safety
+    /// As [`Heap::try_deallocate_unsized`]; `e` is the page map's entry
+    /// for `p`'s page and `c` its class.
+    #[inline(always)]
+    unsafe fn deallocate_fast_found(
+        &self,
+        f: Fast,
+        p: *mut u8,
+        size: usize,
+        c: SizeClass,
+        e: Entry,
+        otherwise: impl FnOnce(),
+    ) {
+        let a = Addr::of(p);
         // SAFETY: a small class's entry holds a live span.
         let span = unsafe { &*e.span() };
         // SAFETY: `a` is in `span` (its entry), a span of small objects

@@ -87,7 +87,9 @@ pub(crate) struct Arena {
     pub(crate) page: PageSize,
     /// Index in [`Arenas`] (changes when an arena is inserted below it).
     pub(crate) slot: ArenaSlot,
-    /// Page → span for this arena's pages (what the page map points into).
+    /// Page → span for this arena's pages (what the page map points into):
+    /// the block's own slots, or the page map's window's for an arena
+    /// wholly inside it (the block's then stay null).
     spans: *mut SpanSlot,
     /// Which pages are free, which free pages are released.
     pub(crate) pages: ArenaPages,
@@ -117,6 +119,20 @@ impl Arena {
     /// One past the last byte.
     pub(crate) fn end(&self) -> Addr {
         self.base.add_pages(self.npages, self.page)
+    }
+
+    /// The page slots of the arena's metadata block (`block_pages` of
+    /// them), whether or not `spans` is they.
+    fn own_slots(&self) -> *mut SpanSlot {
+        let off = Arenas::meta_layout(self.block_pages.get()).1;
+        // SAFETY: the block is laid out by `meta_layout(block_pages)`.
+        unsafe {
+            (self as *const Arena)
+                .cast::<u8>()
+                .cast_mut()
+                .add(off)
+                .cast()
+        }
     }
 
     /// The span page `p` belongs to, or null.
@@ -265,6 +281,8 @@ pub(crate) struct Arenas {
     /// While `short`: an arena became wholly free since the last
     /// [`Arenas::release_free`].
     pending: bool,
+    /// The page map's window has been asked for (at the first arena).
+    window_tried: bool,
 }
 
 // SAFETY: the raw pointers are to arena metadata owned by this heap; all
@@ -287,6 +305,7 @@ impl Arenas {
             retired: null_mut(),
             short: false,
             pending: false,
+            window_tried: false,
         }
     }
 
@@ -551,12 +570,32 @@ impl Arenas {
             return None;
         }
         let base_addr = Addr::of(base.as_ptr());
+        const {
+            assert!(S::WINDOW_BYTES == 0 || (S::ZEROED && !S::SMALL_ARENAS));
+        }
+        if S::WINDOW_BYTES != 0 && !self.window_tried {
+            self.window_tried = true;
+            map.open_window(
+                source,
+                base_addr,
+                source.window_bytes().min(S::WINDOW_BYTES),
+            );
+        }
+        let window = map.window_slots(base_addr, arena_pages, S::PAGE);
         let arena = if let Some(old) = self.take_retired::<S>(map, arena_pages) {
             // SAFETY: a retired block, now ours alone, laid out for at least
-            // `arena_pages` pages; its slots are all null.
+            // `arena_pages` pages; its slots are all null, and so are the
+            // window's for the arena (no live span has a page there).
             unsafe {
                 let block_pages = (*old).block_pages;
-                Self::write_meta::<S>(old.cast(), base_addr, arena_pages, block_pages, false)
+                Self::write_meta::<S>(
+                    old.cast(),
+                    base_addr,
+                    arena_pages,
+                    block_pages,
+                    false,
+                    window,
+                )
             }
         } else {
             let meta = Self::meta_layout(arena_pages.get()).0;
@@ -568,10 +607,23 @@ impl Arenas {
             *meta_bytes += meta.next_multiple_of(S::PAGE_SIZE);
             // SAFETY: `m` is `meta` fresh Ready bytes, page aligned.
             unsafe {
-                Self::write_meta::<S>(m.as_ptr(), base_addr, arena_pages, arena_pages, !S::ZEROED)
+                Self::write_meta::<S>(
+                    m.as_ptr(),
+                    base_addr,
+                    arena_pages,
+                    arena_pages,
+                    !S::ZEROED,
+                    window,
+                )
             }
         };
-        let chunks = arena_pages.get() / S::CHUNK_PAGES;
+        // An arena in the window is found there; the radix table has only
+        // the others.
+        let chunks = if window.is_some() {
+            0
+        } else {
+            arena_pages.get() / S::CHUNK_PAGES
+        };
         for c in 0..chunks {
             // SAFETY: `spans` has arena_pages slots.
             let slots = unsafe { (*arena).spans.add(c * S::CHUNK_PAGES) };
@@ -619,8 +671,10 @@ impl Arenas {
             let a = &mut **link;
             *link = a.next_retired;
             a.next_retired = null_mut();
-            for c in 0..a.npages.get() / S::CHUNK_PAGES {
-                map.clear_chunk(a.base + c * CHUNK_BYTES, a.spans.add(c * S::CHUNK_PAGES));
+            if a.spans == a.own_slots() {
+                for c in 0..a.npages.get() / S::CHUNK_PAGES {
+                    map.clear_chunk(a.base + c * CHUNK_BYTES, a.spans.add(c * S::CHUNK_PAGES));
+                }
             }
             Some(a)
         }
@@ -709,13 +763,16 @@ impl Arenas {
     /// # Safety
     /// `npages <= block_pages`; `m` is `meta_layout(block_pages).0` Ready
     /// bytes, 64-byte aligned, the arena's until it is retired; its
-    /// `block_pages` slots are already zero unless `zero_slots`.
+    /// `block_pages` slots are already zero unless `zero_slots`; `window`,
+    /// if given, is the page map's window's `npages` slots for the arena,
+    /// all null, which the arena then uses instead of the block's.
     unsafe fn write_meta<S: PageSource>(
         m: *mut u8,
         base: Addr,
         npages: Pages,
         block_pages: Pages,
         zero_slots: bool,
+        window: Option<*mut SpanSlot>,
     ) -> *mut Arena {
         debug_assert!(npages <= block_pages);
         let (_, spans_off, pages_off) = Self::meta_layout(block_pages.get());
@@ -729,6 +786,7 @@ impl Arenas {
                     .cast::<u8>()
                     .write_bytes(0, block_pages.get() * size_of::<SpanSlot>());
             }
+            let spans = window.unwrap_or(spans);
             let pages = ArenaPages::init(NonNull::new_unchecked(m.add(pages_off)), npages.get());
             let a = m.cast::<Arena>();
             a.write(Arena {
@@ -807,6 +865,7 @@ impl Arenas {
                 Pages::new(n),
                 Pages::new(n),
                 true,
+                None,
             )
         };
         *meta_bytes += bytes - n * page;
@@ -932,7 +991,7 @@ impl Arenas {
         while let Some(a) = unsafe { r.as_ref() } {
             for p in 0..a.block_pages.get() {
                 // SAFETY: `p < block_pages`, the block's slots.
-                let e = unsafe { (*a.spans.add(p)).load(Ordering::Relaxed) };
+                let e = unsafe { (*a.own_slots().add(p)).load(Ordering::Relaxed) };
                 assert!(
                     e.span().is_null() && e.small_class().is_none(),
                     "retired block {:#x}: slot {p} not null",
@@ -984,6 +1043,8 @@ mod tests {
         heap: PageHeap,
         live: Vec<Live>,
         limit: usize,
+        /// The most arenas seen in the page map's window at once.
+        windowed: core::cell::Cell<usize>,
     }
 
     impl World {
@@ -996,6 +1057,7 @@ mod tests {
                 heap: PageHeap::new(),
                 live: Vec::new(),
                 limit,
+                windowed: core::cell::Cell::new(0),
             }
         }
 
@@ -1089,6 +1151,19 @@ mod tests {
                 self.src.arenas(),
                 "arenas against the source's reservations"
             );
+            let mut windowed = 0;
+            for s in self.heap.arenas.slots() {
+                let a = self.heap.arenas.get(s);
+                let w = self.map.window_slots(a.base, a.npages, PAGE);
+                assert_eq!(
+                    w.unwrap_or(a.own_slots()),
+                    a.spans,
+                    "arena {:#x}: the window's slots exactly when it lies in the window",
+                    a.base
+                );
+                windowed += usize::from(w.is_some());
+            }
+            self.windowed.set(self.windowed.get().max(windowed));
             let inuse: usize = self.live.iter().map(|l| l.npages).sum();
             assert_eq!(self.heap.stats(PAGE).inuse, (inuse * PAGE.bytes()) as u64);
             for l in &self.live {
@@ -1147,6 +1222,7 @@ mod tests {
             w.heap.stats(PAGE).arenas > 2,
             "smaller arenas after the 64 MiB ones"
         );
+        assert!(w.windowed.get() > 0, "the first arena is in the window");
         let mut seen: Vec<usize> = w.live.iter().map(|l| l.start).collect();
         w.free_all(&mut rng);
         assert_eq!(w.heap.stats(PAGE).arenas, 0, "every arena released");

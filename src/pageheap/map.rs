@@ -13,10 +13,22 @@
 //! retired with all its slots null, see `arenas`), so a reader never sees
 //! freed memory.
 //!
-//! Invariant: for every page of a live span, the entry holds that span; every
-//! other page of an arena holds null; an address outside every arena maps to
-//! null (through no entry, or one into a retired block). Written under the
-//! heap lock, read without.
+//! In front of the table, over a source that asks for it
+//! ([`PageSource::WINDOW_BYTES`], `mmap`), a *window*: one flat array of
+//! slots, one per page of a fixed range from the first arena up (16 GiB on
+//! Linux), taken when the heap makes that arena. An arena that lies wholly
+//! inside the window uses the window's slots for its pages as its `spans`
+//! array, and the radix table has no entry for it; any other arena (past
+//! the window's end, across an edge) is in the radix table only. A lookup
+//! is then a subtraction, a comparison and one load in the window; only a
+//! null entry there (no window, an address outside it, or a page of no live
+//! span) goes on to the radix table's three dependent loads.
+//!
+//! Invariant: for every page of a live span, the entry that its arena uses
+//! (the window's slot or the radix table's) holds that span, and the other
+//! holds null; every other page of an arena holds null in both; an address
+//! outside every arena maps to null (through no entry, or one into a
+//! retired block or the window). Written under the heap lock, read without.
 
 use core::mem::size_of;
 use core::ptr::null_mut;
@@ -25,7 +37,7 @@ use crate::sizeclass::SizeClass;
 use crate::source::{PageSource, SourcePage};
 use crate::span::{Span, SpanState};
 use crate::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
-use crate::units::{Addr, PageSize};
+use crate::units::{Addr, PageSize, Pages};
 use crate::CHUNK_BYTES;
 
 /// Address bits covered by the page map: 48 on 64-bit targets, the whole
@@ -171,6 +183,14 @@ pub struct PageMap {
     l1: [AtomicPtr<L2>; L1_ENTRIES],
     /// Small arenas only: the lowest arena; the list is in address order.
     small: AtomicPtr<ArenaLink>,
+    /// The window's first byte (chunk aligned), written once before
+    /// `win_pages`.
+    win_base: AtomicUsize,
+    /// The window's slots, one per page, written once before `win_pages`.
+    win_slots: AtomicPtr<SpanSlot>,
+    /// Pages of the window: 0 until it is opened (then no address is in
+    /// it), published last with a release store.
+    win_pages: AtomicUsize,
 }
 
 impl PageMap {
@@ -179,6 +199,9 @@ impl PageMap {
         PageMap {
             l1: [const { AtomicPtr::new(null_mut()) }; L1_ENTRIES],
             small: AtomicPtr::new(null_mut()),
+            win_base: AtomicUsize::new(0),
+            win_slots: AtomicPtr::new(null_mut()),
+            win_pages: AtomicUsize::new(0),
         }
     }
 
@@ -196,7 +219,13 @@ impl PageMap {
     #[inline]
     pub(crate) fn entry<S: PageSource>(&self, addr: Addr) -> Entry {
         if !S::SMALL_ARENAS {
-            return self.entry_of(addr, S::PAGE);
+            if S::WINDOW_BYTES != 0 {
+                let e = self.window_entry::<S>(addr);
+                if e != Entry(0) {
+                    return e;
+                }
+            }
+            return self.radix_entry(addr, S::PAGE);
         }
         let mut a = self.small.load(Ordering::Acquire);
         // SAFETY: published links are in arena metadata, never freed.
@@ -244,9 +273,56 @@ impl PageMap {
         self.entry_of(addr, page).span()
     }
 
+    /// The radix table's entry of a span of small objects holding `addr`
+    /// in a heap over `S` (a source of large arenas), with its class: for
+    /// the C free, which looks in the window first
+    /// ([`PageMap::window_entry`]).
+    #[inline(always)]
+    pub(crate) fn radix_small_entry<S: PageSource>(
+        &self,
+        addr: Addr,
+    ) -> Option<(SizeClass, Entry)> {
+        debug_assert!(!S::SMALL_ARENAS);
+        let e = self.radix_entry(addr, S::PAGE);
+        e.small_class().map(|c| (c, e))
+    }
+
+    /// The window's entry for `addr` in a heap over `S`: null outside the
+    /// window and for every page of the window that is in no live span of
+    /// an arena inside it (see the module docs).
+    #[inline(always)]
+    pub(crate) fn window_entry<S: PageSource>(&self, addr: Addr) -> Entry {
+        self.window_entry_in(addr, S::PAGE)
+    }
+
+    /// [`PageMap::window_entry`] for pages of `page`.
+    #[inline(always)]
+    fn window_entry_in(&self, addr: Addr, page: PageSize) -> Entry {
+        let n = self.win_pages.load(Ordering::Acquire);
+        let i = page.page_at(
+            addr.get()
+                .wrapping_sub(self.win_base.load(Ordering::Relaxed)),
+        );
+        if i >= n {
+            return Entry(0);
+        }
+        // SAFETY: `i < win_pages`, which was published after the window's
+        // slots (never freed) and its base.
+        unsafe { (*self.win_slots.load(Ordering::Relaxed).add(i)).load(Ordering::Acquire) }
+    }
+
     /// [`PageMap::span_of`]'s entry.
     #[inline(always)]
     fn entry_of(&self, addr: Addr, page: PageSize) -> Entry {
+        match self.window_entry_in(addr, page) {
+            Entry(0) => self.radix_entry(addr, page),
+            e => e,
+        }
+    }
+
+    /// The radix table's entry for `addr`.
+    #[inline(always)]
+    fn radix_entry(&self, addr: Addr, page: PageSize) -> Entry {
         let a = addr.get() & ADDR_MASK;
         let l2 = self.l1[a >> (CHUNK_SHIFT + L2_BITS)].load(Ordering::Acquire);
         if l2.is_null() {
@@ -295,6 +371,47 @@ impl PageMap {
 }
 
 impl PageMap {
+    /// Opens the window: `bytes` (whole chunks, fewer if the address space
+    /// ends sooner) from `base`, the first arena's first byte, with one slot
+    /// per page from `source`, whose `alloc` reads as zero (`ZEROED`).
+    /// Called once, under the heap lock; false, with no window, if the
+    /// source had no memory for the slots.
+    pub(crate) fn open_window<S: PageSource>(&self, source: &S, base: Addr, bytes: usize) -> bool {
+        debug_assert!(S::ZEROED && self.win_pages.load(Ordering::Relaxed) == 0);
+        let bytes = bytes.min(usize::MAX - base.get()) & !(CHUNK_BYTES - 1);
+        let pages = S::PAGE.page_at(bytes);
+        if pages == 0 {
+            return false;
+        }
+        let Some(slots) = source.alloc(pages * size_of::<SpanSlot>()) else {
+            return false;
+        };
+        self.win_base.store(base.get(), Ordering::Relaxed);
+        self.win_slots
+            .store(slots.as_ptr().cast(), Ordering::Relaxed);
+        self.win_pages.store(pages, Ordering::Release);
+        true
+    }
+
+    /// The window's slots for an arena of `npages` pages of `page` from
+    /// `base`, if it lies wholly inside the window; `None` if it does not
+    /// (its pages then go in the radix table) or there is no window.
+    pub(crate) fn window_slots(
+        &self,
+        base: Addr,
+        npages: Pages,
+        page: PageSize,
+    ) -> Option<*mut SpanSlot> {
+        let n = self.win_pages.load(Ordering::Relaxed);
+        let first = page.page_at(
+            base.get()
+                .wrapping_sub(self.win_base.load(Ordering::Relaxed)),
+        );
+        // SAFETY: `first + npages <= n`: slots of the window.
+        (first < n && n - first >= npages.get())
+            .then(|| unsafe { self.win_slots.load(Ordering::Relaxed).add(first) })
+    }
+
     /// Unpublishes the chunk holding `addr` if its entry still points at
     /// `slots` (those of a released arena, whose block is to be reused); an
     /// entry that a newer arena has taken over is left alone. Called under

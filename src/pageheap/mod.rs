@@ -50,6 +50,7 @@ use scavenger::Scavenger;
 pub use large_cache::{
     large_pages, LARGE_CACHE_LIMIT_PAGES, LARGE_CACHE_MAX_PAGES, LARGE_CACHE_MAX_SPAN_PAGES,
 };
+pub(crate) use map::Entry;
 pub use map::PageMap;
 pub use scavenger::{
     Decay, Pacer, DEFAULT_DECAY_MS, DEFAULT_RETAIN_BYTES, MIN_EPOCH_PAGES, PEAK_EPOCHS,

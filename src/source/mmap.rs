@@ -12,6 +12,11 @@
 //! | `free`     | any → None          | `munmap` (`sysFree`); the address space is free again (`CAN_UNRESERVE`) |
 //! | `alloc`    | None → Ready        | `mmap(NULL, PROT_READ\|PROT_WRITE, PRIVATE\|ANONYMOUS)` (`sysAlloc`)     |
 //!
+//! The page map's window ([`PageSource::WINDOW_BYTES`]) is 16 GiB on 64-bit
+//! targets (16 MiB of slots, one `alloc`, touched only where arenas are)
+//! and 1 GiB on 32-bit ones; under an address-space limit (`RLIMIT_AS`) it
+//! is no larger than the limit, so its slots take a thousandth of it.
+//!
 //! Differences from Go 1.20:
 //! * `commit` uses `mprotect` where Go's `sysMap` maps the range again with
 //!   `MAP_FIXED`. The range was never touched while Reserved (or was replaced by
@@ -201,6 +206,22 @@ unsafe impl PageSource for MmapSource {
     const CAN_RELEASE: bool = true;
     const CAN_UNRESERVE: bool = true;
     const CLOCK: bool = true;
+    const WINDOW_BYTES: usize = if usize::BITS >= 64 { 16 << 30 } else { 1 << 30 };
+
+    /// [`PageSource::WINDOW_BYTES`], or the soft `RLIMIT_AS` if lower.
+    fn window_bytes(&self) -> usize {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `lim` is a valid rlimit to write; the call has no other effect.
+        let rc = unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut lim) };
+        if rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY {
+            Self::WINDOW_BYTES.min(usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX))
+        } else {
+            Self::WINDOW_BYTES
+        }
+    }
 
     /// `CLOCK_MONOTONIC_COARSE` (the vDSO, no system call; a few ms of
     /// resolution, plenty for a decay period of a second), plus one so that

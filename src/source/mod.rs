@@ -107,6 +107,17 @@ pub unsafe trait PageSource {
     /// (`pageheap::scavenger`, "Decay"). False (the default): the heap never
     /// polls a clock and its fast paths carry no tick.
     const CLOCK: bool = false;
+    /// The most bytes of address space, from the first arena up, that the
+    /// page map covers with one flat array of page slots (a slot of a
+    /// pointer's size per heap page, 1/1,024 of the window over Go's
+    /// pages), which it takes with `alloc` when the heap makes its first
+    /// arena: a lookup there is one load, not the radix table's three (the
+    /// C ABI's `free` makes one per call). For a source of large arenas
+    /// ([`PageSource::SMALL_ARENAS`] false) whose memory reads as zero
+    /// ([`PageSource::ZEROED`]) and whose `alloc` costs physical memory only
+    /// for the pages touched (an `mmap`); 0 (the default): no window. See
+    /// [`PageSource::window_bytes`].
+    const WINDOW_BYTES: usize = 0;
     /// The page size and size-class table of a heap over this source
     /// ([`Geometry`]): Go's 8 KiB pages and 68 classes by default.
     const GEOMETRY: &'static Geometry = &Geometry::GO;
@@ -156,6 +167,13 @@ pub unsafe trait PageSource {
     /// # Safety
     /// Nothing will access the range any more.
     unsafe fn free(&self, addr: NonNull<u8>, bytes: usize);
+
+    /// The window's bytes for this heap, at most
+    /// [`PageSource::WINDOW_BYTES`] (the default): fewer under an
+    /// address-space limit, so that the window's slots stay a thousandth of it.
+    fn window_bytes(&self) -> usize {
+        Self::WINDOW_BYTES
+    }
 
     /// The most bytes this source will ever supply, if it is bounded (a fixed
     /// region); `None` (the default) for an address space or a frame

@@ -164,6 +164,8 @@ pub struct CheckedSource<S: PageSource, const ARENA: usize> {
     now: AtomicU64,
     /// Most bytes of live ranges ([`CheckedSource::set_address_limit`]).
     limit: AtomicUsize,
+    /// Most bytes of the page map's window ([`CheckedSource::set_window_bytes`]).
+    window: AtomicUsize,
     st: Mutex<State>,
 }
 
@@ -187,6 +189,7 @@ impl<S: PageSource, const ARENA: usize> CheckedSource<S, ARENA> {
             skew,
             now: AtomicU64::new(0),
             limit: AtomicUsize::new(usize::MAX),
+            window: AtomicUsize::new(usize::MAX),
             st: Mutex::new(State {
                 ranges: Vec::new(),
                 log: Vec::new(),
@@ -214,6 +217,13 @@ impl<S: PageSource, const ARENA: usize> CheckedSource<S, ARENA> {
     /// come to more than `bytes` (an address-space limit; `usize::MAX`: none).
     pub fn set_address_limit(&self, bytes: usize) {
         self.limit.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The page map's window is to be at most `bytes` (0: none), from the
+    /// heap's first arena on: a test places arenas inside it and outside.
+    /// Set before the heap's first arena.
+    pub fn set_window_bytes(&self, bytes: usize) {
+        self.window.store(bytes, Ordering::Relaxed);
     }
 
     /// Bytes of the live ranges (reservations and `alloc`s), what the
@@ -369,6 +379,7 @@ unsafe impl<S: PageSource, const ARENA: usize> PageSource for CheckedSource<S, A
     const CLOCK: bool = S::CLOCK;
     const SMALL_ARENAS: bool = S::SMALL_ARENAS;
     const GEOMETRY: &'static crate::sizeclass::Geometry = S::GEOMETRY;
+    const WINDOW_BYTES: usize = S::WINDOW_BYTES;
 
     fn bound(&self) -> Option<usize> {
         self.inner.bound()
@@ -380,6 +391,15 @@ unsafe impl<S: PageSource, const ARENA: usize> PageSource for CheckedSource<S, A
         } else {
             self.inner.largest_free(align)
         }
+    }
+
+    /// The inner source's, no larger than the address limit or the
+    /// test's ([`CheckedSource::set_window_bytes`]).
+    fn window_bytes(&self) -> usize {
+        self.inner
+            .window_bytes()
+            .min(self.limit.load(Ordering::Relaxed))
+            .min(self.window.load(Ordering::Relaxed))
     }
 
     fn now_ms(&self) -> u64 {
