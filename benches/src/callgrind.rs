@@ -492,11 +492,13 @@ fn target(text: &str) -> Option<u64> {
 
 /// Where control may go after the instruction `text` (whose successor in
 /// the listing is `next`), or `None` where a fast path cannot go: a call, a
+/// jump through a register or memory (a tail call through the GOT), a
 /// locked instruction, a trap or a system call. A `ret` has no successor.
 fn successors(text: &str, next: u64) -> Option<Vec<u64>> {
     let mnem = text.split_whitespace().next().unwrap_or("");
     if text.contains("lock ")
         || mnem.starts_with("call")
+        || (mnem == "jmp" && target(text).is_none())
         || matches!(mnem, "ud2" | "int3" | "hlt" | "syscall" | "(bad)")
     {
         return None;
@@ -858,8 +860,16 @@ mod tests {
         // A ret before the rseq section is a way out, not the path.
         d.cache.get_mut(&0x13).unwrap().text = "je     1d <f+0xd>".into();
         assert_eq!(shortest_path_to_ret(&mut d, 0x10), Some(rseq));
+        // A tail call through the GOT is a way out, not a ret: the walk
+        // takes the longer path to the ret.
+        d.cache.get_mut(&0x1d).unwrap().text = "jmp    QWORD PTR [rip+0x6cf7]".into();
+        d.cache.get_mut(&0x44).unwrap().text = "ret".into();
+        assert_eq!(
+            shortest_path_to_ret(&mut d, 0x10),
+            Some(vec![0x10, 0x13, 0x15, 0x18, 0x40, 0x43, 0x44])
+        );
         // Without a ret, there is no path.
-        d.cache.get_mut(&0x1d).unwrap().text = "jmp    10 <f>".into();
+        d.cache.get_mut(&0x44).unwrap().text = "jmp    10 <f>".into();
         assert_eq!(shortest_path_to_ret(&mut d, 0x10), None);
     }
 

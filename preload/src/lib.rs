@@ -443,7 +443,7 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 /// `malloc` past its fast path: the set-up, sizes over 1 KiB or zero, a
 /// refill, the locked mode.
 #[inline(never)]
-fn malloc_slow(size: usize) -> *mut c_void {
+extern "C" fn malloc_slow(size: usize) -> *mut c_void {
     alloc_layout(plain_layout(size))
 }
 
@@ -460,7 +460,7 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
 /// `free` past its fast path: NULL, large objects, the locked mode, and
 /// every pointer that needs a report.
 #[inline(never)]
-fn free_slow(p: *mut c_void) {
+extern "C" fn free_slow(p: *mut c_void) {
     if p.is_null() {
         return;
     }
@@ -637,7 +637,7 @@ pub unsafe extern "C" fn free_sized(p: *mut c_void, size: usize) {
 
 /// `free_sized` past its fast path, which reports a wrong size.
 #[inline(never)]
-fn free_sized_slow(p: *mut c_void, size: usize) {
+extern "C" fn free_sized_slow(p: *mut c_void, size: usize) {
     if p.is_null() {
         return;
     }

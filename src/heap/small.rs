@@ -208,7 +208,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// # Safety
     /// As [`Heap::try_deallocate_unsized`].
     #[inline(never)]
-    unsafe fn deallocate_fast_outside(
+    #[allow(improper_ctypes_definitions)] // Rust's own types: called from Rust only
+    unsafe extern "C" fn deallocate_fast_outside(
         &self,
         f: Fast,
         p: *mut u8,
@@ -277,16 +278,29 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         if S::GEOMETRY.shares_lines(c) && span.owner.load().is_other_than(Owner::cpu(f.cpu())) {
             self.free_remote(p, c)
         } else if !f.push(c, p) {
-            self.free_small_slow(p, c)
+            self.free_small_slow_c(p, c)
         }
+    }
+
+    /// [`Heap::free_small_slow`] for the C fast path: `extern "C"`, so it
+    /// cannot unwind (see [`Heap::tick_then`]).
+    #[cold]
+    #[inline(never)]
+    #[allow(improper_ctypes_definitions)] // Rust's own types: called from Rust only
+    extern "C" fn free_small_slow_c(&self, p: *mut u8, c: SizeClass) {
+        self.free_small_slow(p, c)
     }
 
     /// The decay's poll, then `p`: out of line, so that [`Heap::allocate_fast`]
     /// calls nothing on its path (and, `p` being known non-null, a caller's
     /// test of the result folds away, which leaves the call in tail position).
+    ///
+    /// `extern "C"`, as every call the C fast paths make: such a function
+    /// cannot unwind (a panic aborts), so the C library's `malloc` and
+    /// `free` may end in a jump to it, with no frame of their own.
     #[cold]
     #[inline(never)]
-    fn tick_then(&self, p: NonNull<u8>) -> NonNull<u8> {
+    extern "C" fn tick_then(&self, p: NonNull<u8>) -> NonNull<u8> {
         self.pop_tick();
         p
     }
@@ -442,8 +456,13 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// A free of an object another CPU owns: onto the class's remote list
     /// (no lock), from which the next refill returns it to its span, so this
     /// CPU's cache never hands out an object whose line-mates live elsewhere.
+    ///
+    /// `extern "C"`, so that the C fast path may end in a jump to it (see
+    /// [`Heap::tick_then`]); nothing in it is meant to panic, and a panic
+    /// in an allocator's free could not unwind safely anyway.
     #[inline(never)]
-    fn free_remote(&self, p: *mut u8, c: SizeClass) {
+    #[allow(improper_ctypes_definitions)] // Rust's own types: called from Rust only
+    extern "C" fn free_remote(&self, p: *mut u8, c: SizeClass) {
         let r = self.remote(c);
         self.flow(c).free_direct();
         // SAFETY: a freed object of a line-sharing class: 8..=48 bytes,
