@@ -432,28 +432,42 @@ impl Span {
     /// `the_fast_slot_test_agrees_with_slot_at` walks every offset), and a
     /// miss only sends the free to the checking path.
     ///
+    /// The span is named by a pointer to its record, not a reference, so
+    /// that the alloc bitmap's word is read at its fixed place right after
+    /// the record (where `bits` points) with the record block's
+    /// provenance: one load fewer than through `bits`.
+    ///
     /// # Safety
-    /// `addr` is in this span (its page-map entry holds it) and the span is
-    /// `Small`; unless `bounded`, its geometry satisfies
-    /// [`tail_slots_in_bitmap`], so that the word read is in the bitmap.
+    /// `span` points to a live span record, with its block's provenance (a
+    /// page-map entry's pointer, or the block's own); `addr` is in the span
+    /// (its page-map entry holds it) and the span is `Small`; unless
+    /// `bounded`, its geometry satisfies [`tail_slots_in_bitmap`], so that
+    /// the word read is in the bitmap.
     #[inline(always)]
-    pub unsafe fn is_handed_out_unlocked(&self, addr: Addr, bounded: bool) -> bool {
-        let off = (addr - self.start) as u64;
-        let m = off.wrapping_mul(self.div_mul as u64);
-        if m as u32 >= self.div_mul {
+    pub unsafe fn is_handed_out_unlocked(span: *const Span, addr: Addr, bounded: bool) -> bool {
+        // SAFETY: a live record (the caller's): its fields are read in
+        // place, through no reference.
+        let (start, div_mul, nelems) = unsafe { ((*span).start, (*span).div_mul, (*span).nelems) };
+        let off = (addr - start) as u64;
+        let m = off.wrapping_mul(div_mul as u64);
+        if m as u32 >= div_mul {
             return false; // not the start of a slot
         }
         let idx = (m >> 32) as usize;
-        if bounded && idx >= self.nelems as usize {
+        if bounded && idx >= nelems as usize {
             return false;
         }
         // SAFETY: `idx <= nelems` (the offset is inside the span), and
         // `idx < 64 · nwords` (`bounded` above, or the geometry's promise:
         // a slot starting at `nelems` exists only where the bitmap has a
-        // word for it). The word's bits from `nelems` on are never set
-        // (`take` keeps to `valid_mask`, `carve` clears them), so the
-        // tail's slot reads as not handed out.
-        unsafe { self.bit_unlocked(idx) }
+        // word for it), so the word is in the alloc bitmap, which starts
+        // right after the record (`bits`' invariant) and which the
+        // caller's provenance covers. The word's bits from `nelems` on are
+        // never set (`take` keeps to `valid_mask`, `carve` clears them), so
+        // the tail's slot reads as not handed out. Volatile, as in
+        // `bit_unlocked`.
+        let w = unsafe { span.add(1).cast::<u64>().add(idx / 64).read_volatile() };
+        w & (1 << (idx % 64)) != 0
     }
 
     /// Takes the lowest free object (Go's `nextFreeFast`, then `nextFree`).
@@ -503,6 +517,12 @@ impl Span {
 
     /// Walks the span and panics if an invariant is broken.
     pub fn check_invariants(&self) {
+        assert_eq!(
+            self.bits.cast_const(),
+            (self as *const Span).wrapping_add(1).cast::<u64>(),
+            "span {:#x}: bitmaps not right after the record",
+            self.start
+        );
         let words = self.words();
         let mut count = 0;
         for (w, &bits) in self.alloc_bits().iter().enumerate() {
@@ -732,9 +752,18 @@ mod tests {
                     // SAFETY: `a` is in the span, of small objects; unbounded
                     // only where the geometry allows it.
                     unsafe {
-                        assert_eq!(s.is_handed_out_unlocked(a, true), want, "{class} +{off}");
+                        let r = s.0.cast_const();
+                        assert_eq!(
+                            Span::is_handed_out_unlocked(r, a, true),
+                            want,
+                            "{class} +{off}"
+                        );
                         if unbounded {
-                            assert_eq!(s.is_handed_out_unlocked(a, false), want, "{class} +{off}");
+                            assert_eq!(
+                                Span::is_handed_out_unlocked(r, a, false),
+                                want,
+                                "{class} +{off}"
+                            );
                         }
                     }
                 }

@@ -23,6 +23,7 @@ use crate::pageheap::{Below, Entry};
 use crate::percpu::{Caches, Cpu, Fast, MAX_CAPACITY};
 use crate::sizeclass::SizeClass;
 use crate::source::PageSource;
+use crate::span::Span;
 use crate::units::{Addr, Owner};
 
 use super::Heap;
@@ -257,14 +258,15 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         otherwise: impl FnOnce(),
     ) {
         let a = Addr::of(p);
-        // SAFETY: a small class's entry holds a live span.
-        let span = unsafe { &*e.span() };
-        // SAFETY: `a` is in `span` (its entry), a span of small objects
-        // (the class byte); `C_FAST_PATHS` means a source of large arenas,
-        // whose spans are the geometry's.
-        if !unsafe { span.is_handed_out_unlocked(a, !Self::TAILS_IN_BITMAP) } {
+        // SAFETY: `e.span()` is a live span (a small class's entry), named
+        // with the provenance its entry exposed; `a` is in it, a span of
+        // small objects (the class byte); `C_FAST_PATHS` means a source of
+        // large arenas, whose spans are the geometry's.
+        if !unsafe { Span::is_handed_out_unlocked(e.span(), a, !Self::TAILS_IN_BITMAP) } {
             return otherwise();
         }
+        // SAFETY: a small class's entry holds a live span.
+        let span = unsafe { &*e.span() };
         // `size != 0` first: for `deallocate_fast` (0) the lookup of the
         // class's size, and its bounds check, fold away.
         if size != 0 && size > S::GEOMETRY.size(c) {
