@@ -22,7 +22,10 @@
 //! the window's end, across an edge) is in the radix table only. A lookup
 //! is then a subtraction, a comparison and one load in the window; only a
 //! null entry there (no window, an address outside it, or a page of no live
-//! span) goes on to the radix table's three dependent loads.
+//! span) goes on to the radix table's three dependent loads. The window's
+//! slots are not counted in the heap's metadata bytes: an arena in the
+//! window leaves the slots of its own metadata block untouched, and those
+//! are counted.
 //!
 //! Invariant: for every page of a live span, the entry that its arena uses
 //! (the window's slot or the radix table's) holds that span, and the other
