@@ -159,6 +159,20 @@ pub const fn tail_slots_in_bitmap(g: &Geometry) -> bool {
     true
 }
 
+/// Bit `idx` of the alloc bitmap at `bits`, read without the span's lock.
+/// Others may rewrite its word under the lock: it is read whole, with one
+/// aligned load, through no reference.
+///
+/// # Safety
+/// `bits` is a span's alloc bitmap (with the provenance of its record's
+/// block) and `idx < 64 · nwords`, so the word is in it.
+#[inline(always)]
+unsafe fn bit_unlocked(bits: *const u64, idx: usize) -> bool {
+    // SAFETY: the caller's bound.
+    let w = unsafe { bits.add(idx / 64).read_volatile() };
+    w & (1 << (idx % 64)) != 0
+}
+
 /// What an address is in a span of small objects ([`Span::slot_at_unlocked`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlotAt {
@@ -380,21 +394,8 @@ impl Span {
         if idx >= self.nelems as usize {
             return false;
         }
-        // SAFETY: `idx < nelems <= 64 · nwords`.
-        unsafe { self.bit_unlocked(idx) }
-    }
-
-    /// Alloc bit `idx`, read without the span's lock. Others may rewrite
-    /// its word under the lock: it is read whole, with one aligned load,
-    /// through no reference.
-    ///
-    /// # Safety
-    /// `idx < 64 · nwords`, so the word is in the record's tail.
-    #[inline(always)]
-    unsafe fn bit_unlocked(&self, idx: usize) -> bool {
-        // SAFETY: the caller's bound.
-        let w = unsafe { self.bits.add(idx / 64).read_volatile() };
-        w & (1 << (idx % 64)) != 0
+        // SAFETY: `idx < nelems <= 64 · nwords`: a word of the bitmap.
+        unsafe { bit_unlocked(self.bits, idx) }
     }
 
     /// What `addr` is in this span of small objects, the alloc bit read as
@@ -464,10 +465,8 @@ impl Span {
         // right after the record (`bits`' invariant) and which the
         // caller's provenance covers. The word's bits from `nelems` on are
         // never set (`take` keeps to `valid_mask`, `carve` clears them), so
-        // the tail's slot reads as not handed out. Volatile, as in
-        // `bit_unlocked`.
-        let w = unsafe { span.add(1).cast::<u64>().add(idx / 64).read_volatile() };
-        w & (1 << (idx % 64)) != 0
+        // the tail's slot reads as not handed out.
+        unsafe { bit_unlocked(span.add(1).cast(), idx) }
     }
 
     /// Takes the lowest free object (Go's `nextFreeFast`, then `nextFree`).

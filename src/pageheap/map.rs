@@ -222,13 +222,11 @@ impl PageMap {
     #[inline]
     pub(crate) fn entry<S: PageSource>(&self, addr: Addr) -> Entry {
         if !S::SMALL_ARENAS {
-            if S::WINDOW_BYTES != 0 {
-                let e = self.window_entry::<S>(addr);
-                if e != Entry(0) {
-                    return e;
-                }
-            }
-            return self.radix_entry(addr, S::PAGE);
+            return if S::WINDOW_BYTES != 0 {
+                self.entry_of(addr, S::PAGE)
+            } else {
+                self.radix_entry(addr, S::PAGE)
+            };
         }
         let mut a = self.small.load(Ordering::Acquire);
         // SAFETY: published links are in arena metadata, never freed.
