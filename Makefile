@@ -150,7 +150,7 @@ test: deps
 	$(CARGO) publish --dry-run -p tieralloc --allow-dirty
 	$(CARGO) test --features linux,checks,critical-section
 	$(CARGO) test --release --features linux
-	$(CARGO) test --release --features linux,hardened --lib --test hardened
+	$(CARGO) test --release --features linux,hardened --lib --test hardened --test c_fast
 	$(CARGO) build --no-default-features --target $(NOSTD_TARGET) --lib
 	$(CARGO) build --no-default-features --features x86_64 --target $(NOSTD_TARGET) --lib
 	for t in $(EMBEDDED_TARGETS); do \

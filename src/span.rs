@@ -24,6 +24,8 @@ use core::ptr::null_mut;
 
 use crate::sizeclass::{ClassInfo, Geometry, SizeClass};
 
+#[cfg(feature = "hardened")]
+use crate::sync::atomic::{AtomicU32, Ordering};
 use crate::units::{Addr, AtomicOwner, PageSize, Pages};
 use crate::PAGE_BYTES;
 
@@ -117,6 +119,14 @@ pub struct Span {
     /// a thread can move between reading its CPU and pushing, so it is a
     /// (nearly always right) hint there. Relaxed: a hint needs no ordering.
     pub owner: AtomicOwner,
+    /// With `hardened`: one past the highest object ever taken since the
+    /// span was carved (the high-water mark of `take`). Carving takes the
+    /// lowest free object, so every object below it has been taken at
+    /// least once, and none at or above it ever has: the C free's slot test
+    /// ([`Span::is_carved_unlocked`]). Written under the owner's lock, read
+    /// without it (Relaxed: it only grows while the span lives).
+    #[cfg(feature = "hardened")]
+    carved: AtomicU32,
 }
 
 /// Words of each bitmap of a span record in a heap of geometry `g` whose
@@ -145,6 +155,7 @@ pub const fn record_tail(words: usize) -> usize {
 /// [`Span::is_handed_out_unlocked`] needs no bound in a heap whose spans
 /// are the geometry's (a source of large arenas; small arenas stretch
 /// theirs, see `pageheap::stretched`).
+#[cfg_attr(feature = "hardened", allow(dead_code))] // its user is cfg'd off there
 pub const fn tail_slots_in_bitmap(g: &Geometry) -> bool {
     let bits = 64 * bitmap_words(g);
     let mut c = 1;
@@ -225,6 +236,8 @@ impl Span {
                 alloc_cache: 0,
                 bits,
                 owner: AtomicOwner::new(),
+                #[cfg(feature = "hardened")]
+                carved: AtomicU32::new(0),
             })
         }
     }
@@ -256,6 +269,8 @@ impl Span {
         self.alloc_bits_mut().fill(0);
         self.cache_word = 0;
         self.alloc_cache = self.valid_mask(0);
+        #[cfg(feature = "hardened")]
+        self.carved.store(0, Ordering::Relaxed);
     }
 
     /// The allocation bitmap, one bit per object (the record's tail).
@@ -469,6 +484,41 @@ impl Span {
         unsafe { bit_unlocked(span.add(1).cast(), idx) }
     }
 
+    /// Whether `addr` starts a slot of this span of small objects that the
+    /// span has taken at least once since it was carved: one handed out, in
+    /// a cache, or back in the span after a free. With feature `hardened`
+    /// that is the C free's slot test, in fewer instructions than
+    /// [`Span::is_handed_out_unlocked`]: a slot taken before and free now
+    /// holds its key (`heap::hardened`: freed or carved), which the free
+    /// reads next, so only a slot never taken needs the span to tell it
+    /// apart, and those are exactly the slots at or above `carved`.
+    ///
+    /// The same multiply as [`Span::is_handed_out_unlocked`]; its high
+    /// half, the index, is below `carved` exactly when the whole product
+    /// is below `carved · 2³²` (the low half being under 2³²), and
+    /// `carved <= nelems`, so no bound is needed.
+    ///
+    /// # Safety
+    /// `span` points to a live span record (a page-map entry's pointer, or
+    /// the block's own); `addr` is in the span (its page-map entry holds
+    /// it) and the span is `Small`.
+    #[cfg(feature = "hardened")]
+    #[inline(always)]
+    pub unsafe fn is_carved_unlocked(span: *const Span, addr: Addr) -> bool {
+        // SAFETY: a live record (the caller's): its fields are read in
+        // place, through no reference but the atomic's own.
+        let (start, div_mul, carved) = unsafe {
+            (
+                (*span).start,
+                (*span).div_mul,
+                (*span).carved.load(Ordering::Relaxed),
+            )
+        };
+        let off = (addr - start) as u64;
+        let m = off.wrapping_mul(div_mul as u64);
+        (m as u32) < div_mul && m < (carved as u64) << 32
+    }
+
     /// Takes the lowest free object (Go's `nextFreeFast`, then `nextFree`).
     #[inline]
     pub fn take(&mut self) -> Option<usize> {
@@ -490,7 +540,12 @@ impl Span {
         let w = self.cache_word as usize;
         self.set_bits_at(w, self.bits_at(w) | 1 << bit);
         self.alloc_count += 1;
-        Some(w * 64 + bit)
+        let idx = w * 64 + bit;
+        #[cfg(feature = "hardened")]
+        if idx as u32 >= self.carved.load(Ordering::Relaxed) {
+            self.carved.store(idx as u32 + 1, Ordering::Relaxed);
+        }
+        Some(idx)
     }
 
     /// Gives object `idx` back to the span. Returns false (and changes nothing)
@@ -555,6 +610,22 @@ impl Span {
                 "span {:#x}: free object below cache_word",
                 self.start
             );
+        }
+        #[cfg(feature = "hardened")]
+        {
+            let carved = self.carved.load(Ordering::Relaxed) as usize;
+            assert!(
+                carved <= self.nelems as usize,
+                "span {:#x}: carved {carved} past nelems",
+                self.start
+            );
+            for idx in carved..self.nelems as usize {
+                assert!(
+                    !self.is_allocated(idx),
+                    "span {:#x}: object {idx} out, at or above carved {carved}",
+                    self.start
+                );
+            }
         }
     }
 }
@@ -677,14 +748,15 @@ mod tests {
     }
 
     /// The record is what every span pays besides its bitmap: 64 bytes on
-    /// 64-bit targets, 48 on 32-bit ones.
+    /// 64-bit targets, 48 on 32-bit ones; `hardened`'s high-water mark
+    /// adds a word.
     #[test]
     fn records_are_small() {
         let want = if cfg!(target_pointer_width = "64") {
             64
         } else {
             48
-        };
+        } + if cfg!(feature = "hardened") { 8 } else { 0 };
         assert_eq!(core::mem::size_of::<Span>(), want);
     }
 
@@ -767,6 +839,57 @@ mod tests {
                     }
                 }
                 assert_eq!((starts, out), (n, n.div_ceil(2)), "class {class}");
+            }
+        }
+    }
+
+    /// `hardened`'s slot test against a shadow model: over random takes and
+    /// puts, in a span of every class of every geometry shipped, an address
+    /// passes exactly when it starts a slot that was ever taken, and every
+    /// slot never taken is free in the span.
+    #[cfg(feature = "hardened")]
+    #[test]
+    fn the_carved_test_matches_a_shadow_of_every_take() {
+        let mut geometries = std::vec![&GO];
+        geometries.extend(crate::sizeclass::REGION_GEOMETRIES.iter());
+        let mut rng = crate::testing::Rng::new(16);
+        for g in geometries {
+            for class in 1..g.count {
+                let mut s = small_in(g, class);
+                let n = s.nelems as usize;
+                let size = s.elemsize as usize;
+                let bytes = g.span_pages(SizeClass::new(class).unwrap()).get() * g.page_bytes();
+                let mut taken = std::vec![false; n];
+                let mut out: Vec<usize> = Vec::new();
+                for step in 0..3 * n.min(200) {
+                    if out.is_empty() || rng.below(3) != 0 {
+                        if let Some(i) = s.take() {
+                            taken[i] = true;
+                            out.push(i);
+                        }
+                    } else {
+                        let i = out.swap_remove(rng.below(out.len()));
+                        assert!(s.put(i));
+                    }
+                    if step % 16 != 0 {
+                        continue;
+                    }
+                    s.check_invariants();
+                    // Every slot's start, its last byte, and the span's tail.
+                    for i in 0..=n {
+                        for off in [i * size, (i * size + size - 1).min(bytes - 1)] {
+                            if off >= bytes {
+                                continue;
+                            }
+                            let want = off % size == 0 && taken.get(i) == Some(&true);
+                            // SAFETY: `off` is in the span, of small objects.
+                            let got = unsafe {
+                                Span::is_carved_unlocked(s.0.cast_const(), s.start + off)
+                            };
+                            assert_eq!(got, want, "class {class} +{off}");
+                        }
+                    }
+                }
             }
         }
     }

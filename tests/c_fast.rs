@@ -8,7 +8,9 @@
 use std::alloc::Layout;
 
 use tieralloc::internals::CheckedSource;
-use tieralloc::{BadFree, Heap, LinuxCpu, LinuxHeap, MmapSource, PageSource, MALLOC_FAST_MAX};
+use tieralloc::{
+    BadFree, FreeSite, Heap, LinuxCpu, LinuxHeap, MmapSource, PageSource, MALLOC_FAST_MAX,
+};
 
 // A heap per test: the tests run at once, and one of them scavenges.
 static SIZES: LinuxHeap = LinuxHeap::new();
@@ -139,6 +141,37 @@ fn the_fast_free_declines_what_it_cannot_prove() {
         h.scavenge(); // the caches go back: a and b are free in their span
         assert!(!h.deallocate_fast(a));
         assert!(h.try_deallocate_unsized(a).is_err());
+
+        // The slots around the one live object of a class: carved into a
+        // cache by its refill, never taken from their span (past the
+        // batch), or past the span. None was handed out. (Without
+        // `hardened` a slot carved into a cache reads as handed out.)
+        let sizes: &[usize] = if cfg!(feature = "hardened") {
+            &[64, 512]
+        } else {
+            &[]
+        };
+        for &size in sizes {
+            let p = h.allocate(layout16(size));
+            let mut in_span = 0;
+            for k in (-64isize..64).filter(|&k| k != 0) {
+                let q = p.wrapping_offset(size as isize * k);
+                assert!(
+                    !h.deallocate_fast(q),
+                    "{size} B: slot {k} from a live one freed"
+                );
+                match h.try_deallocate_unsized(q) {
+                    Err(BadFree::NeverHandedOut(FreeSite::Span)) => in_span += 1,
+                    Err(_) => {}
+                    Ok(()) => panic!("{size} B: slot {k} from a live one freed"),
+                }
+            }
+            assert!(in_span > 0, "{size} B: no slot was still in its span");
+            if !h.deallocate_fast(p) {
+                assert!(!fast(), "the fast free declined a live object");
+                h.try_deallocate_unsized(p).unwrap();
+            }
+        }
     }
     h.check_invariants();
 }

@@ -62,8 +62,11 @@
 //!   allocates normally; no heap lock is held meanwhile. Being registered
 //!   first, our prepare handler runs last and our child handler first, so
 //!   other libraries' handlers may allocate. A forked child has no
-//!   background thread: its next allocation starts one (not the fork
-//!   handler, where creating a thread is not safe).
+//!   background thread: its next allocation past the fast path (a refill,
+//!   a large object) starts one (not the fork handler, where creating a
+//!   thread is not safe). `malloc`'s fast path tests no set-up state: it
+//!   serves only from published caches, and the allocation that publishes
+//!   them takes the slow path, which sets up first.
 //! * **Threads.** The heap keeps per-CPU caches, not per-thread ones: threads
 //!   created before or after the library is loaded need no set-up and leave
 //!   nothing behind when they exit.
@@ -237,7 +240,8 @@ const SETTING_UP: u8 = 1;
 /// Set up.
 const SET_UP: u8 = 2;
 /// A forked child whose parent ran the background thread: the child's next
-/// allocation starts it again.
+/// allocation that leaves the fast path (a refill, a large object) starts
+/// it again; `malloc`'s fast path tests nothing of the set-up.
 const RESTART_THREAD: u8 = 3;
 
 /// The one-shot set-up ([`set_up`]).
@@ -354,7 +358,8 @@ fn report_set_up(o: &options::Options, decay_ms: u64, atfork: bool) {
 }
 
 /// Starts the background thread if the options ask for one; called where a
-/// nested `malloc` is served (at load, or a forked child's next allocation).
+/// nested `malloc` is served (at load, or a forked child's next allocation
+/// past the fast path).
 fn start_background_thread() {
     let ms = BACKGROUND_MS.load(Ordering::Relaxed);
     if ms == 0 || BACKGROUND_RUNNING.load(Ordering::Relaxed) {
@@ -418,8 +423,9 @@ extern "C" fn fork_child() {
     // SAFETY: the parent thread we were forked from ran `fork_prepare`.
     unsafe { HEAP.unlock_all() };
     // Only the forking thread lives on in the child: the child's next
-    // allocation starts a background thread of its own (not here: creating
-    // a thread in a fork handler is not safe).
+    // allocation past the fast path starts a background thread of its own
+    // (not here: creating a thread in a fork handler is not safe). Until
+    // then the decay runs on heap activity, as it does with no thread.
     if BACKGROUND_RUNNING.swap(false, Ordering::Relaxed) {
         SETUP.store(RESTART_THREAD, Ordering::Release);
     }
@@ -431,11 +437,13 @@ extern "C" fn fork_child() {
 /// C's `malloc`.
 #[no_mangle]
 pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
-    if SETUP.load(Ordering::Relaxed) == SET_UP {
-        let p = HEAP.allocate_fast(size);
-        if !p.is_null() {
-            return p.cast();
-        }
+    // No test of the set-up here: the fast path serves only once the
+    // caches are published, and the first allocation that publishes them
+    // comes through `malloc_slow` (or Rust code in this library), which
+    // sets up first.
+    let p = HEAP.allocate_fast(size);
+    if !p.is_null() {
+        return p.cast();
     }
     malloc_slow(size)
 }

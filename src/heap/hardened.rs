@@ -20,7 +20,10 @@
 //! lock) looks for the object in every one of those places, so a live
 //! object is never reported, whatever it holds. A slot still in its span
 //! that was never carved has no key to find: the unsized free tests its
-//! alloc bit ([`super::Heap::try_deallocate_unsized`]).
+//! alloc bit ([`super::Heap::try_deallocate_unsized`]), and the C free's
+//! fast path the span's high-water mark of carving, at or above which no
+//! slot was ever taken ([`crate::span::Span::is_carved_unlocked`]): every
+//! slot below it holds its key when it is not handed out.
 //!
 //! Invariants: an object of a size class that is free in a cache (CPU
 //! stack, transfer cache, remote list) holds `key` or `key ^ 1` in its

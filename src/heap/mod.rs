@@ -371,6 +371,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         if S::SMALL_ARENAS && !self.fine.load(Ordering::Acquire).is_null() {
             return None;
         }
+        // The C free reads the window plainly once the caches are out.
+        self.pages.lock().settle_window(&self.source, &self.map);
         let count = self.cpu().count().max(1);
         let bound = self.source.bound();
         let budget = state::transfer_budget(bound);

@@ -64,6 +64,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
 
     /// Whether the C free's slot test may skip its bound
     /// ([`crate::span::tail_slots_in_bitmap`]; true for Go's geometry).
+    /// With `hardened` the test is another, which needs no bound.
+    #[cfg(not(feature = "hardened"))]
     const TAILS_IN_BITMAP: bool = crate::span::tail_slots_in_bitmap(S::GEOMETRY);
 
     /// The C ABI's `malloc` fast path: an object of at least `size` bytes
@@ -190,7 +192,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         }
         // The class from the page's entry, not from the span record: the
         // push's address waits on it (see `pageheap::map::Entry`).
-        let e = self.map.window_entry::<S>(Addr::of(p));
+        // SAFETY: `f` is the published caches, which the heap's set-up
+        // publishes after it settled the window.
+        let e = unsafe { self.map.window_entry_settled::<S>(Addr::of(p)) };
         match e.small_class() {
             // SAFETY: forwarded from the caller; `e` is `p`'s entry.
             Some(c) => unsafe { self.deallocate_fast_found(f, p, size, c, e, otherwise) },
@@ -258,11 +262,20 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         otherwise: impl FnOnce(),
     ) {
         let a = Addr::of(p);
+        // With `hardened`, the key read below tells a slot free again after
+        // a free from one handed out, so the span need only say whether the
+        // slot was ever taken; without it, the alloc bit says it all.
+        #[cfg(feature = "hardened")]
+        // SAFETY: `e.span()` is a live span (a small class's entry); `a` is
+        // in it, a span of small objects (the class byte).
+        let slot = unsafe { Span::is_carved_unlocked(e.span(), a) };
+        #[cfg(not(feature = "hardened"))]
         // SAFETY: `e.span()` is a live span (a small class's entry), named
         // with the provenance its entry exposed; `a` is in it, a span of
         // small objects (the class byte); `C_FAST_PATHS` means a source of
         // large arenas, whose spans are the geometry's.
-        if !unsafe { Span::is_handed_out_unlocked(e.span(), a, !Self::TAILS_IN_BITMAP) } {
+        let slot = unsafe { Span::is_handed_out_unlocked(e.span(), a, !Self::TAILS_IN_BITMAP) };
+        if !slot {
             return otherwise();
         }
         // SAFETY: a small class's entry holds a live span.

@@ -309,6 +309,18 @@ impl Arenas {
         }
     }
 
+    /// Whether the page map's window is settled: opened, or given up, at the
+    /// first arena; it never changes afterwards.
+    pub(crate) fn window_settled(&self) -> bool {
+        self.window_tried
+    }
+
+    /// Gives the window up if it is not settled yet (the first arena could
+    /// not be made when the window was to be settled): no window, for ever.
+    pub(crate) fn give_up_window(&mut self) {
+        self.window_tried = true;
+    }
+
     /// Whether address space is short (the last growth fell back or failed,
     /// over a source that gives it back): a failed allocation may then
     /// succeed once wholly free arenas are released.

@@ -277,7 +277,7 @@ impl PageMap {
     /// The radix table's entry of a span of small objects holding `addr`
     /// in a heap over `S` (a source of large arenas), with its class: for
     /// the C free, which looks in the window first
-    /// ([`PageMap::window_entry`]).
+    /// ([`PageMap::window_entry_settled`]).
     #[inline(always)]
     pub(crate) fn radix_small_entry<S: PageSource>(
         &self,
@@ -290,13 +290,37 @@ impl PageMap {
 
     /// The window's entry for `addr` in a heap over `S`: null outside the
     /// window and for every page of the window that is in no live span of
-    /// an arena inside it (see the module docs).
+    /// an arena inside it (see the module docs). The window's base, length
+    /// and slots are read plainly (so that they fold into the instructions
+    /// that use them), for a caller that knows the window settled.
+    ///
+    /// # Safety
+    /// The window was settled ([`PageHeap::settle_window`]) before
+    /// something that this thread has synchronised with since (the heap's
+    /// per-CPU caches were published after it): its fields no longer change.
+    ///
+    /// [`PageHeap::settle_window`]: super::PageHeap::settle_window
     #[inline(always)]
-    pub(crate) fn window_entry<S: PageSource>(&self, addr: Addr) -> Entry {
-        self.window_entry_in(addr, S::PAGE)
+    pub(crate) unsafe fn window_entry_settled<S: PageSource>(&self, addr: Addr) -> Entry {
+        // SAFETY: the caller's promise: the fields' last writes happened
+        // before this read, and no write races with it.
+        let (n, base, slots) = unsafe {
+            (
+                *self.win_pages.as_ptr(),
+                *self.win_base.as_ptr(),
+                *self.win_slots.as_ptr(),
+            )
+        };
+        let i = S::PAGE.page_at(addr.get().wrapping_sub(base));
+        if i >= n {
+            return Entry(0);
+        }
+        // SAFETY: `i < win_pages`: one of the window's slots (never freed).
+        unsafe { (*slots.add(i)).load(Ordering::Acquire) }
     }
 
-    /// [`PageMap::window_entry`] for pages of `page`.
+    /// [`PageMap::window_entry_settled`] for pages of `page`, reading the
+    /// window's fields atomically (a window that may open meanwhile).
     #[inline(always)]
     fn window_entry_in(&self, addr: Addr, page: PageSize) -> Entry {
         let n = self.win_pages.load(Ordering::Acquire);

@@ -290,6 +290,28 @@ impl PageHeap {
         self.inuse_pages - self.large_cache.pages()
     }
 
+    /// Settles the page map's window of a source that has one
+    /// ([`PageSource::WINDOW_BYTES`]): takes the first arena now if there is
+    /// none yet, which opens the window, or gives the window up if that
+    /// arena cannot be made. Afterwards the window's fields never change, so
+    /// whoever synchronises with a publication made after this reads them
+    /// plainly ([`PageMap::window_entry_settled`]). The heap calls it before
+    /// it publishes its per-CPU caches.
+    pub fn settle_window<S: PageSource>(&mut self, source: &S, map: &PageMap) {
+        if S::WINDOW_BYTES == 0 || self.arenas.window_settled() {
+            return;
+        }
+        if let Some(slot) = self
+            .arenas
+            .grow(source, map, Pages::new(1), 1, &mut self.meta_bytes)
+        {
+            let pages = self.arenas.get(slot).npages;
+            self.sys_pages += pages;
+            self.released_pages += pages;
+        }
+        self.arenas.give_up_window();
+    }
+
     /// Takes `npages` pages aligned to `align_pages` (a power of two), first fit,
     /// making released pages Ready.
     fn alloc_pages<S: PageSource>(
