@@ -274,7 +274,9 @@
 //! reported). The unchecked fast path pays a load, two exclusive-ors, a
 //! compare and a store per free, and a store per allocation. C's unsized free
 //! ([`Heap::try_deallocate_unsized`]) also reads the slot's alloc bit with the
-//! page-map lookup it makes anyway, which catches slots never carved; a large
+//! page-map lookup it makes anyway, which catches slots never carved (its
+//! fast path compares the slot with the span's high-water mark of carving
+//! instead: every slot below it holds its key when it is not out); a large
 //! object freed twice is caught while its span idles in the large-span cache
 //! (after that it reads as a foreign pointer). `checks` stays the slower,
 //! complete debug build (every free validated under the lock, wrong layouts).
