@@ -24,7 +24,7 @@ use crate::percpu::{Caches, Cpu, Fast, MAX_CAPACITY};
 use crate::sizeclass::SizeClass;
 use crate::source::PageSource;
 use crate::span::Span;
-use crate::units::{Addr, Owner};
+use crate::units::Addr;
 
 use super::Heap;
 
@@ -290,7 +290,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         if !unsafe { self.mark_free_unless_suspect(p) } {
             return otherwise();
         }
-        if S::GEOMETRY.shares_lines(c) && span.owner.load().is_other_than(Owner::cpu(f.cpu())) {
+        if S::GEOMETRY.shares_lines(c) && span.owner.load().is_not_cpu(f.cpu()) {
             self.free_remote(p, c)
         } else if !f.push(c, p) {
             self.free_small_slow_c(p, c)
@@ -458,12 +458,13 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
 
     /// Whether `p`, of a class whose objects share lines, belongs to another
     /// CPU than `cpu`: its span's owner ([`crate::span::Span::owner`]) is
-    /// another CPU. One page-map lookup and one load.
+    /// not `cpu` ([`crate::units::Owner::is_not_cpu`]). One page-map lookup
+    /// and one load.
     #[inline(always)]
     fn owned_elsewhere(&self, p: *mut u8, cpu: usize) -> bool {
         // SAFETY: non-null page-map entries are live spans.
         match unsafe { self.map.lookup::<S>(Addr::of(p)).as_ref() } {
-            Some(s) => s.owner.load().is_other_than(Owner::cpu(cpu)),
+            Some(s) => s.owner.load().is_not_cpu(cpu),
             None => false, // not ours: the normal path reports it (with `checks`)
         }
     }
