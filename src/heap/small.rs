@@ -524,7 +524,15 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// straight (and the static count of `make bench-callgrind` follows it).
     #[inline(never)]
     fn free_sharing(&self, p: *mut u8, c: SizeClass, f: Fast) {
-        if self.owned_elsewhere(p, f.cpu()) {
+        // SAFETY: `f` is the published caches, which the heap's set-up
+        // publishes after it settled the window.
+        let e = unsafe { self.map.entry_settled::<S>(Addr::of(p)) };
+        // SAFETY: non-null page-map entries are live spans.
+        let elsewhere = match unsafe { e.span().as_ref() } {
+            Some(s) => s.owner.load().is_not_cpu(f.cpu()),
+            None => false, // not ours: the normal path reports it (with `checks`)
+        };
+        if elsewhere {
             return self.free_remote(p, c);
         }
         if f.push(c, p) {

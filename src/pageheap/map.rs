@@ -245,6 +245,23 @@ impl PageMap {
         Entry(0)
     }
 
+    /// [`PageMap::entry`] for a caller that knows the window settled, which
+    /// reads the window as [`PageMap::window_entry_settled`] does.
+    ///
+    /// # Safety
+    /// As [`PageMap::window_entry_settled`].
+    #[inline(always)]
+    pub(crate) unsafe fn entry_settled<S: PageSource>(&self, addr: Addr) -> Entry {
+        if S::SMALL_ARENAS || S::WINDOW_BYTES == 0 {
+            return self.entry::<S>(addr);
+        }
+        // SAFETY: forwarded from the caller.
+        match unsafe { self.window_entry_settled::<S>(addr) } {
+            Entry(0) => self.radix_entry(addr, S::PAGE),
+            e => e,
+        }
+    }
+
     /// Publishes the small arena `link` above `below` (or as the lowest
     /// arena), before `above`. Called under the heap lock.
     ///
