@@ -462,8 +462,14 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// and one load.
     #[inline(always)]
     fn owned_elsewhere(&self, p: *mut u8, cpu: usize) -> bool {
+        Self::entry_owned_elsewhere(self.map.entry::<S>(Addr::of(p)), cpu)
+    }
+
+    /// [`Heap::owned_elsewhere`] of the object whose page-map entry is `e`.
+    #[inline(always)]
+    fn entry_owned_elsewhere(e: Entry, cpu: usize) -> bool {
         // SAFETY: non-null page-map entries are live spans.
-        match unsafe { self.map.lookup::<S>(Addr::of(p)).as_ref() } {
+        match unsafe { e.span().as_ref() } {
             Some(s) => s.owner.load().is_not_cpu(cpu),
             None => false, // not ours: the normal path reports it (with `checks`)
         }
@@ -527,12 +533,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         // SAFETY: `f` is the published caches, which the heap's set-up
         // publishes after it settled the window.
         let e = unsafe { self.map.entry_settled::<S>(Addr::of(p)) };
-        // SAFETY: non-null page-map entries are live spans.
-        let elsewhere = match unsafe { e.span().as_ref() } {
-            Some(s) => s.owner.load().is_not_cpu(f.cpu()),
-            None => false, // not ours: the normal path reports it (with `checks`)
-        };
-        if elsewhere {
+        if Self::entry_owned_elsewhere(e, f.cpu()) {
             return self.free_remote(p, c);
         }
         if f.push(c, p) {

@@ -256,10 +256,8 @@ impl PageMap {
             return self.entry::<S>(addr);
         }
         // SAFETY: forwarded from the caller.
-        match unsafe { self.window_entry_settled::<S>(addr) } {
-            Entry(0) => self.radix_entry(addr, S::PAGE),
-            e => e,
-        }
+        let e = unsafe { self.window_entry_settled::<S>(addr) };
+        self.or_radix(e, addr, S::PAGE)
     }
 
     /// Publishes the small arena `link` above `below` (or as the lowest
@@ -321,19 +319,15 @@ impl PageMap {
     pub(crate) unsafe fn window_entry_settled<S: PageSource>(&self, addr: Addr) -> Entry {
         // SAFETY: the caller's promise: the fields' last writes happened
         // before this read, and no write races with it.
-        let (n, base, slots) = unsafe {
-            (
+        unsafe {
+            Self::window_slot(
                 *self.win_pages.as_ptr(),
                 *self.win_base.as_ptr(),
                 *self.win_slots.as_ptr(),
+                addr,
+                S::PAGE,
             )
-        };
-        let i = S::PAGE.page_at(addr.get().wrapping_sub(base));
-        if i >= n {
-            return Entry(0);
         }
-        // SAFETY: `i < win_pages`: one of the window's slots (never freed).
-        unsafe { (*slots.add(i)).load(Ordering::Acquire) }
     }
 
     /// [`PageMap::window_entry_settled`] for pages of `page`, reading the
@@ -341,22 +335,52 @@ impl PageMap {
     #[inline(always)]
     fn window_entry_in(&self, addr: Addr, page: PageSize) -> Entry {
         let n = self.win_pages.load(Ordering::Acquire);
-        let i = page.page_at(
-            addr.get()
-                .wrapping_sub(self.win_base.load(Ordering::Relaxed)),
-        );
+        // SAFETY: the base and the slots were written before `win_pages`
+        // was published (Release), which the load above acquired.
+        unsafe {
+            Self::window_slot(
+                n,
+                self.win_base.load(Ordering::Relaxed),
+                self.win_slots.load(Ordering::Relaxed),
+                addr,
+                page,
+            )
+        }
+    }
+
+    /// The window's slot for `addr`, given the window's pages, base and
+    /// slots as read (null outside it).
+    ///
+    /// # Safety
+    /// `slots` has `n` slots: the three are the window's own, read after
+    /// its publication.
+    #[inline(always)]
+    unsafe fn window_slot(
+        n: usize,
+        base: usize,
+        slots: *mut SpanSlot,
+        addr: Addr,
+        page: PageSize,
+    ) -> Entry {
+        let i = page.page_at(addr.get().wrapping_sub(base));
         if i >= n {
             return Entry(0);
         }
-        // SAFETY: `i < win_pages`, which was published after the window's
-        // slots (never freed) and its base.
-        unsafe { (*self.win_slots.load(Ordering::Relaxed).add(i)).load(Ordering::Acquire) }
+        // SAFETY: `i < n`: one of the window's slots (never freed).
+        unsafe { (*slots.add(i)).load(Ordering::Acquire) }
     }
 
     /// [`PageMap::span_of`]'s entry.
     #[inline(always)]
     fn entry_of(&self, addr: Addr, page: PageSize) -> Entry {
-        match self.window_entry_in(addr, page) {
+        self.or_radix(self.window_entry_in(addr, page), addr, page)
+    }
+
+    /// `e`, the window's entry for `addr`, or the radix table's if that is
+    /// null (outside the window, or no live span there).
+    #[inline(always)]
+    fn or_radix(&self, e: Entry, addr: Addr, page: PageSize) -> Entry {
+        match e {
             Entry(0) => self.radix_entry(addr, page),
             e => e,
         }

@@ -301,15 +301,27 @@ impl PageHeap {
         if S::WINDOW_BYTES == 0 || self.arenas.window_settled() {
             return;
         }
-        if let Some(slot) = self
-            .arenas
-            .grow(source, map, Pages::new(1), 1, &mut self.meta_bytes)
-        {
-            let pages = self.arenas.get(slot).npages;
-            self.sys_pages += pages;
-            self.released_pages += pages;
-        }
+        // Failure leaves no arena and gives the window up below.
+        let _ = self.grow(source, map, Pages::new(1), 1);
         self.arenas.give_up_window();
+    }
+
+    /// A new arena for `npages` at `align_pages` ([`Arenas::grow`]), its
+    /// pages counted as the source's and released (Reserved until used).
+    fn grow<S: PageSource>(
+        &mut self,
+        source: &S,
+        map: &PageMap,
+        npages: Pages,
+        align_pages: usize,
+    ) -> Option<ArenaSlot> {
+        let slot = self
+            .arenas
+            .grow(source, map, npages, align_pages, &mut self.meta_bytes)?;
+        let pages = self.arenas.get(slot).npages;
+        self.sys_pages += pages;
+        self.released_pages += pages;
+        Some(slot)
     }
 
     /// Takes `npages` pages aligned to `align_pages` (a power of two), first fit,
@@ -325,15 +337,7 @@ impl PageHeap {
         let need = npages.checked_add(Pages::new(align_pages - 1))?;
         let slot = match self.arenas.find(need) {
             Some(slot) => slot,
-            None => {
-                let slot =
-                    self.arenas
-                        .grow(source, map, npages, align_pages, &mut self.meta_bytes)?;
-                let pages = self.arenas.get(slot).npages;
-                self.sys_pages += pages;
-                self.released_pages += pages;
-                slot
-            }
+            None => self.grow(source, map, npages, align_pages)?,
         };
         let a = self.arenas.get_mut(slot);
         let start = a.find_aligned(npages, align_pages)?;
