@@ -461,14 +461,12 @@ impl Span {
     /// the word read is in the bitmap.
     #[inline(always)]
     pub unsafe fn is_handed_out_unlocked(span: *const Span, addr: Addr, bounded: bool) -> bool {
-        // SAFETY: a live record (the caller's): its fields are read in
-        // place, through no reference.
-        let (start, div_mul, nelems) = unsafe { ((*span).start, (*span).div_mul, (*span).nelems) };
-        let off = (addr - start) as u64;
-        let m = off.wrapping_mul(div_mul as u64);
-        if m as u32 >= div_mul {
+        // SAFETY: the caller's live record and address in it.
+        let Some(m) = (unsafe { Self::slot_product(span, addr) }) else {
             return false; // not the start of a slot
-        }
+        };
+        // SAFETY: as above.
+        let nelems = unsafe { (*span).nelems };
         let idx = (m >> 32) as usize;
         if bounded && idx >= nelems as usize {
             return false;
@@ -505,18 +503,30 @@ impl Span {
     #[cfg(feature = "hardened")]
     #[inline(always)]
     pub unsafe fn is_carved_unlocked(span: *const Span, addr: Addr) -> bool {
-        // SAFETY: a live record (the caller's): its fields are read in
-        // place, through no reference but the atomic's own.
-        let (start, div_mul, carved) = unsafe {
+        // SAFETY: the caller's live record and address in it; the field is
+        // read in place, through no reference but the atomic's own.
+        let (m, carved) = unsafe {
             (
-                (*span).start,
-                (*span).div_mul,
+                Self::slot_product(span, addr),
                 (*span).carved.load(Ordering::Relaxed),
             )
         };
-        let off = (addr - start) as u64;
-        let m = off.wrapping_mul(div_mul as u64);
-        (m as u32) < div_mul && m < (carved as u64) << 32
+        m.is_some_and(|m| m < (carved as u64) << 32)
+    }
+
+    /// The one multiply of the C free's slot tests: `addr`'s offset in the
+    /// span times `div_mul`, if its low half says `addr` starts a slot
+    /// (see [`Span::is_handed_out_unlocked`]); its high half is the index.
+    ///
+    /// # Safety
+    /// `span` points to a live span record; `addr` is in the span.
+    #[inline(always)]
+    unsafe fn slot_product(span: *const Span, addr: Addr) -> Option<u64> {
+        // SAFETY: a live record (the caller's): its fields are read in
+        // place, through no reference.
+        let (start, div_mul) = unsafe { ((*span).start, (*span).div_mul) };
+        let m = ((addr - start) as u64).wrapping_mul(div_mul as u64);
+        ((m as u32) < div_mul).then_some(m)
     }
 
     /// Takes the lowest free object (Go's `nextFreeFast`, then `nextFree`).
