@@ -25,7 +25,7 @@ use core::ptr::null_mut;
 use crate::sizeclass::{ClassInfo, Geometry, SizeClass};
 
 #[cfg(feature = "hardened")]
-use crate::sync::atomic::{AtomicU32, Ordering};
+use crate::sync::atomic::{AtomicUsize, Ordering};
 use crate::units::{Addr, AtomicOwner, PageSize, Pages};
 use crate::PAGE_BYTES;
 
@@ -126,7 +126,40 @@ pub struct Span {
     /// ([`Span::is_carved_unlocked`]). Written under the owner's lock, read
     /// without it (Relaxed: it only grows while the span lives).
     #[cfg(feature = "hardened")]
-    carved: AtomicU32,
+    carved: CarvedMark,
+}
+
+/// A span's `carved`, kept as the C free compares it: on 64-bit targets
+/// as the bound of the slot product, `carved · 2³²` (one compare with
+/// memory, no shift on the free path), elsewhere as the count itself.
+#[cfg(feature = "hardened")]
+struct CarvedMark(AtomicUsize);
+
+#[cfg(feature = "hardened")]
+impl CarvedMark {
+    /// Where the count sits in the word.
+    const SHIFT: u32 = if usize::BITS == 64 { 32 } else { 0 };
+
+    const fn new() -> Self {
+        CarvedMark(AtomicUsize::new(0))
+    }
+
+    /// The count: one past the highest object taken.
+    #[inline(always)]
+    fn get(&self) -> u32 {
+        (self.0.load(Ordering::Relaxed) >> Self::SHIFT) as u32
+    }
+
+    /// `carved · 2³²`, the bound of the slot product's index.
+    #[inline(always)]
+    fn bound(&self) -> u64 {
+        (self.0.load(Ordering::Relaxed) as u64) << (32 - Self::SHIFT)
+    }
+
+    #[inline(always)]
+    fn set(&self, n: u32) {
+        self.0.store((n as usize) << Self::SHIFT, Ordering::Relaxed);
+    }
 }
 
 /// Words of each bitmap of a span record in a heap of geometry `g` whose
@@ -237,7 +270,7 @@ impl Span {
                 bits,
                 owner: AtomicOwner::new(),
                 #[cfg(feature = "hardened")]
-                carved: AtomicU32::new(0),
+                carved: CarvedMark::new(),
             })
         }
     }
@@ -270,7 +303,7 @@ impl Span {
         self.cache_word = 0;
         self.alloc_cache = self.valid_mask(0);
         #[cfg(feature = "hardened")]
-        self.carved.store(0, Ordering::Relaxed);
+        self.carved.set(0);
     }
 
     /// The allocation bitmap, one bit per object (the record's tail).
@@ -505,13 +538,8 @@ impl Span {
     pub unsafe fn is_carved_unlocked(span: *const Span, addr: Addr) -> bool {
         // SAFETY: the caller's live record and address in it; the field is
         // read in place, through no reference but the atomic's own.
-        let (m, carved) = unsafe {
-            (
-                Self::slot_product(span, addr),
-                (*span).carved.load(Ordering::Relaxed),
-            )
-        };
-        m.is_some_and(|m| m < (carved as u64) << 32)
+        let (m, bound) = unsafe { (Self::slot_product(span, addr), (*span).carved.bound()) };
+        m.is_some_and(|m| m < bound)
     }
 
     /// The one multiply of the C free's slot tests: `addr`'s offset in the
@@ -552,8 +580,8 @@ impl Span {
         self.alloc_count += 1;
         let idx = w * 64 + bit;
         #[cfg(feature = "hardened")]
-        if idx as u32 >= self.carved.load(Ordering::Relaxed) {
-            self.carved.store(idx as u32 + 1, Ordering::Relaxed);
+        if idx as u32 >= self.carved.get() {
+            self.carved.set(idx as u32 + 1);
         }
         Some(idx)
     }
@@ -623,7 +651,7 @@ impl Span {
         }
         #[cfg(feature = "hardened")]
         {
-            let carved = self.carved.load(Ordering::Relaxed) as usize;
+            let carved = self.carved.get() as usize;
             assert!(
                 carved <= self.nelems as usize,
                 "span {:#x}: carved {carved} past nelems",

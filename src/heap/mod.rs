@@ -395,7 +395,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 Some(&state::coarse_classes(S::GEOMETRY, coarse)),
             ),
         };
-        let bytes = Slabs::<C>::bytes::<S>(count, &layout);
+        let rseq = self.slabs.rseq_plan(&layout);
+        let bytes = Slabs::<C>::bytes::<S>(count, &layout, rseq.is_some());
         // A region heap keeps no stack caches: its stacks come straight from
         // the pools, and its memory goes to objects.
         let stack_bytes = if S::SMALL_ARENAS {
@@ -443,8 +444,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         }
         // SAFETY: once, under the set-up lock; the block is ours for ever,
         // zeroed, page aligned, `bytes(count)` long, and `count` is the CPU
-        // mapping's (its `count` never changes).
-        Some(unsafe { self.slabs.install::<S>(p.as_ptr(), count, &layout) })
+        // mapping's (its `count` never changes), `rseq` the plan `bytes` had.
+        Some(unsafe { self.slabs.install::<S>(p.as_ptr(), count, &layout, rseq) })
     }
 
     /// Runs a whole operation inside [`Cpu::operation`] if the `Cpu` asks for

@@ -96,7 +96,9 @@ pub unsafe trait Cpu: Sync {
 
     /// The thread-pointer offset of the rseq area when per-CPU operations can
     /// commit with restartable sequences instead of slot exclusivity (Linux
-    /// x86-64 only); `None` (the default) for slot exclusivity.
+    /// x86-64 only); `None` (the default) for slot exclusivity. `Some` only
+    /// if [`Cpu::count`] is above every CPU id the kernel can report: the
+    /// fast paths' sections index the caches with the id unchecked.
     fn rseq_offset(&self) -> Option<i64> {
         None
     }

@@ -15,8 +15,9 @@ use crate::sync::atomic::{AtomicUsize, Ordering};
 use super::cpu::{Cpu, RelaxStrategy, SlotLock};
 use super::Sections;
 
-/// Most CPU slots; CPUs beyond share slots (modulo).
-pub const MAX_CPUS: usize = 256;
+/// Most CPU slots; CPUs beyond share slots (modulo), and then the heap does
+/// not use restartable sequences (they index the caches by CPU id).
+pub const MAX_CPUS: usize = 4096;
 
 /// Waits for a heap lock: a short spin, then `sched_yield`, since the holder
 /// may have been preempted (more threads than cores).
@@ -35,8 +36,8 @@ impl RelaxStrategy for SpinThenYield {
 
 /// Number of possible CPU ids, from `/sys/devices/system/cpu/possible` ("0-N"),
 /// read with plain syscalls: this runs inside `malloc` the first time, so it must
-/// not allocate (glibc's `sysconf(_SC_NPROCESSORS_CONF)` may). `MAX_CPUS` if unknown.
-fn possible_cpus() -> usize {
+/// not allocate (glibc's `sysconf(_SC_NPROCESSORS_CONF)` may). `None` if unknown.
+fn possible_cpus() -> Option<usize> {
     let mut buf = [0u8; 64];
     // SAFETY: a NUL-terminated path; open/read/close on a local buffer.
     let n = unsafe {
@@ -45,14 +46,14 @@ fn possible_cpus() -> usize {
             libc::O_RDONLY | libc::O_CLOEXEC,
         );
         if fd < 0 {
-            return MAX_CPUS;
+            return None;
         }
         let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
         libc::close(fd);
         n
     };
     if n <= 0 {
-        return MAX_CPUS;
+        return None;
     }
     // The highest id is the last number in the list ("0-3", "0", "0-3,8-11").
     let text = &buf[..n as usize];
@@ -65,17 +66,15 @@ fn possible_cpus() -> usize {
             last = Some(v);
         }
     }
-    match cur.or(last) {
-        Some(max_id) => max_id + 1,
-        None => MAX_CPUS,
-    }
+    cur.or(last).map(|max_id| max_id + 1)
 }
 
 /// CPU ids from `sched_getcpu` (glibc reads them from the thread's rseq area),
 /// one locked slot per configured CPU.
 pub struct LinuxCpu {
     locks: [SlotLock; MAX_CPUS],
-    /// Number of slots, 0 until first asked.
+    /// Number of slots, 0 until first asked; with [`LinuxCpu::EXACT`] set
+    /// when it is the number of possible CPU ids (every id is below it).
     count: AtomicUsize,
     /// Use restartable sequences when glibc offers them.
     /// rseq refused (`new_locked`); false (the zero byte) allows it.
@@ -101,6 +100,26 @@ impl LinuxCpu {
         }
     }
 
+    /// The flag of `count` that says it covers every CPU id.
+    const EXACT: usize = 1 << (usize::BITS - 1);
+
+    /// `count` with its flag, computed on first use (racers compute the
+    /// same value).
+    #[inline(always)]
+    fn slots(&self) -> usize {
+        let n = self.count.load(Ordering::Relaxed);
+        if n != 0 {
+            return n;
+        }
+        let n = match possible_cpus() {
+            Some(n) if (1..=MAX_CPUS).contains(&n) => n | Self::EXACT,
+            Some(n) => n.clamp(1, MAX_CPUS),
+            None => MAX_CPUS,
+        };
+        self.count.store(n, Ordering::Relaxed);
+        n
+    }
+
     #[inline(always)]
     fn current(&self) -> usize {
         // SAFETY: sched_getcpu has no preconditions; it returns -1 on failure.
@@ -124,19 +143,14 @@ impl Default for LinuxCpu {
 
 // SAFETY: `count` is computed once (racers compute the same value) and is
 // between 1 and MAX_CPUS; every index passed on is `< count`, and each slot is
-// reached only through its own lock.
+// reached only through its own lock; `rseq_offset` is `Some` only when
+// `count` is the kernel's number of possible CPU ids, above every id.
 unsafe impl Cpu for LinuxCpu {
     type Relax = SpinThenYield;
 
     #[inline(always)]
     fn count(&self) -> usize {
-        let n = self.count.load(Ordering::Relaxed);
-        if n != 0 {
-            return n;
-        }
-        let n = possible_cpus().clamp(1, MAX_CPUS);
-        self.count.store(n, Ordering::Relaxed);
-        n
+        self.slots() & !Self::EXACT
     }
 
     #[inline(always)]
@@ -149,7 +163,7 @@ unsafe impl Cpu for LinuxCpu {
         self.locks[i].with::<SpinThenYield, _>(f)
     }
     fn rseq_offset(&self) -> Option<i64> {
-        if self.no_rseq {
+        if self.no_rseq || self.slots() & Self::EXACT == 0 {
             return None;
         }
         Sections::available()
@@ -170,13 +184,18 @@ mod tests {
 
     #[test]
     fn possible_cpus_covers_the_current_cpu() {
-        let n = possible_cpus();
-        assert!((1..=4096).contains(&n));
+        let n = possible_cpus().expect("this machine has /sys");
+        assert!((1..=MAX_CPUS).contains(&n));
         // SAFETY: no preconditions.
         let id = unsafe { libc::sched_getcpu() };
         assert!(id >= 0 && (id as usize) < n, "cpu {id} outside 0..{n}");
         let cpu = LinuxCpu::new();
-        assert_eq!(cpu.count(), n.min(MAX_CPUS));
+        assert_eq!(cpu.count(), n);
         assert!(cpu.with_current(|i| i) < cpu.count());
+        assert_ne!(
+            cpu.slots() & LinuxCpu::EXACT,
+            0,
+            "every id is below the count"
+        );
     }
 }

@@ -109,15 +109,38 @@ impl<C: Cpu> Slabs<C> {
         &self.cpu
     }
 
+    /// The rseq area offset the caches of `layout` will be published with,
+    /// if they will be: the CPU mapping offers an area, the sections are
+    /// compiled in and the layout is the one they address
+    /// ([`CacheLayout::GO`]). Asked once, at set-up; its answer sizes the
+    /// block ([`Slabs::bytes`]) and is handed to [`Slabs::install`].
+    pub(crate) fn rseq_plan(&self, layout: &CacheLayout) -> Option<i64> {
+        self.cpu
+            .rseq_offset()
+            .filter(|_| *layout == CacheLayout::GO)
+    }
+
+    /// Bytes below the caches: the rseq guard (`rseq::GUARD_BYTES`) when
+    /// they are published for the sections, else none.
+    const fn guard_bytes(rseq: bool) -> usize {
+        #[cfg(rseq)]
+        if rseq {
+            return rseq::GUARD_BYTES;
+        }
+        let _ = rseq;
+        0
+    }
+
     /// Bytes of memory for `count` caches of `layout` (64-byte aligned,
-    /// zeroed), and after them, with no fixed layout, the layout itself.
-    pub(crate) const fn bytes<K: Shape>(count: usize, layout: &CacheLayout) -> usize {
+    /// zeroed): the rseq guard first if `rseq` ([`Slabs::rseq_plan`]), then
+    /// the caches, and after them, with no fixed layout, the layout itself.
+    pub(crate) const fn bytes<K: Shape>(count: usize, layout: &CacheLayout, rseq: bool) -> usize {
         let installed = if K::FIXED.is_none() {
             core::mem::size_of::<CacheLayout>()
         } else {
             0
         };
-        count * layout.stride() + installed
+        Self::guard_bytes(rseq) + count * layout.stride() + installed
     }
 
     /// The published restartable sequences, for the fast paths (always
@@ -149,39 +172,39 @@ impl<C: Cpu> Slabs<C> {
         })
     }
 
-    /// Sets up `count` caches of `layout` in `mem`, in rseq mode if the
-    /// CPU mapping offers an rseq area, the sections are compiled in and the
-    /// layout is the one they address ([`CacheLayout::GO`]).
+    /// Sets up `count` caches of `layout` in `mem`, in rseq mode at area
+    /// offset `rseq` if it is `Some` (the set-up's [`Slabs::rseq_plan`]).
     ///
     /// # Safety
     /// Called once (the heap's set-up lock); `mem` is
-    /// [`Slabs::bytes`]`::<K>(count, layout)` bytes, zeroed, 64-byte aligned and
-    /// ours for ever; `count` is `cpu.count()`; `layout` is `shape`'s if
-    /// that is `Fixed`, and every later `get` passes the same `shape`.
+    /// [`Slabs::bytes`]`::<K>(count, layout, rseq.is_some())` bytes, zeroed,
+    /// 64-byte aligned and ours for ever; `count` is `cpu.count()`; `layout`
+    /// is `shape`'s if that is `Fixed`, and every later `get` passes the
+    /// same `shape`; `rseq` is `rseq_plan(layout)`.
     pub(crate) unsafe fn install<K: Shape>(
         &self,
         mem: *mut u8,
         count: usize,
         layout: &CacheLayout,
+        rseq: Option<i64>,
     ) -> Caches<'_, C, K> {
-        let caches = mem;
+        // SAFETY: the block starts with the guard, if any (`bytes`).
+        let caches = unsafe { mem.add(Self::guard_bytes(rseq.is_some())) };
         if K::FIXED.is_none() {
             // SAFETY: the block has room for the layout after the caches
             // (`bytes`), 8-byte aligned (the stride is a multiple of 64);
             // once, before `caches` is published: nobody reads it yet.
             unsafe {
-                let at = mem.add(count * layout.stride()).cast::<CacheLayout>();
+                let at = caches.add(count * layout.stride()).cast::<CacheLayout>();
                 at.write(*layout);
                 self.layout.store(at, Ordering::Relaxed);
             }
         }
-        if let Some(off) = self
-            .cpu
-            .rseq_offset()
-            .filter(|_| *layout == CacheLayout::GO)
-        {
-            // SAFETY: once, with caches that live for ever; `off` is the
-            // area the CPU mapping found.
+        if let Some(off) = rseq {
+            // SAFETY: once, with caches that live for ever after a zeroed
+            // guard that nothing else uses; `count` is the CPU mapping's,
+            // above every CPU id when it offers an area (`Cpu::rseq_offset`),
+            // and `off` is that area.
             unsafe { self.sections.publish(caches, count, off) };
         }
         self.count.store(count, Ordering::Relaxed);

@@ -43,6 +43,18 @@ pub(crate) const RSEQ_SIG: u32 = 0x5305_3053;
 /// Offsets in the kernel's `struct rseq`.
 const RSEQ_CPU_ID: usize = 4;
 
+/// The CPU ids below 0 that a thread's area can hold: −1 before the kernel
+/// registered it (`RSEQ_CPU_ID_UNINITIALIZED`), −2 when glibc's
+/// registration failed (`RSEQ_CPU_ID_REGISTRATION_FAILED`). The caches
+/// published for the sections are preceded by that many zeroed caches,
+/// the **guard**, which the fast paths' pop and push find for those ids
+/// instead of testing the id: a zero stack word is empty for a pop and a
+/// zero limit full for a push, so both fail before they write anything.
+pub(crate) const GUARD_CPUS: usize = 2;
+
+/// Bytes of the guard below CPU 0's cache ([`GUARD_CPUS`] caches).
+pub(crate) const GUARD_BYTES: usize = GUARD_CPUS * STRIDE;
+
 /// The slabs as the critical sections see them. Per-class fields are arrays
 /// indexed by the class, so that a section addresses them with the class
 /// index scaled in the operand; index 0 (class 0 has no stack) has `word` =
@@ -55,7 +67,10 @@ const RSEQ_CPU_ID: usize = 4;
 struct Desc {
     /// `__rseq_offset`: the rseq area's offset from the thread pointer.
     rseq_off: i64,
-    /// Number of CPU caches; a CPU id at or above it fails the section.
+    /// Number of CPU caches; a CPU id at or above it fails the sections
+    /// other than [`pop`] and [`push`], which need no test: the kernel
+    /// never reports an id at or above it ([`Sections::publish`]), and a
+    /// negative one finds the guard ([`GUARD_CPUS`]).
     count: u32,
     /// Per class, the address of its stack word in CPU 0's cache; the stack's
     /// slots follow the word (slot `i` at `word + 8 + 8 i`), its limit word
@@ -110,7 +125,10 @@ impl Sections {
     ///
     /// # Safety
     /// Called at most once; `caches` points to `count` zeroed caches that
-    /// live for ever; `rseq_off` is the offset [`available`] found (so not 0).
+    /// live for ever, right after [`GUARD_BYTES`] zeroed bytes that live for
+    /// ever and that nothing writes (the guard); `count` is above every CPU
+    /// id the kernel reports (the possible CPUs); `rseq_off` is the offset
+    /// [`available`] found (so not 0).
     pub(crate) unsafe fn publish(&self, caches: *mut u8, count: usize, rseq_off: i64) -> bool {
         assert!(
             rseq_off != 0,
@@ -362,6 +380,12 @@ const _: () = {
 /// entry 0 — the cache itself — for the word sections, which add a field
 /// offset). Operands: `{off}` (`__rseq_offset`), `{d}` (the [`Desc`]), scratch
 /// `{t}` and `{w}`, and the constants `{cpu}`, `{count}`, `{stride}`, `{word}`.
+///
+/// `any:` the same without the range test, for the two sections of the fast
+/// paths, whose first access to the word fails them in the guard ([`GUARD_CPUS`]):
+/// `cpu_id` is read sign-extended, so an unregistered thread's −1 or −2 finds
+/// the zeroed caches below CPU 0's, and every other id is below `count`
+/// ([`Sections::publish`]). No `{count}` operand.
 macro_rules! rseq_enter {
     ($word:literal) => {
         concat!(
@@ -372,6 +396,19 @@ macro_rules! rseq_enter {
             "mov {t:e}, dword ptr fs:[{off} + {cpu}]\n",
             "cmp {t:e}, dword ptr [{d} + {count}]\n",
             "jae 5f\n",
+            "imul {t}, {t}, {stride}\n",
+            "add {t}, qword ptr ",
+            $word,
+            "\n"
+        )
+    };
+    (any: $word:literal) => {
+        concat!(
+            "2:\n",
+            "lea {w}, [rip + 3f]\n",
+            "mov qword ptr fs:[{off} + 8], {w}\n",
+            "4:\n",
+            "movsxd {t}, dword ptr fs:[{off} + {cpu}]\n",
             "imul {t}, {t}, {stride}\n",
             "add {t}, qword ptr ",
             $word,
@@ -389,12 +426,21 @@ macro_rules! rseq_enter {
 /// constants. A section that names a place after `$word` gets `w`'s last
 /// value there (the word it committed, on success).
 macro_rules! rseq_section {
+    (any: $d:ident, $off:ident, $word:literal; [$($body:tt)*]; fail: [$($fail:tt)*]; $($ops:tt)*) => {
+        rseq_section!(@asm [rseq_enter!(any: $word)], [], $d, $off, _; [$($body)*]; fail: [$($fail)*]; $($ops)*)
+    };
+    (any: $d:ident, $off:ident, $word:literal, $w:tt; [$($body:tt)*]; fail: [$($fail:tt)*]; $($ops:tt)*) => {
+        rseq_section!(@asm [rseq_enter!(any: $word)], [], $d, $off, $w; [$($body)*]; fail: [$($fail)*]; $($ops)*)
+    };
     ($d:ident, $off:ident, $word:literal; [$($body:tt)*]; fail: [$($fail:tt)*]; $($ops:tt)*) => {
-        rseq_section!($d, $off, $word, _; [$($body)*]; fail: [$($fail)*]; $($ops)*)
+        rseq_section!(@asm [rseq_enter!($word)], [count = const D_COUNT,], $d, $off, _; [$($body)*]; fail: [$($fail)*]; $($ops)*)
     };
     ($d:ident, $off:ident, $word:literal, $w:tt; [$($body:tt)*]; fail: [$($fail:tt)*]; $($ops:tt)*) => {
+        rseq_section!(@asm [rseq_enter!($word)], [count = const D_COUNT,], $d, $off, $w; [$($body)*]; fail: [$($fail)*]; $($ops)*)
+    };
+    (@asm [$($enter:tt)*], [$($bound:tt)*], $d:ident, $off:ident, $w:tt; [$($body:tt)*]; fail: [$($fail:tt)*]; $($ops:tt)*) => {
         asm!(
-            rseq_enter!($word),
+            $($enter)*,
             $($body)*
             "6:",
             rseq_cold!(),
@@ -406,13 +452,14 @@ macro_rules! rseq_section {
             t = out(reg) _,
             w = out(reg) $w,
             cpu = const RSEQ_CPU_ID,
-            count = const D_COUNT,
+            $($bound)*
             stride = const STRIDE,
             word = const D_WORD,
             options(nostack),
         )
     };
 }
+
 /// Opens the out-of-line part of a section (its own text section, off the hot
 /// path): the abort handler, preceded by the signature. The kernel checks
 /// that the 4 bytes before `abort_ip` (label 7) are `RSEQ_SIG` and has cleared
@@ -493,7 +540,7 @@ unsafe fn pop(d: *const Desc, off: i64, c: usize) -> (*mut u8, StackWord) {
     // current CPU's cache as its commit.
     unsafe {
         rseq_section!(
-            d, off, "[{d} + {c} * 8 + {word}]", w;
+            any: d, off, "[{d} + {c} * 8 + {word}]", w;
             [
                 "mov {w}, qword ptr [{t}]",
                 "movsx {p:e}, {w:x}",
@@ -529,7 +576,7 @@ unsafe fn push(d: *const Desc, off: i64, c: usize, obj: *mut u8) -> bool {
     // slow path (the `label` operand).
     unsafe {
         rseq_section!(
-            d, off, "[{d} + {c} * 8 + {word}]";
+            any: d, off, "[{d} + {c} * 8 + {word}]";
             [
                 "mov {w}, qword ptr [{t}]",
                 "movzx {n:e}, {w:x}",
@@ -1109,6 +1156,8 @@ mod tests {
     /// (as the slow paths settle them), published as sections.
     struct Published {
         sections: std::boxed::Box<Sections>,
+        /// The block: the guard, then the caches.
+        block: *mut u8,
         mem: *mut u8,
         layout: std::alloc::Layout,
         count: usize,
@@ -1120,10 +1169,15 @@ mod tests {
             let Availability::Glibc(off) = available() else {
                 panic!("this machine's glibc registers rseq: the test needs it");
             };
-            let layout =
-                std::alloc::Layout::from_size_align(count * CacheLayout::GO.stride(), 64).unwrap();
+            let layout = std::alloc::Layout::from_size_align(
+                GUARD_BYTES + count * CacheLayout::GO.stride(),
+                64,
+            )
+            .unwrap();
             // SAFETY: a non-zero layout.
-            let mem = unsafe { std::alloc::alloc_zeroed(layout) };
+            let block = unsafe { std::alloc::alloc_zeroed(layout) };
+            // SAFETY: the caches follow the guard in the block.
+            let mem = unsafe { block.add(GUARD_BYTES) };
             for i in 0..count {
                 // SAFETY: `i < count` zeroed caches of the layout in the block.
                 let cache = unsafe { CpuCache::at(mem, i, &CacheLayout::GO) };
@@ -1132,10 +1186,13 @@ mod tests {
                 }
             }
             let sections = std::boxed::Box::new(Sections::new());
-            // SAFETY: once; zeroed caches that outlive every use (dropped last).
+            // SAFETY: once; zeroed caches after a zeroed guard, all of which
+            // outlive every use (dropped last); `count` is above this
+            // machine's CPU ids (the tests check it where they rely on it).
             assert!(unsafe { sections.publish(mem.cast(), count, off) });
             Published {
                 sections,
+                block,
                 mem,
                 layout,
                 count,
@@ -1149,12 +1206,18 @@ mod tests {
             // SAFETY: `i < count` zeroed caches of the layout in the block.
             unsafe { CpuCache::at(self.mem, i, &CacheLayout::GO) }
         }
+        /// Whether the guard is still all zero.
+        fn guard_is_zero(&self) -> bool {
+            // SAFETY: the block's first GUARD_BYTES bytes, initialised (zeroed).
+            let g = unsafe { core::slice::from_raw_parts(self.block, GUARD_BYTES) };
+            g.iter().all(|&b| b == 0)
+        }
     }
 
     impl Drop for Published {
         fn drop(&mut self) {
             // SAFETY: allocated in `new` with this layout; nothing refers to it any more.
-            unsafe { std::alloc::dealloc(self.mem, self.layout) };
+            unsafe { std::alloc::dealloc(self.block, self.layout) };
         }
     }
 
@@ -1267,5 +1330,55 @@ mod tests {
         assert!(f.add(TinyEvent::Frees, 2));
         let total: u64 = (0..64).map(|i| p.cache(i).counter(TinyEvent::Frees)).sum();
         assert_eq!(total, 2);
+    }
+
+    /// A thread whose area holds no CPU (−1 before registration, −2 when it
+    /// failed) pops nothing and pushes nothing: the fast sections find the
+    /// guard, which stays zero; the checked sections refuse the id.
+    #[test]
+    fn an_unregistered_thread_finds_the_guard() {
+        let p = Published::new(64);
+        let sections: &Sections = &p.sections;
+        let c = SizeClass::new(5).unwrap();
+        let (pushed, popped) = std::thread::scope(|s| {
+            s.spawn(|| {
+                let f = sections.get().expect("published");
+                let obj = 0x1000 as *mut u8;
+                let area = (thread_pointer() as i64 + f.off) as *mut u8;
+                // SAFETY: `available` found glibc's symbol, a `u32`.
+                let size = unsafe {
+                    let sym = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr());
+                    *(sym as *const u32)
+                };
+                // SAFETY: glibc registered `area` for this thread with `size`
+                // bytes (or 32, its first ABI's size) and RSEQ_SIG;
+                // unregistering it only stops the kernel's updates, and this
+                // thread runs no section afterwards but the ones below,
+                // which find no CPU.
+                let gone = [32u32, size].iter().any(|&len| unsafe {
+                    libc::syscall(libc::SYS_rseq, area, len, 1, RSEQ_SIG) == 0
+                });
+                assert!(gone, "the kernel unregistered the area");
+                let mut seen = std::vec::Vec::new();
+                for id in [-1i32, -2] {
+                    // SAFETY: the area is this thread's and unregistered: the
+                    // kernel no longer writes its cpu_id.
+                    unsafe { area.add(RSEQ_CPU_ID).cast::<i32>().write_volatile(id) };
+                    assert_eq!(f.cpu(), id as u32 as usize);
+                    seen.push((f.push(c, obj), f.pop(c).0.is_null()));
+                    assert!(f.tiny().is_none(), "a checked section refuses id {id}");
+                }
+                seen
+            })
+            .join()
+            .unwrap()
+            .into_iter()
+            .fold((false, true), |(a, b), (x, y)| (a || x, b && y))
+        });
+        assert!(!pushed, "no push lands for a thread with no CPU");
+        assert!(popped, "no pop finds an object for a thread with no CPU");
+        assert!(p.guard_is_zero(), "the guard stays zero");
+        let stacked: usize = (0..p.count).map(|i| p.cache(i).len(c)).sum();
+        assert_eq!(stacked, 0);
     }
 }
