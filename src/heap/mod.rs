@@ -445,7 +445,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         // SAFETY: once, under the set-up lock; the block is ours for ever,
         // zeroed, page aligned, `bytes(count)` long, and `count` is the CPU
         // mapping's (its `count` never changes), `rseq` the plan `bytes` had.
-        Some(unsafe { self.slabs.install::<S>(p.as_ptr(), count, &layout, rseq) })
+        Some(unsafe {
+            self.slabs
+                .install::<S>(p.as_ptr(), count, &layout, S::GEOMETRY, rseq)
+        })
     }
 
     /// Runs a whole operation inside [`Cpu::operation`] if the `Cpu` asks for

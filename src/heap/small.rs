@@ -20,7 +20,7 @@ use crate::central::REMOTE_MAX;
 #[cfg(feature = "checks")]
 use crate::checks;
 use crate::pageheap::{Below, Entry};
-use crate::percpu::{Caches, Cpu, Fast, MAX_CAPACITY};
+use crate::percpu::{Caches, Cpu, Fast, MAX_CAPACITY, SIZE_STEP};
 use crate::sizeclass::SizeClass;
 use crate::source::PageSource;
 use crate::span::Span;
@@ -92,8 +92,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         let Some(f) = self.slabs.fast() else {
             return null_mut();
         };
-        let c = S::GEOMETRY.size_to_class_small((size - 1) | 15);
-        let (p, tick) = f.pop(c);
+        // The step of the size, whose class the descriptor keeps.
+        let (p, tick) = f.pop_step((size - 1) / SIZE_STEP);
         if p.is_null() {
             return p;
         }

@@ -129,7 +129,13 @@ impl Sections {
     ///
     /// # Safety
     /// None needed; `unsafe` to match the sections' signature.
-    pub(crate) unsafe fn publish(&self, _caches: *mut u8, _count: usize, _off: i64) -> bool {
+    pub(crate) unsafe fn publish(
+        &self,
+        _caches: *mut u8,
+        _count: usize,
+        _off: i64,
+        _g: &crate::sizeclass::Geometry,
+    ) -> bool {
         false
     }
 
@@ -158,6 +164,9 @@ pub(crate) enum Fast {}
 #[cfg(not(rseq))]
 impl Fast {
     pub(crate) fn pop(self, _c: SizeClass) -> (*mut u8, bool) {
+        match self {}
+    }
+    pub(crate) fn pop_step(self, _i: usize) -> (*mut u8, bool) {
         match self {}
     }
     pub(crate) fn push(self, _c: SizeClass, _p: *mut u8) -> bool {

@@ -56,6 +56,13 @@ pub(crate) use word::Tiny;
 use cache::{CpuCache, NUM_TINY_EVENTS};
 use locked::Locked;
 
+/// The size steps of the C `malloc`'s fast path ([`Fast::pop_step`]): its
+/// 16-byte alignment; the fast path takes sizes up to `SIZE_TO_CLASS8_MAX`.
+pub(crate) const SIZE_STEP: usize = 16;
+/// Steps of [`SIZE_STEP`] bytes up to `SIZE_TO_CLASS8_MAX`.
+pub(crate) const SIZE_STEPS: usize = crate::sizeclass::SIZE_TO_CLASS8_MAX / SIZE_STEP;
+const _: () = assert!(SIZE_STEPS * SIZE_STEP == crate::sizeclass::SIZE_TO_CLASS8_MAX);
+
 // The one choice of the commit mechanism besides slot exclusivity.
 #[cfg(not(rseq))]
 pub(crate) use locked::{Fast, Sections};
@@ -172,8 +179,9 @@ impl<C: Cpu> Slabs<C> {
         })
     }
 
-    /// Sets up `count` caches of `layout` in `mem`, in rseq mode at area
-    /// offset `rseq` if it is `Some` (the set-up's [`Slabs::rseq_plan`]).
+    /// Sets up `count` caches of `layout` in `mem`, for a heap of geometry
+    /// `g`, in rseq mode at area offset `rseq` if it is `Some` (the
+    /// set-up's [`Slabs::rseq_plan`]).
     ///
     /// # Safety
     /// Called once (the heap's set-up lock); `mem` is
@@ -186,6 +194,7 @@ impl<C: Cpu> Slabs<C> {
         mem: *mut u8,
         count: usize,
         layout: &CacheLayout,
+        g: &Geometry,
         rseq: Option<i64>,
     ) -> Caches<'_, C, K> {
         // SAFETY: the block starts with the guard, if any (`bytes`).
@@ -205,7 +214,7 @@ impl<C: Cpu> Slabs<C> {
             // guard that nothing else uses; `count` is the CPU mapping's,
             // above every CPU id when it offers an area (`Cpu::rseq_offset`),
             // and `off` is that area.
-            unsafe { self.sections.publish(caches, count, off) };
+            unsafe { self.sections.publish(caches, count, off, g) };
         }
         self.count.store(count, Ordering::Relaxed);
         self.caches.store(caches, Ordering::Release);

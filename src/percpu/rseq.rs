@@ -31,11 +31,12 @@
 use core::arch::asm;
 use core::cell::UnsafeCell;
 
-use crate::sizeclass::{SizeClass, NUM_CLASSES};
+use crate::sizeclass::{Geometry, SizeClass, NUM_CLASSES};
 use crate::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicUsize, Ordering};
 
 use super::cache::{counter_field, word_field, CpuCache, TinyEvent, STRIDE, TINY_FIELD};
 use super::word::{StackWord, Tiny};
+use super::{SIZE_STEP, SIZE_STEPS};
 
 /// The signature glibc registered the area with; it must precede each abort handler.
 pub(crate) const RSEQ_SIG: u32 = 0x5305_3053;
@@ -77,6 +78,11 @@ struct Desc {
     /// precedes it (the limit in its low 32 bits, at `word - 8`), and CPU
     /// `k`'s word is [`STRIDE`] · `k` bytes further.
     word: [u64; NUM_CLASSES],
+    /// Per step of [`SIZE_STEP`] bytes, `i` for the sizes up to
+    /// `SIZE_STEP · (i + 1)`: the `word` entry of the class that serves them,
+    /// so that the C `malloc` goes from its size to the stack word with one
+    /// load ([`Fast::pop_step`]).
+    by_step: [u64; SIZE_STEPS],
 }
 
 /// The restartable sequences of one heap: a [`Desc`] kept in place — inside
@@ -100,6 +106,7 @@ impl Sections {
             rseq_off: 0,
             count: 0,
             word: [0; NUM_CLASSES],
+            by_step: [0; SIZE_STEPS],
         }))
     }
 
@@ -118,10 +125,11 @@ impl Sections {
         }
     }
 
-    /// Describes the `count` caches at `caches` and publishes the
-    /// description: from then on every per-CPU operation of the heap commits
-    /// with a section at `rseq_off` (glibc's area). Returns whether it did
-    /// (always, where the sections are compiled in).
+    /// Describes the `count` caches at `caches`, whose heap's classes are
+    /// `g`'s, and publishes the description: from then on every per-CPU
+    /// operation of the heap commits with a section at `rseq_off` (glibc's
+    /// area). Returns whether it did (always, where the sections are
+    /// compiled in).
     ///
     /// # Safety
     /// Called at most once; `caches` points to `count` zeroed caches that
@@ -129,24 +137,34 @@ impl Sections {
     /// ever and that nothing writes (the guard); `count` is above every CPU
     /// id the kernel reports (the possible CPUs); `rseq_off` is the offset
     /// [`available`] found (so not 0).
-    pub(crate) unsafe fn publish(&self, caches: *mut u8, count: usize, rseq_off: i64) -> bool {
+    pub(crate) unsafe fn publish(
+        &self,
+        caches: *mut u8,
+        count: usize,
+        rseq_off: i64,
+        g: &Geometry,
+    ) -> bool {
         assert!(
             rseq_off != 0,
             "tieralloc: rseq offset 0 cannot be published"
         );
         let p = self.0.get();
         let base = caches as u64;
+        let word: [u64; NUM_CLASSES] = core::array::from_fn(|i| {
+            // Class 0 has no stack: its entry is the cache itself.
+            base + match SizeClass::new(i) {
+                Some(c) if !c.is_large() => word_field(c) as u64,
+                _ => 0,
+            }
+        });
+        let by_step =
+            core::array::from_fn(|i| word[g.size_to_class_small(SIZE_STEP * (i + 1) - 1).index()]);
         // SAFETY: nobody reads these fields before the Release store below
         // makes the offset non-zero (called once, before any `get` sees it).
         unsafe {
             core::ptr::addr_of_mut!((*p).count).write(count as u32);
-            core::ptr::addr_of_mut!((*p).word).write(core::array::from_fn(|i| {
-                // Class 0 has no stack: its entry is the cache itself.
-                base + match SizeClass::new(i) {
-                    Some(c) if !c.is_large() => word_field(c) as u64,
-                    _ => 0,
-                }
-            }));
+            core::ptr::addr_of_mut!((*p).word).write(word);
+            core::ptr::addr_of_mut!((*p).by_step).write(by_step);
         }
         self.off().store(rseq_off, Ordering::Release);
         true
@@ -209,6 +227,18 @@ impl Fast {
         // SAFETY: a `Fast` is a published descriptor (see the type); a class
         // index is below NUM_CLASSES.
         let (p, w) = unsafe { pop(self.d, self.off, c.index()) };
+        (p, w.ticks())
+    }
+
+    /// [`Fast::pop`] for the C `malloc` of a size in step `i` (`1 +
+    /// SIZE_STEP · i ..= SIZE_STEP · (i + 1)` bytes, `i <` [`SIZE_STEPS`]):
+    /// of the class that serves those sizes, found from the step.
+    #[inline(always)]
+    pub(crate) fn pop_step(self, i: usize) -> (*mut u8, bool) {
+        assert!(i < SIZE_STEPS);
+        // SAFETY: a `Fast` is a published descriptor (see the type); entry
+        // `i` of `by_step`, in bounds, is a class's `word` entry.
+        let (p, w) = unsafe { pop_step(self.d, self.off, i) };
         (p, w.ticks())
     }
 
@@ -364,10 +394,12 @@ fn unmark_stopped(cache: &CpuCache<'_>) {
 // Field offsets used by the assembly below (checked at compile time).
 const D_COUNT: usize = 8;
 const D_WORD: usize = 16;
+const D_BY_STEP: usize = D_WORD + 8 * NUM_CLASSES;
 const _: () = {
     assert!(core::mem::offset_of!(Desc, rseq_off) == 0);
     assert!(core::mem::offset_of!(Desc, count) == D_COUNT);
     assert!(core::mem::offset_of!(Desc, word) == D_WORD);
+    assert!(core::mem::offset_of!(Desc, by_step) == D_BY_STEP);
     // `imul r64, r64, imm32`.
     assert!(STRIDE < i32::MAX as usize);
 };
@@ -522,25 +554,14 @@ const _: () = assert!(
         && StackWord::STOP == 1 << (StackWord::LEN_BITS - 1)
 );
 
-/// Pops the top object of class `c`'s stack on the current CPU, counting one
-/// malloc in the same store (stack word: length in the low 16 bits, mallocs
-/// above). Null if the stack is empty or the CPU's cache is stopped; else
-/// the object and the stack word it committed.
-///
-/// # Safety
-/// `d` describes live slabs, `off` is its `rseq_off`, `c` is below
-/// `NUM_CLASSES`, and the calling thread has a registered rseq area at `off`
-/// (glibc's, checked by [`available`]).
-#[inline(always)]
-unsafe fn pop(d: *const Desc, off: i64, c: usize) -> (*mut u8, StackWord) {
-    let p: usize;
-    let w: usize;
-    // SAFETY: the caller vouches for the descriptor, the class and the rseq
-    // area; the section only reads the slabs, and writes one stack word of the
-    // current CPU's cache as its commit.
-    unsafe {
+/// The pop section, its `word` entry at `$entry` (an operand string over
+/// `{d}` and the caller's `$ops`, which name the entry's index).
+macro_rules! pop_section {
+    ($d:ident, $off:ident, $entry:literal; $($ops:tt)*) => {{
+        let p: usize;
+        let w: usize;
         rseq_section!(
-            any: d, off, "[{d} + {c} * 8 + {word}]", w;
+            any: $d, $off, $entry, w;
             [
                 "mov {w}, qword ptr [{t}]",
                 "movsx {p:e}, {w:x}",
@@ -555,13 +576,42 @@ unsafe fn pop(d: *const Desc, off: i64, c: usize) -> (*mut u8, StackWord) {
                 "xor {p:e}, {p:e}",
                 "jmp 6b",
             ];
-            c = in(reg) c,
+            $($ops)*
             p = out(reg) p,
             s = out(reg) _,
             pop = const StackWord::POP_DELTA,
         );
+        (p as *mut u8, StackWord(w))
+    }};
+}
+
+/// Pops the top object of class `c`'s stack on the current CPU, counting one
+/// malloc in the same store (stack word: length in the low 16 bits, mallocs
+/// above). Null if the stack is empty or the CPU's cache is stopped; else
+/// the object and the stack word it committed.
+///
+/// # Safety
+/// `d` describes live slabs, `off` is its `rseq_off`, `c` is below
+/// `NUM_CLASSES`, and the calling thread has a registered rseq area at `off`
+/// (glibc's, checked by [`available`]).
+#[inline(always)]
+unsafe fn pop(d: *const Desc, off: i64, c: usize) -> (*mut u8, StackWord) {
+    // SAFETY: the caller vouches for the descriptor, the class and the rseq
+    // area; the section only reads the slabs, and writes one stack word of the
+    // current CPU's cache as its commit.
+    unsafe { pop_section!(d, off, "[{d} + {c} * 8 + {word}]"; c = in(reg) c,) }
+}
+
+/// [`pop`] of the class that serves step `i` of the sizes ([`Desc::by_step`]).
+///
+/// # Safety
+/// As [`pop`], with `i <` [`SIZE_STEPS`] instead of a class.
+#[inline(always)]
+unsafe fn pop_step(d: *const Desc, off: i64, i: usize) -> (*mut u8, StackWord) {
+    // SAFETY: as in `pop`: `by_step[i]` is a class's `word` entry.
+    unsafe {
+        pop_section!(d, off, "[{d} + {i} * 8 + {word} + {steps}]"; i = in(reg) i, steps = const D_BY_STEP - D_WORD,)
     }
-    (p as *mut u8, StackWord(w))
 }
 
 /// Pushes `obj` on the class's stack on the current CPU. False if the stack is
@@ -1189,7 +1239,7 @@ mod tests {
             // SAFETY: once; zeroed caches after a zeroed guard, all of which
             // outlive every use (dropped last); `count` is above this
             // machine's CPU ids (the tests check it where they rely on it).
-            assert!(unsafe { sections.publish(mem.cast(), count, off) });
+            assert!(unsafe { sections.publish(mem.cast(), count, off, &Geometry::GO) });
             Published {
                 sections,
                 block,
@@ -1380,5 +1430,34 @@ mod tests {
         assert!(p.guard_is_zero(), "the guard stays zero");
         let stacked: usize = (0..p.count).map(|i| p.cache(i).len(c)).sum();
         assert_eq!(stacked, 0);
+    }
+
+    /// `pop_step(i)` pops from the class that serves step `i`'s sizes: for
+    /// every step, what a push on that class left.
+    #[test]
+    fn a_step_pops_the_class_of_its_sizes() {
+        let p = Published::new(64);
+        let f = p.fast();
+        for i in 0..SIZE_STEPS {
+            let c = Geometry::GO.size_to_class_small(SIZE_STEP * (i + 1) - 1);
+            assert!(Geometry::GO.size(c) >= SIZE_STEP * (i + 1));
+            let obj = (0x10_0000 + 0x1000 * i) as *mut u8;
+            // The thread may migrate between the push and the pop; then the
+            // object waits on the other CPU, and the next round tries again.
+            let mut got = core::ptr::null_mut();
+            for _ in 0..100 {
+                assert!(f.push(c, obj));
+                got = f.pop_step(i).0;
+                if got == obj {
+                    break;
+                }
+            }
+            assert_eq!(got, obj, "step {i} pops class {}", c.index());
+            for k in 0..p.count {
+                let cache = p.cache(k);
+                let mut out = [core::ptr::null_mut(); 128];
+                let _ = cache.pop_batch(c, &mut out);
+            }
+        }
     }
 }
