@@ -14,7 +14,7 @@
 extern crate alloc;
 
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use riscv_qemu::{
     check, hart_id, init_heap, mtime, pass, print_stats, println, wait_heap, Obj, Rng, HARTS, HEAP,
     MTIME_HZ,
@@ -51,6 +51,11 @@ static LOCAL: [AtomicU32; HARTS] = [const { AtomicU32::new(0) }; HARTS];
 static CHURNED: AtomicUsize = AtomicUsize::new(0);
 /// Harts done with everything (all their objects freed).
 static DONE: AtomicUsize = AtomicUsize::new(0);
+
+/// Set by hart 0 once it has read the heap's statistics at the start: the
+/// other harts wait for it, so that none of their mallocs is counted before
+/// the run (the heap is ready earlier, at `init_heap`).
+static GO: AtomicBool = AtomicBool::new(false);
 
 /// Posts `obj` unless the mailbox is full (then gives it back).
 fn post(obj: Obj, tag: u32) -> Option<(Obj, u32)> {
@@ -164,6 +169,9 @@ fn churn(hart: usize) {
 extern "C" fn hart_main(hart: usize) -> ! {
     if hart != 0 {
         wait_heap();
+        while !GO.load(Ordering::Acquire) {
+            core::hint::spin_loop();
+        }
         churn(hart);
         DONE.fetch_add(1, Ordering::AcqRel);
         loop {
@@ -172,6 +180,7 @@ extern "C" fn hart_main(hart: usize) -> ! {
     }
     init_heap("stress");
     let start = HEAP.stats();
+    GO.store(true, Ordering::Release);
     let t = mtime();
     churn(0);
     DONE.fetch_add(1, Ordering::AcqRel);
