@@ -421,26 +421,40 @@ const _: () = {
 macro_rules! rseq_enter {
     ($word:literal) => {
         concat!(
-            "2:\n",
-            "lea {w}, [rip + 3f]\n",
-            "mov qword ptr fs:[{off} + 8], {w}\n",
-            "4:\n",
+            rseq_arm!(),
             "mov {t:e}, dword ptr fs:[{off} + {cpu}]\n",
             "cmp {t:e}, dword ptr [{d} + {count}]\n",
             "jae 5f\n",
-            "imul {t}, {t}, {stride}\n",
-            "add {t}, qword ptr ",
-            $word,
-            "\n"
+            rseq_cache!($word)
         )
     };
     (any: $word:literal) => {
         concat!(
+            rseq_arm!(),
+            "movsxd {t}, dword ptr fs:[{off} + {cpu}]\n",
+            rseq_cache!($word)
+        )
+    };
+}
+
+/// Label 2 arms the section (the rseq area's `rseq_cs` at descriptor 3);
+/// label 4 starts it. Shared by both forms of [`rseq_enter!`].
+macro_rules! rseq_arm {
+    () => {
+        concat!(
             "2:\n",
             "lea {w}, [rip + 3f]\n",
             "mov qword ptr fs:[{off} + 8], {w}\n",
-            "4:\n",
-            "movsxd {t}, dword ptr fs:[{off} + {cpu}]\n",
+            "4:\n"
+        )
+    };
+}
+
+/// From the CPU index in `{t}` to its word: CPU 0's (`$word`) plus
+/// [`STRIDE`] per CPU. Shared by both forms of [`rseq_enter!`].
+macro_rules! rseq_cache {
+    ($word:literal) => {
+        concat!(
             "imul {t}, {t}, {stride}\n",
             "add {t}, qword ptr ",
             $word,
@@ -1208,7 +1222,6 @@ mod tests {
         sections: std::boxed::Box<Sections>,
         /// The block: the guard, then the caches.
         block: *mut u8,
-        mem: *mut u8,
         layout: std::alloc::Layout,
         count: usize,
     }
@@ -1243,7 +1256,6 @@ mod tests {
             Published {
                 sections,
                 block,
-                mem,
                 layout,
                 count,
             }
@@ -1253,8 +1265,9 @@ mod tests {
         }
         fn cache(&self, i: usize) -> CpuCache<'_> {
             assert!(i < self.count);
-            // SAFETY: `i < count` zeroed caches of the layout in the block.
-            unsafe { CpuCache::at(self.mem, i, &CacheLayout::GO) }
+            // SAFETY: `i < count` zeroed caches of the layout in the block,
+            // after the guard.
+            unsafe { CpuCache::at(self.block.add(GUARD_BYTES), i, &CacheLayout::GO) }
         }
         /// Whether the guard is still all zero.
         fn guard_is_zero(&self) -> bool {
