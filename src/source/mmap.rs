@@ -416,11 +416,15 @@ mod tests {
             && unsafe { read_volatile(p.as_ptr().add(bytes - 1)) } == 0
     }
 
-    /// Resident pages of this process, in bytes (second field of /proc/self/statm).
-    fn rss_bytes() -> usize {
-        let s = std::fs::read_to_string("/proc/self/statm").unwrap();
-        let pages: usize = s.split_whitespace().nth(1).unwrap().parse().unwrap();
-        pages * 4096
+    /// Resident bytes of the range `p..p+bytes` alone (`mincore`), which the
+    /// other tests' allocations running meanwhile do not move.
+    fn resident_bytes(p: NonNull<u8>, bytes: usize) -> usize {
+        let mut vec = std::vec![0u8; bytes.div_ceil(PS)];
+        // SAFETY: `p` is page aligned and `p..p+bytes` is mapped (the
+        // caller's reservation); `vec` has one byte per page of it.
+        let r = unsafe { libc::mincore(p.as_ptr().cast(), bytes, vec.as_mut_ptr()) };
+        assert_eq!(r, 0, "mincore");
+        vec.iter().filter(|&&b| b & 1 != 0).count() * PS
     }
 
     #[test]
@@ -596,26 +600,22 @@ mod tests {
         let src = MmapSource::new();
         let bytes = 32 * MIB;
         let p = reserve_ready(&src, bytes, 2 * MIB);
-        let before = rss_bytes();
+        // The range's own pages, not the process's RSS: other tests run
+        // concurrently and move that by tens of MiB either way.
+        let before = resident_bytes(p, bytes);
         // SAFETY: `p..p+bytes` is Ready (`reserve_ready`) and `i < bytes`.
         unsafe {
             for i in (0..bytes).step_by(PS) {
                 write_volatile(p.as_ptr().add(i), 1);
             }
         }
-        let touched = rss_bytes();
+        let touched = resident_bytes(p, bytes);
         // SAFETY: the range is Ready and is not accessed again before `free`.
         unsafe { src.release(p, bytes) };
-        let after = rss_bytes();
-        // Other tests run concurrently, so only demand most of the 32 MiB.
-        assert!(
-            touched >= before + bytes / 2,
-            "touching: {before} -> {touched}"
-        );
-        assert!(
-            after + bytes / 2 <= touched,
-            "release: {touched} -> {after}"
-        );
+        let after = resident_bytes(p, bytes);
+        assert_eq!(before, 0, "a fresh reservation is not resident");
+        assert_eq!(touched, bytes, "every touched page is resident");
+        assert_eq!(after, 0, "release gives every page back");
         // SAFETY: `p..p+bytes` is exactly the reservation, not accessed again.
         unsafe { src.free(p, bytes) };
     }
