@@ -22,6 +22,14 @@ pub use crate::units::{Addr, PageIdx, PageSize, Pages};
 pub const CHUNK_PAGES: usize = crate::CHUNK_BYTES / crate::PAGE_BYTES;
 
 pub use crate::testing::Rng;
+
+/// The calling thread's CPU id in the rseq area the process uses (glibc's
+/// or the heap's own): −1 while the thread has not registered the heap's
+/// own, −2 if that failed; `None` if the process uses no area.
+#[cfg(rseq)]
+pub fn rseq_cpu_id() -> Option<i32> {
+    crate::percpu::rseq_cpu_id()
+}
 #[cfg(feature = "linux")]
 pub use crate::testing::{in_child, ChildExit};
 #[cfg(any(test, feature = "linux"))]

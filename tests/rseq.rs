@@ -11,6 +11,10 @@
 //! `Heap::deallocate_fast`, their fallbacks), the rest the sized ones. Now
 //! and then a worker allocates and frees batches larger than any per-CPU
 //! stack, so that stacks grow (and move) while all this goes on.
+//!
+//! The rseq tests run twice: with glibc's area, and, in a process of their
+//! own started with `GLIBC_TUNABLES=glibc.pthread.rseq=0`, with the area
+//! the heap registers itself when glibc registers none.
 
 #![cfg(all(feature = "linux", target_arch = "x86_64"))]
 
@@ -19,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 
-use tieralloc::internals::Rng;
+use tieralloc::internals::{rseq_cpu_id, Rng};
 use tieralloc::{LinuxHeap, TINY_BLOCK};
 
 static RSEQ_HEAP: LinuxHeap = LinuxHeap::new();
@@ -392,4 +396,73 @@ fn a_stack_grows_to_hold_a_batch_and_gives_it_back_when_idle() {
     let st = H.stats();
     assert_eq!((st.cached_bytes, st.heap_alloc), (0, 0), "{st}");
     H.check_invariants();
+}
+
+/// A thread's first allocation in rseq mode registers it where the heap
+/// uses an area of its own (glibc registered none): before it the area says
+/// −1, after it a CPU, and the thread's next operations take the fast paths.
+#[test]
+fn a_new_thread_registers_on_its_first_allocation() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    static H: LinuxHeap = LinuxHeap::new();
+    let l = Layout::from_size_align(64, 8).unwrap();
+    let own = std::env::var_os(OWN_AREA_CHILD).is_some();
+    if own {
+        // SAFETY: dlsym with a NUL-terminated name; glibc's `__rseq_size`.
+        let size = unsafe {
+            let sym = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr());
+            (!sym.is_null()).then(|| *(sym as *const u32))
+        };
+        assert!(matches!(size, None | Some(0)), "glibc registered no area");
+    }
+    assert!(H.uses_rseq());
+    for _ in 0..4 {
+        let (before, after) = thread::spawn(move || {
+            let before = rseq_cpu_id().expect("rseq mode");
+            let ps: Vec<*mut u8> = (0..32).map(|_| H.allocate(l)).collect();
+            assert!(ps.iter().all(|p| !p.is_null()));
+            for p in ps {
+                // SAFETY: allocated above with this layout.
+                unsafe { H.deallocate(p, l) };
+            }
+            (before, rseq_cpu_id().expect("rseq mode"))
+        })
+        .join()
+        .unwrap();
+        assert!(if own { before == -1 } else { before >= 0 }, "{before}");
+        assert!(after >= 0, "registered: {after}");
+    }
+}
+
+/// Set in the process that [`without_glibcs_area_the_rseq_tests_pass`] starts.
+const OWN_AREA_CHILD: &str = "TIERALLOC_TEST_OWN_AREA_CHILD";
+
+/// The rseq tests of this file, in a process where glibc registered no
+/// rseq area (its tunable off): the heap registers an area of its own in
+/// every thread, and passes them all.
+#[test]
+fn without_glibcs_area_the_rseq_tests_pass() {
+    if std::env::var_os(OWN_AREA_CHILD).is_some() {
+        return;
+    }
+    let tests = [
+        "rseq_mode_survives_migration_and_signals",
+        "rseq_push_pop_never_lose_or_duplicate",
+        "a_stack_grows_to_hold_a_batch_and_gives_it_back_when_idle",
+        "a_new_thread_registers_on_its_first_allocation",
+    ];
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(tests)
+        .args(["--exact", "--test-threads", "1"])
+        .env("GLIBC_TUNABLES", "glibc.pthread.rseq=0")
+        .env(OWN_AREA_CHILD, "1")
+        .output()
+        .expect("the test binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&format!("{} passed", tests.len())),
+        "{}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -318,6 +318,17 @@ fn set_up() {
     }
 }
 
+/// Whether glibc registered an rseq area for its threads (`__rseq_size` is
+/// not 0): if not, the heap's rseq mode uses an area of its own.
+fn glibc_registered_rseq() -> bool {
+    // SAFETY: dlsym with a NUL-terminated name; the symbol, when present, is
+    // glibc's `unsigned int __rseq_size`.
+    unsafe {
+        let sym = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr());
+        !sym.is_null() && *(sym as *const u32) != 0
+    }
+}
+
 /// `TIERALLOC_VERBOSE=1`: one line on the mode, the CPUs and the options.
 /// Sets the heap up to learn the mode (no allocation is in flight here).
 #[cold]
@@ -329,10 +340,11 @@ fn report_set_up(o: &options::Options, decay_ms: u64, atfork: bool) {
         out,
         "tieralloc: set up: {} mode{}, {cpus} CPUs; ",
         if rseq { "rseq" } else { "locked" },
-        match (rseq, o.no_rseq) {
-            (false, true) => " (TIERALLOC_NO_RSEQ=1)",
-            (false, false) => " (glibc registered no rseq area)",
-            _ => "",
+        match (rseq, o.no_rseq, glibc_registered_rseq()) {
+            (false, true, _) => " (TIERALLOC_NO_RSEQ=1)",
+            (false, false, _) => " (the kernel refused rseq)",
+            (true, _, false) => " (an area of its own: glibc registered none)",
+            (true, _, true) => "",
         },
     );
     if decay_ms == u64::MAX {

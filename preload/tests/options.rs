@@ -427,3 +427,34 @@ fn background_thread_releases_a_quiet_program() {
         "{bg} KiB resident after 2 s with the background thread"
     );
 }
+
+/// Where glibc registers no rseq area (its tunable off here; glibc before
+/// 2.35 everywhere), the heap registers one of its own in every thread and
+/// keeps the rseq mode: the set-up line says so, and threaded and forking
+/// programs work in it.
+#[test]
+fn without_glibcs_area_the_heap_registers_its_own() {
+    let off = ("GLIBC_TUNABLES", "glibc.pthread.rseq=0");
+    let r = run_with("options", &["quiet"], &[off, ("TIERALLOC_VERBOSE", "1")]);
+    assert!(
+        ours(&r)[0].starts_with(
+            "tieralloc: set up: rseq mode (an area of its own: glibc registered none), "
+        ),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(r.stdout, "ok\n");
+    let t = run_with("threads", &["8", "20"], &[off]);
+    assert!(t.stdout.contains("threads: OK"), "{}", t.describe());
+    let f = run_with(
+        "options",
+        &["fork"],
+        &[off, ("TIERALLOC_BACKGROUND_THREAD", "1")],
+    );
+    assert_eq!(
+        f.stdout,
+        "child threads 2\nchild threads 2\nchild threads 2\nparent threads 2\n",
+        "{}",
+        f.describe()
+    );
+}

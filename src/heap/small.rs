@@ -347,6 +347,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         let Some(s) = self.caches() else {
             return null_mut();
         };
+        s.enroll();
         // In rseq mode `alloc_small` has just tried this pop.
         let (mut p, tick) = if s.uses_rseq() {
             (null_mut(), false)
@@ -548,6 +549,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         let Some(s) = self.slabs.get::<S>() else {
             panic!("tieralloc: free of {p:p} before any allocation");
         };
+        s.enroll();
         // In rseq mode `free_small` has just tried this push.
         if s.uses_rseq() {
             return self.flush_push(s, c, p);

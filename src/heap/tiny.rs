@@ -74,6 +74,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         let Some(s) = self.caches() else {
             return null_mut();
         };
+        s.enroll();
         // In rseq mode `alloc_tiny` has just tried this carve.
         if !s.uses_rseq() {
             let p = s.carve_tiny(size, a);

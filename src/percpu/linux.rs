@@ -1,8 +1,9 @@
 //! [`LinuxCpu`]: CPU indices on hosted Linux, from `sched_getcpu`, with
-//! restartable sequences where glibc registered them. See `lib.rs` for the
+//! restartable sequences where the kernel offers them. See `lib.rs` for the
 //! overview and [`super`] for the per-CPU tier.
 //!
-//! Where glibc registered an rseq area (glibc 2.35 and later, on x86-64),
+//! Where a thread can have an rseq area (x86-64: glibc's, from 2.35, or
+//! else one of the heap's own, `super::rseq`),
 //! per-CPU operations commit with restartable sequences and the slot locks
 //! are taken only by drains and `fork` handlers. Otherwise CPU exclusivity is
 //! a per-slot lock (one uncontended atomic per operation, taken on the CPU
@@ -76,7 +77,6 @@ pub struct LinuxCpu {
     /// Number of slots, 0 until first asked; with [`LinuxCpu::EXACT`] set
     /// when it is the number of possible CPU ids (every id is below it).
     count: AtomicUsize,
-    /// Use restartable sequences when glibc offers them.
     /// rseq refused (`new_locked`); false (the zero byte) allows it.
     no_rseq: bool,
 }

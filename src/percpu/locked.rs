@@ -193,6 +193,9 @@ impl Fast {
     pub(crate) fn cpu(self) -> usize {
         match self {}
     }
+    pub(crate) fn enroll(self) {
+        match self {}
+    }
     pub(crate) fn exclusive<R>(
         self,
         _cache: &CpuCache<'_>,

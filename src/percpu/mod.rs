@@ -67,7 +67,7 @@ const _: () = assert!(SIZE_STEPS * SIZE_STEP == crate::sizeclass::SIZE_TO_CLASS8
 #[cfg(not(rseq))]
 pub(crate) use locked::{Fast, Sections};
 #[cfg(rseq)]
-pub(crate) use rseq::{Fast, Sections};
+pub(crate) use rseq::{rseq_cpu_id, Fast, Sections};
 
 /// The per-CPU caches of a heap, and how to reach them.
 ///
@@ -331,6 +331,16 @@ impl<'a, C: Cpu, K: Shape> Caches<'a, C, K> {
     #[inline(always)]
     pub(crate) fn uses_rseq(&self) -> bool {
         self.fast().is_some()
+    }
+
+    /// For a slow path: in rseq mode with an area of the heap's own
+    /// (glibc registered none), registers the calling thread's area if it
+    /// has not yet (`rseq::Fast::enroll`).
+    #[inline(always)]
+    pub(crate) fn enroll(&self) {
+        if let Some(f) = self.fast() {
+            f.enroll();
+        }
     }
 
     /// Objects moved per refill or flush of class `c`.

@@ -11,12 +11,20 @@
 //! whatever CPU it now runs: nothing before the commit is visible, so a restart
 //! is always safe.
 //!
-//! We use glibc's registration (glibc ≥ 2.35 registers every thread): the
-//! loader exports `__rseq_offset` (the area's offset from the thread pointer)
-//! and `__rseq_size` (0 when glibc did not register). We do not register an
-//! area of our own when glibc did not: a library cannot guarantee an area at
-//! one fixed thread-pointer offset in every thread, so that case (and old
-//! kernels, seccomp filters, glibc < 2.35) falls back to the locked per-CPU path.
+//! **The area.** Where glibc registered one (glibc ≥ 2.35 registers every
+//! thread), we use it: the loader exports `__rseq_offset` (the area's offset
+//! from the thread pointer) and `__rseq_size` (0 when glibc did not register).
+//! Where it did not (glibc < 2.35, its tunable `glibc.pthread.rseq=0`), we
+//! register an **area of our own**: a `struct rseq` in the static TLS block
+//! of the module the crate is linked into, addressed with the initial-exec
+//! model, so that it lies at one thread-pointer offset in every thread (the
+//! loader places such a block at start-up, or in its reserve for `dlopen`,
+//! and refuses to load the module otherwise). Its `cpu_id` starts as −1 in
+//! every thread, so a thread that has not registered yet finds the guard
+//! ([`GUARD_CPUS`]) and takes a slow path, which registers it
+//! ([`Fast::enroll`]); if the kernel refuses, the area says −2 for good and
+//! the thread keeps to the slow paths. Without either (old kernels, seccomp
+//! filters) the heap uses the locked per-CPU path.
 //!
 //! **Stopping a CPU.** A drain from another CPU needs the cache to itself
 //! ([`Fast::exclusive`]). It sets the [`STOP`](StackWord::STOP) bit in the length field of every stack
@@ -28,7 +36,7 @@
 //! `STOP`, above every capacity, so a pop sees it as "nothing to pop" and a push
 //! as "full": the sections need no separate stop check.
 
-use core::arch::asm;
+use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
 
 use crate::sizeclass::{Geometry, SizeClass, NUM_CLASSES};
@@ -38,14 +46,15 @@ use super::cache::{counter_field, word_field, CpuCache, TinyEvent, STRIDE, TINY_
 use super::word::{StackWord, Tiny};
 use super::{SIZE_STEP, SIZE_STEPS};
 
-/// The signature glibc registered the area with; it must precede each abort handler.
+/// The signature glibc registers its area with, and we ours; it must precede
+/// each abort handler.
 pub(crate) const RSEQ_SIG: u32 = 0x5305_3053;
 
 /// Offsets in the kernel's `struct rseq`.
 const RSEQ_CPU_ID: usize = 4;
 
 /// The CPU ids below 0 that a thread's area can hold: −1 before the kernel
-/// registered it (`RSEQ_CPU_ID_UNINITIALIZED`), −2 when glibc's
+/// registered it (`RSEQ_CPU_ID_UNINITIALIZED`), −2 when the
 /// registration failed (`RSEQ_CPU_ID_REGISTRATION_FAILED`). The caches
 /// published for the sections are preceded by that many zeroed caches,
 /// the **guard**, which the fast paths' pop and push find for those ids
@@ -116,19 +125,19 @@ impl Sections {
         unsafe { AtomicI64::from_ptr(core::ptr::addr_of_mut!((*self.0.get()).rseq_off)) }
     }
 
-    /// glibc's rseq area offset, if this process can use restartable
-    /// sequences (see [`available`]).
+    /// The rseq area's offset, glibc's or our own, if this process can use
+    /// restartable sequences (see [`available`]).
     pub(crate) fn available() -> Option<i64> {
         match available() {
-            Availability::Glibc(off) => Some(off),
+            Availability::Glibc(off) | Availability::Own(off) => Some(off),
             Availability::Unavailable => None,
         }
     }
 
     /// Describes the `count` caches at `caches`, whose heap's classes are
     /// `g`'s, and publishes the description: from then on every per-CPU
-    /// operation of the heap commits with a section at `rseq_off` (glibc's
-    /// area). Returns whether it did (always, where the sections are
+    /// operation of the heap commits with a section at `rseq_off` (the
+    /// area [`available`] found). Returns whether it did (always, where the sections are
     /// compiled in).
     ///
     /// # Safety
@@ -210,8 +219,9 @@ impl Sections {
 
 /// Published [`Sections`]: each method runs one section on the calling
 /// thread's current CPU. Only [`Sections::get`] makes one, so holding it
-/// proves the descriptor describes live caches and glibc's area is registered
-/// for every thread — which is what every section needs.
+/// proves the descriptor describes live caches and that every thread has an
+/// rseq area at its offset (glibc's, registered, or our own, registered or
+/// saying −1 or −2) — which is what every section needs.
 #[derive(Clone, Copy)]
 pub(crate) struct Fast {
     d: *const Desc,
@@ -305,11 +315,22 @@ impl Fast {
         unsafe { add(self.d, self.off, counter_field(k), delta) }
     }
 
+    /// For a slow path: registers the calling thread's area if the heap
+    /// uses the area of our own and the thread has not registered it yet
+    /// (its `cpu_id` still −1), so that its next operations take the fast
+    /// paths. One read of the area otherwise.
+    #[inline(always)]
+    pub(crate) fn enroll(self) {
+        if self.cpu() == u32::MAX as usize {
+            enroll_thread(self.off);
+        }
+    }
+
     /// The calling thread's CPU id (a hint: the thread may move right after;
     /// `u32::MAX` while the thread is not registered).
     #[inline(always)]
     pub(crate) fn cpu(self) -> usize {
-        // SAFETY: glibc's area is registered (see the type).
+        // SAFETY: every thread has an area at the offset (see the type).
         unsafe { cpu_id(self.off) as usize }
     }
 
@@ -606,8 +627,8 @@ macro_rules! pop_section {
 ///
 /// # Safety
 /// `d` describes live slabs, `off` is its `rseq_off`, `c` is below
-/// `NUM_CLASSES`, and the calling thread has a registered rseq area at `off`
-/// (glibc's, checked by [`available`]).
+/// `NUM_CLASSES`, and the calling thread has an rseq area at `off` (the one
+/// [`available`] found), registered or saying −1 or −2.
 #[inline(always)]
 unsafe fn pop(d: *const Desc, off: i64, c: usize) -> (*mut u8, StackWord) {
     // SAFETY: the caller vouches for the descriptor, the class and the rseq
@@ -1010,7 +1031,12 @@ unsafe fn carve(d: *const Desc, off: i64, field: usize, size: usize, amask: usiz
 pub(crate) enum Availability {
     /// glibc registered an area for every thread; here is its thread-pointer offset.
     Glibc(i64),
-    /// No usable area (glibc < 2.35, rseq disabled by tunable or seccomp, old kernel).
+    /// glibc registered none, and the probing thread registered the area of
+    /// our own ([`OWN_AREA`]); here is its thread-pointer offset. Every
+    /// other thread registers on its first slow path ([`Fast::enroll`]).
+    Own(i64),
+    /// No usable area (rseq refused by the kernel or a seccomp filter, an
+    /// old kernel, `TIERALLOC_NO_RSEQ=1`).
     Unavailable,
 }
 
@@ -1020,6 +1046,8 @@ const YES: u8 = 2;
 const NO: u8 = 3;
 static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
 static OFFSET: AtomicI64 = AtomicI64::new(0);
+/// Whether `OFFSET` is the area of our own (set before `STATE` says `YES`).
+static OWN: AtomicBool = AtomicBool::new(false);
 /// The probing thread's thread pointer (`fs:0`, glibc's TCB self-pointer)
 /// while `STATE` is `PROBING`.
 static PROBER: AtomicUsize = AtomicUsize::new(0);
@@ -1032,14 +1060,14 @@ static PROBER: AtomicUsize = AtomicUsize::new(0);
 /// here instead of never.
 const PROBE_WAIT_NS: u64 = 200_000_000;
 
-/// Finds glibc's rseq area, once. While the probe runs (it calls `dlsym`, which
+/// Finds the rseq area to use, glibc's or our own, once. While the probe runs (it calls `dlsym`, which
 /// may allocate and so re-enter the heap), the probing thread's own calls get
 /// `Unavailable` and use the locked path; another thread's wait for the
 /// probe to finish (at most [`PROBE_WAIT_NS`]), so that a heap set up
 /// meanwhile is not left in locked mode for good.
 pub(crate) fn available() -> Availability {
     match STATE.load(Ordering::Acquire) {
-        YES => return Availability::Glibc(OFFSET.load(Ordering::Relaxed)),
+        YES => return found(),
         NO => return Availability::Unavailable,
         PROBING => return wait_for_probe(),
         _ => {}
@@ -1051,14 +1079,37 @@ pub(crate) fn available() -> Availability {
         return wait_for_probe();
     }
     PROBER.store(thread_pointer(), Ordering::Relaxed);
-    let found = probe();
-    if let Some(off) = found {
-        OFFSET.store(off, Ordering::Relaxed);
-        STATE.store(YES, Ordering::Release);
-        Availability::Glibc(off)
+    match probe() {
+        Some((off, own)) => {
+            OFFSET.store(off, Ordering::Relaxed);
+            OWN.store(own, Ordering::Relaxed);
+            STATE.store(YES, Ordering::Release);
+            found()
+        }
+        None => {
+            STATE.store(NO, Ordering::Release);
+            Availability::Unavailable
+        }
+    }
+}
+
+/// The calling thread's `cpu_id` in the area [`available`] found, if any
+/// (for the tests: −1 before a thread registered the area of our own).
+pub(crate) fn rseq_cpu_id() -> Option<i32> {
+    match available() {
+        // SAFETY: the area the probe found is at `off` in every thread.
+        Availability::Glibc(off) | Availability::Own(off) => Some(unsafe { cpu_id(off) } as i32),
+        Availability::Unavailable => None,
+    }
+}
+
+/// The probe's result, once `STATE` said `YES` (Acquire).
+fn found() -> Availability {
+    let off = OFFSET.load(Ordering::Relaxed);
+    if OWN.load(Ordering::Relaxed) {
+        Availability::Own(off)
     } else {
-        STATE.store(NO, Ordering::Release);
-        Availability::Unavailable
+        Availability::Glibc(off)
     }
 }
 
@@ -1069,7 +1120,7 @@ fn wait_for_probe() -> Availability {
     let mut deadline = None;
     loop {
         match STATE.load(Ordering::Acquire) {
-            YES => return Availability::Glibc(OFFSET.load(Ordering::Relaxed)),
+            YES => return found(),
             NO => return Availability::Unavailable,
             _ => {}
         }
@@ -1128,33 +1179,33 @@ fn rseq_refused() -> bool {
     }
 }
 
-fn probe() -> Option<i64> {
+/// The area to use and whether it is our own, or `None` (see
+/// [`Availability`]).
+fn probe() -> Option<(i64, bool)> {
     if rseq_refused() {
         return None;
     }
-    // SAFETY: dlsym with a NUL-terminated name; the symbols, when present, are
-    // glibc's `ptrdiff_t __rseq_offset` and `unsigned int __rseq_size`.
-    let (off, size) = unsafe {
-        let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr());
-        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr());
-        if off.is_null() || size.is_null() {
-            return None;
+    let (off, own) = match glibc_area() {
+        GlibcArea::Registered(off) => (off, false),
+        GlibcArea::Unusable => return None,
+        GlibcArea::None => {
+            let off = own_offset();
+            // SAFETY: `off` is the area of our own, and `glibc_area` found
+            // that glibc registered none.
+            if !unsafe { register_own(off) } {
+                return None;
+            }
+            (off, true)
         }
-        (*(off as *const isize) as i64, *(size as *const u32))
     };
-    // glibc reports the area's feature size: 32 in 2.35, 20 (the original
-    // fields: cpu_id_start, cpu_id, rseq_cs, flags) where the fix for the
-    // extensible-rseq ABI is applied. We need the first three fields.
-    if size < 20 {
-        return None;
-    }
-    // The area is inside the thread's control block, never at the thread
-    // pointer itself ([`Sections`] relies on it: 0 means unpublished).
+    // The area is inside the thread's control block or its static TLS,
+    // never at the thread pointer itself ([`Sections`] relies on it: 0
+    // means unpublished).
     if off == 0 {
         return None;
     }
     // The area must be live for this thread: cpu_id is set (not -1/-2).
-    // SAFETY: glibc's area is at fs:[off] for every thread, at least 32 bytes.
+    // SAFETY: the area is at fs:[off] for every thread, at least 32 bytes.
     let cpu = unsafe { cpu_id(off) };
     if (cpu as i32) < 0 {
         return None;
@@ -1170,7 +1221,142 @@ fn probe() -> Option<i64> {
         )
     };
     MEMBARRIER_OK.store(r == 0, Ordering::Relaxed);
-    Some(off)
+    Some((off, own))
+}
+
+/// What glibc did about rseq.
+enum GlibcArea {
+    /// It registered an area for every thread, at this offset.
+    Registered(i64),
+    /// It registered none: it is older than 2.35 (no symbols), or its
+    /// registration was turned off or failed (`__rseq_size` 0).
+    None,
+    /// It registered one that we cannot use.
+    Unusable,
+}
+
+fn glibc_area() -> GlibcArea {
+    // SAFETY: dlsym with a NUL-terminated name; the symbols, when present, are
+    // glibc's `ptrdiff_t __rseq_offset` and `unsigned int __rseq_size`.
+    let (off, size) = unsafe {
+        let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr());
+        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr());
+        if off.is_null() || size.is_null() {
+            return GlibcArea::None;
+        }
+        (*(off as *const isize) as i64, *(size as *const u32))
+    };
+    // glibc reports the area's feature size: 32 in 2.35, 20 (the original
+    // fields: cpu_id_start, cpu_id, rseq_cs, flags) where the fix for the
+    // extensible-rseq ABI is applied. We need the first three fields.
+    match size {
+        0 => GlibcArea::None,
+        1..20 => GlibcArea::Unusable,
+        _ => GlibcArea::Registered(off),
+    }
+}
+
+/// Bytes of the area of our own: the kernel's `struct rseq` of its first
+/// ABI (`cpu_id_start`, `cpu_id`, `rseq_cs`, `flags`, padding), the length
+/// every kernel with rseq accepts; it must be aligned to them.
+const OWN_AREA_BYTES: u32 = 32;
+
+/// The area of our own's symbol: global, for the crate's code in every
+/// codegen unit, but hidden, so that it never leaves the module it is
+/// linked into; named with the crate's version, so that two versions linked
+/// into one module never clash.
+macro_rules! own_area {
+    () => {
+        concat!(
+            "tieralloc_rseq_area_",
+            env!("CARGO_PKG_VERSION_MAJOR"),
+            "_",
+            env!("CARGO_PKG_VERSION_MINOR"),
+            "_",
+            env!("CARGO_PKG_VERSION_PATCH")
+        )
+    };
+}
+
+// The area of our own, one per thread in the static TLS block: `cpu_id`
+// (the second word) starts as −1, `RSEQ_CPU_ID_UNINITIALIZED`, in every
+// thread (the loader copies this image into each new thread's block), and
+// the rest as 0.
+global_asm!(
+    concat!(".pushsection .tdata.", own_area!(), ",\"awT\",@progbits"),
+    ".p2align 5",
+    concat!(".globl ", own_area!()),
+    concat!(".hidden ", own_area!()),
+    concat!(".type ", own_area!(), ",@object"),
+    concat!(".size ", own_area!(), ",32"),
+    concat!(own_area!(), ":"),
+    ".long 0",
+    ".long -1",
+    ".quad 0",
+    ".long 0",
+    ".long 0",
+    ".quad 0",
+    ".popsection",
+);
+
+/// The area of our own's thread-pointer offset, the same in every thread
+/// (initial-exec TLS: one GOT word the loader fills, or, in an executable,
+/// an immediate the linker puts in its place).
+#[inline(always)]
+fn own_offset() -> i64 {
+    let off: i64;
+    // SAFETY: reads the GOT word of the area's TLS offset, which the loader
+    // wrote before any code of the module ran and never changes.
+    unsafe {
+        asm!(
+            concat!("mov {off}, qword ptr [rip + ", own_area!(), "@GOTTPOFF]"),
+            off = out(reg) off,
+            options(nostack, pure, readonly, preserves_flags)
+        );
+    }
+    off
+}
+
+/// Registers the calling thread's area of our own at thread-pointer offset
+/// `off` with the kernel; whether it is registered now. If the kernel
+/// refuses (another area is registered for the thread, a seccomp filter,
+/// no rseq), the area's `cpu_id` becomes −2, `RSEQ_CPU_ID_REGISTRATION_FAILED`,
+/// so that the thread's slow paths do not ask again.
+///
+/// # Safety
+/// `off` is [`own_offset`], and no other area is registered for the thread
+/// in the process's use of rseq (glibc registered none).
+unsafe fn register_own(off: i64) -> bool {
+    let area = (thread_pointer() as i64 + off) as *mut u8;
+    // SAFETY: `area` is this thread's area of our own (static TLS, aligned
+    // to 32, as long as the thread lives, and the kernel writes it only
+    // while the thread runs); the signature precedes every abort handler.
+    let r = unsafe { libc::syscall(libc::SYS_rseq, area, OWN_AREA_BYTES, 0, RSEQ_SIG) };
+    if r == 0 {
+        return true;
+    }
+    // SAFETY: the thread's own area, not registered: the kernel does not write it.
+    unsafe {
+        area.add(RSEQ_CPU_ID)
+            .cast::<i32>()
+            .write_volatile(RSEQ_CPU_ID_REGISTRATION_FAILED)
+    };
+    false
+}
+
+/// `cpu_id` of an area whose registration failed.
+const RSEQ_CPU_ID_REGISTRATION_FAILED: i32 = -2;
+
+/// [`Fast::enroll`]'s work, out of line: registers the calling thread's
+/// area if the process uses the area of our own.
+#[cold]
+#[inline(never)]
+fn enroll_thread(off: i64) {
+    if OWN.load(Ordering::Relaxed) {
+        // SAFETY: in own-area mode `off` is the area of our own (it is the
+        // published offset, which the probe found), and glibc registered none.
+        unsafe { register_own(off) };
+    }
 }
 
 const MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ: libc::c_int = 1 << 7;
@@ -1200,7 +1386,7 @@ fn fence_cpu(cpu: usize) -> bool {
 /// (a hint: the thread may move right after).
 ///
 /// # Safety
-/// `off` is the offset of a registered rseq area (as [`load`]).
+/// `off` is the offset of the calling thread's rseq area (as [`pop`]).
 #[inline(always)]
 unsafe fn cpu_id(off: i64) -> u32 {
     let cpu: u32;
@@ -1229,8 +1415,8 @@ mod tests {
     impl Published {
         fn new(count: usize) -> Published {
             // Another test may be probing right now: `available` waits for it.
-            let Availability::Glibc(off) = available() else {
-                panic!("this machine's glibc registers rseq: the test needs it");
+            let (Availability::Glibc(off) | Availability::Own(off)) = available() else {
+                panic!("this machine's kernel offers rseq: the test needs it");
             };
             let layout = std::alloc::Layout::from_size_align(
                 GUARD_BYTES + count * CacheLayout::GO.stride(),
@@ -1472,5 +1658,124 @@ mod tests {
                 let _ = cache.pop_batch(c, &mut out);
             }
         }
+    }
+
+    /// The area of our own lies at one thread-pointer offset, aligned as
+    /// the kernel demands, and starts every thread unregistered (−1).
+    #[test]
+    fn the_area_of_our_own_starts_unregistered_in_every_thread() {
+        let off = own_offset();
+        assert!(off < 0, "static TLS lies below the thread pointer: {off}");
+        let seen: std::vec::Vec<(i64, usize, u32)> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    let area = (thread_pointer() as i64 + own_offset()) as usize;
+                    // SAFETY: this thread's area of our own, unregistered
+                    // (glibc registered its own here, or the probe ran on
+                    // another thread).
+                    (own_offset(), area % OWN_AREA_BYTES as usize, unsafe {
+                        cpu_id(own_offset())
+                    })
+                })
+                .join()
+                .unwrap()
+            })
+            .collect();
+        for (o, misalign, cpu) in seen {
+            assert_eq!(o, off);
+            assert_eq!(misalign, 0);
+            assert_eq!(cpu as i32, -1);
+        }
+    }
+
+    /// Set in the process [`without_glibcs_area_threads_register_their_own`]
+    /// starts under `glibc.pthread.rseq=0`.
+    const OWN_AREA_CHILD: &str = "TIERALLOC_TEST_OWN_AREA_CHILD";
+
+    /// With glibc's registration turned off, the probe registers the area
+    /// of our own; every other thread starts unregistered (−1: pops and
+    /// pushes find the guard), registers on [`Fast::enroll`] and then pops
+    /// what it pushed; a thread whose registration the kernel refuses
+    /// (another area is registered for it) says −2 from then on and finds
+    /// the guard. Runs itself in a process of its own, started with the
+    /// tunable.
+    #[test]
+    fn without_glibcs_area_threads_register_their_own() {
+        if std::env::var_os(OWN_AREA_CHILD).is_none() {
+            let name = "percpu::rseq::tests::without_glibcs_area_threads_register_their_own";
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", name, "--test-threads", "1"])
+                .env("GLIBC_TUNABLES", "glibc.pthread.rseq=0")
+                .env(OWN_AREA_CHILD, "1")
+                .output()
+                .expect("the test binary runs");
+            let stdout = std::string::String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && stdout.contains("1 passed"),
+                "{}\n{stdout}\n{}",
+                out.status,
+                std::string::String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        // SAFETY: dlsym with a NUL-terminated name; glibc's `__rseq_size`.
+        let glibc_size = unsafe {
+            let sym = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr());
+            (!sym.is_null()).then(|| *(sym as *const u32))
+        };
+        assert_ne!(glibc_size, Some(32), "the tunable turned glibc's area off");
+        assert_eq!(available(), Availability::Own(own_offset()));
+        let p = Published::new(64);
+        let sections: &Sections = &p.sections;
+        let c = SizeClass::new(5).unwrap();
+        let threads = 2 * std::thread::available_parallelism().map_or(2, |n| n.get()) + 1;
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                s.spawn(move || {
+                    let f = sections.get().expect("published");
+                    let obj = (0x10_0000 + 0x1000 * t) as *mut u8;
+                    assert_eq!(f.cpu() as u32 as i32, -1, "unregistered at first");
+                    assert!(!f.push(c, obj), "the guard is full");
+                    assert!(f.pop(c).0.is_null(), "the guard is empty");
+                    f.enroll();
+                    assert!(f.cpu() < p.count, "registered: cpu {}", f.cpu());
+                    f.enroll(); // registered already: nothing to do
+                                // The thread may migrate between the push and the pop;
+                                // then the object waits on the other CPU's stack.
+                    let mut got = core::ptr::null_mut();
+                    for _ in 0..100 {
+                        assert!(f.push(c, obj));
+                        got = f.pop(c).0;
+                        if got == obj {
+                            break;
+                        }
+                    }
+                    assert_eq!(got, obj);
+                });
+            }
+        });
+        // A thread with another area registered: the kernel refuses ours.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                #[repr(C, align(32))]
+                struct Area([u32; 8]);
+                let other = std::boxed::Box::new(Area([0, u32::MAX, 0, 0, 0, 0, 0, 0]));
+                let at = &*other as *const Area as *mut Area;
+                // SAFETY: a 32-byte aligned area that outlives its
+                // registration (unregistered below, before it is dropped).
+                let r = unsafe { libc::syscall(libc::SYS_rseq, at, 32u32, 0, RSEQ_SIG) };
+                assert_eq!(r, 0, "registered another area");
+                let f = sections.get().expect("published");
+                f.enroll();
+                assert_eq!(f.cpu() as u32 as i32, -2, "refused, for good");
+                assert!(!f.push(c, 0x1000 as *mut u8));
+                assert!(f.pop(c).0.is_null());
+                // SAFETY: unregisters the area registered above.
+                let r = unsafe { libc::syscall(libc::SYS_rseq, at, 32u32, 1, RSEQ_SIG) };
+                assert_eq!(r, 0, "unregistered the other area");
+                drop(other);
+            });
+        });
+        assert!(p.guard_is_zero(), "the guard stays zero");
     }
 }
