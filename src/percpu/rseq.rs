@@ -1631,6 +1631,22 @@ mod tests {
         assert_eq!(stacked, 0);
     }
 
+    /// Pushes `obj` on class `c`'s stack and pops with `pop` until the pop
+    /// returns it, 100 rounds at most; the last pop's object. The thread may
+    /// migrate between the push and the pop; then the object waits on the
+    /// other CPU's stack, and the next round tries again.
+    fn round_trip(f: Fast, c: SizeClass, obj: *mut u8, pop: impl Fn() -> *mut u8) -> *mut u8 {
+        let mut got = core::ptr::null_mut();
+        for _ in 0..100 {
+            assert!(f.push(c, obj));
+            got = pop();
+            if got == obj {
+                break;
+            }
+        }
+        got
+    }
+
     /// `pop_step(i)` pops from the class that serves step `i`'s sizes: for
     /// every step, what a push on that class left.
     #[test]
@@ -1641,16 +1657,7 @@ mod tests {
             let c = Geometry::GO.size_to_class_small(SIZE_STEP * (i + 1) - 1);
             assert!(Geometry::GO.size(c) >= SIZE_STEP * (i + 1));
             let obj = (0x10_0000 + 0x1000 * i) as *mut u8;
-            // The thread may migrate between the push and the pop; then the
-            // object waits on the other CPU, and the next round tries again.
-            let mut got = core::ptr::null_mut();
-            for _ in 0..100 {
-                assert!(f.push(c, obj));
-                got = f.pop_step(i).0;
-                if got == obj {
-                    break;
-                }
-            }
+            let got = round_trip(f, c, obj, || f.pop_step(i).0);
             assert_eq!(got, obj, "step {i} pops class {}", c.index());
             for k in 0..p.count {
                 let cache = p.cache(k);
@@ -1739,18 +1746,9 @@ mod tests {
                     assert!(f.pop(c).0.is_null(), "the guard is empty");
                     f.enroll();
                     assert!(f.cpu() < p.count, "registered: cpu {}", f.cpu());
-                    f.enroll(); // registered already: nothing to do
-                                // The thread may migrate between the push and the pop;
-                                // then the object waits on the other CPU's stack.
-                    let mut got = core::ptr::null_mut();
-                    for _ in 0..100 {
-                        assert!(f.push(c, obj));
-                        got = f.pop(c).0;
-                        if got == obj {
-                            break;
-                        }
-                    }
-                    assert_eq!(got, obj);
+                    // Registered already: nothing to do.
+                    f.enroll();
+                    assert_eq!(round_trip(f, c, obj, || f.pop(c).0), obj);
                 });
             }
         });
