@@ -67,48 +67,28 @@ pub enum ListId {
 /// its tail, right after it, are aligned on 32-bit targets too; its fields
 /// are in falling order of alignment, so that it has no padding (64 bytes
 /// on 64-bit targets, 48 on 32-bit ones: with the one-word bitmap of a
-/// region heap, six records fill a 512-byte page, or eight on 32-bit).
+/// region heap, six records fill a 512-byte page, or eight on 32-bit),
+/// except that the ones the C free reads without a lock come first:
+/// `start`, `carved` and `div_mul`, and `owner` for the classes under a
+/// line (the first 26 bytes on 64-bit targets), so that they lie in one
+/// cache line in most records (all but those starting in a line's last
+/// 24 bytes), where a free whose record is out of cache waits for one line.
 #[repr(C, align(8))]
 pub struct Span {
-    /// Next span on the list (`list`) the span is on.
-    pub next: *mut Span,
-    /// Previous span on that list.
-    pub prev: *mut Span,
     /// First byte of the span; page aligned.
     pub start: Addr,
-    /// The record's tail, right after it in the same block ([`record_tail`]
-    /// bytes): `alloc_bits`, `nwords` words with one bit per object, set
-    /// while the object is out of the span (handed out, or in a cache); with
-    /// `checks`, then `cached_bits`, as many words: objects that are free
-    /// but still cached (per-CPU or transfer), so a second free of them is
-    /// caught; then `tiny_bits`, as many words: objects of the tiny class
-    /// that are tiny blocks now, so a tiny free of anything else is caught.
-    bits: *mut u64,
-    /// Complement of `alloc_bits[cache_word]`, restricted to valid objects.
-    pub alloc_cache: u64,
-    /// The size class of its objects ([`SizeClass::LARGE`] unless `Small`).
-    pub class: SizeClass,
-    /// What the span is used for.
-    pub state: SpanState,
-    /// Which list of its owner it is on.
-    pub list: ListId,
-    /// The pages were not known to be zero when the span was made.
-    pub needzero: bool,
-    /// Length in pages ([`Span::npages`]; a span of more than `u32::MAX`
-    /// pages is never made).
-    pages: u32,
-    /// Bytes per object (for large spans: the span's bytes).
-    pub elemsize: u32,
+    /// With `hardened`: one past the highest object ever taken since the
+    /// span was carved (the high-water mark of `take`). Carving takes the
+    /// lowest free object, so every object below it has been taken at
+    /// least once, and none at or above it ever has: the C free's slot test
+    /// ([`Span::is_carved_unlocked`]). Written under the owner's lock, read
+    /// without it (Relaxed: it only grows while the span lives).
+    #[cfg(all(feature = "hardened", target_pointer_width = "64"))]
+    carved: CarvedMark,
     /// Go's `divMul` of `elemsize` (0 for large spans): see [`Span::index_of`].
     pub div_mul: u32,
-    /// Objects in the span (1 for large spans; at most `MAX_OBJECTS`).
-    pub nelems: u16,
-    /// Objects handed out (bits set in `alloc_bits`).
-    pub alloc_count: u16,
-    /// Index of the bitmap word mirrored in `alloc_cache`.
-    pub cache_word: u8,
-    /// Words of each bitmap in the record's tail (see `bitmap_words`).
-    pub nwords: u8,
+    /// Bytes per object (for large spans: the span's bytes).
+    pub elemsize: u32,
     /// Classes whose objects share cache lines ([`Geometry::shares_lines`](crate::Geometry::shares_lines)):
     /// 1 + the CPU whose cache takes this span's objects, or 0 before the
     /// first refill. It changes only under the class's central lock, and only
@@ -119,14 +99,43 @@ pub struct Span {
     /// a thread can move between reading its CPU and pushing, so it is a
     /// (nearly always right) hint there. Relaxed: a hint needs no ordering.
     pub owner: AtomicOwner,
-    /// With `hardened`: one past the highest object ever taken since the
-    /// span was carved (the high-water mark of `take`). Carving takes the
-    /// lowest free object, so every object below it has been taken at
-    /// least once, and none at or above it ever has: the C free's slot test
-    /// ([`Span::is_carved_unlocked`]). Written under the owner's lock, read
-    /// without it (Relaxed: it only grows while the span lives).
-    #[cfg(feature = "hardened")]
+    /// Objects in the span (1 for large spans; at most `MAX_OBJECTS`).
+    pub nelems: u16,
+    /// Objects handed out (bits set in `alloc_bits`).
+    pub alloc_count: u16,
+    /// Index of the bitmap word mirrored in `alloc_cache`.
+    pub cache_word: u8,
+    /// Words of each bitmap in the record's tail (see `bitmap_words`).
+    pub nwords: u8,
+    /// Next span on the list (`list`) the span is on.
+    pub next: *mut Span,
+    /// Previous span on that list.
+    pub prev: *mut Span,
+    /// The record's tail, right after it in the same block ([`record_tail`]
+    /// bytes): `alloc_bits`, `nwords` words with one bit per object, set
+    /// while the object is out of the span (handed out, or in a cache); with
+    /// `checks`, then `cached_bits`, as many words: objects that are free
+    /// but still cached (per-CPU or transfer), so a second free of them is
+    /// caught; then `tiny_bits`, as many words: objects of the tiny class
+    /// that are tiny blocks now, so a tiny free of anything else is caught.
+    bits: *mut u64,
+    /// Complement of `alloc_bits[cache_word]`, restricted to valid objects.
+    pub alloc_cache: u64,
+    /// With `hardened` on 32-bit targets: as on 64-bit ones, placed after
+    /// the words so that the record has no padding.
+    #[cfg(all(feature = "hardened", not(target_pointer_width = "64")))]
     carved: CarvedMark,
+    /// Length in pages ([`Span::npages`]; a span of more than `u32::MAX`
+    /// pages is never made).
+    pages: u32,
+    /// The size class of its objects ([`SizeClass::LARGE`] unless `Small`).
+    pub class: SizeClass,
+    /// What the span is used for.
+    pub state: SpanState,
+    /// Which list of its owner it is on.
+    pub list: ListId,
+    /// The pages were not known to be zero when the span was made.
+    pub needzero: bool,
 }
 
 /// A span's `carved`, kept as the C free compares it: on 64-bit targets
@@ -796,6 +805,19 @@ mod tests {
             48
         } + if cfg!(feature = "hardened") { 8 } else { 0 };
         assert_eq!(core::mem::size_of::<Span>(), want);
+    }
+
+    /// The fields the C free reads without a lock are the record's first
+    /// (see [`Span`]).
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn the_c_frees_fields_come_first() {
+        let end = core::mem::offset_of!(Span, owner) + core::mem::size_of::<AtomicOwner>();
+        assert_eq!(core::mem::offset_of!(Span, start), 0);
+        assert!(core::mem::offset_of!(Span, div_mul) < end);
+        #[cfg(feature = "hardened")]
+        assert!(core::mem::offset_of!(Span, carved) < end);
+        assert!(end <= 26);
     }
 
     fn small(class: usize) -> Rec {

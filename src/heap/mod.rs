@@ -445,10 +445,16 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         // SAFETY: once, under the set-up lock; the block is ours for ever,
         // zeroed, page aligned, `bytes(count)` long, and `count` is the CPU
         // mapping's (its `count` never changes), `rseq` the plan `bytes` had.
-        Some(unsafe {
+        let caches = unsafe {
             self.slabs
                 .install::<S>(p.as_ptr(), count, &layout, S::GEOMETRY, rseq)
-        })
+        };
+        // After the sections: a C free that finds a small span through the
+        // fast window may use them untested.
+        if caches.uses_rseq() {
+            self.map.open_fast_window();
+        }
+        Some(caches)
     }
 
     /// Runs a whole operation inside [`Cpu::operation`] if the `Cpu` asks for

@@ -183,28 +183,77 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         if !Self::C_FAST_PATHS {
             return otherwise();
         }
-        let Some(f) = self.slabs.fast() else {
-            return otherwise();
-        };
         if S::WINDOW_BYTES == 0 {
+            let Some(f) = self.slabs.fast() else {
+                return otherwise();
+            };
             // SAFETY: forwarded from the caller.
             return unsafe { self.deallocate_fast_radix(f, p, size, otherwise) };
         }
         // The class from the page's entry, not from the span record: the
-        // push's address waits on it (see `pageheap::map::Entry`).
-        // SAFETY: `f` is the published caches, which the heap's set-up
-        // publishes after it settled the window.
-        let e = unsafe { self.map.window_entry_settled::<S>(Addr::of(p)) };
-        match e.small_class() {
+        // push's address waits on it (see `pageheap::map::Entry`). Through
+        // the fast window, which is empty until the sections are published
+        // and in locked mode, so that a small class's entry proves them
+        // published: no test of the mode.
+        let e = self.map.window_entry_fast::<S>(Addr::of(p));
+        let i = e.class_index();
+        // One compare for the classes above the line-sharing ones (their
+        // free has no owner test), then the rest (a constant, at least 1,
+        // so that a null entry is never among the first).
+        let unshared = S::GEOMETRY.tiny_class.index().max(1);
+        if i >= unshared {
+            // SAFETY: `i` is the index of `e`'s small class (not 0), one
+            // that shares no lines.
+            let c = unsafe { SizeClass::new_unchecked(i as u8) };
+            // SAFETY: `e` is a small class's entry, Acquire-loaded from a
+            // Release store made after the sections were published
+            // (`PageMap::window_entry_fast`).
+            let Some(f) = (unsafe { self.slabs.fast_published() }) else {
+                return otherwise();
+            };
             // SAFETY: forwarded from the caller; `e` is `p`'s entry.
-            Some(c) => unsafe { self.deallocate_fast_found(f, p, size, c, e, otherwise) },
-            // Outside the window, or in a page of no live span there.
-            // SAFETY: forwarded from the caller.
-            None if e.span().is_null() => unsafe {
-                self.deallocate_fast_outside(f, p, size, otherwise)
-            },
-            None => otherwise(),
+            return unsafe { self.deallocate_fast_found(f, p, size, c, false, e, otherwise) };
         }
+        // SAFETY: forwarded from the caller; `e` is `p`'s entry, `i` its
+        // class index (0: none) and below `unshared`.
+        unsafe { self.deallocate_fast_shared(p, size, i, e, otherwise) }
+    }
+
+    /// [`Heap::deallocate_fast_holding`] past its one compare for an entry
+    /// of no class or of a class that shares lines.
+    ///
+    /// # Safety
+    /// As [`Heap::try_deallocate_unsized`]; `e` is `p`'s entry in the fast
+    /// window and `i` its class index, below the geometry's tiny class.
+    #[inline(always)]
+    unsafe fn deallocate_fast_shared(
+        &self,
+        p: *mut u8,
+        size: usize,
+        i: usize,
+        e: Entry,
+        otherwise: impl FnOnce(),
+    ) {
+        if i != 0 {
+            // SAFETY: `i` is the index of `e`'s small class (not 0).
+            let c = unsafe { SizeClass::new_unchecked(i as u8) };
+            // SAFETY: as in `deallocate_fast_holding`.
+            let Some(f) = (unsafe { self.slabs.fast_published() }) else {
+                return otherwise();
+            };
+            // SAFETY: forwarded from the caller; `e` is `p`'s entry.
+            return unsafe { self.deallocate_fast_found(f, p, size, c, true, e, otherwise) };
+        }
+        if !e.span().is_null() {
+            return otherwise();
+        }
+        // Outside the fast window (all of it in locked mode), or in a page
+        // of no live span there.
+        let Some(f) = self.slabs.fast() else {
+            return otherwise();
+        };
+        // SAFETY: forwarded from the caller.
+        unsafe { self.deallocate_fast_outside(f, p, size, otherwise) }
     }
 
     /// [`Heap::deallocate_fast_radix`] out of line, for an address outside
@@ -241,8 +290,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         let Some((c, e)) = self.map.radix_small_entry::<S>(Addr::of(p)) else {
             return otherwise();
         };
+        let shares = S::GEOMETRY.shares_lines(c);
         // SAFETY: forwarded from the caller; `e` is `p`'s entry.
-        unsafe { self.deallocate_fast_found(f, p, size, c, e, otherwise) }
+        unsafe { self.deallocate_fast_found(f, p, size, c, shares, e, otherwise) }
     }
 
     /// [`Heap::deallocate_fast_holding`] once `p`'s entry `e`, of a span
@@ -250,14 +300,17 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     ///
     /// # Safety
     /// As [`Heap::try_deallocate_unsized`]; `e` is the page map's entry
-    /// for `p`'s page and `c` its class.
+    /// for `p`'s page, `c` its class and `shares` whether `c` shares lines
+    /// ([`Geometry::shares_lines`](crate::Geometry::shares_lines)).
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)] // one inlined path, split for its callers
     unsafe fn deallocate_fast_found(
         &self,
         f: Fast,
         p: *mut u8,
         size: usize,
         c: SizeClass,
+        shares: bool,
         e: Entry,
         otherwise: impl FnOnce(),
     ) {
@@ -290,7 +343,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         if !unsafe { self.mark_free_unless_suspect(p) } {
             return otherwise();
         }
-        if S::GEOMETRY.shares_lines(c) && span.owner.load().is_not_cpu(f.cpu()) {
+        if shares && span.owner.load().is_not_cpu(f.cpu()) {
             self.free_remote(p, c)
         } else if !f.push(c, p) {
             self.free_small_slow_c(p, c)

@@ -163,6 +163,21 @@ impl Entry {
                 .map(|s| s.class)
         }
     }
+
+    /// [`Entry::small_class`]'s index, or 0 for `None`: on 64-bit targets
+    /// the entry's low byte, which one compare with a class index splits
+    /// into "null or another span" and the classes on either side of it.
+    #[inline(always)]
+    pub(crate) fn class_index(self) -> usize {
+        #[cfg(target_pointer_width = "64")]
+        {
+            self.0 as u8 as usize
+        }
+        #[cfg(not(target_pointer_width = "64"))]
+        {
+            self.small_class().map_or(0, |c| c.index())
+        }
+    }
 }
 type L2 = [AtomicPtr<SpanSlot>; L2_ENTRIES];
 
@@ -194,6 +209,12 @@ pub struct PageMap {
     /// Pages of the window: 0 until it is opened (then no address is in
     /// it), published last with a release store.
     win_pages: AtomicUsize,
+    /// The window's pages as the C free's fast path sees them
+    /// ([`PageMap::window_entry_fast`]): 0 until the heap has published its
+    /// restartable sequences (for ever in locked mode), then `win_pages`.
+    /// So a lookup that finds a span of small objects through it was made
+    /// after the sections were published, and may use them untested.
+    fast_pages: AtomicUsize,
 }
 
 impl PageMap {
@@ -205,6 +226,7 @@ impl PageMap {
             win_base: AtomicUsize::new(0),
             win_slots: AtomicPtr::new(null_mut()),
             win_pages: AtomicUsize::new(0),
+            fast_pages: AtomicUsize::new(0),
         }
     }
 
@@ -322,6 +344,35 @@ impl PageMap {
         unsafe {
             Self::window_slot(
                 *self.win_pages.as_ptr(),
+                *self.win_base.as_ptr(),
+                *self.win_slots.as_ptr(),
+                addr,
+                S::PAGE,
+            )
+        }
+    }
+
+    /// The window's entry for `addr`, as [`PageMap::window_entry_settled`],
+    /// for the C free's fast path, and bounded by the fast window
+    /// (`fast_pages`): null before the heap published its restartable
+    /// sequences, and always in locked mode. It needs nothing of its
+    /// caller: an entry of a span of small objects is Acquire-loaded from
+    /// a Release store made after the sections were published (every such
+    /// span is made after set-up), so it proves them published and orders
+    /// the caller's plain reads of them after it.
+    #[inline(always)]
+    pub(crate) fn window_entry_fast<S: PageSource>(&self, addr: Addr) -> Entry {
+        // SAFETY: the fields are read plainly, so that they fold into the
+        // instructions that use them. The base and the slots were written
+        // once, before `win_pages` was published, and that before
+        // `fast_pages` became non-zero, once, in the set-up; with `n == 0`
+        // no slot is read. A caller freeing a live object synchronised with
+        // its allocation, which came after the set-up: it races with no
+        // write. Only a bad free (a pointer this heap never returned) that
+        // runs during the set-up races, and it may see `n == 0`.
+        unsafe {
+            Self::window_slot(
+                *self.fast_pages.as_ptr(),
                 *self.win_base.as_ptr(),
                 *self.win_slots.as_ptr(),
                 addr,
@@ -457,6 +508,14 @@ impl PageMap {
             .store(slots.as_ptr().cast(), Ordering::Relaxed);
         self.win_pages.store(pages, Ordering::Release);
         true
+    }
+
+    /// Opens the fast window ([`PageMap::window_entry_fast`]) to the whole
+    /// window: called once, by the heap's set-up, after it published its
+    /// restartable sequences (never in locked mode).
+    pub(crate) fn open_fast_window(&self) {
+        self.fast_pages
+            .store(self.win_pages.load(Ordering::Relaxed), Ordering::Release);
     }
 
     /// The window's slots for an arena of `npages` pages of `page` from

@@ -153,6 +153,15 @@ impl Sections {
     pub(crate) unsafe fn get_settled(&self) -> Option<Fast> {
         None
     }
+
+    /// Always `None` (nothing is ever published here).
+    ///
+    /// # Safety
+    /// None needed; `unsafe` to match the sections' signature.
+    #[inline(always)]
+    pub(crate) unsafe fn get_published(&self) -> Option<Fast> {
+        None
+    }
 }
 
 /// The published sections that do not exist here: an uninhabited type, so

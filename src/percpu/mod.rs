@@ -157,6 +157,18 @@ impl<C: Cpu> Slabs<C> {
         self.sections.get()
     }
 
+    /// The published restartable sequences, for a caller that knows them
+    /// published (see [`Sections::get_published`]): `Some` with no test
+    /// where they are compiled in, else `None`.
+    ///
+    /// # Safety
+    /// As [`Sections::get_published`].
+    #[inline(always)]
+    pub(crate) unsafe fn fast_published(&self) -> Option<Fast> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.sections.get_published() }
+    }
+
     /// The caches, once set up; `shape` is the one they were installed
     /// with (the heap's constant).
     #[inline(always)]

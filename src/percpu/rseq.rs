@@ -202,6 +202,24 @@ impl Sections {
         }
     }
 
+    /// The sections, known published: always `Some`, with no test (the
+    /// `Option` is for the stand-in's sake, where there are none).
+    ///
+    /// # Safety
+    /// The caller observed something that happened after
+    /// [`Sections::publish`] (a Release store made after it, Acquire-loaded):
+    /// the descriptor no longer changes.
+    #[inline(always)]
+    pub(crate) unsafe fn get_published(&self) -> Option<Fast> {
+        // SAFETY: as in `get_settled`, by the caller's promise.
+        let off = unsafe { (*self.0.get()).rseq_off };
+        debug_assert!(off != 0);
+        Some(Fast {
+            d: self.0.get(),
+            off,
+        })
+    }
+
     /// The sections, once published.
     #[inline(always)]
     pub(crate) fn get(&self) -> Option<Fast> {
