@@ -314,7 +314,7 @@ impl PageMap {
     /// The radix table's entry of a span of small objects holding `addr`
     /// in a heap over `S` (a source of large arenas), with its class: for
     /// the C free, which looks in the window first
-    /// ([`PageMap::window_entry_settled`]).
+    /// ([`PageMap::window_entry_fast`]).
     #[inline(always)]
     pub(crate) fn radix_small_entry<S: PageSource>(
         &self,
