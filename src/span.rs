@@ -25,7 +25,8 @@ use core::ptr::null_mut;
 use crate::sizeclass::{ClassInfo, Geometry, SizeClass};
 
 #[cfg(feature = "hardened")]
-use crate::sync::atomic::{AtomicUsize, Ordering};
+#[cfg(feature = "hardened")]
+use crate::sync::atomic::{AtomicU32, Ordering};
 use crate::units::{Addr, AtomicOwner, PageSize, Pages};
 use crate::PAGE_BYTES;
 
@@ -69,10 +70,11 @@ pub enum ListId {
 /// on 64-bit targets, 48 on 32-bit ones: with the one-word bitmap of a
 /// region heap, six records fill a 512-byte page, or eight on 32-bit),
 /// except that the ones the C free reads without a lock come first:
-/// `start`, `carved` and `div_mul`, and `owner` for the classes under a
-/// line (the first 26 bytes on 64-bit targets), so that they lie in one
-/// cache line in most records (all but those starting in a line's last
-/// 24 bytes), where a free whose record is out of cache waits for one line.
+/// `start`, `carved`, `slot_inv` and `elemsize`, and `owner` for the
+/// classes under a line (the first 26 bytes on 64-bit targets), so that
+/// they lie in one cache line in most records (all but those starting in a
+/// line's last 24 bytes), where a free whose record is out of cache waits
+/// for one line.
 #[repr(C, align(8))]
 pub struct Span {
     /// First byte of the span; page aligned.
@@ -85,10 +87,14 @@ pub struct Span {
     /// without it (Relaxed: it only grows while the span lives).
     #[cfg(all(feature = "hardened", target_pointer_width = "64"))]
     carved: CarvedMark,
-    /// Go's `divMul` of `elemsize` (0 for large spans): see [`Span::index_of`].
-    pub div_mul: u32,
+    /// With `hardened`: the inverse modulo 2³² of `elemsize`'s odd part,
+    /// for the C free's slot test ([`Span::is_carved_unlocked`]).
+    #[cfg(all(feature = "hardened", target_pointer_width = "64"))]
+    slot_inv: u32,
     /// Bytes per object (for large spans: the span's bytes).
     pub elemsize: u32,
+    /// Go's `divMul` of `elemsize` (0 for large spans): see [`Span::index_of`].
+    pub div_mul: u32,
     /// Classes whose objects share cache lines ([`Geometry::shares_lines`](crate::Geometry::shares_lines)):
     /// 1 + the CPU whose cache takes this span's objects, or 0 before the
     /// first refill. It changes only under the class's central lock, and only
@@ -125,6 +131,9 @@ pub struct Span {
     /// the words so that the record has no padding.
     #[cfg(all(feature = "hardened", not(target_pointer_width = "64")))]
     carved: CarvedMark,
+    /// With `hardened` on 32-bit targets: as on 64-bit ones.
+    #[cfg(all(feature = "hardened", not(target_pointer_width = "64")))]
+    slot_inv: u32,
     /// Length in pages ([`Span::npages`]; a span of more than `u32::MAX`
     /// pages is never made).
     pages: u32,
@@ -138,37 +147,40 @@ pub struct Span {
     pub needzero: bool,
 }
 
-/// A span's `carved`, kept as the C free compares it: on 64-bit targets
-/// as the bound of the slot product, `carved · 2³²` (one compare with
-/// memory, no shift on the free path), elsewhere as the count itself.
+/// A span's `carved`: the count, one past the highest object taken.
 #[cfg(feature = "hardened")]
-struct CarvedMark(AtomicUsize);
+struct CarvedMark(AtomicU32);
 
 #[cfg(feature = "hardened")]
 impl CarvedMark {
-    /// Where the count sits in the word.
-    const SHIFT: u32 = if usize::BITS == 64 { 32 } else { 0 };
-
     const fn new() -> Self {
-        CarvedMark(AtomicUsize::new(0))
+        CarvedMark(AtomicU32::new(0))
     }
 
-    /// The count: one past the highest object taken.
     #[inline(always)]
     fn get(&self) -> u32 {
-        (self.0.load(Ordering::Relaxed) >> Self::SHIFT) as u32
-    }
-
-    /// `carved · 2³²`, the bound of the slot product's index.
-    #[inline(always)]
-    fn bound(&self) -> u64 {
-        (self.0.load(Ordering::Relaxed) as u64) << (32 - Self::SHIFT)
+        self.0.load(Ordering::Relaxed)
     }
 
     #[inline(always)]
     fn set(&self, n: u32) {
-        self.0.store((n as usize) << Self::SHIFT, Ordering::Relaxed);
+        self.0.store(n, Ordering::Relaxed);
     }
+}
+
+/// The inverse of odd `m` modulo 2³²: Newton's iteration, each step of
+/// which doubles the low bits that are right, from the three that
+/// `m · m ≡ 1 (mod 8)` gives (3, 6, 12, 24, 48).
+#[cfg(feature = "hardened")]
+const fn odd_inverse(m: u32) -> u32 {
+    debug_assert!(m % 2 == 1);
+    let mut x = m;
+    let mut i = 0;
+    while i < 4 {
+        x = x.wrapping_mul(2u32.wrapping_sub(m.wrapping_mul(x)));
+        i += 1;
+    }
+    x
 }
 
 /// Words of each bitmap of a span record in a heap of geometry `g` whose
@@ -280,6 +292,8 @@ impl Span {
                 owner: AtomicOwner::new(),
                 #[cfg(feature = "hardened")]
                 carved: CarvedMark::new(),
+                #[cfg(feature = "hardened")]
+                slot_inv: 0,
             })
         }
     }
@@ -312,7 +326,15 @@ impl Span {
         self.cache_word = 0;
         self.alloc_cache = self.valid_mask(0);
         #[cfg(feature = "hardened")]
-        self.carved.set(0);
+        {
+            self.carved.set(0);
+            let size = size as u32;
+            self.slot_inv = odd_inverse(if size == 0 {
+                1
+            } else {
+                size >> size.trailing_zeros()
+            });
+        }
     }
 
     /// The allocation bitmap, one bit per object (the record's tail).
@@ -533,10 +555,17 @@ impl Span {
     /// reads next, so only a slot never taken needs the span to tell it
     /// apart, and those are exactly the slots at or above `carved`.
     ///
-    /// The same multiply as [`Span::is_handed_out_unlocked`]; its high
-    /// half, the index, is below `carved` exactly when the whole product
-    /// is below `carved · 2³²` (the low half being under 2³²), and
-    /// `carved <= nelems`, so no bound is needed.
+    /// One rotate, one multiply and one compare answer both questions (is
+    /// `addr` a slot's start, and is the slot below `carved`): with
+    /// `elemsize = m · 2ˢ`, `m` odd, the map `f(x) = ror(x, s) · m⁻¹` on
+    /// 32-bit words is a bijection (a rotate and a multiply by an odd
+    /// number, modulo 2³²), and for `q < carved ≤ nelems` the word
+    /// `q · elemsize` is below 2³² (a span is far smaller), so its low `s`
+    /// bits are zero and `f(q · elemsize) = q · m · m⁻¹ = q`. Every `q`
+    /// below `carved` is therefore the image of exactly the start of slot
+    /// `q`, and any other offset (an interior address, a slot never taken)
+    /// maps at or above `carved`. The offset is taken modulo 2³², which is
+    /// the offset itself: `addr` is in the span (the caller's promise).
     ///
     /// # Safety
     /// `span` points to a live span record (a page-map entry's pointer, or
@@ -545,15 +574,25 @@ impl Span {
     #[cfg(feature = "hardened")]
     #[inline(always)]
     pub unsafe fn is_carved_unlocked(span: *const Span, addr: Addr) -> bool {
-        // SAFETY: the caller's live record and address in it; the field is
-        // read in place, through no reference but the atomic's own.
-        let (m, bound) = unsafe { (Self::slot_product(span, addr), (*span).carved.bound()) };
-        m.is_some_and(|m| m < bound)
+        // SAFETY: the caller's live record and address in it; the fields
+        // are read in place, through no reference but the atomic's own.
+        let (start, size, inv, carved) = unsafe {
+            (
+                (*span).start,
+                (*span).elemsize,
+                (*span).slot_inv,
+                (*span).carved.get(),
+            )
+        };
+        // SAFETY: a small span's objects are at least 8 bytes.
+        let shift = unsafe { core::num::NonZeroU32::new_unchecked(size) }.trailing_zeros();
+        let off = (addr.get() as u32).wrapping_sub(start.get() as u32);
+        off.rotate_right(shift).wrapping_mul(inv) < carved
     }
 
-    /// The one multiply of the C free's slot tests: `addr`'s offset in the
-    /// span times `div_mul`, if its low half says `addr` starts a slot
-    /// (see [`Span::is_handed_out_unlocked`]); its high half is the index.
+    /// The one multiply of [`Span::is_handed_out_unlocked`]: `addr`'s
+    /// offset in the span times `div_mul`, if its low half says `addr`
+    /// starts a slot; its high half is the index.
     ///
     /// # Safety
     /// `span` points to a live span record; `addr` is in the span.
@@ -796,7 +835,7 @@ mod tests {
 
     /// The record is what every span pays besides its bitmap: 64 bytes on
     /// 64-bit targets, 48 on 32-bit ones; `hardened`'s high-water mark
-    /// adds a word.
+    /// and inverse add 8 bytes.
     #[test]
     fn records_are_small() {
         let want = if cfg!(target_pointer_width = "64") {
@@ -816,7 +855,11 @@ mod tests {
         assert_eq!(core::mem::offset_of!(Span, start), 0);
         assert!(core::mem::offset_of!(Span, div_mul) < end);
         #[cfg(feature = "hardened")]
-        assert!(core::mem::offset_of!(Span, carved) < end);
+        {
+            assert!(core::mem::offset_of!(Span, carved) < end);
+            assert!(core::mem::offset_of!(Span, slot_inv) < end);
+            assert!(core::mem::offset_of!(Span, elemsize) < end);
+        }
         assert!(end <= 26);
     }
 
@@ -950,7 +993,27 @@ mod tests {
                         }
                     }
                 }
+                // Then every byte of the span, as the steps left it: only
+                // the starts of slots ever taken pass.
+                for off in 0..bytes {
+                    let want = off % size == 0 && taken.get(off / size) == Some(&true);
+                    // SAFETY: `off` is in the span, of small objects.
+                    let got = unsafe { Span::is_carved_unlocked(s.0.cast_const(), s.start + off) };
+                    assert_eq!(got, want, "class {class} +{off}");
+                }
             }
+        }
+    }
+
+    #[cfg(feature = "hardened")]
+    #[test]
+    fn odd_inverses_are_inverses() {
+        let mut rng = crate::testing::Rng::new(32);
+        let odd = (0..1 << 16)
+            .map(|m| 2 * m + 1)
+            .chain((0..1 << 16).map(|_| rng.next_u64() as u32 | 1));
+        for m in odd.chain([u32::MAX]) {
+            assert_eq!(m.wrapping_mul(odd_inverse(m)), 1, "{m}");
         }
     }
 
