@@ -326,6 +326,16 @@ impl Central {
                 };
                 s = new.as_ptr();
                 self.spans_made += 1;
+                #[cfg(feature = "hardened")]
+                if let Some(secret) = below.secret {
+                    // SAFETY: a fresh span, none of its objects taken, ours
+                    // under this lock.
+                    unsafe {
+                        if (*s).npages().get() == 1 {
+                            (*s).mark_slots(secret);
+                        }
+                    }
+                }
                 // SAFETY: a fresh span on no list, ours under this lock.
                 unsafe {
                     (*s).list = ListId::Partial;

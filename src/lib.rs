@@ -275,8 +275,10 @@
 //! compare and a store per free, and a store per allocation. C's unsized free
 //! ([`Heap::try_deallocate_unsized`]) also reads the slot's alloc bit with the
 //! page-map lookup it makes anyway, which catches slots never carved (its
-//! fast path compares the slot with the span's high-water mark of carving
-//! instead: every slot below it holds its key when it is not out); a large
+//! fast path reads no span record for the classes of one-page spans, whose
+//! objects are all marked carved when the span is made, and compares the
+//! slot with a longer span's high-water mark of carving: every slot below
+//! it holds its key when it is not out); a large
 //! object freed twice is caught while its span idles in the large-span cache
 //! (after that it reads as a foreign pointer). `checks` stays the slower,
 //! complete debug build (every free validated under the lock, wrong layouts).

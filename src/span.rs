@@ -183,6 +183,97 @@ const fn odd_inverse(m: u32) -> u32 {
     x
 }
 
+/// The word of a free object of a size class that holds `hardened`'s key
+/// (`heap::hardened`): the second, so that the remote list's link (the
+/// first) never overwrites it.
+#[cfg(feature = "hardened")]
+pub(crate) const KEY_WORD: usize = 1;
+
+/// `hardened`'s mark of an object at `p` carved from its span and never
+/// handed out, under the heap's secret `secret` (`heap::hardened`: the
+/// key `secret ^ p`, its low bit flipped).
+#[cfg(feature = "hardened")]
+#[inline(always)]
+pub(crate) const fn carved_mark(secret: usize, p: usize) -> usize {
+    secret ^ p ^ 1
+}
+
+/// The C free's slot test for the classes whose spans are one page, from
+/// the class alone (feature `hardened`): no read of the span record. The
+/// span starts at the page of the address, so the offset is the address's
+/// low bits. Every slot of such a span holds the carved mark from the
+/// span's birth on ([`Span::mark_slots`]), so the key read that follows
+/// tells a slot never handed out from one handed out (what `carved` tells
+/// in a span that is not marked), and the test need only say whether the
+/// offset starts one of the span's objects.
+///
+/// It is [`Span::is_carved_unlocked`]'s bijection with one load for both
+/// of its constants: per class, the word `m⁻¹ · 2³² + s` (`size = m · 2ˢ`,
+/// `m` odd, `m⁻¹` modulo 2³²), whose low byte is the rotate's count (a
+/// 32-bit rotate reads only the count's low 5 bits); the rotated offset
+/// `r` times that word is `f(offset) · 2³² + r · s` modulo 2⁶⁴, with
+/// `f(offset) = r · m⁻¹ mod 2³²` in the high half but for the carry of
+/// `r · s`. For the start of object `q`, `r = q · m < 2¹³` and `r · s`
+/// stays in the low half, so the product is below `nelems · 2³²`, the
+/// class's bound, exactly when `q < nelems`. For any other offset `f` is at
+/// least `nelems` (the bijection), and the carry, below 32, could only
+/// bring it under the bound by wrapping past 2³², from an `f` within 32 of
+/// it. No offset of a page does that in any geometry shipped: the test
+/// `page_slots_agree_with_slot_at` walks every offset of every class of
+/// every one of them, and a new geometry is held to the same walk.
+///
+/// A class whose spans are longer has bound 0: every address fails, and
+/// the caller tests the record instead.
+#[cfg(feature = "hardened")]
+#[repr(C)]
+pub(crate) struct PageSlots {
+    rot_inv: [u64; crate::sizeclass::NUM_CLASSES],
+    bound: [u64; crate::sizeclass::NUM_CLASSES],
+}
+
+#[cfg(feature = "hardened")]
+impl PageSlots {
+    /// The table of geometry `g`.
+    pub(crate) const fn of(g: &Geometry) -> PageSlots {
+        let mut t = PageSlots {
+            rot_inv: [0; crate::sizeclass::NUM_CLASSES],
+            bound: [0; crate::sizeclass::NUM_CLASSES],
+        };
+        let mut i = 1;
+        while i < g.count {
+            let r = &g.rows[i];
+            if r.npages == 1 && r.size as usize <= g.page_bytes() {
+                let tz = r.size.trailing_zeros();
+                t.rot_inv[i] = (odd_inverse(r.size >> tz) as u64) << 32 | tz as u64;
+                t.bound[i] = (r.objects as u64) << 32;
+            }
+            i += 1;
+        }
+        t
+    }
+
+    /// Whether class `c` is tested here: its spans are one page (the word
+    /// holds an odd inverse; it is 0 for the others).
+    #[inline(always)]
+    pub(crate) fn covers(&self, c: SizeClass) -> bool {
+        // SAFETY: as in `starts_slot`.
+        unsafe { *self.rot_inv.get_unchecked(c.index()) != 0 }
+    }
+
+    /// Whether `addr`, in a span of class `c` (of one page of `page_bytes`
+    /// bytes, a power of two up to 2¹³, if the class is covered), starts
+    /// one of its objects; false for every address if the class's spans are
+    /// longer.
+    #[inline(always)]
+    pub(crate) fn starts_slot(&self, i: usize, addr: Addr, page_bytes: usize) -> bool {
+        // SAFETY: a class's index is below `NUM_CLASSES` (`SizeClass`'s
+        // invariant), the length of both arrays.
+        let (ri, bound) = unsafe { (*self.rot_inv.get_unchecked(i), *self.bound.get_unchecked(i)) };
+        let off = (addr.get() as u32) & (page_bytes as u32 - 1);
+        (off.rotate_right(ri as u32) as u64).wrapping_mul(ri) < bound
+    }
+}
+
 /// Words of each bitmap of a span record in a heap of geometry `g` whose
 /// spans are the geometry's: one bit per object of the fullest span (and at
 /// least one word, for stack pools of up to 64 stacks).
@@ -308,6 +399,30 @@ impl Span {
         self.div_mul = info.div_mul;
         self.carve(info.size as usize, info.objects as usize);
         self.owner.store(crate::units::Owner::NONE);
+    }
+
+    /// With `hardened`: writes [`carved_mark`] into the key word of every
+    /// object of this fresh span of small objects, so that a free of one
+    /// never handed out is caught by its key, with no test of `carved`
+    /// ([`PageSlots`]).
+    ///
+    /// # Safety
+    /// No object of the span has been taken; its memory is the caller's to
+    /// write (the span's lock).
+    #[cfg(feature = "hardened")]
+    pub unsafe fn mark_slots(&self, secret: usize) {
+        debug_assert!(self.alloc_count == 0 && self.state == SpanState::Small);
+        for i in 0..self.nelems as usize {
+            let p = self.object(i);
+            // SAFETY: object `i` of the span, at least two words (the
+            // smallest class a non-tiny request reaches is 16 bytes, and
+            // tiny blocks are 64), free and the caller's.
+            unsafe {
+                p.cast::<usize>()
+                    .add(KEY_WORD)
+                    .write(carved_mark(secret, p as usize))
+            };
+        }
     }
 
     /// Turns a fresh Manual span into a pool of `n` objects of `size`
@@ -1002,6 +1117,78 @@ mod tests {
                     assert_eq!(got, want, "class {class} +{off}");
                 }
             }
+        }
+    }
+
+    /// The class-only slot test of one-page spans says "starts an object"
+    /// exactly at the starts of a span's objects, at every byte of a page,
+    /// for every class of every geometry shipped, at pages below and above
+    /// 4 GiB; and never for a class whose spans are longer.
+    #[cfg(feature = "hardened")]
+    #[test]
+    fn page_slots_agree_with_slot_at() {
+        let mut geometries = std::vec![&GO];
+        geometries.extend(crate::sizeclass::REGION_GEOMETRIES.iter());
+        for g in geometries {
+            let t = PageSlots::of(g);
+            let page = g.page_bytes();
+            for class in 1..g.count {
+                let c = SizeClass::new(class).unwrap();
+                let r = g.info(c);
+                let covered = r.npages == 1;
+                assert_eq!(t.covers(c), covered, "class {class}");
+                let size = r.size as usize;
+                for base in [
+                    0x10_0000usize,
+                    u32::MAX as usize - page + 1,
+                    0x7f12_3456_0000u64 as usize & !(page - 1),
+                ] {
+                    for off in 0..page {
+                        let want = covered && off % size == 0 && off / size < r.objects as usize;
+                        let got = t.starts_slot(class, Addr::new(base + off), page);
+                        assert_eq!(got, want, "class {class} at {base:#x} +{off}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A fresh span's objects all carry the carved mark after `mark_slots`,
+    /// and nothing past its objects is written.
+    #[cfg(feature = "hardened")]
+    #[test]
+    fn mark_slots_marks_every_object() {
+        let page = GO.page_bytes();
+        let l = std::alloc::Layout::from_size_align(page, page).unwrap();
+        for class in [2usize, 5, 6, 19, 31, 32] {
+            let c = SizeClass::new(class).unwrap();
+            assert_eq!(GO.span_pages(c).get(), 1);
+            // SAFETY: a non-zero size.
+            let mem = unsafe { std::alloc::alloc_zeroed(l) };
+            assert!(!mem.is_null());
+            let mut s = small(class);
+            s.start = Addr::of(mem);
+            let secret = 0x5eed_0000_1234_5678u64 as usize;
+            // SAFETY: no object taken; the page is ours.
+            unsafe { s.mark_slots(secret) };
+            let size = s.elemsize as usize;
+            let word = core::mem::size_of::<usize>();
+            for off in (0..page).step_by(word) {
+                // SAFETY: in the page.
+                let w = unsafe { mem.add(off).cast::<usize>().read() };
+                let (i, within) = (off / size, off % size);
+                if i < s.nelems as usize && within == word * KEY_WORD {
+                    assert_eq!(
+                        w,
+                        carved_mark(secret, mem as usize + i * size),
+                        "class {class} +{off}"
+                    );
+                } else {
+                    assert_eq!(w, 0, "class {class} +{off}");
+                }
+            }
+            // SAFETY: allocated above with `l`.
+            unsafe { std::alloc::dealloc(mem, l) };
         }
     }
 

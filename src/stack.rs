@@ -853,6 +853,8 @@ mod tests {
                 source: &self.source,
                 map: &self.map,
                 heap: &self.heap,
+                #[cfg(feature = "hardened")]
+                secret: None,
             }
         }
         fn alloc(&self, cache: Option<&mut StackCache>, bytes: usize, guard: bool) -> Stack {

@@ -147,7 +147,10 @@ fn the_fast_free_declines_what_it_cannot_prove() {
         // batch), or past the span. None was handed out. (Without
         // `hardened` a slot carved into a cache reads as handed out.)
         let sizes: &[usize] = if cfg!(feature = "hardened") {
-            &[64, 512]
+            // Classes of one-page spans (their slots tested from the class,
+            // never-taken ones by their mark) and of longer ones (the
+            // record's `carved`): 1408 B and 3072 B spans are 2 and 3 pages.
+            &[16, 48, 64, 80, 144, 512, 1024, 1408, 3072]
         } else {
             &[]
         };

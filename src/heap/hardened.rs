@@ -8,7 +8,10 @@
 //!
 //! * `key`: freed (by a free: [`Heap::mark_free`]);
 //! * `key ^ 1`: carved from its span into a cache by a refill and never
-//!   handed out ([`Heap::mark_carved`]);
+//!   handed out ([`Heap::mark_carved`]), or, in a heap with the C fast
+//!   paths, never handed out at all in a span of one page, every object of
+//!   which is marked so at the span's birth
+//!   ([`crate::span::Span::mark_slots`]);
 //! * anything else: handed out — every small allocation clears the word
 //!   (one store, [`clear_key`]) — or never carved.
 //!
@@ -21,9 +24,12 @@
 //! object is never reported, whatever it holds. A slot still in its span
 //! that was never carved has no key to find: the unsized free tests its
 //! alloc bit ([`super::Heap::try_deallocate_unsized`]), and the C free's
-//! fast path the span's high-water mark of carving, at or above which no
-//! slot was ever taken ([`crate::span::Span::is_carved_unlocked`]): every
-//! slot below it holds its key when it is not handed out.
+//! fast path, in a span of one page, the mark the slot got at the span's
+//! birth (its test of the slot needs only the class:
+//! [`crate::span::PageSlots`]), in a longer span the span's high-water mark
+//! of carving, at or above which no slot was ever taken
+//! ([`crate::span::Span::is_carved_unlocked`]): every slot below it holds
+//! its key when it is not handed out.
 //!
 //! Invariants: an object of a size class that is free in a cache (CPU
 //! stack, transfer cache, remote list) holds `key` or `key ^ 1` in its
@@ -39,15 +45,11 @@
 use crate::percpu::Cpu;
 use crate::sizeclass::SizeClass;
 use crate::source::PageSource;
-use crate::span::SpanState;
+use crate::span::{carved_mark, SpanState, KEY_WORD};
 use crate::sync::atomic::{AtomicUsize, Ordering};
 use crate::units::Addr;
 
 use super::{BadFree, FreeSite, Heap};
-
-/// The word of a free object that holds its key: the second, so that the
-/// remote list's link (the first) never overwrites it.
-const KEY_WORD: usize = 1;
 
 /// Times the slow search looks for a suspect object before treating it as
 /// live (an object in flight between a CPU's stack and central is in no
@@ -75,7 +77,13 @@ impl FreeKey {
     /// The key of the object at `p`.
     #[inline(always)]
     pub(crate) fn of(&self, p: *mut u8) -> usize {
-        self.0.load(Ordering::Relaxed) ^ p as usize
+        self.secret() ^ p as usize
+    }
+
+    /// The secret itself.
+    #[inline(always)]
+    pub(crate) fn secret(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -207,13 +215,13 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// word is not their key) are marked as carved, so that a free of one
     /// before it is handed out is caught.
     pub(super) fn mark_carved(&self, objs: &[*mut u8]) {
+        let secret = self.key.secret();
         for &p in objs {
-            let k = self.key.of(p);
             // SAFETY: objects of a size class, free, ours (the refill's).
             unsafe {
                 let w = key_word(p);
-                if w.read() != k {
-                    w.write(k ^ 1);
+                if w.read() != secret ^ p as usize {
+                    w.write(carved_mark(secret, p as usize));
                 }
             }
         }

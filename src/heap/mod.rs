@@ -314,6 +314,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             source: &self.source,
             map: &self.map,
             heap: &self.pages,
+            #[cfg(feature = "hardened")]
+            secret: Self::PAGE_SLOTS_MARKED.then(|| self.key.secret()),
         }
     }
 

@@ -23,6 +23,8 @@ use crate::pageheap::{Below, Entry};
 use crate::percpu::{Caches, Cpu, Fast, MAX_CAPACITY, SIZE_STEP};
 use crate::sizeclass::SizeClass;
 use crate::source::PageSource;
+#[cfg(feature = "hardened")]
+use crate::span::PageSlots;
 use crate::span::Span;
 use crate::units::Addr;
 
@@ -61,6 +63,17 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// feature `checks` (whose checks are on the usual paths).
     const C_FAST_PATHS: bool =
         !S::SMALL_ARENAS && !C::GUARDS_OPERATIONS && !cfg!(feature = "checks");
+
+    /// With `hardened`: whether the C free tests the slots of classes whose
+    /// spans are one page from the class alone ([`PageSlots`]), which
+    /// relies on every such span marking its objects at birth (the
+    /// heap's [`Below`](crate::pageheap::Below) says so).
+    #[cfg(feature = "hardened")]
+    pub(super) const PAGE_SLOTS_MARKED: bool = Self::C_FAST_PATHS;
+
+    /// [`PageSlots`] of the heap's geometry.
+    #[cfg(feature = "hardened")]
+    const PAGE_SLOTS: PageSlots = PageSlots::of(S::GEOMETRY);
 
     /// Whether the C free's slot test may skip its bound
     /// ([`crate::span::tail_slots_in_bitmap`]; true for Go's geometry).
@@ -320,8 +333,11 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         // slot was ever taken; without it, the alloc bit says it all.
         #[cfg(feature = "hardened")]
         // SAFETY: `e.span()` is a live span (a small class's entry); `a` is
-        // in it, a span of small objects (the class byte).
-        let slot = unsafe { Span::is_carved_unlocked(e.span(), a) };
+        // in it, a span of small objects (the class byte). A span of a class
+        // the table covers is one page, marked at birth (`C_FAST_PATHS`:
+        // `PAGE_SLOTS_MARKED`); the record's test serves the others.
+        let slot = Self::PAGE_SLOTS.starts_slot(e.class_index(), a, S::GEOMETRY.page_bytes())
+            || (!Self::PAGE_SLOTS.covers(c) && unsafe { Span::is_carved_unlocked(e.span(), a) });
         #[cfg(not(feature = "hardened"))]
         // SAFETY: `e.span()` is a live span (a small class's entry), named
         // with the provenance its entry exposed; `a` is in it, a span of

@@ -69,6 +69,12 @@ pub struct Below<'a, S: PageSource, X> {
     pub map: &'a PageMap,
     /// The page heap.
     pub heap: &'a HeapLock<X>,
+    /// With `hardened`: the secret under which a fresh span of small
+    /// objects of one page marks its objects carved
+    /// ([`crate::span::Span::mark_slots`]), or `None` where no fast path
+    /// relies on the marks.
+    #[cfg(feature = "hardened")]
+    pub secret: Option<usize>,
 }
 
 /// Large-object counters (guarded by the heap lock).
