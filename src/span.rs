@@ -25,7 +25,6 @@ use core::ptr::null_mut;
 use crate::sizeclass::{ClassInfo, Geometry, SizeClass};
 
 #[cfg(feature = "hardened")]
-#[cfg(feature = "hardened")]
 use crate::sync::atomic::{AtomicU32, Ordering};
 use crate::units::{Addr, AtomicOwner, PageSize, Pages};
 use crate::PAGE_BYTES;
@@ -260,14 +259,19 @@ impl PageSlots {
         unsafe { *self.rot_inv.get_unchecked(c.index()) != 0 }
     }
 
-    /// Whether `addr`, in a span of class `c` (of one page of `page_bytes`
-    /// bytes, a power of two up to 2¹³, if the class is covered), starts
-    /// one of its objects; false for every address if the class's spans are
-    /// longer.
+    /// Whether `addr`, in a span of the class of index `i` (of one page of
+    /// `page_bytes` bytes, a power of two up to 2¹³, if the class is
+    /// covered), starts one of its objects; false for every address if the
+    /// class's spans are longer. The class comes as its index, not as a
+    /// [`SizeClass`], so that the C free indexes the table with the byte
+    /// it compared already (one register, not a copy).
+    ///
+    /// # Safety
+    /// `i < NUM_CLASSES`.
     #[inline(always)]
-    pub(crate) fn starts_slot(&self, i: usize, addr: Addr, page_bytes: usize) -> bool {
-        // SAFETY: a class's index is below `NUM_CLASSES` (`SizeClass`'s
-        // invariant), the length of both arrays.
+    pub(crate) unsafe fn starts_slot(&self, i: usize, addr: Addr, page_bytes: usize) -> bool {
+        // SAFETY: `i < NUM_CLASSES` (the caller's), the length of both
+        // arrays.
         let (ri, bound) = unsafe { (*self.rot_inv.get_unchecked(i), *self.bound.get_unchecked(i)) };
         let off = (addr.get() as u32) & (page_bytes as u32 - 1);
         (off.rotate_right(ri as u32) as u64).wrapping_mul(ri) < bound
@@ -1145,7 +1149,8 @@ mod tests {
                 ] {
                     for off in 0..page {
                         let want = covered && off % size == 0 && off / size < r.objects as usize;
-                        let got = t.starts_slot(class, Addr::new(base + off), page);
+                        // SAFETY: a class index.
+                        let got = unsafe { t.starts_slot(class, Addr::new(base + off), page) };
                         assert_eq!(got, want, "class {class} at {base:#x} +{off}");
                     }
                 }

@@ -332,12 +332,15 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         // a free from one handed out, so the span need only say whether the
         // slot was ever taken; without it, the alloc bit says it all.
         #[cfg(feature = "hardened")]
-        // SAFETY: `e.span()` is a live span (a small class's entry); `a` is
-        // in it, a span of small objects (the class byte). A span of a class
-        // the table covers is one page, marked at birth (`C_FAST_PATHS`:
-        // `PAGE_SLOTS_MARKED`); the record's test serves the others.
-        let slot = Self::PAGE_SLOTS.starts_slot(e.class_index(), a, S::GEOMETRY.page_bytes())
-            || (!Self::PAGE_SLOTS.covers(c) && unsafe { Span::is_carved_unlocked(e.span(), a) });
+        // SAFETY: `e` is a small class's entry, so its class index is `c`'s
+        // (below `NUM_CLASSES`) and `e.span()` a live span, of small
+        // objects, that holds `a`. A span of a class the table covers is one
+        // page, marked at birth (`C_FAST_PATHS`: `PAGE_SLOTS_MARKED`); the
+        // record's test serves the others.
+        let slot = unsafe {
+            Self::PAGE_SLOTS.starts_slot(e.class_index(), a, S::GEOMETRY.page_bytes())
+                || (!Self::PAGE_SLOTS.covers(c) && Span::is_carved_unlocked(e.span(), a))
+        };
         #[cfg(not(feature = "hardened"))]
         // SAFETY: `e.span()` is a live span (a small class's entry), named
         // with the provenance its entry exposed; `a` is in it, a span of
