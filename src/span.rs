@@ -95,8 +95,8 @@ pub struct Span {
     /// Go's `divMul` of `elemsize` (0 for large spans): see [`Span::index_of`].
     pub div_mul: u32,
     /// Classes whose objects share cache lines ([`Geometry::shares_lines`](crate::Geometry::shares_lines)):
-    /// 1 + the CPU whose cache takes this span's objects, or 0 before the
-    /// first refill. It changes only under the class's central lock, and only
+    /// the CPU whose cache takes this span's objects, or none before the
+    /// first refill (`units::Owner`). It changes only under the class's central lock, and only
     /// while no object of the span is out, so every object out was taken by
     /// the owner. A free on another CPU goes to the class's remote list, not
     /// to that CPU's cache, so no CPU is handed an object whose line-mates

@@ -318,15 +318,16 @@ impl ArenaSlot {
 
 /// The CPU whose cache takes a span's objects, for the classes whose objects
 /// share cache lines ([`crate::Geometry::shares_lines`]), or
-/// none. Packed for one 16-bit atomic: 0 is none, `1 + i` is CPU index `i`
-/// (an index of 65,535 or more has no packing and reads as none: a hint lost).
+/// none. Packed for one 16-bit atomic: `i` is CPU index `i`, 65,535 is none
+/// (an index of 65,535 or more has no packing and reads as none: a hint
+/// lost), so that the C free compares the CPU id it reads with no add.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(transparent)]
 pub struct Owner(u16);
 
 impl Owner {
     /// No owner (a span before its first refill, or a caller that does not know its CPU).
-    pub const NONE: Owner = Owner(0);
+    pub const NONE: Owner = Owner(u16::MAX);
 
     /// The owner for CPU index `cpu`. An index without a packing (an
     /// unregistered rseq CPU id, `-1` read as unsigned) gives [`Owner::NONE`].
@@ -335,20 +336,20 @@ impl Owner {
         if cpu >= u16::MAX as usize {
             Owner::NONE
         } else {
-            Owner(cpu as u16 + 1)
+            Owner(cpu as u16)
         }
     }
 
     /// Whether this is [`Owner::NONE`].
     #[inline(always)]
     pub const fn is_none(self) -> bool {
-        self.0 == 0
+        self.0 == Owner::NONE.0
     }
 
     /// Whether this is some CPU, and not `other`.
     #[inline(always)]
     pub const fn is_other_than(self, other: Owner) -> bool {
-        self.0 != 0 && self.0 != other.0
+        self.0 != Owner::NONE.0 && self.0 != other.0
     }
 
     /// Whether this is not CPU index `cpu`'s owner, in one compare, for the
@@ -356,11 +357,11 @@ impl Owner {
     /// differs from every CPU (a span's objects are out only after a refill
     /// that knew its CPU set the owner, so a NONE span's free merely goes
     /// the remote way, which is always right), and an index without a
-    /// packing compares as the low bits of `1 + cpu`: such a CPU id is no
-    /// per-CPU cache's, so the push that follows a "same" declines it.
+    /// packing compares as its low 16 bits: such a CPU id is no per-CPU
+    /// cache's, so the push that follows a "same" declines it.
     #[inline(always)]
     pub const fn is_not_cpu(self, cpu: usize) -> bool {
-        self.0 != (cpu as u16).wrapping_add(1)
+        self.0 != cpu as u16
     }
 }
 
@@ -373,7 +374,7 @@ pub struct AtomicOwner(AtomicU16);
 impl AtomicOwner {
     /// [`Owner::NONE`].
     pub const fn new() -> AtomicOwner {
-        AtomicOwner(AtomicU16::new(0))
+        AtomicOwner(AtomicU16::new(Owner::NONE.0))
     }
 
     /// The owner now.
