@@ -247,6 +247,22 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         e: Entry,
         otherwise: impl FnOnce(),
     ) {
+        // With `hardened`, the slot test of a one-page class first: it
+        // fails for the null entry (index 0 has no objects in the table),
+        // so the classes that pass need no test of the index.
+        #[cfg(feature = "hardened")]
+        // SAFETY: `i` is below the tiny class's index, a class index.
+        if unsafe { Self::PAGE_SLOTS.starts_slot(i, Addr::of(p), S::GEOMETRY.page_bytes()) } {
+            // SAFETY: `i` is the index of `e`'s small class: the table
+            // passes no address for index 0.
+            let c = unsafe { SizeClass::new_unchecked(i as u8) };
+            // SAFETY: as in `deallocate_fast_holding`.
+            let Some(f) = (unsafe { self.slabs.fast_published() }) else {
+                return otherwise();
+            };
+            // SAFETY: forwarded from the caller; `e` is `p`'s entry.
+            return unsafe { self.deallocate_fast_found(f, p, size, c, true, e, otherwise) };
+        }
         if i != 0 {
             // SAFETY: `i` is the index of `e`'s small class (not 0).
             let c = unsafe { SizeClass::new_unchecked(i as u8) };
