@@ -241,7 +241,7 @@ impl PageSlots {
         let mut i = 1;
         while i < g.count {
             let r = &g.rows[i];
-            if r.npages == 1 && r.size as usize <= g.page_bytes() {
+            if r.npages == 1 {
                 let tz = r.size.trailing_zeros();
                 t.rot_inv[i] = (odd_inverse(r.size >> tz) as u64) << 32 | tz as u64;
                 t.bound[i] = (r.objects as u64) << 32;
@@ -644,12 +644,13 @@ impl Span {
     /// the word read is in the bitmap.
     #[inline(always)]
     pub unsafe fn is_handed_out_unlocked(span: *const Span, addr: Addr, bounded: bool) -> bool {
-        // SAFETY: the caller's live record and address in it.
-        let Some(m) = (unsafe { Self::slot_product(span, addr) }) else {
+        // SAFETY: the caller's live record and address in it; its fields
+        // are read in place, through no reference.
+        let (start, div_mul, nelems) = unsafe { ((*span).start, (*span).div_mul, (*span).nelems) };
+        let m = ((addr - start) as u64).wrapping_mul(div_mul as u64);
+        if m as u32 >= div_mul {
             return false; // not the start of a slot
-        };
-        // SAFETY: as above.
-        let nelems = unsafe { (*span).nelems };
+        }
         let idx = (m >> 32) as usize;
         if bounded && idx >= nelems as usize {
             return false;
@@ -707,21 +708,6 @@ impl Span {
         let shift = unsafe { core::num::NonZeroU32::new_unchecked(size) }.trailing_zeros();
         let off = (addr.get() as u32).wrapping_sub(start.get() as u32);
         off.rotate_right(shift).wrapping_mul(inv) < carved
-    }
-
-    /// The one multiply of [`Span::is_handed_out_unlocked`]: `addr`'s
-    /// offset in the span times `div_mul`, if its low half says `addr`
-    /// starts a slot; its high half is the index.
-    ///
-    /// # Safety
-    /// `span` points to a live span record; `addr` is in the span.
-    #[inline(always)]
-    unsafe fn slot_product(span: *const Span, addr: Addr) -> Option<u64> {
-        // SAFETY: a live record (the caller's): its fields are read in
-        // place, through no reference.
-        let (start, div_mul) = unsafe { ((*span).start, (*span).div_mul) };
-        let m = ((addr - start) as u64).wrapping_mul(div_mul as u64);
-        ((m as u32) < div_mul).then_some(m)
     }
 
     /// Takes the lowest free object (Go's `nextFreeFast`, then `nextFree`).

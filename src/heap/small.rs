@@ -249,7 +249,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     ) {
         // With `hardened`, the slot test of a one-page class first: it
         // fails for the null entry (index 0 has no objects in the table),
-        // so the classes that pass need no test of the index.
+        // so the classes that pass need no test of the index. (Its block is
+        // the one below it again: as one block under `slot || i != 0`, LLVM
+        // sees that the table's index 0 never passes and tests `i` first.)
         #[cfg(feature = "hardened")]
         // SAFETY: `i` is below the tiny class's index, a class index.
         if unsafe { Self::PAGE_SLOTS.starts_slot(i, Addr::of(p), S::GEOMETRY.page_bytes()) } {
