@@ -232,12 +232,15 @@ pub(crate) struct PageSlots {
 
 #[cfg(feature = "hardened")]
 impl PageSlots {
+    /// The table that covers no class: every address fails.
+    pub(crate) const EMPTY: PageSlots = PageSlots {
+        rot_inv: [0; crate::sizeclass::NUM_CLASSES],
+        bound: [0; crate::sizeclass::NUM_CLASSES],
+    };
+
     /// The table of geometry `g`.
     pub(crate) const fn of(g: &Geometry) -> PageSlots {
-        let mut t = PageSlots {
-            rot_inv: [0; crate::sizeclass::NUM_CLASSES],
-            bound: [0; crate::sizeclass::NUM_CLASSES],
-        };
+        let mut t = PageSlots::EMPTY;
         let mut i = 1;
         while i < g.count {
             let r = &g.rows[i];
@@ -249,6 +252,18 @@ impl PageSlots {
             i += 1;
         }
         t
+    }
+
+    /// Whether every class of index `1..n` is tested here.
+    pub(crate) const fn covers_below(&self, n: usize) -> bool {
+        let mut i = 1;
+        while i < n {
+            if self.rot_inv[i] == 0 {
+                return false;
+            }
+            i += 1;
+        }
+        true
     }
 
     /// Whether class `c` is tested here: its spans are one page (the word

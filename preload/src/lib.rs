@@ -474,7 +474,7 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
     // SAFETY: the caller's pointer (a live one is not used afterwards); the
     // C ABI never makes tiny objects. NULL finds no span, so the fast path
     // leaves it to `free_slow`.
-    unsafe { HEAP.deallocate_fast_or(p.cast(), move || free_slow(p)) }
+    unsafe { HEAP.deallocate_fast_or(p.cast(), |p| free_slow(p.cast())) }
 }
 
 /// `free` past its fast path: NULL, large objects, the locked mode, and
@@ -652,7 +652,9 @@ pub unsafe extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
 #[no_mangle]
 pub unsafe extern "C" fn free_sized(p: *mut c_void, size: usize) {
     // SAFETY: as in `free`.
-    unsafe { HEAP.deallocate_fast_sized_or(p.cast(), size, move || free_sized_slow(p, size)) }
+    unsafe {
+        HEAP.deallocate_fast_sized_or(p.cast(), size, move |p| free_sized_slow(p.cast(), size))
+    }
 }
 
 /// `free_sized` past its fast path, which reports a wrong size.

@@ -193,6 +193,15 @@ pub struct Heap<S: PageSource, C: Cpu> {
     /// reads it); set at set-up, before the caches are published.
     #[cfg(feature = "hardened")]
     key: hardened::FreeKey,
+    /// The C free's slot table ([`crate::span::PageSlots`]) in the heap
+    /// itself where the heap has the restartable sequences: the free then
+    /// indexes it and the stack words from one register, the heap's
+    /// address, instead of taking the constant's address too. Empty (every
+    /// test fails) until the set-up fills it, so that the static stays all
+    /// zeros (`.bss`); written once, before the fast window opens, and read
+    /// only after an entry found there.
+    #[cfg(all(feature = "hardened", rseq))]
+    page_slots: core::cell::UnsafeCell<crate::span::PageSlots>,
     source: S,
     /// Set-up lock; guards the bytes of per-CPU metadata taken from the source.
     init: Lock<usize, C::Relax>,
@@ -258,6 +267,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             slabs: Slabs::new(cpu),
             #[cfg(feature = "hardened")]
             key: hardened::FreeKey::new(),
+            #[cfg(all(feature = "hardened", rseq))]
+            page_slots: core::cell::UnsafeCell::new(crate::span::PageSlots::EMPTY),
             init: Lock::new(0),
             pages: Lock::new(PageHeap::new()),
             map: PageMap::new(),
@@ -435,6 +446,12 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 ^ (here as u64).rotate_left(16)
                 ^ now;
             self.key.set(seed);
+            // SAFETY: once, under the set-up lock, before the fast window
+            // opens: no reader yet (see the field).
+            #[cfg(rseq)]
+            unsafe {
+                *self.page_slots.get() = Self::PAGE_SLOTS
+            };
         }
         // Published before the caches: whoever sees those sees this.
         self.classes.store(classes, Ordering::Release);

@@ -34,6 +34,33 @@ use super::Heap;
 /// one-load size lookup (1 KiB).
 pub const MALLOC_FAST_MAX: usize = crate::sizeclass::SIZE_TO_CLASS8_MAX;
 
+/// `r`, as a value the compiler cannot see the origin of: the heap's
+/// address computed once into a register, which every access of the path
+/// then indexes, where LLVM would otherwise take a static heap's address
+/// afresh (a `lea` per use) instead of keeping it. An empty `asm!`: no
+/// instruction.
+#[cfg(all(feature = "hardened", rseq))]
+#[inline(always)]
+fn in_register<T>(r: &T) -> &T {
+    let mut p = core::ptr::from_ref(r);
+    // SAFETY: the assembly is empty: `p` comes out as it went in, and
+    // nothing is read or written through it (`nomem` is what lets LLVM
+    // merge two of these).
+    #[allow(clippy::pointers_in_nomem_asm_block)]
+    unsafe {
+        core::arch::asm!("/* {0} */", inout(reg) p, options(pure, nomem, nostack, preserves_flags))
+    };
+    // SAFETY: `p` is `r`, borrowed for as long.
+    unsafe { &*p }
+}
+
+/// Where there is no `asm!` fast path, `r` itself.
+#[cfg(all(feature = "hardened", not(rseq)))]
+#[inline(always)]
+fn in_register<T>(r: &T) -> &T {
+    r
+}
+
 impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// The rseq fast path: one load of the descriptor, one section; anything
     /// else (set-up, locked mode, empty stack) goes to [`Heap::alloc_small_slow`].
@@ -41,19 +68,25 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     pub(super) fn alloc_small(&self, c: SizeClass) -> *mut u8 {
         if let Some(f) = self.slabs.fast() {
             let (p, tick) = f.pop(c);
-            if !p.is_null() {
-                // SAFETY: an object of class `c`, ours now.
-                #[cfg(feature = "hardened")]
-                unsafe {
-                    super::hardened::clear_key(p)
-                };
-                if tick {
-                    self.pop_tick();
+            // A miss says `tick` too: the common pop tests nothing else.
+            if tick {
+                if p.is_null() {
+                    return self.alloc_small_slow(c);
                 }
-                #[cfg(feature = "checks")]
-                checks::on_alloc::<S>(&self.map, p);
-                return p;
+                self.pop_tick();
             }
+            // SAFETY: a pop that returns null says `tick` (`Slabs::pop`),
+            // and that case returned above. Said, so that a caller's test of
+            // the result folds away, as the pop tests null no more.
+            unsafe { core::hint::assert_unchecked(!p.is_null()) };
+            // SAFETY: an object of class `c`, ours now.
+            #[cfg(feature = "hardened")]
+            unsafe {
+                super::hardened::clear_key(p)
+            };
+            #[cfg(feature = "checks")]
+            checks::on_alloc::<S>(&self.map, p);
+            return p;
         }
         self.alloc_small_slow(c)
     }
@@ -73,7 +106,26 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
 
     /// [`PageSlots`] of the heap's geometry.
     #[cfg(feature = "hardened")]
-    const PAGE_SLOTS: PageSlots = PageSlots::of(S::GEOMETRY);
+    pub(super) const PAGE_SLOTS: PageSlots = PageSlots::of(S::GEOMETRY);
+
+    /// [`Heap::PAGE_SLOTS`] as the C free reads it: the heap's copy where
+    /// there is one (see the field).
+    #[cfg(feature = "hardened")]
+    #[inline(always)]
+    fn page_slots(&self) -> &PageSlots {
+        // SAFETY: written once at set-up, before any reader (see the field).
+        #[cfg(rseq)]
+        return unsafe { &*self.page_slots.get() };
+        #[cfg(not(rseq))]
+        return &Self::PAGE_SLOTS;
+    }
+
+    /// With `hardened`: whether [`PageSlots`] tests every class that shares
+    /// lines (true for Go's geometry), so that the C free of such a class
+    /// that fails its table goes no further.
+    #[cfg(feature = "hardened")]
+    const SHARED_IN_PAGE_SLOTS: bool =
+        Self::PAGE_SLOTS.covers_below(S::GEOMETRY.tiny_class.index());
 
     /// Whether the C free's slot test may skip its bound
     /// ([`crate::span::tail_slots_in_bitmap`]; true for Go's geometry).
@@ -107,20 +159,29 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         };
         // The step of the size, whose class the descriptor keeps.
         let (p, tick) = f.pop_step((size - 1) / SIZE_STEP);
-        if p.is_null() {
+        // A miss says `tick` too: the common pop tests nothing else.
+        if tick {
+            if p.is_null() {
+                return p;
+            }
+            // SAFETY: an object of class `c`, ours now.
+            #[cfg(feature = "hardened")]
+            unsafe {
+                super::hardened::clear_key(p)
+            };
+            if S::CLOCK {
+                // SAFETY: not null (tested above).
+                return self
+                    .tick_then(unsafe { NonNull::new_unchecked(p) })
+                    .as_ptr();
+            }
             return p;
         }
-        // SAFETY: an object of class `c`, ours now.
+        // SAFETY: as above.
         #[cfg(feature = "hardened")]
         unsafe {
             super::hardened::clear_key(p)
         };
-        if S::CLOCK && tick {
-            // SAFETY: not null (tested above).
-            return self
-                .tick_then(unsafe { NonNull::new_unchecked(p) })
-                .as_ptr();
-        }
         p
     }
 
@@ -139,18 +200,20 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     pub unsafe fn deallocate_fast(&self, p: *mut u8) -> bool {
         let mut freed = true;
         // SAFETY: forwarded from the caller.
-        unsafe { self.deallocate_fast_or(p, || freed = false) };
+        unsafe { self.deallocate_fast_or(p, |_| freed = false) };
         freed
     }
 
-    /// [`Heap::deallocate_fast`], calling `otherwise` instead of returning
-    /// false: a caller's fallback is then a call at the end of the path that
-    /// declined, not a test of a result after the whole fast path.
+    /// [`Heap::deallocate_fast`], calling `otherwise(p)` instead of
+    /// returning false: a caller's fallback is then a call at the end of the
+    /// path that declined, not a test of a result after the whole fast path.
+    /// It gets `p` back, so that it need capture nothing the path holds
+    /// anyway (a closure that captures `p` is one more register to carry).
     ///
     /// # Safety
     /// As [`Heap::try_deallocate_unsized`].
     #[inline(always)]
-    pub unsafe fn deallocate_fast_or(&self, p: *mut u8, otherwise: impl FnOnce()) {
+    pub unsafe fn deallocate_fast_or(&self, p: *mut u8, otherwise: impl FnOnce(*mut u8)) {
         // SAFETY: forwarded from the caller.
         unsafe { self.deallocate_fast_holding(p, 0, otherwise) }
     }
@@ -166,7 +229,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     pub unsafe fn deallocate_fast_sized(&self, p: *mut u8, size: usize) -> bool {
         let mut freed = true;
         // SAFETY: forwarded from the caller.
-        unsafe { self.deallocate_fast_sized_or(p, size, || freed = false) };
+        unsafe { self.deallocate_fast_sized_or(p, size, |_| freed = false) };
         freed
     }
 
@@ -180,7 +243,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         &self,
         p: *mut u8,
         size: usize,
-        otherwise: impl FnOnce(),
+        otherwise: impl FnOnce(*mut u8),
     ) {
         // SAFETY: forwarded from the caller.
         unsafe { self.deallocate_fast_holding(p, size, otherwise) }
@@ -192,13 +255,18 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     /// # Safety
     /// As [`Heap::try_deallocate_unsized`].
     #[inline(always)]
-    unsafe fn deallocate_fast_holding(&self, p: *mut u8, size: usize, otherwise: impl FnOnce()) {
+    unsafe fn deallocate_fast_holding(
+        &self,
+        p: *mut u8,
+        size: usize,
+        otherwise: impl FnOnce(*mut u8),
+    ) {
         if !Self::C_FAST_PATHS {
-            return otherwise();
+            return otherwise(p);
         }
         if S::WINDOW_BYTES == 0 {
             let Some(f) = self.slabs.fast() else {
-                return otherwise();
+                return otherwise(p);
             };
             // SAFETY: forwarded from the caller.
             return unsafe { self.deallocate_fast_radix(f, p, size, otherwise) };
@@ -221,10 +289,42 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             // SAFETY: `e` is a small class's entry, Acquire-loaded from a
             // Release store made after the sections were published
             // (`PageMap::window_entry_fast`).
+            // With `hardened`, a class of one-page spans passes its table,
+            // and the others take their record's test out of line, so that
+            // this path joins no other before its push. The table and the
+            // stack words are both the heap's: one register holds its
+            // address for both (see `in_register`).
+            #[cfg(feature = "hardened")]
+            {
+                let this = in_register(self);
+                // SAFETY: as below.
+                let Some(f) = (unsafe { this.slabs.fast_published() }) else {
+                    return otherwise(p);
+                };
+                // SAFETY: `i` is a class index.
+                if unsafe {
+                    this.page_slots()
+                        .starts_slot(i, Addr::of(p), S::GEOMETRY.page_bytes())
+                } {
+                    // SAFETY: forwarded from the caller; `e` is `p`'s entry,
+                    // and `p` starts one of its slots (marked at birth: see
+                    // `deallocate_fast_found`).
+                    return unsafe {
+                        this.deallocate_fast_slot(f, p, size, c, false, e, otherwise)
+                    };
+                }
+                // SAFETY: forwarded from the caller; `e` is `p`'s entry.
+                return unsafe { Self::deallocate_fast_long(p, i, e, self, size, otherwise) };
+            }
+            // SAFETY: `e` is a small class's entry, Acquire-loaded from a
+            // Release store made after the sections were published
+            // (`PageMap::window_entry_fast`).
+            #[cfg(not(feature = "hardened"))]
             let Some(f) = (unsafe { self.slabs.fast_published() }) else {
-                return otherwise();
+                return otherwise(p);
             };
             // SAFETY: forwarded from the caller; `e` is `p`'s entry.
+            #[cfg(not(feature = "hardened"))]
             return unsafe { self.deallocate_fast_found(f, p, size, c, false, e, otherwise) };
         }
         // SAFETY: forwarded from the caller; `e` is `p`'s entry, `i` its
@@ -245,7 +345,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         size: usize,
         i: usize,
         e: Entry,
-        otherwise: impl FnOnce(),
+        otherwise: impl FnOnce(*mut u8),
     ) {
         // With `hardened`, the slot test of a one-page class first: it
         // fails for the null entry (index 0 has no objects in the table),
@@ -254,37 +354,111 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         // sees that the table's index 0 never passes and tests `i` first.)
         #[cfg(feature = "hardened")]
         // SAFETY: `i` is below the tiny class's index, a class index.
-        if unsafe { Self::PAGE_SLOTS.starts_slot(i, Addr::of(p), S::GEOMETRY.page_bytes()) } {
+        if unsafe {
+            self.page_slots()
+                .starts_slot(i, Addr::of(p), S::GEOMETRY.page_bytes())
+        } {
             // SAFETY: `i` is the index of `e`'s small class: the table
             // passes no address for index 0.
-            let c = unsafe { SizeClass::new_unchecked(i as u8) };
-            // SAFETY: as in `deallocate_fast_holding`.
-            let Some(f) = (unsafe { self.slabs.fast_published() }) else {
-                return otherwise();
-            };
-            // SAFETY: forwarded from the caller; `e` is `p`'s entry.
-            return unsafe { self.deallocate_fast_found(f, p, size, c, true, e, otherwise) };
+            // SAFETY: forwarded from the caller; `e` is `p`'s entry, `i`
+            // its class (the table passes no address for index 0), and `p`
+            // starts a slot of its span.
+            return unsafe { Self::deallocate_fast_shared_slot(p, i, e, self, size, otherwise) };
+        }
+        #[cfg(feature = "hardened")]
+        if Self::SHARED_IN_PAGE_SLOTS && i != 0 {
+            // A class the table tests, at no object's start.
+            return otherwise(p);
         }
         if i != 0 {
             // SAFETY: `i` is the index of `e`'s small class (not 0).
             let c = unsafe { SizeClass::new_unchecked(i as u8) };
             // SAFETY: as in `deallocate_fast_holding`.
             let Some(f) = (unsafe { self.slabs.fast_published() }) else {
-                return otherwise();
+                return otherwise(p);
             };
             // SAFETY: forwarded from the caller; `e` is `p`'s entry.
             return unsafe { self.deallocate_fast_found(f, p, size, c, true, e, otherwise) };
         }
         if !e.span().is_null() {
-            return otherwise();
+            return otherwise(p);
         }
         // Outside the fast window (all of it in locked mode), or in a page
         // of no live span there.
         let Some(f) = self.slabs.fast() else {
-            return otherwise();
+            return otherwise(p);
         };
         // SAFETY: forwarded from the caller.
         unsafe { self.deallocate_fast_outside(f, p, size, otherwise) }
+    }
+
+    /// [`Heap::deallocate_fast_slot`] of a class that shares lines, whose
+    /// slot test passed: out of line, a tail call, so that the path of the
+    /// other classes is the one that falls through to the return (one jump
+    /// fewer there, and none more here: this one ends in its own return).
+    ///
+    /// # Safety
+    /// As [`Heap::deallocate_fast_slot`], with `i` the index of `e`'s class
+    /// (not 0). The parameters come in the order the caller holds them in
+    /// registers (the address, the class index, the entry), so that the
+    /// call is a jump and nothing else.
+    #[cfg(feature = "hardened")]
+    #[inline(never)]
+    #[allow(improper_ctypes_definitions)] // Rust's own types: called from Rust only
+    unsafe extern "C" fn deallocate_fast_shared_slot(
+        p: *mut u8,
+        i: usize,
+        e: Entry,
+        this: &Self,
+        size: usize,
+        otherwise: impl FnOnce(*mut u8),
+    ) {
+        // SAFETY: the caller's class index, not 0.
+        let c = unsafe { SizeClass::new_unchecked(i as u8) };
+        // SAFETY: as in `deallocate_fast_holding`.
+        let Some(f) = (unsafe { this.slabs.fast_published() }) else {
+            return otherwise(p);
+        };
+        // SAFETY: forwarded from the caller.
+        unsafe { this.deallocate_fast_slot(f, p, size, c, true, e, otherwise) }
+    }
+
+    /// The rest of [`Heap::deallocate_fast_found`] for a class that shares
+    /// no lines and failed the table of one-page slots: the record's test
+    /// (a class of longer spans), out of line, a tail call. Parameters as in
+    /// [`Heap::deallocate_fast_shared_slot`].
+    ///
+    /// # Safety
+    /// As [`Heap::deallocate_fast_found`], with `i` the index of `e`'s
+    /// class (not 0), one that shares no lines.
+    #[cfg(feature = "hardened")]
+    #[inline(never)]
+    #[allow(improper_ctypes_definitions)] // Rust's own types: called from Rust only
+    unsafe extern "C" fn deallocate_fast_long(
+        p: *mut u8,
+        i: usize,
+        e: Entry,
+        this: &Self,
+        size: usize,
+        otherwise: impl FnOnce(*mut u8),
+    ) {
+        // SAFETY: the caller's class index, not 0.
+        let c = unsafe { SizeClass::new_unchecked(i as u8) };
+        // A class the table covers failed it: no object starts there.
+        if this.page_slots().covers(c) {
+            return otherwise(p);
+        }
+        // SAFETY: `e` is a small class's entry: a live span of small
+        // objects, which holds `p`.
+        if !unsafe { Span::is_carved_unlocked(e.span(), Addr::of(p)) } {
+            return otherwise(p);
+        }
+        // SAFETY: as in `deallocate_fast_holding`.
+        let Some(f) = (unsafe { this.slabs.fast_published() }) else {
+            return otherwise(p);
+        };
+        // SAFETY: forwarded from the caller; `p` starts a slot taken once.
+        unsafe { this.deallocate_fast_slot(f, p, size, c, false, e, otherwise) }
     }
 
     /// [`Heap::deallocate_fast_radix`] out of line, for an address outside
@@ -299,7 +473,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         f: Fast,
         p: *mut u8,
         size: usize,
-        otherwise: impl FnOnce(),
+        otherwise: impl FnOnce(*mut u8),
     ) {
         // SAFETY: forwarded from the caller.
         unsafe { self.deallocate_fast_radix(f, p, size, otherwise) }
@@ -316,10 +490,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         f: Fast,
         p: *mut u8,
         size: usize,
-        otherwise: impl FnOnce(),
+        otherwise: impl FnOnce(*mut u8),
     ) {
         let Some((c, e)) = self.map.radix_small_entry::<S>(Addr::of(p)) else {
-            return otherwise();
+            return otherwise(p);
         };
         let shares = S::GEOMETRY.shares_lines(c);
         // SAFETY: forwarded from the caller; `e` is `p`'s entry.
@@ -343,7 +517,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         c: SizeClass,
         shares: bool,
         e: Entry,
-        otherwise: impl FnOnce(),
+        otherwise: impl FnOnce(*mut u8),
     ) {
         let a = Addr::of(p);
         // With `hardened`, the key read below tells a slot free again after
@@ -356,8 +530,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         // page, marked at birth (`C_FAST_PATHS`: `PAGE_SLOTS_MARKED`); the
         // record's test serves the others.
         let slot = unsafe {
-            Self::PAGE_SLOTS.starts_slot(e.class_index(), a, S::GEOMETRY.page_bytes())
-                || (!Self::PAGE_SLOTS.covers(c) && Span::is_carved_unlocked(e.span(), a))
+            self.page_slots()
+                .starts_slot(e.class_index(), a, S::GEOMETRY.page_bytes())
+                || (!self.page_slots().covers(c) && Span::is_carved_unlocked(e.span(), a))
         };
         #[cfg(not(feature = "hardened"))]
         // SAFETY: `e.span()` is a live span (a small class's entry), named
@@ -366,19 +541,41 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         // large arenas, whose spans are the geometry's.
         let slot = unsafe { Span::is_handed_out_unlocked(e.span(), a, !Self::TAILS_IN_BITMAP) };
         if !slot {
-            return otherwise();
+            return otherwise(p);
         }
+        // SAFETY: forwarded from the caller; `p` starts a slot (above).
+        unsafe { self.deallocate_fast_slot(f, p, size, c, shares, e, otherwise) }
+    }
+
+    /// [`Heap::deallocate_fast_found`] past its slot test.
+    ///
+    /// # Safety
+    /// As [`Heap::deallocate_fast_found`], and `p` starts a slot of `e`'s
+    /// span that was handed out at least once (without `hardened`: is
+    /// handed out now).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)] // one inlined path, split for its callers
+    unsafe fn deallocate_fast_slot(
+        &self,
+        f: Fast,
+        p: *mut u8,
+        size: usize,
+        c: SizeClass,
+        shares: bool,
+        e: Entry,
+        otherwise: impl FnOnce(*mut u8),
+    ) {
         // SAFETY: a small class's entry holds a live span.
         let span = unsafe { &*e.span() };
         // `size != 0` first: for `deallocate_fast` (0) the lookup of the
         // class's size, and its bounds check, fold away.
         if size != 0 && size > S::GEOMETRY.size(c) {
-            return otherwise();
+            return otherwise(p);
         }
         // SAFETY: `p` starts a handed-out object of class `c`, the caller's.
         #[cfg(feature = "hardened")]
         if !unsafe { self.mark_free_unless_suspect(p) } {
-            return otherwise();
+            return otherwise(p);
         }
         if shares && span.owner.load().is_not_cpu(f.cpu()) {
             self.free_remote(p, c)
@@ -444,7 +641,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         } else {
             s.pop(c)
         };
-        if tick {
+        if tick && !p.is_null() {
             self.pop_tick();
         }
         if p.is_null() {

@@ -40,12 +40,13 @@ impl<'a, C: Cpu, K: Shape> Locked<'a, C, K> {
         unsafe { CpuCache::at(self.caches, i, K::FIXED.unwrap_or(self.layout)) }
     }
 
-    /// Pops an object of class `c` on the current CPU (null if none); with
-    /// it, whether that malloc is due a decay tick.
+    /// Pops an object of class `c` on the current CPU; with it, whether
+    /// that malloc is due a decay tick. Null and true if there is none (see
+    /// [`super::Slabs::pop`]).
     #[inline(always)]
     pub(crate) fn pop(&self, c: SizeClass) -> (*mut u8, bool) {
         self.cpu
-            .with_current(|i| self.cache(i).pop(c).unwrap_or((null_mut(), false)))
+            .with_current(|i| self.cache(i).pop(c).unwrap_or((null_mut(), true)))
     }
 
     /// Pushes `p` on the current CPU; false if the stack is full.

@@ -247,9 +247,9 @@ pub(crate) struct Fast {
 }
 
 impl Fast {
-    /// Pops an object of class `c` (null if the stack is empty or stopped),
-    /// counting a malloc; with it, whether that malloc is due a decay tick
-    /// ([`StackWord::ticks`]).
+    /// Pops an object of class `c`, counting a malloc; with it, whether
+    /// that malloc is due a decay tick ([`StackWord::ticks`]). Null and true
+    /// if the stack is empty or stopped (see [`super::Slabs::pop`]).
     #[inline(always)]
     pub(crate) fn pop(self, c: SizeClass) -> (*mut u8, bool) {
         // SAFETY: a `Fast` is a published descriptor (see the type); a class
@@ -627,6 +627,7 @@ macro_rules! pop_section {
             ];
             fail: [
                 "xor {p:e}, {p:e}",
+                "xor {w:e}, {w:e}",
                 "jmp 6b",
             ];
             $($ops)*
@@ -640,8 +641,9 @@ macro_rules! pop_section {
 
 /// Pops the top object of class `c`'s stack on the current CPU, counting one
 /// malloc in the same store (stack word: length in the low 16 bits, mallocs
-/// above). Null if the stack is empty or the CPU's cache is stopped; else
-/// the object and the stack word it committed.
+/// above). Null and a zero word if the stack is empty or the CPU's cache is
+/// stopped (a word that [`StackWord::ticks`], so that the caller's one rare
+/// test covers both); else the object and the stack word it committed.
 ///
 /// # Safety
 /// `d` describes live slabs, `off` is its `rseq_off`, `c` is below
@@ -1504,7 +1506,11 @@ mod tests {
             mark_stopped(&p.cache(i));
             assert!(all_stopped(&p.cache(i)));
         }
-        assert!(f.pop(c).0.is_null(), "a stopped stack pops nothing");
+        assert_eq!(
+            f.pop(c),
+            (core::ptr::null_mut(), true),
+            "a stopped stack pops nothing, and says so in the tick"
+        );
         assert!(!f.push(c, objs[3]), "a stopped stack takes nothing");
         let mut out = [core::ptr::null_mut(); 4];
         assert_eq!(f.pop_batch(c, &mut out), 0);
@@ -1665,6 +1671,31 @@ mod tests {
         got
     }
 
+    /// A pop that finds nothing returns null and says "tick", by class and
+    /// by step, so that the fast path's one rare test covers the miss; one
+    /// that finds an object early in a fresh stack is due no tick.
+    #[test]
+    fn a_miss_says_tick() {
+        let p = Published::new(64);
+        let f = p.fast();
+        let c = SizeClass::new(5).unwrap();
+        assert_eq!(f.pop(c), (core::ptr::null_mut(), true));
+        for i in 0..SIZE_STEPS {
+            assert_eq!(f.pop_step(i), (core::ptr::null_mut(), true), "step {i}");
+        }
+        let obj = 0x10_0000 as *mut u8;
+        for _ in 0..100 {
+            assert!(f.push(c, obj));
+            let (q, tick) = f.pop(c);
+            // The thread may have moved between the two: a miss, then.
+            assert_eq!(tick, q.is_null(), "{q:?}");
+            if q == obj {
+                return;
+            }
+        }
+        panic!("no pop found its push in 100 tries");
+    }
+
     /// `pop_step(i)` pops from the class that serves step `i`'s sizes: for
     /// every step, what a push on that class left.
     #[test]
@@ -1761,7 +1792,11 @@ mod tests {
                     let obj = (0x10_0000 + 0x1000 * t) as *mut u8;
                     assert_eq!(f.cpu() as u32 as i32, -1, "unregistered at first");
                     assert!(!f.push(c, obj), "the guard is full");
-                    assert!(f.pop(c).0.is_null(), "the guard is empty");
+                    assert_eq!(
+                        f.pop(c),
+                        (core::ptr::null_mut(), true),
+                        "the guard is empty"
+                    );
                     f.enroll();
                     assert!(f.cpu() < p.count, "registered: cpu {}", f.cpu());
                     // Registered already: nothing to do.
@@ -1785,7 +1820,7 @@ mod tests {
                 f.enroll();
                 assert_eq!(f.cpu() as u32 as i32, -2, "refused, for good");
                 assert!(!f.push(c, 0x1000 as *mut u8));
-                assert!(f.pop(c).0.is_null());
+                assert_eq!(f.pop(c), (core::ptr::null_mut(), true));
                 // SAFETY: unregisters the area registered above.
                 let r = unsafe { libc::syscall(libc::SYS_rseq, at, 32u32, 1, RSEQ_SIG) };
                 assert_eq!(r, 0, "unregistered the other area");
