@@ -177,6 +177,10 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             }
             return p;
         }
+        // SAFETY: a pop that returns null says `tick` (`Slabs::pop`). Said,
+        // so that the compiler does not fold the two tests back into one
+        // path (it would, where nothing is stored between them).
+        unsafe { core::hint::assert_unchecked(!p.is_null()) };
         // SAFETY: as above.
         #[cfg(feature = "hardened")]
         unsafe {
