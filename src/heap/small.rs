@@ -290,9 +290,6 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             // SAFETY: `i` is the index of `e`'s small class (not 0), one
             // that shares no lines.
             let c = unsafe { SizeClass::new_unchecked(i as u8) };
-            // SAFETY: `e` is a small class's entry, Acquire-loaded from a
-            // Release store made after the sections were published
-            // (`PageMap::window_entry_fast`).
             // With `hardened`, a class of one-page spans passes its table,
             // and the others take their record's test out of line, so that
             // this path joins no other before its push. The table and the
@@ -301,7 +298,9 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             #[cfg(feature = "hardened")]
             {
                 let this = in_register(self);
-                // SAFETY: as below.
+                // SAFETY: `e` is a small class's entry, Acquire-loaded from
+                // a Release store made after the sections were published
+                // (`PageMap::window_entry_fast`).
                 let Some(f) = (unsafe { this.slabs.fast_published() }) else {
                     return otherwise(p);
                 };
@@ -320,9 +319,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
                 // SAFETY: forwarded from the caller; `e` is `p`'s entry.
                 return unsafe { Self::deallocate_fast_long(p, i, e, self, size, otherwise) };
             }
-            // SAFETY: `e` is a small class's entry, Acquire-loaded from a
-            // Release store made after the sections were published
-            // (`PageMap::window_entry_fast`).
+            // SAFETY: as in the block above.
             #[cfg(not(feature = "hardened"))]
             let Some(f) = (unsafe { self.slabs.fast_published() }) else {
                 return otherwise(p);
@@ -362,8 +359,6 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
             self.page_slots()
                 .starts_slot(i, Addr::of(p), S::GEOMETRY.page_bytes())
         } {
-            // SAFETY: `i` is the index of `e`'s small class: the table
-            // passes no address for index 0.
             // SAFETY: forwarded from the caller; `e` is `p`'s entry, `i`
             // its class (the table passes no address for index 0), and `p`
             // starts a slot of its span.
@@ -448,13 +443,8 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
     ) {
         // SAFETY: the caller's class index, not 0.
         let c = unsafe { SizeClass::new_unchecked(i as u8) };
-        // A class the table covers failed it: no object starts there.
-        if this.page_slots().covers(c) {
-            return otherwise(p);
-        }
-        // SAFETY: `e` is a small class's entry: a live span of small
-        // objects, which holds `p`.
-        if !unsafe { Span::is_carved_unlocked(e.span(), Addr::of(p)) } {
+        // SAFETY: `e` is a small class's entry, of class `c`, and holds `p`.
+        if !unsafe { this.starts_long_slot(c, e, Addr::of(p)) } {
             return otherwise(p);
         }
         // SAFETY: as in `deallocate_fast_holding`.
@@ -463,6 +453,21 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         };
         // SAFETY: forwarded from the caller; `p` starts a slot taken once.
         unsafe { this.deallocate_fast_slot(f, p, size, c, false, e, otherwise) }
+    }
+
+    /// With `hardened`, the slot test of a class the one-page table does
+    /// not cover (a class of longer spans): `a` starts a slot of `e`'s span
+    /// that was ever taken (its record's `carved`). False for a covered
+    /// class, whose table said no already.
+    ///
+    /// # Safety
+    /// `e` is a small class's entry, of class `c`, whose span holds `a`.
+    #[cfg(feature = "hardened")]
+    #[inline(always)]
+    unsafe fn starts_long_slot(&self, c: SizeClass, e: Entry, a: Addr) -> bool {
+        // SAFETY: `e.span()` is a live span of small objects (a small
+        // class's entry) that holds `a`, the caller's.
+        !self.page_slots().covers(c) && unsafe { Span::is_carved_unlocked(e.span(), a) }
     }
 
     /// [`Heap::deallocate_fast_radix`] out of line, for an address outside
@@ -536,7 +541,7 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         let slot = unsafe {
             self.page_slots()
                 .starts_slot(e.class_index(), a, S::GEOMETRY.page_bytes())
-                || (!self.page_slots().covers(c) && Span::is_carved_unlocked(e.span(), a))
+                || self.starts_long_slot(c, e, a)
         };
         #[cfg(not(feature = "hardened"))]
         // SAFETY: `e.span()` is a live span (a small class's entry), named
