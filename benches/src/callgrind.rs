@@ -56,11 +56,25 @@ fn output(cmd: &mut Command) -> Result<(String, String), String> {
     ))
 }
 
-/// Builds `pair` (release) next to this executable and returns its path.
-fn build_pair() -> Result<PathBuf, String> {
+/// Builds `pair` (release) next to this executable and returns its path;
+/// with `hardened`, with the crate's feature `hardened` (the C library's
+/// build), into a target directory of its own beside this one
+/// (`target/hardened/release/pair`), so that neither build replaces the other.
+fn build_pair(hardened: bool) -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
     let dir = exe.parent().ok_or("executable has no directory")?;
+    let target = dir.parent().ok_or("executable's directory has no parent")?;
+    let (target, dir) = if hardened {
+        let t = target.join("hardened");
+        let d = t.join(
+            dir.file_name()
+                .ok_or("executable's directory has no name")?,
+        );
+        (t, d)
+    } else {
+        (target.to_path_buf(), dir.to_path_buf())
+    };
     let mut cmd = Command::new(cargo);
     cmd.args([
         "build",
@@ -70,10 +84,11 @@ fn build_pair() -> Result<PathBuf, String> {
         "--bin",
         "pair",
     ]);
-    // Build into the same target directory as this binary (`.../target/release/`).
-    if let Some(target) = dir.parent() {
-        cmd.env("CARGO_TARGET_DIR", target);
+    if hardened {
+        cmd.args(["--features", "tieralloc/hardened"]);
     }
+    // Build into the same target directory as this binary (`.../target/release/`).
+    cmd.env("CARGO_TARGET_DIR", &target);
     println!("building pair: {cmd:?}");
     let status = cmd.status().map_err(|e| format!("cannot run cargo: {e}"))?;
     if !status.success() {
@@ -131,7 +146,7 @@ pub struct Count {
 pub fn run(quick: bool) -> Result<String, String> {
     output(Command::new("valgrind").arg("--version"))
         .map_err(|e| format!("valgrind is needed ({e})"))?;
-    let pair = build_pair()?;
+    let pair = build_pair(false)?;
     let scratch =
         std::env::temp_dir().join(format!("tieralloc-bench-callgrind-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
@@ -183,6 +198,13 @@ pub fn run(quick: bool) -> Result<String, String> {
         let _ = writeln!(md, "| {} | {:.1} | {note} |", r.alloc, r.slope - base);
     }
     let rust_pair = stat.as_ref().ok().map(|s| s.tier as i64 - s.none as i64);
+    // The same pair with feature `hardened`, the C library's build: the
+    // C pair's like-for-like comparison.
+    let hardened = build_pair(true).and_then(|p| static_rseq(&p));
+    let rust_hardened = hardened
+        .as_ref()
+        .ok()
+        .map(|s| s.tier as i64 - s.none as i64);
     match stat {
         Ok(s) => {
             let _ = writeln!(
@@ -200,7 +222,27 @@ pub fn run(quick: bool) -> Result<String, String> {
             let _ = writeln!(md, "\nstatic count of the rseq path unavailable: {e}");
         }
     }
-    c_abi(&mut md, quick, rust_pair)?;
+    match hardened {
+        Ok(s) => {
+            let _ = writeln!(
+                md,
+                "\nThe same, built with feature `hardened` (as the C library is: the allocation clears the \
+                 object's key word, the free checks and writes it): {} instructions per pair ({} in the loop, \
+                 minus {}):\n\n```text\n{}```",
+                s.tier as i64 - s.none as i64,
+                s.tier,
+                s.none,
+                s.listing
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(
+                md,
+                "\nstatic count of the rseq path with `hardened` unavailable: {e}"
+            );
+        }
+    }
+    c_abi(&mut md, quick, rust_pair, rust_hardened)?;
     println!("\n{md}");
     Ok(md)
 }
@@ -300,8 +342,13 @@ fn cc(src: &Path, out: &Path, extra: &[&str]) -> Result<(), String> {
 /// Appends the C ABI section to `md`: dynamic counts of the C allocators'
 /// pair and the static count of libtieralloc.so's rseq path (`malloc` and
 /// `free` from entry to `ret`), against `rust_pair`, the Rust sized pair's
-/// static count.
-fn c_abi(md: &mut String, quick: bool, rust_pair: Option<i64>) -> Result<(), String> {
+/// static count, and `rust_hardened`, the same with feature `hardened`.
+fn c_abi(
+    md: &mut String,
+    quick: bool,
+    rust_pair: Option<i64>,
+    rust_hardened: Option<i64>,
+) -> Result<(), String> {
     let root = repo_root();
     let lib = build_preload()?;
     let scratch = std::env::temp_dir().join(format!("tieralloc-bench-c-{}", std::process::id()));
@@ -400,12 +447,20 @@ fn c_abi(md: &mut String, quick: bool, rust_pair: Option<i64>) -> Result<(), Str
         let _ = writeln!(md, "| {name} | {x:.1} | {note} |");
     }
     let total: usize = paths.iter().map(|p| p.1).sum();
-    let vs = rust_pair.map_or(String::new(), |r| {
+    let mut vs = rust_pair.map_or(String::new(), |r| {
         format!(
             "; the Rust sized pair above, inlined in its loop, is {r}: the C pair is {} more",
             total as i64 - r
         )
     });
+    if let Some(h) = rust_hardened {
+        let _ = write!(
+            vs,
+            "; like for like, with `hardened` on both sides, the Rust sized pair is {h}: the C pair \
+             is {} more (what the unsized free costs: the page-map lookup of the class and the slot test)",
+            total as i64 - h
+        );
+    }
     let _ = writeln!(
         md,
         "\nlibtieralloc.so's **rseq** path, counted statically from entry to `ret` (the shortest path \
