@@ -100,9 +100,11 @@ pub struct Span {
     /// while no object of the span is out, so every object out was taken by
     /// the owner. A free on another CPU goes to the class's remote list, not
     /// to that CPU's cache, so no CPU is handed an object whose line-mates
-    /// live on another (false sharing). Exact with locked slots; under rseq
-    /// a thread can move between reading its CPU and pushing, so it is a
-    /// (nearly always right) hint there. Relaxed: a hint needs no ordering.
+    /// live on another (false sharing). Exact in both modes: with locked
+    /// slots the test runs inside the CPU's slot, under rseq inside the
+    /// push's restartable sequence, which compares it with the CPU id it
+    /// commits on (`percpu::rseq::Fast::push_owned`). Relaxed: a free reads
+    /// it while one of the span's objects is out, when it cannot change.
     pub owner: AtomicOwner,
     /// Objects in the span (1 for large spans; at most `MAX_OBJECTS`).
     pub nelems: u16,

@@ -340,6 +340,14 @@ impl Owner {
         }
     }
 
+    /// The owner's 16 bits ([`Owner::NONE`]: all ones), as the per-CPU push
+    /// of the classes under a line compares them with the CPU id's.
+    #[inline(always)]
+    #[cfg_attr(not(rseq), allow(dead_code))] // only the sections compare it
+    pub(crate) const fn bits(self) -> u16 {
+        self.0
+    }
+
     /// Whether this is [`Owner::NONE`].
     #[inline(always)]
     pub const fn is_none(self) -> bool {
@@ -352,8 +360,9 @@ impl Owner {
         self.0 != Owner::NONE.0 && self.0 != other.0
     }
 
-    /// Whether this is not CPU index `cpu`'s owner, in one compare, for the
-    /// C free's fast path: unlike [`Owner::is_other_than`], [`Owner::NONE`]
+    /// Whether this is not CPU index `cpu`'s owner, in one compare, as the
+    /// frees of the classes under a line test it (the rseq push compares
+    /// the same 16 bits inside its section): unlike [`Owner::is_other_than`], [`Owner::NONE`]
     /// differs from every CPU (a span's objects are out only after a refill
     /// that knew its CPU set the owner, so a NONE span's free merely goes
     /// the remote way, which is always right), and an index without a

@@ -336,6 +336,74 @@ fn pin(cpu: usize) -> bool {
     }
 }
 
+/// The classes under a line in rseq mode: a free on a CPU other than the
+/// span's owner goes to the class's remote list, by the sized path and by
+/// the C one (the owner is compared inside the push), so the freeing CPU
+/// never hands the object out again; a free on the owner goes on its stack
+/// and comes back at once.
+#[test]
+fn a_free_off_the_owning_cpu_is_not_reused_there() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    static H: LinuxHeap = LinuxHeap::new();
+    let l = Layout::from_size_align(16, 8).unwrap();
+    assert!(pin(0), "pin to CPU 0");
+    assert!(H.uses_rseq());
+    let mine: Vec<*mut u8> = (0..64).map(|_| H.allocate(l)).collect();
+    let c_mine: Vec<*mut u8> = (0..64).map(|_| c_malloc(&H, 16)).collect();
+    assert!(mine.iter().chain(&c_mine).all(|p| !p.is_null()));
+    let (handed, c_handed) = (mine[33], c_mine[33]);
+    assert!(pin(1), "pin to CPU 1 (the test needs two CPUs)");
+    assert_eq!(rseq_cpu_id(), Some(1));
+    // SAFETY: allocated above with `l`.
+    unsafe { H.deallocate(handed, l) };
+    c_free(&H, c_handed);
+    let theirs: Vec<*mut u8> = (0..200).map(|_| H.allocate(l)).collect();
+    let c_theirs: Vec<*mut u8> = (0..200).map(|_| c_malloc(&H, 16)).collect();
+    for &q in theirs.iter().chain(&c_theirs) {
+        assert!(
+            q != handed && q != c_handed,
+            "CPU 1 got back {q:p}, which it freed for CPU 0"
+        );
+    }
+    assert!(pin(0), "pin to CPU 0");
+    let (p, c_p) = (mine[5], c_mine[5]);
+    // SAFETY: allocated above with `l`.
+    unsafe { H.deallocate(p, l) };
+    assert_eq!(H.allocate(l), p, "a free on the owner is reused at once");
+    c_free(&H, c_p);
+    assert_eq!(
+        c_malloc(&H, 16),
+        c_p,
+        "a C free on the owner is reused at once"
+    );
+    for (i, q) in mine.into_iter().enumerate() {
+        if i != 33 {
+            // SAFETY: live objects from above, allocated with `l`.
+            unsafe { H.deallocate(q, l) };
+        }
+    }
+    for (i, q) in c_mine.into_iter().enumerate() {
+        if i != 33 {
+            c_free(&H, q);
+        }
+    }
+    for q in theirs {
+        // SAFETY: as above.
+        unsafe { H.deallocate(q, l) };
+    }
+    for q in c_theirs {
+        c_free(&H, q);
+    }
+    H.check_invariants();
+    H.scavenge();
+    let st = H.stats();
+    assert_eq!(
+        (st.mallocs, st.heap_alloc, st.cached_bytes),
+        (st.frees, 0, 0),
+        "{st}"
+    );
+}
+
 /// A batch larger than a CPU's stack, freed and allocated again round
 /// after round (glibc's bench-malloc-simple): after a round the stack has
 /// grown to hold it (`percpu::limit`), so it stays on the CPU instead of
@@ -449,6 +517,7 @@ fn without_glibcs_area_the_rseq_tests_pass() {
         "rseq_mode_survives_migration_and_signals",
         "rseq_push_pop_never_lose_or_duplicate",
         "a_stack_grows_to_hold_a_batch_and_gives_it_back_when_idle",
+        "a_free_off_the_owning_cpu_is_not_reused_there",
         "a_new_thread_registers_on_its_first_allocation",
     ];
     let out = std::process::Command::new(std::env::current_exe().unwrap())

@@ -586,8 +586,13 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         if !unsafe { self.mark_free_unless_suspect(p) } {
             return otherwise(p);
         }
-        if shares && span.owner.load().is_not_cpu(f.cpu()) {
-            self.free_remote(p, c)
+        if shares {
+            // The owner test inside the push: exact for the CPU it commits on.
+            match f.push_owned(c, p, span.owner.load()) {
+                Some(true) => {}
+                Some(false) => self.free_small_slow_c(p, c),
+                None => self.free_remote(p, c),
+            }
         } else if !f.push(c, p) {
             self.free_small_slow_c(p, c)
         }
@@ -830,13 +835,16 @@ impl<S: PageSource, C: Cpu> Heap<S, C> {
         // SAFETY: `f` is the published caches, which the heap's set-up
         // publishes after it settled the window.
         let e = unsafe { self.map.entry_settled::<S>(Addr::of(p)) };
-        if Self::entry_owned_elsewhere(e, f.cpu()) {
-            return self.free_remote(p, c);
+        // SAFETY: non-null page-map entries are live spans.
+        let Some(span) = (unsafe { e.span().as_ref() }) else {
+            // Not ours: the usual path reports it (with `checks`).
+            return self.free_small_slow(p, c);
+        };
+        match f.push_owned(c, p, span.owner.load()) {
+            Some(true) => {}
+            Some(false) => self.free_small_slow(p, c),
+            None => self.free_remote(p, c),
         }
-        if f.push(c, p) {
-            return;
-        }
-        self.free_small_slow(p, c)
     }
 
     #[cfg_attr(rseq, inline(never))]

@@ -182,6 +182,14 @@ impl Fast {
     pub(crate) fn push(self, _c: SizeClass, _p: *mut u8) -> bool {
         match self {}
     }
+    pub(crate) fn push_owned(
+        self,
+        _c: SizeClass,
+        _p: *mut u8,
+        _owner: crate::units::Owner,
+    ) -> Option<bool> {
+        match self {}
+    }
     pub(crate) fn push_batch(self, _c: SizeClass, _objs: &[*mut u8]) -> usize {
         match self {}
     }

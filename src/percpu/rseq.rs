@@ -41,6 +41,7 @@ use core::cell::UnsafeCell;
 
 use crate::sizeclass::{Geometry, SizeClass, NUM_CLASSES};
 use crate::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicUsize, Ordering};
+use crate::units::Owner;
 
 use super::cache::{counter_field, word_field, CpuCache, TinyEvent, STRIDE, TINY_FIELD};
 use super::word::{StackWord, Tiny};
@@ -277,6 +278,18 @@ impl Fast {
         unsafe { push(self.d, self.off, c.index(), p) }
     }
 
+    /// [`Fast::push`] of an object whose span `owner` names the CPU whose
+    /// cache may take it (the classes under a line): `None`, having pushed
+    /// nothing, if the current CPU is another ([`Owner::is_not_cpu`]);
+    /// `Some(false)` if the stack is full or stopped. The owner is compared
+    /// with the CPU id inside the section, so the answer holds for the CPU
+    /// the push commits on (a thread that moves restarts it).
+    #[inline(always)]
+    pub(crate) fn push_owned(self, c: SizeClass, p: *mut u8, owner: Owner) -> Option<bool> {
+        // SAFETY: as in `pop`.
+        unsafe { push_owned(self.d, self.off, c.index(), p, owner.bits()) }
+    }
+
     /// Pushes as many of `objs` as fit; returns how many.
     #[inline]
     pub(crate) fn push_batch(self, c: SizeClass, objs: &[*mut u8]) -> usize {
@@ -474,6 +487,15 @@ macro_rules! rseq_enter {
             rseq_cache!($word)
         )
     };
+    (owned: $word:literal) => {
+        concat!(
+            rseq_arm!(),
+            "movsxd {t}, dword ptr fs:[{off} + {cpu}]\n",
+            "cmp {t:x}, {owner:x}\n",
+            "jne {elsewhere}\n",
+            rseq_cache!($word)
+        )
+    };
 }
 
 /// Label 2 arms the section (the rseq area's `rseq_cs` at descriptor 3);
@@ -513,6 +535,9 @@ macro_rules! rseq_cache {
 macro_rules! rseq_section {
     (any: $d:ident, $off:ident, $word:literal; [$($body:tt)*]; fail: [$($fail:tt)*]; $($ops:tt)*) => {
         rseq_section!(@asm [rseq_enter!(any: $word)], [], $d, $off, _; [$($body)*]; fail: [$($fail)*]; $($ops)*)
+    };
+    (owned: $d:ident, $off:ident, $word:literal; [$($body:tt)*]; fail: [$($fail:tt)*]; $($ops:tt)*) => {
+        rseq_section!(@asm [rseq_enter!(owned: $word)], [], $d, $off, _; [$($body)*]; fail: [$($fail)*]; $($ops)*)
     };
     (any: $d:ident, $off:ident, $word:literal, $w:tt; [$($body:tt)*]; fail: [$($fail:tt)*]; $($ops:tt)*) => {
         rseq_section!(@asm [rseq_enter!(any: $word)], [], $d, $off, $w; [$($body)*]; fail: [$($fail)*]; $($ops)*)
@@ -669,19 +694,13 @@ unsafe fn pop_step(d: *const Desc, off: i64, i: usize) -> (*mut u8, StackWord) {
     }
 }
 
-/// Pushes `obj` on the class's stack on the current CPU. False if the stack is
-/// full or the CPU's cache is stopped.
-///
-/// # Safety
-/// As [`pop`].
-#[inline(always)]
-unsafe fn push(d: *const Desc, off: i64, c: usize, obj: *mut u8) -> bool {
-    // SAFETY: as in `pop`; the slot write above the stack length is invisible
-    // until the commit store. The failure exit jumps straight to the caller's
-    // slow path (the `label` operand).
-    unsafe {
+/// The push section ([`push`], [`push_owned`]): `$enter` is the form of
+/// [`rseq_enter!`], `$ops` the operands it and the failure exit (`{fail}`)
+/// need besides the stack's.
+macro_rules! push_section {
+    ($enter:ident: $d:ident, $off:ident, $c:ident, $obj:ident; $($ops:tt)*) => {
         rseq_section!(
-            any: d, off, "[{d} + {c} * 8 + {word}]";
+            $enter: $d, $off, "[{d} + {c} * 8 + {word}]";
             [
                 "mov {w}, qword ptr [{t}]",
                 "movzx {n:e}, {w:x}",
@@ -695,15 +714,49 @@ unsafe fn push(d: *const Desc, off: i64, c: usize, obj: *mut u8) -> bool {
             fail: [
                 "jmp {fail}",
             ];
-            c = in(reg) c,
-            obj = in(reg) obj,
+            c = in(reg) $c,
+            obj = in(reg) $obj,
             n = out(reg) _,
             s = out(reg) _,
             push = const StackWord::PUSH_DELTA,
-            fail = label { return false; },
-        );
-    }
+            $($ops)*
+        )
+    };
+}
+
+/// Pushes `obj` on the class's stack on the current CPU. False if the stack is
+/// full or the CPU's cache is stopped.
+///
+/// # Safety
+/// As [`pop`].
+#[inline(always)]
+unsafe fn push(d: *const Desc, off: i64, c: usize, obj: *mut u8) -> bool {
+    // SAFETY: as in `pop`; the slot write above the stack length is invisible
+    // until the commit store. The failure exit jumps straight to the caller's
+    // slow path (the `label` operand).
+    unsafe { push_section!(any: d, off, c, obj; fail = label { return false; },) }
     true
+}
+
+/// [`push`] unless the current CPU's id differs from `owner` in its low 16
+/// bits ([`Owner::is_not_cpu`]): `None` then, having written nothing;
+/// `Some(false)` if the stack is full or the CPU's cache is stopped. An id of
+/// the guard (−1, −2) that passes the compare finds a zero limit: full.
+///
+/// # Safety
+/// As [`pop`].
+#[inline(always)]
+unsafe fn push_owned(d: *const Desc, off: i64, c: usize, obj: *mut u8, owner: u16) -> Option<bool> {
+    // SAFETY: as in `push`; the owner test only reads, and leaves the
+    // section (uncommitted) through a label of its own.
+    unsafe {
+        push_section!(owned: d, off, c, obj;
+            owner = in(reg) owner,
+            fail = label { return Some(false); },
+            elsewhere = label { return None; },
+        )
+    }
+    Some(true)
 }
 
 /// Pushes up to `n` objects from `src` onto the class's stack on the current
