@@ -79,9 +79,10 @@ struct Desc {
     /// `__rseq_offset`: the rseq area's offset from the thread pointer.
     rseq_off: i64,
     /// Number of CPU caches; a CPU id at or above it fails the sections
-    /// other than [`pop`] and [`push`], which need no test: the kernel
-    /// never reports an id at or above it ([`Sections::publish`]), and a
-    /// negative one finds the guard ([`GUARD_CPUS`]).
+    /// other than [`pop`], [`push`] and [`push_owned`], which need no test:
+    /// the kernel never reports an id at or above it
+    /// ([`Sections::publish`]), and a negative one finds the guard
+    /// ([`GUARD_CPUS`]).
     count: u32,
     /// Per class, the address of its stack word in CPU 0's cache; the stack's
     /// slots follow the word (slot `i` at `word + 8 + 8 i`), its limit word
@@ -465,11 +466,17 @@ const _: () = {
 /// offset). Operands: `{off}` (`__rseq_offset`), `{d}` (the [`Desc`]), scratch
 /// `{t}` and `{w}`, and the constants `{cpu}`, `{count}`, `{stride}`, `{word}`.
 ///
-/// `any:` the same without the range test, for the two sections of the fast
-/// paths, whose first access to the word fails them in the guard ([`GUARD_CPUS`]):
-/// `cpu_id` is read sign-extended, so an unregistered thread's −1 or −2 finds
-/// the zeroed caches below CPU 0's, and every other id is below `count`
+/// `any:` the same without the range test, for the sections of the fast
+/// paths ([`pop`], [`push`], [`push_owned`]), whose first access to the
+/// word fails them in the guard ([`GUARD_CPUS`]): `cpu_id` is read
+/// sign-extended, so an unregistered thread's −1 or −2 finds the zeroed
+/// caches below CPU 0's, and every other id is below `count`
 /// ([`Sections::publish`]). No `{count}` operand.
+///
+/// `owned:` the `any:` form with the owner test of [`push_owned`] between
+/// reading `cpu_id` and finding the cache: the id's low 16 bits against
+/// `{owner}`'s, leaving the section uncommitted for the label operand
+/// `{elsewhere}` if they differ.
 macro_rules! rseq_enter {
     ($word:literal) => {
         concat!(
